@@ -1,0 +1,181 @@
+"""Every per-architecture fact edgepack needs, in one table.
+
+Writers read these rows; no writer tests the architecture by name. Adding an architecture is
+adding a row (and its tests), in the spirit of gguf-py's constants and tensor maps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import gguf
+
+from packager.errors import UnsupportedError
+
+Config = Mapping[str, Any]
+
+
+def _rope_params(config: Config) -> dict[str, Any]:
+    """Return the rope parameters of the full-attention layers, whatever the config's vintage."""
+    params = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
+    if "full_attention" in params:
+        return dict(params["full_attention"])
+    if "rope_theta" not in params and "rope_theta" in config:
+        params["rope_theta"] = config["rope_theta"]
+    return params
+
+
+def _sliding_rope_theta(config: Config) -> float | None:
+    params = config.get("rope_parameters") or {}
+    sliding = params.get("sliding_attention") if isinstance(params, dict) else None
+    if sliding:
+        return sliding.get("rope_theta")
+    return config.get("rope_local_base_freq")
+
+
+def _sliding_layers(config: Config) -> list[bool] | None:
+    """Per-layer sliding-window flags from layer_types.
+
+    llama.cpp otherwise assumes Gemma 3's default pattern (every 6th layer global), which is
+    wrong for any checkpoint that declares another layout.
+    """
+    layer_types = config.get("layer_types")
+    if not layer_types:
+        return None
+    return [t == "sliding_attention" for t in layer_types]
+
+
+def _head_dim(config: Config) -> int:
+    return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+
+
+@dataclass(frozen=True)
+class GGUFKey:
+    """One GGUF metadata entry: which GGUFWriter method, and how to read its value from config.json.
+
+    A getter returning None means "absent for this checkpoint" and the key is not written.
+    """
+
+    writer_method: str
+    value: Callable[[Config], Any]
+
+
+def _key(method: str, *config_keys: str, default: Any = None) -> GGUFKey:
+    def read(config: Config) -> Any:
+        for k in config_keys:
+            if config.get(k) is not None:
+                return config[k]
+        return default
+
+    return GGUFKey(method, read)
+
+
+# Hyper-parameters llama.cpp reads for every decoder-only architecture we support.
+_COMMON_GGUF_KEYS: tuple[GGUFKey, ...] = (
+    _key("add_block_count", "num_hidden_layers"),
+    _key("add_context_length", "max_position_embeddings"),
+    _key("add_embedding_length", "hidden_size"),
+    _key("add_feed_forward_length", "intermediate_size"),
+    _key("add_head_count", "num_attention_heads"),
+    _key("add_head_count_kv", "num_key_value_heads"),
+    GGUFKey("add_rope_freq_base", lambda c: _rope_params(c).get("rope_theta")),
+    _key("add_layer_norm_rms_eps", "rms_norm_eps"),
+    _key("add_key_length", "head_dim"),
+    _key("add_value_length", "head_dim"),
+)
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """What every writer needs to know about one Hugging Face model type."""
+
+    name: str
+    model_types: tuple[str, ...]
+    hf_classes: tuple[str, ...]
+    gguf_arch: gguf.MODEL_ARCH
+    gguf_keys: tuple[GGUFKey, ...]
+    # GGUF stores Gemma's RMSNorm gain as (w + 1): llama.cpp multiplies by the stored value.
+    norm_offset: float = 0.0
+    # llama.cpp's rope expects Q/K rows interleaved differently from HF's rotate_half layout.
+    permute_qk: bool = False
+    # Gemma multiplies token embeddings by sqrt(hidden_size); runtimes apply it, writers keep raw rows.
+    embedding_scale_sqrt_hidden: bool = False
+    # Drop embedding rows past the tokenizer's vocabulary (llama.cpp's converter does this for Gemma).
+    truncate_embedding_to_tokenizer: bool = False
+    # llama3-style rope scaling is carried as an extra rope_freqs tensor.
+    llama3_rope_freqs: bool = False
+    # Tokens that end a turn besides eos, looked up by text in the tokenizer.
+    end_of_turn_tokens: tuple[str, ...] = ()
+    # Why fp16 execution is risky (Core ML, GPU delegates): shown by doctor and the iOS writer.
+    fp16_risk: str = ""
+    targets: frozenset[str] = field(default_factory=frozenset)
+
+
+def _llama3_rope_type(config: Config) -> bool:
+    return str(_rope_params(config).get("rope_type", "")).lower() == "llama3"
+
+
+ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
+    ArchitectureSpec(
+        name="gemma3",
+        model_types=("gemma3_text",),
+        hf_classes=("Gemma3ForCausalLM",),
+        gguf_arch=gguf.MODEL_ARCH.GEMMA3,
+        gguf_keys=(
+            *_COMMON_GGUF_KEYS,
+            GGUFKey("add_rope_freq_base_swa", _sliding_rope_theta),
+            _key("add_final_logit_softcapping", "final_logit_softcapping"),
+            _key("add_sliding_window", "sliding_window"),
+            GGUFKey("add_sliding_window_pattern", _sliding_layers),
+        ),
+        norm_offset=1.0,
+        embedding_scale_sqrt_hidden=True,
+        truncate_embedding_to_tokenizer=True,
+        end_of_turn_tokens=("<end_of_turn>",),
+        fp16_risk="residual stream exceeds fp16 range (Gemma 3 270M reaches ~1e5 > 65504)",
+        targets=frozenset({"raspberry-pi", "react-native", "web", "android", "ios"}),
+    ),
+    ArchitectureSpec(
+        name="llama",
+        model_types=("llama",),
+        hf_classes=("LlamaForCausalLM",),
+        gguf_arch=gguf.MODEL_ARCH.LLAMA,
+        gguf_keys=(
+            *_COMMON_GGUF_KEYS,
+            _key("add_vocab_size", "vocab_size"),
+            GGUFKey("add_rope_dimension_count", _head_dim),
+        ),
+        permute_qk=True,
+        llama3_rope_freqs=True,
+        end_of_turn_tokens=("<|eot_id|>", "<|im_end|>", "<|end_of_text|>"),
+        fp16_risk="RMSNorm squares overflow fp16 when the norm statistics run in fp16",
+        targets=frozenset({"raspberry-pi", "react-native", "web", "android", "ios"}),
+    ),
+)
+
+
+def supported_model_types() -> list[str]:
+    return sorted(t for spec in ARCHITECTURES for t in spec.model_types)
+
+
+def spec_for_config(config: Config, config_path: str = "config.json") -> ArchitectureSpec:
+    """Return the table row for a config.json, or raise a clear UnsupportedError."""
+    model_type = config.get("model_type")
+    for spec in ARCHITECTURES:
+        if model_type in spec.model_types:
+            return spec
+    raise UnsupportedError(
+        f"{config_path}: model_type {model_type!r} is not supported. edgepack converts these "
+        f"architectures: {', '.join(supported_model_types())}. Check that the folder holds a text-only "
+        "decoder checkpoint of one of them (a multimodal Gemma 3 needs its language model saved on its own)."
+    )
+
+
+def uses_llama3_rope(spec: ArchitectureSpec, config: Config) -> bool:
+    return spec.llama3_rope_freqs and _llama3_rope_type(config)
+
+
+def full_rope_params(config: Config) -> dict[str, Any]:
+    return _rope_params(config)

@@ -1,0 +1,59 @@
+"""Checking generated code with real tools at build time (bash -n, shellcheck, py_compile, ...).
+
+A missing tool is reported as `skipped` with the reason, never as passed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from packager.target import ScaffoldCheck
+
+Checker = Callable[[Path], tuple[str, str]]
+
+
+def _run(cmd: list[str], timeout: int = 60) -> tuple[str, str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    output = (proc.stdout + proc.stderr).strip()
+    return ("passed" if proc.returncode == 0 else "failed"), output[:500]
+
+
+def _tool(name: str, build: Callable[[str, Path], list[str]]) -> tuple[str, Checker]:
+    def check(path: Path) -> tuple[str, str]:
+        exe = shutil.which(name)
+        if exe is None:
+            return "skipped", f"{name} is not installed on the build host"
+        return _run(build(exe, path))
+
+    return name, check
+
+
+def _py_compile(path: Path) -> tuple[str, str]:
+    try:
+        compile(path.read_text(encoding="utf-8"), str(path), "exec")
+    except SyntaxError as exc:
+        return "failed", f"line {exc.lineno}: {exc.msg}"
+    return "passed", ""
+
+
+# Which checks apply to which generated file, by suffix.
+CHECKS_BY_SUFFIX: dict[str, list[tuple[str, Checker]]] = {
+    ".sh": [
+        _tool("bash", lambda exe, p: [exe, "-n", str(p)]),
+        _tool("shellcheck", lambda exe, p: [exe, "--severity=style", str(p)]),
+    ],
+    ".py": [("py_compile", _py_compile)],
+}
+
+
+def check_generated_files(paths: list[Path], root: Path) -> list[ScaffoldCheck]:
+    """Run every applicable checker on each generated file."""
+    results: list[ScaffoldCheck] = []
+    for path in paths:
+        for tool, check in CHECKS_BY_SUFFIX.get(path.suffix, []):
+            status, detail = check(path)
+            results.append(ScaffoldCheck(path.relative_to(root).as_posix(), tool, status, detail))
+    return results

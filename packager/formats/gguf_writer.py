@@ -1,0 +1,275 @@
+"""Writing a checkpoint as GGUF: F32/F16/BF16 and the numpy quants here, K-quants via llama.cpp.
+
+One writer serves every architecture: the tensor names come from gguf-py's tensor map and the
+per-architecture transforms (norm offset, Q/K permutation, embedding truncation, llama3 rope
+factors) from packager.architectures. Tensors are streamed: the header is written from shapes
+alone, then each tensor is loaded, transformed, encoded and written before the next is read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+
+from packager.architectures import ArchitectureSpec, full_rope_params, uses_llama3_rope
+from packager.checkpoint import Checkpoint
+from packager.errors import InternalError, UnsupportedError
+from packager.formats.gguf_vocab import build_vocab
+
+Q = gguf.GGMLQuantizationType
+FT = gguf.LlamaFileType
+
+# Output types gguf-py encodes in numpy (byte-identical to llama.cpp's own encoders).
+NUMPY_TYPES: dict[str, tuple[FT, Q]] = {
+    "F32": (FT.ALL_F32, Q.F32),
+    "F16": (FT.MOSTLY_F16, Q.F16),
+    "BF16": (FT.MOSTLY_BF16, Q.BF16),
+    "Q8_0": (FT.MOSTLY_Q8_0, Q.Q8_0),
+    "Q4_0": (FT.MOSTLY_Q4_0, Q.Q4_0),
+    "Q4_1": (FT.MOSTLY_Q4_1, Q.Q4_1),
+    "Q5_0": (FT.MOSTLY_Q5_0, Q.Q5_0),
+    "Q5_1": (FT.MOSTLY_Q5_1, Q.Q5_1),
+}
+# Output types that need llama.cpp's quantizer (importance-free K-quant mixes), made from the F16 GGUF.
+LLAMA_CPP_TYPES: dict[str, FT] = {
+    "Q4_K_M": FT.MOSTLY_Q4_K_M,
+    "Q4_K_S": FT.MOSTLY_Q4_K_S,
+    "Q5_K_M": FT.MOSTLY_Q5_K_M,
+    "Q5_K_S": FT.MOSTLY_Q5_K_S,
+    "Q6_K": FT.MOSTLY_Q6_K,
+    "Q3_K_M": FT.MOSTLY_Q3_K_M,
+}
+QUANT_TYPES = tuple(NUMPY_TYPES) + tuple(LLAMA_CPP_TYPES)
+
+_SKIPPED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")
+
+Progress = Callable[[int, int], None]
+
+
+def canonical_quant(name: str) -> str:
+    """Return the canonical spelling of a GGUF output type, or raise a clear error."""
+    upper = name.upper()
+    if upper not in QUANT_TYPES:
+        raise UnsupportedError(
+            f"--quant {name}: unknown GGUF type. Choose one of: {', '.join(QUANT_TYPES)}."
+        )
+    return upper
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One GGUF tensor: where it comes from, its final shape and how it is encoded."""
+
+    gguf_name: str
+    source: str | None  # HF tensor name; None for generated tensors (rope_freqs)
+    shape: tuple[int, ...]
+    qtype: Q
+
+
+def _tensor_qtype(gguf_name: str, shape: tuple[int, ...], file_qtype: Q) -> Q:
+    # Mirrors llama.cpp's converter: norms, 1-D tensors and non-weights stay F32.
+    if len(shape) <= 1 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith(".weight"):
+        return Q.F32
+    if file_qtype in (Q.F32, Q.F16, Q.BF16):
+        return file_qtype
+    block, _ = gguf.GGML_QUANT_SIZES[file_qtype]
+    return file_qtype if shape[-1] % block == 0 else Q.F16
+
+
+def _tokenizer_vocab_rows(ckpt: Checkpoint) -> int:
+    import json
+
+    data = json.loads(ckpt.tokenizer_json.read_text(encoding="utf-8"))
+    return len(data["model"]["vocab"]) + len(data.get("added_tokens", []))
+
+
+class TensorTransform:
+    """Applies the architecture table's per-tensor rules to HF tensors (float32 in, float32 out)."""
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self.spec: ArchitectureSpec = ckpt.spec
+        self.config = ckpt.config
+        self.tensor_map = gguf.get_tensor_name_map(self.spec.gguf_arch, ckpt.config["num_hidden_layers"])
+        self.vocab_rows = _tokenizer_vocab_rows(ckpt) if self.spec.truncate_embedding_to_tokenizer else None
+
+    def gguf_name(self, hf_name: str) -> str | None:
+        if hf_name.endswith(_SKIPPED_SUFFIXES):
+            return None
+        name = self.tensor_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise UnsupportedError(
+                f"tensor {hf_name!r} has no GGUF name for architecture {self.spec.name}; the checkpoint has "
+                "layers edgepack does not know how to convert."
+            )
+        return name
+
+    def shape(self, hf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if self.vocab_rows is not None and hf_name.endswith("embed_tokens.weight"):
+            return (min(shape[0], self.vocab_rows), *shape[1:])
+        return shape
+
+    def apply(self, hf_name: str, data: torch.Tensor) -> torch.Tensor:
+        if data.dtype not in (torch.float16, torch.float32):
+            data = data.to(torch.float32)
+        if self.vocab_rows is not None and hf_name.endswith("embed_tokens.weight"):
+            data = data[: self.vocab_rows]
+        if self.spec.norm_offset and hf_name.endswith("norm.weight"):
+            data = data + self.spec.norm_offset
+        if self.spec.permute_qk:
+            n_head = self.config["num_attention_heads"]
+            if hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+                data = _permute(data, n_head)
+            elif hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+                data = _permute(data, self.config.get("num_key_value_heads") or n_head)
+        return data
+
+
+def _permute(weights: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Reorder Q/K rows from HF's rotate_half layout to llama.cpp's interleaved rope layout."""
+    return (
+        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
+
+
+def llama3_rope_factors(config: dict) -> torch.Tensor:
+    """Return the llama3 rope frequency factors tensor, computed as llama.cpp's converter does."""
+    params = full_rope_params(config)
+    base = params.get("rope_theta", 10000.0)
+    dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    factor = params.get("factor", 8.0)
+    low = params.get("low_freq_factor", 1.0)
+    high = params.get("high_freq_factor", 4.0)
+    old_ctx = params.get("original_max_position_embeddings", 8192)
+    low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+    factors: list = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            factors.append(1)
+        elif wavelen > low_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return torch.tensor(factors, dtype=torch.float32)
+
+
+def _check_rope(ckpt: Checkpoint) -> None:
+    rope_type = str(full_rope_params(ckpt.config).get("rope_type", "default")).lower()
+    allowed = {"default", "llama3"} if ckpt.spec.llama3_rope_freqs else {"default"}
+    if rope_type not in allowed:
+        raise UnsupportedError(
+            f"{ckpt.folder / 'config.json'}: rope_type {rope_type!r} is not supported for {ckpt.spec.name} "
+            f"(supported: {', '.join(sorted(allowed))})."
+        )
+
+
+def plan_tensors(ckpt: Checkpoint, file_qtype: Q) -> list[PlannedTensor]:
+    """Return the GGUF tensor list (names, shapes, types) from the headers alone."""
+    _check_rope(ckpt)
+    transform = TensorTransform(ckpt)
+    plan: list[PlannedTensor] = []
+    if uses_llama3_rope(ckpt.spec, ckpt.config):
+        name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
+        shape = tuple(llama3_rope_factors(ckpt.config).shape)
+        plan.append(PlannedTensor(name, None, shape, Q.F32))
+    for hf_name, entry in ckpt.tensors.items():
+        gguf_name = transform.gguf_name(hf_name)
+        if gguf_name is None:
+            continue
+        shape = transform.shape(hf_name, entry.shape)
+        plan.append(PlannedTensor(gguf_name, hf_name, shape, _tensor_qtype(gguf_name, shape, file_qtype)))
+    return plan
+
+
+def _encode(data: torch.Tensor, qtype: Q) -> np.ndarray:
+    array = data.numpy()
+    if qtype == Q.F32:
+        return array.astype(np.float32, copy=False)
+    return gguf.quants.quantize(array, qtype)
+
+
+def _nbytes(shape: tuple[int, ...], qtype: Q) -> int:
+    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    n = 1
+    for d in shape:
+        n *= d
+    return n // block * type_size
+
+
+def write_gguf(ckpt: Checkpoint, out_path: Path, out_type: str, progress: Progress | None = None) -> Path:
+    """Write `ckpt` as a GGUF of a numpy-encodable type, streaming one tensor at a time."""
+    if out_type not in NUMPY_TYPES:
+        raise InternalError(f"write_gguf cannot encode {out_type}; K-quants go through quantize_gguf")
+    file_type, file_qtype = NUMPY_TYPES[out_type]
+    plan = plan_tensors(ckpt, file_qtype)
+    vocab = build_vocab(ckpt.folder, ckpt.config["vocab_size"])
+
+    writer = gguf.GGUFWriter(str(out_path), gguf.MODEL_ARCH_NAMES[ckpt.spec.gguf_arch])
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_name(ckpt.name)
+    for key in ckpt.spec.gguf_keys:
+        value = key.value(ckpt.config)
+        if value is not None:
+            getattr(writer, key.writer_method)(value)
+    writer.add_file_type(file_type)
+    if file_qtype not in (Q.F32, Q.F16, Q.BF16):
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    vocab.add_to(writer)
+
+    for t in plan:
+        # add_tensor_info takes the numpy byte shape for quantized data, the logical shape otherwise.
+        if t.qtype in (Q.F32, Q.F16):
+            np_dtype = np.float32 if t.qtype == Q.F32 else np.float16
+            writer.add_tensor_info(t.gguf_name, t.shape, np.dtype(np_dtype), _nbytes(t.shape, t.qtype))
+        else:
+            byte_shape = gguf.quant_shape_to_byte_shape(t.shape, t.qtype)
+            writer.add_tensor_info(t.gguf_name, byte_shape, np.dtype(np.uint8), _nbytes(t.shape, t.qtype),
+                                   raw_dtype=t.qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+
+    transform = TensorTransform(ckpt)
+    for i, t in enumerate(plan):
+        if t.source is None:
+            data = llama3_rope_factors(ckpt.config)
+        else:
+            data = transform.apply(t.source, ckpt.load(t.source))
+        encoded = _encode(data, t.qtype)
+        del data
+        writer.write_tensor_data(encoded)
+        del encoded
+        if progress:
+            progress(i + 1, len(plan))
+    writer.close()
+    return out_path
+
+
+def quantize_gguf(src: Path, dest: Path, out_type: str, threads: int = 0) -> Path:
+    """Quantize an F16/F32 GGUF with llama.cpp's own quantizer (K-quant mixes included)."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = int(LLAMA_CPP_TYPES.get(out_type) or NUMPY_TYPES[out_type][0])
+    params.nthread = threads
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dest).encode(), params)
+    if rc != 0 or not dest.is_file():
+        raise InternalError(f"llama.cpp's quantizer failed ({rc}) turning {src.name} into {out_type}")
+    return dest
+
+
+def iter_gguf_tensors(path: Path) -> Iterator[tuple[str, Q, np.ndarray]]:
+    """Yield (name, type, raw data) of each tensor in a GGUF file."""
+    reader = gguf.GGUFReader(str(path))
+    for t in reader.tensors:
+        yield t.name, Q(t.tensor_type), np.asarray(t.data)

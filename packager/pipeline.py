@@ -1,0 +1,171 @@
+"""One build: checkpoint -> shared stages -> target folders -> verification -> atomic output.
+
+The output folder appears only when everything is written: targets build into a hidden temporary
+folder beside it, which is renamed into place at the end. A failed, gated or interrupted build
+leaves nothing that looks complete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packager.checkpoint import Checkpoint, is_adapter_folder, load_checkpoint
+from packager.errors import BadInputError, GateFailedError
+from packager.fingerprint import cache_root, files_digest, options_digest
+from packager.manifest import MANIFEST_SCHEMA_VERSION, tool_versions, write_json, write_sha256sums
+from packager.progress import Reporter
+from packager.report import render_report, verification_rows, verification_table
+from packager.stages import BuildContext, BuildOptions
+from packager.target import TargetResult, resolve_targets
+
+
+@dataclass
+class BuildRequest:
+    """Everything `edgepack build` was asked to do."""
+
+    checkpoint: Path
+    targets: list[str]
+    out: Path | None = None
+    base: Path | None = None
+    allow_pickle: bool = False
+    force: bool = False
+    options: BuildOptions = field(default_factory=BuildOptions)
+
+
+@dataclass
+class BuildOutcome:
+    """The result of a build, for the CLI and for callers of the Python API."""
+
+    out: Path | None
+    manifest: dict[str, Any]
+    results: list[TargetResult]
+    passed: bool
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out) if self.out else None,
+            "passed": self.passed,
+            "name": self.manifest.get("name"),
+            "targets": self.manifest.get("targets"),
+            "artifacts": verification_rows(self.results),
+            "stages": self.manifest.get("stages"),
+        }
+
+
+def _input_files(path: Path, base: Path | None) -> list[Path]:
+    folders = [path]
+    if base is not None:
+        folders.append(base)
+    return [p for folder in folders for p in sorted(folder.iterdir()) if p.is_file()]
+
+
+def open_input(request: BuildRequest, reporter: Reporter) -> tuple[Checkpoint, str]:
+    """Load (and for an adapter, merge) the checkpoint; return it with its content digest."""
+    start = time.perf_counter()
+    path = request.checkpoint
+    if not path.exists():
+        raise BadInputError(f"{path}: does not exist. Pass a Hugging Face model folder or a PEFT adapter folder.")
+    if path.is_dir() and is_adapter_folder(path):
+        key = options_digest("merge", files_digest(_input_files(path, request.base)), str(request.base))[:24]
+        work_dir = cache_root() / "checkpoints" / key
+    else:
+        # Only used when opted-in pickle weights must be re-saved as safetensors.
+        work_dir = cache_root() / "checkpoints" / options_digest("folder", str(path.resolve()))[:24]
+    ckpt = load_checkpoint(path, base=request.base, allow_pickle=request.allow_pickle, work_dir=work_dir,
+                           name=request.options.name)
+    digest = files_digest([*ckpt.weight_files(), ckpt.folder / "config.json", *ckpt.side_files()])
+    detail = f"{ckpt.spec.name}, {ckpt.parameter_count / 1e6:.1f}M parameters, {ckpt.origin['kind']}"
+    reporter.stage("load checkpoint", False, time.perf_counter() - start, detail)
+    return ckpt, digest
+
+
+def _prepare_out(request: BuildRequest, name: str) -> Path:
+    out = request.out or Path("dist") / name
+    if out.exists() and not request.force:
+        raise BadInputError(
+            f"{out}: the output folder already exists. Pass --force to replace it, or choose another --out."
+        )
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"{out}: exists and is not a folder; choose another --out.")
+    return out
+
+
+def run_build(request: BuildRequest, reporter: Reporter | None = None) -> BuildOutcome:
+    """Build every requested target; raise GateFailedError (after cleaning up) when a gate fails."""
+    reporter = reporter or Reporter()
+    target_classes = resolve_targets(request.targets)
+    ckpt, digest = open_input(request, reporter)
+    out = _prepare_out(request, request.options.name or ckpt.name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    staging.chmod(0o755)
+    try:
+        ctx = BuildContext(ckpt, digest, request.options, reporter)
+        results: list[TargetResult] = []
+        for cls in target_classes:
+            target = cls()
+            reporter.say(f"target {target.name}: building")
+            start = time.perf_counter()
+            result = target.build(ctx, staging / target.name)
+            reporter.stage(f"target {target.name}", False, time.perf_counter() - start)
+            results.append(result)
+        passed = all(r.passed for r in results)
+        manifest = _manifest(ckpt, digest, request, results, reporter, passed)
+        if not passed and not request.options.no_gate:
+            raise GateFailedError(
+                "an artifact is not faithful enough to the source model, so nothing was written to "
+                f"{out}. Use a higher-precision --quant, or --no-gate to keep the output anyway.\n\n"
+                + verification_table(results)
+            )
+        write_json(staging / "manifest.json", manifest)
+        (staging / "report.md").write_text(render_report(manifest, results, not request.options.no_gate),
+                                           encoding="utf-8")
+        write_sha256sums(staging)
+        _replace_atomically(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    reporter.say(f"wrote {out}")
+    return BuildOutcome(out=out, manifest=manifest, results=results, passed=passed)
+
+
+def _replace_atomically(staging: Path, out: Path) -> None:
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{int(time.time())}")
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out)
+
+
+def _manifest(
+    ckpt: Checkpoint, digest: str, request: BuildRequest, results: list[TargetResult], reporter: Reporter,
+    passed: bool,
+) -> dict[str, Any]:
+    return {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "name": request.options.name or ckpt.name,
+        "built_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+        "passed": passed,
+        "gated": not request.options.no_gate,
+        "source": {
+            **ckpt.origin,
+            "path": str(request.checkpoint),
+            "architecture": ckpt.spec.name,
+            "model_type": ckpt.config.get("model_type"),
+            "parameters": ckpt.parameter_count,
+            "sha256": digest,
+        },
+        "options": {"quant": request.options.quant, "context_length": request.options.context_length},
+        "targets": [r.target for r in results],
+        "artifacts": verification_rows(results),
+        "stages": [vars(s) for s in reporter.records],
+        "tools": tool_versions(),
+    }

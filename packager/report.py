@@ -1,0 +1,96 @@
+"""report.md: the human-readable account of a build, and the gate table printed on failure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from packager.target import TargetResult
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def verification_rows(results: list[TargetResult]) -> list[dict[str, Any]]:
+    rows = []
+    for tr in results:
+        for v in tr.verifications:
+            m = v.metrics
+            rows.append({
+                "target": tr.target,
+                "artifact": v.artifact,
+                "quant": v.quant,
+                "level": v.level,
+                "top1": m.top1 if m else None,
+                "top1_decisive": m.top1_decisive if m else None,
+                "kl": m.kl if m else None,
+                "ppl": m.ppl if m else None,
+                "ppl_ref": m.ppl_ref if m else None,
+                "tokenizer": v.tokenizer_parity,
+                "greedy_match": v.greedy_match,
+                "tokens_per_s": v.tokens_per_s,
+                "passed": v.passed,
+                "failures": v.failures,
+            })
+    return rows
+
+
+def verification_table(results: list[TargetResult]) -> str:
+    """A markdown table of every verified artifact (the same table the CLI prints)."""
+    header = (
+        "| target | artifact | level | top-1 | top-1 decisive | KL | PPL (ref) | tokenizer | greedy = ref "
+        "| host tok/s | gate |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [header]
+    for r in verification_rows(results):
+        ppl = f"{_fmt(r['ppl'], 2)} ({_fmt(r['ppl_ref'], 2)})"
+        tok = {True: "identical", False: "DIFFERS", None: "n/a"}[r["tokenizer"]]
+        greedy = {True: "yes", False: "no", None: "n/a"}[r["greedy_match"]]
+        gate = "pass" if r["passed"] else "FAIL: " + "; ".join(r["failures"])
+        lines.append(
+            f"| {r['target']} | {r['artifact']} | {r['level']} | {_fmt(r['top1'])} | {_fmt(r['top1_decisive'])} "
+            f"| {_fmt(r['kl'], 4)} | {ppl} | {tok} | {greedy} | {_fmt(r['tokens_per_s'], 1)} | {gate} |"
+        )
+    return "\n".join(lines)
+
+
+def scaffold_table(results: list[TargetResult]) -> str:
+    lines = ["| target | file | tool | status | detail |", "|---|---|---|---|---|"]
+    for tr in results:
+        for c in tr.scaffold_checks:
+            lines.append(f"| {tr.target} | {c.file} | {c.tool} | {c.status} | {c.detail.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+def render_report(manifest: dict[str, Any], results: list[TargetResult], gated: bool) -> str:
+    """Return report.md for a build."""
+    src = manifest["source"]
+    parts = [
+        f"# edgepack build: {manifest['name']}",
+        "",
+        f"- source: `{src['path']}` ({src['kind']}), architecture `{src['architecture']}`, "
+        f"{src['parameters']:,} parameters",
+        f"- edgepack {manifest['tools']['edgepack']}, built {manifest['built_at']}",
+        f"- targets: {', '.join(manifest['targets'])}",
+        "",
+        "## Verification",
+        "",
+        "Levels: `executed` = the artifact ran in its real runtime on the build host; `simulated` = its "
+        "program was evaluated numerically off-device; `structural` = shapes, names, sizes and hashes "
+        "only. Nothing here ran on a phone or a Raspberry Pi. Metrics compare each artifact with the "
+        "fp32 transformers model on the same token ids; 'decisive' leaves out positions where the "
+        "reference's top two logits are within 0.1 (near-ties).",
+        "",
+        verification_table(results),
+        "",
+    ]
+    if not gated:
+        parts += ["**Quality gates were switched off (--no-gate): failures above did not stop the build.**", ""]
+    parts += ["## Generated code checks", "", scaffold_table(results), "", "## Stages", "",
+              "| stage | seconds | cached | detail |", "|---|---|---|---|"]
+    for s in manifest["stages"]:
+        parts.append(f"| {s['name']} | {s['seconds']} | {'yes' if s['cached'] else 'no'} | {s['detail']} |")
+    notes = [n for tr in results for n in tr.notes]
+    if notes:
+        parts += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,56 @@
+"""Quality gates: how faithful each kind of artifact must be to the fp32 reference.
+
+Calibrated on what llama.cpp's own converter + quantizer reach on Gemma 3 270M over the bundled
+golden text (about 500 positions, measured 2026-11-21, see docs/benchmarks.md):
+
+    type     top-1   top-1 (decisive)   KL
+    F16      0.998   1.000              0.00002
+    Q8_0     0.971   0.996              0.0031
+    Q6_K     0.943   0.972              0.0086
+    Q5_K_M   0.884   0.923              0.034
+    Q4_K_M   0.941   0.976              0.0062
+    Q4_0     0.640   0.663              0.50     <- must fail
+
+Raw top-1 flips at near-ties (the reference's top two logits within 0.1), so the gate reads
+top-1 on decisive positions together with the mean KL divergence, which has no ties.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from packager.verify.metrics import FidelityMetrics
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Minimum decisive top-1 agreement and maximum mean KL divergence for one artifact class."""
+
+    name: str
+    min_top1_decisive: float
+    max_kl: float
+
+    def check(self, m: FidelityMetrics) -> list[str]:
+        """Return the reasons this artifact fails (empty when it passes)."""
+        reasons = []
+        if m.top1_decisive is not None and m.top1_decisive < self.min_top1_decisive:
+            reasons.append(f"top-1 (decisive) {m.top1_decisive:.3f} < {self.min_top1_decisive:.3f}")
+        if m.kl > self.max_kl:
+            reasons.append(f"KL {m.kl:.4f} > {self.max_kl:.4f}")
+        return reasons
+
+
+LOSSLESS = Gate("16/32-bit", min_top1_decisive=0.99, max_kl=0.002)
+EIGHT_BIT = Gate("8-bit", min_top1_decisive=0.97, max_kl=0.015)
+LOW_BIT = Gate("3-6-bit", min_top1_decisive=0.90, max_kl=0.06)
+
+GATE_BY_TYPE: dict[str, Gate] = {
+    "F32": LOSSLESS, "F16": LOSSLESS, "BF16": LOSSLESS,
+    "Q8_0": EIGHT_BIT,
+    "Q6_K": LOW_BIT, "Q5_K_M": LOW_BIT, "Q5_K_S": LOW_BIT, "Q5_0": LOW_BIT, "Q5_1": LOW_BIT,
+    "Q4_K_M": LOW_BIT, "Q4_K_S": LOW_BIT, "Q4_0": LOW_BIT, "Q4_1": LOW_BIT, "Q3_K_M": LOW_BIT,
+}
+
+
+def gate_for(quant: str) -> Gate:
+    return GATE_BY_TYPE.get(quant, LOW_BIT)

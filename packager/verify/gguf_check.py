@@ -1,0 +1,88 @@
+"""Verifying a GGUF at the `executed` level: it runs in llama.cpp on this host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from packager.contract import Contract
+from packager.verify.gates import gate_for
+from packager.verify.golden import GoldenSet
+from packager.verify.llama_cpp_runner import GGUFRunner
+from packager.verify.metrics import FidelityAccumulator
+from packager.verify.reference import ReferenceLogits
+from packager.verify.result import VerificationResult
+
+
+def runtime_name() -> str:
+    import llama_cpp
+
+    return f"llama.cpp via llama-cpp-python {llama_cpp.__version__}"
+
+
+def tokenizer_probe_text(golden: GoldenSet, special_tokens: list[str]) -> str:
+    """The probe text plus the model's special tokens, so their handling is compared too."""
+    return golden.tokenizer_probe + " " + " ".join(special_tokens) + " end"
+
+
+def check_tokenizer(runner: GGUFRunner, hf_tokenizer, probe: str) -> tuple[bool, str]:
+    """Compare llama.cpp's and HF's token ids for the probe; return (equal, detail)."""
+    hf_ids = hf_tokenizer(probe, add_special_tokens=False)["input_ids"]
+    cpp_ids = runner.tokenize(probe, add_bos=False)
+    if hf_ids == cpp_ids:
+        return True, f"{len(hf_ids)} tokens identical"
+    first = next((i for i, (a, b) in enumerate(zip(hf_ids, cpp_ids, strict=False)) if a != b),
+                 min(len(hf_ids), len(cpp_ids)))
+    return False, (
+        f"differ at token {first}: HF {hf_ids[first:first + 5]} vs llama.cpp {cpp_ids[first:first + 5]} "
+        f"({len(hf_ids)} vs {len(cpp_ids)} tokens)"
+    )
+
+
+def verify_gguf(
+    path: Path,
+    artifact: str,
+    quant: str,
+    reference: ReferenceLogits,
+    golden: GoldenSet,
+    contract: Contract,
+    hf_tokenizer,
+) -> VerificationResult:
+    """Run the GGUF on the golden text and compare it with the fp32 reference."""
+    gate = gate_for(quant)
+    n_ctx = max(len(s) for s in reference.sequences) + len(reference.greedy_prompt_ids) + 64
+    runner = GGUFRunner(path, n_ctx=max(256, n_ctx))
+    try:
+        acc = FidelityAccumulator()
+        for i, ids in enumerate(reference.sequences):
+            art = runner.logits(ids)
+            ref = reference.logits(i)
+            acc.add(ref, art)
+            if i == reference.perplexity_index:
+                acc.add_perplexity(ids, ref, art)
+        metrics = acc.result()
+        special = sorted(set(hf_tokenizer.all_special_tokens) | set(contract.stop_strings))
+        parity, detail = check_tokenizer(runner, hf_tokenizer, tokenizer_probe_text(golden, special))
+        greedy, tps = runner.greedy(reference.greedy_prompt_ids, len(reference.greedy_ids) or 24, contract.eos_ids)
+        greedy_text = runner.detokenize(greedy)
+        ref_text = runner.detokenize(reference.greedy_ids)
+    finally:
+        runner.close()
+    failures = gate.check(metrics)
+    if not parity:
+        failures.append(f"tokenizer differs from HF: {detail}")
+    return VerificationResult(
+        artifact=artifact,
+        format="gguf",
+        quant=quant,
+        level="executed",
+        runtime=runtime_name(),
+        metrics=metrics,
+        tokenizer_parity=parity,
+        tokenizer_detail=detail,
+        greedy_match=greedy == reference.greedy_ids,
+        greedy_text_reference=ref_text,
+        greedy_text=greedy_text,
+        tokens_per_s=tps,
+        gate=f"{gate.name}: top-1 (decisive) >= {gate.min_top1_decisive}, KL <= {gate.max_kl}",
+        failures=failures,
+    )

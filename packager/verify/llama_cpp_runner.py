@@ -1,0 +1,67 @@
+"""Running a GGUF in llama.cpp (through llama-cpp-python): logits, tokens, greedy text, speed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+
+def host_threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class GGUFRunner:
+    """One llama.cpp context over a GGUF file, sized for the texts it will see."""
+
+    def __init__(self, path: Path, n_ctx: int = 1024, logits_all: bool = True) -> None:
+        import llama_cpp
+
+        self.path = path
+        self.llm = llama_cpp.Llama(
+            model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=logits_all,
+            n_threads=host_threads(), n_threads_batch=host_threads(), verbose=False, seed=0,
+        )
+
+    def close(self) -> None:
+        self.llm.close()
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """Return the logits at every position of `ids` (positions x vocab)."""
+        self.llm.reset()
+        self.llm.eval(ids)
+        return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
+
+    def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def greedy(self, prompt_ids: list[int], n: int, eos_ids: list[int]) -> tuple[list[int], float]:
+        """Greedy continuation; returns (tokens, decode tokens per second)."""
+        self.llm.reset()
+        self.llm.eval(prompt_ids)
+        out: list[int] = []
+        start = time.perf_counter()
+        for _ in range(n):
+            tok = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            out.append(tok)
+            if tok in eos_ids:
+                break
+            self.llm.eval([tok])
+        elapsed = time.perf_counter() - start
+        return out, (len(out) / elapsed if elapsed > 0 else 0.0)
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.llm.detokenize(ids).decode("utf-8", errors="replace")
+
+
+@contextlib.contextmanager
+def open_gguf(path: Path, n_ctx: int = 1024) -> Iterator[GGUFRunner]:
+    runner = GGUFRunner(path, n_ctx=n_ctx)
+    try:
+        yield runner
+    finally:
+        runner.close()

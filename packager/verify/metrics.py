@@ -1,0 +1,80 @@
+"""Fidelity metrics of an artifact against the fp32 reference, position by position."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+# Below this logit gap between the reference's top two tokens, a top-1 flip is a coin toss.
+NEAR_TIE_GAP = 0.1
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x -= x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+@dataclass
+class FidelityAccumulator:
+    """Sums over positions; `result()` turns them into the reported metrics."""
+
+    positions: int = 0
+    agree: int = 0
+    decisive: int = 0
+    decisive_agree: int = 0
+    kl_sum: float = 0.0
+    nll_ref: float = 0.0
+    nll_art: float = 0.0
+    ppl_positions: int = 0
+
+    def add(self, ref_logits: np.ndarray, art_logits: np.ndarray) -> None:
+        vocab = min(ref_logits.shape[-1], art_logits.shape[-1])
+        ref = log_softmax(np.asarray(ref_logits[:, :vocab]))
+        art = log_softmax(np.asarray(art_logits[:, :vocab]))
+        ref_top = ref.argmax(-1)
+        agree = ref_top == art.argmax(-1)
+        top2 = np.partition(ref, -2, axis=-1)[:, -2:]
+        decisive = (top2[:, 1] - top2[:, 0]) >= NEAR_TIE_GAP
+        self.positions += len(ref)
+        self.agree += int(agree.sum())
+        self.decisive += int(decisive.sum())
+        self.decisive_agree += int((agree & decisive).sum())
+        self.kl_sum += float((np.exp(ref) * (ref - art)).sum())
+
+    def add_perplexity(self, ids: list[int], ref_logits: np.ndarray, art_logits: np.ndarray) -> None:
+        """Add next-token NLL of both models on a text (logits at position t predict ids[t+1])."""
+        targets = np.asarray(ids[1:])
+        vocab = min(ref_logits.shape[-1], art_logits.shape[-1])
+        for logits, attr in ((ref_logits, "nll_ref"), (art_logits, "nll_art")):
+            lp = log_softmax(np.asarray(logits[:-1, :vocab]))
+            setattr(self, attr, getattr(self, attr) - float(lp[np.arange(len(targets)), targets].sum()))
+        self.ppl_positions += len(targets)
+
+    def result(self) -> FidelityMetrics:
+        return FidelityMetrics(
+            positions=self.positions,
+            top1=self.agree / max(self.positions, 1),
+            top1_decisive=self.decisive_agree / self.decisive if self.decisive else None,
+            decisive_positions=self.decisive,
+            kl=self.kl_sum / max(self.positions, 1),
+            ppl_ref=float(np.exp(self.nll_ref / self.ppl_positions)) if self.ppl_positions else None,
+            ppl=float(np.exp(self.nll_art / self.ppl_positions)) if self.ppl_positions else None,
+        )
+
+
+@dataclass
+class FidelityMetrics:
+    """What the report and the gate read: agreement, divergence and perplexity vs the reference."""
+
+    positions: int
+    top1: float
+    top1_decisive: float | None
+    decisive_positions: int
+    kl: float
+    ppl_ref: float | None
+    ppl: float | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,115 @@
+"""fp32 reference logits of the source model, computed once per checkpoint and cached on disk.
+
+Every artifact (GGUF, .pte, Core ML, web) is compared against these numbers on the same token ids,
+so a difference is the artifact's, never the tokenizer's or the prompt's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from packager.checkpoint import Checkpoint
+from packager.fingerprint import cache_root, options_digest
+from packager.verify.golden import GoldenSet
+
+GREEDY_TOKENS = 24
+
+
+@dataclass
+class ReferenceLogits:
+    """Token ids and fp32 logits of the source model for each golden sequence."""
+
+    folder: Path
+    sequences: list[list[int]]
+    greedy_prompt_ids: list[int]
+    greedy_ids: list[int]
+    eos_ids: list[int]
+    from_cache: bool = False
+
+    def logits(self, index: int) -> np.ndarray:
+        return np.load(self.folder / f"logits-{index}.npy", mmap_mode="r")
+
+    @property
+    def positions(self) -> int:
+        return sum(len(s) for s in self.sequences)
+
+    @property
+    def perplexity_index(self) -> int:
+        return len(self.sequences) - 1
+
+
+def load_hf_model(ckpt: Checkpoint) -> torch.nn.Module:
+    """Load the checkpoint in float32 with transformers (local files only, no remote code)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(ckpt.folder), dtype=torch.float32, trust_remote_code=False, local_files_only=True,
+        attn_implementation="eager",
+    )
+    model.eval()
+    return model
+
+
+def load_hf_tokenizer(ckpt: Checkpoint):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(ckpt.folder), trust_remote_code=False, local_files_only=True)
+
+
+def reference_key(ckpt_digest: str, golden: GoldenSet) -> str:
+    return options_digest("reference-logits", ckpt_digest, golden.digest_source(), GREEDY_TOKENS)
+
+
+def compute_reference(
+    ckpt: Checkpoint, golden: GoldenSet, ckpt_digest: str, eos_ids: list[int], cache: Path | None = None
+) -> ReferenceLogits:
+    """Return the cached reference for this checkpoint, computing it (one forward per text) if needed."""
+    folder = (cache or cache_root()) / "reference" / reference_key(ckpt_digest, golden)[:24]
+    meta_path = folder / "meta.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        return ReferenceLogits(
+            folder, meta["sequences"], meta["greedy_prompt_ids"], meta["greedy_ids"], eos_ids, from_cache=True
+        )
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tokenizer = load_hf_tokenizer(ckpt)
+    model = load_hf_model(ckpt)
+    sequences: list[list[int]] = []
+    with torch.inference_mode():
+        for i, text in enumerate(golden.sequences):
+            ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+            logits = model(torch.tensor([ids])).logits[0].float().numpy()
+            np.save(tmp / f"logits-{i}.npy", logits)
+            sequences.append(ids)
+        prompt_ids = tokenizer(golden.greedy_prompt, add_special_tokens=True)["input_ids"]
+        greedy_ids = greedy_hf(model, prompt_ids, GREEDY_TOKENS, eos_ids)
+    meta = {"sequences": sequences, "greedy_prompt_ids": prompt_ids, "greedy_ids": greedy_ids}
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    del model
+    return ReferenceLogits(folder, sequences, prompt_ids, greedy_ids, eos_ids)
+
+
+def greedy_hf(model: torch.nn.Module, prompt_ids: list[int], n: int, eos_ids: list[int]) -> list[int]:
+    """Greedy continuation with the HF model (argmax each step, stop at an eos id)."""
+    ids = list(prompt_ids)
+    out: list[int] = []
+    with torch.inference_mode():
+        for _ in range(n):
+            logits = model(torch.tensor([ids])).logits[0, -1]
+            tok = int(torch.argmax(logits))
+            out.append(tok)
+            if tok in eos_ids:
+                break
+            ids.append(tok)
+    return out

@@ -1,0 +1,51 @@
+"""What verifying one artifact produced: its level, its numbers, and whether it passed its gate."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from packager.verify.metrics import FidelityMetrics
+
+LEVELS = ("executed", "simulated", "structural")
+
+
+@dataclass
+class VerificationResult:
+    """One artifact's verification; `level` says how strongly it was checked on this host."""
+
+    artifact: str
+    format: str
+    quant: str
+    level: str
+    runtime: str
+    metrics: FidelityMetrics | None = None
+    tokenizer_parity: bool | None = None
+    tokenizer_detail: str = ""
+    greedy_match: bool | None = None
+    greedy_text_reference: str = ""
+    greedy_text: str = ""
+    tokens_per_s: float | None = None
+    gate: str = ""
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.level not in LEVELS:
+            raise ValueError(f"unknown verification level {self.level!r}")
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["passed"] = self.passed
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VerificationResult:
+        data = {k: v for k, v in data.items() if k != "passed"}
+        if data.get("metrics"):
+            data["metrics"] = FidelityMetrics(**data["metrics"])
+        return cls(**data)
