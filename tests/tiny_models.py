@@ -81,7 +81,7 @@ def _llama_tokenizer(vocab_size: int) -> Tokenizer:
 def _save_tokenizer(tok: Tokenizer, folder: Path, bos: str, eos: str, pad: str | None, template: str | None) -> None:
     tok.save(str(folder / "tokenizer.json"))
     cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": bos, "eos_token": eos,
-           "model_max_length": 512, "clean_up_tokenization_spaces": False}
+           "model_max_length": 4096, "clean_up_tokenization_spaces": False}
     if pad:
         cfg["pad_token"] = pad
     if template:
@@ -113,7 +113,9 @@ def make_tiny_gemma(folder: Path, seed: int = 0, name_or_path: str = "tiny-gemma
     return folder
 
 
-def make_tiny_llama(folder: Path, seed: int = 0, llama3_rope: bool = True, tied: bool = False) -> Path:
+def make_tiny_llama(
+    folder: Path, seed: int = 0, llama3_rope: bool = True, tied: bool = False, hidden_size: int = 64
+) -> Path:
     """A 2-layer Llama model (GQA, optional llama3 rope scaling) with a byte-level BPE tokenizer."""
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -125,8 +127,9 @@ def make_tiny_llama(folder: Path, seed: int = 0, llama3_rope: bool = True, tied:
         rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
                 "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
     cfg = LlamaConfig(
-        vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, rope_parameters=rope,
+        vocab_size=tok.get_vocab_size(), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        rope_parameters=rope,
         initializer_range=0.2, bos_token_id=bos, eos_token_id=tok.token_to_id("<|end_of_text|>"),
         tie_word_embeddings=tied, rms_norm_eps=1e-5,
     )

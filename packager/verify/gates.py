@@ -41,7 +41,7 @@ class Gate:
 
 
 LOSSLESS = Gate("16/32-bit", min_top1_decisive=0.99, max_kl=0.002)
-EIGHT_BIT = Gate("8-bit", min_top1_decisive=0.97, max_kl=0.015)
+EIGHT_BIT = Gate("8-bit", min_top1_decisive=0.95, max_kl=0.015)
 LOW_BIT = Gate("3-6-bit", min_top1_decisive=0.90, max_kl=0.06)
 
 GATE_BY_TYPE: dict[str, Gate] = {

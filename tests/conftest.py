@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny random checkpoints (seconds) and the real Gemma 3 270M (registry package)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
+
+# One stage cache for the whole session (CI starts empty); tests that need a cold cache make their own.
+os.environ.setdefault("EDGEPACK_CACHE", str(REPO / ".cache" / "test-cache"))
+
+from tiny_models import make_tiny_gemma, make_tiny_llama  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_gemma(tmp_path_factory.mktemp("models") / "tiny-gemma3")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def gemma_270m() -> Path:
+    """The real Gemma 3 270M as an HF folder, made by edgepack from the registry package."""
+    from packager.examples import bundled_example
+    from packager.progress import Reporter
+
+    return bundled_example(Reporter(quiet=True))
+
+
+@pytest.fixture
+def cold_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EDGEPACK_CACHE", str(cache))
+    yield cache

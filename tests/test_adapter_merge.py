@@ -1,0 +1,109 @@
+"""LoRA adapters are merged in float32 exactly as peft's merge_and_unload does, before quantization."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from cli_helpers import edgepack, leftovers
+
+from packager.checkpoint import load_checkpoint
+from packager.errors import BadInputError, ExitCode
+
+
+def make_adapter(base: Path, dest: Path, *, seed: int = 1, rslora: bool = False, base_ref: str | None = None) -> Path:
+    """Train-free LoRA: random A and B on several modules, with rank/alpha patterns."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
+        rank_pattern={"down_proj": 2}, alpha_pattern={"o_proj": 3}, use_rslora=rslora,
+    )
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0.0, 0.2)
+    peft_model.save_pretrained(str(dest))
+    cfg_path = dest / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = base_ref if base_ref is not None else str(base)
+    cfg_path.write_text(json.dumps(cfg))
+    return dest
+
+
+def peft_merged_state(base: Path, adapter: Path) -> dict[str, torch.Tensor]:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    return {k: v.detach() for k, v in merged.state_dict().items()}
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_merged_weights_equal_peft_merge_and_unload(tiny_llama: Path, tmp_path: Path, rslora: bool) -> None:
+    adapter = make_adapter(tiny_llama, tmp_path / "adapter", rslora=rslora)
+    ckpt = load_checkpoint(adapter, work_dir=tmp_path / "work")
+    expected = peft_merged_state(tiny_llama, adapter)
+    assert ckpt.origin["kind"] == "peft-adapter" and ckpt.origin["lora_modules"] == 8
+    changed = 0
+    for name in ckpt.tensor_names():
+        ours = ckpt.load(name).float()
+        theirs = expected[name].float()
+        assert torch.equal(ours, theirs), f"{name}: max diff {(ours - theirs).abs().max()}"
+        base = load_checkpoint(tiny_llama, work_dir=tmp_path / "w2").load(name).float()
+        changed += int(not torch.equal(ours, base))
+    assert changed == 8, "every adapted matrix (4 modules x 2 layers) must differ from the base"
+
+
+def test_adapter_build_runs_end_to_end_and_records_its_origin(tiny_llama: Path, tmp_path: Path) -> None:
+    adapter = make_adapter(tiny_llama, tmp_path / "my-adapter")
+    out = tmp_path / "out"
+    result = edgepack("build", adapter, "--target", "raspberry-pi", "--out", out, "--quant", "F16", "--json")
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"]["kind"] == "peft-adapter"
+    assert manifest["source"]["base"] == str(tiny_llama.resolve())
+    assert manifest["name"] == "my-adapter"
+    assert result.json()["artifacts"][0]["passed"] is True
+
+
+def test_base_that_does_not_resolve_asks_for_base_flag(tiny_llama: Path, tmp_path: Path) -> None:
+    adapter = make_adapter(tiny_llama, tmp_path / "adapter", base_ref="some-org/some-hub-model")
+    out = tmp_path / "out"
+    result = edgepack("build", adapter, "--target", "raspberry-pi", "--out", out)
+    assert result.exit_code == ExitCode.BAD_INPUT
+    assert "some-org/some-hub-model" in result.stderr and "--base" in result.stderr
+    assert leftovers(tmp_path, "out") == []
+    ok = edgepack("build", adapter, "--base", tiny_llama, "--target", "raspberry-pi", "--out", out, "--quant", "F16")
+    assert ok.exit_code == 0, ok.stderr
+
+
+def test_adapter_whose_shapes_do_not_fit_the_base_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    from tiny_models import make_tiny_llama
+
+    adapter = make_adapter(tiny_llama, tmp_path / "adapter")
+    other = make_tiny_llama(tmp_path / "narrower-base", hidden_size=32)  # same module names, other sizes
+    with pytest.raises(BadInputError) as err:
+        load_checkpoint(adapter, base=other, work_dir=tmp_path / "work")
+    message = str(err.value)
+    assert "adapter_model.safetensors" in message and "shapes do not fit" in message and "--base" in message
+
+
+def test_adapter_for_modules_the_base_lacks_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    adapter = make_adapter(tiny_llama, tmp_path / "adapter")
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    renamed = {k.replace("self_attn.q_proj", "self_attn.qkv_fused"): v for k, v in weights.items()}
+    save_file(renamed, str(adapter / "adapter_model.safetensors"))
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BadInputError, match="does not have"):
+        load_checkpoint(adapter, work_dir=tmp_path / "work")
