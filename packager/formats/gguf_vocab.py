@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ class Vocab:
     pre: str
     tokens: list[str]
     token_types: list[int]
+    merges: list[str]
     folder: Path
 
     def add_to(self, writer: gguf.GGUFWriter) -> None:
@@ -59,7 +61,31 @@ class Vocab:
         writer.add_tokenizer_pre(self.pre)
         writer.add_token_list(self.tokens)
         writer.add_token_types(self.token_types)
-        gguf.SpecialVocab(self.folder, load_merges=True).add_to_gguf(writer, quiet=True)
+        writer.add_token_merges(self.merges)
+        # Special ids, add_bos/eos and the chat template, read the way llama.cpp's converter reads them;
+        # merges come from our single parse of tokenizer.json instead of a second one.
+        gguf.SpecialVocab(self.folder, load_merges=False).add_to_gguf(writer, quiet=True)
+
+
+def read_tokenizer_json(folder: Path) -> dict[str, Any]:
+    """Parse tokenizer.json once per build (it is 33 MB for Gemma's 262k vocabulary)."""
+    return _parse_tokenizer_json(str(folder / "tokenizer.json"), (folder / "tokenizer.json").stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=4)
+def _parse_tokenizer_json(path: str, mtime_ns: int) -> dict[str, Any]:
+    del mtime_ns  # part of the cache key only
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def tokenizer_rows(tokenizer_json: dict[str, Any]) -> int:
+    """Rows llama.cpp's converter keeps in Gemma's embedding: vocab + added tokens (as it counts them)."""
+    return len(tokenizer_json["model"]["vocab"]) + len(tokenizer_json.get("added_tokens", []))
+
+
+def _merges(tokenizer_json: dict[str, Any]) -> list[str]:
+    merges = tokenizer_json["model"].get("merges") or []
+    return [m if isinstance(m, str) else " ".join(m) for m in merges]
 
 
 def _structural_pre(tokenizer_json: dict[str, Any]) -> str | None:
@@ -97,16 +123,16 @@ def _does_token_look_special(text: str) -> bool:
 
 def build_vocab(folder: Path, vocab_size: int) -> Vocab:
     """Read the HF tokenizer in `folder` and return the GGUF vocabulary (gpt2-style BPE with merges)."""
-    from transformers import AutoTokenizer
+    from tokenizers import Tokenizer
 
-    tokenizer_json = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    tokenizer_json = read_tokenizer_json(folder)
     if (tokenizer_json.get("model") or {}).get("type") != "BPE":
         raise UnsupportedError(
             f"{folder / 'tokenizer.json'}: tokenizer model {tokenizer_json.get('model', {}).get('type')!r}; "
             "edgepack writes BPE tokenizers to GGUF (Gemma 3, Llama 3, SmolLM2 use BPE)."
         )
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-    chkhsh = sha256(str(tokenizer.encode(CHKTXT)).encode()).hexdigest()
+    tokenizer = Tokenizer.from_str(json.dumps(tokenizer_json))
+    chkhsh = sha256(str(tokenizer.encode(CHKTXT).ids).encode()).hexdigest()
     pre = PRE_TOKENIZER_BY_HASH.get(chkhsh) or _structural_pre(tokenizer_json)
     if pre is None:
         raise UnsupportedError(
@@ -115,15 +141,14 @@ def build_vocab(folder: Path, vocab_size: int) -> Vocab:
             f"without any error. Known families: {', '.join(sorted(set(PRE_TOKENIZER_BY_HASH.values())))}."
         )
 
-    vocab = tokenizer.get_vocab()
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
     if max(vocab.values()) >= vocab_size:
         raise UnsupportedError(
             f"{folder / 'tokenizer.json'}: token id {max(vocab.values())} is outside the model's "
             f"vocab_size {vocab_size} (config.json). The tokenizer does not belong to this model."
         )
     reverse = {i: t for t, i in vocab.items()}
-    added = tokenizer.get_added_vocab()
-    decoder = tokenizer.added_tokens_decoder
+    added = tokenizer.get_added_tokens_decoder()
     tokens: list[str] = []
     types: list[int] = []
     for i in range(vocab_size):
@@ -132,11 +157,12 @@ def build_vocab(folder: Path, vocab_size: int) -> Vocab:
             types.append(gguf.TokenType.UNUSED)
             continue
         token = reverse[i]
-        if token in added:
-            if not decoder[i].normalized:
+        if i in added:
+            if not added[i].normalized:
                 # llama.cpp assumes control/user tokens are pre-normalized.
-                token = tokenizer.decode(tokenizer.encode(token, add_special_tokens=False))
-            if decoder[i].special or _does_token_look_special(token):
+                token = tokenizer.decode(tokenizer.encode(token, add_special_tokens=False).ids,
+                                         skip_special_tokens=False)
+            if added[i].special or _does_token_look_special(token):
                 types.append(gguf.TokenType.CONTROL)
             else:
                 token = token.replace("\u2581", " ")
@@ -144,4 +170,5 @@ def build_vocab(folder: Path, vocab_size: int) -> Vocab:
         else:
             types.append(gguf.TokenType.NORMAL)
         tokens.append(token)
-    return Vocab(model="gpt2", pre=pre, tokens=tokens, token_types=types, folder=folder)
+    return Vocab(model="gpt2", pre=pre, tokens=tokens, token_types=types, merges=_merges(tokenizer_json),
+                 folder=folder)

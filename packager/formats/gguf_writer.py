@@ -20,7 +20,7 @@ import torch
 from packager.architectures import ArchitectureSpec, full_rope_params, uses_llama3_rope
 from packager.checkpoint import Checkpoint
 from packager.errors import InternalError, UnsupportedError
-from packager.formats.gguf_vocab import build_vocab
+from packager.formats.gguf_vocab import build_vocab, read_tokenizer_json, tokenizer_rows
 
 Q = gguf.GGMLQuantizationType
 FT = gguf.LlamaFileType
@@ -82,13 +82,6 @@ def _tensor_qtype(gguf_name: str, shape: tuple[int, ...], file_qtype: Q) -> Q:
     return file_qtype if shape[-1] % block == 0 else Q.F16
 
 
-def _tokenizer_vocab_rows(ckpt: Checkpoint) -> int:
-    import json
-
-    data = json.loads(ckpt.tokenizer_json.read_text(encoding="utf-8"))
-    return len(data["model"]["vocab"]) + len(data.get("added_tokens", []))
-
-
 class TensorTransform:
     """Applies the architecture table's per-tensor rules to HF tensors (float32 in, float32 out)."""
 
@@ -96,7 +89,9 @@ class TensorTransform:
         self.spec: ArchitectureSpec = ckpt.spec
         self.config = ckpt.config
         self.tensor_map = gguf.get_tensor_name_map(self.spec.gguf_arch, ckpt.config["num_hidden_layers"])
-        self.vocab_rows = _tokenizer_vocab_rows(ckpt) if self.spec.truncate_embedding_to_tokenizer else None
+        self.vocab_rows = (
+            tokenizer_rows(read_tokenizer_json(ckpt.folder)) if self.spec.truncate_embedding_to_tokenizer else None
+        )
 
     def gguf_name(self, hf_name: str) -> str | None:
         if hf_name.endswith(_SKIPPED_SUFFIXES):
@@ -114,9 +109,12 @@ class TensorTransform:
             return (min(shape[0], self.vocab_rows), *shape[1:])
         return shape
 
-    def apply(self, hf_name: str, data: torch.Tensor) -> torch.Tensor:
+    def apply(self, hf_name: str, data: torch.Tensor, qtype: Q = Q.F32) -> torch.Tensor:
+        """Return the tensor as llama.cpp expects it: F16 targets skip the float32 round trip."""
+        needs_f32 = qtype != Q.F16  # norms are planned as F32, so the +1 offset is computed in f32
         if data.dtype not in (torch.float16, torch.float32):
-            data = data.to(torch.float32)
+            # bf16 -> f16 in torch rounds exactly like bf16 -> f32 -> f16 (to nearest even).
+            data = data.to(torch.float32 if needs_f32 else torch.float16)
         if self.vocab_rows is not None and hf_name.endswith("embed_tokens.weight"):
             data = data[: self.vocab_rows]
         if self.spec.norm_offset and hf_name.endswith("norm.weight"):
@@ -173,10 +171,10 @@ def _check_rope(ckpt: Checkpoint) -> None:
         )
 
 
-def plan_tensors(ckpt: Checkpoint, file_qtype: Q) -> list[PlannedTensor]:
+def plan_tensors(ckpt: Checkpoint, file_qtype: Q, transform: TensorTransform | None = None) -> list[PlannedTensor]:
     """Return the GGUF tensor list (names, shapes, types) from the headers alone."""
     _check_rope(ckpt)
-    transform = TensorTransform(ckpt)
+    transform = transform or TensorTransform(ckpt)
     plan: list[PlannedTensor] = []
     if uses_llama3_rope(ckpt.spec, ckpt.config):
         name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
@@ -192,6 +190,8 @@ def plan_tensors(ckpt: Checkpoint, file_qtype: Q) -> list[PlannedTensor]:
 
 
 def _encode(data: torch.Tensor, qtype: Q) -> np.ndarray:
+    if qtype == Q.F16:
+        return data.to(torch.float16).numpy()
     array = data.numpy()
     if qtype == Q.F32:
         return array.astype(np.float32, copy=False)
@@ -211,7 +211,8 @@ def write_gguf(ckpt: Checkpoint, out_path: Path, out_type: str, progress: Progre
     if out_type not in NUMPY_TYPES:
         raise InternalError(f"write_gguf cannot encode {out_type}; K-quants go through quantize_gguf")
     file_type, file_qtype = NUMPY_TYPES[out_type]
-    plan = plan_tensors(ckpt, file_qtype)
+    transform = TensorTransform(ckpt)
+    plan = plan_tensors(ckpt, file_qtype, transform)
     vocab = build_vocab(ckpt.folder, ckpt.config["vocab_size"])
 
     writer = gguf.GGUFWriter(str(out_path), gguf.MODEL_ARCH_NAMES[ckpt.spec.gguf_arch])
@@ -222,8 +223,7 @@ def write_gguf(ckpt: Checkpoint, out_path: Path, out_type: str, progress: Progre
         if value is not None:
             getattr(writer, key.writer_method)(value)
     writer.add_file_type(file_type)
-    if file_qtype not in (Q.F32, Q.F16, Q.BF16):
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     vocab.add_to(writer)
 
     for t in plan:
@@ -239,12 +239,11 @@ def write_gguf(ckpt: Checkpoint, out_path: Path, out_type: str, progress: Progre
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
 
-    transform = TensorTransform(ckpt)
     for i, t in enumerate(plan):
         if t.source is None:
             data = llama3_rope_factors(ckpt.config)
         else:
-            data = transform.apply(t.source, ckpt.load(t.source))
+            data = transform.apply(t.source, ckpt.load(t.source), t.qtype)
         encoded = _encode(data, t.qtype)
         del data
         writer.write_tensor_data(encoded)

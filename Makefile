@@ -1,0 +1,16 @@
+# The two commands of the README. Both install what they need first (scripts/setup.sh).
+.PHONY: example test lint
+
+# Build the bundled example for every target and print the per-artifact table.
+example:
+	scripts/setup.sh
+	.venv/bin/edgepack build --target all --force
+
+# The test suite, tiny random models and the real Gemma 3 270M alike (what CI runs).
+test:
+	scripts/setup.sh --dev
+	.venv/bin/ruff check .
+	EDGEPACK_REQUIRE_TOOLS=1 .venv/bin/python -m pytest -q
+
+lint:
+	.venv/bin/ruff check .

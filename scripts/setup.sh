@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Set up edgepack in ./.venv on a fresh machine: system tools (apt), then Python packages pinned by
+# requirements/constraints.txt. Idempotent: a second run only checks. Usage: scripts/setup.sh [--dev]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_dev=0
+[[ "${1:-}" == "--dev" ]] && want_dev=1
+
+apt_packages=()
+command -v cmake >/dev/null || apt_packages+=(cmake)
+command -v g++ >/dev/null || apt_packages+=(g++)
+if [[ $want_dev == 1 ]]; then
+    command -v shellcheck >/dev/null || apt_packages+=(shellcheck)
+    command -v systemd-analyze >/dev/null || apt_packages+=(systemd)
+    command -v node >/dev/null || apt_packages+=(nodejs)
+    command -v sha256sum >/dev/null || apt_packages+=(coreutils)
+fi
+if (( ${#apt_packages[@]} )); then
+    echo "setup: installing ${apt_packages[*]} with apt-get" >&2
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "setup: need root for apt-get; run: sudo apt-get install -y ${apt_packages[*]}" >&2
+        exit 2
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_packages[@]}" >/dev/null
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+    python3 -m venv .venv
+fi
+# torch first and alone: 2.13.0 has a local CPU wheel; letting a resolver pick torch could pull
+# several GB of CUDA packages instead.
+.venv/bin/python -m pip install -q --disable-pip-version-check -c requirements/constraints.txt torch==2.13.0
+extras="example"
+[[ $want_dev == 1 ]] && extras="example,dev"
+# llama-cpp-python compiles llama.cpp from source on first install (about 5-9 CPU-minutes);
+# pip caches the built wheel, so later installs are instant.
+.venv/bin/python -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e ".[${extras}]"
+.venv/bin/edgepack --version >&2
