@@ -61,7 +61,7 @@ with tempfile.TemporaryDirectory(prefix="edgepack-bench-") as work:
 _EDGEPACK_QUANT = """\
 import sys
 from pathlib import Path
-from packager.formats.gguf_writer import quantize_gguf
+from packager.formats.gguf_quantize import quantize_gguf
 quantize_gguf(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])
 """
 

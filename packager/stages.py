@@ -19,7 +19,8 @@ from typing import Any
 from packager.checkpoint import Checkpoint
 from packager.contract import Contract, contract_from_checkpoint
 from packager.fingerprint import cache_root, file_sha256, options_digest
-from packager.formats.gguf_writer import NUMPY_TYPES, quantize_gguf, write_gguf
+from packager.formats.gguf_quantize import quantize_gguf
+from packager.formats.gguf_writer import NUMPY_TYPES, write_gguf
 from packager.progress import Reporter
 from packager.verify.gguf_check import verify_gguf
 from packager.verify.golden import GoldenSet, load_golden

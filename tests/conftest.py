@@ -30,6 +30,13 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_smollm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-shaped: tied embeddings, plain rope, digit-splitting tokenizer that adds no BOS."""
+    folder = tmp_path_factory.mktemp("models") / "tiny-smollm"
+    return make_tiny_llama(folder, llama3_rope=False, tied=True, tokenizer_style="smollm")
+
+
+@pytest.fixture(scope="session")
 def gemma_270m() -> Path:
     """The real Gemma 3 270M as an HF folder, made by edgepack from the registry package."""
     from packager.examples import bundled_example

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from packager.checkpoint import load_checkpoint
 from packager.contract import contract_from_checkpoint
-from packager.formats.gguf_writer import _permute, iter_gguf_tensors, quantize_gguf, write_gguf
+from packager.formats.gguf_quantize import quantize_gguf
+from packager.formats.gguf_writer import _permute, iter_gguf_tensors, write_gguf
 from packager.verify.gguf_check import verify_gguf
 from packager.verify.golden import load_golden
 from packager.verify.reference import compute_reference, load_hf_tokenizer
@@ -118,7 +119,7 @@ def test_k_quants_go_through_llama_cpp_and_fall_back_on_narrow_rows(llama_f16: P
     assert _fields(out)["general.file_type"] == int(gguf.LlamaFileType.MOSTLY_Q4_K_M)
 
 
-@pytest.mark.parametrize("fixture", ["tiny_gemma", "tiny_llama"])
+@pytest.mark.parametrize("fixture", ["tiny_gemma", "tiny_llama", "tiny_smollm"])
 def test_f32_gguf_matches_transformers_exactly_in_llama_cpp(fixture: str, request: pytest.FixtureRequest,
                                                              tmp_path: Path) -> None:
     model: Path = request.getfixturevalue(fixture)
@@ -149,3 +150,14 @@ def test_a_wrong_norm_offset_is_caught_by_verification(tiny_gemma: Path, tmp_pat
     result = verify_gguf(path, "broken.gguf", "F16", reference, golden, contract, load_hf_tokenizer(ckpt))
     assert not result.passed
     assert any("KL" in f for f in result.failures)
+
+
+def test_smollm_style_checkpoint_is_tied_adds_no_bos_and_uses_the_smollm_pre_tokenizer(
+    tiny_smollm: Path, tmp_path: Path
+) -> None:
+    ckpt = load_checkpoint(tiny_smollm, work_dir=tmp_path / "w")
+    path = write_gguf(ckpt, tmp_path / "s.gguf", "F16")
+    fields = _fields(path)
+    assert fields["tokenizer.ggml.pre"] == "smollm"
+    assert "output.weight" not in _tensors(path) and "rope_freqs.weight" not in _tensors(path)
+    assert contract_from_checkpoint(ckpt).add_bos is False

@@ -22,7 +22,9 @@ def assert_tensors_identical(ours: Path, reference: Path) -> int:
     return len(ref)
 
 
-@pytest.mark.parametrize("fixture,pre", [("tiny_llama", "llama-bpe"), ("tiny_gemma", "gemma4")])
+@pytest.mark.parametrize(
+    "fixture,pre", [("tiny_llama", "llama-bpe"), ("tiny_gemma", "gemma4"), ("tiny_smollm", "smollm")]
+)
 def test_f16_tensors_are_byte_identical_to_llama_cpp_converter(
     fixture: str, pre: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:

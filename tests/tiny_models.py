@@ -59,12 +59,19 @@ def _gemma_tokenizer(vocab_size: int) -> Tokenizer:
     return tok
 
 
-def _llama_tokenizer(vocab_size: int) -> Tokenizer:
+def _llama_tokenizer(vocab_size: int, style: str = "llama3") -> Tokenizer:
+    """Byte-level BPE behind Llama 3's split regex, or SmolLM's digit split + GPT-2 regex (no BOS)."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(LLAMA3_REGEX), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    if style == "smollm":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - len(LLAMA_SPECIALS), show_progress=False,
@@ -72,9 +79,10 @@ def _llama_tokenizer(vocab_size: int) -> Tokenizer:
     )
     tok.train_from_iterator(CORPUS, trainer)
     tok.add_special_tokens(LLAMA_SPECIALS)
-    bos = tok.token_to_id("<|begin_of_text|>")
-    tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
-                                                      special_tokens=[("<|begin_of_text|>", bos)])
+    if style != "smollm":
+        bos = tok.token_to_id("<|begin_of_text|>")
+        tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                                          special_tokens=[("<|begin_of_text|>", bos)])
     return tok
 
 
@@ -114,13 +122,14 @@ def make_tiny_gemma(folder: Path, seed: int = 0, name_or_path: str = "tiny-gemma
 
 
 def make_tiny_llama(
-    folder: Path, seed: int = 0, llama3_rope: bool = True, tied: bool = False, hidden_size: int = 64
+    folder: Path, seed: int = 0, llama3_rope: bool = True, tied: bool = False, hidden_size: int = 64,
+    tokenizer_style: str = "llama3",
 ) -> Path:
     """A 2-layer Llama model (GQA, optional llama3 rope scaling) with a byte-level BPE tokenizer."""
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     folder.mkdir(parents=True, exist_ok=True)
-    tok = _llama_tokenizer(640)
+    tok = _llama_tokenizer(640, tokenizer_style)
     bos, eot = tok.token_to_id("<|begin_of_text|>"), tok.token_to_id("<|eot_id|>")
     rope = {"rope_type": "default", "rope_theta": 500000.0}
     if llama3_rope:

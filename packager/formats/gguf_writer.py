@@ -20,6 +20,7 @@ import torch
 from packager.architectures import ArchitectureSpec, full_rope_params, uses_llama3_rope
 from packager.checkpoint import Checkpoint
 from packager.errors import InternalError, UnsupportedError
+from packager.formats.gguf_quantize import LLAMA_CPP_TYPES
 from packager.formats.gguf_vocab import build_vocab, read_tokenizer_json, tokenizer_rows
 
 Q = gguf.GGMLQuantizationType
@@ -35,15 +36,6 @@ NUMPY_TYPES: dict[str, tuple[FT, Q]] = {
     "Q4_1": (FT.MOSTLY_Q4_1, Q.Q4_1),
     "Q5_0": (FT.MOSTLY_Q5_0, Q.Q5_0),
     "Q5_1": (FT.MOSTLY_Q5_1, Q.Q5_1),
-}
-# Output types that need llama.cpp's quantizer (importance-free K-quant mixes), made from the F16 GGUF.
-LLAMA_CPP_TYPES: dict[str, FT] = {
-    "Q4_K_M": FT.MOSTLY_Q4_K_M,
-    "Q4_K_S": FT.MOSTLY_Q4_K_S,
-    "Q5_K_M": FT.MOSTLY_Q5_K_M,
-    "Q5_K_S": FT.MOSTLY_Q5_K_S,
-    "Q6_K": FT.MOSTLY_Q6_K,
-    "Q3_K_M": FT.MOSTLY_Q3_K_M,
 }
 QUANT_TYPES = tuple(NUMPY_TYPES) + tuple(LLAMA_CPP_TYPES)
 
@@ -252,19 +244,6 @@ def write_gguf(ckpt: Checkpoint, out_path: Path, out_type: str, progress: Progre
             progress(i + 1, len(plan))
     writer.close()
     return out_path
-
-
-def quantize_gguf(src: Path, dest: Path, out_type: str, threads: int = 0) -> Path:
-    """Quantize an F16/F32 GGUF with llama.cpp's own quantizer (K-quant mixes included)."""
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = int(LLAMA_CPP_TYPES.get(out_type) or NUMPY_TYPES[out_type][0])
-    params.nthread = threads
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dest).encode(), params)
-    if rc != 0 or not dest.is_file():
-        raise InternalError(f"llama.cpp's quantizer failed ({rc}) turning {src.name} into {out_type}")
-    return dest
 
 
 def iter_gguf_tensors(path: Path) -> Iterator[tuple[str, Q, np.ndarray]]:
