@@ -1,18 +1,38 @@
-"""The task contract: how a prompt is rendered and when generation stops, one truth for all targets.
+"""The task contract: how a prompt is rendered, when generation stops, how the answer is read.
 
-Captured once from the checkpoint (chat template, BOS handling, eos/end-of-turn ids, generation
-defaults) and written into every target's edgepack.json, so each runtime and each mobile bridge
-renders prompts and stops exactly alike.
+One truth for every platform. It is captured once from the checkpoint (chat template, BOS, eos
+and end-of-turn ids, generation defaults) plus the user's task (labels or a JSON schema), and
+written into every target's edgepack.json. The bridges in mobile/ implement exactly the functions
+below (render_prompt, parse_output, labels_grammar); tests/vectors/contract.json proves they agree.
+
+Design choice: a chat template is Jinja, which no phone bridge should have to interpret. At build
+time it is rendered once around a sentinel message and stored as a plain prefix and suffix, so
+rendering a prompt anywhere is string concatenation.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from packager.checkpoint import Checkpoint
+from packager.errors import BadInputError
+
+TASKS = ("text", "labels", "json")
+_SENTINEL = "\u0000EDGEPACK_INPUT\u0000"
+
+
+@dataclass
+class PromptFormat:
+    """prefix + template (with {instruction} and {input} filled in) + suffix."""
+
+    prefix: str = ""
+    template: str = "{input}"
+    suffix: str = ""
+    source: str = "plain"  # "chat_template" when prefix/suffix come from the model's chat template
 
 
 @dataclass
@@ -20,18 +40,170 @@ class Contract:
     """What a caller needs to drive the model the way it was fine-tuned."""
 
     task: str = "text"
+    labels: list[str] | None = None
+    json_schema: dict[str, Any] | None = None
+    prompt: PromptFormat = field(default_factory=PromptFormat)
     add_bos: bool = True
     bos_id: int | None = None
     bos_token: str | None = None
     eos_ids: list[int] = field(default_factory=list)
     stop_strings: list[str] = field(default_factory=list)
     chat_template: str | None = None
-    prompt_template: str | None = None
     max_new_tokens: int = 128
+    constrained: bool = False
     generation: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Contract:
+        data = dict(data)
+        data["prompt"] = PromptFormat(**data.get("prompt", {}))
+        return cls(**data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering and parsing: mirrored line by line in mobile/*/ (keep them simple and explicit).
+
+
+def fill_template(template: str, values: dict[str, str]) -> str:
+    """Replace {name} placeholders; `{{` and `}}` are literal braces; unknown names are an error."""
+    out: list[str] = []
+    i = 0
+    while i < len(template):
+        ch = template[i]
+        if ch == "{" and template.startswith("{{", i):
+            out.append("{")
+            i += 2
+        elif ch == "}" and template.startswith("}}", i):
+            out.append("}")
+            i += 2
+        elif ch == "{":
+            end = template.find("}", i)
+            if end < 0:
+                raise ValueError(f"unclosed placeholder at {i} in prompt template")
+            name = template[i + 1:end]
+            if name not in values:
+                raise ValueError(f"unknown placeholder {{{name}}} in prompt template")
+            out.append(values[name])
+            i = end + 1
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def render_prompt(contract: Contract, input_text: str, instruction: str = "") -> str:
+    """Return the exact text the model sees (BOS is not included: the runtime adds it if add_bos)."""
+    body = fill_template(contract.prompt.template, {"input": input_text, "instruction": instruction})
+    return contract.prompt.prefix + body + contract.prompt.suffix
+
+
+def clean_output(contract: Contract, raw: str) -> str:
+    """Cut the raw generation at the first stop string, then strip surrounding whitespace."""
+    cut = len(raw)
+    for stop in contract.stop_strings:
+        pos = raw.find(stop)
+        if 0 <= pos < cut:
+            cut = pos
+    return raw[:cut].strip()
+
+
+def parse_output(contract: Contract, raw: str) -> dict[str, Any]:
+    """Return {ok, value, error, text}; error is None or {code, path}. Nothing is repaired."""
+    text = clean_output(contract, raw)
+    if contract.task == "labels":
+        if text in (contract.labels or []):
+            return {"ok": True, "value": text, "error": None, "text": text}
+        return {"ok": False, "value": None, "error": {"code": "unknown_label", "path": ""}, "text": text}
+    if contract.task == "json":
+        try:
+            value = json.loads(text)
+        except (json.JSONDecodeError, ValueError):
+            return {"ok": False, "value": None, "error": {"code": "invalid_json", "path": ""}, "text": text}
+        path = schema_violation(value, contract.json_schema or {}, "")
+        if path is not None:
+            return {"ok": False, "value": value, "error": {"code": "schema_mismatch", "path": path}, "text": text}
+        return {"ok": True, "value": value, "error": None, "text": text}
+    return {"ok": True, "value": text, "error": None, "text": text}
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "integer" if math.isfinite(value) and value.is_integer() else "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _type_matches(value: Any, expected: str | list[str]) -> bool:
+    actual = _json_type(value)
+    allowed = expected if isinstance(expected, list) else [expected]
+    return actual in allowed or (actual == "integer" and "number" in allowed)
+
+
+def schema_violation(value: Any, schema: dict[str, Any], path: str) -> str | None:
+    """Return the JSON pointer of the first violation of a JSON-schema subset, or None.
+
+    Supported: type, enum, const, properties, required, additionalProperties (false), items,
+    minItems, maxItems. Order of checks (shared by every bridge): type, const, enum, then for
+    objects required (in schema order), properties (schema order), additional keys (value order);
+    for arrays the length bounds, then items in order.
+    """
+    if "type" in schema and not _type_matches(value, schema["type"]):
+        return path
+    if "const" in schema and value != schema["const"]:
+        return path
+    if "enum" in schema and value not in schema["enum"]:
+        return path
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        for key in schema.get("required", []):
+            if key not in value:
+                return f"{path}/{key}"
+        for key, sub in props.items():
+            if key in value:
+                found = schema_violation(value[key], sub, f"{path}/{key}")
+                if found is not None:
+                    return found
+        if schema.get("additionalProperties") is False:
+            for key in value:
+                if key not in props:
+                    return f"{path}/{key}"
+    if isinstance(value, list):
+        if len(value) < schema.get("minItems", 0) or len(value) > schema.get("maxItems", len(value)):
+            return path
+        if "items" in schema:
+            for i, item in enumerate(value):
+                found = schema_violation(item, schema["items"], f"{path}/{i}")
+                if found is not None:
+                    return found
+    return None
+
+
+def gbnf_literal(text: str) -> str:
+    """A GBNF string literal: backslash, quote and control characters escaped."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    escaped = escaped.replace("\t", "\\t")
+    return f'"{escaped}"'
+
+
+def labels_grammar(labels: list[str]) -> str:
+    """GBNF grammar that admits exactly one of the labels (for llama.cpp-based runtimes)."""
+    return "root ::= " + " | ".join(gbnf_literal(label) for label in labels) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Capturing the contract from a checkpoint.
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -58,6 +230,28 @@ def _chat_template(folder: Path, tok_cfg: dict[str, Any]) -> str | None:
     return template if isinstance(template, str) else None
 
 
+def prompt_from_chat_template(template: str, bos_token: str | None, eos_token: str | None) -> PromptFormat:
+    """Render the chat template once around a sentinel user turn and keep what surrounds it."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+    def raise_exception(message: str) -> None:
+        raise ValueError(message)
+
+    env.globals["raise_exception"] = raise_exception
+    rendered = env.from_string(template).render(
+        messages=[{"role": "user", "content": _SENTINEL}], add_generation_prompt=True,
+        bos_token=bos_token or "", eos_token=eos_token or "",
+    )
+    if rendered.count(_SENTINEL) != 1:
+        raise ValueError("the chat template does not place the user message exactly once")
+    prefix, suffix = rendered.split(_SENTINEL)
+    if bos_token and prefix.startswith(bos_token):
+        prefix = prefix[len(bos_token):]  # the runtime adds BOS as a token (add_bos)
+    return PromptFormat(prefix=prefix, template="{input}", suffix=suffix, source="chat_template")
+
+
 def contract_from_checkpoint(ckpt: Checkpoint) -> Contract:
     """Read the contract the checkpoint itself declares (tokenizer + generation config)."""
     folder = ckpt.folder
@@ -73,6 +267,7 @@ def contract_from_checkpoint(ckpt: Checkpoint) -> Contract:
         return added.get(text, vocab.get(text) if isinstance(vocab, dict) else None)
 
     bos_token = tok_cfg.get("bos_token") if isinstance(tok_cfg.get("bos_token"), str) else None
+    eos_token = tok_cfg.get("eos_token") if isinstance(tok_cfg.get("eos_token"), str) else None
     bos_id = token_id(bos_token)
     if bos_id is None:
         bos_id = ckpt.config.get("bos_token_id")
@@ -93,13 +288,25 @@ def contract_from_checkpoint(ckpt: Checkpoint) -> Contract:
             if i not in eos_ids:
                 eos_ids.append(i)
 
+    chat_template = _chat_template(folder, tok_cfg)
+    prompt = PromptFormat()
+    if chat_template:
+        try:
+            prompt = prompt_from_chat_template(chat_template, bos_token, eos_token)
+        except Exception as exc:  # a template we cannot render is reported, never half-used
+            raise BadInputError(
+                f"{folder}: the chat template could not be rendered for a single user message ({exc}). "
+                "Declare the prompt format explicitly (prompt_template in edgepack.toml)."
+            ) from None
+
     generation = {k: gen_cfg[k] for k in ("temperature", "top_k", "top_p", "do_sample") if k in gen_cfg}
     return Contract(
+        prompt=prompt,
         add_bos=add_bos,
         bos_id=bos_id,
         bos_token=bos_token,
         eos_ids=eos_ids,
         stop_strings=stop_strings,
-        chat_template=_chat_template(folder, tok_cfg),
+        chat_template=chat_template,
         generation=generation,
     )

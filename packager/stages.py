@@ -7,6 +7,7 @@ to a temporary name first, so an interrupted stage never leaves a file that look
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -60,7 +61,7 @@ class BuildContext:
         self.reporter = reporter
         self.cache = cache or cache_root()
         self.golden: GoldenSet = load_golden()
-        self._verified: dict[tuple[str, str], VerificationResult] = {}
+        self._verified: dict[str, VerificationResult] = {}
         self._ggufs: dict[str, Path] = {}
 
     @cached_property
@@ -88,52 +89,54 @@ class BuildContext:
     def gguf(self, quant: str) -> Path:
         """Return the cached GGUF of this checkpoint in `quant`, building F16 first when needed."""
         if quant in self._ggufs:
+            self.reporter.stage(f"gguf {quant}", True, 0.0, "shared stage, already built in this build")
             return self._ggufs[quant]
         path = self._gguf_dir() / f"model-{quant}.gguf"
         if path.is_file():
             self.reporter.stage(f"gguf {quant}", True, 0.0, path.name)
-            self._ggufs[quant] = path
-            return path
-        tmp = path.with_suffix(".tmp")
-        start = time.perf_counter()
-        if quant in NUMPY_TYPES:
-            self.reporter.say(f"writing GGUF {quant} (streaming {len(self.ckpt.tensors)} tensors)")
-            write_gguf(self.ckpt, tmp, quant, self.reporter.percent(f"gguf {quant}"))
         else:
-            source = self.gguf("F16")
-            self.reporter.say(f"quantizing F16 -> {quant} with llama.cpp's quantizer")
-            quantize_gguf(source, tmp, quant)
-        tmp.rename(path)
+            tmp = path.with_suffix(".tmp")
+            start = time.perf_counter()
+            if quant in NUMPY_TYPES:
+                self.reporter.say(f"writing GGUF {quant} (streaming {len(self.ckpt.tensors)} tensors)")
+                write_gguf(self.ckpt, tmp, quant, self.reporter.percent(f"gguf {quant}"))
+            else:
+                source = self.gguf("F16")
+                self.reporter.say(f"quantizing F16 -> {quant} with llama.cpp's quantizer")
+                quantize_gguf(source, tmp, quant)
+            tmp.rename(path)
+            self.reporter.stage(f"gguf {quant}", False, time.perf_counter() - start,
+                                f"{path.stat().st_size / 2**20:.0f} MB")
         self._ggufs[quant] = path
-        self.reporter.stage(f"gguf {quant}", False, time.perf_counter() - start,
-                            f"{path.stat().st_size / 2**20:.0f} MB")
         return path
 
     def verify_gguf(self, quant: str, artifact: str) -> VerificationResult:
-        """Verify the cached GGUF in llama.cpp (once per build and per artifact hash)."""
-        path = self.gguf(quant)
-        key = (quant, artifact)
-        if key in self._verified:
-            return self._verified[key]
+        """Verify the GGUF in llama.cpp, once per file content (targets sharing it share the result)."""
+        if quant not in self._verified:
+            self._verified[quant] = self._verify_gguf_file(quant)
+        return dataclasses.replace(self._verified[quant], artifact=artifact)
+
+    def _verify_gguf_file(self, quant: str) -> VerificationResult:
+        path = self._ggufs.get(quant) or self.gguf(quant)
         digest = file_sha256(path)
-        key_digest = options_digest("verify-gguf", digest, self.golden.digest_source(), artifact)[:24]
+        key_digest = options_digest("verify-gguf", digest, self.golden.digest_source())[:24]
         record = self.cache / "verify" / f"{key_digest}.json"
+        label = f"verify gguf {quant}"
         if record.is_file():
             result = VerificationResult.from_dict(json.loads(record.read_text()))
-            self.reporter.stage(f"verify {artifact}", True, 0.0)
-        else:
-            reference = self.reference
-            start = time.perf_counter()
-            self.reporter.say(f"verifying {artifact} in llama.cpp ({reference.positions} positions)")
-            result = verify_gguf(path, artifact, quant, reference, self.golden, self.contract, self.hf_tokenizer)
-            record.parent.mkdir(parents=True, exist_ok=True)
-            tmp = record.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result.as_dict(), indent=2))
-            tmp.rename(record)
-            m = result.metrics
-            self.reporter.stage(
-                f"verify {artifact}", False, time.perf_counter() - start,
-                f"top-1 {m.top1:.3f}, KL {m.kl:.4f}, {'pass' if result.passed else 'FAIL'}" if m else "",
-            )
-        self._verified[key] = result
+            self.reporter.stage(label, True, 0.0)
+            return result
+        reference = self.reference
+        start = time.perf_counter()
+        self.reporter.say(f"verifying GGUF {quant} in llama.cpp ({reference.positions} positions)")
+        result = verify_gguf(path, path.name, quant, reference, self.golden, self.contract, self.hf_tokenizer)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result.as_dict(), indent=2))
+        tmp.rename(record)
+        m = result.metrics
+        self.reporter.stage(
+            label, False, time.perf_counter() - start,
+            f"top-1 {m.top1:.3f}, KL {m.kl:.4f}, {'pass' if result.passed else 'FAIL'}" if m else "",
+        )
         return result

@@ -13,9 +13,10 @@ from packager.stages import BuildContext, link_or_copy
 from packager.target import TargetResult
 from packager.templating import render_tree
 
-# The llama.cpp commit vendored by the pinned llama-cpp-python (0.3.36), which verified the GGUF;
-# install.sh builds this same revision on the Pi when no llama-server is installed.
-LLAMA_CPP_REVISION = "0c1e57098"
+# The llama.cpp release vendored by the pinned llama-cpp-python 0.3.36 (tag b11312, commit
+# 0c1e57098bba), which verified the GGUF; install.sh builds this same release on the Pi when no
+# llama-server is installed.
+LLAMA_CPP_REVISION = "b11312"
 DEFAULT_THREADS = 4
 DEFAULT_PORT = 8080
 

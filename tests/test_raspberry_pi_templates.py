@@ -32,7 +32,7 @@ from packager.resources import templates_dir
 TEMPLATE_DIR = "raspberry-pi"
 GGUF = "model-Q4_K_M.gguf"
 # llama-server flags the unit may use; each was checked against common/arg.cpp of llama.cpp
-# (the copy vendored in llama-cpp-python 0.3.36, and present in tag b6000). Add a flag here only
+# (the copy vendored in llama-cpp-python 0.3.36, and present in tag b11312). Add a flag here only
 # after checking it there.
 KNOWN_LLAMA_SERVER_FLAGS = {
     "--model",
@@ -65,7 +65,7 @@ def make_context(model_name: str, *, chat: bool = True) -> dict[str, Any]:
         "threads": 4,
         "port": 8080,
         "host": "127.0.0.1",
-        "llama_cpp_tag": "b6000",
+        "llama_cpp_tag": "b11312",
         "chat_template_present": chat,
         "bos_ids": [2],
         "eos_ids": [1, 106],
@@ -203,7 +203,7 @@ def test_install_script_has_no_shellcheck_findings(tmp_path: Path, kind: str, ch
 def test_install_script_reuses_an_existing_server_and_builds_the_tagged_one_otherwise(bundle: Bundle) -> None:
     script = bundle.file("install.sh").read_text()
     assert 'if [[ -x "$SERVER_BIN" ]]' in script and "command -v llama-server" in script
-    assert "readonly LLAMA_CPP_TAG=b6000" in script
+    assert "readonly LLAMA_CPP_TAG=b11312" in script
     assert "-DLLAMA_CURL=OFF -DGGML_NATIVE=ON" in script
     assert "-DBUILD_SHARED_LIBS=OFF" in script, "the installed binary must not need the deleted build tree"
     assert 'run install -m 755 "${src}/build/bin/llama-server" "$SERVER_BIN"' in script
@@ -266,11 +266,11 @@ def test_dry_run_prints_every_step_and_changes_nothing(bundle: Bundle, tmp_path:
     assert f"[dry-run] systemctl enable --now {unit}" in out
     assert "dry run finished: nothing was changed" in out
     if not (Path("/usr/local/bin/llama-server").exists() or shutil.which("llama-server", path=env["PATH"])):
-        assert "[dry-run] git clone --depth 1 --branch b6000 https://github.com/ggml-org/llama.cpp" in out
+        assert "[dry-run] git clone --depth 1 --branch b11312 https://github.com/ggml-org/llama.cpp" in out
         assert "-DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DGGML_NATIVE=ON" in out
         assert "--target llama-server" in out
         assert (
-            "[dry-run] install -m 755 /var/tmp/edgepack-build/llama.cpp-b6000/build/bin/llama-server "
+            "[dry-run] install -m 755 /var/tmp/edgepack-build/llama.cpp-b11312/build/bin/llama-server "
             "/usr/local/bin/llama-server" in out
         )
     # The name is printed (control characters blanked), as text.
