@@ -1,0 +1,145 @@
+"""`edgepack ci init`: a GitHub Actions workflow for the user's model repository.
+
+One matrix job per target runs `edgepack build --target T`; when the ios target is built, a macOS
+job runs its Core ML package in the real Core ML runtime; on a version tag a release job merges the
+per-target builds with `edgepack release` and publishes them. edgepack generates the workflow and
+does not schedule anything itself (design.md, Scale).
+
+The template uses square-bracket delimiters ([[ value ]], [% if %]) because GitHub's ${{ }} would
+collide with Jinja's. User values go only into YAML through the json filter, and into shell only
+as environment variables; a value that GitHub would itself evaluate ("${{") is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import jinja2
+
+from packager import __version__
+from packager.errors import BadInputError, InternalError
+from packager.resources import templates_dir
+from packager.target import available_targets, resolve_targets
+from packager.templating import FILTERS
+
+WORKFLOW_TEMPLATE = "ci/edgepack.yml.j2"
+DEFAULT_OUT = Path(".github/workflows/edgepack.yml")
+PYTHON_VERSION = "3.11"
+COREML_TARGET = "ios"
+_DELIMITERS = {
+    "variable_start_string": "[[", "variable_end_string": "]]",
+    "block_start_string": "[%", "block_end_string": "%]",
+    "comment_start_string": "[#", "comment_end_string": "#]",
+}
+_LEFTOVER = re.compile(r"\[\[|\[%|%\]|\]\]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+@dataclass
+class WorkflowRequest:
+    """What `edgepack ci init` was asked to write."""
+
+    out: Path = DEFAULT_OUT
+    targets: list[str] = field(default_factory=list)
+    checkpoint: str | None = None
+    install_spec: str | None = None
+    force: bool = False
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        **_DELIMITERS,
+    )
+    env.filters.update(FILTERS)
+    return env
+
+
+def _plain_value(option: str, value: str) -> str:
+    """Return value if it can sit in a workflow as data: one line, nothing GitHub would evaluate."""
+    if "${{" in value:
+        raise BadInputError(f"{option} {value!r}: contains '${{{{', which GitHub Actions would evaluate as an "
+                            "expression. Choose a value without it.")
+    if _CONTROL.search(value) or not value.strip():
+        raise BadInputError(f"{option} {value!r}: must be one non-empty line without control characters.")
+    return value
+
+
+def _checkpoint(value: str) -> str:
+    path = PurePosixPath(_plain_value("--checkpoint", value))
+    if path.is_absolute() or ".." in path.parts or "\\" in value:
+        raise BadInputError(f"--checkpoint {value!r}: give the checkpoint folder relative to the repository root "
+                            "(e.g. models/my-finetune), as the CI checkout sees it.")
+    return value
+
+
+def render_workflow(targets: list[str], checkpoint: str | None = None, install_spec: str | None = None,
+                    python_version: str = PYTHON_VERSION) -> str:
+    """Return the workflow YAML for these targets (not checked against the installed targets)."""
+    if not targets:
+        raise BadInputError("no targets for the workflow; pass --targets raspberry-pi,... or install a target.")
+    for name in targets:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
+            raise BadInputError(f"--targets {name!r}: not a target name.")
+    coreml = COREML_TARGET in targets
+    context: dict[str, Any] = {
+        "edgepack_version": __version__,
+        "targets": list(dict.fromkeys(targets)),
+        "checkpoint": _checkpoint(checkpoint) if checkpoint is not None else None,
+        "install_spec": _plain_value("--install", install_spec or f"edgepack=={__version__}"),
+        "python_version": python_version,
+        "coreml": coreml,
+        "release_needs": ["build", "coreml"] if coreml else ["build"],
+    }
+    text = _environment().get_template(WORKFLOW_TEMPLATE).render(context)
+    leftover = _LEFTOVER.search(text)
+    if leftover:
+        line = text.count("\n", 0, leftover.start()) + 1
+        raise InternalError(f"{templates_dir() / WORKFLOW_TEMPLATE}: line {line} of the output still holds "
+                            f"template syntax {leftover.group()!r}")
+    return text
+
+
+def _checkpoint_from_config(config: Path) -> str | None:
+    try:
+        data = tomllib.loads(config.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise BadInputError(f"{config}: cannot be read as TOML ({exc}). Fix it, or pass --checkpoint.") from None
+    return data.get("build", data).get("checkpoint")
+
+
+def write_workflow(request: WorkflowRequest, config: Path = Path("edgepack.toml")) -> Path:
+    """Write the workflow file atomically and return its path; refuse to overwrite without force."""
+    names = request.targets or list(available_targets())
+    resolve_targets(names)  # unknown names -> BadInputError listing the installed targets
+    if request.checkpoint is None and not (config.is_file() and _checkpoint_from_config(config)):
+        raise BadInputError(f"no checkpoint: pass --checkpoint PATH (relative to the repository root), or add "
+                            f"checkpoint = \"PATH\" to {config}, which `edgepack build` reads in CI.")
+    text = render_workflow(names, request.checkpoint, request.install_spec)
+    out = request.out
+    if out.exists() and not request.force:
+        raise BadInputError(f"{out}: already exists. Pass --force to replace it, or choose another --out.")
+    if out.exists() and not out.is_file():
+        raise BadInputError(f"{out}: exists and is not a file; choose another --out.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
