@@ -5,6 +5,7 @@ A missing tool is reported as `skipped` with the reason, never as passed.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -71,6 +72,19 @@ def _py_compile(path: Path) -> tuple[str, str]:
     return "passed", ""
 
 
+def _json_parse(path: Path) -> tuple[str, str]:
+    """Strict JSON (no NaN/Infinity), as package.json and app.json are read by npm and Metro."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    try:
+        json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+    except ValueError as exc:  # JSONDecodeError is a ValueError
+        return "failed", str(exc)
+    return "passed", ""
+
+
 # Which checks apply to which generated file, by suffix.
 CHECKS_BY_SUFFIX: dict[str, list[tuple[str, Checker]]] = {
     ".sh": [
@@ -79,6 +93,7 @@ CHECKS_BY_SUFFIX: dict[str, list[tuple[str, Checker]]] = {
     ],
     ".py": [("py_compile", _py_compile)],
     ".service": [("systemd-analyze verify", _systemd_verify)],
+    ".json": [("json", _json_parse)],
 }
 
 

@@ -1,0 +1,21 @@
+/** One error type with a machine-readable code, so an app can branch without parsing messages. */
+
+export type EdgeModelErrorCode =
+  | 'manifest_invalid'
+  | 'download_failed'
+  | 'size_mismatch'
+  | 'hash_mismatch'
+  | 'runtime_mismatch'
+  | 'cancelled'
+  | 'busy'
+  | 'released';
+
+export class EdgeModelError extends Error {
+  readonly code: EdgeModelErrorCode;
+
+  constructor(code: EdgeModelErrorCode, message: string) {
+    super(message);
+    this.name = 'EdgeModelError';
+    this.code = code;
+  }
+}
