@@ -88,6 +88,37 @@ _COMMON_GGUF_KEYS: tuple[GGUFKey, ...] = (
 
 
 @dataclass(frozen=True)
+class MLCNaming:
+    """How mlc-llm names and lays out one architecture's parameters (mlc_llm/model/<arch>/*_loader.py)."""
+
+    model_type: str
+    param_prefix: str
+    fused: tuple[tuple[str, tuple[str, ...]], ...]
+    norm_offset: float = 0.0
+    tied_lm_head: bool | None = None
+    sliding_window_period: int | None = None
+    # HF config keys copied into mlc-chat-config.json's model_config (under text_config when nested).
+    model_config_keys: tuple[str, ...] = ()
+    nested_text_config: bool = False
+
+
+@dataclass(frozen=True)
+class ExecuTorchLayout:
+    """What the ExecuTorch exporter (packager.formats.executorch_export) needs about one architecture.
+
+    `cache` names the static KV cache transformers' exportable wrapper must pick: "hybrid" for models
+    mixing sliding-window and global layers (Gemma 3), "static" otherwise; the exporter refuses a
+    mismatch rather than export attention that differs from the checkpoint's. Module paths name the
+    token embedding, the output head and the decoder blocks (per-layer quantization recipes).
+    """
+
+    cache: str
+    embedding_module: str = "model.embed_tokens"
+    head_module: str = "lm_head"
+    layers_module: str = "model.layers"
+
+
+@dataclass(frozen=True)
 class ArchitectureSpec:
     """What every writer needs to know about one Hugging Face model type."""
 
@@ -111,6 +142,14 @@ class ArchitectureSpec:
     # Why fp16 execution is risky (Core ML, GPU delegates): shown by doctor and the iOS writer.
     fp16_risk: str = ""
     targets: frozenset[str] = field(default_factory=frozenset)
+    # MLC / WebLLM (packager.formats.mlc_writer): mlc-llm's model registry name, the prefix of
+    # every parameter name, projections mlc-llm concatenates along the output dimension (target
+    # name, HF names in order), the offset added to norm gains, whether lm_head is always tied
+    # (None: config's tie_word_embeddings decides), and the fixed local/global attention period
+    # mlc-llm compiles in (None: it reads nothing like it).
+    mlc: MLCNaming | None = None
+    # ExecuTorch (.pte, android target): KV-cache kind and module paths; None = not exportable.
+    executorch: ExecuTorchLayout | None = None
 
 
 def _llama3_rope_type(config: Config) -> bool:
@@ -136,6 +175,23 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
         end_of_turn_tokens=("<end_of_turn>",),
         fp16_risk="residual stream exceeds fp16 range (Gemma 3 270M reaches ~1e5 > 65504)",
         targets=frozenset({"raspberry-pi", "react-native", "web", "android", "ios"}),
+        # mlc-llm's gemma3 loader: q/k/v stay separate, gate+up are fused, every norm is w+1, the
+        # embedding doubles as lm_head, and layer i is global iff (i + 1) % 6 == 0.
+        mlc=MLCNaming(
+            model_type="gemma3_text",
+            param_prefix="language_model.",
+            fused=(("gate_up_proj", ("gate_proj", "up_proj")),),
+            norm_offset=1.0,
+            tied_lm_head=True,
+            sliding_window_period=6,
+            model_config_keys=("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                               "num_key_value_heads", "head_dim", "rms_norm_eps", "hidden_activation",
+                               "query_pre_attn_scalar", "sliding_window", "max_position_embeddings",
+                               "vocab_size", "attention_bias"),
+            nested_text_config=True,
+        ),
+        # Sliding-window and global layers: transformers exports it with its hybrid static cache.
+        executorch=ExecuTorchLayout(cache="hybrid"),
     ),
     ArchitectureSpec(
         name="llama",
@@ -152,6 +208,17 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
         end_of_turn_tokens=("<|eot_id|>", "<|im_end|>", "<|end_of_text|>"),
         fp16_risk="RMSNorm squares overflow fp16 when the norm statistics run in fp16",
         targets=frozenset({"raspberry-pi", "react-native", "web", "android", "ios"}),
+        # mlc-llm's llama loader: q/k/v fused as qkv_proj and gate/up as gate_up_proj, rows in HF
+        # order (no rope permutation: mlc-llm uses the rotate_half layout).
+        mlc=MLCNaming(
+            model_type="llama",
+            param_prefix="",
+            fused=(("qkv_proj", ("q_proj", "k_proj", "v_proj")), ("gate_up_proj", ("gate_proj", "up_proj"))),
+            model_config_keys=("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers",
+                               "rms_norm_eps", "vocab_size", "tie_word_embeddings", "num_key_value_heads",
+                               "head_dim", "max_position_embeddings", "rope_scaling"),
+        ),
+        executorch=ExecuTorchLayout(cache="static"),
     ),
 )
 

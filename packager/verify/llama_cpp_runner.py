@@ -11,6 +11,14 @@ from pathlib import Path
 import numpy as np
 
 
+def last_logits(llm) -> np.ndarray:
+    """Logits of the last evaluated token, read from the context (llm.scores is only filled with logits_all)."""
+    import llama_cpp
+
+    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))
+
+
 def host_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
@@ -18,13 +26,14 @@ def host_threads() -> int:
 class GGUFRunner:
     """One llama.cpp context over a GGUF file, sized for the texts it will see."""
 
-    def __init__(self, path: Path, n_ctx: int = 1024, logits_all: bool = True) -> None:
+    def __init__(self, path: Path, n_ctx: int = 1024, logits_all: bool = True, n_threads: int | None = None) -> None:
         import llama_cpp
 
         self.path = path
+        threads = n_threads or host_threads()  # a fixed count makes speed comparable with another runtime
         self.llm = llama_cpp.Llama(
             model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=logits_all,
-            n_threads=host_threads(), n_threads_batch=host_threads(), verbose=False, seed=0,
+            n_threads=threads, n_threads_batch=threads, verbose=False, seed=0,
         )
 
     def close(self) -> None:

@@ -1,0 +1,92 @@
+// wllama (llama.cpp compiled to WebAssembly) behind the EdgeModel runtime interface.
+//
+// wllama 3.x can also offload to WebGPU (llama.cpp's ggml-webgpu); EdgeModel decides, and this
+// module only does what it is told: gpu=false passes n_gpu_layers=0, which keeps WebGPU off.
+
+const QUIET_LOGGER = {
+  debug: () => {},
+  log: () => {},
+  warn: (...args) => console.warn(...args),
+  error: (...args) => console.error(...args),
+};
+
+/** Load the GGUF part files (Blobs, in order) and return a runtime session. */
+export async function loadWllama({ moduleUrl, wasmUrl, files, threads, gpu, contextLength }) {
+  const { Wllama, LogLevel } = await import(moduleUrl);
+  const wllama = new Wllama({ default: wasmUrl }, { logger: QUIET_LOGGER, suppressNativeLog: true });
+  // Never fetch wllama's Safari/Firefox compatibility build from its CDN: a bundle runs offline.
+  wllama.setCompat(null);
+  await wllama.loadModel(files, {
+    n_ctx: contextLength,
+    n_threads: threads,
+    n_gpu_layers: gpu ? 999999 : 0,
+    // llama-server (inside wllama) turns flash attention on by default; the GGUF was verified
+    // against the fp32 model without it, and on Gemma 3 270M it moved logits by up to ~0.3 and
+    // changed greedy tokens. Run the computation that was verified.
+    flash_attn: false,
+    log_level: LogLevel.ERROR,
+  });
+  return new WllamaSession(wllama, Wllama.getLibllamaVersion());
+}
+
+class WllamaSession {
+  constructor(wllama, llamaCppVersion) {
+    this.wllama = wllama;
+    this.llamaCppVersion = llamaCppVersion;
+    this.threads = wllama.getNumThreads();
+    this.multithread = wllama.isMultithread();
+  }
+
+  /**
+   * Stream a completion of `prompt`; returns {text, tokenIds, promptTokens, finishReason, timings}.
+   *
+   * tokenIds are collected only when asked (they come from llama-server's n_probs, which costs a
+   * softmax over the vocabulary per token, so speed runs leave it off).
+   */
+  async generate(prompt, options) {
+    const pieces = [];
+    const tokenIds = [];
+    let usage = null;
+    let timings = null;
+    let finishReason = null;
+    await this.wllama.createCompletion({
+      prompt,
+      max_tokens: options.maxTokens,
+      temperature: options.temperature,
+      top_k: options.topK,
+      top_p: options.topP,
+      stop: options.stop,
+      ignore_eos: options.ignoreEos ?? false,
+      cache_prompt: false,
+      stream: true,
+      abortSignal: options.signal,
+      ...(options.tokenIds ? { logprobs: 1 } : {}),
+      onData: (chunk) => {
+        const choice = chunk.choices?.[0];
+        if (choice?.text) {
+          pieces.push(choice.text);
+          options.onToken?.(choice.text);
+        }
+        for (const item of choice?.logprobs?.content ?? []) {
+          tokenIds.push(item.id);
+        }
+        if (choice?.finish_reason) finishReason = choice.finish_reason;
+        if (chunk.usage) usage = chunk.usage;
+        if (chunk.timings) timings = chunk.timings;
+      },
+    });
+    return {
+      text: pieces.join(""),
+      tokenIds: options.tokenIds ? tokenIds : null,
+      promptTokens: usage?.prompt_tokens ?? null,
+      completionTokens: usage?.completion_tokens ?? null,
+      finishReason,
+      decodeTokensPerS: timings?.predicted_per_second ?? null,
+      prefillTokensPerS: timings?.prompt_per_second ?? null,
+    };
+  }
+
+  async release() {
+    await this.wllama.exit();
+  }
+}

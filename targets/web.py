@@ -1,0 +1,324 @@
+"""Web: a static bundle that runs the model in the browser with wllama (GGUF) and/or WebLLM (MLC).
+
+    dist/<name>/web/
+      index.html app.js app-config.js style.css   the sample page (templates/web)
+      edgepack/                                   the bridge (mobile/web): EdgeModel, contract, cache
+      edgepack.json README.md
+      model/model-<quant>.gguf                    wllama: the shared GGUF stage (gguf-split parts if > 512 MB)
+      vendor/wllama/ vendor/web-llm/              the pinned npm runtimes, copied at build time
+      webllm/<model id>/resolve/main/             WebLLM: MLC weights, mlc-chat-config.json, tokenizer
+      webllm/libs/<lib>.wasm                      WebLLM model library, only when one is available
+
+The wllama bundle is verified `executed`: its own page runs in headless Chromium and its greedy
+tokens are compared with native llama.cpp (packager.verify.browser). WebLLM weights are verified
+`structural`: no WebLLM model library can be compiled here, and headless Chromium has no f16 WebGPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from packager import __version__
+from packager.errors import UnsupportedError
+from packager.escaping import slug
+from packager.fingerprint import options_digest
+from packager.formats.gguf_split import MAX_PART_BYTES, part_names, split_gguf
+from packager.formats.mlc_libraries import PREFILL_CHUNK_SIZE, match_library
+from packager.formats.mlc_writer import (
+    CONFIG_FILE,
+    MLC_QUANTIZATIONS,
+    TOKENIZER_FILES,
+    MLCQuantization,
+    chat_config,
+    naming,
+    write_tensor_cache,
+)
+from packager.manifest import file_entries, without_host_measurements, write_json
+from packager.resources import mobile_dir
+from packager.stages import BuildContext, link_or_copy
+from packager.target import TargetResult
+from packager.templating import render_tree
+from packager.verify.browser import (
+    BrowserMeasurement,
+    BrowserTools,
+    find_browser_tools,
+    structural_result,
+    verify_bundle_files,
+    verify_wllama_in_browser,
+)
+from packager.verify.mlc_check import check_mlc_folder
+from packager.verify.result import VerificationResult
+from packager.web_vendor import WEBLLM, WLLAMA, WebVendor, find_vendor
+
+RUNTIME_SETS: dict[str, tuple[str, ...]] = {"wllama": ("wllama",), "webllm": ("webllm",), "all": ("wllama", "webllm")}
+# WebLLM variants per --quant: an f16 build needs the shader-f16 WebGPU feature, so each bundle
+# carries an f32 fallback the bridge picks when the adapter lacks it.
+MLC_VARIANTS: dict[str, tuple[str, ...]] = {"F32": ("q0f32",), "F16": ("q0f16", "q0f32"), "BF16": ("q0f16", "q0f32")}
+MLC_DEFAULT_VARIANTS = ("q4f16_1", "q4f32_1")
+WEBLLM_MAX_CONTEXT = 4096  # the context every prebuilt WebLLM library is set up for
+BRIDGE_FILES = ("edge-model.js", "contract.js", "model-store.js", "runtimes/wllama.js", "runtimes/webllm.js")
+_LLAMA_CPP_VERSION = re.compile(r'LIBLLAMA_VERSION\s*=\s*"([^"]+)"')
+
+
+def wllama_llama_cpp_version(vendor: WebVendor) -> str:
+    """The llama.cpp build inside the vendored wllama WASM (its LIBLLAMA_VERSION constant)."""
+    text = (vendor.package_dir(WLLAMA) / "esm" / "index.js").read_text(encoding="utf-8")
+    match = _LLAMA_CPP_VERSION.search(text)
+    return match.group(1) if match else "unknown"
+
+
+@dataclasses.dataclass
+class WebLLMVariant:
+    """One MLC build in the bundle, with what it needs and whether its model library is there."""
+
+    model_id: str
+    quant: MLCQuantization
+    lib_status: str
+    lib_reason: str
+    model_lib: str | None
+    verification: VerificationResult
+
+
+class WebTarget:
+    """A static browser bundle: wllama (executed in headless Chromium) and/or WebLLM (structural)."""
+
+    name: ClassVar[str] = "web"
+    title: ClassVar[str] = "Browser: static bundle with wllama (WASM) and/or WebLLM (WebGPU), ES-module bridge"
+    runtime: ClassVar[str] = "wllama (llama.cpp WASM) / WebLLM (MLC, WebGPU)"
+    status: ClassVar[str] = "ready"
+
+    def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
+        runtimes = RUNTIME_SETS.get(ctx.options.web_runtime)
+        if runtimes is None:
+            raise UnsupportedError(f"--runtime {ctx.options.web_runtime}: choose wllama, webllm or all.")
+        vendor = find_vendor()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model_name = ctx.options.name or ctx.ckpt.name
+        context_length = min(ctx.options.context_length, int(ctx.ckpt.config.get("max_position_embeddings", 4096)))
+        quant = ctx.options.quant
+        manifest_runtimes: dict[str, Any] = {}
+        verifications: list[VerificationResult] = []
+        notes: list[str] = []
+        model_files: list[str] = []
+        variants: list[WebLLMVariant] = []
+
+        if "wllama" in runtimes:
+            model_files = self._place_gguf(ctx, out_dir, quant)
+            vendor.copy_runtime(WLLAMA, out_dir / "vendor" / "wllama")
+            manifest_runtimes["wllama"] = {
+                "version": vendor.version(WLLAMA),
+                "llama_cpp": wllama_llama_cpp_version(vendor),
+                "module": "vendor/wllama/index.js",
+                "wasm": "vendor/wllama/wasm/wllama.wasm",
+                "format": "gguf",
+                "quant": quant,
+                "model_files": model_files,
+            }
+            verifications.append(ctx.verify_gguf(quant, f"{self.name}/{model_files[0]}"))
+        if "webllm" in runtimes:
+            vendor.copy_runtime(WEBLLM, out_dir / "vendor" / "web-llm")
+            variants = self._write_webllm(ctx, out_dir, model_name, min(context_length, WEBLLM_MAX_CONTEXT))
+            manifest_runtimes["webllm"] = {
+                "version": vendor.version(WEBLLM),
+                "module": "vendor/web-llm/index.js",
+                "context_window_size": min(context_length, WEBLLM_MAX_CONTEXT),
+                "variants": [{
+                    "model_id": v.model_id,
+                    "model_url": f"webllm/{v.model_id}/",
+                    "quantization": v.quant.name,
+                    "required_features": list(v.quant.required_features),
+                    "model_lib": v.model_lib,
+                    "model_lib_status": v.lib_status,
+                    "model_lib_reason": v.lib_reason,
+                } for v in variants],
+            }
+            for v in variants:
+                notes.append(f"WebLLM {v.model_id} (structural): " + "; ".join(v.verification.notes[:2]))
+                notes += [f"WebLLM {v.model_id}: {n}" for n in v.verification.notes[3:]]
+                if v.lib_status != "bundled":
+                    notes.append(f"WebLLM {v.model_id}: model library {v.lib_status}: {v.lib_reason}")
+
+        self._copy_bridge(out_dir)
+        contract = ctx.contract
+        rendered = render_tree("web", out_dir, {
+            "model_name": model_name,
+            "task": contract.task,
+            "labels": list(contract.labels or []),
+            "uses_instruction": "{instruction}" in contract.prompt.template,
+            "example_input": ctx.golden.greedy_prompt,
+            "runtimes": list(runtimes),
+            "wllama_version": vendor.version(WLLAMA),
+            "webllm_version": vendor.version(WEBLLM),
+            "llama_cpp_version": wllama_llama_cpp_version(vendor),
+            "model_files": [{"path": p, "mb": (out_dir / p).stat().st_size / 2**20} for p in model_files],
+            "webllm_variants": [{"model_id": v.model_id, "quantization": v.quant.name, "lib_status": v.lib_status,
+                                 "lib_reason": v.lib_reason,
+                                 "required_features": ", ".join(v.quant.required_features) or "none"}
+                                for v in variants],
+            "quant": quant,
+            "context_length": context_length,
+            "edgepack_version": __version__,
+        })
+        del rendered  # every file of the bundle is listed below, rendered or not
+
+        files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
+        manifest: dict[str, Any] = {
+            "target": self.name,
+            "runtime": self.runtime,
+            "model": {"name": model_name, "context_length": context_length, "quant": quant},
+            "runtimes": manifest_runtimes,
+            "contract": contract.as_dict(),
+            "files": file_entries(out_dir, files),
+            "verification": [],
+            "edgepack_version": __version__,
+        }
+        write_json(out_dir / "edgepack.json", manifest)
+
+        extra: dict[str, Any] = {}
+        if "wllama" in runtimes:
+            result, measurement = self._verify_wllama(ctx, out_dir, manifest, quant)
+            verifications.append(result)
+            if measurement is not None:
+                notes.append(measurement.summary())
+                extra["browser"] = dataclasses.asdict(measurement) | {"speed_ratio": measurement.speed_ratio}
+        verifications += [v.verification for v in variants]
+        # Host speed differs on every run: it goes to the report, never into the bundle.
+        manifest["verification"] = [without_host_measurements(r.as_dict()) for r in verifications]
+        write_json(out_dir / "edgepack.json", manifest)
+        return TargetResult(
+            target=self.name,
+            files=[*files, "edgepack.json"],
+            verifications=verifications,
+            notes=[*notes, "Web numbers were measured in headless Chromium on the build host (x86-64), not on a "
+                   "phone or a user's browser."],
+            extra=extra,
+        )
+
+    def _copy_bridge(self, out_dir: Path) -> None:
+        """Copy the bridge's ES modules (mobile/web) into edgepack/, as shipped: no build step."""
+        source = mobile_dir() / "web"
+        for rel in BRIDGE_FILES:
+            target = out_dir / "edgepack" / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / rel, target)
+
+    # -- wllama ---------------------------------------------------------------------------------
+
+    def _place_gguf(self, ctx: BuildContext, out_dir: Path, quant: str) -> list[str]:
+        """Put the shared GGUF into model/, split into gguf-split parts when it exceeds 512 MB."""
+        source = ctx.gguf(quant)
+        folder = out_dir / "model"
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"model-{quant}"
+        if source.stat().st_size <= MAX_PART_BYTES:
+            link_or_copy(source, folder / f"{stem}.gguf")
+            return [f"model/{stem}.gguf"]
+        start = time.perf_counter()
+        parts = split_gguf(source, folder, MAX_PART_BYTES)
+        staged = [p.rename(folder / name) for p, name in zip(parts, part_names(stem, len(parts)), strict=True)]
+        ctx.reporter.stage(f"split gguf {quant}", False, time.perf_counter() - start, f"{len(parts)} parts")
+        return [f"model/{p.name}" for p in staged]
+
+    def _verify_wllama(self, ctx: BuildContext, out_dir: Path, manifest: dict[str, Any],
+                       quant: str) -> tuple[VerificationResult, BrowserMeasurement | None]:
+        artifact = f"{self.name}/index.html"  # the page that ran (with model/ and vendor/wllama/)
+        tools = find_browser_tools()
+        if not isinstance(tools, BrowserTools):
+            failures = verify_bundle_files(out_dir, manifest)
+            return structural_result(
+                artifact, "web-wllama", quant, "wllama (not run)", failures,
+                [f"not run in a browser: {tools}; files, sizes and sha256 were checked instead"],
+            ), None
+        start = time.perf_counter()
+        ctx.reporter.say("running the web bundle in headless Chromium")
+        result, measurement = verify_wllama_in_browser(
+            tools, out_dir, ctx.gguf(quant), ctx.contract, ctx.golden.greedy_prompt, artifact, quant,
+            reference_next_token=ctx.reference_next_token)
+        ctx.reporter.stage("verify web bundle (Chromium)", False, time.perf_counter() - start,
+                           "greedy = native" if result.greedy_match else "see report")
+        return result, measurement
+
+    # -- WebLLM ---------------------------------------------------------------------------------
+
+    def _write_webllm(self, ctx: BuildContext, out_dir: Path, model_name: str, context: int) -> list[WebLLMVariant]:
+        mlc = naming(ctx.ckpt)
+        variants = []
+        for quant_name in MLC_VARIANTS.get(ctx.options.quant, MLC_DEFAULT_VARIANTS):
+            quant = MLC_QUANTIZATIONS[quant_name]
+            model_id = f"{slug(model_name)}-{quant.name}-MLC"
+            folder = out_dir / "webllm" / model_id / "resolve" / "main"
+            weights = self._mlc_weights(ctx, quant)
+            folder.mkdir(parents=True, exist_ok=True)
+            for item in sorted(weights.iterdir()):
+                link_or_copy(item, folder / item.name)
+            tokenizer_files = [f for f in TOKENIZER_FILES if (ctx.ckpt.folder / f).is_file()]
+            for name in tokenizer_files:
+                shutil.copyfile(ctx.ckpt.folder / name, folder / name)
+            config, template_note = chat_config(ctx.ckpt, ctx.contract, quant, context, PREFILL_CHUNK_SIZE,
+                                                tokenizer_files)
+            write_json(folder / CONFIG_FILE, config)
+            match = match_library(ctx.ckpt, model_id, mlc.model_type, quant.name, context)
+            model_lib = None
+            if match.path is not None:
+                model_lib = f"webllm/libs/{match.path.name}"
+                link_or_copy(match.path, out_dir / model_lib)
+            variants.append(WebLLMVariant(model_id, quant, match.status, match.reason, model_lib,
+                                          self._check_mlc(ctx, folder, quant, model_id, match.reason, template_note)))
+        return variants
+
+    def _mlc_weights(self, ctx: BuildContext, quant: MLCQuantization) -> Path:
+        """The cached MLC weight folder of this checkpoint in `quant` (written once, then reused)."""
+        key = options_digest("mlc-weights", ctx.ckpt_digest, quant.name)[:24]
+        folder = ctx.cache / "mlc" / key
+        if (folder / "tensor-cache.json").is_file():
+            ctx.reporter.stage(f"mlc weights {quant.name}", True, 0.0)
+            return folder
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        start = time.perf_counter()
+        ctx.reporter.say(f"writing MLC weights {quant.name} (numpy)")
+        cache = write_tensor_cache(ctx.ckpt, tmp, quant)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+        size = sum(r["nbytes"] for r in cache["records"])
+        ctx.reporter.stage(f"mlc weights {quant.name}", False, time.perf_counter() - start,
+                           f"{size / 2**20:.0f} MB in {len(cache['records'])} shards")
+        return folder
+
+    def _check_mlc(self, ctx: BuildContext, folder: Path, quant: MLCQuantization, model_id: str, lib_reason: str,
+                   template_note: str) -> VerificationResult:
+        start = time.perf_counter()
+        check = check_mlc_folder(ctx.ckpt, folder, quant)
+        ctx.reporter.stage(f"verify mlc {quant.name} (structural)", False, time.perf_counter() - start,
+                           f"{len(check.tensors)} tensors, worst relative RMS error {check.worst_rel_rms:.4f}")
+        worst = sorted(check.tensors, key=lambda t: t.rel_rms, reverse=True)[:3]
+        notes = [
+            f"{len(check.tensors)} tensors in {check.shards} shards ({check.bytes / 2**20:.1f} MB): names, shapes, "
+            f"dtypes, shard sizes and md5 match mlc-llm's layout; dequantization round trip within the format's bound",
+            "largest relative RMS round-trip errors: "
+            + ", ".join(f"{t.name} {t.rel_rms:.4f} (max abs {t.max_abs:.3g})" for t in worst),
+            f"not run: {lib_reason}" if lib_reason else "not run: WebLLM needs WebGPU, absent in headless Chromium",
+        ]
+        mlc = naming(ctx.ckpt)
+        layer_types = ctx.ckpt.config.get("layer_types")
+        if mlc.sliding_window_period and layer_types:
+            compiled = ["full_attention" if (i + 1) % mlc.sliding_window_period == 0 else "sliding_attention"
+                        for i in range(len(layer_types))]
+            if list(layer_types) != compiled:
+                notes.append(
+                    f"mlc-llm's {mlc.model_type} model assumes every {mlc.sliding_window_period}th layer is global; "
+                    "this checkpoint's layer_types differ, so a library compiled by mlc-llm would attend differently"
+                )
+        if template_note:
+            notes.append(template_note)
+        return VerificationResult(
+            artifact=f"{self.name}/webllm/{model_id}/resolve/main/tensor-cache.json", format="mlc",
+            quant=quant.name, level="structural",
+            runtime="WebLLM (not run)", gate="tensor names/shapes, shard sizes and md5, dequantization error bound",
+            failures=check.failures, notes=notes,
+        )
