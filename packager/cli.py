@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -14,24 +13,12 @@ from packager import __version__
 from packager.errors import EdgepackError, ExitCode
 from packager.progress import Reporter
 
-DEFAULT_CONFIG = Path("edgepack.toml")
-
 
 def _fail(exc: EdgepackError, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"passed": False, "error": exc.label, "message": exc.message}, indent=2))
     click.echo(f"edgepack: {exc.label}: {exc.message}", err=True)
     sys.exit(int(exc.exit_code))
-
-
-def _load_config(path: Path) -> dict[str, Any]:
-    from packager.errors import BadInputError
-
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise BadInputError(f"{path}: cannot be read as TOML ({exc}). Fix the file or pass a checkpoint.") from None
-    return data.get("build", data)
 
 
 class _Group(click.Group):
@@ -74,43 +61,61 @@ def main() -> None:
 @click.option("--no-gate", is_flag=True, help="Keep the output even when an artifact fails its quality gate.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--eval", "eval_path", type=click.Path(path_type=Path), default=None,
+              help="Eval set (JSONL: instruction, input, output) every artifact must answer.")
+@click.option("--task", "task_kind", type=click.Choice(["text", "labels", "json"]), default=None,
+              help="The task contract (default: labels when an eval set is given via edgepack.toml).")
+@click.option("--labels", default=None, help="Comma-separated label set (default: the eval set's outputs).")
+@click.option("--json-schema", type=click.Path(path_type=Path), default=None, help="JSON schema for --task json.")
+@click.option("--prompt-template", default=None, help="Fine-tuning prompt format with {instruction}, {input}.")
+@click.option("--constrained", is_flag=True, help="Constrain decoding to the labels (GBNF) where the runtime can.")
+@click.option("--max-accuracy-drop", type=float, default=None,
+              help="Task gate: allowed accuracy drop vs the fp32 model (default 0.02).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="An edgepack.toml to read (default: ./edgepack.toml when no CHECKPOINT is given).")
+@click.option("--device", "device_name", default=None,
+              help="Device profile: builds its target with the most faithful quantization that fits its RAM.")
+@click.option("--runtime", "web_runtime", type=click.Choice(["wllama", "webllm", "all"]), default=None,
+              help="Browser runtime(s) for the web target (default wllama).")
+@click.option("--recipe", "android_recipe", default=None,
+              help="ExecuTorch quantization recipe for android (default auto: the smallest that passes its gate).")
+@click.option("--delegate", "android_delegates", multiple=True, type=click.Choice(["vulkan"]),
+              help="Also export an experimental accelerator .pte for android (repeatable); the app falls back to XNNPACK.")
 def build(checkpoint: Path | None, targets: tuple[str, ...], quant: str | None, out: Path | None,
           base: Path | None, name: str | None, context_length: int | None, allow_pickle: bool, force: bool,
-          no_gate: bool, as_json: bool, quiet: bool) -> None:
+          no_gate: bool, as_json: bool, quiet: bool, web_runtime: str | None, eval_path: Path | None,
+          task_kind: str | None, labels: str | None, json_schema: Path | None, prompt_template: str | None,
+          constrained: bool, max_accuracy_drop: float | None, device_name: str | None,
+          config_path: Path | None, android_recipe: str | None = None,
+          android_delegates: tuple[str, ...] = ()) -> None:
     """Build CHECKPOINT (a Hugging Face folder or a PEFT adapter) for the chosen targets.
 
     Without CHECKPOINT, reads ./edgepack.toml, else builds the bundled example.
     """
-    from packager.formats.gguf_writer import canonical_quant
-    from packager.pipeline import BuildRequest, run_build
-    from packager.stages import BuildOptions
+    from packager.pipeline import run_build
+    from packager.project import BuildFlags, build_request
 
+    task: dict[str, Any] = {}
+    if task_kind:
+        task["task"] = task_kind
+    if labels:
+        task["labels"] = [label.strip() for label in labels.split(",") if label.strip()]
+    if json_schema:
+        task["json_schema"] = str(json_schema)
+    if prompt_template is not None:
+        task["prompt_template"] = prompt_template
+    if constrained:
+        task["constrained"] = True
+    reporter = Reporter(quiet=quiet)
     try:
-        config: dict[str, Any] = {}
-        if checkpoint is None:
-            if DEFAULT_CONFIG.is_file():
-                config = _load_config(DEFAULT_CONFIG)
-                checkpoint = Path(config["checkpoint"]) if "checkpoint" in config else None
-            if checkpoint is None:
-                from packager.examples import bundled_example
-
-                checkpoint = bundled_example(Reporter(quiet=quiet))
-        options = BuildOptions(
-            quant=canonical_quant(quant or config.get("quant", "Q4_K_M")),
-            context_length=context_length or int(config.get("context_length", 4096)),
-            no_gate=no_gate,
-            name=name or config.get("name"),
-        )
-        request = BuildRequest(
-            checkpoint=checkpoint,
-            targets=list(targets) or list(config.get("targets", ["all"])),
-            out=out or (Path(config["out"]) if "out" in config else None),
-            base=base or (Path(config["base"]) if "base" in config else None),
-            allow_pickle=allow_pickle,
-            force=force,
-            options=options,
-        )
-        outcome = run_build(request, Reporter(quiet=quiet))
+        request = build_request(BuildFlags(
+            checkpoint=checkpoint, targets=targets, quant=quant, out=out, base=base, name=name,
+            context_length=context_length, allow_pickle=allow_pickle, force=force, no_gate=no_gate,
+            web_runtime=web_runtime, eval_path=eval_path, task=task, max_accuracy_drop=max_accuracy_drop,
+            device=device_name, config=config_path, android_recipe=android_recipe,
+            android_delegates=android_delegates,
+        ), reporter)
+        outcome = run_build(request, reporter)
     except EdgepackError as exc:
         _fail(exc, as_json)
         return
@@ -146,6 +151,25 @@ def targets(as_json: bool) -> None:
             click.echo(f"{r['name']:<14} {r['status']:<12} {r['runtime']}  - {r['title']}")
 
 
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--device", "device_name", default=None, help="Only this device profile (see the list with --json).")
+@click.option("--base", type=click.Path(path_type=Path), default=None, help="Base folder for a LoRA adapter.")
+@click.option("--json", "as_json", is_flag=True)
+def doctor(checkpoint: Path, device_name: str | None, base: Path | None, as_json: bool) -> None:
+    """Support matrix, fp16 risk, Neural Engine limits and RAM estimates per device for CHECKPOINT."""
+    from packager.doctor import diagnose, render
+    from packager.pipeline import BuildRequest, open_input
+
+    try:
+        ckpt, _ = open_input(BuildRequest(checkpoint=checkpoint, targets=[], base=base), Reporter(quiet=True))
+        report = diagnose(ckpt, only=device_name)
+    except EdgepackError as exc:
+        _fail(exc, as_json)
+        return
+    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else render(report))
+
+
 @main.command("example")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Where to write the HF folder.")
 def example(out: Path | None) -> None:
@@ -158,6 +182,109 @@ def example(out: Path | None) -> None:
         _fail(exc, False)
         return
     click.echo(str(path))
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--port", type=int, default=8000, show_default=True, help="Port (0: any free port).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (keep it local).")
+def serve(folder: Path, port: int, host: str) -> None:
+    """Serve a web bundle (dist/NAME/web) with cross-origin isolation, WASM MIME types and Range requests."""
+    from packager.static_server import BundleServer
+
+    try:
+        server = BundleServer(folder, host, port)
+    except OSError as exc:
+        click.echo(f"edgepack: bad input: cannot listen on {host}:{port} ({exc}). Choose another --port.", err=True)
+        sys.exit(int(ExitCode.BAD_INPUT))
+    click.echo(f"serving {folder} at {server.url} (Ctrl-C to stop)", err=True)
+    click.echo(server.url, nl=True)
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@main.command()
+@click.argument("dist", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--version", "version", required=True, help="Release version, e.g. 1.2.0 (used in file names).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Release folder (default releases/<name>-<version>).")
+@click.option("--force", is_flag=True, help="Replace an existing release folder.")
+@click.option("--allow-failed", is_flag=True, help="Release a --no-gate build whose gate failed, marked as failed.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+def release(dist: tuple[Path, ...], version: str, out: Path | None, force: bool, allow_failed: bool, as_json: bool,
+            quiet: bool) -> None:
+    """Package build folder(s) DIST as a release: one reproducible tar.gz per target, manifest, model card.
+
+    DIST is a folder written by `edgepack build` (dist/<name>/). Several DIST folders of the same
+    checkpoint (one per CI matrix job) are merged into one release.
+    """
+    from packager.release import ReleaseRequest, make_release
+
+    try:
+        outcome = make_release(ReleaseRequest(builds=list(dist), version=version, out=out, force=force,
+                                              allow_failed=allow_failed), Reporter(quiet=quiet))
+    except EdgepackError as exc:
+        _fail(exc, as_json)
+        return
+    if as_json:
+        click.echo(json.dumps(outcome.summary(), indent=2))
+    else:
+        for archive in outcome.summary()["archives"]:
+            click.echo(f"{archive['path']}  {archive['bytes'] / 2**20:.1f} MB  sha256 {archive['sha256']}")
+        click.echo(f"\nwrote {outcome.out}")
+
+
+@main.command("diff")
+@click.argument("old", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON on stdout.")
+def diff_command(old: Path, new: Path, as_json: bool) -> None:
+    """Compare two release folders: per target sizes, hashes, verification numbers, contract and options."""
+    from packager.release import read_release
+    from packager.release_diff import diff_releases, render_diff
+
+    try:
+        difference = diff_releases(read_release(old), read_release(new), old, new)
+    except EdgepackError as exc:
+        _fail(exc, as_json)
+        return
+    click.echo(json.dumps(difference, indent=2) if as_json else render_diff(difference))
+
+
+@main.group()
+def ci() -> None:
+    """Continuous integration: generate a GitHub Actions workflow for your model's repository."""
+
+
+@ci.command("init")
+@click.option("--out", type=click.Path(path_type=Path), default=Path(".github/workflows/edgepack.yml"),
+              show_default=True, help="Where to write the workflow.")
+@click.option("--targets", "targets", multiple=True,
+              help="Targets to build, comma-separated or repeated (default: every installed target).")
+@click.option("--checkpoint", default=None,
+              help="Checkpoint folder in your repository (default: the one in ./edgepack.toml).")
+@click.option("--install", "install_spec", default=None,
+              help=f"What the jobs pip-install (default: edgepack=={__version__}).")
+@click.option("--force", is_flag=True, help="Replace an existing workflow file.")
+def ci_init(out: Path, targets: tuple[str, ...], checkpoint: str | None, install_spec: str | None,
+            force: bool) -> None:
+    """Write a GitHub Actions workflow: a build job per target, Core ML check on macOS, release on tags."""
+    from packager.ci_workflow import WorkflowRequest, write_workflow
+
+    names = [n.strip() for value in targets for n in value.split(",") if n.strip()]
+    try:
+        written = write_workflow(WorkflowRequest(out=out, targets=names, checkpoint=checkpoint,
+                                                 install_spec=install_spec, force=force))
+    except EdgepackError as exc:
+        _fail(exc, False)
+        return
+    click.echo(f"wrote {written}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -119,7 +119,7 @@ def parse_output(contract: Contract, raw: str) -> dict[str, Any]:
         return {"ok": False, "value": None, "error": {"code": "unknown_label", "path": ""}, "text": text}
     if contract.task == "json":
         try:
-            value = json.loads(text)
+            value = json.loads(text, parse_constant=_reject_constant)
         except (json.JSONDecodeError, ValueError):
             return {"ok": False, "value": None, "error": {"code": "invalid_json", "path": ""}, "text": text}
         path = schema_violation(value, contract.json_schema or {}, "")
@@ -127,6 +127,11 @@ def parse_output(contract: Contract, raw: str) -> dict[str, Any]:
             return {"ok": False, "value": value, "error": {"code": "schema_mismatch", "path": path}, "text": text}
         return {"ok": True, "value": value, "error": None, "text": text}
     return {"ok": True, "value": text, "error": None, "text": text}
+
+
+def _reject_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (RFC 8259); Python accepts them, JavaScript and Kotlin parsers do not."""
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _json_type(value: Any) -> str:
@@ -310,3 +315,58 @@ def contract_from_checkpoint(ckpt: Checkpoint) -> Contract:
         chat_template=chat_template,
         generation=generation,
     )
+
+
+def apply_task_config(contract: Contract, config: dict[str, Any], eval_outputs: list[str], source: str) -> Contract:
+    """Return the contract with the user's task declared on top (edgepack.toml [contract] or flags).
+
+    `source` names the file or flags the values came from, for error messages. Labels default to
+    the distinct outputs of the eval set; a prompt_template replaces the chat template's format.
+    """
+    known = {"task", "labels", "json_schema", "prompt_template", "stop_strings", "max_new_tokens", "constrained"}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise BadInputError(
+            f"{source}: unknown contract key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}."
+        )
+    task = config.get("task", contract.task)
+    if task not in TASKS:
+        raise BadInputError(f"{source}: task {task!r} is not one of {', '.join(TASKS)}.")
+    labels = config.get("labels")
+    if task == "labels" and not labels:
+        labels = sorted(set(o.strip() for o in eval_outputs))
+        if not labels:
+            raise BadInputError(f"{source}: task 'labels' needs labels, or an eval set (--eval) to infer them from.")
+    schema = config.get("json_schema")
+    if isinstance(schema, str):
+        schema_path = Path(schema)
+        try:
+            schema = json.loads(schema_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise BadInputError(
+                f"{source}: json_schema file {schema_path} could not be read as JSON ({exc})."
+            ) from None
+    if task == "json" and not isinstance(schema, dict):
+        raise BadInputError(f"{source}: task 'json' needs a json_schema (an inline table or a path to a .json file).")
+    prompt = contract.prompt
+    if "prompt_template" in config:
+        template = config["prompt_template"]
+        try:
+            fill_template(template, {"input": "x", "instruction": "y"})
+        except ValueError as exc:
+            raise BadInputError(f"{source}: prompt_template: {exc}. Use {{input}} and {{instruction}}.") from None
+        prompt = PromptFormat(prefix="", template=template, suffix="", source="edgepack.toml")
+    stops = list(contract.stop_strings)
+    for stop in config.get("stop_strings", []):
+        if stop not in stops:
+            stops.append(stop)
+    return Contract(**{
+        **vars(contract),
+        "task": task,
+        "labels": labels if task == "labels" else None,
+        "json_schema": schema if task == "json" else None,
+        "prompt": prompt,
+        "stop_strings": stops,
+        "max_new_tokens": int(config.get("max_new_tokens", contract.max_new_tokens)),
+        "constrained": bool(config.get("constrained", contract.constrained)),
+    })

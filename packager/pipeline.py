@@ -7,7 +7,6 @@ leaves nothing that looks complete.
 
 from __future__ import annotations
 
-import datetime as dt
 import shutil
 import tempfile
 import time
@@ -15,12 +14,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packager.atomic import publish_atomically
 from packager.checkpoint import Checkpoint, is_adapter_folder, load_checkpoint
 from packager.errors import BadInputError, GateFailedError
 from packager.fingerprint import cache_root, files_digest, options_digest
-from packager.manifest import MANIFEST_SCHEMA_VERSION, tool_versions, write_json, write_sha256sums
+from packager.manifest import (
+    MANIFEST_SCHEMA_VERSION,
+    build_timestamp,
+    tool_versions,
+    write_json,
+    write_sha256sums,
+)
 from packager.progress import Reporter
 from packager.report import render_report, verification_rows, verification_table
+from packager.report_html import render_html
 from packager.stages import BuildContext, BuildOptions
 from packager.target import TargetResult, resolve_targets
 
@@ -124,25 +131,17 @@ def run_build(request: BuildRequest, reporter: Reporter | None = None) -> BuildO
                 + verification_table(results)
             )
         write_json(staging / "manifest.json", manifest)
-        (staging / "report.md").write_text(render_report(manifest, results, not request.options.no_gate),
-                                           encoding="utf-8")
+        report_md = render_report(manifest, results, not request.options.no_gate)
+        (staging / "report.md").write_text(report_md, encoding="utf-8")
+        title = f"edgepack build: {manifest['name']}"
+        (staging / "report.html").write_text(render_html(report_md, results, staging, title), encoding="utf-8")
         write_sha256sums(staging)
-        _replace_atomically(staging, out)
+        publish_atomically(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     reporter.say(f"wrote {out}")
     return BuildOutcome(out=out, manifest=manifest, results=results, passed=passed)
-
-
-def _replace_atomically(staging: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{int(time.time())}")
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(out)
 
 
 def _manifest(
@@ -152,7 +151,7 @@ def _manifest(
     return {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "name": request.options.name or ckpt.name,
-        "built_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+        "built_at": build_timestamp(),
         "passed": passed,
         "gated": not request.options.no_gate,
         "source": {

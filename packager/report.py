@@ -29,27 +29,43 @@ def verification_rows(results: list[TargetResult]) -> list[dict[str, Any]]:
                 "tokenizer": v.tokenizer_parity,
                 "greedy_match": v.greedy_match,
                 "tokens_per_s": v.tokens_per_s,
+                "task": v.task.as_dict() if v.task else None,
                 "passed": v.passed,
                 "failures": v.failures,
             })
     return rows
 
 
+def _task_cells(task: dict[str, Any] | None) -> str:
+    if not task:
+        return "| n/a | n/a | n/a | n/a "
+    base = _fmt(task["baseline_exact_match"])
+    return (
+        f"| {_fmt(task['exact_match'])} ({base}) | {_fmt(task['validity'])} | {_fmt(task['agreement'])} "
+        f"| {task['latency_ms_p50']:.0f} / {task['latency_ms_p95']:.0f} / {task['latency_ms_p99']:.0f} "
+    )
+
+
 def verification_table(results: list[TargetResult]) -> str:
     """A markdown table of every verified artifact (the same table the CLI prints)."""
+    rows = verification_rows(results)
+    with_task = any(r["task"] for r in rows)
+    task_head = "| accuracy (fp32) | valid | = fp32 | latency ms p50/p95/p99 " if with_task else ""
     header = (
         "| target | artifact | level | top-1 | top-1 decisive | KL | PPL (ref) | tokenizer | greedy = ref "
-        "| host tok/s | gate |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        f"| host tok/s {task_head}| gate |\n|---|---|---|---|---|---|---|---|---|---|"
+        + ("---|---|---|---|" if with_task else "") + "---|"
     )
     lines = [header]
-    for r in verification_rows(results):
+    for r in rows:
         ppl = f"{_fmt(r['ppl'], 2)} ({_fmt(r['ppl_ref'], 2)})"
         tok = {True: "identical", False: "DIFFERS", None: "n/a"}[r["tokenizer"]]
         greedy = {True: "yes", False: "no", None: "n/a"}[r["greedy_match"]]
         gate = "pass" if r["passed"] else "FAIL: " + "; ".join(r["failures"])
         lines.append(
             f"| {r['target']} | {r['artifact']} | {r['level']} | {_fmt(r['top1'])} | {_fmt(r['top1_decisive'])} "
-            f"| {_fmt(r['kl'], 4)} | {ppl} | {tok} | {greedy} | {_fmt(r['tokens_per_s'], 1)} | {gate} |"
+            f"| {_fmt(r['kl'], 4)} | {ppl} | {tok} | {greedy} | {_fmt(r['tokens_per_s'], 1)} "
+            f"{_task_cells(r['task']) if with_task else ''}| {gate} |"
         )
     return "\n".join(lines)
 

@@ -18,15 +18,21 @@ from pathlib import Path
 from typing import Any
 
 from packager.checkpoint import Checkpoint
-from packager.contract import Contract, contract_from_checkpoint
+from packager.contract import Contract, apply_task_config, contract_from_checkpoint
 from packager.fingerprint import cache_root, file_sha256, options_digest
 from packager.formats.gguf_quantize import quantize_gguf
 from packager.formats.gguf_writer import NUMPY_TYPES, write_gguf
 from packager.progress import Reporter
+from packager.verify.gates import TaskGate
 from packager.verify.gguf_check import verify_gguf
 from packager.verify.golden import GoldenSet, load_golden
-from packager.verify.reference import ReferenceLogits, compute_reference, load_hf_tokenizer
+from packager.verify.llama_cpp_runner import host_threads
+from packager.verify.reference import ReferenceLogits, compute_reference, load_hf_model, load_hf_tokenizer
 from packager.verify.result import VerificationResult
+from packager.verify.task_eval import EvalRow, TaskMetrics, hf_generator, llama_cpp_generator, load_eval_set, score
+
+# Bump when what a verification record holds or how it is computed changes, so old records are not reused.
+VERIFICATION_SCHEMA = 3
 
 
 @dataclass
@@ -37,6 +43,17 @@ class BuildOptions:
     context_length: int = 4096
     no_gate: bool = False
     name: str | None = None
+    # Which browser runtime(s) the web target packages: "wllama" (GGUF), "webllm" (MLC) or "all".
+    web_runtime: str = "wllama"
+    # ExecuTorch (android): quantization recipe ("auto": the smallest that passes its gate) and extra
+    # delegates exported beside the XNNPACK .pte (e.g. ("vulkan",), experimental, not runnable here).
+    android_recipe: str = "auto"
+    android_delegates: tuple[str, ...] = ()
+    # The user's task: an eval set (JSONL, seeds' format) and contract settings (edgepack.toml [contract]).
+    eval_path: Path | None = None
+    task: dict[str, Any] = dataclasses.field(default_factory=dict)
+    task_source: str = "command-line flags"
+    task_gate: TaskGate = dataclasses.field(default_factory=TaskGate)
 
 
 def link_or_copy(src: Path, dest: Path) -> None:
@@ -65,8 +82,70 @@ class BuildContext:
         self._ggufs: dict[str, Path] = {}
 
     @cached_property
+    def eval_rows(self) -> list[EvalRow]:
+        return load_eval_set(self.options.eval_path) if self.options.eval_path else []
+
+    @cached_property
     def contract(self) -> Contract:
-        return contract_from_checkpoint(self.ckpt)
+        contract = contract_from_checkpoint(self.ckpt)
+        if self.options.task or self.eval_rows:
+            contract = apply_task_config(contract, self.options.task, [r.output for r in self.eval_rows],
+                                         self.options.task_source)
+        return contract
+
+    def _task_key(self, decoding: bool = True) -> str:
+        """Key of the task setup; the fp32 baseline decodes unconstrained, so it leaves `constrained` out."""
+        eval_text = self.options.eval_path.read_text(encoding="utf-8") if self.options.eval_path else ""
+        contract = self.contract.as_dict()
+        if not decoding:
+            contract.pop("constrained")
+        return options_digest("task", self.ckpt_digest, contract, eval_text)[:24]
+
+    @cached_property
+    def baseline_answers(self) -> list[str]:
+        """The fp32 transformers model's own answers to the eval set (cached per checkpoint + task)."""
+        record = self.cache / "baseline" / f"{self._task_key(decoding=False)}.json"
+        if record.is_file():
+            self.reporter.stage("fp32 baseline on the eval set", True, 0.0)
+            return json.loads(record.read_text())["answers"]
+        start = time.perf_counter()
+        self.reporter.say(f"answering {len(self.eval_rows)} eval rows with the fp32 model (baseline)")
+        model = load_hf_model(self.ckpt)
+        _, answers = score(self.contract, self.eval_rows, hf_generator(model, self.hf_tokenizer, self.contract),
+                           None)
+        del model
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"answers": answers}))
+        tmp.rename(record)
+        self.reporter.stage("fp32 baseline on the eval set", False, time.perf_counter() - start,
+                            f"{len(answers)} rows")
+        return answers
+
+    @cached_property
+    def _reference_model(self) -> Any:
+        return load_hf_model(self.ckpt)
+
+    def reference_next_token(self, ids: list[int]) -> int:
+        """The fp32 source model's greedy next token after `ids` (settles runtime disagreements)."""
+        import torch
+
+        with torch.inference_mode():
+            return int(torch.argmax(self._reference_model(torch.tensor([ids])).logits[0, -1]))
+
+    def task_metrics_gguf(self, path: Path) -> TaskMetrics:
+        """Answer the eval set with the GGUF in llama.cpp (greedy, under the contract)."""
+        import llama_cpp
+
+        baseline = self.baseline_answers
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=host_threads(), verbose=False, seed=0)
+        try:
+            constrained = self.contract.constrained and self.contract.task == "labels"
+            metrics, _ = score(self.contract, self.eval_rows, llama_cpp_generator(llm, self.contract, constrained),
+                               baseline, constrained)
+        finally:
+            llm.close()
+        return metrics
 
     @cached_property
     def hf_tokenizer(self) -> Any:
@@ -75,7 +154,8 @@ class BuildContext:
     @cached_property
     def reference(self) -> ReferenceLogits:
         start = time.perf_counter()
-        ref = compute_reference(self.ckpt, self.golden, self.ckpt_digest, self.contract.eos_ids, self.cache)
+        ref = compute_reference(self.ckpt, self.golden, self.ckpt_digest, self.contract.eos_ids, self.cache,
+                                self.reporter.percent("reference logits (fp32)"))
         self.reporter.stage("reference logits (fp32, transformers)", ref.from_cache, time.perf_counter() - start,
                             f"{ref.positions} positions")
         return ref
@@ -119,7 +199,9 @@ class BuildContext:
     def _verify_gguf_file(self, quant: str) -> VerificationResult:
         path = self._ggufs.get(quant) or self.gguf(quant)
         digest = file_sha256(path)
-        key_digest = options_digest("verify-gguf", digest, self.golden.digest_source())[:24]
+        task_key = self._task_key() if self.eval_rows else ""
+        key_digest = options_digest("verify-gguf", VERIFICATION_SCHEMA, digest, self.golden.digest_source(),
+                                    task_key)[:24]
         record = self.cache / "verify" / f"{key_digest}.json"
         label = f"verify gguf {quant}"
         if record.is_file():
@@ -130,6 +212,11 @@ class BuildContext:
         start = time.perf_counter()
         self.reporter.say(f"verifying GGUF {quant} in llama.cpp ({reference.positions} positions)")
         result = verify_gguf(path, path.name, quant, reference, self.golden, self.contract, self.hf_tokenizer)
+        if self.eval_rows:
+            self.reporter.say(f"answering {len(self.eval_rows)} eval rows with GGUF {quant} in llama.cpp")
+            result.task = self.task_metrics_gguf(path)
+            result.failures += self.options.task_gate.check(result.task)
+            result.gate += "; " + self.options.task_gate.describe()
         record.parent.mkdir(parents=True, exist_ok=True)
         tmp = record.with_suffix(".tmp")
         tmp.write_text(json.dumps(result.as_dict(), indent=2))

@@ -10,10 +10,15 @@ want_dev=0
 apt_packages=()
 command -v cmake >/dev/null || apt_packages+=(cmake)
 command -v g++ >/dev/null || apt_packages+=(g++)
+# npm installs the pinned browser runtimes the web target copies into bundles (see below); the web
+# bundle is verified in headless Chromium (driven by playwright-core), also by the example build.
+command -v node >/dev/null || apt_packages+=(nodejs)
+command -v npm >/dev/null || apt_packages+=(npm)
+command -v chromium >/dev/null || apt_packages+=(chromium)
+# systemd-analyze and shellcheck check the generated Raspberry Pi unit and scripts at build time.
+command -v systemd-analyze >/dev/null || apt_packages+=(systemd)
+command -v shellcheck >/dev/null || apt_packages+=(shellcheck)
 if [[ $want_dev == 1 ]]; then
-    command -v shellcheck >/dev/null || apt_packages+=(shellcheck)
-    command -v systemd-analyze >/dev/null || apt_packages+=(systemd)
-    command -v node >/dev/null || apt_packages+=(nodejs)
     command -v sha256sum >/dev/null || apt_packages+=(coreutils)
 fi
 if (( ${#apt_packages[@]} )); then
@@ -38,3 +43,6 @@ extras="example"
 # pip caches the built wheel, so later installs are instant.
 .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e ".[${extras}]"
 .venv/bin/edgepack --version >&2
+# wllama, WebLLM and playwright-core at the versions pinned in packager/data/web-vendor/, installed
+# once into ~/.cache/edgepack/web-vendor/ (npm ci --ignore-scripts); builds copy from there offline.
+.venv/bin/python -m packager.web_vendor install >&2

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from packager import __version__
 from packager.codecheck import check_generated_files
 from packager.escaping import slug
-from packager.manifest import file_entries, write_json
+from packager.manifest import file_entries, without_host_measurements, write_json
 from packager.stages import BuildContext, link_or_copy
 from packager.target import TargetResult
 from packager.templating import render_tree
@@ -39,7 +39,6 @@ class RaspberryPiTarget:
         model_name = ctx.options.name or ctx.ckpt.name
         context_length = min(ctx.options.context_length, int(ctx.ckpt.config.get("max_position_embeddings", 4096)))
         contract = ctx.contract
-        m = verification.metrics
         template_context: dict[str, Any] = {
             "model_name": model_name,
             "slug": slug(model_name),
@@ -53,12 +52,7 @@ class RaspberryPiTarget:
             "chat_template_present": contract.chat_template is not None,
             "bos_ids": [contract.bos_id] if contract.add_bos and contract.bos_id is not None else [],
             "eos_ids": contract.eos_ids,
-            "verification_rows": [{
-                "artifact": gguf_file, "level": verification.level,
-                "top1": m.top1 if m else None, "kl": m.kl if m else None,
-                "ppl": m.ppl if m else None, "ppl_ref": m.ppl_ref if m else None,
-                "tokens_per_s": verification.tokens_per_s,
-            }],
+            "verification_rows": [verification.summary_row(gguf_file)],
             "edgepack_version": __version__,
             "size_mb": round((out_dir / gguf_file).stat().st_size / 2**20, 1),
         }
@@ -73,7 +67,7 @@ class RaspberryPiTarget:
                       "context_length": context_length},
             "contract": contract.as_dict(),
             "files": file_entries(out_dir, files),
-            "verification": [verification.as_dict()],
+            "verification": [without_host_measurements(verification.as_dict())],
             "scaffold_checks": [vars(c) for c in checks],
             "edgepack_version": __version__,
         })

@@ -77,7 +77,6 @@ def make_context(model_name: str, *, chat: bool = True) -> dict[str, Any]:
                 "kl": 0.0123,
                 "ppl": 12.5,
                 "ppl_ref": 12.1,
-                "tokens_per_s": 48.2,
             },
             {
                 "artifact": "model|F16 *x*",
@@ -86,7 +85,6 @@ def make_context(model_name: str, *, chat: bool = True) -> dict[str, Any]:
                 "kl": None,
                 "ppl": None,
                 "ppl_ref": None,
-                "tokens_per_s": None,
             },
         ],
         "edgepack_version": "0.1.0",
@@ -591,10 +589,10 @@ def test_readme_tables_keep_their_shape_and_show_missing_numbers_as_na(bundle: B
             tables.append(rows)
             in_table = False
     verification = next(t for t in tables if t[0][0] == "Artifact")
-    assert all(len(row) == 7 for row in verification)
+    assert all(len(row) == 6 for row in verification)
     assert len(verification) == 1 + len(bundle.context["verification_rows"])
-    assert verification[2][2:] == ["n/a"] * 5
-    assert verification[1][2:] == ["0.970", "0.0123", "12.500", "12.100", "48.2"]
+    assert verification[2][2:] == ["n/a"] * 4
+    assert verification[1][2:] == ["0.970", "0.0123", "12.500", "12.100"]
 
 
 def test_readme_says_the_numbers_come_from_the_build_host_not_a_pi(bundle: Bundle) -> None:

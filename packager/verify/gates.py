@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from packager.verify.metrics import FidelityMetrics
+from packager.verify.task_eval import TaskMetrics
 
 
 @dataclass(frozen=True)
@@ -54,3 +55,26 @@ GATE_BY_TYPE: dict[str, Gate] = {
 
 def gate_for(quant: str) -> Gate:
     return GATE_BY_TYPE.get(quant, LOW_BIT)
+
+
+@dataclass(frozen=True)
+class TaskGate:
+    """The user's task, not just the logits: accuracy may drop at most this much vs the fp32 model."""
+
+    max_accuracy_drop: float = 0.02
+    min_validity: float = 1.0
+
+    def check(self, t: TaskMetrics) -> list[str]:
+        reasons = []
+        drop = None if t.baseline_exact_match is None else t.baseline_exact_match - t.exact_match
+        if drop is not None and drop > self.max_accuracy_drop + 1e-9:
+            reasons.append(
+                f"accuracy {t.exact_match:.3f} is {100 * drop:.1f} points below "
+                f"fp32's {t.baseline_exact_match:.3f} (allowed {100 * self.max_accuracy_drop:.1f})"
+            )
+        if t.validity < self.min_validity:
+            reasons.append(f"contract validity {t.validity:.3f} < {self.min_validity:.3f}")
+        return reasons
+
+    def describe(self) -> str:
+        return f"task: accuracy drop <= {100 * self.max_accuracy_drop:.1f} points, validity >= {self.min_validity:.2f}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,8 @@ def reference_key(ckpt_digest: str, golden: GoldenSet) -> str:
 
 
 def compute_reference(
-    ckpt: Checkpoint, golden: GoldenSet, ckpt_digest: str, eos_ids: list[int], cache: Path | None = None
+    ckpt: Checkpoint, golden: GoldenSet, ckpt_digest: str, eos_ids: list[int], cache: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ReferenceLogits:
     """Return the cached reference for this checkpoint, computing it (one forward per text) if needed."""
     folder = (cache or cache_root()) / "reference" / reference_key(ckpt_digest, golden)[:24]
@@ -90,8 +92,12 @@ def compute_reference(
             logits = model(torch.tensor([ids])).logits[0].float().numpy()
             np.save(tmp / f"logits-{i}.npy", logits)
             sequences.append(ids)
+            if progress:
+                progress(i + 1, len(golden.sequences) + 1)
         prompt_ids = tokenizer(golden.greedy_prompt, add_special_tokens=True)["input_ids"]
         greedy_ids = greedy_hf(model, prompt_ids, GREEDY_TOKENS, eos_ids)
+        if progress:
+            progress(len(golden.sequences) + 1, len(golden.sequences) + 1)
     meta = {"sequences": sequences, "greedy_prompt_ids": prompt_ids, "greedy_ids": greedy_ids}
     (tmp / "meta.json").write_text(json.dumps(meta))
     shutil.rmtree(folder, ignore_errors=True)

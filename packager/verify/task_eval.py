@@ -1,0 +1,205 @@
+"""Does each artifact still do the user's task? Exact match, contract validity, latency.
+
+The seeds' rule: assert the schema, parse the output, reject on mismatch, track stability after
+quantization, record latency distributions. Every artifact answers the eval set with greedy
+decoding under the task contract; the fp32 transformers model's own accuracy is the baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from packager.contract import Contract, labels_grammar, parse_output, render_prompt
+from packager.errors import BadInputError
+from packager.verify.llama_cpp_runner import last_logits
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    """One eval example in the seeds' format."""
+
+    instruction: str
+    input: str
+    output: str
+
+
+def load_eval_set(path: Path) -> list[EvalRow]:
+    """Read a JSONL eval set ({instruction, input, output} per line) with errors that name the line."""
+    if not path.is_file():
+        raise BadInputError(
+            f"{path}: eval set not found. Pass --eval with a JSONL file of instruction/input/output rows."
+        )
+    rows: list[EvalRow] = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BadInputError(f"{path}:{n}: not valid JSON ({exc.msg}). Each line must be one JSON object.") from None
+        if not isinstance(data, dict) or not isinstance(data.get("input"), str) or "output" not in data:
+            raise BadInputError(f"{path}:{n}: each row needs a string 'input' and an 'output' (and may have "
+                                "'instruction'), as in the seeds' format.")
+        output = data["output"] if isinstance(data["output"], str) else json.dumps(data["output"])
+        rows.append(EvalRow(str(data.get("instruction", "")), data["input"], output))
+    if not rows:
+        raise BadInputError(f"{path}: the eval set is empty.")
+    return rows
+
+
+def expected_value(contract: Contract, row: EvalRow) -> Any:
+    if contract.task == "json":
+        return json.loads(row.output)
+    return row.output.strip()
+
+
+@dataclass
+class TaskMetrics:
+    """Task-level results of one artifact on the eval set."""
+
+    rows: int
+    exact_match: float
+    validity: float
+    agreement: float | None
+    baseline_exact_match: float | None
+    latency_ms_p50: float
+    latency_ms_p95: float
+    latency_ms_p99: float
+    tokens_per_s: float
+    constrained: bool
+    mismatches: list[dict[str, Any]]
+    latencies_ms: list[float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# A generator answers one prompt: returns (raw text, generated token count, seconds).
+Generator = Callable[[str], tuple[str, int, float]]
+
+
+def score(
+    contract: Contract, rows: Sequence[EvalRow], generate: Generator, baseline: Sequence[str] | None,
+    constrained: bool = False,
+) -> tuple[TaskMetrics, list[str]]:
+    """Run every row through `generate`; return the metrics and the raw answers."""
+    answers: list[str] = []
+    latencies: list[float] = []
+    tokens = 0
+    gen_seconds = 0.0
+    correct = valid = agree = 0
+    mismatches: list[dict[str, Any]] = []
+    baseline_correct = 0
+    for i, row in enumerate(rows):
+        prompt = render_prompt(contract, row.input, row.instruction)
+        raw, n_tokens, seconds = generate(prompt)
+        answers.append(raw)
+        latencies.append(seconds * 1000)
+        tokens += n_tokens
+        gen_seconds += seconds
+        parsed = parse_output(contract, raw)
+        valid += parsed["ok"]
+        ok = parsed["ok"] and parsed["value"] == expected_value(contract, row)
+        correct += ok
+        if not ok and len(mismatches) < 10:
+            mismatches.append({"input": row.input, "expected": row.output, "got": parsed["text"],
+                               "error": parsed["error"]})
+        if baseline is not None:
+            base_parsed = parse_output(contract, baseline[i])
+            agree += parsed["text"] == base_parsed["text"]
+            baseline_correct += base_parsed["ok"] and base_parsed["value"] == expected_value(contract, row)
+    n = len(rows)
+    lat = np.array(latencies)
+    metrics = TaskMetrics(
+        rows=n,
+        exact_match=correct / n,
+        validity=valid / n,
+        agreement=agree / n if baseline is not None else None,
+        baseline_exact_match=baseline_correct / n if baseline is not None else None,
+        latency_ms_p50=float(np.percentile(lat, 50)),
+        latency_ms_p95=float(np.percentile(lat, 95)),
+        latency_ms_p99=float(np.percentile(lat, 99)),
+        tokens_per_s=tokens / gen_seconds if gen_seconds else 0.0,
+        constrained=constrained,
+        mismatches=mismatches,
+        latencies_ms=[round(x, 3) for x in latencies],
+    )
+    return metrics, answers
+
+
+def _stop_index(text: str, stops: Sequence[str]) -> int:
+    found = [text.find(s) for s in stops if s and text.find(s) >= 0]
+    return min(found) if found else -1
+
+
+def hf_generator(model, tokenizer, contract: Contract) -> Generator:
+    """Greedy generation with the fp32 transformers model under the contract (the baseline)."""
+    import torch
+
+    def generate(prompt: str) -> tuple[str, int, float]:
+        start = time.perf_counter()
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if contract.add_bos and contract.bos_id is not None:
+            ids = [contract.bos_id, *ids]
+        out: list[int] = []
+        text = ""
+        past = None
+        step_ids = torch.tensor([ids])
+        with torch.inference_mode():
+            for _ in range(contract.max_new_tokens):
+                result = model(input_ids=step_ids, past_key_values=past, use_cache=True)
+                past = result.past_key_values
+                tok = int(torch.argmax(result.logits[0, -1]))
+                if tok in contract.eos_ids:
+                    break
+                out.append(tok)
+                text = tokenizer.decode(out)
+                if _stop_index(text, contract.stop_strings) >= 0:
+                    break
+                step_ids = torch.tensor([[tok]])
+        return text, len(out), time.perf_counter() - start
+
+    return generate
+
+
+def llama_cpp_generator(llm, contract: Contract, constrained: bool = False) -> Generator:
+    """Greedy generation in llama.cpp under the contract; with `constrained`, labels become a GBNF grammar."""
+    grammar = None
+    if constrained and contract.task == "labels" and contract.labels:
+        from llama_cpp import LlamaGrammar
+
+        grammar = LlamaGrammar.from_string(labels_grammar(contract.labels), verbose=False)
+
+    def generate(prompt: str) -> tuple[str, int, float]:
+        start = time.perf_counter()
+        ids = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        if contract.add_bos and contract.bos_id is not None:
+            ids = [contract.bos_id, *ids]
+        if grammar is not None:
+            result = llm.create_completion(ids, max_tokens=contract.max_new_tokens, temperature=0.0, top_k=1,
+                                           grammar=grammar, stop=contract.stop_strings or None)
+            text = result["choices"][0]["text"]
+            return text, result["usage"]["completion_tokens"], time.perf_counter() - start
+        llm.reset()
+        llm.eval(ids)
+        out: list[int] = []
+        text = ""
+        for _ in range(contract.max_new_tokens):
+            tok = int(np.argmax(last_logits(llm)))
+            if tok in contract.eos_ids:
+                break
+            out.append(tok)
+            text = llm.detokenize(out).decode("utf-8", errors="replace")
+            if _stop_index(text, contract.stop_strings) >= 0:
+                break
+            llm.eval([tok])
+        return text, len(out), time.perf_counter() - start
+
+    return generate

@@ -1,0 +1,101 @@
+"""Task verification: every artifact answers the eval set under the contract; the task gate reads it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cli_helpers import edgepack, leftovers
+
+from packager.contract import Contract, PromptFormat, apply_task_config
+from packager.errors import BadInputError, ExitCode
+from packager.verify.gates import TaskGate
+from packager.verify.task_eval import EvalRow, load_eval_set, score
+
+ROWS = [
+    {"instruction": "Classify.", "input": "my card got declined", "output": "billing"},
+    {"instruction": "Classify.", "input": "where is my parcel", "output": "shipping"},
+    {"instruction": "Classify.", "input": "cancel it please", "output": "cancel"},
+]
+
+
+def _write_eval(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_scoring_counts_exact_match_validity_agreement_and_latency() -> None:
+    contract = Contract(task="labels", labels=["billing", "shipping", "cancel"], stop_strings=["\n"],
+                        prompt=PromptFormat(template="{instruction} {input} ->"))
+    rows = [EvalRow(**r) for r in ROWS]
+    replies = iter(["billing\nextra", "refund", " cancel "])
+    seen: list[str] = []
+
+    def generate(prompt: str) -> tuple[str, int, float]:
+        seen.append(prompt)
+        return next(replies), 2, 0.01
+
+    metrics, answers = score(contract, rows, generate, baseline=["billing", "shipping", "cancel"])
+    assert seen[0] == "Classify. my card got declined ->"
+    assert answers == ["billing\nextra", "refund", " cancel "]
+    assert metrics.exact_match == pytest.approx(2 / 3) and metrics.validity == pytest.approx(2 / 3)
+    assert metrics.agreement == pytest.approx(2 / 3) and metrics.baseline_exact_match == 1.0
+    assert metrics.mismatches == [{"input": "where is my parcel", "expected": "shipping", "got": "refund",
+                                   "error": {"code": "unknown_label", "path": ""}}]
+    assert metrics.latency_ms_p50 == pytest.approx(10.0)
+    reasons = TaskGate().check(metrics)
+    assert any("points below" in r for r in reasons) and any("validity" in r for r in reasons)
+
+
+def test_labels_are_inferred_from_the_eval_set_and_a_prompt_template_replaces_the_chat_format() -> None:
+    contract = apply_task_config(Contract(stop_strings=["<end_of_turn>"]), {"task": "labels", "prompt_template":
+                                 "{instruction}\nMessage: {input}\nIntent:", "stop_strings": ["\n"]},
+                                 ["b", "a", "b"], "edgepack.toml")
+    assert contract.labels == ["a", "b"]
+    assert contract.prompt.template == "{instruction}\nMessage: {input}\nIntent:" and contract.prompt.prefix == ""
+    assert contract.stop_strings == ["<end_of_turn>", "\n"]
+
+
+@pytest.mark.parametrize("config,message", [
+    ({"task": "labels"}, "needs labels"),
+    ({"task": "json"}, "needs a json_schema"),
+    ({"task": "poetry"}, "is not one of"),
+    ({"prompt_template": "{question}"}, "unknown placeholder"),
+    ({"lables": ["x"]}, "unknown contract key"),
+])
+def test_bad_task_configuration_names_the_file(config: dict, message: str) -> None:
+    with pytest.raises(BadInputError, match=message) as err:
+        apply_task_config(Contract(), config, [], "my/edgepack.toml")
+    assert "my/edgepack.toml" in str(err.value)
+
+
+def test_bad_eval_rows_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "eval.jsonl"
+    path.write_text('{"input": "ok", "output": "x"}\n{"input": 3}\n')
+    with pytest.raises(BadInputError, match=r"eval.jsonl:2"):
+        load_eval_set(path)
+
+
+def test_text_task_build_records_task_metrics_and_agrees_with_fp32(tiny_gemma: Path, tmp_path: Path) -> None:
+    eval_path = _write_eval(tmp_path / "eval.jsonl", ROWS)
+    out = tmp_path / "out"
+    result = edgepack("build", tiny_gemma, "--target", "raspberry-pi", "--quant", "F32", "--out", out,
+                      "--eval", eval_path, "--task", "text", "--json")
+    assert result.exit_code == 0, result.stderr
+    [row] = result.json()["artifacts"]
+    task = row["task"]
+    assert task["rows"] == 3 and task["validity"] == 1.0
+    assert task["agreement"] == 1.0  # F32 in llama.cpp answers exactly like the fp32 transformers model
+    assert task["latency_ms_p50"] > 0 and task["latency_ms_p99"] >= task["latency_ms_p50"]
+    assert "accuracy (fp32)" in (out / "report.md").read_text()
+
+
+def test_labels_the_model_never_produces_fail_the_task_gate(tiny_gemma: Path, tmp_path: Path) -> None:
+    eval_path = _write_eval(tmp_path / "eval.jsonl", ROWS)
+    out = tmp_path / "out"
+    result = edgepack("build", tiny_gemma, "--target", "raspberry-pi", "--quant", "F32", "--out", out,
+                      "--eval", eval_path, "--task", "labels")
+    assert result.exit_code == ExitCode.GATE_FAILED
+    assert "contract validity 0.000 < 1.000" in result.stderr
+    assert leftovers(tmp_path, "out") == []
