@@ -99,3 +99,12 @@ def test_labels_the_model_never_produces_fail_the_task_gate(tiny_gemma: Path, tm
     assert result.exit_code == ExitCode.GATE_FAILED
     assert "contract validity 0.000 < 1.000" in result.stderr
     assert leftovers(tmp_path, "out") == []
+
+
+def test_constrained_decoding_keeps_every_answer_inside_the_label_set(tiny_gemma: Path, tmp_path: Path) -> None:
+    eval_path = _write_eval(tmp_path / "eval.jsonl", ROWS)
+    result = edgepack("build", tiny_gemma, "--target", "raspberry-pi", "--quant", "F32", "--out", tmp_path / "out",
+                      "--eval", eval_path, "--task", "labels", "--constrained", "--json")
+    assert result.exit_code == 0, result.stderr
+    task = result.json()["artifacts"][0]["task"]
+    assert task["constrained"] is True and task["validity"] == 1.0  # unconstrained, this model produces no label
