@@ -80,7 +80,8 @@ def main() -> None:
 @click.option("--recipe", "android_recipe", default=None,
               help="ExecuTorch quantization recipe for android (default auto: the smallest that passes its gate).")
 @click.option("--delegate", "android_delegates", multiple=True, type=click.Choice(["vulkan"]),
-              help="Also export an experimental accelerator .pte for android (repeatable); the app falls back to XNNPACK.")
+              help="Also export an experimental accelerator .pte for android (repeatable); the app falls back "
+                   "to XNNPACK.")
 def build(checkpoint: Path | None, targets: tuple[str, ...], quant: str | None, out: Path | None,
           base: Path | None, name: str | None, context_length: int | None, allow_pickle: bool, force: bool,
           no_gate: bool, as_json: bool, quiet: bool, web_runtime: str | None, eval_path: Path | None,

