@@ -154,7 +154,9 @@ def hf_generator(model, tokenizer, contract: Contract) -> Generator:
         step_ids = torch.tensor([ids])
         with torch.inference_mode():
             for _ in range(contract.max_new_tokens):
-                result = model(input_ids=step_ids, past_key_values=past, use_cache=True)
+                # Only the last position's logits: the 262k-vocabulary head over every prompt token
+                # would otherwise cost about as much as the rest of the model.
+                result = model(input_ids=step_ids, past_key_values=past, use_cache=True, logits_to_keep=1)
                 past = result.past_key_values
                 tok = int(torch.argmax(result.logits[0, -1]))
                 if tok in contract.eos_ids:
