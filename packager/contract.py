@@ -204,7 +204,8 @@ def gbnf_literal(text: str) -> str:
 
 def labels_grammar(labels: list[str]) -> str:
     """GBNF grammar that admits exactly one of the labels (for llama.cpp-based runtimes)."""
-    return "root ::= " + " | ".join(gbnf_literal(label) for label in labels) + "\n"
+    # An optional leading space: a model fine-tuned on "Intent: label" answers " label"; the parser strips it.
+    return 'root ::= " "? (' + " | ".join(gbnf_literal(label) for label in labels) + ")\n"
 
 
 # ---------------------------------------------------------------------------------------------

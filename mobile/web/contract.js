@@ -175,7 +175,7 @@ export function gbnfLiteral(text) {
 
 /** GBNF grammar that admits exactly one of the labels (for llama.cpp-based runtimes). */
 export function labelsGrammar(labels) {
-  return "root ::= " + labels.map((label) => gbnfLiteral(label)).join(" | ") + "\n";
+  return 'root ::= " "? (' + labels.map((label) => gbnfLiteral(label)).join(" | ") + ")\n";
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ test('run() sends the contract prompt, stops, token limit, greedy sampling and t
   expect(params.stop).toEqual(['<end_of_turn>']);
   expect(params.n_predict).toBe(16);
   expect(params).toMatchObject({ temperature: 0, top_k: 1, top_p: 1, min_p: 0, seed: -1 });
-  expect(params.grammar).toBe('root ::= "billing" | "cancel_order" | "say \\"hi\\"" | "two\\nlines"\n');
+  expect(params.grammar).toBe('root ::= " "? ("billing" | "cancel_order" | "say \\"hi\\"" | "two\\nlines")\n');
   expect(params.json_schema).toBeUndefined();
   expect(params.emit_partial_completion).toBe(true);
 

@@ -283,7 +283,7 @@ export function gbnfLiteral(text: string): string {
 
 /** GBNF grammar that admits exactly one of the labels (for llama.cpp-based runtimes). */
 export function labelsGrammar(labels: string[]): string {
-  return 'root ::= ' + labels.map((label) => gbnfLiteral(label)).join(' | ') + '\n';
+  return 'root ::= " "? (' + labels.map((label) => gbnfLiteral(label)).join(' | ') + ')\n';
 }
 
 // ---------------------------------------------------------------------------------------------
