@@ -116,6 +116,14 @@ class ExecuTorchLayout:
     embedding_module: str = "model.embed_tokens"
     head_module: str = "lm_head"
     layers_module: str = "model.layers"
+    # Outlier migration (smoothing) before int8 activations: in each block, the RMSNorm whose gain
+    # scales the input of these linears, and the linear whose output rows feed another's input
+    # (v_proj -> o_proj through attention, up_proj -> down_proj through the gated product); the
+    # final norm feeds the head. The gain convention (w or 1 + w) is the spec's norm_offset.
+    norm_feeds: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    row_feeds: tuple[tuple[str, str], ...] = (
+        ("self_attn.v_proj", "self_attn.o_proj"), ("mlp.up_proj", "mlp.down_proj"))
+    final_norm: str = "model.norm"
 
 
 @dataclass(frozen=True)
@@ -191,7 +199,10 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
             nested_text_config=True,
         ),
         # Sliding-window and global layers: transformers exports it with its hybrid static cache.
-        executorch=ExecuTorchLayout(cache="hybrid"),
+        executorch=ExecuTorchLayout(cache="hybrid", norm_feeds=(
+            ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+            ("pre_feedforward_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
+        )),
     ),
     ArchitectureSpec(
         name="llama",
@@ -218,7 +229,10 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
                                "rms_norm_eps", "vocab_size", "tie_word_embeddings", "num_key_value_heads",
                                "head_dim", "max_position_embeddings", "rope_scaling"),
         ),
-        executorch=ExecuTorchLayout(cache="static"),
+        executorch=ExecuTorchLayout(cache="static", norm_feeds=(
+            ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+            ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
+        )),
     ),
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="edgepack")
 def main() -> None:
     """edgepack: one fine-tuned checkpoint in; verified edge artifacts and integration code out."""
+    # torchao warns on import about CUDA-only extensions it cannot load on a CPU host: noise, not news.
+    logging.getLogger("torchao").setLevel(logging.ERROR)
 
 
 @main.command()

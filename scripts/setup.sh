@@ -18,6 +18,8 @@ command -v chromium >/dev/null || apt_packages+=(chromium)
 # systemd-analyze and shellcheck check the generated Raspberry Pi unit and scripts at build time.
 command -v systemd-analyze >/dev/null || apt_packages+=(systemd)
 command -v shellcheck >/dev/null || apt_packages+=(shellcheck)
+# A JDK runs kotlinc and ktlint, which check the generated Android app and the Kotlin bridge.
+command -v java >/dev/null || apt_packages+=(openjdk-17-jdk-headless)
 if [[ $want_dev == 1 ]]; then
     command -v sha256sum >/dev/null || apt_packages+=(coreutils)
 fi
@@ -46,3 +48,5 @@ extras="example"
 # wllama, WebLLM and playwright-core at the versions pinned in packager/data/web-vendor/, installed
 # once into ~/.cache/edgepack/web-vendor/ (npm ci --ignore-scripts); builds copy from there offline.
 .venv/bin/python -m packager.web_vendor install >&2
+# kotlinc and ktlint at the versions pinned in packager/data/android-tools/ (npm ci --ignore-scripts).
+.venv/bin/python -m packager.android_tools install >&2

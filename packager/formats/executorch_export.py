@@ -1,0 +1,551 @@
+"""ExecuTorch export: a Hugging Face checkpoint -> model.pte + model.ptd that Android's LlmModule runs on XNNPACK.
+
+The route that works with the pinned stack (torch 2.13, transformers 5.23, executorch 1.5.1):
+transformers' TorchExportableModuleForDecoderOnlyLM with a static KV cache (hybrid for Gemma 3),
+torch.export with a dynamic sequence length and strict=True, exir's to_edge_transform_and_lower
+with the XNNPACK partitioner, then to_executorch. Constant methods carry what ExecuTorch's LLM
+runner reads (max lengths, KV-cache flags, eos ids); the eos ids come from the task contract
+because the runner's own guess from tokenizer.json is wrong for Gemma.
+
+All weights go to one external .ptd file beside the .pte. ExecuTorch's named data store keeps one
+copy of identical buffers, so a tied embedding that XNNPACK also reads as the output head is stored
+once (fp32 Gemma 3 270M: ~1.07 GB instead of 1.74 GB), and in the 8-bit recipes the int8 table of
+a tied embedding is the output head's own int8 weight, stored once too.
+
+The build runs an export in a child process (`python -m packager.formats.executorch_export`): a
+Gemma 3 270M export peaks near 5 GB in fp32, the memory returns to the OS when the child exits,
+and the child's peak RSS is measured for the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from packager.errors import BadInputError, UnsupportedError
+from packager.verify.gates import EIGHT_BIT, LOSSLESS, LOW_BIT, Gate
+
+EXECUTORCH_VERSION = "1.5.1"
+# Bump when the exported program changes for the same checkpoint + recipe (keys the stage cache).
+EXPORT_SCHEMA = 1
+DELEGATES = ("xnnpack", "vulkan")
+
+
+@dataclass(frozen=True)
+class WeightQuant:
+    """Symmetric integer weights: `bits` per value, one scale per `group` input columns (0: per output row)."""
+
+    bits: int
+    group: int = 0
+
+    def describe(self) -> str:
+        return f"int{self.bits} " + (f"g{self.group}" if self.group else "per-channel")
+
+
+PER_CHANNEL_8 = WeightQuant(8)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one .pte is quantized. Decoder linears get int8 dynamic activations (XNNPACK's 8da kernels).
+
+    `linear` covers the linears inside the decoder blocks; `eight_bit` names linears kept at int8
+    per-channel instead ("first"/"last" = every linear of the first/last block, or a module-name
+    suffix such as "mlp.down_proj"); `head` is the output projection; `embedding` the token table
+    (ExecuTorch's quantized embedding kernels). A tied table whose head and embedding are both int8
+    per-channel is quantized once and stored once.
+    """
+
+    name: str
+    summary: str
+    linear: WeightQuant | None = None
+    head: WeightQuant | None = None
+    embedding: WeightQuant | None = None
+    eight_bit: tuple[str, ...] = ()
+    # Decoder linears left in fp32 (module-name suffixes, e.g. "mlp.down_proj"; "first"/"last": a whole block).
+    float_linears: tuple[str, ...] = ()
+    # Outlier migration strength (SmoothQuant's alpha) applied before quantization; None: off.
+    smooth: float | None = None
+    gate: Gate = LOW_BIT
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["gate"] = dataclasses.asdict(self.gate)
+        return data
+
+    @property
+    def quantized(self) -> bool:
+        return any(q is not None for q in (self.linear, self.head, self.embedding))
+
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    Recipe("fp32", "fp32 weights and activations (the tied embedding stored once)", gate=LOSSLESS),
+    Recipe("8da8w", "int8 dynamic activations, int8 per-channel weights everywhere; int8 table shared with the head",
+           linear=PER_CHANNEL_8, head=PER_CHANNEL_8, embedding=PER_CHANNEL_8, gate=EIGHT_BIT),
+    Recipe("8da4w-g32", "int8 dynamic activations, int4 g32 decoder weights; int8 head + table (shared)",
+           linear=WeightQuant(4, 32), head=PER_CHANNEL_8, embedding=PER_CHANNEL_8),
+    Recipe("8da4w-g64", "as 8da4w-g32 with groups of 64", linear=WeightQuant(4, 64), head=PER_CHANNEL_8,
+           embedding=PER_CHANNEL_8),
+    Recipe("8da4w-g128", "as 8da4w-g32 with groups of 128", linear=WeightQuant(4, 128), head=PER_CHANNEL_8,
+           embedding=PER_CHANNEL_8),
+    Recipe("8da4w-g32-mixed", "as 8da4w-g32, but the first and last blocks and every down_proj stay int8",
+           linear=WeightQuant(4, 32), head=PER_CHANNEL_8, embedding=PER_CHANNEL_8,
+           eight_bit=("first", "last", "mlp.down_proj")),
+    Recipe("8da4w-emb4", "int4 g32 everywhere: decoder, head and a separate int4 g32 table (smallest)",
+           linear=WeightQuant(4, 32), head=WeightQuant(4, 32), embedding=WeightQuant(4, 32)),
+    Recipe("8da8w-smooth", "as 8da8w, after migrating activation outliers into the weights (alpha 0.5)",
+           linear=PER_CHANNEL_8, head=PER_CHANNEL_8, embedding=PER_CHANNEL_8, smooth=0.5, gate=EIGHT_BIT),
+    Recipe("8da8w-smooth-f32down", "as 8da8w-smooth, with every mlp.down_proj kept in fp32",
+           linear=PER_CHANNEL_8, head=PER_CHANNEL_8, embedding=PER_CHANNEL_8, smooth=0.5,
+           float_linears=("mlp.down_proj",), gate=EIGHT_BIT),
+)}
+
+# What `--recipe auto` tries, smallest first; the first that passes its gate ships. Quantized rungs are
+# screened in eager PyTorch before any export, so a build exports once. The 4-bit recipes are left
+# out: on Gemma 3 270M they reach 0.62-0.75 decisive top-1 (docs/benchmarks.md); plain 8da8w is left
+# out because smoothing makes the same bytes more faithful. All stay available by name.
+AUTO_LADDER: tuple[str, ...] = ("8da8w-smooth", "8da8w-smooth-f32down", "fp32")
+
+# Text the smoothing step measures activation ranges on: generic prose, code, JSON and dialogue,
+# deliberately not the golden text the artifacts are judged on.
+CALIBRATION_TEXT = (
+    "The committee met on Tuesday to review the budget. After a long discussion, members agreed to postpone "
+    "the vote until more data was available. def mean(xs):\n    return sum(xs) / len(xs)\n"
+    '{"order": 1042, "status": "shipped", "items": [3, 5]}  Customer: my package never arrived, can you help? '
+    "Agent: I'm sorry to hear that. Let me check the tracking number for you. Photosynthesis converts light "
+    "into chemical energy; plants store it as glucose. 1. Preheat the oven to 180 C. 2. Mix flour and sugar."
+)
+
+
+def recipe_named(name: str) -> Recipe:
+    """Return the recipe called `name`, or raise a BadInputError listing the known ones."""
+    if name not in RECIPES:
+        raise BadInputError(f"--recipe {name}: unknown ExecuTorch recipe. Known: auto, {', '.join(RECIPES)}.")
+    return RECIPES[name]
+
+
+@dataclass(frozen=True)
+class RunnerMetadata:
+    """The constant methods ExecuTorch's LLM runner reads from a .pte."""
+
+    max_context: int
+    eos_ids: tuple[int, ...]
+    bos_id: int | None
+    vocab_size: int
+
+    def constant_methods(self) -> dict[str, Any]:
+        # A prefill chunk may be at most max_seq_len tokens; the sequence dimension is exported up to
+        # max_context - 1 (torch.export specialises a bound equal to the cache length).
+        methods: dict[str, Any] = {
+            "get_max_seq_len": self.max_context - 1,
+            "get_max_context_len": self.max_context,
+            "enable_dynamic_shape": True,
+            "use_kv_cache": True,
+            "use_sdpa_with_kv_cache": False,
+            "get_eos_ids": list(self.eos_ids),
+            "get_vocab_size": self.vocab_size,
+        }
+        if self.bos_id is not None:
+            methods["get_bos_id"] = self.bos_id
+        return methods
+
+
+@dataclass
+class ExportResult:
+    """What one export wrote, and what it cost."""
+
+    pte: str
+    ptd: str
+    delegate: str
+    recipe: str
+    seconds: float
+    peak_rss_mb: float
+    delegated_ops: int
+    total_ops: int
+    metadata: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantization (eager, before torch.export).
+
+
+def _quantize_rows(weight: Any, quant: WeightQuant) -> tuple[Any, Any]:
+    """Symmetric round-to-nearest: return (int8 values, fp32 scales [rows, groups] or [rows])."""
+    import torch
+
+    rows, cols = weight.shape
+    group = quant.group or cols
+    qmax = 2 ** (quant.bits - 1) - 1
+    grouped = weight.detach().float().reshape(rows, cols // group, group)
+    scales = grouped.abs().amax(dim=-1).clamp(min=1e-12) / qmax
+    values = torch.clamp(torch.round(grouped / scales.unsqueeze(-1)), -qmax - 1, qmax).to(torch.int8)
+    return values.reshape(rows, cols), (scales if quant.group else scales.reshape(rows))
+
+
+class QuantizedTokenEmbedding:
+    """Factory for the embedding module ExecuTorch's quantized kernels run (see build())."""
+
+    @staticmethod
+    def build(values: Any, scales: Any, bits: int, scale: Any) -> Any:
+        """Return an nn.Module that looks up int8/int4 rows, dequantizes, and multiplies by `scale`.
+
+        Gemma multiplies embeddings by sqrt(hidden_size) inside its embedding module; replacing that
+        module with ExecuTorch's quantized lookup drops the factor unless it is applied here. `scale`
+        may be a per-channel vector: a tied table smoothed for the head is divided back on lookup.
+        """
+        # The eager/meta definitions of quantized_decomposed.embedding_* (exir registers them on import),
+        # and the out-variant kernels to_executorch needs (the exporting process must load them).
+        import executorch.exir.passes._quant_patterns_and_replacements
+        import executorch.kernels.quantized  # noqa: F401
+        import torch
+
+        class _Embedding(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                if bits == 4:
+                    shifted = (values.to(torch.int16) + 8).to(torch.uint8)
+                    packed = shifted[:, 0::2] * 16 + shifted[:, 1::2]
+                    self.register_buffer("weight", packed.contiguous())
+                else:
+                    self.register_buffer("weight", values.contiguous())
+                self.register_buffer("scales", scales.float().contiguous())
+                self.per_channel = isinstance(scale, torch.Tensor)
+                if self.per_channel:
+                    self.register_buffer("channel_factor", scale.float().contiguous())
+                self.factor = 1.0 if self.per_channel else float(scale)
+
+            def forward(self, ids: torch.Tensor) -> torch.Tensor:
+                if bits == 4:
+                    out = torch.ops.quantized_decomposed.embedding_4bit.dtype(
+                        self.weight, self.scales, None, -8, 7, ids, dtype=torch.float32)
+                else:
+                    out = torch.ops.quantized_decomposed.embedding_byte.dtype(
+                        self.weight, self.scales, None, -128, 127, ids, dtype=torch.float32)
+                if self.per_channel:
+                    return out * self.channel_factor
+                return out * self.factor if self.factor != 1.0 else out
+
+        return _Embedding()
+
+
+def _input_max(model: Any, ids: Any) -> dict[str, Any]:
+    """Per-channel max |input| of every linear on the calibration ids."""
+    import torch
+
+    stats: dict[str, Any] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            def record(_m: Any, args: Any, name: str = name) -> None:
+                seen = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0)
+                stats[name] = torch.maximum(stats[name], seen) if name in stats else seen
+            hooks.append(module.register_forward_pre_hook(record))
+    with torch.no_grad():
+        model(ids, use_cache=False)
+    for hook in hooks:
+        hook.remove()
+    return stats
+
+
+def smooth_outliers(model: Any, spec: Any, alpha: float, folder: Path) -> Any:
+    """Migrate activation outliers into weights (SmoothQuant); return the head's channel scales.
+
+    Exact in fp32: each linear input channel j is divided by s_j where it is produced (an RMSNorm
+    gain, or the rows of v_proj / up_proj) and the consuming weights' column j is multiplied by s_j,
+    with s_j = max|x_j|^alpha / max|W_j|^(1 - alpha) on CALIBRATION_TEXT. int8 per-token activations
+    then lose less to a few huge channels. A tied table is scaled with the head; the caller divides
+    the embedding lookup by the returned scales.
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    layout = spec.executorch
+    config = model.config
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
+    stats = _input_max(model, torch.tensor([tokenizer(CALIBRATION_TEXT)["input_ids"]]))
+    offset = spec.norm_offset
+
+    def scales(xmax: Any, weights: list[Any]) -> Any:
+        wmax = torch.stack([w.abs().amax(0) for w in weights]).amax(0)
+        return (xmax.clamp(min=1e-5) ** alpha / wmax.clamp(min=1e-5) ** (1 - alpha)).clamp(1e-3, 1e3)
+
+    def fold_norm(norm: Any, s: Any) -> None:
+        norm.weight.data = (norm.weight.data.float() + offset) / s - offset
+
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    with torch.no_grad():
+        for index, block in enumerate(model.get_submodule(layout.layers_module)):
+            prefix = f"{layout.layers_module}.{index}."
+            for norm_name, linear_names in layout.norm_feeds:
+                linears = [block.get_submodule(n) for n in linear_names]
+                s = scales(stats[prefix + linear_names[0]], [lin.weight for lin in linears])
+                fold_norm(block.get_submodule(norm_name), s)
+                for lin in linears:
+                    lin.weight.data *= s
+            for source_name, sink_name in layout.row_feeds:
+                source, sink = block.get_submodule(source_name), block.get_submodule(sink_name)
+                xmax, wmax = stats[prefix + sink_name], sink.weight.abs().amax(0)
+                if source.weight.shape[0] != sink.weight.shape[1]:  # v_proj -> o_proj under grouped KV heads
+                    group = heads // kv_heads
+                    xmax = xmax.reshape(kv_heads, group, head_dim).amax(1).reshape(-1)
+                    wmax = wmax.reshape(kv_heads, group, head_dim).amax(1).reshape(-1)
+                s = (xmax.clamp(min=1e-5) ** alpha / wmax.clamp(min=1e-5) ** (1 - alpha)).clamp(1e-3, 1e3)
+                source.weight.data /= s[:, None]
+                if source.weight.shape[0] != sink.weight.shape[1]:
+                    s = s.reshape(kv_heads, 1, head_dim).expand(kv_heads, heads // kv_heads, head_dim).reshape(-1)
+                sink.weight.data *= s
+        head = model.get_submodule(layout.head_module)
+        s_head = scales(stats[layout.head_module], [head.weight])
+        fold_norm(model.get_submodule(layout.final_norm), s_head)
+        head.weight.data *= s_head
+    return s_head
+
+
+def _linear_config(quant: WeightQuant) -> Any:
+    import torch
+    from torchao.quantization.granularity import PerAxis, PerGroup
+    from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig
+
+    granularity = PerGroup(quant.group) if quant.group else PerAxis(0)
+    return Int8DynamicActivationIntxWeightConfig(weight_dtype=getattr(torch, f"int{quant.bits}"),
+                                                 weight_granularity=granularity)
+
+
+def _selects(selectors: tuple[str, ...], name: str, index: int, last: int) -> bool:
+    """Whether a block linear (module name `name` in block `index`) matches "first"/"last"/name-suffix selectors."""
+    return (("first" in selectors and index == 0) or ("last" in selectors and index == last)
+            or any(name.endswith(s) for s in selectors if s not in ("first", "last")))
+
+
+def _layer_linear_plan(model: Any, layout: Any, recipe: Recipe) -> dict[str, WeightQuant]:
+    """Map each decoder-block linear's module name to its weight quantization under the recipe."""
+    import torch
+
+    if recipe.linear is None:
+        return {}
+    layers = model.get_submodule(layout.layers_module)
+    last = len(layers) - 1
+    plan: dict[str, WeightQuant] = {}
+    for index, block in enumerate(layers):
+        for name, module in block.named_modules():
+            if not isinstance(module, torch.nn.Linear) or _selects(recipe.float_linears, name, index, last):
+                continue
+            quant = PER_CHANNEL_8 if _selects(recipe.eight_bit, name, index, last) else recipe.linear
+            if quant.group and module.in_features % quant.group:
+                quant = WeightQuant(quant.bits)  # a group that does not divide the row: one scale per row
+            plan[f"{layout.layers_module}.{index}.{name}"] = quant
+    return plan
+
+
+def quantize_model(model: Any, spec: Any, recipe: Recipe, folder: Path | None = None) -> dict[str, Any]:
+    """Quantize `model` in place for the recipe; return a summary (which tensors got what).
+
+    `folder` (the checkpoint, for its tokenizer) is needed by smoothing recipes.
+    """
+    import torch
+    from torchao.quantization.quant_api import quantize_
+
+    layout = spec.executorch
+    config = model.config
+    summary: dict[str, Any] = {"linears": {}, "head": None, "embedding": None, "shared_table": False}
+    embedding_module = model.get_submodule(layout.embedding_module)
+    tied = model.get_submodule(layout.head_module).weight is embedding_module.weight
+    head_scales = None
+    if recipe.smooth is not None:
+        if recipe.embedding is None and tied:
+            raise UnsupportedError(f"recipe {recipe.name}: smoothing a tied head needs a quantized embedding table")
+        if not tied:  # the table keeps its own values; only the head's columns move
+            embedding_module.weight = torch.nn.Parameter(embedding_module.weight.detach().clone())
+        head_scales = smooth_outliers(model, spec, recipe.smooth, folder)
+        summary["smoothing"] = f"alpha {recipe.smooth} on {len(layout.norm_feeds) + len(layout.row_feeds)} sites/block"
+    if recipe.float_linears:
+        summary["fp32 linears"] = list(recipe.float_linears)
+    plan = _layer_linear_plan(model, layout, recipe)
+    for quant in sorted(set(plan.values()), key=lambda q: (q.bits, q.group)):
+        names = {fqn for fqn, q in plan.items() if q == quant}
+        quantize_(model, _linear_config(quant), filter_fn=lambda _m, fqn, names=names: fqn in names)
+        summary["linears"][quant.describe()] = len(names)
+
+    embedding = model.get_submodule(layout.embedding_module)
+    table = embedding.weight.detach().clone() if recipe.embedding is not None else None
+    if recipe.head is not None:
+        quantize_(model, _linear_config(recipe.head), filter_fn=lambda _m, fqn: fqn == layout.head_module)
+        summary["head"] = recipe.head.describe()
+    if recipe.embedding is not None:
+        factor: Any = math.sqrt(config.hidden_size) if spec.embedding_scale_sqrt_hidden else 1.0
+        if head_scales is not None and tied:
+            factor = factor / head_scales  # the tied table was scaled for the head; undo it on lookup
+        shared = tied and recipe.head == recipe.embedding == PER_CHANNEL_8
+        if shared:
+            # The head's own int8 rows and scales: byte-identical, so the .ptd stores them once.
+            weight = model.get_submodule(layout.head_module).weight
+            values, scales = weight.qdata, weight.scale.reshape(-1)
+        else:
+            values, scales = _quantize_rows(table, recipe.embedding)
+        module = QuantizedTokenEmbedding.build(values, scales, recipe.embedding.bits, factor)
+        parent_name, _, child = layout.embedding_module.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, module)
+        kept = spec.embedding_scale_sqrt_hidden or head_scales is not None
+        summary["embedding"] = recipe.embedding.describe() + (", embedding scale re-applied" if kept else "")
+        summary["shared_table"] = shared
+    del table
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Export.
+
+
+def load_for_export(folder: Path, max_context: int) -> Any:
+    """Load the checkpoint in fp32 with a static-cache generation config (what the exportable wrapper reads)."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(folder), dtype=torch.float32, attn_implementation="sdpa", trust_remote_code=False,
+        local_files_only=True,
+        generation_config=GenerationConfig(use_cache=True, cache_implementation="static", max_length=max_context,
+                                           cache_config={"batch_size": 1, "max_cache_len": max_context}),
+    )
+    model.eval()
+    return model
+
+
+_WRAPPERS = {"hybrid": "TorchExportableModuleWithHybridCache", "static": "TorchExportableModuleWithStaticCache"}
+
+
+def export_program(model: Any, spec: Any, max_context: int) -> Any:
+    """torch.export the model with its static cache, the sequence length dynamic up to max_context - 1."""
+    import torch
+    from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
+
+    wrapper = TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=max_context)
+    picked = type(wrapper.model).__name__
+    if picked != _WRAPPERS[spec.executorch.cache]:
+        raise UnsupportedError(
+            f"transformers wraps this {spec.name} model in {picked}, but edgepack's architecture table expects "
+            f"a {spec.executorch.cache} cache ({_WRAPPERS[spec.executorch.cache]}); the exported attention would "
+            "differ from the checkpoint's. Check the transformers version (pinned 5.23.0)."
+        )
+    seq = torch.export.Dim("seq_length_dim", max=max_context - 1)
+    example = torch.zeros((1, 3), dtype=torch.long)
+    with torch.no_grad():
+        return wrapper.export(input_ids=example, cache_position=torch.arange(3, dtype=torch.long),
+                              dynamic_shapes={"input_ids": {1: seq}, "cache_position": {0: seq}}, strict=True)
+
+
+def _partitioners(delegate: str) -> list[Any]:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    if delegate == "xnnpack":
+        return [XnnpackPartitioner()]
+    if delegate == "vulkan":
+        from executorch.backends.vulkan.partitioner.vulkan_partitioner import VulkanPartitioner
+        from executorch.exir.dialects._ops import ops as exir_ops
+
+        # Vulkan cannot own the static cache's buffer updates (aten.copy into mutable buffers): they
+        # stay outside it, and what Vulkan does not take goes to XNNPACK.
+        return [VulkanPartitioner(operator_blocklist={exir_ops.edge.aten.copy.default}), XnnpackPartitioner()]
+    raise BadInputError(f"--delegate {delegate}: unknown; edgepack exports for {', '.join(DELEGATES)}")
+
+
+def _count_ops(program: Any) -> tuple[int, int]:
+    """Return (delegate calls, all call_function nodes) of the lowered forward method."""
+    graph = program.exported_program("forward").graph_module.graph
+    calls = [n for n in graph.nodes if n.op == "call_function"]
+    delegated = [n for n in calls if "executorch_call_delegate" in str(n.target)]
+    return len(delegated), len(calls)
+
+
+def lower_and_write(exported: Any, metadata: RunnerMetadata, delegate: str, out_dir: Path, stem: str) -> tuple[
+        Path, Path, tuple[int, int]]:
+    """Lower to the delegate, write <stem>.pte and <stem>.ptd (all weights, one copy of each buffer)."""
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes import MemoryPlanningPass
+
+    for node in exported.graph.nodes:  # XNNPACK's weights join the program's constants in <stem>.ptd
+        if node.op == "placeholder":
+            node.meta.setdefault("custom", {})["delegate_constant_tag"] = stem
+    edge = to_edge_transform_and_lower(
+        {"forward": exported}, partitioner=_partitioners(delegate),
+        compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True),
+        constant_methods=metadata.constant_methods(),
+    )
+    program = edge.to_executorch(config=ExecutorchBackendConfig(
+        extract_delegate_segments=True, memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
+        do_quant_fusion_and_const_prop=True, external_constants=lambda _node: stem,
+    ))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pte = out_dir / f"{stem}.pte"
+    pte.write_bytes(program.buffer)
+    program.write_tensor_data_to_file(str(out_dir))
+    ptd = out_dir / f"{stem}.ptd"
+    if not ptd.is_file():
+        raise UnsupportedError(f"ExecuTorch wrote no {ptd.name} beside {pte.name}; the weights would be missing.")
+    return pte, ptd, _count_ops(program)
+
+
+def export_pte(folder: Path, out_dir: Path, recipe: Recipe, metadata: RunnerMetadata, delegate: str = "xnnpack",
+               stem: str | None = None) -> ExportResult:
+    """Export the checkpoint in `folder` under `recipe` to out_dir/<stem>.pte + .ptd (in this process)."""
+    from packager.architectures import spec_for_config
+
+    start = time.perf_counter()
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    spec = spec_for_config(config, str(folder / "config.json"))
+    if spec.executorch is None:
+        raise UnsupportedError(f"{folder}: {spec.name} has no ExecuTorch export route in edgepack yet.")
+    model = load_for_export(folder, metadata.max_context)
+    summary = {}
+    if recipe.quantized:
+        from torchao.utils import unwrap_tensor_subclass
+
+        summary = quantize_model(model, spec, recipe, folder)
+        unwrap_tensor_subclass(model)
+    exported = export_program(model, spec, metadata.max_context)
+    del model
+    stem = stem or f"model-{recipe.name}" + ("" if delegate == "xnnpack" else f"-{delegate}")
+    pte, ptd, (delegated, total) = lower_and_write(exported, metadata, delegate, out_dir, stem)
+    return ExportResult(pte=pte.name, ptd=ptd.name, delegate=delegate, recipe=recipe.name,
+                        seconds=round(time.perf_counter() - start, 1), peak_rss_mb=peak_rss_mb(),
+                        delegated_ops=delegated, total_ops=total,
+                        metadata={**metadata.constant_methods(), "quantization": summary})
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Child-process entry: read an export request (JSON), export, write the result (JSON)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("request", type=Path, help="JSON: checkpoint, out_dir, recipe, delegate, stem, metadata")
+    parser.add_argument("result", type=Path, help="where to write the ExportResult JSON")
+    args = parser.parse_args(argv)
+    request = json.loads(args.request.read_text(encoding="utf-8"))
+    meta = request["metadata"]
+    result = export_pte(
+        Path(request["checkpoint"]), Path(request["out_dir"]), recipe_named(request["recipe"]),
+        RunnerMetadata(int(meta["max_context"]), tuple(meta["eos_ids"]), meta.get("bos_id"),
+                       int(meta["vocab_size"])),
+        request.get("delegate", "xnnpack"), request.get("stem"),
+    )
+    args.result.write_text(json.dumps(result.as_dict(), indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""Verifying a .pte at the `executed` level: ExecuTorch's own runtimes run it on this host.
+
+Two runtimes, each for what it exposes:
+
+- `executorch.runtime` (Python binding of ExecuTorch's Program/Method API) executes the program's
+  `forward` method, giving the logits at every golden position and an exact greedy token sequence;
+  the LLM runner does not expose logits.
+- `executorch.extension.llm.runner.TextLLMRunner`, the C++ text runner that Android's LlmModule
+  drives, loads the .pte + .ptd + tokenizer.json the way the phone does (its own tokenizer, BOS
+  count, eos ids from the program's metadata) and gives the greedy text, the decode speed, and the
+  eval-set answers.
+
+Both processes-worth of native code print to stdout; a build's stdout may be JSON (--json), so
+their output is captured while they run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from packager.contract import Contract
+from packager.verify.gates import Gate
+from packager.verify.gguf_check import tokenizer_probe_text
+from packager.verify.golden import GoldenSet
+from packager.verify.metrics import FidelityAccumulator
+from packager.verify.reference import ReferenceLogits
+from packager.verify.result import VerificationResult
+from packager.verify.task_eval import Generator
+
+
+@contextlib.contextmanager
+def native_output_captured() -> Iterator[Path]:
+    """Send file descriptors 1 and 2 to a temporary file while native code runs (yields its path)."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.NamedTemporaryFile(prefix="edgepack-executorch-", suffix=".log", delete=False) as log:
+        path = Path(log.name)
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield path
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _tail(log: Path, lines: int = 12) -> str:
+    try:
+        return "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    finally:
+        log.unlink(missing_ok=True)
+
+
+def runtime_name() -> str:
+    from executorch.version import __version__
+
+    return f"ExecuTorch {__version__} (TextLLMRunner + executorch.runtime, XNNPACK)"
+
+
+def load_kernels() -> None:
+    """Register ExecuTorch's quantized kernels (embedding_byte/4bit) in this process, as the runner needs."""
+    import executorch.kernels.quantized  # noqa: F401
+
+
+class PteProgram:
+    """The .pte's forward method in executorch.runtime: logits and exact greedy ids."""
+
+    def __init__(self, pte: Path, ptd: Path | None) -> None:
+        import torch
+        from executorch.runtime import Runtime
+
+        load_kernels()
+        self._torch = torch
+        self.program = Runtime.get().load_program(pte, data_path=str(ptd) if ptd else None)
+        self.forward = self.program.load_method("forward")
+        self.max_seq_len = int(self.constant("get_max_seq_len"))
+
+    def constant(self, name: str) -> Any:
+        values = self.program.load_method(name).execute([])
+        return values[0] if len(values) == 1 else list(values)
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """Logits at every position of ids, fed in chunks of at most max_seq_len (positions x vocab)."""
+        torch = self._torch
+        parts = []
+        for start in range(0, len(ids), self.max_seq_len):
+            chunk = ids[start:start + self.max_seq_len]
+            out = self.forward.execute([torch.tensor([chunk], dtype=torch.long),
+                                        torch.arange(start, start + len(chunk), dtype=torch.long)])
+            parts.append(np.array(out[0][0].numpy(), dtype=np.float32, copy=True))
+        return np.concatenate(parts)
+
+    def greedy(self, prompt_ids: list[int], n: int, eos_ids: list[int]) -> list[int]:
+        """Greedy continuation (argmax each step, stop after an eos id), like the reference's."""
+        torch = self._torch
+        last = self.logits(prompt_ids)[-1]
+        pos = len(prompt_ids)
+        out: list[int] = []
+        for _ in range(n):
+            tok = int(np.argmax(last))
+            out.append(tok)
+            if tok in eos_ids:
+                break
+            step = self.forward.execute([torch.tensor([[tok]], dtype=torch.long),
+                                         torch.tensor([pos], dtype=torch.long)])
+            last = np.array(step[0][0][-1].numpy(), copy=True)
+            pos += 1
+        return out
+
+
+class RunnerTokenizer:
+    """The C++ Hugging Face tokenizer ExecuTorch's runner loads from tokenizer.json (pytorch_tokenizers)."""
+
+    def __init__(self, tokenizer_json: Path) -> None:
+        from pytorch_tokenizers import CppHFTokenizer
+
+        self.tok = CppHFTokenizer()
+        self.tok.load(str(tokenizer_json))
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok.encode(text, 0, 0))
+
+    @property
+    def bos_id(self) -> int:
+        return int(self.tok.bos_tok())
+
+    def piece(self, token: int) -> str:
+        """The text the runner streams for one token (special tokens included, as the runner sends them)."""
+        return str(self.tok.decode(token, False))
+
+    def text(self, ids: list[int]) -> str:
+        """Concatenated pieces, as the runner streams them to its callback."""
+        return "".join(self.piece(tok) for tok in ids)
+
+
+def eos_pieces(tokenizer: RunnerTokenizer, eos_ids: list[int]) -> list[str]:
+    """The text the runner sends to its callback for each eos token (before it stops)."""
+    return sorted({tokenizer.piece(i) for i in eos_ids})
+
+
+class RunnerSession:
+    """TextLLMRunner over the .pte + .ptd + tokenizer.json: what Android's LlmModule runs."""
+
+    def __init__(self, pte: Path, ptd: Path | None, tokenizer_json: Path, num_bos: int, max_context: int,
+                 stop_pieces: list[str]) -> None:
+        from executorch.extension.llm.runner import TextLLMRunner
+
+        load_kernels()
+        with native_output_captured() as log:
+            try:
+                self.runner = TextLLMRunner(str(pte), str(tokenizer_json), str(ptd) if ptd else None)
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc}\n{_tail(log)}") from None
+        log.unlink(missing_ok=True)
+        self.num_bos = num_bos
+        self.max_context = max_context
+        self.stop_pieces = stop_pieces
+
+    def generate(self, prompt: str, max_new_tokens: int, stop_strings: list[str]) -> tuple[str, int, float, Any]:
+        """Greedy generation the way the Kotlin bridge drives LlmModule; returns (text, tokens, seconds, stats).
+
+        Like EdgeModel.generateOn: reset the context, generate with seq_len = the context, count
+        pieces and call stop() at max_new_tokens or a stop string, and leave an eos piece out.
+        """
+        from executorch.extension.llm.runner import GenerationConfig
+
+        pieces: list[str] = []
+        stats: list[Any] = []
+        state = {"done": False}
+
+        def on_piece(piece: str) -> None:
+            if state["done"]:
+                return
+            if piece in self.stop_pieces:
+                state["done"] = True
+                return
+            pieces.append(piece)
+            text = "".join(pieces)
+            if len(pieces) >= max_new_tokens or any(s and s in text for s in stop_strings):
+                state["done"] = True
+                self.runner.stop()
+
+        config = GenerationConfig(echo=False, seq_len=self.max_context, temperature=0.0, num_bos=self.num_bos)
+        with native_output_captured() as log:
+            start = time.perf_counter()
+            try:
+                self.runner.reset()
+                self.runner.generate(prompt, config, on_piece, stats.append)
+            except UnicodeDecodeError:
+                # A token that is part of a multi-byte character reaches Python's callback undecodable
+                # (Android's JNI layer buffers such bytes until the character is complete); the answer
+                # ends there, which a contract check then reports.
+                pieces.append("\ufffd")
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc}\n{_tail(log)}") from None
+            seconds = time.perf_counter() - start
+        log.unlink(missing_ok=True)
+        return "".join(pieces), len(pieces), seconds, (stats[-1] if stats else None)
+
+
+def decode_tokens_per_s(stats: Any, tokens: int, seconds: float) -> float:
+    """Decode speed from the runner's stats (tokens after the first over the time after prefill)."""
+    if stats is not None:
+        span_ms = stats.inference_end_ms - stats.prompt_eval_end_ms
+        if span_ms > 0 and stats.num_generated_tokens > 0:
+            return stats.num_generated_tokens * 1000.0 / span_ms
+    return tokens / seconds if seconds > 0 else 0.0
+
+
+def pte_generator(session: RunnerSession, contract: Contract) -> Generator:
+    """Answer eval rows with the .pte in TextLLMRunner, under the contract (greedy, no grammar: the runner has none)."""
+
+    def generate(prompt: str) -> tuple[str, int, float]:
+        text, tokens, seconds, _ = session.generate(prompt, contract.max_new_tokens, contract.stop_strings)
+        return text, tokens, seconds
+
+    return generate
+
+
+def check_runner_tokenizer(tokenizer: RunnerTokenizer, hf_tokenizer: Any, probe: str, contract: Contract) -> tuple[
+        bool, str]:
+    """Compare the runner's token ids (and BOS) with HF's; return (equal, detail)."""
+    hf_ids = hf_tokenizer(probe, add_special_tokens=False)["input_ids"]
+    runner_ids = tokenizer.encode(probe)
+    if contract.add_bos and contract.bos_id is not None and tokenizer.bos_id != contract.bos_id:
+        return False, (f"the runner would prepend token {tokenizer.bos_id} as BOS, the model expects {contract.bos_id} "
+                       "(tokenizer.json's BOS differs from tokenizer_config.json's)")
+    if hf_ids == runner_ids:
+        return True, f"{len(hf_ids)} tokens identical"
+    first = next((i for i, (a, b) in enumerate(zip(hf_ids, runner_ids, strict=False)) if a != b),
+                 min(len(hf_ids), len(runner_ids)))
+    return False, (f"differ at token {first}: HF {hf_ids[first:first + 5]} vs runner {runner_ids[first:first + 5]} "
+                   f"({len(hf_ids)} vs {len(runner_ids)} tokens)")
+
+
+def verify_pte(
+    pte: Path,
+    ptd: Path | None,
+    tokenizer_json: Path,
+    artifact: str,
+    recipe: str,
+    gate: Gate,
+    reference: ReferenceLogits,
+    golden: GoldenSet,
+    contract: Contract,
+    hf_tokenizer: Any,
+) -> VerificationResult:
+    """Run the .pte on the golden text (logits vs the fp32 reference) and in the LLM runner (greedy text, speed)."""
+    program = PteProgram(pte, ptd)
+    max_context = int(program.constant("get_max_context_len"))
+    acc = FidelityAccumulator()
+    truncated = 0
+    for i, full in enumerate(reference.sequences):
+        ids = full[:max_context]  # the program's KV cache holds max_context positions
+        truncated += len(full) - len(ids)
+        art = program.logits(ids)
+        ref = np.asarray(reference.logits(i)[:len(ids)])
+        acc.add(ref, art)
+        if i == reference.perplexity_index:
+            acc.add_perplexity(ids, ref, art)
+    metrics = acc.result()
+    n_greedy = len(reference.greedy_ids) or 24
+    greedy_ids = program.greedy(reference.greedy_prompt_ids, n_greedy, contract.eos_ids)
+    del program
+
+    tokenizer = RunnerTokenizer(tokenizer_json)
+    special = sorted(set(hf_tokenizer.all_special_tokens) | set(contract.stop_strings))
+    parity, detail = check_runner_tokenizer(tokenizer, hf_tokenizer, tokenizer_probe_text(golden, special), contract)
+    num_bos = 1 if contract.add_bos and contract.bos_id is not None else 0
+    session = RunnerSession(pte, ptd, tokenizer_json, num_bos, max_context, stop_pieces=[])
+    text, tokens, seconds, stats = session.generate(golden.greedy_prompt, n_greedy, [])
+    ref_text = tokenizer.text(reference.greedy_ids)
+    failures = gate.check(metrics)
+    if not parity:
+        failures.append(f"runner tokenizer differs from HF: {detail}")
+    notes = [
+        "logits and exact greedy ids: the .pte's forward method in executorch.runtime; greedy text, speed and "
+        "eval answers: ExecuTorch's C++ TextLLMRunner (the runner Android's LlmModule drives) on this host's CPU",
+    ]
+    if truncated:
+        notes.append(f"{truncated} golden positions beyond the {max_context}-token context were not compared")
+    prompt_tokens = getattr(stats, "num_prompt_tokens", None)
+    if prompt_tokens is not None and prompt_tokens != len(reference.greedy_prompt_ids):
+        failures.append(f"the runner turned the greedy prompt into {prompt_tokens} tokens (BOS {num_bos}), "
+                        f"the reference into {len(reference.greedy_prompt_ids)}")
+    if greedy_ids != reference.greedy_ids:
+        same = next((i for i, (a, b) in enumerate(zip(greedy_ids, reference.greedy_ids, strict=False)) if a != b),
+                    min(len(greedy_ids), len(reference.greedy_ids)))
+        notes.append(f"forward-method greedy ids differ from the reference after {same} tokens")
+    return VerificationResult(
+        artifact=artifact,
+        format="pte",
+        quant=recipe,
+        level="executed",
+        runtime=runtime_name(),
+        metrics=metrics,
+        tokenizer_parity=parity,
+        tokenizer_detail=detail,
+        greedy_match=text == ref_text,
+        greedy_text_reference=ref_text,
+        greedy_text=text,
+        tokens_per_s=decode_tokens_per_s(stats, tokens, seconds),
+        gate=f"{gate.name}: top-1 (decisive) >= {gate.min_top1_decisive}, KL <= {gate.max_kl}",
+        failures=failures,
+        notes=notes,
+    )
+
+
+def verify_structural(pte: Path, ptd: Path | None, artifact: str, recipe: str, backend_id: str,
+                      reference_metadata: dict[str, Any]) -> VerificationResult:
+    """What can be checked of a delegate this host cannot run: the program loads, its metadata, its delegate."""
+    from executorch.runtime import Runtime
+
+    load_kernels()
+    failures: list[str] = []
+    notes = [f"{backend_id} cannot run on this host (no such device); nothing executed"]
+    blob = pte.read_bytes()
+    if backend_id.encode() not in blob:
+        failures.append(f"{pte.name} holds no {backend_id} delegate")
+    with native_output_captured() as log:
+        program = Runtime.get().load_program(pte, data_path=str(ptd) if ptd else None)
+        methods = set(program.method_names)
+        found = {name: program.load_method(name).execute([]) for name in ("get_max_seq_len", "get_eos_ids")
+                 if name in methods}
+        try:
+            program.load_method("forward")
+            notes.append("forward loaded on this host (the delegate fell back or was not used)")
+        except RuntimeError as exc:
+            notes.append(f"forward does not load on this host, as expected: {str(exc)[:120]}")
+    log.unlink(missing_ok=True)
+    if "forward" not in methods:
+        failures.append("no forward method")
+    for name, value in found.items():
+        expected = reference_metadata.get(name)
+        if expected is not None and list(value) != (expected if isinstance(expected, list) else [expected]):
+            failures.append(f"{name} is {list(value)}, the XNNPACK .pte says {expected}")
+    return VerificationResult(artifact=artifact, format="pte", quant=recipe, level="structural",
+                              runtime=f"ExecuTorch program loader ({backend_id} not runnable here)",
+                              gate="structural: loads, metadata equal to the XNNPACK .pte, delegate present",
+                              failures=failures, notes=notes)
+
+
+def predict_fidelity(folder: Path, spec: Any, recipe: Any, reference: ReferenceLogits) -> Any:
+    """Fidelity of a recipe before exporting it: the quantized model in eager PyTorch on the golden text.
+
+    Each quantized weight is dequantized once and each quantized linear's input goes through
+    torchao's own int8 per-token quantize-dequantize, the arithmetic XNNPACK's 8da kernels perform;
+    on the tiny and real Gemma checkpoints the exported .pte agreed with it to a few 1e-2 in logits.
+    A screen, not a verification: whatever ships is still executed in ExecuTorch.
+    """
+    import torch
+    from torchao.quantization.quantize_.workflows.intx.intx_unpacked_to_int8_tensor import (
+        IntxUnpackedToInt8Tensor,
+        _apply_int8_act_asym_per_token_quant_dequant,
+    )
+    from transformers import AutoModelForCausalLM
+
+    from packager.formats.executorch_export import quantize_model
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="sdpa",
+                                                 trust_remote_code=False, local_files_only=True)
+    model.eval()
+    quantize_model(model, spec, recipe, folder)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and isinstance(module.weight, IntxUnpackedToInt8Tensor):
+            module.weight = torch.nn.Parameter(module.weight.dequantize(), requires_grad=False)
+            module.register_forward_pre_hook(
+                lambda _m, args: (_apply_int8_act_asym_per_token_quant_dequant(args[0]), *args[1:]))
+    acc = FidelityAccumulator()
+    with torch.inference_mode():
+        for i, ids in enumerate(reference.sequences):
+            art = model(torch.tensor([ids]), use_cache=False).logits[0].float().numpy()
+            acc.add(reference.logits(i), art)
+    del model
+    return acc.result()

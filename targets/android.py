@@ -1,0 +1,220 @@
+"""Android: an ExecuTorch .pte (+ .ptd weights) on XNNPACK, a Kotlin bridge over LlmModule, a sample app.
+
+The .pte is exported by packager.formats.executorch_export (a cached stage) and executed on this
+host by ExecuTorch's own runtimes, including the C++ TextLLMRunner that Android's LlmModule drives.
+`--recipe auto` ships the smallest recipe of the ladder that passes its gate. `--delegate vulkan`
+adds an experimental Vulkan .pte, checked structurally only (no GPU here, and the standard
+executorch-android AAR carries no Vulkan backend); the app tries it first and falls back to XNNPACK.
+ExecuTorch has no NNAPI backend; QNN (Qualcomm), MediaTek and Samsung delegates need vendor SDKs.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any, ClassVar
+
+from packager import __version__
+from packager.android_tools import check_android_files, kotlin_version
+from packager.codecheck import check_generated_files
+from packager.errors import BadInputError, UnsupportedError
+from packager.escaping import slug
+from packager.formats.executorch_export import AUTO_LADDER, DELEGATES, EXECUTORCH_VERSION, recipe_named
+from packager.manifest import file_entries, without_host_measurements, write_json
+from packager.pte_stages import PteArtifact, cached_pte, screened, structural_pte, verified_pte
+from packager.resources import mobile_dir
+from packager.stages import BuildContext, link_or_copy
+from packager.target import ScaffoldCheck, TargetResult
+from packager.templating import render_tree
+from packager.verify.pte_check import RunnerTokenizer, eos_pieces
+from packager.verify.result import VerificationResult
+
+APP_DIR = "app"
+BRIDGE_DIR = "app/app/src/main/java/org/edgepack"
+ASSET = "app/app/src/main/assets/edgepack.json"
+AGP_VERSION = "8.9.0"  # the Android Gradle plugin ExecuTorch's own Android library builds with
+GRADLE_VERSION = "8.11.1"  # the oldest Gradle AGP 8.9 accepts
+COMPILE_SDK = 35
+MIN_SDK = 26
+# The delegate id a backend's .pte must carry (verified structurally).
+BACKEND_IDS = {"vulkan": "VulkanBackend"}
+# An app tries its backends in this order; XNNPACK (CPU, always present) is the fallback.
+BACKEND_ORDER = ("vulkan", "xnnpack")
+
+
+def application_id(name: str) -> str:
+    """A valid, unique-per-model Android applicationId: org.edgepack.sample.<slug as identifier>."""
+    ident = re.sub(r"[^a-z0-9]+", "_", slug(name)).strip("_")
+    if not ident or ident[0].isdigit():
+        ident = "m_" + ident
+    return f"org.edgepack.sample.{ident}"
+
+
+def copy_bridge(dest: Path) -> list[Path]:
+    """Copy the Kotlin bridge (mobile/android/edgepack/src/main/kotlin/org/edgepack) into the app."""
+    source = mobile_dir() / "android" / "edgepack" / "src" / "main" / "kotlin" / "org" / "edgepack"
+    if not source.is_dir():
+        raise UnsupportedError(f"{source} does not exist (is the wheel missing its mobile/ data?)")
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for file in sorted(source.glob("*.kt")):
+        shutil.copyfile(file, dest / file.name)
+        copied.append(dest / file.name)
+    return copied
+
+
+class AndroidTarget:
+    """model-<recipe>.pte + .ptd + tokenizer.json + edgepack.json + a Gradle app using the Kotlin bridge."""
+
+    name: ClassVar[str] = "android"
+    title: ClassVar[str] = "Android app: ExecuTorch .pte on XNNPACK (CPU), Kotlin bridge over LlmModule"
+    runtime: ClassVar[str] = f"ExecuTorch {EXECUTORCH_VERSION} (org.pytorch:executorch-android)"
+    status: ClassVar[str] = "ready"
+
+    def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
+        spec = ctx.ckpt.spec
+        if spec.executorch is None or self.name not in spec.targets:
+            raise UnsupportedError(f"{spec.name}: edgepack has no ExecuTorch export for this architecture yet.")
+        delegates = list(dict.fromkeys(ctx.options.android_delegates))
+        unknown = [d for d in delegates if d not in DELEGATES or d == "xnnpack"]
+        if unknown:
+            raise BadInputError(f"--delegate {', '.join(unknown)}: unknown; edgepack exports {', '.join(BACKEND_IDS)}. "
+                                "(ExecuTorch has no NNAPI backend; QNN, MediaTek and Samsung need their vendor SDKs.)")
+        max_context = min(ctx.options.context_length, int(ctx.ckpt.config.get("max_position_embeddings", 4096)))
+        tokenizer_json = ctx.ckpt.folder / "tokenizer.json"
+        if not tokenizer_json.is_file():
+            raise BadInputError(f"{ctx.ckpt.folder}: no tokenizer.json; ExecuTorch's runner loads only that format.")
+
+        artifact, verification, notes = self._choose(ctx, max_context, tokenizer_json)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        backends = []
+        verifications = [verification]
+        for delegate in sorted(delegates, key=BACKEND_ORDER.index):
+            extra = cached_pte(ctx, artifact.recipe, delegate, max_context)
+            result = structural_pte(ctx, extra, tokenizer_json, f"{self.name}/{extra.pte.name}", BACKEND_IDS[delegate],
+                                    artifact.export["metadata"])
+            verifications.append(result)
+            backends.append(self._place(extra, out_dir, result, experimental=True))
+        backends.append(self._place(artifact, out_dir, verification, experimental=False))
+        link_or_copy(tokenizer_json, out_dir / "tokenizer.json")
+
+        contract = ctx.contract
+        runner_tokenizer = RunnerTokenizer(tokenizer_json)
+        runner = {
+            "num_bos": 1 if contract.add_bos and contract.bos_id is not None else 0,
+            "bos_id": runner_tokenizer.bos_id,
+            "eos_ids": list(contract.eos_ids),
+            "eos_pieces": eos_pieces(runner_tokenizer, contract.eos_ids),
+            "max_context": max_context,
+            "max_seq_len": int(artifact.export["metadata"]["get_max_seq_len"]),
+            "temperature": 0.0,
+        }
+        model_name = ctx.options.name or ctx.ckpt.name
+        first_row = ctx.eval_rows[0] if ctx.eval_rows else None
+        rendered = render_tree("android", out_dir / APP_DIR, self._context(ctx, model_name, artifact, backends,
+                                                                           first_row, verifications))
+        bridge = copy_bridge(out_dir / BRIDGE_DIR)
+        checks = check_generated_files(rendered, out_dir)
+        checks += check_android_files(sorted(rendered + bridge), out_dir)
+        checks.append(ScaffoldCheck(f"{APP_DIR}/", "gradle assembleDebug", "skipped",
+                                    "needs the Android SDK and Maven repositories; edgepack's tests compile the "
+                                    "bridge with kotlinc and the app against a declared API surface"))
+
+        documents = {"edgepack.json", ASSET}
+        files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")
+                       if p.is_file() and p.relative_to(out_dir).as_posix() not in documents)
+        document = {
+            "target": self.name,
+            "runtime": self.runtime,
+            "model": {"name": model_name, "recipe": artifact.recipe.name, "recipe_summary": artifact.recipe.summary,
+                      "format": "pte", "max_context": max_context,
+                      "quantization": artifact.export["metadata"].get("quantization", {})},
+            "runner": runner,
+            "backends": [{k: v for k, v in b.items() if k != "size_mb"} for b in backends],
+            "tokenizer": "tokenizer.json",
+            "contract": contract.as_dict(),
+            "files": file_entries(out_dir, files),
+            "verification": [without_host_measurements(v.as_dict()) for v in verifications],
+            "scaffold_checks": [vars(c) for c in checks],
+            "edgepack_version": __version__,
+        }
+        write_json(out_dir / "edgepack.json", document)
+        (out_dir / ASSET).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out_dir / "edgepack.json", out_dir / ASSET)
+        notes.append(
+            f"Android: every XNNPACK .pte ran on this host in ExecuTorch {EXECUTORCH_VERSION}'s TextLLMRunner (the C++ "
+            "runner LlmModule drives) and its forward method; nothing ran on a phone. The app and bridge were parsed "
+            "(tree-sitter) and linted (ktlint); no Gradle build ran here."
+        )
+        if delegates:
+            notes.append("Accelerator .pte files are experimental and only structurally checked; the standard "
+                         "executorch-android AAR has no Vulkan backend, so the app falls back to XNNPACK unless you "
+                         "build the AAR with Vulkan. ExecuTorch has no NNAPI backend; QNN, MediaTek and Samsung "
+                         "delegates need their vendor SDKs.")
+        return TargetResult(target=self.name, files=[*files, *sorted(documents)], verifications=verifications,
+                            scaffold_checks=checks, notes=notes,
+                            extra={"recipe": artifact.recipe.name, "export": artifact.export,
+                                   "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]})
+
+    def _choose(self, ctx: BuildContext, max_context: int, tokenizer_json: Path) -> tuple[
+            PteArtifact, VerificationResult, list[str]]:
+        """Export and verify recipes (the requested one, or the auto ladder) until one passes its gate."""
+        requested = ctx.options.android_recipe
+        ladder = AUTO_LADDER if requested == "auto" else (requested,)
+        notes: list[str] = []
+        for index, name in enumerate(ladder):
+            recipe = recipe_named(name)
+            last = index == len(ladder) - 1
+            if requested == "auto" and recipe.quantized and not last:
+                # Predict first (eager PyTorch, about a minute): an export costs several CPU-minutes.
+                predicted = screened(ctx, recipe)
+                reasons = recipe.gate.check(predicted)
+                if reasons:
+                    notes.append(f"recipe {recipe.name} screened out before export (eager prediction: "
+                                 f"{'; '.join(reasons)}); trying {ladder[index + 1]}")
+                    continue
+            artifact = cached_pte(ctx, recipe, "xnnpack", max_context)
+            verification = verified_pte(ctx, artifact, tokenizer_json, f"{self.name}/{artifact.pte.name}")
+            if verification.passed or last:
+                if requested == "auto":
+                    notes.insert(0, f"recipe {recipe.name} (auto: the smallest of {', '.join(ladder)} that passes "
+                                    "its gate)")
+                return artifact, verification, notes
+            notes.append(f"recipe {recipe.name} ({artifact.megabytes:.0f} MB) failed its gate: "
+                         f"{'; '.join(verification.failures)}; trying {ladder[index + 1]}")
+        raise AssertionError("unreachable: the ladder is never empty")
+
+    def _place(self, artifact: PteArtifact, out_dir: Path, verification: VerificationResult,
+               experimental: bool) -> dict[str, Any]:
+        link_or_copy(artifact.pte, out_dir / artifact.pte.name)
+        link_or_copy(artifact.ptd, out_dir / artifact.ptd.name)
+        return {"backend": artifact.delegate, "pte": artifact.pte.name, "ptd": artifact.ptd.name,
+                "experimental": experimental, "verification": verification.level,
+                "size_mb": round(artifact.megabytes, 1)}
+
+    def _context(self, ctx: BuildContext, model_name: str, artifact: PteArtifact, backends: list[dict[str, Any]],
+                 first_row: Any, verifications: list[VerificationResult]) -> dict[str, Any]:
+        contract = ctx.contract
+        return {
+            "model_name": model_name,
+            "slug": slug(model_name),
+            "application_id": application_id(model_name),
+            "executorch_version": EXECUTORCH_VERSION,
+            "executorch_artifact": f"org.pytorch:executorch-android:{EXECUTORCH_VERSION}",
+            "kotlin_version": kotlin_version(),
+            "agp_version": AGP_VERSION,
+            "gradle_version": GRADLE_VERSION,
+            "compile_sdk": COMPILE_SDK,
+            "min_sdk": MIN_SDK,
+            "recipe": artifact.recipe.name,
+            "recipe_summary": artifact.recipe.summary,
+            "backends": backends,
+            "tokenizer_file": "tokenizer.json",
+            "task": contract.task,
+            "labels": list(contract.labels or []),
+            "instruction": first_row.instruction if first_row else "",
+            "sample_input": first_row.input if first_row else "Hello!",
+            "verification_rows": [v.summary_row(v.artifact.rsplit("/", 1)[-1]) for v in verifications],
+            "edgepack_version": __version__,
+        }

