@@ -1,7 +1,7 @@
 """Benchmark the web bundle: size, load time (cold and cached) and decode speed in headless Chromium
 against native llama.cpp on the same GGUF and host.
 
-    .venv/bin/python benchmarks/web_bundle.py --model /tmp/ep/gemma-hf --quant Q4_K_M --out docs/benchmarks.md
+    .venv/bin/python benchmarks/web_bundle.py --model ~/.cache/edgepack/examples/gemma3-270m --quants Q8_0,Q4_K_M
 
 One edgepack build (`--target web`, which already runs the page in Chromium and compares greedy
 tokens with native llama.cpp), then the built page is opened again in a fresh browser profile:
@@ -35,7 +35,7 @@ from packager import __version__
 from packager.contract import render_prompt
 from packager.progress import Reporter
 from packager.stages import BuildOptions
-from packager.verify.browser import BrowserTools, Generation, chromium_version, drive_bundle, find_browser_tools
+from packager.verify.browser import BrowserTools, Generation, drive_bundle, find_browser_tools
 from packager.verify.golden import load_golden
 from packager.verify.llama_cpp_runner import GGUFRunner, host_threads
 
@@ -65,10 +65,12 @@ def native_speed(gguf: Path, prompt: str, add_bos: bool, tokens: int, threads: i
         runner.close()
 
 
-def measure(tools: BrowserTools, bundle: Path, greedy_input: str, tokens: int, cached_loads: int) -> dict[str, Any]:
+def measure(tools: BrowserTools, bundle: Path, greedy_input: str, tokens: int, cached_loads: int,
+            threads: int | None = None) -> dict[str, Any]:
     speed = {"maxTokens": tokens, "temperature": 0, "topK": 1, "ignoreEos": True}
+    query = "?gpu=off" + (f"&threads={threads}" if threads else "")
     result = drive_bundle(tools, bundle, [Generation(greedy_input, speed), Generation(greedy_input, speed)],
-                          loads=1 + cached_loads, query="?gpu=off", timeout_s=600)
+                          loads=1 + cached_loads, query=query, timeout_s=900)
     if result.get("error") or not result.get("runs"):
         raise SystemExit(f"browser run failed: {result.get('error')}")
     runs = result["runs"]
@@ -90,51 +92,112 @@ def measure(tools: BrowserTools, bundle: Path, greedy_input: str, tokens: int, c
     }
 
 
+def measure_quant(tools: BrowserTools, model: Path, quant: str, tokens: int, cached_loads: int) -> dict[str, Any]:
+    """Build the web bundle for one GGUF type and measure it in Chromium and natively, in one window."""
+    import llama_cpp
+
+    from packager.contract import Contract
+
+    with tempfile.TemporaryDirectory(prefix="edgepack-web-bench-") as tmp:
+        out = Path(tmp) / "dist"
+        outcome = run_build(BuildRequest(checkpoint=model, targets=["web"], out=out,
+                                         options=BuildOptions(quant=quant, no_gate=True)), Reporter())
+        bundle = out / "web"
+        manifest = json.loads((bundle / "edgepack.json").read_text(encoding="utf-8"))
+        [result] = outcome.results
+        golden = load_golden()
+        gguf = bundle / manifest["runtimes"]["wllama"]["model_files"][0]
+        browser = measure(tools, bundle, golden.greedy_prompt, tokens, cached_loads)
+        all_threads = measure(tools, bundle, golden.greedy_prompt, tokens, 0, threads=host_threads())
+        contract = Contract.from_dict(manifest["contract"])
+        prompt = render_prompt(contract, golden.greedy_prompt)
+        threads = int(browser["info"]["threads"])
+        return {
+            "quant": quant,
+            "llama_cpp": llama_cpp.__version__,
+            "size_mb": bundle_size(bundle),
+            "model_files": manifest["runtimes"]["wllama"]["model_files"],
+            "browser": browser,
+            "browser_all_threads": all_threads,
+            "native_same_threads": native_speed(gguf, prompt, contract.add_bos, tokens, threads, 3),
+            "native_one_thread": native_speed(gguf, prompt, contract.add_bos, tokens, 1, 3),
+            "native_host_threads": native_speed(gguf, prompt, contract.add_bos, tokens, host_threads(), 3),
+            "verification": [v.as_dict() for v in result.verifications],
+            "build_passed": outcome.passed,
+        }
+
+
+def _fidelity_lines(q: dict[str, Any]) -> list[str]:
+    web_row = next(r for r in q["verification"] if r["format"] == "web-wllama")
+    gguf_row = next(r for r in q["verification"] if r["format"] == "gguf")
+    m = q["browser"]
+    return [
+        f"- {gguf_row['artifact']}: `{gguf_row['level']}` in {gguf_row['runtime']}: top-1 "
+        f"{gguf_row['metrics']['top1']:.3f}, KL {gguf_row['metrics']['kl']:.4f} vs the fp32 transformers model.",
+        f"- {web_row['artifact']} ({q['quant']}): `{web_row['level']}`, {web_row['runtime']}: greedy tokens equal "
+        f"native llama.cpp: {web_row['greedy_match']}{'; ' + '; '.join(web_row['notes']) if web_row['notes'] else ''}"
+        f"{'; gate FAILED: ' + '; '.join(web_row['failures']) if web_row['failures'] else ''}.",
+        f"- {q['quant']}: page problems during the benchmark (page errors, console errors, failed or outside "
+        f"requests): {sum(len(v) for v in m['problems'].values())}. Second load served from the Cache API: "
+        f"{m['cached']}.",
+    ]
+
+
 def render_section(data: dict[str, Any]) -> str:
-    m = data["browser"]
-    size = data["size_mb"]
-    web_row = next(r for r in data["verification"] if r["format"] == "web-wllama")
-    gguf_row = next(r for r in data["verification"] if r["format"] == "gguf")
+    quants = data["quants"]
+    first = quants[0]["browser"]
+    info = first["info"]
+    host = data["host_threads"]
+
+    def row(label: str, cell: Any) -> str:
+        return f"| {label} | " + " | ".join(cell(q) for q in quants) + " |"
+
     lines = [
         START_MARKER,
         "## Web bundle: wllama in headless Chromium vs native llama.cpp",
         "",
-        f"Measured {data['when']} with `benchmarks/web_bundle.py --quant {data['quant']} --tokens {data['tokens']}` on "
-        f"`{data['model']}`. One `edgepack build --target web` (its own verification: the page in Chromium, greedy "
-        "tokens compared with native llama.cpp), then the built page opened in a fresh Chromium profile: one cold "
-        f"load and {data['cached_loads']} loads from the browser cache (median), and a {data['tokens']}-token greedy "
-        "decode (ignore_eos; the second of two runs) whose speed is llama-server's own timing inside wllama. "
-        "Native llama.cpp decodes the same prompt in llama-cpp-python on the same host (median of 3).",
+        f"Measured {data['when']} with `benchmarks/web_bundle.py --quants {','.join(q['quant'] for q in quants)} "
+        f"--tokens {data['tokens']}` on `{data['model']}`. Per GGUF type: one `edgepack build --target web` (its own "
+        "verification: the page in Chromium, greedy tokens compared with native llama.cpp), then the built page "
+        f"opened in a fresh Chromium profile: one cold load and {data['cached_loads']} loads from the browser cache "
+        f"(median), and a {data['tokens']}-token greedy decode (ignore_eos; the second of two runs) whose speed is "
+        "llama-server's own timing inside wllama; once with the bridge's thread choice and once with "
+        f"`?threads={host}`. Native llama.cpp decodes the same prompt in llama-cpp-python on the same host "
+        "(median of 3), right after the page.",
         "",
-        f"Machine: {data['machine']}. Versions: edgepack {__version__}, wllama {m['info']['runtimeVersion']} "
-        f"(llama.cpp {m['info']['llamaCppVersion']}), Chromium {m['browser']}, llama-cpp-python {data['llama_cpp']} "
-        f"(native). Page: {m['info']['backend']}, {m['info']['threads']} thread(s), cross-origin isolated: "
-        f"{m['info']['crossOriginIsolated']}, hardwareConcurrency {m['info']['hardwareConcurrency']}.",
+        f"Machine: {data['machine']}. Versions: edgepack {__version__}, wllama {info['runtimeVersion']} "
+        f"(llama.cpp {info['llamaCppVersion']}), Chromium {first['browser']}, llama-cpp-python "
+        f"{quants[0]['llama_cpp']} (native). Page: {info['backend']}, {info['threads']} thread(s) by the bridge's "
+        f"choice, cross-origin isolated: {info['crossOriginIsolated']}, hardwareConcurrency "
+        f"{info['hardwareConcurrency']}.",
         "",
-        "| what | value |",
-        "| --- | ---: |",
-        f"| bundle size (total) | {size['total']:.1f} MB |",
-        f"| model ({data['quant']} GGUF, {len(data['model_files'])} file(s)) | {size['model']:.1f} MB |",
-        f"| runtime (wllama JS + WASM) | {size['runtime']:.1f} MB |",
-        f"| page and bridge | {size['page and bridge'] * 1024:.0f} KB |",
-        f"| load, cold (download + sha256 + wllama init) | {m['cold_load_s']:.2f} s |",
-        f"| load, from the browser cache | {m['cached_load_s']:.2f} s |",
-        f"| page load to ready, cold / cached | {m['cold_page_s']:.2f} s / {m['cached_page_s']:.2f} s |",
-        f"| decode in Chromium ({m['info']['threads']} thread(s)) | {m['decode_tps']:.1f} tok/s |",
-        f"| prefill in Chromium ({m['prompt_tokens']} prompt tokens) | {m['prefill_tps']:.1f} tok/s |",
-        f"| native llama.cpp decode, {m['info']['threads']} thread(s) | {data['native_same_threads']:.1f} tok/s |",
-        f"| native llama.cpp decode, {data['host_threads']} threads | {data['native_host_threads']:.1f} tok/s |",
-        f"| **Chromium / native, same threads** | **{m['decode_tps'] / data['native_same_threads']:.2f}x** |",
+        "| what | " + " | ".join(q["quant"] for q in quants) + " |",
+        "| --- | " + " | ".join("---:" for _ in quants) + " |",
+        row("bundle size (total)", lambda q: f"{q['size_mb']['total']:.1f} MB"),
+        row("model GGUF", lambda q: f"{q['size_mb']['model']:.1f} MB ({len(q['model_files'])} file(s))"),
+        row("runtime (wllama JS + WASM)", lambda q: f"{q['size_mb']['runtime']:.1f} MB"),
+        row("load, cold (download + sha256 + wllama init)", lambda q: f"{q['browser']['cold_load_s']:.2f} s"),
+        row("load, from the browser cache", lambda q: f"{q['browser']['cached_load_s']:.2f} s"),
+        row("page load to ready, cold / cached",
+            lambda q: f"{q['browser']['cold_page_s']:.2f} s / {q['browser']['cached_page_s']:.2f} s"),
+        row(f"decode in Chromium, {info['threads']} thread(s) (bridge's choice)",
+            lambda q: f"{q['browser']['decode_tps']:.1f} tok/s"),
+        row(f"decode in Chromium, {host} threads", lambda q: f"{q['browser_all_threads']['decode_tps']:.1f} tok/s"),
+        row(f"prefill in Chromium ({first['prompt_tokens']} prompt tokens)",
+            lambda q: f"{q['browser']['prefill_tps']:.1f} tok/s"),
+        row("native llama.cpp decode, 1 thread", lambda q: f"{q['native_one_thread']:.1f} tok/s"),
+        row(f"native llama.cpp decode, {host} threads", lambda q: f"{q['native_host_threads']:.1f} tok/s"),
+        row("**Chromium (bridge's choice) / native 1 thread**",
+            lambda q: f"**{q['browser']['decode_tps'] / q['native_one_thread']:.2f}x**"),
+        row(f"**Chromium {host} threads / native 1 thread**",
+            lambda q: f"**{q['browser_all_threads']['decode_tps'] / q['native_one_thread']:.2f}x**"),
         "",
-        "Fidelity (from the build):",
+        "Fidelity (from the builds):",
         "",
-        f"- {gguf_row['artifact']}: `{gguf_row['level']}` in {gguf_row['runtime']}: top-1 "
-        f"{gguf_row['metrics']['top1']:.3f}, KL {gguf_row['metrics']['kl']:.4f} vs the fp32 transformers model.",
-        f"- {web_row['artifact']}: `{web_row['level']}`, {web_row['runtime']}: greedy tokens equal native llama.cpp: "
-        f"{web_row['greedy_match']}{'; ' + '; '.join(web_row['notes']) if web_row['notes'] else ''}"
-        f"{'; gate FAILED: ' + '; '.join(web_row['failures']) if web_row['failures'] else ''}.",
-        f"- Page problems during the benchmark (page errors, console errors, failed or outside requests): "
-        f"{sum(len(v) for v in m['problems'].values())}. Second load served from the Cache API: {m['cached']}.",
+    ]
+    for q in quants:
+        lines += _fidelity_lines(q)
+    lines += [
         "",
         "These are numbers from a 2-core x86-64 build host without a GPU, in headless Chromium; a phone or a "
         "user's browser will differ. WebGPU was not used (headless Chromium here has no usable adapter).",
@@ -153,7 +216,7 @@ def write_section(doc: Path, section: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="Hugging Face model folder")
-    parser.add_argument("--quant", default="Q4_K_M")
+    parser.add_argument("--quants", default="Q8_0,Q4_K_M", help="GGUF types, comma-separated")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--cached-loads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
@@ -164,44 +227,18 @@ def main(argv: list[str] | None = None) -> int:
     tools = find_browser_tools()
     if not isinstance(tools, BrowserTools):
         raise SystemExit(f"cannot benchmark the web bundle: {tools}")
-    with tempfile.TemporaryDirectory(prefix="edgepack-web-bench-") as tmp:
-        out = Path(tmp) / "dist"
-        outcome = run_build(BuildRequest(checkpoint=args.model, targets=["web"], out=out,
-                                         options=BuildOptions(quant=args.quant, no_gate=True)), Reporter())
-        bundle = out / "web"
-        manifest = json.loads((bundle / "edgepack.json").read_text(encoding="utf-8"))
-        [result] = outcome.results
-        golden = load_golden()
-        gguf = bundle / manifest["runtimes"]["wllama"]["model_files"][0]
-        browser = measure(tools, bundle, golden.greedy_prompt, args.tokens, args.cached_loads)
-        from packager.contract import Contract
-
-        contract = Contract.from_dict(manifest["contract"])
-        prompt = render_prompt(contract, golden.greedy_prompt)
-        threads = int(browser["info"]["threads"])
-        import llama_cpp
-
-        data = {
-            "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "model": args.model.name,
-            "quant": args.quant,
-            "tokens": args.tokens,
-            "cached_loads": args.cached_loads,
-            "machine": f"{os.cpu_count()} CPUs, {platform.system()} {platform.release()} {platform.machine()}, "
-                       f"1-minute load average {load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end "
-                       "(a shared host: speeds are noisy, the ratio less so since both sides ran in the same window)",
-            "llama_cpp": llama_cpp.__version__,
-            "chromium": chromium_version(tools.chromium),
-            "size_mb": bundle_size(bundle),
-            "model_files": manifest["runtimes"]["wllama"]["model_files"],
-            "browser": browser,
-            "host_threads": host_threads(),
-            "native_same_threads": native_speed(gguf, prompt, contract.add_bos, args.tokens, threads, 3),
-            "native_host_threads": native_speed(gguf, prompt, contract.add_bos, args.tokens, host_threads(), 3),
-            "verification": [v.as_dict() for v in result.verifications],
-            "build_passed": outcome.passed,
-            "build_measurement": result.extra.get("browser"),
-        }
+    quants = [measure_quant(tools, args.model, q, args.tokens, args.cached_loads) for q in args.quants.split(",") if q]
+    data = {
+        "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "model": args.model.name,
+        "tokens": args.tokens,
+        "cached_loads": args.cached_loads,
+        "machine": f"{os.cpu_count()} CPUs, {platform.system()} {platform.release()} {platform.machine()}, "
+                   f"1-minute load average {load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end "
+                   "(a shared host: speeds are noisy, ratios less so since both sides ran in the same window)",
+        "host_threads": host_threads(),
+        "quants": quants,
+    }
     if args.json:
         args.json.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
     write_section(args.out, render_section(data))

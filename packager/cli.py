@@ -46,14 +46,16 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="edgepack")
 def main() -> None:
     """edgepack: one fine-tuned checkpoint in; verified edge artifacts and integration code out."""
-    # torchao warns on import about CUDA-only extensions it cannot load on a CPU host: noise, not news.
-    logging.getLogger("torchao").setLevel(logging.ERROR)
+    # torchao (imported by transformers and ExecuTorch) warns on import about CUDA-only extensions a
+    # CPU host cannot load and about torch.compile registrations: noise, not news, for a build's stderr.
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 @main.command()
 @click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
 @click.option("--target", "targets", multiple=True, help="Target to build (repeatable), or 'all'.")
-@click.option("--quant", default=None, help="GGUF type for GGUF targets (default Q4_K_M).")
+@click.option("--quant", default=None, help="GGUF type for every GGUF target (default per target: Q4_K_M; web: Q8_0).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default dist/<name>).")
 @click.option("--base", type=click.Path(path_type=Path), default=None,
               help="Base model folder for a LoRA adapter whose adapter_config path does not resolve.")

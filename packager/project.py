@@ -116,7 +116,7 @@ def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None
     drop = flags.max_accuracy_drop if flags.max_accuracy_drop is not None else gate_cfg.get("max_accuracy_drop", 0.02)
     task_gate = TaskGate(max_accuracy_drop=float(drop), min_validity=float(gate_cfg.get("min_validity", 1.0)))
     options = BuildOptions(
-        quant=canonical_quant(flags.quant or build.get("quant", "Q4_K_M")),
+        quant=canonical_quant(q) if (q := flags.quant or build.get("quant")) else None,
         context_length=flags.context_length or int(build.get("context_length", 4096)),
         no_gate=flags.no_gate,
         name=flags.name or build.get("name"),

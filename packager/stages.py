@@ -35,11 +35,20 @@ from packager.verify.task_eval import EvalRow, TaskMetrics, hf_generator, llama_
 VERIFICATION_SCHEMA = 3
 
 
+# The GGUF type a target ships when --quant is not given. Q4_K_M is llama.cpp's usual size/fidelity
+# balance on ARM and x86 CPUs. The browser gets Q8_0: wllama's WASM build runs K-quants through
+# slower kernels than native x86 ones (measured in docs/benchmarks.md) whose rounding also makes
+# the page's greedy tokens drift from native llama.cpp's at non-tied positions, while Q8_0's
+# browser decode is faster and its tokens match native.
+GGUF_DEFAULTS: dict[str, str] = {"raspberry-pi": "Q4_K_M", "react-native": "Q4_K_M", "web": "Q8_0"}
+
+
 @dataclass
 class BuildOptions:
     """Options every target may read."""
 
-    quant: str = "Q4_K_M"
+    # GGUF type for every GGUF target; None: each target's own default (GGUF_DEFAULTS).
+    quant: str | None = None
     context_length: int = 4096
     no_gate: bool = False
     name: str | None = None
@@ -54,6 +63,10 @@ class BuildOptions:
     task: dict[str, Any] = dataclasses.field(default_factory=dict)
     task_source: str = "command-line flags"
     task_gate: TaskGate = dataclasses.field(default_factory=TaskGate)
+
+    def gguf_quant(self, target: str) -> str:
+        """The GGUF type `target` ships: --quant when given, else the target's default."""
+        return self.quant or GGUF_DEFAULTS[target]
 
 
 def link_or_copy(src: Path, dest: Path) -> None:

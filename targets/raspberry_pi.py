@@ -30,7 +30,7 @@ class RaspberryPiTarget:
     status: ClassVar[str] = "ready"
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
-        quant = ctx.options.quant
+        quant = ctx.options.gguf_quant(self.name)
         gguf_file = f"model-{quant}.gguf"
         out_dir.mkdir(parents=True, exist_ok=True)
         link_or_copy(ctx.gguf(quant), out_dir / gguf_file)

@@ -242,7 +242,7 @@ class ReactNativeTarget:
     status: ClassVar[str] = "ready"
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
-        quant = ctx.options.quant
+        quant = ctx.options.gguf_quant(self.name)
         gguf_file = f"model-{quant}.gguf"
         table = support_table()
         source = ctx.gguf(quant)

@@ -100,7 +100,7 @@ class WebTarget:
         out_dir.mkdir(parents=True, exist_ok=True)
         model_name = ctx.options.name or ctx.ckpt.name
         context_length = min(ctx.options.context_length, int(ctx.ckpt.config.get("max_position_embeddings", 4096)))
-        quant = ctx.options.quant
+        quant = ctx.options.gguf_quant(self.name)
         manifest_runtimes: dict[str, Any] = {}
         verifications: list[VerificationResult] = []
         notes: list[str] = []
@@ -248,7 +248,7 @@ class WebTarget:
     def _write_webllm(self, ctx: BuildContext, out_dir: Path, model_name: str, context: int) -> list[WebLLMVariant]:
         mlc = naming(ctx.ckpt)
         variants = []
-        for quant_name in MLC_VARIANTS.get(ctx.options.quant, MLC_DEFAULT_VARIANTS):
+        for quant_name in MLC_VARIANTS.get(ctx.options.quant or "", MLC_DEFAULT_VARIANTS):
             quant = MLC_QUANTIZATIONS[quant_name]
             model_id = f"{slug(model_name)}-{quant.name}-MLC"
             folder = out_dir / "webllm" / model_id / "resolve" / "main"
