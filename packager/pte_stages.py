@@ -144,9 +144,8 @@ def verified_pte(ctx: BuildContext, artifact: PteArtifact, tokenizer_json: Path,
         session = pte_check.RunnerSession(
             artifact.pte, artifact.ptd, tokenizer_json, 1 if contract.add_bos and contract.bos_id is not None else 0,
             int(artifact.export["metadata"]["get_max_context_len"]), pte_check.eos_pieces(tokenizer, contract.eos_ids))
-        result.task, _ = score(contract, ctx.eval_rows, pte_check.pte_generator(session, contract), baseline, False)
-        result.failures += ctx.options.task_gate.check(result.task)
-        result.gate += "; " + ctx.options.task_gate.describe()
+        metrics, _ = score(contract, ctx.eval_rows, pte_check.pte_generator(session, contract), baseline, False)
+        ctx.attach_task(result, metrics)
         if contract.constrained:
             result.notes.append("ExecuTorch's runner has no grammar: labels are decoded unconstrained on Android")
     _save(record, result)

@@ -67,7 +67,7 @@ def plots(results: list[TargetResult], root: Path) -> dict[str, str]:
                  for r in rows if r["task"] and r["task"].get("latencies_ms")]
     if latencies:
         fig, ax = plt.subplots(figsize=(6, 0.6 + 0.5 * len(latencies)))
-        ax.boxplot([lat for _, lat in latencies], vert=False, whis=(1, 99), showfliers=True)
+        ax.boxplot([lat for _, lat in latencies], orientation="horizontal", whis=(1, 99), showfliers=True)
         ax.set_yticks(range(1, len(latencies) + 1), [name for name, _ in latencies], fontsize=8)
         ax.set_xlabel("latency per request on the build host (ms); whiskers p1-p99")
         ax.grid(alpha=0.3, axis="x")

@@ -160,6 +160,12 @@ class BuildContext:
             llm.close()
         return metrics
 
+    def attach_task(self, result: VerificationResult, metrics: TaskMetrics) -> None:
+        """Record an artifact's task metrics on its verification and hold them to the task gate."""
+        result.task = metrics
+        result.failures += self.options.task_gate.check(metrics)
+        result.gate += "; " + self.options.task_gate.describe()
+
     @cached_property
     def hf_tokenizer(self) -> Any:
         return load_hf_tokenizer(self.ckpt)
@@ -227,9 +233,7 @@ class BuildContext:
         result = verify_gguf(path, path.name, quant, reference, self.golden, self.contract, self.hf_tokenizer)
         if self.eval_rows:
             self.reporter.say(f"answering {len(self.eval_rows)} eval rows with GGUF {quant} in llama.cpp")
-            result.task = self.task_metrics_gguf(path)
-            result.failures += self.options.task_gate.check(result.task)
-            result.gate += "; " + self.options.task_gate.describe()
+            self.attach_task(result, self.task_metrics_gguf(path))
         record.parent.mkdir(parents=True, exist_ok=True)
         tmp = record.with_suffix(".tmp")
         tmp.write_text(json.dumps(result.as_dict(), indent=2))

@@ -46,6 +46,7 @@ from packager.templating import render_tree
 from packager.verify.browser import (
     BrowserMeasurement,
     BrowserTools,
+    browser_task_eval,
     find_browser_tools,
     structural_result,
     verify_bundle_files,
@@ -239,6 +240,14 @@ class WebTarget:
         result, measurement = verify_wllama_in_browser(
             tools, out_dir, ctx.gguf(quant), ctx.contract, ctx.golden.greedy_prompt, artifact, quant,
             reference_next_token=ctx.reference_next_token)
+        if ctx.eval_rows and result.level == "executed":
+            ctx.reporter.say(f"answering {len(ctx.eval_rows)} eval rows in headless Chromium")
+            metrics, notes, failures = browser_task_eval(tools, out_dir, ctx.contract, ctx.eval_rows,
+                                                         ctx.baseline_answers)
+            result.notes += notes
+            result.failures += failures
+            if metrics is not None:
+                ctx.attach_task(result, metrics)
         ctx.reporter.stage("verify web bundle (Chromium)", False, time.perf_counter() - start,
                            "greedy = native" if result.greedy_match else "see report")
         return result, measurement

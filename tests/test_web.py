@@ -538,3 +538,35 @@ def test_gemma_270m_web_bundle_gives_native_llama_cpps_greedy_tokens_in_chromium
     assert not any("fp32 source model" in n for n in record["notes"]), record["notes"]
     [row] = [r for r in result.json()["artifacts"] if r["artifact"] == "web/index.html"]
     assert row["tokens_per_s"] > 0
+
+
+# -- the task contract in the page ----------------------------------------------------------------
+
+EVAL_ROWS = [
+    {"instruction": "Classify.", "input": "my card got declined", "output": "billing"},
+    {"instruction": "Classify.", "input": "where is my parcel", "output": "shipping"},
+    {"instruction": "Classify.", "input": "cancel it please", "output": "cancel"},
+]
+
+
+@pytest.mark.parametrize("constrained", [True, False], ids=["constrained", "unconstrained"])
+def test_the_page_answers_the_eval_set_itself_and_applies_the_labels_grammar(
+        tiny_gemma: Path, tmp_path: Path, constrained: bool) -> None:
+    """The random tiny model never produces a label by itself: validity 1.0 proves the page's grammar."""
+    browser()
+    eval_path = tmp_path / "eval.jsonl"
+    eval_path.write_text("".join(json.dumps(r) + "\n" for r in EVAL_ROWS))
+    out = tmp_path / "out"
+    args = ["build", tiny_gemma, "--target", "web", "--quant", "F32", "--out", out, "--eval", eval_path,
+            "--task", "labels", "--json", *(["--constrained"] if constrained else ["--no-gate"])]
+    result = edgepack(*args)
+    assert result.exit_code == (0 if constrained else ExitCode.GATE_FAILED), result.stderr[-3000:]
+    page = next(r for r in result.json()["artifacts"] if r["artifact"] == "web/index.html")
+    native = next(r for r in result.json()["artifacts"] if r["artifact"].endswith(".gguf"))
+    assert page["task"]["rows"] == 3 and page["task"]["constrained"] is constrained
+    assert page["task"]["validity"] == (1.0 if constrained else 0.0)
+    assert page["task"]["latency_ms_p50"] > 0
+    # Same GGUF, same greedy decoding: the page's answers agree with native llama.cpp's accuracy.
+    assert page["task"]["exact_match"] == native["task"]["exact_match"]
+    record = verification(out / "web", "web-wllama")
+    assert any("answered in Chromium by the page's EdgeModel.run" in n for n in record["notes"])

@@ -10,7 +10,7 @@
 //   - otherwise wllama (GGUF, llama.cpp in WebAssembly) on the CPU, with WebGPU offload only when
 //     asked for (gpu: "on") or when gpu: "auto" finds an adapter with shader-f16.
 
-import { contractFromOrdered, parseOutput, pyJsonLoads, renderPrompt } from "./contract.js";
+import { contractFromOrdered, labelsGrammar, parseOutput, pyJsonLoads, renderPrompt } from "./contract.js";
 import { fetchVerified } from "./model-store.js";
 
 export { parseOutput, renderPrompt } from "./contract.js";
@@ -126,6 +126,8 @@ export class EdgeModel {
       reason: choice.reason,
       threads: session.threads ?? threads,
       multithread: session.multithread,
+      // Whether run() applies a constrained contract's grammar here.
+      constrained: Boolean(contract.constrained && session.supportsGrammar),
       crossOriginIsolated: isolated,
       hardwareConcurrency: globalThis.navigator?.hardwareConcurrency ?? null,
       webgpu,
@@ -157,17 +159,33 @@ export class EdgeModel {
       stop: options.stop,
       ignoreEos: options.ignoreEos,
       tokenIds: options.tokenIds ?? false,
+      grammar: options.grammar,
       onToken: options.onToken,
       signal: options.signal,
     });
     return { ...result, prompt, wallMs: performance.now() - started };
   }
 
-  /** Render the contract prompt for input, generate, and parse: {ok, value, error, text, raw}. */
+  /**
+   * Render the contract prompt for input, generate, and parse: {ok, value, error, text, raw}.
+   * A constrained labels contract decodes under its GBNF grammar on wllama (llama.cpp); WebLLM
+   * decodes unconstrained (model.info.constrained says which happened).
+   */
   async run(input, options = {}) {
     const prompt = this.renderPrompt(input, options.instruction ?? "");
-    const result = await this.generate(prompt, { stop: this.contract.stop_strings, ...options });
+    const result = await this.generate(prompt, {
+      stop: this.contract.stop_strings,
+      grammar: this.grammarFor(),
+      ...options,
+    });
     return { ...parseOutput(this.contract, result.text), raw: result.text, generation: result };
+  }
+
+  /** The contract's grammar when it asks for constrained decoding and this runtime can apply it. */
+  grammarFor() {
+    const c = this.contract;
+    if (!c.constrained || c.task !== "labels" || !c.labels?.length) return undefined;
+    return this.session.supportsGrammar ? labelsGrammar(c.labels) : undefined;
   }
 
   async release() {

@@ -31,6 +31,7 @@ from packager.contract import Contract, render_prompt
 from packager.fingerprint import file_sha256
 from packager.static_server import serving
 from packager.verify.result import VerificationResult
+from packager.verify.task_eval import TaskMetrics
 from packager.web_vendor import INSTALL_COMMAND, WebVendor, vendor_or_none
 
 DRIVER = Path(__file__).resolve().parent / "data" / "browser_driver.mjs"
@@ -89,6 +90,9 @@ class Generation:
     input: str
     options: dict[str, Any]
     instruction: str = ""
+    # True: the page's EdgeModel.run (the contract end to end: prompt, stop, grammar, parsing);
+    # False: EdgeModel.generate on the rendered prompt with exactly `options`.
+    run: bool = False
 
 
 def drive_bundle(
@@ -297,6 +301,43 @@ def verify_wllama_in_browser(
         greedy_match=greedy_match, greedy_text_reference=ref_text, greedy_text=greedy_text,
         tokens_per_s=measurement.browser_tokens_per_s, gate=GATE, failures=failures, notes=notes,
     ), measurement
+
+
+def browser_task_eval(tools: BrowserTools, bundle: Path, contract: Contract, rows: list[Any],
+                      baseline: list[str] | None) -> tuple[TaskMetrics | None, list[str], list[str]]:
+    """Answer the eval rows with the page's own EdgeModel.run in Chromium; return (metrics, notes, failures).
+
+    The page renders each prompt with contract.js, decodes greedily (under the labels grammar when
+    the contract is constrained and wllama runs), stops and parses; latency is the page's wall time
+    per request. Every prompt the page rendered must equal packager/contract.py's.
+    """
+    from packager.verify.task_eval import score
+
+    generations = [Generation(row.input, {}, row.instruction, run=True) for row in rows]
+    result = drive_bundle(tools, bundle, generations, loads=1, query="?gpu=off", timeout_s=120 + 10 * len(rows))
+    failures = problems_of(result)
+    runs = result.get("runs", [])
+    answers = runs[0]["generations"] if runs else []
+    if len(answers) != len(rows):
+        return None, [], failures or [f"the page answered {len(answers)} of {len(rows)} eval rows"]
+    info = runs[0]["info"]
+    queue = iter(answers)
+
+    def generate(prompt: str) -> tuple[str, int, float]:
+        answer = next(queue)
+        if answer["prompt"] != prompt:
+            failures.append(f"contract.js rendered an eval prompt differently: {answer['prompt'][:80]!r}")
+        return answer["text"], int(answer.get("completionTokens") or 0), float(answer["wallMs"]) / 1000
+
+    constrained = bool(info.get("constrained"))
+    metrics, _ = score(contract, rows, generate, baseline, constrained)
+    js_valid = sum(bool(a["parsed"]["ok"]) for a in answers) / len(rows)
+    if abs(js_valid - metrics.validity) > 1e-9:
+        failures.append(f"contract.js parsed {js_valid:.3f} of the answers as valid, packager/contract.py "
+                        f"{metrics.validity:.3f}")
+    notes = [f"eval set answered in Chromium by the page's EdgeModel.run ({info['backend']}, {info['threads']} "
+             f"thread(s), {'constrained to the labels' if constrained else 'unconstrained'})"]
+    return metrics, notes, failures
 
 
 def verify_bundle_files(bundle: Path, manifest: dict[str, Any]) -> list[str]:

@@ -28,6 +28,7 @@ class WebLLMSession {
     this.llamaCppVersion = null;
     this.threads = null;
     this.multithread = false;
+    this.supportsGrammar = false; // edgepack does not pass grammars to WebLLM (yet): unconstrained
   }
 
   async generate(prompt, options) {

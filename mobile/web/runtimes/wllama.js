@@ -35,6 +35,7 @@ class WllamaSession {
     this.llamaCppVersion = llamaCppVersion;
     this.threads = wllama.getNumThreads();
     this.multithread = wllama.isMultithread();
+    this.supportsGrammar = true; // llama-server's GBNF sampler
   }
 
   /**
@@ -61,6 +62,7 @@ class WllamaSession {
       stream: true,
       abortSignal: options.signal,
       ...(options.tokenIds ? { logprobs: 1 } : {}),
+      ...(options.grammar ? { grammar: options.grammar } : {}), // llama-server's GBNF field
       onData: (chunk) => {
         const choice = chunk.choices?.[0];
         if (choice?.text) {

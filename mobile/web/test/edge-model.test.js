@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { chooseRuntime, chooseThreads } from "../edge-model.js";
+import { EdgeModel, chooseRuntime, chooseThreads } from "../edge-model.js";
 
 const NO_GPU = { available: false, features: [], reason: "navigator.gpu is missing" };
 const GPU_F32 = { available: true, features: ["timestamp-query"], reason: "" };
@@ -58,4 +58,37 @@ test("wllama offloads to WebGPU only when asked, or on auto with shader-f16", ()
 test("a bundle with nothing that can run here is an error naming both reasons", () => {
   const webllmOnly = { runtimes: { webllm: BOTH.runtimes.webllm } };
   assert.throws(() => chooseRuntime(webllmOnly, NO_GPU), /WebLLM: .*no wllama build/);
+});
+
+// run(): the contract's grammar reaches a runtime that can apply it, and only then.
+const LABELS = {
+  task: "labels", labels: ["track_order", "say \"hi\""], constrained: true, stop_strings: ["\n"], max_new_tokens: 8,
+  prompt: { template: "{input}\nIntent:", chat: false, system: null }, add_bos: true,
+};
+const fakeSession = (supportsGrammar, text) => ({
+  supportsGrammar,
+  seen: null,
+  async generate(prompt, options) {
+    this.seen = { prompt, ...options };
+    return { text, tokenIds: null };
+  },
+});
+
+test("a constrained labels contract decodes under its GBNF grammar where the runtime supports it", async () => {
+  const session = fakeSession(true, " track_order");
+  const result = await new EdgeModel({}, LABELS, session, {}).run("where is it");
+  assert.equal(session.seen.grammar, 'root ::= " "? ("track_order" | "say \\"hi\\"")\n');
+  assert.deepEqual(session.seen.stop, ["\n"]);
+  assert.equal(result.ok, true);
+  assert.equal(result.value, "track_order");
+});
+
+test("no grammar for an unconstrained contract, or on a runtime without grammar support", async () => {
+  const free = fakeSession(true, " nope");
+  const parsed = await new EdgeModel({}, { ...LABELS, constrained: false }, free, {}).run("x");
+  assert.equal(free.seen.grammar, undefined);
+  assert.equal(parsed.ok, false); // an answer outside the labels is reported, never repaired
+  const webllm = fakeSession(false, " track_order");
+  await new EdgeModel({}, LABELS, webllm, {}).run("x");
+  assert.equal(webllm.seen.grammar, undefined);
 });

@@ -73,6 +73,10 @@ try {
       run.generations.push(
         await page.evaluate(async (g) => {
           const model = await window.edgepack.ready;
+          if (g.run) {
+            const r = await model.run(g.input, { instruction: g.instruction, ...g.options });
+            return { ...r.generation, parsed: { ok: r.ok, value: r.value ?? null, error: r.error ?? null } };
+          }
           const prompt = model.renderPrompt(g.input, g.instruction);
           return model.generate(prompt, g.options);
         }, gen),
