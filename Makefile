@@ -10,7 +10,7 @@ example:
 test:
 	scripts/setup.sh --dev
 	.venv/bin/ruff check .
-	EDGEPACK_REQUIRE_TOOLS=1 .venv/bin/python -m pytest -q
+	EDGEPACK_REQUIRE_TOOLS=1 .venv/bin/python -m pytest -q --durations=25
 
 lint:
 	.venv/bin/ruff check .
