@@ -84,8 +84,10 @@ class PteProgram:
 
         load_kernels()
         self._torch = torch
-        self.program = Runtime.get().load_program(pte, data_path=str(ptd) if ptd else None)
-        self.forward = self.program.load_method("forward")
+        with native_output_captured() as log:  # XNNPACK's cpuinfo notes on stderr
+            self.program = Runtime.get().load_program(pte, data_path=str(ptd) if ptd else None)
+            self.forward = self.program.load_method("forward")
+        log.unlink(missing_ok=True)
         self.max_seq_len = int(self.constant("get_max_seq_len"))
 
     def constant(self, name: str) -> Any:
@@ -128,7 +130,9 @@ class RunnerTokenizer:
         from pytorch_tokenizers import CppHFTokenizer
 
         self.tok = CppHFTokenizer()
-        self.tok.load(str(tokenizer_json))
+        with native_output_captured() as log:  # the C++ tokenizer logs its regex fallback to stdout
+            self.tok.load(str(tokenizer_json))
+        log.unlink(missing_ok=True)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tok.encode(text, 0, 0))
