@@ -30,6 +30,7 @@ import numpy as np
 from packager.contract import Contract, render_prompt
 from packager.fingerprint import file_sha256
 from packager.static_server import serving
+from packager.verify.gguf_check import first_difference
 from packager.verify.result import VerificationResult
 from packager.verify.task_eval import TaskMetrics
 from packager.web_vendor import INSTALL_COMMAND, WebVendor, vendor_or_none
@@ -188,7 +189,7 @@ def compare_greedy(browser: list[int], native: list[int], eos_ids: list[int], fi
         return True, [], []
     if browser == native:
         return True, [], []
-    first = next((i for i, (a, b) in enumerate(zip(browser, native, strict=False)) if a != b), None)
+    first = first_difference(browser, native)
     if first is None:  # one is a prefix of the other
         return False, [], [f"greedy length differs: browser {len(browser)} tokens, native {len(native)}"]
     logits = np.asarray(native_logits_at(first), dtype=np.float64)

@@ -24,18 +24,28 @@ def tokenizer_probe_text(golden: GoldenSet, special_tokens: list[str]) -> str:
     return golden.tokenizer_probe + " " + " ".join(special_tokens) + " end"
 
 
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    """Index of the first position where two token lists differ; None when one is a prefix of the other."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
+
+
+def compare_token_ids(hf_ids: list[int], other_ids: list[int], other: str) -> tuple[bool, str]:
+    """Compare a runtime's token ids with HF's; return (equal, detail naming where they part)."""
+    if hf_ids == other_ids:
+        return True, f"{len(hf_ids)} tokens identical"
+    first = first_difference(hf_ids, other_ids)
+    if first is None:
+        first = min(len(hf_ids), len(other_ids))
+    return False, (
+        f"differ at token {first}: HF {hf_ids[first:first + 5]} vs {other} {other_ids[first:first + 5]} "
+        f"({len(hf_ids)} vs {len(other_ids)} tokens)"
+    )
+
+
 def check_tokenizer(runner: GGUFRunner, hf_tokenizer, probe: str) -> tuple[bool, str]:
     """Compare llama.cpp's and HF's token ids for the probe; return (equal, detail)."""
     hf_ids = hf_tokenizer(probe, add_special_tokens=False)["input_ids"]
-    cpp_ids = runner.tokenize(probe, add_bos=False)
-    if hf_ids == cpp_ids:
-        return True, f"{len(hf_ids)} tokens identical"
-    first = next((i for i, (a, b) in enumerate(zip(hf_ids, cpp_ids, strict=False)) if a != b),
-                 min(len(hf_ids), len(cpp_ids)))
-    return False, (
-        f"differ at token {first}: HF {hf_ids[first:first + 5]} vs llama.cpp {cpp_ids[first:first + 5]} "
-        f"({len(hf_ids)} vs {len(cpp_ids)} tokens)"
-    )
+    return compare_token_ids(hf_ids, runner.tokenize(probe, add_bos=False), "llama.cpp")
 
 
 def verify_gguf(

@@ -28,7 +28,7 @@ import numpy as np
 
 from packager.contract import Contract
 from packager.verify.gates import Gate
-from packager.verify.gguf_check import tokenizer_probe_text
+from packager.verify.gguf_check import compare_token_ids, first_difference, tokenizer_probe_text
 from packager.verify.golden import GoldenSet
 from packager.verify.metrics import FidelityAccumulator
 from packager.verify.reference import ReferenceLogits
@@ -242,12 +242,7 @@ def check_runner_tokenizer(tokenizer: RunnerTokenizer, hf_tokenizer: Any, probe:
     if contract.add_bos and contract.bos_id is not None and tokenizer.bos_id != contract.bos_id:
         return False, (f"the runner would prepend token {tokenizer.bos_id} as BOS, the model expects {contract.bos_id} "
                        "(tokenizer.json's BOS differs from tokenizer_config.json's)")
-    if hf_ids == runner_ids:
-        return True, f"{len(hf_ids)} tokens identical"
-    first = next((i for i, (a, b) in enumerate(zip(hf_ids, runner_ids, strict=False)) if a != b),
-                 min(len(hf_ids), len(runner_ids)))
-    return False, (f"differ at token {first}: HF {hf_ids[first:first + 5]} vs runner {runner_ids[first:first + 5]} "
-                   f"({len(hf_ids)} vs {len(runner_ids)} tokens)")
+    return compare_token_ids(hf_ids, runner_ids, "runner")
 
 
 def verify_pte(
@@ -301,8 +296,9 @@ def verify_pte(
         failures.append(f"the runner turned the greedy prompt into {prompt_tokens} tokens (BOS {num_bos}), "
                         f"the reference into {len(reference.greedy_prompt_ids)}")
     if greedy_ids != reference.greedy_ids:
-        same = next((i for i, (a, b) in enumerate(zip(greedy_ids, reference.greedy_ids, strict=False)) if a != b),
-                    min(len(greedy_ids), len(reference.greedy_ids)))
+        same = first_difference(greedy_ids, reference.greedy_ids)
+        if same is None:
+            same = min(len(greedy_ids), len(reference.greedy_ids))
         notes.append(f"forward-method greedy ids differ from the reference after {same} tokens")
     return VerificationResult(
         artifact=artifact,
