@@ -6,7 +6,10 @@ beside packager/. Everything else asks here instead of guessing paths.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+
+from packager.errors import InternalError
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -28,3 +31,23 @@ def templates_dir() -> Path:
 
 def mobile_dir() -> Path:
     return data_dir("mobile")
+
+
+def copy_mobile_files(folder: str, patterns: tuple[str, ...], dest: Path) -> list[Path]:
+    """Copy a bridge's sources (files of mobile/<folder> matching glob patterns) into dest, keeping
+    their paths below the folder; return the copies, sorted. Every pattern must match: a bridge
+    missing a file would ship broken, and means the installation lost its mobile/ data."""
+    source = mobile_dir() / folder
+    files: set[Path] = set()
+    for pattern in patterns:
+        found = [f for f in source.glob(pattern) if f.is_file()]
+        if not found:
+            raise InternalError(f"{source}: no {pattern} (is the wheel missing its mobile/ data?)")
+        files.update(found)
+    copied = []
+    for file in sorted(files):
+        target = dest / file.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, target)
+        copied.append(target)
+    return copied

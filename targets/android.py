@@ -23,7 +23,7 @@ from packager.escaping import slug
 from packager.formats.executorch_export import AUTO_LADDER, DELEGATES, EXECUTORCH_VERSION, recipe_named
 from packager.manifest import file_entries, without_host_measurements, write_json
 from packager.pte_stages import PteArtifact, cached_pte, screened, structural_pte, verified_pte
-from packager.resources import mobile_dir
+from packager.resources import copy_mobile_files
 from packager.stages import BuildContext, link_or_copy
 from packager.target import ScaffoldCheck, TargetResult
 from packager.templating import render_tree
@@ -53,15 +53,7 @@ def application_id(name: str) -> str:
 
 def copy_bridge(dest: Path) -> list[Path]:
     """Copy the Kotlin bridge (mobile/android/edgepack/src/main/kotlin/org/edgepack) into the app."""
-    source = mobile_dir() / "android" / "edgepack" / "src" / "main" / "kotlin" / "org" / "edgepack"
-    if not source.is_dir():
-        raise UnsupportedError(f"{source} does not exist (is the wheel missing its mobile/ data?)")
-    dest.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for file in sorted(source.glob("*.kt")):
-        shutil.copyfile(file, dest / file.name)
-        copied.append(dest / file.name)
-    return copied
+    return copy_mobile_files("android/edgepack/src/main/kotlin/org/edgepack", ("*.kt",), dest)
 
 
 class AndroidTarget:

@@ -26,7 +26,7 @@ from packager.contract import Contract
 from packager.errors import InternalError, UnsupportedError
 from packager.escaping import slug
 from packager.manifest import file_entries, without_host_measurements, write_json
-from packager.resources import mobile_dir
+from packager.resources import copy_mobile_files
 from packager.stages import BuildContext, link_or_copy
 from packager.target import ScaffoldCheck, TargetResult
 from packager.templating import render_tree
@@ -222,15 +222,7 @@ def check_llama_rn_support(path: Path, artifact: str, contract: Contract, table:
 
 def copy_bridge(dest: Path) -> list[Path]:
     """Copy the bridge's TypeScript sources (mobile/react-native/src) into the app, byte for byte."""
-    source = mobile_dir() / "react-native" / "src"
-    if not source.is_dir():
-        raise InternalError(f"{source} does not exist (is the wheel missing its mobile/ data?)")
-    dest.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for file in sorted(source.glob("*.ts")):
-        shutil.copyfile(file, dest / file.name)
-        copied.append(dest / file.name)
-    return copied
+    return copy_mobile_files("react-native/src", ("*.ts",), dest)
 
 
 class ReactNativeTarget:

@@ -39,7 +39,7 @@ from packager.formats.mlc_writer import (
     write_tensor_cache,
 )
 from packager.manifest import file_entries, without_host_measurements, write_json
-from packager.resources import mobile_dir
+from packager.resources import copy_mobile_files
 from packager.stages import BuildContext, link_or_copy
 from packager.target import TargetResult
 from packager.templating import render_tree
@@ -202,11 +202,7 @@ class WebTarget:
 
     def _copy_bridge(self, out_dir: Path) -> None:
         """Copy the bridge's ES modules (mobile/web) into edgepack/, as shipped: no build step."""
-        source = mobile_dir() / "web"
-        for rel in BRIDGE_FILES:
-            target = out_dir / "edgepack" / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source / rel, target)
+        copy_mobile_files("web", BRIDGE_FILES, out_dir / "edgepack")
 
     # -- wllama ---------------------------------------------------------------------------------
 
