@@ -40,6 +40,9 @@ class Gate:
             reasons.append(f"KL {m.kl:.4f} > {self.max_kl:.4f}")
         return reasons
 
+    def describe(self) -> str:
+        return f"{self.name}: top-1 (decisive) >= {self.min_top1_decisive}, KL <= {self.max_kl}"
+
 
 LOSSLESS = Gate("16/32-bit", min_top1_decisive=0.99, max_kl=0.002)
 EIGHT_BIT = Gate("8-bit", min_top1_decisive=0.95, max_kl=0.015)

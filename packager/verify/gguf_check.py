@@ -93,6 +93,6 @@ def verify_gguf(
         greedy_text_reference=ref_text,
         greedy_text=greedy_text,
         tokens_per_s=tps,
-        gate=f"{gate.name}: top-1 (decisive) >= {gate.min_top1_decisive}, KL <= {gate.max_kl}",
+        gate=gate.describe(),
         failures=failures,
     )

@@ -313,7 +313,7 @@ def verify_pte(
         greedy_text_reference=ref_text,
         greedy_text=text,
         tokens_per_s=decode_tokens_per_s(stats, tokens, seconds),
-        gate=f"{gate.name}: top-1 (decisive) >= {gate.min_top1_decisive}, KL <= {gate.max_kl}",
+        gate=gate.describe(),
         failures=failures,
         notes=notes,
     )
