@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from packager import codecheck
 from packager.fingerprint import options_digest
 from packager.target import ScaffoldCheck
 
@@ -104,19 +105,7 @@ def install(root: Path | None = None) -> Path:
 
 def tree_sitter_errors(text: str) -> list[str]:
     """Return 'line N: ...' for every syntax error tree-sitter's Kotlin grammar finds (empty: it parses)."""
-    from tree_sitter_language_pack import get_parser
-
-    tree = get_parser("kotlin").parse(text.encode("utf-8"))
-    problems: list[str] = []
-    stack = [tree.root_node]
-    while stack:
-        node = stack.pop()
-        if node.is_error or node.is_missing:
-            kind = "missing " + node.type if node.is_missing else "unexpected text"
-            problems.append(f"line {node.start_point[0] + 1}: {kind}")
-        elif node.has_error:
-            stack.extend(node.children)
-    return sorted(problems)
+    return codecheck.tree_sitter_errors(text, "kotlin")
 
 
 def _tree_sitter_check(path: Path) -> tuple[str, str]:

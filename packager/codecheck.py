@@ -97,6 +97,26 @@ CHECKS_BY_SUFFIX: dict[str, list[tuple[str, Checker]]] = {
 }
 
 
+def tree_sitter_errors(text: str, language: str) -> list[str]:
+    """Return 'line N: ...' for every syntax error tree-sitter's `language` grammar finds (empty: it parses).
+
+    For languages whose compiler cannot run here (Swift) or as a fast first check (Kotlin).
+    """
+    from tree_sitter_language_pack import get_parser
+
+    tree = get_parser(language).parse(text.encode("utf-8"))
+    problems: list[str] = []
+    stack = [tree.root_node]
+    while stack:
+        node = stack.pop()
+        if node.is_error or node.is_missing:
+            kind = "missing " + node.type if node.is_missing else "unexpected text"
+            problems.append(f"line {node.start_point[0] + 1}: {kind}")
+        elif node.has_error:
+            stack.extend(node.children)
+    return sorted(problems)
+
+
 def check_generated_files(paths: list[Path], root: Path) -> list[ScaffoldCheck]:
     """Run every applicable checker on each generated file."""
     results: list[ScaffoldCheck] = []

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from packager.errors import InternalError, UnsupportedError
+from packager.child_stage import run_child, staging
 from packager.fingerprint import file_sha256, options_digest
 from packager.formats.executorch_export import EXECUTORCH_VERSION, EXPORT_SCHEMA, Recipe, RunnerMetadata
 from packager.verify.metrics import FidelityMetrics
@@ -56,12 +52,6 @@ def runner_metadata(ctx: BuildContext, max_context: int) -> RunnerMetadata:
                           vocab_size=int(ctx.ckpt.config["vocab_size"]))
 
 
-def _tail(path: Path, lines: int = 25) -> str:
-    if not path.is_file():
-        return ""
-    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-
-
 def cached_pte(ctx: BuildContext, recipe: Recipe, delegate: str, max_context: int) -> PteArtifact:
     """Return the exported .pte for (checkpoint, recipe, delegate, metadata), exporting it when not cached."""
     metadata = runner_metadata(ctx, max_context)
@@ -75,32 +65,13 @@ def cached_pte(ctx: BuildContext, recipe: Recipe, delegate: str, max_context: in
         ctx.reporter.stage(label, True, 0.0, f"{export['pte']} + {export['ptd']}")
         return PteArtifact(recipe, delegate, key, folder / export["pte"], folder / export["ptd"], export, True)
 
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = staging(folder)
     request = {"checkpoint": str(ctx.ckpt.folder), "out_dir": str(tmp), "recipe": recipe.name, "delegate": delegate,
                "metadata": dataclasses.asdict(metadata)}
-    (tmp / "request.json").write_text(json.dumps(request, indent=2), encoding="utf-8")
-    log = tmp / "export.log"
     ctx.reporter.say(f"exporting {recipe.name} ({delegate}) with ExecuTorch {EXECUTORCH_VERSION} in a child process")
     start = time.perf_counter()
-    with log.open("w", encoding="utf-8") as out:
-        proc = subprocess.run(
-            [sys.executable, "-m", "packager.formats.executorch_export", str(tmp / "request.json"),
-             str(tmp / "result.json")],
-            stdout=out, stderr=subprocess.STDOUT, check=False, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    if proc.returncode != 0 or not (tmp / "result.json").is_file():
-        detail = _tail(log)
-        shutil.rmtree(tmp, ignore_errors=True)
-        kind = UnsupportedError if "UnsupportedError" in detail else InternalError
-        raise kind(f"ExecuTorch export of {ctx.ckpt.folder} with recipe {recipe.name} ({delegate}) failed "
-                   f"(exit {proc.returncode}):\n{detail}")
-    export = json.loads((tmp / "result.json").read_text(encoding="utf-8"))
-    export["wall_seconds"] = round(time.perf_counter() - start, 1)
-    (tmp / "export.json").write_text(json.dumps(export, indent=2), encoding="utf-8")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    export = run_child("packager.formats.executorch_export", tmp, request,
+                       f"ExecuTorch export of {ctx.ckpt.folder} with recipe {recipe.name} ({delegate})", folder)
     artifact = PteArtifact(recipe, delegate, key, folder / export["pte"], folder / export["ptd"], export, False)
     ctx.reporter.stage(label, False, time.perf_counter() - start,
                        f"{artifact.megabytes:.0f} MB, peak RSS {export['peak_rss_mb']:.0f} MB")

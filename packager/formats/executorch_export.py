@@ -114,17 +114,6 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
 # out because smoothing makes the same bytes more faithful. All stay available by name.
 AUTO_LADDER: tuple[str, ...] = ("8da8w-smooth", "8da8w-smooth-f32down", "fp32")
 
-# Text the smoothing step measures activation ranges on: generic prose, code, JSON and dialogue,
-# deliberately not the golden text the artifacts are judged on.
-CALIBRATION_TEXT = (
-    "The committee met on Tuesday to review the budget. After a long discussion, members agreed to postpone "
-    "the vote until more data was available. def mean(xs):\n    return sum(xs) / len(xs)\n"
-    '{"order": 1042, "status": "shipped", "items": [3, 5]}  Customer: my package never arrived, can you help? '
-    "Agent: I'm sorry to hear that. Let me check the tracking number for you. Photosynthesis converts light "
-    "into chemical energy; plants store it as glucose. 1. Preheat the oven to 180 C. 2. Mix flour and sugar."
-)
-
-
 def recipe_named(name: str) -> Recipe:
     """Return the recipe called `name`, or raise a BadInputError listing the known ones."""
     if name not in RECIPES:
@@ -239,41 +228,22 @@ class QuantizedTokenEmbedding:
         return _Embedding()
 
 
-def _input_max(model: Any, ids: Any) -> dict[str, Any]:
-    """Per-channel max |input| of every linear on the calibration ids."""
-    import torch
-
-    stats: dict[str, Any] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            def record(_m: Any, args: Any, name: str = name) -> None:
-                seen = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0)
-                stats[name] = torch.maximum(stats[name], seen) if name in stats else seen
-            hooks.append(module.register_forward_pre_hook(record))
-    with torch.no_grad():
-        model(ids, use_cache=False)
-    for hook in hooks:
-        hook.remove()
-    return stats
-
-
 def smooth_outliers(model: Any, spec: Any, alpha: float, folder: Path) -> Any:
     """Migrate activation outliers into weights (SmoothQuant); return the head's channel scales.
 
     Exact in fp32: each linear input channel j is divided by s_j where it is produced (an RMSNorm
     gain, or the rows of v_proj / up_proj) and the consuming weights' column j is multiplied by s_j,
-    with s_j = max|x_j|^alpha / max|W_j|^(1 - alpha) on CALIBRATION_TEXT. int8 per-token activations
+    with s_j = max|x_j|^alpha / max|W_j|^(1 - alpha) on packager.calibration's text. int8 per-token activations
     then lose less to a few huge channels. A tied table is scaled with the head; the caller divides
     the embedding lookup by the returned scales.
     """
     import torch
-    from transformers import AutoTokenizer
+
+    from packager.calibration import calibration_ids, linear_input_stats
 
     layout = spec.executorch
     config = model.config
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
-    stats = _input_max(model, torch.tensor([tokenizer(CALIBRATION_TEXT)["input_ids"]]))
+    stats = linear_input_stats(model, calibration_ids(folder), "max")
     offset = spec.norm_offset
 
     def scales(xmax: Any, weights: list[Any]) -> Any:
