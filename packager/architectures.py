@@ -127,6 +127,32 @@ class ExecuTorchLayout:
 
 
 @dataclass(frozen=True)
+class CoreMLLayout:
+    """What the Core ML converter (packager.formats.coreml_model) needs about one decoder block.
+
+    Module names are relative to a decoder block; None means the block has no such norm. Gemma wraps
+    both branches in norms (pre and post), normalises each head's q and k, takes its softmax scale
+    from query_pre_attn_scalar, and computes rotary tables per layer type (local vs global theta);
+    its sliding-window layers need swift-transformers' slidingAttentionMask input.
+    """
+
+    pre_attention_norm: str = "input_layernorm"
+    pre_mlp_norm: str = "post_attention_layernorm"
+    post_attention_norm: str | None = None
+    post_mlp_norm: str | None = None
+    qk_norm: bool = False
+    query_pre_attn_scalar: bool = False
+    rope_per_layer_type: bool = False
+    sliding_attention_mask: bool = False
+    base_module: str = "model"
+    head_module: str = "lm_head"
+
+    @property
+    def post_norms(self) -> bool:
+        return self.post_attention_norm is not None and self.post_mlp_norm is not None
+
+
+@dataclass(frozen=True)
 class ArchitectureSpec:
     """What every writer needs to know about one Hugging Face model type."""
 
@@ -158,6 +184,8 @@ class ArchitectureSpec:
     mlc: MLCNaming | None = None
     # ExecuTorch (.pte, android target): KV-cache kind and module paths; None = not exportable.
     executorch: ExecuTorchLayout | None = None
+    # Core ML (.mlpackage, ios target): norm layout and attention details; None = not convertible.
+    coreml: CoreMLLayout | None = None
 
 
 def _llama3_rope_type(config: Config) -> bool:
@@ -203,6 +231,9 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
             ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
             ("pre_feedforward_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
         )),
+        coreml=CoreMLLayout(pre_mlp_norm="pre_feedforward_layernorm", post_attention_norm="post_attention_layernorm",
+                            post_mlp_norm="post_feedforward_layernorm", qk_norm=True, query_pre_attn_scalar=True,
+                            rope_per_layer_type=True, sliding_attention_mask=True),
     ),
     ArchitectureSpec(
         name="llama",
@@ -233,6 +264,7 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
             ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
             ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
         )),
+        coreml=CoreMLLayout(),
     ),
 )
 

@@ -12,6 +12,7 @@ import click
 
 from packager import __version__
 from packager.errors import EdgepackError, ExitCode
+from packager.formats.coreml_export import COMPRESSIONS
 from packager.progress import Reporter
 
 
@@ -87,13 +88,19 @@ def main() -> None:
 @click.option("--delegate", "android_delegates", multiple=True, type=click.Choice(["vulkan"]),
               help="Also export an experimental accelerator .pte for android (repeatable); the app falls back "
                    "to XNNPACK.")
+@click.option("--compression", "ios_compression", type=click.Choice(list(COMPRESSIONS)),
+              default=None, help="Core ML weight compression for ios (default int4: 4-bit linears, 8-bit embedding/"
+                                 "lm_head; when int4 fails its gate, int4-mixed, then int8, ship instead).")
+@click.option("--ane-head", "ios_ane_head", is_flag=True,
+              help="ios: also build a Neural-Engine-friendly package with the lm_head split into 16,384-row chunks.")
 def build(checkpoint: Path | None, targets: tuple[str, ...], quant: str | None, out: Path | None,
           base: Path | None, name: str | None, context_length: int | None, allow_pickle: bool, force: bool,
           no_gate: bool, as_json: bool, quiet: bool, web_runtime: str | None, eval_path: Path | None,
           task_kind: str | None, labels: str | None, json_schema: Path | None, prompt_template: str | None,
           constrained: bool, max_accuracy_drop: float | None, device_name: str | None,
           config_path: Path | None, android_recipe: str | None = None,
-          android_delegates: tuple[str, ...] = ()) -> None:
+          android_delegates: tuple[str, ...] = (), ios_compression: str | None = None,
+          ios_ane_head: bool = False) -> None:
     """Build CHECKPOINT (a Hugging Face folder or a PEFT adapter) for the chosen targets.
 
     Without CHECKPOINT, reads ./edgepack.toml, else builds the bundled example.
@@ -119,7 +126,7 @@ def build(checkpoint: Path | None, targets: tuple[str, ...], quant: str | None, 
             context_length=context_length, allow_pickle=allow_pickle, force=force, no_gate=no_gate,
             web_runtime=web_runtime, eval_path=eval_path, task=task, max_accuracy_drop=max_accuracy_drop,
             device=device_name, config=config_path, android_recipe=android_recipe,
-            android_delegates=android_delegates,
+            android_delegates=android_delegates, ios_compression=ios_compression, ios_ane_head=ios_ane_head,
         ), reporter)
         outcome = run_build(request, reporter)
     except EdgepackError as exc:

@@ -43,6 +43,8 @@ class BuildFlags:
     web_runtime: str | None = None
     android_recipe: str | None = None
     android_delegates: tuple[str, ...] = ()
+    ios_compression: str | None = None
+    ios_ane_head: bool = False
     eval_path: Path | None = None
     task: dict[str, Any] = field(default_factory=dict)
     max_accuracy_drop: float | None = None
@@ -123,6 +125,8 @@ def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None
         web_runtime=flags.web_runtime or build.get("web_runtime", "wllama"),
         android_recipe=flags.android_recipe or build.get("android_recipe", "auto"),
         android_delegates=tuple(flags.android_delegates or build.get("android_delegates", ())),
+        ios_compression=flags.ios_compression or build.get("ios_compression", "int4"),
+        ios_ane_head=flags.ios_ane_head or bool(build.get("ios_ane_head", False)),
         eval_path=eval_path,
         task=task,
         task_source=str(root / CONFIG_NAME) if config else "command-line flags",

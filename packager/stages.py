@@ -58,6 +58,12 @@ class BuildOptions:
     # delegates exported beside the XNNPACK .pte (e.g. ("vulkan",), experimental, not runnable here).
     android_recipe: str = "auto"
     android_delegates: tuple[str, ...] = ()
+    # Core ML (ios): weight compression of the shipped package ("int4", "palettize4" or "none"), and
+    # whether to add the Neural-Engine-friendly variant with the lm_head split into 16,384-row chunks.
+    ios_compression: str = "int4"
+    ios_ane_head: bool = False
+    # Off only to prove the check catches an unsafe fp16 conversion (Python API and tests; not a CLI flag).
+    ios_fp16_rewrites: bool = True
     # The user's task: an eval set (JSONL, seeds' format) and contract settings (edgepack.toml [contract]).
     eval_path: Path | None = None
     task: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -44,6 +44,21 @@ class Gate:
         return f"{self.name}: top-1 (decisive) >= {self.min_top1_decisive}, KL <= {self.max_kl}"
 
 
+@dataclass(frozen=True)
+class TopOneGate:
+    """Minimum raw top-1 agreement: the iOS target states its gates this way (fp16 >= 0.98; a compressed
+    package at most 0.02 below llama.cpp's Q4_K_M of the same model on the same positions)."""
+
+    name: str
+    min_top1: float
+
+    def check(self, m: FidelityMetrics) -> list[str]:
+        return [f"top-1 {m.top1:.3f} < {self.min_top1:.3f}"] if m.top1 < self.min_top1 - 1e-12 else []
+
+    def describe(self) -> str:
+        return f"{self.name}: top-1 >= {self.min_top1:.3f}"
+
+
 LOSSLESS = Gate("16/32-bit", min_top1_decisive=0.99, max_kl=0.002)
 EIGHT_BIT = Gate("8-bit", min_top1_decisive=0.95, max_kl=0.015)
 LOW_BIT = Gate("3-6-bit", min_top1_decisive=0.90, max_kl=0.06)

@@ -25,6 +25,7 @@ class FidelityAccumulator:
     decisive: int = 0
     decisive_agree: int = 0
     kl_sum: float = 0.0
+    cosine_sum: float = 0.0
     nll_ref: float = 0.0
     nll_art: float = 0.0
     ppl_positions: int = 0
@@ -42,6 +43,10 @@ class FidelityAccumulator:
         self.decisive += int(decisive.sum())
         self.decisive_agree += int((agree & decisive).sum())
         self.kl_sum += float((np.exp(ref) * (ref - art)).sum())
+        raw_ref = np.asarray(ref_logits[:, :vocab], dtype=np.float64)
+        raw_art = np.nan_to_num(np.asarray(art_logits[:, :vocab], dtype=np.float64), posinf=0.0, neginf=0.0)
+        norms = np.linalg.norm(raw_ref, axis=-1) * np.linalg.norm(raw_art, axis=-1)
+        self.cosine_sum += float(((raw_ref * raw_art).sum(-1) / np.maximum(norms, 1e-30)).sum())
 
     def add_perplexity(self, ids: list[int], ref_logits: np.ndarray, art_logits: np.ndarray) -> None:
         """Add next-token NLL of both models on a text (logits at position t predict ids[t+1])."""
@@ -59,6 +64,7 @@ class FidelityAccumulator:
             top1_decisive=self.decisive_agree / self.decisive if self.decisive else None,
             decisive_positions=self.decisive,
             kl=self.kl_sum / max(self.positions, 1),
+            cosine=self.cosine_sum / max(self.positions, 1),
             ppl_ref=float(np.exp(self.nll_ref / self.ppl_positions)) if self.ppl_positions else None,
             ppl=float(np.exp(self.nll_art / self.ppl_positions)) if self.ppl_positions else None,
         )
@@ -75,6 +81,8 @@ class FidelityMetrics:
     kl: float
     ppl_ref: float | None
     ppl: float | None
+    # Mean cosine similarity of the raw logit vectors (0 for an all-zero artifact); None in old records.
+    cosine: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,54 @@
+import Foundation
+
+/// The parts of an ios bundle's edgepack.json the bridge reads (written by targets/ios.py).
+public struct BundleManifest: Decodable, Sendable {
+    public struct Package: Decodable, Sendable {
+        public let package: String
+        public let compression: String
+        public let summary: String
+    }
+
+    public struct Model: Decodable, Sendable {
+        public let name: String
+        public let packages: [Package]
+        public let maxContext: Int
+        public let slidingWindow: Int?
+
+        enum CodingKeys: String, CodingKey {
+            case name, packages
+            case maxContext = "max_context"
+            case slidingWindow = "sliding_window"
+        }
+    }
+
+    public struct Runner: Decodable, Sendable {
+        public let addBos: Bool
+        public let bosId: Int?
+        public let eosIds: [Int]
+        public let maxContext: Int
+        public let computeUnits: String
+
+        enum CodingKeys: String, CodingKey {
+            case addBos = "add_bos"
+            case bosId = "bos_id"
+            case eosIds = "eos_ids"
+            case maxContext = "max_context"
+            case computeUnits = "compute_units"
+        }
+    }
+
+    public let target: String
+    public let model: Model
+    public let runner: Runner
+    public let contract: Contract
+
+    /// Read edgepack.json from a bundle folder (or an app's resource folder).
+    public static func load(from folder: URL) throws -> BundleManifest {
+        let data = try Data(contentsOf: folder.appendingPathComponent("edgepack.json"))
+        let manifest = try JSONDecoder().decode(BundleManifest.self, from: data)
+        guard manifest.target == "ios" else {
+            throw EdgeModelError.wrongBundle("edgepack.json is for target \(manifest.target), not ios")
+        }
+        return manifest
+    }
+}

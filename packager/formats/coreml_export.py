@@ -1,0 +1,369 @@
+"""Core ML conversion: a Hugging Face checkpoint -> a stateful fp16 ML Program (.mlpackage, iOS 18).
+
+The route that works with the pinned stack (coremltools 9.0, torch 2.13, numpy 2.4): the decoder of
+packager.formats.coreml_model (KV cache as registered buffers), torch.jit.trace (much faster than
+torch.export here), ct.convert with the buffers as ct.StateType, ct.RangeDim sequence lengths,
+fp16 compute and iOS 18 as the deployment target, then optional weight compression with
+coremltools.optimize. The two incompatibilities of coremltools 9.0 are shimmed in coreml_compat.
+
+Before converting, the fp32 decoder's activation ranges are measured on the golden token sequences
+and the exact fp16 rewrites are sized from them (Fp16Plan); the rewritten decoder is then compared
+with the original transformers model in fp32 (prefill and decode), and the export fails if it is
+not the same function. The measured ranges and the proof are part of the result.
+
+The build runs this in a child process (`python -m packager.formats.coreml_export REQUEST RESULT`):
+the memory of a conversion returns to the OS when the child exits, and its peak RSS is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from packager.errors import BadInputError, InternalError, UnsupportedError
+
+COREMLTOOLS_VERSION = "9.0"
+# Bump when the converted program changes for the same checkpoint + options (keys the stage cache).
+EXPORT_SCHEMA = 6
+DEPLOYMENT_TARGET = "iOS18"
+COMPRESSIONS = ("int4", "int4-mixed", "int8", "palettize4", "none")
+# What `--compression int4` (the default) ships: the first rung whose package passes its gate. Each rung
+# is screened in eager PyTorch first (same quantized weights), so only a promising one is converted.
+INT4_LADDER = ("int4", "int4-mixed", "int8")
+# Core ML's Neural Engine does not take a dimension above this; a bigger vocabulary needs a split head.
+ANE_MAX_DIM = 16384
+# The rewritten fp32 decoder must match transformers to this fraction of the largest logit.
+PROOF_TOLERANCE = 1e-4
+PACKAGE_STEM = "model"
+
+
+@dataclass(frozen=True)
+class Compression:
+    """How decoder linears and the vocabulary-sized tables are stored.
+
+    `linears`: "uint4-b32" / "uint8-b32" (affine, blocks of 32 along the input, searched steps
+    weighted by calibration activations: see coreml_quantize), "palettize4" (k-means, a 16-entry
+    table per 16 output rows) or "fp16".
+    `eight_bit`: module-name fragments of decoder linears kept at 8 bits (affine, blocks of 32);
+    `tables`: the embedding / lm_head ("uint8-b32" or "fp16").
+    """
+
+    name: str
+    summary: str
+    linears: str
+    tables: str
+    eight_bit: tuple[str, ...] = ()
+
+    def linear_bits(self, name: str) -> int:
+        """Bits of the affine decoder linear called `name` (a MIL const or a transformers module name)."""
+        if self.linears == "uint8-b32" or any(fragment in name for fragment in self.eight_bit):
+            return 8
+        return 4
+
+
+COMPRESSION: dict[str, Compression] = {c.name: c for c in (
+    Compression("int4", "int4 affine per-block-32 linear weights (searched, activation-weighted steps); "
+                "embedding / lm_head 8-bit per-block-32", "uint4-b32", "uint8-b32"),
+    Compression("int4-mixed", "as int4, but the linears reading the residual stream (q/k/v, gate/up) 8-bit",
+                "uint4-b32", "uint8-b32", eight_bit=("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")),
+    Compression("int8", "int8 affine per-block-32 linear weights and embedding / lm_head (searched steps)",
+                "uint8-b32", "uint8-b32"),
+    Compression("palettize4", "4-bit palettized linear weights (k-means, a 16-entry table per 16 rows); "
+                "embedding / lm_head 8-bit per-block-32", "palettize4", "uint8-b32"),
+    Compression("none", "fp16 weights", "fp16", "fp16"),
+)}
+
+
+def compression_named(name: str) -> Compression:
+    if name not in COMPRESSION:
+        raise BadInputError(f"--compression {name}: unknown; choose one of {', '.join(COMPRESSIONS)}.")
+    return COMPRESSION[name]
+
+
+@dataclass
+class ExportRequest:
+    """What the child process converts (JSON on disk)."""
+
+    checkpoint: str
+    out_dir: str
+    compressions: list[str]
+    max_context: int
+    sequences: list[list[int]]
+    name: str
+    fp16_rewrites: bool = True
+    lm_head_chunk: int = 0
+    metadata: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def load_source(folder: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """The checkpoint in fp32 (eager attention, the reference's own setting), its spec row and config."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from packager.architectures import spec_for_config
+
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    spec = spec_for_config(config, str(folder / "config.json"))
+    if spec.coreml is None:
+        raise UnsupportedError(f"{folder}: edgepack has no Core ML conversion for {spec.name} yet.")
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="eager",
+                                                 trust_remote_code=False, local_files_only=True)
+    model.eval()
+    return model, spec, config
+
+
+def sliding_window(spec: Any, config: dict[str, Any]) -> int | None:
+    return int(config["sliding_window"]) if spec.coreml.sliding_attention_mask else None
+
+
+def column_importance(model: Any, folder: Path) -> dict[str, Any]:
+    """Mean squared input activation per column of every decoder linear on the calibration text, by layer key.
+
+    The fp16 rewrites only scale whole tensors, so these weights hold for the converted decoder too.
+    """
+    from packager.calibration import calibration_ids, decoder_linear_key, linear_input_stats
+
+    stats = linear_input_stats(model, calibration_ids(folder), "mean_square")
+    return {key: value.numpy() for name, value in stats.items() if (key := decoder_linear_key(name))}
+
+
+def plan_fp16(model: Any, spec: Any, config: dict[str, Any], request: ExportRequest) -> tuple[Any, dict[str, Any]]:
+    """Size the exact rewrites from measured ranges; return the plan and the ranges before/after."""
+    import torch
+
+    from packager.formats.coreml_model import FP16_BUDGET, Fp16Plan, StatefulDecoder, measure_ranges, plan_rewrites
+
+    window = sliding_window(spec, config)
+    n_layers = int(config["num_hidden_layers"])
+    probe = StatefulDecoder(model, spec, request.max_context, Fp16Plan(False), cache_dtype=torch.float32)
+    before = measure_ranges(probe, request.sequences, window)
+    plan = Fp16Plan(False)
+    after = before
+    if request.fp16_rewrites:
+        plan = Fp16Plan(True)
+        for _ in range(4):
+            decoder = StatefulDecoder(model, spec, request.max_context, plan, cache_dtype=torch.float32)
+            after = measure_ranges(decoder, request.sequences, window)
+            bigger = plan_rewrites(after, n_layers, plan, spec.coreml.post_norms)
+            if bigger == plan:
+                break
+            plan = bigger
+    # The logits are the model's output, not a rewritable intermediate; the simulation judges them.
+    worst = max(((site, v) for site, v in after.items() if site != "logits"), key=lambda kv: kv[1])
+    report = {
+        "budget": FP16_BUDGET,
+        "before": {"max_site": max(before.items(), key=lambda kv: kv[1]), "residual": before.get("residual")},
+        "after": {"max_site": worst, "residual": after.get("residual")},
+        "within_budget": worst[1] <= FP16_BUDGET,
+    }
+    return plan, report
+
+
+def prove_exact(model: Any, spec: Any, config: dict[str, Any], plan: Any, request: ExportRequest) -> dict[str, Any]:
+    """Compare the rewritten decoder with transformers in fp32 (prefill + 4 decode steps per sequence)."""
+    import torch
+
+    from packager.formats.coreml_model import StatefulDecoder, additive_masks
+
+    window = sliding_window(spec, config)
+    decoder = StatefulDecoder(model, spec, request.max_context, plan, cache_dtype=torch.float32)
+    worst, scale, top1_same, positions = 0.0, 0.0, 0, 0
+    with torch.no_grad():
+        for ids in request.sequences:
+            ids = ids[:request.max_context]
+            ref = model(torch.tensor([ids])).logits[0]
+            split = max(1, len(ids) - 4)
+            decoder.reset()
+            full, sliding = additive_masks(split, split, window)
+            parts = [decoder(torch.tensor([ids[:split]], dtype=torch.int32), full, sliding)[0]]
+            for t in range(split, len(ids)):
+                full, sliding = additive_masks(1, t + 1, window)
+                parts.append(decoder(torch.tensor([[ids[t]]], dtype=torch.int32), full, sliding)[0])
+            out = torch.cat(parts)
+            worst = max(worst, float((out - ref).abs().max()))
+            scale = max(scale, float(ref.abs().max()))
+            top1_same += int((out.argmax(-1) == ref.argmax(-1)).sum())
+            positions += len(ids)
+    relative = worst / max(scale, 1e-12)
+    proof = {"max_abs_diff": worst, "max_abs_logit": scale, "relative": relative, "positions": positions,
+             "top1_identical": top1_same, "tolerance": PROOF_TOLERANCE, "exact": relative <= PROOF_TOLERANCE}
+    if not proof["exact"]:
+        raise InternalError(f"the fp16-safe rewrite of {request.checkpoint} is not exact in fp32: logits differ from "
+                            f"transformers by {worst:.3g} (relative {relative:.2e} > {PROOF_TOLERANCE}). This is a bug "
+                            "in packager/formats/coreml_model.py for this architecture.")
+    return proof
+
+
+def convert(decoder: Any, window: int | None, max_context: int) -> Any:
+    """Trace the fp16-state decoder and convert it to an ML Program for iOS 18."""
+    import coremltools as ct
+    import numpy as np
+    import torch
+
+    from packager.formats import coreml_compat
+    from packager.formats.coreml_model import additive_masks
+
+    coreml_compat.apply()
+    full, sliding = additive_masks(2, 3, window)
+    example = (torch.zeros(1, 2, dtype=torch.int32), full) + ((sliding,) if sliding is not None else ())
+    with torch.no_grad():
+        traced = torch.jit.trace(decoder, example, check_trace=False)
+    seq = ct.RangeDim(lower_bound=1, upper_bound=max_context, default=1)
+    total = ct.RangeDim(lower_bound=1, upper_bound=max_context, default=1)
+    inputs = [ct.TensorType(name="inputIds", shape=(1, seq), dtype=np.int32),
+              ct.TensorType(name="fullAttentionMask", shape=(1, 1, seq, total), dtype=np.float16)]
+    if window is not None:
+        inputs.append(ct.TensorType(name="slidingAttentionMask", shape=(1, 1, seq, total), dtype=np.float16))
+    states = [ct.StateType(wrapped_type=ct.TensorType(shape=tuple(getattr(decoder, n).shape), dtype=np.float16),
+                           name=n) for n in ("keyCache", "valueCache")]
+    return ct.convert(traced, inputs=inputs, outputs=[ct.TensorType(name="logits", dtype=np.float16)],
+                      states=states, minimum_deployment_target=ct.target.iOS18,
+                      compute_precision=ct.precision.FLOAT16, compute_units=ct.ComputeUnit.CPU_AND_NE,
+                      skip_model_load=True)
+
+
+def compress(mlmodel: Any, compression: Compression,
+             importance: dict[str, Any] | None = None) -> tuple[Any, dict[str, int]]:
+    """Compress weights per const: decoder linears by the recipe, vocabulary tables 8-bit, rotary tables never.
+
+    `importance`: per-column error weights of the decoder linears (coreml_quantize.const_key keys).
+    """
+    import coremltools.optimize.coreml as cto
+    from coremltools.models.utils import _apply_graph_pass
+
+    from packager.formats.coreml_quantize import searched_quantizer_pass
+
+    if compression.linears == "fp16":
+        return mlmodel, {}
+    weights = cto.get_weights_metadata(mlmodel, weight_threshold=2048)
+    four, eight = [], []
+    for name, meta in weights.items():
+        kinds = {child.op_type for child in meta.child_ops}
+        if "gather" in kinds or name.startswith(("embedding", "head")):
+            eight.append(name)
+        elif kinds == {"linear"}:
+            (eight if compression.linears != "palettize4" and compression.linear_bits(name) == 8 else four).append(name)
+    uint8 = cto.OpLinearQuantizerConfig(mode="linear", dtype="uint8", granularity="per_block", block_size=32)
+    counts = {"8-bit": len(eight)}
+    if compression.linears == "palettize4":
+        palette = cto.OpPalettizerConfig(mode="kmeans", nbits=4, granularity="per_grouped_channel", group_size=16)
+        mlmodel = cto.palettize_weights(mlmodel, cto.OptimizationConfig(
+            op_name_configs={name: (palette if name in four else None) for name in weights}))
+        counts["palettize4"] = len(four)
+        configs = {name: (uint8 if name in eight else None) for name in weights}
+    else:
+        uint4 = cto.OpLinearQuantizerConfig(mode="linear", dtype="uint4", granularity="per_block", block_size=32)
+        configs = {name: uint4 if name in four else uint8 if name in eight else None for name in weights}
+        counts["4-bit"] = len(four)
+    quantizer = searched_quantizer_pass(cto.OptimizationConfig(op_name_configs=configs), importance)
+    return _apply_graph_pass(mlmodel, quantizer), counts
+
+
+def package_name(compression: Compression, lm_head_chunk: int) -> str:
+    stem = f"{PACKAGE_STEM}-{'fp16' if compression.name == 'none' else compression.name}"
+    return stem + ("-ane" if lm_head_chunk else "") + ".mlpackage"
+
+
+def _describe(mlmodel: Any, name: str, compression: Compression, user: dict[str, str]) -> None:
+    mlmodel.short_description = f"{name}: {compression.summary} (edgepack)"
+    mlmodel.author = "edgepack"
+    mlmodel.user_defined_metadata.update({**user, "edgepack.compression": compression.name})
+
+
+def export_package(request: ExportRequest) -> dict[str, Any]:
+    """Convert once, then save one package per requested compression; return what was done and what it cost."""
+    from packager.formats.coreml_model import StatefulDecoder
+
+    start = time.perf_counter()
+    folder = Path(request.checkpoint)
+    compressions = [compression_named(name) for name in request.compressions]
+    model, spec, config = load_source(folder)
+    importance = column_importance(model, folder) if any(c.linears != "fp16" for c in compressions) else {}
+    plan, ranges = plan_fp16(model, spec, config, request)
+    proof = prove_exact(model, spec, config, plan, request)
+    window = sliding_window(spec, config)
+    decoder = StatefulDecoder(model, spec, request.max_context, plan, request.lm_head_chunk).eval()
+    del model  # peak memory: the decoder holds its own (rescaled) copies of the weights
+    gc.collect()
+    stamp = time.perf_counter()
+    converted = convert(decoder, window, request.max_context)
+    convert_seconds = time.perf_counter() - stamp
+    del decoder
+    gc.collect()
+    user = {
+        "co.huggingface.exporters.name": request.name,
+        "co.huggingface.exporters.task": "text-generation",
+        "co.huggingface.exporters.architecture": str(config.get("architectures", [spec.hf_classes[0]])[0]),
+        "co.huggingface.exporters.framework": "pytorch",
+        "co.huggingface.exporters.precision": "float16",
+        "edgepack.max_context": str(request.max_context),
+        "edgepack.fp16_rewrites": json.dumps(plan.as_dict()),
+        **request.metadata,
+    }
+    if window is not None:
+        user["co.huggingface.exporters.sliding_window"] = str(window)
+    if request.lm_head_chunk:
+        user["edgepack.lm_head_chunk"] = str(request.lm_head_chunk)
+    # The fp16 package is always written first; compressed ones are made from it reloaded from disk, so
+    # the converter's in-memory program is gone before compression starts.
+    fp16 = COMPRESSION["none"]
+    fp16_path = Path(request.out_dir) / package_name(fp16, request.lm_head_chunk)
+    _describe(converted, request.name, fp16, user)
+    converted.save(str(fp16_path))
+    del converted
+    gc.collect()
+    packages: dict[str, Any] = {}
+    for compression in compressions:
+        stamp = time.perf_counter()
+        out = Path(request.out_dir) / package_name(compression, request.lm_head_chunk)
+        compressed: dict[str, int] = {}
+        if compression.name != "none":
+            import coremltools as ct
+
+            mlmodel, compressed = compress(ct.models.MLModel(str(fp16_path), skip_model_load=True), compression,
+                                           importance)
+            _describe(mlmodel, request.name, compression, user)
+            mlmodel.save(str(out))
+            del mlmodel
+            gc.collect()
+        size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+        packages[compression.name] = {"package": out.name, "summary": compression.summary,
+                                      "compressed_weights": compressed, "size_mb": round(size / 2**20, 1),
+                                      "seconds": round(time.perf_counter() - stamp, 1)}
+    if "none" not in packages:
+        shutil.rmtree(fp16_path)
+    return {"packages": packages, "fp16_plan": plan.as_dict(), "ranges": ranges, "proof": proof,
+            "max_context": request.max_context, "lm_head_chunk": request.lm_head_chunk,
+            "sliding_window": window, "metadata": user, "deployment_target": DEPLOYMENT_TARGET,
+            "seconds": round(time.perf_counter() - start, 1), "convert_seconds": round(convert_seconds, 1),
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Child-process entry: read an ExportRequest (JSON), convert, write the result (JSON)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("request", type=Path)
+    parser.add_argument("result", type=Path)
+    args = parser.parse_args(argv)
+    request = ExportRequest(**json.loads(args.request.read_text(encoding="utf-8")))
+    result = export_package(request)
+    args.result.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

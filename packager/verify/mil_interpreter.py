@@ -1,0 +1,490 @@
+"""A numpy interpreter for the MIL program inside a saved .mlpackage (verification level `simulated`).
+
+There is no Core ML runtime off Apple platforms, and a spec-only check passes a model whose fp16
+logits are all zero. So the package's own program is rebuilt with coremltools' milproto loader and
+evaluated op by op: every op's result is rounded to the dtype the program declares for it (fp16
+stays fp16), while the arithmetic inside one op (a matmul's sums, a reduction) runs in fp32, as
+Core ML's GPU and Neural Engine accumulate. Weight compression ops (constexpr_*) are expanded once.
+State (keyCache/valueCache) lives in the interpreter between calls, like an MLState.
+
+What this cannot show: the exact kernels a device picks (fused ops, accumulation order, ANE
+placement). The level says so: simulated, not executed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from packager.errors import UnsupportedError
+
+Kernel = Callable[["MilInterpreter", Any], Any]
+# Ops whose outputs are not scanned for inf/NaN: constants, and whole-state copies whose new values
+# were already scanned where they were computed (a scan of the full KV cache per layer is the
+# interpreter's largest cost otherwise).
+_UNCHECKED = frozenset({"const", "read_state", "slice_update", "coreml_update_state"})
+KERNELS: dict[str, Kernel] = {}
+
+
+def kernel(*names: str) -> Callable[[Kernel], Kernel]:
+    def register(fn: Kernel) -> Kernel:
+        for name in names:
+            KERNELS[name] = fn
+        return fn
+
+    return register
+
+
+def load_program(package: Path) -> tuple[Any, Any]:
+    """Return (MIL program, model spec) of a saved .mlpackage, without loading it into Core ML."""
+    import coremltools as ct
+    from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
+
+    model = ct.models.MLModel(str(package), skip_model_load=True)
+    spec = model.get_spec()
+    return milproto_load(spec, spec.specificationVersion, model.weights_dir), spec
+
+
+def _nptype(var: Any) -> Any:
+    from coremltools.converters.mil.mil import types
+
+    dtype = var.dtype
+    return types.nptype_from_builtin(dtype) if dtype is not None else None
+
+
+class MilInterpreter:
+    """Evaluates the `main` function of a MIL program; keeps its states across predict() calls."""
+
+    def __init__(self, program: Any) -> None:
+        self.function = program.functions["main"]
+        self.states: dict[str, np.ndarray] = {}
+        self._constants: dict[int, np.ndarray] = {}
+        self.first_nonfinite: str | None = None
+        self.ops_evaluated: dict[str, int] = {}
+        missing = sorted({op.op_type for op in self.function.operations} - set(KERNELS))
+        if missing:
+            raise UnsupportedError(f"the MIL interpreter has no kernel for: {', '.join(missing)}; add them to "
+                                   "packager/verify/mil_interpreter.py before this package can be simulated.")
+        self.reset_state()
+
+    def reset_state(self) -> None:
+        """Zero every state, as MLModel.makeState() gives a fresh one."""
+        from coremltools.converters.mil.mil import types
+
+        for name, var in self.function.inputs.items():
+            if types.is_state(var.sym_type):
+                wrapped = var.sym_type.wrapped_type()
+                self.states[name] = np.zeros(wrapped.get_shape(), dtype=types.nptype_from_builtin(
+                    wrapped.get_primitive()))
+
+    def value(self, var: Any) -> Any:
+        """The current value of an op input (a computed tensor, a state, or a constant)."""
+        if isinstance(var, list | tuple):
+            return [self.value(v) for v in var]
+        key = id(var)
+        if key in self.env:
+            return self.env[key]
+        if var.val is not None:
+            return var.val
+        raise KeyError(f"MIL variable {var.name} has no value yet")
+
+    def arg(self, op: Any, name: str, default: Any = None) -> Any:
+        var = op.inputs.get(name)
+        return default if var is None else self.value(var)
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the program once; states persist (call reset_state() for a new sequence)."""
+        from coremltools.converters.mil.mil import types
+
+        self.env: dict[int, Any] = {}
+        for name, var in self.function.inputs.items():
+            if types.is_state(var.sym_type):
+                self.env[id(var)] = name
+            else:
+                self.env[id(var)] = np.asarray(inputs[name]).astype(_nptype(var))
+        for op in self.function.operations:
+            result = KERNELS[op.op_type](self, op)
+            results = result if isinstance(result, tuple) else (result,)
+            for var, out in zip(op.outputs, results, strict=True):
+                dtype = _nptype(var)
+                if dtype is not None and isinstance(out, np.ndarray | np.generic) and out.dtype != dtype:
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        out = np.asarray(out).astype(dtype, copy=False)
+                self.env[id(var)] = out
+                if self.first_nonfinite is None and op.op_type not in _UNCHECKED and isinstance(out, np.ndarray) \
+                        and out.dtype.kind == "f" and not np.isfinite(out).all():
+                    bad = np.isnan(out).any() or np.isposinf(out).any()
+                    if bad:
+                        self.first_nonfinite = f"{op.op_type} {op.name}"
+        outputs = {var.name: self.env[id(var)] for var in self.function.outputs}
+        self.env = {}
+        return outputs
+
+    def constant(self, op: Any, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """Expanded weights are computed once per op, as Core ML does at load time."""
+        key = id(op)
+        if key not in self._constants:
+            self._constants[key] = compute()
+        return self._constants[key]
+
+
+def _f32(x: Any) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32) if np.asarray(x).dtype.kind == "f" else np.asarray(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels. Each returns the op's output(s); the interpreter rounds them to the declared dtype.
+
+
+@kernel("const")
+def _const(vm: MilInterpreter, op: Any) -> Any:
+    return op.outputs[0].val
+
+
+_BINARY: dict[str, Callable[[Any, Any], Any]] = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "real_div": np.divide, "maximum": np.maximum,
+    "minimum": np.minimum, "pow": np.power, "floor_div": np.floor_divide, "mod": np.mod,
+    "equal": np.equal, "not_equal": np.not_equal, "less": np.less, "less_equal": np.less_equal,
+    "greater": np.greater, "greater_equal": np.greater_equal, "logical_and": np.logical_and,
+    "logical_or": np.logical_or,
+}
+
+
+def _binary(vm: MilInterpreter, op: Any) -> Any:
+    x, y = vm.arg(op, "x"), vm.arg(op, "y")
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _BINARY[op.op_type](_f32(x), _f32(y))
+
+
+for _name in _BINARY:
+    KERNELS[_name] = _binary
+
+_UNARY: dict[str, Callable[[Any], Any]] = {
+    "abs": np.abs, "exp": np.exp, "sqrt": np.sqrt, "tanh": np.tanh, "sin": np.sin, "cos": np.cos,
+    "log": np.log, "floor": np.floor, "ceil": np.ceil, "round": np.round, "sign": np.sign, "square": np.square,
+    "identity": lambda x: x, "logical_not": np.logical_not,
+}
+
+
+def _unary(vm: MilInterpreter, op: Any) -> Any:
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _UNARY[op.op_type](_f32(vm.arg(op, "x")))
+
+
+for _name in _UNARY:
+    KERNELS[_name] = _unary
+
+
+@kernel("inverse")
+def _inverse(vm: MilInterpreter, op: Any) -> Any:
+    with np.errstate(over="ignore", divide="ignore"):
+        return 1.0 / (_f32(vm.arg(op, "x")) + np.float32(vm.arg(op, "epsilon", 1e-4)))
+
+
+@kernel("rsqrt")
+def _rsqrt(vm: MilInterpreter, op: Any) -> Any:
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        return 1.0 / np.sqrt(_f32(vm.arg(op, "x")) + np.float32(vm.arg(op, "epsilon", 1e-12)))
+
+
+@kernel("clip")
+def _clip(vm: MilInterpreter, op: Any) -> Any:
+    return np.clip(_f32(vm.arg(op, "x")), vm.arg(op, "alpha"), vm.arg(op, "beta"))
+
+
+@kernel("cast")
+def _cast(vm: MilInterpreter, op: Any) -> Any:
+    return np.asarray(vm.arg(op, "x"))
+
+
+@kernel("sigmoid")
+def _sigmoid(vm: MilInterpreter, op: Any) -> Any:
+    x = _f32(vm.arg(op, "x"))
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-x))
+
+
+@kernel("silu")
+def _silu(vm: MilInterpreter, op: Any) -> Any:
+    x = _f32(vm.arg(op, "x"))
+    with np.errstate(over="ignore"):
+        return x / (1.0 + np.exp(-x))
+
+
+@kernel("gelu")
+def _gelu(vm: MilInterpreter, op: Any) -> Any:
+    x = _f32(vm.arg(op, "x"))
+    mode = vm.arg(op, "mode", "EXACT")
+    if mode == "TANH_APPROXIMATION":
+        return 0.5 * x * (1.0 + np.tanh(np.float32(np.sqrt(2.0 / np.pi)) * (x + 0.044715 * x ** 3)))
+    if mode == "SIGMOID_APPROXIMATION":
+        return x / (1.0 + np.exp(-1.702 * x))
+    from math import erf
+
+    return 0.5 * x * (1.0 + np.vectorize(erf)(x / np.sqrt(2.0)).astype(np.float32))
+
+
+@kernel("softmax")
+def _softmax(vm: MilInterpreter, op: Any) -> Any:
+    x = _f32(vm.arg(op, "x"))
+    axis = int(vm.arg(op, "axis", -1))
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.exp(x - x.max(axis=axis, keepdims=True))
+        return e / e.sum(axis=axis, keepdims=True)
+
+
+def _axes(vm: MilInterpreter, op: Any) -> tuple[int, ...] | None:
+    axes = vm.arg(op, "axes")
+    return None if axes is None else tuple(int(a) for a in np.atleast_1d(axes))
+
+
+_REDUCTIONS: dict[str, Callable[..., Any]] = {
+    "reduce_mean": np.mean, "reduce_sum": np.sum, "reduce_max": np.max, "reduce_min": np.min,
+    "reduce_prod": np.prod,
+}
+
+
+def _reduce(vm: MilInterpreter, op: Any) -> Any:
+    x = _f32(vm.arg(op, "x"))
+    keep = bool(vm.arg(op, "keep_dims", False))
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(_REDUCTIONS[op.op_type](x, axis=_axes(vm, op), keepdims=keep))
+
+
+for _name in _REDUCTIONS:
+    KERNELS[_name] = _reduce
+
+
+@kernel("reduce_argmax")
+def _argmax(vm: MilInterpreter, op: Any) -> Any:
+    x = _f32(vm.arg(op, "x"))
+    out = np.argmax(x, axis=int(vm.arg(op, "axis", -1)))
+    return np.expand_dims(out, int(vm.arg(op, "axis", -1))) if vm.arg(op, "keep_dims", False) else out
+
+
+def _dense_weight(vm: MilInterpreter, var: Any) -> np.ndarray:
+    """A weight input as fp32 (constants and expanded constexpr outputs are cached)."""
+    value = vm.value(var)
+    if var.op is not None and (var.op.op_type == "const" or var.op.op_type.startswith("constexpr_")):
+        return vm.constant(var, lambda: np.asarray(value, dtype=np.float32))
+    return np.asarray(value, dtype=np.float32)
+
+
+@kernel("linear")
+def _linear(vm: MilInterpreter, op: Any) -> Any:
+    x = _f32(vm.arg(op, "x"))
+    weight = _dense_weight(vm, op.inputs["weight"])
+    out = x @ weight.T
+    bias = vm.arg(op, "bias")
+    return out + _f32(bias) if bias is not None else out
+
+
+@kernel("matmul")
+def _matmul(vm: MilInterpreter, op: Any) -> Any:
+    x, y = _f32(vm.arg(op, "x")), _f32(vm.arg(op, "y"))
+    if vm.arg(op, "transpose_x", False):
+        x = np.swapaxes(x, -1, -2)
+    if vm.arg(op, "transpose_y", False):
+        y = np.swapaxes(y, -1, -2)
+    return np.matmul(x, y)
+
+
+@kernel("shape")
+def _shape(vm: MilInterpreter, op: Any) -> Any:
+    return np.asarray(np.shape(vm.arg(op, "x")), dtype=np.int32)
+
+
+@kernel("reshape")
+def _reshape(vm: MilInterpreter, op: Any) -> Any:
+    x = np.asarray(vm.arg(op, "x"))
+    shape = [int(s) for s in vm.arg(op, "shape")]
+    shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    return x.reshape(shape)
+
+
+@kernel("expand_dims")
+def _expand_dims(vm: MilInterpreter, op: Any) -> Any:
+    x = np.asarray(vm.arg(op, "x"))
+    rank = x.ndim + len(_axes(vm, op) or ())
+    for axis in sorted(a if a >= 0 else a + rank for a in _axes(vm, op) or ()):
+        x = np.expand_dims(x, axis)
+    return x
+
+
+@kernel("squeeze")
+def _squeeze(vm: MilInterpreter, op: Any) -> Any:
+    x = np.asarray(vm.arg(op, "x"))
+    axes = _axes(vm, op)
+    return np.squeeze(x, axis=axes) if axes else np.squeeze(x)
+
+
+@kernel("transpose")
+def _transpose(vm: MilInterpreter, op: Any) -> Any:
+    return np.transpose(np.asarray(vm.arg(op, "x")), [int(p) for p in vm.arg(op, "perm")])
+
+
+@kernel("concat")
+def _concat(vm: MilInterpreter, op: Any) -> Any:
+    values = [np.atleast_1d(np.asarray(v)) for v in vm.arg(op, "values")]
+    axis = int(vm.arg(op, "axis"))
+    if vm.arg(op, "interleave", False):
+        stacked = np.stack(values, axis=axis + 1 if axis >= 0 else axis)
+        shape = list(values[0].shape)
+        shape[axis] *= len(values)
+        return stacked.reshape(shape)
+    return np.concatenate(values, axis=axis)
+
+
+@kernel("tile")
+def _tile(vm: MilInterpreter, op: Any) -> Any:
+    return np.tile(np.asarray(vm.arg(op, "x")), [int(r) for r in vm.arg(op, "reps")])
+
+
+@kernel("split")
+def _split(vm: MilInterpreter, op: Any) -> Any:
+    x = np.asarray(vm.arg(op, "x"))
+    axis = int(vm.arg(op, "axis"))
+    sizes = vm.arg(op, "split_sizes")
+    if sizes is None:
+        return tuple(np.split(x, int(vm.arg(op, "num_splits")), axis=axis))
+    return tuple(np.split(x, np.cumsum([int(s) for s in sizes])[:-1], axis=axis))
+
+
+def _slices(vm: MilInterpreter, op: Any, shape: tuple[int, ...]) -> tuple[list[slice | int], list[int]]:
+    rank = len(shape)
+    begin = [int(b) for b in np.atleast_1d(vm.arg(op, "begin"))]
+    end = [int(e) for e in np.atleast_1d(vm.arg(op, "end"))]
+    stride = [int(s) for s in np.atleast_1d(vm.arg(op, "stride", [1] * rank))]
+    begin_mask = list(np.atleast_1d(vm.arg(op, "begin_mask", [False] * rank)))
+    end_mask = list(np.atleast_1d(vm.arg(op, "end_mask", [False] * rank)))
+    squeeze = list(np.atleast_1d(vm.arg(op, "squeeze_mask", [False] * rank)))
+    index: list[slice | int] = []
+    squeezed = []
+    for d in range(rank):
+        if squeeze[d]:
+            index.append(begin[d] if begin[d] >= 0 else begin[d] + shape[d])
+            squeezed.append(d)
+            continue
+        b = None if begin_mask[d] else begin[d]
+        e = None if end_mask[d] else end[d]
+        index.append(slice(b, e, stride[d]))
+    return index, squeezed
+
+
+@kernel("slice_by_index")
+def _slice_by_index(vm: MilInterpreter, op: Any) -> Any:
+    x = np.asarray(vm.arg(op, "x"))
+    index, _ = _slices(vm, op, x.shape)
+    return x[tuple(index)]
+
+
+@kernel("slice_by_size")
+def _slice_by_size(vm: MilInterpreter, op: Any) -> Any:
+    x = np.asarray(vm.arg(op, "x"))
+    begin = [int(b) for b in vm.arg(op, "begin")]
+    size = [int(s) for s in vm.arg(op, "size")]
+    return x[tuple(slice(b, None if s == -1 else b + s) for b, s in zip(begin, size, strict=True))]
+
+
+@kernel("slice_update")
+def _slice_update(vm: MilInterpreter, op: Any) -> Any:
+    source = op.inputs["x"]
+    x = np.asarray(vm.arg(op, "x"))
+    # Updating in place is safe when nothing else reads the old value (the usual read_state -> update).
+    out = x if len(source.child_ops) == 1 and x.flags.writeable else x.copy()
+    index, _ = _slices(vm, op, x.shape)
+    out[tuple(index)] = np.asarray(vm.arg(op, "update")).astype(out.dtype)
+    return out
+
+
+@kernel("gather")
+def _gather(vm: MilInterpreter, op: Any) -> Any:
+    x = np.asarray(vm.value(op.inputs["x"]))
+    indices = np.asarray(vm.arg(op, "indices")).astype(np.int64)
+    axis = int(vm.arg(op, "axis", 0))
+    indices = np.where(indices < 0, indices + x.shape[axis], indices)
+    return np.take(x, indices, axis=axis)
+
+
+@kernel("read_state")
+def _read_state(vm: MilInterpreter, op: Any) -> Any:
+    return vm.states[vm.value(op.inputs["input"])]
+
+
+@kernel("coreml_update_state")
+def _update_state(vm: MilInterpreter, op: Any) -> Any:
+    name = vm.value(op.inputs["state"])
+    value = np.asarray(vm.arg(op, "value")).astype(vm.states[name].dtype, copy=False)
+    vm.states[name] = value
+    return value
+
+
+@kernel("fill")
+def _fill(vm: MilInterpreter, op: Any) -> Any:
+    return np.full([int(s) for s in vm.arg(op, "shape")], vm.arg(op, "value", 0.0))
+
+
+@kernel("range_1d")
+def _range(vm: MilInterpreter, op: Any) -> Any:
+    return np.arange(vm.arg(op, "start"), vm.arg(op, "end"), vm.arg(op, "step"))
+
+
+@kernel("select")
+def _select(vm: MilInterpreter, op: Any) -> Any:
+    return np.where(vm.arg(op, "cond"), _f32(vm.arg(op, "a")), _f32(vm.arg(op, "b")))
+
+
+@kernel("band_part")
+def _band_part(vm: MilInterpreter, op: Any) -> Any:
+    x = np.asarray(vm.arg(op, "x"))
+    lower, upper = int(vm.arg(op, "lower", -1)), int(vm.arg(op, "upper", -1))
+    rows, cols = np.indices(x.shape[-2:])
+    keep = np.ones_like(rows, dtype=bool)
+    if lower >= 0:
+        keep &= rows - cols <= lower
+    if upper >= 0:
+        keep &= cols - rows <= upper
+    return np.where(keep, x, 0)
+
+
+# Weight compression (expanded once, as Core ML decompresses at load time).
+
+
+def _block_expand(small: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Repeat each entry of `small` over its block so it broadcasts to `shape` (blockwise parameters)."""
+    out = small
+    for axis, (n_small, n_full) in enumerate(zip(small.shape, shape, strict=True)):
+        if n_small != n_full:
+            out = np.repeat(out, n_full // n_small, axis=axis)
+    return out
+
+
+@kernel("constexpr_blockwise_shift_scale")
+def _blockwise(vm: MilInterpreter, op: Any) -> Any:
+    def expand() -> np.ndarray:
+        data = np.asarray(vm.arg(op, "data")).astype(np.float32)
+        scale = np.asarray(vm.arg(op, "scale")).astype(np.float32)
+        offset = vm.arg(op, "offset")
+        if offset is not None:
+            data = data - _block_expand(np.asarray(offset).astype(np.float32), data.shape)
+        out = data * _block_expand(scale, data.shape)
+        return out.astype(_nptype(op.outputs[0]))
+
+    return vm.constant(op, expand)
+
+
+@kernel("constexpr_lut_to_dense")
+def _lut(vm: MilInterpreter, op: Any) -> Any:
+    def expand() -> np.ndarray:
+        indices = np.asarray(vm.arg(op, "indices")).astype(np.int64)
+        lut = np.asarray(vm.arg(op, "lut"))
+        if lut.shape[-1] != 1:
+            raise UnsupportedError("vector palettization (lut vector size > 1) is not simulated")
+        grids = np.indices(indices.shape, sparse=True)
+        group = tuple(g // (n // m) for g, n, m in zip(grids, indices.shape, lut.shape[:-2], strict=True))
+        return lut[(*group, indices, 0)].astype(_nptype(op.outputs[0]))
+
+    return vm.constant(op, expand)

@@ -1,0 +1,246 @@
+"""iOS: a stateful Core ML package (ML Program, iOS 18), the Swift bridge EdgeModel, a SwiftUI sample app.
+
+The package is converted by packager.formats.coreml_export (a cached stage) with exact fp16
+rewrites sized from measured activation ranges, and verified at the `simulated` level: its own MIL
+program runs in numpy (packager.verify.mil_interpreter) through a prefill and decode steps and is
+compared with transformers in fp32. No Core ML runtime exists off Apple platforms, so nothing here
+is `executed`; the fp16 conversion is verified beside the shipped (compressed) package because a
+compressed package can only be as good as the program it was compressed from.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any, ClassVar
+
+from packager import __version__
+from packager.codecheck import check_generated_files
+from packager.coreml_stages import CoreMLExport, cached_export, export_request, screened, verified_package
+from packager.errors import BadInputError, UnsupportedError
+from packager.escaping import slug
+from packager.formats.coreml_export import (
+    ANE_MAX_DIM,
+    COMPRESSIONS,
+    COREMLTOOLS_VERSION,
+    DEPLOYMENT_TARGET,
+    INT4_LADDER,
+)
+from packager.manifest import file_entries, without_host_measurements, write_json
+from packager.resources import copy_mobile_files
+from packager.stages import BuildContext, link_or_copy
+from packager.swift_check import check_swift_files
+from packager.target import ScaffoldCheck, TargetResult
+from packager.templating import render_tree
+from packager.verify.coreml_check import coreml_runtime_available
+from packager.verify.gates import TopOneGate
+from packager.verify.result import VerificationResult
+
+APP_DIR = "app"
+BRIDGE_DIR = "EdgeModel"
+FP16_GATE = TopOneGate("fp16 Core ML vs fp32 (simulated)", 0.98)
+# A compressed package may be this much below llama.cpp's Q4_K_M of the same model on the same positions.
+Q4_K_M_MARGIN = 0.02
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+SWIFT_TRANSFORMERS_VERSION = "1.1.2"
+COMPUTE_UNITS = "cpuAndNeuralEngine"
+
+
+def bundle_identifier(name: str) -> str:
+    """A valid, unique-per-model bundle identifier: org.edgepack.sample.<slug without dashes>."""
+    ident = re.sub(r"[^a-z0-9]+", "", slug(name))
+    if not ident or ident[0].isdigit():
+        ident = "m" + ident
+    return f"org.edgepack.sample.{ident}"
+
+
+def copy_bridge(dest: Path) -> list[Path]:
+    """Copy the Swift package (mobile/ios: Package.swift + Sources/EdgeModel) into the bundle."""
+    return copy_mobile_files("ios", ("Package.swift", "Sources/EdgeModel/*.swift"), dest)
+
+
+class IosTarget:
+    """model-<compression>.mlpackage + tokenizer + edgepack.json + the EdgeModel Swift package + a SwiftUI app."""
+
+    name: ClassVar[str] = "ios"
+    title: ClassVar[str] = "iOS app: stateful Core ML program (iOS 18), Swift bridge over Core ML + swift-transformers"
+    runtime: ClassVar[str] = f"Core ML (iOS 18 ML Program, coremltools {COREMLTOOLS_VERSION})"
+    status: ClassVar[str] = "ready"
+
+    def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
+        spec = ctx.ckpt.spec
+        if spec.coreml is None or self.name not in spec.targets:
+            raise UnsupportedError(f"{spec.name}: edgepack has no Core ML conversion for this architecture yet.")
+        compression = ctx.options.ios_compression
+        if compression not in COMPRESSIONS:
+            raise BadInputError(f"--compression {compression}: unknown; choose one of {', '.join(COMPRESSIONS)}.")
+        missing = [f for f in TOKENIZER_FILES if not (ctx.ckpt.folder / f).is_file()]
+        if missing:
+            raise BadInputError(f"{ctx.ckpt.folder}: no {', '.join(missing)}; swift-transformers' AutoTokenizer "
+                                "loads the model folder's tokenizer.json and tokenizer_config.json.")
+        max_context = min(ctx.options.context_length, int(ctx.ckpt.config.get("max_position_embeddings", 4096)))
+
+        rewrites = ctx.options.ios_fp16_rewrites
+        notes: list[str] = []
+        if compression == "none":
+            export = cached_export(ctx, export_request(ctx, ["none"], max_context, fp16_rewrites=rewrites))
+            ship_gate, compressed = FP16_GATE, None
+        else:
+            ship_gate, baseline = self._compressed_gate(ctx)
+            notes.append(baseline)
+            ladder = INT4_LADDER if compression == "int4" else (compression,)
+            export, compression, compressed = self._first_passing(ctx, ladder, ship_gate, max_context, rewrites, notes)
+        fp16 = verified_package(ctx, export, "none", f"{self.name}/{export.result['packages']['none']['package']} "
+                                "(fp16 conversion)", FP16_GATE)
+        if compression == "none":
+            fp16.artifact = f"{self.name}/{export.result['packages']['none']['package']}"
+        verifications = [fp16] + ([compressed] if compressed else [])
+        notes = self._fp16_notes(export) + notes
+        shipped = [self._ship(export, compression, out_dir)]
+        vocab = int(ctx.ckpt.config["vocab_size"])
+        if ctx.options.ios_ane_head and vocab > ANE_MAX_DIM:
+            ane = cached_export(ctx, export_request(ctx, [compression], max_context, fp16_rewrites=rewrites,
+                                                    lm_head_chunk=ANE_MAX_DIM))
+            package = ane.result["packages"][compression]["package"]
+            verifications.append(verified_package(ctx, ane, compression, f"{self.name}/{package}", ship_gate))
+            shipped.append(self._ship(ane, compression, out_dir, ane=True))
+        if coreml_runtime_available():  # macOS: the shipped package also runs in Core ML itself
+            package = export.result["packages"][compression]["package"]
+            verifications.append(verified_package(ctx, export, compression, f"{self.name}/{package} (Core ML)",
+                                                  ship_gate, executed=True))
+        notes.append(self._ane_note(vocab, ctx.options.ios_ane_head))
+        for name in TOKENIZER_FILES:
+            link_or_copy(ctx.ckpt.folder / name, out_dir / name)
+
+        model_name = ctx.options.name or ctx.ckpt.name
+        first_row = ctx.eval_rows[0] if ctx.eval_rows else None
+        context = self._context(ctx, model_name, shipped, max_context, export, first_row, verifications)
+        rendered = render_tree("ios", out_dir / APP_DIR, context)
+        bridge = copy_bridge(out_dir / BRIDGE_DIR)
+        checks = check_generated_files(rendered, out_dir)
+        checks += check_swift_files(sorted(rendered + bridge), out_dir)
+        checks.append(ScaffoldCheck(f"{APP_DIR}/", "xcodebuild", "skipped",
+                                    "needs macOS with Xcode; edgepack parses every Swift file with tree-sitter and "
+                                    "checks the Core ML / swift-transformers names it uses against a list"))
+
+        document_name = "edgepack.json"
+        files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")
+                       if p.is_file() and p.relative_to(out_dir).as_posix() != document_name)
+        document = {
+            "target": self.name,
+            "runtime": self.runtime,
+            "model": {"name": model_name, "packages": shipped, "max_context": max_context,
+                      "sliding_window": export.result["sliding_window"], "deployment_target": DEPLOYMENT_TARGET,
+                      "fp16_rewrites": export.result["fp16_plan"], "exactness_proof": export.result["proof"]},
+            "runner": {"add_bos": ctx.contract.add_bos and ctx.contract.bos_id is not None,
+                       "bos_id": ctx.contract.bos_id, "eos_ids": list(ctx.contract.eos_ids),
+                       "max_context": max_context, "compute_units": COMPUTE_UNITS, "temperature": 0.0},
+            "tokenizer": list(TOKENIZER_FILES),
+            "contract": ctx.contract.as_dict(),
+            "files": file_entries(out_dir, files),
+            "verification": [without_host_measurements(v.as_dict()) for v in verifications],
+            "scaffold_checks": [vars(c) for c in checks],
+            "edgepack_version": __version__,
+        }
+        write_json(out_dir / document_name, document)
+        notes.append("iOS: packages verified `simulated` (their MIL programs evaluated in numpy against fp32 "
+                     "transformers); nothing ran in Core ML or on an iPhone. The bridge and app were parsed with "
+                     "tree-sitter (Swift); no Swift compiler or Xcode ran here.")
+        return TargetResult(target=self.name, files=[*files, document_name], verifications=verifications,
+                            scaffold_checks=checks, notes=notes,
+                            extra={"compression": compression, "export": export.result,
+                                   "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]})
+
+    def _first_passing(self, ctx: BuildContext, ladder: tuple[str, ...], gate: TopOneGate, max_context: int,
+                       rewrites: bool, notes: list[str]) -> tuple[CoreMLExport, str, VerificationResult]:
+        """Convert and simulate the first rung that passes `gate` (the last rung ships either way).
+
+        Every rung but the last is screened in eager PyTorch first, so a rung predicted to fail is never
+        converted; a predicted pass that fails in simulation moves on to the next rung.
+        """
+        for index, rung in enumerate(ladder):
+            last = index == len(ladder) - 1
+            if not last:
+                predicted = screened(ctx, rung)
+                failures = gate.check(predicted)
+                if failures:
+                    notes.append(f"{rung}: screened in eager PyTorch at top-1 {predicted.top1:.3f} "
+                                 f"({'; '.join(failures)}), not converted; trying {ladder[index + 1]}")
+                    continue
+            export = cached_export(ctx, export_request(ctx, ["none", rung], max_context, fp16_rewrites=rewrites))
+            package = export.result["packages"][rung]["package"]
+            result = verified_package(ctx, export, rung, f"{self.name}/{package}", gate)
+            if result.passed or last:
+                return export, rung, result
+            notes.append(f"{package} ({export.megabytes(rung):.0f} MB) failed its gate ({'; '.join(result.failures)}); "
+                         f"trying {ladder[index + 1]}")
+        raise AssertionError("unreachable: the last rung always returns")
+
+    def _compressed_gate(self, ctx: BuildContext) -> tuple[TopOneGate, str]:
+        """The gate of a compressed package: llama.cpp's Q4_K_M top-1 on the same golden positions, minus 0.02."""
+        q4 = ctx.verify_gguf("Q4_K_M", f"{self.name}/baseline Q4_K_M.gguf")
+        top1 = q4.metrics.top1 if q4.metrics else 0.0
+        gate = TopOneGate(f"within {Q4_K_M_MARGIN} of llama.cpp Q4_K_M ({top1:.3f})", round(top1 - Q4_K_M_MARGIN, 6))
+        return gate, (f"baseline: llama.cpp Q4_K_M of the same checkpoint reaches top-1 {top1:.3f} on the same "
+                      f"{q4.metrics.positions if q4.metrics else 0} golden positions (executed in llama.cpp)")
+
+    def _ship(self, export: CoreMLExport, compression: str, out_dir: Path, ane: bool = False) -> dict[str, Any]:
+        source = export.package(compression)
+        shutil.copytree(source, out_dir / source.name, copy_function=_link_or_copy)
+        info = export.result["packages"][compression]
+        return {"package": source.name, "compression": compression, "summary": info["summary"],
+                "lm_head_chunk": export.result["lm_head_chunk"], "neural_engine_variant": ane}
+
+    def _fp16_notes(self, export: CoreMLExport) -> list[str]:
+        ranges = export.result["ranges"]
+        plan = export.result["fp16_plan"]
+        proof = export.result["proof"]
+        site, peak = ranges["before"]["max_site"]
+        after_site, after_peak = ranges["after"]["max_site"]
+        if not plan["enabled"]:
+            return [f"fp16 rewrites switched OFF: largest activation {peak:,.0f} ({site}), fp16 max 65,504"]
+        return [f"fp16 safety: largest activation of the original model on the golden prompts is {peak:,.0f} "
+                f"({site}); after the exact rewrites (residual / {plan['residual_scale']:g}, MLP scales up to "
+                f"{max(plan['mlp_scales'] or [1]):g}, RMSNorm on x / max|x|) it is {after_peak:,.0f} ({after_site}), "
+                f"budget {ranges['budget']:,.0f}",
+                f"exactness proof (fp32, prefill + decode, {proof['positions']} positions): max |logit diff| "
+                f"{proof['max_abs_diff']:.2e} vs transformers (relative {proof['relative']:.1e}), top-1 identical at "
+                f"{proof['top1_identical']}/{proof['positions']}"]
+
+    def _ane_note(self, vocab: int, built: bool) -> str:
+        if vocab <= ANE_MAX_DIM:
+            return f"vocabulary {vocab} <= {ANE_MAX_DIM}: the lm_head fits the Neural Engine's dimension limit as is"
+        return (f"vocabulary {vocab} > {ANE_MAX_DIM} (the Neural Engine's largest dimension): the default package's "
+                "lm_head will run on CPU/GPU. " + (
+                    f"The -ane package splits it into {ANE_MAX_DIM}-row chunks (same numbers, simulated); whether Core "
+                    "ML places it on the Neural Engine can only be confirmed on a device (Xcode's Core ML "
+                    "performance report)." if built else "Build with --ane-head for a variant with the lm_head split "
+                    f"into {ANE_MAX_DIM}-row chunks; Neural Engine placement can only be confirmed on a device."))
+
+    def _context(self, ctx: BuildContext, model_name: str, shipped: list[dict[str, Any]], max_context: int,
+                 export: CoreMLExport, first_row: Any, verifications: list[VerificationResult]) -> dict[str, Any]:
+        contract = ctx.contract
+        return {
+            "model_name": model_name,
+            "slug": slug(model_name),
+            "bundle_id": bundle_identifier(model_name),
+            "package": shipped[0]["package"],
+            "packages": [p["package"] for p in shipped],
+            "compression_summary": shipped[0]["summary"],
+            "compute_units": COMPUTE_UNITS,
+            "max_context": max_context,
+            "sliding_window": export.result["sliding_window"] or 0,
+            "swift_transformers_version": SWIFT_TRANSFORMERS_VERSION,
+            "deployment_target": "18.0",
+            "task": contract.task,
+            "labels": list(contract.labels or []),
+            "instruction": first_row.instruction if first_row else "",
+            "sample_input": first_row.input if first_row else "Hello!",
+            "verification_rows": [v.summary_row(v.artifact.rsplit("/", 1)[-1]) for v in verifications],
+            "edgepack_version": __version__,
+        }
+
+
+def _link_or_copy(src: str, dest: str) -> None:
+    link_or_copy(Path(src), Path(dest))

@@ -1,0 +1,76 @@
+import CoreML
+import EdgeModel
+import SwiftUI
+
+/// One screen: pick the compute units, type an input, run it under the task contract, see the answer and the speed.
+struct ContentView: View {
+    @State private var input = BuildInfo.sampleInput
+    @State private var answer = ""
+    @State private var status = "Not loaded"
+    @State private var speed = ""
+    @State private var unitsName = BuildInfo.defaultComputeUnits
+    @State private var model: EdgeModel?
+    @State private var running: Task<Void, Never>?
+
+    private let unitNames = ["cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine", "all"]
+
+    var body: some View {
+        NavigationStack {
+            Form {
+                Section("Model") {
+                    Text(BuildInfo.modelName)
+                    Text(BuildInfo.compression).font(.footnote)
+                    Picker("Compute units", selection: $unitsName) {
+                        ForEach(unitNames, id: \.self) { Text($0) }
+                    }
+                    .onChange(of: unitsName) { model = nil }
+                    Text(status).font(.footnote)
+                }
+                Section("Input") {
+                    TextField("Input", text: $input, axis: .vertical)
+                    if !BuildInfo.labels.isEmpty {
+                        Text("Labels: " + BuildInfo.labels.joined(separator: ", ")).font(.footnote)
+                    }
+                    HStack {
+                        Button("Run") { start() }.disabled(running != nil)
+                        Button("Cancel") { model?.cancel() }.disabled(running == nil)
+                    }
+                }
+                Section("Answer") {
+                    Text(answer).textSelection(.enabled)
+                    Text(speed).font(.footnote)
+                }
+            }
+            .navigationTitle("edgepack")
+        }
+    }
+
+    private func start() {
+        answer = ""
+        speed = ""
+        running = Task {
+            defer { running = nil }
+            do {
+                let current = try await loadedModel()
+                let result = try await current.run(input: input, instruction: BuildInfo.instruction) { piece in
+                    Task { @MainActor in answer += piece }
+                }
+                answer = result.result.ok ? result.result.text : "(\(result.result.errorCode ?? "error")) " + result.result.text
+                let rate = result.generation.tokensPerSecond.map { String(format: "%.1f tok/s", $0) } ?? "n/a"
+                speed = "\(result.generation.tokens) tokens, \(rate), finish: \(result.generation.finish)"
+            } catch {
+                status = "Error: \(error)"
+            }
+        }
+    }
+
+    private func loadedModel() async throws -> EdgeModel {
+        if let model { return model }
+        status = "Loading \(BuildInfo.package) on \(unitsName)..."
+        let started = Date()
+        let loaded = try await EdgeModel.load(from: Bundle.main.resourceURL!, computeUnits: computeUnitsSetting(named: unitsName))
+        status = String(format: "Loaded on %@ in %.1f s", unitsName, Date().timeIntervalSince(started))
+        model = loaded
+        return loaded
+    }
+}

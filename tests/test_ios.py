@@ -1,0 +1,407 @@
+"""The ios target: a stateful Core ML package, proven exact before fp16 and checked in numpy after it.
+
+Tiny random checkpoints convert in seconds. Two of them are made to overflow fp16 the way the real
+models do (Gemma 3 270M's residual stream reaches ~1e5; SmolLM2's RMSNorm squares overflow): with
+the rewrites the package passes, without them the simulated check must catch it. No Swift compiler
+exists here: the Swift sources are parsed with tree-sitter and their API names checked against a list.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from packager.architectures import spec_for_config
+from packager.calibration import decoder_linear_key
+from packager.errors import GateFailedError
+from packager.escaping import swift_string
+from packager.formats.coreml_export import COMPRESSION
+from packager.formats.coreml_model import (
+    FP16_BUDGET,
+    FP16_MAX,
+    Fp16Plan,
+    StatefulDecoder,
+    additive_masks,
+    measure_ranges,
+    plan_rewrites,
+)
+from packager.formats.coreml_quantize import const_key, dequantize, searched_affine
+from packager.pipeline import BuildRequest, run_build
+from packager.stages import BuildOptions
+from packager.swift_check import syntax_errors, unknown_api_names
+from packager.templating import check_no_placeholders, render_tree
+
+REPO = Path(__file__).resolve().parent.parent
+BRIDGE = REPO / "mobile" / "ios"
+HOSTILE_NAME = 'Bot "\\(evil)" \\n\n$x `rm -rf` {{ x }} </script> #"raw"# ü🦙'
+HOSTILE_LABELS = ['say "hi"', "\\(interp)", "back\\slash", "line\nbreak", "{% raw %}", "tab\there", '"#']
+
+
+def _hf(folder: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="eager").eval()
+
+
+def _spec(folder: Path):
+    config = json.loads((folder / "config.json").read_text())
+    return spec_for_config(config), config
+
+
+def _decoder_logits(decoder: StatefulDecoder, ids: list[int], window: int | None, split: int) -> torch.Tensor:
+    """Prefill ids[:split], then decode the rest one id at a time through the cache."""
+    decoder.reset()
+    parts = []
+    with torch.no_grad():
+        full, sliding = additive_masks(split, split, window)
+        parts.append(decoder(torch.tensor([ids[:split]], dtype=torch.int32), full, sliding)[0])
+        for t in range(split, len(ids)):
+            full, sliding = additive_masks(1, t + 1, window)
+            parts.append(decoder(torch.tensor([[ids[t]]], dtype=torch.int32), full, sliding)[0])
+    return torch.cat(parts)
+
+
+@pytest.fixture(scope="session")
+def overflowing_gemma(tiny_gemma: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny Gemma with post-norm gains x4000: its residual stream passes fp16's 65,504, like Gemma 3 270M's."""
+    model = _hf(tiny_gemma)
+    with torch.no_grad():
+        for block in model.model.layers:
+            block.post_feedforward_layernorm.weight.mul_(4000.0)
+    return _save_variant(model, tiny_gemma, tmp_path_factory.mktemp("models") / "overflowing-gemma")
+
+
+@pytest.fixture(scope="session")
+def overflowing_llama(tiny_smollm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM-shaped with embeddings x2000: RMSNorm's squares overflow fp16 unless the norm is rewritten."""
+    model = _hf(tiny_smollm)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(2000.0)
+    return _save_variant(model, tiny_smollm, tmp_path_factory.mktemp("models") / "overflowing-llama")
+
+
+def _save_variant(model, source: Path, folder: Path) -> Path:
+    import shutil
+
+    model.save_pretrained(str(folder))
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        if (source / name).is_file():
+            shutil.copyfile(source / name, folder / name)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# The decoder Core ML converts is the checkpoint's own function (fp32), whatever the rewrites.
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gemma", "tiny_llama", "tiny_smollm"])
+def test_rewritten_decoder_equals_transformers_in_fp32_through_prefill_and_decode(fixture: str, request) -> None:
+    folder = request.getfixturevalue(fixture)
+    model = _hf(folder)
+    spec, config = _spec(folder)
+    window = config.get("sliding_window") if spec.coreml.sliding_attention_mask else None
+    ids = [1, *range(5, 60)]
+    reference = model(torch.tensor([ids])).logits[0]
+    n = config["num_hidden_layers"]
+    aggressive = Fp16Plan(True, 64.0, [8.0] * n, [4.0] * n)
+    decoder = StatefulDecoder(model, spec, 128, aggressive, cache_dtype=torch.float32)
+    out = _decoder_logits(decoder, ids, window, split=40)
+    assert float((out - reference).abs().max()) <= 1e-4 * float(reference.detach().abs().max())
+    assert torch.equal(out.argmax(-1), reference.argmax(-1))
+
+
+def test_split_lm_head_computes_the_same_logits(tiny_gemma: Path) -> None:
+    model = _hf(tiny_gemma)
+    spec, config = _spec(tiny_gemma)
+    ids = list(range(3, 30))
+    whole = StatefulDecoder(model, spec, 64, Fp16Plan(True), cache_dtype=torch.float32)
+    split = StatefulDecoder(model, spec, 64, Fp16Plan(True), lm_head_chunk=256, cache_dtype=torch.float32)
+    assert split.head_chunks is not None and len(split.head_chunks) == -(-config["vocab_size"] // 256)
+    window = config["sliding_window"]
+    assert torch.allclose(_decoder_logits(whole, ids, window, 20), _decoder_logits(split, ids, window, 20), atol=1e-5)
+
+
+@pytest.mark.parametrize("fixture", ["overflowing_gemma", "overflowing_llama"])
+def test_measured_ranges_size_rewrites_that_bring_every_site_under_the_fp16_budget(fixture: str, request) -> None:
+    folder = request.getfixturevalue(fixture)
+    model = _hf(folder)
+    spec, config = _spec(folder)
+    window = config.get("sliding_window") if spec.coreml.sliding_attention_mask else None
+    sequences = [list(range(2, 50))]
+    before = measure_ranges(StatefulDecoder(model, spec, 64, Fp16Plan(False), cache_dtype=torch.float32), sequences,
+                            window)
+    assert max(before.values()) > FP16_MAX / 4  # the fixture really is in trouble
+    plan = Fp16Plan(True)
+    for _ in range(4):
+        ranges = measure_ranges(StatefulDecoder(model, spec, 64, plan, cache_dtype=torch.float32), sequences, window)
+        bigger = plan_rewrites(ranges, config["num_hidden_layers"], plan, spec.coreml.post_norms)
+        if bigger == plan:
+            break
+        plan = bigger
+    # logits are the model's answer, not an intermediate: they are what they are (here < 65,504).
+    assert max(v for site, v in ranges.items() if site != "logits") <= FP16_BUDGET
+
+
+# ---------------------------------------------------------------------------------------------
+# Builds (tiny models): conversion, spec, simulation, bundle, generated code.
+
+
+def _build(folder: Path, out: Path, **options) -> object:
+    return run_build(BuildRequest(checkpoint=folder, targets=["ios"], out=out, options=BuildOptions(**options)))
+
+
+@pytest.fixture(scope="module")
+def gemma_bundle(tiny_gemma: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
+    out = tmp_path_factory.mktemp("ios") / "gemma"
+    outcome = _build(tiny_gemma, out, ios_compression="none", context_length=256)
+    return outcome, out / "ios"
+
+
+def test_gemma_package_has_swift_transformers_names_state_and_ranges(gemma_bundle) -> None:
+    from packager.verify.coreml_check import check_spec
+    from packager.verify.mil_interpreter import load_program
+
+    outcome, bundle = gemma_bundle
+    assert outcome.passed
+    _, spec = load_program(bundle / "model-fp16.mlpackage")
+    failures, summary = check_spec(spec, 256, sliding=True)
+    assert failures == []
+    assert sorted(summary["inputs"]) == ["fullAttentionMask", "inputIds", "slidingAttentionMask"]
+    assert summary["states"] == ["keyCache", "valueCache"] and summary["outputs"] == ["logits"]
+    assert summary["metadata"]["co.huggingface.exporters.sliding_window"] == "32"
+    # A spec that breaks swift-transformers' contract is reported, not passed.
+    spec.description.input[0].name = "input_ids"
+    assert any("swift-transformers expects" in f for f in check_spec(spec, 256, sliding=True)[0])
+
+
+def test_gemma_bundle_is_simulated_and_passes_the_fp16_gate(gemma_bundle) -> None:
+    outcome, bundle = gemma_bundle
+    (result,) = outcome.results[0].verifications
+    assert result.level == "simulated" and result.format == "mlpackage"
+    assert result.metrics.top1 >= 0.98 and result.metrics.cosine > 0.999
+    assert result.greedy_match
+    document = json.loads((bundle / "edgepack.json").read_text())
+    assert document["model"]["packages"][0]["package"] == "model-fp16.mlpackage"
+    assert document["model"]["exactness_proof"]["exact"]
+    assert document["runner"]["eos_ids"] == document["contract"]["eos_ids"]
+    assert {"tokenizer.json", "tokenizer_config.json"} <= {p.name for p in bundle.iterdir()}
+    assert (bundle / "EdgeModel" / "Package.swift").is_file() and (bundle / "app" / "project.yml").is_file()
+
+
+def test_every_generated_swift_file_parses_and_names_are_checked(gemma_bundle) -> None:
+    outcome, bundle = gemma_bundle
+    checks = outcome.results[0].scaffold_checks
+    swift = [c for c in checks if c.tool == "tree-sitter (swift)"]
+    assert len(swift) == len(list(bundle.rglob("*.swift"))) and all(c.status == "passed" for c in swift)
+    (names,) = [c for c in checks if c.tool.startswith("Core ML / swift-transformers")]
+    assert names.status == "passed", names.detail
+    # Rendered files only: the bridge is hand-written Swift whose comments may mention "{{".
+    check_no_placeholders([*(bundle / "app").rglob("*.swift"), bundle / "app" / "project.yml"])
+
+
+def test_int4_package_is_gated_against_llama_cpp_q4_k_m_on_the_same_positions(tiny_llama: Path,
+                                                                                tmp_path: Path) -> None:
+    outcome = _build(tiny_llama, tmp_path / "out", ios_compression="int4", context_length=256, no_gate=True)
+    fp16, int4 = outcome.results[0].verifications
+    assert fp16.passed and fp16.metrics.top1 >= 0.98
+    # int4 ships when it passes; otherwise the ladder's next rungs (int4-mixed, int8) are tried in turn.
+    assert int4.artifact in ("ios/model-int4.mlpackage", "ios/model-int4-mixed.mlpackage", "ios/model-int8.mlpackage")
+    assert "llama.cpp Q4_K_M" in int4.gate and int4.metrics.positions == fp16.metrics.positions
+    if int4.artifact != "ios/model-int4.mlpackage":
+        assert any(note.startswith("int4:") or "model-int4.mlpackage" in note for note in outcome.results[0].notes)
+    shipped = json.loads((tmp_path / "out" / "ios" / "edgepack.json").read_text())["model"]["packages"]
+    assert [p["package"] for p in shipped] == [int4.artifact.removeprefix("ios/")]
+
+
+@pytest.mark.parametrize("fixture", ["overflowing_gemma", "overflowing_llama"])
+def test_unsafe_fp16_conversion_is_caught_and_not_shipped(fixture: str, request, tmp_path: Path) -> None:
+    folder = request.getfixturevalue(fixture)
+    with pytest.raises(GateFailedError) as caught:
+        _build(folder, tmp_path / "unsafe", ios_compression="none", context_length=128, ios_fp16_rewrites=False)
+    assert "FAIL" in str(caught.value)
+    assert not (tmp_path / "unsafe").exists()
+    safe = _build(folder, tmp_path / "safe", ios_compression="none", context_length=128)
+    assert safe.passed and safe.results[0].verifications[0].metrics.top1 >= 0.98
+
+
+# ---------------------------------------------------------------------------------------------
+# Compatibility shim: it must still be needed (this fails once coremltools fixes the bug).
+
+_UPSTREAM_PROBE = """
+import coremltools as ct, numpy as np, torch
+
+class Half(torch.nn.Module):
+    def forward(self, x):
+        return x[..., x.shape[-1] // 2:]
+
+traced = torch.jit.trace(Half(), torch.zeros(1, 3, 8))
+try:
+    ct.convert(traced, inputs=[ct.TensorType(shape=(1, ct.RangeDim(1, 16), 8))],
+               minimum_deployment_target=ct.target.iOS18, skip_model_load=True)
+    print("CONVERTS")
+except TypeError as exc:
+    print("TYPEERROR", exc)
+"""
+
+
+def test_coremltools_still_needs_the_scalar_cast_shim() -> None:
+    proc = subprocess.run([sys.executable, "-c", _UPSTREAM_PROBE], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert "TYPEERROR" in proc.stdout, (
+        "coremltools converts int() of a one-element constant without edgepack's shim now: delete "
+        "packager/formats/coreml_compat.py's shim and this test.\n" + proc.stdout[-2000:] + proc.stderr[-2000:])
+    shimmed = "from packager.formats import coreml_compat\ncoreml_compat.apply()\n" + _UPSTREAM_PROBE
+    patched = subprocess.run([sys.executable, "-c", shimmed], capture_output=True, text=True, timeout=300, check=False,
+                             cwd=REPO)
+    assert "CONVERTS" in patched.stdout, patched.stderr[-2000:]
+
+
+def test_traced_decoder_needs_no_alias_shim(tiny_gemma: Path) -> None:
+    model = _hf(tiny_gemma)
+    spec, _ = _spec(tiny_gemma)
+    decoder = StatefulDecoder(model, spec, 64, Fp16Plan(True)).eval()
+    full, sliding = additive_masks(2, 3, 32)
+    traced = torch.jit.trace(decoder, (torch.zeros(1, 2, dtype=torch.int32), full, sliding), check_trace=False)
+    assert "aten::alias" not in {node.kind() for node in traced.inlined_graph.nodes()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Swift: syntax, API names, escaping.
+
+
+def _bridge_texts() -> list[str]:
+    return [p.read_text(encoding="utf-8") for p in sorted(BRIDGE.rglob("*.swift"))]
+
+
+def test_bridge_sources_parse_with_tree_sitter_swift() -> None:
+    for path in sorted(BRIDGE.rglob("*.swift")):
+        assert syntax_errors(path.read_text(encoding="utf-8")) == [], path
+
+
+@pytest.mark.parametrize(("right", "wrong"), [
+    ("prediction(from: provider, using: state)", "prediction(from: provider, usingState: state)"),
+    ("model.makeState()", "model.newState()"),
+    ("AutoTokenizer.from(modelFolder: folder)", "AutoTokenizer.from(folder: folder)"),
+    ("multiArrayValue", "multiArray"),
+])
+def test_a_misspelt_core_ml_or_swift_transformers_member_is_caught(right: str, wrong: str) -> None:
+    texts = _bridge_texts()
+    assert unknown_api_names(texts) == []
+    broken = [t.replace(right, wrong) for t in texts]
+    assert broken != texts
+    assert unknown_api_names(broken) != []
+
+
+def test_hostile_name_and_labels_are_escaped_in_swift_yaml_and_markdown(tmp_path: Path) -> None:
+    import yaml
+
+    context = {
+        "model_name": HOSTILE_NAME, "slug": "bot", "bundle_id": "org.edgepack.sample.bot",
+        "package": "model-int4.mlpackage", "packages": ["model-int4.mlpackage"], "compression_summary": HOSTILE_NAME,
+        "compute_units": "cpuAndNeuralEngine", "max_context": 256, "sliding_window": 0,
+        "swift_transformers_version": "1.0.0", "deployment_target": "18.0", "task": "labels",
+        "labels": HOSTILE_LABELS, "instruction": HOSTILE_NAME, "sample_input": "a\u2028b\x00c",
+        "verification_rows": [], "edgepack_version": "0.1.0",
+    }
+    written = render_tree("ios", tmp_path, context)
+    info = (tmp_path / "Sources" / "BuildInfo.swift").read_text(encoding="utf-8")
+    assert syntax_errors(info) == []
+    for value in [HOSTILE_NAME, *HOSTILE_LABELS]:
+        assert swift_string(value) in info
+    project = yaml.safe_load((tmp_path / "project.yml").read_text(encoding="utf-8"))
+    settings = project["targets"]["EdgepackSample"]["settings"]["base"]
+    assert settings["INFOPLIST_KEY_CFBundleDisplayName"] == HOSTILE_NAME
+    assert unknown_api_names([*_bridge_texts(), *(p.read_text() for p in written if p.suffix == ".swift")]) == []
+
+
+def test_neural_engine_variant_splits_the_lm_head_and_simulates_to_the_same_logits(tiny_gemma: Path,
+                                                                                   tmp_path: Path) -> None:
+    from packager.formats.coreml_export import ExportRequest, export_package
+    from packager.verify.coreml_check import SimulatedModel
+    from packager.verify.mil_interpreter import load_program
+
+    ids = [2, *range(10, 40)]
+    logits = {}
+    for chunk in (0, 256):
+        out = tmp_path / f"chunk{chunk}"
+        out.mkdir()
+        result = export_package(ExportRequest(checkpoint=str(tiny_gemma), out_dir=str(out), compressions=["int4"],
+                                              max_context=64, sequences=[ids], name="tiny", lm_head_chunk=chunk))
+        package = out / result["packages"]["int4"]["package"]
+        logits[chunk] = SimulatedModel(package).logits(ids)
+    program, _ = load_program(package)
+    linears = [op for op in program.functions["main"].operations if op.op_type == "linear"]
+    assert package.name == "model-int4-ane.mlpackage"
+    assert max(int(op.inputs["weight"].shape[0]) for op in linears[-3:]) <= 256  # the head is in chunks
+    assert abs(logits[0] - logits[256]).max() <= 1e-2 * abs(logits[0]).max()
+
+
+# ---------------------------------------------------------------------------------------------
+# The real model (run under `flock /tmp/ep-heavy.lock`): the issue's bars on Gemma 3 270M.
+
+
+@pytest.mark.real_model
+def test_gemma_270m_builds_for_ios_and_passes_the_simulated_gates(gemma_270m: Path, tmp_path: Path) -> None:
+    from packager.progress import Reporter
+
+    outcome = run_build(BuildRequest(checkpoint=gemma_270m, targets=["ios", "raspberry-pi"], out=tmp_path / "dist",
+                                     options=BuildOptions(context_length=1024)), Reporter(quiet=True))
+    results = {r.target: r for r in outcome.results}
+    fp16, int4 = results["ios"].verifications  # int4, or int4-mixed when int4 failed (see the notes)
+    q4_k_m = results["raspberry-pi"].verifications[0]
+    assert outcome.passed and fp16.level == int4.level == "simulated"
+    assert fp16.metrics.top1 >= 0.98 and fp16.metrics.cosine > 0.99
+    assert int4.metrics.positions == q4_k_m.metrics.positions
+    assert int4.metrics.top1 >= q4_k_m.metrics.top1 - 0.02, (int4.metrics, q4_k_m.metrics)
+    plan = results["ios"].extra["export"]["fp16_plan"]
+    assert plan["residual_scale"] > 1  # Gemma's residual stream needed the rescale
+
+
+# ---------------------------------------------------------------------------------------------
+# The searched, activation-weighted affine quantizer (numpy, milliseconds).
+
+
+def _min_max_error(w: np.ndarray, bits: int, block: int) -> np.ndarray:
+    levels = 2 ** bits - 1
+    b = w.reshape(w.shape[0], -1, block)
+    low, high = b.min(-1, keepdims=True), b.max(-1, keepdims=True)
+    step = np.where(high > low, (high - low) / levels, 1.0)
+    return np.square(np.clip(np.rint((b - low) / step), 0, levels) * step + low - b).reshape(w.shape)
+
+
+def test_searched_affine_reproduces_a_block_already_on_a_4_bit_grid() -> None:
+    rng = np.random.default_rng(0)
+    q = rng.integers(2, 13, size=(8, 64))  # 11 of 16 levels used: min/max rounding would not land on it
+    step = rng.uniform(0.01, 0.05, size=(8, 2, 1)).repeat(32, axis=2).reshape(8, 64)
+    w = (q * step - 0.2).astype(np.float32)
+    data, scale, offset = searched_affine(w, 4, 32)
+    assert np.abs(dequantize(data, scale, offset) - w).max() < 2e-3 * np.abs(w).max()  # fp16 scale rounding only
+
+
+def test_searched_affine_never_loses_to_min_max_rounding_and_weights_the_columns_that_matter() -> None:
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((64, 128)).astype(np.float32)
+    plain = dequantize(*searched_affine(w, 4, 32))
+    assert np.square(plain - w).sum() <= _min_max_error(w, 4, 32).sum() * 1.001
+    importance = np.ones(128, np.float32)
+    importance[::16] = 400.0  # a few outlier activation channels, as in Gemma's residual stream
+    weighted = dequantize(*searched_affine(w, 4, 32, importance))
+    err_plain = (np.square(plain - w) * importance).sum()
+    err_weighted = (np.square(weighted - w) * importance).sum()
+    assert err_weighted < 0.8 * err_plain, (err_weighted, err_plain)
+
+
+def test_quantizer_finds_each_linears_calibration_weights_by_name() -> None:
+    # the Core ML const of a decoder linear and the transformers module it came from share one key
+    assert const_key("blocks_11_down_proj_weight_to_fp16") == decoder_linear_key("model.layers.11.mlp.down_proj")
+    assert const_key("blocks_0_q_proj_weight_to_fp16") == decoder_linear_key("model.layers.0.self_attn.q_proj")
+    assert const_key("embedding_to_fp16") is None and decoder_linear_key("lm_head") is None
+    assert COMPRESSION["int4-mixed"].linear_bits("model.layers.0.self_attn.q_proj") == 8
+    assert COMPRESSION["int4-mixed"].linear_bits("blocks_0_o_proj_weight_to_fp16") == 4
+    assert COMPRESSION["int8"].linear_bits("blocks_0_o_proj_weight_to_fp16") == 8
