@@ -34,7 +34,7 @@ from packager.swift_check import check_swift_files
 from packager.target import ScaffoldCheck, TargetResult
 from packager.templating import render_tree
 from packager.verify.coreml_check import coreml_runtime_available
-from packager.verify.gates import TopOneGate
+from packager.verify.gates import LOW_BIT, TopOneGate
 from packager.verify.result import VerificationResult
 
 APP_DIR = "app"
@@ -178,10 +178,12 @@ class IosTarget:
         raise AssertionError("unreachable: the last rung always returns")
 
     def _compressed_gate(self, ctx: BuildContext) -> tuple[TopOneGate, str]:
-        """The gate of a compressed package: llama.cpp's Q4_K_M top-1 on the same golden positions, minus 0.02."""
+        """The gate of a compressed package: llama.cpp's Q4_K_M top-1 on the same golden positions minus 0.02,
+        and the 3-6-bit class gate every 4-bit GGUF meets too."""
         q4 = ctx.verify_gguf("Q4_K_M", f"{self.name}/baseline Q4_K_M.gguf")
         top1 = q4.metrics.top1 if q4.metrics else 0.0
-        gate = TopOneGate(f"within {Q4_K_M_MARGIN} of llama.cpp Q4_K_M ({top1:.3f})", round(top1 - Q4_K_M_MARGIN, 6))
+        gate = TopOneGate(f"within {Q4_K_M_MARGIN} of llama.cpp Q4_K_M ({top1:.3f})", round(top1 - Q4_K_M_MARGIN, 6),
+                          also=LOW_BIT)
         return gate, (f"baseline: llama.cpp Q4_K_M of the same checkpoint reaches top-1 {top1:.3f} on the same "
                       f"{q4.metrics.positions if q4.metrics else 0} golden positions (executed in llama.cpp)")
 

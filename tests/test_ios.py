@@ -405,3 +405,17 @@ def test_quantizer_finds_each_linears_calibration_weights_by_name() -> None:
     assert COMPRESSION["int4-mixed"].linear_bits("model.layers.0.self_attn.q_proj") == 8
     assert COMPRESSION["int4-mixed"].linear_bits("blocks_0_o_proj_weight_to_fp16") == 4
     assert COMPRESSION["int8"].linear_bits("blocks_0_o_proj_weight_to_fp16") == 8
+
+
+def test_a_weak_q4_k_m_baseline_cannot_lower_the_compressed_gate_below_the_4_bit_class_gate() -> None:
+    from packager.verify.gates import LOW_BIT, TopOneGate
+    from packager.verify.metrics import FidelityMetrics
+
+    # a fine-tune whose Q4_K_M lost it (top-1 0.601): 0.78 clears "within 0.02" but not KL / decisive top-1
+    gate = TopOneGate("within 0.02 of llama.cpp Q4_K_M (0.601)", 0.581, also=LOW_BIT)
+    weak = FidelityMetrics(positions=509, top1=0.78, top1_decisive=0.80, decisive_positions=480, kl=0.14,
+                           ppl_ref=None, ppl=None)
+    good = FidelityMetrics(positions=509, top1=0.93, top1_decisive=0.97, decisive_positions=480, kl=0.012,
+                           ppl_ref=None, ppl=None)
+    assert len(gate.check(weak)) == 2 and gate.check(good) == []
+    assert "3-6-bit" in gate.describe()

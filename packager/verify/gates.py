@@ -47,16 +47,22 @@ class Gate:
 @dataclass(frozen=True)
 class TopOneGate:
     """Minimum raw top-1 agreement: the iOS target states its gates this way (fp16 >= 0.98; a compressed
-    package at most 0.02 below llama.cpp's Q4_K_M of the same model on the same positions)."""
+    package at most 0.02 below llama.cpp's Q4_K_M of the same model on the same positions).
+
+    `also`: a class gate that must hold as well, so a weak baseline (a Q4_K_M that lost the fine-tune)
+    cannot lower the bar below what every other artifact of that bit width meets.
+    """
 
     name: str
     min_top1: float
+    also: Gate | None = None
 
     def check(self, m: FidelityMetrics) -> list[str]:
-        return [f"top-1 {m.top1:.3f} < {self.min_top1:.3f}"] if m.top1 < self.min_top1 - 1e-12 else []
+        reasons = [f"top-1 {m.top1:.3f} < {self.min_top1:.3f}"] if m.top1 < self.min_top1 - 1e-12 else []
+        return reasons + (self.also.check(m) if self.also else [])
 
     def describe(self) -> str:
-        return f"{self.name}: top-1 >= {self.min_top1:.3f}"
+        return f"{self.name}: top-1 >= {self.min_top1:.3f}" + (f"; and {self.also.describe()}" if self.also else "")
 
 
 LOSSLESS = Gate("16/32-bit", min_top1_decisive=0.99, max_kl=0.002)
