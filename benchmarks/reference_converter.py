@@ -82,13 +82,20 @@ def _download_sdist(dest: Path) -> Path:
 
 def _extract(sdist: Path, dest: Path) -> None:
     root = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}/{_VENDOR}"
+    # Regular files only, written one by one: no links, no paths leaving dest, and no dependence on
+    # extractall(filter=...), which Debian's Python 3.11.2 does not have.
     with tarfile.open(sdist) as tar:
-        members = []
         for member in tar.getmembers():
-            if member.isfile() and member.name.startswith(root) and _wanted(member.name[len(root):]):
-                member.name = member.name[len(root):]
-                members.append(member)
-        tar.extractall(dest, members=members, filter="data")
+            rel = member.name[len(root):]
+            if not (member.isfile() and member.name.startswith(root) and _wanted(rel)):
+                continue
+            if rel.startswith("/") or ".." in Path(rel).parts:
+                raise ReferenceToolError(f"{sdist.name}: unsafe path {member.name!r} in the archive")
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source = tar.extractfile(member)
+            assert source is not None  # a regular file always has content
+            target.write_bytes(source.read())
     if not (dest / "convert_hf_to_gguf.py").is_file() or not (dest / "conversion" / "base.py").is_file():
         raise ReferenceToolError(f"{sdist.name} has no {_VENDOR}convert_hf_to_gguf.py / conversion package")
 

@@ -3,7 +3,9 @@
 ExecuTorch exports and Core ML conversions share this shape: the request is JSON on disk, the
 child (`python -m MODULE REQUEST RESULT`) writes its outputs and a result JSON, its log is kept,
 and the staging folder is renamed into the cache only when complete. A child's memory returns to
-the OS when it exits, and its peak RSS is what the child measures.
+the OS when it exits, and its peak RSS is what the child measures. The child's string hashing is
+seeded (PYTHONHASHSEED=0): converters that iterate over sets would otherwise order a program
+differently on every run, and the same inputs must give the same bytes.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def run_child(module: str, tmp: Path, request: dict[str, Any], what: str, folder
     with log.open("w", encoding="utf-8") as out:
         proc = subprocess.run(
             [sys.executable, "-m", module, str(tmp / "request.json"), str(tmp / "result.json")],
-            stdout=out, stderr=subprocess.STDOUT, check=False, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=out, stderr=subprocess.STDOUT, check=False,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONHASHSEED": "0"},
         )
     if proc.returncode != 0 or not (tmp / "result.json").is_file():
         detail = log_tail(log)

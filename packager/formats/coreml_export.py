@@ -25,6 +25,7 @@ import resource
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from packager.errors import BadInputError, InternalError, UnsupportedError
 
 COREMLTOOLS_VERSION = "9.0"
 # Bump when the converted program changes for the same checkpoint + options (keys the stage cache).
-EXPORT_SCHEMA = 6
+EXPORT_SCHEMA = 8
 DEPLOYMENT_TARGET = "iOS18"
 COMPRESSIONS = ("int4", "int4-mixed", "int8", "palettize4", "none")
 # What `--compression int4` (the default) ships: the first rung whose package passes its gate. Each rung
@@ -278,6 +279,30 @@ def package_name(compression: Compression, lm_head_chunk: int) -> str:
     return stem + ("-ane" if lm_head_chunk else "") + ".mlpackage"
 
 
+def make_deterministic(package: Path) -> None:
+    """Give a saved .mlpackage the same bytes for the same program.
+
+    coremltools writes a fresh uuid4 per Manifest.json item on every save (Core ML only needs them
+    unique within the package: they become ids derived from each item's path), and serializes the
+    protobuf's map fields in arbitrary order (re-serialized with deterministic=True, same message).
+    """
+    from coremltools.proto import Model_pb2
+
+    manifest_path = package / "Manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    entries = manifest["itemInfoEntries"]
+    renamed = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, f"edgepack:{item['path']}")) for old, item in entries.items()}
+    root = entries[manifest["rootModelIdentifier"]]
+    manifest["itemInfoEntries"] = {renamed[old]: item for old, item in sorted(entries.items(),
+                                                                             key=lambda kv: kv[1]["path"])}
+    manifest["rootModelIdentifier"] = renamed[manifest["rootModelIdentifier"]]
+    manifest_path.write_text(json.dumps(manifest, indent=4) + "\n", encoding="utf-8")
+    spec_path = package / "Data" / root["path"]
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_path.read_bytes())
+    spec_path.write_bytes(spec.SerializeToString(deterministic=True))
+
+
 def _describe(mlmodel: Any, name: str, compression: Compression, user: dict[str, str]) -> None:
     mlmodel.short_description = f"{name}: {compression.summary} (edgepack)"
     mlmodel.author = "edgepack"
@@ -324,6 +349,7 @@ def export_package(request: ExportRequest) -> dict[str, Any]:
     fp16_path = Path(request.out_dir) / package_name(fp16, request.lm_head_chunk)
     _describe(converted, request.name, fp16, user)
     converted.save(str(fp16_path))
+    make_deterministic(fp16_path)
     del converted
     gc.collect()
     packages: dict[str, Any] = {}
@@ -338,6 +364,7 @@ def export_package(request: ExportRequest) -> dict[str, Any]:
                                            importance)
             _describe(mlmodel, request.name, compression, user)
             mlmodel.save(str(out))
+            make_deterministic(out)
             del mlmodel
             gc.collect()
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
