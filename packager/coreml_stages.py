@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from packager.child_stage import run_child, staging
-from packager.fingerprint import options_digest
+from packager.fingerprint import options_digest, save_record
 from packager.formats.coreml_export import COREMLTOOLS_VERSION, EXPORT_SCHEMA, ExportRequest
 from packager.verify.metrics import FidelityMetrics
 from packager.verify.result import VerificationResult
@@ -102,10 +102,7 @@ def verified_package(ctx: BuildContext, export: CoreMLExport, compression: str, 
     result = verify_package(export.package(compression), name, compression, gate, reference, list(ctx.contract.eos_ids),
                             ctx.hf_tokenizer, int(export.result["max_context"]),
                             export.result["sliding_window"] is not None, max_positions, executed)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result.as_dict(), indent=2), encoding="utf-8")
-    tmp.rename(record)
+    save_record(record, result.as_dict())
     m = result.metrics
     ctx.reporter.stage(label, False, time.perf_counter() - start,
                        f"top-1 {m.top1:.3f}, cosine {m.cosine:.4f}, {'pass' if result.passed else 'FAIL'}" if m else "")
@@ -128,9 +125,6 @@ def screened(ctx: BuildContext, compression: str) -> FidelityMetrics:
     ctx.reporter.say(f"screening Core ML {compression}: transformers with its quantized weights on "
                      f"{ctx.reference.positions} golden positions")
     metrics = predict_fidelity(ctx.ckpt.folder, compression_named(compression), ctx.reference)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps(metrics.as_dict()), encoding="utf-8")
-    tmp.rename(record)
+    save_record(record, metrics.as_dict())
     ctx.reporter.stage(label, False, time.perf_counter() - start, f"top-1 {metrics.top1:.3f}, KL {metrics.kl:.4f}")
     return metrics

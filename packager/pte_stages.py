@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from packager.child_stage import run_child, staging
-from packager.fingerprint import file_sha256, options_digest
+from packager.fingerprint import file_sha256, options_digest, save_record
 from packager.formats.executorch_export import EXECUTORCH_VERSION, EXPORT_SCHEMA, Recipe, RunnerMetadata
 from packager.verify.metrics import FidelityMetrics
 from packager.verify.result import VerificationResult
@@ -85,13 +85,6 @@ def _record(ctx: BuildContext, kind: str, artifact: PteArtifact, tokenizer_json:
     return ctx.cache / "verify" / f"{digest}.json"
 
 
-def _save(record: Path, result: VerificationResult) -> None:
-    record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result.as_dict(), indent=2), encoding="utf-8")
-    tmp.rename(record)
-
-
 def verified_pte(ctx: BuildContext, artifact: PteArtifact, tokenizer_json: Path, name: str) -> VerificationResult:
     """Run the .pte in ExecuTorch on this host (cached per export + golden set + eval set)."""
     from packager.verify import pte_check
@@ -119,7 +112,7 @@ def verified_pte(ctx: BuildContext, artifact: PteArtifact, tokenizer_json: Path,
         ctx.attach_task(result, metrics)
         if contract.constrained:
             result.notes.append("ExecuTorch's runner has no grammar: labels are decoded unconstrained on Android")
-    _save(record, result)
+    save_record(record, result.as_dict())
     m = result.metrics
     ctx.reporter.stage(label, False, time.perf_counter() - start,
                        f"top-1 {m.top1:.3f}, KL {m.kl:.4f}, {'pass' if result.passed else 'FAIL'}" if m else "")
@@ -136,7 +129,7 @@ def structural_pte(ctx: BuildContext, artifact: PteArtifact, tokenizer_json: Pat
         return dataclasses.replace(VerificationResult.from_dict(json.loads(record.read_text())), artifact=name)
     result = pte_check.verify_structural(artifact.pte, artifact.ptd, name, artifact.recipe.name, backend_id,
                                          reference_metadata)
-    _save(record, result)
+    save_record(record, result.as_dict())
     return result
 
 
@@ -153,10 +146,7 @@ def screened(ctx: BuildContext, recipe: Recipe) -> FidelityMetrics:
         return FidelityMetrics(**json.loads(record.read_text()))
     start = time.perf_counter()
     metrics = predict_fidelity(ctx.ckpt.folder, ctx.ckpt.spec, recipe, ctx.reference)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps(metrics.as_dict()), encoding="utf-8")
-    tmp.rename(record)
+    save_record(record, metrics.as_dict())
     ctx.reporter.stage(label, False, time.perf_counter() - start,
                        f"top-1 (decisive) {metrics.top1_decisive or 0:.3f}, KL {metrics.kl:.4f}")
     return metrics

@@ -19,7 +19,7 @@ from typing import Any
 
 from packager.checkpoint import Checkpoint
 from packager.contract import Contract, apply_task_config, contract_from_checkpoint
-from packager.fingerprint import cache_root, file_sha256, options_digest
+from packager.fingerprint import cache_root, file_sha256, options_digest, save_record
 from packager.formats.gguf_quantize import quantize_gguf
 from packager.formats.gguf_writer import NUMPY_TYPES, write_gguf
 from packager.progress import Reporter
@@ -133,10 +133,7 @@ class BuildContext:
         _, answers = score(self.contract, self.eval_rows, hf_generator(model, self.hf_tokenizer, self.contract),
                            None)
         del model
-        record.parent.mkdir(parents=True, exist_ok=True)
-        tmp = record.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"answers": answers}))
-        tmp.rename(record)
+        save_record(record, {"answers": answers})
         self.reporter.stage("fp32 baseline on the eval set", False, time.perf_counter() - start,
                             f"{len(answers)} rows")
         return answers
@@ -240,10 +237,7 @@ class BuildContext:
         if self.eval_rows:
             self.reporter.say(f"answering {len(self.eval_rows)} eval rows with GGUF {quant} in llama.cpp")
             self.attach_task(result, self.task_metrics_gguf(path))
-        record.parent.mkdir(parents=True, exist_ok=True)
-        tmp = record.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result.as_dict(), indent=2))
-        tmp.rename(record)
+        save_record(record, result.as_dict())
         m = result.metrics
         self.reporter.stage(
             label, False, time.perf_counter() - start,
