@@ -19,10 +19,10 @@ import re
 import time
 from pathlib import Path
 
-from packager.formats.executorch_export import EXECUTORCH_VERSION, RECIPES
+from targets.android.export import EXECUTORCH_VERSION, RECIPES
 from packager.pipeline import BuildRequest, open_input
 from packager.progress import Reporter
-from packager.pte_stages import cached_pte, screened, verified_pte
+from targets.android.stages import cached_pte, screened, verified_pte
 from packager.stages import BuildContext, BuildOptions
 from packager.verify.gguf_check import verify_gguf
 

@@ -104,7 +104,7 @@ class MLCNaming:
 
 @dataclass(frozen=True)
 class ExecuTorchLayout:
-    """What the ExecuTorch exporter (packager.formats.executorch_export) needs about one architecture.
+    """What the ExecuTorch exporter (targets.android.export) needs about one architecture.
 
     `cache` names the static KV cache transformers' exportable wrapper must pick: "hybrid" for models
     mixing sliding-window and global layers (Gemma 3), "static" otherwise; the exporter refuses a
@@ -128,7 +128,7 @@ class ExecuTorchLayout:
 
 @dataclass(frozen=True)
 class CoreMLLayout:
-    """What the Core ML converter (packager.formats.coreml_model) needs about one decoder block.
+    """What the Core ML converter (targets.ios.model) needs about one decoder block.
 
     Module names are relative to a decoder block; None means the block has no such norm. Gemma wraps
     both branches in norms (pre and post), normalises each head's q and k, takes its softmax scale
@@ -176,7 +176,7 @@ class ArchitectureSpec:
     # Why fp16 execution is risky (Core ML, GPU delegates): shown by doctor and the iOS writer.
     fp16_risk: str = ""
     targets: frozenset[str] = field(default_factory=frozenset)
-    # MLC / WebLLM (packager.formats.mlc_writer): mlc-llm's model registry name, the prefix of
+    # MLC / WebLLM (targets.web.mlc.writer): mlc-llm's model registry name, the prefix of
     # every parameter name, projections mlc-llm concatenates along the output dimension (target
     # name, HF names in order), the offset added to norm gains, whether lm_head is always tied
     # (None: config's tie_word_embeddings decides), and the fixed local/global attention period

@@ -12,7 +12,7 @@ import click
 
 from packager import __version__
 from packager.errors import EdgepackError, ExitCode
-from packager.formats.coreml_export import COMPRESSIONS
+from targets.ios.convert import COMPRESSIONS
 from packager.progress import Reporter
 
 

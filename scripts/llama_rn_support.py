@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write packager/data/llama_rn_support.json: what the pinned llama.rn's bundled llama.cpp can load.
+"""Write targets/react_native/data/llama_rn_support.json: what the pinned llama.rn's bundled llama.cpp can load.
 
 llama.rn ships its own copy of llama.cpp, older or newer than the one that verifies GGUFs on the
 build host. The react-native target refuses a GGUF this copy would reject or mis-tokenize, so the
@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "packager" / "data" / "llama_rn_support.json"
+DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "targets" / "react_native" / "data" / "llama_rn_support.json"
 # LLM_ARCH_NAMES entries that name no loadable model.
 NOT_MODELS = {"LLM_ARCH_UNKNOWN", "LLM_ARCH_CLIP"}  # CLIP: "dummy, only used by llama-quantize"
 

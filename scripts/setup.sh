@@ -45,8 +45,8 @@ extras="example"
 # pip caches the built wheel, so later installs are instant.
 .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e ".[${extras}]"
 .venv/bin/edgepack --version >&2
-# wllama, WebLLM and playwright-core at the versions pinned in packager/data/web-vendor/, installed
+# wllama, WebLLM and playwright-core at the versions pinned in targets/web/data/web-vendor/, installed
 # once into ~/.cache/edgepack/web-vendor/ (npm ci --ignore-scripts); builds copy from there offline.
-.venv/bin/python -m packager.web_vendor install >&2
-# kotlinc and ktlint at the versions pinned in packager/data/android-tools/ (npm ci --ignore-scripts).
-.venv/bin/python -m packager.android_tools install >&2
+.venv/bin/python -m targets.web.vendor install >&2
+# kotlinc and ktlint at the versions pinned in targets/android/data/android-tools/ (npm ci --ignore-scripts).
+.venv/bin/python -m targets.android.kotlin_check install >&2

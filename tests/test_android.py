@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from external_tools import tools_required
 
-from packager.android_tools import compile_kotlin, find_tools, ktlint_command, tree_sitter_errors
+from targets.android.kotlin_check import compile_kotlin, find_tools, ktlint_command, tree_sitter_errors
 from packager.contract import Contract, labels_grammar, parse_output, render_prompt
 from packager.escaping import kotlin_string
 from packager.templating import check_no_placeholders, render_tree
@@ -31,7 +31,7 @@ HOSTILE_NAME = 'Bot "${evil}" \\n\n$x `rm -rf` {{ x }} </script> ü🦙'
 HOSTILE_LABELS = ['say "hi"', "$price", "back\\slash", "line\nbreak", "{% raw %}", "tab\there"]
 
 
-def missing_android_tool(name: str, fix: str = ".venv/bin/python -m packager.android_tools install") -> None:
+def missing_android_tool(name: str, fix: str = ".venv/bin/python -m targets.android.kotlin_check install") -> None:
     """Skip (or under EDGEPACK_REQUIRE_TOOLS=1 fail) a test whose Kotlin tool is absent, naming the fix."""
     message = f"{name} is not installed: run {fix}"
     if tools_required():
@@ -343,7 +343,7 @@ def test_gemma_embedding_scale_survives_the_quantized_table(tiny_gemma: Path) ->
     from transformers import AutoModelForCausalLM
 
     from packager.architectures import spec_for_config
-    from packager.formats.executorch_export import RECIPES, quantize_model
+    from targets.android.export import RECIPES, quantize_model
 
     config = json.loads((tiny_gemma / "config.json").read_text())
     model = AutoModelForCausalLM.from_pretrained(str(tiny_gemma), dtype=torch.float32)
@@ -364,7 +364,7 @@ def test_outlier_smoothing_leaves_the_fp32_model_unchanged(family: str, request:
     from transformers import AutoModelForCausalLM
 
     from packager.architectures import spec_for_config
-    from packager.formats.executorch_export import smooth_outliers
+    from targets.android.export import smooth_outliers
 
     folder = request.getfixturevalue(family)
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
@@ -385,8 +385,8 @@ def test_smoothed_recipe_exports_and_the_pte_matches_its_eager_prediction(tiny_g
     from transformers import AutoModelForCausalLM
 
     from packager.architectures import spec_for_config
-    from packager.formats.executorch_export import RECIPES, RunnerMetadata, export_pte, quantize_model
-    from packager.verify.pte_check import PteProgram
+    from targets.android.export import RECIPES, RunnerMetadata, export_pte, quantize_model
+    from targets.android.verify import PteProgram
 
     recipe = RECIPES["8da8w-smooth-f32down"]
     config = json.loads((tiny_gemma / "config.json").read_text())
@@ -406,7 +406,7 @@ def test_tied_fp32_table_is_stored_once(tiny_smollm: Path, tmp_path: Path) -> No
     """fp32 weights go to one .ptd whose data store keeps one copy of the table XNNPACK also reads as lm_head."""
     from transformers import AutoModelForCausalLM
 
-    from packager.formats.executorch_export import RECIPES, RunnerMetadata, export_pte
+    from targets.android.export import RECIPES, RunnerMetadata, export_pte
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_smollm))
     unique_bytes = sum(p.numel() for p in model.parameters()) * 4  # parameters() yields a tied tensor once
@@ -419,8 +419,8 @@ def test_tiny_llama_exports_runs_and_loads_in_the_llm_runner(tiny_llama: Path, t
     import torch
     from transformers import AutoModelForCausalLM
 
-    from packager.formats.executorch_export import RECIPES, RunnerMetadata, export_pte
-    from packager.verify.pte_check import PteProgram, RunnerSession
+    from targets.android.export import RECIPES, RunnerMetadata, export_pte
+    from targets.android.verify import PteProgram, RunnerSession
 
     result = export_pte(tiny_llama, tmp_path, RECIPES["fp32"], RunnerMetadata(64, (507, 510), 506, 640))
     assert result.delegated_ops > 0
@@ -434,7 +434,7 @@ def test_tiny_llama_exports_runs_and_loads_in_the_llm_runner(tiny_llama: Path, t
 
 def test_unknown_recipe_is_refused_with_the_known_ones() -> None:
     from packager.errors import BadInputError
-    from packager.formats.executorch_export import recipe_named
+    from targets.android.export import recipe_named
 
     with pytest.raises(BadInputError, match="Known: auto, fp32, 8da8w"):
         recipe_named("int3")
@@ -447,7 +447,7 @@ def test_unknown_recipe_is_refused_with_the_known_ones() -> None:
 
 @pytest.mark.real_model
 def test_gemma_270m_builds_for_android_with_the_default_recipe(gemma_270m: Path, tmp_path: Path) -> None:
-    from packager.formats.executorch_export import AUTO_LADDER
+    from targets.android.export import AUTO_LADDER
     from packager.pipeline import BuildRequest, run_build
     from packager.progress import Reporter
     from packager.stages import BuildOptions

@@ -78,7 +78,7 @@ def test_report_has_the_verification_table_and_says_where_numbers_come_from(gemm
 
 def test_interrupted_build_leaves_nothing_that_looks_complete(tiny_llama: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import targets.raspberry_pi as rpi
+    import targets.raspberry_pi.target as rpi
 
     def explode(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
@@ -94,7 +94,7 @@ def test_interrupted_build_leaves_nothing_that_looks_complete(tiny_llama: Path, 
 
 def test_internal_errors_exit_with_the_internal_code_not_the_gate_code(tiny_llama: Path, tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    import targets.raspberry_pi as rpi
+    import targets.raspberry_pi.target as rpi
 
     def bug(*args: object, **kwargs: object) -> None:
         raise RuntimeError("simulated bug")

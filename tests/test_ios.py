@@ -21,8 +21,8 @@ from packager.architectures import spec_for_config
 from packager.calibration import decoder_linear_key
 from packager.errors import GateFailedError
 from packager.escaping import swift_string
-from packager.formats.coreml_export import COMPRESSION
-from packager.formats.coreml_model import (
+from targets.ios.convert import COMPRESSION
+from targets.ios.model import (
     FP16_BUDGET,
     FP16_MAX,
     Fp16Plan,
@@ -31,10 +31,10 @@ from packager.formats.coreml_model import (
     measure_ranges,
     plan_rewrites,
 )
-from packager.formats.coreml_quantize import const_key, dequantize, searched_affine
+from targets.ios.quantize import const_key, dequantize, searched_affine
 from packager.pipeline import BuildRequest, run_build
 from packager.stages import BuildOptions
-from packager.swift_check import syntax_errors, unknown_api_names
+from targets.ios.swift_check import syntax_errors, unknown_api_names
 from packager.templating import check_no_placeholders, render_tree
 
 REPO = Path(__file__).resolve().parent.parent
@@ -164,8 +164,8 @@ def gemma_bundle(tiny_gemma: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def test_gemma_package_has_swift_transformers_names_state_and_ranges(gemma_bundle) -> None:
-    from packager.verify.coreml_check import check_spec
-    from packager.verify.mil_interpreter import load_program
+    from targets.ios.verify import check_spec
+    from targets.ios.mil_interpreter import load_program
 
     outcome, bundle = gemma_bundle
     assert outcome.passed
@@ -255,7 +255,7 @@ def test_coremltools_still_needs_the_scalar_cast_shim() -> None:
                           check=False)
     assert "TYPEERROR" in proc.stdout, (
         "coremltools converts int() of a one-element constant without edgepack's shim now: delete "
-        "packager/formats/coreml_compat.py's shim and this test.\n" + proc.stdout[-2000:] + proc.stderr[-2000:])
+        "targets/ios/compat.py's shim and this test.\n" + proc.stdout[-2000:] + proc.stderr[-2000:])
     shimmed = "from packager.formats import coreml_compat\ncoreml_compat.apply()\n" + _UPSTREAM_PROBE
     patched = subprocess.run([sys.executable, "-c", shimmed], capture_output=True, text=True, timeout=300, check=False,
                              cwd=REPO)
@@ -322,9 +322,9 @@ def test_hostile_name_and_labels_are_escaped_in_swift_yaml_and_markdown(tmp_path
 
 def test_neural_engine_variant_splits_the_lm_head_and_simulates_to_the_same_logits(tiny_gemma: Path,
                                                                                    tmp_path: Path) -> None:
-    from packager.formats.coreml_export import ExportRequest, export_package
-    from packager.verify.coreml_check import SimulatedModel
-    from packager.verify.mil_interpreter import load_program
+    from targets.ios.convert import ExportRequest, export_package
+    from targets.ios.verify import SimulatedModel
+    from targets.ios.mil_interpreter import load_program
 
     ids = [2, *range(10, 40)]
     logits = {}

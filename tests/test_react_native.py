@@ -27,7 +27,7 @@ import pytest
 from cli_helpers import edgepack, leftovers
 from external_tools import require_tool
 
-import targets.react_native as react_native
+import targets.react_native.target as react_native
 from packager.contract import Contract
 from packager.errors import ExitCode, UnsupportedError
 from packager.pipeline import BuildRequest, run_build
@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 BRIDGE = REPO / "mobile" / "react-native"
 APP_TEMPLATE = REPO / "templates" / "react-native"
 VECTORS = REPO / "tests" / "vectors" / "contract.json"
-SUPPORT_JSON = REPO / "packager" / "data" / "llama_rn_support.json"
+SUPPORT_JSON = REPO / "targets" / "react_native" / "data" / "llama_rn_support.json"
 NPM_WORK = Path(os.environ.get("EDGEPACK_NPM_WORK", REPO / ".cache" / "npm-work"))
 HOSTILE_NAME = 'Bot "q" \'s\' `id` ${process.exit(1)} </script><!-- \\ \u2028 end\nsecond line'
 HOSTILE_LABELS = ['say "hi"', "back`tick`", "${globalThis.x}", "</script><script>alert(1)</script>",

@@ -10,8 +10,8 @@ import pytest
 from cli_helpers import edgepack
 from external_tools import missing, require_tool
 
-from packager.verify.browser import BrowserTools, find_browser_tools
-from packager.web_vendor import PLAYWRIGHT
+from targets.web.verify_browser import BrowserTools, find_browser_tools
+from targets.web.vendor import PLAYWRIGHT
 
 PAGE_CHECK = r"""
 const { chromium } = require(process.argv[2]);

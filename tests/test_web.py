@@ -1,7 +1,7 @@
 """The web target: a static bundle that runs in real headless Chromium, and a WebLLM (MLC) bundle.
 
 Browser tests drive Debian's Chromium with playwright-core (both needed: `apt-get install chromium`
-and `python -m packager.web_vendor install`); without them they skip locally and fail under
+and `python -m targets.web.vendor install`); without them they skip locally and fail under
 EDGEPACK_REQUIRE_TOOLS=1.
 """
 
@@ -24,9 +24,9 @@ from packager.checkpoint import load_checkpoint
 from packager.contract import Contract, PromptFormat, parse_output, render_prompt
 from packager.errors import ExitCode
 from packager.fingerprint import file_sha256
-from packager.formats.gguf_split import part_names, split_gguf
-from packager.formats.mlc_libraries import LIBS_ENV, match_library
-from packager.formats.mlc_writer import (
+from targets.web.gguf_split import part_names, split_gguf
+from targets.web.mlc.libraries import LIBS_ENV, match_library
+from targets.web.mlc.writer import (
     MLC_QUANTIZATIONS,
     ShardWriter,
     bf16_bits_to_f32,
@@ -40,10 +40,10 @@ from packager.formats.mlc_writer import (
 from packager.pipeline import BuildRequest, run_build
 from packager.progress import Reporter
 from packager.stages import BuildContext, BuildOptions
-from packager.verify.browser import BrowserTools, compare_greedy, drive_bundle, find_browser_tools
+from targets.web.verify_browser import BrowserTools, compare_greedy, drive_bundle, find_browser_tools
 from packager.verify.llama_cpp_runner import GGUFRunner
-from packager.verify.mlc_check import check_mlc_folder
-from packager.web_vendor import BUNDLE_FILES, WLLAMA, vendor_or_none
+from targets.web.mlc.check import check_mlc_folder
+from targets.web.vendor import BUNDLE_FILES, WLLAMA, vendor_or_none
 
 REPO = Path(__file__).resolve().parent.parent
 Q4 = MLC_QUANTIZATIONS["q4f16_1"]
@@ -61,7 +61,7 @@ def browser() -> BrowserTools:
 
 def vendor_installed() -> None:
     if vendor_or_none() is None:
-        missing("the pinned web runtimes (.venv/bin/python -m packager.web_vendor install)")
+        missing("the pinned web runtimes (.venv/bin/python -m targets.web.vendor install)")
 
 
 def verification(bundle: Path, fmt: str) -> dict:
@@ -191,7 +191,7 @@ def test_hostile_name_and_labels_stay_text_in_html_and_js_and_the_page_still_loa
 
 def test_a_gguf_over_the_part_size_is_split_and_the_parts_run_natively_and_in_chromium(
         tiny_gemma: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import targets.web as web
+    import targets.web.target as web
 
     browser()
     reader = gguf.GGUFReader(str(Path(BuildContext(load_checkpoint(tiny_gemma, work_dir=tmp_path / "w"), "x",
@@ -240,14 +240,14 @@ def test_without_chromium_the_bundle_is_structural_and_says_why(tiny_gemma: Path
 
 def test_missing_web_runtimes_are_a_clear_unsupported_error_and_nothing_is_written(
         tiny_gemma: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import packager.web_vendor as web_vendor
+    import targets.web.vendor as web_vendor
 
     monkeypatch.setenv("EDGEPACK_WEB_VENDOR", str(tmp_path / "empty"))
     web_vendor.vendor_or_none.cache_clear()
     result = edgepack("build", tiny_gemma, "--target", "web", "--quant", "Q8_0", "--out", tmp_path / "out")
     web_vendor.vendor_or_none.cache_clear()
     assert result.exit_code == ExitCode.UNSUPPORTED
-    assert "python -m packager.web_vendor install" in result.stderr
+    assert "python -m targets.web.vendor install" in result.stderr
     assert leftovers(tmp_path, "out") == []
 
 
@@ -404,7 +404,7 @@ def test_llama_mlc_names_fuse_qkv_and_keep_an_untied_lm_head(tiny_llama: Path, t
 
 
 def test_structural_check_catches_a_wrong_shape_and_a_corrupt_shard(tiny_llama: Path, tmp_path: Path) -> None:
-    from packager.formats.mlc_writer import write_tensor_cache
+    from targets.web.mlc.writer import write_tensor_cache
 
     ckpt = load_checkpoint(tiny_llama, work_dir=tmp_path / "w")
     folder = tmp_path / "mlc"

@@ -53,7 +53,7 @@ async function main() {
   return model;
 }
 
-// window.edgepack is how tests and benchmarks drive the page (see packager/verify/browser.py).
+// window.edgepack is how tests and benchmarks drive the page (see targets/web/verify_browser.py).
 const ready = main();
 window.edgepack = { ready };
 ready.catch((err) => {

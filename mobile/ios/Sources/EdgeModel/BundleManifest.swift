@@ -1,6 +1,6 @@
 import Foundation
 
-/// The parts of an ios bundle's edgepack.json the bridge reads (written by targets/ios.py).
+/// The parts of an ios bundle's edgepack.json the bridge reads (written by targets/ios/target.py).
 public struct BundleManifest: Decodable, Sendable {
     public struct Package: Decodable, Sendable {
         public let package: String

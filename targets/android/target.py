@@ -1,6 +1,6 @@
 """Android: an ExecuTorch .pte (+ .ptd weights) on XNNPACK, a Kotlin bridge over LlmModule, a sample app.
 
-The .pte is exported by packager.formats.executorch_export (a cached stage) and executed on this
+The .pte is exported by targets.android.export (a cached stage) and executed on this
 host by ExecuTorch's own runtimes, including the C++ TextLLMRunner that Android's LlmModule drives.
 `--recipe auto` ships the smallest recipe of the ladder that passes its gate. `--delegate vulkan`
 adds an experimental Vulkan .pte, checked structurally only (no GPU here, and the standard
@@ -16,18 +16,18 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from packager import __version__
-from packager.android_tools import check_android_files, kotlin_version
+from targets.android.kotlin_check import check_android_files, kotlin_version
 from packager.codecheck import check_generated_files
 from packager.errors import BadInputError, UnsupportedError
 from packager.escaping import slug
-from packager.formats.executorch_export import AUTO_LADDER, DELEGATES, EXECUTORCH_VERSION, recipe_named
+from targets.android.export import AUTO_LADDER, DELEGATES, EXECUTORCH_VERSION, recipe_named
 from packager.manifest import file_entries, without_host_measurements, write_json
-from packager.pte_stages import PteArtifact, cached_pte, screened, structural_pte, verified_pte
+from targets.android.stages import PteArtifact, cached_pte, screened, structural_pte, verified_pte
 from packager.resources import copy_mobile_files
 from packager.stages import BuildContext, link_or_copy
 from packager.target import ScaffoldCheck, TargetResult
 from packager.templating import render_tree
-from packager.verify.pte_check import RunnerTokenizer, eos_pieces
+from targets.android.verify import RunnerTokenizer, eos_pieces
 from packager.verify.result import VerificationResult
 
 APP_DIR = "app"

@@ -1,8 +1,8 @@
 """iOS: a stateful Core ML package (ML Program, iOS 18), the Swift bridge EdgeModel, a SwiftUI sample app.
 
-The package is converted by packager.formats.coreml_export (a cached stage) with exact fp16
+The package is converted by targets.ios.convert (a cached stage) with exact fp16
 rewrites sized from measured activation ranges, and verified at the `simulated` level: its own MIL
-program runs in numpy (packager.verify.mil_interpreter) through a prefill and decode steps and is
+program runs in numpy (targets.ios.mil_interpreter) through a prefill and decode steps and is
 compared with transformers in fp32. No Core ML runtime exists off Apple platforms, so nothing here
 is `executed`; the fp16 conversion is verified beside the shipped (compressed) package because a
 compressed package can only be as good as the program it was compressed from.
@@ -17,10 +17,10 @@ from typing import Any, ClassVar
 
 from packager import __version__
 from packager.codecheck import check_generated_files
-from packager.coreml_stages import CoreMLExport, cached_export, export_request, screened, verified_package
+from targets.ios.stages import CoreMLExport, cached_export, export_request, screened, verified_package
 from packager.errors import BadInputError, UnsupportedError
 from packager.escaping import slug
-from packager.formats.coreml_export import (
+from targets.ios.convert import (
     ANE_MAX_DIM,
     COMPRESSIONS,
     COREMLTOOLS_VERSION,
@@ -30,10 +30,10 @@ from packager.formats.coreml_export import (
 from packager.manifest import file_entries, without_host_measurements, write_json
 from packager.resources import copy_mobile_files
 from packager.stages import BuildContext, link_or_copy
-from packager.swift_check import check_swift_files
+from targets.ios.swift_check import check_swift_files
 from packager.target import ScaffoldCheck, TargetResult
 from packager.templating import render_tree
-from packager.verify.coreml_check import coreml_runtime_available
+from targets.ios.verify import coreml_runtime_available
 from packager.verify.gates import LOW_BIT, TopOneGate
 from packager.verify.result import VerificationResult
 

@@ -1,7 +1,7 @@
 """Core ML conversion: a Hugging Face checkpoint -> a stateful fp16 ML Program (.mlpackage, iOS 18).
 
 The route that works with the pinned stack (coremltools 9.0, torch 2.13, numpy 2.4): the decoder of
-packager.formats.coreml_model (KV cache as registered buffers), torch.jit.trace (much faster than
+targets.ios.model (KV cache as registered buffers), torch.jit.trace (much faster than
 torch.export here), ct.convert with the buffers as ct.StateType, ct.RangeDim sequence lengths,
 fp16 compute and iOS 18 as the deployment target, then optional weight compression with
 coremltools.optimize. The two incompatibilities of coremltools 9.0 are shimmed in coreml_compat.
@@ -11,7 +11,7 @@ and the exact fp16 rewrites are sized from them (Fp16Plan); the rewritten decode
 with the original transformers model in fp32 (prefill and decode), and the export fails if it is
 not the same function. The measured ranges and the proof are part of the result.
 
-The build runs this in a child process (`python -m packager.formats.coreml_export REQUEST RESULT`):
+The build runs this in a child process (`python -m targets.ios.convert REQUEST RESULT`):
 the memory of a conversion returns to the OS when the child exits, and its peak RSS is measured.
 """
 
@@ -146,7 +146,7 @@ def plan_fp16(model: Any, spec: Any, config: dict[str, Any], request: ExportRequ
     """Size the exact rewrites from measured ranges; return the plan and the ranges before/after."""
     import torch
 
-    from packager.formats.coreml_model import FP16_BUDGET, Fp16Plan, StatefulDecoder, measure_ranges, plan_rewrites
+    from targets.ios.model import FP16_BUDGET, Fp16Plan, StatefulDecoder, measure_ranges, plan_rewrites
 
     window = sliding_window(spec, config)
     n_layers = int(config["num_hidden_layers"])
@@ -178,7 +178,7 @@ def prove_exact(model: Any, spec: Any, config: dict[str, Any], plan: Any, reques
     """Compare the rewritten decoder with transformers in fp32 (prefill + 4 decode steps per sequence)."""
     import torch
 
-    from packager.formats.coreml_model import StatefulDecoder, additive_masks
+    from targets.ios.model import StatefulDecoder, additive_masks
 
     window = sliding_window(spec, config)
     decoder = StatefulDecoder(model, spec, request.max_context, plan, cache_dtype=torch.float32)
@@ -205,7 +205,7 @@ def prove_exact(model: Any, spec: Any, config: dict[str, Any], plan: Any, reques
     if not proof["exact"]:
         raise InternalError(f"the fp16-safe rewrite of {request.checkpoint} is not exact in fp32: logits differ from "
                             f"transformers by {worst:.3g} (relative {relative:.2e} > {PROOF_TOLERANCE}). This is a bug "
-                            "in packager/formats/coreml_model.py for this architecture.")
+                            "in targets/ios/model.py for this architecture.")
     return proof
 
 
@@ -216,7 +216,7 @@ def convert(decoder: Any, window: int | None, max_context: int) -> Any:
     import torch
 
     from packager.formats import coreml_compat
-    from packager.formats.coreml_model import additive_masks
+    from targets.ios.model import additive_masks
 
     coreml_compat.apply()
     full, sliding = additive_masks(2, 3, window)
@@ -246,7 +246,7 @@ def compress(mlmodel: Any, compression: Compression,
     import coremltools.optimize.coreml as cto
     from coremltools.models.utils import _apply_graph_pass
 
-    from packager.formats.coreml_quantize import searched_quantizer_pass
+    from targets.ios.quantize import searched_quantizer_pass
 
     if compression.linears == "fp16":
         return mlmodel, {}
@@ -311,7 +311,7 @@ def _describe(mlmodel: Any, name: str, compression: Compression, user: dict[str,
 
 def export_package(request: ExportRequest) -> dict[str, Any]:
     """Convert once, then save one package per requested compression; return what was done and what it cost."""
-    from packager.formats.coreml_model import StatefulDecoder
+    from targets.ios.model import StatefulDecoder
 
     start = time.perf_counter()
     folder = Path(request.checkpoint)

@@ -67,7 +67,7 @@ class MilInterpreter:
         missing = sorted({op.op_type for op in self.function.operations} - set(KERNELS))
         if missing:
             raise UnsupportedError(f"the MIL interpreter has no kernel for: {', '.join(missing)}; add them to "
-                                   "packager/verify/mil_interpreter.py before this package can be simulated.")
+                                   "targets/ios/mil_interpreter.py before this package can be simulated.")
         self.reset_state()
 
     def reset_state(self) -> None:

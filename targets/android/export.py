@@ -12,7 +12,7 @@ copy of identical buffers, so a tied embedding that XNNPACK also reads as the ou
 once (fp32 Gemma 3 270M: ~1.07 GB instead of 1.74 GB), and in the 8-bit recipes the int8 table of
 a tied embedding is the output head's own int8 weight, stored once too.
 
-The build runs an export in a child process (`python -m packager.formats.executorch_export`): a
+The build runs an export in a child process (`python -m targets.android.export`): a
 Gemma 3 270M export peaks near 5 GB in fp32, the memory returns to the OS when the child exits,
 and the child's peak RSS is measured for the report.
 """

@@ -10,7 +10,7 @@
       webllm/libs/<lib>.wasm                      WebLLM model library, only when one is available
 
 The wllama bundle is verified `executed`: its own page runs in headless Chromium and its greedy
-tokens are compared with native llama.cpp (packager.verify.browser). WebLLM weights are verified
+tokens are compared with native llama.cpp (targets.web.verify_browser). WebLLM weights are verified
 `structural`: no WebLLM model library can be compiled here, and headless Chromium has no f16 WebGPU.
 """
 
@@ -27,9 +27,9 @@ from packager import __version__
 from packager.errors import UnsupportedError
 from packager.escaping import slug
 from packager.fingerprint import options_digest
-from packager.formats.gguf_split import MAX_PART_BYTES, part_names, split_gguf
-from packager.formats.mlc_libraries import PREFILL_CHUNK_SIZE, match_library
-from packager.formats.mlc_writer import (
+from targets.web.gguf_split import MAX_PART_BYTES, part_names, split_gguf
+from targets.web.mlc.libraries import PREFILL_CHUNK_SIZE, match_library
+from targets.web.mlc.writer import (
     CONFIG_FILE,
     MLC_QUANTIZATIONS,
     TOKENIZER_FILES,
@@ -43,7 +43,7 @@ from packager.resources import copy_mobile_files
 from packager.stages import BuildContext, link_or_copy
 from packager.target import TargetResult
 from packager.templating import render_tree
-from packager.verify.browser import (
+from targets.web.verify_browser import (
     BrowserMeasurement,
     BrowserTools,
     browser_task_eval,
@@ -52,9 +52,9 @@ from packager.verify.browser import (
     verify_bundle_files,
     verify_wllama_in_browser,
 )
-from packager.verify.mlc_check import check_mlc_folder
+from targets.web.mlc.check import check_mlc_folder
 from packager.verify.result import VerificationResult
-from packager.web_vendor import WEBLLM, WLLAMA, WebVendor, find_vendor
+from targets.web.vendor import WEBLLM, WLLAMA, WebVendor, find_vendor
 
 RUNTIME_SETS: dict[str, tuple[str, ...]] = {"wllama": ("wllama",), "webllm": ("webllm",), "all": ("wllama", "webllm")}
 # WebLLM variants per --quant: an f16 build needs the shader-f16 WebGPU feature, so each bundle

@@ -1,7 +1,7 @@
 """Verifying a web bundle at the `executed` level: its own page runs it in headless Chromium.
 
 The bundle is served by edgepack's static server on 127.0.0.1 and opened by Debian's Chromium,
-driven by playwright-core (packager/verify/data/browser_driver.mjs). The page loads the model
+driven by playwright-core (targets/web/data/browser_driver.mjs). The page loads the model
 through the bridge exactly as a user's browser would (download, sha256 check, Cache API), then
 generates greedily; the tokens must equal native llama.cpp's greedy tokens for the same GGUF and
 prompt. A divergence is accepted at a near-tie (native top-two logits less than 0.1 apart, and the
@@ -33,7 +33,7 @@ from packager.static_server import serving
 from packager.verify.gguf_check import first_difference
 from packager.verify.result import VerificationResult
 from packager.verify.task_eval import TaskMetrics
-from packager.web_vendor import INSTALL_COMMAND, WebVendor, vendor_or_none
+from targets.web.vendor import INSTALL_COMMAND, WebVendor, vendor_or_none
 
 DRIVER = Path(__file__).resolve().parent / "data" / "browser_driver.mjs"
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")

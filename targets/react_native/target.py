@@ -3,7 +3,7 @@
 The GGUF comes from the same shared stage as raspberry-pi (one conversion per build) and is verified
 in the host's llama.cpp. llama.rn bundles its own, different llama.cpp build, so before anything is
 written the GGUF's architecture, tokenizer, BOS flag and end-of-generation tokens are checked against
-what that build accepts (packager/data/llama_rn_support.json, generated from llama.rn's sources by
+what that build accepts (targets/react_native/data/llama_rn_support.json, generated from llama.rn's sources by
 scripts/llama_rn_support.py).
 """
 
@@ -32,7 +32,7 @@ from packager.target import ScaffoldCheck, TargetResult
 from packager.templating import render_tree
 
 LLAMA_RN_VERSION = "0.12.9"
-SUPPORT_TABLE = Path(packager.__file__).resolve().parent / "data" / "llama_rn_support.json"
+SUPPORT_TABLE = Path(__file__).resolve().parent / "data" / "llama_rn_support.json"
 APP_DIR = "app"
 # Where the bridge's TypeScript sources go inside the generated app.
 BRIDGE_DIR = "src/edgepack"

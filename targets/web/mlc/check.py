@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from packager.checkpoint import Checkpoint
-from packager.formats.mlc_writer import (
+from targets.web.mlc.writer import (
     TENSOR_CACHE,
     MLCQuantization,
     decode_stored,

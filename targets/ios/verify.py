@@ -3,7 +3,7 @@
 The spec check reads what swift-transformers and Core ML read: input/output/state names, types and
 ranges, the ML Program's specification version (iOS 18 = 9) and the metadata keys. It cannot see a
 numerical problem; the simulation can: the saved program runs op by op in fp16
-(packager.verify.mil_interpreter), fed the same fp16 masks swift-transformers builds, prefilling
+(targets.ios.mil_interpreter), fed the same fp16 masks swift-transformers builds, prefilling
 each golden sequence except its last DECODE_STEPS tokens and then decoding those one at a time
 through the carried keyCache/valueCache state. Its logits are compared with the fp32 reference of
 transformers on every golden position, and a greedy continuation with the reference's.
@@ -97,7 +97,7 @@ class SimulatedModel(PackageDriver):
     level = "simulated"
 
     def __init__(self, package: Path) -> None:
-        from packager.verify.mil_interpreter import MilInterpreter, load_program
+        from targets.ios.mil_interpreter import MilInterpreter, load_program
 
         program, self.spec = load_program(package)
         self.vm = MilInterpreter(program)
@@ -276,8 +276,8 @@ def predict_fidelity(folder: Path, compression: Any, reference: ReferenceLogits)
     from transformers import AutoModelForCausalLM
 
     from packager.calibration import decoder_linear_key
-    from packager.formats.coreml_export import column_importance
-    from packager.formats.coreml_quantize import dequantize, searched_affine
+    from targets.ios.convert import column_importance
+    from targets.ios.quantize import dequantize, searched_affine
 
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="eager",
                                                  trust_remote_code=False, local_files_only=True)

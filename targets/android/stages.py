@@ -2,7 +2,7 @@
 
 An export is keyed by the checkpoint's content digest, the recipe, the delegate and the runner
 metadata (context, eos/BOS ids), so a rebuild or a second target reuses it. It runs in a child
-process (packager.formats.executorch_export) and is written to a temporary folder that is renamed
+process (targets.android.export) and is written to a temporary folder that is renamed
 into place only when complete.
 """
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from packager.child_stage import run_child, staging
 from packager.fingerprint import file_sha256, options_digest, save_record
-from packager.formats.executorch_export import EXECUTORCH_VERSION, EXPORT_SCHEMA, Recipe, RunnerMetadata
+from targets.android.export import EXECUTORCH_VERSION, EXPORT_SCHEMA, Recipe, RunnerMetadata
 from packager.verify.metrics import FidelityMetrics
 from packager.verify.result import VerificationResult
 
@@ -70,7 +70,7 @@ def cached_pte(ctx: BuildContext, recipe: Recipe, delegate: str, max_context: in
                "metadata": dataclasses.asdict(metadata)}
     ctx.reporter.say(f"exporting {recipe.name} ({delegate}) with ExecuTorch {EXECUTORCH_VERSION} in a child process")
     start = time.perf_counter()
-    export = run_child("packager.formats.executorch_export", tmp, request,
+    export = run_child("targets.android.export", tmp, request,
                        f"ExecuTorch export of {ctx.ckpt.folder} with recipe {recipe.name} ({delegate})", folder)
     artifact = PteArtifact(recipe, delegate, key, folder / export["pte"], folder / export["ptd"], export, False)
     ctx.reporter.stage(label, False, time.perf_counter() - start,
@@ -135,7 +135,7 @@ def structural_pte(ctx: BuildContext, artifact: PteArtifact, tokenizer_json: Pat
 
 def screened(ctx: BuildContext, recipe: Recipe) -> FidelityMetrics:
     """Predicted fidelity of a recipe (eager PyTorch, no export), cached per checkpoint + recipe + golden set."""
-    from packager.verify.pte_check import predict_fidelity
+    from targets.android.verify import predict_fidelity
 
     digest = options_digest("screen-pte", PTE_VERIFICATION_SCHEMA, ctx.ckpt_digest, recipe.as_dict(),
                             ctx.golden.digest_source())[:24]

@@ -368,7 +368,7 @@ def predict_fidelity(folder: Path, spec: Any, recipe: Any, reference: ReferenceL
     )
     from transformers import AutoModelForCausalLM
 
-    from packager.formats.executorch_export import quantize_model
+    from targets.android.export import quantize_model
 
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="sdpa",
                                                  trust_remote_code=False, local_files_only=True)

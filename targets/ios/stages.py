@@ -1,6 +1,6 @@
 """Cached Core ML stages of a build: converted .mlpackage sets and their simulated verification records.
 
-One conversion (a child process, packager.formats.coreml_export) writes the fp16 package and the
+One conversion (a child process, targets.ios.convert) writes the fp16 package and the
 requested compressed one from the same traced program. It is keyed by the checkpoint's digest, the
 options and the golden text (the fp16 rewrites are sized on it), and written to a temporary folder
 renamed into place only when complete.
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from packager.child_stage import run_child, staging
 from packager.fingerprint import options_digest, save_record
-from packager.formats.coreml_export import COREMLTOOLS_VERSION, EXPORT_SCHEMA, ExportRequest
+from targets.ios.convert import COREMLTOOLS_VERSION, EXPORT_SCHEMA, ExportRequest
 from packager.verify.metrics import FidelityMetrics
 from packager.verify.result import VerificationResult
 
@@ -73,7 +73,7 @@ def cached_export(ctx: BuildContext, request: ExportRequest) -> CoreMLExport:
     request = dataclasses.replace(request, out_dir=str(tmp))
     ctx.reporter.say(f"converting to Core ML with coremltools {COREMLTOOLS_VERSION} in a child process")
     start = time.perf_counter()
-    result = run_child("packager.formats.coreml_export", tmp, dataclasses.asdict(request),
+    result = run_child("targets.ios.convert", tmp, dataclasses.asdict(request),
                        f"Core ML conversion of {ctx.ckpt.folder}", folder)
     sizes = ", ".join(f"{name} {p['size_mb']:.0f} MB" for name, p in result["packages"].items())
     ctx.reporter.stage(label, False, time.perf_counter() - start,
@@ -87,7 +87,7 @@ def verified_package(ctx: BuildContext, export: CoreMLExport, compression: str, 
 
     Cached per export + golden set + gate + level.
     """
-    from packager.verify.coreml_check import verify_package
+    from targets.ios.verify import verify_package
 
     digest = options_digest("verify-coreml", COREML_VERIFICATION_SCHEMA, export.key, compression,
                             ctx.golden.digest_source(), dataclasses.asdict(gate), max_positions, executed)[:24]
@@ -111,8 +111,8 @@ def verified_package(ctx: BuildContext, export: CoreMLExport, compression: str, 
 
 def screened(ctx: BuildContext, compression: str) -> FidelityMetrics:
     """Predicted fidelity of a compression (eager PyTorch, no conversion), cached per checkpoint + golden set."""
-    from packager.formats.coreml_export import compression_named
-    from packager.verify.coreml_check import predict_fidelity
+    from targets.ios.convert import compression_named
+    from targets.ios.verify import predict_fidelity
 
     digest = options_digest("screen-coreml", COREML_VERIFICATION_SCHEMA, EXPORT_SCHEMA, ctx.ckpt_digest,
                             dataclasses.asdict(compression_named(compression)), ctx.golden.digest_source())[:24]

@@ -1,6 +1,6 @@
 // Drives a web bundle's own page in headless Chromium (playwright-core) and reports what happened.
 //
-// Usage: node browser_driver.mjs <job.json>   (job: see packager/verify/browser.py, BrowserJob)
+// Usage: node browser_driver.mjs <job.json>   (job: see targets/web/verify_browser.py, BrowserJob)
 // Prints one JSON object on stdout. Any page error, console error, failed request or request that
 // leaves the server under test is recorded; the Python side turns them into failures.
 import fs from "node:fs";

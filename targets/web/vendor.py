@@ -1,12 +1,12 @@
 """The browser runtimes a web bundle ships (wllama, WebLLM) and the browser driver that verifies it.
 
-They come from npm, pinned exactly in packager/data/web-vendor/package.json (+ package-lock.json
-with integrity hashes). A build never touches the network: `python -m packager.web_vendor install`
+They come from npm, pinned exactly in targets/web/data/web-vendor/package.json (+ package-lock.json
+with integrity hashes). A build never touches the network: `python -m targets.web.vendor install`
 (run by scripts/setup.sh) installs them once into a cache folder, and every build copies files
 from there. A bundle loads nothing from a CDN at run time.
 
-    .venv/bin/python -m packager.web_vendor install     # npm ci --ignore-scripts into the cache
-    .venv/bin/python -m packager.web_vendor path        # print where they are
+    .venv/bin/python -m targets.web.vendor install     # npm ci --ignore-scripts into the cache
+    .venv/bin/python -m targets.web.vendor path        # print where they are
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ MANIFEST_DIR = Path(__file__).resolve().parent / "data" / "web-vendor"
 WLLAMA = "@wllama/wllama"
 WEBLLM = "@mlc-ai/web-llm"
 PLAYWRIGHT = "playwright-core"
-INSTALL_COMMAND = ".venv/bin/python -m packager.web_vendor install"
+INSTALL_COMMAND = ".venv/bin/python -m targets.web.vendor install"
 
 # What a bundle copies from each package (source path inside the package -> path in the bundle's
 # vendor/<runtime>/ folder). wllama 3.x is one ES module plus one WASM build (threads and WebGPU
@@ -172,7 +172,7 @@ def main(argv: list[str]) -> int:
             print(f"not installed: {problem}. Run: {INSTALL_COMMAND}", file=sys.stderr)
             return 1
         return 0
-    print("usage: python -m packager.web_vendor [install|path]", file=sys.stderr)
+    print("usage: python -m targets.web.vendor [install|path]", file=sys.stderr)
     return 2
 
 

@@ -1,0 +1,1 @@
+"""WebLLM (MLC) weights: the writer, the prebuilt model-library table and the structural check."""
