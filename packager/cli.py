@@ -12,8 +12,8 @@ import click
 
 from packager import __version__
 from packager.errors import EdgepackError, ExitCode
-from targets.ios.convert import COMPRESSIONS
 from packager.progress import Reporter
+from targets.ios.convert import COMPRESSIONS
 
 
 def _fail(exc: EdgepackError, as_json: bool) -> None:

@@ -17,9 +17,15 @@ from typing import Any, ClassVar
 
 from packager import __version__
 from packager.codecheck import check_generated_files
-from targets.ios.stages import CoreMLExport, cached_export, export_request, screened, verified_package
 from packager.errors import BadInputError, UnsupportedError
 from packager.escaping import slug
+from packager.manifest import file_entries, without_host_measurements, write_json
+from packager.resources import copy_mobile_files
+from packager.stages import BuildContext, link_or_copy
+from packager.target import ScaffoldCheck, TargetResult
+from packager.templating import render_tree
+from packager.verify.gates import LOW_BIT, TopOneGate
+from packager.verify.result import VerificationResult
 from targets.ios.convert import (
     ANE_MAX_DIM,
     COMPRESSIONS,
@@ -27,15 +33,9 @@ from targets.ios.convert import (
     DEPLOYMENT_TARGET,
     INT4_LADDER,
 )
-from packager.manifest import file_entries, without_host_measurements, write_json
-from packager.resources import copy_mobile_files
-from packager.stages import BuildContext, link_or_copy
+from targets.ios.stages import CoreMLExport, cached_export, export_request, screened, verified_package
 from targets.ios.swift_check import check_swift_files
-from packager.target import ScaffoldCheck, TargetResult
-from packager.templating import render_tree
 from targets.ios.verify import coreml_runtime_available
-from packager.verify.gates import LOW_BIT, TopOneGate
-from packager.verify.result import VerificationResult
 
 APP_DIR = "app"
 BRIDGE_DIR = "EdgeModel"

@@ -19,7 +19,6 @@ from typing import Any, BinaryIO, ClassVar
 
 import gguf
 
-import packager
 from packager import __version__
 from packager.codecheck import check_generated_files
 from packager.contract import Contract
