@@ -215,7 +215,7 @@ def convert(decoder: Any, window: int | None, max_context: int) -> Any:
     import numpy as np
     import torch
 
-    from packager.formats import coreml_compat
+    from targets.ios import compat as coreml_compat
     from targets.ios.model import additive_masks
 
     coreml_compat.apply()
