@@ -15,6 +15,7 @@ from typing import Any
 
 from packager.errors import BadInputError
 from packager.formats.gguf_writer import canonical_quant
+from packager.output_guard import check_name
 from packager.pipeline import BuildRequest
 from packager.progress import Reporter
 from packager.resources import data_dir
@@ -82,6 +83,15 @@ def _path(value: Any, root: Path, reporter: Reporter) -> Path:
     return path if path.is_absolute() else root / path
 
 
+def _name(flags: BuildFlags, build: dict[str, Any], config_path: Path | None) -> str | None:
+    """Return the build name from --name or [build] name, refused (never rewritten) when it is not one folder name."""
+    if flags.name is not None:
+        return check_name(flags.name, "--name")
+    if "name" in build:
+        return check_name(str(build["name"]), f"{config_path}: [build] name")
+    return None
+
+
 def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None) -> BuildRequest:
     """Merge flags over edgepack.toml into a BuildRequest."""
     cwd = cwd or Path.cwd()
@@ -121,7 +131,7 @@ def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None
         quant=canonical_quant(q) if (q := flags.quant or build.get("quant")) else None,
         context_length=flags.context_length or int(build.get("context_length", 4096)),
         no_gate=flags.no_gate,
-        name=flags.name or build.get("name"),
+        name=_name(flags, build, config_path),
         web_runtime=flags.web_runtime or build.get("web_runtime", "wllama"),
         android_recipe=flags.android_recipe or build.get("android_recipe", "auto"),
         android_delegates=tuple(flags.android_delegates or build.get("android_delegates", ())),
@@ -142,6 +152,7 @@ def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None
         base=base,
         allow_pickle=flags.allow_pickle,
         force=flags.force,
+        config=config_path if config else None,
         options=options,
     )
 
