@@ -9,9 +9,11 @@ builds that are still running.
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ from pathlib import Path
 from packager.errors import BadInputError
 from packager.output_guard import is_within
 
-_LEFTOVER = re.compile(r"\..+\.(?:partial|old)-(?P<pid>\d+)-[^/]+")
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)-[^/]+")
 # What the user can fix by choosing another --out (or freeing space), said in their words.
 _WRITE_FAILURES = {
     errno.ENOSPC: "the disk is full. Free space, or choose an --out on another disk.",
@@ -48,7 +50,8 @@ def remove_stale_leftovers(parent: Path) -> list[Path]:
     """Return the partial/old folders of dead processes that were removed from parent.
 
     A folder is stale only when the process whose pid it carries no longer exists; a live
-    build's staging folder is never touched.
+    build's staging folder is never touched. An old output whose replacement never arrived (the
+    process died between the two renames of publish_atomically) is put back instead.
     """
     removed: list[Path] = []
     try:
@@ -57,9 +60,14 @@ def remove_stale_leftovers(parent: Path) -> list[Path]:
         return removed
     for entry in entries:
         match = _LEFTOVER.fullmatch(entry.name)
-        if match and entry.is_dir() and not entry.is_symlink() and not _pid_alive(int(match["pid"])):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
+        if not match or not entry.is_dir() or entry.is_symlink() or _pid_alive(int(match["pid"])):
+            continue
+        output = parent / match["name"]
+        if match["kind"] == "old" and not os.path.lexists(output):
+            entry.rename(output)
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
     return removed
 
 
@@ -82,22 +90,36 @@ def output_errors(out: Path) -> Iterator[None]:
 def staged_output(out: Path) -> Iterator[Path]:
     """Yield a fresh staging folder beside out; publish it as out when the block succeeds, else remove it."""
     remove_stale_leftovers(out.parent)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+    prefix = f".{out.name}.partial-{os.getpid()}-"
     try:
+        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
         staging.chmod(0o755)
         yield staging
         publish_atomically(staging, out)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        # By prefix, not by name: a signal can land after mkdtemp made the folder but before it returned.
+        for leftover in out.parent.glob(glob.escape(prefix) + "*"):
+            shutil.rmtree(leftover, ignore_errors=True)
         raise
 
 
 def publish_atomically(staging: Path, out: Path) -> None:
     """Rename the finished `staging` folder to `out`; an existing `out` (already allowed by --force) is replaced."""
-    if os.path.lexists(out):
-        old = out.with_name(f".{out.name}.old-{os.getpid()}-{time.time_ns()}")
+    if not os.path.lexists(out):
+        staging.rename(out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}-{time.time_ns()}")
+    # Ctrl-C or SIGTERM between the two renames would leave no output at all, the previous one
+    # hidden in `old`: hold them until both renames are done.
+    signals = {signal.SIGINT, signal.SIGTERM}
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
         out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(out)
+        try:
+            staging.rename(out)
+        except OSError:
+            old.rename(out)
+            raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    shutil.rmtree(old, ignore_errors=True)

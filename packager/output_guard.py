@@ -21,7 +21,7 @@ _FORBIDDEN_IN_NAME = ("/", "\\", "\0")
 
 
 def check_name(name: str, source: str) -> str:
-    """Return name when it is safe as one folder name under dist/; raise BadInputError naming source otherwise.
+    """Return name when it is safe as the one folder name of dist/<name>; raise BadInputError naming source otherwise.
 
     A name that could climb out of dist/ (`../../victim`) is refused rather than rewritten, so
     the user sees which folder would have been written instead of a silent surprise.

@@ -106,8 +106,8 @@ def run_build(request: BuildRequest, reporter: Reporter | None = None) -> BuildO
     reporter = reporter or Reporter()
     target_classes = resolve_targets(request.targets)
     ckpt, digest = open_input(request, reporter)
-    name = check_name(request.options.name or ckpt.name, "the build name (--name, else the checkpoint folder's)")
-    out = request.out or Path("dist") / name
+    name = request.options.name or ckpt.name
+    out = request.out or Path("dist") / check_name(name, "the build name (--name, else the checkpoint folder's)")
     with output_errors(out), output_lock(out):
         check_replaceable(out, build_inputs(request, ckpt), "build", request.force)
         with staged_output(out) as staging:

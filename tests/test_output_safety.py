@@ -19,9 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cli_helpers import edgepack, leftovers
+from cli_helpers import edgepack, edgepack_subprocess, leftovers
 
-from packager.errors import ExitCode, Terminated
+from packager.errors import ExitCode, GateFailedError, Terminated
 from packager.output_lock import lock_path, output_lock
 
 REPO = Path(__file__).resolve().parent.parent
@@ -174,16 +174,18 @@ def test_sigterm_mid_build_exits_143_with_a_message_and_leaves_no_partial_folder
                                                                                   tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO), "EDGEPACK_CACHE": str(tmp_path / "cache")}  # cold: slow enough
-    proc = subprocess.Popen([sys.executable, "-m", "packager.cli", "build", str(tiny_llama), *PI, "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "packager.cli", "build", str(tiny_llama), *PI, "--out", str(out),
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
     while not any(p.name.startswith(".out.partial-") for p in tmp_path.iterdir()):
         assert proc.poll() is None and time.monotonic() < deadline, "the build ended before it wrote anything"
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
+    stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.TERMINATED == 143, stderr
     assert "SIGTERM" in stderr and "nothing was written" in stderr
+    assert json.loads(stdout) == {"passed": False, "error": "interrupted", "message": json.loads(stdout)["message"],
+                                  "exit_code": 143}
     assert leftovers(tmp_path, "out") == []
 
 
@@ -197,6 +199,16 @@ def test_stale_partial_folder_of_a_killed_build_is_removed(tiny_llama: Path, tmp
     assert result.exit_code == 0, result.stderr
     assert not stale.exists()
     assert live.is_dir()
+
+
+def test_an_output_hidden_by_a_build_killed_while_replacing_it_is_put_back(tmp_path: Path) -> None:
+    from packager.atomic import remove_stale_leftovers
+
+    hidden = tmp_path / f".out.old-{_dead_pid()}-1700000000"  # killed between its two renames
+    hidden.mkdir()
+    (hidden / "manifest.json").write_text("{}")
+    remove_stale_leftovers(tmp_path)
+    assert (tmp_path / "out" / "manifest.json").is_file() and not hidden.exists()
 
 
 # -- one writer per output folder --------------------------------------------------------------------------
@@ -232,6 +244,7 @@ def _raise(exc: BaseException) -> Callable[..., None]:
 
 EXITS = {
     "ok": (0, None),
+    "gate failed": (ExitCode.GATE_FAILED, GateFailedError("simulated regression")),
     "bad input": (ExitCode.BAD_INPUT, None),
     "unsupported": (ExitCode.UNSUPPORTED, None),
     "internal": (ExitCode.INTERNAL, RuntimeError("simulated bug")),
@@ -269,6 +282,15 @@ def test_every_json_command_prints_one_document_when_it_fails(tmp_path: Path, ar
     assert result.exit_code == ExitCode.BAD_INPUT, result.stderr
     document = json.loads(result.stdout)
     assert document["passed"] is False and document["exit_code"] == ExitCode.BAD_INPUT
+
+
+def test_json_build_in_a_real_process_prints_only_its_document(tiny_llama: Path, tmp_path: Path) -> None:
+    # A real process: llama.cpp (quantizer, verification) and child stages share its file descriptor 1.
+    result = edgepack_subprocess("build", tiny_llama, "--target", "raspberry-pi", "--quant", "Q8_0",
+                                 "--out", tmp_path / "out", "--json")
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["exit_code"] == 0 and document["out"] == str(tmp_path / "out")
 
 
 def test_native_output_never_reaches_stdout_under_json() -> None:
