@@ -89,6 +89,7 @@ def output_errors(out: Path) -> Iterator[None]:
 @contextmanager
 def staged_output(out: Path) -> Iterator[Path]:
     """Yield a fresh staging folder beside out; publish it as out when the block succeeds, else remove it."""
+    out = Path(os.path.abspath(out))  # `--out .` names its folder only once made absolute
     remove_stale_leftovers(out.parent)
     prefix = f".{out.name}.partial-{os.getpid()}-"
     try:

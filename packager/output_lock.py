@@ -19,7 +19,10 @@ from packager.errors import BadInputError
 
 def lock_path(out: Path) -> Path:
     """Return the lock file for out: a hidden file beside it, so the output folder itself stays clean."""
-    return out.with_name(f".{out.name}.lock")
+    absolute = Path(os.path.abspath(out))  # `--out .` has no name of its own
+    if not absolute.name:
+        raise BadInputError(f"{out}: is the root of the file system. Choose an --out folder below it.")
+    return absolute.with_name(f".{absolute.name}.lock")
 
 
 def _holder(fd: int) -> str:
@@ -33,8 +36,8 @@ def _holder(fd: int) -> str:
 @contextmanager
 def output_lock(out: Path) -> Iterator[None]:
     """Hold the lock on out for the block; raise BadInputError naming the holding pid when another process has it."""
-    out.parent.mkdir(parents=True, exist_ok=True)
     path = lock_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -45,13 +45,18 @@ def _dead_pid() -> int:
 # -- what --force may replace ------------------------------------------------------------------------------
 
 
-def test_force_never_replaces_the_checkpoint_folder(tiny_llama: Path, tmp_path: Path) -> None:
+def test_force_never_replaces_the_checkpoint_folder(tiny_llama: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     model = _checkpoint(tiny_llama, tmp_path)
     before = sorted(p.name for p in model.iterdir())
     result = edgepack("build", model, *PI, "--out", model, "--force")
     assert result.exit_code == ExitCode.BAD_INPUT, result.stderr
     assert str(model) in result.stderr and "input" in result.stderr
+    monkeypatch.chdir(model)
+    dot = edgepack("build", ".", *PI, "--out", ".", "--force")
+    assert dot.exit_code == ExitCode.BAD_INPUT, dot.stderr
     assert sorted(p.name for p in model.iterdir()) == before
+    assert leftovers(model.parent, "ck") == ["ck"]
 
 
 def test_force_never_replaces_the_checkpoint_folders_parent(tiny_llama: Path, tmp_path: Path) -> None:
