@@ -2,45 +2,173 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import math
+import os
+import signal
 import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
 from packager import __version__
-from packager.errors import EdgepackError, ExitCode
+from packager.errors import BadInputError, EdgepackError, ExitCode, Terminated
 from packager.progress import Reporter
 from targets.ios.convert import COMPRESSIONS
 
+_DOCUMENT_KEY = "edgepack.json_document"
 
-def _fail(exc: EdgepackError, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps({"passed": False, "error": exc.label, "message": exc.message}, indent=2))
-    click.echo(f"edgepack: {exc.label}: {exc.message}", err=True)
-    sys.exit(int(exc.exit_code))
+
+def _emit_json(document: Any) -> None:
+    """Hand the command's --json result to the command machinery, which prints it once when the command ends."""
+    click.get_current_context().meta[_DOCUMENT_KEY] = document
+
+
+def _strict(value: Any) -> Any:
+    """Return value with NaN and infinities replaced by null: strict JSON parsers (and CI tools) reject them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
+def _document_text(document: Any, code: int) -> str:
+    """Return the one JSON document for stdout; a dict result also carries the exit code."""
+    if isinstance(document, dict):
+        document = {**document, "exit_code": code}
+    return json.dumps(_strict(document), indent=2, allow_nan=False) + "\n"
+
+
+def _failure(label: str, message: str, code: int) -> tuple[int, dict[str, Any]]:
+    """Return the exit code and JSON document of a failed command, after saying why on stderr."""
+    click.echo(f"edgepack: {label}: {message}", err=True)
+    return code, {"passed": False, "error": label, "message": message}
+
+
+@contextmanager
+def _stdout_reserved(as_json: bool) -> Iterator[TextIO | None]:
+    """Yield the real stdout, kept for the one JSON document; meanwhile whatever else writes to it goes to stderr.
+
+    The redirect is of file descriptor 1, so child processes and native libraries (llama.cpp,
+    ExecuTorch) cannot put their text into the document either. An in-process runner without a
+    real descriptor (click's test runner) gets the same effect by swapping sys.stdout.
+    """
+    if not as_json:
+        yield None
+        return
+    real = sys.stdout
+    real.flush()
+    try:
+        fd = real.fileno()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        fd = None
+    if fd is None:
+        sys.stdout = sys.stderr
+        try:
+            yield real
+        finally:
+            sys.stdout = real
+        return
+    saved = os.dup(fd)
+    os.dup2(sys.stderr.fileno(), fd)
+    document_stream = os.fdopen(saved, "w", encoding="utf-8", closefd=False)
+    try:
+        yield document_stream
+    finally:
+        sys.stdout.flush()
+        document_stream.flush()
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
+@contextmanager
+def _sigterm_as_exception() -> Iterator[None]:
+    """Make SIGTERM unwind the command like Ctrl-C does, so it cleans up and says so; a second SIGTERM kills at once."""
+
+    def terminate(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread (an embedding application): leave its signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(invoke: Callable[[], Any], ctx: click.Context) -> tuple[int, Any]:
+    """Return the exit code and JSON document of running the command: the one map from outcomes to exit codes."""
+    code = 0
+    try:
+        invoke()
+    except EdgepackError as exc:
+        return _failure(exc.label, exc.message, int(exc.exit_code))
+    except KeyboardInterrupt:
+        return _failure("interrupted", "interrupted by Ctrl-C (SIGINT); stopped, and nothing was written.",
+                        int(ExitCode.INTERRUPTED))
+    except Terminated:
+        return _failure("interrupted", "terminated by SIGTERM; stopped, and nothing was written.",
+                        int(ExitCode.TERMINATED))
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code, {"passed": False, "error": "usage error", "message": exc.format_message()}
+    except Exception as exc:
+        traceback.print_exc()
+        return _failure("internal error", f"{exc!r}. This is a bug in edgepack; please report it with the trace "
+                        "above.", int(ExitCode.INTERNAL))
+    document = ctx.meta.get(_DOCUMENT_KEY)
+    if document is None and code:
+        document = {"passed": False, "error": "failed", "message": f"exited with code {code}"}
+    return code, document
+
+
+class _Command(click.Command):
+    """Every command's exits in one place: errors to exit codes, SIGINT/SIGTERM to 130/143, one --json document."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        wants_json = "--json" in args  # options are not parsed yet (and parsing consumes args): the raw flag
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            if wants_json:
+                click.echo(_document_text({"passed": False, "error": "usage error", "message": exc.format_message()},
+                                          exc.exit_code), nl=False)
+            raise
+
+    def invoke(self, ctx: click.Context) -> Any:
+        as_json = bool(ctx.params.get("as_json"))
+        with _stdout_reserved(as_json) as document_stream:
+            with _sigterm_as_exception():
+                code, document = _run(lambda: super(_Command, self).invoke(ctx), ctx)
+            if document_stream is not None:
+                document_stream.write(_document_text(document, code))
+        if code:
+            sys.exit(code)
+        return None
 
 
 class _Group(click.Group):
-    """Maps any unexpected exception to the internal-error exit code (never 1, which means a gate)."""
+    """The edgepack command group: its commands (and sub-groups' commands) are _Commands."""
 
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
-            raise
-        except KeyboardInterrupt:
-            click.echo("edgepack: interrupted; nothing was written", err=True)
-            sys.exit(130)
-        except Exception as exc:
-            import traceback
-
-            traceback.print_exc()
-            click.echo(f"edgepack: internal error: {exc!r}. This is a bug in edgepack; please report it "
-                       "with the trace above.", err=True)
-            sys.exit(int(ExitCode.INTERNAL))
+    command_class = _Command
+    group_class = type
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -120,20 +248,16 @@ def build(checkpoint: Path | None, targets: tuple[str, ...], quant: str | None, 
     if constrained:
         task["constrained"] = True
     reporter = Reporter(quiet=quiet)
-    try:
-        request = build_request(BuildFlags(
-            checkpoint=checkpoint, targets=targets, quant=quant, out=out, base=base, name=name,
-            context_length=context_length, allow_pickle=allow_pickle, force=force, no_gate=no_gate,
-            web_runtime=web_runtime, eval_path=eval_path, task=task, max_accuracy_drop=max_accuracy_drop,
-            device=device_name, config=config_path, android_recipe=android_recipe,
-            android_delegates=android_delegates, ios_compression=ios_compression, ios_ane_head=ios_ane_head,
-        ), reporter)
-        outcome = run_build(request, reporter)
-    except EdgepackError as exc:
-        _fail(exc, as_json)
-        return
+    request = build_request(BuildFlags(
+        checkpoint=checkpoint, targets=targets, quant=quant, out=out, base=base, name=name,
+        context_length=context_length, allow_pickle=allow_pickle, force=force, no_gate=no_gate,
+        web_runtime=web_runtime, eval_path=eval_path, task=task, max_accuracy_drop=max_accuracy_drop,
+        device=device_name, config=config_path, android_recipe=android_recipe,
+        android_delegates=android_delegates, ios_compression=ios_compression, ios_ane_head=ios_ane_head,
+    ), reporter)
+    outcome = run_build(request, reporter)
     if as_json:
-        click.echo(json.dumps(outcome.summary(), indent=2))
+        _emit_json(outcome.summary())
     else:
         from packager.report import verification_table
 
@@ -151,14 +275,10 @@ def targets(as_json: bool) -> None:
     """List the installed target plugins."""
     from packager.target import available_targets
 
-    try:
-        found = available_targets()
-    except EdgepackError as exc:
-        _fail(exc, as_json)
-        return
+    found = available_targets()
     rows = [{"name": n, "title": c.title, "runtime": c.runtime, "status": c.status} for n, c in found.items()]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        _emit_json(rows)
     else:
         for r in rows:
             click.echo(f"{r['name']:<14} {r['status']:<12} {r['runtime']}  - {r['title']}")
@@ -174,13 +294,12 @@ def doctor(checkpoint: Path, device_name: str | None, base: Path | None, as_json
     from packager.doctor import diagnose, render
     from packager.pipeline import BuildRequest, open_input
 
-    try:
-        ckpt, _ = open_input(BuildRequest(checkpoint=checkpoint, targets=[], base=base), Reporter(quiet=True))
-        report = diagnose(ckpt, only=device_name)
-    except EdgepackError as exc:
-        _fail(exc, as_json)
-        return
-    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else render(report))
+    ckpt, _ = open_input(BuildRequest(checkpoint=checkpoint, targets=[], base=base), Reporter(quiet=True))
+    report = diagnose(ckpt, only=device_name)
+    if as_json:
+        _emit_json(report.as_dict())
+    else:
+        click.echo(render(report))
 
 
 @main.command("example")
@@ -189,12 +308,7 @@ def example(out: Path | None) -> None:
     """Materialize the bundled example checkpoint (real Gemma 3 270M) as a Hugging Face folder."""
     from packager.examples import bundled_example
 
-    try:
-        path = bundled_example(Reporter(), out)
-    except EdgepackError as exc:
-        _fail(exc, False)
-        return
-    click.echo(str(path))
+    click.echo(str(bundled_example(Reporter(), out)))
 
 
 @main.command()
@@ -208,8 +322,7 @@ def serve(folder: Path, port: int, host: str) -> None:
     try:
         server = BundleServer(folder, host, port)
     except OSError as exc:
-        click.echo(f"edgepack: bad input: cannot listen on {host}:{port} ({exc}). Choose another --port.", err=True)
-        sys.exit(int(ExitCode.BAD_INPUT))
+        raise BadInputError(f"--port {port}: cannot listen on {host}:{port} ({exc}). Choose another --port.") from None
     click.echo(f"serving {folder} at {server.url} (Ctrl-C to stop)", err=True)
     click.echo(server.url, nl=True)
     sys.stdout.flush()
@@ -239,14 +352,10 @@ def release(dist: tuple[Path, ...], version: str, out: Path | None, force: bool,
     """
     from packager.release import ReleaseRequest, make_release
 
-    try:
-        outcome = make_release(ReleaseRequest(builds=list(dist), version=version, out=out, force=force,
-                                              allow_failed=allow_failed), Reporter(quiet=quiet))
-    except EdgepackError as exc:
-        _fail(exc, as_json)
-        return
+    outcome = make_release(ReleaseRequest(builds=list(dist), version=version, out=out, force=force,
+                                          allow_failed=allow_failed), Reporter(quiet=quiet))
     if as_json:
-        click.echo(json.dumps(outcome.summary(), indent=2))
+        _emit_json(outcome.summary())
     else:
         for archive in outcome.summary()["archives"]:
             click.echo(f"{archive['path']}  {archive['bytes'] / 2**20:.1f} MB  sha256 {archive['sha256']}")
@@ -262,12 +371,11 @@ def diff_command(old: Path, new: Path, as_json: bool) -> None:
     from packager.release import read_release
     from packager.release_diff import diff_releases, render_diff
 
-    try:
-        difference = diff_releases(read_release(old), read_release(new), old, new)
-    except EdgepackError as exc:
-        _fail(exc, as_json)
-        return
-    click.echo(json.dumps(difference, indent=2) if as_json else render_diff(difference))
+    difference = diff_releases(read_release(old), read_release(new), old, new)
+    if as_json:
+        _emit_json(difference)
+    else:
+        click.echo(render_diff(difference))
 
 
 @main.group()
@@ -291,12 +399,8 @@ def ci_init(out: Path, targets: tuple[str, ...], checkpoint: str | None, install
     from packager.ci_workflow import WorkflowRequest, write_workflow
 
     names = [n.strip() for value in targets for n in value.split(",") if n.strip()]
-    try:
-        written = write_workflow(WorkflowRequest(out=out, targets=names, checkpoint=checkpoint,
-                                                 install_spec=install_spec, force=force))
-    except EdgepackError as exc:
-        _fail(exc, False)
-        return
+    written = write_workflow(WorkflowRequest(out=out, targets=names, checkpoint=checkpoint,
+                                             install_spec=install_spec, force=force))
     click.echo(f"wrote {written}")
 
 

@@ -16,6 +16,8 @@ class ExitCode(IntEnum):
     BAD_INPUT = 2
     UNSUPPORTED = 3
     INTERNAL = 4
+    INTERRUPTED = 130  # SIGINT (Ctrl-C), the shell's 128 + 2
+    TERMINATED = 143  # SIGTERM, the shell's 128 + 15
 
 
 class EdgepackError(Exception):
@@ -55,3 +57,10 @@ class InternalError(EdgepackError):
 
     exit_code = ExitCode.INTERNAL
     label = "internal error"
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like KeyboardInterrupt, so every cleanup (`finally`, staging removal) still runs.
+
+    A BaseException, so no `except Exception` on the way up can swallow it.
+    """

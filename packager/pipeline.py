@@ -2,19 +2,18 @@
 
 The output folder appears only when everything is written: targets build into a hidden temporary
 folder beside it, which is renamed into place at the end. A failed, gated or interrupted build
-leaves nothing that looks complete.
+leaves nothing that looks complete. While a build writes, its output folder is locked, and
+--force replaces only a previous build's folder, never an input (packager/output_guard.py).
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packager.atomic import publish_atomically
+from packager.atomic import output_errors, staged_output
 from packager.checkpoint import Checkpoint, is_adapter_folder, load_checkpoint
 from packager.errors import BadInputError, GateFailedError
 from packager.fingerprint import cache_root, files_digest, options_digest
@@ -25,11 +24,13 @@ from packager.manifest import (
     write_json,
     write_sha256sums,
 )
+from packager.output_guard import check_name, check_replaceable
+from packager.output_lock import output_lock
 from packager.progress import Reporter
 from packager.report import render_report, verification_rows, verification_table
 from packager.report_html import render_html
 from packager.stages import BuildContext, BuildOptions
-from packager.target import TargetResult, resolve_targets
+from packager.target import Target, TargetResult, resolve_targets
 
 
 @dataclass
@@ -42,6 +43,7 @@ class BuildRequest:
     base: Path | None = None
     allow_pickle: bool = False
     force: bool = False
+    config: Path | None = None
     options: BuildOptions = field(default_factory=BuildOptions)
 
 
@@ -92,15 +94,11 @@ def open_input(request: BuildRequest, reporter: Reporter) -> tuple[Checkpoint, s
     return ckpt, digest
 
 
-def _prepare_out(request: BuildRequest, name: str) -> Path:
-    out = request.out or Path("dist") / name
-    if out.exists() and not request.force:
-        raise BadInputError(
-            f"{out}: the output folder already exists. Pass --force to replace it, or choose another --out."
-        )
-    if out.exists() and not out.is_dir():
-        raise BadInputError(f"{out}: exists and is not a folder; choose another --out.")
-    return out
+def build_inputs(request: BuildRequest, ckpt: Checkpoint) -> list[Path]:
+    """Return every file and folder the build reads, which its output must never replace."""
+    paths = [request.checkpoint, request.base, request.config, request.options.eval_path,
+             ckpt.origin.get("base"), request.options.task.get("json_schema")]
+    return [Path(p) for p in paths if p]
 
 
 def run_build(request: BuildRequest, reporter: Reporter | None = None) -> BuildOutcome:
@@ -108,40 +106,44 @@ def run_build(request: BuildRequest, reporter: Reporter | None = None) -> BuildO
     reporter = reporter or Reporter()
     target_classes = resolve_targets(request.targets)
     ckpt, digest = open_input(request, reporter)
-    out = _prepare_out(request, request.options.name or ckpt.name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    staging.chmod(0o755)
-    try:
-        ctx = BuildContext(ckpt, digest, request.options, reporter)
-        results: list[TargetResult] = []
-        for cls in target_classes:
-            target = cls()
-            reporter.say(f"target {target.name}: building")
-            start = time.perf_counter()
-            result = target.build(ctx, staging / target.name)
-            reporter.stage(f"target {target.name}", False, time.perf_counter() - start)
-            results.append(result)
-        passed = all(r.passed for r in results)
-        manifest = _manifest(ckpt, digest, request, results, reporter, passed)
-        if not passed and not request.options.no_gate:
-            raise GateFailedError(
-                "an artifact is not faithful enough to the source model, so nothing was written to "
-                f"{out}. Use a higher-precision --quant, or --no-gate to keep the output anyway.\n\n"
-                + verification_table(results)
-            )
-        write_json(staging / "manifest.json", manifest)
-        report_md = render_report(manifest, results, not request.options.no_gate)
-        (staging / "report.md").write_text(report_md, encoding="utf-8")
-        title = f"edgepack build: {manifest['name']}"
-        (staging / "report.html").write_text(render_html(report_md, results, staging, title), encoding="utf-8")
-        write_sha256sums(staging)
-        publish_atomically(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    name = request.options.name or ckpt.name
+    out = request.out or Path("dist") / check_name(name, "the build name (--name, else the checkpoint folder's)")
+    with output_errors(out), output_lock(out):
+        check_replaceable(out, build_inputs(request, ckpt), "build", request.force)
+        with staged_output(out) as staging:
+            results, manifest, passed = _build_into(staging, out, request, ckpt, digest, target_classes, reporter)
     reporter.say(f"wrote {out}")
     return BuildOutcome(out=out, manifest=manifest, results=results, passed=passed)
+
+
+def _build_into(staging: Path, out: Path, request: BuildRequest, ckpt: Checkpoint, digest: str,
+                target_classes: list[type[Target]], reporter: Reporter,
+                ) -> tuple[list[TargetResult], dict[str, Any], bool]:
+    """Return the results, manifest and verdict of building every target into staging (published by the caller)."""
+    ctx = BuildContext(ckpt, digest, request.options, reporter)
+    results: list[TargetResult] = []
+    for cls in target_classes:
+        target = cls()
+        reporter.say(f"target {target.name}: building")
+        start = time.perf_counter()
+        result = target.build(ctx, staging / target.name)
+        reporter.stage(f"target {target.name}", False, time.perf_counter() - start)
+        results.append(result)
+    passed = all(r.passed for r in results)
+    manifest = _manifest(ckpt, digest, request, results, reporter, passed)
+    if not passed and not request.options.no_gate:
+        raise GateFailedError(
+            "an artifact is not faithful enough to the source model, so nothing was written to "
+            f"{out}. Use a higher-precision --quant, or --no-gate to keep the output anyway.\n\n"
+            + verification_table(results)
+        )
+    write_json(staging / "manifest.json", manifest)
+    report_md = render_report(manifest, results, not request.options.no_gate)
+    (staging / "report.md").write_text(report_md, encoding="utf-8")
+    title = f"edgepack build: {manifest['name']}"
+    (staging / "report.html").write_text(render_html(report_md, results, staging, title), encoding="utf-8")
+    write_sha256sums(staging)
+    return results, manifest, passed
 
 
 def _manifest(

@@ -15,6 +15,7 @@ from typing import Any
 
 from packager.errors import BadInputError
 from packager.formats.gguf_writer import canonical_quant
+from packager.output_guard import check_name
 from packager.pipeline import BuildRequest
 from packager.progress import Reporter
 from packager.resources import data_dir
@@ -82,6 +83,21 @@ def _path(value: Any, root: Path, reporter: Reporter) -> Path:
     return path if path.is_absolute() else root / path
 
 
+def _name(flags: BuildFlags, build: dict[str, Any], config_path: Path | None, out: Path | None) -> str | None:
+    """Return the build name from --name or [build] name, refused (naming where it came from) when it would
+    become the folder dist/<name> and is not one folder name.
+
+    With an --out the name is only data (shown in the apps, escaped for each language), so any text is kept.
+    """
+    if flags.name is not None:
+        name, source = flags.name, "--name"
+    elif "name" in build:
+        name, source = str(build["name"]), f"{config_path}: [build] name"
+    else:
+        return None
+    return check_name(name, source) if out is None else name
+
+
 def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None) -> BuildRequest:
     """Merge flags over edgepack.toml into a BuildRequest."""
     cwd = cwd or Path.cwd()
@@ -121,7 +137,7 @@ def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None
         quant=canonical_quant(q) if (q := flags.quant or build.get("quant")) else None,
         context_length=flags.context_length or int(build.get("context_length", 4096)),
         no_gate=flags.no_gate,
-        name=flags.name or build.get("name"),
+        name=_name(flags, build, config_path, out),
         web_runtime=flags.web_runtime or build.get("web_runtime", "wllama"),
         android_recipe=flags.android_recipe or build.get("android_recipe", "auto"),
         android_delegates=tuple(flags.android_delegates or build.get("android_delegates", ())),
@@ -142,6 +158,7 @@ def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None
         base=base,
         allow_pickle=flags.allow_pickle,
         force=flags.force,
+        config=config_path if config else None,
         options=options,
     )
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -26,18 +24,19 @@ from typing import Any
 
 from packager import __version__
 from packager.archive import members_of, write_tar_gz
-from packager.atomic import publish_atomically
+from packager.atomic import output_errors, staged_output
 from packager.errors import BadInputError, GateFailedError, InternalError, UnsupportedError
 from packager.escaping import slug
 from packager.fingerprint import file_sha256
 from packager.manifest import MANIFEST_SCHEMA_VERSION, source_date_epoch, write_json, write_sha256sums
+from packager.output_guard import RELEASE_KIND, check_replaceable
+from packager.output_lock import output_lock
 from packager.progress import Reporter
 from packager.provenance import NOT_DECLARED, FolderProvenance, source_provenance
 from packager.resources import data_dir, templates_dir
 from packager.templating import make_environment
 
 RELEASE_SCHEMA_VERSION = 1
-RELEASE_KIND = "edgepack-release"
 SCHEMA_FILE = "release-manifest.schema.json"
 MANIFEST_FILE = "manifest.json"
 CHECKSUMS_FILE = "SHA256SUMS"
@@ -113,6 +112,32 @@ def read_checksums(folder: Path) -> dict[str, str]:
     return listed
 
 
+def verified_checksums(folder: Path) -> dict[str, str]:
+    """Return folder's SHA256SUMS after checking that it lists manifest.json and exactly the files there, unaltered.
+
+    Both a build folder (before it is released) and a release (before it is compared) are
+    checked this way, so neither can carry bytes that edgepack did not write.
+    """
+    listed = read_checksums(folder)
+    if MANIFEST_FILE not in listed:
+        raise BadInputError(f"{folder / CHECKSUMS_FILE}: does not list manifest.json. Rebuild the folder.")
+    for rel, expected in sorted(listed.items()):
+        path = folder / rel
+        if not path.is_file():
+            raise BadInputError(f"{path}: listed in {folder / CHECKSUMS_FILE} but missing. The folder is "
+                                "incomplete: copy it again, or make it again.")
+        actual = file_sha256(path)
+        if actual != expected:
+            raise BadInputError(f"{path}: altered since edgepack wrote it (its sha256 is {actual[:16]}..., "
+                                f"SHA256SUMS says {expected[:16]}...). Restore the original file, or make it again.")
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if (path.is_file() or path.is_symlink()) and rel != CHECKSUMS_FILE and rel not in listed:
+            raise BadInputError(f"{path}: not listed in {folder / CHECKSUMS_FILE}, so nothing edgepack wrote "
+                                "vouches for it. Remove it, or make the folder again.")
+    return listed
+
+
 def read_build_folder(folder: Path) -> BuildFolder:
     """Return a build folder after checking every file against SHA256SUMS; raise BadInputError naming the file."""
     folder = Path(folder)
@@ -131,23 +156,7 @@ def read_build_folder(folder: Path) -> BuildFolder:
     if manifest.get("kind") == RELEASE_KIND:
         raise BadInputError(f"{folder}: is a release folder, not a build folder. Pass the build folder(s) "
                             "`edgepack build` wrote; to compare two releases use `edgepack diff`.")
-    listed = read_checksums(folder)
-    if MANIFEST_FILE not in listed:
-        raise BadInputError(f"{folder / CHECKSUMS_FILE}: does not list manifest.json. Rebuild the folder.")
-    for rel, expected in sorted(listed.items()):
-        path = folder / rel
-        if not path.is_file():
-            raise BadInputError(f"{path}: listed in {folder / CHECKSUMS_FILE} but missing. The build folder is "
-                                "incomplete: copy it again, or rebuild.")
-        actual = file_sha256(path)
-        if actual != expected:
-            raise BadInputError(f"{path}: altered since it was built (its sha256 is {actual[:16]}..., "
-                                f"SHA256SUMS says {expected[:16]}...). Restore the original file, or rebuild.")
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder).as_posix()
-        if (path.is_file() or path.is_symlink()) and rel != CHECKSUMS_FILE and rel not in listed:
-            raise BadInputError(f"{path}: not listed in {folder / CHECKSUMS_FILE}, so no build vouches for it. "
-                                "Remove it, or rebuild.")
+    listed = verified_checksums(folder)
     _check_manifest_shape(manifest, manifest_path)
     return BuildFolder(folder, manifest, listed[MANIFEST_FILE], listed)
 
@@ -426,16 +435,6 @@ def default_out(name: str, version: str) -> Path:
     return Path("releases") / f"{slug(name)}-{version}"
 
 
-def _prepare_out(request: ReleaseRequest, name: str) -> Path:
-    out = request.out or default_out(name, request.version)
-    if out.exists() and not request.force:
-        raise BadInputError(f"{out}: the release folder already exists. Pass --force to replace it, or choose "
-                            "another --out.")
-    if out.exists() and not out.is_dir():
-        raise BadInputError(f"{out}: exists and is not a folder; choose another --out.")
-    return out
-
-
 def _file_entry(folder: Path, rel: str, executable: bool | None = None) -> dict[str, Any]:
     path = folder / rel
     entry: dict[str, Any] = {"path": rel, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
@@ -455,65 +454,68 @@ def make_release(request: ReleaseRequest, reporter: Reporter | None = None) -> R
     _merge_check(builds)
     _gate_check(builds, request.allow_failed)
     name = builds[0].manifest["name"]
-    out = _prepare_out(request, name)
-    mtime = source_date_epoch() or 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    staging.chmod(0o755)
-    try:
-        plan = sorted(((t, i, b) for i, b in enumerate(builds) for t in b.manifest["targets"]), key=lambda x: x[0])
-        targets = []
-        for target, index, build in plan:
-            root = f"{slug(name)}-{version}-{target}"
-            archive_name = f"{root}.tar.gz"
-            members = members_of(build.path / target, root)
-            reporter.say(f"release: packing {archive_name} ({len(members)} files)")
-            write_tar_gz(staging / archive_name, members, mtime)
-            files = []
-            for member in members:
-                rel = member.name.removeprefix(f"{root}/")
-                # The hash SHA256SUMS vouched for (checked above), not a second read of the file.
-                files.append({"path": rel, "bytes": member.source.stat().st_size,
-                              "sha256": build.sha256[f"{target}/{rel}"], "executable": member.executable})
-            targets.append(_target_record(build, index, target, _file_entry(staging, archive_name), root, files))
-        first = builds[0].manifest
-        manifest: dict[str, Any] = {
-            "schema_version": RELEASE_SCHEMA_VERSION,
-            "kind": RELEASE_KIND,
-            "name": name,
-            "version": version,
-            "edgepack_version": __version__,
-            "passed": all(t["passed"] for t in targets) and all(b.manifest.get("passed", False) for b in builds),
-            "source": first["source"],
-            "provenance": [],
-            "builds": [_build_record(b) for b in builds],
-            "targets": targets,
-            "files": [],
-        }
-        provenance = source_provenance(first["source"])
-        manifest["provenance"] = [p.as_dict() for p in provenance]
-        card = render_text(MODEL_CARD_TEMPLATE, model_card_context(manifest, provenance))
-        (staging / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
-        manifest["files"] = [_file_entry(staging, rel) for rel in sorted([MODEL_CARD_FILE, *(
-            t["archive"]["path"] for t in targets)])]
-        errors = schema_errors(manifest)
-        if errors:
-            raise InternalError("the release manifest does not match docs/release-manifest.schema.json:\n"
-                                + "\n".join(errors[:20]))
-        write_json(staging / MANIFEST_FILE, manifest)
-        write_sha256sums(staging)
-        for path in staging.iterdir():
-            path.chmod(0o644)
-        publish_atomically(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    out = request.out or default_out(name, request.version)
+    folders = [b.path for b in builds]
+    with output_errors(out), output_lock(out):
+        check_replaceable(out, folders, "release", request.force, sealed=folders)
+        with staged_output(out) as staging:
+            manifest = _write_release(staging, builds, name, version, reporter)
     reporter.say(f"wrote {out}")
     return ReleaseOutcome(out=out, manifest=manifest)
 
 
+def _write_release(staging: Path, builds: list[BuildFolder], name: str, version: str,
+                   reporter: Reporter) -> dict[str, Any]:
+    """Return the release manifest after writing the archives, model card, manifest and SHA256SUMS into staging."""
+    mtime = source_date_epoch() or 0
+    plan = sorted(((t, i, b) for i, b in enumerate(builds) for t in b.manifest["targets"]), key=lambda x: x[0])
+    targets = []
+    for target, index, build in plan:
+        root = f"{slug(name)}-{version}-{target}"
+        archive_name = f"{root}.tar.gz"
+        members = members_of(build.path / target, root)
+        reporter.say(f"release: packing {archive_name} ({len(members)} files)")
+        write_tar_gz(staging / archive_name, members, mtime)
+        files = []
+        for member in members:
+            rel = member.name.removeprefix(f"{root}/")
+            # The hash SHA256SUMS vouched for (checked above), not a second read of the file.
+            files.append({"path": rel, "bytes": member.source.stat().st_size,
+                          "sha256": build.sha256[f"{target}/{rel}"], "executable": member.executable})
+        targets.append(_target_record(build, index, target, _file_entry(staging, archive_name), root, files))
+    first = builds[0].manifest
+    manifest: dict[str, Any] = {
+        "schema_version": RELEASE_SCHEMA_VERSION,
+        "kind": RELEASE_KIND,
+        "name": name,
+        "version": version,
+        "edgepack_version": __version__,
+        "passed": all(t["passed"] for t in targets) and all(b.manifest.get("passed", False) for b in builds),
+        "source": first["source"],
+        "provenance": [],
+        "builds": [_build_record(b) for b in builds],
+        "targets": targets,
+        "files": [],
+    }
+    provenance = source_provenance(first["source"])
+    manifest["provenance"] = [p.as_dict() for p in provenance]
+    card = render_text(MODEL_CARD_TEMPLATE, model_card_context(manifest, provenance))
+    (staging / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
+    manifest["files"] = [_file_entry(staging, rel) for rel in sorted([MODEL_CARD_FILE, *(
+        t["archive"]["path"] for t in targets)])]
+    errors = schema_errors(manifest)
+    if errors:
+        raise InternalError("the release manifest does not match docs/release-manifest.schema.json:\n"
+                            + "\n".join(errors[:20]))
+    write_json(staging / MANIFEST_FILE, manifest)
+    write_sha256sums(staging)
+    for path in staging.iterdir():
+        path.chmod(0o644)
+    return manifest
+
+
 def read_release(folder: Path) -> dict[str, Any]:
-    """Return a release folder's manifest after checking it against the release schema."""
+    """Return a release folder's manifest after checking it against the release schema and its SHA256SUMS."""
     folder = Path(folder)
     path = folder / MANIFEST_FILE
     if not path.is_file():
@@ -532,4 +534,10 @@ def read_release(folder: Path) -> dict[str, Any]:
     errors = schema_errors(manifest)
     if errors:
         raise BadInputError(f"{path}: does not match the release schema ({SCHEMA_FILE}):\n" + "\n".join(errors[:20]))
+    listed = verified_checksums(folder)
+    for entry in manifest["files"]:
+        # SHA256SUMS can be rewritten along with a swapped archive; the manifest's own hashes must agree too.
+        if listed.get(entry["path"]) != entry["sha256"]:
+            raise BadInputError(f"{folder / entry['path']}: its sha256 in {path} does not match {CHECKSUMS_FILE}; "
+                                "the release was altered. Make the release again from its build folders.")
     return manifest

@@ -6,6 +6,8 @@
   refuse ES modules served as anything but JavaScript.
 - HTTP Range requests (single range): runtimes fetch large weight files in pieces.
 - Bound to 127.0.0.1 by default: it is a development and verification server, not a web host.
+- Only regular files inside the folder: no directory listings, nothing reached through a symlink
+  that leads out of it, and bounded request paths and Range headers, each refused with a 4xx.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ ISOLATION_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# Larger than any file; a longer number means the same, and never reaches int() (which refuses
+# 5000-digit strings with an exception).
+_BEYOND_ANY_FILE = 10**18
+MAX_PATH_CHARS = 2048
+MAX_RANGE_CHARS = 100
 _COPY_CHUNK = 1024 * 1024
 
 
@@ -63,12 +70,35 @@ class BundleRequestHandler(http.server.SimpleHTTPRequestHandler):
         if not getattr(self.server, "quiet", False):
             super().log_message(format, *args)
 
+    def _served_file(self) -> Path | None:
+        """Return the regular file inside the served folder this request names, or None (after sending the 4xx)."""
+        if len(self.path) > MAX_PATH_CHARS:
+            self.send_error(414, "Request path too long")
+            return None
+        try:
+            root = Path(os.path.realpath(self.directory))
+            path = Path(os.path.realpath(self.translate_path(self.path)))
+            inside = os.path.commonpath([root, path]) == str(root)
+            regular = inside and path.is_file()
+        except (OSError, ValueError):  # a name too long for the file system, an embedded NUL
+            self.send_error(400, "Bad request path")
+            return None
+        if not regular:
+            # Folders are never listed and symlinks never followed out: both look like nothing here.
+            self.send_error(404, "File not found")
+            return None
+        return path
+
+    def list_directory(self, path):  # type: ignore[override]
+        self.send_error(404, "File not found")
+        return None
+
     def send_head(self):  # type: ignore[override]
-        """Serve files (with Range support); folders and errors keep the base class's behaviour."""
+        """Serve regular files inside the folder (with Range support); everything else is a 4xx."""
         self._range: tuple[int, int] | None = None  # handlers live across keep-alive requests
-        path = Path(self.translate_path(self.path))
-        if path.is_dir() or not path.is_file():
-            return super().send_head()
+        path = self._served_file()
+        if path is None:
+            return None
         try:
             handle = path.open("rb")
         except OSError:
@@ -77,7 +107,7 @@ class BundleRequestHandler(http.server.SimpleHTTPRequestHandler):
         size = os.fstat(handle.fileno()).st_size
         header = self.headers.get("Range")
         if header is not None:
-            parsed = _parse_range(header, size)
+            parsed = "unsatisfiable" if len(header) > MAX_RANGE_CHARS else _parse_range(header, size)
             if parsed == "unsatisfiable":
                 handle.close()
                 self.send_response(416)
@@ -115,6 +145,11 @@ class BundleRequestHandler(http.server.SimpleHTTPRequestHandler):
             remaining -= len(block)
 
 
+def _offset(digits: str) -> int:
+    """Return the byte offset digits spell, capped just beyond any file."""
+    return int(digits) if len(digits) <= len(str(_BEYOND_ANY_FILE)) else _BEYOND_ANY_FILE
+
+
 def _parse_range(header: str, size: int) -> tuple[int, int] | str | None:
     """Return (first, last) byte of a single range, "unsatisfiable", or None to serve the whole file."""
     match = _RANGE.match(header.strip())
@@ -124,12 +159,12 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | str | None:
     if first == "" and last == "":
         return None
     if first == "":  # suffix range: the last N bytes
-        length = int(last)
+        length = _offset(last)
         if length == 0 or size == 0:
             return "unsatisfiable"
         return max(0, size - length), size - 1
-    start = int(first)
-    end = size - 1 if last == "" else min(int(last), size - 1)
+    start = _offset(first)
+    end = size - 1 if last == "" else min(_offset(last), size - 1)
     if start >= size or end < start:
         return "unsatisfiable"
     return start, end

@@ -118,16 +118,17 @@ def test_pickle_weights_build_with_allow_pickle(tiny_llama: Path, tmp_path: Path
 
 def test_existing_output_folder_is_refused_unless_forced(tiny_llama: Path, tmp_path: Path) -> None:
     out = tmp_path / "dist" / "out"
-    out.mkdir(parents=True)
-    (out / "keep.txt").write_text("user data")
+    first = edgepack("build", tiny_llama, "--target", "raspberry-pi", "--out", out, "--quant", "F16")
+    assert first.exit_code == 0, first.stderr
+    (out / "marker.txt").write_text("from the first build")
     result = edgepack("build", tiny_llama, "--target", "raspberry-pi", "--out", out, "--quant", "F16")
     assert result.exit_code == ExitCode.BAD_INPUT
     assert "already exists" in result.stderr and "--force" in result.stderr
-    assert (out / "keep.txt").read_text() == "user data"
+    assert (out / "marker.txt").is_file()
 
     forced = edgepack("build", tiny_llama, "--target", "raspberry-pi", "--out", out, "--quant", "F16", "--force")
     assert forced.exit_code == 0, forced.stderr
-    assert not (out / "keep.txt").exists()
+    assert not (out / "marker.txt").exists()
     assert (out / "manifest.json").is_file()
     assert leftovers(out.parent, "out") == ["out"]
 

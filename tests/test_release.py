@@ -286,7 +286,7 @@ def test_a_version_that_is_not_a_plain_name_is_refused(dists: dict[str, Path], t
 
 def test_an_existing_release_folder_is_replaced_only_with_force(dists: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
-    out.mkdir()
+    assert _release(dists["Q8_0"], out, "1.0.0").exit_code == 0
     (out / "old.txt").write_text("from an earlier release")
     refused = _release(dists["Q8_0"], out, "1.0.0")
     assert refused.exit_code == ExitCode.BAD_INPUT and "--force" in refused.stderr
@@ -295,6 +295,30 @@ def test_an_existing_release_folder_is_replaced_only_with_force(dists: dict[str,
     assert replaced.exit_code == 0, replaced.stderr
     assert not (out / "old.txt").exists() and (out / "manifest.json").is_file()
     assert leftovers(tmp_path, "out") == ["out"]
+
+
+def test_force_replaces_only_a_previous_release_never_another_folder(dists: dict[str, Path], tmp_path: Path) -> None:
+    user_folder = tmp_path / "docs"
+    user_folder.mkdir()
+    (user_folder / "notes.md").write_text("user data")
+    other_build = _copy_build(dists["F16"], tmp_path)
+    for folder in (user_folder, other_build):
+        refused = _release(dists["Q8_0"], folder, "1.0.0", "--force")
+        assert refused.exit_code == ExitCode.BAD_INPUT, refused.stderr
+        assert "replaces only a previous edgepack release" in refused.stderr
+    assert (user_folder / "notes.md").read_text() == "user data"
+    assert (other_build / "manifest.json").is_file()
+
+
+def test_release_out_may_not_be_the_build_or_inside_it(dists: dict[str, Path], tmp_path: Path) -> None:
+    dist = _copy_build(dists["Q8_0"], tmp_path)
+    before = file_sha256(dist / "SHA256SUMS")
+    for out, needle in ((dist, "is the input"), (dist.parent, "contains the input"), (dist / "release", "inside")):
+        refused = _release(dist, out, "1.0.0", "--force")
+        assert refused.exit_code == ExitCode.BAD_INPUT, refused.stderr
+        assert needle in refused.stderr and str(dist) in refused.stderr
+    assert not (dist / "release").exists() and file_sha256(dist / "SHA256SUMS") == before
+    assert _release(dist, tmp_path / "rel", "1.0.0").exit_code == 0, "the build still releases"
 
 
 def test_a_build_that_failed_its_gate_is_released_only_when_asked(dists: dict[str, Path], tmp_path: Path) -> None:
@@ -452,6 +476,35 @@ def test_diff_of_a_release_with_itself_finds_nothing(releases: dict[str, Path]) 
     d = edgepack("diff", releases["Q8_0"], releases["Q8_0"], "--json").json()
     assert d["changed"] is False and {t["status"] for t in d["targets"]} == {"unchanged"}
     assert "are the same" in edgepack("diff", releases["Q8_0"], releases["Q8_0"]).stdout
+
+
+def _tampered(release: Path, tmp_path: Path) -> tuple[Path, Path]:
+    copy = Path(shutil.copytree(release, tmp_path / "tampered"))
+    archive = sorted(copy.glob("*.tar.gz"))[0]
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    return copy, archive
+
+
+def test_diff_refuses_a_tampered_release(releases: dict[str, Path], tmp_path: Path) -> None:
+    tampered, archive = _tampered(releases["Q8_0"], tmp_path)
+    result = edgepack("diff", releases["Q8_0"], tampered, "--json")
+    assert result.exit_code == ExitCode.BAD_INPUT, result.stderr
+    assert str(archive) in result.stderr and "altered" in result.stderr
+    assert result.json()["error"] == "bad input"
+
+
+def test_diff_refuses_a_tampered_release_whose_sha256sums_was_rewritten(releases: dict[str, Path],
+                                                                       tmp_path: Path) -> None:
+    tampered, archive = _tampered(releases["Q8_0"], tmp_path)
+    sums = tampered / "SHA256SUMS"
+    lines = [f"{file_sha256(archive)}  {archive.name}" if line.endswith(f" {archive.name}") else line
+             for line in sums.read_text().splitlines()]
+    sums.write_text("\n".join(lines) + "\n")
+    result = edgepack("diff", tampered, releases["Q8_0"])
+    assert result.exit_code == ExitCode.BAD_INPUT, result.stderr
+    assert str(archive) in result.stderr and "does not match" in result.stderr
 
 
 def test_diff_of_a_build_folder_asks_for_a_release(dists: dict[str, Path], releases: dict[str, Path]) -> None:

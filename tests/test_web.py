@@ -314,6 +314,63 @@ def test_edgepack_serve_sends_isolation_headers_wasm_mime_and_answers_range_requ
         proc.wait(timeout=10)
 
 
+def _status(server_url: str, path: str, headers: dict[str, str] | None = None) -> int:
+    """Return the HTTP status of GET path, sent as is (no client-side normalisation of '..' or length)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(server_url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def served(tmp_path: Path):
+    """A served bundle folder with a file, a sub-folder, and symlinks that lead out of it."""
+    from packager.static_server import serving
+
+    bundle = tmp_path / "bundle"
+    (bundle / "sub").mkdir(parents=True)
+    (bundle / "m.gguf").write_bytes(bytes(range(256)))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("outside the bundle")
+    (bundle / "leak.txt").symlink_to(secret)
+    (bundle / "up").symlink_to(tmp_path)
+    with serving(bundle) as server:
+        yield server
+
+
+def test_serve_never_follows_a_symlink_out_of_the_folder(served) -> None:
+    assert _status(served.url, "/leak.txt") == 404
+    assert _status(served.url, "/up/secret.txt") == 404
+    assert _status(served.url, "/../secret.txt") == 404
+    assert _status(served.url, "/m.gguf") == 200
+
+
+def test_serve_lists_no_directory(served) -> None:
+    assert _status(served.url, "/") == 404
+    assert _status(served.url, "/sub/") == 404
+    assert _status(served.url, "/sub") == 404
+
+
+def test_serve_answers_a_huge_range_number_with_416(served) -> None:
+    assert _status(served.url, "/m.gguf", {"Range": "bytes=" + "9" * 5000 + "-"}) == 416
+    assert _status(served.url, "/m.gguf", {"Range": "bytes=" + "9" * 40 + "-"}) == 416
+    assert _status(served.url, "/m.gguf", {"Range": "bytes=0-" + "9" * 40}) == 206
+
+
+def test_serve_answers_an_8000_character_path_with_a_4xx(served) -> None:
+    assert _status(served.url, "/" + "a" * 8000) == 414
+    assert _status(served.url, "/a%00b") in (400, 404)
+    assert _status(served.url, "/m.gguf") == 200  # the server is still up
+
+
 # -- WebLLM (MLC) weights --------------------------------------------------------------------------
 
 
