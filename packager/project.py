@@ -19,6 +19,7 @@ from packager.pipeline import BuildRequest
 from packager.progress import Reporter
 from packager.resources import data_dir
 from packager.stages import BuildOptions
+from packager.target import available_targets, option_table
 from packager.verify.gates import TaskGate
 
 CONFIG_NAME = "edgepack.toml"
@@ -40,11 +41,8 @@ class BuildFlags:
     allow_pickle: bool = False
     force: bool = False
     no_gate: bool = False
-    web_runtime: str | None = None
-    android_recipe: str | None = None
-    android_delegates: tuple[str, ...] = ()
-    ios_compression: str | None = None
-    ios_ane_head: bool = False
+    # Target options given on the command line: target name -> option name -> value (absent: not given).
+    target_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     eval_path: Path | None = None
     task: dict[str, Any] = field(default_factory=dict)
     max_accuracy_drop: float | None = None
@@ -80,6 +78,27 @@ def _path(value: Any, root: Path, reporter: Reporter) -> Path:
         return bundled_example(reporter)
     path = Path(text).expanduser()
     return path if path.is_absolute() else root / path
+
+
+def target_option_values(given: dict[str, dict[str, Any]], build: dict[str, Any],
+                         config_path: Path) -> dict[str, dict[str, Any]]:
+    """Return each installed target's options as set by flag, else by edgepack.toml's [build] (defaults stay
+    with the target: BuildOptions.for_target fills them in)."""
+    values: dict[str, dict[str, Any]] = {name: dict(options) for name, options in given.items()}
+    for target_name, option in option_table(available_targets()):
+        if option.name in values.get(target_name, {}) or option.toml_key is None or option.toml_key not in build:
+            continue
+        raw = build[option.toml_key]
+        if option.multiple:
+            raw = tuple(raw) if isinstance(raw, list) else (raw,)
+        elif option.is_flag:
+            raw = bool(raw)
+        for item in raw if option.multiple else (raw,):
+            if option.choices and item not in option.choices:
+                raise BadInputError(f"{config_path}: [build] {option.toml_key} = {item!r} is not one of "
+                                    f"{', '.join(option.choices)}; fix the value or remove the key.")
+        values.setdefault(target_name, {})[option.name] = raw
+    return values
 
 
 def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None) -> BuildRequest:
@@ -122,11 +141,7 @@ def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None
         context_length=flags.context_length or int(build.get("context_length", 4096)),
         no_gate=flags.no_gate,
         name=flags.name or build.get("name"),
-        web_runtime=flags.web_runtime or build.get("web_runtime", "wllama"),
-        android_recipe=flags.android_recipe or build.get("android_recipe", "auto"),
-        android_delegates=tuple(flags.android_delegates or build.get("android_delegates", ())),
-        ios_compression=flags.ios_compression or build.get("ios_compression", "int4"),
-        ios_ane_head=flags.ios_ane_head or bool(build.get("ios_ane_head", False)),
+        target_options=target_option_values(flags.target_options, build, root / CONFIG_NAME),
         eval_path=eval_path,
         task=task,
         task_source=str(root / CONFIG_NAME) if config else "command-line flags",

@@ -292,7 +292,8 @@ def tiny_android_build(tiny_gemma: Path, tmp_path_factory: pytest.TempPathFactor
     rows = [{"instruction": "Classify.", "input": f"message {i}", "output": label}
             for i, label in enumerate(["billing", "other", "billing"])]
     eval_set.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
-    options = BuildOptions(name=HOSTILE_NAME, no_gate=True, android_recipe="8da8w", android_delegates=("vulkan",),
+    options = BuildOptions(name=HOSTILE_NAME, no_gate=True,
+                           target_options={"android": {"recipe": "8da8w", "delegates": ("vulkan",)}},
                            context_length=256, eval_path=eval_set, task={"task": "labels"})
     outcome = run_build(BuildRequest(checkpoint=tiny_gemma, targets=["android"], out=out, options=options),
                         Reporter(quiet=True))

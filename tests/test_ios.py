@@ -152,14 +152,16 @@ def test_measured_ranges_size_rewrites_that_bring_every_site_under_the_fp16_budg
 # Builds (tiny models): conversion, spec, simulation, bundle, generated code.
 
 
-def _build(folder: Path, out: Path, **options) -> object:
-    return run_build(BuildRequest(checkpoint=folder, targets=["ios"], out=out, options=BuildOptions(**options)))
+def _build(folder: Path, out: Path, compression: str, fp16_rewrites: bool = True, **options) -> object:
+    ios = {"compression": compression, "fp16_rewrites": fp16_rewrites}
+    return run_build(BuildRequest(checkpoint=folder, targets=["ios"], out=out,
+                                  options=BuildOptions(target_options={"ios": ios}, **options)))
 
 
 @pytest.fixture(scope="module")
 def gemma_bundle(tiny_gemma: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
     out = tmp_path_factory.mktemp("ios") / "gemma"
-    outcome = _build(tiny_gemma, out, ios_compression="none", context_length=256)
+    outcome = _build(tiny_gemma, out, compression="none", context_length=256)
     return outcome, out / "ios"
 
 
@@ -207,7 +209,7 @@ def test_every_generated_swift_file_parses_and_names_are_checked(gemma_bundle) -
 
 def test_int4_package_is_gated_against_llama_cpp_q4_k_m_on_the_same_positions(tiny_llama: Path,
                                                                                 tmp_path: Path) -> None:
-    outcome = _build(tiny_llama, tmp_path / "out", ios_compression="int4", context_length=256, no_gate=True)
+    outcome = _build(tiny_llama, tmp_path / "out", compression="int4", context_length=256, no_gate=True)
     fp16, int4 = outcome.results[0].verifications
     assert fp16.passed and fp16.metrics.top1 >= 0.98
     # int4 ships when it passes; otherwise the ladder's next rungs (int4-mixed, int8) are tried in turn.
@@ -223,10 +225,10 @@ def test_int4_package_is_gated_against_llama_cpp_q4_k_m_on_the_same_positions(ti
 def test_unsafe_fp16_conversion_is_caught_and_not_shipped(fixture: str, request, tmp_path: Path) -> None:
     folder = request.getfixturevalue(fixture)
     with pytest.raises(GateFailedError) as caught:
-        _build(folder, tmp_path / "unsafe", ios_compression="none", context_length=128, ios_fp16_rewrites=False)
+        _build(folder, tmp_path / "unsafe", compression="none", context_length=128, fp16_rewrites=False)
     assert "FAIL" in str(caught.value)
     assert not (tmp_path / "unsafe").exists()
-    safe = _build(folder, tmp_path / "safe", ios_compression="none", context_length=128)
+    safe = _build(folder, tmp_path / "safe", compression="none", context_length=128)
     assert safe.passed and safe.results[0].verifications[0].metrics.top1 >= 0.98
 
 

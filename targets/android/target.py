@@ -25,7 +25,7 @@ from packager.manifest import file_entries, without_host_measurements, write_jso
 from targets.android.stages import PteArtifact, cached_pte, screened, structural_pte, verified_pte
 from packager.resources import copy_mobile_files
 from packager.stages import BuildContext, link_or_copy
-from packager.target import ScaffoldCheck, TargetResult
+from packager.target import ScaffoldCheck, TargetOption, TargetResult
 from packager.templating import render_tree
 from targets.android.verify import RunnerTokenizer, eos_pieces
 from packager.verify.result import VerificationResult
@@ -63,12 +63,22 @@ class AndroidTarget:
     title: ClassVar[str] = "Android app: ExecuTorch .pte on XNNPACK (CPU), Kotlin bridge over LlmModule"
     runtime: ClassVar[str] = f"ExecuTorch {EXECUTORCH_VERSION} (org.pytorch:executorch-android)"
     status: ClassVar[str] = "ready"
+    # Ships a .pte, no GGUF.
+    default_quant: ClassVar[str | None] = None
+    options: ClassVar[tuple[TargetOption, ...]] = (
+        TargetOption("recipe", "--recipe", "android_recipe",
+                     "ExecuTorch quantization recipe for android (default auto: the smallest that passes its gate).",
+                     default="auto"),
+        TargetOption("delegates", "--delegate", "android_delegates",
+                     "Also export an experimental accelerator .pte for android (repeatable); the app falls back to "
+                     "XNNPACK.", default=(), choices=tuple(BACKEND_IDS), multiple=True),
+    )
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
         spec = ctx.ckpt.spec
         if spec.executorch is None or self.name not in spec.targets:
             raise UnsupportedError(f"{spec.name}: edgepack has no ExecuTorch export for this architecture yet.")
-        delegates = list(dict.fromkeys(ctx.options.android_delegates))
+        delegates = list(dict.fromkeys(ctx.options.for_target(self).get("delegates")))
         unknown = [d for d in delegates if d not in DELEGATES or d == "xnnpack"]
         if unknown:
             raise BadInputError(f"--delegate {', '.join(unknown)}: unknown; edgepack exports {', '.join(BACKEND_IDS)}. "
@@ -152,7 +162,7 @@ class AndroidTarget:
     def _choose(self, ctx: BuildContext, max_context: int, tokenizer_json: Path) -> tuple[
             PteArtifact, VerificationResult, list[str]]:
         """Export and verify recipes (the requested one, or the auto ladder) until one passes its gate."""
-        requested = ctx.options.android_recipe
+        requested = ctx.options.for_target(self).get("recipe")
         ladder = AUTO_LADDER if requested == "auto" else (requested,)
         notes: list[str] = []
         for index, name in enumerate(ladder):

@@ -31,7 +31,7 @@ from packager.manifest import file_entries, without_host_measurements, write_jso
 from packager.resources import copy_mobile_files
 from packager.stages import BuildContext, link_or_copy
 from targets.ios.swift_check import check_swift_files
-from packager.target import ScaffoldCheck, TargetResult
+from packager.target import ScaffoldCheck, TargetOption, TargetResult
 from packager.templating import render_tree
 from targets.ios.verify import coreml_runtime_available
 from packager.verify.gates import LOW_BIT, TopOneGate
@@ -67,12 +67,26 @@ class IosTarget:
     title: ClassVar[str] = "iOS app: stateful Core ML program (iOS 18), Swift bridge over Core ML + swift-transformers"
     runtime: ClassVar[str] = f"Core ML (iOS 18 ML Program, coremltools {COREMLTOOLS_VERSION})"
     status: ClassVar[str] = "ready"
+    # Ships Core ML packages; the Q4_K_M GGUF it gates against is a baseline, named where it is used.
+    default_quant: ClassVar[str | None] = None
+    options: ClassVar[tuple[TargetOption, ...]] = (
+        TargetOption("compression", "--compression", "ios_compression",
+                     "Core ML weight compression for ios (default int4: 4-bit linears, 8-bit embedding/lm_head; "
+                     "when int4 fails its gate, int4-mixed, then int8, ship instead).",
+                     default="int4", choices=COMPRESSIONS),
+        TargetOption("ane_head", "--ane-head", "ios_ane_head",
+                     "Also build a Neural-Engine-friendly package with the lm_head split into 16,384-row chunks.",
+                     default=False, is_flag=True),
+        # Off only to prove the check catches an unsafe fp16 conversion (Python API and tests; no flag, no key).
+        TargetOption("fp16_rewrites", default=True),
+    )
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
         spec = ctx.ckpt.spec
         if spec.coreml is None or self.name not in spec.targets:
             raise UnsupportedError(f"{spec.name}: edgepack has no Core ML conversion for this architecture yet.")
-        compression = ctx.options.ios_compression
+        options = ctx.options.for_target(self)
+        compression = options.get("compression")
         if compression not in COMPRESSIONS:
             raise BadInputError(f"--compression {compression}: unknown; choose one of {', '.join(COMPRESSIONS)}.")
         missing = [f for f in TOKENIZER_FILES if not (ctx.ckpt.folder / f).is_file()]
@@ -81,7 +95,7 @@ class IosTarget:
                                 "loads the model folder's tokenizer.json and tokenizer_config.json.")
         max_context = min(ctx.options.context_length, int(ctx.ckpt.config.get("max_position_embeddings", 4096)))
 
-        rewrites = ctx.options.ios_fp16_rewrites
+        rewrites = options.get("fp16_rewrites")
         notes: list[str] = []
         if compression == "none":
             export = cached_export(ctx, export_request(ctx, ["none"], max_context, fp16_rewrites=rewrites))
@@ -99,7 +113,7 @@ class IosTarget:
         notes = self._fp16_notes(export) + notes
         shipped = [self._ship(export, compression, out_dir)]
         vocab = int(ctx.ckpt.config["vocab_size"])
-        if ctx.options.ios_ane_head and vocab > ANE_MAX_DIM:
+        if options.get("ane_head") and vocab > ANE_MAX_DIM:
             ane = cached_export(ctx, export_request(ctx, [compression], max_context, fp16_rewrites=rewrites,
                                                     lm_head_chunk=ANE_MAX_DIM))
             package = ane.result["packages"][compression]["package"]
@@ -109,7 +123,7 @@ class IosTarget:
             package = export.result["packages"][compression]["package"]
             verifications.append(verified_package(ctx, export, compression, f"{self.name}/{package} (Core ML)",
                                                   ship_gate, executed=True))
-        notes.append(self._ane_note(vocab, ctx.options.ios_ane_head))
+        notes.append(self._ane_note(vocab, options.get("ane_head")))
         for name in TOKENIZER_FILES:
             link_or_copy(ctx.ckpt.folder / name, out_dir / name)
 

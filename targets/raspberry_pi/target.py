@@ -28,9 +28,11 @@ class RaspberryPiTarget:
     title: ClassVar[str] = "Raspberry Pi OS (64-bit): llama-server under systemd"
     runtime: ClassVar[str] = "llama.cpp llama-server"
     status: ClassVar[str] = "ready"
+    # llama.cpp's usual size/fidelity balance on ARM CPUs.
+    default_quant: ClassVar[str | None] = "Q4_K_M"
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
-        quant = ctx.options.gguf_quant(self.name)
+        quant = ctx.options.gguf_quant(self)
         gguf_file = f"model-{quant}.gguf"
         out_dir.mkdir(parents=True, exist_ok=True)
         link_or_copy(ctx.gguf(quant), out_dir / gguf_file)

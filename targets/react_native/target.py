@@ -232,9 +232,11 @@ class ReactNativeTarget:
     title: ClassVar[str] = "React Native app (iOS + Android): GGUF on llama.rn"
     runtime: ClassVar[str] = f"llama.rn {LLAMA_RN_VERSION}"
     status: ClassVar[str] = "ready"
+    # llama.cpp's usual size/fidelity balance on phone CPUs.
+    default_quant: ClassVar[str | None] = "Q4_K_M"
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
-        quant = ctx.options.gguf_quant(self.name)
+        quant = ctx.options.gguf_quant(self)
         gguf_file = f"model-{quant}.gguf"
         table = support_table()
         source = ctx.gguf(quant)

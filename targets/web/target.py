@@ -41,7 +41,7 @@ from targets.web.mlc.writer import (
 from packager.manifest import file_entries, without_host_measurements, write_json
 from packager.resources import copy_mobile_files
 from packager.stages import BuildContext, link_or_copy
-from packager.target import TargetResult
+from packager.target import TargetOption, TargetResult
 from packager.templating import render_tree
 from targets.web.verify_browser import (
     BrowserMeasurement,
@@ -92,16 +92,25 @@ class WebTarget:
     title: ClassVar[str] = "Browser: static bundle with wllama (WASM) and/or WebLLM (WebGPU), ES-module bridge"
     runtime: ClassVar[str] = "wllama (llama.cpp WASM) / WebLLM (MLC, WebGPU)"
     status: ClassVar[str] = "ready"
+    # wllama's WASM build runs K-quants through slower kernels than native x86 ones (measured in
+    # docs/benchmarks.md) whose rounding also makes the page's greedy tokens drift from native llama.cpp's
+    # at non-tied positions, while Q8_0's browser decode is faster and its tokens match native.
+    default_quant: ClassVar[str | None] = "Q8_0"
+    options: ClassVar[tuple[TargetOption, ...]] = (
+        TargetOption("runtime", "--runtime", "web_runtime", "Browser runtime(s) for the web target (default wllama).",
+                     default="wllama", choices=tuple(RUNTIME_SETS)),
+    )
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
-        runtimes = RUNTIME_SETS.get(ctx.options.web_runtime)
+        runtime = ctx.options.for_target(self).get("runtime")
+        runtimes = RUNTIME_SETS.get(runtime)
         if runtimes is None:
-            raise UnsupportedError(f"--runtime {ctx.options.web_runtime}: choose wllama, webllm or all.")
+            raise UnsupportedError(f"--runtime {runtime}: choose wllama, webllm or all.")
         vendor = find_vendor()
         out_dir.mkdir(parents=True, exist_ok=True)
         model_name = ctx.options.name or ctx.ckpt.name
         context_length = min(ctx.options.context_length, int(ctx.ckpt.config.get("max_position_embeddings", 4096)))
-        quant = ctx.options.gguf_quant(self.name)
+        quant = ctx.options.gguf_quant(self)
         manifest_runtimes: dict[str, Any] = {}
         verifications: list[VerificationResult] = []
         notes: list[str] = []
