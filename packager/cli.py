@@ -46,7 +46,7 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="edgepack")
 def main() -> None:
     """edgepack: one fine-tuned checkpoint in; verified edge artifacts and integration code out."""
-    # torchao (imported by transformers and ExecuTorch) warns on import about CUDA-only extensions a
+    # torchao (imported by transformers and some targets' exporters) warns on import about CUDA-only extensions a
     # CPU host cannot load and about torch.compile registrations: noise, not news, for a build's stderr.
     for noisy in ("torchao", "torch.utils._pytree"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -108,7 +108,8 @@ class _BuildCommand(click.Command):
 @main.command(cls=_BuildCommand)
 @click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
 @click.option("--target", "targets", multiple=True, help="Target to build (repeatable), or 'all'.")
-@click.option("--quant", default=None, help="GGUF type for every GGUF target (default: each target's own, shown by `edgepack targets`).")
+@click.option("--quant", default=None,
+              help="GGUF type for every GGUF target (default: each target's own, shown by `edgepack targets`).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default dist/<name>).")
 @click.option("--base", type=click.Path(path_type=Path), default=None,
               help="Base model folder for a LoRA adapter whose adapter_config path does not resolve.")
@@ -209,7 +210,7 @@ def targets(as_json: bool) -> None:
 @click.option("--base", type=click.Path(path_type=Path), default=None, help="Base folder for a LoRA adapter.")
 @click.option("--json", "as_json", is_flag=True)
 def doctor(checkpoint: Path, device_name: str | None, base: Path | None, as_json: bool) -> None:
-    """Support matrix, fp16 risk, Neural Engine limits and RAM estimates per device for CHECKPOINT."""
+    """Support matrix, fp16 risk, each target's notes and RAM estimates per device for CHECKPOINT."""
     from packager.doctor import diagnose, render
     from packager.pipeline import BuildRequest, open_input
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from packager.atomic import publish_atomically
 from packager.checkpoint import Checkpoint, is_adapter_folder, load_checkpoint
-from packager.errors import BadInputError, GateFailedError
+from packager.errors import BadInputError, GateFailedError, UnsupportedError
 from packager.fingerprint import cache_root, files_digest, options_digest
 from packager.manifest import (
     MANIFEST_SCHEMA_VERSION,
@@ -108,6 +108,13 @@ def run_build(request: BuildRequest, reporter: Reporter | None = None) -> BuildO
     reporter = reporter or Reporter()
     target_classes = resolve_targets(request.targets)
     ckpt, digest = open_input(request, reporter)
+    unsupported = [cls.name for cls in target_classes if not cls().supports(ckpt.spec)]
+    if unsupported:
+        raise UnsupportedError(
+            f"{request.checkpoint}: the {ckpt.spec.name} architecture is not supported by the target(s) "
+            f"{', '.join(unsupported)}; `edgepack doctor {request.checkpoint}` shows which targets support it. "
+            "Drop those --target values."
+        )
     out = _prepare_out(request, request.options.name or ckpt.name)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))

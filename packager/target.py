@@ -17,6 +17,7 @@ from packager.errors import BadInputError, InternalError
 from packager.verify.result import VerificationResult
 
 if TYPE_CHECKING:
+    from packager.architectures import ArchitectureSpec
     from packager.stages import BuildContext
 
 ENTRY_POINT_GROUP = "edgepack.targets"
@@ -61,7 +62,7 @@ class TargetOption:
     name: str
     # The command-line flag, e.g. "--compression"; None keeps the option to the Python API.
     flag: str | None = None
-    # The key under edgepack.toml's [build], e.g. "ios_compression"; None: not read from the file.
+    # The key under edgepack.toml's [build], e.g. "<target>_compression"; None: not read from the file.
     toml_key: str | None = None
     help: str = ""
     default: Any = None
@@ -89,11 +90,26 @@ class TargetOptionValues:
         raise InternalError(f"target {self.target!r} reads option {name!r}, which it does not declare in `options`.")
 
 
+@dataclass(frozen=True)
+class HostCheckJob:
+    """A CI job a target adds on another runner, after the Linux builds: e.g. macOS, to run its
+    artifact in a runtime only that host has. `edgepack ci init` writes one per built target that
+    declares it (class attribute `ci_host_check`); the release waits for it."""
+
+    job_id: str
+    runner: str
+    title: str
+    # One or two lines for the workflow's header comment: what the job proves that Linux cannot.
+    purpose: str
+    step: str
+
+
 class Target(Protocol):
     """A deployment target: builds its folder from the shared stages of a build.
 
     `options` are the settings it adds to the CLI and edgepack.toml (see TargetOption); `default_quant`
-    is the GGUF type it ships when --quant is not given (None: it ships no GGUF).
+    is the GGUF type it ships when --quant is not given (None: it ships no GGUF). Optional: a class
+    attribute `ci_host_check` (HostCheckJob) and a method `doctor_notes(config) -> list[str]`.
     """
 
     name: ClassVar[str]
@@ -102,6 +118,10 @@ class Target(Protocol):
     status: ClassVar[str]
     options: ClassVar[tuple[TargetOption, ...]]
     default_quant: ClassVar[str | None]
+
+    def supports(self, spec: ArchitectureSpec) -> bool:
+        """Whether this target can build the architecture `spec` (doctor's matrix; checked before a build)."""
+        ...
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult: ...
 

@@ -21,7 +21,11 @@ from packager.architectures import spec_for_config
 from packager.calibration import decoder_linear_key
 from packager.errors import GateFailedError
 from packager.escaping import swift_string
+from packager.pipeline import BuildRequest, run_build
+from packager.stages import BuildOptions
+from packager.templating import check_no_placeholders, render_tree
 from targets.ios.convert import COMPRESSION
+from targets.ios.layouts import coreml_layout
 from targets.ios.model import (
     FP16_BUDGET,
     FP16_MAX,
@@ -32,10 +36,7 @@ from targets.ios.model import (
     plan_rewrites,
 )
 from targets.ios.quantize import const_key, dequantize, searched_affine
-from packager.pipeline import BuildRequest, run_build
-from packager.stages import BuildOptions
 from targets.ios.swift_check import syntax_errors, unknown_api_names
-from packager.templating import check_no_placeholders, render_tree
 
 REPO = Path(__file__).resolve().parent.parent
 BRIDGE = REPO / "mobile" / "ios"
@@ -105,7 +106,7 @@ def test_rewritten_decoder_equals_transformers_in_fp32_through_prefill_and_decod
     folder = request.getfixturevalue(fixture)
     model = _hf(folder)
     spec, config = _spec(folder)
-    window = config.get("sliding_window") if spec.coreml.sliding_attention_mask else None
+    window = config.get("sliding_window") if coreml_layout(spec).sliding_attention_mask else None
     ids = [1, *range(5, 60)]
     reference = model(torch.tensor([ids])).logits[0]
     n = config["num_hidden_layers"]
@@ -132,7 +133,7 @@ def test_measured_ranges_size_rewrites_that_bring_every_site_under_the_fp16_budg
     folder = request.getfixturevalue(fixture)
     model = _hf(folder)
     spec, config = _spec(folder)
-    window = config.get("sliding_window") if spec.coreml.sliding_attention_mask else None
+    window = config.get("sliding_window") if coreml_layout(spec).sliding_attention_mask else None
     sequences = [list(range(2, 50))]
     before = measure_ranges(StatefulDecoder(model, spec, 64, Fp16Plan(False), cache_dtype=torch.float32), sequences,
                             window)
@@ -140,7 +141,7 @@ def test_measured_ranges_size_rewrites_that_bring_every_site_under_the_fp16_budg
     plan = Fp16Plan(True)
     for _ in range(4):
         ranges = measure_ranges(StatefulDecoder(model, spec, 64, plan, cache_dtype=torch.float32), sequences, window)
-        bigger = plan_rewrites(ranges, config["num_hidden_layers"], plan, spec.coreml.post_norms)
+        bigger = plan_rewrites(ranges, config["num_hidden_layers"], plan, coreml_layout(spec).post_norms)
         if bigger == plan:
             break
         plan = bigger
@@ -166,8 +167,8 @@ def gemma_bundle(tiny_gemma: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def test_gemma_package_has_swift_transformers_names_state_and_ranges(gemma_bundle) -> None:
-    from targets.ios.verify import check_spec
     from targets.ios.mil_interpreter import load_program
+    from targets.ios.verify import check_spec
 
     outcome, bundle = gemma_bundle
     assert outcome.passed
@@ -325,8 +326,8 @@ def test_hostile_name_and_labels_are_escaped_in_swift_yaml_and_markdown(tmp_path
 def test_neural_engine_variant_splits_the_lm_head_and_simulates_to_the_same_logits(tiny_gemma: Path,
                                                                                    tmp_path: Path) -> None:
     from targets.ios.convert import ExportRequest, export_package
-    from targets.ios.verify import SimulatedModel
     from targets.ios.mil_interpreter import load_program
+    from targets.ios.verify import SimulatedModel
 
     ids = [2, *range(10, 40)]
     logits = {}

@@ -44,6 +44,11 @@ _SKIPPED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.i
 Progress = Callable[[int, int], None]
 
 
+def writes_architecture(spec: ArchitectureSpec) -> bool:
+    """Return whether write_gguf can write `spec`'s architecture: the support every GGUF target shares."""
+    return spec.gguf_arch is not None
+
+
 def canonical_quant(name: str) -> str:
     """Return the canonical spelling of a GGUF output type, or raise a clear error."""
     upper = name.upper()

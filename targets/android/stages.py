@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from packager.child_stage import run_child, staging
 from packager.fingerprint import file_sha256, options_digest, save_record
-from targets.android.export import EXECUTORCH_VERSION, EXPORT_SCHEMA, Recipe, RunnerMetadata
 from packager.verify.metrics import FidelityMetrics
 from packager.verify.result import VerificationResult
+from targets.android.export import EXECUTORCH_VERSION, EXPORT_SCHEMA, Recipe, RunnerMetadata
 
 if TYPE_CHECKING:
     from packager.stages import BuildContext

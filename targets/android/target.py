@@ -16,19 +16,22 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from packager import __version__
-from targets.android.kotlin_check import check_android_files, kotlin_version
+from packager.architectures import ArchitectureSpec
 from packager.codecheck import check_generated_files
-from packager.errors import BadInputError, UnsupportedError
+from packager.devices import DeviceProfile
+from packager.errors import BadInputError
 from packager.escaping import slug
-from targets.android.export import AUTO_LADDER, DELEGATES, EXECUTORCH_VERSION, recipe_named
 from packager.manifest import file_entries, without_host_measurements, write_json
-from targets.android.stages import PteArtifact, cached_pte, screened, structural_pte, verified_pte
 from packager.resources import copy_mobile_files
 from packager.stages import BuildContext, link_or_copy
 from packager.target import ScaffoldCheck, TargetOption, TargetResult
 from packager.templating import render_tree
-from targets.android.verify import RunnerTokenizer, eos_pieces
 from packager.verify.result import VerificationResult
+from targets.android.export import AUTO_LADDER, DELEGATES, EXECUTORCH_VERSION, recipe_named
+from targets.android.kotlin_check import check_android_files, kotlin_version
+from targets.android.layouts import EXECUTORCH_LAYOUTS, executorch_layout
+from targets.android.stages import PteArtifact, cached_pte, screened, structural_pte, verified_pte
+from targets.android.verify import RunnerTokenizer, eos_pieces
 
 APP_DIR = "app"
 BRIDGE_DIR = "app/app/src/main/java/org/edgepack"
@@ -65,6 +68,11 @@ class AndroidTarget:
     status: ClassVar[str] = "ready"
     # Ships a .pte, no GGUF.
     default_quant: ClassVar[str | None] = None
+    # RAM budgets: the share of physical memory a model can count on there (packager.devices).
+    devices: ClassVar[tuple[DeviceProfile, ...]] = (
+        DeviceProfile("pixel-8-pro", "Pixel 8 Pro", 12, 0.35, "android", "ExecuTorch XNNPACK (CPU)"),
+        DeviceProfile("galaxy-s24", "Samsung Galaxy S24", 8, 0.35, "android", "ExecuTorch XNNPACK (CPU)"),
+    )
     options: ClassVar[tuple[TargetOption, ...]] = (
         TargetOption("recipe", "--recipe", "android_recipe",
                      "ExecuTorch quantization recipe for android (default auto: the smallest that passes its gate).",
@@ -74,10 +82,13 @@ class AndroidTarget:
                      "XNNPACK.", default=(), choices=tuple(BACKEND_IDS), multiple=True),
     )
 
+    def supports(self, spec: ArchitectureSpec) -> bool:
+        """Every architecture with an ExecuTorch layout (targets.android.layouts)."""
+        return spec.name in EXECUTORCH_LAYOUTS
+
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
         spec = ctx.ckpt.spec
-        if spec.executorch is None or self.name not in spec.targets:
-            raise UnsupportedError(f"{spec.name}: edgepack has no ExecuTorch export for this architecture yet.")
+        executorch_layout(spec)  # UnsupportedError naming the supported architectures
         delegates = list(dict.fromkeys(ctx.options.for_target(self).get("delegates")))
         unknown = [d for d in delegates if d not in DELEGATES or d == "xnnpack"]
         if unknown:

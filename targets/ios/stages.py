@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from packager.child_stage import run_child, staging
 from packager.fingerprint import options_digest, save_record
-from targets.ios.convert import COREMLTOOLS_VERSION, EXPORT_SCHEMA, ExportRequest
 from packager.verify.metrics import FidelityMetrics
 from packager.verify.result import VerificationResult
+from targets.ios.convert import COREMLTOOLS_VERSION, EXPORT_SCHEMA, ExportRequest
 
 if TYPE_CHECKING:
     from packager.stages import BuildContext

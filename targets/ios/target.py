@@ -16,10 +16,18 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from packager import __version__
+from packager.architectures import ArchitectureSpec
 from packager.codecheck import check_generated_files
-from targets.ios.stages import CoreMLExport, cached_export, export_request, screened, verified_package
-from packager.errors import BadInputError, UnsupportedError
+from packager.devices import DeviceProfile
+from packager.errors import BadInputError
 from packager.escaping import slug
+from packager.manifest import file_entries, without_host_measurements, write_json
+from packager.resources import copy_mobile_files
+from packager.stages import BuildContext, link_or_copy
+from packager.target import HostCheckJob, ScaffoldCheck, TargetOption, TargetResult
+from packager.templating import render_tree
+from packager.verify.gates import LOW_BIT, TopOneGate
+from packager.verify.result import VerificationResult
 from targets.ios.convert import (
     ANE_MAX_DIM,
     COMPRESSIONS,
@@ -27,15 +35,10 @@ from targets.ios.convert import (
     DEPLOYMENT_TARGET,
     INT4_LADDER,
 )
-from packager.manifest import file_entries, without_host_measurements, write_json
-from packager.resources import copy_mobile_files
-from packager.stages import BuildContext, link_or_copy
+from targets.ios.layouts import COREML_LAYOUTS, coreml_layout
+from targets.ios.stages import CoreMLExport, cached_export, export_request, screened, verified_package
 from targets.ios.swift_check import check_swift_files
-from packager.target import ScaffoldCheck, TargetOption, TargetResult
-from packager.templating import render_tree
 from targets.ios.verify import coreml_runtime_available
-from packager.verify.gates import LOW_BIT, TopOneGate
-from packager.verify.result import VerificationResult
 
 APP_DIR = "app"
 BRIDGE_DIR = "EdgeModel"
@@ -69,6 +72,18 @@ class IosTarget:
     status: ClassVar[str] = "ready"
     # Ships Core ML packages; the Q4_K_M GGUF it gates against is a baseline, named where it is used.
     default_quant: ClassVar[str | None] = None
+    # RAM budgets: the share of physical memory a model can count on there (packager.devices).
+    devices: ClassVar[tuple[DeviceProfile, ...]] = (
+        DeviceProfile("iphone-15-pro", "iPhone 15 Pro", 8, 0.40, "ios", "Core ML (ANE/GPU/CPU)",
+                      "iOS terminates apps long before RAM is full; the increased-memory entitlement raises the "
+                      "limit"),
+        DeviceProfile("m2-macbook-air", "M2 MacBook Air (8 GB)", 8, 0.50, "ios", "Core ML / llama.cpp Metal"),
+    )
+    ci_host_check: ClassVar[HostCheckJob] = HostCheckJob(
+        job_id="coreml", runner="macos-15", title="ios in the Core ML runtime (macOS)",
+        purpose="runs its package in the real Core ML runtime (the `executed` level, which a Linux host "
+                "cannot reach), gated against the fp32 reference like the simulated check",
+        step="Build ios and run its package in Core ML")
     options: ClassVar[tuple[TargetOption, ...]] = (
         TargetOption("compression", "--compression", "ios_compression",
                      "Core ML weight compression for ios (default int4: 4-bit linears, 8-bit embedding/lm_head; "
@@ -81,10 +96,21 @@ class IosTarget:
         TargetOption("fp16_rewrites", default=True),
     )
 
+    def supports(self, spec: ArchitectureSpec) -> bool:
+        """Every architecture with a Core ML layout (targets.ios.layouts)."""
+        return spec.name in COREML_LAYOUTS
+
+    def doctor_notes(self, config: dict[str, Any]) -> list[str]:
+        """The Neural Engine's dimension limit against this vocabulary (said by `edgepack doctor`)."""
+        vocab = int(config["vocab_size"])
+        if vocab > ANE_MAX_DIM:
+            return [f"vocab {vocab:,} > {ANE_MAX_DIM:,}: the lm_head must be split ({-(-vocab // ANE_MAX_DIM)} "
+                    "chunks, --ane-head) to be eligible for the Neural Engine"]
+        return [f"vocab {vocab:,} fits the Neural Engine's {ANE_MAX_DIM:,} limit"]
+
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
         spec = ctx.ckpt.spec
-        if spec.coreml is None or self.name not in spec.targets:
-            raise UnsupportedError(f"{spec.name}: edgepack has no Core ML conversion for this architecture yet.")
+        coreml_layout(spec)  # UnsupportedError naming the supported architectures
         options = ctx.options.for_target(self)
         compression = options.get("compression")
         if compression not in COMPRESSIONS:

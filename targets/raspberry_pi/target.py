@@ -6,8 +6,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from packager import __version__
+from packager.architectures import ArchitectureSpec
 from packager.codecheck import check_generated_files
+from packager.devices import DeviceProfile
 from packager.escaping import slug
+from packager.formats.gguf_writer import writes_architecture
 from packager.manifest import file_entries, without_host_measurements, write_json
 from packager.stages import BuildContext, link_or_copy
 from packager.target import TargetResult
@@ -30,6 +33,17 @@ class RaspberryPiTarget:
     status: ClassVar[str] = "ready"
     # llama.cpp's usual size/fidelity balance on ARM CPUs.
     default_quant: ClassVar[str | None] = "Q4_K_M"
+    # RAM budgets: the share of physical memory a model can count on there (packager.devices).
+    devices: ClassVar[tuple[DeviceProfile, ...]] = (
+        DeviceProfile("raspberry-pi-5-8gb", "Raspberry Pi 5 (8 GB)", 8, 0.75, "raspberry-pi", "llama.cpp llama-server"),
+        DeviceProfile("raspberry-pi-5-4gb", "Raspberry Pi 5 (4 GB)", 4, 0.70, "raspberry-pi", "llama.cpp llama-server"),
+        DeviceProfile("raspberry-pi-4", "Raspberry Pi 4 (2 GB)", 2, 0.60, "raspberry-pi", "llama.cpp llama-server",
+                      "Cortex-A72 without the dot-product instructions of the Pi 5: expect a fraction of its speed"),
+    )
+
+    def supports(self, spec: ArchitectureSpec) -> bool:
+        """Every architecture the shared GGUF stage writes."""
+        return writes_architecture(spec)
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
         quant = ctx.options.gguf_quant(self)

@@ -19,12 +19,13 @@ from typing import Any, BinaryIO, ClassVar
 
 import gguf
 
-import packager
 from packager import __version__
+from packager.architectures import ArchitectureSpec
 from packager.codecheck import check_generated_files
 from packager.contract import Contract
 from packager.errors import InternalError, UnsupportedError
 from packager.escaping import slug
+from packager.formats.gguf_writer import writes_architecture
 from packager.manifest import file_entries, without_host_measurements, write_json
 from packager.resources import copy_mobile_files
 from packager.stages import BuildContext, link_or_copy
@@ -234,6 +235,10 @@ class ReactNativeTarget:
     status: ClassVar[str] = "ready"
     # llama.cpp's usual size/fidelity balance on phone CPUs.
     default_quant: ClassVar[str | None] = "Q4_K_M"
+
+    def supports(self, spec: ArchitectureSpec) -> bool:
+        """Every architecture the shared GGUF stage writes."""
+        return writes_architecture(spec)
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
         quant = ctx.options.gguf_quant(self)

@@ -24,10 +24,20 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from packager import __version__
+from packager.architectures import ArchitectureSpec
+from packager.devices import DeviceProfile
 from packager.errors import UnsupportedError
 from packager.escaping import slug
 from packager.fingerprint import options_digest
+from packager.formats.gguf_writer import writes_architecture
+from packager.manifest import file_entries, without_host_measurements, write_json
+from packager.resources import copy_mobile_files
+from packager.stages import BuildContext, link_or_copy
+from packager.target import TargetOption, TargetResult
+from packager.templating import render_tree
+from packager.verify.result import VerificationResult
 from targets.web.gguf_split import MAX_PART_BYTES, part_names, split_gguf
+from targets.web.mlc.check import check_mlc_folder
 from targets.web.mlc.libraries import PREFILL_CHUNK_SIZE, match_library
 from targets.web.mlc.writer import (
     CONFIG_FILE,
@@ -38,11 +48,7 @@ from targets.web.mlc.writer import (
     naming,
     write_tensor_cache,
 )
-from packager.manifest import file_entries, without_host_measurements, write_json
-from packager.resources import copy_mobile_files
-from packager.stages import BuildContext, link_or_copy
-from packager.target import TargetOption, TargetResult
-from packager.templating import render_tree
+from targets.web.vendor import WEBLLM, WLLAMA, WebVendor, find_vendor
 from targets.web.verify_browser import (
     BrowserMeasurement,
     BrowserTools,
@@ -52,9 +58,6 @@ from targets.web.verify_browser import (
     verify_bundle_files,
     verify_wllama_in_browser,
 )
-from targets.web.mlc.check import check_mlc_folder
-from packager.verify.result import VerificationResult
-from targets.web.vendor import WEBLLM, WLLAMA, WebVendor, find_vendor
 
 RUNTIME_SETS: dict[str, tuple[str, ...]] = {"wllama": ("wllama",), "webllm": ("webllm",), "all": ("wllama", "webllm")}
 # WebLLM variants per --quant: an f16 build needs the shader-f16 WebGPU feature, so each bundle
@@ -96,10 +99,19 @@ class WebTarget:
     # docs/benchmarks.md) whose rounding also makes the page's greedy tokens drift from native llama.cpp's
     # at non-tied positions, while Q8_0's browser decode is faster and its tokens match native.
     default_quant: ClassVar[str | None] = "Q8_0"
+    # RAM budgets: the share of physical memory a model can count on there (packager.devices).
+    devices: ClassVar[tuple[DeviceProfile, ...]] = (
+        DeviceProfile("desktop-chrome", "Desktop Chrome (wasm32)", 8, 0.45, "web", "wllama (WASM)",
+                      "a 32-bit WASM heap caps a tab at 4 GB whatever the machine has"),
+    )
     options: ClassVar[tuple[TargetOption, ...]] = (
         TargetOption("runtime", "--runtime", "web_runtime", "Browser runtime(s) for the web target (default wllama).",
                      default="wllama", choices=tuple(RUNTIME_SETS)),
     )
+
+    def supports(self, spec: ArchitectureSpec) -> bool:
+        """Every architecture the shared GGUF stage writes."""
+        return writes_architecture(spec)
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
         runtime = ctx.options.for_target(self).get("runtime")
