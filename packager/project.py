@@ -170,7 +170,7 @@ def _fit_device(flags: BuildFlags, checkpoint: Path, base: Path | None, options:
 
     profile = device(flags.device or "")
     ckpt, _ = open_input(BuildRequest(checkpoint=checkpoint, targets=[], base=base), Reporter(quiet=True))
-    context = min(options.context_length, int(ckpt.config.get("max_position_embeddings", options.context_length)))
+    context = ckpt.usable_context(options.context_length)
     quant = flags.quant or best_quant_for(profile, ckpt.parameter_count, ckpt.config, context)
     if quant is None:
         raise UnsupportedError(

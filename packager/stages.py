@@ -96,6 +96,11 @@ class BuildContext:
         self._verified: dict[str, VerificationResult] = {}
         self._ggufs: dict[str, Path] = {}
 
+    @property
+    def context_length(self) -> int:
+        """The context every target sets its runtime up for (--context-length, capped by the model)."""
+        return self.ckpt.usable_context(self.options.context_length)
+
     @cached_property
     def eval_rows(self) -> list[EvalRow]:
         return load_eval_set(self.options.eval_path) if self.options.eval_path else []

@@ -11,7 +11,6 @@ ExecuTorch has no NNAPI backend; QNN (Qualcomm), MediaTek and Samsung delegates 
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,10 +20,10 @@ from packager.codecheck import check_generated_files
 from packager.devices import DeviceProfile
 from packager.errors import BadInputError
 from packager.escaping import slug
-from packager.manifest import file_entries, without_host_measurements, write_json
 from packager.resources import copy_mobile_files
 from packager.stages import BuildContext, link_or_copy
 from packager.target import ScaffoldCheck, TargetOption, TargetResult
+from packager.target_bundle import finish_bundle
 from packager.templating import render_tree
 from packager.verify.result import VerificationResult
 from targets.android.export import AUTO_LADDER, DELEGATES, EXECUTORCH_VERSION, recipe_named
@@ -94,7 +93,7 @@ class AndroidTarget:
         if unknown:
             raise BadInputError(f"--delegate {', '.join(unknown)}: unknown; edgepack exports {', '.join(BACKEND_IDS)}. "
                                 "(ExecuTorch has no NNAPI backend; QNN, MediaTek and Samsung need their vendor SDKs.)")
-        max_context = min(ctx.options.context_length, int(ctx.ckpt.config.get("max_position_embeddings", 4096)))
+        max_context = ctx.context_length
         tokenizer_json = ctx.ckpt.folder / "tokenizer.json"
         if not tokenizer_json.is_file():
             raise BadInputError(f"{ctx.ckpt.folder}: no tokenizer.json; ExecuTorch's runner loads only that format.")
@@ -134,12 +133,7 @@ class AndroidTarget:
                                     "needs the Android SDK and Maven repositories; edgepack's tests compile the "
                                     "bridge with kotlinc and the app against a declared API surface"))
 
-        documents = {"edgepack.json", ASSET}
-        files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")
-                       if p.is_file() and p.relative_to(out_dir).as_posix() not in documents)
-        document = {
-            "target": self.name,
-            "runtime": self.runtime,
+        sections = {
             "model": {"name": model_name, "recipe": artifact.recipe.name, "recipe_summary": artifact.recipe.summary,
                       "format": "pte", "max_context": max_context,
                       "quantization": artifact.export["metadata"].get("quantization", {})},
@@ -147,14 +141,7 @@ class AndroidTarget:
             "backends": [{k: v for k, v in b.items() if k != "size_mb"} for b in backends],
             "tokenizer": "tokenizer.json",
             "contract": contract.as_dict(),
-            "files": file_entries(out_dir, files),
-            "verification": [without_host_measurements(v.as_dict()) for v in verifications],
-            "scaffold_checks": [vars(c) for c in checks],
-            "edgepack_version": __version__,
         }
-        write_json(out_dir / "edgepack.json", document)
-        (out_dir / ASSET).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out_dir / "edgepack.json", out_dir / ASSET)
         notes.append(
             f"Android: every XNNPACK .pte ran on this host in ExecuTorch {EXECUTORCH_VERSION}'s TextLLMRunner (the C++ "
             "runner LlmModule drives) and its forward method; nothing ran on a phone. The app and bridge were parsed "
@@ -165,10 +152,9 @@ class AndroidTarget:
                          "executorch-android AAR has no Vulkan backend, so the app falls back to XNNPACK unless you "
                          "build the AAR with Vulkan. ExecuTorch has no NNAPI backend; QNN, MediaTek and Samsung "
                          "delegates need their vendor SDKs.")
-        return TargetResult(target=self.name, files=[*files, *sorted(documents)], verifications=verifications,
-                            scaffold_checks=checks, notes=notes,
-                            extra={"recipe": artifact.recipe.name, "export": artifact.export,
-                                   "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]})
+        return finish_bundle(out_dir, self, sections, verifications, checks, notes=notes, copies=(ASSET,),
+                             extra={"recipe": artifact.recipe.name, "export": artifact.export,
+                                    "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]})
 
     def _choose(self, ctx: BuildContext, max_context: int, tokenizer_json: Path) -> tuple[
             PteArtifact, VerificationResult, list[str]]:

@@ -21,10 +21,10 @@ from packager.codecheck import check_generated_files
 from packager.devices import DeviceProfile
 from packager.errors import BadInputError
 from packager.escaping import slug
-from packager.manifest import file_entries, without_host_measurements, write_json
 from packager.resources import copy_mobile_files
 from packager.stages import BuildContext, link_or_copy
 from packager.target import HostCheckJob, ScaffoldCheck, TargetOption, TargetResult
+from packager.target_bundle import finish_bundle
 from packager.templating import render_tree
 from packager.verify.gates import LOW_BIT, TopOneGate
 from packager.verify.result import VerificationResult
@@ -119,7 +119,7 @@ class IosTarget:
         if missing:
             raise BadInputError(f"{ctx.ckpt.folder}: no {', '.join(missing)}; swift-transformers' AutoTokenizer "
                                 "loads the model folder's tokenizer.json and tokenizer_config.json.")
-        max_context = min(ctx.options.context_length, int(ctx.ckpt.config.get("max_position_embeddings", 4096)))
+        max_context = ctx.context_length
 
         rewrites = options.get("fp16_rewrites")
         notes: list[str] = []
@@ -164,12 +164,7 @@ class IosTarget:
                                     "needs macOS with Xcode; edgepack parses every Swift file with tree-sitter and "
                                     "checks the Core ML / swift-transformers names it uses against a list"))
 
-        document_name = "edgepack.json"
-        files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")
-                       if p.is_file() and p.relative_to(out_dir).as_posix() != document_name)
-        document = {
-            "target": self.name,
-            "runtime": self.runtime,
+        sections = {
             "model": {"name": model_name, "packages": shipped, "max_context": max_context,
                       "sliding_window": export.result["sliding_window"], "deployment_target": DEPLOYMENT_TARGET,
                       "fp16_rewrites": export.result["fp16_plan"], "exactness_proof": export.result["proof"]},
@@ -178,19 +173,13 @@ class IosTarget:
                        "max_context": max_context, "compute_units": COMPUTE_UNITS, "temperature": 0.0},
             "tokenizer": list(TOKENIZER_FILES),
             "contract": ctx.contract.as_dict(),
-            "files": file_entries(out_dir, files),
-            "verification": [without_host_measurements(v.as_dict()) for v in verifications],
-            "scaffold_checks": [vars(c) for c in checks],
-            "edgepack_version": __version__,
         }
-        write_json(out_dir / document_name, document)
         notes.append("iOS: packages verified `simulated` (their MIL programs evaluated in numpy against fp32 "
                      "transformers); nothing ran in Core ML or on an iPhone. The bridge and app were parsed with "
                      "tree-sitter (Swift); no Swift compiler or Xcode ran here.")
-        return TargetResult(target=self.name, files=[*files, document_name], verifications=verifications,
-                            scaffold_checks=checks, notes=notes,
-                            extra={"compression": compression, "export": export.result,
-                                   "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]})
+        return finish_bundle(out_dir, self, sections, verifications, checks, notes=notes,
+                             extra={"compression": compression, "export": export.result,
+                                    "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]})
 
     def _first_passing(self, ctx: BuildContext, ladder: tuple[str, ...], gate: TopOneGate, max_context: int,
                        rewrites: bool, notes: list[str]) -> tuple[CoreMLExport, str, VerificationResult]:

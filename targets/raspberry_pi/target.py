@@ -11,9 +11,9 @@ from packager.codecheck import check_generated_files
 from packager.devices import DeviceProfile
 from packager.escaping import slug
 from packager.formats.gguf_writer import writes_architecture
-from packager.manifest import file_entries, without_host_measurements, write_json
 from packager.stages import BuildContext, link_or_copy
 from packager.target import TargetResult
+from packager.target_bundle import finish_bundle
 from packager.templating import render_tree
 
 # The llama.cpp release vendored by the pinned llama-cpp-python 0.3.36 (tag b11312, commit
@@ -53,7 +53,7 @@ class RaspberryPiTarget:
         verification = ctx.verify_gguf(quant, f"{self.name}/{gguf_file}")
 
         model_name = ctx.options.name or ctx.ckpt.name
-        context_length = min(ctx.options.context_length, int(ctx.ckpt.config.get("max_position_embeddings", 4096)))
+        context_length = ctx.context_length
         contract = ctx.contract
         template_context: dict[str, Any] = {
             "model_name": model_name,
@@ -75,22 +75,11 @@ class RaspberryPiTarget:
         rendered = render_tree("raspberry-pi", out_dir, template_context)
         checks = check_generated_files(rendered, out_dir)
 
-        files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
-        write_json(out_dir / "edgepack.json", {
-            "target": self.name,
-            "runtime": self.runtime,
-            "model": {"name": model_name, "file": gguf_file, "format": "gguf", "quant": quant,
-                      "context_length": context_length},
-            "contract": contract.as_dict(),
-            "files": file_entries(out_dir, files),
-            "verification": [without_host_measurements(verification.as_dict())],
-            "scaffold_checks": [vars(c) for c in checks],
-            "edgepack_version": __version__,
-        })
-        return TargetResult(
-            target=self.name,
-            files=[*files, "edgepack.json"],
-            verifications=[verification],
-            scaffold_checks=checks,
+        return finish_bundle(
+            out_dir, self,
+            {"model": {"name": model_name, "file": gguf_file, "format": "gguf", "quant": quant,
+                       "context_length": context_length},
+             "contract": contract.as_dict()},
+            [verification], checks,
             notes=["Raspberry Pi numbers in this report were measured on the build host (x86-64), not on a Pi."],
         )

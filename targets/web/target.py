@@ -30,10 +30,11 @@ from packager.errors import UnsupportedError
 from packager.escaping import slug
 from packager.fingerprint import options_digest
 from packager.formats.gguf_writer import writes_architecture
-from packager.manifest import file_entries, without_host_measurements, write_json
+from packager.manifest import write_json
 from packager.resources import copy_mobile_files
 from packager.stages import BuildContext, link_or_copy
 from packager.target import TargetOption, TargetResult
+from packager.target_bundle import bundle_document, finish_bundle, list_bundle, write_document
 from packager.templating import render_tree
 from packager.verify.result import VerificationResult
 from targets.web.gguf_split import MAX_PART_BYTES, part_names, split_gguf
@@ -121,7 +122,7 @@ class WebTarget:
         vendor = find_vendor()
         out_dir.mkdir(parents=True, exist_ok=True)
         model_name = ctx.options.name or ctx.ckpt.name
-        context_length = min(ctx.options.context_length, int(ctx.ckpt.config.get("max_position_embeddings", 4096)))
+        context_length = ctx.context_length
         quant = ctx.options.gguf_quant(self)
         manifest_runtimes: dict[str, Any] = {}
         verifications: list[VerificationResult] = []
@@ -188,18 +189,12 @@ class WebTarget:
         })
         del rendered  # every file of the bundle is listed below, rendered or not
 
-        files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
-        manifest: dict[str, Any] = {
-            "target": self.name,
-            "runtime": self.runtime,
-            "model": {"name": model_name, "context_length": context_length, "quant": quant},
-            "runtimes": manifest_runtimes,
-            "contract": contract.as_dict(),
-            "files": file_entries(out_dir, files),
-            "verification": [],
-            "edgepack_version": __version__,
-        }
-        write_json(out_dir / "edgepack.json", manifest)
+        # The page reads edgepack.json when it runs in the browser check: a first one without verifications.
+        listed = list_bundle(out_dir)
+        sections = {"model": {"name": model_name, "context_length": context_length, "quant": quant},
+                    "runtimes": manifest_runtimes, "contract": contract.as_dict()}
+        manifest = bundle_document(self, sections, listed, [], None)
+        write_document(listed, manifest)
 
         extra: dict[str, Any] = {}
         if "wllama" in runtimes:
@@ -209,16 +204,10 @@ class WebTarget:
                 notes.append(measurement.summary())
                 extra["browser"] = dataclasses.asdict(measurement) | {"speed_ratio": measurement.speed_ratio}
         verifications += [v.verification for v in variants]
-        # Host speed differs on every run: it goes to the report, never into the bundle.
-        manifest["verification"] = [without_host_measurements(r.as_dict()) for r in verifications]
-        write_json(out_dir / "edgepack.json", manifest)
-        return TargetResult(
-            target=self.name,
-            files=[*files, "edgepack.json"],
-            verifications=verifications,
+        return finish_bundle(
+            out_dir, self, sections, verifications, listed=listed, extra=extra,
             notes=[*notes, "Web numbers were measured in headless Chromium on the build host (x86-64), not on a "
                    "phone or a user's browser."],
-            extra=extra,
         )
 
     def _copy_bridge(self, out_dir: Path) -> None:
