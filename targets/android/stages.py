@@ -87,8 +87,8 @@ def _record(ctx: BuildContext, kind: str, artifact: PteArtifact, tokenizer_json:
 
 def verified_pte(ctx: BuildContext, artifact: PteArtifact, tokenizer_json: Path, name: str) -> VerificationResult:
     """Run the .pte in ExecuTorch on this host (cached per export + golden set + eval set)."""
-    from packager.verify import pte_check
     from packager.verify.task_eval import score
+    from targets.android import verify as pte_check
 
     record = _record(ctx, "verify-pte", artifact, tokenizer_json)
     label = f"verify .pte {artifact.recipe.name}"
@@ -122,7 +122,7 @@ def verified_pte(ctx: BuildContext, artifact: PteArtifact, tokenizer_json: Path,
 def structural_pte(ctx: BuildContext, artifact: PteArtifact, tokenizer_json: Path, name: str, backend_id: str,
                    reference_metadata: dict[str, Any]) -> VerificationResult:
     """Check a delegate .pte this host cannot run (cached like the executed records)."""
-    from packager.verify import pte_check
+    from targets.android import verify as pte_check
 
     record = _record(ctx, "structural-pte", artifact, tokenizer_json)
     if record.is_file():
