@@ -9,7 +9,7 @@ alone, then each tensor is loaded, transformed, encoded and written before the n
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -250,9 +250,3 @@ def write_gguf(ckpt: Checkpoint, out_path: Path, out_type: str, progress: Progre
     writer.close()
     return out_path
 
-
-def iter_gguf_tensors(path: Path) -> Iterator[tuple[str, Q, np.ndarray]]:
-    """Yield (name, type, raw data) of each tensor in a GGUF file."""
-    reader = gguf.GGUFReader(str(path))
-    for t in reader.tensors:
-        yield t.name, Q(t.tensor_type), np.asarray(t.data)

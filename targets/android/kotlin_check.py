@@ -13,11 +13,9 @@ kotlinc and ktlint come from npm, pinned exactly in targets/android/data/android
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,20 +136,6 @@ def check_android_files(paths: list[Path], root: Path) -> list[ScaffoldCheck]:
     if kotlin:
         checks.extend(ktlint_check(kotlin, root))
     return checks
-
-
-def compile_kotlin(sources: list[Path], out_jar: Path, classpath: list[Path] | None = None,
-                   tools: AndroidTools | None = None) -> subprocess.CompletedProcess[str]:
-    """kotlinc the sources into out_jar (with the Kotlin runtime included, so `java -cp` runs it)."""
-    tools = tools or find_tools()
-    if tools.kotlinc is None:
-        raise FileNotFoundError(f"kotlinc is not installed ({INSTALL_COMMAND})")
-    cmd = [*kotlinc_command(tools), *map(str, sources), "-include-runtime", "-d", str(out_jar)]
-    if classpath:
-        cmd += ["-cp", os.pathsep.join(map(str, classpath))]
-    with tempfile.TemporaryDirectory(prefix="edgepack-kotlinc-") as home:
-        env = {**os.environ, "HOME": os.environ.get("HOME", home)}
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False, env=env)
 
 
 if __name__ == "__main__":

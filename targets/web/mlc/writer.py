@@ -14,7 +14,7 @@ The format is mlc-llm's `convert_weight` output (tvm.contrib.tvmjs.dump_tensor_c
   round-to-nearest-even), exactly like tvmjs, and records carry an md5 per shard.
 
 What needs mlc-llm's compiler (the model library .wasm) is not made here; see
-packager/formats/data/webllm_prebuilt.json and targets/web/target.py.
+targets/web/mlc/data/webllm_prebuilt.json and targets/web/target.py.
 """
 
 from __future__ import annotations
