@@ -66,7 +66,7 @@ class TargetOption:
     toml_key: str | None = None
     help: str = ""
     default: Any = None
-    # Allowed values (checked by click on the command line); empty: any string.
+    # Allowed values (checked by click on the command line, by project.py in edgepack.toml); empty: any.
     choices: tuple[str, ...] = ()
     # Repeatable flag / toml list: the value is a tuple.
     multiple: bool = False
