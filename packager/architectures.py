@@ -7,7 +7,7 @@ adding a row (and its tests), in the spirit of gguf-py's constants and tensor ma
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import gguf
@@ -88,71 +88,6 @@ _COMMON_GGUF_KEYS: tuple[GGUFKey, ...] = (
 
 
 @dataclass(frozen=True)
-class MLCNaming:
-    """How mlc-llm names and lays out one architecture's parameters (mlc_llm/model/<arch>/*_loader.py)."""
-
-    model_type: str
-    param_prefix: str
-    fused: tuple[tuple[str, tuple[str, ...]], ...]
-    norm_offset: float = 0.0
-    tied_lm_head: bool | None = None
-    sliding_window_period: int | None = None
-    # HF config keys copied into mlc-chat-config.json's model_config (under text_config when nested).
-    model_config_keys: tuple[str, ...] = ()
-    nested_text_config: bool = False
-
-
-@dataclass(frozen=True)
-class ExecuTorchLayout:
-    """What the ExecuTorch exporter (targets.android.export) needs about one architecture.
-
-    `cache` names the static KV cache transformers' exportable wrapper must pick: "hybrid" for models
-    mixing sliding-window and global layers (Gemma 3), "static" otherwise; the exporter refuses a
-    mismatch rather than export attention that differs from the checkpoint's. Module paths name the
-    token embedding, the output head and the decoder blocks (per-layer quantization recipes).
-    """
-
-    cache: str
-    embedding_module: str = "model.embed_tokens"
-    head_module: str = "lm_head"
-    layers_module: str = "model.layers"
-    # Outlier migration (smoothing) before int8 activations: in each block, the RMSNorm whose gain
-    # scales the input of these linears, and the linear whose output rows feed another's input
-    # (v_proj -> o_proj through attention, up_proj -> down_proj through the gated product); the
-    # final norm feeds the head. The gain convention (w or 1 + w) is the spec's norm_offset.
-    norm_feeds: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    row_feeds: tuple[tuple[str, str], ...] = (
-        ("self_attn.v_proj", "self_attn.o_proj"), ("mlp.up_proj", "mlp.down_proj"))
-    final_norm: str = "model.norm"
-
-
-@dataclass(frozen=True)
-class CoreMLLayout:
-    """What the Core ML converter (targets.ios.model) needs about one decoder block.
-
-    Module names are relative to a decoder block; None means the block has no such norm. Gemma wraps
-    both branches in norms (pre and post), normalises each head's q and k, takes its softmax scale
-    from query_pre_attn_scalar, and computes rotary tables per layer type (local vs global theta);
-    its sliding-window layers need swift-transformers' slidingAttentionMask input.
-    """
-
-    pre_attention_norm: str = "input_layernorm"
-    pre_mlp_norm: str = "post_attention_layernorm"
-    post_attention_norm: str | None = None
-    post_mlp_norm: str | None = None
-    qk_norm: bool = False
-    query_pre_attn_scalar: bool = False
-    rope_per_layer_type: bool = False
-    sliding_attention_mask: bool = False
-    base_module: str = "model"
-    head_module: str = "lm_head"
-
-    @property
-    def post_norms(self) -> bool:
-        return self.post_attention_norm is not None and self.post_mlp_norm is not None
-
-
-@dataclass(frozen=True)
 class ArchitectureSpec:
     """What every writer needs to know about one Hugging Face model type."""
 
@@ -173,19 +108,8 @@ class ArchitectureSpec:
     llama3_rope_freqs: bool = False
     # Tokens that end a turn besides eos, looked up by text in the tokenizer.
     end_of_turn_tokens: tuple[str, ...] = ()
-    # Why fp16 execution is risky (Core ML, GPU delegates): shown by doctor and the iOS writer.
+    # Why fp16 execution is risky (a model fact; fp16 runtimes and GPU delegates care): shown by doctor.
     fp16_risk: str = ""
-    targets: frozenset[str] = field(default_factory=frozenset)
-    # MLC / WebLLM (targets.web.mlc.writer): mlc-llm's model registry name, the prefix of
-    # every parameter name, projections mlc-llm concatenates along the output dimension (target
-    # name, HF names in order), the offset added to norm gains, whether lm_head is always tied
-    # (None: config's tie_word_embeddings decides), and the fixed local/global attention period
-    # mlc-llm compiles in (None: it reads nothing like it).
-    mlc: MLCNaming | None = None
-    # ExecuTorch (.pte, android target): KV-cache kind and module paths; None = not exportable.
-    executorch: ExecuTorchLayout | None = None
-    # Core ML (.mlpackage, ios target): norm layout and attention details; None = not convertible.
-    coreml: CoreMLLayout | None = None
 
 
 def _llama3_rope_type(config: Config) -> bool:
@@ -210,30 +134,6 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
         truncate_embedding_to_tokenizer=True,
         end_of_turn_tokens=("<end_of_turn>",),
         fp16_risk="residual stream exceeds fp16 range (Gemma 3 270M reaches ~1e5 > 65504)",
-        targets=frozenset({"raspberry-pi", "react-native", "web", "android", "ios"}),
-        # mlc-llm's gemma3 loader: q/k/v stay separate, gate+up are fused, every norm is w+1, the
-        # embedding doubles as lm_head, and layer i is global iff (i + 1) % 6 == 0.
-        mlc=MLCNaming(
-            model_type="gemma3_text",
-            param_prefix="language_model.",
-            fused=(("gate_up_proj", ("gate_proj", "up_proj")),),
-            norm_offset=1.0,
-            tied_lm_head=True,
-            sliding_window_period=6,
-            model_config_keys=("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                               "num_key_value_heads", "head_dim", "rms_norm_eps", "hidden_activation",
-                               "query_pre_attn_scalar", "sliding_window", "max_position_embeddings",
-                               "vocab_size", "attention_bias"),
-            nested_text_config=True,
-        ),
-        # Sliding-window and global layers: transformers exports it with its hybrid static cache.
-        executorch=ExecuTorchLayout(cache="hybrid", norm_feeds=(
-            ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-            ("pre_feedforward_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
-        )),
-        coreml=CoreMLLayout(pre_mlp_norm="pre_feedforward_layernorm", post_attention_norm="post_attention_layernorm",
-                            post_mlp_norm="post_feedforward_layernorm", qk_norm=True, query_pre_attn_scalar=True,
-                            rope_per_layer_type=True, sliding_attention_mask=True),
     ),
     ArchitectureSpec(
         name="llama",
@@ -249,22 +149,6 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
         llama3_rope_freqs=True,
         end_of_turn_tokens=("<|eot_id|>", "<|im_end|>", "<|end_of_text|>"),
         fp16_risk="RMSNorm squares overflow fp16 when the norm statistics run in fp16",
-        targets=frozenset({"raspberry-pi", "react-native", "web", "android", "ios"}),
-        # mlc-llm's llama loader: q/k/v fused as qkv_proj and gate/up as gate_up_proj, rows in HF
-        # order (no rope permutation: mlc-llm uses the rotate_half layout).
-        mlc=MLCNaming(
-            model_type="llama",
-            param_prefix="",
-            fused=(("qkv_proj", ("q_proj", "k_proj", "v_proj")), ("gate_up_proj", ("gate_proj", "up_proj"))),
-            model_config_keys=("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers",
-                               "rms_norm_eps", "vocab_size", "tie_word_embeddings", "num_key_value_heads",
-                               "head_dim", "max_position_embeddings", "rope_scaling"),
-        ),
-        executorch=ExecuTorchLayout(cache="static", norm_feeds=(
-            ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-            ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
-        )),
-        coreml=CoreMLLayout(),
     ),
 )
 

@@ -1,7 +1,7 @@
 """Calibration text and the per-channel activation statistics quantizers size themselves on.
 
-Shared by the ExecuTorch smoothing step (max |x| per channel) and the Core ML weight quantizer
-(mean x^2 per channel, the weight of each column's rounding error). Deliberately not the golden
+Shared by targets' quantizers: activation smoothing reads max |x| per channel, weight quantizers
+read mean x^2 per channel (the weight of each column's rounding error). Deliberately not the golden
 text the artifacts are judged on.
 """
 

@@ -56,6 +56,12 @@ class Checkpoint:
         for name in self.tensors:
             yield name, self.load(name)
 
+    def usable_context(self, requested: int) -> int:
+        """Return the context runtimes are set up for: the requested length, capped at what the model was
+        trained for (max_position_embeddings; a config without it is taken at its word: uncapped)."""
+        trained = self.config.get("max_position_embeddings")
+        return min(requested, int(trained)) if trained else requested
+
     @property
     def tokenizer_json(self) -> Path:
         return self.folder / "tokenizer.json"

@@ -1,6 +1,6 @@
 """Run a heavy conversion in a child process, writing into a staging folder that becomes a cache entry.
 
-ExecuTorch exports and Core ML conversions share this shape: the request is JSON on disk, the
+Targets' model exports and conversions share this shape: the request is JSON on disk, the
 child (`python -m MODULE REQUEST RESULT`) writes its outputs and a result JSON, its log is kept,
 and the staging folder is renamed into the cache only when complete. A child's memory returns to
 the OS when it exits, and its peak RSS is what the child measures. The child's string hashing is

@@ -1,9 +1,9 @@
 """`edgepack ci init`: a GitHub Actions workflow for the user's model repository.
 
-One matrix job per target runs `edgepack build --target T`; when the ios target is built, a macOS
-job runs its Core ML package in the real Core ML runtime; on a version tag a release job merges the
-per-target builds with `edgepack release` and publishes them. edgepack generates the workflow and
-does not schedule anything itself (design.md, Scale).
+One matrix job per target runs `edgepack build --target T`; a target that declares a host check
+(HostCheckJob, e.g. macOS for a runtime only macOS has) gets its own job on that runner; on a
+version tag a release job merges the per-target builds with `edgepack release` and publishes them.
+edgepack generates the workflow and does not schedule anything itself (design.md, Scale).
 
 The template uses square-bracket delimiters ([[ value ]], [% if %]) because GitHub's ${{ }} would
 collide with Jinja's. User values go only into YAML through the json filter, and into shell only
@@ -16,22 +16,21 @@ import os
 import re
 import tempfile
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import jinja2
 
 from packager import __version__
-from packager.errors import BadInputError, InternalError
+from packager.errors import BadInputError, EdgepackError, InternalError
 from packager.resources import templates_dir
-from packager.target import available_targets, resolve_targets
+from packager.target import HostCheckJob, available_targets, resolve_targets
 from packager.templating import FILTERS
 
 WORKFLOW_TEMPLATE = "ci/edgepack.yml.j2"
 DEFAULT_OUT = Path(".github/workflows/edgepack.yml")
 PYTHON_VERSION = "3.11"
-COREML_TARGET = "ios"
 _DELIMITERS = {
     "variable_start_string": "[[", "variable_end_string": "]]",
     "block_start_string": "[%", "block_end_string": "%]",
@@ -84,6 +83,20 @@ def _checkpoint(value: str) -> str:
     return value
 
 
+def _host_checks(targets: list[str]) -> list[dict[str, str]]:
+    """The extra host jobs the installed ones among `targets` declare (a name not installed has none)."""
+    try:
+        installed = available_targets()
+    except EdgepackError:
+        installed = {}
+    checks = []
+    for name in dict.fromkeys(targets):
+        job: HostCheckJob | None = getattr(installed.get(name), "ci_host_check", None)
+        if job is not None:
+            checks.append({"target": name, **asdict(job)})
+    return checks
+
+
 def render_workflow(targets: list[str], checkpoint: str | None = None, install_spec: str | None = None,
                     python_version: str = PYTHON_VERSION) -> str:
     """Return the workflow YAML for these targets (not checked against the installed targets)."""
@@ -92,15 +105,15 @@ def render_workflow(targets: list[str], checkpoint: str | None = None, install_s
     for name in targets:
         if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
             raise BadInputError(f"--targets {name!r}: not a target name.")
-    coreml = COREML_TARGET in targets
+    host_checks = _host_checks(targets)
     context: dict[str, Any] = {
         "edgepack_version": __version__,
         "targets": list(dict.fromkeys(targets)),
         "checkpoint": _checkpoint(checkpoint) if checkpoint is not None else None,
         "install_spec": _plain_value("--install", install_spec or f"edgepack=={__version__}"),
         "python_version": python_version,
-        "coreml": coreml,
-        "release_needs": ["build", "coreml"] if coreml else ["build"],
+        "host_checks": host_checks,
+        "release_needs": ["build", *(c["job_id"] for c in host_checks)],
     }
     text = _environment().get_template(WORKFLOW_TEMPLATE).render(context)
     leftover = _LEFTOVER.search(text)

@@ -20,7 +20,6 @@ import click
 from packager import __version__
 from packager.errors import BadInputError, EdgepackError, ExitCode, Terminated
 from packager.progress import Reporter
-from targets.ios.convert import COMPRESSIONS
 
 _DOCUMENT_KEY = "edgepack.json_document"
 
@@ -175,16 +174,70 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="edgepack")
 def main() -> None:
     """edgepack: one fine-tuned checkpoint in; verified edge artifacts and integration code out."""
-    # torchao (imported by transformers and ExecuTorch) warns on import about CUDA-only extensions a
+    # torchao (imported by transformers and some targets' exporters) warns on import about CUDA-only extensions a
     # CPU host cannot load and about torch.compile registrations: noise, not news, for a build's stderr.
     for noisy in ("torchao", "torch.utils._pytree"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
-@main.command()
+# click parameter name -> (target, option name), filled when the build command's options are first built.
+_TARGET_PARAMETERS: dict[str, tuple[str, str]] = {}
+
+
+def _target_parameters() -> list[click.Parameter]:
+    """Return a click option for every flag the installed targets declare (see packager.target.TargetOption)."""
+    from packager.target import available_targets, option_table
+
+    try:
+        rows = option_table(available_targets())
+    except EdgepackError:
+        # A plugin that fails to load must not break `edgepack --help` or the other commands; `build`
+        # reports it when it resolves its targets.
+        return []
+    params: list[click.Parameter] = []
+    for target_name, option in rows:
+        if option.flag is None:
+            continue
+        dest = f"target_{target_name}_{option.name}".replace("-", "_")
+        _TARGET_PARAMETERS[dest] = (target_name, option.name)
+        params.append(click.Option(
+            [option.flag, dest], is_flag=option.is_flag, multiple=option.multiple,
+            type=click.Choice(list(option.choices)) if option.choices else None,
+            default=False if option.is_flag else (() if option.multiple else None),
+            help=f"{target_name}: {option.help}" if option.help else f"{target_name} option.",
+        ))
+    return params
+
+
+def _given_target_options(flags: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Group the target flags given on the command line by target (a flag left out is not 'given')."""
+    given: dict[str, dict[str, Any]] = {}
+    for dest, value in flags.items():
+        if value is None or value is False or value == ():
+            continue
+        target_name, option_name = _TARGET_PARAMETERS[dest]
+        given.setdefault(target_name, {})[option_name] = value
+    return given
+
+
+class _BuildCommand(_Command):
+    """`edgepack build`, whose options include those of every installed target (added on first use, so
+    `edgepack --help` and the other commands never load the target plugins)."""
+
+    _targets_added = False
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if not self._targets_added:
+            self._targets_added = True
+            self.params.extend(_target_parameters())
+        return super().get_params(ctx)
+
+
+@main.command(cls=_BuildCommand)
 @click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
 @click.option("--target", "targets", multiple=True, help="Target to build (repeatable), or 'all'.")
-@click.option("--quant", default=None, help="GGUF type for every GGUF target (default per target: Q4_K_M; web: Q8_0).")
+@click.option("--quant", default=None,
+              help="GGUF type for every GGUF target (default: each target's own, shown by `edgepack targets`).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default dist/<name>).")
 @click.option("--base", type=click.Path(path_type=Path), default=None,
               help="Base model folder for a LoRA adapter whose adapter_config path does not resolve.")
@@ -209,26 +262,12 @@ def main() -> None:
               help="An edgepack.toml to read (default: ./edgepack.toml when no CHECKPOINT is given).")
 @click.option("--device", "device_name", default=None,
               help="Device profile: builds its target with the most faithful quantization that fits its RAM.")
-@click.option("--runtime", "web_runtime", type=click.Choice(["wllama", "webllm", "all"]), default=None,
-              help="Browser runtime(s) for the web target (default wllama).")
-@click.option("--recipe", "android_recipe", default=None,
-              help="ExecuTorch quantization recipe for android (default auto: the smallest that passes its gate).")
-@click.option("--delegate", "android_delegates", multiple=True, type=click.Choice(["vulkan"]),
-              help="Also export an experimental accelerator .pte for android (repeatable); the app falls back "
-                   "to XNNPACK.")
-@click.option("--compression", "ios_compression", type=click.Choice(list(COMPRESSIONS)),
-              default=None, help="Core ML weight compression for ios (default int4: 4-bit linears, 8-bit embedding/"
-                                 "lm_head; when int4 fails its gate, int4-mixed, then int8, ship instead).")
-@click.option("--ane-head", "ios_ane_head", is_flag=True,
-              help="ios: also build a Neural-Engine-friendly package with the lm_head split into 16,384-row chunks.")
 def build(checkpoint: Path | None, targets: tuple[str, ...], quant: str | None, out: Path | None,
           base: Path | None, name: str | None, context_length: int | None, allow_pickle: bool, force: bool,
-          no_gate: bool, as_json: bool, quiet: bool, web_runtime: str | None, eval_path: Path | None,
+          no_gate: bool, as_json: bool, quiet: bool, eval_path: Path | None,
           task_kind: str | None, labels: str | None, json_schema: Path | None, prompt_template: str | None,
           constrained: bool, max_accuracy_drop: float | None, device_name: str | None,
-          config_path: Path | None, android_recipe: str | None = None,
-          android_delegates: tuple[str, ...] = (), ios_compression: str | None = None,
-          ios_ane_head: bool = False) -> None:
+          config_path: Path | None, **target_flags: Any) -> None:
     """Build CHECKPOINT (a Hugging Face folder or a PEFT adapter) for the chosen targets.
 
     Without CHECKPOINT, reads ./edgepack.toml, else builds the bundled example.
@@ -251,9 +290,8 @@ def build(checkpoint: Path | None, targets: tuple[str, ...], quant: str | None, 
     request = build_request(BuildFlags(
         checkpoint=checkpoint, targets=targets, quant=quant, out=out, base=base, name=name,
         context_length=context_length, allow_pickle=allow_pickle, force=force, no_gate=no_gate,
-        web_runtime=web_runtime, eval_path=eval_path, task=task, max_accuracy_drop=max_accuracy_drop,
-        device=device_name, config=config_path, android_recipe=android_recipe,
-        android_delegates=android_delegates, ios_compression=ios_compression, ios_ane_head=ios_ane_head,
+        eval_path=eval_path, task=task, max_accuracy_drop=max_accuracy_drop,
+        device=device_name, config=config_path, target_options=_given_target_options(target_flags),
     ), reporter)
     outcome = run_build(request, reporter)
     if as_json:
@@ -276,12 +314,14 @@ def targets(as_json: bool) -> None:
     from packager.target import available_targets
 
     found = available_targets()
-    rows = [{"name": n, "title": c.title, "runtime": c.runtime, "status": c.status} for n, c in found.items()]
+    rows = [{"name": n, "title": c.title, "runtime": c.runtime, "status": c.status,
+             "default_quant": getattr(c, "default_quant", None)} for n, c in found.items()]
     if as_json:
         _emit_json(rows)
     else:
         for r in rows:
-            click.echo(f"{r['name']:<14} {r['status']:<12} {r['runtime']}  - {r['title']}")
+            quant = r["default_quant"] or "-"
+            click.echo(f"{r['name']:<14} {r['status']:<12} {quant:<7} {r['runtime']}  - {r['title']}")
 
 
 @main.command()
@@ -290,7 +330,7 @@ def targets(as_json: bool) -> None:
 @click.option("--base", type=click.Path(path_type=Path), default=None, help="Base folder for a LoRA adapter.")
 @click.option("--json", "as_json", is_flag=True)
 def doctor(checkpoint: Path, device_name: str | None, base: Path | None, as_json: bool) -> None:
-    """Support matrix, fp16 risk, Neural Engine limits and RAM estimates per device for CHECKPOINT."""
+    """Support matrix, fp16 risk, each target's notes and RAM estimates per device for CHECKPOINT."""
     from packager.doctor import diagnose, render
     from packager.pipeline import BuildRequest, open_input
 

@@ -17,7 +17,10 @@ from packager.errors import BadInputError
 
 @dataclass(frozen=True)
 class DeviceProfile:
-    """One device class: memory a model may use, the target that serves it, and the runtime."""
+    """One device class: memory a model may use, the target that serves it, and the runtime.
+
+    Declared by that target (its class attribute `devices`), so a plugin brings its own devices.
+    """
 
     name: str
     title: str
@@ -32,20 +35,6 @@ class DeviceProfile:
         return self.ram_gb * 1024 * self.budget_fraction
 
 
-DEVICES: tuple[DeviceProfile, ...] = (
-    DeviceProfile("iphone-15-pro", "iPhone 15 Pro", 8, 0.40, "ios", "Core ML (ANE/GPU/CPU)",
-                  "iOS terminates apps long before RAM is full; the increased-memory entitlement raises the limit"),
-    DeviceProfile("pixel-8-pro", "Pixel 8 Pro", 12, 0.35, "android", "ExecuTorch XNNPACK (CPU)"),
-    DeviceProfile("galaxy-s24", "Samsung Galaxy S24", 8, 0.35, "android", "ExecuTorch XNNPACK (CPU)"),
-    DeviceProfile("raspberry-pi-5-8gb", "Raspberry Pi 5 (8 GB)", 8, 0.75, "raspberry-pi", "llama.cpp llama-server"),
-    DeviceProfile("raspberry-pi-5-4gb", "Raspberry Pi 5 (4 GB)", 4, 0.70, "raspberry-pi", "llama.cpp llama-server"),
-    DeviceProfile("raspberry-pi-4", "Raspberry Pi 4 (2 GB)", 2, 0.60, "raspberry-pi", "llama.cpp llama-server",
-                  "Cortex-A72 without the dot-product instructions of the Pi 5: expect a fraction of its speed"),
-    DeviceProfile("desktop-chrome", "Desktop Chrome (wasm32)", 8, 0.45, "web", "wllama (WASM)",
-                  "a 32-bit WASM heap caps a tab at 4 GB whatever the machine has"),
-    DeviceProfile("m2-macbook-air", "M2 MacBook Air (8 GB)", 8, 0.50, "ios", "Core ML / llama.cpp Metal"),
-)
-
 # Average bits per weight of each GGUF type on the matrices it quantizes (llama.cpp's own figures).
 BITS_PER_WEIGHT: dict[str, float] = {
     "F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.56, "Q5_K_M": 5.69, "Q5_K_S": 5.54,
@@ -56,11 +45,20 @@ QUANT_PREFERENCE = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0")
 RUNTIME_OVERHEAD_MB = 150.0
 
 
+def installed_devices() -> list[DeviceProfile]:
+    """Return the device profiles every installed target declares (class attribute `devices`)."""
+    from packager.target import available_targets
+
+    return [profile for cls in available_targets().values() for profile in getattr(cls, "devices", ())]
+
+
 def device(name: str) -> DeviceProfile:
-    for d in DEVICES:
+    """Return the installed device profile called `name`, or raise a BadInputError listing the known ones."""
+    profiles = installed_devices()
+    for d in profiles:
         if d.name == name:
             return d
-    raise BadInputError(f"--device {name}: unknown device. Known: {', '.join(d.name for d in DEVICES)}.")
+    raise BadInputError(f"--device {name}: unknown device. Known: {', '.join(d.name for d in profiles)}.")
 
 
 def weights_mb(parameters: int, quant: str) -> float:
@@ -112,10 +110,3 @@ def best_quant_for(profile: DeviceProfile, parameters: int, config: dict[str, An
 def fp16_note(spec: ArchitectureSpec) -> str:
     return spec.fp16_risk or "no known fp16 overflow"
 
-
-def ane_vocab_note(config: dict[str, Any]) -> str:
-    vocab = int(config["vocab_size"])
-    if vocab > 16384:
-        chunks = -(-vocab // 16384)
-        return f"vocab {vocab:,} > 16,384: the lm_head must be split ({chunks} chunks) to be eligible for the ANE"
-    return f"vocab {vocab:,} fits the ANE's 16,384 limit"

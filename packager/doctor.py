@@ -8,13 +8,12 @@ from typing import Any
 from packager.architectures import ARCHITECTURES
 from packager.checkpoint import Checkpoint
 from packager.devices import (
-    DEVICES,
     QUANT_PREFERENCE,
-    ane_vocab_note,
     best_quant_for,
     device,
     estimate,
     fp16_note,
+    installed_devices,
 )
 from packager.target import available_targets
 
@@ -26,7 +25,8 @@ class DoctorReport:
     parameters: int
     support: dict[str, bool]
     fp16_risk: str
-    ane_vocab: str
+    # What a target has to say about this checkpoint before a build (e.g. a runtime's size limits).
+    target_notes: dict[str, list[str]]
     contexts: list[int]
     ram: list[dict[str, Any]]
     devices: list[dict[str, Any]]
@@ -35,15 +35,25 @@ class DoctorReport:
         return asdict(self)
 
 
+def target_notes(ckpt: Checkpoint) -> dict[str, list[str]]:
+    """Return each installed target's own notes on this checkpoint (targets without doctor_notes say nothing)."""
+    notes: dict[str, list[str]] = {}
+    for name, cls in available_targets().items():
+        doctor_notes = getattr(cls(), "doctor_notes", None)
+        if doctor_notes is not None and (said := doctor_notes(ckpt.config)):
+            notes[name] = list(said)
+    return notes
+
+
 def support_matrix() -> dict[str, dict[str, bool]]:
     """(architecture, target) -> declared support, for every installed target."""
-    targets = list(available_targets())
-    return {spec.name: {t: t in spec.targets for t in targets} for spec in ARCHITECTURES}
+    targets = {name: cls() for name, cls in available_targets().items()}
+    return {spec.name: {name: target.supports(spec) for name, target in targets.items()} for spec in ARCHITECTURES}
 
 
 def diagnose(ckpt: Checkpoint, contexts: tuple[int, ...] = (512, 2048, 4096), only: str | None = None) -> DoctorReport:
-    """Support, fp16 risk, ANE vocabulary limit, RAM per quant/context, and a pick per device."""
-    profiles = [device(only)] if only else list(DEVICES)
+    """Support, fp16 risk, each target's notes, RAM per quant/context, and a pick per device."""
+    profiles = [device(only)] if only else installed_devices()
     params, config = ckpt.parameter_count, ckpt.config
     ram = [
         {"quant": q, "context": c, "total_mb": round(e.total_mb, 1), "weights_mb": round(e.weights_mb, 1),
@@ -65,7 +75,7 @@ def diagnose(ckpt: Checkpoint, contexts: tuple[int, ...] = (512, 2048, 4096), on
         pick["target_installed"] = pick["target"] in targets
     return DoctorReport(
         checkpoint=str(ckpt.folder), architecture=ckpt.spec.name, parameters=params, support=targets,
-        fp16_risk=fp16_note(ckpt.spec), ane_vocab=ane_vocab_note(config), contexts=list(contexts), ram=ram,
+        fp16_risk=fp16_note(ckpt.spec), target_notes=target_notes(ckpt), contexts=list(contexts), ram=ram,
         devices=picks,
     )
 
@@ -75,7 +85,7 @@ def render(report: DoctorReport) -> str:
         f"checkpoint   {report.checkpoint}",
         f"architecture {report.architecture}, {report.parameters / 1e6:.1f}M parameters",
         f"fp16 risk    {report.fp16_risk}",
-        f"neural eng.  {report.ane_vocab}",
+        *(f"{name + ':':<12} {note}" for name, notes in report.target_notes.items() for note in notes),
         "",
         "support matrix (architecture x installed target):",
         "  " + "  ".join(f"{t}={'yes' if ok else 'no'}" for t, ok in report.support.items()),

@@ -15,7 +15,7 @@ from typing import Any
 
 from packager.atomic import output_errors, staged_output
 from packager.checkpoint import Checkpoint, is_adapter_folder, load_checkpoint
-from packager.errors import BadInputError, GateFailedError
+from packager.errors import BadInputError, GateFailedError, UnsupportedError
 from packager.fingerprint import cache_root, files_digest, options_digest
 from packager.manifest import (
     MANIFEST_SCHEMA_VERSION,
@@ -106,6 +106,13 @@ def run_build(request: BuildRequest, reporter: Reporter | None = None) -> BuildO
     reporter = reporter or Reporter()
     target_classes = resolve_targets(request.targets)
     ckpt, digest = open_input(request, reporter)
+    unsupported = [cls.name for cls in target_classes if not cls().supports(ckpt.spec)]
+    if unsupported:
+        raise UnsupportedError(
+            f"{request.checkpoint}: the {ckpt.spec.name} architecture is not supported by the target(s) "
+            f"{', '.join(unsupported)}; `edgepack doctor {request.checkpoint}` shows which targets support it. "
+            "Drop those --target values."
+        )
     name = request.options.name or ckpt.name
     out = request.out or Path("dist") / check_name(name, "the build name (--name, else the checkpoint folder's)")
     with output_errors(out), output_lock(out):

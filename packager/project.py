@@ -20,6 +20,7 @@ from packager.pipeline import BuildRequest
 from packager.progress import Reporter
 from packager.resources import data_dir
 from packager.stages import BuildOptions
+from packager.target import available_targets, option_table
 from packager.verify.gates import TaskGate
 
 CONFIG_NAME = "edgepack.toml"
@@ -41,11 +42,8 @@ class BuildFlags:
     allow_pickle: bool = False
     force: bool = False
     no_gate: bool = False
-    web_runtime: str | None = None
-    android_recipe: str | None = None
-    android_delegates: tuple[str, ...] = ()
-    ios_compression: str | None = None
-    ios_ane_head: bool = False
+    # Target options given on the command line: target name -> option name -> value (absent: not given).
+    target_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     eval_path: Path | None = None
     task: dict[str, Any] = field(default_factory=dict)
     max_accuracy_drop: float | None = None
@@ -98,6 +96,27 @@ def _name(flags: BuildFlags, build: dict[str, Any], config_path: Path | None, ou
     return check_name(name, source) if out is None else name
 
 
+def target_option_values(given: dict[str, dict[str, Any]], build: dict[str, Any],
+                         config_path: Path) -> dict[str, dict[str, Any]]:
+    """Return each installed target's options as set by flag, else by edgepack.toml's [build] (defaults stay
+    with the target: BuildOptions.for_target fills them in)."""
+    values: dict[str, dict[str, Any]] = {name: dict(options) for name, options in given.items()}
+    for target_name, option in option_table(available_targets()):
+        if option.name in values.get(target_name, {}) or option.toml_key is None or option.toml_key not in build:
+            continue
+        raw = build[option.toml_key]
+        if option.multiple:
+            raw = tuple(raw) if isinstance(raw, list) else (raw,)
+        elif option.is_flag:
+            raw = bool(raw)
+        for item in raw if option.multiple else (raw,):
+            if option.choices and item not in option.choices:
+                raise BadInputError(f"{config_path}: [build] {option.toml_key} = {item!r} is not one of "
+                                    f"{', '.join(option.choices)}; fix the value or remove the key.")
+        values.setdefault(target_name, {})[option.name] = raw
+    return values
+
+
 def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None) -> BuildRequest:
     """Merge flags over edgepack.toml into a BuildRequest."""
     cwd = cwd or Path.cwd()
@@ -138,11 +157,7 @@ def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None
         context_length=flags.context_length or int(build.get("context_length", 4096)),
         no_gate=flags.no_gate,
         name=_name(flags, build, config_path, out),
-        web_runtime=flags.web_runtime or build.get("web_runtime", "wllama"),
-        android_recipe=flags.android_recipe or build.get("android_recipe", "auto"),
-        android_delegates=tuple(flags.android_delegates or build.get("android_delegates", ())),
-        ios_compression=flags.ios_compression or build.get("ios_compression", "int4"),
-        ios_ane_head=flags.ios_ane_head or bool(build.get("ios_ane_head", False)),
+        target_options=target_option_values(flags.target_options, build, root / CONFIG_NAME),
         eval_path=eval_path,
         task=task,
         task_source=str(root / CONFIG_NAME) if config else "command-line flags",
@@ -172,7 +187,7 @@ def _fit_device(flags: BuildFlags, checkpoint: Path, base: Path | None, options:
 
     profile = device(flags.device or "")
     ckpt, _ = open_input(BuildRequest(checkpoint=checkpoint, targets=[], base=base), Reporter(quiet=True))
-    context = min(options.context_length, int(ckpt.config.get("max_position_embeddings", options.context_length)))
+    context = ckpt.usable_context(options.context_length)
     quant = flags.quant or best_quant_for(profile, ckpt.parameter_count, ckpt.config, context)
     if quant is None:
         raise UnsupportedError(

@@ -15,14 +15,16 @@ import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from packager.checkpoint import Checkpoint
 from packager.contract import Contract, apply_task_config, contract_from_checkpoint
+from packager.errors import InternalError
 from packager.fingerprint import cache_root, file_sha256, options_digest, save_record
 from packager.formats.gguf_quantize import quantize_gguf
 from packager.formats.gguf_writer import NUMPY_TYPES, write_gguf
 from packager.progress import Reporter
+from packager.target import TargetOptionValues, declared_options
 from packager.verify.gates import TaskGate
 from packager.verify.gguf_check import verify_gguf
 from packager.verify.golden import GoldenSet, load_golden
@@ -31,48 +33,42 @@ from packager.verify.reference import ReferenceLogits, compute_reference, load_h
 from packager.verify.result import VerificationResult
 from packager.verify.task_eval import EvalRow, TaskMetrics, hf_generator, llama_cpp_generator, load_eval_set, score
 
+if TYPE_CHECKING:
+    from packager.target import Target
+
 # Bump when what a verification record holds or how it is computed changes, so old records are not reused.
 VERIFICATION_SCHEMA = 3
-
-
-# The GGUF type a target ships when --quant is not given. Q4_K_M is llama.cpp's usual size/fidelity
-# balance on ARM and x86 CPUs. The browser gets Q8_0: wllama's WASM build runs K-quants through
-# slower kernels than native x86 ones (measured in docs/benchmarks.md) whose rounding also makes
-# the page's greedy tokens drift from native llama.cpp's at non-tied positions, while Q8_0's
-# browser decode is faster and its tokens match native.
-GGUF_DEFAULTS: dict[str, str] = {"raspberry-pi": "Q4_K_M", "react-native": "Q4_K_M", "web": "Q8_0"}
 
 
 @dataclass
 class BuildOptions:
     """Options every target may read."""
 
-    # GGUF type for every GGUF target; None: each target's own default (GGUF_DEFAULTS).
+    # GGUF type for every GGUF target; None: each target's own default (its default_quant).
     quant: str | None = None
     context_length: int = 4096
     no_gate: bool = False
     name: str | None = None
-    # Which browser runtime(s) the web target packages: "wllama" (GGUF), "webllm" (MLC) or "all".
-    web_runtime: str = "wllama"
-    # ExecuTorch (android): quantization recipe ("auto": the smallest that passes its gate) and extra
-    # delegates exported beside the XNNPACK .pte (e.g. ("vulkan",), experimental, not runnable here).
-    android_recipe: str = "auto"
-    android_delegates: tuple[str, ...] = ()
-    # Core ML (ios): weight compression of the shipped package ("int4", "palettize4" or "none"), and
-    # whether to add the Neural-Engine-friendly variant with the lm_head split into 16,384-row chunks.
-    ios_compression: str = "int4"
-    ios_ane_head: bool = False
-    # Off only to prove the check catches an unsafe fp16 conversion (Python API and tests; not a CLI flag).
-    ios_fp16_rewrites: bool = True
+    # Each target's own options (TargetOption) as given by flag or edgepack.toml: target name -> option
+    # name -> value. A target reads them through for_target, which fills in its declared defaults.
+    target_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     # The user's task: an eval set (JSONL, seeds' format) and contract settings (edgepack.toml [contract]).
     eval_path: Path | None = None
     task: dict[str, Any] = dataclasses.field(default_factory=dict)
     task_source: str = "command-line flags"
     task_gate: TaskGate = dataclasses.field(default_factory=TaskGate)
 
-    def gguf_quant(self, target: str) -> str:
-        """The GGUF type `target` ships: --quant when given, else the target's default."""
-        return self.quant or GGUF_DEFAULTS[target]
+    def for_target(self, target: Target) -> TargetOptionValues:
+        """Return `target`'s option values: those given, else its declared defaults."""
+        return TargetOptionValues(target.name, declared_options(target), self.target_options.get(target.name, {}))
+
+    def gguf_quant(self, target: Target) -> str:
+        """The GGUF type `target` ships: --quant when given, else the default the target declares."""
+        quant = self.quant or getattr(target, "default_quant", None)
+        if quant is None:
+            raise InternalError(f"target {target.name!r} asks for a GGUF but declares no default_quant; "
+                                "set default_quant on its class (e.g. \"Q4_K_M\").")
+        return quant
 
 
 def link_or_copy(src: Path, dest: Path) -> None:
@@ -99,6 +95,11 @@ class BuildContext:
         self.golden: GoldenSet = load_golden()
         self._verified: dict[str, VerificationResult] = {}
         self._ggufs: dict[str, Path] = {}
+
+    @property
+    def context_length(self) -> int:
+        """The context every target sets its runtime up for (--context-length, capped by the model)."""
+        return self.ckpt.usable_context(self.options.context_length)
 
     @cached_property
     def eval_rows(self) -> list[EvalRow]:

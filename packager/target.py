@@ -7,6 +7,7 @@ on BuildContext, computed once and cached.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -16,6 +17,7 @@ from packager.errors import BadInputError, InternalError
 from packager.verify.result import VerificationResult
 
 if TYPE_CHECKING:
+    from packager.architectures import ArchitectureSpec
     from packager.stages import BuildContext
 
 ENTRY_POINT_GROUP = "edgepack.targets"
@@ -49,15 +51,101 @@ class TargetResult:
         )
 
 
+@dataclass(frozen=True)
+class TargetOption:
+    """One setting a target adds to `edgepack build` (a flag) and to edgepack.toml's [build] table.
+
+    The target reads the value by `name` (ctx.options.for_target(self).get(name)); a flag on the
+    command line beats the toml key, which beats `default`.
+    """
+
+    name: str
+    # The command-line flag, e.g. "--compression"; None keeps the option to the Python API.
+    flag: str | None = None
+    # The key under edgepack.toml's [build], e.g. "<target>_compression"; None: not read from the file.
+    toml_key: str | None = None
+    help: str = ""
+    default: Any = None
+    # Allowed values (checked by click on the command line, by project.py in edgepack.toml); empty: any.
+    choices: tuple[str, ...] = ()
+    # Repeatable flag / toml list: the value is a tuple.
+    multiple: bool = False
+    # A switch without a value (--ane-head): the value is a bool.
+    is_flag: bool = False
+
+
+@dataclass(frozen=True)
+class TargetOptionValues:
+    """One target's option values: those given (flag or edgepack.toml), else the target's defaults."""
+
+    target: str
+    declared: tuple[TargetOption, ...]
+    given: Mapping[str, Any] = field(default_factory=dict)
+
+    def get(self, name: str) -> Any:
+        """Return the value of option `name`; asking for an undeclared option is a bug in the target."""
+        for option in self.declared:
+            if option.name == name:
+                return self.given.get(name, option.default)
+        raise InternalError(f"target {self.target!r} reads option {name!r}, which it does not declare in `options`.")
+
+
+@dataclass(frozen=True)
+class HostCheckJob:
+    """A CI job a target adds on another runner, after the Linux builds: e.g. macOS, to run its
+    artifact in a runtime only that host has. `edgepack ci init` writes one per built target that
+    declares it (class attribute `ci_host_check`); the release waits for it."""
+
+    job_id: str
+    runner: str
+    title: str
+    # One or two lines for the workflow's header comment: what the job proves that Linux cannot.
+    purpose: str
+    step: str
+
+
 class Target(Protocol):
-    """A deployment target: builds its folder from the shared stages of a build."""
+    """A deployment target: builds its folder from the shared stages of a build.
+
+    `options` are the settings it adds to the CLI and edgepack.toml (see TargetOption); `default_quant`
+    is the GGUF type it ships when --quant is not given (None: it ships no GGUF). Optional: a class
+    attribute `ci_host_check` (HostCheckJob) and a method `doctor_notes(config) -> list[str]`.
+    """
 
     name: ClassVar[str]
     title: ClassVar[str]
     runtime: ClassVar[str]
     status: ClassVar[str]
+    options: ClassVar[tuple[TargetOption, ...]]
+    default_quant: ClassVar[str | None]
+
+    def supports(self, spec: ArchitectureSpec) -> bool:
+        """Whether this target can build the architecture `spec` (doctor's matrix; checked before a build)."""
+        ...
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult: ...
+
+
+def declared_options(target: Any) -> tuple[TargetOption, ...]:
+    """Return the options a target class (or instance) declares; a target may declare none."""
+    return tuple(getattr(target, "options", ()))
+
+
+def option_table(targets: Mapping[str, type[Target]]) -> list[tuple[str, TargetOption]]:
+    """Return (target name, option) for every declared option, refusing two targets claiming one flag or key."""
+    rows: list[tuple[str, TargetOption]] = []
+    owners: dict[str, str] = {}
+    for target_name, cls in targets.items():
+        for option in declared_options(cls):
+            for claim in (option.flag, option.toml_key):
+                if claim is None:
+                    continue
+                if claim in owners and owners[claim] != target_name:
+                    raise InternalError(f"targets {owners[claim]!r} and {target_name!r} both declare {claim!r}; "
+                                        "uninstall one of the two plugins or rename the option in one.")
+                owners[claim] = target_name
+            rows.append((target_name, option))
+    return rows
 
 
 def available_targets() -> dict[str, type[Target]]:

@@ -10,7 +10,9 @@ the real AAR or SDK (no Maven, no Android SDK here).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,14 @@ from external_tools import tools_required
 from packager.contract import Contract, labels_grammar, parse_output, render_prompt
 from packager.escaping import kotlin_string
 from packager.templating import check_no_placeholders, render_tree
-from targets.android.kotlin_check import compile_kotlin, find_tools, ktlint_command, tree_sitter_errors
+from targets.android.kotlin_check import (
+    INSTALL_COMMAND,
+    AndroidTools,
+    find_tools,
+    kotlinc_command,
+    ktlint_command,
+    tree_sitter_errors,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 BRIDGE = REPO / "mobile" / "android" / "edgepack" / "src" / "main" / "kotlin" / "org" / "edgepack"
@@ -29,6 +38,21 @@ STUBS = REPO / "tests" / "android" / "stubs"
 VECTORS = json.loads((REPO / "tests" / "vectors" / "contract.json").read_text(encoding="utf-8"))
 HOSTILE_NAME = 'Bot "${evil}" \\n\n$x `rm -rf` {{ x }} </script> ü🦙'
 HOSTILE_LABELS = ['say "hi"', "$price", "back\\slash", "line\nbreak", "{% raw %}", "tab\there"]
+
+
+
+def compile_kotlin(sources: list[Path], out_jar: Path, classpath: list[Path] | None = None,
+                   tools: AndroidTools | None = None) -> subprocess.CompletedProcess[str]:
+    """kotlinc the sources into out_jar (with the Kotlin runtime included, so `java -cp` runs it)."""
+    tools = tools or find_tools()
+    if tools.kotlinc is None:
+        raise FileNotFoundError(f"kotlinc is not installed ({INSTALL_COMMAND})")
+    cmd = [*kotlinc_command(tools), *map(str, sources), "-include-runtime", "-d", str(out_jar)]
+    if classpath:
+        cmd += ["-cp", os.pathsep.join(map(str, classpath))]
+    with tempfile.TemporaryDirectory(prefix="edgepack-kotlinc-") as home:
+        env = {**os.environ, "HOME": os.environ.get("HOME", home)}
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False, env=env)
 
 
 def missing_android_tool(name: str, fix: str = ".venv/bin/python -m targets.android.kotlin_check install") -> None:
@@ -292,7 +316,8 @@ def tiny_android_build(tiny_gemma: Path, tmp_path_factory: pytest.TempPathFactor
     rows = [{"instruction": "Classify.", "input": f"message {i}", "output": label}
             for i, label in enumerate(["billing", "other", "billing"])]
     eval_set.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
-    options = BuildOptions(name=HOSTILE_NAME, no_gate=True, android_recipe="8da8w", android_delegates=("vulkan",),
+    options = BuildOptions(name=HOSTILE_NAME, no_gate=True,
+                           target_options={"android": {"recipe": "8da8w", "delegates": ("vulkan",)}},
                            context_length=256, eval_path=eval_set, task={"task": "labels"})
     outcome = run_build(BuildRequest(checkpoint=tiny_gemma, targets=["android"], out=out, options=options),
                         Reporter(quiet=True))

@@ -8,12 +8,13 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+from gguf_files import iter_gguf_tensors
 from safetensors.torch import load_file
 
 from packager.checkpoint import load_checkpoint
 from packager.contract import contract_from_checkpoint
 from packager.formats.gguf_quantize import quantize_gguf
-from packager.formats.gguf_writer import _permute, iter_gguf_tensors, write_gguf
+from packager.formats.gguf_writer import _permute, write_gguf
 from packager.verify.gguf_check import verify_gguf
 from packager.verify.golden import load_golden
 from packager.verify.reference import compute_reference, load_hf_tokenizer

@@ -25,6 +25,7 @@ from packager.pipeline import BuildRequest, run_build
 from packager.stages import BuildOptions
 from packager.templating import check_no_placeholders, render_tree
 from targets.ios.convert import COMPRESSION
+from targets.ios.layouts import coreml_layout
 from targets.ios.model import (
     FP16_BUDGET,
     FP16_MAX,
@@ -105,7 +106,7 @@ def test_rewritten_decoder_equals_transformers_in_fp32_through_prefill_and_decod
     folder = request.getfixturevalue(fixture)
     model = _hf(folder)
     spec, config = _spec(folder)
-    window = config.get("sliding_window") if spec.coreml.sliding_attention_mask else None
+    window = config.get("sliding_window") if coreml_layout(spec).sliding_attention_mask else None
     ids = [1, *range(5, 60)]
     reference = model(torch.tensor([ids])).logits[0]
     n = config["num_hidden_layers"]
@@ -132,7 +133,7 @@ def test_measured_ranges_size_rewrites_that_bring_every_site_under_the_fp16_budg
     folder = request.getfixturevalue(fixture)
     model = _hf(folder)
     spec, config = _spec(folder)
-    window = config.get("sliding_window") if spec.coreml.sliding_attention_mask else None
+    window = config.get("sliding_window") if coreml_layout(spec).sliding_attention_mask else None
     sequences = [list(range(2, 50))]
     before = measure_ranges(StatefulDecoder(model, spec, 64, Fp16Plan(False), cache_dtype=torch.float32), sequences,
                             window)
@@ -140,7 +141,7 @@ def test_measured_ranges_size_rewrites_that_bring_every_site_under_the_fp16_budg
     plan = Fp16Plan(True)
     for _ in range(4):
         ranges = measure_ranges(StatefulDecoder(model, spec, 64, plan, cache_dtype=torch.float32), sequences, window)
-        bigger = plan_rewrites(ranges, config["num_hidden_layers"], plan, spec.coreml.post_norms)
+        bigger = plan_rewrites(ranges, config["num_hidden_layers"], plan, coreml_layout(spec).post_norms)
         if bigger == plan:
             break
         plan = bigger
@@ -152,14 +153,16 @@ def test_measured_ranges_size_rewrites_that_bring_every_site_under_the_fp16_budg
 # Builds (tiny models): conversion, spec, simulation, bundle, generated code.
 
 
-def _build(folder: Path, out: Path, **options) -> object:
-    return run_build(BuildRequest(checkpoint=folder, targets=["ios"], out=out, options=BuildOptions(**options)))
+def _build(folder: Path, out: Path, compression: str, fp16_rewrites: bool = True, **options) -> object:
+    ios = {"compression": compression, "fp16_rewrites": fp16_rewrites}
+    return run_build(BuildRequest(checkpoint=folder, targets=["ios"], out=out,
+                                  options=BuildOptions(target_options={"ios": ios}, **options)))
 
 
 @pytest.fixture(scope="module")
 def gemma_bundle(tiny_gemma: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
     out = tmp_path_factory.mktemp("ios") / "gemma"
-    outcome = _build(tiny_gemma, out, ios_compression="none", context_length=256)
+    outcome = _build(tiny_gemma, out, compression="none", context_length=256)
     return outcome, out / "ios"
 
 
@@ -207,7 +210,7 @@ def test_every_generated_swift_file_parses_and_names_are_checked(gemma_bundle) -
 
 def test_int4_package_is_gated_against_llama_cpp_q4_k_m_on_the_same_positions(tiny_llama: Path,
                                                                                 tmp_path: Path) -> None:
-    outcome = _build(tiny_llama, tmp_path / "out", ios_compression="int4", context_length=256, no_gate=True)
+    outcome = _build(tiny_llama, tmp_path / "out", compression="int4", context_length=256, no_gate=True)
     fp16, int4 = outcome.results[0].verifications
     assert fp16.passed and fp16.metrics.top1 >= 0.98
     # int4 ships when it passes; otherwise the ladder's next rungs (int4-mixed, int8) are tried in turn.
@@ -223,10 +226,10 @@ def test_int4_package_is_gated_against_llama_cpp_q4_k_m_on_the_same_positions(ti
 def test_unsafe_fp16_conversion_is_caught_and_not_shipped(fixture: str, request, tmp_path: Path) -> None:
     folder = request.getfixturevalue(fixture)
     with pytest.raises(GateFailedError) as caught:
-        _build(folder, tmp_path / "unsafe", ios_compression="none", context_length=128, ios_fp16_rewrites=False)
+        _build(folder, tmp_path / "unsafe", compression="none", context_length=128, fp16_rewrites=False)
     assert "FAIL" in str(caught.value)
     assert not (tmp_path / "unsafe").exists()
-    safe = _build(folder, tmp_path / "safe", ios_compression="none", context_length=128)
+    safe = _build(folder, tmp_path / "safe", compression="none", context_length=128)
     assert safe.passed and safe.results[0].verifications[0].metrics.top1 >= 0.98
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from gguf_files import iter_gguf_tensors
 
 from benchmarks.reference_converter import run_reference_convert
 from packager.checkpoint import load_checkpoint
-from packager.formats.gguf_writer import iter_gguf_tensors, write_gguf
+from packager.formats.gguf_writer import write_gguf
 
 
 def assert_tensors_identical(ours: Path, reference: Path) -> int:

@@ -9,7 +9,7 @@ alone, then each tensor is loaded, transformed, encoded and written before the n
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,11 @@ QUANT_TYPES = tuple(NUMPY_TYPES) + tuple(LLAMA_CPP_TYPES)
 _SKIPPED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")
 
 Progress = Callable[[int, int], None]
+
+
+def writes_architecture(spec: ArchitectureSpec) -> bool:
+    """Return whether write_gguf can write `spec`'s architecture: the support every GGUF target shares."""
+    return spec.gguf_arch is not None
 
 
 def canonical_quant(name: str) -> str:
@@ -245,9 +250,3 @@ def write_gguf(ckpt: Checkpoint, out_path: Path, out_type: str, progress: Progre
     writer.close()
     return out_path
 
-
-def iter_gguf_tensors(path: Path) -> Iterator[tuple[str, Q, np.ndarray]]:
-    """Yield (name, type, raw data) of each tensor in a GGUF file."""
-    reader = gguf.GGUFReader(str(path))
-    for t in reader.tensors:
-        yield t.name, Q(t.tensor_type), np.asarray(t.data)

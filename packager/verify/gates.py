@@ -46,8 +46,8 @@ class Gate:
 
 @dataclass(frozen=True)
 class TopOneGate:
-    """Minimum raw top-1 agreement: the iOS target states its gates this way (fp16 >= 0.98; a compressed
-    package at most 0.02 below llama.cpp's Q4_K_M of the same model on the same positions).
+    """Minimum raw top-1 agreement, for a target that states its gates this way (e.g. fp16 >= 0.98; a
+    compressed artifact at most 0.02 below llama.cpp's Q4_K_M of the same model on the same positions).
 
     `also`: a class gate that must hold as well, so a weak baseline (a Q4_K_M that lost the fine-tune)
     cannot lower the bar below what every other artifact of that bit width meets.

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -65,12 +63,3 @@ class GGUFRunner:
 
     def detokenize(self, ids: list[int]) -> str:
         return self.llm.detokenize(ids).decode("utf-8", errors="replace")
-
-
-@contextlib.contextmanager
-def open_gguf(path: Path, n_ctx: int = 1024) -> Iterator[GGUFRunner]:
-    runner = GGUFRunner(path, n_ctx=n_ctx)
-    try:
-        yield runner
-    finally:
-        runner.close()

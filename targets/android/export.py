@@ -32,6 +32,7 @@ from typing import Any
 
 from packager.errors import BadInputError, UnsupportedError
 from packager.verify.gates import EIGHT_BIT, LOSSLESS, LOW_BIT, Gate
+from targets.android.layouts import executorch_layout
 
 EXECUTORCH_VERSION = "1.5.1"
 # Bump when the exported program changes for the same checkpoint + recipe (keys the stage cache).
@@ -241,7 +242,7 @@ def smooth_outliers(model: Any, spec: Any, alpha: float, folder: Path) -> Any:
 
     from packager.calibration import calibration_ids, linear_input_stats
 
-    layout = spec.executorch
+    layout = executorch_layout(spec)
     config = model.config
     stats = linear_input_stats(model, calibration_ids(folder), "max")
     offset = spec.norm_offset
@@ -327,7 +328,7 @@ def quantize_model(model: Any, spec: Any, recipe: Recipe, folder: Path | None = 
     import torch
     from torchao.quantization.quant_api import quantize_
 
-    layout = spec.executorch
+    layout = executorch_layout(spec)
     config = model.config
     summary: dict[str, Any] = {"linears": {}, "head": None, "embedding": None, "shared_table": False}
     embedding_module = model.get_submodule(layout.embedding_module)
@@ -403,10 +404,11 @@ def export_program(model: Any, spec: Any, max_context: int) -> Any:
 
     wrapper = TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=max_context)
     picked = type(wrapper.model).__name__
-    if picked != _WRAPPERS[spec.executorch.cache]:
+    cache = executorch_layout(spec).cache
+    if picked != _WRAPPERS[cache]:
         raise UnsupportedError(
             f"transformers wraps this {spec.name} model in {picked}, but edgepack's architecture table expects "
-            f"a {spec.executorch.cache} cache ({_WRAPPERS[spec.executorch.cache]}); the exported attention would "
+            f"a {cache} cache ({_WRAPPERS[cache]}); the exported attention would "
             "differ from the checkpoint's. Check the transformers version (pinned 5.23.0)."
         )
     seq = torch.export.Dim("seq_length_dim", max=max_context - 1)
@@ -475,8 +477,7 @@ def export_pte(folder: Path, out_dir: Path, recipe: Recipe, metadata: RunnerMeta
     start = time.perf_counter()
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     spec = spec_for_config(config, str(folder / "config.json"))
-    if spec.executorch is None:
-        raise UnsupportedError(f"{folder}: {spec.name} has no ExecuTorch export route in edgepack yet.")
+    executorch_layout(spec)  # UnsupportedError before the model is loaded
     model = load_for_export(folder, metadata.max_context)
     summary = {}
     if recipe.quantized:

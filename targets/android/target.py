@@ -11,22 +11,24 @@ ExecuTorch has no NNAPI backend; QNN (Qualcomm), MediaTek and Samsung delegates 
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
 from packager import __version__
+from packager.architectures import ArchitectureSpec
 from packager.codecheck import check_generated_files
-from packager.errors import BadInputError, UnsupportedError
+from packager.devices import DeviceProfile
+from packager.errors import BadInputError
 from packager.escaping import slug
-from packager.manifest import file_entries, without_host_measurements, write_json
 from packager.resources import copy_mobile_files
 from packager.stages import BuildContext, link_or_copy
-from packager.target import ScaffoldCheck, TargetResult
+from packager.target import ScaffoldCheck, TargetOption, TargetResult
+from packager.target_bundle import finish_bundle
 from packager.templating import render_tree
 from packager.verify.result import VerificationResult
 from targets.android.export import AUTO_LADDER, DELEGATES, EXECUTORCH_VERSION, recipe_named
 from targets.android.kotlin_check import check_android_files, kotlin_version
+from targets.android.layouts import EXECUTORCH_LAYOUTS, executorch_layout
 from targets.android.stages import PteArtifact, cached_pte, screened, structural_pte, verified_pte
 from targets.android.verify import RunnerTokenizer, eos_pieces
 
@@ -63,17 +65,35 @@ class AndroidTarget:
     title: ClassVar[str] = "Android app: ExecuTorch .pte on XNNPACK (CPU), Kotlin bridge over LlmModule"
     runtime: ClassVar[str] = f"ExecuTorch {EXECUTORCH_VERSION} (org.pytorch:executorch-android)"
     status: ClassVar[str] = "ready"
+    # Ships a .pte, no GGUF.
+    default_quant: ClassVar[str | None] = None
+    # RAM budgets: the share of physical memory a model can count on there (packager.devices).
+    devices: ClassVar[tuple[DeviceProfile, ...]] = (
+        DeviceProfile("pixel-8-pro", "Pixel 8 Pro", 12, 0.35, "android", "ExecuTorch XNNPACK (CPU)"),
+        DeviceProfile("galaxy-s24", "Samsung Galaxy S24", 8, 0.35, "android", "ExecuTorch XNNPACK (CPU)"),
+    )
+    options: ClassVar[tuple[TargetOption, ...]] = (
+        TargetOption("recipe", "--recipe", "android_recipe",
+                     "ExecuTorch quantization recipe for android (default auto: the smallest that passes its gate).",
+                     default="auto"),
+        TargetOption("delegates", "--delegate", "android_delegates",
+                     "Also export an experimental accelerator .pte for android (repeatable); the app falls back to "
+                     "XNNPACK.", default=(), choices=tuple(BACKEND_IDS), multiple=True),
+    )
+
+    def supports(self, spec: ArchitectureSpec) -> bool:
+        """Every architecture with an ExecuTorch layout (targets.android.layouts)."""
+        return spec.name in EXECUTORCH_LAYOUTS
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
         spec = ctx.ckpt.spec
-        if spec.executorch is None or self.name not in spec.targets:
-            raise UnsupportedError(f"{spec.name}: edgepack has no ExecuTorch export for this architecture yet.")
-        delegates = list(dict.fromkeys(ctx.options.android_delegates))
+        executorch_layout(spec)  # UnsupportedError naming the supported architectures
+        delegates = list(dict.fromkeys(ctx.options.for_target(self).get("delegates")))
         unknown = [d for d in delegates if d not in DELEGATES or d == "xnnpack"]
         if unknown:
             raise BadInputError(f"--delegate {', '.join(unknown)}: unknown; edgepack exports {', '.join(BACKEND_IDS)}. "
                                 "(ExecuTorch has no NNAPI backend; QNN, MediaTek and Samsung need their vendor SDKs.)")
-        max_context = min(ctx.options.context_length, int(ctx.ckpt.config.get("max_position_embeddings", 4096)))
+        max_context = ctx.context_length
         tokenizer_json = ctx.ckpt.folder / "tokenizer.json"
         if not tokenizer_json.is_file():
             raise BadInputError(f"{ctx.ckpt.folder}: no tokenizer.json; ExecuTorch's runner loads only that format.")
@@ -113,12 +133,7 @@ class AndroidTarget:
                                     "needs the Android SDK and Maven repositories; edgepack's tests compile the "
                                     "bridge with kotlinc and the app against a declared API surface"))
 
-        documents = {"edgepack.json", ASSET}
-        files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")
-                       if p.is_file() and p.relative_to(out_dir).as_posix() not in documents)
-        document = {
-            "target": self.name,
-            "runtime": self.runtime,
+        sections = {
             "model": {"name": model_name, "recipe": artifact.recipe.name, "recipe_summary": artifact.recipe.summary,
                       "format": "pte", "max_context": max_context,
                       "quantization": artifact.export["metadata"].get("quantization", {})},
@@ -126,14 +141,7 @@ class AndroidTarget:
             "backends": [{k: v for k, v in b.items() if k != "size_mb"} for b in backends],
             "tokenizer": "tokenizer.json",
             "contract": contract.as_dict(),
-            "files": file_entries(out_dir, files),
-            "verification": [without_host_measurements(v.as_dict()) for v in verifications],
-            "scaffold_checks": [vars(c) for c in checks],
-            "edgepack_version": __version__,
         }
-        write_json(out_dir / "edgepack.json", document)
-        (out_dir / ASSET).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out_dir / "edgepack.json", out_dir / ASSET)
         notes.append(
             f"Android: every XNNPACK .pte ran on this host in ExecuTorch {EXECUTORCH_VERSION}'s TextLLMRunner (the C++ "
             "runner LlmModule drives) and its forward method; nothing ran on a phone. The app and bridge were parsed "
@@ -144,15 +152,14 @@ class AndroidTarget:
                          "executorch-android AAR has no Vulkan backend, so the app falls back to XNNPACK unless you "
                          "build the AAR with Vulkan. ExecuTorch has no NNAPI backend; QNN, MediaTek and Samsung "
                          "delegates need their vendor SDKs.")
-        return TargetResult(target=self.name, files=[*files, *sorted(documents)], verifications=verifications,
-                            scaffold_checks=checks, notes=notes,
-                            extra={"recipe": artifact.recipe.name, "export": artifact.export,
-                                   "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]})
+        return finish_bundle(out_dir, self, sections, verifications, checks, notes=notes, copies=(ASSET,),
+                             extra={"recipe": artifact.recipe.name, "export": artifact.export,
+                                    "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]})
 
     def _choose(self, ctx: BuildContext, max_context: int, tokenizer_json: Path) -> tuple[
             PteArtifact, VerificationResult, list[str]]:
         """Export and verify recipes (the requested one, or the auto ladder) until one passes its gate."""
-        requested = ctx.options.android_recipe
+        requested = ctx.options.for_target(self).get("recipe")
         ladder = AUTO_LADDER if requested == "auto" else (requested,)
         notes: list[str] = []
         for index, name in enumerate(ladder):

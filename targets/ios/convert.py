@@ -4,7 +4,7 @@ The route that works with the pinned stack (coremltools 9.0, torch 2.13, numpy 2
 targets.ios.model (KV cache as registered buffers), torch.jit.trace (much faster than
 torch.export here), ct.convert with the buffers as ct.StateType, ct.RangeDim sequence lengths,
 fp16 compute and iOS 18 as the deployment target, then optional weight compression with
-coremltools.optimize. The two incompatibilities of coremltools 9.0 are shimmed in coreml_compat.
+coremltools.optimize. The two incompatibilities of coremltools 9.0 are shimmed in targets.ios.compat.
 
 Before converting, the fp32 decoder's activation ranges are measured on the golden token sequences
 and the exact fp16 rewrites are sized from them (Fp16Plan); the rewritten decoder is then compared
@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from packager.errors import BadInputError, InternalError, UnsupportedError
+from packager.errors import BadInputError, InternalError
+from targets.ios.layouts import coreml_layout
 
 COREMLTOOLS_VERSION = "9.0"
 # Bump when the converted program changes for the same checkpoint + options (keys the stage cache).
@@ -119,8 +120,7 @@ def load_source(folder: Path) -> tuple[Any, Any, dict[str, Any]]:
 
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     spec = spec_for_config(config, str(folder / "config.json"))
-    if spec.coreml is None:
-        raise UnsupportedError(f"{folder}: edgepack has no Core ML conversion for {spec.name} yet.")
+    coreml_layout(spec)  # UnsupportedError before the model is loaded
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="eager",
                                                  trust_remote_code=False, local_files_only=True)
     model.eval()
@@ -128,7 +128,7 @@ def load_source(folder: Path) -> tuple[Any, Any, dict[str, Any]]:
 
 
 def sliding_window(spec: Any, config: dict[str, Any]) -> int | None:
-    return int(config["sliding_window"]) if spec.coreml.sliding_attention_mask else None
+    return int(config["sliding_window"]) if coreml_layout(spec).sliding_attention_mask else None
 
 
 def column_importance(model: Any, folder: Path) -> dict[str, Any]:
@@ -159,7 +159,7 @@ def plan_fp16(model: Any, spec: Any, config: dict[str, Any], request: ExportRequ
         for _ in range(4):
             decoder = StatefulDecoder(model, spec, request.max_context, plan, cache_dtype=torch.float32)
             after = measure_ranges(decoder, request.sequences, window)
-            bigger = plan_rewrites(after, n_layers, plan, spec.coreml.post_norms)
+            bigger = plan_rewrites(after, n_layers, plan, coreml_layout(spec).post_norms)
             if bigger == plan:
                 break
             plan = bigger

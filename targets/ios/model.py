@@ -16,7 +16,7 @@ arithmetic (powers of two, RMSNorm's scale invariance with its epsilon rescaled)
 - RMSNorm computed on x / max|x| (eps / max|x|^2), so its squares never overflow.
 
 Per-architecture facts (which norms exist, q/k norms, rope per layer type, sliding masks) come from
-the CoreMLLayout row of packager.architectures.
+its CoreMLLayout row (targets.ios.layouts).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from targets.ios.layouts import coreml_layout
 
 FP16_MAX = 65504.0
 # Largest magnitude a measured activation may reach on calibration text: a 16x margin below fp16's
@@ -88,7 +90,7 @@ class StatefulDecoder(nn.Module):
     def __init__(self, hf_model: Any, spec: Any, max_context: int, plan: Fp16Plan, lm_head_chunk: int = 0,
                  cache_dtype: torch.dtype = torch.float16) -> None:
         super().__init__()
-        layout = spec.coreml
+        layout = coreml_layout(spec)
         config = hf_model.config
         self.layout = layout
         self.plan = plan

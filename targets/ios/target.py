@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from packager import __version__
+from packager.architectures import ArchitectureSpec
 from packager.codecheck import check_generated_files
-from packager.errors import BadInputError, UnsupportedError
+from packager.devices import DeviceProfile
+from packager.errors import BadInputError
 from packager.escaping import slug
-from packager.manifest import file_entries, without_host_measurements, write_json
 from packager.resources import copy_mobile_files
 from packager.stages import BuildContext, link_or_copy
-from packager.target import ScaffoldCheck, TargetResult
+from packager.target import HostCheckJob, ScaffoldCheck, TargetOption, TargetResult
+from packager.target_bundle import finish_bundle
 from packager.templating import render_tree
 from packager.verify.gates import LOW_BIT, TopOneGate
 from packager.verify.result import VerificationResult
@@ -33,6 +35,7 @@ from targets.ios.convert import (
     DEPLOYMENT_TARGET,
     INT4_LADDER,
 )
+from targets.ios.layouts import COREML_LAYOUTS, coreml_layout
 from targets.ios.stages import CoreMLExport, cached_export, export_request, screened, verified_package
 from targets.ios.swift_check import check_swift_files
 from targets.ios.verify import coreml_runtime_available
@@ -67,21 +70,58 @@ class IosTarget:
     title: ClassVar[str] = "iOS app: stateful Core ML program (iOS 18), Swift bridge over Core ML + swift-transformers"
     runtime: ClassVar[str] = f"Core ML (iOS 18 ML Program, coremltools {COREMLTOOLS_VERSION})"
     status: ClassVar[str] = "ready"
+    # Ships Core ML packages; the Q4_K_M GGUF it gates against is a baseline, named where it is used.
+    default_quant: ClassVar[str | None] = None
+    # RAM budgets: the share of physical memory a model can count on there (packager.devices).
+    devices: ClassVar[tuple[DeviceProfile, ...]] = (
+        DeviceProfile("iphone-15-pro", "iPhone 15 Pro", 8, 0.40, "ios", "Core ML (ANE/GPU/CPU)",
+                      "iOS terminates apps long before RAM is full; the increased-memory entitlement raises the "
+                      "limit"),
+        DeviceProfile("m2-macbook-air", "M2 MacBook Air (8 GB)", 8, 0.50, "ios", "Core ML / llama.cpp Metal"),
+    )
+    ci_host_check: ClassVar[HostCheckJob] = HostCheckJob(
+        job_id="coreml", runner="macos-15", title="ios in the Core ML runtime (macOS)",
+        purpose="runs its package in the real Core ML runtime (the `executed` level, which a Linux host "
+                "cannot reach), gated against the fp32 reference like the simulated check",
+        step="Build ios and run its package in Core ML")
+    options: ClassVar[tuple[TargetOption, ...]] = (
+        TargetOption("compression", "--compression", "ios_compression",
+                     "Core ML weight compression for ios (default int4: 4-bit linears, 8-bit embedding/lm_head; "
+                     "when int4 fails its gate, int4-mixed, then int8, ship instead).",
+                     default="int4", choices=COMPRESSIONS),
+        TargetOption("ane_head", "--ane-head", "ios_ane_head",
+                     "Also build a Neural-Engine-friendly package with the lm_head split into 16,384-row chunks.",
+                     default=False, is_flag=True),
+        # Off only to prove the check catches an unsafe fp16 conversion (Python API and tests; no flag, no key).
+        TargetOption("fp16_rewrites", default=True),
+    )
+
+    def supports(self, spec: ArchitectureSpec) -> bool:
+        """Every architecture with a Core ML layout (targets.ios.layouts)."""
+        return spec.name in COREML_LAYOUTS
+
+    def doctor_notes(self, config: dict[str, Any]) -> list[str]:
+        """The Neural Engine's dimension limit against this vocabulary (said by `edgepack doctor`)."""
+        vocab = int(config["vocab_size"])
+        if vocab > ANE_MAX_DIM:
+            return [f"vocab {vocab:,} > {ANE_MAX_DIM:,}: the lm_head must be split ({-(-vocab // ANE_MAX_DIM)} "
+                    "chunks, --ane-head) to be eligible for the Neural Engine"]
+        return [f"vocab {vocab:,} fits the Neural Engine's {ANE_MAX_DIM:,} limit"]
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
         spec = ctx.ckpt.spec
-        if spec.coreml is None or self.name not in spec.targets:
-            raise UnsupportedError(f"{spec.name}: edgepack has no Core ML conversion for this architecture yet.")
-        compression = ctx.options.ios_compression
+        coreml_layout(spec)  # UnsupportedError naming the supported architectures
+        options = ctx.options.for_target(self)
+        compression = options.get("compression")
         if compression not in COMPRESSIONS:
             raise BadInputError(f"--compression {compression}: unknown; choose one of {', '.join(COMPRESSIONS)}.")
         missing = [f for f in TOKENIZER_FILES if not (ctx.ckpt.folder / f).is_file()]
         if missing:
             raise BadInputError(f"{ctx.ckpt.folder}: no {', '.join(missing)}; swift-transformers' AutoTokenizer "
                                 "loads the model folder's tokenizer.json and tokenizer_config.json.")
-        max_context = min(ctx.options.context_length, int(ctx.ckpt.config.get("max_position_embeddings", 4096)))
+        max_context = ctx.context_length
 
-        rewrites = ctx.options.ios_fp16_rewrites
+        rewrites = options.get("fp16_rewrites")
         notes: list[str] = []
         if compression == "none":
             export = cached_export(ctx, export_request(ctx, ["none"], max_context, fp16_rewrites=rewrites))
@@ -99,7 +139,7 @@ class IosTarget:
         notes = self._fp16_notes(export) + notes
         shipped = [self._ship(export, compression, out_dir)]
         vocab = int(ctx.ckpt.config["vocab_size"])
-        if ctx.options.ios_ane_head and vocab > ANE_MAX_DIM:
+        if options.get("ane_head") and vocab > ANE_MAX_DIM:
             ane = cached_export(ctx, export_request(ctx, [compression], max_context, fp16_rewrites=rewrites,
                                                     lm_head_chunk=ANE_MAX_DIM))
             package = ane.result["packages"][compression]["package"]
@@ -109,7 +149,7 @@ class IosTarget:
             package = export.result["packages"][compression]["package"]
             verifications.append(verified_package(ctx, export, compression, f"{self.name}/{package} (Core ML)",
                                                   ship_gate, executed=True))
-        notes.append(self._ane_note(vocab, ctx.options.ios_ane_head))
+        notes.append(self._ane_note(vocab, options.get("ane_head")))
         for name in TOKENIZER_FILES:
             link_or_copy(ctx.ckpt.folder / name, out_dir / name)
 
@@ -124,12 +164,7 @@ class IosTarget:
                                     "needs macOS with Xcode; edgepack parses every Swift file with tree-sitter and "
                                     "checks the Core ML / swift-transformers names it uses against a list"))
 
-        document_name = "edgepack.json"
-        files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")
-                       if p.is_file() and p.relative_to(out_dir).as_posix() != document_name)
-        document = {
-            "target": self.name,
-            "runtime": self.runtime,
+        sections = {
             "model": {"name": model_name, "packages": shipped, "max_context": max_context,
                       "sliding_window": export.result["sliding_window"], "deployment_target": DEPLOYMENT_TARGET,
                       "fp16_rewrites": export.result["fp16_plan"], "exactness_proof": export.result["proof"]},
@@ -138,19 +173,13 @@ class IosTarget:
                        "max_context": max_context, "compute_units": COMPUTE_UNITS, "temperature": 0.0},
             "tokenizer": list(TOKENIZER_FILES),
             "contract": ctx.contract.as_dict(),
-            "files": file_entries(out_dir, files),
-            "verification": [without_host_measurements(v.as_dict()) for v in verifications],
-            "scaffold_checks": [vars(c) for c in checks],
-            "edgepack_version": __version__,
         }
-        write_json(out_dir / document_name, document)
         notes.append("iOS: packages verified `simulated` (their MIL programs evaluated in numpy against fp32 "
                      "transformers); nothing ran in Core ML or on an iPhone. The bridge and app were parsed with "
                      "tree-sitter (Swift); no Swift compiler or Xcode ran here.")
-        return TargetResult(target=self.name, files=[*files, document_name], verifications=verifications,
-                            scaffold_checks=checks, notes=notes,
-                            extra={"compression": compression, "export": export.result,
-                                   "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]})
+        return finish_bundle(out_dir, self, sections, verifications, checks, notes=notes,
+                             extra={"compression": compression, "export": export.result,
+                                    "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]})
 
     def _first_passing(self, ctx: BuildContext, ladder: tuple[str, ...], gate: TopOneGate, max_context: int,
                        rewrites: bool, notes: list[str]) -> tuple[CoreMLExport, str, VerificationResult]:

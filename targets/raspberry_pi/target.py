@@ -6,11 +6,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from packager import __version__
+from packager.architectures import ArchitectureSpec
 from packager.codecheck import check_generated_files
+from packager.devices import DeviceProfile
 from packager.escaping import slug
-from packager.manifest import file_entries, without_host_measurements, write_json
+from packager.formats.gguf_writer import writes_architecture
 from packager.stages import BuildContext, link_or_copy
 from packager.target import TargetResult
+from packager.target_bundle import finish_bundle
 from packager.templating import render_tree
 
 # The llama.cpp release vendored by the pinned llama-cpp-python 0.3.36 (tag b11312, commit
@@ -28,16 +31,29 @@ class RaspberryPiTarget:
     title: ClassVar[str] = "Raspberry Pi OS (64-bit): llama-server under systemd"
     runtime: ClassVar[str] = "llama.cpp llama-server"
     status: ClassVar[str] = "ready"
+    # llama.cpp's usual size/fidelity balance on ARM CPUs.
+    default_quant: ClassVar[str | None] = "Q4_K_M"
+    # RAM budgets: the share of physical memory a model can count on there (packager.devices).
+    devices: ClassVar[tuple[DeviceProfile, ...]] = (
+        DeviceProfile("raspberry-pi-5-8gb", "Raspberry Pi 5 (8 GB)", 8, 0.75, "raspberry-pi", "llama.cpp llama-server"),
+        DeviceProfile("raspberry-pi-5-4gb", "Raspberry Pi 5 (4 GB)", 4, 0.70, "raspberry-pi", "llama.cpp llama-server"),
+        DeviceProfile("raspberry-pi-4", "Raspberry Pi 4 (2 GB)", 2, 0.60, "raspberry-pi", "llama.cpp llama-server",
+                      "Cortex-A72 without the dot-product instructions of the Pi 5: expect a fraction of its speed"),
+    )
+
+    def supports(self, spec: ArchitectureSpec) -> bool:
+        """Every architecture the shared GGUF stage writes."""
+        return writes_architecture(spec)
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
-        quant = ctx.options.gguf_quant(self.name)
+        quant = ctx.options.gguf_quant(self)
         gguf_file = f"model-{quant}.gguf"
         out_dir.mkdir(parents=True, exist_ok=True)
         link_or_copy(ctx.gguf(quant), out_dir / gguf_file)
         verification = ctx.verify_gguf(quant, f"{self.name}/{gguf_file}")
 
         model_name = ctx.options.name or ctx.ckpt.name
-        context_length = min(ctx.options.context_length, int(ctx.ckpt.config.get("max_position_embeddings", 4096)))
+        context_length = ctx.context_length
         contract = ctx.contract
         template_context: dict[str, Any] = {
             "model_name": model_name,
@@ -59,22 +75,11 @@ class RaspberryPiTarget:
         rendered = render_tree("raspberry-pi", out_dir, template_context)
         checks = check_generated_files(rendered, out_dir)
 
-        files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
-        write_json(out_dir / "edgepack.json", {
-            "target": self.name,
-            "runtime": self.runtime,
-            "model": {"name": model_name, "file": gguf_file, "format": "gguf", "quant": quant,
-                      "context_length": context_length},
-            "contract": contract.as_dict(),
-            "files": file_entries(out_dir, files),
-            "verification": [without_host_measurements(verification.as_dict())],
-            "scaffold_checks": [vars(c) for c in checks],
-            "edgepack_version": __version__,
-        })
-        return TargetResult(
-            target=self.name,
-            files=[*files, "edgepack.json"],
-            verifications=[verification],
-            scaffold_checks=checks,
+        return finish_bundle(
+            out_dir, self,
+            {"model": {"name": model_name, "file": gguf_file, "format": "gguf", "quant": quant,
+                       "context_length": context_length},
+             "contract": contract.as_dict()},
+            [verification], checks,
             notes=["Raspberry Pi numbers in this report were measured on the build host (x86-64), not on a Pi."],
         )

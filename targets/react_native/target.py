@@ -10,7 +10,6 @@ scripts/llama_rn_support.py).
 from __future__ import annotations
 
 import json
-import shutil
 import struct
 from dataclasses import dataclass, field
 from functools import cache
@@ -20,14 +19,16 @@ from typing import Any, BinaryIO, ClassVar
 import gguf
 
 from packager import __version__
+from packager.architectures import ArchitectureSpec
 from packager.codecheck import check_generated_files
 from packager.contract import Contract
 from packager.errors import InternalError, UnsupportedError
 from packager.escaping import slug
-from packager.manifest import file_entries, without_host_measurements, write_json
+from packager.formats.gguf_writer import writes_architecture
 from packager.resources import copy_mobile_files
 from packager.stages import BuildContext, link_or_copy
 from packager.target import ScaffoldCheck, TargetResult
+from packager.target_bundle import finish_bundle, list_bundle
 from packager.templating import render_tree
 
 LLAMA_RN_VERSION = "0.12.9"
@@ -231,9 +232,15 @@ class ReactNativeTarget:
     title: ClassVar[str] = "React Native app (iOS + Android): GGUF on llama.rn"
     runtime: ClassVar[str] = f"llama.rn {LLAMA_RN_VERSION}"
     status: ClassVar[str] = "ready"
+    # llama.cpp's usual size/fidelity balance on phone CPUs.
+    default_quant: ClassVar[str | None] = "Q4_K_M"
+
+    def supports(self, spec: ArchitectureSpec) -> bool:
+        """Every architecture the shared GGUF stage writes."""
+        return writes_architecture(spec)
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
-        quant = ctx.options.gguf_quant(self.name)
+        quant = ctx.options.gguf_quant(self)
         gguf_file = f"model-{quant}.gguf"
         table = support_table()
         source = ctx.gguf(quant)
@@ -244,7 +251,7 @@ class ReactNativeTarget:
         verification = ctx.verify_gguf(quant, f"{self.name}/{gguf_file}")
 
         model_name = ctx.options.name or ctx.ckpt.name
-        context_length = min(ctx.options.context_length, int(ctx.ckpt.config.get("max_position_embeddings", 4096)))
+        context_length = ctx.context_length
         app = out_dir / APP_DIR
         rendered = render_tree("react-native", app, {
             "model_name": model_name,
@@ -270,31 +277,16 @@ class ReactNativeTarget:
             "needs node_modules (npm ci); edgepack's test suite type-checks and tests the generated app",
         ))
 
-        documents = {"edgepack.json", f"{APP_DIR}/edgepack.json"}  # the same document twice; cannot list itself
-        files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")
-                       if p.is_file() and p.relative_to(out_dir).as_posix() not in documents)
-        entries = file_entries(out_dir, files)
-        [gguf_entry] = [e for e in entries if e["path"] == gguf_file]
-        document = {
-            "target": self.name,
-            "runtime": self.runtime,
-            "model": {"name": model_name, "file": gguf_file, "format": "gguf", "quant": quant,
-                      "context_length": context_length, "sha256": gguf_entry["sha256"], "bytes": gguf_entry["bytes"]},
-            "contract": contract.as_dict(),
-            "llama_rn": {"version": table["llama.rn"], "llama_cpp": table["llama.cpp"], **facts.as_dict()},
-            "files": entries,
-            "verification": [without_host_measurements(verification.as_dict())],
-            "scaffold_checks": [vars(c) for c in checks],
-            "edgepack_version": __version__,
-        }
-        write_json(out_dir / "edgepack.json", document)
         # The app loads the same document as an asset (model file, hash, contract).
-        shutil.copyfile(out_dir / "edgepack.json", app / "edgepack.json")
-        return TargetResult(
-            target=self.name,
-            files=[*files, *sorted(documents)],
-            verifications=[verification],
-            scaffold_checks=checks,
+        listed = list_bundle(out_dir, copies=(f"{APP_DIR}/edgepack.json",))
+        gguf_entry = listed.entry(gguf_file)
+        return finish_bundle(
+            out_dir, self,
+            {"model": {"name": model_name, "file": gguf_file, "format": "gguf", "quant": quant,
+                       "context_length": context_length, "sha256": gguf_entry["sha256"], "bytes": gguf_entry["bytes"]},
+             "contract": contract.as_dict(),
+             "llama_rn": {"version": table["llama.rn"], "llama_cpp": table["llama.cpp"], **facts.as_dict()}},
+            [verification], checks, listed=listed,
             notes=[
                 f"React Native: the GGUF was verified in the build host's llama.cpp; on the phone it runs in "
                 f"llama.rn {table['llama.rn']}, which bundles llama.cpp {table['llama.cpp']['build']}. Its "

@@ -10,7 +10,6 @@ unchanged, so a split model computes exactly what the whole file computes.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import gguf
@@ -23,7 +22,6 @@ _SPLIT_KEYS = (
     gguf.Keys.Split.LLM_KV_SPLIT_COUNT,
     gguf.Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT,
 )
-_PART_NAME = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 # Room for the three split keys and rounding, on top of the source's own header size.
 _HEADER_SLACK = 256
 
@@ -33,12 +31,6 @@ def part_names(stem: str, count: int) -> list[str]:
     if count == 1:
         return [f"{stem}.gguf"]
     return [f"{stem}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
-
-
-def is_first_part(name: str) -> bool:
-    """True for a whole GGUF or the first part of a split one (the file a loader is pointed at)."""
-    match = _PART_NAME.match(name)
-    return match is None or int(match["no"]) == 1
 
 
 def split_gguf(src: Path, dest_dir: Path, max_bytes: int = MAX_PART_BYTES) -> list[Path]:

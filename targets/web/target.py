@@ -24,13 +24,17 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from packager import __version__
+from packager.architectures import ArchitectureSpec
+from packager.devices import DeviceProfile
 from packager.errors import UnsupportedError
 from packager.escaping import slug
 from packager.fingerprint import options_digest
-from packager.manifest import file_entries, without_host_measurements, write_json
+from packager.formats.gguf_writer import writes_architecture
+from packager.manifest import write_json
 from packager.resources import copy_mobile_files
 from packager.stages import BuildContext, link_or_copy
-from packager.target import TargetResult
+from packager.target import TargetOption, TargetResult
+from packager.target_bundle import bundle_document, finish_bundle, list_bundle, write_document
 from packager.templating import render_tree
 from packager.verify.result import VerificationResult
 from targets.web.gguf_split import MAX_PART_BYTES, part_names, split_gguf
@@ -92,16 +96,34 @@ class WebTarget:
     title: ClassVar[str] = "Browser: static bundle with wllama (WASM) and/or WebLLM (WebGPU), ES-module bridge"
     runtime: ClassVar[str] = "wllama (llama.cpp WASM) / WebLLM (MLC, WebGPU)"
     status: ClassVar[str] = "ready"
+    # wllama's WASM build runs K-quants through slower kernels than native x86 ones (measured in
+    # docs/benchmarks.md) whose rounding also makes the page's greedy tokens drift from native llama.cpp's
+    # at non-tied positions, while Q8_0's browser decode is faster and its tokens match native.
+    default_quant: ClassVar[str | None] = "Q8_0"
+    # RAM budgets: the share of physical memory a model can count on there (packager.devices).
+    devices: ClassVar[tuple[DeviceProfile, ...]] = (
+        DeviceProfile("desktop-chrome", "Desktop Chrome (wasm32)", 8, 0.45, "web", "wllama (WASM)",
+                      "a 32-bit WASM heap caps a tab at 4 GB whatever the machine has"),
+    )
+    options: ClassVar[tuple[TargetOption, ...]] = (
+        TargetOption("runtime", "--runtime", "web_runtime", "Browser runtime(s) for the web target (default wllama).",
+                     default="wllama", choices=tuple(RUNTIME_SETS)),
+    )
+
+    def supports(self, spec: ArchitectureSpec) -> bool:
+        """Every architecture the shared GGUF stage writes."""
+        return writes_architecture(spec)
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
-        runtimes = RUNTIME_SETS.get(ctx.options.web_runtime)
+        runtime = ctx.options.for_target(self).get("runtime")
+        runtimes = RUNTIME_SETS.get(runtime)
         if runtimes is None:
-            raise UnsupportedError(f"--runtime {ctx.options.web_runtime}: choose wllama, webllm or all.")
+            raise UnsupportedError(f"--runtime {runtime}: choose wllama, webllm or all.")
         vendor = find_vendor()
         out_dir.mkdir(parents=True, exist_ok=True)
         model_name = ctx.options.name or ctx.ckpt.name
-        context_length = min(ctx.options.context_length, int(ctx.ckpt.config.get("max_position_embeddings", 4096)))
-        quant = ctx.options.gguf_quant(self.name)
+        context_length = ctx.context_length
+        quant = ctx.options.gguf_quant(self)
         manifest_runtimes: dict[str, Any] = {}
         verifications: list[VerificationResult] = []
         notes: list[str] = []
@@ -167,18 +189,12 @@ class WebTarget:
         })
         del rendered  # every file of the bundle is listed below, rendered or not
 
-        files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
-        manifest: dict[str, Any] = {
-            "target": self.name,
-            "runtime": self.runtime,
-            "model": {"name": model_name, "context_length": context_length, "quant": quant},
-            "runtimes": manifest_runtimes,
-            "contract": contract.as_dict(),
-            "files": file_entries(out_dir, files),
-            "verification": [],
-            "edgepack_version": __version__,
-        }
-        write_json(out_dir / "edgepack.json", manifest)
+        # The page reads edgepack.json when it runs in the browser check: a first one without verifications.
+        listed = list_bundle(out_dir)
+        sections = {"model": {"name": model_name, "context_length": context_length, "quant": quant},
+                    "runtimes": manifest_runtimes, "contract": contract.as_dict()}
+        manifest = bundle_document(self, sections, listed, [], None)
+        write_document(listed, manifest)
 
         extra: dict[str, Any] = {}
         if "wllama" in runtimes:
@@ -188,16 +204,10 @@ class WebTarget:
                 notes.append(measurement.summary())
                 extra["browser"] = dataclasses.asdict(measurement) | {"speed_ratio": measurement.speed_ratio}
         verifications += [v.verification for v in variants]
-        # Host speed differs on every run: it goes to the report, never into the bundle.
-        manifest["verification"] = [without_host_measurements(r.as_dict()) for r in verifications]
-        write_json(out_dir / "edgepack.json", manifest)
-        return TargetResult(
-            target=self.name,
-            files=[*files, "edgepack.json"],
-            verifications=verifications,
+        return finish_bundle(
+            out_dir, self, sections, verifications, listed=listed, extra=extra,
             notes=[*notes, "Web numbers were measured in headless Chromium on the build host (x86-64), not on a "
                    "phone or a user's browser."],
-            extra=extra,
         )
 
     def _copy_bridge(self, out_dir: Path) -> None:

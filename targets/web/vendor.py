@@ -12,17 +12,14 @@ from there. A bundle loads nothing from a CDN at run time.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 from packager.errors import UnsupportedError
-from packager.fingerprint import options_digest
+from packager.npm_vendor import NpmVendor
 
 MANIFEST_DIR = Path(__file__).resolve().parent / "data" / "web-vendor"
 WLLAMA = "@wllama/wllama"
@@ -39,29 +36,9 @@ BUNDLE_FILES: dict[str, dict[str, str]] = {
 }
 
 
-def pinned_versions() -> dict[str, str]:
-    """Return {package: exact version} as pinned in the shipped package.json."""
-    data = json.loads((MANIFEST_DIR / "package.json").read_text(encoding="utf-8"))
-    return dict(data["dependencies"])
-
-
-def _install_key() -> str:
-    lock = (MANIFEST_DIR / "package-lock.json").read_text(encoding="utf-8")
-    return options_digest("web-vendor", lock)[:16]
-
-
-def default_root() -> Path:
-    """Where `install` puts node_modules: $EDGEPACK_WEB_VENDOR, else ~/.cache/edgepack/web-vendor/<lock digest>.
-
-    Keyed by the lock file's digest, so a version bump installs beside the old one instead of
-    silently mixing versions. Deliberately not under $EDGEPACK_CACHE: tests point that at fresh
-    folders, and the runtimes are a machine-wide install, not a per-build stage.
-    """
-    explicit = os.environ.get("EDGEPACK_WEB_VENDOR")
-    if explicit:
-        return Path(explicit)
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "edgepack" / "web-vendor" / _install_key()
+NPM = NpmVendor("web-vendor", MANIFEST_DIR, "EDGEPACK_WEB_VENDOR",
+                required_files=tuple(f"{package}/{src}" for package, files in BUNDLE_FILES.items() for src in files),
+                install_command=INSTALL_COMMAND)
 
 
 @dataclass(frozen=True)
@@ -92,27 +69,10 @@ class WebVendor:
         return self.package_dir(PLAYWRIGHT) / "index.mjs"
 
 
-def _check(root: Path) -> str | None:
-    """Return why root is not a usable install of the pinned versions, or None if it is."""
-    modules = root / "node_modules"
-    for package, version in pinned_versions().items():
-        manifest = modules / package / "package.json"
-        if not manifest.is_file():
-            return f"{package} is not installed in {modules}"
-        found = json.loads(manifest.read_text(encoding="utf-8")).get("version")
-        if found != version:
-            return f"{package} {found} is installed in {modules}, edgepack pins {version}"
-    for package, files in BUNDLE_FILES.items():
-        for src_rel in files:
-            if not (modules / package / src_rel).is_file():
-                return f"{modules / package / src_rel} is missing"
-    return None
-
-
 def find_vendor() -> WebVendor:
     """Return the installed runtimes, or raise UnsupportedError saying how to install them."""
-    root = default_root()
-    problem = _check(root)
+    root = NPM.default_root()
+    problem = NPM.problem(root)
     if problem is not None:
         raise UnsupportedError(
             f"the web target copies wllama / WebLLM from a local npm install and {problem}. Install the "
@@ -129,52 +89,5 @@ def vendor_or_none() -> WebVendor | None:
         return None
 
 
-def install(root: Path | None = None) -> Path:
-    """Install the pinned packages with `npm ci --ignore-scripts` into root (atomically); return root."""
-    root = root or default_root()
-    if _check(root) is None:
-        return root
-    npm = shutil.which("npm")
-    if npm is None:
-        raise UnsupportedError("npm is not installed (apt-get install nodejs npm); it is needed once to install "
-                               "the pinned web runtimes.")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
-    try:
-        for name in ("package.json", "package-lock.json"):
-            shutil.copyfile(MANIFEST_DIR / name, staging / name)
-        # --ignore-scripts: no package may download anything else (playwright's browsers, say).
-        subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
-                       cwd=staging, check=True)
-        if root.exists():
-            shutil.rmtree(root)
-        staging.rename(root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    vendor_or_none.cache_clear()
-    problem = _check(root)
-    if problem is not None:
-        raise UnsupportedError(f"npm ci finished but {problem}")
-    return root
-
-
-def main(argv: list[str]) -> int:
-    command = argv[0] if argv else "path"
-    if command == "install":
-        root = install()
-        print(root)
-        return 0
-    if command == "path":
-        problem = _check(default_root())
-        print(default_root())
-        if problem:
-            print(f"not installed: {problem}. Run: {INSTALL_COMMAND}", file=sys.stderr)
-            return 1
-        return 0
-    print("usage: python -m targets.web.vendor [install|path]", file=sys.stderr)
-    return 2
-
-
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(NPM.main(sys.argv[1:], "targets.web.vendor"))

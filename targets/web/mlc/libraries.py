@@ -3,7 +3,7 @@
 A model library is mlc-llm's compiled program for one architecture shape, one quantization and
 fixed context / prefill-chunk settings. It cannot be compiled here (mlc-llm and TVM are not on
 the registries we reach), so a bundle either reuses a prebuilt library that matches *exactly*
-(data: packager/formats/data/webllm_prebuilt.json) or says, in its manifest and report, that it
+(data: targets/web/mlc/data/webllm_prebuilt.json) or says, in its manifest and report, that it
 needs `mlc_llm compile` and why. Prebuilt libraries are never downloaded by a build: they are
 taken from the folder $EDGEPACK_WEBLLM_LIBS when the user has put them there.
 """

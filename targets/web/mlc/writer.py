@@ -14,7 +14,7 @@ The format is mlc-llm's `convert_weight` output (tvm.contrib.tvmjs.dump_tensor_c
   round-to-nearest-even), exactly like tvmjs, and records carry an md5 per shard.
 
 What needs mlc-llm's compiler (the model library .wasm) is not made here; see
-packager/formats/data/webllm_prebuilt.json and targets/web/target.py.
+targets/web/mlc/data/webllm_prebuilt.json and targets/web/target.py.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from packager.architectures import MLCNaming, full_rope_params
+from packager.architectures import full_rope_params
 from packager.checkpoint import Checkpoint
 from packager.errors import UnsupportedError
+from targets.web.mlc.naming import MLCNaming, mlc_naming
 
 SHARD_CAP_BYTES = 32 * (1 << 20)
 TENSOR_CACHE = "tensor-cache.json"
@@ -94,10 +95,8 @@ class MLCParam:
 
 
 def naming(ckpt: Checkpoint) -> MLCNaming:
-    if ckpt.spec.mlc is None:
-        raise UnsupportedError(f"architecture {ckpt.spec.name} has no MLC naming in packager/architectures.py; "
-                               "the WebLLM runtime is not available for it.")
-    return ckpt.spec.mlc
+    """Return mlc-llm's naming of the checkpoint's architecture (UnsupportedError when it has none)."""
+    return mlc_naming(ckpt.spec)
 
 
 def _is_tied(ckpt: Checkpoint, mlc: MLCNaming) -> bool:
