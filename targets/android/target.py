@@ -16,19 +16,19 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from packager import __version__
-from targets.android.kotlin_check import check_android_files, kotlin_version
 from packager.codecheck import check_generated_files
 from packager.errors import BadInputError, UnsupportedError
 from packager.escaping import slug
-from targets.android.export import AUTO_LADDER, DELEGATES, EXECUTORCH_VERSION, recipe_named
 from packager.manifest import file_entries, without_host_measurements, write_json
-from targets.android.stages import PteArtifact, cached_pte, screened, structural_pte, verified_pte
 from packager.resources import copy_mobile_files
-from packager.stages import BuildContext, link_or_copy
+from packager.stages import BuildContext, place_artifact
 from packager.target import ScaffoldCheck, TargetResult
 from packager.templating import render_tree
-from targets.android.verify import RunnerTokenizer, eos_pieces
 from packager.verify.result import VerificationResult
+from targets.android.export import AUTO_LADDER, DELEGATES, EXECUTORCH_VERSION, recipe_named
+from targets.android.kotlin_check import check_android_files, kotlin_version
+from targets.android.stages import PteArtifact, cached_pte, screened, structural_pte, verified_pte
+from targets.android.verify import RunnerTokenizer, eos_pieces
 
 APP_DIR = "app"
 BRIDGE_DIR = "app/app/src/main/java/org/edgepack"
@@ -89,7 +89,7 @@ class AndroidTarget:
             verifications.append(result)
             backends.append(self._place(extra, out_dir, result, experimental=True))
         backends.append(self._place(artifact, out_dir, verification, experimental=False))
-        link_or_copy(tokenizer_json, out_dir / "tokenizer.json")
+        place_artifact(tokenizer_json, out_dir / "tokenizer.json")
 
         contract = ctx.contract
         runner_tokenizer = RunnerTokenizer(tokenizer_json)
@@ -179,8 +179,8 @@ class AndroidTarget:
 
     def _place(self, artifact: PteArtifact, out_dir: Path, verification: VerificationResult,
                experimental: bool) -> dict[str, Any]:
-        link_or_copy(artifact.pte, out_dir / artifact.pte.name)
-        link_or_copy(artifact.ptd, out_dir / artifact.ptd.name)
+        place_artifact(artifact.pte, out_dir / artifact.pte.name)
+        place_artifact(artifact.ptd, out_dir / artifact.ptd.name)
         return {"backend": artifact.delegate, "pte": artifact.pte.name, "ptd": artifact.ptd.name,
                 "experimental": experimental, "verification": verification.level,
                 "size_mb": round(artifact.megabytes, 1)}

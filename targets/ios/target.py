@@ -17,9 +17,15 @@ from typing import Any, ClassVar
 
 from packager import __version__
 from packager.codecheck import check_generated_files
-from targets.ios.stages import CoreMLExport, cached_export, export_request, screened, verified_package
 from packager.errors import BadInputError, UnsupportedError
 from packager.escaping import slug
+from packager.manifest import file_entries, without_host_measurements, write_json
+from packager.resources import copy_mobile_files
+from packager.stages import BuildContext, place_artifact
+from packager.target import ScaffoldCheck, TargetResult
+from packager.templating import render_tree
+from packager.verify.gates import LOW_BIT, TopOneGate
+from packager.verify.result import VerificationResult
 from targets.ios.convert import (
     ANE_MAX_DIM,
     COMPRESSIONS,
@@ -27,15 +33,9 @@ from targets.ios.convert import (
     DEPLOYMENT_TARGET,
     INT4_LADDER,
 )
-from packager.manifest import file_entries, without_host_measurements, write_json
-from packager.resources import copy_mobile_files
-from packager.stages import BuildContext, link_or_copy
+from targets.ios.stages import CoreMLExport, cached_export, export_request, screened, verified_package
 from targets.ios.swift_check import check_swift_files
-from packager.target import ScaffoldCheck, TargetResult
-from packager.templating import render_tree
 from targets.ios.verify import coreml_runtime_available
-from packager.verify.gates import LOW_BIT, TopOneGate
-from packager.verify.result import VerificationResult
 
 APP_DIR = "app"
 BRIDGE_DIR = "EdgeModel"
@@ -111,7 +111,7 @@ class IosTarget:
                                                   ship_gate, executed=True))
         notes.append(self._ane_note(vocab, ctx.options.ios_ane_head))
         for name in TOKENIZER_FILES:
-            link_or_copy(ctx.ckpt.folder / name, out_dir / name)
+            place_artifact(ctx.ckpt.folder / name, out_dir / name)
 
         model_name = ctx.options.name or ctx.ckpt.name
         first_row = ctx.eval_rows[0] if ctx.eval_rows else None
@@ -189,7 +189,7 @@ class IosTarget:
 
     def _ship(self, export: CoreMLExport, compression: str, out_dir: Path, ane: bool = False) -> dict[str, Any]:
         source = export.package(compression)
-        shutil.copytree(source, out_dir / source.name, copy_function=_link_or_copy)
+        shutil.copytree(source, out_dir / source.name, copy_function=_place_artifact)
         info = export.result["packages"][compression]
         return {"package": source.name, "compression": compression, "summary": info["summary"],
                 "lm_head_chunk": export.result["lm_head_chunk"], "neural_engine_variant": ane}
@@ -244,5 +244,5 @@ class IosTarget:
         }
 
 
-def _link_or_copy(src: str, dest: str) -> None:
-    link_or_copy(Path(src), Path(dest))
+def _place_artifact(src: str, dest: str) -> None:
+    place_artifact(Path(src), Path(dest))

@@ -9,7 +9,7 @@ from packager import __version__
 from packager.codecheck import check_generated_files
 from packager.escaping import slug
 from packager.manifest import file_entries, without_host_measurements, write_json
-from packager.stages import BuildContext, link_or_copy
+from packager.stages import BuildContext, place_artifact
 from packager.target import TargetResult
 from packager.templating import render_tree
 
@@ -33,7 +33,7 @@ class RaspberryPiTarget:
         quant = ctx.options.gguf_quant(self.name)
         gguf_file = f"model-{quant}.gguf"
         out_dir.mkdir(parents=True, exist_ok=True)
-        link_or_copy(ctx.gguf(quant), out_dir / gguf_file)
+        place_artifact(ctx.gguf(quant), out_dir / gguf_file)
         verification = ctx.verify_gguf(quant, f"{self.name}/{gguf_file}")
 
         model_name = ctx.options.name or ctx.ckpt.name

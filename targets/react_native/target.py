@@ -19,7 +19,6 @@ from typing import Any, BinaryIO, ClassVar
 
 import gguf
 
-import packager
 from packager import __version__
 from packager.codecheck import check_generated_files
 from packager.contract import Contract
@@ -27,7 +26,7 @@ from packager.errors import InternalError, UnsupportedError
 from packager.escaping import slug
 from packager.manifest import file_entries, without_host_measurements, write_json
 from packager.resources import copy_mobile_files
-from packager.stages import BuildContext, link_or_copy
+from packager.stages import BuildContext, place_artifact
 from packager.target import ScaffoldCheck, TargetResult
 from packager.templating import render_tree
 
@@ -241,7 +240,7 @@ class ReactNativeTarget:
         contract = ctx.contract
         facts = check_llama_rn_support(source, f"{self.name}/{gguf_file}", contract, table)
         out_dir.mkdir(parents=True, exist_ok=True)
-        link_or_copy(source, out_dir / gguf_file)
+        place_artifact(source, out_dir / gguf_file)
         verification = ctx.verify_gguf(quant, f"{self.name}/{gguf_file}")
 
         model_name = ctx.options.name or ctx.ckpt.name
