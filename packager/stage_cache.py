@@ -44,6 +44,8 @@ _TEMPORARY = re.compile(r"^\..+\.(?:tmp|old)-(\d+)-[0-9a-f]+$")
 LEGACY_TMP_AGE_SECONDS = 3600
 # Out of space, or over a disk quota: the user's disk, not a bug.
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# A stage that failed while its disk had less room than this most likely failed for want of it.
+NEARLY_FULL_BYTES = 16 * 2**20
 
 
 def _identity(value: Any) -> Any:
@@ -168,19 +170,26 @@ class StageCache:
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
             theirs = self._publish(tmp, final, kind, key, decode, binds, start)
         except OSError as exc:
+            full = exc.errno in _DISK_FULL or _nearly_full(tmp)
             _remove(tmp)
-            if exc.errno in _DISK_FULL:
-                raise BadInputError(
-                    f"{self.root}: the stage cache ran out of disk space while writing {kind}/{key} ({exc.strerror}). "
-                    "Nothing was left behind. Free space on that disk, or set EDGEPACK_CACHE to a folder on a disk "
-                    "with room."
-                ) from None
+            if full:
+                raise self._disk_full(kind, key, exc.strerror or str(exc)) from None
             raise
-        except BaseException:
-            # Any failure, Ctrl-C included, leaves no temporary behind.
+        except BaseException as exc:
+            # Any failure, Ctrl-C included, leaves no temporary behind. A tool that hides the disk's
+            # errno (llama.cpp's quantizer only returns a code) still fails on a full disk: say so.
+            full = isinstance(exc, Exception) and _nearly_full(tmp)
             _remove(tmp)
+            if full:
+                raise self._disk_full(kind, key, "the disk is full") from exc
             raise
         return theirs or CachedEntry(kind, key, final, files, value, False, time.perf_counter() - start)
+
+    def _disk_full(self, kind: str, key: str, reason: str) -> BadInputError:
+        return BadInputError(
+            f"{self.root}: the stage cache ran out of disk space while writing {kind}/{key} ({reason}). "
+            "Nothing was left behind. Free space on that disk, or set EDGEPACK_CACHE to a folder on a disk with room."
+        )
 
     def _publish(self, tmp: Path, final: Path, kind: str, key: str, decode: Callable[[Any], R], binds: str,
                  start: float) -> CachedEntry[R] | None:
@@ -249,6 +258,16 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _nearly_full(path: Path) -> bool:
+    """Whether the disk holding `path` (or its nearest existing parent) has almost no room left."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free < NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -275,15 +294,26 @@ def collect_stale_temporaries(root: Path) -> list[Path]:
         for item in kind.iterdir():
             match = _TEMPORARY.match(item.name)
             try:
-                stale = (match is not None and not _process_alive(int(match.group(1)))) or (
-                    match is None and item.name.endswith(".tmp")
-                    and now - item.lstat().st_mtime > LEGACY_TMP_AGE_SECONDS)
+                if match is not None:
+                    stale = not _process_alive(int(match.group(1)))
+                else:
+                    stale = _legacy_tmp(item, now)
+                    if not stale and item.is_dir() and not (item / MANIFEST).exists():
+                        # Older versions also wrote "<name>.tmp" inside their entries (gguf/<key>/model-F16.tmp).
+                        for inner in item.iterdir():
+                            if _legacy_tmp(inner, now):
+                                _remove(inner)
+                                removed.append(inner)
             except OSError:  # removed meanwhile by its owner
                 continue
             if stale:
                 _remove(item)
                 removed.append(item)
     return removed
+
+
+def _legacy_tmp(item: Path, now: float) -> bool:
+    return item.name.endswith(".tmp") and now - item.lstat().st_mtime > LEGACY_TMP_AGE_SECONDS
 
 
 def place_artifact(src: Path, dest: Path) -> None:

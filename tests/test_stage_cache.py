@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from cli_helpers import edgepack, leftovers
 
 import packager.stages as stages
 import packager.verify.gguf_check as gguf_check
-from packager.errors import BadInputError, ExitCode
+from packager.errors import BadInputError, ExitCode, InternalError
 from packager.pipeline import BuildRequest, run_build
 from packager.progress import Reporter
 from packager.stage_cache import MANIFEST, StageCache, collect_stale_temporaries, place_artifact
@@ -133,6 +134,22 @@ def test_a_full_disk_is_bad_input_naming_the_cache_and_the_fix(tmp_path: Path) -
     assert list((tmp_path / "kind").iterdir()) == []
 
 
+def test_a_tool_that_hides_enospc_still_fails_as_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import packager.stage_cache as stage_cache
+
+    cache = StageCache(tmp_path, SpyReporter())
+
+    def quantizer(folder: Path) -> None:  # llama.cpp's quantizer only returns a code
+        (folder / "half.bin").write_bytes(b"x")
+        raise InternalError("llama.cpp's quantizer failed (1)")
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(stage_cache.shutil, "disk_usage", lambda path: usage._replace(free=4096))
+    with pytest.raises(BadInputError, match="ran out of disk space"):
+        cache.entry("kind", "k1", "quantize", quantizer)
+    assert list((tmp_path / "kind").iterdir()) == []
+
+
 def test_when_another_build_finishes_the_same_entry_first_theirs_is_kept_and_ours_dropped(tmp_path: Path) -> None:
     cache, calls = StageCache(tmp_path, SpyReporter()), []
     other = StageCache(tmp_path, SpyReporter())
@@ -164,12 +181,19 @@ def test_stale_temporaries_of_a_killed_run_are_collected(tmp_path: Path) -> None
     legacy_old, legacy_new = kind / "old.tmp", kind / "new.tmp"
     legacy_old.write_bytes(b"x")
     legacy_new.write_bytes(b"x")
+
+    legacy_entry = kind / "0123456789abcdef01234567"  # an older version's gguf folder, killed mid-write
+    legacy_entry.mkdir()
+    (legacy_entry / "model-F16.gguf").write_bytes(b"done")
+    (legacy_entry / "model-Q8_0.tmp").write_bytes(b"half")
     two_hours_ago = time.time() - 7200
-    os.utime(legacy_old, (two_hours_ago, two_hours_ago))
+    for old in (legacy_old, legacy_entry / "model-Q8_0.tmp"):
+        os.utime(old, (two_hours_ago, two_hours_ago))
 
     removed = collect_stale_temporaries(tmp_path)
-    assert sorted(p.name for p in removed) == sorted([killed_build.name, killed_eviction.name, "old.tmp"])
-    assert running.exists() and legacy_new.exists()
+    assert sorted(p.name for p in removed) == sorted(
+        [killed_build.name, killed_eviction.name, "old.tmp", "model-Q8_0.tmp"])
+    assert running.exists() and legacy_new.exists() and (legacy_entry / "model-F16.gguf").exists()
 
 
 def test_place_artifact_copies_and_never_links(tmp_path: Path) -> None:
