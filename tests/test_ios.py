@@ -256,7 +256,7 @@ def test_coremltools_still_needs_the_scalar_cast_shim() -> None:
     assert "TYPEERROR" in proc.stdout, (
         "coremltools converts int() of a one-element constant without edgepack's shim now: delete "
         "targets/ios/compat.py's shim and this test.\n" + proc.stdout[-2000:] + proc.stderr[-2000:])
-    shimmed = "from packager.formats import coreml_compat\ncoreml_compat.apply()\n" + _UPSTREAM_PROBE
+    shimmed = "from targets.ios import compat\ncompat.apply()\n" + _UPSTREAM_PROBE
     patched = subprocess.run([sys.executable, "-c", shimmed], capture_output=True, text=True, timeout=300, check=False,
                              cwd=REPO)
     assert "CONVERTS" in patched.stdout, patched.stderr[-2000:]

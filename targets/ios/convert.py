@@ -4,7 +4,7 @@ The route that works with the pinned stack (coremltools 9.0, torch 2.13, numpy 2
 targets.ios.model (KV cache as registered buffers), torch.jit.trace (much faster than
 torch.export here), ct.convert with the buffers as ct.StateType, ct.RangeDim sequence lengths,
 fp16 compute and iOS 18 as the deployment target, then optional weight compression with
-coremltools.optimize. The two incompatibilities of coremltools 9.0 are shimmed in coreml_compat.
+coremltools.optimize. The two incompatibilities of coremltools 9.0 are shimmed in targets.ios.compat.
 
 Before converting, the fp32 decoder's activation ranges are measured on the golden token sequences
 and the exact fp16 rewrites are sized from them (Fp16Plan); the rewritten decoder is then compared
@@ -215,7 +215,7 @@ def convert(decoder: Any, window: int | None, max_context: int) -> Any:
     import numpy as np
     import torch
 
-    from packager.formats import coreml_compat
+    from targets.ios import compat as coreml_compat
     from targets.ios.model import additive_masks
 
     coreml_compat.apply()

@@ -27,22 +27,66 @@ if TYPE_CHECKING:
 COREML_VERIFICATION_SCHEMA = 3
 
 
+@dataclass(frozen=True)
+class CoreMLPackage:
+    """One package of a conversion: its folder name and what compressing it did."""
+
+    package: str
+    summary: str
+    compressed_weights: dict[str, int]
+    size_mb: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CoreMLConversion:
+    """What a conversion child reported: its packages by compression name and what it measured.
+
+    fp16_plan, ranges and proof are documents shipped as they are in edgepack.json (see targets.ios.model).
+    """
+
+    packages: dict[str, CoreMLPackage]
+    fp16_plan: dict[str, Any]
+    ranges: dict[str, Any]
+    proof: dict[str, Any]
+    max_context: int
+    lm_head_chunk: int
+    sliding_window: int | None
+    metadata: dict[str, str]
+    deployment_target: str
+    seconds: float
+    convert_seconds: float
+    peak_rss_mb: float
+    wall_seconds: float
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CoreMLConversion:
+        packages = {name: CoreMLPackage(**p) for name, p in data["packages"].items()}
+        return cls(**{**data, "packages": packages})
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclass
 class CoreMLExport:
     """One conversion in the stage cache: its packages by compression name, and what it measured."""
 
     key: str
     folder: Path
-    result: dict[str, Any]
+    conversion: CoreMLConversion
     from_cache: bool
     # sha256 over each package's files (from the entry's checked manifest), by compression name.
     package_digests: dict[str, str]
 
+    def package_name(self, compression: str) -> str:
+        return self.conversion.packages[compression].package
+
     def package(self, compression: str) -> Path:
-        return self.folder / self.result["packages"][compression]["package"]
+        return self.folder / self.package_name(compression)
 
     def megabytes(self, compression: str) -> float:
-        return float(self.result["packages"][compression]["size_mb"])
+        return self.conversion.packages[compression].size_mb
 
 
 def export_request(ctx: BuildContext, compressions: list[str], max_context: int, fp16_rewrites: bool = True,
@@ -64,17 +108,19 @@ def cached_export(ctx: BuildContext, request: ExportRequest) -> CoreMLExport:
         "" if request.fp16_rewrites else ", fp16 rewrites OFF") + (
         f", lm_head split {request.lm_head_chunk}" if request.lm_head_chunk else "")
 
-    def convert(tmp: Path) -> dict[str, Any]:
+    def convert(tmp: Path) -> CoreMLConversion:
         ctx.reporter.say(f"converting to Core ML with coremltools {COREMLTOOLS_VERSION} in a child process")
-        return run_child("targets.ios.convert", tmp, dataclasses.asdict(dataclasses.replace(request, out_dir=str(tmp))),
-                         f"Core ML conversion of {ctx.ckpt.folder}")
+        request_here = dataclasses.replace(request, out_dir=str(tmp))
+        return CoreMLConversion.from_dict(run_child("targets.ios.convert", tmp, dataclasses.asdict(request_here),
+                                                    f"Core ML conversion of {ctx.ckpt.folder}"))
 
-    def describe(result: dict[str, Any]) -> str:
-        sizes = ", ".join(f"{name} {p['size_mb']:.0f} MB" for name, p in result["packages"].items())
-        return f"{sizes}, peak RSS {result['peak_rss_mb']:.0f} MB"
+    def describe(conversion: CoreMLConversion) -> str:
+        sizes = ", ".join(f"{name} {p.size_mb:.0f} MB" for name, p in conversion.packages.items())
+        return f"{sizes}, peak RSS {conversion.peak_rss_mb:.0f} MB"
 
-    entry = ctx.stage_cache.entry("coreml", key, label, convert, describe=describe)
-    digests = {c: entry.digest(p["package"]) for c, p in entry.value["packages"].items()}
+    entry = ctx.stage_cache.entry("coreml", key, label, convert, encode=CoreMLConversion.as_dict,
+                                  decode=CoreMLConversion.from_dict, describe=describe)
+    digests = {c: entry.digest(p.package) for c, p in entry.value.packages.items()}
     return CoreMLExport(key, entry.folder, entry.value, entry.from_cache, digests)
 
 
@@ -89,14 +135,14 @@ def verified_package(ctx: BuildContext, export: CoreMLExport, compression: str, 
     package = export.package_digests[compression]
     key = options_digest("verify-coreml", COREML_VERIFICATION_SCHEMA, export.key, compression, package,
                          ctx.golden.digest_source(), dataclasses.asdict(gate), max_positions, executed)[:24]
-    label = f"{'execute' if executed else 'simulate'} {export.result['packages'][compression]['package']}"
+    label = f"{'execute' if executed else 'simulate'} {export.package_name(compression)}"
 
     def verify() -> VerificationResult:
         reference = ctx.reference
         ctx.reporter.say(f"simulating {name} in numpy ({reference.positions} golden positions, prefill + decode)")
         return verify_package(export.package(compression), name, compression, gate, reference,
-                              list(ctx.contract.eos_ids), ctx.hf_tokenizer, int(export.result["max_context"]),
-                              export.result["sliding_window"] is not None, max_positions, executed)
+                              list(ctx.contract.eos_ids), ctx.hf_tokenizer, export.conversion.max_context,
+                              export.conversion.sliding_window is not None, max_positions, executed)
 
     def describe(result: VerificationResult) -> str:
         m = result.metrics
