@@ -19,7 +19,7 @@ from packager.fingerprint import cache_root, options_digest
 from packager.formats.gguf_quantize import quantize_gguf
 from packager.formats.gguf_writer import NUMPY_TYPES, write_gguf
 from packager.progress import Reporter
-from packager.stage_cache import CachedEntry, StageCache, place_artifact
+from packager.stage_cache import CachedEntry, StageCache
 from packager.verify.gates import TaskGate, gate_for
 from packager.verify.gguf_check import verify_gguf
 from packager.verify.golden import GoldenSet, load_golden
@@ -72,7 +72,12 @@ class BuildOptions:
         return self.quant or GGUF_DEFAULTS[target]
 
 
-__all__ = ["GGUF_DEFAULTS", "BuildContext", "BuildOptions", "place_artifact"]
+@dataclass(frozen=True)
+class GgufFile:
+    """One GGUF of the checkpoint in the stage cache: its file name and size in bytes."""
+
+    name: str
+    size: int
 
 
 class BuildContext:
@@ -90,7 +95,7 @@ class BuildContext:
         self.stage_cache = StageCache(self.cache, reporter)
         self.golden: GoldenSet = load_golden()
         self._verified: dict[str, VerificationResult] = {}
-        self._ggufs: dict[str, CachedEntry[None]] = {}
+        self._ggufs: dict[str, CachedEntry[GgufFile]] = {}
 
     @cached_property
     def eval_rows(self) -> list[EvalRow]:
@@ -169,13 +174,13 @@ class BuildContext:
         """Return the cached GGUF of this checkpoint in `quant`, building F16 first when needed."""
         return self._gguf_entry(quant).path(f"model-{quant}.gguf")
 
-    def _gguf_entry(self, quant: str) -> CachedEntry[None]:
+    def _gguf_entry(self, quant: str) -> CachedEntry[GgufFile]:
         if quant in self._ggufs:
             self.reporter.stage(f"gguf {quant}", True, 0.0, "shared stage, already built in this build")
             return self._ggufs[quant]
         name = f"model-{quant}.gguf"
 
-        def build(folder: Path) -> None:
+        def build(folder: Path) -> GgufFile:
             if quant in NUMPY_TYPES:
                 self.reporter.say(f"writing GGUF {quant} (streaming {len(self.ckpt.tensors)} tensors)")
                 write_gguf(self.ckpt, folder / name, quant, self.reporter.percent(f"gguf {quant}"))
@@ -183,11 +188,12 @@ class BuildContext:
                 source = self.gguf("F16")
                 self.reporter.say(f"quantizing F16 -> {quant} with llama.cpp's quantizer")
                 quantize_gguf(source, folder / name, quant)
+            return GgufFile(name, (folder / name).stat().st_size)
 
         entry = self.stage_cache.entry(
             "gguf", options_digest("gguf", self.ckpt_digest, quant)[:24], f"gguf {quant}", build,
-            encode=lambda _: {}, decode=lambda _: None,
-            describe=lambda _: f"{self.stage_cache.root / 'gguf'}: {name}")
+            encode=dataclasses.asdict, decode=lambda data: GgufFile(**data),
+            describe=lambda gguf: f"{gguf.name}, {gguf.size / 2**20:.1f} MB")
         self._ggufs[quant] = entry
         return entry
 

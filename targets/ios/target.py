@@ -21,7 +21,8 @@ from packager.errors import BadInputError, UnsupportedError
 from packager.escaping import slug
 from packager.manifest import file_entries, without_host_measurements, write_json
 from packager.resources import copy_mobile_files
-from packager.stages import BuildContext, place_artifact
+from packager.stage_cache import place_artifact
+from packager.stages import BuildContext
 from packager.target import ScaffoldCheck, TargetResult
 from packager.templating import render_tree
 from packager.verify.gates import LOW_BIT, TopOneGate

@@ -9,7 +9,8 @@ from packager import __version__
 from packager.codecheck import check_generated_files
 from packager.escaping import slug
 from packager.manifest import file_entries, without_host_measurements, write_json
-from packager.stages import BuildContext, place_artifact
+from packager.stage_cache import place_artifact
+from packager.stages import BuildContext
 from packager.target import TargetResult
 from packager.templating import render_tree
 

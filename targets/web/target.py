@@ -29,8 +29,8 @@ from packager.escaping import slug
 from packager.fingerprint import options_digest
 from packager.manifest import file_entries, without_host_measurements, write_json
 from packager.resources import copy_mobile_files
-from packager.stage_cache import CachedEntry
-from packager.stages import BuildContext, place_artifact
+from packager.stage_cache import CachedEntry, place_artifact
+from packager.stages import BuildContext
 from packager.target import TargetResult
 from packager.templating import render_tree
 from packager.verify.result import VerificationResult
