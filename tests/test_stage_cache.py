@@ -324,3 +324,23 @@ def test_two_builds_of_one_checkpoint_at_once_both_succeed(tiny_llama: Path, tmp
     a, b = (tmp_path / out / "raspberry-pi" / "model-Q8_0.gguf" for out in ("a", "b"))
     assert _sha256(a) == _sha256(b)
     assert _temporaries(tmp_path / "cache") == []
+
+
+def test_the_bundled_example_is_a_checked_cache_entry(cold_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import packager.examples as examples
+
+    calls: list[int] = []
+
+    def hf_folder(gguf: Path, out: Path) -> Path:
+        calls.append(1)
+        (out / "config.json").write_text("{}")
+        (out / "model.safetensors").write_bytes(b"weights")
+        return out
+
+    monkeypatch.setattr(examples, "_assemble_gguf", lambda dest: dest)
+    monkeypatch.setattr(examples, "gguf_to_hf_folder", hf_folder)
+    folder = examples.bundled_example(Reporter(quiet=True))
+    assert examples.bundled_example(Reporter(quiet=True)) == folder and calls == [1]
+    (folder / "model.safetensors").write_bytes(b"weightz")
+    assert (examples.bundled_example(Reporter(quiet=True)) / "model.safetensors").read_bytes() == b"weights"
+    assert calls == [1, 1] and _temporaries(cold_cache) == []
