@@ -19,12 +19,12 @@ import re
 import time
 from pathlib import Path
 
-from targets.android.export import EXECUTORCH_VERSION, RECIPES
 from packager.pipeline import BuildRequest, open_input
 from packager.progress import Reporter
-from targets.android.stages import cached_pte, screened, verified_pte
 from packager.stages import BuildContext, BuildOptions
 from packager.verify.gguf_check import verify_gguf
+from targets.android.export import EXECUTORCH_VERSION, RECIPES
+from targets.android.stages import cached_pte, screened, verified_pte
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 START, END = "<!-- android:start -->", "<!-- android:end -->"

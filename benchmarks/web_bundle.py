@@ -35,9 +35,9 @@ from packager import __version__
 from packager.contract import render_prompt
 from packager.progress import Reporter
 from packager.stages import BuildOptions
-from targets.web.verify_browser import BrowserTools, Generation, drive_bundle, find_browser_tools
 from packager.verify.golden import load_golden
 from packager.verify.llama_cpp_runner import GGUFRunner, host_threads
+from targets.web.verify_browser import BrowserTools, Generation, drive_bundle, find_browser_tools
 
 REPO = Path(__file__).resolve().parents[1]
 START_MARKER = "<!-- web:start -->"

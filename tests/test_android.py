@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from external_tools import tools_required
 
-from targets.android.kotlin_check import compile_kotlin, find_tools, ktlint_command, tree_sitter_errors
 from packager.contract import Contract, labels_grammar, parse_output, render_prompt
 from packager.escaping import kotlin_string
 from packager.templating import check_no_placeholders, render_tree
+from targets.android.kotlin_check import compile_kotlin, find_tools, ktlint_command, tree_sitter_errors
 
 REPO = Path(__file__).resolve().parent.parent
 BRIDGE = REPO / "mobile" / "android" / "edgepack" / "src" / "main" / "kotlin" / "org" / "edgepack"
@@ -447,10 +447,10 @@ def test_unknown_recipe_is_refused_with_the_known_ones() -> None:
 
 @pytest.mark.real_model
 def test_gemma_270m_builds_for_android_with_the_default_recipe(gemma_270m: Path, tmp_path: Path) -> None:
-    from targets.android.export import AUTO_LADDER
     from packager.pipeline import BuildRequest, run_build
     from packager.progress import Reporter
     from packager.stages import BuildOptions
+    from targets.android.export import AUTO_LADDER
 
     outcome = run_build(BuildRequest(checkpoint=gemma_270m, targets=["android", "raspberry-pi"],
                                      out=tmp_path / "dist", options=BuildOptions(context_length=1024)),

@@ -21,6 +21,9 @@ from packager.architectures import spec_for_config
 from packager.calibration import decoder_linear_key
 from packager.errors import GateFailedError
 from packager.escaping import swift_string
+from packager.pipeline import BuildRequest, run_build
+from packager.stages import BuildOptions
+from packager.templating import check_no_placeholders, render_tree
 from targets.ios.convert import COMPRESSION
 from targets.ios.model import (
     FP16_BUDGET,
@@ -32,10 +35,7 @@ from targets.ios.model import (
     plan_rewrites,
 )
 from targets.ios.quantize import const_key, dequantize, searched_affine
-from packager.pipeline import BuildRequest, run_build
-from packager.stages import BuildOptions
 from targets.ios.swift_check import syntax_errors, unknown_api_names
-from packager.templating import check_no_placeholders, render_tree
 
 REPO = Path(__file__).resolve().parent.parent
 BRIDGE = REPO / "mobile" / "ios"
@@ -164,8 +164,8 @@ def gemma_bundle(tiny_gemma: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def test_gemma_package_has_swift_transformers_names_state_and_ranges(gemma_bundle) -> None:
-    from targets.ios.verify import check_spec
     from targets.ios.mil_interpreter import load_program
+    from targets.ios.verify import check_spec
 
     outcome, bundle = gemma_bundle
     assert outcome.passed
@@ -323,8 +323,8 @@ def test_hostile_name_and_labels_are_escaped_in_swift_yaml_and_markdown(tmp_path
 def test_neural_engine_variant_splits_the_lm_head_and_simulates_to_the_same_logits(tiny_gemma: Path,
                                                                                    tmp_path: Path) -> None:
     from targets.ios.convert import ExportRequest, export_package
-    from targets.ios.verify import SimulatedModel
     from targets.ios.mil_interpreter import load_program
+    from targets.ios.verify import SimulatedModel
 
     ids = [2, *range(10, 40)]
     logits = {}

@@ -10,8 +10,8 @@ import pytest
 from cli_helpers import edgepack
 from external_tools import missing, require_tool
 
-from targets.web.verify_browser import BrowserTools, find_browser_tools
 from targets.web.vendor import PLAYWRIGHT
+from targets.web.verify_browser import BrowserTools, find_browser_tools
 
 PAGE_CHECK = r"""
 const { chromium } = require(process.argv[2]);

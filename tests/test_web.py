@@ -24,7 +24,12 @@ from packager.checkpoint import load_checkpoint
 from packager.contract import Contract, PromptFormat, parse_output, render_prompt
 from packager.errors import ExitCode
 from packager.fingerprint import file_sha256
+from packager.pipeline import BuildRequest, run_build
+from packager.progress import Reporter
+from packager.stages import BuildContext, BuildOptions
+from packager.verify.llama_cpp_runner import GGUFRunner
 from targets.web.gguf_split import part_names, split_gguf
+from targets.web.mlc.check import check_mlc_folder
 from targets.web.mlc.libraries import LIBS_ENV, match_library
 from targets.web.mlc.writer import (
     MLC_QUANTIZATIONS,
@@ -37,13 +42,8 @@ from targets.web.mlc.writer import (
     plan_params,
     quantize_group,
 )
-from packager.pipeline import BuildRequest, run_build
-from packager.progress import Reporter
-from packager.stages import BuildContext, BuildOptions
-from targets.web.verify_browser import BrowserTools, compare_greedy, drive_bundle, find_browser_tools
-from packager.verify.llama_cpp_runner import GGUFRunner
-from targets.web.mlc.check import check_mlc_folder
 from targets.web.vendor import BUNDLE_FILES, WLLAMA, vendor_or_none
+from targets.web.verify_browser import BrowserTools, compare_greedy, drive_bundle, find_browser_tools
 
 REPO = Path(__file__).resolve().parent.parent
 Q4 = MLC_QUANTIZATIONS["q4f16_1"]
