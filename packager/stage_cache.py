@@ -138,7 +138,9 @@ class StageCache:
     def _open(self, kind: str, key: str, final: Path, decode: Callable[[Any], R], binds: str,
               start: float) -> CachedEntry[R] | None:
         """The entry at `final` when every check passes; otherwise None, after evicting what was there."""
-        if not final.exists():
+        try:
+            identity = final.stat().st_ino
+        except FileNotFoundError:
             return None
         problem = _damage(final, binds)
         if problem is None:
@@ -150,6 +152,11 @@ class StageCache:
                 problem = f"its result no longer reads as this stage's ({exc})"
             else:
                 return CachedEntry(kind, key, final, files, value, True, time.perf_counter() - start)
+        try:
+            if final.stat().st_ino != identity:  # another build replaced it meanwhile: judge that one instead
+                return self._open(kind, key, final, decode, binds, start)
+        except FileNotFoundError:  # another build evicted it meanwhile
+            return None
         self.reporter.say(f"cache entry {kind}/{key}: {problem}; rebuilding")
         _remove(final)
         return None
