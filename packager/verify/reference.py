@@ -6,8 +6,7 @@ so a difference is the artifact's, never the tokenizer's or the prompt's.
 
 from __future__ import annotations
 
-import json
-import shutil
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,8 @@ import torch
 
 from packager.checkpoint import Checkpoint
 from packager.fingerprint import cache_root, options_digest
+from packager.progress import Reporter
+from packager.stage_cache import StageCache
 from packager.verify.golden import GoldenSet
 
 GREEDY_TOKENS = 24
@@ -67,43 +68,47 @@ def reference_key(ckpt_digest: str, golden: GoldenSet) -> str:
     return options_digest("reference-logits", ckpt_digest, golden.digest_source(), GREEDY_TOKENS)
 
 
+@dataclass(frozen=True)
+class ReferenceRun:
+    """What the reference stage records beside its logits files: the token ids they belong to."""
+
+    sequences: list[list[int]]
+    greedy_prompt_ids: list[int]
+    greedy_ids: list[int]
+
+
 def compute_reference(
-    ckpt: Checkpoint, golden: GoldenSet, ckpt_digest: str, eos_ids: list[int], cache: Path | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    ckpt: Checkpoint, golden: GoldenSet, ckpt_digest: str, eos_ids: list[int],
+    cache: StageCache | Path | None = None, progress: Callable[[int, int], None] | None = None,
 ) -> ReferenceLogits:
     """Return the cached reference for this checkpoint, computing it (one forward per text) if needed."""
-    folder = (cache or cache_root()) / "reference" / reference_key(ckpt_digest, golden)[:24]
-    meta_path = folder / "meta.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        return ReferenceLogits(
-            folder, meta["sequences"], meta["greedy_prompt_ids"], meta["greedy_ids"], eos_ids, from_cache=True
-        )
+    if not isinstance(cache, StageCache):
+        cache = StageCache(cache or cache_root(), Reporter(quiet=True))
 
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    tokenizer = load_hf_tokenizer(ckpt)
-    model = load_hf_model(ckpt)
-    sequences: list[list[int]] = []
-    with torch.inference_mode():
-        for i, text in enumerate(golden.sequences):
-            ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-            logits = model(torch.tensor([ids])).logits[0].float().numpy()
-            np.save(tmp / f"logits-{i}.npy", logits)
-            sequences.append(ids)
+    def run(folder: Path) -> ReferenceRun:
+        tokenizer = load_hf_tokenizer(ckpt)
+        model = load_hf_model(ckpt)
+        sequences: list[list[int]] = []
+        with torch.inference_mode():
+            for i, text in enumerate(golden.sequences):
+                ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+                logits = model(torch.tensor([ids])).logits[0].float().numpy()
+                np.save(folder / f"logits-{i}.npy", logits)
+                sequences.append(ids)
+                if progress:
+                    progress(i + 1, len(golden.sequences) + 1)
+            prompt_ids = tokenizer(golden.greedy_prompt, add_special_tokens=True)["input_ids"]
+            greedy_ids = greedy_hf(model, prompt_ids, GREEDY_TOKENS, eos_ids)
             if progress:
-                progress(i + 1, len(golden.sequences) + 1)
-        prompt_ids = tokenizer(golden.greedy_prompt, add_special_tokens=True)["input_ids"]
-        greedy_ids = greedy_hf(model, prompt_ids, GREEDY_TOKENS, eos_ids)
-        if progress:
-            progress(len(golden.sequences) + 1, len(golden.sequences) + 1)
-    meta = {"sequences": sequences, "greedy_prompt_ids": prompt_ids, "greedy_ids": greedy_ids}
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    del model
-    return ReferenceLogits(folder, sequences, prompt_ids, greedy_ids, eos_ids)
+                progress(len(golden.sequences) + 1, len(golden.sequences) + 1)
+        return ReferenceRun(sequences, prompt_ids, greedy_ids)
+
+    entry = cache.entry("reference", reference_key(ckpt_digest, golden)[:24], "reference logits (fp32, transformers)",
+                        run, encode=dataclasses.asdict, decode=lambda data: ReferenceRun(**data),
+                        describe=lambda r: f"{sum(len(s) for s in r.sequences)} positions")
+    meta = entry.value
+    return ReferenceLogits(entry.folder, meta.sequences, meta.greedy_prompt_ids, meta.greedy_ids, eos_ids,
+                           from_cache=entry.from_cache)
 
 
 def greedy_hf(model: torch.nn.Module, prompt_ids: list[int], n: int, eos_ids: list[int]) -> list[int]:

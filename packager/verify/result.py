@@ -40,6 +40,14 @@ class VerificationResult:
     def passed(self) -> bool:
         return not self.failures
 
+    def reapply(self, reasons: list[str]) -> None:
+        """Add a gate's reasons (from `Gate.check` on this result's own numbers) that the record lacks.
+
+        A result read back from the cache keeps the failures it was stored with, but its verdict is
+        never taken on trust: applying the gate again means no edit to the record can turn a fail into a pass.
+        """
+        self.failures += [r for r in reasons if r not in self.failures]
+
     def summary_row(self, artifact: str) -> dict[str, Any]:
         """The reproducible numbers a bundle's README shows (no host speeds: those live in report.md)."""
         m = self.metrics

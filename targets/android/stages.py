@@ -2,21 +2,19 @@
 
 An export is keyed by the checkpoint's content digest, the recipe, the delegate and the runner
 metadata (context, eos/BOS ids), so a rebuild or a second target reuses it. It runs in a child
-process (targets.android.export) and is written to a temporary folder that is renamed
-into place only when complete.
+process (targets.android.export) and is kept as a stage-cache entry (packager.stage_cache):
+written whole or not at all, and checked against its recorded hashes on reuse.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from packager.child_stage import run_child, staging
-from packager.fingerprint import file_sha256, options_digest, save_record
+from packager.child_stage import run_child
+from packager.fingerprint import file_sha256, options_digest
 from packager.verify.metrics import FidelityMetrics
 from packager.verify.result import VerificationResult
 from targets.android.export import EXECUTORCH_VERSION, EXPORT_SCHEMA, Recipe, RunnerMetadata
@@ -25,7 +23,7 @@ if TYPE_CHECKING:
     from packager.stages import BuildContext
 
 # Bump when a .pte verification record's content or computation changes.
-PTE_VERIFICATION_SCHEMA = 1
+PTE_VERIFICATION_SCHEMA = 2
 
 
 @dataclass
@@ -39,6 +37,8 @@ class PteArtifact:
     ptd: Path
     export: dict[str, Any]
     from_cache: bool
+    # sha256 over the .pte and .ptd (from the entry's checked manifest): what a verification record is about.
+    sha256: str
 
     @property
     def megabytes(self) -> float:
@@ -57,32 +57,34 @@ def cached_pte(ctx: BuildContext, recipe: Recipe, delegate: str, max_context: in
     metadata = runner_metadata(ctx, max_context)
     key = options_digest("pte", EXPORT_SCHEMA, EXECUTORCH_VERSION, ctx.ckpt_digest, recipe.as_dict(), delegate,
                          dataclasses.asdict(metadata))[:24]
-    folder = ctx.cache / "pte" / key
     label = f"export .pte {recipe.name}" + ("" if delegate == "xnnpack" else f" ({delegate})")
-    record = folder / "export.json"
-    if record.is_file():
-        export = json.loads(record.read_text(encoding="utf-8"))
-        ctx.reporter.stage(label, True, 0.0, f"{export['pte']} + {export['ptd']}")
-        return PteArtifact(recipe, delegate, key, folder / export["pte"], folder / export["ptd"], export, True)
 
-    tmp = staging(folder)
-    request = {"checkpoint": str(ctx.ckpt.folder), "out_dir": str(tmp), "recipe": recipe.name, "delegate": delegate,
-               "metadata": dataclasses.asdict(metadata)}
-    ctx.reporter.say(f"exporting {recipe.name} ({delegate}) with ExecuTorch {EXECUTORCH_VERSION} in a child process")
-    start = time.perf_counter()
-    export = run_child("targets.android.export", tmp, request,
-                       f"ExecuTorch export of {ctx.ckpt.folder} with recipe {recipe.name} ({delegate})", folder)
-    artifact = PteArtifact(recipe, delegate, key, folder / export["pte"], folder / export["ptd"], export, False)
-    ctx.reporter.stage(label, False, time.perf_counter() - start,
-                       f"{artifact.megabytes:.0f} MB, peak RSS {export['peak_rss_mb']:.0f} MB")
-    return artifact
+    def export(tmp: Path) -> dict[str, Any]:
+        request = {"checkpoint": str(ctx.ckpt.folder), "out_dir": str(tmp), "recipe": recipe.name,
+                   "delegate": delegate, "metadata": dataclasses.asdict(metadata)}
+        ctx.reporter.say(f"exporting {recipe.name} ({delegate}) with ExecuTorch {EXECUTORCH_VERSION} "
+                         "in a child process")
+        return run_child("targets.android.export", tmp, request,
+                         f"ExecuTorch export of {ctx.ckpt.folder} with recipe {recipe.name} ({delegate})")
+
+    entry = ctx.stage_cache.entry(
+        "pte", key, label, export,
+        describe=lambda e: f"{e['pte']} + {e['ptd']}, peak RSS {e['peak_rss_mb']:.0f} MB")
+    result = entry.value
+    program = options_digest("pte-files", entry.sha256(result["pte"]), entry.sha256(result["ptd"]))
+    return PteArtifact(recipe, delegate, key, entry.path(result["pte"]), entry.path(result["ptd"]), result,
+                       entry.from_cache, program)
 
 
-def _record(ctx: BuildContext, kind: str, artifact: PteArtifact, tokenizer_json: Path) -> Path:
+def _record_key(ctx: BuildContext, kind: str, artifact: PteArtifact, tokenizer_json: Path) -> str:
     task_key = ctx._task_key() if ctx.eval_rows else ""  # the eval set and contract the answers depend on
-    digest = options_digest(kind, PTE_VERIFICATION_SCHEMA, artifact.key, file_sha256(tokenizer_json),
-                            ctx.golden.digest_source(), task_key)[:24]
-    return ctx.cache / "verify" / f"{digest}.json"
+    return options_digest(kind, PTE_VERIFICATION_SCHEMA, artifact.key, artifact.sha256, file_sha256(tokenizer_json),
+                          ctx.golden.digest_source(), task_key)[:24]
+
+
+def _fidelity(result: VerificationResult) -> str:
+    m = result.metrics
+    return f"top-1 {m.top1:.3f}, KL {m.kl:.4f}, {'pass' if result.passed else 'FAIL'}" if m else ""
 
 
 def verified_pte(ctx: BuildContext, artifact: PteArtifact, tokenizer_json: Path, name: str) -> VerificationResult:
@@ -90,33 +92,37 @@ def verified_pte(ctx: BuildContext, artifact: PteArtifact, tokenizer_json: Path,
     from packager.verify.task_eval import score
     from targets.android import verify as pte_check
 
-    record = _record(ctx, "verify-pte", artifact, tokenizer_json)
-    label = f"verify .pte {artifact.recipe.name}"
-    if record.is_file():
-        ctx.reporter.stage(label, True, 0.0)
-        return dataclasses.replace(VerificationResult.from_dict(json.loads(record.read_text())), artifact=name)
-    reference = ctx.reference
-    start = time.perf_counter()
-    ctx.reporter.say(f"running {artifact.pte.name} in ExecuTorch ({reference.positions} golden positions)")
-    result = pte_check.verify_pte(artifact.pte, artifact.ptd, tokenizer_json, name, artifact.recipe.name,
-                                  artifact.recipe.gate, reference, ctx.golden, ctx.contract, ctx.hf_tokenizer)
-    if ctx.eval_rows:
-        contract = ctx.contract
-        baseline = ctx.baseline_answers
-        ctx.reporter.say(f"answering {len(ctx.eval_rows)} eval rows with {artifact.pte.name} in TextLLMRunner")
-        tokenizer = pte_check.RunnerTokenizer(tokenizer_json)
-        session = pte_check.RunnerSession(
-            artifact.pte, artifact.ptd, tokenizer_json, 1 if contract.add_bos and contract.bos_id is not None else 0,
-            int(artifact.export["metadata"]["get_max_context_len"]), pte_check.eos_pieces(tokenizer, contract.eos_ids))
-        metrics, _ = score(contract, ctx.eval_rows, pte_check.pte_generator(session, contract), baseline, False)
-        ctx.attach_task(result, metrics)
-        if contract.constrained:
-            result.notes.append("ExecuTorch's runner has no grammar: labels are decoded unconstrained on Android")
-    save_record(record, result.as_dict())
-    m = result.metrics
-    ctx.reporter.stage(label, False, time.perf_counter() - start,
-                       f"top-1 {m.top1:.3f}, KL {m.kl:.4f}, {'pass' if result.passed else 'FAIL'}" if m else "")
-    return result
+    def verify() -> VerificationResult:
+        reference = ctx.reference
+        ctx.reporter.say(f"running {artifact.pte.name} in ExecuTorch ({reference.positions} golden positions)")
+        result = pte_check.verify_pte(artifact.pte, artifact.ptd, tokenizer_json, name, artifact.recipe.name,
+                                      artifact.recipe.gate, reference, ctx.golden, ctx.contract, ctx.hf_tokenizer)
+        if ctx.eval_rows:
+            contract = ctx.contract
+            baseline = ctx.baseline_answers
+            ctx.reporter.say(f"answering {len(ctx.eval_rows)} eval rows with {artifact.pte.name} in TextLLMRunner")
+            tokenizer = pte_check.RunnerTokenizer(tokenizer_json)
+            session = pte_check.RunnerSession(
+                artifact.pte, artifact.ptd, tokenizer_json,
+                1 if contract.add_bos and contract.bos_id is not None else 0,
+                int(artifact.export["metadata"]["get_max_context_len"]),
+                pte_check.eos_pieces(tokenizer, contract.eos_ids))
+            metrics, _ = score(contract, ctx.eval_rows, pte_check.pte_generator(session, contract), baseline, False)
+            ctx.attach_task(result, metrics)
+            if contract.constrained:
+                result.notes.append("ExecuTorch's runner has no grammar: labels are decoded unconstrained on Android")
+        return result
+
+    result = ctx.stage_cache.record(
+        "verify", _record_key(ctx, "verify-pte", artifact, tokenizer_json), f"verify .pte {artifact.recipe.name}",
+        verify, encode=VerificationResult.as_dict, decode=VerificationResult.from_dict, binds=artifact.sha256,
+        describe=_fidelity)
+    # The verdict of a stored record is not taken on trust: the gates are applied again to its numbers.
+    if result.metrics is not None:
+        result.reapply(artifact.recipe.gate.check(result.metrics))
+    if result.task is not None:
+        result.reapply(ctx.options.task_gate.check(result.task))
+    return dataclasses.replace(result, artifact=name)
 
 
 def structural_pte(ctx: BuildContext, artifact: PteArtifact, tokenizer_json: Path, name: str, backend_id: str,
@@ -124,13 +130,13 @@ def structural_pte(ctx: BuildContext, artifact: PteArtifact, tokenizer_json: Pat
     """Check a delegate .pte this host cannot run (cached like the executed records)."""
     from targets.android import verify as pte_check
 
-    record = _record(ctx, "structural-pte", artifact, tokenizer_json)
-    if record.is_file():
-        return dataclasses.replace(VerificationResult.from_dict(json.loads(record.read_text())), artifact=name)
-    result = pte_check.verify_structural(artifact.pte, artifact.ptd, name, artifact.recipe.name, backend_id,
-                                         reference_metadata)
-    save_record(record, result.as_dict())
-    return result
+    result = ctx.stage_cache.record(
+        "verify", _record_key(ctx, "structural-pte", artifact, tokenizer_json),
+        f"check .pte {artifact.recipe.name} ({artifact.delegate}, structural)",
+        lambda: pte_check.verify_structural(artifact.pte, artifact.ptd, name, artifact.recipe.name, backend_id,
+                                            reference_metadata),
+        encode=VerificationResult.as_dict, decode=VerificationResult.from_dict, binds=artifact.sha256)
+    return dataclasses.replace(result, artifact=name)
 
 
 def screened(ctx: BuildContext, recipe: Recipe) -> FidelityMetrics:
@@ -139,14 +145,8 @@ def screened(ctx: BuildContext, recipe: Recipe) -> FidelityMetrics:
 
     digest = options_digest("screen-pte", PTE_VERIFICATION_SCHEMA, ctx.ckpt_digest, recipe.as_dict(),
                             ctx.golden.digest_source())[:24]
-    record = ctx.cache / "verify" / f"{digest}.json"
-    label = f"screen {recipe.name} (eager)"
-    if record.is_file():
-        ctx.reporter.stage(label, True, 0.0)
-        return FidelityMetrics(**json.loads(record.read_text()))
-    start = time.perf_counter()
-    metrics = predict_fidelity(ctx.ckpt.folder, ctx.ckpt.spec, recipe, ctx.reference)
-    save_record(record, metrics.as_dict())
-    ctx.reporter.stage(label, False, time.perf_counter() - start,
-                       f"top-1 (decisive) {metrics.top1_decisive or 0:.3f}, KL {metrics.kl:.4f}")
-    return metrics
+    return ctx.stage_cache.record(
+        "screen", digest, f"screen {recipe.name} (eager)",
+        lambda: predict_fidelity(ctx.ckpt.folder, ctx.ckpt.spec, recipe, ctx.reference),
+        encode=FidelityMetrics.as_dict, decode=lambda data: FidelityMetrics(**data),
+        describe=lambda m: f"top-1 (decisive) {m.top1_decisive or 0:.3f}, KL {m.kl:.4f}")

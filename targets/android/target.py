@@ -21,7 +21,8 @@ from packager.devices import DeviceProfile
 from packager.errors import BadInputError
 from packager.escaping import slug
 from packager.resources import copy_mobile_files
-from packager.stages import BuildContext, link_or_copy
+from packager.stage_cache import place_artifact
+from packager.stages import BuildContext
 from packager.target import ScaffoldCheck, TargetOption, TargetResult
 from packager.target_bundle import finish_bundle
 from packager.templating import render_tree
@@ -109,7 +110,7 @@ class AndroidTarget:
             verifications.append(result)
             backends.append(self._place(extra, out_dir, result, experimental=True))
         backends.append(self._place(artifact, out_dir, verification, experimental=False))
-        link_or_copy(tokenizer_json, out_dir / "tokenizer.json")
+        place_artifact(tokenizer_json, out_dir / "tokenizer.json")
 
         contract = ctx.contract
         runner_tokenizer = RunnerTokenizer(tokenizer_json)
@@ -186,8 +187,8 @@ class AndroidTarget:
 
     def _place(self, artifact: PteArtifact, out_dir: Path, verification: VerificationResult,
                experimental: bool) -> dict[str, Any]:
-        link_or_copy(artifact.pte, out_dir / artifact.pte.name)
-        link_or_copy(artifact.ptd, out_dir / artifact.ptd.name)
+        place_artifact(artifact.pte, out_dir / artifact.pte.name)
+        place_artifact(artifact.ptd, out_dir / artifact.ptd.name)
         return {"backend": artifact.delegate, "pte": artifact.pte.name, "ptd": artifact.ptd.name,
                 "experimental": experimental, "verification": verification.level,
                 "size_mb": round(artifact.megabytes, 1)}

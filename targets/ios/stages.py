@@ -2,21 +2,20 @@
 
 One conversion (a child process, targets.ios.convert) writes the fp16 package and the
 requested compressed one from the same traced program. It is keyed by the checkpoint's digest, the
-options and the golden text (the fp16 rewrites are sized on it), and written to a temporary folder
-renamed into place only when complete.
+options and the golden text (the fp16 rewrites are sized on it), and kept as a stage-cache entry
+(packager.stage_cache): written whole or not at all, and checked against its recorded hashes on reuse.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from packager.child_stage import run_child, staging
-from packager.fingerprint import options_digest, save_record
+from packager.child_stage import run_child
+from packager.fingerprint import options_digest
 from packager.verify.metrics import FidelityMetrics
 from packager.verify.result import VerificationResult
 from targets.ios.convert import COREMLTOOLS_VERSION, EXPORT_SCHEMA, ExportRequest
@@ -25,7 +24,48 @@ if TYPE_CHECKING:
     from packager.stages import BuildContext
 
 # Bump when a simulated verification record's content or computation changes.
-COREML_VERIFICATION_SCHEMA = 2
+COREML_VERIFICATION_SCHEMA = 3
+
+
+@dataclass(frozen=True)
+class CoreMLPackage:
+    """One package of a conversion: its folder name and what compressing it did."""
+
+    package: str
+    summary: str
+    compressed_weights: dict[str, int]
+    size_mb: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CoreMLConversion:
+    """What a conversion child reported: its packages by compression name and what it measured.
+
+    fp16_plan, ranges and proof are documents shipped as they are in edgepack.json (see targets.ios.model).
+    """
+
+    packages: dict[str, CoreMLPackage]
+    fp16_plan: dict[str, Any]
+    ranges: dict[str, Any]
+    proof: dict[str, Any]
+    max_context: int
+    lm_head_chunk: int
+    sliding_window: int | None
+    metadata: dict[str, str]
+    deployment_target: str
+    seconds: float
+    convert_seconds: float
+    peak_rss_mb: float
+    wall_seconds: float
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CoreMLConversion:
+        packages = {name: CoreMLPackage(**p) for name, p in data["packages"].items()}
+        return cls(**{**data, "packages": packages})
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -34,14 +74,19 @@ class CoreMLExport:
 
     key: str
     folder: Path
-    result: dict[str, Any]
+    conversion: CoreMLConversion
     from_cache: bool
+    # sha256 over each package's files (from the entry's checked manifest), by compression name.
+    package_digests: dict[str, str]
+
+    def package_name(self, compression: str) -> str:
+        return self.conversion.packages[compression].package
 
     def package(self, compression: str) -> Path:
-        return self.folder / self.result["packages"][compression]["package"]
+        return self.folder / self.package_name(compression)
 
     def megabytes(self, compression: str) -> float:
-        return float(self.result["packages"][compression]["size_mb"])
+        return self.conversion.packages[compression].size_mb
 
 
 def export_request(ctx: BuildContext, compressions: list[str], max_context: int, fp16_rewrites: bool = True,
@@ -59,26 +104,24 @@ def cached_export(ctx: BuildContext, request: ExportRequest) -> CoreMLExport:
     """Return the converted packages for this request, converting in a child process when not cached."""
     fields = {k: v for k, v in dataclasses.asdict(request).items() if k not in ("checkpoint", "out_dir")}
     key = options_digest("coreml", EXPORT_SCHEMA, COREMLTOOLS_VERSION, ctx.ckpt_digest, fields)[:24]
-    folder = ctx.cache / "coreml" / key
     label = f"convert Core ML ({', '.join(request.compressions)})" + (
         "" if request.fp16_rewrites else ", fp16 rewrites OFF") + (
         f", lm_head split {request.lm_head_chunk}" if request.lm_head_chunk else "")
-    record = folder / "export.json"
-    if record.is_file():
-        result = json.loads(record.read_text(encoding="utf-8"))
-        ctx.reporter.stage(label, True, 0.0, ", ".join(p["package"] for p in result["packages"].values()))
-        return CoreMLExport(key, folder, result, True)
 
-    tmp = staging(folder)
-    request = dataclasses.replace(request, out_dir=str(tmp))
-    ctx.reporter.say(f"converting to Core ML with coremltools {COREMLTOOLS_VERSION} in a child process")
-    start = time.perf_counter()
-    result = run_child("targets.ios.convert", tmp, dataclasses.asdict(request),
-                       f"Core ML conversion of {ctx.ckpt.folder}", folder)
-    sizes = ", ".join(f"{name} {p['size_mb']:.0f} MB" for name, p in result["packages"].items())
-    ctx.reporter.stage(label, False, time.perf_counter() - start,
-                       f"{sizes}, peak RSS {result['peak_rss_mb']:.0f} MB")
-    return CoreMLExport(key, folder, result, False)
+    def convert(tmp: Path) -> CoreMLConversion:
+        ctx.reporter.say(f"converting to Core ML with coremltools {COREMLTOOLS_VERSION} in a child process")
+        request_here = dataclasses.replace(request, out_dir=str(tmp))
+        return CoreMLConversion.from_dict(run_child("targets.ios.convert", tmp, dataclasses.asdict(request_here),
+                                                    f"Core ML conversion of {ctx.ckpt.folder}"))
+
+    def describe(conversion: CoreMLConversion) -> str:
+        sizes = ", ".join(f"{name} {p.size_mb:.0f} MB" for name, p in conversion.packages.items())
+        return f"{sizes}, peak RSS {conversion.peak_rss_mb:.0f} MB"
+
+    entry = ctx.stage_cache.entry("coreml", key, label, convert, encode=CoreMLConversion.as_dict,
+                                  decode=CoreMLConversion.from_dict, describe=describe)
+    digests = {c: entry.digest(p.package) for c, p in entry.value.packages.items()}
+    return CoreMLExport(key, entry.folder, entry.value, entry.from_cache, digests)
 
 
 def verified_package(ctx: BuildContext, export: CoreMLExport, compression: str, name: str, gate: Any,
@@ -89,24 +132,27 @@ def verified_package(ctx: BuildContext, export: CoreMLExport, compression: str, 
     """
     from targets.ios.verify import verify_package
 
-    digest = options_digest("verify-coreml", COREML_VERIFICATION_SCHEMA, export.key, compression,
-                            ctx.golden.digest_source(), dataclasses.asdict(gate), max_positions, executed)[:24]
-    record = ctx.cache / "verify" / f"{digest}.json"
-    label = f"{'execute' if executed else 'simulate'} {export.result['packages'][compression]['package']}"
-    if record.is_file():
-        ctx.reporter.stage(label, True, 0.0)
-        return dataclasses.replace(VerificationResult.from_dict(json.loads(record.read_text())), artifact=name)
-    reference = ctx.reference
-    start = time.perf_counter()
-    ctx.reporter.say(f"simulating {name} in numpy ({reference.positions} golden positions, prefill + decode)")
-    result = verify_package(export.package(compression), name, compression, gate, reference, list(ctx.contract.eos_ids),
-                            ctx.hf_tokenizer, int(export.result["max_context"]),
-                            export.result["sliding_window"] is not None, max_positions, executed)
-    save_record(record, result.as_dict())
-    m = result.metrics
-    ctx.reporter.stage(label, False, time.perf_counter() - start,
-                       f"top-1 {m.top1:.3f}, cosine {m.cosine:.4f}, {'pass' if result.passed else 'FAIL'}" if m else "")
-    return result
+    package = export.package_digests[compression]
+    key = options_digest("verify-coreml", COREML_VERIFICATION_SCHEMA, export.key, compression, package,
+                         ctx.golden.digest_source(), dataclasses.asdict(gate), max_positions, executed)[:24]
+    label = f"{'execute' if executed else 'simulate'} {export.package_name(compression)}"
+
+    def verify() -> VerificationResult:
+        reference = ctx.reference
+        ctx.reporter.say(f"simulating {name} in numpy ({reference.positions} golden positions, prefill + decode)")
+        return verify_package(export.package(compression), name, compression, gate, reference,
+                              list(ctx.contract.eos_ids), ctx.hf_tokenizer, export.conversion.max_context,
+                              export.conversion.sliding_window is not None, max_positions, executed)
+
+    def describe(result: VerificationResult) -> str:
+        m = result.metrics
+        return f"top-1 {m.top1:.3f}, cosine {m.cosine:.4f}, {'pass' if result.passed else 'FAIL'}" if m else ""
+
+    result = ctx.stage_cache.record("verify", key, label, verify, encode=VerificationResult.as_dict,
+                                    decode=VerificationResult.from_dict, binds=package, describe=describe)
+    if result.metrics is not None:  # the verdict of a stored record is not taken on trust
+        result.reapply(gate.check(result.metrics))
+    return dataclasses.replace(result, artifact=name)
 
 
 def screened(ctx: BuildContext, compression: str) -> FidelityMetrics:
@@ -116,15 +162,13 @@ def screened(ctx: BuildContext, compression: str) -> FidelityMetrics:
 
     digest = options_digest("screen-coreml", COREML_VERIFICATION_SCHEMA, EXPORT_SCHEMA, ctx.ckpt_digest,
                             dataclasses.asdict(compression_named(compression)), ctx.golden.digest_source())[:24]
-    record = ctx.cache / "verify" / f"{digest}.json"
     label = f"screen Core ML {compression} (eager)"
-    if record.is_file():
-        ctx.reporter.stage(label, True, 0.0)
-        return FidelityMetrics(**json.loads(record.read_text()))
-    start = time.perf_counter()
-    ctx.reporter.say(f"screening Core ML {compression}: transformers with its quantized weights on "
-                     f"{ctx.reference.positions} golden positions")
-    metrics = predict_fidelity(ctx.ckpt.folder, compression_named(compression), ctx.reference)
-    save_record(record, metrics.as_dict())
-    ctx.reporter.stage(label, False, time.perf_counter() - start, f"top-1 {metrics.top1:.3f}, KL {metrics.kl:.4f}")
-    return metrics
+
+    def screen() -> FidelityMetrics:
+        ctx.reporter.say(f"screening Core ML {compression}: transformers with its quantized weights on "
+                         f"{ctx.reference.positions} golden positions")
+        return predict_fidelity(ctx.ckpt.folder, compression_named(compression), ctx.reference)
+
+    return ctx.stage_cache.record("screen", digest, label, screen, encode=FidelityMetrics.as_dict,
+                                  decode=lambda data: FidelityMetrics(**data),
+                                  describe=lambda m: f"top-1 {m.top1:.3f}, KL {m.kl:.4f}")

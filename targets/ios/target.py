@@ -22,7 +22,8 @@ from packager.devices import DeviceProfile
 from packager.errors import BadInputError
 from packager.escaping import slug
 from packager.resources import copy_mobile_files
-from packager.stages import BuildContext, link_or_copy
+from packager.stage_cache import place_artifact
+from packager.stages import BuildContext
 from packager.target import HostCheckJob, ScaffoldCheck, TargetOption, TargetResult
 from packager.target_bundle import finish_bundle
 from packager.templating import render_tree
@@ -131,10 +132,10 @@ class IosTarget:
             notes.append(baseline)
             ladder = INT4_LADDER if compression == "int4" else (compression,)
             export, compression, compressed = self._first_passing(ctx, ladder, ship_gate, max_context, rewrites, notes)
-        fp16 = verified_package(ctx, export, "none", f"{self.name}/{export.result['packages']['none']['package']} "
+        fp16 = verified_package(ctx, export, "none", f"{self.name}/{export.package_name('none')} "
                                 "(fp16 conversion)", FP16_GATE)
         if compression == "none":
-            fp16.artifact = f"{self.name}/{export.result['packages']['none']['package']}"
+            fp16.artifact = f"{self.name}/{export.package_name('none')}"
         verifications = [fp16] + ([compressed] if compressed else [])
         notes = self._fp16_notes(export) + notes
         shipped = [self._ship(export, compression, out_dir)]
@@ -142,16 +143,16 @@ class IosTarget:
         if options.get("ane_head") and vocab > ANE_MAX_DIM:
             ane = cached_export(ctx, export_request(ctx, [compression], max_context, fp16_rewrites=rewrites,
                                                     lm_head_chunk=ANE_MAX_DIM))
-            package = ane.result["packages"][compression]["package"]
+            package = ane.package_name(compression)
             verifications.append(verified_package(ctx, ane, compression, f"{self.name}/{package}", ship_gate))
             shipped.append(self._ship(ane, compression, out_dir, ane=True))
         if coreml_runtime_available():  # macOS: the shipped package also runs in Core ML itself
-            package = export.result["packages"][compression]["package"]
+            package = export.package_name(compression)
             verifications.append(verified_package(ctx, export, compression, f"{self.name}/{package} (Core ML)",
                                                   ship_gate, executed=True))
         notes.append(self._ane_note(vocab, options.get("ane_head")))
         for name in TOKENIZER_FILES:
-            link_or_copy(ctx.ckpt.folder / name, out_dir / name)
+            place_artifact(ctx.ckpt.folder / name, out_dir / name)
 
         model_name = ctx.options.name or ctx.ckpt.name
         first_row = ctx.eval_rows[0] if ctx.eval_rows else None
@@ -166,8 +167,8 @@ class IosTarget:
 
         sections = {
             "model": {"name": model_name, "packages": shipped, "max_context": max_context,
-                      "sliding_window": export.result["sliding_window"], "deployment_target": DEPLOYMENT_TARGET,
-                      "fp16_rewrites": export.result["fp16_plan"], "exactness_proof": export.result["proof"]},
+                      "sliding_window": export.conversion.sliding_window, "deployment_target": DEPLOYMENT_TARGET,
+                      "fp16_rewrites": export.conversion.fp16_plan, "exactness_proof": export.conversion.proof},
             "runner": {"add_bos": ctx.contract.add_bos and ctx.contract.bos_id is not None,
                        "bos_id": ctx.contract.bos_id, "eos_ids": list(ctx.contract.eos_ids),
                        "max_context": max_context, "compute_units": COMPUTE_UNITS, "temperature": 0.0},
@@ -178,7 +179,7 @@ class IosTarget:
                      "transformers); nothing ran in Core ML or on an iPhone. The bridge and app were parsed with "
                      "tree-sitter (Swift); no Swift compiler or Xcode ran here.")
         return finish_bundle(out_dir, self, sections, verifications, checks, notes=notes,
-                             extra={"compression": compression, "export": export.result,
+                             extra={"compression": compression, "export": export.conversion.as_dict(),
                                     "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]})
 
     def _first_passing(self, ctx: BuildContext, ladder: tuple[str, ...], gate: TopOneGate, max_context: int,
@@ -198,7 +199,7 @@ class IosTarget:
                                  f"({'; '.join(failures)}), not converted; trying {ladder[index + 1]}")
                     continue
             export = cached_export(ctx, export_request(ctx, ["none", rung], max_context, fp16_rewrites=rewrites))
-            package = export.result["packages"][rung]["package"]
+            package = export.package_name(rung)
             result = verified_package(ctx, export, rung, f"{self.name}/{package}", gate)
             if result.passed or last:
                 return export, rung, result
@@ -218,15 +219,15 @@ class IosTarget:
 
     def _ship(self, export: CoreMLExport, compression: str, out_dir: Path, ane: bool = False) -> dict[str, Any]:
         source = export.package(compression)
-        shutil.copytree(source, out_dir / source.name, copy_function=_link_or_copy)
-        info = export.result["packages"][compression]
-        return {"package": source.name, "compression": compression, "summary": info["summary"],
-                "lm_head_chunk": export.result["lm_head_chunk"], "neural_engine_variant": ane}
+        shutil.copytree(source, out_dir / source.name, copy_function=_place_artifact)
+        info = export.conversion.packages[compression]
+        return {"package": source.name, "compression": compression, "summary": info.summary,
+                "lm_head_chunk": export.conversion.lm_head_chunk, "neural_engine_variant": ane}
 
     def _fp16_notes(self, export: CoreMLExport) -> list[str]:
-        ranges = export.result["ranges"]
-        plan = export.result["fp16_plan"]
-        proof = export.result["proof"]
+        ranges = export.conversion.ranges
+        plan = export.conversion.fp16_plan
+        proof = export.conversion.proof
         site, peak = ranges["before"]["max_site"]
         after_site, after_peak = ranges["after"]["max_site"]
         if not plan["enabled"]:
@@ -261,7 +262,7 @@ class IosTarget:
             "compression_summary": shipped[0]["summary"],
             "compute_units": COMPUTE_UNITS,
             "max_context": max_context,
-            "sliding_window": export.result["sliding_window"] or 0,
+            "sliding_window": export.conversion.sliding_window or 0,
             "swift_transformers_version": SWIFT_TRANSFORMERS_VERSION,
             "deployment_target": "18.0",
             "task": contract.task,
@@ -273,5 +274,5 @@ class IosTarget:
         }
 
 
-def _link_or_copy(src: str, dest: str) -> None:
-    link_or_copy(Path(src), Path(dest))
+def _place_artifact(src: str, dest: str) -> None:
+    place_artifact(Path(src), Path(dest))

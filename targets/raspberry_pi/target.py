@@ -11,7 +11,8 @@ from packager.codecheck import check_generated_files
 from packager.devices import DeviceProfile
 from packager.escaping import slug
 from packager.formats.gguf_writer import writes_architecture
-from packager.stages import BuildContext, link_or_copy
+from packager.stage_cache import place_artifact
+from packager.stages import BuildContext
 from packager.target import TargetResult
 from packager.target_bundle import finish_bundle
 from packager.templating import render_tree
@@ -49,7 +50,7 @@ class RaspberryPiTarget:
         quant = ctx.options.gguf_quant(self)
         gguf_file = f"model-{quant}.gguf"
         out_dir.mkdir(parents=True, exist_ok=True)
-        link_or_copy(ctx.gguf(quant), out_dir / gguf_file)
+        place_artifact(ctx.gguf(quant), out_dir / gguf_file)
         verification = ctx.verify_gguf(quant, f"{self.name}/{gguf_file}")
 
         model_name = ctx.options.name or ctx.ckpt.name

@@ -26,7 +26,8 @@ from packager.errors import InternalError, UnsupportedError
 from packager.escaping import slug
 from packager.formats.gguf_writer import writes_architecture
 from packager.resources import copy_mobile_files
-from packager.stages import BuildContext, link_or_copy
+from packager.stage_cache import place_artifact
+from packager.stages import BuildContext
 from packager.target import ScaffoldCheck, TargetResult
 from packager.target_bundle import finish_bundle, list_bundle
 from packager.templating import render_tree
@@ -247,7 +248,7 @@ class ReactNativeTarget:
         contract = ctx.contract
         facts = check_llama_rn_support(source, f"{self.name}/{gguf_file}", contract, table)
         out_dir.mkdir(parents=True, exist_ok=True)
-        link_or_copy(source, out_dir / gguf_file)
+        place_artifact(source, out_dir / gguf_file)
         verification = ctx.verify_gguf(quant, f"{self.name}/{gguf_file}")
 
         model_name = ctx.options.name or ctx.ckpt.name

@@ -32,7 +32,8 @@ from packager.fingerprint import options_digest
 from packager.formats.gguf_writer import writes_architecture
 from packager.manifest import write_json
 from packager.resources import copy_mobile_files
-from packager.stages import BuildContext, link_or_copy
+from packager.stage_cache import CachedEntry, place_artifact
+from packager.stages import BuildContext
 from packager.target import TargetOption, TargetResult
 from packager.target_bundle import bundle_document, finish_bundle, list_bundle, write_document
 from packager.templating import render_tree
@@ -75,6 +76,14 @@ def wllama_llama_cpp_version(vendor: WebVendor) -> str:
     text = (vendor.package_dir(WLLAMA) / "esm" / "index.js").read_text(encoding="utf-8")
     match = _LLAMA_CPP_VERSION.search(text)
     return match.group(1) if match else "unknown"
+
+
+@dataclasses.dataclass(frozen=True)
+class MLCWeights:
+    """What writing one quantization's MLC weights produced (the files themselves are the cache entry's)."""
+
+    bytes: int
+    shards: int
 
 
 @dataclasses.dataclass
@@ -223,7 +232,7 @@ class WebTarget:
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"model-{quant}"
         if source.stat().st_size <= MAX_PART_BYTES:
-            link_or_copy(source, folder / f"{stem}.gguf")
+            place_artifact(source, folder / f"{stem}.gguf")
             return [f"model/{stem}.gguf"]
         start = time.perf_counter()
         parts = split_gguf(source, folder, MAX_PART_BYTES)
@@ -269,8 +278,8 @@ class WebTarget:
             folder = out_dir / "webllm" / model_id / "resolve" / "main"
             weights = self._mlc_weights(ctx, quant)
             folder.mkdir(parents=True, exist_ok=True)
-            for item in sorted(weights.iterdir()):
-                link_or_copy(item, folder / item.name)
+            for name in sorted(weights.files):
+                place_artifact(weights.path(name), folder / name)
             tokenizer_files = [f for f in TOKENIZER_FILES if (ctx.ckpt.folder / f).is_file()]
             for name in tokenizer_files:
                 shutil.copyfile(ctx.ckpt.folder / name, folder / name)
@@ -281,29 +290,22 @@ class WebTarget:
             model_lib = None
             if match.path is not None:
                 model_lib = f"webllm/libs/{match.path.name}"
-                link_or_copy(match.path, out_dir / model_lib)
+                place_artifact(match.path, out_dir / model_lib)
             variants.append(WebLLMVariant(model_id, quant, match.status, match.reason, model_lib,
                                           self._check_mlc(ctx, folder, quant, model_id, match.reason, template_note)))
         return variants
 
-    def _mlc_weights(self, ctx: BuildContext, quant: MLCQuantization) -> Path:
-        """The cached MLC weight folder of this checkpoint in `quant` (written once, then reused)."""
-        key = options_digest("mlc-weights", ctx.ckpt_digest, quant.name)[:24]
-        folder = ctx.cache / "mlc" / key
-        if (folder / "tensor-cache.json").is_file():
-            ctx.reporter.stage(f"mlc weights {quant.name}", True, 0.0)
-            return folder
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        start = time.perf_counter()
-        ctx.reporter.say(f"writing MLC weights {quant.name} (numpy)")
-        cache = write_tensor_cache(ctx.ckpt, tmp, quant)
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
-        size = sum(r["nbytes"] for r in cache["records"])
-        ctx.reporter.stage(f"mlc weights {quant.name}", False, time.perf_counter() - start,
-                           f"{size / 2**20:.0f} MB in {len(cache['records'])} shards")
-        return folder
+    def _mlc_weights(self, ctx: BuildContext, quant: MLCQuantization) -> CachedEntry[MLCWeights]:
+        """The cached MLC weight files of this checkpoint in `quant` (written once, then reused)."""
+        def write(folder: Path) -> MLCWeights:
+            ctx.reporter.say(f"writing MLC weights {quant.name} (numpy)")
+            cache = write_tensor_cache(ctx.ckpt, folder, quant)
+            return MLCWeights(sum(r["nbytes"] for r in cache["records"]), len(cache["records"]))
+
+        return ctx.stage_cache.entry(
+            "mlc", options_digest("mlc-weights", ctx.ckpt_digest, quant.name)[:24], f"mlc weights {quant.name}", write,
+            encode=dataclasses.asdict, decode=lambda data: MLCWeights(**data),
+            describe=lambda w: f"{w.bytes / 2**20:.0f} MB in {w.shards} shards")
 
     def _check_mlc(self, ctx: BuildContext, folder: Path, quant: MLCQuantization, model_id: str, lib_reason: str,
                    template_note: str) -> VerificationResult:
