@@ -27,7 +27,14 @@ from packager import __version__
 from packager.errors import UnsupportedError
 from packager.escaping import slug
 from packager.fingerprint import options_digest
+from packager.manifest import file_entries, without_host_measurements, write_json
+from packager.resources import copy_mobile_files
+from packager.stages import BuildContext, link_or_copy
+from packager.target import TargetResult
+from packager.templating import render_tree
+from packager.verify.result import VerificationResult
 from targets.web.gguf_split import MAX_PART_BYTES, part_names, split_gguf
+from targets.web.mlc.check import check_mlc_folder
 from targets.web.mlc.libraries import PREFILL_CHUNK_SIZE, match_library
 from targets.web.mlc.writer import (
     CONFIG_FILE,
@@ -38,11 +45,7 @@ from targets.web.mlc.writer import (
     naming,
     write_tensor_cache,
 )
-from packager.manifest import file_entries, without_host_measurements, write_json
-from packager.resources import copy_mobile_files
-from packager.stages import BuildContext, link_or_copy
-from packager.target import TargetResult
-from packager.templating import render_tree
+from targets.web.vendor import WEBLLM, WLLAMA, WebVendor, find_vendor
 from targets.web.verify_browser import (
     BrowserMeasurement,
     BrowserTools,
@@ -52,9 +55,6 @@ from targets.web.verify_browser import (
     verify_bundle_files,
     verify_wllama_in_browser,
 )
-from targets.web.mlc.check import check_mlc_folder
-from packager.verify.result import VerificationResult
-from targets.web.vendor import WEBLLM, WLLAMA, WebVendor, find_vendor
 
 RUNTIME_SETS: dict[str, tuple[str, ...]] = {"wllama": ("wllama",), "webllm": ("webllm",), "all": ("wllama", "webllm")}
 # WebLLM variants per --quant: an f16 build needs the shader-f16 WebGPU feature, so each bundle
