@@ -162,3 +162,13 @@ def test_smollm_style_checkpoint_is_tied_adds_no_bos_and_uses_the_smollm_pre_tok
     assert fields["tokenizer.ggml.pre"] == "smollm"
     assert "output.weight" not in _tensors(path) and "rope_freqs.weight" not in _tensors(path)
     assert contract_from_checkpoint(ckpt).add_bos is False
+
+
+def test_byte_fallback_tokens_detokenize_to_their_bytes_in_llama_cpp(gemma_f16: Path) -> None:
+    """Gemma spells characters outside its vocabulary with <0xNN> tokens; llama.cpp must render bytes."""
+    from llama_cpp import Llama
+
+    llm = Llama(str(gemma_f16), n_ctx=64, verbose=False)
+    for label in ("naïve", "über", "東京", "🦙"):
+        ids = llm.tokenize(label.encode("utf-8"), add_bos=False, special=False)
+        assert llm.detokenize(ids) == label.encode("utf-8"), label

@@ -209,7 +209,7 @@ def test_hostile_name_and_labels_are_escaped_type_check_and_arrive_as_data(hosti
 
 
 def test_bridge_type_checks_strictly_and_its_jest_tests_pass() -> None:
-    vectors = json.loads(VECTORS.read_text())
+    vectors = json.loads(VECTORS.read_text(encoding="utf-8"))
     with npm_workspace("bridge", BRIDGE) as work:
         tsc(work)
         results = jest_results(work, {"EDGEPACK_CONTRACT_VECTORS": str(VECTORS)})

@@ -108,3 +108,41 @@ def test_constrained_decoding_keeps_every_answer_inside_the_label_set(tiny_gemma
     assert result.exit_code == 0, result.stderr
     task = result.json()["artifacts"][0]["task"]
     assert task["constrained"] is True and task["validity"] == 1.0  # unconstrained, this model produces no label
+
+
+# Labels outside ASCII: é, ï, ü are two UTF-8 bytes, 東京 six, 🦙 four (a UTF-16 surrogate pair in JS
+# and Kotlin). A byte-level tokenizer (tiny Llama) spells them with tokens that are not valid UTF-8
+# on their own, which the GBNF grammar must still admit one byte at a time.
+UNICODE_LABELS = ["café", "naïve", "über", "ok", "東京", "🦙"]
+UNICODE_ROWS = [{"instruction": "Classify.", "input": text, "output": label}
+                for text, label in zip(["my card got declined", "where is my parcel", "cancel it please",
+                                        "fine", "east", "llama"], UNICODE_LABELS, strict=True)]
+
+
+def _unicode_build(model: Path, tmp_path: Path, *flags: str) -> tuple[int, dict, str]:
+    eval_path = tmp_path / "eval.jsonl"
+    eval_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in UNICODE_ROWS), encoding="utf-8")
+    result = edgepack("build", model, "--target", "raspberry-pi", "--quant", "F16", "--out", tmp_path / "out",
+                      "--eval", eval_path, "--task", "labels", "--constrained", "--json", *flags)
+    report = json.loads(result.stdout)
+    task = report["artifacts"][0]["task"] if "artifacts" in report else {}
+    return result.exit_code, task, result.stdout
+
+
+def test_constrained_decoding_answers_only_non_ascii_labels_in_llama_cpp(tiny_gemma: Path, tmp_path: Path) -> None:
+    exit_code, task, out = _unicode_build(tiny_gemma, tmp_path)
+    assert exit_code == 0, out[-3000:]
+    assert task["constrained"] is True and task["validity"] == 1.0
+    assert all(m["got"] in UNICODE_LABELS for m in task["mismatches"]), task["mismatches"]
+
+
+def test_an_overlong_utf8_answer_admitted_by_the_grammar_is_reported_as_invalid(
+        tiny_llama: Path, tmp_path: Path) -> None:
+    """llama.cpp's grammar matches code points decoded leniently: after F0 (the lead byte of 🦙), the
+    overlong F0 86 9D B1 decodes to 東, so the byte-level tiny Llama answers "fine" with invalid bytes
+    and 京. That answer is not a label and must be counted so, with its bytes shown, never hidden."""
+    exit_code, task, out = _unicode_build(tiny_llama, tmp_path, "--no-gate")
+    assert exit_code == ExitCode.GATE_FAILED, out[-3000:]
+    assert task["validity"] == pytest.approx(5 / 6)
+    [overlong] = [m for m in task["mismatches"] if m["input"] == "fine"]
+    assert overlong["error"]["code"] == "unknown_label" and overlong["got"] == "\ufffd" * 4 + "京"

@@ -43,7 +43,13 @@ from targets.web.mlc.writer import (
     quantize_group,
 )
 from targets.web.vendor import BUNDLE_FILES, WLLAMA, vendor_or_none
-from targets.web.verify_browser import BrowserTools, compare_greedy, drive_bundle, find_browser_tools
+from targets.web.verify_browser import (
+    BrowserTools,
+    compare_greedy,
+    drive_bundle,
+    find_browser_tools,
+    returnable_tokens,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 Q4 = MLC_QUANTIZATIONS["q4f16_1"]
@@ -627,3 +633,38 @@ def test_the_page_answers_the_eval_set_itself_and_applies_the_labels_grammar(
     assert page["task"]["exact_match"] == native["task"]["exact_match"]
     record = verification(out / "web", "web-wllama")
     assert any("answered in Chromium by the page's EdgeModel.run" in n for n in record["notes"])
+
+
+UNICODE_ROWS = [{"instruction": "Classify.", "input": text, "output": label}
+                for text, label in [("my card got declined", "café"), ("where is my parcel", "naïve"),
+                                    ("cancel it please", "über"), ("fine", "ok"), ("east", "東京"), ("llama", "🦙")]]
+
+
+def test_a_constrained_build_with_non_ascii_labels_passes_its_browser_check(tiny_gemma: Path, tmp_path: Path) -> None:
+    """Multi-byte labels reach wllama's grammar intact and come back as the labels, in the page and natively.
+
+    Tiny Gemma, not tiny Llama: the random byte-level Llama greedily continues the check prompt
+    with a lone continuation byte, which wllama cannot return at all (see mobile/web/runtimes/wllama.js).
+    """
+    browser()
+    eval_path = tmp_path / "eval.jsonl"
+    eval_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in UNICODE_ROWS), encoding="utf-8")
+    result = edgepack("build", tiny_gemma, "--target", "web", "--quant", "F16", "--out", tmp_path / "out",
+                      "--eval", eval_path, "--task", "labels", "--constrained", "--json")
+    assert result.exit_code == 0, result.stderr[-3000:]
+    page = next(r for r in result.json()["artifacts"] if r["artifact"] == "web/index.html")
+    native = next(r for r in result.json()["artifacts"] if r["artifact"].endswith(".gguf"))
+    assert page["task"]["constrained"] is True and page["task"]["validity"] == 1.0
+    assert page["task"]["exact_match"] == native["task"]["exact_match"]
+    labels = [r["output"] for r in UNICODE_ROWS]
+    assert all(m["got"] in labels for m in page["task"]["mismatches"]), page["task"]["mismatches"]
+
+
+@pytest.mark.parametrize(("pieces", "expected"), [
+    ([b"ok", b" caf", b"\xc3", b"\xa9"], 4),  # é split over two byte tokens: whole after the second
+    ([b" b", b"\xbc", b"x"], 1),  # a lone continuation byte: wllama cannot return it
+    ([b"a", b"\xf0\x9f", b"\xa6"], 1),  # 🦙 still half-written at the end: stop before it
+    ([b"\xff"], 0),
+])
+def test_the_page_check_stops_before_bytes_wllama_cannot_return(pieces: list[bytes], expected: int) -> None:
+    assert returnable_tokens(pieces) == expected

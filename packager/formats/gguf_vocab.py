@@ -9,6 +9,7 @@ by tokenizing a probe text with both HF and llama.cpp.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from hashlib import sha256
@@ -43,6 +44,9 @@ _LLAMA3_REGEX = (
     "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
 )
 PRE_TOKENIZER_BY_REGEX: dict[str, str] = {_LLAMA3_REGEX: "llama-bpe"}
+
+# A byte-fallback token's spelling (Gemma's <0xC3>): it stands for one raw byte.
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,7 @@ def build_vocab(folder: Path, vocab_size: int) -> Vocab:
         )
     reverse = {i: t for t, i in vocab.items()}
     added = tokenizer.get_added_tokens_decoder()
+    byte_fallback = bool(tokenizer_json["model"].get("byte_fallback"))
     tokens: list[str] = []
     types: list[int] = []
     for i in range(vocab_size):
@@ -167,6 +172,10 @@ def build_vocab(folder: Path, vocab_size: int) -> Vocab:
             else:
                 token = token.replace("\u2581", " ")
                 types.append(gguf.TokenType.USER_DEFINED)
+        elif byte_fallback and _BYTE_TOKEN.fullmatch(token):
+            # Typed NORMAL, llama.cpp renders the six characters "<0xC3>" (naïve came out as
+            # "na<0xC3><0xAF>ve") and its grammar cannot spell a label with such a character.
+            types.append(gguf.TokenType.BYTE)
         else:
             types.append(gguf.TokenType.NORMAL)
         tokens.append(token)

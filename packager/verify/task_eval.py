@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -173,35 +173,48 @@ def hf_generator(model, tokenizer, contract: Contract) -> Generator:
 
 def llama_cpp_generator(llm, contract: Contract, constrained: bool = False) -> Generator:
     """Greedy generation in llama.cpp under the contract; with `constrained`, labels become a GBNF grammar."""
+    import llama_cpp
+
     grammar = None
     if constrained and contract.task == "labels" and contract.labels:
-        from llama_cpp import LlamaGrammar
+        grammar = llama_cpp.LlamaGrammar.from_string(labels_grammar(contract.labels), verbose=False)
 
-        grammar = LlamaGrammar.from_string(labels_grammar(contract.labels), verbose=False)
+    def next_tokens(ids: list[int]) -> Iterator[int]:
+        """Yield greedy tokens after ids, under the grammar when there is one."""
+        if grammar is not None:
+            for tok in llm.generate(ids, top_k=1, temp=0.0, grammar=grammar):
+                # A complete label admits any end-of-generation token, also one the contract does
+                # not list; sampling past it would abort llama.cpp (empty grammar stack).
+                if llama_cpp.llama_vocab_is_eog(llm._model.vocab, tok):
+                    return
+                yield tok
+            return
+        llm.reset()
+        llm.eval(ids)
+        while True:
+            tok = int(np.argmax(last_logits(llm)))
+            yield tok
+            llm.eval([tok])
 
     def generate(prompt: str) -> tuple[str, int, float]:
         start = time.perf_counter()
         ids = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
         if contract.add_bos and contract.bos_id is not None:
             ids = [contract.bos_id, *ids]
-        if grammar is not None:
-            result = llm.create_completion(ids, max_tokens=contract.max_new_tokens, temperature=0.0, top_k=1,
-                                           grammar=grammar, stop=contract.stop_strings or None)
-            text = result["choices"][0]["text"]
-            return text, result["usage"]["completion_tokens"], time.perf_counter() - start
-        llm.reset()
-        llm.eval(ids)
         out: list[int] = []
         text = ""
-        for _ in range(contract.max_new_tokens):
-            tok = int(np.argmax(last_logits(llm)))
-            if tok in contract.eos_ids:
+        # Constrained or not, the text is decoded from all token ids at once, invalid bytes shown as
+        # U+FFFD: a character split over byte tokens (é, 東, 🦙 in a byte-level vocabulary) is whole
+        # only once its bytes are joined. create_completion decoded with errors="ignore", which hid
+        # that llama.cpp's grammar admits overlong UTF-8 (F0 86 9D B1 matched "東" of "東京" while
+        # "🦙" kept F0 open): its " 京" looked almost right, the truth is " \ufffd\ufffd\ufffd\ufffd京".
+        for tok in next_tokens(ids):
+            if tok in contract.eos_ids or len(out) >= contract.max_new_tokens:
                 break
             out.append(tok)
             text = llm.detokenize(out).decode("utf-8", errors="replace")
             if _stop_index(text, contract.stop_strings) >= 0:
                 break
-            llm.eval([tok])
         return text, len(out), time.perf_counter() - start
 
     return generate

@@ -13,7 +13,11 @@ const QUIET_LOGGER = {
 /** Load the GGUF part files (Blobs, in order) and return a runtime session. */
 export async function loadWllama({ moduleUrl, wasmUrl, files, threads, gpu, contextLength }) {
   const { Wllama, LogLevel } = await import(moduleUrl);
-  const wllama = new Wllama({ default: wasmUrl }, { logger: QUIET_LOGGER, suppressNativeLog: true });
+  // Native errors stay on: when llama.cpp's action fails inside the WASM, wllama 3.8.1 only throws
+  // "RangeError: Invalid typed array length: 1163217991" (the request's "GLUE" magic read as the
+  // reply's length), and the native line is the one that says why, e.g. "[json.exception.type_error.316]
+  // invalid UTF-8 byte" when the model's output is not valid UTF-8 (its result JSON is strict).
+  const wllama = new Wllama({ default: wasmUrl }, { logger: QUIET_LOGGER, suppressNativeLog: false });
   // Never fetch wllama's Safari/Firefox compatibility build from its CDN: a bundle runs offline.
   wllama.setCompat(null);
   await wllama.loadModel(files, {

@@ -123,7 +123,8 @@ public func renderPrompt(_ contract: Contract, input: String, instruction: Strin
 public func cleanOutput(_ contract: Contract, raw: String) -> String {
     var cut = raw.endIndex
     for stop in contract.stopStrings where !stop.isEmpty {
-        if let range = raw.range(of: stop), range.lowerBound < cut {
+        // .literal: Foundation otherwise matches canonically equivalent text, Python does not.
+        if let range = raw.range(of: stop, options: .literal), range.lowerBound < cut {
             cut = range.lowerBound
         }
     }
@@ -135,7 +136,8 @@ public func parseOutput(_ contract: Contract, raw: String) -> ParseResult {
     let text = cleanOutput(contract, raw: raw)
     switch contract.task {
     case "labels":
-        if (contract.labels ?? []).contains(text) {
+        // Scalar by scalar, as Python compares: Swift's == treats "cafe\u{301}" (NFD) as "café".
+        if (contract.labels ?? []).contains(where: { $0.unicodeScalars.elementsEqual(text.unicodeScalars) }) {
             return ParseResult(ok: true, value: .string(text), errorCode: nil, errorPath: nil, text: text)
         }
         return ParseResult(ok: false, value: .null, errorCode: "unknown_label", errorPath: "", text: text)
