@@ -18,7 +18,7 @@ from packager.contract import Contract, apply_task_config, contract_from_checkpo
 from packager.errors import InternalError
 from packager.fingerprint import cache_root, options_digest
 from packager.formats.gguf_quantize import quantize_gguf
-from packager.formats.gguf_writer import NUMPY_TYPES, write_gguf
+from packager.formats.gguf_writer import NUMPY_TYPES, WRITER_VERSION, write_gguf
 from packager.progress import Reporter
 from packager.stage_cache import CachedEntry, StageCache
 from packager.target import TargetOptionValues, declared_options
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from packager.target import Target
 
 # Bump when what a verification record holds or how it is computed changes, so old records are not reused.
-VERIFICATION_SCHEMA = 4
+VERIFICATION_SCHEMA = 5
 
 
 @dataclass
@@ -192,7 +192,7 @@ class BuildContext:
             return GgufFile(name, (folder / name).stat().st_size)
 
         entry = self.stage_cache.entry(
-            "gguf", options_digest("gguf", self.ckpt_digest, quant)[:24], f"gguf {quant}", build,
+            "gguf", options_digest("gguf", WRITER_VERSION, self.ckpt_digest, quant)[:24], f"gguf {quant}", build,
             encode=dataclasses.asdict, decode=lambda data: GgufFile(**data),
             describe=lambda gguf: f"{gguf.name}, {gguf.size / 2**20:.1f} MB")
         self._ggufs[quant] = entry

@@ -38,6 +38,9 @@ NUMPY_TYPES: dict[str, tuple[FT, Q]] = {
     "Q5_1": (FT.MOSTLY_Q5_1, Q.Q5_1),
 }
 QUANT_TYPES = tuple(NUMPY_TYPES) + tuple(LLAMA_CPP_TYPES)
+# Part of every cached GGUF's key: bump when the bytes written for the same checkpoint change, so a
+# stage cache filled by an older writer (e.g. before byte-fallback tokens were typed BYTE) is not reused.
+WRITER_VERSION = 2
 
 _SKIPPED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")
 
