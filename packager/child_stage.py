@@ -13,11 +13,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from packager.errors import InternalError, UnsupportedError
 
@@ -39,17 +40,47 @@ def run_child(module: str, folder: Path, request: dict[str, Any], what: str) -> 
     log = folder / "export.log"
     start = time.perf_counter()
     with log.open("w", encoding="utf-8") as out:
-        proc = subprocess.run(
-            [sys.executable, "-m", module, str(folder / "request.json"), str(folder / "result.json")],
-            stdout=out, stderr=subprocess.STDOUT, check=False,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONHASHSEED": "0"},
-        )
-    if proc.returncode != 0 or not (folder / "result.json").is_file():
+        returncode, peak_kb = _run_and_measure(
+            [sys.executable, "-m", module, str(folder / "request.json"), str(folder / "result.json")], out)
+    if returncode < 0:
+        raise UnsupportedError(_killed_message(what, -returncode, peak_kb) + "\n" + log_tail(log))
+    if returncode != 0 or not (folder / "result.json").is_file():
         detail = log_tail(log)
         if os.strerror(errno.ENOSPC) in detail:
             raise OSError(errno.ENOSPC, f"{what}: {os.strerror(errno.ENOSPC)}")
         kind = UnsupportedError if "UnsupportedError" in detail else InternalError
-        raise kind(f"{what} failed (exit {proc.returncode}):\n{detail}")
+        raise kind(f"{what} failed (exit {returncode}):\n{detail}")
     result = json.loads((folder / "result.json").read_text(encoding="utf-8"))
     result["wall_seconds"] = round(time.perf_counter() - start, 1)
     return result
+
+
+def _run_and_measure(command: list[str], log: TextIO) -> tuple[int, int]:
+    """Return the child's exit status (negative: the signal that killed it) and its peak RSS in KB.
+
+    The child is killed when this process is interrupted (Ctrl-C, SIGTERM), so an abandoned conversion
+    never keeps running, and holding memory, behind a build that has stopped.
+    """
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONHASHSEED": "0"})
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+    return proc.returncode, int(usage.ru_maxrss)
+
+
+def _killed_message(what: str, signum: int, peak_kb: int) -> str:
+    """Say what a child killed by a signal most likely ran into: the kernel's out-of-memory killer sends SIGKILL."""
+    total_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    cause = (f"probably out of memory: it had reached {peak_kb / 2**20:.1f} GB of this machine's {total_gb:.1f} GB"
+             if signum == signal.SIGKILL else f"its peak memory was {peak_kb / 2**20:.1f} GB")
+    return (f"{what} was killed by {name}, {cause}. Build fewer targets at once, lower --context-length, or use a "
+            f"machine with more memory. The last lines of its log:")

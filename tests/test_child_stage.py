@@ -1,0 +1,86 @@
+"""Conversion children: what a build says when one dies, and that none outlives an interrupted build."""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from packager.child_stage import run_child
+from packager.errors import ExitCode, UnsupportedError
+
+
+def _child_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> str:
+    """Write a `python -m` module the child runs (found through PYTHONPATH) and return its name."""
+    (tmp_path / "fake_converter.py").write_text(textwrap.dedent(body), encoding="utf-8")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    return "fake_converter"
+
+
+def test_a_child_killed_by_the_kernel_is_reported_as_probably_out_of_memory_with_exit_3(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _child_module(tmp_path, monkeypatch, """
+        import os, signal
+        hog = bytearray(300 * 2**20)  # touch memory so the peak is visible in the message
+        print("converting layer 3 of 18", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    folder = tmp_path / "entry"
+    folder.mkdir()
+    with pytest.raises(UnsupportedError) as caught:
+        run_child(module, folder, {}, "fake conversion of model")
+    message = caught.value.message
+    assert caught.value.exit_code == ExitCode.UNSUPPORTED
+    assert "killed by SIGKILL, probably out of memory" in message
+    peak_gb = float(message.split("it had reached ")[1].split(" GB")[0])
+    assert 0.25 <= peak_gb < 2.0, message
+    assert "converting layer 3 of 18" in message  # the log's tail says how far it got
+
+
+def test_a_child_failing_normally_is_still_an_internal_error_quoting_its_log(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _child_module(tmp_path, monkeypatch, """
+        raise RuntimeError("converter bug")
+    """)
+    folder = tmp_path / "entry"
+    folder.mkdir()
+    with pytest.raises(Exception) as caught:
+        run_child(module, folder, {}, "fake conversion")
+    assert caught.value.exit_code == ExitCode.INTERNAL
+    assert "converter bug" in caught.value.message and "killed" not in caught.value.message
+
+
+def test_an_interrupted_build_kills_its_conversion_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pid_file = tmp_path / "child.pid"
+    module = _child_module(tmp_path, monkeypatch, f"""
+        import os, time
+        open({str(pid_file)!r}, "w").write(str(os.getpid()))
+        time.sleep(60)
+    """)
+    folder = tmp_path / "entry"
+    folder.mkdir()
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 3.0)
+        with pytest.raises(KeyboardInterrupt):
+            run_child(module, folder, {}, "fake conversion")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"the conversion child {child} outlived the interrupted build")
