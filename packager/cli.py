@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -14,11 +13,12 @@ from packager import __version__
 from packager.errors import EdgepackError, ExitCode
 from packager.formats.coreml_export import COMPRESSIONS
 from packager.progress import Reporter
+from packager.strict_json import json_text
 
 
 def _fail(exc: EdgepackError, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps({"passed": False, "error": exc.label, "message": exc.message}, indent=2))
+        click.echo(json_text({"passed": False, "error": exc.label, "message": exc.message}, "--json output"))
     click.echo(f"edgepack: {exc.label}: {exc.message}", err=True)
     sys.exit(int(exc.exit_code))
 
@@ -133,7 +133,7 @@ def build(checkpoint: Path | None, targets: tuple[str, ...], quant: str | None, 
         _fail(exc, as_json)
         return
     if as_json:
-        click.echo(json.dumps(outcome.summary(), indent=2))
+        click.echo(json_text(outcome.summary(), "--json output"))
     else:
         from packager.report import verification_table
 
@@ -158,7 +158,7 @@ def targets(as_json: bool) -> None:
         return
     rows = [{"name": n, "title": c.title, "runtime": c.runtime, "status": c.status} for n, c in found.items()]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json_text(rows, "--json output"))
     else:
         for r in rows:
             click.echo(f"{r['name']:<14} {r['status']:<12} {r['runtime']}  - {r['title']}")
@@ -180,7 +180,7 @@ def doctor(checkpoint: Path, device_name: str | None, base: Path | None, as_json
     except EdgepackError as exc:
         _fail(exc, as_json)
         return
-    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else render(report))
+    click.echo(json_text(report.as_dict(), "--json output") if as_json else render(report))
 
 
 @main.command("example")
@@ -246,7 +246,7 @@ def release(dist: tuple[Path, ...], version: str, out: Path | None, force: bool,
         _fail(exc, as_json)
         return
     if as_json:
-        click.echo(json.dumps(outcome.summary(), indent=2))
+        click.echo(json_text(outcome.summary(), "--json output"))
     else:
         for archive in outcome.summary()["archives"]:
             click.echo(f"{archive['path']}  {archive['bytes'] / 2**20:.1f} MB  sha256 {archive['sha256']}")
@@ -267,7 +267,7 @@ def diff_command(old: Path, new: Path, as_json: bool) -> None:
     except EdgepackError as exc:
         _fail(exc, as_json)
         return
-    click.echo(json.dumps(difference, indent=2) if as_json else render_diff(difference))
+    click.echo(json_text(difference, "--json output") if as_json else render_diff(difference))
 
 
 @main.group()
