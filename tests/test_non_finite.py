@@ -1,16 +1,20 @@
-"""NaN and Infinity never pass: non-finite logits fail the gate, and no JSON edgepack writes holds a bare
-NaN (which JSON.parse, jq and every mobile decoder reject)."""
+"""NaN and Infinity never pass: non-finite weights are bad input, non-finite logits fail the gate, and no
+JSON edgepack writes holds a bare NaN (which JSON.parse, jq and every mobile decoder reject)."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from cli_helpers import edgepack, leftovers
+from safetensors.torch import load_file, save_file
+from test_adapter_merge import make_adapter
 
 from packager.errors import ExitCode, InternalError
 from packager.strict_json import json_text
@@ -27,8 +31,65 @@ def strict_loads(text: str) -> Any:
     return json.loads(text, parse_constant=refuse)
 
 
+def _set_values(weights: Path, name: str, edit) -> None:
+    tensors = load_file(str(weights))
+    edit(tensors[name])
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+
+
 def _build(model: Path, out: Path, *extra: str):
     return edgepack("build", model, "--target", "raspberry-pi", "--out", out, "--quant", "F16", *extra)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_weight_is_refused_naming_the_tensor_and_file(tiny_llama: Path, tmp_path: Path,
+                                                                 value: float) -> None:
+    model = shutil.copytree(tiny_llama, tmp_path / "m")
+    name = "model.layers.1.mlp.down_proj.weight"
+
+    def one_value(t: torch.Tensor) -> None:
+        t[3, 7] = value
+
+    _set_values(model / "model.safetensors", name, one_value)
+    out = tmp_path / "dist" / "out"
+    result = _build(model, out)
+    assert result.exit_code == ExitCode.BAD_INPUT, result.stderr
+    assert name in result.stderr and "model.safetensors" in result.stderr
+    assert ("1 NaN" if math.isnan(value) else "1 infinite") in result.stderr
+    assert "diverged" in result.stderr and "Traceback" not in result.stderr
+    assert not out.parent.exists() or leftovers(out.parent, "out") == []
+
+
+def test_all_nan_embedding_is_refused_naming_the_tensor(tiny_gemma: Path, tmp_path: Path) -> None:
+    model = shutil.copytree(tiny_gemma, tmp_path / "m")
+    _set_values(model / "model.safetensors", "model.embed_tokens.weight", lambda t: t.fill_(math.nan))
+    result = _build(model, tmp_path / "out", "--json")
+    assert result.exit_code == ExitCode.BAD_INPUT, result.stderr
+    assert "model.embed_tokens.weight" in result.stderr and "NaN" in result.stderr
+    assert strict_loads(result.stdout)["error"] == "bad input"
+
+
+def test_lora_b_with_nan_is_refused_naming_the_adapter_file(tiny_llama: Path, tmp_path: Path) -> None:
+    adapter = make_adapter(tiny_llama, tmp_path / "adapter")
+    weights = adapter / "adapter_model.safetensors"
+    lora_b = next(n for n in load_file(str(weights)) if "lora_B" in n)
+    _set_values(weights, lora_b, lambda t: t.__setitem__((0, 0), math.nan))
+    result = _build(adapter, tmp_path / "out")
+    assert result.exit_code == ExitCode.BAD_INPUT, result.stderr
+    assert lora_b in result.stderr and "adapter_model.safetensors" in result.stderr and "NaN" in result.stderr
+
+
+def test_lora_whose_merge_overflows_float32_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    adapter = make_adapter(tiny_llama, tmp_path / "adapter")
+    weights = adapter / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    for name in tensors:
+        if "q_proj" in name:
+            tensors[name].fill_(1e30)  # finite in float32; B @ A is 4e60, which is not
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    result = _build(adapter, tmp_path / "out")
+    assert result.exit_code == ExitCode.BAD_INPUT, result.stderr
+    assert "q_proj.weight (merged)" in result.stderr and "overflows float32" in result.stderr
 
 
 def _metrics(**fields: Any) -> FidelityMetrics:
