@@ -306,3 +306,44 @@ def test_adapter_rank_pattern_that_is_not_a_regex_is_refused(tiny_llama: Path, t
     _build_fails(adapter, tmp_path, ExitCode.BAD_INPUT, "adapter_config.json", "rank_pattern", "'down_proj('",
                  "not a valid regular expression")
 
+
+# --- Options and templates: validated before any work, and bounded ---
+
+
+@pytest.mark.parametrize("value", ["-5", "0"])
+def test_context_length_below_one_is_refused(tiny_llama: Path, tmp_path: Path, value: str) -> None:
+    _build_fails(tiny_llama, tmp_path, ExitCode.BAD_INPUT, "--context-length", f"is {value}", "4096",
+                 extra=("--context-length", value))
+
+
+def test_context_length_below_one_in_edgepack_toml_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    config = tmp_path / "edgepack.toml"
+    config.write_text(f'[build]\ncheckpoint = "{tiny_llama}"\ncontext_length = -5\n')
+    out = tmp_path / "dist" / "out"
+    result = edgepack("build", "--config", config, "--target", "raspberry-pi", "--out", out)
+    assert result.exit_code == ExitCode.BAD_INPUT, result.stderr
+    assert "edgepack.toml" in result.stderr and "context_length is -5" in result.stderr
+    assert not out.exists()
+
+
+def test_chat_template_that_loops_forever_is_refused_in_bounded_time(tiny_gemma: Path, tmp_path: Path) -> None:
+    import time
+
+    model = _copy(tiny_gemma, tmp_path / "m")
+    cfg = json.loads((model / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = ("{% for a in range(100000) %}{% for b in range(100000) %}{% for c in range(100000) %}"
+                            "{% endfor %}{% endfor %}{% endfor %}{{ messages[0]['content'] }}")
+    (model / "tokenizer_config.json").write_text(json.dumps(cfg))
+    start = time.monotonic()
+    _build_fails(model, tmp_path, ExitCode.BAD_INPUT, "tokenizer_config.json", "chat template", "CPU time",
+                 "prompt_template")
+    assert time.monotonic() - start < 60
+
+
+def test_chat_template_that_renders_gigabytes_is_refused() -> None:
+    from packager.contract import prompt_from_chat_template
+
+    with pytest.raises(ValueError, match="more than 1,048,576 characters"):
+        prompt_from_chat_template("{{ 'x' * 10**8 }}{{ messages[0]['content'] }}", None, None)
+    with pytest.raises(ValueError, match="MB of memory"):
+        prompt_from_chat_template("{% set s = 'x' * 2 * 10**9 %}{{ messages[0]['content'] }}", None, None)
