@@ -230,6 +230,12 @@ class ArchitectureSpec:
     coreml: CoreMLLayout | None = None
     # The tensors a checkpoint must hold and their shapes, checked when it is opened.
     tensors: tuple[TensorShape, ...] = _DECODER_TENSORS
+    # config.json keys that must be present: transformers' defaults for them are another model's.
+    required_config: tuple[str, ...] = ()
+    # The attention kinds config.json's layer_types may name (transformers crashes on any other).
+    layer_types: tuple[str, ...] = ("full_attention",)
+    # llama.cpp aborts (GGML_ASSERT is_swa_any) on this architecture when no layer is sliding-window.
+    needs_sliding_layer: bool = False
 
     def expected_tensors(self, config: Config) -> list[tuple[str, tuple[int, ...], bool]]:
         """Return (name, shape, required) of every tensor a checkpoint with this config must hold."""
@@ -288,6 +294,10 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
         coreml=CoreMLLayout(pre_mlp_norm="pre_feedforward_layernorm", post_attention_norm="post_attention_layernorm",
                             post_mlp_norm="post_feedforward_layernorm", qk_norm=True, query_pre_attn_scalar=True,
                             rope_per_layer_type=True, sliding_attention_mask=True),
+        # Gemma 3's class defaults (head_dim 256, ...) are the 4B model's; llama.cpp's gemma3 needs a sliding layer.
+        required_config=("head_dim", "sliding_window", "query_pre_attn_scalar"),
+        layer_types=("sliding_attention", "full_attention"),
+        needs_sliding_layer=True,
         # Norms around both branches and per-head q/k norms.
         tensors=(
             *_DECODER_TENSORS,

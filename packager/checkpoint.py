@@ -255,7 +255,7 @@ def open_model_folder(
         # We never import code from the checkpoint; architectures come from our own table only.
         config = {k: v for k, v in config.items() if k != "auto_map"}
     spec = spec_for_config(config, str(folder / "config.json"))
-    check_config(config, str(folder / "config.json"))
+    check_config(config, str(folder / "config.json"), spec)
     files, pickles = _weight_files(folder, allow_pickle)
     if not files:
         if pickles and not allow_pickle:

@@ -13,15 +13,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from packager.architectures import full_rope_params
-from packager.errors import BadInputError
+from packager.architectures import ArchitectureSpec, full_rope_params
+from packager.errors import BadInputError, UnsupportedError
 
 Config = Mapping[str, Any]
 
 
 @dataclass(frozen=True)
 class FieldBound:
-    """What one config.json field may hold: a whole number, a number, a table, a list or a flag.
+    """What one config.json field may hold: "int" (a whole number), "float" (a number written with a decimal
+    point, as transformers' typed configs demand), "number" (either), "table", "list", "flag" or "ids".
 
     `low_exclusive`: the value must be strictly above `low` (an epsilon or a frequency base of 0 is
     as broken as a negative one). `required`: the field must be present and not null.
@@ -52,7 +53,11 @@ class FieldBound:
             return f"must be {self.describe()}"
         too_low = self.low is not None and (value <= self.low if self.low_exclusive else value < self.low)
         too_high = self.high is not None and value > self.high
-        return f"must be {self.describe()}" if too_low or too_high else None
+        if too_low or too_high:
+            return f"must be {self.describe()}"
+        if self.kind == "float" and not isinstance(value, float):
+            return f"must be written with a decimal point ({value}.0): transformers refuses a whole number here"
+        return None
 
     def describe(self) -> str:
         what, fmt = ("a whole number", ",") if self.kind == "int" else ("a finite number", "g")
@@ -76,17 +81,17 @@ CONFIG_BOUNDS: dict[str, FieldBound] = {
     "head_dim": FieldBound("int", 1, 2**13),
     "max_position_embeddings": FieldBound("int", 1, 2**24),
     "sliding_window": FieldBound("int", 1, 2**24),
-    "rms_norm_eps": FieldBound("number", 0, 1, low_exclusive=True),
+    "rms_norm_eps": FieldBound("float", 0, 1, low_exclusive=True),
     "rope_theta": FieldBound("number", 1, 1e12),
     "rope_local_base_freq": FieldBound("number", 1, 1e12),
-    "query_pre_attn_scalar": FieldBound("number", 0, 1e6, low_exclusive=True),
-    "final_logit_softcapping": FieldBound("number", 0, 1e6, low_exclusive=True),
-    "attn_logit_softcapping": FieldBound("number", 0, 1e6, low_exclusive=True),
+    "query_pre_attn_scalar": FieldBound("int", 1, 2**20),
+    "final_logit_softcapping": FieldBound("float", 0, 1e6, low_exclusive=True),
+    "attn_logit_softcapping": FieldBound("float", 0, 1e6, low_exclusive=True),
     "tie_word_embeddings": FieldBound("flag"),
     "rope_scaling": FieldBound("table"),
     "rope_parameters": FieldBound("table"),
     "layer_types": FieldBound("list"),
-    "bos_token_id": FieldBound("ids"),
+    "bos_token_id": FieldBound("int", 0, 2**31 - 1),
     "eos_token_id": FieldBound("ids"),
 }
 
@@ -100,18 +105,19 @@ ROPE_BOUNDS: dict[str, FieldBound] = {
     "original_max_position_embeddings": FieldBound("int", 1, 2**24),
 }
 
-LAYER_TYPES = ("sliding_attention", "full_attention")
+# The per-layer-type tables a rope_parameters object may hold instead of flat parameters.
+ROPE_TABLE_KINDS = ("sliding_attention", "full_attention")
 
 
 def _rope_tables(config: Config) -> list[tuple[str, Any]]:
     """Return (where, table) of every rope parameter table: flat, or one per layer type."""
     key = "rope_parameters" if config.get("rope_parameters") else "rope_scaling"
     params = config.get(key) or {}
-    nested = [t for t in LAYER_TYPES if t in params]
+    nested = [t for t in ROPE_TABLE_KINDS if t in params]
     return [(f"{key}.{t}", params[t]) for t in nested] if nested else [(key, params)]
 
 
-def _relations(config: Config) -> list[str]:
+def _relations(config: Config, spec: ArchitectureSpec) -> list[str]:
     """Return what is wrong between fields that are each within bounds."""
     problems = []
     heads, layers = config["num_attention_heads"], config["num_hidden_layers"]
@@ -122,9 +128,9 @@ def _relations(config: Config) -> list[str]:
         problems.append(f"hidden_size {config['hidden_size']} must be a multiple of num_attention_heads {heads} "
                         "(or head_dim must be given)")
     layer_types = config.get("layer_types")
-    if layer_types is not None and (len(layer_types) != layers or any(t not in LAYER_TYPES for t in layer_types)):
+    if layer_types is not None and (len(layer_types) != layers or any(t not in spec.layer_types for t in layer_types)):
         problems.append(f"layer_types must list {layers} entries (num_hidden_layers), each one of "
-                        f"{', '.join(LAYER_TYPES)}")
+                        f"{', '.join(spec.layer_types)} (the attention kinds {spec.name} has)")
     rope = full_rope_params(config)
     low, high = rope.get("low_freq_factor"), rope.get("high_freq_factor")
     if str(rope.get("rope_type", "")).lower() == "llama3" and low is not None and high is not None and high <= low:
@@ -132,8 +138,9 @@ def _relations(config: Config) -> list[str]:
     return problems
 
 
-def check_config(config: Config, config_path: str) -> None:
-    """Raise BadInputError naming config.json and the field when a number is outside its sane bounds."""
+def check_config(config: Config, config_path: str, spec: ArchitectureSpec) -> None:
+    """Raise BadInputError naming config.json and the field when a number is outside its sane bounds,
+    or UnsupportedError when the architecture's runtime cannot take a valid layout."""
 
     def refuse(problem: str) -> BadInputError:
         return BadInputError(
@@ -144,7 +151,7 @@ def check_config(config: Config, config_path: str) -> None:
     for key, bound in CONFIG_BOUNDS.items():
         value = config.get(key)
         if value is None:
-            if bound.required:
+            if bound.required or key in spec.required_config:
                 raise refuse(f"{key} is missing; it must be {bound.describe()}")
             continue
         problem = bound.problem(value)
@@ -158,5 +165,11 @@ def check_config(config: Config, config_path: str) -> None:
             problem = None if value is None else bound.problem(value)
             if problem:
                 raise refuse(f"{label}.{key} is {value!r}; it {problem}")
-    for problem in _relations(config):
+    for problem in _relations(config, spec):
         raise refuse(problem)
+    layer_types = config.get("layer_types")
+    if spec.needs_sliding_layer and layer_types and "sliding_attention" not in layer_types:
+        raise UnsupportedError(
+            f"{config_path}: layer_types has no sliding_attention layer, and llama.cpp's {spec.name} runtime "
+            "aborts on such a model (it needs at least one sliding-window layer). edgepack cannot convert it."
+        )

@@ -248,7 +248,8 @@ def test_vocab_size_that_disagrees_with_the_embedding_is_refused(tiny_llama: Pat
 @pytest.mark.parametrize(("field", "value"), [
     ("hidden_size", -64), ("hidden_size", "64"), ("hidden_size", 0), ("num_attention_heads", 0),
     ("max_position_embeddings", -1), ("rms_norm_eps", -1e-6), ("num_hidden_layers", 1_000_000),
-    ("num_key_value_heads", 3), ("vocab_size", None),
+    ("num_key_value_heads", 3), ("vocab_size", None), ("rms_norm_eps", 1),
+    ("layer_types", ["sliding_attention", "sliding_attention"]),
 ])
 def test_config_number_out_of_bounds_is_refused_naming_the_field(tiny_llama: Path, tmp_path: Path, field: str,
                                                                  value: object) -> None:
@@ -263,6 +264,24 @@ def test_nan_rms_norm_eps_is_refused_before_llama_cpp_sees_it(tiny_llama: Path, 
     (model / "config.json").write_text(cfg.replace('"rms_norm_eps": 1e-05', '"rms_norm_eps": NaN'))
     assert "NaN" in (model / "config.json").read_text()
     _build_fails(model, tmp_path, ExitCode.BAD_INPUT, "config.json", "rms_norm_eps is NaN")
+
+
+@pytest.mark.parametrize(("field", "value", "needle"), [
+    ("sliding_window", None, "sliding_window is missing"),
+    ("query_pre_attn_scalar", 1e-6, "query_pre_attn_scalar is 1e-06"),
+    ("final_logit_softcapping", 30, "decimal point (30.0)"),
+])
+def test_gemma_config_value_that_transformers_would_crash_on_is_refused(tiny_gemma: Path, tmp_path: Path, field: str,
+                                                                         value: object, needle: str) -> None:
+    model = _copy(tiny_gemma, tmp_path / "m")
+    _edit_config(model, **{field: value})
+    _build_fails(model, tmp_path, ExitCode.BAD_INPUT, "config.json", needle, "fix config.json")
+
+
+def test_gemma_without_a_sliding_layer_is_unsupported_instead_of_aborting(tiny_gemma: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_gemma, tmp_path / "m")
+    _edit_config(model, layer_types=["full_attention", "full_attention"])
+    _build_fails(model, tmp_path, ExitCode.UNSUPPORTED, "config.json", "no sliding_attention layer", "llama.cpp")
 
 
 def test_empty_tokenizer_json_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
