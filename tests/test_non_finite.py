@@ -3,7 +3,6 @@ JSON edgepack writes holds a bare NaN (which JSON.parse, jq and every mobile dec
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from cli_helpers import edgepack, leftovers
+from cli_helpers import edgepack, leftovers, strict_loads
 from safetensors.torch import load_file, save_file
 from test_adapter_merge import make_adapter
 
@@ -20,15 +19,6 @@ from packager.errors import ExitCode, InternalError
 from packager.strict_json import json_text
 from packager.verify.gates import EIGHT_BIT, LOSSLESS, TopOneGate
 from packager.verify.metrics import FidelityAccumulator, FidelityMetrics
-
-
-def strict_loads(text: str) -> Any:
-    """json.loads as JavaScript's JSON.parse reads it: NaN, Infinity and -Infinity are errors."""
-
-    def refuse(name: str) -> None:
-        raise ValueError(f"{name} is not JSON")
-
-    return json.loads(text, parse_constant=refuse)
 
 
 def _set_values(weights: Path, name: str, edit) -> None:
