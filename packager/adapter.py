@@ -7,7 +7,6 @@ to merge: W' = W + scaling * (B @ A), computed exactly as peft's merge_and_unloa
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import shutil
@@ -19,11 +18,16 @@ from safetensors.torch import save_file
 
 from packager.checkpoint import Checkpoint, _read_json, copy_side_files, open_model_folder
 from packager.errors import BadInputError, UnsupportedError
-from packager.safetensors_file import load_tensor, read_header
+from packager.safetensors_file import load_tensor, read_header, require_finite
+from packager.strict_json import json_text
 
 _PREFIX = "base_model.model."
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.default)?\.weight$")
 _SHARD_BYTES = 2 * 1024**3
+_NON_FINITE_ADAPTER_FIX = (
+    "An adapter with non-finite weights makes the merged model produce NaN logits: the adapter's training "
+    "diverged (check the loss) or the file is damaged. Save an adapter checkpoint from before the loss went NaN."
+)
 
 
 def _resolve_base(adapter_dir: Path, adapter_config: dict[str, Any], base: Path | None) -> Path:
@@ -55,6 +59,40 @@ def _scaling(cfg: dict[str, Any], module: str) -> float:
     return alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
 
 
+def _whole_at_least_one(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_numbers(path: Path, cfg: dict[str, Any]) -> None:
+    """Refuse a rank, alpha or per-module pattern a merge cannot use (peft itself would fail or divide by zero)."""
+
+    def refuse(problem: str) -> BadInputError:
+        return BadInputError(f"{path}: {problem}. Fix adapter_config.json, or save the adapter again with peft's "
+                             "save_pretrained().")
+
+    if not _whole_at_least_one(cfg.get("r")):
+        raise refuse(f"r is {cfg.get('r')!r}; the LoRA rank must be a whole number of at least 1")
+    if "lora_alpha" in cfg and not _finite_number(cfg["lora_alpha"]):
+        raise refuse(f"lora_alpha is {cfg['lora_alpha']!r}; it must be a finite number")
+    for key, valid, what in (("rank_pattern", _whole_at_least_one, "a rank (a whole number of at least 1)"),
+                             ("alpha_pattern", _finite_number, "a finite number")):
+        patterns = cfg.get(key) or {}
+        if not isinstance(patterns, dict):
+            raise refuse(f"{key} is {patterns!r}; it must be a JSON object from module pattern to value")
+        for pattern, value in patterns.items():
+            try:
+                re.compile(rf"(.*\.)?({pattern})$")
+            except re.error as exc:
+                raise refuse(f"{key} has the key {pattern!r}, which is not a valid regular expression ({exc})"
+                             ) from None
+            if not valid(value):
+                raise refuse(f"{key}[{pattern!r}] is {value!r}; it must be {what}")
+
+
 def _check_supported(path: Path, cfg: dict[str, Any]) -> None:
     if cfg.get("peft_type") != "LORA":
         raise UnsupportedError(f"{path}: peft_type {cfg.get('peft_type')!r}; edgepack merges LoRA adapters only.")
@@ -66,19 +104,30 @@ def _check_supported(path: Path, cfg: dict[str, Any]) -> None:
         raise UnsupportedError(f"{path}: bias={cfg['bias']!r} adapters are not supported; use bias='none'.")
 
 
-def _adapter_weights(adapter_dir: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
+def _adapter_weights(adapter_dir: Path, allow_pickle: bool) -> tuple[Path, dict[str, torch.Tensor]]:
+    """Return the adapter's weights file and its tensors, each checked to be finite."""
     st = adapter_dir / "adapter_model.safetensors"
-    if st.is_file():
-        return {name: load_tensor(entry) for name, entry in read_header(st).items()}
     pickle = adapter_dir / "adapter_model.bin"
-    if pickle.is_file():
+    if st.is_file():
+        source, weights = st, {name: load_tensor(entry) for name, entry in read_header(st).items()}
+    elif pickle.is_file():
         if not allow_pickle:
             raise BadInputError(
                 f"{pickle}: adapter weights are a pickle file, which can run code when loaded. Save the "
                 "adapter with safetensors (the peft default) or pass --allow-pickle."
             )
-        return torch.load(pickle, map_location="cpu", weights_only=True)
-    raise BadInputError(f"{adapter_dir}: no adapter_model.safetensors. Save the adapter with save_pretrained().")
+        try:
+            state = torch.load(pickle, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise BadInputError(f"{pickle}: could not be read as a PyTorch state dict ({exc}).") from None
+        if not isinstance(state, dict):
+            raise BadInputError(f"{pickle}: does not hold a state dict of tensors.")
+        source, weights = pickle, {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    else:
+        raise BadInputError(f"{adapter_dir}: no adapter_model.safetensors. Save the adapter with save_pretrained().")
+    for name, tensor in weights.items():
+        require_finite(tensor, name, source, _NON_FINITE_ADAPTER_FIX)
+    return source, weights
 
 
 def merge_adapter(
@@ -89,10 +138,11 @@ def merge_adapter(
     cfg_path = adapter_dir / "adapter_config.json"
     cfg = _read_json(cfg_path, "")
     _check_supported(cfg_path, cfg)
+    _check_numbers(cfg_path, cfg)
     base_dir = _resolve_base(adapter_dir, cfg, base)
     base_ckpt = open_model_folder(base_dir, allow_pickle=allow_pickle, work_dir=work_dir / "base")
 
-    weights = _adapter_weights(adapter_dir, allow_pickle)
+    weights_file, weights = _adapter_weights(adapter_dir, allow_pickle)
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     replacements: dict[str, torch.Tensor] = {}
     for key, tensor in weights.items():
@@ -115,13 +165,15 @@ def merge_adapter(
                 f"{adapter_dir}: the adapter adapts {target!r}, which the base model at {base_dir} does not have. "
                 "The adapter was trained on a different model: pass --base DIR with the right base."
             )
-        out_f, in_f = base_ckpt.tensors[target].shape
+        base_shape = base_ckpt.tensors[target].shape
         a, b = ab["A"], ab["B"]
-        if a.shape[1] != in_f or b.shape[0] != out_f or a.shape[0] != b.shape[1]:
+        if (len(base_shape) != 2 or a.dim() != 2 or b.dim() != 2 or a.shape[1] != base_shape[1]
+                or b.shape[0] != base_shape[0] or a.shape[0] != b.shape[1]):
             raise BadInputError(
-                f"{adapter_dir / 'adapter_model.safetensors'}: shapes do not fit the base at {base_dir}: "
-                f"{target} is {out_f}x{in_f} but lora_B @ lora_A is {tuple(b.shape)} @ {tuple(a.shape)}. "
-                "The adapter was trained on a different model size: pass --base DIR with the right base."
+                f"{weights_file}: shapes do not fit the base at {base_dir}: "
+                f"{target} is {'x'.join(map(str, base_shape))} but lora_B @ lora_A is {tuple(b.shape)} @ "
+                f"{tuple(a.shape)}. The adapter was trained on a different model size: pass --base DIR with the "
+                "right base."
             )
         delta_for[target] = (a, b, _scaling(cfg, module))
     for target, tensor in replacements.items():
@@ -140,11 +192,12 @@ def merge_adapter(
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-    _write_merged(base_ckpt, delta_for, replacements, out_dir)
-    (out_dir / "config.json").write_text(json.dumps(base_ckpt.config, indent=2), encoding="utf-8")
+    _write_merged(base_ckpt, delta_for, replacements, out_dir, weights_file)
+    (out_dir / "config.json").write_text(json_text(base_ckpt.config, "merged config.json"), encoding="utf-8")
     copy_side_files(base_dir, out_dir, prefer=adapter_dir)
 
-    merged = open_model_folder(out_dir, name=name or adapter_dir.name)
+    # Every merged tensor was checked as it was written: the base at open, the adapter at load, the sum here.
+    merged = open_model_folder(out_dir, name=name or adapter_dir.name, scan_values=False)
     merged.origin = {
         "kind": "peft-adapter",
         "adapter": str(adapter_dir),
@@ -165,8 +218,9 @@ def _write_merged(
     deltas: dict[str, tuple[torch.Tensor, torch.Tensor, float]],
     replacements: dict[str, torch.Tensor],
     out_dir: Path,
+    adapter_file: Path,
 ) -> None:
-    """Stream the merged tensors into safetensors shards of bounded size."""
+    """Stream the merged tensors into safetensors shards of bounded size, refusing any that overflow."""
     shard: dict[str, torch.Tensor] = {}
     shard_bytes = 0
     shards: list[dict[str, torch.Tensor]] = []
@@ -187,6 +241,9 @@ def _write_merged(
         if name in deltas:
             a, b, scaling = deltas[name]
             tensor = merge_lora_weight(tensor, a, b, scaling)
+            require_finite(tensor, f"{name} (merged)", adapter_file, (
+                f"W + scaling * (lora_B @ lora_A), with scaling {scaling:g} (lora_alpha / r), overflows float32: "
+                "the adapter's weights or lora_alpha are far too large. Check the adapter's training."))
         elif name in replacements:
             tensor = replacements[name].to(tensor.dtype)
         shard[name] = tensor.contiguous()
@@ -201,4 +258,5 @@ def _write_merged(
         (out_dir / f"model-{i:05d}.safetensors").rename(out_dir / final)
         weight_map.update(dict.fromkeys(shard_names, final))
     index = {"metadata": {}, "weight_map": weight_map}
-    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+    (out_dir / "model.safetensors.index.json").write_text(json_text(index, "model.safetensors.index.json"),
+                                                          encoding="utf-8")

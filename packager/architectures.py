@@ -88,6 +88,48 @@ _COMMON_GGUF_KEYS: tuple[GGUFKey, ...] = (
 
 
 @dataclass(frozen=True)
+class TensorShape:
+    """One tensor a checkpoint must hold: its Hugging Face name ("{layer}" once per decoder layer) and its
+    shape in config dimensions (see config_dimensions); an optional one is checked only when present."""
+
+    name: str
+    dims: tuple[str, ...]
+    required: bool = True
+
+
+def config_dimensions(config: Config) -> dict[str, int]:
+    """Return the named dimensions tensor shapes are written in, read from a config within bounds."""
+    heads = config["num_attention_heads"]
+    head_dim = _head_dim(config)
+    return {
+        "vocab": config["vocab_size"],
+        "hidden": config["hidden_size"],
+        "ffn": config["intermediate_size"],
+        "head": head_dim,
+        "q": heads * head_dim,
+        "kv": (config.get("num_key_value_heads") or heads) * head_dim,
+    }
+
+
+# Every decoder-only architecture we support: embedding, final norm, optional untied head, and per
+# layer two norms, the four attention projections and the gated MLP.
+_DECODER_TENSORS: tuple[TensorShape, ...] = (
+    TensorShape("model.embed_tokens.weight", ("vocab", "hidden")),
+    TensorShape("model.norm.weight", ("hidden",)),
+    TensorShape("lm_head.weight", ("vocab", "hidden"), required=False),
+    TensorShape("model.layers.{layer}.input_layernorm.weight", ("hidden",)),
+    TensorShape("model.layers.{layer}.post_attention_layernorm.weight", ("hidden",)),
+    TensorShape("model.layers.{layer}.self_attn.q_proj.weight", ("q", "hidden")),
+    TensorShape("model.layers.{layer}.self_attn.k_proj.weight", ("kv", "hidden")),
+    TensorShape("model.layers.{layer}.self_attn.v_proj.weight", ("kv", "hidden")),
+    TensorShape("model.layers.{layer}.self_attn.o_proj.weight", ("hidden", "q")),
+    TensorShape("model.layers.{layer}.mlp.gate_proj.weight", ("ffn", "hidden")),
+    TensorShape("model.layers.{layer}.mlp.up_proj.weight", ("ffn", "hidden")),
+    TensorShape("model.layers.{layer}.mlp.down_proj.weight", ("hidden", "ffn")),
+)
+
+
+@dataclass(frozen=True)
 class ArchitectureSpec:
     """What every writer needs to know about one Hugging Face model type."""
 
@@ -110,6 +152,24 @@ class ArchitectureSpec:
     end_of_turn_tokens: tuple[str, ...] = ()
     # Why fp16 execution is risky (a model fact; fp16 runtimes and GPU delegates care): shown by doctor.
     fp16_risk: str = ""
+    # The tensors a checkpoint must hold and their shapes, checked when it is opened.
+    tensors: tuple[TensorShape, ...] = _DECODER_TENSORS
+    # config.json keys that must be present: transformers' defaults for them are another model's.
+    required_config: tuple[str, ...] = ()
+    # The attention kinds config.json's layer_types may name (transformers crashes on any other).
+    layer_types: tuple[str, ...] = ("full_attention",)
+    # llama.cpp aborts (GGML_ASSERT is_swa_any) on this architecture when no layer is sliding-window.
+    needs_sliding_layer: bool = False
+
+    def expected_tensors(self, config: Config) -> list[tuple[str, tuple[int, ...], bool]]:
+        """Return (name, shape, required) of every tensor a checkpoint with this config must hold."""
+        dims = config_dimensions(config)
+        out = []
+        for t in self.tensors:
+            layers = range(config["num_hidden_layers"]) if "{layer}" in t.name else [None]
+            shape = tuple(dims[d] for d in t.dims)
+            out += [(t.name.format(layer=i), shape, t.required) for i in layers]
+        return out
 
 
 def _llama3_rope_type(config: Config) -> bool:
@@ -134,6 +194,18 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
         truncate_embedding_to_tokenizer=True,
         end_of_turn_tokens=("<end_of_turn>",),
         fp16_risk="residual stream exceeds fp16 range (Gemma 3 270M reaches ~1e5 > 65504)",
+        # Gemma 3's class defaults (head_dim 256, ...) are the 4B model's; llama.cpp's gemma3 needs a sliding layer.
+        required_config=("head_dim", "sliding_window", "query_pre_attn_scalar"),
+        layer_types=("sliding_attention", "full_attention"),
+        needs_sliding_layer=True,
+        # Norms around both branches and per-head q/k norms.
+        tensors=(
+            *_DECODER_TENSORS,
+            TensorShape("model.layers.{layer}.pre_feedforward_layernorm.weight", ("hidden",)),
+            TensorShape("model.layers.{layer}.post_feedforward_layernorm.weight", ("hidden",)),
+            TensorShape("model.layers.{layer}.self_attn.q_norm.weight", ("head",)),
+            TensorShape("model.layers.{layer}.self_attn.k_norm.weight", ("head",)),
+        ),
     ),
     ArchitectureSpec(
         name="llama",

@@ -7,8 +7,8 @@ quantization; pickle weights are refused unless the user opts in; remote code is
 
 from __future__ import annotations
 
-import json
 import shutil
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +18,10 @@ import torch
 from safetensors.torch import save_file
 
 from packager.architectures import ArchitectureSpec, spec_for_config
+from packager.config_bounds import check_config
 from packager.errors import BadInputError, UnsupportedError
-from packager.safetensors_file import TensorEntry, load_tensor, read_header
+from packager.safetensors_file import FLOAT_DTYPES, TensorEntry, load_tensor, read_header, require_finite
+from packager.strict_json import MAX_JSON_INPUT_BYTES, read_json_file
 
 # Files that travel with the weights: tokenizer, chat template, generation defaults.
 SIDE_FILES = (
@@ -32,6 +34,10 @@ SIDE_FILES = (
     "generation_config.json",
 )
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+NON_FINITE_WEIGHTS_FIX = (
+    "A model with non-finite weights gives NaN logits on every runtime: the fine-tune diverged (check the "
+    "training loss) or the file is damaged. Convert a checkpoint saved before the loss went NaN, or re-download it."
+)
 
 
 @dataclass
@@ -86,10 +92,7 @@ class Checkpoint:
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise BadInputError(f"{path}: missing. {what}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInputError(f"{path}: not valid JSON ({exc}). Fix or regenerate the file.") from None
+    data = read_json_file(path, "Fix or regenerate the file.")
     if not isinstance(data, dict):
         raise BadInputError(f"{path}: expected a JSON object at the top level.")
     return data
@@ -125,6 +128,47 @@ def _index_tensors(files: list[Path]) -> dict[str, TensorEntry]:
     return tensors
 
 
+def _check_tensor_shapes(spec: ArchitectureSpec, config: dict[str, Any], tensors: dict[str, TensorEntry],
+                         folder: Path) -> None:
+    """Refuse a checkpoint whose tensors are missing or shaped otherwise than its config.json implies."""
+    config_path = folder / "config.json"
+    for name, shape, required in spec.expected_tensors(config):
+        entry = tensors.get(name)
+        if entry is None:
+            if required:
+                raise BadInputError(
+                    f"{folder}: the weights have no tensor {name!r}, which a {spec.name} checkpoint with this "
+                    f"config.json (num_hidden_layers {config['num_hidden_layers']}) must have. The weights are "
+                    "incomplete or config.json belongs to another model: save the model and its config together "
+                    "with save_pretrained()."
+                )
+            continue
+        if entry.dtype not in FLOAT_DTYPES:
+            raise BadInputError(f"{entry.file}: tensor {name!r} is stored as {entry.dtype}; model weights are "
+                                "floating point. Save the model again with save_pretrained() (unquantized).")
+        if entry.shape == shape:
+            continue
+        if name.endswith("embed_tokens.weight") and entry.shape[1:] == shape[1:]:
+            raise BadInputError(
+                f"{config_path}: vocab_size is {config['vocab_size']:,} but {name} in {entry.file.name} has "
+                f"{entry.shape[0]:,} rows. Set vocab_size to {entry.shape[0]:,} (the embedding is the truth), or "
+                "call model.resize_token_embeddings() before save_pretrained()."
+            )
+        hint = " It looks transposed (saved as W.T)." if entry.shape == shape[::-1] else ""
+        raise BadInputError(
+            f"{entry.file}: tensor {name!r} has shape {list(entry.shape)}, but {config_path.name} implies "
+            f"{list(shape)}.{hint} The weights and config.json must come from the same model: save them together "
+            "with save_pretrained(), without transforming the weights."
+        )
+
+
+def _require_finite_weights(tensors: dict[str, TensorEntry]) -> None:
+    """Refuse NaN or infinite weights, naming the tensor and file; streams one tensor at a time."""
+    for entry in tensors.values():
+        if entry.dtype in FLOAT_DTYPES:
+            require_finite(load_tensor(entry), entry.name, entry.file, NON_FINITE_WEIGHTS_FIX)
+
+
 def _convert_pickles(pickles: list[Path], dest: Path) -> list[Path]:
     """Re-save opted-in pickle weights as safetensors (torch's weights_only unpickler, never full pickle)."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -136,15 +180,53 @@ def _convert_pickles(pickles: list[Path], dest: Path) -> list[Path]:
             raise BadInputError(f"{p}: could not be read as a PyTorch state dict ({exc}).") from None
         if not isinstance(state, dict):
             raise BadInputError(f"{p}: does not hold a state dict of tensors.")
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                require_finite(value, key, p, NON_FINITE_WEIGHTS_FIX)
         target = dest / f"converted-{i:05d}.safetensors"
         save_file({k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}, str(target))
         out.append(target)
     return out
 
 
+def _check_side_files(folder: Path) -> None:
+    """Each tokenizer/template side file must be a regular file of sane size, each JSON one a JSON object,
+    and tokenizer.json a tokenizer the tokenizers library loads."""
+    for name in SIDE_FILES:
+        path = folder / name
+        if not (path.exists() or path.is_symlink()):
+            continue
+        fix = f"Save the tokenizer again with `tokenizer.save_pretrained(folder)`, or remove {name}."
+        if name.endswith(".json"):
+            if not isinstance(read_json_file(path, fix), dict):
+                raise BadInputError(f"{path}: expected a JSON object at the top level. {fix}")
+            continue
+        try:
+            info = path.stat()
+        except OSError as exc:
+            raise BadInputError(f"{path}: cannot be read ({exc.strerror}). {fix}") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise BadInputError(f"{path}: is not a regular file (it is a device, pipe or folder). {fix}")
+        if info.st_size > MAX_JSON_INPUT_BYTES:
+            raise BadInputError(f"{path}: is {info.st_size:,} bytes, too large to be a tokenizer file. {fix}")
+    from tokenizers import Tokenizer
+
+    try:
+        Tokenizer.from_file(str(folder / "tokenizer.json"))
+    except Exception as exc:  # the tokenizers library raises plain Exception for a malformed file
+        raise BadInputError(
+            f"{folder / 'tokenizer.json'}: is JSON but not a tokenizer the tokenizers library can load ({exc}). "
+            "Save the tokenizer again with `tokenizer.save_pretrained(folder)`."
+        ) from None
+
+
 def _check_tokenizer(folder: Path) -> None:
     if (folder / "tokenizer.json").is_file():
+        _check_side_files(folder)
         return
+    if (folder / "tokenizer.json").is_symlink():
+        raise BadInputError(f"{folder / 'tokenizer.json'}: is a symlink that does not lead to a regular file. Copy "
+                            "the tokenizer files of the model you fine-tuned into the folder.")
     if (folder / "tokenizer.model").is_file():
         raise UnsupportedError(
             f"{folder}: has tokenizer.model but no tokenizer.json. edgepack reads the fast-tokenizer "
@@ -158,9 +240,16 @@ def _check_tokenizer(folder: Path) -> None:
 
 
 def open_model_folder(
-    folder: Path, *, allow_pickle: bool = False, work_dir: Path | None = None, name: str | None = None
+    folder: Path, *, allow_pickle: bool = False, work_dir: Path | None = None, name: str | None = None,
+    scan_values: bool = True,
 ) -> Checkpoint:
-    """Validate a Hugging Face model folder and index its tensors (no weights are loaded)."""
+    """Validate a Hugging Face model folder and index its tensors.
+
+    The checks run cheapest first, so a bad config.json is refused before a byte of weights is read:
+    config numbers within bounds, tokenizer files loadable, safetensors headers sound, every tensor
+    the config implies present with its shape, and (unless `scan_values` is off, for weights already
+    scanned) every weight a finite number. The scan streams one tensor at a time.
+    """
     folder = folder.resolve()
     if not folder.is_dir():
         raise BadInputError(f"{folder}: not a folder. Pass the folder that holds config.json and the weights.")
@@ -172,6 +261,7 @@ def open_model_folder(
         # We never import code from the checkpoint; architectures come from our own table only.
         config = {k: v for k, v in config.items() if k != "auto_map"}
     spec = spec_for_config(config, str(folder / "config.json"))
+    check_config(config, str(folder / "config.json"), spec)
     files, pickles = _weight_files(folder, allow_pickle)
     if not files:
         if pickles and not allow_pickle:
@@ -191,12 +281,9 @@ def open_model_folder(
             )
     _check_tokenizer(folder)
     tensors = _index_tensors(files)
-    embed = next((n for n in tensors if n.endswith("embed_tokens.weight")), None)
-    if embed is None:
-        raise BadInputError(
-            f"{folder}: the weights have no token embedding (model.embed_tokens.weight); this does not look "
-            f"like a complete {spec.name} checkpoint."
-        )
+    _check_tensor_shapes(spec, config, tensors, folder)
+    if scan_values:
+        _require_finite_weights(tensors)
     return Checkpoint(
         folder=folder,
         config=config,

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -20,6 +18,7 @@ import click
 from packager import __version__
 from packager.errors import BadInputError, EdgepackError, ExitCode, Terminated
 from packager.progress import Reporter
+from packager.strict_json import finite_numbers, json_text
 
 _DOCUMENT_KEY = "edgepack.json_document"
 
@@ -29,22 +28,12 @@ def _emit_json(document: Any) -> None:
     click.get_current_context().meta[_DOCUMENT_KEY] = document
 
 
-def _strict(value: Any) -> Any:
-    """Return value with NaN and infinities replaced by null: strict JSON parsers (and CI tools) reject them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    return value
-
-
 def _document_text(document: Any, code: int) -> str:
     """Return the one JSON document for stdout; a dict result also carries the exit code."""
     if isinstance(document, dict):
         document = {**document, "exit_code": code}
-    return json.dumps(_strict(document), indent=2, allow_nan=False) + "\n"
+    # A number that does not exist (NaN, infinity) is null here: strict parsers reject the whole document.
+    return json_text(finite_numbers(document), "--json output") + "\n"
 
 
 def _failure(label: str, message: str, code: int) -> tuple[int, dict[str, Any]]:

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,30 +231,95 @@ def _ids(value: Any) -> list[int]:
     return [int(v) for v in value] if isinstance(value, list) else [int(value)]
 
 
-def _chat_template(folder: Path, tok_cfg: dict[str, Any]) -> str | None:
+def _chat_template(folder: Path, tok_cfg: dict[str, Any]) -> tuple[str, Path] | None:
+    """Return the checkpoint's chat template and the file it came from, or None."""
     jinja = folder / "chat_template.jinja"
     if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
-    template = tok_cfg.get("chat_template") or _json(folder / "chat_template.json").get("chat_template")
-    return template if isinstance(template, str) else None
+        return jinja.read_text(encoding="utf-8"), jinja
+    if isinstance(tok_cfg.get("chat_template"), str) and tok_cfg["chat_template"]:
+        return tok_cfg["chat_template"], folder / "tokenizer_config.json"
+    template = _json(folder / "chat_template.json").get("chat_template")
+    return (template, folder / "chat_template.json") if isinstance(template, str) and template else None
+
+
+# A chat template is code that comes with the checkpoint. It runs in a child Python, in jinja2's
+# immutable sandbox (no reaching into Python objects), under a CPU-time and a memory limit the kernel
+# enforces, a wall-clock kill for platforms without them, and a cap on the rendered text: a thread
+# with a timeout could not stop a loop that never yields, and counting iterations inside Jinja
+# misses string repetition, filters and str methods that allocate gigabytes in one call.
+TEMPLATE_CPU_SECONDS = 5
+TEMPLATE_MEMORY_BYTES = 1 << 30
+TEMPLATE_WALL_SECONDS = 30
+TEMPLATE_MAX_CHARS = 1 << 20
+
+_RENDER_CHILD = r"""
+import json, sys
+request = json.loads(sys.stdin.buffer.read().decode("utf-8"))
+try:
+    import resource
+    cpu = request["cpu_seconds"]
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (request["memory_bytes"], request["memory_bytes"]))
+except (ImportError, ValueError, OSError):
+    pass  # no kernel limits here (Windows, some macOS): the parent's wall-clock kill still bounds the render
+
+def reply(**fields):
+    sys.stdout.buffer.write(json.dumps(fields).encode("ascii"))
+    sys.exit(0)
+
+def raise_exception(message):
+    raise ValueError(message)
+
+try:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    pieces, size = [], 0
+    for piece in env.from_string(request["template"]).generate(**request["variables"]):
+        size += len(piece)
+        if size > request["max_chars"]:
+            reply(error=f"renders more than {request['max_chars']:,} characters around a single user message")
+        pieces.append(piece)
+except MemoryError:
+    reply(error=f"needs more than {request['memory_bytes'] >> 20} MB of memory to render")
+except RecursionError:
+    reply(error="recurses without end")
+except Exception as exc:
+    reply(error=f"raised {type(exc).__name__}: {exc}")
+reply(text="".join(pieces))
+"""
+
+
+def render_chat_template(template: str, variables: dict[str, Any]) -> str:
+    """Return the template rendered with variables, in a bounded sandbox; raise ValueError saying what it broke."""
+    request = {"template": template, "variables": variables, "cpu_seconds": TEMPLATE_CPU_SECONDS,
+               "memory_bytes": TEMPLATE_MEMORY_BYTES, "max_chars": TEMPLATE_MAX_CHARS}
+    try:
+        proc = subprocess.run([sys.executable, "-I", "-c", _RENDER_CHILD], input=json.dumps(request).encode(),
+                              capture_output=True, timeout=TEMPLATE_WALL_SECONDS, check=False)
+    except subprocess.TimeoutExpired:
+        raise ValueError(f"did not finish within {TEMPLATE_WALL_SECONDS} s") from None
+    if proc.returncode in (-getattr(signal, "SIGXCPU", 24), -signal.SIGKILL):
+        raise ValueError(f"ran for more than {TEMPLATE_CPU_SECONDS} s of CPU time (an endless or huge loop)")
+    try:
+        reply = json.loads(proc.stdout)
+    except ValueError:
+        detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+        raise ValueError(f"could not be rendered ({detail[0]})") from None
+    if "error" in reply:
+        raise ValueError(reply["error"])
+    return reply["text"]
 
 
 def prompt_from_chat_template(template: str, bos_token: str | None, eos_token: str | None) -> PromptFormat:
     """Render the chat template once around a sentinel user turn and keep what surrounds it."""
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-
-    def raise_exception(message: str) -> None:
-        raise ValueError(message)
-
-    env.globals["raise_exception"] = raise_exception
-    rendered = env.from_string(template).render(
-        messages=[{"role": "user", "content": _SENTINEL}], add_generation_prompt=True,
-        bos_token=bos_token or "", eos_token=eos_token or "",
-    )
+    rendered = render_chat_template(template, {
+        "messages": [{"role": "user", "content": _SENTINEL}], "add_generation_prompt": True,
+        "bos_token": bos_token or "", "eos_token": eos_token or "",
+    })
     if rendered.count(_SENTINEL) != 1:
-        raise ValueError("the chat template does not place the user message exactly once")
+        raise ValueError("does not place the user message exactly once")
     prefix, suffix = rendered.split(_SENTINEL)
     if bos_token and prefix.startswith(bos_token):
         prefix = prefix[len(bos_token):]  # the runtime adds BOS as a token (add_bos)
@@ -294,15 +362,16 @@ def contract_from_checkpoint(ckpt: Checkpoint) -> Contract:
             if i not in eos_ids:
                 eos_ids.append(i)
 
-    chat_template = _chat_template(folder, tok_cfg)
+    found = _chat_template(folder, tok_cfg)
+    chat_template = found[0] if found else None
     prompt = PromptFormat()
-    if chat_template:
+    if found:
         try:
             prompt = prompt_from_chat_template(chat_template, bos_token, eos_token)
-        except Exception as exc:  # a template we cannot render is reported, never half-used
+        except ValueError as exc:  # a template we cannot render is reported, never half-used
             raise BadInputError(
-                f"{folder}: the chat template could not be rendered for a single user message ({exc}). "
-                "Declare the prompt format explicitly (prompt_template in edgepack.toml)."
+                f"{found[1]}: the chat template {exc}, rendering a single user message. Fix the template, or "
+                "declare the prompt format explicitly (prompt_template in edgepack.toml)."
             ) from None
 
     generation = {k: gen_cfg[k] for k in ("temperature", "top_k", "top_p", "do_sample") if k in gen_cfg}

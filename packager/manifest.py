@@ -7,7 +7,6 @@ and sha256, each artifact's verification level and numbers, and whether its gate
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import platform
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 from packager import __version__
 from packager.errors import BadInputError
 from packager.fingerprint import file_sha256
+from packager.strict_json import json_text
 
 MANIFEST_SCHEMA_VERSION = 1
 
@@ -44,7 +44,8 @@ def without_host_measurements(data: Any) -> Any:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n", encoding="utf-8")
+    """Write data as strict JSON (no NaN or Infinity: see packager.strict_json)."""
+    path.write_text(json_text(data, str(path)) + "\n", encoding="utf-8")
 
 
 def source_date_epoch() -> int | None:

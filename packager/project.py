@@ -117,6 +117,20 @@ def target_option_values(given: dict[str, dict[str, Any]], build: dict[str, Any]
     return values
 
 
+# The longest context any runtime we target can be set up for (Llama 4 declares 10M positions).
+MAX_CONTEXT_LENGTH = 2**24
+
+
+def _context_length(flag: int | None, build: dict[str, Any], config_path: Path) -> int:
+    """Return --context-length, else [build] context_length, else 4096: a whole number of tokens, at least 1."""
+    value, source = (flag, "--context-length") if flag is not None else (
+        build.get("context_length", 4096), f"{config_path}: [build] context_length")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONTEXT_LENGTH:
+        raise BadInputError(f"{source} is {value!r}; it must be a whole number of tokens from 1 to "
+                            f"{MAX_CONTEXT_LENGTH:,} (for example 4096).")
+    return value
+
+
 def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None) -> BuildRequest:
     """Merge flags over edgepack.toml into a BuildRequest."""
     cwd = cwd or Path.cwd()
@@ -154,7 +168,7 @@ def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None
     task_gate = TaskGate(max_accuracy_drop=float(drop), min_validity=float(gate_cfg.get("min_validity", 1.0)))
     options = BuildOptions(
         quant=canonical_quant(q) if (q := flags.quant or build.get("quant")) else None,
-        context_length=flags.context_length or int(build.get("context_length", 4096)),
+        context_length=_context_length(flags.context_length, build, root / CONFIG_NAME),
         no_gate=flags.no_gate,
         name=_name(flags, build, config_path, out),
         target_options=target_option_values(flags.target_options, build, root / CONFIG_NAME),

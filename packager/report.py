@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from packager.strict_json import finite_numbers
 from packager.target import TargetResult
 
 
@@ -12,11 +13,12 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def verification_rows(results: list[TargetResult]) -> list[dict[str, Any]]:
+    """One row per verified artifact (manifest.json, --json, the tables); a NaN measurement is None."""
     rows = []
     for tr in results:
         for v in tr.verifications:
             m = v.metrics
-            rows.append({
+            rows.append(finite_numbers({
                 "target": tr.target,
                 "artifact": v.artifact,
                 "quant": v.quant,
@@ -32,7 +34,7 @@ def verification_rows(results: list[TargetResult]) -> list[dict[str, Any]]:
                 "task": v.task.as_dict() if v.task else None,
                 "passed": v.passed,
                 "failures": v.failures,
-            })
+            }))
     return rows
 
 

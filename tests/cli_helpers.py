@@ -14,6 +14,15 @@ from click.testing import CliRunner
 from packager.cli import main
 
 
+def strict_loads(text: str) -> Any:
+    """json.loads as JavaScript's JSON.parse reads it: NaN, Infinity and -Infinity are errors, not numbers."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 @dataclass
 class CliResult:
     exit_code: int
@@ -21,7 +30,8 @@ class CliResult:
     stderr: str
 
     def json(self) -> Any:
-        return json.loads(self.stdout)
+        """stdout parsed as strict JSON (every --json output must be)."""
+        return strict_loads(self.stdout)
 
 
 def edgepack(*args: str | Path) -> CliResult:

@@ -160,3 +160,210 @@ def test_bad_input_with_json_prints_a_machine_readable_error(tmp_path: Path, fla
     assert result.exit_code == ExitCode.BAD_INPUT
     payload = result.json()
     assert payload["passed"] is False and payload["error"] == "bad input" and "missing" in payload["message"]
+
+
+# --- Malformed checkpoints: each is refused at open with exit 2 (or 3), never an internal error (exit 4) ---
+
+
+def _edit_header(weights: Path, edit) -> None:
+    """Rewrite a safetensors file's JSON header with edit(header), keeping its data bytes (plus any extra)."""
+    data = weights.read_bytes()
+    (header_len,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + header_len])
+    tail = edit(header) or b""
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    weights.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + header_len:] + tail)
+
+
+def _edit_config(model: Path, **changes: object) -> None:
+    cfg = json.loads((model / "config.json").read_text())
+    cfg.update(changes)
+    (model / "config.json").write_text(json.dumps(cfg))
+
+
+def test_safetensors_with_negative_dims_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_llama, tmp_path / "m")
+
+    def negate(header: dict) -> None:  # (-a) * (-b) bytes still match the byte range
+        entry = header["model.layers.0.mlp.gate_proj.weight"]
+        entry["shape"] = [-d for d in entry["shape"]]
+
+    _edit_header(model / "model.safetensors", negate)
+    _build_fails(model, tmp_path, ExitCode.BAD_INPUT, "model.safetensors", "gate_proj", "negative dimension",
+                 "Re-download")
+
+
+def test_safetensors_with_overlapping_tensors_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_llama, tmp_path / "m")
+
+    def overlap(header: dict) -> None:
+        up = header["model.layers.0.mlp.up_proj.weight"]
+        up["data_offsets"] = list(header["model.layers.0.mlp.gate_proj.weight"]["data_offsets"])
+
+    _edit_header(model / "model.safetensors", overlap)
+    _build_fails(model, tmp_path, ExitCode.BAD_INPUT, "model.safetensors", "overlap", "Re-download")
+
+
+def test_safetensors_with_trailing_bytes_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_llama, tmp_path / "m")
+    _edit_header(model / "model.safetensors", lambda header: b"\0" * 64)
+    _build_fails(model, tmp_path, ExitCode.BAD_INPUT, "model.safetensors", "64 trailing bytes", "Re-download")
+
+
+def _edit_tensors(model: Path, edit) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(model / "model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(model / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_transposed_tensor_is_refused_naming_it_and_both_shapes(tiny_llama: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_llama, tmp_path / "m")
+    name = "model.layers.1.mlp.down_proj.weight"
+
+    def transpose(t: dict) -> None:
+        t[name] = t[name].T.contiguous()
+
+    _edit_tensors(model, transpose)
+    _build_fails(model, tmp_path, ExitCode.BAD_INPUT, "model.safetensors", name, "[128, 64]", "[64, 128]",
+                 "transposed", "save_pretrained")
+
+
+def test_missing_tensor_is_refused_naming_it(tiny_llama: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_llama, tmp_path / "m")
+    name = "model.layers.1.self_attn.k_proj.weight"
+    _edit_tensors(model, lambda t: t.pop(name))
+    _build_fails(model, tmp_path, ExitCode.BAD_INPUT, name, "num_hidden_layers 2", "save_pretrained")
+
+
+def test_vocab_size_that_disagrees_with_the_embedding_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_llama, tmp_path / "m")
+    cfg = json.loads((model / "config.json").read_text())
+    _edit_config(model, vocab_size=cfg["vocab_size"] + 60)
+    _build_fails(model, tmp_path, ExitCode.BAD_INPUT, "config.json", f"vocab_size is {cfg['vocab_size'] + 60}",
+                 f"has {cfg['vocab_size']} rows", "resize_token_embeddings")
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("hidden_size", -64), ("hidden_size", "64"), ("hidden_size", 0), ("num_attention_heads", 0),
+    ("max_position_embeddings", -1), ("rms_norm_eps", -1e-6), ("num_hidden_layers", 1_000_000),
+    ("num_key_value_heads", 3), ("vocab_size", None), ("rms_norm_eps", 1),
+    ("layer_types", ["sliding_attention", "sliding_attention"]),
+])
+def test_config_number_out_of_bounds_is_refused_naming_the_field(tiny_llama: Path, tmp_path: Path, field: str,
+                                                                 value: object) -> None:
+    model = _copy(tiny_llama, tmp_path / "m")
+    _edit_config(model, **{field: value})
+    _build_fails(model, tmp_path, ExitCode.BAD_INPUT, "config.json", field, "fix config.json")
+
+
+def test_nan_rms_norm_eps_is_refused_before_llama_cpp_sees_it(tiny_llama: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_llama, tmp_path / "m")
+    cfg = (model / "config.json").read_text()
+    (model / "config.json").write_text(cfg.replace('"rms_norm_eps": 1e-05', '"rms_norm_eps": NaN'))
+    assert "NaN" in (model / "config.json").read_text()
+    _build_fails(model, tmp_path, ExitCode.BAD_INPUT, "config.json", "rms_norm_eps is NaN")
+
+
+@pytest.mark.parametrize(("field", "value", "needle"), [
+    ("sliding_window", None, "sliding_window is missing"),
+    ("query_pre_attn_scalar", 1e-6, "query_pre_attn_scalar is 1e-06"),
+    ("final_logit_softcapping", 30, "decimal point (30.0)"),
+])
+def test_gemma_config_value_that_transformers_would_crash_on_is_refused(tiny_gemma: Path, tmp_path: Path, field: str,
+                                                                         value: object, needle: str) -> None:
+    model = _copy(tiny_gemma, tmp_path / "m")
+    _edit_config(model, **{field: value})
+    _build_fails(model, tmp_path, ExitCode.BAD_INPUT, "config.json", needle, "fix config.json")
+
+
+def test_gemma_without_a_sliding_layer_is_unsupported_instead_of_aborting(tiny_gemma: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_gemma, tmp_path / "m")
+    _edit_config(model, layer_types=["full_attention", "full_attention"])
+    _build_fails(model, tmp_path, ExitCode.UNSUPPORTED, "config.json", "no sliding_attention layer", "llama.cpp")
+
+
+def test_empty_tokenizer_json_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_llama, tmp_path / "m")
+    (model / "tokenizer.json").write_text("")
+    _build_fails(model, tmp_path, ExitCode.BAD_INPUT, "tokenizer.json", "not valid JSON", "save_pretrained")
+
+
+def test_tokenizer_json_symlinked_to_a_non_json_file_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_llama, tmp_path / "m")
+    (tmp_path / "notes.txt").write_text("this is not a tokenizer\n")
+    (model / "tokenizer.json").unlink()
+    (model / "tokenizer.json").symlink_to(tmp_path / "notes.txt")
+    _build_fails(model, tmp_path, ExitCode.BAD_INPUT, "tokenizer.json", "not valid JSON", "save_pretrained")
+
+
+def test_tokenizer_config_symlinked_to_a_device_is_refused_not_ignored(tiny_llama: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_llama, tmp_path / "m")
+    (model / "tokenizer_config.json").unlink()
+    (model / "tokenizer_config.json").symlink_to("/dev/zero")
+    _build_fails(model, tmp_path, ExitCode.BAD_INPUT, "tokenizer_config.json", "not a regular file")
+
+
+def _adapter_with(tiny_llama: Path, tmp_path: Path, **changes: object) -> Path:
+    from test_adapter_merge import make_adapter
+
+    adapter = make_adapter(tiny_llama, tmp_path / "adapter")
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg.update(changes)
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    return adapter
+
+
+def test_adapter_with_rank_zero_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    adapter = _adapter_with(tiny_llama, tmp_path, r=0)
+    _build_fails(adapter, tmp_path, ExitCode.BAD_INPUT, "adapter_config.json", "r is 0", "at least 1")
+
+
+def test_adapter_rank_pattern_that_is_not_a_regex_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    adapter = _adapter_with(tiny_llama, tmp_path, rank_pattern={"down_proj(": 2})
+    _build_fails(adapter, tmp_path, ExitCode.BAD_INPUT, "adapter_config.json", "rank_pattern", "'down_proj('",
+                 "not a valid regular expression")
+
+
+# --- Options and templates: validated before any work, and bounded ---
+
+
+@pytest.mark.parametrize("value", ["-5", "0"])
+def test_context_length_below_one_is_refused(tiny_llama: Path, tmp_path: Path, value: str) -> None:
+    _build_fails(tiny_llama, tmp_path, ExitCode.BAD_INPUT, "--context-length", f"is {value}", "4096",
+                 extra=("--context-length", value))
+
+
+def test_context_length_below_one_in_edgepack_toml_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    config = tmp_path / "edgepack.toml"
+    config.write_text(f'[build]\ncheckpoint = "{tiny_llama}"\ncontext_length = -5\n')
+    out = tmp_path / "dist" / "out"
+    result = edgepack("build", "--config", config, "--target", "raspberry-pi", "--out", out)
+    assert result.exit_code == ExitCode.BAD_INPUT, result.stderr
+    assert "edgepack.toml" in result.stderr and "context_length is -5" in result.stderr
+    assert not out.exists()
+
+
+def test_chat_template_that_loops_forever_is_refused_in_bounded_time(tiny_gemma: Path, tmp_path: Path) -> None:
+    import time
+
+    model = _copy(tiny_gemma, tmp_path / "m")
+    cfg = json.loads((model / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = ("{% for a in range(100000) %}{% for b in range(100000) %}{% for c in range(100000) %}"
+                            "{% endfor %}{% endfor %}{% endfor %}{{ messages[0]['content'] }}")
+    (model / "tokenizer_config.json").write_text(json.dumps(cfg))
+    start = time.monotonic()
+    _build_fails(model, tmp_path, ExitCode.BAD_INPUT, "tokenizer_config.json", "chat template", "CPU time",
+                 "prompt_template")
+    assert time.monotonic() - start < 60
+
+
+def test_chat_template_that_renders_gigabytes_is_refused() -> None:
+    from packager.contract import prompt_from_chat_template
+
+    with pytest.raises(ValueError, match="more than 1,048,576 characters"):
+        prompt_from_chat_template("{{ 'x' * 10**8 }}{{ messages[0]['content'] }}", None, None)
+    with pytest.raises(ValueError, match="MB of memory"):
+        prompt_from_chat_template("{% set s = 'x' * 2 * 10**9 %}{{ messages[0]['content'] }}", None, None)

@@ -17,10 +17,31 @@ top-1 on decisive positions together with the mean KL divergence, which has no t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from packager.verify.metrics import FidelityMetrics
 from packager.verify.task_eval import TaskMetrics
+
+
+def _outside(label: str, value: float, bound: float, *, at_least: bool, digits: int) -> str | None:
+    """Return why value breaks `value >= bound` (at_least) or `value <= bound`, else None.
+
+    Written as "fail unless finite and within bound": a NaN compares False with everything, so a gate
+    written as `if value > bound: fail` would pass it.
+    """
+    if not math.isfinite(value):
+        return f"{label} is {value} (not a finite number)"
+    within = value >= bound if at_least else value <= bound
+    return None if within else f"{label} {value:.{digits}f} {'<' if at_least else '>'} {bound:.{digits}f}"
+
+
+def non_finite_logits(m: FidelityMetrics) -> list[str]:
+    """Return the failure for an artifact whose logits hold NaN or infinity anywhere (empty when none do)."""
+    if not m.nonfinite_positions:
+        return []
+    return [f"non-finite logits: NaN or infinity at {m.nonfinite_positions} of {m.positions} positions (the "
+            "conversion or the runtime produced numbers that are not numbers)"]
 
 
 @dataclass(frozen=True)
@@ -33,12 +54,12 @@ class Gate:
 
     def check(self, m: FidelityMetrics) -> list[str]:
         """Return the reasons this artifact fails (empty when it passes)."""
-        reasons = []
-        if m.top1_decisive is not None and m.top1_decisive < self.min_top1_decisive:
-            reasons.append(f"top-1 (decisive) {m.top1_decisive:.3f} < {self.min_top1_decisive:.3f}")
-        if m.kl > self.max_kl:
-            reasons.append(f"KL {m.kl:.4f} > {self.max_kl:.4f}")
-        return reasons
+        reasons = non_finite_logits(m)
+        if m.top1_decisive is not None:
+            reasons.append(_outside("top-1 (decisive)", m.top1_decisive, self.min_top1_decisive, at_least=True,
+                                    digits=3))
+        reasons.append(_outside("KL", m.kl, self.max_kl, at_least=False, digits=4))
+        return [r for r in reasons if r]
 
     def describe(self) -> str:
         return f"{self.name}: top-1 (decisive) >= {self.min_top1_decisive}, KL <= {self.max_kl}"
@@ -58,8 +79,9 @@ class TopOneGate:
     also: Gate | None = None
 
     def check(self, m: FidelityMetrics) -> list[str]:
-        reasons = [f"top-1 {m.top1:.3f} < {self.min_top1:.3f}"] if m.top1 < self.min_top1 - 1e-12 else []
-        return reasons + (self.also.check(m) if self.also else [])
+        reasons = [] if self.also else non_finite_logits(m)  # with a class gate, that gate reports them
+        reasons.append(_outside("top-1", m.top1, self.min_top1 - 1e-12, at_least=True, digits=3))
+        return [r for r in reasons if r] + (self.also.check(m) if self.also else [])
 
     def describe(self) -> str:
         return f"{self.name}: top-1 >= {self.min_top1:.3f}" + (f"; and {self.also.describe()}" if self.also else "")
@@ -91,12 +113,12 @@ class TaskGate:
     def check(self, t: TaskMetrics) -> list[str]:
         reasons = []
         drop = None if t.baseline_exact_match is None else t.baseline_exact_match - t.exact_match
-        if drop is not None and drop > self.max_accuracy_drop + 1e-9:
+        if drop is not None and not drop <= self.max_accuracy_drop + 1e-9:
             reasons.append(
                 f"accuracy {t.exact_match:.3f} is {100 * drop:.1f} points below "
                 f"fp32's {t.baseline_exact_match:.3f} (allowed {100 * self.max_accuracy_drop:.1f})"
             )
-        if t.validity < self.min_validity:
+        if not t.validity >= self.min_validity:
             reasons.append(f"contract validity {t.validity:.3f} < {self.min_validity:.3f}")
         return reasons
 

@@ -1,4 +1,8 @@
-"""Fidelity metrics of an artifact against the fp32 reference, position by position."""
+"""Fidelity metrics of an artifact against the fp32 reference, position by position.
+
+Non-finite logits are not hidden: KL and perplexity stay NaN in memory (the gate fails them), the
+positions are counted, and a verification record turns the NaN into null when it is written.
+"""
 
 from __future__ import annotations
 
@@ -29,16 +33,20 @@ class FidelityAccumulator:
     nll_ref: float = 0.0
     nll_art: float = 0.0
     ppl_positions: int = 0
+    nonfinite_positions: int = 0
 
     def add(self, ref_logits: np.ndarray, art_logits: np.ndarray) -> None:
         vocab = min(ref_logits.shape[-1], art_logits.shape[-1])
         ref = log_softmax(np.asarray(ref_logits[:, :vocab]))
         art = log_softmax(np.asarray(art_logits[:, :vocab]))
+        # argmax of a NaN row is 0 on both sides: a position with any non-finite logit never counts as agreeing.
+        finite = np.isfinite(ref).all(-1) & np.isfinite(art).all(-1)
         ref_top = ref.argmax(-1)
-        agree = ref_top == art.argmax(-1)
+        agree = (ref_top == art.argmax(-1)) & finite
         top2 = np.partition(ref, -2, axis=-1)[:, -2:]
         decisive = (top2[:, 1] - top2[:, 0]) >= NEAR_TIE_GAP
         self.positions += len(ref)
+        self.nonfinite_positions += int((~finite).sum())
         self.agree += int(agree.sum())
         self.decisive += int(decisive.sum())
         self.decisive_agree += int((agree & decisive).sum())
@@ -67,6 +75,7 @@ class FidelityAccumulator:
             cosine=self.cosine_sum / max(self.positions, 1),
             ppl_ref=float(np.exp(self.nll_ref / self.ppl_positions)) if self.ppl_positions else None,
             ppl=float(np.exp(self.nll_art / self.ppl_positions)) if self.ppl_positions else None,
+            nonfinite_positions=self.nonfinite_positions,
         )
 
 
@@ -83,6 +92,8 @@ class FidelityMetrics:
     ppl: float | None
     # Mean cosine similarity of the raw logit vectors (0 for an all-zero artifact); None in old records.
     cosine: float | None = None
+    # Positions where either side's logits hold a NaN or an infinity (then KL and perplexity are NaN too).
+    nonfinite_positions: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)

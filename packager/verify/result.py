@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from packager.strict_json import finite_numbers
 from packager.verify.metrics import FidelityMetrics
 from packager.verify.task_eval import TaskMetrics
 
@@ -51,19 +53,24 @@ class VerificationResult:
     def summary_row(self, artifact: str) -> dict[str, Any]:
         """The reproducible numbers a bundle's README shows (no host speeds: those live in report.md)."""
         m = self.metrics
-        return {"artifact": artifact, "level": self.level, "top1": m.top1 if m else None, "kl": m.kl if m else None,
-                "ppl": m.ppl if m else None, "ppl_ref": m.ppl_ref if m else None}
+        return finite_numbers({"artifact": artifact, "level": self.level, "top1": m.top1 if m else None,
+                               "kl": m.kl if m else None, "ppl": m.ppl if m else None,
+                               "ppl_ref": m.ppl_ref if m else None})
 
     def as_dict(self) -> dict[str, Any]:
+        """The record as JSON-ready data: a NaN measurement (non-finite logits) becomes null."""
         data = asdict(self)
         data["passed"] = self.passed
-        return data
+        return finite_numbers(data)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VerificationResult:
         data = {k: v for k, v in data.items() if k != "passed"}
         if data.get("metrics"):
-            data["metrics"] = FidelityMetrics(**data["metrics"])
+            metrics = dict(data["metrics"])
+            for key in ("top1", "kl"):  # always measured: null in a record means it was NaN
+                metrics[key] = math.nan if metrics.get(key) is None else metrics[key]
+            data["metrics"] = FidelityMetrics(**metrics)
         if data.get("task"):
             data["task"] = TaskMetrics(**data["task"])
         return cls(**data)
