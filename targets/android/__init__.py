@@ -1,5 +1,1 @@
 """The android target: ExecuTorch .pte bundles, the Kotlin bridge and a Gradle app. Read target.py first."""
-
-from targets.android.target import AndroidTarget
-
-__all__ = ["AndroidTarget"]

@@ -1,5 +1,1 @@
 """The ios target: Core ML packages, the Swift bridge and a SwiftUI app. Read target.py first."""
-
-from targets.ios.target import IosTarget
-
-__all__ = ["IosTarget"]

@@ -1,5 +1,1 @@
 """The web target: wllama (GGUF) and WebLLM (MLC) bundles checked in headless Chromium. Read target.py first."""
-
-from targets.web.target import WebTarget
-
-__all__ = ["WebTarget"]
