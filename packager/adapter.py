@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,10 @@ from safetensors.torch import save_file
 
 from packager.checkpoint import Checkpoint, _read_json, copy_side_files, open_model_folder
 from packager.errors import BadInputError, UnsupportedError
+from packager.fingerprint import files_digest
+from packager.progress import Reporter
 from packager.safetensors_file import load_tensor, read_header, require_finite
+from packager.stage_cache import StageCache
 from packager.strict_json import json_text
 
 _PREFIX = "base_model.model."
@@ -131,9 +133,11 @@ def _adapter_weights(adapter_dir: Path, allow_pickle: bool) -> tuple[Path, dict[
 
 
 def merge_adapter(
-    adapter_dir: Path, *, base: Path | None, allow_pickle: bool, work_dir: Path, name: str | None
+    adapter_dir: Path, *, base: Path | None, allow_pickle: bool, work_dir: Path, name: str | None,
+    reporter: Reporter | None = None,
 ) -> Checkpoint:
-    """Merge a LoRA adapter into its base and return the merged checkpoint (written under work_dir)."""
+    """Return the adapter merged into its base: a stage-cache entry under work_dir (keyed by the adapter's
+    files), one per base content, built in a temporary of its own so concurrent builds never share it."""
     adapter_dir = adapter_dir.resolve()
     cfg_path = adapter_dir / "adapter_config.json"
     cfg = _read_json(cfg_path, "")
@@ -188,13 +192,16 @@ def merge_adapter(
                 f"{base_ckpt.tensors[target].shape}. Pass --base DIR with the model the adapter was trained on."
             )
 
-    out_dir = work_dir / "merged"
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
-    _write_merged(base_ckpt, delta_for, replacements, out_dir, weights_file)
-    (out_dir / "config.json").write_text(json_text(base_ckpt.config, "merged config.json"), encoding="utf-8")
-    copy_side_files(base_dir, out_dir, prefer=adapter_dir)
+    def write(folder: Path) -> dict[str, Any]:
+        _write_merged(base_ckpt, delta_for, replacements, folder, weights_file)
+        (folder / "config.json").write_text(json_text(base_ckpt.config, "merged config.json"), encoding="utf-8")
+        copy_side_files(base_dir, folder, prefer=adapter_dir)
+        return {}
+
+    base_digest = files_digest([*base_ckpt.weight_files(), base_dir / "config.json", *base_ckpt.side_files()])
+    cache = StageCache(work_dir, reporter or Reporter(quiet=True))
+    out_dir = cache.entry("merged", base_digest[:24], "merge LoRA adapter (fp32)", write,
+                          describe=lambda _: f"{len(delta_for)} LoRA modules").folder
 
     # Every merged tensor was checked as it was written: the base at open, the adapter at load, the sum here.
     merged = open_model_folder(out_dir, name=name or adapter_dir.name, scan_values=False)

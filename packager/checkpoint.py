@@ -12,7 +12,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import save_file
@@ -22,6 +22,9 @@ from packager.config_bounds import check_config
 from packager.errors import BadInputError, UnsupportedError
 from packager.safetensors_file import FLOAT_DTYPES, TensorEntry, load_tensor, read_header, require_finite
 from packager.strict_json import MAX_JSON_INPUT_BYTES, read_json_file
+
+if TYPE_CHECKING:
+    from packager.progress import Reporter
 
 # Files that travel with the weights: tokenizer, chat template, generation defaults.
 SIDE_FILES = (
@@ -305,6 +308,7 @@ def load_checkpoint(
     allow_pickle: bool = False,
     work_dir: Path,
     name: str | None = None,
+    reporter: Reporter | None = None,
 ) -> Checkpoint:
     """Return the checkpoint to convert: the folder itself, or an adapter merged into its base."""
     path = Path(path)
@@ -313,7 +317,8 @@ def load_checkpoint(
     if path.is_dir() and is_adapter_folder(path):
         from packager.adapter import merge_adapter
 
-        return merge_adapter(path, base=base, allow_pickle=allow_pickle, work_dir=work_dir, name=name)
+        return merge_adapter(path, base=base, allow_pickle=allow_pickle, work_dir=work_dir, name=name,
+                             reporter=reporter)
     return open_model_folder(path, allow_pickle=allow_pickle, work_dir=work_dir, name=name)
 
 

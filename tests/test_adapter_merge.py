@@ -107,3 +107,43 @@ def test_adapter_for_modules_the_base_lacks_is_refused(tiny_llama: Path, tmp_pat
     (adapter / "adapter_config.json").write_text(json.dumps(cfg))
     with pytest.raises(BadInputError, match="does not have"):
         load_checkpoint(adapter, work_dir=tmp_path / "work")
+
+
+def test_a_second_merge_of_the_same_adapter_reuses_the_checked_entry_and_never_rewrites_it(
+        tiny_llama: Path, tmp_path: Path, cold_cache: Path) -> None:
+    """A build reading the merged folder (a conversion child, say) must never see it deleted and rewritten
+    by another build of the same adapter: the merge is a stage-cache entry, written once, checked on reuse."""
+    from packager.pipeline import BuildRequest, open_input
+    from packager.progress import Reporter
+
+    adapter = make_adapter(tiny_llama, tmp_path / "my-adapter")
+    first, digest = open_input(BuildRequest(checkpoint=adapter, targets=[]), Reporter(quiet=True))
+    weights = first.weight_files()[0]
+    before = weights.stat()
+    reporter = Reporter(quiet=True)
+    second, again = open_input(BuildRequest(checkpoint=adapter, targets=[]), reporter)
+    assert second.folder == first.folder and again == digest
+    after = weights.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    merge = next(r for r in reporter.records if r.name.startswith("merge LoRA adapter"))
+    assert merge.cached
+    assert not [p for p in cold_cache.rglob("*") if ".tmp-" in p.name]
+
+
+def test_a_merged_checkpoint_altered_in_the_cache_is_merged_again(tiny_llama: Path, tmp_path: Path,
+                                                                  cold_cache: Path) -> None:
+    from packager.pipeline import BuildRequest, open_input
+    from packager.progress import Reporter
+
+    adapter = make_adapter(tiny_llama, tmp_path / "my-adapter")
+    first, digest = open_input(BuildRequest(checkpoint=adapter, targets=[]), Reporter(quiet=True))
+    with first.weight_files()[0].open("r+b") as fh:
+        fh.seek(-1, 2)
+        last = fh.read(1)
+        fh.seek(-1, 2)
+        fh.write(bytes([last[0] ^ 0xFF]))
+    reporter = Reporter(quiet=True)
+    _, again = open_input(BuildRequest(checkpoint=adapter, targets=[]), reporter)
+    assert again == digest
+    merge = next(r for r in reporter.records if r.name.startswith("merge LoRA adapter"))
+    assert not merge.cached
