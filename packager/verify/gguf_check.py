@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from packager.contract import Contract
+from packager.verify.compare import compare_token_ids, tokenizer_probe_text
 from packager.verify.gates import gate_for
 from packager.verify.golden import GoldenSet
 from packager.verify.llama_cpp_runner import GGUFRunner
@@ -17,29 +18,6 @@ def runtime_name() -> str:
     import llama_cpp
 
     return f"llama.cpp via llama-cpp-python {llama_cpp.__version__}"
-
-
-def tokenizer_probe_text(golden: GoldenSet, special_tokens: list[str]) -> str:
-    """The probe text plus the model's special tokens, so their handling is compared too."""
-    return golden.tokenizer_probe + " " + " ".join(special_tokens) + " end"
-
-
-def first_difference(a: list[int], b: list[int]) -> int | None:
-    """Index of the first position where two token lists differ; None when one is a prefix of the other."""
-    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
-
-
-def compare_token_ids(hf_ids: list[int], other_ids: list[int], other: str) -> tuple[bool, str]:
-    """Compare a runtime's token ids with HF's; return (equal, detail naming where they part)."""
-    if hf_ids == other_ids:
-        return True, f"{len(hf_ids)} tokens identical"
-    first = first_difference(hf_ids, other_ids)
-    if first is None:
-        first = min(len(hf_ids), len(other_ids))
-    return False, (
-        f"differ at token {first}: HF {hf_ids[first:first + 5]} vs {other} {other_ids[first:first + 5]} "
-        f"({len(hf_ids)} vs {len(other_ids)} tokens)"
-    )
 
 
 def check_tokenizer(runner: GGUFRunner, hf_tokenizer, probe: str) -> tuple[bool, str]:

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from packager.contract import Contract
+from packager.verify.compare import compare_token_ids, first_difference, tokenizer_probe_text
 from packager.verify.gates import Gate
-from packager.verify.gguf_check import compare_token_ids, first_difference, tokenizer_probe_text
 from packager.verify.golden import GoldenSet
 from packager.verify.metrics import FidelityAccumulator
 from packager.verify.reference import ReferenceLogits

@@ -31,7 +31,7 @@ import numpy as np
 from packager.contract import Contract, render_prompt
 from packager.fingerprint import file_sha256
 from packager.static_server import serving
-from packager.verify.gguf_check import first_difference
+from packager.verify.compare import first_difference
 from packager.verify.result import VerificationResult
 from packager.verify.task_eval import TaskMetrics
 from targets.web.vendor import INSTALL_COMMAND, WebVendor, vendor_or_none
