@@ -8,6 +8,8 @@ are estimates, and the report says so.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +101,51 @@ def estimate(parameters: int, config: dict[str, Any], quant: str, context: int) 
                        RUNTIME_OVERHEAD_MB + logits_mb(config))
 
 
+# Bits one tensor (by name and shape) costs in an artifact: how a target prices its own format.
+BitsPerTensor = Callable[[str, tuple[int, ...]], float]
+
+
+@dataclass(frozen=True)
+class DeviceArtifact:
+    """One artifact a target can ship to a device: how a build asks for it, and its estimated weights.
+
+    `quant` is the GGUF type to build (GGUF targets); `option` is the target option (name, value)
+    that selects it (e.g. ("compression", "int8") for Core ML). Targets list theirs most faithful
+    first; `build --device` ships the first whose estimate fits the device's budget.
+    """
+
+    label: str
+    weights_mb: float
+    quant: str | None = None
+    option: tuple[str, Any] | None = None
+
+
+def tensor_weights_mb(shapes: Mapping[str, Sequence[int]], bits: BitsPerTensor) -> float:
+    """Return the weight megabytes of a checkpoint's tensors when each costs `bits(name, shape)` per value."""
+    return sum(math.prod(shape) * bits(name, tuple(shape)) for name, shape in shapes.items()) / 8 / 2**20
+
+
+def gguf_artifacts(parameters: int) -> list[DeviceArtifact]:
+    """The GGUF types a GGUF target can ship, most faithful first."""
+    return [DeviceArtifact(quant, weights_mb(parameters, quant), quant=quant) for quant in QUANT_PREFERENCE]
+
+
+def estimate_artifact(artifact: DeviceArtifact, config: dict[str, Any], context: int) -> RamEstimate:
+    """Peak RAM of running `artifact`: its weights + the KV cache at `context` + the runtime's overhead."""
+    return RamEstimate(artifact.label, context, artifact.weights_mb, kv_cache_mb(config, context),
+                       RUNTIME_OVERHEAD_MB + logits_mb(config))
+
+
+def first_fitting(profile: DeviceProfile, artifacts: Sequence[DeviceArtifact], config: dict[str, Any],
+                  context: int) -> tuple[DeviceArtifact, RamEstimate] | None:
+    """The most faithful artifact whose estimated peak RAM fits the device's budget, with its estimate."""
+    for artifact in artifacts:
+        est = estimate_artifact(artifact, config, context)
+        if est.total_mb <= profile.budget_mb:
+            return artifact, est
+    return None
+
+
 def best_quant_for(profile: DeviceProfile, parameters: int, config: dict[str, Any], context: int) -> str | None:
     """The most faithful GGUF type whose estimated peak RAM fits the device budget, or None."""
     for quant in QUANT_PREFERENCE:
@@ -110,3 +157,12 @@ def best_quant_for(profile: DeviceProfile, parameters: int, config: dict[str, An
 def fp16_note(spec: ArchitectureSpec) -> str:
     return spec.fp16_risk or "no known fp16 overflow"
 
+
+
+def artifacts_for(target: Any, ckpt: Any) -> list[DeviceArtifact]:
+    """Return what `target` can ship for this checkpoint, most faithful first: its own `device_artifacts(ckpt)`
+    when it declares one, else the GGUF ladder when it ships a GGUF, else nothing."""
+    declared = getattr(target, "device_artifacts", None)
+    if declared is not None:
+        return list(declared(ckpt))
+    return gguf_artifacts(ckpt.parameter_count) if getattr(target, "default_quant", None) else []

@@ -45,6 +45,8 @@ class BuildRequest:
     force: bool = False
     config: Path | None = None
     options: BuildOptions = field(default_factory=BuildOptions)
+    # The checkpoint and its digest when the caller already opened it (--device does, to size artifacts).
+    opened: tuple[Checkpoint, str] | None = None
 
 
 @dataclass
@@ -105,7 +107,7 @@ def run_build(request: BuildRequest, reporter: Reporter | None = None) -> BuildO
     """Build every requested target; raise GateFailedError (after cleaning up) when a gate fails."""
     reporter = reporter or Reporter()
     target_classes = resolve_targets(request.targets)
-    ckpt, digest = open_input(request, reporter)
+    ckpt, digest = request.opened or open_input(request, reporter)
     unsupported = [cls.name for cls in target_classes if not cls().supports(ckpt.spec)]
     if unsupported:
         raise UnsupportedError(

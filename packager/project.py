@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packager.checkpoint import Checkpoint
 from packager.errors import BadInputError
 from packager.formats.gguf_writer import canonical_quant
 from packager.output_guard import check_name
@@ -178,8 +179,9 @@ def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None
         task_gate=task_gate,
     )
     targets = list(flags.targets) or list(build.get("targets", ["all"]))
+    opened = None
     if flags.device:
-        options.quant, targets = _fit_device(flags, checkpoint, base, options, reporter)
+        targets, opened = _fit_device(flags, checkpoint, base, options, reporter)
     return BuildRequest(
         checkpoint=checkpoint,
         targets=targets,
@@ -189,27 +191,45 @@ def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None
         force=flags.force,
         config=config_path if config else None,
         options=options,
+        opened=opened,
     )
 
 
 def _fit_device(flags: BuildFlags, checkpoint: Path, base: Path | None, options: BuildOptions,
-                reporter: Reporter) -> tuple[str, list[str]]:
-    """--device: the device's target, and the most faithful quantization whose estimate fits its RAM."""
-    from packager.devices import best_quant_for, device, estimate
+                reporter: Reporter) -> tuple[list[str], tuple[Checkpoint, str]]:
+    """--device: the device's target, set up to ship the most faithful artifact whose estimate fits its RAM.
+
+    The target prices its own artifact (a Core ML package for an iPhone, a .pte for a Pixel, a GGUF
+    for a Pi); an artifact the user chose by flag is the only candidate. Returns the targets and the
+    opened checkpoint, which the build reuses instead of opening it again.
+    """
+    from packager.devices import artifacts_for, device, first_fitting
     from packager.errors import UnsupportedError
     from packager.pipeline import open_input
+    from packager.target import available_targets
 
     profile = device(flags.device or "")
-    ckpt, _ = open_input(BuildRequest(checkpoint=checkpoint, targets=[], base=base), Reporter(quiet=True))
+    opened = open_input(BuildRequest(checkpoint=checkpoint, targets=[], base=base), Reporter(quiet=True))
+    ckpt = opened[0]
+    target = available_targets()[profile.target]()
     context = ckpt.usable_context(options.context_length)
-    quant = flags.quant or best_quant_for(profile, ckpt.parameter_count, ckpt.config, context)
-    if quant is None:
+    given = options.target_options.get(profile.target, {})
+    candidates = [a for a in artifacts_for(target, ckpt)
+                  if (a.quant is None or not options.quant or a.quant == options.quant)
+                  and (a.option is None or a.option[0] not in given or given[a.option[0]] == a.option[1])]
+    fitting = first_fitting(profile, candidates, ckpt.config, context)
+    if fitting is None:
         raise UnsupportedError(
-            f"--device {profile.name}: no quantization of this {ckpt.parameter_count / 1e6:.0f}M-parameter model "
-            f"fits its {profile.budget_mb:.0f} MB budget at context {context}. Lower --context-length or pick a "
-            "bigger device."
+            f"--device {profile.name}: no artifact of the {profile.target} target for this "
+            f"{ckpt.parameter_count / 1e6:.0f}M-parameter model fits its {profile.budget_mb:.0f} MB budget at "
+            f"context {context} (tried: {', '.join(a.label for a in candidates) or 'none'}). Lower "
+            "--context-length or pick a bigger device."
         )
-    est = estimate(ckpt.parameter_count, ckpt.config, quant, context)
-    reporter.say(f"device {profile.name}: {quant} at context {context} needs ~{est.total_mb:.0f} MB of "
+    artifact, est = fitting
+    if artifact.quant:
+        options.quant = canonical_quant(artifact.quant)
+    if artifact.option:
+        options.target_options.setdefault(profile.target, {})[artifact.option[0]] = artifact.option[1]
+    reporter.say(f"device {profile.name}: {artifact.label} at context {context} needs ~{est.total_mb:.0f} MB of "
                  f"{profile.budget_mb:.0f} MB budget -> target {profile.target}")
-    return canonical_quant(quant), list(flags.targets) or [profile.target]
+    return list(flags.targets) or [profile.target], opened

@@ -72,3 +72,46 @@ def test_build_with_a_device_picks_its_target_and_a_quant_that_fits(tiny_llama: 
 def test_unknown_device_lists_the_known_ones(tiny_llama: Path, tmp_path: Path) -> None:
     result = edgepack("build", tiny_llama, "--device", "toaster", "--out", tmp_path / "o")
     assert result.exit_code == ExitCode.BAD_INPUT and "raspberry-pi-5-4gb" in result.stderr
+
+
+def _request_for_device(checkpoint: Path, name: str, **flags: object):
+    from packager.progress import Reporter
+    from packager.project import BuildFlags, build_request
+
+    return build_request(BuildFlags(checkpoint=checkpoint, device=name, **flags), Reporter(quiet=True))
+
+
+@pytest.mark.parametrize(("profile", "target", "option", "value"), [
+    ("iphone-15-pro", "ios", "compression", "none"),
+    ("pixel-8-pro", "android", "recipe", "fp32"),
+])
+def test_device_sizes_the_artifact_its_target_ships_and_opens_the_checkpoint_once(
+        tiny_gemma: Path, profile: str, target: str, option: str, value: str) -> None:
+    request = _request_for_device(tiny_gemma, profile)
+    assert request.targets == [target]
+    # A tiny model fits at full precision, so the most faithful artifact of that target's own format is chosen.
+    assert request.options.target_options[target][option] == value
+    assert request.options.quant is None  # no GGUF type for a target that ships no GGUF
+    assert request.opened is not None and request.opened[0].folder == tiny_gemma
+
+
+def test_a_tight_budget_picks_the_most_faithful_core_ml_package_that_fits(tiny_gemma: Path) -> None:
+    from packager.checkpoint import load_checkpoint
+    from packager.devices import DeviceProfile, artifacts_for, estimate_artifact, first_fitting
+    from targets.ios.target import IosTarget
+
+    ckpt = load_checkpoint(tiny_gemma, work_dir=tiny_gemma.parent / "w")
+    artifacts = artifacts_for(IosTarget(), ckpt)
+    assert [a.option for a in artifacts] == [("compression", c) for c in ("none", "int8", "int4-mixed", "int4")]
+    sizes = [a.weights_mb for a in artifacts]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] > 1.8 * sizes[1]  # fp16 vs 8.75-bit
+    totals = [estimate_artifact(a, ckpt.config, 64).total_mb for a in artifacts]
+    budget_mb = (totals[0] + totals[1]) / 2  # between the fp16 and the int8 package
+    tight = DeviceProfile("tight-phone", "A tight phone", budget_mb / 1024, 1.0, "ios", "Core ML")
+    picked = first_fitting(tight, artifacts, ckpt.config, 64)
+    assert picked is not None and picked[0].option == ("compression", "int8")
+
+
+def test_a_compression_chosen_by_flag_is_the_only_candidate_for_the_device(tiny_gemma: Path) -> None:
+    request = _request_for_device(tiny_gemma, "iphone-15-pro", target_options={"ios": {"compression": "int4"}})
+    assert request.options.target_options["ios"]["compression"] == "int4"

@@ -82,6 +82,26 @@ class Recipe:
         data["gate"] = dataclasses.asdict(self.gate)
         return data
 
+    def bits(self, name: str, shape: tuple[int, ...]) -> float:
+        """Bits per value this recipe stores the checkpoint tensor `name` with (RAM estimates before a build).
+
+        A tied table quantized like the head is stored once; whole first/last blocks kept wider are
+        not priced (a few percent of a model).
+        """
+        if len(shape) < 2:
+            return 32.0
+        if "embed_tokens" in name:
+            quant = self.embedding or (self.head if self.head == PER_CHANNEL_8 else None)
+        elif name.startswith("lm_head"):
+            quant = self.head
+        elif any(name.endswith(f"{suffix}.weight") for suffix in self.float_linears):
+            quant = None
+        elif any(name.endswith(f"{suffix}.weight") for suffix in self.eight_bit):
+            quant = PER_CHANNEL_8
+        else:
+            quant = self.linear
+        return 32.0 if quant is None else quant.bits + (16 / quant.group if quant.group else 0)
+
     @property
     def quantized(self) -> bool:
         return any(q is not None for q in (self.linear, self.head, self.embedding))

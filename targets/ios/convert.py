@@ -48,6 +48,11 @@ PROOF_TOLERANCE = 1e-4
 PACKAGE_STEM = "model"
 
 
+# Bits per weight of each storage format: an affine block of 32 adds an fp16 scale and a uint8 zero point;
+# a 16-entry palette per 16 rows adds next to nothing.
+FORMAT_BITS: dict[str, float] = {"fp16": 16.0, "uint8-b32": 8 + 24 / 32, "uint4-b32": 4 + 24 / 32, "palettize4": 4.0}
+
+
 @dataclass(frozen=True)
 class Compression:
     """How decoder linears and the vocabulary-sized tables are stored.
@@ -64,6 +69,16 @@ class Compression:
     linears: str
     tables: str
     eight_bit: tuple[str, ...] = ()
+
+    def bits(self, name: str, shape: tuple[int, ...]) -> float:
+        """Bits per value this compression stores the checkpoint tensor `name` with (RAM estimates before a build)."""
+        if len(shape) < 2:
+            return FORMAT_BITS["fp16"]
+        if "embed_tokens" in name or name.startswith("lm_head"):
+            return FORMAT_BITS[self.tables]
+        if self.linears in ("fp16", "palettize4"):
+            return FORMAT_BITS[self.linears]
+        return FORMAT_BITS[f"uint{self.linear_bits(name)}-b32"]
 
     def linear_bits(self, name: str) -> int:
         """Bits of the affine decoder linear called `name` (a MIL const or a transformers module name)."""

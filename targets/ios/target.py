@@ -17,8 +17,9 @@ from typing import Any, ClassVar
 
 from packager import __version__
 from packager.architectures import ArchitectureSpec
+from packager.checkpoint import Checkpoint
 from packager.codecheck import check_generated_files
-from packager.devices import DeviceProfile
+from packager.devices import DeviceArtifact, DeviceProfile, tensor_weights_mb
 from packager.errors import BadInputError
 from packager.escaping import slug
 from packager.resources import copy_mobile_files
@@ -35,6 +36,7 @@ from targets.ios.convert import (
     COREMLTOOLS_VERSION,
     DEPLOYMENT_TARGET,
     INT4_LADDER,
+    compression_named,
 )
 from targets.ios.layouts import COREML_LAYOUTS, coreml_layout
 from targets.ios.stages import CoreMLExport, cached_export, export_request, screened, verified_package
@@ -49,6 +51,8 @@ Q4_K_M_MARGIN = 0.02
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 SWIFT_TRANSFORMERS_VERSION = "1.1.2"
 COMPUTE_UNITS = "cpuAndNeuralEngine"
+# What `build --device` chooses from, most faithful first (palettize4 is chosen by flag only).
+DEVICE_LADDER = ("none", "int8", "int4-mixed", "int4")
 
 
 def bundle_identifier(name: str) -> str:
@@ -100,6 +104,12 @@ class IosTarget:
     def supports(self, spec: ArchitectureSpec) -> bool:
         """Every architecture with a Core ML layout (targets.ios.layouts)."""
         return spec.name in COREML_LAYOUTS
+
+    def device_artifacts(self, ckpt: Checkpoint) -> list[DeviceArtifact]:
+        """The Core ML packages `build --device` may choose for an iPhone, most faithful first, priced per tensor."""
+        shapes = {name: entry.shape for name, entry in ckpt.tensors.items()}
+        return [DeviceArtifact(f"Core ML {name}", tensor_weights_mb(shapes, compression_named(name).bits),
+                               option=("compression", name)) for name in DEVICE_LADDER]
 
     def doctor_notes(self, config: dict[str, Any]) -> list[str]:
         """The Neural Engine's dimension limit against this vocabulary (said by `edgepack doctor`)."""
