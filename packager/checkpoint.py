@@ -8,7 +8,6 @@ quantization; pickle weights are refused unless the user opts in; remote code is
 from __future__ import annotations
 
 import shutil
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from packager.architectures import ArchitectureSpec, spec_for_config
 from packager.config_bounds import check_config
 from packager.errors import BadInputError, UnsupportedError
 from packager.safetensors_file import FLOAT_DTYPES, TensorEntry, load_tensor, read_header, require_finite
-from packager.strict_json import MAX_JSON_INPUT_BYTES, read_json_file
+from packager.strict_json import read_json_file, require_regular_file
 
 if TYPE_CHECKING:
     from packager.progress import Reporter
@@ -204,14 +203,7 @@ def _check_side_files(folder: Path) -> None:
             if not isinstance(read_json_file(path, fix), dict):
                 raise BadInputError(f"{path}: expected a JSON object at the top level. {fix}")
             continue
-        try:
-            info = path.stat()
-        except OSError as exc:
-            raise BadInputError(f"{path}: cannot be read ({exc.strerror}). {fix}") from None
-        if not stat.S_ISREG(info.st_mode):
-            raise BadInputError(f"{path}: is not a regular file (it is a device, pipe or folder). {fix}")
-        if info.st_size > MAX_JSON_INPUT_BYTES:
-            raise BadInputError(f"{path}: is {info.st_size:,} bytes, too large to be a tokenizer file. {fix}")
+        require_regular_file(path, fix, "a tokenizer file")
     from tokenizers import Tokenizer
 
     try:

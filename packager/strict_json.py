@@ -63,10 +63,10 @@ def json_text(data: Any, what: str, *, indent: int | None = 2, sort_keys: bool =
         ) from None
 
 
-def read_json_file(path: Path, fix: str) -> Any:
-    """Return the parsed contents of a user's JSON file, refusing non-files, huge files and NaN/Infinity.
+def require_regular_file(path: Path, fix: str, what: str) -> None:
+    """Return when path (after symlinks) is a readable regular file of sane size; raise BadInputError otherwise.
 
-    `fix` is the sentence that tells the user how to repair the file.
+    A symlink to /dev/zero or a folder named like a tokenizer file must not hang or crash a reader.
     """
     try:
         info = path.stat()
@@ -75,7 +75,15 @@ def read_json_file(path: Path, fix: str) -> Any:
     if not stat.S_ISREG(info.st_mode):
         raise BadInputError(f"{path}: is not a regular file (it is a device, pipe or folder). {fix}")
     if info.st_size > MAX_JSON_INPUT_BYTES:
-        raise BadInputError(f"{path}: is {info.st_size:,} bytes, too large to be this JSON file. {fix}")
+        raise BadInputError(f"{path}: is {info.st_size:,} bytes, too large to be {what}. {fix}")
+
+
+def read_json_file(path: Path, fix: str) -> Any:
+    """Return the parsed contents of a user's JSON file, refusing non-files, huge files and NaN/Infinity.
+
+    `fix` is the sentence that tells the user how to repair the file.
+    """
+    require_regular_file(path, fix, "this JSON file")
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
