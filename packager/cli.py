@@ -47,7 +47,7 @@ def _stdout_reserved(as_json: bool) -> Iterator[TextIO | None]:
     """Yield the real stdout, kept for the one JSON document; meanwhile whatever else writes to it goes to stderr.
 
     The redirect is of file descriptor 1, so child processes and native libraries (llama.cpp,
-    ExecuTorch) cannot put their text into the document either. An in-process runner without a
+    model converters) cannot put their text into the document either. An in-process runner without a
     real descriptor (click's test runner) gets the same effect by swapping sys.stdout.
     """
     if not as_json:

@@ -4,7 +4,7 @@ A target ships a package.json with exact versions and a package-lock.json with i
 `install` runs `npm ci --ignore-scripts` on them into a staging folder beside the cache folder and
 renames it into place only when complete, so an interrupted install never looks finished. Builds
 never touch the network: they read the installed files. Targets use this for runtimes they copy
-into bundles (web) and for tools that check generated code (android's kotlinc and ktlint).
+into bundles (a browser runtime) and for tools that check generated code (a compiler, a linter).
 """
 
 from __future__ import annotations
