@@ -125,6 +125,14 @@ def tensor_weights_mb(shapes: Mapping[str, Sequence[int]], bits: BitsPerTensor) 
     return sum(math.prod(shape) * bits(name, tuple(shape)) for name, shape in shapes.items()) / 8 / 2**20
 
 
+def option_artifacts(ckpt: Any, runtime: str, option: str,
+                     pricing: Mapping[str, BitsPerTensor]) -> list[DeviceArtifact]:
+    """Return one artifact per value of target option `option` (in `pricing`'s order), each priced per tensor."""
+    shapes = {name: entry.shape for name, entry in ckpt.tensors.items()}
+    return [DeviceArtifact(f"{runtime} {value}", tensor_weights_mb(shapes, bits), option=(option, value))
+            for value, bits in pricing.items()]
+
+
 def gguf_artifacts(parameters: int) -> list[DeviceArtifact]:
     """The GGUF types a GGUF target can ship, most faithful first."""
     return [DeviceArtifact(quant, weights_mb(parameters, quant), quant=quant) for quant in QUANT_PREFERENCE]

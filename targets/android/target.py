@@ -18,7 +18,7 @@ from packager import __version__
 from packager.architectures import ArchitectureSpec
 from packager.checkpoint import Checkpoint
 from packager.codecheck import check_generated_files
-from packager.devices import DeviceArtifact, DeviceProfile, tensor_weights_mb
+from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
 from packager.errors import BadInputError
 from packager.escaping import slug
 from packager.resources import copy_mobile_files
@@ -89,9 +89,8 @@ class AndroidTarget:
 
     def device_artifacts(self, ckpt: Checkpoint) -> list[DeviceArtifact]:
         """The .pte recipes `build --device` may choose for a phone, most faithful first, priced per tensor."""
-        shapes = {name: entry.shape for name, entry in ckpt.tensors.items()}
-        return [DeviceArtifact(f"ExecuTorch {name}", tensor_weights_mb(shapes, recipe_named(name).bits),
-                               option=("recipe", name)) for name in reversed(AUTO_LADDER)]
+        return option_artifacts(ckpt, "ExecuTorch", "recipe",
+                                {name: recipe_named(name).bits for name in reversed(AUTO_LADDER)})
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
         spec = ctx.ckpt.spec

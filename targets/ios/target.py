@@ -19,7 +19,7 @@ from packager import __version__
 from packager.architectures import ArchitectureSpec
 from packager.checkpoint import Checkpoint
 from packager.codecheck import check_generated_files
-from packager.devices import DeviceArtifact, DeviceProfile, tensor_weights_mb
+from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
 from packager.errors import BadInputError
 from packager.escaping import slug
 from packager.resources import copy_mobile_files
@@ -107,9 +107,8 @@ class IosTarget:
 
     def device_artifacts(self, ckpt: Checkpoint) -> list[DeviceArtifact]:
         """The Core ML packages `build --device` may choose for an iPhone, most faithful first, priced per tensor."""
-        shapes = {name: entry.shape for name, entry in ckpt.tensors.items()}
-        return [DeviceArtifact(f"Core ML {name}", tensor_weights_mb(shapes, compression_named(name).bits),
-                               option=("compression", name)) for name in DEVICE_LADDER]
+        return option_artifacts(ckpt, "Core ML", "compression",
+                                {name: compression_named(name).bits for name in DEVICE_LADDER})
 
     def doctor_notes(self, config: dict[str, Any]) -> list[str]:
         """The Neural Engine's dimension limit against this vocabulary (said by `edgepack doctor`)."""
