@@ -36,7 +36,8 @@ _WRITE_FAILURES = {
 _ANYWHERE = (errno.ENOSPC, errno.EDQUOT)  # a full disk is reported without a file name
 
 
-def _pid_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still exists: the test for whether a pid-tagged temporary is abandoned."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -60,7 +61,7 @@ def remove_stale_leftovers(parent: Path) -> list[Path]:
         return removed
     for entry in entries:
         match = _LEFTOVER.fullmatch(entry.name)
-        if not match or not entry.is_dir() or entry.is_symlink() or _pid_alive(int(match["pid"])):
+        if not match or not entry.is_dir() or entry.is_symlink() or process_alive(int(match["pid"])):
             continue
         output = parent / match["name"]
         if match["kind"] == "old" and not os.path.lexists(output):

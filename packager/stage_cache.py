@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
+from packager.atomic import process_alive
 from packager.errors import BadInputError
 from packager.fingerprint import file_sha256
 from packager.progress import Reporter
@@ -275,16 +276,6 @@ def _nearly_full(path: Path) -> bool:
         return False
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
-
-
 def collect_stale_temporaries(root: Path) -> list[Path]:
     """Remove what killed runs left in the cache under `root`; return what was removed.
 
@@ -302,7 +293,7 @@ def collect_stale_temporaries(root: Path) -> list[Path]:
             match = _TEMPORARY.match(item.name)
             try:
                 if match is not None:
-                    stale = not _process_alive(int(match.group(1)))
+                    stale = not process_alive(int(match.group(1)))
                 else:
                     stale = _legacy_tmp(item, now)
                     if not stale and item.is_dir() and not (item / MANIFEST).exists():
