@@ -143,9 +143,8 @@ class StageCache:
             identity = final.stat().st_ino
         except FileNotFoundError:
             return None
-        problem = _damage(final, binds)
+        problem, manifest = _damage(final, binds)
         if problem is None:
-            manifest = json.loads((final / MANIFEST).read_text(encoding="utf-8"))
             files = {n: FileRecord(**f) for n, f in manifest["files"].items()}
             try:
                 value = decode(manifest["result"])
@@ -217,14 +216,19 @@ class StageCache:
         raise OSError(errno.EEXIST, f"{final} keeps reappearing damaged while this build writes it")
 
 
-def _damage(folder: Path, binds: str) -> str | None:
-    """Why the entry in `folder` cannot be trusted, or None when every check passes."""
+def _damage(folder: Path, binds: str) -> tuple[str | None, Any]:
+    """Return why the entry in `folder` cannot be trusted (None when every check passes) and its manifest."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return f"{MANIFEST} is missing (an unfinished or older-format entry)"
+        return f"{MANIFEST} is missing (an unfinished or older-format entry)", None
     except (OSError, ValueError) as exc:
-        return f"{MANIFEST} is unreadable ({exc})"
+        return f"{MANIFEST} is unreadable ({exc})", None
+    return _manifest_damage(folder, manifest, binds), manifest
+
+
+def _manifest_damage(folder: Path, manifest: Any, binds: str) -> str | None:
+    """Why a parsed entry manifest (and the files it lists) cannot be trusted, or None."""
     if not isinstance(manifest, dict) or manifest.get("schema") != ENTRY_SCHEMA:
         return "written by another edgepack version (entry schema differs)"
     try:
