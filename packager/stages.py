@@ -173,7 +173,8 @@ class BuildContext:
 
     def gguf(self, quant: str) -> Path:
         """Return the cached GGUF of this checkpoint in `quant`, building F16 first when needed."""
-        return self._gguf_entry(quant).path(f"model-{quant}.gguf")
+        entry = self._gguf_entry(quant)
+        return entry.path(entry.value.name)
 
     def _gguf_entry(self, quant: str) -> CachedEntry[GgufFile]:
         if quant in self._ggufs:
@@ -206,7 +207,7 @@ class BuildContext:
 
     def _verify_gguf_file(self, quant: str) -> VerificationResult:
         gguf = self._ggufs.get(quant) or self._gguf_entry(quant)
-        path = gguf.path(f"model-{quant}.gguf")
+        path = gguf.path(gguf.value.name)
         digest = gguf.sha256(path.name)  # checked against the file when the entry was opened
         task_key = self._task_key() if self.eval_rows else ""
         key = options_digest("verify-gguf", VERIFICATION_SCHEMA, digest, self.golden.digest_source(), task_key)[:24]
@@ -224,10 +225,7 @@ class BuildContext:
                                          encode=VerificationResult.as_dict, decode=VerificationResult.from_dict,
                                          binds=digest, describe=fidelity_line)
         # A stored record's verdict is not taken on trust: its gates are applied again to its numbers.
-        if result.metrics is not None:
-            result.reapply(gate_for(quant).check(result.metrics))
-        if result.task is not None:
-            result.reapply(self.options.task_gate.check(result.task))
+        result.reapply_gates(gate_for(quant), self.options.task_gate)
         return result
 
 

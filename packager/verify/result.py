@@ -42,12 +42,16 @@ class VerificationResult:
     def passed(self) -> bool:
         return not self.failures
 
-    def reapply(self, reasons: list[str]) -> None:
-        """Add a gate's reasons (from `Gate.check` on this result's own numbers) that the record lacks.
+    def reapply_gates(self, fidelity: Any, task: Any | None = None) -> None:
+        """Apply the fidelity gate (and the task gate, when given) again to this result's own numbers,
+        adding any failure the record lacks.
 
         A result read back from the cache keeps the failures it was stored with, but its verdict is
-        never taken on trust: applying the gate again means no edit to the record can turn a fail into a pass.
+        never taken on trust: applying the gates again means no edit to the record can turn a fail into a pass.
         """
+        reasons = fidelity.check(self.metrics) if self.metrics is not None else []
+        if task is not None and self.task is not None:
+            reasons += task.check(self.task)
         self.failures += [r for r in reasons if r not in self.failures]
 
     def summary_row(self, artifact: str) -> dict[str, Any]:

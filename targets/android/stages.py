@@ -118,10 +118,7 @@ def verified_pte(ctx: BuildContext, artifact: PteArtifact, tokenizer_json: Path,
         verify, encode=VerificationResult.as_dict, decode=VerificationResult.from_dict, binds=artifact.sha256,
         describe=_fidelity)
     # The verdict of a stored record is not taken on trust: the gates are applied again to its numbers.
-    if result.metrics is not None:
-        result.reapply(artifact.recipe.gate.check(result.metrics))
-    if result.task is not None:
-        result.reapply(ctx.options.task_gate.check(result.task))
+    result.reapply_gates(artifact.recipe.gate, ctx.options.task_gate)
     return dataclasses.replace(result, artifact=name)
 
 

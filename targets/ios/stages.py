@@ -150,8 +150,7 @@ def verified_package(ctx: BuildContext, export: CoreMLExport, compression: str, 
 
     result = ctx.stage_cache.record("verify", key, label, verify, encode=VerificationResult.as_dict,
                                     decode=VerificationResult.from_dict, binds=package, describe=describe)
-    if result.metrics is not None:  # the verdict of a stored record is not taken on trust
-        result.reapply(gate.check(result.metrics))
+    result.reapply_gates(gate)  # the verdict of a stored record is not taken on trust
     return dataclasses.replace(result, artifact=name)
 
 
