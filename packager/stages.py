@@ -223,13 +223,7 @@ class BuildContext:
 
         result = self.stage_cache.record("verify", key, f"verify gguf {quant}", verify,
                                          encode=VerificationResult.as_dict, decode=VerificationResult.from_dict,
-                                         binds=digest, describe=fidelity_line)
+                                         binds=digest, describe=VerificationResult.fidelity_line)
         # A stored record's verdict is not taken on trust: its gates are applied again to its numbers.
         result.reapply_gates(gate_for(quant), self.options.task_gate)
         return result
-
-
-def fidelity_line(result: VerificationResult) -> str:
-    """The one-line summary of a verification shown after its stage: agreement, divergence, verdict."""
-    m = result.metrics
-    return f"top-1 {m.top1:.3f}, KL {m.kl:.4f}, {'pass' if result.passed else 'FAIL'}" if m else ""

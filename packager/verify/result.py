@@ -54,6 +54,11 @@ class VerificationResult:
             reasons += task.check(self.task)
         self.failures += [r for r in reasons if r not in self.failures]
 
+    def fidelity_line(self) -> str:
+        """The one-line summary shown after a verification stage: agreement, divergence, verdict."""
+        m = self.metrics
+        return f"top-1 {m.top1:.3f}, KL {m.kl:.4f}, {'pass' if self.passed else 'FAIL'}" if m else ""
+
     def summary_row(self, artifact: str) -> dict[str, Any]:
         """The reproducible numbers a bundle's README shows (no host speeds: those live in report.md)."""
         m = self.metrics

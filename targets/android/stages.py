@@ -82,11 +82,6 @@ def _record_key(ctx: BuildContext, kind: str, artifact: PteArtifact, tokenizer_j
                           ctx.golden.digest_source(), task_key)[:24]
 
 
-def _fidelity(result: VerificationResult) -> str:
-    m = result.metrics
-    return f"top-1 {m.top1:.3f}, KL {m.kl:.4f}, {'pass' if result.passed else 'FAIL'}" if m else ""
-
-
 def verified_pte(ctx: BuildContext, artifact: PteArtifact, tokenizer_json: Path, name: str) -> VerificationResult:
     """Run the .pte in ExecuTorch on this host (cached per export + golden set + eval set)."""
     from packager.verify.task_eval import score
@@ -116,7 +111,7 @@ def verified_pte(ctx: BuildContext, artifact: PteArtifact, tokenizer_json: Path,
     result = ctx.stage_cache.record(
         "verify", _record_key(ctx, "verify-pte", artifact, tokenizer_json), f"verify .pte {artifact.recipe.name}",
         verify, encode=VerificationResult.as_dict, decode=VerificationResult.from_dict, binds=artifact.sha256,
-        describe=_fidelity)
+        describe=VerificationResult.fidelity_line)
     # The verdict of a stored record is not taken on trust: the gates are applied again to its numbers.
     result.reapply_gates(artifact.recipe.gate, ctx.options.task_gate)
     return dataclasses.replace(result, artifact=name)
