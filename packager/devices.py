@@ -97,8 +97,8 @@ class RamEstimate:
 
 
 def estimate(parameters: int, config: dict[str, Any], quant: str, context: int) -> RamEstimate:
-    return RamEstimate(quant, context, weights_mb(parameters, quant), kv_cache_mb(config, context),
-                       RUNTIME_OVERHEAD_MB + logits_mb(config))
+    """Peak RAM of running this model as a GGUF of type `quant` at `context`."""
+    return estimate_artifact(DeviceArtifact(quant, weights_mb(parameters, quant), quant=quant), config, context)
 
 
 # Bits one tensor (by name and shape) costs in an artifact: how a target prices its own format.
@@ -156,10 +156,8 @@ def first_fitting(profile: DeviceProfile, artifacts: Sequence[DeviceArtifact], c
 
 def best_quant_for(profile: DeviceProfile, parameters: int, config: dict[str, Any], context: int) -> str | None:
     """The most faithful GGUF type whose estimated peak RAM fits the device budget, or None."""
-    for quant in QUANT_PREFERENCE:
-        if estimate(parameters, config, quant, context).total_mb <= profile.budget_mb:
-            return quant
-    return None
+    fitting = first_fitting(profile, gguf_artifacts(parameters), config, context)
+    return fitting[0].quant if fitting else None
 
 
 def fp16_note(spec: ArchitectureSpec) -> str:
