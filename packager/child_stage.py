@@ -3,7 +3,7 @@
 Targets' model exports and conversions share this shape: the request is JSON on disk, the
 child (`python -m MODULE REQUEST RESULT`) writes its outputs and a result JSON, its log is kept,
 and the stage cache (packager.stage_cache) renames the folder into place only when complete. A child's memory returns to
-the OS when it exits, and its peak RSS is what the child measures. The child's string hashing is
+the OS when it exits, and its peak RSS is sampled while it runs (packager.peak_memory). The child's string hashing is
 seeded (PYTHONHASHSEED=0): converters that iterate over sets would otherwise order a program
 differently on every run, and the same inputs must give the same bytes.
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from packager.errors import InternalError, UnsupportedError
+from packager.peak_memory import PeakRss
 
 
 def log_tail(path: Path, lines: int = 25) -> str:
@@ -63,14 +64,17 @@ def _run_and_measure(command: list[str], log: TextIO) -> tuple[int, int]:
     """
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONHASHSEED": "0"})
+    sampler = PeakRss(proc.pid)
+    sampler.start()
     try:
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc.wait()
     except BaseException:
         proc.kill()
         proc.wait()
         raise
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
-    return proc.returncode, int(usage.ru_maxrss)
+    finally:
+        sampler.stop()
+    return proc.returncode, sampler.peak_kb
 
 
 def _killed_message(what: str, signum: int, peak_kb: int) -> str:

@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import json
 import math
-import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from packager.errors import BadInputError, UnsupportedError
+from packager.peak_memory import own_peak_rss_mb
 from packager.verify.gates import EIGHT_BIT, LOSSLESS, LOW_BIT, Gate
 from targets.android.layouts import executorch_layout
 
@@ -510,14 +510,9 @@ def export_pte(folder: Path, out_dir: Path, recipe: Recipe, metadata: RunnerMeta
     stem = stem or f"model-{recipe.name}" + ("" if delegate == "xnnpack" else f"-{delegate}")
     pte, ptd, (delegated, total) = lower_and_write(exported, metadata, delegate, out_dir, stem)
     return ExportResult(pte=pte.name, ptd=ptd.name, delegate=delegate, recipe=recipe.name,
-                        seconds=round(time.perf_counter() - start, 1), peak_rss_mb=peak_rss_mb(),
+                        seconds=round(time.perf_counter() - start, 1), peak_rss_mb=own_peak_rss_mb(),
                         delegated_ops=delegated, total_ops=total,
                         metadata={**metadata.constant_methods(), "quantization": summary})
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def main(argv: list[str] | None = None) -> int:

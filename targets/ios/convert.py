@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import gc
 import json
-import resource
 import shutil
 import sys
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from packager.errors import BadInputError, InternalError
+from packager.peak_memory import own_peak_rss_mb
 from targets.ios.layouts import coreml_layout
 
 COREMLTOOLS_VERSION = "9.0"
@@ -119,11 +119,6 @@ class ExportRequest:
     fp16_rewrites: bool = True
     lm_head_chunk: int = 0
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def load_source(folder: Path) -> tuple[Any, Any, dict[str, Any]]:
@@ -392,7 +387,7 @@ def export_package(request: ExportRequest) -> dict[str, Any]:
             "max_context": request.max_context, "lm_head_chunk": request.lm_head_chunk,
             "sliding_window": window, "metadata": user, "deployment_target": DEPLOYMENT_TARGET,
             "seconds": round(time.perf_counter() - start, 1), "convert_seconds": round(convert_seconds, 1),
-            "peak_rss_mb": peak_rss_mb()}
+            "peak_rss_mb": own_peak_rss_mb()}
 
 
 def main(argv: list[str] | None = None) -> int:

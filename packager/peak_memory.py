@@ -1,0 +1,53 @@
+"""Peak resident memory of a process, read from /proc/PID/status (VmHWM).
+
+getrusage's ru_maxrss would not do: Linux carries a process's high-water mark across fork and
+exec, so a conversion child started by a large process (a test session, a build holding a model)
+reports its parent's size, in wait4's answer to the parent and in its own getrusage alike.
+VmHWM belongs to the memory map the program itself built after exec.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+
+def vm_hwm_kb(pid: int | str = "self") -> int:
+    """The process's peak RSS in KiB so far; 0 when it has exited or /proc is unavailable."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def own_peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB, for a child's result record."""
+    return round(vm_hwm_kb() / 1024, 1)
+
+
+class PeakRss:
+    """The highest VmHWM a process reached, sampled from /proc/PID/status on a thread until stopped."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak_kb = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name=f"peak-rss-{pid}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while True:
+            self.peak_kb = max(self.peak_kb, vm_hwm_kb(self.pid))
+            if self._done.wait(self.interval):
+                return
