@@ -1,0 +1,154 @@
+"""Benchmark the main command: `edgepack build --target all` of the bundled example, per commit.
+
+    .venv/bin/python benchmarks/whole_build.py --commit 9d1d721 --commit HEAD
+
+For each commit: a detached worktree, an empty stage cache, then three builds of
+examples/intent-classifier: cold (empty cache), warm (nothing changed) and one option changed
+(`--compression int8`, which the iOS ladder already ships, so only the choice is redone). Each
+build runs as a child of this small process, so wait4 gives its own wall time, CPU time (the
+build and every conversion child it waited for) and peak RSS (the largest single process). The
+host's load average is sampled every 5 s while it runs, and each build's stage table is read from
+its manifest. Results go to benchmarks/results/whole_build-<commit>.json and the section between
+the whole-build markers in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+START_MARKER = "<!-- whole-build:start -->"
+END_MARKER = "<!-- whole-build:end -->"
+RUNS = {"cold": [], "warm": [], "one option changed": ["--compression", "int8"]}
+
+
+@dataclass
+class BuildRun:
+    """One timed build."""
+
+    kind: str
+    exit_code: int
+    wall_s: float
+    cpu_s: float
+    peak_rss_gb: float
+    load_avg_before: float
+    load_avg_max: float
+    stages: list[dict] = field(default_factory=list)
+
+
+def _load_average() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def timed_build(worktree: Path, cache: Path, out: Path, extra: list[str], kind: str, log: Path) -> BuildRun:
+    """Run one build of the example in `worktree` and measure it."""
+    command = [sys.executable, "-m", "packager.cli", "build", "--target", "all", "--force", "--out", str(out), *extra]
+    env = {**os.environ, "PYTHONPATH": str(worktree), "EDGEPACK_CACHE": str(cache)}
+    loads = [_load_average()]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(5):
+            loads.append(_load_average())
+
+    threading.Thread(target=sample, daemon=True).start()
+    start = time.perf_counter()
+    with log.open("a", encoding="utf-8") as sink:
+        sink.write(f"\n=== {kind}: {' '.join(command)}\n")
+        sink.flush()
+        proc = subprocess.Popen(command, cwd=worktree / "examples" / "intent-classifier", env=env,
+                                stdout=sink, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    done.set()
+    manifest = out / "manifest.json"
+    stages = json.loads(manifest.read_text())["stages"] if manifest.is_file() else []
+    return BuildRun(kind, os.waitstatus_to_exitcode(status), round(wall, 1),
+                    round(usage.ru_utime + usage.ru_stime, 1), round(usage.ru_maxrss / 2**20, 2),
+                    loads[0], max(loads), stages)
+
+
+def bench_commit(commit: str, scratch: Path) -> dict:
+    """Cold, warm and one-option-changed builds of the example at `commit`."""
+    sha = subprocess.check_output(["git", "-C", str(ROOT), "rev-parse", "--short", commit], text=True).strip()
+    worktree = scratch / f"tree-{sha}"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), sha], check=True,
+                   capture_output=True)
+    try:
+        cache, out, log = scratch / f"cache-{sha}", scratch / f"out-{sha}", scratch / f"build-{sha}.log"
+        runs = []
+        for kind, extra in RUNS.items():
+            run = timed_build(worktree, cache, out, extra, kind, log)
+            print(f"{sha} {kind}: exit {run.exit_code}, {run.wall_s:.0f} s wall, {run.cpu_s:.0f} s CPU, "
+                  f"peak {run.peak_rss_gb:.1f} GB, load {run.load_avg_before:.1f}..{run.load_avg_max:.1f}",
+                  file=sys.stderr, flush=True)
+            runs.append(asdict(run))
+        return {"commit": sha, "cores": os.cpu_count(), "machine": platform.platform(), "runs": runs,
+                "log": str(log)}
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], check=False)
+
+
+def markdown(results: list[dict]) -> str:
+    """The docs section: one row per commit and kind, then the cold build's slowest stages."""
+    lines = [START_MARKER, "", "| commit | build | exit | wall s | CPU s | CPU/wall | peak RSS GB | load avg |",
+             "|---|---|---|---|---|---|---|---|"]
+    for result in results:
+        for run in result["runs"]:
+            lines.append(f"| {result['commit']} | {run['kind']} | {run['exit_code']} | {run['wall_s']:.0f} | "
+                         f"{run['cpu_s']:.0f} | {run['cpu_s'] / max(run['wall_s'], 1e-9):.2f} | "
+                         f"{run['peak_rss_gb']:.1f} | {run['load_avg_before']:.1f}-{run['load_avg_max']:.1f} |")
+    for result in results:
+        cold = result["runs"][0]
+        slow = sorted((s for s in cold["stages"] if not s["cached"]), key=lambda s: -s["seconds"])[:12]
+        lines += ["", f"Cold build at {result['commit']}, slowest stages (s):", "",
+                  "| stage | s |", "|---|---|"]
+        lines += [f"| {s['name']} | {s['seconds']:.0f} |" for s in slow]
+    return "\n".join([*lines, "", END_MARKER])
+
+
+def write_docs(section: str, docs: Path) -> None:
+    text = docs.read_text(encoding="utf-8")
+    if START_MARKER in text:
+        head, rest = text.split(START_MARKER, 1)
+        text = head + section + rest.split(END_MARKER, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n## The main command, whole build\n\n" + section + "\n"
+    docs.write_text(text, encoding="utf-8")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--commit", action="append", required=True, help="commit to measure (repeatable)")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folder (caches, outputs, logs)")
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="edgepack-whole-build-"))
+    results = []
+    try:
+        for commit in args.commit:
+            result = bench_commit(commit, scratch)
+            results.append(result)
+            out = ROOT / "benchmarks" / "results" / f"whole_build-{result['commit']}.json"
+            out.parent.mkdir(exist_ok=True)
+            out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    finally:
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+    write_docs(markdown(results), args.docs)
+    return 0 if all(r["exit_code"] == 0 for res in results for r in res["runs"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
