@@ -6,7 +6,8 @@ For each commit: a detached worktree, an empty stage cache, then three builds of
 examples/intent-classifier: cold (empty cache), warm (nothing changed) and one option changed
 (`--compression int8`, which the iOS ladder already ships, so only the choice is redone). Each
 build runs as a child of this small process, so wait4 gives its own wall time, CPU time (the
-build and every conversion child it waited for) and peak RSS (the largest single process). The
+build and every conversion child it waited for) and peak RSS (the largest single process); the
+whole process tree's resident memory is summed every 2 s (its maximum is what the host needed). The
 host's load average is sampled every 5 s while it runs, and each build's stage table is read from
 its manifest. Results go to benchmarks/results/whole_build-<commit>.json and the section between
 the whole-build markers in docs/benchmarks.md.
@@ -44,6 +45,7 @@ class BuildRun:
     peak_rss_gb: float
     load_avg_before: float
     load_avg_max: float
+    tree_rss_max_gb: float  # the most the build's whole process tree held at once (sampled every 2 s)
     stages: list[dict] = field(default_factory=list)
 
 
@@ -51,24 +53,51 @@ def _load_average() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
+def tree_rss_bytes(root: int) -> int:
+    """Resident memory of `root` and all its descendants now (summed VmRSS; shared pages count twice)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = {k: v for k, _, v in (line.partition(":") for line in (proc / "status").read_text().splitlines())}
+        except OSError:
+            continue
+        pid = int(proc.name)
+        children.setdefault(int(fields.get("PPid", "0")), []).append(pid)
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024 if "VmRSS" in fields else 0
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo += children.get(pid, [])
+    return total
+
+
 def timed_build(worktree: Path, cache: Path, out: Path, extra: list[str], kind: str, log: Path) -> BuildRun:
     """Run one build of the example in `worktree` and measure it."""
     command = [sys.executable, "-m", "packager.cli", "build", "--target", "all", "--force", "--out", str(out), *extra]
     env = {**os.environ, "PYTHONPATH": str(worktree), "EDGEPACK_CACHE": str(cache)}
     loads = [_load_average()]
+    tree_peak = [0]
     done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(5):
-            loads.append(_load_average())
-
-    threading.Thread(target=sample, daemon=True).start()
     start = time.perf_counter()
     with log.open("a", encoding="utf-8") as sink:
         sink.write(f"\n=== {kind}: {' '.join(command)}\n")
         sink.flush()
         proc = subprocess.Popen(command, cwd=worktree / "examples" / "intent-classifier", env=env,
                                 stdout=sink, stderr=subprocess.STDOUT)
+
+        def sample() -> None:
+            ticks = 0
+            while not done.wait(2):
+                tree_peak[0] = max(tree_peak[0], tree_rss_bytes(proc.pid))
+                ticks += 1
+                if ticks % 3 == 0:
+                    loads.append(_load_average())
+
+        threading.Thread(target=sample, daemon=True).start()
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     done.set()
@@ -76,7 +105,7 @@ def timed_build(worktree: Path, cache: Path, out: Path, extra: list[str], kind: 
     stages = json.loads(manifest.read_text())["stages"] if manifest.is_file() else []
     return BuildRun(kind, os.waitstatus_to_exitcode(status), round(wall, 1),
                     round(usage.ru_utime + usage.ru_stime, 1), round(usage.ru_maxrss / 2**20, 2),
-                    loads[0], max(loads), stages)
+                    loads[0], max(loads), round(tree_peak[0] / 2**30, 2), stages)
 
 
 def bench_commit(commit: str, scratch: Path) -> dict:
@@ -91,7 +120,8 @@ def bench_commit(commit: str, scratch: Path) -> dict:
         for kind, extra in RUNS.items():
             run = timed_build(worktree, cache, out, extra, kind, log)
             print(f"{sha} {kind}: exit {run.exit_code}, {run.wall_s:.0f} s wall, {run.cpu_s:.0f} s CPU, "
-                  f"peak {run.peak_rss_gb:.1f} GB, load {run.load_avg_before:.1f}..{run.load_avg_max:.1f}",
+                  f"peak {run.peak_rss_gb:.1f} GB (tree {run.tree_rss_max_gb:.1f}), "
+                  f"load {run.load_avg_before:.1f}..{run.load_avg_max:.1f}",
                   file=sys.stderr, flush=True)
             runs.append(asdict(run))
         return {"commit": sha, "cores": os.cpu_count(), "machine": platform.platform(), "runs": runs,
@@ -102,13 +132,15 @@ def bench_commit(commit: str, scratch: Path) -> dict:
 
 def markdown(results: list[dict]) -> str:
     """The docs section: one row per commit and kind, then the cold build's slowest stages."""
-    lines = [START_MARKER, "", "| commit | build | exit | wall s | CPU s | CPU/wall | peak RSS GB | load avg |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [START_MARKER, "", "| commit | build | exit | wall s | CPU s | CPU/wall | largest process GB "
+             "| whole tree GB | load avg |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for result in results:
         for run in result["runs"]:
             lines.append(f"| {result['commit']} | {run['kind']} | {run['exit_code']} | {run['wall_s']:.0f} | "
                          f"{run['cpu_s']:.0f} | {run['cpu_s'] / max(run['wall_s'], 1e-9):.2f} | "
-                         f"{run['peak_rss_gb']:.1f} | {run['load_avg_before']:.1f}-{run['load_avg_max']:.1f} |")
+                         f"{run['peak_rss_gb']:.1f} | {run['tree_rss_max_gb']:.1f} | "
+                         f"{run['load_avg_before']:.1f}-{run['load_avg_max']:.1f} |")
     for result in results:
         cold = result["runs"][0]
         slow = sorted((s for s in cold["stages"] if not s["cached"]), key=lambda s: -s["seconds"])[:12]
