@@ -16,12 +16,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from packager.errors import InternalError, UnsupportedError
 from packager.peak_memory import PeakRss
+from packager.scheduler import BuildCancelled, Claim
 
 
 def log_tail(path: Path, lines: int = 25) -> str:
@@ -31,8 +33,12 @@ def log_tail(path: Path, lines: int = 25) -> str:
     return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
 
 
-def run_child(module: str, folder: Path, request: dict[str, Any], what: str) -> dict[str, Any]:
+def run_child(module: str, folder: Path, request: dict[str, Any], what: str,
+              claim: Claim | None = None) -> dict[str, Any]:
     """Run `module` on `request`, writing into `folder`; return the child's result (plus "wall_seconds").
+
+    With a memory `claim` (packager.scheduler), the child's measured peak is recorded on it, and the
+    child is killed as soon as the build is cancelled.
 
     A failure raises UnsupportedError (the child said so) or InternalError quoting the log's tail,
     or OSError(ENOSPC) when the child ran out of disk space, so the cache reports a full disk as such.
@@ -42,7 +48,12 @@ def run_child(module: str, folder: Path, request: dict[str, Any], what: str) -> 
     start = time.perf_counter()
     with log.open("w", encoding="utf-8") as out:
         returncode, peak_kb = _run_and_measure(
-            [sys.executable, "-m", module, str(folder / "request.json"), str(folder / "result.json")], out)
+            [sys.executable, "-m", module, str(folder / "request.json"), str(folder / "result.json")], out,
+            claim.cancelled if claim else None)
+    if claim is not None:
+        claim.measured_peak = peak_kb * 1024
+    if claim is not None and claim.cancelled.is_set():
+        raise BuildCancelled(what)
     if returncode < 0:
         raise UnsupportedError(_killed_message(what, -returncode, peak_kb) + "\n" + log_tail(log))
     if returncode != 0 or not (folder / "result.json").is_file():
@@ -56,18 +67,25 @@ def run_child(module: str, folder: Path, request: dict[str, Any], what: str) -> 
     return result
 
 
-def _run_and_measure(command: list[str], log: TextIO) -> tuple[int, int]:
+def _run_and_measure(command: list[str], log: TextIO, cancelled: threading.Event | None) -> tuple[int, int]:
     """Return the child's exit status (negative: the signal that killed it) and its peak RSS in KB.
 
     The child is killed when this process is interrupted (Ctrl-C, SIGTERM), so an abandoned conversion
-    never keeps running, and holding memory, behind a build that has stopped.
+    never keeps running, and holding memory, behind a build that has stopped, nor when `cancelled` is set
+    (another target of the build failed).
     """
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONHASHSEED": "0"})
     sampler = PeakRss(proc.pid)
     sampler.start()
     try:
-        proc.wait()
+        while True:
+            try:
+                proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if cancelled is not None and cancelled.is_set():
+                    proc.kill()
     except BaseException:
         proc.kill()
         proc.wait()

@@ -251,12 +251,16 @@ class _BuildCommand(_Command):
               help="An edgepack.toml to read (default: ./edgepack.toml when no CHECKPOINT is given).")
 @click.option("--device", "device_name", default=None,
               help="Device profile: builds its target with the most faithful quantization that fits its RAM.")
+@click.option("--jobs", type=int, default=None, help="Targets built at once (default: the host's cores).")
+@click.option("--max-ram", default=None,
+              help="Memory the build may use, e.g. 12G (default: the host's minus headroom); a step that "
+                   "cannot fit stops the build with exit 3.")
 def build(checkpoint: Path | None, targets: tuple[str, ...], quant: str | None, out: Path | None,
           base: Path | None, name: str | None, context_length: int | None, allow_pickle: bool, force: bool,
           no_gate: bool, as_json: bool, quiet: bool, eval_path: Path | None,
           task_kind: str | None, labels: str | None, json_schema: Path | None, prompt_template: str | None,
           constrained: bool, max_accuracy_drop: float | None, device_name: str | None,
-          config_path: Path | None, **target_flags: Any) -> None:
+          config_path: Path | None, jobs: int | None, max_ram: str | None, **target_flags: Any) -> None:
     """Build CHECKPOINT (a Hugging Face folder or a PEFT adapter) for the chosen targets.
 
     Without CHECKPOINT, reads ./edgepack.toml, else builds the bundled example.
@@ -281,6 +285,7 @@ def build(checkpoint: Path | None, targets: tuple[str, ...], quant: str | None, 
         context_length=context_length, allow_pickle=allow_pickle, force=force, no_gate=no_gate,
         eval_path=eval_path, task=task, max_accuracy_drop=max_accuracy_drop,
         device=device_name, config=config_path, target_options=_given_target_options(target_flags),
+        jobs=jobs, max_ram=max_ram,
     ), reporter)
     outcome = run_build(request, reporter)
     if as_json:

@@ -12,16 +12,25 @@ import threading
 from pathlib import Path
 
 
-def vm_hwm_kb(pid: int | str = "self") -> int:
-    """The process's peak RSS in KiB so far; 0 when it has exited or /proc is unavailable."""
+def _status_kb(pid: int | str, field: str) -> int:
     try:
         text = Path(f"/proc/{pid}/status").read_text(encoding="ascii", errors="replace")
     except OSError:
         return 0
     for line in text.splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
+
+
+def vm_hwm_kb(pid: int | str = "self") -> int:
+    """The process's peak RSS in KiB so far; 0 when it has exited or /proc is unavailable."""
+    return _status_kb(pid, "VmHWM")
+
+
+def vm_rss_kb(pid: int | str = "self") -> int:
+    """The process's resident memory in KiB now; 0 when it has exited or /proc is unavailable."""
+    return _status_kb(pid, "VmRSS")
 
 
 def own_peak_rss_mb() -> float:

@@ -8,6 +8,7 @@ leaves nothing that looks complete. While a build writes, its output folder is l
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from packager.output_lock import output_lock
 from packager.progress import Reporter
 from packager.report import render_report, verification_rows, verification_table
 from packager.report_html import render_html
+from packager.scheduler import scheduler_for
 from packager.stages import BuildContext, BuildOptions
 from packager.target import Target, TargetResult, resolve_targets
 
@@ -47,6 +49,10 @@ class BuildRequest:
     options: BuildOptions = field(default_factory=BuildOptions)
     # The checkpoint and its digest when the caller already opened it (--device does, to size artifacts).
     opened: tuple[Checkpoint, str] | None = None
+    # Targets built at once (None: the host's cores) and the memory the build may use (None: the host's
+    # minus headroom); see packager/scheduler.py.
+    jobs: int | None = None
+    max_ram: int | None = None
 
 
 @dataclass
@@ -129,15 +135,19 @@ def _build_into(staging: Path, out: Path, request: BuildRequest, ckpt: Checkpoin
                 target_classes: list[type[Target]], reporter: Reporter,
                 ) -> tuple[list[TargetResult], dict[str, Any], bool]:
     """Return the results, manifest and verdict of building every target into staging (published by the caller)."""
-    ctx = BuildContext(ckpt, digest, request.options, reporter)
-    results: list[TargetResult] = []
-    for cls in target_classes:
-        target = cls()
+    cache = cache_root()
+    scheduler = scheduler_for(ckpt, reporter, cache, request.jobs, request.max_ram)
+    ctx = BuildContext(ckpt, digest, request.options, reporter, cache, scheduler)
+
+    def build(target: Target) -> TargetResult:
         reporter.say(f"target {target.name}: building")
         start = time.perf_counter()
         result = target.build(ctx, staging / target.name)
         reporter.stage(f"target {target.name}", False, time.perf_counter() - start)
-        results.append(result)
+        return result
+
+    targets = [cls() for cls in target_classes]
+    results = scheduler.run_all([(t.name, functools.partial(build, t)) for t in targets])
     passed = all(r.passed for r in results)
     manifest = _manifest(ckpt, digest, request, results, reporter, passed)
     if not passed and not request.options.no_gate:

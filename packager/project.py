@@ -50,6 +50,8 @@ class BuildFlags:
     max_accuracy_drop: float | None = None
     device: str | None = None
     config: Path | None = None
+    jobs: int | None = None
+    max_ram: str | None = None
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -132,6 +134,31 @@ def _context_length(flag: int | None, build: dict[str, Any], config_path: Path) 
     return value
 
 
+def _jobs(flag: int | None, build: dict[str, Any], config_path: Path) -> int | None:
+    """Return --jobs, else [build] jobs, else None (the host's cores): a whole number, at least 1."""
+    value, source = (flag, "--jobs") if flag is not None else (build.get("jobs"), f"{config_path}: [build] jobs")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
+        raise BadInputError(f"{source} is {value!r}; it must be a whole number of targets to build at once, "
+                            "from 1 to 256 (for example 2).")
+    return value
+
+
+def _max_ram(flag: str | None, build: dict[str, Any], config_path: Path) -> int | None:
+    """Return --max-ram, else [build] max_ram, in bytes; None: the host's memory minus headroom."""
+    from packager.scheduler import parse_size
+
+    value, source = (flag, "--max-ram") if flag is not None else (
+        build.get("max_ram"), f"{config_path}: [build] max_ram")
+    if value is None:
+        return None
+    try:
+        return parse_size(str(value))
+    except ValueError:
+        raise BadInputError(f"{source} is {value!r}; it must be a memory size such as 12G or 800M.") from None
+
+
 def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None) -> BuildRequest:
     """Merge flags over edgepack.toml into a BuildRequest."""
     cwd = cwd or Path.cwd()
@@ -192,6 +219,8 @@ def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None
         config=config_path if config else None,
         options=options,
         opened=opened,
+        jobs=_jobs(flags.jobs, build, root / CONFIG_NAME),
+        max_ram=_max_ram(flags.max_ram, build, root / CONFIG_NAME),
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +18,9 @@ from packager.errors import InternalError
 from packager.fingerprint import cache_root, options_digest
 from packager.formats.gguf_quantize import quantize_gguf
 from packager.formats.gguf_writer import NUMPY_TYPES, WRITER_VERSION, write_gguf
+from packager.once import OnceMap, once_property
 from packager.progress import Reporter
+from packager.scheduler import Scheduler, scheduler_for
 from packager.stage_cache import CachedEntry, StageCache
 from packager.target import TargetOptionValues, declared_options
 from packager.verify.gates import TaskGate, gate_for
@@ -81,7 +82,7 @@ class BuildContext:
 
     def __init__(
         self, ckpt: Checkpoint, ckpt_digest: str, options: BuildOptions, reporter: Reporter,
-        cache: Path | None = None,
+        cache: Path | None = None, scheduler: Scheduler | None = None,
     ) -> None:
         self.ckpt = ckpt
         self.ckpt_digest = ckpt_digest
@@ -89,20 +90,23 @@ class BuildContext:
         self.reporter = reporter
         self.cache = cache or cache_root()
         self.stage_cache = StageCache(self.cache, reporter)
+        # Targets may run at once (packager.scheduler): shared stages are computed once, heavy steps
+        # hold memory from the scheduler's budget while they run.
+        self.scheduler = scheduler or scheduler_for(ckpt, reporter, self.cache, jobs=1)
         self.golden: GoldenSet = load_golden()
-        self._verified: dict[str, VerificationResult] = {}
-        self._ggufs: dict[str, CachedEntry[GgufFile]] = {}
+        self._verified: OnceMap[VerificationResult] = OnceMap()
+        self._ggufs: OnceMap[CachedEntry[GgufFile]] = OnceMap()
 
     @property
     def context_length(self) -> int:
         """The context every target sets its runtime up for (--context-length, capped by the model)."""
         return self.ckpt.usable_context(self.options.context_length)
 
-    @cached_property
+    @once_property
     def eval_rows(self) -> list[EvalRow]:
         return load_eval_set(self.options.eval_path) if self.options.eval_path else []
 
-    @cached_property
+    @once_property
     def contract(self) -> Contract:
         contract = contract_from_checkpoint(self.ckpt)
         if self.options.task or self.eval_rows:
@@ -118,20 +122,22 @@ class BuildContext:
             contract.pop("constrained")
         return options_digest("task", self.ckpt_digest, contract, eval_text)[:24]
 
-    @cached_property
+    @once_property
     def baseline_answers(self) -> list[str]:
         """The fp32 transformers model's own answers to the eval set (cached per checkpoint + task)."""
         def answer() -> list[str]:
-            self.reporter.say(f"answering {len(self.eval_rows)} eval rows with the fp32 model (baseline)")
-            model = load_hf_model(self.ckpt)
-            _, answers = score(self.contract, self.eval_rows,
-                               hf_generator(model, self.hf_tokenizer, self.contract), None)
+            contract, rows, tokenizer = self.contract, self.eval_rows, self.hf_tokenizer
+            self.reporter.say(f"answering {len(rows)} eval rows with the fp32 model (baseline)")
+            with self.scheduler.heavy("fp32 baseline", "the fp32 baseline", estimate=1.5):
+                model = load_hf_model(self.ckpt)
+                _, answers = score(contract, rows, hf_generator(model, tokenizer, contract), None)
+                del model  # released before the memory is handed back
             return answers
 
         return self.stage_cache.record("baseline", self._task_key(decoding=False), "fp32 baseline on the eval set",
                                        answer, describe=lambda answers: f"{len(answers)} rows")
 
-    @cached_property
+    @once_property
     def _reference_model(self) -> Any:
         return load_hf_model(self.ckpt)
 
@@ -162,14 +168,15 @@ class BuildContext:
         result.failures += self.options.task_gate.check(metrics)
         result.gate += "; " + self.options.task_gate.describe()
 
-    @cached_property
+    @once_property
     def hf_tokenizer(self) -> Any:
         return load_hf_tokenizer(self.ckpt)
 
-    @cached_property
+    @once_property
     def reference(self) -> ReferenceLogits:
         return compute_reference(self.ckpt, self.golden, self.ckpt_digest, self.contract.eos_ids, self.stage_cache,
-                                 self.reporter.percent("reference logits (fp32)"))
+                                 self.reporter.percent("reference logits (fp32)"),
+                                 lambda: self.scheduler.heavy("fp32 reference", "the fp32 reference", estimate=2.0))
 
     def gguf(self, quant: str) -> Path:
         """Return the cached GGUF of this checkpoint in `quant`, building F16 first when needed."""
@@ -179,7 +186,9 @@ class BuildContext:
     def _gguf_entry(self, quant: str) -> CachedEntry[GgufFile]:
         if quant in self._ggufs:
             self.reporter.stage(f"gguf {quant}", True, 0.0, "shared stage, already built in this build")
-            return self._ggufs[quant]
+        return self._ggufs.get(quant, lambda: self._new_gguf_entry(quant))
+
+    def _new_gguf_entry(self, quant: str) -> CachedEntry[GgufFile]:
         name = f"model-{quant}.gguf"
 
         def build(folder: Path) -> GgufFile:
@@ -192,21 +201,18 @@ class BuildContext:
                 quantize_gguf(source, folder / name, quant)
             return GgufFile(name, (folder / name).stat().st_size)
 
-        entry = self.stage_cache.entry(
+        return self.stage_cache.entry(
             "gguf", options_digest("gguf", WRITER_VERSION, self.ckpt_digest, quant)[:24], f"gguf {quant}", build,
             encode=dataclasses.asdict, decode=lambda data: GgufFile(**data),
             describe=lambda gguf: f"{gguf.name}, {gguf.size / 2**20:.1f} MB")
-        self._ggufs[quant] = entry
-        return entry
 
     def verify_gguf(self, quant: str, artifact: str) -> VerificationResult:
         """Verify the GGUF in llama.cpp, once per file content (targets sharing it share the result)."""
-        if quant not in self._verified:
-            self._verified[quant] = self._verify_gguf_file(quant)
-        return dataclasses.replace(self._verified[quant], artifact=artifact)
+        verified = self._verified.get(quant, lambda: self._verify_gguf_file(quant))
+        return dataclasses.replace(verified, artifact=artifact)
 
     def _verify_gguf_file(self, quant: str) -> VerificationResult:
-        gguf = self._ggufs.get(quant) or self._gguf_entry(quant)
+        gguf = self._ggufs.get(quant, lambda: self._new_gguf_entry(quant))
         path = gguf.path(gguf.value.name)
         digest = gguf.sha256(path.name)  # checked against the file when the entry was opened
         task_key = self._task_key() if self.eval_rows else ""

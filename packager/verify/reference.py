@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,13 +82,21 @@ class ReferenceRun:
 def compute_reference(
     ckpt: Checkpoint, golden: GoldenSet, ckpt_digest: str, eos_ids: list[int],
     cache: StageCache | Path | None = None, progress: Callable[[int, int], None] | None = None,
+    hold_memory: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> ReferenceLogits:
-    """Return the cached reference for this checkpoint, computing it (one forward per text) if needed."""
+    """Return the cached reference for this checkpoint, computing it (one forward per text) if needed.
+
+    `hold_memory` wraps the time the fp32 model is loaded (a build's scheduler claims its memory).
+    """
     if not isinstance(cache, StageCache):
         cache = StageCache(cache or cache_root(), Reporter(quiet=True))
 
     def run(folder: Path) -> ReferenceRun:
         tokenizer = load_hf_tokenizer(ckpt)
+        with hold_memory():
+            return forward_all(folder, tokenizer)
+
+    def forward_all(folder: Path, tokenizer: Any) -> ReferenceRun:
         model = load_hf_model(ckpt)
         sequences: list[list[int]] = []
         with torch.inference_mode():

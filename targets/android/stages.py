@@ -64,8 +64,10 @@ def cached_pte(ctx: BuildContext, recipe: Recipe, delegate: str, max_context: in
                    "delegate": delegate, "metadata": dataclasses.asdict(metadata)}
         ctx.reporter.say(f"exporting {recipe.name} ({delegate}) with ExecuTorch {EXECUTORCH_VERSION} "
                          "in a child process")
-        return run_child("targets.android.export", tmp, request,
-                         f"ExecuTorch export of {ctx.ckpt.folder} with recipe {recipe.name} ({delegate})")
+        what = f"ExecuTorch export of {ctx.ckpt.folder} with recipe {recipe.name} ({delegate})"
+        # Measured: 3.4-4.9 GB for Gemma 3 270M (1.07 GB in fp32).
+        with ctx.scheduler.heavy("executorch export", what, estimate=4.6) as claim:
+            return run_child("targets.android.export", tmp, request, what, claim)
 
     entry = ctx.stage_cache.entry(
         "pte", key, label, export,
@@ -88,20 +90,23 @@ def verified_pte(ctx: BuildContext, artifact: PteArtifact, tokenizer_json: Path,
     from targets.android import verify as pte_check
 
     def verify() -> VerificationResult:
-        reference = ctx.reference
+        reference, contract, tokenizer = ctx.reference, ctx.contract, ctx.hf_tokenizer
+        baseline = ctx.baseline_answers if ctx.eval_rows else []
         ctx.reporter.say(f"running {artifact.pte.name} in ExecuTorch ({reference.positions} golden positions)")
+        with ctx.scheduler.heavy("executorch run", f"running {artifact.pte.name}", estimate=1.5):
+            return run(reference, contract, tokenizer, baseline)
+
+    def run(reference: Any, contract: Any, tokenizer: Any, baseline: list[str]) -> VerificationResult:
         result = pte_check.verify_pte(artifact.pte, artifact.ptd, tokenizer_json, name, artifact.recipe.name,
-                                      artifact.recipe.gate, reference, ctx.golden, ctx.contract, ctx.hf_tokenizer)
+                                      artifact.recipe.gate, reference, ctx.golden, contract, tokenizer)
         if ctx.eval_rows:
-            contract = ctx.contract
-            baseline = ctx.baseline_answers
             ctx.reporter.say(f"answering {len(ctx.eval_rows)} eval rows with {artifact.pte.name} in TextLLMRunner")
-            tokenizer = pte_check.RunnerTokenizer(tokenizer_json)
+            runner_tokenizer = pte_check.RunnerTokenizer(tokenizer_json)
             session = pte_check.RunnerSession(
                 artifact.pte, artifact.ptd, tokenizer_json,
                 1 if contract.add_bos and contract.bos_id is not None else 0,
                 int(artifact.export["metadata"]["get_max_context_len"]),
-                pte_check.eos_pieces(tokenizer, contract.eos_ids))
+                pte_check.eos_pieces(runner_tokenizer, contract.eos_ids))
             metrics, _ = score(contract, ctx.eval_rows, pte_check.pte_generator(session, contract), baseline, False)
             ctx.attach_task(result, metrics)
             if contract.constrained:
@@ -137,8 +142,14 @@ def screened(ctx: BuildContext, recipe: Recipe) -> FidelityMetrics:
 
     digest = options_digest("screen-pte", PTE_VERIFICATION_SCHEMA, ctx.ckpt_digest, recipe.as_dict(),
                             ctx.golden.digest_source())[:24]
+    label = f"screen {recipe.name} (eager)"
+
+    def screen() -> FidelityMetrics:
+        reference = ctx.reference
+        with ctx.scheduler.heavy("eager screen", label, estimate=3.0):
+            return predict_fidelity(ctx.ckpt.folder, ctx.ckpt.spec, recipe, reference)
+
     return ctx.stage_cache.record(
-        "screen", digest, f"screen {recipe.name} (eager)",
-        lambda: predict_fidelity(ctx.ckpt.folder, ctx.ckpt.spec, recipe, ctx.reference),
+        "screen", digest, label, screen,
         encode=FidelityMetrics.as_dict, decode=lambda data: FidelityMetrics(**data),
         describe=lambda m: f"top-1 (decisive) {m.top1_decisive or 0:.3f}, KL {m.kl:.4f}")

@@ -1,0 +1,224 @@
+"""Run a build's targets side by side within the host's cores and memory.
+
+Targets build in threads: their heavy conversions already run in child processes, and the
+in-process work (torch, llama.cpp, numpy, a browser) spends its time outside the GIL. Cores bound
+how many targets run at once (--jobs); memory bounds which heavy steps run at once (--max-ram).
+Every heavy step (a conversion child, an fp32 model loaded in this process) asks for its expected
+peak before it starts and waits until that fits beside what is already running. A step's expected
+peak is its own past measurement when there is one (kept per kind of step in the stage cache, as a
+multiple of the checkpoint's fp32 size, so it carries over to other checkpoints), else the
+caller's estimate. A step that alone needs more than an explicit --max-ram stops the build with
+exit 3 before it starts; under the default budget it runs alone.
+
+The first failure cancels the rest: waiting steps stop waiting, and running conversion children
+are killed (packager.child_stage polls the claim's `cancelled`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from packager.errors import UnsupportedError
+from packager.peak_memory import vm_rss_kb
+from packager.progress import Reporter
+
+if TYPE_CHECKING:
+    from packager.checkpoint import Checkpoint
+
+T = TypeVar("T")
+GB = 2**30
+# What the default budget leaves to the OS, the desktop and the build's own bookkeeping.
+HEADROOM_FRACTION = 0.1
+HEADROOM_MIN = 2 * GB
+COSTS_FILE = "measured-costs.json"
+
+
+class BuildCancelled(Exception):
+    """Another part of the build failed or was interrupted; this step stopped without finishing."""
+
+
+def host_memory() -> int:
+    """Physical memory of this host in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def default_budget() -> int:
+    """What a build may use when --max-ram is not given: the host's memory minus headroom."""
+    total = host_memory()
+    return total - max(HEADROOM_MIN, int(total * HEADROOM_FRACTION))
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '12G', '12GB', '800M' or a plain number of GB (as --max-ram takes it)."""
+    units = {"": GB, "G": GB, "GB": GB, "GIB": GB, "M": 2**20, "MB": 2**20, "MIB": 2**20, "T": 2**40, "TB": 2**40}
+    clean = text.strip().upper()
+    number = clean.rstrip("GMTIB")
+    unit = clean[len(number):]
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in units or not value > 0:
+        raise ValueError(f"{text!r} is not a size; write e.g. 12G or 800M")
+    return int(value * units[unit])
+
+
+class MeasuredCosts:
+    """What past builds measured, in the stage cache: each kind of heavy step's peak memory as a multiple of
+    the checkpoint's fp32 size, and each target's wall time (the longest targets start first)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def _read(self) -> dict[str, float]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and v > 0} \
+            if isinstance(data, dict) else {}
+
+    def peak_ratio(self, kind: str) -> float | None:
+        return self._read().get(f"peak:{kind}")
+
+    def seconds(self, target: str) -> float:
+        return self._read().get(f"seconds:{target}", 0.0)
+
+    def learn_peak(self, kind: str, ratio: float) -> None:
+        self._learn(f"peak:{kind}", ratio)
+
+    def learn_seconds(self, target: str, seconds: float) -> None:
+        """Keep the longest a target took: a warm build's few seconds say nothing about a cold one."""
+        self._learn(f"seconds:{target}", max(seconds, self.seconds(target)))
+
+    def _learn(self, key: str, value: float) -> None:
+        with self._lock:
+            data = self._read()
+            data[key] = round(value, 3)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, self.path)  # readers see the old file or the new one, never half of one
+
+
+@dataclass
+class Claim:
+    """Memory granted to one heavy step; a child runner records the peak it measured here."""
+
+    kind: str
+    expected: int
+    cancelled: threading.Event
+    measured_peak: int = 0  # bytes; 0 when the step ran in this process (its peak is not its own)
+
+
+@dataclass
+class Scheduler:
+    """The cores and memory one build may use, shared by the targets it runs at once."""
+
+    jobs: int
+    limit: int
+    explicit: bool  # the limit came from --max-ram: a step that cannot fit is an error, not a warning
+    scale: int  # the checkpoint's fp32 size in bytes: expected peaks are multiples of it
+    reporter: Reporter
+    costs: MeasuredCosts
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    _claimed: int = 0
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    # This process's resident memory when the build started (interpreter, libraries, the checkpoint's tables).
+    _base: int = field(default_factory=lambda: vm_rss_kb() * 1024)
+
+    def expected(self, kind: str, estimate: float) -> int:
+        """Bytes a step of `kind` is expected to peak at: measured before, else `estimate` x fp32 size."""
+        return int((self.costs.peak_ratio(kind) or estimate) * self.scale)
+
+    @contextmanager
+    def heavy(self, kind: str, what: str, estimate: float) -> Iterator[Claim]:
+        """Hold memory for a heavy step for as long as it runs; wait until it fits beside the others."""
+        need = self.expected(kind, estimate)
+        available = self.limit - self._base
+        if need > available and self.explicit:
+            raise UnsupportedError(
+                f"{what} is expected to need about {need / GB:.1f} GB, more than the {self.limit / GB:.1f} GB "
+                f"--max-ram allows (of which this process already holds {self._base / GB:.1f} GB). Raise --max-ram, "
+                "build this target on a machine with more memory, or lower --context-length.")
+        with self._cond:
+            told = False
+            while self._claimed and self._claimed + need > available:
+                if not told:
+                    self.reporter.say(f"{what}: waiting for memory (expects {need / GB:.1f} GB; "
+                                      f"{self._claimed / GB:.1f} of {available / GB:.1f} GB in use by other steps)")
+                    told = True
+                self._cond.wait(0.5)
+                if self.cancelled.is_set():
+                    raise BuildCancelled(what)
+            self._claimed += need
+        claim = Claim(kind, need, self.cancelled)
+        try:
+            yield claim
+        finally:
+            with self._cond:
+                self._claimed -= need
+                self._cond.notify_all()
+            if claim.measured_peak:
+                self.costs.learn_peak(kind, claim.measured_peak / self.scale)
+
+    def run_all(self, jobs: list[tuple[str, Callable[[], T]]]) -> list[T]:
+        """Run the named jobs, at most `self.jobs` at once, the longest (as measured before) first; return
+        their results in the order given.
+
+        On the first failure (or Ctrl-C / SIGTERM in the main thread) the others are cancelled and
+        awaited, so no conversion child outlives the build, and that first failure is raised.
+        """
+        if self.jobs <= 1 or len(jobs) <= 1:
+            return [self._timed(name, job) for name, job in jobs]
+        pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="target")
+        order = sorted(range(len(jobs)), key=lambda i: -self.costs.seconds(jobs[i][0]))
+        submitted = {i: pool.submit(self._timed, *jobs[i]) for i in order}
+        futures: list[Future[T]] = [submitted[i] for i in range(len(jobs))]
+        try:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in futures if f in done and f.exception() is not None]
+            if failed:
+                self.cancelled.set()
+                wait(futures)
+                raise _first_real(failed)
+            return [f.result() for f in futures]
+        except BaseException:
+            self.cancelled.set()
+            for future in futures:
+                future.cancel()
+            wait(futures)
+            raise
+        finally:
+            pool.shutdown(wait=True)
+
+
+    def _timed(self, name: str, job: Callable[[], T]) -> T:
+        start = time.perf_counter()
+        result = job()
+        self.costs.learn_seconds(name, time.perf_counter() - start)
+        return result
+
+
+def scheduler_for(ckpt: Checkpoint, reporter: Reporter, cache: Path, jobs: int | None = None,
+                  max_ram: int | None = None) -> Scheduler:
+    """The scheduler of one build: `jobs` targets at once (default: the host's cores), within `max_ram`."""
+    return Scheduler(jobs=jobs or os.cpu_count() or 1, limit=max_ram or default_budget(), explicit=max_ram is not None,
+                     scale=4 * ckpt.parameter_count, reporter=reporter, costs=MeasuredCosts(cache / COSTS_FILE))
+
+
+def _first_real(failed: list[Future[T]]) -> BaseException:
+    """The failure that caused the others: a BuildCancelled is only its echo."""
+    errors = [f.exception() for f in failed]
+    real = [e for e in errors if not isinstance(e, BuildCancelled)]
+    return (real or errors)[0]  # type: ignore[return-value]

@@ -1,0 +1,190 @@
+"""Targets built at once: memory claims, cancellation, shared stages computed once, --jobs/--max-ram."""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cli_helpers import edgepack
+
+from packager.child_stage import run_child
+from packager.errors import ExitCode, UnsupportedError
+from packager.once import OnceMap
+from packager.progress import Reporter
+from packager.scheduler import GB, BuildCancelled, MeasuredCosts, Scheduler, parse_size
+
+
+def _scheduler(tmp_path: Path, limit_gb: float, explicit: bool = False, jobs: int = 2) -> Scheduler:
+    scheduler = Scheduler(jobs=jobs, limit=int(limit_gb * GB), explicit=explicit, scale=GB,
+                          reporter=Reporter(quiet=True), costs=MeasuredCosts(tmp_path / "costs.json"))
+    scheduler._base = 0  # this test process's own memory is not what is being tested
+    return scheduler
+
+
+def test_heavy_steps_that_do_not_fit_together_run_one_after_the_other(tmp_path: Path) -> None:
+    scheduler = _scheduler(tmp_path, limit_gb=10)
+    spans: dict[str, tuple[float, float]] = {}
+
+    def step(name: str) -> str:
+        with scheduler.heavy("conversion", name, estimate=6.0):  # 6 GB each: two would need 12 of 10
+            start = time.perf_counter()
+            time.sleep(0.3)
+            spans[name] = (start, time.perf_counter())
+        return name
+
+    assert scheduler.run_all([("a", lambda: step("a")), ("b", lambda: step("b"))]) == ["a", "b"]
+    first, second = sorted(spans.values())
+    assert first[1] <= second[0], spans  # never both at once
+
+
+def test_heavy_steps_that_fit_together_run_at_the_same_time(tmp_path: Path) -> None:
+    scheduler = _scheduler(tmp_path, limit_gb=10)
+    both = threading.Barrier(2, timeout=5)  # raises BrokenBarrierError unless both steps hold memory at once
+
+    def step() -> None:
+        with scheduler.heavy("screen", "screen", estimate=4.0):
+            both.wait()
+
+    scheduler.run_all([("a", step), ("b", step)])
+
+
+def test_a_step_larger_than_an_explicit_max_ram_stops_before_it_starts(tmp_path: Path) -> None:
+    scheduler = _scheduler(tmp_path, limit_gb=4, explicit=True)
+    started = []
+    with pytest.raises(UnsupportedError) as caught, scheduler.heavy("conversion", "conversion of model", estimate=8.0):
+        started.append(True)
+    assert not started
+    assert caught.value.exit_code == ExitCode.UNSUPPORTED
+    assert "about 8.0 GB" in caught.value.message and "--max-ram" in caught.value.message
+
+
+def test_a_past_measurement_replaces_the_estimate(tmp_path: Path) -> None:
+    costs = MeasuredCosts(tmp_path / "costs.json")
+    scheduler = _scheduler(tmp_path, limit_gb=10)
+    assert scheduler.expected("export", 4.0) == 4 * GB
+    costs.learn_peak("export", 2.5)
+    assert scheduler.expected("export", 4.0) == int(2.5 * GB)
+
+
+def _child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> str:
+    (tmp_path / "fake_child.py").write_text(textwrap.dedent(f"""
+        import json, sys
+        {textwrap.indent(textwrap.dedent(body), '        ').strip()}
+        json.dump({{"ok": True}}, open(sys.argv[2], "w"))
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    return "fake_child"
+
+
+def test_a_child_records_its_measured_peak_for_the_next_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _child(tmp_path, monkeypatch, """
+        import time
+        hog = bytearray(200 * 2**20)
+        time.sleep(0.3)
+    """)
+    scheduler = _scheduler(tmp_path, limit_gb=10)
+    folder = tmp_path / "entry"
+    folder.mkdir()
+    with scheduler.heavy("fake export", "fake export", estimate=4.0) as claim:
+        run_child(module, folder, {}, "fake export", claim)
+    learned = MeasuredCosts(tmp_path / "costs.json").peak_ratio("fake export")
+    assert learned is not None and 0.19 < learned < 0.6, learned  # its own 200+ MB of the 1 GB scale, not 4 GB
+
+
+def test_a_failing_target_cancels_the_others_and_kills_their_children(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pid_file = tmp_path / "child.pid"
+    module = _child(tmp_path, monkeypatch, f"""
+        import os, time
+        open({str(pid_file)!r}, "w").write(str(os.getpid()))
+        time.sleep(60)
+    """)
+    scheduler = _scheduler(tmp_path, limit_gb=10)
+    folder = tmp_path / "entry"
+    folder.mkdir()
+
+    def converting() -> None:
+        with scheduler.heavy("fake export", "fake export", estimate=1.0) as claim:
+            run_child(module, folder, {}, "fake export", claim)
+
+    def failing() -> None:
+        while not pid_file.exists():
+            time.sleep(0.05)
+        raise ValueError("the web target failed")
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="the web target failed"):
+        scheduler.run_all([("android", converting), ("web", failing)])
+    assert time.perf_counter() - start < 20
+    pid = int(pid_file.read_text())
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_a_waiting_step_stops_waiting_when_the_build_is_cancelled(tmp_path: Path) -> None:
+    scheduler = _scheduler(tmp_path, limit_gb=10)
+    with scheduler.heavy("conversion", "first", estimate=8.0):
+        scheduler.cancelled.set()
+        with pytest.raises(BuildCancelled), scheduler.heavy("conversion", "second", estimate=8.0):
+            pass
+
+
+def test_a_shared_value_is_computed_once_while_other_threads_wait() -> None:
+    values: OnceMap[int] = OnceMap()
+    calls = []
+
+    def compute() -> int:
+        calls.append(1)
+        time.sleep(0.2)
+        return 42
+
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda: results.append(values.get("reference", compute))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [42] * 4 and len(calls) == 1
+
+
+@pytest.mark.parametrize("text,size", [("12G", 12 * GB), ("800M", 800 * 2**20), ("1.5GB", int(1.5 * GB)),
+                                       ("6", 6 * GB)])
+def test_max_ram_sizes(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_max_ram_too_small_for_the_build_exits_3_with_one_json_document(
+        tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEPACK_CACHE", str(tmp_path / "cache"))  # cold: the fp32 reference must be computed
+    result = edgepack("build", tiny_llama, "--target", "raspberry-pi", "--out", tmp_path / "out", "--max-ram", "1M",
+                      "--json")
+    assert result.exit_code == ExitCode.UNSUPPORTED, result.stderr
+    assert "--max-ram" in result.json()["message"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_jobs_and_max_ram_values_are_bad_input(tiny_llama: Path, tmp_path: Path) -> None:
+    for flag, value in (("--jobs", "0"), ("--max-ram", "lots")):
+        result = edgepack("build", tiny_llama, "--target", "raspberry-pi", "--out", tmp_path / "out", flag, value)
+        assert result.exit_code == ExitCode.BAD_INPUT, result.stderr
+        assert flag in result.stderr
+
+
+def test_two_targets_built_at_once_match_them_built_one_at_a_time(
+        tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    outs = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs-{jobs}"
+        monkeypatch.setenv("EDGEPACK_CACHE", str(tmp_path / f"cache-{jobs}"))  # both cold
+        result = edgepack("build", tiny_llama, "--target", "raspberry-pi", "--target", "react-native", "--quant",
+                          "Q8_0", "--out", out, "--jobs", jobs)
+        assert result.exit_code == 0, result.stderr
+        outs[jobs] = out
+    for target in ("raspberry-pi", "react-native"):
+        files = sorted(p.relative_to(outs["1"]) for p in (outs["1"] / target).rglob("*") if p.is_file())
+        assert files, target
+        for name in files:
+            assert (outs["1"] / name).read_bytes() == (outs["2"] / name).read_bytes(), name
