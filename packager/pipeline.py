@@ -9,12 +9,14 @@ leaves nothing that looks complete. While a build writes, its output folder is l
 from __future__ import annotations
 
 import functools
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from packager.atomic import output_errors, staged_output
+from packager.build_log import tool_output_to_log
 from packager.checkpoint import Checkpoint, is_adapter_folder, load_checkpoint
 from packager.errors import BadInputError, GateFailedError, UnsupportedError
 from packager.fingerprint import cache_root, files_digest, options_digest
@@ -33,6 +35,8 @@ from packager.report_html import render_html
 from packager.scheduler import scheduler_for
 from packager.stages import BuildContext, BuildOptions
 from packager.target import Target, TargetResult, resolve_targets
+
+BUILD_LOG = "build.log"
 
 
 @dataclass
@@ -110,8 +114,18 @@ def build_inputs(request: BuildRequest, ckpt: Checkpoint) -> list[Path]:
 
 
 def run_build(request: BuildRequest, reporter: Reporter | None = None) -> BuildOutcome:
-    """Build every requested target; raise GateFailedError (after cleaning up) when a gate fails."""
+    """Build every requested target; raise GateFailedError (after cleaning up) when a gate fails.
+
+    Third-party tools' output goes to a log (packager.build_log) that ships as build.log.
+    """
     reporter = reporter or Reporter()
+    with tool_output_to_log(cache_root() / "logs", reporter) as log:
+        outcome = _run_build(request, reporter, log)
+    log.unlink(missing_ok=True)  # its copy is in the output
+    return outcome
+
+
+def _run_build(request: BuildRequest, reporter: Reporter, log: Path) -> BuildOutcome:
     target_classes = resolve_targets(request.targets)
     ckpt, digest = request.opened or open_input(request, reporter)
     unsupported = [cls.name for cls in target_classes if not cls().supports(ckpt.spec)]
@@ -126,13 +140,14 @@ def run_build(request: BuildRequest, reporter: Reporter | None = None) -> BuildO
     with output_errors(out), output_lock(out):
         check_replaceable(out, build_inputs(request, ckpt), "build", request.force)
         with staged_output(out) as staging:
-            results, manifest, passed = _build_into(staging, out, request, ckpt, digest, target_classes, reporter)
+            results, manifest, passed = _build_into(staging, out, request, ckpt, digest, target_classes, reporter,
+                                                    log)
     reporter.say(f"wrote {out}")
     return BuildOutcome(out=out, manifest=manifest, results=results, passed=passed)
 
 
 def _build_into(staging: Path, out: Path, request: BuildRequest, ckpt: Checkpoint, digest: str,
-                target_classes: list[type[Target]], reporter: Reporter,
+                target_classes: list[type[Target]], reporter: Reporter, log: Path,
                 ) -> tuple[list[TargetResult], dict[str, Any], bool]:
     """Return the results, manifest and verdict of building every target into staging (published by the caller)."""
     cache = cache_root()
@@ -142,7 +157,8 @@ def _build_into(staging: Path, out: Path, request: BuildRequest, ckpt: Checkpoin
     def build(target: Target) -> TargetResult:
         reporter.say(f"target {target.name}: building")
         start = time.perf_counter()
-        result = target.build(ctx, staging / target.name)
+        with reporter.running(target.name):
+            result = target.build(ctx, staging / target.name)
         reporter.stage(f"target {target.name}", False, time.perf_counter() - start)
         return result
 
@@ -161,6 +177,7 @@ def _build_into(staging: Path, out: Path, request: BuildRequest, ckpt: Checkpoin
     (staging / "report.md").write_text(report_md, encoding="utf-8")
     title = f"edgepack build: {manifest['name']}"
     (staging / "report.html").write_text(render_html(report_md, results, staging, title), encoding="utf-8")
+    shutil.copyfile(log, staging / BUILD_LOG)
     write_sha256sums(staging)
     return results, manifest, passed
 

@@ -121,7 +121,8 @@ class StageCache:
         start = time.perf_counter()
         found = self._open(kind, key, final, decode, binds, start)
         if found is None:
-            found = self._build(kind, key, final, build, encode, decode, binds, start)
+            with self.reporter.running(label):
+                found = self._build(kind, key, final, build, encode, decode, binds, start)
         self.reporter.stage(label, found.from_cache, found.seconds, describe(found.value) if describe else "")
         return found
 

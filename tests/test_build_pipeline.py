@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cli_helpers import edgepack, leftovers
+from cli_helpers import edgepack, edgepack_subprocess, leftovers
 
 from packager.errors import ExitCode
 from packager.pipeline import BuildRequest, run_build
@@ -38,6 +38,7 @@ def test_build_writes_the_bundle_manifest_checksums_and_report(gemma_build: tupl
     listed = {line.split("  ", 1)[1] for line in (out / "SHA256SUMS").read_text().splitlines()}
     on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != "SHA256SUMS"}
     assert listed == on_disk
+    assert "build.log" in listed
 
 
 def test_edgepack_json_carries_contract_files_and_verification(gemma_build: tuple[Path, dict]) -> None:
@@ -156,3 +157,24 @@ def test_targets_and_version_commands() -> None:
     assert "raspberry-pi" in {t["name"] for t in listed.json()}
     version = edgepack("--version")
     assert version.exit_code == 0 and "0.1.0" in version.stdout
+
+
+def test_tool_output_goes_to_build_log_and_only_edgepack_lines_reach_the_terminal(
+        tiny_gemma: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEPACK_CACHE", str(tmp_path / "cache"))  # cold: llama.cpp's quantizer runs and prints
+    out = tmp_path / "dist" / "tiny"
+    result = edgepack_subprocess("build", tiny_gemma, "--target", "raspberry-pi", "--out", out, "--quant", "Q4_K_M")
+    assert result.exit_code == 0, result.stderr
+    foreign = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("edgepack:")]
+    assert not foreign, foreign[:10]
+    log = (out / "build.log").read_text(encoding="utf-8", errors="replace")
+    assert "llama_model_quantize" in log or "llama_model_loader" in log, log[:2000]  # llama.cpp's own lines
+
+
+def test_a_failed_build_names_its_log(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEPACK_CACHE", str(tmp_path / "cache"))  # cold: the fp32 reference must claim memory
+    result = edgepack_subprocess("build", tiny_llama, "--target", "raspberry-pi", "--out", tmp_path / "out",
+                                 "--quant", "Q8_0", "--max-ram", "1M")
+    assert result.exit_code == ExitCode.UNSUPPORTED, result.stderr
+    log = Path(result.stderr.split("tools' own output is in ")[1].split(".)")[0])
+    assert log.is_file() and log.parent == tmp_path / "cache" / "logs", result.stderr
