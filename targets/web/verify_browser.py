@@ -38,6 +38,10 @@ from targets.web.vendor import INSTALL_COMMAND, WebVendor, vendor_or_none
 
 DRIVER = Path(__file__).resolve().parent / "data" / "browser_driver.mjs"
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+# How every headless Chromium edgepack drives is launched: no sandbox (containers, CI), and nothing the
+# browser would fetch on its own (updates, sync, QUIC probes) to pollute a page's requests.
+CHROMIUM_ARGS = ("--headless=new", "--no-sandbox", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync")
 NEAR_TIE = 0.1
 GREEDY_TOKENS = 32
 SPEED_TOKENS = 64
@@ -115,7 +119,7 @@ def drive_bundle(
             "timeoutMs": int(timeout_s * 1000),
             "generations": [vars(g) for g in generations],
             "screenshot": str(screenshot) if screenshot else None,
-            "extraArgs": list(extra_args),
+            "args": [*CHROMIUM_ARGS, *extra_args],
         }
         job_path = Path(tmp) / "job.json"
         job_path.write_text(json.dumps(job), encoding="utf-8")

@@ -41,16 +41,7 @@ async function ready(page) {
 const context = await chromium.launchPersistentContext(profile, {
   executablePath: job.chromium,
   headless: true,
-  args: [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    ...(job.extraArgs ?? []),
-  ],
+  args: job.args, // verify_browser.CHROMIUM_ARGS and the caller's extra flags
 });
 try {
   // Nothing may leave the server under test: a CDN request fails the run instead of being fetched.

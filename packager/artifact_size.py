@@ -1,0 +1,33 @@
+"""How much of a device an artifact takes: every file that ships as it, measured in the build folder.
+
+A verification names its artifact by its path under the build root, sometimes followed by how it was
+checked ("<target>/model.mlpackage (Core ML)"). What ships under that path is every file of a folder
+(a Core ML package is a folder) or a file together with the files beside it that share its stem (an
+ExecuTorch program's .pte loads its weights from the .ptd next to it, and both ship).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+# " (how it was checked)" after an artifact's path.
+QUALIFIER = re.compile(r" \([^()]*\)$")
+
+
+def artifact_files(root: Path, artifact: str) -> list[Path]:
+    """Return the files that ship as `artifact`, sorted; empty when the build holds nothing by that name."""
+    path = root / artifact
+    if not path.exists():
+        path = root / QUALIFIER.sub("", artifact)
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    if path.is_file():
+        return sorted(p for p in path.parent.iterdir() if p.is_file() and p.stem == path.stem)
+    return []
+
+
+def artifact_megabytes(root: Path, artifact: str) -> float | None:
+    """Return the MiB the artifact's files take on a device, or None when none of them is in the build."""
+    files = artifact_files(root, artifact)
+    return sum(p.stat().st_size for p in files) / 2**20 if files else None
