@@ -28,7 +28,7 @@ from packager.stages import BuildContext
 from packager.target import HostCheckJob, ScaffoldCheck, TargetOption, TargetResult
 from packager.target_bundle import finish_bundle
 from packager.templating import render_tree
-from packager.verify.gates import LOW_BIT, TopOneGate
+from packager.verify.gates import EIGHT_BIT, LOW_BIT, Gate, TopOneGate
 from packager.verify.result import VerificationResult
 from targets.ios.convert import (
     ANE_MAX_DIM,
@@ -137,10 +137,9 @@ class IosTarget:
             export = cached_export(ctx, export_request(ctx, ["none"], max_context, fp16_rewrites=rewrites))
             ship_gate, compressed = FP16_GATE, None
         else:
-            ship_gate, baseline = self._compressed_gate(ctx)
-            notes.append(baseline)
             ladder = INT4_LADDER if compression == "int4" else (compression,)
-            export, compression, compressed = self._first_passing(ctx, ladder, ship_gate, max_context, rewrites, notes)
+            export, compression, compressed, ship_gate = self._first_passing(ctx, ladder, max_context, rewrites,
+                                                                             notes)
         fp16 = verified_package(ctx, export, "none", f"{self.name}/{export.package_name('none')} "
                                 "(fp16 conversion)", FP16_GATE)
         if compression == "none":
@@ -191,40 +190,48 @@ class IosTarget:
                              extra={"compression": compression, "export": export.conversion.as_dict(),
                                     "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]})
 
-    def _first_passing(self, ctx: BuildContext, ladder: tuple[str, ...], gate: TopOneGate, max_context: int,
-                       rewrites: bool, notes: list[str]) -> tuple[CoreMLExport, str, VerificationResult]:
-        """Convert and simulate the first rung that passes `gate` (the last rung ships either way).
+    def _first_passing(self, ctx: BuildContext, ladder: tuple[str, ...], max_context: int, rewrites: bool,
+                       notes: list[str]) -> tuple[CoreMLExport, str, VerificationResult, Gate | TopOneGate]:
+        """Convert and simulate the first rung that passes its gate (the last rung ships either way).
 
         Every rung but the last is screened in eager PyTorch first, so a rung predicted to fail is never
-        converted; a predicted pass that fails in simulation moves on to the next rung.
+        converted; a predicted pass that fails in simulation moves on to the next rung. A 4-bit rung's
+        screen meets the 4-bit class gate before llama.cpp's Q4_K_M baseline is built for its relative
+        gate: a rung that fails the class gate needs no baseline.
         """
         for index, rung in enumerate(ladder):
             last = index == len(ladder) - 1
+            eight_bit = compression_named(rung).linears == "uint8-b32"
             if not last:
                 predicted = screened(ctx, rung)
-                failures = gate.check(predicted)
+                failures = [] if eight_bit else LOW_BIT.check(predicted)
+                gate = EIGHT_BIT if eight_bit or failures else self._compressed_gate(ctx, notes)
+                failures = failures or gate.check(predicted)
                 if failures:
                     notes.append(f"{rung}: screened in eager PyTorch at top-1 {predicted.top1:.3f} "
                                  f"({'; '.join(failures)}), not converted; trying {ladder[index + 1]}")
                     continue
+            gate = EIGHT_BIT if eight_bit else self._compressed_gate(ctx, notes)
             export = cached_export(ctx, export_request(ctx, ["none", rung], max_context, fp16_rewrites=rewrites))
             package = export.package_name(rung)
             result = verified_package(ctx, export, rung, f"{self.name}/{package}", gate)
             if result.passed or last:
-                return export, rung, result
+                return export, rung, result, gate
             notes.append(f"{package} ({export.megabytes(rung):.0f} MB) failed its gate ({'; '.join(result.failures)}); "
                          f"trying {ladder[index + 1]}")
         raise AssertionError("unreachable: the last rung always returns")
 
-    def _compressed_gate(self, ctx: BuildContext) -> tuple[TopOneGate, str]:
-        """The gate of a compressed package: llama.cpp's Q4_K_M top-1 on the same golden positions minus 0.02,
-        and the 3-6-bit class gate every 4-bit GGUF meets too."""
+    def _compressed_gate(self, ctx: BuildContext, notes: list[str]) -> TopOneGate:
+        """The gate of a 4-bit package: llama.cpp's Q4_K_M top-1 on the same golden positions minus 0.02,
+        and the 3-6-bit class gate every 4-bit GGUF meets too. (An 8-bit package meets the 8-bit class gate.)"""
         q4 = ctx.verify_gguf("Q4_K_M", f"{self.name}/baseline Q4_K_M.gguf")
         top1 = q4.metrics.top1 if q4.metrics else 0.0
-        gate = TopOneGate(f"within {Q4_K_M_MARGIN} of llama.cpp Q4_K_M ({top1:.3f})", round(top1 - Q4_K_M_MARGIN, 6),
+        note = (f"baseline: llama.cpp Q4_K_M of the same checkpoint reaches top-1 {top1:.3f} on the same "
+                f"{q4.metrics.positions if q4.metrics else 0} golden positions (executed in llama.cpp)")
+        if note not in notes:
+            notes.append(note)
+        return TopOneGate(f"within {Q4_K_M_MARGIN} of llama.cpp Q4_K_M ({top1:.3f})", round(top1 - Q4_K_M_MARGIN, 6),
                           also=LOW_BIT)
-        return gate, (f"baseline: llama.cpp Q4_K_M of the same checkpoint reaches top-1 {top1:.3f} on the same "
-                      f"{q4.metrics.positions if q4.metrics else 0} golden positions (executed in llama.cpp)")
 
     def _ship(self, export: CoreMLExport, compression: str, out_dir: Path, ane: bool = False) -> dict[str, Any]:
         source = export.package(compression)
