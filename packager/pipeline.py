@@ -18,6 +18,7 @@ from typing import Any
 from packager.atomic import output_errors, staged_output
 from packager.build_log import tool_output_to_log
 from packager.checkpoint import Checkpoint, is_adapter_folder, load_checkpoint
+from packager.context_size import ContextChoice
 from packager.errors import BadInputError, GateFailedError, UnsupportedError
 from packager.fingerprint import cache_root, files_digest, options_digest
 from packager.manifest import (
@@ -165,7 +166,7 @@ def _build_into(staging: Path, out: Path, request: BuildRequest, ckpt: Checkpoin
     targets = [cls() for cls in target_classes]
     results = scheduler.run_all([(t.name, functools.partial(build, t)) for t in targets])
     passed = all(r.passed for r in results)
-    manifest = _manifest(ckpt, digest, request, results, reporter, passed)
+    manifest = _manifest(ckpt, digest, request, results, reporter, passed, ctx.context)
     if not passed and not request.options.no_gate:
         raise GateFailedError(
             "an artifact is not faithful enough to the source model, so nothing was written to "
@@ -184,7 +185,7 @@ def _build_into(staging: Path, out: Path, request: BuildRequest, ckpt: Checkpoin
 
 def _manifest(
     ckpt: Checkpoint, digest: str, request: BuildRequest, results: list[TargetResult], reporter: Reporter,
-    passed: bool,
+    passed: bool, context: ContextChoice,
 ) -> dict[str, Any]:
     return {
         "schema_version": MANIFEST_SCHEMA_VERSION,
@@ -200,7 +201,8 @@ def _manifest(
             "parameters": ckpt.parameter_count,
             "sha256": digest,
         },
-        "options": {"quant": request.options.quant, "context_length": request.options.context_length},
+        "options": {"quant": request.options.quant, "context_length": context.tokens,
+                    "context_length_from": context.reason},
         "targets": [r.target for r in results],
         "artifacts": verification_rows(results),
         "stages": [vars(s) for s in reporter.records],

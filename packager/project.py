@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from packager.checkpoint import Checkpoint
+from packager.context_size import DEFAULT_CONTEXT
 from packager.errors import BadInputError
 from packager.formats.gguf_writer import canonical_quant
 from packager.output_guard import check_name
@@ -124,10 +125,13 @@ def target_option_values(given: dict[str, dict[str, Any]], build: dict[str, Any]
 MAX_CONTEXT_LENGTH = 2**24
 
 
-def _context_length(flag: int | None, build: dict[str, Any], config_path: Path) -> int:
-    """Return --context-length, else [build] context_length, else 4096: a whole number of tokens, at least 1."""
+def _context_length(flag: int | None, build: dict[str, Any], config_path: Path) -> int | None:
+    """Return --context-length, else [build] context_length, else None (sized from the task at build time):
+    a whole number of tokens, at least 1."""
     value, source = (flag, "--context-length") if flag is not None else (
-        build.get("context_length", 4096), f"{config_path}: [build] context_length")
+        build.get("context_length"), f"{config_path}: [build] context_length")
+    if value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONTEXT_LENGTH:
         raise BadInputError(f"{source} is {value!r}; it must be a whole number of tokens from 1 to "
                             f"{MAX_CONTEXT_LENGTH:,} (for example 4096).")
@@ -241,7 +245,7 @@ def _fit_device(flags: BuildFlags, checkpoint: Path, base: Path | None, options:
     opened = open_input(BuildRequest(checkpoint=checkpoint, targets=[], base=base), Reporter(quiet=True))
     ckpt = opened[0]
     target = available_targets()[profile.target]()
-    context = ckpt.usable_context(options.context_length)
+    context = ckpt.usable_context(options.context_length or DEFAULT_CONTEXT)  # the larger KV cache when unsized
     given = options.target_options.get(profile.target, {})
     candidates = [a for a in artifacts_for(target, ckpt)
                   if (a.quant is None or not options.quant or a.quant == options.quant)

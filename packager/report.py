@@ -90,6 +90,8 @@ def render_report(manifest: dict[str, Any], results: list[TargetResult], gated: 
         f"{src['parameters']:,} parameters",
         f"- edgepack {manifest['tools']['edgepack']}, built {manifest['built_at']}",
         f"- targets: {', '.join(manifest['targets'])}",
+        f"- context: {manifest['options']['context_length']} tokens "
+        f"({manifest['options'].get('context_length_from', 'as given')})",
         "",
         "## Verification",
         "",

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from packager.checkpoint import Checkpoint
-from packager.contract import Contract, apply_task_config, contract_from_checkpoint
+from packager.context_size import DEFAULT_CONTEXT, ContextChoice, context_for_task
+from packager.contract import Contract, apply_task_config, contract_from_checkpoint, render_prompt
 from packager.errors import InternalError
 from packager.fingerprint import cache_root, options_digest
 from packager.formats.gguf_quantize import quantize_gguf
@@ -44,7 +45,8 @@ class BuildOptions:
 
     # GGUF type for every GGUF target; None: each target's own default (its default_quant).
     quant: str | None = None
-    context_length: int = 4096
+    # None: sized from the task when an eval set bounds it, else 4096 (packager.context_size).
+    context_length: int | None = None
     no_gate: bool = False
     name: str | None = None
     # Each target's own options (TargetOption) as given by flag or edgepack.toml: target name -> option
@@ -99,8 +101,25 @@ class BuildContext:
 
     @property
     def context_length(self) -> int:
-        """The context every target sets its runtime up for (--context-length, capped by the model)."""
-        return self.ckpt.usable_context(self.options.context_length)
+        """The context every target sets its runtime up for, capped by the model (see `context`)."""
+        return self.context.tokens
+
+    @once_property
+    def context(self) -> ContextChoice:
+        """--context-length when given; else sized from the eval set's prompts; else the general default."""
+        if self.options.context_length is not None:
+            return ContextChoice(self.ckpt.usable_context(self.options.context_length), "--context-length")
+        if not self.eval_rows:
+            return ContextChoice(self.ckpt.usable_context(DEFAULT_CONTEXT),
+                                 f"the default {DEFAULT_CONTEXT} (no eval set bounds the prompts)")
+        tokenizer, contract = self.hf_tokenizer, self.contract
+        bos = 1 if contract.add_bos and contract.bos_id is not None else 0
+        prompts = [render_prompt(contract, row.input, row.instruction) for row in self.eval_rows]
+        longest_prompt = bos + max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+        longest_golden = max(len(tokenizer(t, add_special_tokens=True)["input_ids"]) for t in self.golden.sequences)
+        choice = context_for_task(longest_prompt, contract.max_new_tokens, longest_golden)
+        usable = self.ckpt.usable_context(choice.tokens)
+        return choice if usable == choice.tokens else ContextChoice(usable, choice.reason + ", capped by the model")
 
     @once_property
     def eval_rows(self) -> list[EvalRow]:

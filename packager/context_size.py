@@ -1,0 +1,39 @@
+"""The context a build sets its runtimes up for, when the user does not say.
+
+A static KV cache costs memory on the device and time in every step of a .pte or Core ML model
+(their attention covers the whole cache), so a narrow task should not ship 4096 slots for prompts
+of 70 tokens. When the eval set bounds the task, the context is twice the longest prompt plus its
+answer, rounded up to a power of two, at least MIN_CONTEXT, and never shorter than a golden
+sequence (verification compares the same positions at any context). Without an eval set nothing
+bounds the prompts, and the general default holds. --context-length always wins; the model's
+trained length caps every choice (Checkpoint.usable_context).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_CONTEXT = 4096
+MIN_CONTEXT = 512
+HEADROOM = 2  # prompts a little longer than the eval set's still fit
+
+
+@dataclass(frozen=True)
+class ContextChoice:
+    """A context length and why it was chosen (for the report)."""
+
+    tokens: int
+    reason: str
+
+
+def _power_of_two_at_least(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def context_for_task(longest_prompt: int, max_new_tokens: int, longest_golden: int) -> ContextChoice:
+    """The context a task with these prompt and answer lengths needs, with headroom."""
+    task = longest_prompt + max_new_tokens
+    tokens = max(MIN_CONTEXT, _power_of_two_at_least(HEADROOM * task), _power_of_two_at_least(longest_golden))
+    return ContextChoice(tokens, f"sized from the contract: longest eval prompt {longest_prompt} tokens + "
+                                 f"{max_new_tokens} new tokens, x{HEADROOM} headroom, a power of two, at least "
+                                 f"{MIN_CONTEXT} (--context-length to choose another)")
