@@ -21,6 +21,7 @@ from packager.codecheck import check_generated_files
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
 from packager.errors import BadInputError
 from packager.escaping import slug
+from packager.ladder import rungs_to_build
 from packager.resources import copy_mobile_files
 from packager.stage_cache import place_artifact
 from packager.stages import BuildContext
@@ -168,27 +169,24 @@ class AndroidTarget:
         """Export and verify recipes (the requested one, or the auto ladder) until one passes its gate."""
         requested = ctx.options.for_target(self).get("recipe")
         ladder = AUTO_LADDER if requested == "auto" else (requested,)
-        notes: list[str] = []
-        for index, name in enumerate(ladder):
+        # Predict first (eager PyTorch, about a minute), from the most precise recipe down: an export
+        # costs several CPU-minutes.
+        def screen(name: str) -> list[str]:
             recipe = recipe_named(name)
-            last = index == len(ladder) - 1
-            if requested == "auto" and recipe.quantized and not last:
-                # Predict first (eager PyTorch, about a minute): an export costs several CPU-minutes.
-                predicted = screened(ctx, recipe)
-                reasons = recipe.gate.check(predicted)
-                if reasons:
-                    notes.append(f"recipe {recipe.name} screened out before export (eager prediction: "
-                                 f"{'; '.join(reasons)}); trying {ladder[index + 1]}")
-                    continue
+            return recipe.gate.check(screened(ctx, recipe))
+
+        rungs, notes = rungs_to_build(ladder, screen)
+        for name in rungs:
+            recipe = recipe_named(name)
             artifact = cached_pte(ctx, recipe, "xnnpack", max_context)
             verification = verified_pte(ctx, artifact, tokenizer_json, f"{self.name}/{artifact.pte.name}")
-            if verification.passed or last:
+            if verification.passed or name == rungs[-1]:
                 if requested == "auto":
                     notes.insert(0, f"recipe {recipe.name} (auto: the smallest of {', '.join(ladder)} that passes "
                                     "its gate)")
                 return artifact, verification, notes
             notes.append(f"recipe {recipe.name} ({artifact.megabytes:.0f} MB) failed its gate: "
-                         f"{'; '.join(verification.failures)}; trying {ladder[index + 1]}")
+                         f"{'; '.join(verification.failures)}")
         raise AssertionError("unreachable: the ladder is never empty")
 
     def _place(self, artifact: PteArtifact, out_dir: Path, verification: VerificationResult,

@@ -22,6 +22,7 @@ from packager.codecheck import check_generated_files
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
 from packager.errors import BadInputError
 from packager.escaping import slug
+from packager.ladder import rungs_to_build
 from packager.resources import copy_mobile_files
 from packager.stage_cache import place_artifact
 from packager.stages import BuildContext
@@ -194,32 +195,38 @@ class IosTarget:
                        notes: list[str]) -> tuple[CoreMLExport, str, VerificationResult, Gate | TopOneGate]:
         """Convert and simulate the first rung that passes its gate (the last rung ships either way).
 
-        Every rung but the last is screened in eager PyTorch first, so a rung predicted to fail is never
-        converted; a predicted pass that fails in simulation moves on to the next rung. A 4-bit rung's
+        Every rung but the last is screened in eager PyTorch first, from the most precise down
+        (packager.ladder), so a rung predicted to fail is never converted; a predicted pass that fails in
+        simulation moves on to the next rung. A 4-bit rung's
         screen meets the 4-bit class gate before llama.cpp's Q4_K_M baseline is built for its relative
         gate: a rung that fails the class gate needs no baseline.
         """
-        for index, rung in enumerate(ladder):
-            last = index == len(ladder) - 1
-            eight_bit = compression_named(rung).linears == "uint8-b32"
-            if not last:
-                predicted = screened(ctx, rung)
-                failures = [] if eight_bit else LOW_BIT.check(predicted)
-                gate = EIGHT_BIT if eight_bit or failures else self._compressed_gate(ctx, notes)
-                failures = failures or gate.check(predicted)
-                if failures:
-                    notes.append(f"{rung}: screened in eager PyTorch at top-1 {predicted.top1:.3f} "
-                                 f"({'; '.join(failures)}), not converted; trying {ladder[index + 1]}")
-                    continue
-            gate = EIGHT_BIT if eight_bit else self._compressed_gate(ctx, notes)
+        def screen(rung: str) -> list[str]:
+            predicted = screened(ctx, rung)
+            # The class gate first: a 4-bit rung that misses it needs no Q4_K_M baseline for its relative gate.
+            failures = LOW_BIT.check(predicted) if self._four_bit(rung) else []
+            failures = failures or self._gate(ctx, rung, notes).check(predicted)
+            return [f"top-1 {predicted.top1:.3f}", *failures] if failures else []
+
+        rungs, screen_notes = rungs_to_build(ladder, screen)
+        notes += screen_notes
+        for rung in rungs:
+            gate = self._gate(ctx, rung, notes)
             export = cached_export(ctx, export_request(ctx, ["none", rung], max_context, fp16_rewrites=rewrites))
             package = export.package_name(rung)
             result = verified_package(ctx, export, rung, f"{self.name}/{package}", gate)
-            if result.passed or last:
+            if result.passed or rung == rungs[-1]:
                 return export, rung, result, gate
-            notes.append(f"{package} ({export.megabytes(rung):.0f} MB) failed its gate ({'; '.join(result.failures)}); "
-                         f"trying {ladder[index + 1]}")
+            notes.append(f"{package} ({export.megabytes(rung):.0f} MB) failed its gate ({'; '.join(result.failures)})")
         raise AssertionError("unreachable: the last rung always returns")
+
+    @staticmethod
+    def _four_bit(rung: str) -> bool:
+        return compression_named(rung).linears != "uint8-b32"
+
+    def _gate(self, ctx: BuildContext, rung: str, notes: list[str]) -> Gate | TopOneGate:
+        """An 8-bit package meets the 8-bit class gate; a 4-bit one llama.cpp's Q4_K_M (see _compressed_gate)."""
+        return self._compressed_gate(ctx, notes) if self._four_bit(rung) else EIGHT_BIT
 
     def _compressed_gate(self, ctx: BuildContext, notes: list[str]) -> TopOneGate:
         """The gate of a 4-bit package: llama.cpp's Q4_K_M top-1 on the same golden positions minus 0.02,

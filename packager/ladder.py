@@ -1,0 +1,33 @@
+"""Walking a quality ladder: the smallest artifact that passes its gate, with as few expensive steps as possible.
+
+A target's ladder lists rungs from the smallest (least precise) to the last, which ships whatever
+its gate says. Every rung before the last is screened first (a prediction in eager PyTorch, about a
+minute, instead of a conversion of several). Each rung is at least as precise as the rungs before
+it (it keeps more tensors at more bits), so when a rung's screen fails, the rungs before it are
+predicted to fail as well and are not screened: screens run from the most precise rung down and
+stop at the first failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+
+def rungs_to_build(ladder: Sequence[str], screen: Callable[[str], list[str]]) -> tuple[list[str], list[str]]:
+    """Return the rungs worth converting, smallest first (those whose screens passed, then the last rung),
+    and a note for every rung left out. `screen(rung)` returns the reasons its prediction fails the gate."""
+    *screened, last = ladder
+    passing: list[str] = []
+    notes: list[str] = []
+    failed: str | None = None
+    for rung in reversed(screened):
+        if failed is not None:
+            notes.append(f"{rung}: not screened or converted: it is less precise than {failed}, whose screen failed")
+            continue
+        reasons = screen(rung)
+        if reasons:
+            failed = rung
+            notes.append(f"{rung}: screened in eager PyTorch ({'; '.join(reasons)}), not converted")
+        else:
+            passing.append(rung)
+    return [*reversed(passing), last], list(reversed(notes))
