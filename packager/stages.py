@@ -28,7 +28,15 @@ from packager.verify.golden import GoldenSet, load_golden
 from packager.verify.llama_cpp_runner import host_threads
 from packager.verify.reference import ReferenceLogits, compute_reference, load_hf_model, load_hf_tokenizer
 from packager.verify.result import VerificationResult
-from packager.verify.task_eval import EvalRow, TaskMetrics, hf_generator, llama_cpp_generator, load_eval_set, score
+from packager.verify.task_eval import (
+    EvalRow,
+    TaskMetrics,
+    hf_generator,
+    llama_cpp_generator,
+    load_eval_set,
+    score,
+    score_batch,
+)
 
 if TYPE_CHECKING:
     from packager.target import Target
@@ -120,12 +128,16 @@ class BuildContext:
 
     @cached_property
     def baseline_answers(self) -> list[str]:
-        """The fp32 transformers model's own answers to the eval set (cached per checkpoint + task)."""
+        """The fp32 transformers model's own answers to the eval set (cached per checkpoint + task).
+
+        Answered in batches, each row's answer the one it gets alone (tests/test_baseline_batching.py),
+        so a record written by the former one-row path holds the same answers and stays valid.
+        """
         def answer() -> list[str]:
             self.reporter.say(f"answering {len(self.eval_rows)} eval rows with the fp32 model (baseline)")
             model = load_hf_model(self.ckpt)
-            _, answers = score(self.contract, self.eval_rows,
-                               hf_generator(model, self.hf_tokenizer, self.contract), None)
+            _, answers = score_batch(self.contract, self.eval_rows,
+                                     hf_generator(model, self.hf_tokenizer, self.contract), None)
             return answers
 
         return self.stage_cache.record("baseline", self._task_key(decoding=False), "fp32 baseline on the eval set",
