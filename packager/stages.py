@@ -30,7 +30,15 @@ from packager.verify.golden import GoldenSet, load_golden
 from packager.verify.llama_cpp_runner import host_threads
 from packager.verify.reference import ReferenceLogits, compute_reference, load_hf_model, load_hf_tokenizer
 from packager.verify.result import VerificationResult
-from packager.verify.task_eval import EvalRow, TaskMetrics, hf_generator, llama_cpp_generator, load_eval_set, score
+from packager.verify.task_eval import (
+    EvalRow,
+    TaskMetrics,
+    hf_generator,
+    llama_cpp_generator,
+    load_eval_set,
+    score,
+    score_batch,
+)
 
 if TYPE_CHECKING:
     from packager.target import Target
@@ -143,13 +151,17 @@ class BuildContext:
 
     @once_property
     def baseline_answers(self) -> list[str]:
-        """The fp32 transformers model's own answers to the eval set (cached per checkpoint + task)."""
+        """The fp32 transformers model's own answers to the eval set (cached per checkpoint + task).
+
+        Answered in batches, each row's answer the one it gets alone (tests/test_baseline_batching.py),
+        so a record written by the former one-row path holds the same answers and stays valid.
+        """
         def answer() -> list[str]:
             contract, rows, tokenizer = self.contract, self.eval_rows, self.hf_tokenizer
             self.reporter.say(f"answering {len(rows)} eval rows with the fp32 model (baseline)")
             with self.scheduler.heavy("fp32 baseline", "the fp32 baseline", estimate=1.5):
                 model = load_hf_model(self.ckpt)
-                _, answers = score(contract, rows, hf_generator(model, tokenizer, contract), None)
+                _, answers = score_batch(contract, rows, hf_generator(model, tokenizer, contract), None)
                 del model  # released before the memory is handed back
             return answers
 
