@@ -27,7 +27,11 @@ def artifact_files(root: Path, artifact: str) -> list[Path]:
     return []
 
 
-def artifact_megabytes(root: Path, artifact: str) -> float | None:
-    """Return the MiB the artifact's files take on a device, or None when none of them is in the build."""
-    files = artifact_files(root, artifact)
+def artifact_megabytes(root: Path, artifact: str, ships: list[str] | tuple[str, ...] = ()) -> float | None:
+    """Return the MiB the artifact's files take on a device, or None when none of them is in the build.
+
+    `ships`: the paths the artifact's verification says ship as it (VerificationResult.ships), if any.
+    """
+    paths = ships or [artifact]
+    files = sorted({f for path in paths for f in artifact_files(root, path)})
     return sum(p.stat().st_size for p in files) / 2**20 if files else None

@@ -66,10 +66,10 @@ def _figure(title: str, image: str, attributes: str = "") -> str:
     return f"<figure{attributes}>{image}<figcaption>{html.escape(title)}</figcaption></figure>"
 
 
-def _size_points(rows: list[dict[str, Any]], root: Path) -> list[SizePoint]:
+def _size_points(rows: list[dict[str, Any]], root: Path, ships: dict[str, list[str]]) -> list[SizePoint]:
     points = []
     for r in rows:
-        megabytes = artifact_megabytes(root, r["artifact"])
+        megabytes = artifact_megabytes(root, r["artifact"], ships.get(r["artifact"], ()))
         if megabytes is not None and (r["task"] or r["top1"] is not None):
             points.append(SizePoint(r["artifact"], megabytes, (r["task"] or {}).get("exact_match", r["top1"])))
     return points
@@ -136,7 +136,7 @@ def figures(results: list[TargetResult], root: Path) -> list[str]:
 
     rows = verification_rows(results)
     out: list[str] = []
-    points = _size_points(rows, root)
+    points = _size_points(rows, root, {v.artifact: v.ships for tr in results for v in tr.verifications})
     if points:
         out.append(_size_plot(points, rows, plt))
     latencies = [(r["artifact"].split("/")[-1] + f" ({r['target']})", r["task"]["latencies_ms"])

@@ -99,6 +99,14 @@ def test_an_artifact_is_every_file_that_ships_as_it(tmp_path: Path) -> None:
     assert artifact_megabytes(tmp_path, "b/model-fp16.mlpackage (fp16 conversion)") is None  # not in the build
 
 
+def test_an_artifact_whose_verification_names_what_ships_is_that_size(tmp_path: Path) -> None:
+    _ship(tmp_path, {"web/index.html": 0.01, "web/model/model-Q8_0.gguf": 4.0, "web/vendor/wllama/wllama.wasm": 1.5,
+                     "web/vendor/web-llm/lib.js": 9.0})
+    assert artifact_megabytes(tmp_path, "web/index.html") == pytest.approx(0.01, abs=1e-4)  # the page alone
+    # The page's verification says what a browser downloads: the model folder and the wllama runtime.
+    assert artifact_megabytes(tmp_path, "web/index.html", ["web/model", "web/vendor/wllama"]) == 5.5
+
+
 def _verified(artifact: str, fmt: str, exact_match: float) -> VerificationResult:
     task = TaskMetrics(rows=50, exact_match=exact_match, validity=1.0, agreement=0.9, baseline_exact_match=0.86,
                        latency_ms_p50=40, latency_ms_p95=55, latency_ms_p99=60, tokens_per_s=30, constrained=True,

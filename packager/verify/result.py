@@ -33,6 +33,9 @@ class VerificationResult:
     gate: str = ""
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Paths under the build root (files or folders) that ship as this artifact, when its own path does
+    # not say (a web page with its model and runtime folders); see packager.artifact_size.
+    ships: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:

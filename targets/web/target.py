@@ -243,13 +243,16 @@ class WebTarget:
     def _verify_wllama(self, ctx: BuildContext, out_dir: Path, manifest: dict[str, Any],
                        quant: str) -> tuple[VerificationResult, BrowserMeasurement | None]:
         artifact = f"{self.name}/index.html"  # the page that ran (with model/ and vendor/wllama/)
+        ships = [f"{self.name}/model", f"{self.name}/vendor/wllama"]  # what a browser downloads
         tools = find_browser_tools()
         if not isinstance(tools, BrowserTools):
             failures = verify_bundle_files(out_dir, manifest)
-            return structural_result(
+            result = structural_result(
                 artifact, "web-wllama", quant, "wllama (not run)", failures,
                 [f"not run in a browser: {tools}; files, sizes and sha256 were checked instead"],
-            ), None
+            )
+            result.ships = ships
+            return result, None
         start = time.perf_counter()
         ctx.reporter.say("running the web bundle in headless Chromium")
         result, measurement = verify_wllama_in_browser(
@@ -265,6 +268,7 @@ class WebTarget:
                 ctx.attach_task(result, metrics)
         ctx.reporter.stage("verify web bundle (Chromium)", False, time.perf_counter() - start,
                            "greedy = native" if result.greedy_match else "see report")
+        result.ships = ships
         return result, measurement
 
     # -- WebLLM ---------------------------------------------------------------------------------
@@ -337,5 +341,5 @@ class WebTarget:
             artifact=f"{self.name}/webllm/{model_id}/resolve/main/tensor-cache.json", format="mlc",
             quant=quant.name, level="structural",
             runtime="WebLLM (not run)", gate="tensor names/shapes, shard sizes and md5, dequantization error bound",
-            failures=check.failures, notes=notes,
+            failures=check.failures, notes=notes, ships=[f"{self.name}/webllm/{model_id}"],
         )
