@@ -41,8 +41,9 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements/constraints.txt torch==2.13.0
 extras="example"
 [[ $want_dev == 1 ]] && extras="example,dev"
-# llama-cpp-python compiles llama.cpp from source on first install (about 5-9 CPU-minutes);
-# pip caches the built wheel, so later installs are instant.
+# llama-cpp-python compiles llama.cpp from source on first install (about 5-9 CPU-minutes), on every
+# core; pip caches the built wheel, so later installs are instant.
+export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e ".[${extras}]"
 .venv/bin/edgepack --version >&2
 # wllama, WebLLM and playwright-core at the versions pinned in targets/web/data/web-vendor/, installed
