@@ -35,7 +35,7 @@ from packager.report import render_report, verification_rows, verification_table
 from packager.report_html import render_html
 from packager.scheduler import scheduler_for
 from packager.stages import BuildContext, BuildOptions
-from packager.target import Target, TargetResult, resolve_targets
+from packager.target import Target, TargetResult, expected_seconds, resolve_targets
 
 BUILD_LOG = "build.log"
 
@@ -164,7 +164,8 @@ def _build_into(staging: Path, out: Path, request: BuildRequest, ckpt: Checkpoin
         return result
 
     targets = [cls() for cls in target_classes]
-    results = scheduler.run_all([(t.name, functools.partial(build, t)) for t in targets])
+    results = scheduler.run_all([(t.name, functools.partial(build, t)) for t in targets],
+                                {t.name: expected_seconds(t) for t in targets})
     passed = all(r.passed for r in results)
     manifest = _manifest(ckpt, digest, request, results, reporter, passed, ctx.context)
     if not passed and not request.options.no_gate:

@@ -172,9 +172,9 @@ class Scheduler:
             if claim.measured_peak:
                 self.costs.learn_peak(kind, claim.measured_peak / self.scale)
 
-    def run_all(self, jobs: list[tuple[str, Callable[[], T]]]) -> list[T]:
-        """Run the named jobs, at most `self.jobs` at once, the longest (as measured before) first; return
-        their results in the order given.
+    def run_all(self, jobs: list[tuple[str, Callable[[], T]]], hints: dict[str, float] | None = None) -> list[T]:
+        """Run the named jobs, at most `self.jobs` at once, the longest first (as measured before, else as
+        `hints` expects, in seconds); return their results in the order given.
 
         On the first failure (or Ctrl-C / SIGTERM in the main thread) the others are cancelled and
         awaited, so no conversion child outlives the build, and that first failure is raised.
@@ -182,7 +182,9 @@ class Scheduler:
         if self.jobs <= 1 or len(jobs) <= 1:
             return [self._timed(name, job) for name, job in jobs]
         pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="target")
-        order = sorted(range(len(jobs)), key=lambda i: -self.costs.seconds(jobs[i][0]))
+        hints = hints or {}
+        order = sorted(range(len(jobs)),
+                       key=lambda i: -(self.costs.seconds(jobs[i][0]) or hints.get(jobs[i][0], 0.0)))
         submitted = {i: pool.submit(self._timed, *jobs[i]) for i in order}
         futures: list[Future[T]] = [submitted[i] for i in range(len(jobs))]
         try:

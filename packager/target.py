@@ -109,7 +109,9 @@ class Target(Protocol):
 
     `options` are the settings it adds to the CLI and edgepack.toml (see TargetOption); `default_quant`
     is the GGUF type it ships when --quant is not given (None: it ships no GGUF). Optional: a class
-    attribute `ci_host_check` (HostCheckJob) and a method `doctor_notes(config) -> list[str]`.
+    attribute `ci_host_check` (HostCheckJob), a method `doctor_notes(config) -> list[str]` and
+    `expected_seconds` (a cold build of a small model; the longest targets start first until the
+    stage cache has measured them, packager.scheduler).
     """
 
     name: ClassVar[str]
@@ -124,6 +126,11 @@ class Target(Protocol):
         ...
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult: ...
+
+
+def expected_seconds(target: Any) -> float:
+    """How long a cold build of the target is expected to take before it has been measured (0: short)."""
+    return float(getattr(target, "expected_seconds", 0.0))
 
 
 def declared_options(target: Any) -> tuple[TargetOption, ...]:

@@ -188,3 +188,25 @@ def test_two_targets_built_at_once_match_them_built_one_at_a_time(
         assert files, target
         for name in files:
             assert (outs["1"] / name).read_bytes() == (outs["2"] / name).read_bytes(), name
+
+
+def test_the_longest_targets_start_first_by_measurement_else_by_their_hint(tmp_path: Path) -> None:
+    scheduler = _scheduler(tmp_path, limit_gb=10, jobs=1)
+    scheduler.jobs = 2  # two at once, so the first two started are the two expected to take longest
+    started: list[str] = []
+    lock = threading.Lock()
+
+    def job(name: str) -> str:
+        with lock:
+            started.append(name)
+        time.sleep(0.2)
+        return name
+
+    names = ["pi", "phone", "browser"]
+    hints = {"phone": 900.0, "browser": 200.0}
+    assert scheduler.run_all([(n, lambda n=n: job(n)) for n in names], hints) == names
+    assert set(started[:2]) == {"phone", "browser"}
+    scheduler.costs.learn_seconds("pi", 5000.0)  # a measurement beats a hint
+    started.clear()
+    scheduler.run_all([(n, lambda n=n: job(n)) for n in names], hints)
+    assert set(started[:2]) == {"pi", "phone"}
