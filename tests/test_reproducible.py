@@ -20,7 +20,7 @@ from packager.manifest import without_host_measurements
 
 EPOCH = 1700000000
 # The only files allowed to differ (docs/reproducibility.md); report.html renders report.md's facts.
-RUN_SPECIFIC_FILES = {"manifest.json", "report.md", "report.html"}
+RUN_SPECIFIC_FILES = {"manifest.json", "report.md", "report.html", "build.log"}
 
 
 def _checksums(folder: Path) -> dict[str, str]:
