@@ -16,8 +16,10 @@ are killed (packager.child_stage polls the claim's `cancelled`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -136,6 +138,8 @@ class Scheduler:
     _cond: threading.Condition = field(default_factory=threading.Condition)
     # This process's resident memory when the build started (interpreter, libraries, the checkpoint's tables).
     _base: int = field(default_factory=lambda: vm_rss_kb() * 1024)
+    # Processes this process had before the build (a test session's servers): a cancelled build spares them.
+    _spare: frozenset[int] = field(default_factory=lambda: frozenset(descendants()))
 
     def expected(self, kind: str, estimate: float) -> int:
         """Bytes a step of `kind` is expected to peak at: measured before, else `estimate` x fp32 size."""
@@ -191,12 +195,12 @@ class Scheduler:
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             failed = [f for f in futures if f in done and f.exception() is not None]
             if failed:
-                self.cancelled.set()
+                self.cancel()
                 wait(futures)
                 raise _first_real(failed)
             return [f.result() for f in futures]
         except BaseException:
-            self.cancelled.set()
+            self.cancel()
             for future in futures:
                 future.cancel()
             wait(futures)
@@ -207,9 +211,55 @@ class Scheduler:
 
     def _timed(self, name: str, job: Callable[[], T]) -> T:
         start = time.perf_counter()
-        result = job()
+        try:
+            result = job()
+        except BuildCancelled:
+            raise
+        except BaseException as exc:
+            if self.jobs > 1 and not self.cancelled.is_set():
+                self.reporter.say(f"{name} failed ({type(exc).__name__}); stopping the other targets")
+                self.cancel()
+            raise
         self.costs.learn_seconds(name, time.perf_counter() - start)
         return result
+
+    def cancel(self) -> None:
+        """Stop the build: waiting steps stop waiting, and every process this build started is killed, so a
+        thread blocked on a browser or a converter returns at once (its error is then the cancellation's echo)."""
+        self.cancelled.set()
+        with self._cond:
+            self._cond.notify_all()
+        kill_descendants(self._spare)
+
+
+def descendants(spare: frozenset[int] = frozenset()) -> list[int]:
+    """Every process below this one, except the subtrees of the pids in `spare`."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid for pid in children.get(os.getpid(), []) if pid not in spare]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def kill_descendants(spare: frozenset[int] = frozenset()) -> list[int]:
+    """SIGKILL every process below this one but the subtrees of `spare` (all are found before any is
+    killed, so no orphan escapes the walk). Returns their pids."""
+    found = descendants(spare)
+    for pid in found:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return found
 
 
 def scheduler_for(ckpt: Checkpoint, reporter: Reporter, cache: Path, jobs: int | None = None,

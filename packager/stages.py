@@ -8,6 +8,7 @@ checked against their recorded sha256 on reuse, and copied (never linked) into b
 from __future__ import annotations
 
 import dataclasses
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -106,6 +107,7 @@ class BuildContext:
         self.golden: GoldenSet = load_golden()
         self._verified: OnceMap[VerificationResult] = OnceMap()
         self._ggufs: OnceMap[CachedEntry[GgufFile]] = OnceMap()
+        self._tokenizers = threading.local()
 
     @property
     def context_length(self) -> int:
@@ -199,9 +201,14 @@ class BuildContext:
         result.failures += self.options.task_gate.check(metrics)
         result.gate += "; " + self.options.task_gate.describe()
 
-    @once_property
+    @property
     def hf_tokenizer(self) -> Any:
-        return load_hf_tokenizer(self.ckpt)
+        """This thread's transformers tokenizer: a fast tokenizer used by two threads at once fails
+        ("Already borrowed"), and targets run in threads."""
+        tokenizer = getattr(self._tokenizers, "tokenizer", None)
+        if tokenizer is None:
+            tokenizer = self._tokenizers.tokenizer = load_hf_tokenizer(self.ckpt)
+        return tokenizer
 
     @once_property
     def reference(self) -> ReferenceLogits:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import textwrap
 import threading
 import time
@@ -206,7 +207,35 @@ def test_the_longest_targets_start_first_by_measurement_else_by_their_hint(tmp_p
     hints = {"phone": 900.0, "browser": 200.0}
     assert scheduler.run_all([(n, lambda n=n: job(n)) for n in names], hints) == names
     assert set(started[:2]) == {"phone", "browser"}
-    scheduler.costs.learn_seconds("pi", 5000.0)  # a measurement beats a hint
+    for name, seconds in (("pi", 5000.0), ("phone", 100.0), ("browser", 10.0)):  # measurements beat hints
+        scheduler.costs.learn_seconds(name, seconds)
     started.clear()
     scheduler.run_all([(n, lambda n=n: job(n)) for n in names], hints)
     assert set(started[:2]) == {"pi", "phone"}
+
+
+def test_a_failure_kills_what_the_other_targets_started_but_spares_processes_older_than_the_build(
+        tmp_path: Path) -> None:
+    older = subprocess.Popen(["sleep", "60"])  # e.g. a server a test session started before the build
+    try:
+        scheduler = _scheduler(tmp_path, limit_gb=10)
+        started = threading.Event()
+
+        def browser() -> None:  # a target waiting on a tool it started itself (not a conversion child)
+            proc = subprocess.Popen(["sleep", "60"])
+            started.set()
+            proc.wait()
+            raise RuntimeError(f"the tool exited with {proc.returncode}")
+
+        def failing() -> None:
+            started.wait(5)
+            raise ValueError("the android target failed")
+
+        start = time.perf_counter()
+        with pytest.raises(ValueError, match="android target failed"):
+            scheduler.run_all([("web", browser), ("android", failing)])
+        assert time.perf_counter() - start < 20
+        assert older.poll() is None  # still running
+    finally:
+        older.kill()
+        older.wait()
