@@ -22,6 +22,7 @@ import os
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -136,6 +137,7 @@ class Scheduler:
     cancelled: threading.Event = field(default_factory=threading.Event)
     _claimed: int = 0
     _cond: threading.Condition = field(default_factory=threading.Condition)
+    _in_process: threading.RLock = field(default_factory=threading.RLock)
     # This process's resident memory when the build started (interpreter, libraries, the checkpoint's tables).
     _base: int = field(default_factory=lambda: vm_rss_kb() * 1024)
     # Processes this process had before the build (a test session's servers): a cancelled build spares them.
@@ -146,8 +148,13 @@ class Scheduler:
         return int((self.costs.peak_ratio(kind) or estimate) * self.scale)
 
     @contextmanager
-    def heavy(self, kind: str, what: str, estimate: float) -> Iterator[Claim]:
-        """Hold memory for a heavy step for as long as it runs; wait until it fits beside the others."""
+    def heavy(self, kind: str, what: str, estimate: float, in_process: bool = True) -> Iterator[Claim]:
+        """Hold memory for a heavy step for as long as it runs; wait until it fits beside the others.
+
+        An in-process step (an fp32 model, a quantized screen, a runtime loaded into this process) also
+        runs alone among in-process steps: loading and patching models (transformers, torchao) touches
+        process-wide state, and two at once in threads failed; conversion children run beside them.
+        """
         need = self.expected(kind, estimate)
         available = self.limit - self._base
         if need > available and self.explicit:
@@ -168,7 +175,10 @@ class Scheduler:
             self._claimed += need
         claim = Claim(kind, need, self.cancelled)
         try:
-            yield claim
+            with self._in_process if in_process else contextlib.nullcontext():
+                if self.cancelled.is_set():
+                    raise BuildCancelled(what)
+                yield claim
         finally:
             with self._cond:
                 self._claimed -= need
@@ -210,6 +220,8 @@ class Scheduler:
 
 
     def _timed(self, name: str, job: Callable[[], T]) -> T:
+        if self.cancelled.is_set():  # queued behind a target that has failed meanwhile
+            raise BuildCancelled(name)
         start = time.perf_counter()
         try:
             result = job()
@@ -217,7 +229,9 @@ class Scheduler:
             raise
         except BaseException as exc:
             if self.jobs > 1 and not self.cancelled.is_set():
-                self.reporter.say(f"{name} failed ({type(exc).__name__}); stopping the other targets")
+                traceback.print_exc()  # into the build log (packager.build_log): the whole story of the failure
+                first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+                self.reporter.say(f"{name} failed ({type(exc).__name__}: {first_line}); stopping the other targets")
                 self.cancel()
             raise
         self.costs.learn_seconds(name, time.perf_counter() - start)

@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from packager.atomic import process_alive
 from packager.errors import BadInputError
 from packager.fingerprint import file_sha256
 from packager.progress import Reporter
+from packager.scheduler import BuildCancelled
 
 R = TypeVar("R")
 
@@ -98,9 +100,11 @@ class StageCache:
     # Stale temporaries are looked for once per process per cache root, not on every entry.
     _collected: ClassVar[set[Path]] = set()
 
-    def __init__(self, root: Path, reporter: Reporter) -> None:
+    def __init__(self, root: Path, reporter: Reporter, cancelled: threading.Event | None = None) -> None:
         self.root = root
         self.reporter = reporter
+        # Set when another target of the build failed: a stage not yet started is not started.
+        self.cancelled = cancelled
         if root not in StageCache._collected:
             StageCache._collected.add(root)
             collect_stale_temporaries(root)
@@ -121,6 +125,8 @@ class StageCache:
         start = time.perf_counter()
         found = self._open(kind, key, final, decode, binds, start)
         if found is None:
+            if self.cancelled is not None and self.cancelled.is_set():
+                raise BuildCancelled(label)
             with self.reporter.running(label):
                 found = self._build(kind, key, final, build, encode, decode, binds, start)
         self.reporter.stage(label, found.from_cache, found.seconds, describe(found.value) if describe else "")

@@ -100,10 +100,10 @@ class BuildContext:
         self.options = options
         self.reporter = reporter
         self.cache = cache or cache_root()
-        self.stage_cache = StageCache(self.cache, reporter)
         # Targets may run at once (packager.scheduler): shared stages are computed once, heavy steps
         # hold memory from the scheduler's budget while they run.
         self.scheduler = scheduler or scheduler_for(ckpt, reporter, self.cache, jobs=1)
+        self.stage_cache = StageCache(self.cache, reporter, self.scheduler.cancelled)
         self.golden: GoldenSet = load_golden()
         self._verified: OnceMap[VerificationResult] = OnceMap()
         self._ggufs: OnceMap[CachedEntry[GgufFile]] = OnceMap()

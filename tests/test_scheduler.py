@@ -46,10 +46,26 @@ def test_heavy_steps_that_fit_together_run_at_the_same_time(tmp_path: Path) -> N
     both = threading.Barrier(2, timeout=5)  # raises BrokenBarrierError unless both steps hold memory at once
 
     def step() -> None:
-        with scheduler.heavy("screen", "screen", estimate=4.0):
+        with scheduler.heavy("conversion", "conversion child", estimate=4.0, in_process=False):
             both.wait()
 
     scheduler.run_all([("a", step), ("b", step)])
+
+
+def test_in_process_model_steps_run_one_at_a_time_even_when_memory_allows(tmp_path: Path) -> None:
+    scheduler = _scheduler(tmp_path, limit_gb=100)
+    inside = []
+    overlap = []
+
+    def step() -> None:
+        with scheduler.heavy("screen", "eager screen", estimate=1.0):
+            inside.append(1)
+            overlap.append(len(inside))
+            time.sleep(0.2)
+            inside.pop()
+
+    scheduler.run_all([("a", step), ("b", step)])
+    assert overlap == [1, 1]
 
 
 def test_a_step_larger_than_an_explicit_max_ram_stops_before_it_starts(tmp_path: Path) -> None:

@@ -66,7 +66,7 @@ def cached_pte(ctx: BuildContext, recipe: Recipe, delegate: str, max_context: in
                          "in a child process")
         what = f"ExecuTorch export of {ctx.ckpt.folder} with recipe {recipe.name} ({delegate})"
         # Measured: 3.4-4.9 GB for Gemma 3 270M (1.07 GB in fp32).
-        with ctx.scheduler.heavy("executorch export", what, estimate=4.6) as claim:
+        with ctx.scheduler.heavy("executorch export", what, estimate=4.6, in_process=False) as claim:
             return run_child("targets.android.export", tmp, request, what, claim)
 
     entry = ctx.stage_cache.entry(

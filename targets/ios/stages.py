@@ -113,7 +113,7 @@ def cached_export(ctx: BuildContext, request: ExportRequest) -> CoreMLExport:
         request_here = dataclasses.replace(request, out_dir=str(tmp))
         what = f"Core ML conversion of {ctx.ckpt.folder}"
         # Measured: 7.5-8.7 GB for Gemma 3 270M (1.07 GB in fp32), traced fp32 graph plus its MIL copies.
-        with ctx.scheduler.heavy("coreml conversion", what, estimate=8.0) as claim:
+        with ctx.scheduler.heavy("coreml conversion", what, estimate=8.0, in_process=False) as claim:
             return CoreMLConversion.from_dict(run_child("targets.ios.convert", tmp, dataclasses.asdict(request_here),
                                                         what, claim))
 
