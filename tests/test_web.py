@@ -141,6 +141,24 @@ def test_the_build_runs_its_page_in_chromium_and_the_greedy_tokens_equal_native_
     assert row["tokens_per_s"] and row["tokens_per_s"] > 0
 
 
+def test_an_unchanged_rebuild_reuses_the_browser_verification_of_the_same_files(
+        web_build: tuple[Path, dict], tiny_gemma: Path, tmp_path: Path) -> None:
+    _, first = web_build
+    out = tmp_path / "again"
+    result = edgepack("build", tiny_gemma, "--target", "web", "--runtime", "all", "--quant", "Q8_0", "--out", out,
+                      "--json")
+    assert result.exit_code == 0, result.stderr
+    again = result.json()
+    [browser_stage] = [s for s in again["stages"] if s["name"] == "verify web bundle (Chromium)"]
+    assert browser_stage["cached"], again["stages"]
+    assert again["artifacts"] == first["artifacts"]  # the same record, speed numbers included
+    renamed = edgepack("build", tiny_gemma, "--target", "web", "--quant", "Q8_0", "--name", "renamed-page",
+                       "--out", tmp_path / "renamed", "--json")
+    assert renamed.exit_code == 0, renamed.stderr
+    [browser_stage] = [s for s in renamed.json()["stages"] if s["name"] == "verify web bundle (Chromium)"]
+    assert not browser_stage["cached"]  # other files (the page carries the name): the browser runs again
+
+
 def test_report_records_load_times_and_the_speed_ratio_to_native_llama_cpp(web_build: tuple[Path, dict]) -> None:
     bundle, _ = web_build
     report = (bundle.parent / "report.md").read_text()

@@ -28,7 +28,7 @@ from packager.architectures import ArchitectureSpec
 from packager.devices import DeviceProfile
 from packager.errors import UnsupportedError
 from packager.escaping import slug
-from packager.fingerprint import options_digest
+from packager.fingerprint import file_sha256, options_digest
 from packager.formats.gguf_writer import writes_architecture
 from packager.manifest import write_json
 from packager.resources import copy_mobile_files
@@ -96,6 +96,29 @@ class WebLLMVariant:
     lib_reason: str
     model_lib: str | None
     verification: VerificationResult
+
+
+
+# Bump when what a browser verification record holds or how it is computed changes.
+WEB_VERIFICATION_SCHEMA = 1
+
+
+@dataclasses.dataclass
+class BrowserRun:
+    """A browser verification as the stage cache keeps it: the record and the run's speed numbers."""
+
+    result: VerificationResult
+    measurement: BrowserMeasurement | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"result": self.result.as_dict(),
+                "measurement": dataclasses.asdict(self.measurement) if self.measurement else None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BrowserRun:
+        measurement = data.get("measurement")
+        return cls(VerificationResult.from_dict(data["result"]),
+                   BrowserMeasurement(**measurement) if measurement else None)
 
 
 class WebTarget:
@@ -256,23 +279,35 @@ class WebTarget:
             )
             result.ships = ships
             return result, None
-        start = time.perf_counter()
-        ctx.reporter.say("running the web bundle in headless Chromium")
-        result, measurement = verify_wllama_in_browser(
-            tools, out_dir, ctx.gguf(quant), ctx.contract, ctx.golden.greedy_prompt, artifact, quant,
-            reference_next_token=ctx.reference_next_token)
-        if ctx.eval_rows and result.level == "executed":
-            ctx.reporter.say(f"answering {len(ctx.eval_rows)} eval rows in headless Chromium")
-            metrics, notes, failures = browser_task_eval(tools, out_dir, ctx.contract, ctx.eval_rows,
-                                                         ctx.baseline_answers)
-            result.notes += notes
-            result.failures += failures
-            if metrics is not None:
-                ctx.attach_task(result, metrics)
-        ctx.reporter.stage("verify web bundle (Chromium)", False, time.perf_counter() - start,
-                           "greedy = native" if result.greedy_match else "see report")
-        result.ships = ships
-        return result, measurement
+        gguf = ctx.gguf(quant)
+
+        def run() -> BrowserRun:
+            ctx.reporter.say("running the web bundle in headless Chromium")
+            result, measurement = verify_wllama_in_browser(
+                tools, out_dir, gguf, ctx.contract, ctx.golden.greedy_prompt, artifact, quant,
+                reference_next_token=ctx.reference_next_token)
+            if ctx.eval_rows and result.level == "executed":
+                baseline = ctx.baseline_answers
+                ctx.reporter.say(f"answering {len(ctx.eval_rows)} eval rows in headless Chromium")
+                metrics, notes, failures = browser_task_eval(tools, out_dir, ctx.contract, ctx.eval_rows, baseline)
+                result.notes += notes
+                result.failures += failures
+                if metrics is not None:
+                    ctx.attach_task(result, metrics)
+            return BrowserRun(result, measurement)
+
+        # The bundle is reproducible, so an unchanged build asks the same question of the same files:
+        # the record is keyed by every file of the bundle as the browser loaded it, and reused.
+        bundle = options_digest("web-bundle", sorted((p.relative_to(out_dir).as_posix(), file_sha256(p))
+                                                     for p in out_dir.rglob("*") if p.is_file()))
+        task_key = ctx._task_key() if ctx.eval_rows else ""
+        key = options_digest("verify-web", WEB_VERIFICATION_SCHEMA, bundle, ctx.golden.digest_source(), task_key,
+                             tools.chromium, tools.node)[:24]
+        ran = ctx.stage_cache.record("verify", key, "verify web bundle (Chromium)", run, encode=BrowserRun.as_dict,
+                                     decode=BrowserRun.from_dict, binds=bundle,
+                                     describe=lambda r: "greedy = native" if r.result.greedy_match else "see report")
+        ran.result.ships = ships
+        return ran.result, ran.measurement
 
     # -- WebLLM ---------------------------------------------------------------------------------
 
