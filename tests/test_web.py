@@ -8,6 +8,7 @@ EDGEPACK_REQUIRE_TOOLS=1.
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 import urllib.request
@@ -152,7 +153,8 @@ def test_an_unchanged_rebuild_reuses_the_browser_verification_of_the_same_files(
     [browser_stage] = [s for s in again["stages"] if s["name"] == "verify web bundle (Chromium)"]
     assert browser_stage["cached"], again["stages"]
     assert again["artifacts"] == first["artifacts"]  # the same record, speed numbers included
-    renamed = edgepack("build", tiny_gemma, "--target", "web", "--quant", "Q8_0", "--name", "renamed-page",
+    name = f"renamed-{secrets.token_hex(4)}"  # never built before, in this cache or any other
+    renamed = edgepack("build", tiny_gemma, "--target", "web", "--quant", "Q8_0", "--name", name,
                        "--out", tmp_path / "renamed", "--json")
     assert renamed.exit_code == 0, renamed.stderr
     [browser_stage] = [s for s in renamed.json()["stages"] if s["name"] == "verify web bundle (Chromium)"]
