@@ -152,8 +152,10 @@ class Scheduler:
         """Hold memory for a heavy step for as long as it runs; wait until it fits beside the others.
 
         An in-process step (an fp32 model, a quantized screen, a runtime loaded into this process) also
-        runs alone among in-process steps: loading and patching models (transformers, torchao) touches
-        process-wide state, and two at once in threads failed; conversion children run beside them.
+        runs alone among in-process steps: transformers' from_pretrained builds a model under a
+        process-wide meta-device context, so tensors another thread creates meanwhile land on the meta
+        device ("Tensor on device meta is not on the expected device cpu", reproduced with two screens
+        in threads). Conversion children run beside them.
         """
         need = self.expected(kind, estimate)
         available = self.limit - self._base
