@@ -138,6 +138,7 @@ class Scheduler:
     _claimed: int = 0
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _in_process: threading.RLock = field(default_factory=threading.RLock)
+    _first_failure: BaseException | None = None
     # This process's resident memory when the build started (interpreter, libraries, the checkpoint's tables).
     _base: int = field(default_factory=lambda: vm_rss_kb() * 1024)
     # Processes this process had before the build (a test session's servers): a cancelled build spares them.
@@ -196,7 +197,7 @@ class Scheduler:
         awaited, so no conversion child outlives the build, and that first failure is raised.
         """
         if self.jobs <= 1 or len(jobs) <= 1:
-            return [self._timed(name, job) for name, job in jobs]
+            return [self._timed(name, job, alone=True) for name, job in jobs]
         pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="target")
         hints = hints or {}
         order = sorted(range(len(jobs)),
@@ -209,7 +210,7 @@ class Scheduler:
             if failed:
                 self.cancel()
                 wait(futures)
-                raise _first_real(failed)
+                raise self._first_failure or _first_real(failed)
             return [f.result() for f in futures]
         except BaseException:
             self.cancel()
@@ -221,7 +222,7 @@ class Scheduler:
             pool.shutdown(wait=True)
 
 
-    def _timed(self, name: str, job: Callable[[], T]) -> T:
+    def _timed(self, name: str, job: Callable[[], T], alone: bool = False) -> T:
         if self.cancelled.is_set():  # queued behind a target that has failed meanwhile
             raise BuildCancelled(name)
         start = time.perf_counter()
@@ -230,8 +231,13 @@ class Scheduler:
         except BuildCancelled:
             raise
         except BaseException as exc:
-            if self.jobs > 1 and not self.cancelled.is_set():
-                traceback.print_exc()  # into the build log (packager.build_log): the whole story of the failure
+            with self._cond:
+                first = not self.cancelled.is_set() and self._first_failure is None
+                if first:
+                    self._first_failure = exc  # what the others fail with after this is its echo
+            if not alone and first:
+                # Into the build log (fd 2 during a build, packager.build_log): the whole story of the failure.
+                os.write(2, traceback.format_exc().encode("utf-8", "replace"))
                 first_line = (str(exc).strip().splitlines() or [""])[0][:300]
                 self.reporter.say(f"{name} failed ({type(exc).__name__}: {first_line}); stopping the other targets")
                 self.cancel()
