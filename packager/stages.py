@@ -222,9 +222,16 @@ class BuildContext:
         return entry.path(entry.value.name)
 
     def _gguf_entry(self, quant: str) -> CachedEntry[GgufFile]:
-        if quant in self._ggufs:
+        built_here = []
+
+        def build() -> CachedEntry[GgufFile]:
+            built_here.append(quant)
+            return self._new_gguf_entry(quant)
+
+        entry = self._ggufs.get(quant, build)
+        if not built_here:  # another target built it (or is building it, and this one waited)
             self.reporter.stage(f"gguf {quant}", True, 0.0, "shared stage, already built in this build")
-        return self._ggufs.get(quant, lambda: self._new_gguf_entry(quant))
+        return entry
 
     def _new_gguf_entry(self, quant: str) -> CachedEntry[GgufFile]:
         name = f"model-{quant}.gguf"
