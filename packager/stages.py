@@ -178,7 +178,9 @@ class BuildContext:
         """The fp32 source model's greedy next token after `ids` (settles runtime disagreements)."""
         import torch
 
-        with torch.inference_mode():
+        # An in-process model step like any other: loading it must not overlap another thread's torch work.
+        with self.scheduler.heavy("fp32 model", "the fp32 model (settling a runtime disagreement)", estimate=1.5), \
+                torch.inference_mode():
             return int(torch.argmax(self._reference_model(torch.tensor([ids])).logits[0, -1]))
 
     def task_metrics_gguf(self, path: Path) -> TaskMetrics:
