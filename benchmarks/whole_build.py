@@ -29,6 +29,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from a checkout: packager is beside benchmarks/
+
+from packager.peak_memory import vm_rss_kb  # noqa: E402
+from packager.scheduler import descendants  # noqa: E402
+
 START_MARKER = "<!-- whole-build:start -->"
 END_MARKER = "<!-- whole-build:end -->"
 RUNS = {"cold": [], "warm": [], "one option changed": ["--compression", "int8"]}
@@ -55,24 +60,7 @@ def _load_average() -> float:
 
 def tree_rss_bytes(root: int) -> int:
     """Resident memory of `root` and all its descendants now (summed VmRSS; shared pages count twice)."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            fields = {k: v for k, _, v in (line.partition(":") for line in (proc / "status").read_text().splitlines())}
-        except OSError:
-            continue
-        pid = int(proc.name)
-        children.setdefault(int(fields.get("PPid", "0")), []).append(pid)
-        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024 if "VmRSS" in fields else 0
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        total += rss.get(pid, 0)
-        todo += children.get(pid, [])
-    return total
+    return sum(vm_rss_kb(pid) for pid in [root, *descendants(root=root)]) * 1024
 
 
 def timed_build(worktree: Path, cache: Path, out: Path, extra: list[str], kind: str, log: Path) -> BuildRun:

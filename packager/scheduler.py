@@ -254,8 +254,8 @@ class Scheduler:
         kill_descendants(self._spare)
 
 
-def descendants(spare: frozenset[int] = frozenset()) -> list[int]:
-    """Every process below this one, except the subtrees of the pids in `spare`."""
+def descendants(spare: frozenset[int] = frozenset(), root: int | None = None) -> list[int]:
+    """Every process below `root` (default: this one), except the subtrees of the pids in `spare`."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -266,7 +266,7 @@ def descendants(spare: frozenset[int] = frozenset()) -> list[int]:
             continue
         parent = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(parent, []).append(int(entry.name))
-    found, todo = [], [pid for pid in children.get(os.getpid(), []) if pid not in spare]
+    found, todo = [], [pid for pid in children.get(root or os.getpid(), []) if pid not in spare]
     while todo:
         pid = todo.pop()
         found.append(pid)
