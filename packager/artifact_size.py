@@ -1,9 +1,9 @@
 """How much of a device an artifact takes: every file that ships as it, measured in the build folder.
 
 A verification names its artifact by its path under the build root, sometimes followed by how it was
-checked ("<target>/model.mlpackage (Core ML)"). What ships under that path is every file of a folder
-(a Core ML package is a folder) or a file together with the files beside it that share its stem (an
-ExecuTorch program's .pte loads its weights from the .ptd next to it, and both ship).
+checked ("<target>/model.pkg (its runtime)"). What ships under that path is every file of a folder
+(a model package may be a folder) or a file together with the files beside it that share its stem (a
+program file may load its weights from a companion file next to it, and both ship).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Third-party tools' output goes to a build log, not the terminal.
 
-llama.cpp, ExecuTorch, coremltools, transformers and Chromium write to file descriptors 1 and 2
+Converters, runtimes, transformers and browsers write to file descriptors 1 and 2
 from C, C++ and Python alike, hundreds of lines per build. While a build runs both descriptors point
 at a log file, and edgepack's own progress keeps the terminal through a duplicate of the original
 stderr. A finished build's log ships as dist/<name>/build.log; a failed build's stays in the stage
