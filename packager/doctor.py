@@ -15,6 +15,10 @@ from packager.devices import (
     fp16_note,
     installed_devices,
 )
+from packager.fingerprint import cache_root
+from packager.memory_plan import TargetNeed, target_needs
+from packager.progress import Reporter
+from packager.scheduler import host_memory, scheduler_for
 from packager.target import available_targets
 
 
@@ -30,6 +34,8 @@ class DoctorReport:
     contexts: list[int]
     ram: list[dict[str, Any]]
     devices: list[dict[str, Any]]
+    # This machine's memory need per target when building this checkpoint (packager.memory_plan).
+    build_ram: list[dict[str, Any]]
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,13 +77,26 @@ def diagnose(ckpt: Checkpoint, contexts: tuple[int, ...] = (512, 2048, 4096), on
             "notes": profile.notes,
         })
     targets = support_matrix()[ckpt.spec.name]
+    build_ram = [{"target": n.target, "peak_gb": round(n.peak / 2**30, 2), "largest_step": n.largest.kind,
+                  "measured": n.largest.measured, "fits": n.peak <= host_memory()}
+                 for n in build_needs(ckpt, [name for name, ok in targets.items() if ok])]
     for pick in picks:
         pick["target_installed"] = pick["target"] in targets
     return DoctorReport(
         checkpoint=str(ckpt.folder), architecture=ckpt.spec.name, parameters=params, support=targets,
         fp16_risk=fp16_note(ckpt.spec), target_notes=target_notes(ckpt), contexts=list(contexts), ram=ram,
-        devices=picks,
+        devices=picks, build_ram=build_ram,
     )
+
+
+def build_needs(ckpt: Checkpoint, names: list[str]) -> list[TargetNeed]:
+    """What building each named target of this checkpoint would need on this machine (default options)."""
+    from packager.stages import BuildContext, BuildOptions
+
+    reporter = Reporter(quiet=True)
+    ctx = BuildContext(ckpt, "", BuildOptions(), reporter, cache_root(), scheduler_for(ckpt, reporter, cache_root()))
+    available = available_targets()
+    return target_needs(ctx, [available[name]() for name in names])
 
 
 def render(report: DoctorReport) -> str:
@@ -96,6 +115,11 @@ def render(report: DoctorReport) -> str:
     for q in QUANT_PREFERENCE:
         cells = [r for r in report.ram if r["quant"] == q]
         lines.append(f"  {q:<7} " + "".join(f"{r['total_mb']:<12.0f}" for r in cells))
+    lines += ["", f"building here (this machine has {host_memory() / 2**30:.1f} GB; the largest step of each target):"]
+    for b in report.build_ram:
+        source = "measured" if b["measured"] else "estimated"
+        verdict = "" if b["fits"] else "  does NOT fit this machine"
+        lines.append(f"  {b['target']:<13} ~{b['peak_gb']:.1f} GB  ({b['largest_step']}, {source}){verdict}")
     lines += ["", "per device (largest context above):"]
     for d in report.devices:
         pick = d["recommended_quant"] or "nothing fits"

@@ -28,6 +28,7 @@ from packager.manifest import (
     write_json,
     write_sha256sums,
 )
+from packager.memory_plan import check_fits, target_needs
 from packager.output_guard import check_name, check_replaceable
 from packager.output_lock import output_lock
 from packager.progress import Reporter
@@ -138,22 +139,24 @@ def _run_build(request: BuildRequest, reporter: Reporter, log: Path) -> BuildOut
         )
     name = request.options.name or ckpt.name
     out = request.out or Path("dist") / check_name(name, "the build name (--name, else the checkpoint folder's)")
+    cache = cache_root()
+    scheduler = scheduler_for(ckpt, reporter, cache, request.jobs, request.max_ram)
+    ctx = BuildContext(ckpt, digest, request.options, reporter, cache, scheduler)
+    targets = [cls() for cls in target_classes]
+    for warning in check_fits(target_needs(ctx, targets), scheduler):  # exit 3 before anything is written
+        reporter.say(f"warning: {warning}")
     with output_errors(out), output_lock(out):
         check_replaceable(out, build_inputs(request, ckpt), "build", request.force)
         with staged_output(out) as staging:
-            results, manifest, passed = _build_into(staging, out, request, ckpt, digest, target_classes, reporter,
-                                                    log)
+            results, manifest, passed = _build_into(staging, out, request, ctx, targets, log)
     reporter.say(f"wrote {out}")
     return BuildOutcome(out=out, manifest=manifest, results=results, passed=passed)
 
 
-def _build_into(staging: Path, out: Path, request: BuildRequest, ckpt: Checkpoint, digest: str,
-                target_classes: list[type[Target]], reporter: Reporter, log: Path,
-                ) -> tuple[list[TargetResult], dict[str, Any], bool]:
+def _build_into(staging: Path, out: Path, request: BuildRequest, ctx: BuildContext, targets: list[Target],
+                log: Path) -> tuple[list[TargetResult], dict[str, Any], bool]:
     """Return the results, manifest and verdict of building every target into staging (published by the caller)."""
-    cache = cache_root()
-    scheduler = scheduler_for(ckpt, reporter, cache, request.jobs, request.max_ram)
-    ctx = BuildContext(ckpt, digest, request.options, reporter, cache, scheduler)
+    ckpt, digest, reporter, scheduler = ctx.ckpt, ctx.ckpt_digest, ctx.reporter, ctx.scheduler
 
     def build(target: Target) -> TargetResult:
         reporter.say(f"target {target.name}: building")
@@ -163,7 +166,6 @@ def _build_into(staging: Path, out: Path, request: BuildRequest, ckpt: Checkpoin
         reporter.stage(f"target {target.name}", False, time.perf_counter() - start)
         return result
 
-    targets = [cls() for cls in target_classes]
     results = scheduler.run_all([(t.name, functools.partial(build, t)) for t in targets],
                                 {t.name: expected_seconds(t) for t in targets})
     passed = all(r.passed for r in results)

@@ -43,6 +43,11 @@ GB = 2**30
 HEADROOM_FRACTION = 0.1
 HEADROOM_MIN = 2 * GB
 COSTS_FILE = "measured-costs.json"
+# A step's peak is learned only from a model at least this large in fp32 (64M parameters): a tiny test
+# model's conversion is all libraries and no model, and its ratio would predict nonsense for a real one.
+LEARN_MIN_SCALE = 256 * 2**20
+# What a conversion child holds before it loads any model: Python, torch and the converter's libraries.
+CHILD_LIBRARIES = GB
 
 
 class BuildCancelled(Exception):
@@ -92,13 +97,14 @@ class MeasuredCosts:
             if isinstance(data, dict) else {}
 
     def peak_ratio(self, kind: str) -> float | None:
-        return self._read().get(f"peak:{kind}")
+        """Bytes per fp32 byte that a step of `kind` held above its fixed part, as last measured."""
+        return self._read().get(f"peak-per-fp32:{kind}")
 
     def seconds(self, target: str) -> float:
         return self._read().get(f"seconds:{target}", 0.0)
 
     def learn_peak(self, kind: str, ratio: float) -> None:
-        self._learn(f"peak:{kind}", ratio)
+        self._learn(f"peak-per-fp32:{kind}", ratio)
 
     def learn_seconds(self, target: str, seconds: float) -> None:
         """Keep the longest a target took: a warm build's few seconds say nothing about a cold one."""
@@ -112,6 +118,18 @@ class MeasuredCosts:
             tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
             tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
             os.replace(tmp, self.path)  # readers see the old file or the new one, never half of one
+
+
+@dataclass(frozen=True)
+class HeavyStep:
+    """A kind of heavy step a build may run, with its expected peak before one has been measured (a multiple
+    of the checkpoint's fp32 size). Targets declare theirs (`heavy_steps`), so a build's memory need is known
+    before it starts (packager.memory_plan)."""
+
+    kind: str
+    estimate: float  # bytes per fp32 byte of the checkpoint, above `fixed`
+    in_process: bool = True  # False: a child process (its peak is measured and learned)
+    fixed: int = 0  # bytes it needs whatever the model (a child's libraries)
 
 
 @dataclass
@@ -140,16 +158,22 @@ class Scheduler:
     _in_process: threading.RLock = field(default_factory=threading.RLock)
     _first_failure: BaseException | None = None
     # This process's resident memory when the build started (interpreter, libraries, the checkpoint's tables).
-    _base: int = field(default_factory=lambda: vm_rss_kb() * 1024)
+    base: int = field(default_factory=lambda: vm_rss_kb() * 1024)
     # Processes this process had before the build (a test session's servers): a cancelled build spares them.
     _spare: frozenset[int] = field(default_factory=lambda: frozenset(descendants()))
 
-    def expected(self, kind: str, estimate: float) -> int:
-        """Bytes a step of `kind` is expected to peak at: measured before, else `estimate` x fp32 size."""
-        return int((self.costs.peak_ratio(kind) or estimate) * self.scale)
+    def expected(self, kind: str, estimate: float, fixed: int = 0) -> int:
+        """Bytes a step of `kind` is expected to peak at: `fixed` plus, per fp32 byte of the checkpoint, what
+        was measured before, else `estimate`."""
+        ratio = self.costs.peak_ratio(kind)
+        return fixed + int((estimate if ratio is None else ratio) * self.scale)
+
+    def step(self, step: HeavyStep, what: str) -> contextlib.AbstractContextManager[Claim]:
+        """Hold memory for a declared heavy step while it runs (see `heavy`)."""
+        return self.heavy(step.kind, what, step.estimate, step.in_process, step.fixed)
 
     @contextmanager
-    def heavy(self, kind: str, what: str, estimate: float, in_process: bool = True) -> Iterator[Claim]:
+    def heavy(self, kind: str, what: str, estimate: float, in_process: bool = True, fixed: int = 0) -> Iterator[Claim]:
         """Hold memory for a heavy step for as long as it runs; wait until it fits beside the others.
 
         An in-process step (an fp32 model, a quantized screen, a runtime loaded into this process) also
@@ -158,12 +182,12 @@ class Scheduler:
         device ("Tensor on device meta is not on the expected device cpu", reproduced with two screens
         in threads). Conversion children run beside them.
         """
-        need = self.expected(kind, estimate)
-        available = self.limit - self._base
+        need = self.expected(kind, estimate, fixed)
+        available = self.limit - self.base
         if need > available and self.explicit:
             raise UnsupportedError(
                 f"{what} is expected to need about {need / GB:.1f} GB, more than the {self.limit / GB:.1f} GB "
-                f"--max-ram allows (of which this process already holds {self._base / GB:.1f} GB). Raise --max-ram, "
+                f"--max-ram allows (of which this process already holds {self.base / GB:.1f} GB). Raise --max-ram, "
                 "build this target on a machine with more memory, or lower --context-length.")
         with self._cond:
             told = False
@@ -186,8 +210,8 @@ class Scheduler:
             with self._cond:
                 self._claimed -= need
                 self._cond.notify_all()
-            if claim.measured_peak:
-                self.costs.learn_peak(kind, claim.measured_peak / self.scale)
+            if claim.measured_peak and self.scale >= LEARN_MIN_SCALE:
+                self.costs.learn_peak(kind, max(0, claim.measured_peak - fixed) / self.scale)
 
     def run_all(self, jobs: list[tuple[str, Callable[[], T]]], hints: dict[str, float] | None = None) -> list[T]:
         """Run the named jobs, at most `self.jobs` at once, the longest first (as measured before, else as

@@ -22,14 +22,15 @@ from packager.formats.gguf_quantize import quantize_gguf
 from packager.formats.gguf_writer import NUMPY_TYPES, WRITER_VERSION, write_gguf
 from packager.once import OnceMap, once_property
 from packager.progress import Reporter
-from packager.scheduler import Scheduler, scheduler_for
+from packager.scheduler import HeavyStep, Scheduler, scheduler_for
 from packager.stage_cache import CachedEntry, StageCache
 from packager.target import TargetOptionValues, declared_options
+from packager.verify.fp32_model import load_fp32_model, resident_bytes
 from packager.verify.gates import TaskGate, gate_for
 from packager.verify.gguf_check import verify_gguf
 from packager.verify.golden import GoldenSet, load_golden
 from packager.verify.llama_cpp_runner import host_threads
-from packager.verify.reference import ReferenceLogits, compute_reference, load_hf_model, load_hf_tokenizer
+from packager.verify.reference import ReferenceLogits, compute_reference, load_hf_tokenizer
 from packager.verify.result import VerificationResult
 from packager.verify.task_eval import (
     EvalRow,
@@ -161,8 +162,8 @@ class BuildContext:
         def answer() -> list[str]:
             contract, rows, tokenizer = self.contract, self.eval_rows, self.hf_tokenizer
             self.reporter.say(f"answering {len(rows)} eval rows with the fp32 model (baseline)")
-            with self.scheduler.heavy("fp32 baseline", "the fp32 baseline", estimate=1.5):
-                model = load_hf_model(self.ckpt)
+            with self.scheduler.step(self._fp32_step("fp32 baseline"), "the fp32 baseline"):
+                model = load_fp32_model(self.ckpt)
                 _, answers = score_batch(contract, rows, hf_generator(model, tokenizer, contract), None)
                 del model  # released before the memory is handed back
             return answers
@@ -170,18 +171,32 @@ class BuildContext:
         return self.stage_cache.record("baseline", self._task_key(decoding=False), "fp32 baseline on the eval set",
                                        answer, describe=lambda answers: f"{len(answers)} rows")
 
-    @once_property
-    def _reference_model(self) -> Any:
-        return load_hf_model(self.ckpt)
-
     def reference_next_token(self, ids: list[int]) -> int:
-        """The fp32 source model's greedy next token after `ids` (settles runtime disagreements)."""
+        """The fp32 source model's greedy next token after `ids` (settles runtime disagreements).
+
+        Loaded for the question and dropped after it: a disagreement is rare, and a model kept for the
+        rest of the build would sit beside every later conversion child.
+        """
         import torch
 
         # An in-process model step like any other: loading it must not overlap another thread's torch work.
-        with self.scheduler.heavy("fp32 model", "the fp32 model (settling a runtime disagreement)", estimate=1.5), \
+        with self.scheduler.step(self._fp32_step("fp32 model"), "the fp32 model (settling a runtime disagreement)"), \
                 torch.inference_mode():
-            return int(torch.argmax(self._reference_model(torch.tensor([ids])).logits[0, -1]))
+            model = load_fp32_model(self.ckpt)
+            token = int(torch.argmax(model(torch.tensor([ids])).logits[0, -1]))
+            del model
+            return token
+
+    def _fp32_step(self, kind: str) -> HeavyStep:
+        """An fp32 model step: the weights it keeps resident (all of a small model; a streamed one's embedding
+        table and one block) and half as much again, plus 512 MB for a golden text's logits and activations."""
+        return HeavyStep(kind, 1.5 * resident_bytes(self.ckpt) / (4 * self.ckpt.parameter_count), fixed=2**29)
+
+    @property
+    def fp32_steps(self) -> list[HeavyStep]:
+        """The fp32 model steps every target's build may wait on: the reference, and the baseline with an eval set."""
+        return [self._fp32_step("fp32 reference")] + (
+            [self._fp32_step("fp32 baseline")] if self.options.eval_path else [])
 
     def task_metrics_gguf(self, path: Path) -> TaskMetrics:
         """Answer the eval set with the GGUF in llama.cpp (greedy, under the contract)."""
@@ -216,7 +231,7 @@ class BuildContext:
     def reference(self) -> ReferenceLogits:
         return compute_reference(self.ckpt, self.golden, self.ckpt_digest, self.contract.eos_ids, self.stage_cache,
                                  self.reporter.percent("reference logits (fp32)"),
-                                 lambda: self.scheduler.heavy("fp32 reference", "the fp32 reference", estimate=2.0))
+                                 lambda: self.scheduler.step(self._fp32_step("fp32 reference"), "the fp32 reference"))
 
     def gguf(self, quant: str) -> Path:
         """Return the cached GGUF of this checkpoint in `quant`, building F16 first when needed."""

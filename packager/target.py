@@ -18,6 +18,7 @@ from packager.verify.result import VerificationResult
 
 if TYPE_CHECKING:
     from packager.architectures import ArchitectureSpec
+    from packager.scheduler import HeavyStep
     from packager.stages import BuildContext
 
 ENTRY_POINT_GROUP = "edgepack.targets"
@@ -111,7 +112,8 @@ class Target(Protocol):
     is the GGUF type it ships when --quant is not given (None: it ships no GGUF). Optional: a class
     attribute `ci_host_check` (HostCheckJob), a method `doctor_notes(config) -> list[str]` and
     `expected_seconds` (a cold build of a small model; the longest targets start first until the
-    stage cache has measured them, packager.scheduler).
+    stage cache has measured them, packager.scheduler) and `heavy_steps` (the HeavyStep kinds it runs
+    beyond the shared fp32 ones, so packager.memory_plan knows its memory need before a build).
     """
 
     name: ClassVar[str]
@@ -131,6 +133,11 @@ class Target(Protocol):
 def expected_seconds(target: Any) -> float:
     """How long a cold build of the target is expected to take before it has been measured (0: short)."""
     return float(getattr(target, "expected_seconds", 0.0))
+
+
+def heavy_steps(target: Any) -> tuple[HeavyStep, ...]:
+    """The heavy steps a target declares beyond the shared ones (none: it only runs those and llama.cpp)."""
+    return tuple(getattr(target, "heavy_steps", ()))
 
 
 def declared_options(target: Any) -> tuple[TargetOption, ...]:

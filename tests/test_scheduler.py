@@ -21,7 +21,7 @@ from packager.scheduler import GB, BuildCancelled, MeasuredCosts, Scheduler, par
 def _scheduler(tmp_path: Path, limit_gb: float, explicit: bool = False, jobs: int = 2) -> Scheduler:
     scheduler = Scheduler(jobs=jobs, limit=int(limit_gb * GB), explicit=explicit, scale=GB,
                           reporter=Reporter(quiet=True), costs=MeasuredCosts(tmp_path / "costs.json"))
-    scheduler._base = 0  # this test process's own memory is not what is being tested
+    scheduler.base = 0  # this test process's own memory is not what is being tested
     return scheduler
 
 

@@ -20,6 +20,7 @@ from packager.checkpoint import Checkpoint
 from packager.fingerprint import cache_root, options_digest
 from packager.progress import Reporter
 from packager.stage_cache import StageCache
+from packager.verify.fp32_model import load_fp32_model
 from packager.verify.golden import GoldenSet
 
 GREEDY_TOKENS = 24
@@ -46,18 +47,6 @@ class ReferenceLogits:
     @property
     def perplexity_index(self) -> int:
         return len(self.sequences) - 1
-
-
-def load_hf_model(ckpt: Checkpoint) -> torch.nn.Module:
-    """Load the checkpoint in float32 with transformers (local files only, no remote code)."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(
-        str(ckpt.folder), dtype=torch.float32, trust_remote_code=False, local_files_only=True,
-        attn_implementation="eager",
-    )
-    model.eval()
-    return model
 
 
 def load_hf_tokenizer(ckpt: Checkpoint):
@@ -97,7 +86,7 @@ def compute_reference(
             return forward_all(folder, tokenizer)
 
     def forward_all(folder: Path, tokenizer: Any) -> ReferenceRun:
-        model = load_hf_model(ckpt)
+        model = load_fp32_model(ckpt)
         sequences: list[list[int]] = []
         with torch.inference_mode():
             for i, text in enumerate(golden.sequences):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from packager.child_stage import run_child
 from packager.fingerprint import file_sha256, options_digest
+from packager.scheduler import CHILD_LIBRARIES, HeavyStep
 from packager.verify.metrics import FidelityMetrics
 from packager.verify.result import VerificationResult
 from targets.android.export import EXECUTORCH_VERSION, EXPORT_SCHEMA, Recipe, RunnerMetadata
@@ -24,6 +25,12 @@ if TYPE_CHECKING:
 
 # Bump when a .pte verification record's content or computation changes.
 PTE_VERIFICATION_SCHEMA = 2
+# The heavy steps of an Android build, with their expected peaks before one is measured (x fp32 size).
+SCREEN = HeavyStep("eager screen", 3.0)  # the fp32 model and its quantized copy
+# Measured 3.4-4.9 GB for Gemma 3 270M (1.07 GB in fp32).
+EXPORT = HeavyStep("executorch export", 3.7, in_process=False, fixed=CHILD_LIBRARIES)
+RUN = HeavyStep("executorch run", 1.5)
+HEAVY_STEPS = (SCREEN, EXPORT, RUN)
 
 
 @dataclass
@@ -65,8 +72,7 @@ def cached_pte(ctx: BuildContext, recipe: Recipe, delegate: str, max_context: in
         ctx.reporter.say(f"exporting {recipe.name} ({delegate}) with ExecuTorch {EXECUTORCH_VERSION} "
                          "in a child process")
         what = f"ExecuTorch export of {ctx.ckpt.folder} with recipe {recipe.name} ({delegate})"
-        # Measured: 3.4-4.9 GB for Gemma 3 270M (1.07 GB in fp32).
-        with ctx.scheduler.heavy("executorch export", what, estimate=4.6, in_process=False) as claim:
+        with ctx.scheduler.step(EXPORT, what) as claim:
             return run_child("targets.android.export", tmp, request, what, claim)
 
     entry = ctx.stage_cache.entry(
@@ -93,7 +99,7 @@ def verified_pte(ctx: BuildContext, artifact: PteArtifact, tokenizer_json: Path,
         reference, contract, tokenizer = ctx.reference, ctx.contract, ctx.hf_tokenizer
         baseline = ctx.baseline_answers if ctx.eval_rows else []
         ctx.reporter.say(f"running {artifact.pte.name} in ExecuTorch ({reference.positions} golden positions)")
-        with ctx.scheduler.heavy("executorch run", f"running {artifact.pte.name}", estimate=1.5):
+        with ctx.scheduler.step(RUN, f"running {artifact.pte.name}"):
             return run(reference, contract, tokenizer, baseline)
 
     def run(reference: Any, contract: Any, tokenizer: Any, baseline: list[str]) -> VerificationResult:
@@ -146,7 +152,7 @@ def screened(ctx: BuildContext, recipe: Recipe) -> FidelityMetrics:
 
     def screen() -> FidelityMetrics:
         reference = ctx.reference
-        with ctx.scheduler.heavy("eager screen", label, estimate=3.0):
+        with ctx.scheduler.step(SCREEN, label):
             return predict_fidelity(ctx.ckpt.folder, ctx.ckpt.spec, recipe, reference)
 
     return ctx.stage_cache.record(

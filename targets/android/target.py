@@ -23,6 +23,7 @@ from packager.errors import BadInputError
 from packager.escaping import slug
 from packager.ladder import rungs_to_build
 from packager.resources import copy_mobile_files
+from packager.scheduler import HeavyStep
 from packager.stage_cache import place_artifact
 from packager.stages import BuildContext
 from packager.target import ScaffoldCheck, TargetOption, TargetResult
@@ -32,7 +33,7 @@ from packager.verify.result import VerificationResult
 from targets.android.export import AUTO_LADDER, DELEGATES, EXECUTORCH_VERSION, recipe_named
 from targets.android.kotlin_check import check_android_files, kotlin_version
 from targets.android.layouts import EXECUTORCH_LAYOUTS, executorch_layout
-from targets.android.stages import PteArtifact, cached_pte, screened, structural_pte, verified_pte
+from targets.android.stages import HEAVY_STEPS, PteArtifact, cached_pte, screened, structural_pte, verified_pte
 from targets.android.verify import RunnerTokenizer, eos_pieces
 
 APP_DIR = "app"
@@ -73,6 +74,8 @@ class AndroidTarget:
     # Seconds of a cold build of Gemma 3 270M with the example's eval set (measured 2026-12);
     # most of it: screens, ExecuTorch export and the .pte run on the eval set.
     expected_seconds: ClassVar[float] = 1400
+    # What it may run that holds much memory (packager.memory_plan adds up a build's need before it starts).
+    heavy_steps: ClassVar[tuple[HeavyStep, ...]] = HEAVY_STEPS
     # RAM budgets: the share of physical memory a model can count on there (packager.devices).
     devices: ClassVar[tuple[DeviceProfile, ...]] = (
         DeviceProfile("pixel-8-pro", "Pixel 8 Pro", 12, 0.35, "android", "ExecuTorch XNNPACK (CPU)"),

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from packager.child_stage import run_child
 from packager.fingerprint import options_digest
+from packager.scheduler import CHILD_LIBRARIES, HeavyStep
 from packager.verify.metrics import FidelityMetrics
 from packager.verify.result import VerificationResult
 from targets.ios.convert import COREMLTOOLS_VERSION, EXPORT_SCHEMA, ExportRequest
@@ -25,6 +26,12 @@ if TYPE_CHECKING:
 
 # Bump when a simulated verification record's content or computation changes.
 COREML_VERIFICATION_SCHEMA = 3
+# The heavy steps of an iOS build, with their expected peaks before one is measured (x fp32 size).
+SCREEN = HeavyStep("eager screen", 3.0)  # the fp32 model and its quantized copy
+# Measured 7.5-8.7 GB for Gemma 3 270M (1.07 GB): the traced fp32 graph plus its MIL copies.
+CONVERSION = HeavyStep("coreml conversion", 7.2, in_process=False, fixed=CHILD_LIBRARIES)
+SIMULATION = HeavyStep("coreml simulation", 2.0)
+HEAVY_STEPS = (SCREEN, CONVERSION, SIMULATION)
 
 
 @dataclass(frozen=True)
@@ -112,8 +119,7 @@ def cached_export(ctx: BuildContext, request: ExportRequest) -> CoreMLExport:
         ctx.reporter.say(f"converting to Core ML with coremltools {COREMLTOOLS_VERSION} in a child process")
         request_here = dataclasses.replace(request, out_dir=str(tmp))
         what = f"Core ML conversion of {ctx.ckpt.folder}"
-        # Measured: 7.5-8.7 GB for Gemma 3 270M (1.07 GB in fp32), traced fp32 graph plus its MIL copies.
-        with ctx.scheduler.heavy("coreml conversion", what, estimate=8.0, in_process=False) as claim:
+        with ctx.scheduler.step(CONVERSION, what) as claim:
             return CoreMLConversion.from_dict(run_child("targets.ios.convert", tmp, dataclasses.asdict(request_here),
                                                         what, claim))
 
@@ -143,7 +149,7 @@ def verified_package(ctx: BuildContext, export: CoreMLExport, compression: str, 
     def verify() -> VerificationResult:
         reference, eos_ids, tokenizer = ctx.reference, list(ctx.contract.eos_ids), ctx.hf_tokenizer
         ctx.reporter.say(f"simulating {name} in numpy ({reference.positions} golden positions, prefill + decode)")
-        with ctx.scheduler.heavy("coreml simulation", f"simulating {name}", estimate=2.0):
+        with ctx.scheduler.step(SIMULATION, f"simulating {name}"):
             return verify_package(export.package(compression), name, compression, gate, reference, eos_ids,
                                   tokenizer, export.conversion.max_context,
                                   export.conversion.sliding_window is not None, max_positions, executed)
@@ -171,7 +177,7 @@ def screened(ctx: BuildContext, compression: str) -> FidelityMetrics:
         reference = ctx.reference
         ctx.reporter.say(f"screening Core ML {compression}: transformers with its quantized weights on "
                          f"{reference.positions} golden positions")
-        with ctx.scheduler.heavy("eager screen", label, estimate=3.0):
+        with ctx.scheduler.step(SCREEN, label):
             return predict_fidelity(ctx.ckpt.folder, compression_named(compression), reference)
 
     return ctx.stage_cache.record("screen", digest, label, screen, encode=FidelityMetrics.as_dict,

@@ -24,6 +24,7 @@ from packager.errors import BadInputError
 from packager.escaping import slug
 from packager.ladder import rungs_to_build
 from packager.resources import copy_mobile_files
+from packager.scheduler import HeavyStep
 from packager.stage_cache import place_artifact
 from packager.stages import BuildContext
 from packager.target import HostCheckJob, ScaffoldCheck, TargetOption, TargetResult
@@ -40,7 +41,7 @@ from targets.ios.convert import (
     compression_named,
 )
 from targets.ios.layouts import COREML_LAYOUTS, coreml_layout
-from targets.ios.stages import CoreMLExport, cached_export, export_request, screened, verified_package
+from targets.ios.stages import HEAVY_STEPS, CoreMLExport, cached_export, export_request, screened, verified_package
 from targets.ios.swift_check import check_swift_files
 from targets.ios.verify import coreml_runtime_available
 
@@ -81,6 +82,8 @@ class IosTarget:
     # Seconds of a cold build of Gemma 3 270M with the example's eval set (measured 2026-12);
     # most of it: screens, Core ML conversion and two numpy simulations.
     expected_seconds: ClassVar[float] = 1000
+    # What it may run that holds much memory (packager.memory_plan adds up a build's need before it starts).
+    heavy_steps: ClassVar[tuple[HeavyStep, ...]] = HEAVY_STEPS
     # RAM budgets: the share of physical memory a model can count on there (packager.devices).
     devices: ClassVar[tuple[DeviceProfile, ...]] = (
         DeviceProfile("iphone-15-pro", "iPhone 15 Pro", 8, 0.40, "ios", "Core ML (ANE/GPU/CPU)",

@@ -1,0 +1,120 @@
+"""Random-weight checkpoints made from real model configs, to measure what a build costs at 1B and 4B.
+
+The weights are random (bf16, as the released checkpoints are stored), so these folders measure
+time and memory only, never fidelity. The tokenizer is the real Gemma 3 one, taken from the bundled
+example (the 1B and 4B models share it). Tensors are written one at a time into shards of at most
+1 GB, so making the 4B folder (7.8 GB) holds one tensor in memory, not the model.
+
+    .venv/bin/python benchmarks/scale_models.py gemma3-1b /tmp/gemma3-1b
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+_GEMMA3_TEXT: dict[str, Any] = {
+    "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "attention_bias": False,
+    "attention_dropout": 0.0, "attn_logit_softcapping": None, "final_logit_softcapping": None,
+    "bos_token_id": 2, "eos_token_id": [1, 106], "pad_token_id": 0, "head_dim": 256,
+    "hidden_activation": "gelu_pytorch_tanh", "initializer_range": 0.02, "query_pre_attn_scalar": 256,
+    "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000.0, "rope_theta": 1000000.0, "sliding_window_pattern": 6,
+    "tie_word_embeddings": True, "torch_dtype": "bfloat16", "use_cache": True,
+}
+
+# The published configs (google/gemma-3-1b-it; the text_config of google/gemma-3-4b-it), in the hub's format.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "gemma3-1b": {**_GEMMA3_TEXT, "hidden_size": 1152, "intermediate_size": 6912, "num_hidden_layers": 26,
+                  "num_attention_heads": 4, "num_key_value_heads": 1, "sliding_window": 512,
+                  "max_position_embeddings": 32768, "rope_scaling": None, "vocab_size": 262144},
+    "gemma3-4b": {**_GEMMA3_TEXT, "hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 34,
+                  "num_attention_heads": 8, "num_key_value_heads": 4, "sliding_window": 1024,
+                  "max_position_embeddings": 131072, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                  "vocab_size": 262208},
+}
+SHARD_BYTES = 1 << 30
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
+
+
+def tensor_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Every stored tensor's shape, from the model transformers builds for `config` on the meta device."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    hf_config = AutoConfig.for_model(**config)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config)
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}  # a tied head is listed once
+
+
+def _random(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    if len(shape) == 1:  # norm weights: Gemma scales by (1 + w), so small values keep activations sane
+        return (torch.randn(shape, generator=generator) * 0.05).to(torch.bfloat16)
+    return (torch.randn(shape, generator=generator) * 0.02).to(torch.bfloat16)
+
+
+def make_checkpoint(name: str, out: Path, seed: int = 0) -> Path:
+    """Write the random-weight checkpoint `name` (a key of CONFIGS) into `out`; reuse a complete one."""
+    from safetensors.torch import save_file
+
+    from packager.examples import bundled_example
+    from packager.progress import Reporter
+
+    config = CONFIGS[name]
+    if (out / "model.safetensors.index.json").is_file():
+        return out
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    example = bundled_example(Reporter(quiet=True))
+    for file in TOKENIZER_FILES:
+        if (example / file).is_file():
+            shutil.copy2(example / file, partial / file)
+    (partial / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    generator = torch.Generator().manual_seed(seed)
+    weight_map: dict[str, str] = {}
+    shard: dict[str, torch.Tensor] = {}
+    size = 0
+    shards = 0
+
+    def flush() -> None:
+        nonlocal shard, size, shards
+        if shard:
+            shards += 1
+            file = f"model-{shards:05d}.safetensors"
+            save_file(shard, str(partial / file), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(shard, file))
+        shard, size = {}, 0
+
+    for tensor_name, shape in tensor_shapes(config).items():
+        shard[tensor_name] = _random(shape, generator)
+        size += shard[tensor_name].numel() * 2
+        if size >= SHARD_BYTES:
+            flush()
+    flush()
+    (partial / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2) + "\n", encoding="utf-8")
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", choices=sorted(CONFIGS))
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args()
+    print(make_checkpoint(args.model, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

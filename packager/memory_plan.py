@@ -1,0 +1,81 @@
+"""What each target of a build will need in memory, known before the build starts.
+
+A target's build runs one heavy step at a time (an fp32 model, a screen, a conversion child) beside
+this process's own memory, so its peak is this process's base plus its largest step. A step's size
+is what this machine measured for that kind of step before (packager.scheduler.MeasuredCosts, as
+a multiple of the checkpoint's fp32 size), else the estimate the step declares. `edgepack doctor`
+shows these numbers; a build checks them first and stops at once, writing nothing, when a target
+cannot fit: under an explicit --max-ram when its need is larger, under the default budget only
+when a measured need is larger than the whole machine (an estimate alone is not grounds to refuse).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from packager.errors import UnsupportedError
+from packager.scheduler import GB, HeavyStep, Scheduler, host_memory
+from packager.target import heavy_steps
+
+if TYPE_CHECKING:
+    from packager.stages import BuildContext
+    from packager.target import Target
+
+
+@dataclass(frozen=True)
+class StepNeed:
+    """One heavy step's expected peak in bytes, and whether that is a measurement or an estimate."""
+
+    kind: str
+    bytes: int
+    measured: bool
+
+
+@dataclass(frozen=True)
+class TargetNeed:
+    """A target's expected peak: this process's base plus its largest step."""
+
+    target: str
+    base: int
+    largest: StepNeed
+
+    @property
+    def peak(self) -> int:
+        return self.base + self.largest.bytes
+
+    def describe(self) -> str:
+        source = "measured on this machine" if self.largest.measured else "estimated"
+        return (f"{self.target}: about {self.peak / GB:.1f} GB (its {self.largest.kind}, {source}: "
+                f"{self.largest.bytes / GB:.1f} GB, plus {self.base / GB:.1f} GB this process holds)")
+
+
+def step_need(scheduler: Scheduler, step: HeavyStep) -> StepNeed:
+    return StepNeed(step.kind, scheduler.expected(step.kind, step.estimate, step.fixed),
+                    scheduler.costs.peak_ratio(step.kind) is not None)
+
+
+def target_needs(ctx: BuildContext, targets: list[Target]) -> list[TargetNeed]:
+    """Each target's expected peak for this checkpoint and these options."""
+    shared = ctx.fp32_steps
+    needs = []
+    for target in targets:
+        steps = [step_need(ctx.scheduler, s) for s in (*shared, *heavy_steps(target))]
+        needs.append(TargetNeed(target.name, ctx.scheduler.base, max(steps, key=lambda s: s.bytes)))
+    return needs
+
+
+def check_fits(needs: list[TargetNeed], scheduler: Scheduler) -> list[str]:
+    """Raise UnsupportedError (exit 3) for targets that cannot fit; return warnings for those that may not."""
+    limit = scheduler.limit if scheduler.explicit else host_memory()
+    refused = [n for n in needs if n.peak > limit and (scheduler.explicit or n.largest.measured)]
+    if refused:
+        where = (f"the {limit / GB:.1f} GB --max-ram allows" if scheduler.explicit
+                 else f"this machine's {limit / GB:.1f} GB")
+        raise UnsupportedError(
+            f"not enough memory: {'; '.join(n.describe() for n in refused)} — more than {where}. Nothing was "
+            f"built. Leave out {', '.join('--target ' + n.target for n in refused)}, lower --context-length, "
+            f"{'raise --max-ram, ' if scheduler.explicit else ''}or build on a machine with more memory "
+            "(`edgepack doctor CHECKPOINT` shows each target's need).")
+    return [f"{n.describe()} may not fit in {limit / GB:.1f} GB; the build will try"
+            for n in needs if n.peak > limit]

@@ -1,0 +1,155 @@
+"""The source model in float32, for the reference logits, the eval baseline and settling disagreements.
+
+A model whose float32 weights are small is loaded whole. A larger one is built with its weights on
+the meta device, and each decoder block reads its own weights from the checkpoint (safetensors,
+cast to float32) just before it runs and drops them after: the same float32 arithmetic on the same
+numbers, with one block resident instead of the whole model. What stays resident is what every
+position needs: the embedding table (the head, when tied), the final norm, the rotary tables. For
+Gemma 3 4B that is 2.7 GB instead of 15.6 GB; the price is reading each block once per forward
+pass, which the reference (one pass per golden text) and the batched baseline (one pass per
+decoding step of a batch) pay a few hundred times at most.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from packager.checkpoint import Checkpoint
+from packager.safetensors_file import TensorEntry
+
+# Above this many bytes of float32 weights, decoder blocks are streamed (Gemma 3 270M: 1.07 GB, loaded whole).
+STREAM_ABOVE = 2 * 2**30
+
+
+def load_fp32_model(ckpt: Checkpoint, stream_above: int = STREAM_ABOVE) -> torch.nn.Module:
+    """The checkpoint as a float32 transformers model (local files only, no remote code)."""
+    if 4 * ckpt.parameter_count > stream_above:
+        streamed = _streamed_model(ckpt)
+        if streamed is not None:
+            return streamed
+    return _whole_model(ckpt)
+
+
+def resident_bytes(ckpt: Checkpoint, stream_above: int = STREAM_ABOVE) -> int:
+    """Float32 weight bytes that load_fp32_model keeps in memory at once: all of them for a small model;
+    for a streamed one, everything outside the decoder blocks plus the largest block."""
+    if 4 * ckpt.parameter_count <= stream_above:
+        return 4 * ckpt.parameter_count
+    blocks: dict[str, int] = defaultdict(int)
+    outside = 0
+    for name, entry in ckpt.tensors.items():
+        size = 4 * math.prod(entry.shape)
+        block = _block_of(name)
+        if block is None:
+            outside += size
+        else:
+            blocks[block] += size
+    return outside + max(blocks.values(), default=0)
+
+
+def _whole_model(ckpt: Checkpoint) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(ckpt.folder), dtype=torch.float32, trust_remote_code=False, local_files_only=True,
+        attn_implementation="eager",
+    )
+    return model.eval()
+
+
+def _block_of(name: str) -> str | None:
+    """'model.layers.7' for 'model.layers.7.mlp.up_proj.weight'; None outside the decoder blocks."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1):
+        if parts[i] == "layers" and parts[i + 1].isdigit():
+            return ".".join(parts[:i + 2])
+    return None
+
+
+def _streamed_model(ckpt: Checkpoint) -> torch.nn.Module | None:
+    """The model with its decoder blocks' weights read on demand; None when the checkpoint's tensor names
+    do not map onto the model's parameters one to one (then the caller loads it whole)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(ckpt.folder), trust_remote_code=False, local_files_only=True)
+    with init_empty_weights(include_buffers=False):  # parameters on meta, rotary tables and scales computed
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
+    model.tie_weights()  # from_pretrained ties a shared head; from_config leaves it a separate parameter
+    model.eval()
+    sources = _sources(model, ckpt.tensors)
+    if sources is None:
+        return None
+    by_block: dict[str, list[tuple[list[str], TensorEntry]]] = defaultdict(list)
+    for names, entry in sources:
+        block = _block_of(names[0])
+        if block is None:
+            _assign(model, names, _read([entry])[entry.name])
+        else:
+            by_block[block].append((names, entry))
+    for block_name, params in by_block.items():
+        block = model.get_submodule(block_name)
+        block.register_forward_pre_hook(_loader(model, params))
+        block.register_forward_hook(_unloader(model, params))
+    return model
+
+
+def _sources(model: torch.nn.Module, tensors: dict[str, TensorEntry]) -> list[tuple[list[str], TensorEntry]] | None:
+    """Each distinct parameter (all the names it goes by: a tied head shares the embedding's) with the
+    checkpoint tensor it is read from."""
+    groups: dict[int, list[str]] = defaultdict(list)
+    shapes: dict[int, tuple[int, ...]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups[id(param)].append(name)
+        shapes[id(param)] = tuple(param.shape)
+    sources = []
+    for key, names in groups.items():
+        stored = [n for n in names if n in tensors]
+        if not stored or tensors[stored[0]].shape != shapes[key]:
+            return None
+        sources.append((names, tensors[stored[0]]))
+    if len(sources) != len({entry.name for _, entry in sources}) or len(sources) < len(tensors):
+        return None  # a tensor read twice, or one the model does not use: not the layout we understand
+    return sources
+
+
+def _read(entries: list[TensorEntry]) -> dict[str, torch.Tensor]:
+    """The tensors as float32, each file opened once and closed after (no mapping outlives the read)."""
+    from safetensors import safe_open
+
+    by_file: dict[Path, list[TensorEntry]] = defaultdict(list)
+    for entry in entries:
+        by_file[entry.file].append(entry)
+    out = {}
+    for file, group in by_file.items():
+        with safe_open(str(file), framework="pt") as fh:
+            for entry in group:
+                out[entry.name] = fh.get_tensor(entry.name).to(torch.float32)
+    return out
+
+
+def _assign(model: torch.nn.Module, names: list[str], tensor: torch.Tensor) -> None:
+    param = torch.nn.Parameter(tensor, requires_grad=False)
+    for name in names:
+        owner, _, leaf = name.rpartition(".")
+        model.get_submodule(owner)._parameters[leaf] = param
+
+
+def _loader(model: torch.nn.Module, params: list[tuple[list[str], TensorEntry]]) -> Any:
+    def load(_module: torch.nn.Module, _args: Any) -> None:
+        tensors = _read([entry for _, entry in params])
+        for names, entry in params:
+            _assign(model, names, tensors[entry.name])
+    return load
+
+
+def _unloader(model: torch.nn.Module, params: list[tuple[list[str], TensorEntry]]) -> Any:
+    def unload(_module: torch.nn.Module, _args: Any, _output: Any) -> None:
+        for names, entry in params:
+            _assign(model, names, torch.empty(entry.shape, device="meta"))
+    return unload

@@ -1,0 +1,80 @@
+"""A build knows each target's memory need before it starts, and stops at once when one cannot fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from packager.errors import ExitCode, UnsupportedError
+from packager.memory_plan import TargetNeed, check_fits, step_need
+from packager.peak_memory import vm_rss_kb
+from packager.progress import Reporter
+from packager.scheduler import GB, LEARN_MIN_SCALE, HeavyStep, MeasuredCosts, Scheduler
+from tests.cli_helpers import edgepack
+
+CONVERSION = HeavyStep("conversion", 2.0, in_process=False, fixed=GB)
+
+
+def _scheduler(tmp_path: Path, limit_gb: float, explicit: bool, scale: int = GB) -> Scheduler:
+    scheduler = Scheduler(jobs=2, limit=int(limit_gb * GB), explicit=explicit, scale=scale,
+                          reporter=Reporter(quiet=True), costs=MeasuredCosts(tmp_path / "costs.json"))
+    scheduler.base = GB // 2
+    return scheduler
+
+
+def test_a_step_is_its_fixed_part_plus_its_ratio_and_a_measurement_replaces_the_estimate(tmp_path: Path) -> None:
+    scheduler = _scheduler(tmp_path, 20, explicit=False)
+    estimated = step_need(scheduler, CONVERSION)
+    assert estimated.bytes == 3 * GB and not estimated.measured
+    scheduler.costs.learn_peak("conversion", 4.5)
+    measured = step_need(scheduler, CONVERSION)
+    assert measured.bytes == int(5.5 * GB) and measured.measured
+    assert TargetNeed("ios", scheduler.base, measured).peak == 6 * GB
+
+
+def test_under_max_ram_a_target_that_cannot_fit_is_refused_by_name_before_anything_runs(tmp_path: Path) -> None:
+    scheduler = _scheduler(tmp_path, 2, explicit=True)
+    small = TargetNeed("raspberry-pi", scheduler.base, step_need(scheduler, HeavyStep("fp32 reference", 1.0)))
+    large = TargetNeed("ios", scheduler.base, step_need(scheduler, CONVERSION))
+    assert check_fits([small], scheduler) == []
+    with pytest.raises(UnsupportedError) as caught:
+        check_fits([small, large], scheduler)
+    message = caught.value.message
+    assert "ios: about 3.5 GB" in message and "raspberry-pi" not in message.split("Nothing was built")[0]
+    assert "--target ios" in message and "--max-ram" in message
+
+
+def test_under_the_default_budget_only_a_measured_need_beyond_the_machine_is_refused(tmp_path: Path) -> None:
+    scheduler = _scheduler(tmp_path, 20, explicit=False, scale=1000 * GB)  # a model far too large for any host
+    estimated = TargetNeed("ios", scheduler.base, step_need(scheduler, CONVERSION))
+    warnings = check_fits([estimated], scheduler)
+    assert len(warnings) == 1 and "may not fit" in warnings[0]  # an estimate alone: warn, try
+    scheduler.costs.learn_peak("conversion", 2.0)
+    with pytest.raises(UnsupportedError):
+        check_fits([TargetNeed("ios", scheduler.base, step_need(scheduler, CONVERSION))], scheduler)
+
+
+def test_a_tiny_models_conversion_teaches_nothing_about_real_ones(tmp_path: Path) -> None:
+    for scale, learns in ((LEARN_MIN_SCALE // 4, False), (LEARN_MIN_SCALE, True)):
+        scheduler = _scheduler(tmp_path / str(scale), 100, explicit=False, scale=scale)
+        with scheduler.step(CONVERSION, "conversion") as claim:
+            claim.measured_peak = GB + scale  # 1 GB of libraries + one fp32 copy
+        learned = scheduler.costs.peak_ratio("conversion")
+        assert (learned == pytest.approx(1.0)) if learns else learned is None
+
+
+
+def test_a_build_that_cannot_fit_stops_at_once_with_exit_3_and_writes_nothing(
+        tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ios declares a conversion child with 1 GB of libraries; raspberry-pi only the fp32 reference (0.5 GB + model).
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EDGEPACK_CACHE", str(cache))
+    limit = f"{(vm_rss_kb() * 1024 + int(0.8 * GB)) // 2**20}M"  # this process + 0.8 GB: the reference fits
+    result = edgepack("build", tiny_llama, "--target", "raspberry-pi", "--target", "ios", "--out", tmp_path / "out",
+                      "--max-ram", limit, "--json")
+    assert result.exit_code == ExitCode.UNSUPPORTED, result.stdout
+    message = result.json()["message"]
+    assert "ios: about" in message and "coreml conversion" in message and "--target ios" in message
+    assert "raspberry-pi: about" not in message
+    assert not (tmp_path / "out").exists() and not (cache / "reference").exists()  # stopped before any stage
