@@ -63,19 +63,31 @@ def tree_rss_bytes(root: int) -> int:
     return sum(vm_rss_kb(pid) for pid in [root, *descendants(root=root)]) * 1024
 
 
-def timed_build(worktree: Path, cache: Path, out: Path, extra: list[str], kind: str, log: Path) -> BuildRun:
-    """Run one build of the example in `worktree` and measure it."""
-    command = [sys.executable, "-m", "packager.cli", "build", "--target", "all", "--force", "--out", str(out), *extra]
-    env = {**os.environ, "PYTHONPATH": str(worktree), "EDGEPACK_CACHE": str(cache)}
+@dataclass
+class Measured:
+    """One command's exit code, wall and CPU time, largest process, whole-tree memory and host load."""
+
+    exit_code: int
+    wall_s: float
+    cpu_s: float
+    peak_rss_gb: float
+    tree_rss_max_gb: float
+    load_avg_before: float
+    load_avg_max: float
+
+
+def measure(command: list[str], cwd: Path, env: dict[str, str], log: Path, title: str) -> Measured:
+    """Run `command` as a child of this small process, its output appended to `log`, and measure it:
+    wait4 gives its wall time, CPU time (with every child it waited for) and the largest single process;
+    the whole process tree's resident memory is summed every 2 s and the load average read every 6 s."""
     loads = [_load_average()]
     tree_peak = [0]
     done = threading.Event()
     start = time.perf_counter()
     with log.open("a", encoding="utf-8") as sink:
-        sink.write(f"\n=== {kind}: {' '.join(command)}\n")
+        sink.write(f"\n=== {title}: {' '.join(command)}\n")
         sink.flush()
-        proc = subprocess.Popen(command, cwd=worktree / "examples" / "intent-classifier", env=env,
-                                stdout=sink, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT)
 
         def sample() -> None:
             ticks = 0
@@ -89,11 +101,19 @@ def timed_build(worktree: Path, cache: Path, out: Path, extra: list[str], kind: 
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     done.set()
+    return Measured(os.waitstatus_to_exitcode(status), round(wall, 1), round(usage.ru_utime + usage.ru_stime, 1),
+                    round(usage.ru_maxrss / 2**20, 2), round(tree_peak[0] / 2**30, 2), loads[0], max(loads))
+
+
+def timed_build(worktree: Path, cache: Path, out: Path, extra: list[str], kind: str, log: Path) -> BuildRun:
+    """Run one build of the example in `worktree` and measure it."""
+    command = [sys.executable, "-m", "packager.cli", "build", "--target", "all", "--force", "--out", str(out), *extra]
+    env = {**os.environ, "PYTHONPATH": str(worktree), "EDGEPACK_CACHE": str(cache)}
+    m = measure(command, worktree / "examples" / "intent-classifier", env, log, kind)
     manifest = out / "manifest.json"
     stages = json.loads(manifest.read_text())["stages"] if manifest.is_file() else []
-    return BuildRun(kind, os.waitstatus_to_exitcode(status), round(wall, 1),
-                    round(usage.ru_utime + usage.ru_stime, 1), round(usage.ru_maxrss / 2**20, 2),
-                    loads[0], max(loads), round(tree_peak[0] / 2**30, 2), stages)
+    return BuildRun(kind, m.exit_code, m.wall_s, m.cpu_s, m.peak_rss_gb, m.load_avg_before, m.load_avg_max,
+                    m.tree_rss_max_gb, stages)
 
 
 def bench_commit(commit: str, scratch: Path) -> dict:
@@ -138,13 +158,14 @@ def markdown(results: list[dict]) -> str:
     return "\n".join([*lines, "", END_MARKER])
 
 
-def write_docs(section: str, docs: Path) -> None:
+def write_section(docs: Path, section: str, start: str, end: str, heading: str) -> None:
+    """Replace the text between the markers in `docs` (or append it under `heading`)."""
     text = docs.read_text(encoding="utf-8")
-    if START_MARKER in text:
-        head, rest = text.split(START_MARKER, 1)
-        text = head + section + rest.split(END_MARKER, 1)[1]
+    if start in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
     else:
-        text = text.rstrip("\n") + "\n\n## The main command, whole build\n\n" + section + "\n"
+        text = text.rstrip("\n") + f"\n\n## {heading}\n\n" + section + "\n"
     docs.write_text(text, encoding="utf-8")
 
 
@@ -166,7 +187,7 @@ def main() -> int:
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
-    write_docs(markdown(results), args.docs)
+    write_section(args.docs, markdown(results), START_MARKER, END_MARKER, "The main command, whole build")
     return 0 if all(r["exit_code"] == 0 for res in results for r in res["runs"]) else 1
 
 

@@ -20,6 +20,7 @@ from packager.errors import InternalError
 from packager.fingerprint import cache_root, options_digest
 from packager.formats.gguf_quantize import quantize_gguf
 from packager.formats.gguf_writer import NUMPY_TYPES, WRITER_VERSION, write_gguf
+from packager.gguf_ladder import GgufChoice, choose_gguf, ladder_from
 from packager.once import OnceMap, once_property
 from packager.progress import Reporter
 from packager.scheduler import HeavyStep, Scheduler, scheduler_for
@@ -108,6 +109,7 @@ class BuildContext:
         self.golden: GoldenSet = load_golden()
         self._verified: OnceMap[VerificationResult] = OnceMap()
         self._ggufs: OnceMap[CachedEntry[GgufFile]] = OnceMap()
+        self._gguf_choices: OnceMap[GgufChoice] = OnceMap()
         self._tokenizers = threading.local()
 
     @property
@@ -232,6 +234,26 @@ class BuildContext:
         return compute_reference(self.ckpt, self.golden, self.ckpt_digest, self.contract.eos_ids, self.stage_cache,
                                  self.reporter.percent("reference logits (fp32)"),
                                  lambda: self.scheduler.step(self._fp32_step("fp32 reference"), "the fp32 reference"))
+
+    def chosen_gguf(self, target: Target) -> GgufChoice:
+        """The GGUF type `target` ships, its file and verification (packager.gguf_ladder): --quant as given;
+        else the first rung up from the target's default that passes every gate (under --no-gate, the
+        default itself). Targets that start from the same type share one walk."""
+        start = self.options.gguf_quant(target)
+        rungs = (start,) if self.options.quant or self.options.no_gate else ladder_from(start)
+        walked_here = []
+
+        def walk() -> GgufChoice:
+            walked_here.append(True)
+            return choose_gguf(rungs, self._built_and_verified, explicit=bool(self.options.quant))
+
+        choice = self._gguf_choices.get(" ".join(rungs), walk)
+        if not walked_here:  # another target walked it (or is walking it, and this one waited)
+            self.reporter.stage(f"gguf {choice.quant}", True, 0.0, "shared stage, already built in this build")
+        return choice
+
+    def _built_and_verified(self, quant: str) -> tuple[Path, VerificationResult]:
+        return self.gguf(quant), self.verify_gguf(quant, f"model-{quant}.gguf")
 
     def gguf(self, quant: str) -> Path:
         """Return the cached GGUF of this checkpoint in `quant`, building F16 first when needed."""

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+
+from packager.errors import ExitCode
+from packager.gguf_ladder import choose_gguf, ladder_from
 from packager.ladder import rungs_to_build
+from packager.verify.result import VerificationResult
+from tests.cli_helpers import edgepack
 
 LADDER = ("int4", "int4-mixed", "int6", "int8")  # smallest first; the last ships whatever its gate says
 
@@ -33,3 +42,50 @@ def test_when_every_screen_passes_the_smallest_rung_is_built_first() -> None:
 
 def test_a_ladder_of_one_rung_screens_nothing() -> None:
     assert rungs_to_build(("fp16",), lambda rung: ["never called"]) == (["fp16"], [])
+
+
+# ---------------------------------------------------------------------------------------------
+# The GGUF ladder: without --quant, the smallest GGUF type that passes every gate ships.
+
+
+def _result(quant: str, passing: set[str]) -> VerificationResult:
+    return VerificationResult(artifact=f"model-{quant}.gguf", format="gguf", quant=quant, level="executed",
+                              runtime="llama.cpp",
+                              failures=[] if quant in passing else [f"{quant}: top-1 below the gate"])
+
+
+def test_the_first_passing_rung_ships_and_every_rung_below_it_says_why_it_was_rejected() -> None:
+    verified: list[str] = []
+
+    def verify(quant: str) -> tuple[Path, VerificationResult]:
+        verified.append(quant)
+        return Path(f"model-{quant}.gguf"), _result(quant, passing={"Q6_K", "Q8_0"})
+
+    choice = choose_gguf(ladder_from("Q4_K_M"), verify)
+    assert choice.quant == "Q6_K" and verified == ["Q4_K_M", "Q5_K_M", "Q6_K"] and choice.verification.passed
+    assert [r.quant for r in choice.tried] == verified
+    assert [n.split(" rejected")[0] for n in choice.notes()] == ["GGUF ladder: Q4_K_M", "GGUF ladder: Q5_K_M"]
+    assert choice.as_dict()["ladder"][0]["rejected_because"] == ["Q4_K_M: top-1 below the gate"]
+
+
+def test_when_no_rung_passes_the_last_ships_its_failure() -> None:
+    choice = choose_gguf(ladder_from("Q5_K_M"), lambda q: (Path(q), _result(q, passing=set())))
+    assert choice.quant == "Q8_0" and not choice.verification.passed and len(choice.tried) == 3
+    assert ladder_from("F16") == ("F16",)  # a type off the ladder is built alone
+
+
+def test_a_default_build_climbs_to_a_passing_gguf_and_an_explicit_quant_fails_as_asked(
+        tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEPACK_CACHE", str(tmp_path / "cache"))
+    # Tiny random Llama: llama.cpp's Q4_K_M and Q5_K_M miss the fidelity gate, Q6_K passes (measured).
+    ok = edgepack("build", tiny_llama, "--target", "raspberry-pi", "--target", "react-native", "--out",
+                  tmp_path / "out", "--json")
+    assert ok.exit_code == 0, ok.stderr
+    shipped = json.loads((tmp_path / "out" / "raspberry-pi" / "edgepack.json").read_text())
+    ladder = shipped["gguf_choice"]["ladder"]
+    assert [r["quant"] for r in ladder] == ["Q4_K_M", "Q5_K_M", "Q6_K"] and shipped["model"]["quant"] == "Q6_K"
+    assert all(r["rejected_because"] for r in ladder[:-1]) and not ladder[-1]["rejected_because"]
+    assert "GGUF ladder: Q4_K_M rejected (top-1" in (tmp_path / "out" / "report.md").read_text()
+    assert json.loads((tmp_path / "out" / "react-native" / "edgepack.json").read_text())["model"]["quant"] == "Q6_K"
+    asked = edgepack("build", tiny_llama, "--target", "raspberry-pi", "--out", tmp_path / "asked", "--quant", "Q4_K_M")
+    assert asked.exit_code == ExitCode.GATE_FAILED and not (tmp_path / "asked").exists()

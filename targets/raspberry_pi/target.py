@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -47,11 +48,12 @@ class RaspberryPiTarget:
         return writes_architecture(spec)
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
-        quant = ctx.options.gguf_quant(self)
+        choice = ctx.chosen_gguf(self)
+        quant = choice.quant
         gguf_file = f"model-{quant}.gguf"
         out_dir.mkdir(parents=True, exist_ok=True)
-        place_artifact(ctx.gguf(quant), out_dir / gguf_file)
-        verification = ctx.verify_gguf(quant, f"{self.name}/{gguf_file}")
+        place_artifact(choice.file, out_dir / gguf_file)
+        verification = dataclasses.replace(choice.verification, artifact=f"{self.name}/{gguf_file}")
 
         model_name = ctx.options.name or ctx.ckpt.name
         context_length = ctx.context_length
@@ -80,7 +82,8 @@ class RaspberryPiTarget:
             out_dir, self,
             {"model": {"name": model_name, "file": gguf_file, "format": "gguf", "quant": quant,
                        "context_length": context_length},
-             "contract": contract.as_dict()},
+             "contract": contract.as_dict(), "gguf_choice": choice.as_dict()},
             [verification], checks,
-            notes=["Raspberry Pi numbers in this report were measured on the build host (x86-64), not on a Pi."],
+            notes=[*choice.notes(),
+                   "Raspberry Pi numbers in this report were measured on the build host (x86-64), not on a Pi."],
         )

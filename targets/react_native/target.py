@@ -9,6 +9,7 @@ scripts/llama_rn_support.py).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from dataclasses import dataclass, field
@@ -241,15 +242,16 @@ class ReactNativeTarget:
         return writes_architecture(spec)
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
-        quant = ctx.options.gguf_quant(self)
+        choice = ctx.chosen_gguf(self)
+        quant = choice.quant
         gguf_file = f"model-{quant}.gguf"
         table = support_table()
-        source = ctx.gguf(quant)
+        source = choice.file
         contract = ctx.contract
         facts = check_llama_rn_support(source, f"{self.name}/{gguf_file}", contract, table)
         out_dir.mkdir(parents=True, exist_ok=True)
         place_artifact(source, out_dir / gguf_file)
-        verification = ctx.verify_gguf(quant, f"{self.name}/{gguf_file}")
+        verification = dataclasses.replace(choice.verification, artifact=f"{self.name}/{gguf_file}")
 
         model_name = ctx.options.name or ctx.ckpt.name
         context_length = ctx.context_length
@@ -285,10 +287,11 @@ class ReactNativeTarget:
             out_dir, self,
             {"model": {"name": model_name, "file": gguf_file, "format": "gguf", "quant": quant,
                        "context_length": context_length, "sha256": gguf_entry["sha256"], "bytes": gguf_entry["bytes"]},
-             "contract": contract.as_dict(),
+             "contract": contract.as_dict(), "gguf_choice": choice.as_dict(),
              "llama_rn": {"version": table["llama.rn"], "llama_cpp": table["llama.cpp"], **facts.as_dict()}},
             [verification], checks, listed=listed,
             notes=[
+                *choice.notes(),
                 f"React Native: the GGUF was verified in the build host's llama.cpp; on the phone it runs in "
                 f"llama.rn {table['llama.rn']}, which bundles llama.cpp {table['llama.cpp']['build']}. Its "
                 "architecture, pre-tokenizer, BOS flag and end-of-generation tokens were checked against that "

@@ -158,7 +158,8 @@ class WebTarget:
         out_dir.mkdir(parents=True, exist_ok=True)
         model_name = ctx.options.name or ctx.ckpt.name
         context_length = ctx.context_length
-        quant = ctx.options.gguf_quant(self)
+        choice = ctx.chosen_gguf(self) if "wllama" in runtimes else None
+        quant = choice.quant if choice else ctx.options.gguf_quant(self)
         manifest_runtimes: dict[str, Any] = {}
         verifications: list[VerificationResult] = []
         notes: list[str] = []
@@ -166,7 +167,7 @@ class WebTarget:
         variants: list[WebLLMVariant] = []
 
         if "wllama" in runtimes:
-            model_files = self._place_gguf(ctx, out_dir, quant)
+            model_files = self._place_gguf(ctx, out_dir, choice.file, quant)
             vendor.copy_runtime(WLLAMA, out_dir / "vendor" / "wllama")
             manifest_runtimes["wllama"] = {
                 "version": vendor.version(WLLAMA),
@@ -177,7 +178,7 @@ class WebTarget:
                 "quant": quant,
                 "model_files": model_files,
             }
-            verifications.append(ctx.verify_gguf(quant, f"{self.name}/{model_files[0]}"))
+            verifications.append(dataclasses.replace(choice.verification, artifact=f"{self.name}/{model_files[0]}"))
         if "webllm" in runtimes:
             vendor.copy_runtime(WEBLLM, out_dir / "vendor" / "web-llm")
             variants = self._write_webllm(ctx, out_dir, model_name, min(context_length, WEBLLM_MAX_CONTEXT))
@@ -227,13 +228,15 @@ class WebTarget:
         # The page reads edgepack.json when it runs in the browser check: a first one without verifications.
         listed = list_bundle(out_dir)
         sections = {"model": {"name": model_name, "context_length": context_length, "quant": quant},
-                    "runtimes": manifest_runtimes, "contract": contract.as_dict()}
+                    "runtimes": manifest_runtimes, "contract": contract.as_dict(),
+                    **({"gguf_choice": choice.as_dict()} if choice else {})}
+        notes += choice.notes() if choice else []
         manifest = bundle_document(self, sections, listed, [], None)
         write_document(listed, manifest)
 
         extra: dict[str, Any] = {}
         if "wllama" in runtimes:
-            result, measurement = self._verify_wllama(ctx, out_dir, manifest, quant)
+            result, measurement = self._verify_wllama(ctx, out_dir, manifest, choice.file, quant)
             verifications.append(result)
             if measurement is not None:
                 notes.append(measurement.summary())
@@ -251,9 +254,8 @@ class WebTarget:
 
     # -- wllama ---------------------------------------------------------------------------------
 
-    def _place_gguf(self, ctx: BuildContext, out_dir: Path, quant: str) -> list[str]:
+    def _place_gguf(self, ctx: BuildContext, out_dir: Path, source: Path, quant: str) -> list[str]:
         """Put the shared GGUF into model/, split into gguf-split parts when it exceeds 512 MB."""
-        source = ctx.gguf(quant)
         folder = out_dir / "model"
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"model-{quant}"
@@ -266,7 +268,7 @@ class WebTarget:
         ctx.reporter.stage(f"split gguf {quant}", False, time.perf_counter() - start, f"{len(parts)} parts")
         return [f"model/{p.name}" for p in staged]
 
-    def _verify_wllama(self, ctx: BuildContext, out_dir: Path, manifest: dict[str, Any],
+    def _verify_wllama(self, ctx: BuildContext, out_dir: Path, manifest: dict[str, Any], gguf: Path,
                        quant: str) -> tuple[VerificationResult, BrowserMeasurement | None]:
         artifact = f"{self.name}/index.html"  # the page that ran (with model/ and vendor/wllama/)
         ships = [f"{self.name}/model", f"{self.name}/vendor/wllama"]  # what a browser downloads
@@ -279,7 +281,6 @@ class WebTarget:
             )
             result.ships = ships
             return result, None
-        gguf = ctx.gguf(quant)
 
         def run() -> BrowserRun:
             ctx.reporter.say("running the web bundle in headless Chromium")

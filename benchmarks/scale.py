@@ -1,0 +1,153 @@
+"""Benchmark what one target's build costs as the model grows: 270M (real), 1B and 4B (random weights).
+
+    .venv/bin/python benchmarks/scale.py --model gemma3-1b --target raspberry-pi --commit 4c9746f --commit HEAD
+
+For each commit (a detached worktree) and model, each target is built alone with an empty stage
+cache and `--no-gate` (random weights measure cost, never fidelity), as a child of this small
+process: wall time, CPU time, the largest single process and the whole process tree's resident
+memory (benchmarks/whole_build.measure), the host's load average, the artifact sizes, and what
+`edgepack doctor` predicted for that target before the build (when the commit's doctor predicts).
+Random-weight checkpoints are made once into --models (benchmarks/scale_models.py). Results go to
+benchmarks/results/scale-<commit>.json and the section between the scale markers in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.scale_models import CONFIGS, make_checkpoint  # noqa: E402
+from benchmarks.whole_build import measure, write_section  # noqa: E402
+
+START_MARKER = "<!-- scale:start -->"
+END_MARKER = "<!-- scale:end -->"
+REAL = "gemma3-270m"
+
+
+@dataclass
+class TargetCost:
+    """One target built alone from an empty cache."""
+
+    commit: str
+    model: str
+    target: str
+    exit_code: int
+    wall_s: float
+    cpu_s: float
+    peak_rss_gb: float
+    tree_rss_max_gb: float
+    load_avg_before: float
+    load_avg_max: float
+    predicted_gb: float | None  # edgepack doctor's prediction for this target, before the build
+    artifacts: dict[str, float]  # artifact -> MB
+
+
+def checkpoint(model: str, models: Path) -> Path:
+    if model == REAL:
+        from packager.examples import bundled_example
+        from packager.progress import Reporter
+
+        return bundled_example(Reporter(quiet=True))
+    return make_checkpoint(model, models / model)
+
+
+def predicted(worktree: Path, env: dict[str, str], ckpt: Path, target: str) -> float | None:
+    """What this commit's `edgepack doctor` predicts for the target (None: its doctor does not predict)."""
+    done = subprocess.run([sys.executable, "-m", "packager.cli", "doctor", str(ckpt), "--json"], cwd=worktree, env=env,
+                          capture_output=True, text=True, check=False)
+    try:
+        rows = json.loads(done.stdout).get("build_ram", [])
+    except ValueError:
+        return None
+    return next((row["peak_gb"] for row in rows if row["target"] == target), None)
+
+
+def build_target(commit: str, worktree: Path, scratch: Path, model: str, ckpt: Path, target: str) -> TargetCost:
+    cache, out = scratch / f"cache-{commit}-{model}-{target}", scratch / f"out-{commit}-{model}-{target}"
+    env = {**os.environ, "PYTHONPATH": str(worktree), "EDGEPACK_CACHE": str(cache)}
+    guess = predicted(worktree, env, ckpt, target)
+    command = [sys.executable, "-m", "packager.cli", "build", str(ckpt), "--target", target, "--no-gate", "--force",
+               "--out", str(out)]
+    m = measure(command, worktree, env, scratch / f"build-{commit}.log", f"{model} {target}")
+    sizes = artifact_sizes(out / target)
+    shutil.rmtree(cache, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    return TargetCost(commit, model, target, m.exit_code, m.wall_s, m.cpu_s, m.peak_rss_gb, m.tree_rss_max_gb,
+                      m.load_avg_before, m.load_avg_max, guess, sizes)
+
+
+MODEL_SUFFIXES = (".gguf", ".pte", ".ptd", ".mlpackage")
+
+
+def artifact_sizes(folder: Path) -> dict[str, float]:
+    """MB of each model file (or .mlpackage folder) the target wrote."""
+    sizes = {}
+    for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
+        if path.suffix in MODEL_SUFFIXES and not any(p.suffix == ".mlpackage" for p in path.parents):
+            files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+            sizes[str(path.relative_to(folder))] = round(sum(f.stat().st_size for f in files) / 2**20, 1)
+    return sizes
+
+
+def markdown(costs: list[TargetCost]) -> str:
+    lines = [START_MARKER, "", "| commit | model | target | exit | wall s | CPU s | largest process GB | whole tree GB "
+             "| doctor predicted GB | load avg | artifacts (MB) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in costs:
+        guess = f"{c.predicted_gb:.1f}" if c.predicted_gb is not None else "-"
+        sizes = ", ".join(f"{name} {mb:.0f}" for name, mb in c.artifacts.items()) or "-"
+        lines.append(f"| {c.commit} | {c.model} | {c.target} | {c.exit_code} | {c.wall_s:.0f} | {c.cpu_s:.0f} | "
+                     f"{c.peak_rss_gb:.1f} | {c.tree_rss_max_gb:.1f} | {guess} | "
+                     f"{c.load_avg_before:.1f}-{c.load_avg_max:.1f} | {sizes} |")
+    return "\n".join([*lines, "", END_MARKER])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", choices=[REAL, *sorted(CONFIGS)], required=True)
+    parser.add_argument("--target", action="append", required=True)
+    parser.add_argument("--commit", action="append", default=None, help="commit to measure (repeatable; default HEAD)")
+    parser.add_argument("--models", type=Path, default=Path(tempfile.gettempdir()) / "edgepack-scale-models",
+                        help="where the random-weight checkpoints are made (kept for the next run)")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="edgepack-scale-"))
+    costs: list[TargetCost] = []
+    try:
+        checkpoints = {model: checkpoint(model, args.models) for model in args.model}
+        for commit in args.commit or ["HEAD"]:
+            sha = subprocess.check_output(["git", "-C", str(ROOT), "rev-parse", "--short", commit], text=True).strip()
+            worktree = scratch / f"tree-{sha}"
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), sha], check=True,
+                           capture_output=True)
+            try:
+                for model, ckpt in checkpoints.items():
+                    for target in args.target:
+                        cost = build_target(sha, worktree, scratch, model, ckpt, target)
+                        print(f"{sha} {model} {target}: exit {cost.exit_code}, {cost.wall_s:.0f} s, largest process "
+                              f"{cost.peak_rss_gb:.1f} GB, tree {cost.tree_rss_max_gb:.1f} GB, predicted "
+                              f"{cost.predicted_gb}", file=sys.stderr, flush=True)
+                        costs.append(cost)
+            finally:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], check=False)
+            result = ROOT / "benchmarks" / "results" / f"scale-{sha}.json"
+            result.parent.mkdir(exist_ok=True)
+            result.write_text(json.dumps([asdict(c) for c in costs if c.commit == sha], indent=2) + "\n",
+                              encoding="utf-8")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    write_section(args.docs, markdown(costs), START_MARKER, END_MARKER, "Scale: one target's build, 270M to 4B")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
