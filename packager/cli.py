@@ -247,6 +247,9 @@ class _BuildCommand(_Command):
 @click.option("--constrained", is_flag=True, help="Constrain decoding to the labels (GBNF) where the runtime can.")
 @click.option("--max-accuracy-drop", type=float, default=None,
               help="Task gate: allowed accuracy drop vs the fp32 model (default 0.02).")
+@click.option("--strict-fidelity", is_flag=True,
+              help="With an eval set, fail on the fidelity gate too (default: the task gate decides and a "
+                   "fidelity miss is a warning).")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="An edgepack.toml to read (default: ./edgepack.toml when no CHECKPOINT is given).")
 @click.option("--device", "device_name", default=None,
@@ -259,7 +262,7 @@ def build(checkpoint: Path | None, targets: tuple[str, ...], quant: str | None, 
           base: Path | None, name: str | None, context_length: int | None, allow_pickle: bool, force: bool,
           no_gate: bool, as_json: bool, quiet: bool, eval_path: Path | None,
           task_kind: str | None, labels: str | None, json_schema: Path | None, prompt_template: str | None,
-          constrained: bool, max_accuracy_drop: float | None, device_name: str | None,
+          constrained: bool, max_accuracy_drop: float | None, strict_fidelity: bool, device_name: str | None,
           config_path: Path | None, jobs: int | None, max_ram: str | None, **target_flags: Any) -> None:
     """Build CHECKPOINT (a Hugging Face folder or a PEFT adapter) for the chosen targets.
 
@@ -283,7 +286,7 @@ def build(checkpoint: Path | None, targets: tuple[str, ...], quant: str | None, 
     request = build_request(BuildFlags(
         checkpoint=checkpoint, targets=targets, quant=quant, out=out, base=base, name=name,
         context_length=context_length, allow_pickle=allow_pickle, force=force, no_gate=no_gate,
-        eval_path=eval_path, task=task, max_accuracy_drop=max_accuracy_drop,
+        eval_path=eval_path, task=task, max_accuracy_drop=max_accuracy_drop, strict_fidelity=strict_fidelity,
         device=device_name, config=config_path, target_options=_given_target_options(target_flags),
         jobs=jobs, max_ram=max_ram,
     ), reporter)

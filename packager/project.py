@@ -49,6 +49,7 @@ class BuildFlags:
     eval_path: Path | None = None
     task: dict[str, Any] = field(default_factory=dict)
     max_accuracy_drop: float | None = None
+    strict_fidelity: bool = False
     device: str | None = None
     config: Path | None = None
     jobs: int | None = None
@@ -197,7 +198,9 @@ def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None
     task.update(flags.task)
     gate_cfg = config.get("gate", {})
     drop = flags.max_accuracy_drop if flags.max_accuracy_drop is not None else gate_cfg.get("max_accuracy_drop", 0.02)
-    task_gate = TaskGate(max_accuracy_drop=float(drop), min_validity=float(gate_cfg.get("min_validity", 1.0)))
+    strict = flags.strict_fidelity or bool(gate_cfg.get("strict_fidelity", False))
+    task_gate = TaskGate(max_accuracy_drop=float(drop), min_validity=float(gate_cfg.get("min_validity", 1.0)),
+                         decides=eval_path is not None and not strict)
     options = BuildOptions(
         quant=canonical_quant(q) if (q := flags.quant or build.get("quant")) else None,
         context_length=_context_length(flags.context_length, build, root / CONFIG_NAME),

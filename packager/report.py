@@ -34,6 +34,7 @@ def verification_rows(results: list[TargetResult]) -> list[dict[str, Any]]:
                 "task": v.task.as_dict() if v.task else None,
                 "passed": v.passed,
                 "failures": v.failures,
+                "warnings": v.warnings,
             }))
     return rows
 
@@ -64,6 +65,8 @@ def verification_table(results: list[TargetResult]) -> str:
         tok = {True: "identical", False: "DIFFERS", None: "n/a"}[r["tokenizer"]]
         greedy = {True: "yes", False: "no", None: "n/a"}[r["greedy_match"]]
         gate = "pass" if r["passed"] else "FAIL: " + "; ".join(r["failures"])
+        if r["warnings"]:
+            gate += " (task gate decided; fidelity below its gate: " + "; ".join(r["warnings"]) + ")"
         lines.append(
             f"| {r['target']} | {r['artifact']} | {r['level']} | {_fmt(r['top1'])} | {_fmt(r['top1_decisive'])} "
             f"| {_fmt(r['kl'], 4)} | {ppl} | {tok} | {greedy} | {_fmt(r['tokens_per_s'], 1)} "

@@ -11,6 +11,7 @@ from cli_helpers import edgepack, leftovers
 from packager.contract import Contract, PromptFormat, apply_task_config
 from packager.errors import BadInputError, ExitCode
 from packager.verify.gates import TaskGate
+from packager.verify.result import VerificationResult
 from packager.verify.task_eval import EvalRow, load_eval_set, score
 
 ROWS = [
@@ -146,3 +147,51 @@ def test_an_overlong_utf8_answer_admitted_by_the_grammar_is_reported_as_invalid(
     assert task["validity"] == pytest.approx(5 / 6)
     [overlong] = [m for m in task["mismatches"] if m["input"] == "fine"]
     assert overlong["error"]["code"] == "unknown_label" and overlong["got"] == "\ufffd" * 4 + "京"
+
+
+# ---------------------------------------------------------------------------------------------
+# With an eval set the task gate decides: a fidelity miss with the task intact is a warning.
+
+
+def _verdict(top1: float, accuracy: float, decides: bool) -> VerificationResult:
+    from packager.verify.gates import gate_for
+    from packager.verify.metrics import FidelityMetrics
+    from packager.verify.task_eval import TaskMetrics
+
+    result = VerificationResult(artifact="model-Q4_K_M.gguf", format="gguf", quant="Q4_K_M", level="executed",
+                                runtime="llama.cpp")
+    result.metrics = FidelityMetrics(positions=100, top1=top1, top1_decisive=top1, decisive_positions=80,
+                                     kl=0.01 if top1 == top1 else float("nan"), ppl_ref=None, ppl=None)
+    result.task = TaskMetrics(rows=10, exact_match=accuracy, validity=1.0, agreement=1.0, baseline_exact_match=0.9,
+                              latency_ms_p50=1.0, latency_ms_p95=1.0, latency_ms_p99=1.0, tokens_per_s=10.0,
+                              constrained=True, mismatches=[], latencies_ms=[1.0])
+    result.reapply_gates(gate_for("Q4_K_M"), TaskGate(decides=decides))
+    return result
+
+
+def test_a_fidelity_miss_is_a_warning_when_the_task_decides_and_a_failure_otherwise() -> None:
+    decided = _verdict(top1=0.5, accuracy=0.9, decides=True)
+    assert decided.passed and decided.warnings and decided.warnings[0].startswith("top-1")
+    strict = _verdict(top1=0.5, accuracy=0.9, decides=False)  # --strict-fidelity, or no eval set
+    assert not strict.passed and strict.failures == decided.warnings
+    task_lost = _verdict(top1=0.5, accuracy=0.5, decides=True)  # the task decides, and it says no
+    assert not task_lost.passed and any("accuracy" in f for f in task_lost.failures)
+    assert any(f.startswith("top-1") for f in task_lost.failures)
+    broken = _verdict(top1=float("nan"), accuracy=0.9, decides=True)  # non-finite numbers always fail
+    assert not broken.passed and not broken.warnings
+
+
+def test_with_an_eval_set_a_default_build_ships_the_smallest_gguf_the_task_accepts(
+        tiny_llama: Path, tmp_path: Path) -> None:
+    eval_path = _write_eval(tmp_path / "eval.jsonl", ROWS)
+    common = ("--target", "raspberry-pi", "--eval", eval_path, "--task", "labels", "--constrained", "--json")
+    # Tiny random Llama: Q4_K_M misses the fidelity gate (top-1 0.57) but answers the eval set under the
+    # label grammar exactly as the fp32 model does, so the task gate accepts it.
+    decided = edgepack("build", tiny_llama, "--out", tmp_path / "decided", *common)
+    assert decided.exit_code == 0, decided.stderr
+    [row] = decided.json()["artifacts"]
+    assert row["quant"] == "Q4_K_M" and row["passed"] and row["warnings"], row
+    assert "task gate decided" in (tmp_path / "decided" / "report.md").read_text()
+    strict = edgepack("build", tiny_llama, "--out", tmp_path / "strict", "--strict-fidelity", *common)
+    assert strict.exit_code == 0, strict.stderr
+    assert strict.json()["artifacts"][0]["quant"] != "Q4_K_M"  # both gates: the ladder climbs past it

@@ -109,6 +109,9 @@ class TaskGate:
 
     max_accuracy_drop: float = 0.02
     min_validity: float = 1.0
+    # With an eval set the task is the acceptance test: a fidelity miss with the task intact is a warning.
+    # False under --strict-fidelity (and without an eval set, where fidelity is all there is).
+    decides: bool = False
 
     def check(self, t: TaskMetrics) -> list[str]:
         reasons = []
@@ -123,4 +126,6 @@ class TaskGate:
         return reasons
 
     def describe(self) -> str:
-        return f"task: accuracy drop <= {100 * self.max_accuracy_drop:.1f} points, validity >= {self.min_validity:.2f}"
+        rule = " (decides; fidelity misses are warnings)" if self.decides else ""
+        return (f"task: accuracy drop <= {100 * self.max_accuracy_drop:.1f} points, validity >= "
+                f"{self.min_validity:.2f}{rule}")
