@@ -18,7 +18,6 @@ from typing import Any
 from packager.atomic import output_errors, staged_output
 from packager.build_log import tool_output_to_log
 from packager.checkpoint import Checkpoint, is_adapter_folder, load_checkpoint
-from packager.context_size import ContextChoice
 from packager.errors import BadInputError, GateFailedError, UnsupportedError
 from packager.fingerprint import cache_root, files_digest, options_digest
 from packager.manifest import (
@@ -169,7 +168,7 @@ def _build_into(staging: Path, out: Path, request: BuildRequest, ctx: BuildConte
     results = scheduler.run_all([(t.name, functools.partial(build, t)) for t in targets],
                                 {t.name: expected_seconds(t) for t in targets})
     passed = all(r.passed for r in results)
-    manifest = _manifest(ckpt, digest, request, results, reporter, passed, ctx.context)
+    manifest = _manifest(ckpt, digest, request, results, reporter, passed, ctx)
     if not passed and not request.options.no_gate:
         raise GateFailedError(
             "an artifact is not faithful enough to the source model, so nothing was written to "
@@ -188,7 +187,7 @@ def _build_into(staging: Path, out: Path, request: BuildRequest, ctx: BuildConte
 
 def _manifest(
     ckpt: Checkpoint, digest: str, request: BuildRequest, results: list[TargetResult], reporter: Reporter,
-    passed: bool, context: ContextChoice,
+    passed: bool, ctx: BuildContext,
 ) -> dict[str, Any]:
     return {
         "schema_version": MANIFEST_SCHEMA_VERSION,
@@ -204,8 +203,11 @@ def _manifest(
             "parameters": ckpt.parameter_count,
             "sha256": digest,
         },
-        "options": {"quant": request.options.quant, "context_length": context.tokens,
-                    "context_length_from": context.reason},
+        "options": {"quant": request.options.quant, "context_length": ctx.context.tokens,
+                    "context_length_from": ctx.context.reason},
+        **({"contract_check": {**ctx.contract_check.as_dict(),
+                               "messages": ctx.contract_check.messages(ctx.eval_rows[0])}}
+           if ctx.contract_check else {}),
         "targets": [r.target for r in results],
         "artifacts": verification_rows(results),
         "stages": [vars(s) for s in reporter.records],

@@ -83,6 +83,16 @@ def scaffold_table(results: list[TargetResult]) -> str:
     return "\n".join(lines)
 
 
+def _contract_lines(check: dict[str, Any] | None) -> list[str]:
+    """The contract check's verdict: the fp32 model's scores under the prompt used, and any loud message."""
+    if not check:
+        return []
+    used = check["used"]
+    return [f"- contract: prompt {used['name']}; the fp32 model answers {check['sample_rows']} eval rows with "
+            f"accuracy {used['accuracy']:.3f}, validity {used['validity']:.3f}",
+            *(f"- **{message}**" for message in check["messages"])]
+
+
 def render_report(manifest: dict[str, Any], results: list[TargetResult], gated: bool) -> str:
     """Return report.md for a build."""
     src = manifest["source"]
@@ -95,6 +105,7 @@ def render_report(manifest: dict[str, Any], results: list[TargetResult], gated: 
         f"- targets: {', '.join(manifest['targets'])}",
         f"- context: {manifest['options']['context_length']} tokens "
         f"({manifest['options'].get('context_length_from', 'as given')})",
+        *_contract_lines(manifest.get("contract_check")),
         "",
         "## Verification",
         "",

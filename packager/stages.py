@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from packager.checkpoint import Checkpoint
 from packager.context_size import DEFAULT_CONTEXT, ContextChoice, context_for_task
-from packager.contract import Contract, apply_task_config, contract_from_checkpoint, render_prompt
+from packager.contract import Contract, PromptFormat, apply_task_config, contract_from_checkpoint, render_prompt
+from packager.contract_check import ContractCheck, check_contract
 from packager.errors import InternalError
 from packager.fingerprint import cache_root, options_digest
 from packager.formats.gguf_quantize import quantize_gguf
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 
 # Bump when what a verification record holds or how it is computed changes, so old records are not reused.
 VERIFICATION_SCHEMA = 5
+CONTRACT_CHECK_SCHEMA = 1
 
 
 @dataclass
@@ -111,6 +114,7 @@ class BuildContext:
         self._ggufs: OnceMap[CachedEntry[GgufFile]] = OnceMap()
         self._gguf_choices: OnceMap[GgufChoice] = OnceMap()
         self._tokenizers = threading.local()
+        self.contract_check: ContractCheck | None = None  # set with the contract when there is an eval set
 
     @property
     def context_length(self) -> int:
@@ -140,11 +144,45 @@ class BuildContext:
 
     @once_property
     def contract(self) -> Contract:
-        contract = contract_from_checkpoint(self.ckpt)
+        """The checkpoint's contract with the user's task on top; with an eval set, its prompt is the rendering
+        the fp32 model answers best on when the declared one fails it (packager.contract_check)."""
+        own = contract_from_checkpoint(self.ckpt)
+        contract = own
         if self.options.task or self.eval_rows:
             contract = apply_task_config(contract, self.options.task, [r.output for r in self.eval_rows],
                                          self.options.task_source)
+        if self.eval_rows:
+            self.contract_check = self._checked(contract, own.prompt if own.prompt.source == "chat_template" else None)
+            for message in self.contract_check.messages(self.eval_rows[0]):
+                self.reporter.say(message)
+            contract = dataclasses.replace(contract, prompt=self.contract_check.used.prompt)
         return contract
+
+    def _checked(self, declared: Contract, chat: PromptFormat | None) -> ContractCheck:
+        """The contract check of `declared` on the fp32 model (cached per checkpoint, contract and eval set)."""
+        eval_text = self.options.eval_path.read_text(encoding="utf-8") if self.options.eval_path else ""
+        key = options_digest("contract-check", CONTRACT_CHECK_SCHEMA, self.ckpt_digest, declared.as_dict(),
+                             eval_text)[:24]
+
+        def check() -> ContractCheck:
+            tokenizer, model = self.hf_tokenizer, []
+
+            def scorer(prompt: PromptFormat, rows: Sequence[EvalRow]) -> TaskMetrics:
+                variant = dataclasses.replace(declared, prompt=prompt)
+                if not model:
+                    model.append(load_fp32_model(self.ckpt))
+                return score_batch(variant, rows, hf_generator(model[0], tokenizer, variant), None)[0]
+
+            self.reporter.say("checking the contract's prompt on the fp32 model")
+            with self.scheduler.step(self._fp32_step("fp32 model"), "the fp32 model (checking the contract)"):
+                found = check_contract(declared, chat, self.eval_rows, scorer,
+                                       template_declared="prompt_template" in self.options.task)
+                model.clear()
+                return found
+
+        return self.stage_cache.record("contract", key, "contract check (fp32)", check, encode=ContractCheck.as_dict,
+                                       decode=ContractCheck.from_dict,
+                                       describe=lambda c: f"{c.used.name}: accuracy {c.used.accuracy:.3f}")
 
     def _task_key(self, decoding: bool = True) -> str:
         """Key of the task setup; the fp32 baseline decodes unconstrained, so it leaves `constrained` out."""

@@ -152,3 +152,35 @@ def make_tiny_llama(
     GenerationConfig(bos_token_id=bos, eos_token_id=[cfg.eos_token_id, eot]).save_pretrained(str(folder))
     _save_tokenizer(tok, folder, "<|begin_of_text|>", "<|end_of_text|>", None, None)
     return folder
+
+
+def finetune_on_prompts(source: Path, folder: Path, pairs: list[tuple[str, str]], steps: int = 300,
+                        seed: int = 0) -> Path:
+    """A copy of the tiny model at `source`, fine-tuned in a few seconds (all weights, Adam) to answer each
+    (rendered prompt, answer) pair with the answer and then <eos>: a stand-in for a LoRA classifier that
+    knows one prompt rendering only."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    shutil.copytree(source, folder)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True)
+    examples = []
+    for prompt, answer in pairs:
+        ids = [tokenizer.bos_token_id, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+        target = [*tokenizer(answer, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+        examples.append((torch.tensor([ids + target]), len(ids)))
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        ids, start = examples[step % len(examples)]
+        labels = ids.clone()
+        labels[0, :start] = -100  # learn the answer, not the prompt
+        loss = model(input_ids=ids, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.to(torch.bfloat16).save_pretrained(str(folder))
+    return folder

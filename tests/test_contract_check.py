@@ -1,0 +1,67 @@
+"""The contract is checked against the fp32 model before anything is judged: a fine-tune trained on one
+prompt rendering is found out, and a declared template the model does not know stops the build."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cli_helpers import edgepack
+
+from packager.contract import PromptFormat
+from packager.contract_check import candidate_prompts
+from packager.errors import ExitCode
+from tests.tiny_models import finetune_on_prompts
+
+ROWS = [("my card got declined", "billing"), ("where is my parcel", "shipping"), ("cancel it please", "cancel"),
+        ("refund the charge", "billing"), ("package never came", "shipping"), ("stop my plan", "cancel")]
+TRAINED_ON = "chat template, '{instruction}: {input}'"
+
+
+def _chat(text: str) -> str:  # tests/tiny_models.GEMMA_CHAT_TEMPLATE around one user turn
+    return f"<start_of_turn>user\n{text}<end_of_turn>\n<start_of_turn>model\n"
+
+
+@pytest.fixture(scope="module")
+def router(tiny_gemma: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Tiny Gemma fine-tuned (in ~20 s) on its chat template with the user turn "{instruction}: {input}"."""
+    folder = tmp_path_factory.mktemp("router")
+    model = finetune_on_prompts(tiny_gemma, folder / "model", [(_chat(f"Route this: {i}"), o) for i, o in ROWS])
+    eval_path = folder / "eval.jsonl"
+    eval_path.write_text("".join(json.dumps({"instruction": "Route this", "input": i, "output": o}) + "\n"
+                                 for i, o in ROWS))
+    return model, eval_path
+
+
+def test_the_rendering_a_fine_tune_was_trained_on_is_found_and_the_baseline_is_its_true_accuracy(
+        router: tuple[Path, Path], tmp_path: Path) -> None:
+    model, eval_path = router
+    out = tmp_path / "out"
+    result = edgepack("build", model, "--target", "raspberry-pi", "--quant", "F16", "--eval", eval_path,
+                      "--task", "labels", "--out", out, "--json")
+    assert result.exit_code == 0, result.stderr
+    check = json.loads((out / "manifest.json").read_text())["contract_check"]
+    assert check["changed"] and check["used"]["name"] == TRAINED_ON
+    assert check["declared"]["accuracy"] < 0.9 and check["used"]["accuracy"] == 1.0  # as trained
+    assert "CONTRACT:" in result.stderr and "probably fine-tuned on the latter" in result.stderr
+    [row] = result.json()["artifacts"]
+    assert row["task"]["baseline_exact_match"] == 1.0  # the fp32 model judged under its own rendering
+    assert "Route this: my card got declined" in (out / "report.md").read_text()
+
+
+def test_a_declared_template_the_model_does_not_know_stops_the_build_with_the_table(
+        router: tuple[Path, Path], tmp_path: Path) -> None:
+    model, eval_path = router
+    result = edgepack("build", model, "--target", "raspberry-pi", "--quant", "F16", "--eval", eval_path,
+                      "--task", "labels", "--prompt-template", "{instruction}: {input}", "--out", tmp_path / "out")
+    assert result.exit_code == ExitCode.BAD_INPUT
+    assert "prompt_template looks wrong" in result.stderr and TRAINED_ON in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_candidates_wrap_each_join_in_the_chat_template_and_bare_without_repeating_the_declared_one() -> None:
+    chat = PromptFormat(prefix="<u>", template="{input}", suffix="<m>", source="chat_template")
+    names = [name for name, _ in candidate_prompts(chat, chat)]
+    assert names[0].startswith("declared") and len(names) == len(set(names)) == 10  # 5 joins x 2, minus 1, + 1
+    assert all(p.prefix == "" for name, p in candidate_prompts(chat, None)[1:])
