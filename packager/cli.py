@@ -325,14 +325,20 @@ def targets(as_json: bool) -> None:
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--device", "device_name", default=None, help="Only this device profile (see the list with --json).")
 @click.option("--base", type=click.Path(path_type=Path), default=None, help="Base folder for a LoRA adapter.")
+@click.option("--eval", "eval_path", type=click.Path(path_type=Path), default=None,
+              help="Eval set: check which prompt rendering the fp32 model answers it best under.")
+@click.option("--task", "task_kind", type=click.Choice(["text", "labels", "json"]), default="labels",
+              show_default=True, help="The task of the eval set.")
 @click.option("--json", "as_json", is_flag=True)
-def doctor(checkpoint: Path, device_name: str | None, base: Path | None, as_json: bool) -> None:
-    """Support matrix, fp16 risk, each target's notes and RAM estimates per device for CHECKPOINT."""
+def doctor(checkpoint: Path, device_name: str | None, base: Path | None, eval_path: Path | None, task_kind: str,
+           as_json: bool) -> None:
+    """Support matrix, fp16 risk, each target's notes, RAM estimates per device, this machine's memory need and
+    ladders per target for CHECKPOINT; with --eval, the contract checked on the fp32 model."""
     from packager.doctor import diagnose, render
     from packager.pipeline import BuildRequest, open_input
 
-    ckpt, _ = open_input(BuildRequest(checkpoint=checkpoint, targets=[], base=base), Reporter(quiet=True))
-    report = diagnose(ckpt, only=device_name)
+    ckpt, digest = open_input(BuildRequest(checkpoint=checkpoint, targets=[], base=base), Reporter(quiet=True))
+    report = diagnose(ckpt, only=device_name, eval_path=eval_path, task=task_kind, digest=digest)
     if as_json:
         _emit_json(report.as_dict())
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from packager.architectures import ARCHITECTURES
@@ -16,10 +17,11 @@ from packager.devices import (
     installed_devices,
 )
 from packager.fingerprint import cache_root
-from packager.memory_plan import TargetNeed, target_needs
+from packager.memory_plan import target_needs
 from packager.progress import Reporter
 from packager.scheduler import host_memory, scheduler_for
-from packager.target import available_targets
+from packager.stages import BuildContext, BuildOptions
+from packager.target import available_targets, default_ladder
 
 
 @dataclass
@@ -36,6 +38,10 @@ class DoctorReport:
     devices: list[dict[str, Any]]
     # This machine's memory need per target when building this checkpoint (packager.memory_plan).
     build_ram: list[dict[str, Any]]
+    # The rungs each target walks without a quantization option, smallest first.
+    ladders: dict[str, list[str]]
+    # With --eval: the contract checked on the fp32 model (packager.contract_check), else None.
+    contract_check: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,8 +63,10 @@ def support_matrix() -> dict[str, dict[str, bool]]:
     return {spec.name: {name: target.supports(spec) for name, target in targets.items()} for spec in ARCHITECTURES}
 
 
-def diagnose(ckpt: Checkpoint, contexts: tuple[int, ...] = (512, 2048, 4096), only: str | None = None) -> DoctorReport:
-    """Support, fp16 risk, each target's notes, RAM per quant/context, and a pick per device."""
+def diagnose(ckpt: Checkpoint, contexts: tuple[int, ...] = (512, 2048, 4096), only: str | None = None,
+             eval_path: Path | None = None, task: str = "labels", digest: str = "") -> DoctorReport:
+    """Support, fp16 risk, each target's notes, RAM per quant/context, a pick per device, the build's memory
+    need and ladders here, and with an eval set the contract checked on the fp32 model."""
     profiles = [device(only)] if only else installed_devices()
     params, config = ckpt.parameter_count, ckpt.config
     ram = [
@@ -77,26 +85,30 @@ def diagnose(ckpt: Checkpoint, contexts: tuple[int, ...] = (512, 2048, 4096), on
             "notes": profile.notes,
         })
     targets = support_matrix()[ckpt.spec.name]
+    supported = [name for name, ok in targets.items() if ok]
+    ctx = _context(ckpt, digest, BuildOptions(eval_path=eval_path, task={"task": task} if eval_path else {}))
     build_ram = [{"target": n.target, "peak_gb": round(n.peak / 2**30, 2), "largest_step": n.largest.kind,
                   "measured": n.largest.measured, "fits": n.peak <= host_memory()}
-                 for n in build_needs(ckpt, [name for name, ok in targets.items() if ok])]
+                 for n in target_needs(ctx, [available_targets()[name]() for name in supported])]
+    ladders = {name: list(default_ladder(available_targets()[name])) for name in supported}
+    check = None
+    if eval_path is not None:
+        ctx.contract  # noqa: B018  (runs the check, or reads it from the stage cache)
+        found = ctx.contract_check
+        check = {**found.as_dict(), "messages": found.messages(ctx.eval_rows[0])} if found else None
     for pick in picks:
         pick["target_installed"] = pick["target"] in targets
     return DoctorReport(
         checkpoint=str(ckpt.folder), architecture=ckpt.spec.name, parameters=params, support=targets,
         fp16_risk=fp16_note(ckpt.spec), target_notes=target_notes(ckpt), contexts=list(contexts), ram=ram,
-        devices=picks, build_ram=build_ram,
+        devices=picks, build_ram=build_ram, ladders=ladders, contract_check=check,
     )
 
 
-def build_needs(ckpt: Checkpoint, names: list[str]) -> list[TargetNeed]:
-    """What building each named target of this checkpoint would need on this machine (default options)."""
-    from packager.stages import BuildContext, BuildOptions
-
+def _context(ckpt: Checkpoint, digest: str, options: BuildOptions) -> BuildContext:
+    """A build's shared stages for this checkpoint, to ask what a build would need and check (nothing is built)."""
     reporter = Reporter(quiet=True)
-    ctx = BuildContext(ckpt, "", BuildOptions(), reporter, cache_root(), scheduler_for(ckpt, reporter, cache_root()))
-    available = available_targets()
-    return target_needs(ctx, [available[name]() for name in names])
+    return BuildContext(ckpt, digest, options, reporter, cache_root(), scheduler_for(ckpt, reporter, cache_root()))
 
 
 def render(report: DoctorReport) -> str:
@@ -120,6 +132,14 @@ def render(report: DoctorReport) -> str:
         source = "measured" if b["measured"] else "estimated"
         verdict = "" if b["fits"] else "  does NOT fit this machine"
         lines.append(f"  {b['target']:<13} ~{b['peak_gb']:.1f} GB  ({b['largest_step']}, {source}){verdict}")
+    lines += ["", "ladders (rungs walked without a quantization option, smallest first):"]
+    lines += [f"  {name:<13} {' -> '.join(rungs) or '-'}" for name, rungs in report.ladders.items()]
+    if report.contract_check:
+        check = report.contract_check
+        lines += ["", f"contract (fp32 model on {check['sample_rows']} eval rows):"]
+        lines += [f"  {c['name']:<46} accuracy {c['accuracy']:.3f}  validity {c['validity']:.3f}"
+                  for c in check["candidates"] or [check["declared"]]]
+        lines += [f"  used: {check['used']['name']}", *(f"  {m}" for m in check["messages"])]
     lines += ["", "per device (largest context above):"]
     for d in report.devices:
         pick = d["recommended_quant"] or "nothing fits"

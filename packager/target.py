@@ -113,7 +113,9 @@ class Target(Protocol):
     attribute `ci_host_check` (HostCheckJob), a method `doctor_notes(config) -> list[str]` and
     `expected_seconds` (a cold build of a small model; the longest targets start first until the
     stage cache has measured them, packager.scheduler) and `heavy_steps` (the HeavyStep kinds it runs
-    beyond the shared fp32 ones, so packager.memory_plan knows its memory need before a build).
+    beyond the shared fp32 ones, so packager.memory_plan knows its memory need before a build) and
+    `default_ladder` (the rungs it walks without a quantization option, smallest first; a GGUF target's
+    is derived from default_quant).
     """
 
     name: ClassVar[str]
@@ -133,6 +135,16 @@ class Target(Protocol):
 def expected_seconds(target: Any) -> float:
     """How long a cold build of the target is expected to take before it has been measured (0: short)."""
     return float(getattr(target, "expected_seconds", 0.0))
+
+
+def default_ladder(target: Any) -> tuple[str, ...]:
+    """The rungs a target walks when the user picks no quantization: its own `default_ladder`, else the GGUF
+    ladder up from its default_quant (packager.gguf_ladder), else none."""
+    from packager.gguf_ladder import ladder_from
+
+    own = getattr(target, "default_ladder", None)
+    quant = getattr(target, "default_quant", None)
+    return tuple(own) if own else (ladder_from(quant) if quant else ())
 
 
 def heavy_steps(target: Any) -> tuple[HeavyStep, ...]:

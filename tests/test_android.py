@@ -478,7 +478,7 @@ def test_gemma_270m_builds_for_android_with_the_default_recipe(gemma_270m: Path,
     from targets.android.export import AUTO_LADDER
 
     outcome = run_build(BuildRequest(checkpoint=gemma_270m, targets=["android", "raspberry-pi"],
-                                     out=tmp_path / "dist", options=BuildOptions(context_length=1024)),
+                                     out=tmp_path / "dist", options=BuildOptions(context_length=512)),
                         Reporter(quiet=True))
     results = {r.target: r for r in outcome.results}
     executed = results["android"].verifications[0]

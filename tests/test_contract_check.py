@@ -65,3 +65,13 @@ def test_candidates_wrap_each_join_in_the_chat_template_and_bare_without_repeati
     names = [name for name, _ in candidate_prompts(chat, chat)]
     assert names[0].startswith("declared") and len(names) == len(set(names)) == 10  # 5 joins x 2, minus 1, + 1
     assert all(p.prefix == "" for name, p in candidate_prompts(chat, None)[1:])
+
+
+def test_doctor_with_an_eval_set_names_the_rendering_and_each_targets_ladder(router: tuple[Path, Path]) -> None:
+    model, eval_path = router
+    result = edgepack("doctor", model, "--eval", eval_path, "--json")
+    assert result.exit_code == 0, result.stderr
+    report = result.json()
+    assert report["contract_check"]["used"]["name"] == TRAINED_ON
+    assert report["ladders"]["raspberry-pi"] == ["Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"]
+    assert report["ladders"]["web"] == ["Q8_0"] and len(report["ladders"]["ios"]) > 1

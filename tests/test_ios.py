@@ -356,7 +356,7 @@ def test_gemma_270m_builds_for_ios_and_passes_the_simulated_gates(gemma_270m: Pa
     from packager.progress import Reporter
 
     outcome = run_build(BuildRequest(checkpoint=gemma_270m, targets=["ios", "raspberry-pi"], out=tmp_path / "dist",
-                                     options=BuildOptions(context_length=1024)), Reporter(quiet=True))
+                                     options=BuildOptions(context_length=512)), Reporter(quiet=True))
     results = {r.target: r for r in outcome.results}
     fp16, int4 = results["ios"].verifications  # int4, or int4-mixed when int4 failed (see the notes)
     q4_k_m = results["raspberry-pi"].verifications[0]

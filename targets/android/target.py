@@ -76,6 +76,8 @@ class AndroidTarget:
     expected_seconds: ClassVar[float] = 1400
     # What it may run that holds much memory (packager.memory_plan adds up a build's need before it starts).
     heavy_steps: ClassVar[tuple[HeavyStep, ...]] = HEAVY_STEPS
+    # Walked smallest first when no recipe/compression is given; `edgepack doctor` lists it.
+    default_ladder: ClassVar[tuple[str, ...]] = AUTO_LADDER
     # RAM budgets: the share of physical memory a model can count on there (packager.devices).
     devices: ClassVar[tuple[DeviceProfile, ...]] = (
         DeviceProfile("pixel-8-pro", "Pixel 8 Pro", 12, 0.35, "android", "ExecuTorch XNNPACK (CPU)"),

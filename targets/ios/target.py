@@ -84,6 +84,8 @@ class IosTarget:
     expected_seconds: ClassVar[float] = 1000
     # What it may run that holds much memory (packager.memory_plan adds up a build's need before it starts).
     heavy_steps: ClassVar[tuple[HeavyStep, ...]] = HEAVY_STEPS
+    # Walked smallest first when no recipe/compression is given; `edgepack doctor` lists it.
+    default_ladder: ClassVar[tuple[str, ...]] = INT4_LADDER
     # RAM budgets: the share of physical memory a model can count on there (packager.devices).
     devices: ClassVar[tuple[DeviceProfile, ...]] = (
         DeviceProfile("iphone-15-pro", "iPhone 15 Pro", 8, 0.40, "ios", "Core ML (ANE/GPU/CPU)",
