@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.scale_models import CONFIGS, make_checkpoint  # noqa: E402
-from benchmarks.whole_build import measure, write_section  # noqa: E402
+from benchmarks.whole_build import Measured, measure, write_section  # noqa: E402
 
 START_MARKER = "<!-- scale:start -->"
 END_MARKER = "<!-- scale:end -->"
@@ -41,13 +41,7 @@ class TargetCost:
     commit: str
     model: str
     target: str
-    exit_code: int
-    wall_s: float
-    cpu_s: float
-    peak_rss_gb: float
-    tree_rss_max_gb: float
-    load_avg_before: float
-    load_avg_max: float
+    measured: Measured
     predicted_gb: float | None  # edgepack doctor's prediction for this target, before the build
     artifacts: dict[str, float]  # artifact -> MB
 
@@ -82,8 +76,7 @@ def build_target(commit: str, worktree: Path, scratch: Path, model: str, ckpt: P
     sizes = artifact_sizes(out / target)
     shutil.rmtree(cache, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
-    return TargetCost(commit, model, target, m.exit_code, m.wall_s, m.cpu_s, m.peak_rss_gb, m.tree_rss_max_gb,
-                      m.load_avg_before, m.load_avg_max, guess, sizes)
+    return TargetCost(commit, model, target, m, guess, sizes)
 
 
 MODEL_SUFFIXES = (".gguf", ".pte", ".ptd", ".mlpackage")
@@ -103,11 +96,12 @@ def markdown(costs: list[TargetCost]) -> str:
     lines = [START_MARKER, "", "| commit | model | target | exit | wall s | CPU s | largest process GB | whole tree GB "
              "| doctor predicted GB | load avg | artifacts (MB) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in costs:
+        m = c.measured
         guess = f"{c.predicted_gb:.1f}" if c.predicted_gb is not None else "-"
         sizes = ", ".join(f"{name} {mb:.0f}" for name, mb in c.artifacts.items()) or "-"
-        lines.append(f"| {c.commit} | {c.model} | {c.target} | {c.exit_code} | {c.wall_s:.0f} | {c.cpu_s:.0f} | "
-                     f"{c.peak_rss_gb:.1f} | {c.tree_rss_max_gb:.1f} | {guess} | "
-                     f"{c.load_avg_before:.1f}-{c.load_avg_max:.1f} | {sizes} |")
+        lines.append(f"| {c.commit} | {c.model} | {c.target} | {m.exit_code} | {m.wall_s:.0f} | {m.cpu_s:.0f} | "
+                     f"{m.peak_rss_gb:.1f} | {m.tree_rss_max_gb:.1f} | {guess} | "
+                     f"{m.load_avg_before:.1f}-{m.load_avg_max:.1f} | {sizes} |")
     return "\n".join([*lines, "", END_MARKER])
 
 
@@ -133,8 +127,9 @@ def main() -> int:
                 for model, ckpt in checkpoints.items():
                     for target in args.target:
                         cost = build_target(sha, worktree, scratch, model, ckpt, target)
-                        print(f"{sha} {model} {target}: exit {cost.exit_code}, {cost.wall_s:.0f} s, largest process "
-                              f"{cost.peak_rss_gb:.1f} GB, tree {cost.tree_rss_max_gb:.1f} GB, predicted "
+                        m = cost.measured
+                        print(f"{sha} {model} {target}: exit {m.exit_code}, {m.wall_s:.0f} s, largest process "
+                              f"{m.peak_rss_gb:.1f} GB, tree {m.tree_rss_max_gb:.1f} GB, predicted "
                               f"{cost.predicted_gb}", file=sys.stderr, flush=True)
                         costs.append(cost)
             finally:

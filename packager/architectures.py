@@ -47,6 +47,13 @@ def _sliding_layers(config: Config) -> list[bool] | None:
     return [t == "sliding_attention" for t in layer_types]
 
 
+def _linear_rope_factor(config: Config) -> float | None:
+    """Gemma 3 4B and up scale the full-attention layers' positions linearly (factor 8); llama.cpp reads the
+    factor from metadata and applies it to the global layers only, as transformers does."""
+    params = _rope_params(config)
+    return float(params["factor"]) if str(params.get("rope_type", "")).lower() == "linear" else None
+
+
 def _head_dim(config: Config) -> int:
     return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
 
@@ -148,6 +155,8 @@ class ArchitectureSpec:
     truncate_embedding_to_tokenizer: bool = False
     # llama3-style rope scaling is carried as an extra rope_freqs tensor.
     llama3_rope_freqs: bool = False
+    # The rope_type values of config.json this architecture's writers carry ("linear": a factor in metadata).
+    rope_types: tuple[str, ...] = ("default",)
     # Tokens that end a turn besides eos, looked up by text in the tokenizer.
     end_of_turn_tokens: tuple[str, ...] = ()
     # Why fp16 execution is risky (a model fact; fp16 runtimes and GPU delegates care): shown by doctor.
@@ -188,7 +197,11 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
             _key("add_final_logit_softcapping", "final_logit_softcapping"),
             _key("add_sliding_window", "sliding_window"),
             GGUFKey("add_sliding_window_pattern", _sliding_layers),
+            GGUFKey("add_rope_scaling_type",
+                    lambda c: gguf.RopeScalingType.LINEAR if _linear_rope_factor(c) is not None else None),
+            GGUFKey("add_rope_scaling_factor", _linear_rope_factor),
         ),
+        rope_types=("default", "linear"),
         norm_offset=1.0,
         embedding_scale_sqrt_hidden=True,
         truncate_embedding_to_tokenizer=True,
@@ -219,6 +232,7 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
         ),
         permute_qk=True,
         llama3_rope_freqs=True,
+        rope_types=("default", "llama3"),
         end_of_turn_tokens=("<|eot_id|>", "<|im_end|>", "<|end_of_text|>"),
         fp16_risk="RMSNorm squares overflow fp16 when the norm statistics run in fp16",
     ),

@@ -165,20 +165,19 @@ class BuildContext:
                              eval_text)[:24]
 
         def check() -> ContractCheck:
-            tokenizer, model = self.hf_tokenizer, []
-
-            def scorer(prompt: PromptFormat, rows: Sequence[EvalRow]) -> TaskMetrics:
-                variant = dataclasses.replace(declared, prompt=prompt)
-                if not model:
-                    model.append(load_fp32_model(self.ckpt))
-                return score_batch(variant, rows, hf_generator(model[0], tokenizer, variant), None)[0]
-
+            tokenizer = self.hf_tokenizer
             self.reporter.say("checking the contract's prompt on the fp32 model")
             with self.scheduler.step(self._fp32_step("fp32 model"), "the fp32 model (checking the contract)"):
+                model = load_fp32_model(self.ckpt)
+
+                def scorer(prompt: PromptFormat, rows: Sequence[EvalRow]) -> TaskMetrics:
+                    variant = dataclasses.replace(declared, prompt=prompt)
+                    return score_batch(variant, rows, hf_generator(model, tokenizer, variant), None)[0]
+
                 found = check_contract(declared, chat, self.eval_rows, scorer,
                                        template_declared="prompt_template" in self.options.task)
-                model.clear()
-                return found
+                model = None  # released before the memory is handed back
+            return found
 
         return self.stage_cache.record("contract", key, "contract check (fp32)", check, encode=ContractCheck.as_dict,
                                        decode=ContractCheck.from_dict,

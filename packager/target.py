@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from packager.errors import BadInputError, InternalError
+from packager.gguf_ladder import ladder_from
 from packager.verify.result import VerificationResult
 
 if TYPE_CHECKING:
@@ -140,8 +141,6 @@ def expected_seconds(target: Any) -> float:
 def default_ladder(target: Any) -> tuple[str, ...]:
     """The rungs a target walks when the user picks no quantization: its own `default_ladder`, else the GGUF
     ladder up from its default_quant (packager.gguf_ladder), else none."""
-    from packager.gguf_ladder import ladder_from
-
     own = getattr(target, "default_ladder", None)
     quant = getattr(target, "default_quant", None)
     return tuple(own) if own else (ladder_from(quant) if quant else ())

@@ -163,7 +163,7 @@ def llama3_rope_factors(config: dict) -> torch.Tensor:
 
 def _check_rope(ckpt: Checkpoint) -> None:
     rope_type = str(full_rope_params(ckpt.config).get("rope_type", "default")).lower()
-    allowed = {"default", "llama3"} if ckpt.spec.llama3_rope_freqs else {"default"}
+    allowed = set(ckpt.spec.rope_types)
     if rope_type not in allowed:
         raise UnsupportedError(
             f"{ckpt.folder / 'config.json'}: rope_type {rope_type!r} is not supported for {ckpt.spec.name} "
