@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from packager.errors import UnsupportedError
-from packager.peak_memory import vm_rss_kb
+from packager.peak_memory import release_free_memory, vm_rss_kb
 from packager.progress import Reporter
 
 if TYPE_CHECKING:
@@ -207,6 +207,8 @@ class Scheduler:
                     raise BuildCancelled(what)
                 yield claim
         finally:
+            if in_process:
+                release_free_memory()
             with self._cond:
                 self._claimed -= need
                 self._cond.notify_all()

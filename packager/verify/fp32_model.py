@@ -92,9 +92,12 @@ def _streamed_model(ckpt: Checkpoint) -> torch.nn.Module | None:
             _assign(model, names, _read([entry])[entry.name])
         else:
             by_block[block].append((names, entry))
+    # One set of float32 buffers serves every block in turn (their shapes repeat): a pass over the model
+    # allocates nothing new, so freed and reallocated weights cannot fragment the heap and grow the process.
+    workspace: dict[str, torch.Tensor] = {}
     for block_name, params in by_block.items():
         block = model.get_submodule(block_name)
-        block.register_forward_pre_hook(_loader(model, params))
+        block.register_forward_pre_hook(_loader(model, block_name, params, workspace))
         block.register_forward_hook(_unloader(model, params))
     return model
 
@@ -118,8 +121,10 @@ def _sources(model: torch.nn.Module, tensors: dict[str, TensorEntry]) -> list[tu
     return sources
 
 
-def _read(entries: list[TensorEntry]) -> dict[str, torch.Tensor]:
-    """The tensors as float32, each file opened once and closed after (no mapping outlives the read)."""
+def _read(entries: list[TensorEntry], into: dict[str, torch.Tensor] | None = None,
+          prefix: str = "") -> dict[str, torch.Tensor]:
+    """The tensors as float32, each file opened once and closed after (no mapping outlives the read). With
+    `into`, each lands in the buffer kept there under its name less `prefix` (made on first use)."""
     from safetensors import safe_open
 
     by_file: dict[Path, list[TensorEntry]] = defaultdict(list)
@@ -129,7 +134,15 @@ def _read(entries: list[TensorEntry]) -> dict[str, torch.Tensor]:
     for file, group in by_file.items():
         with safe_open(str(file), framework="pt") as fh:
             for entry in group:
-                out[entry.name] = fh.get_tensor(entry.name).to(torch.float32)
+                stored = fh.get_tensor(entry.name)
+                if into is None:
+                    out[entry.name] = stored.to(torch.float32)
+                    continue
+                key = entry.name.removeprefix(prefix)
+                buffer = into.get(key)
+                if buffer is None or tuple(buffer.shape) != entry.shape:
+                    buffer = into[key] = torch.empty(entry.shape, dtype=torch.float32)
+                out[entry.name] = buffer.copy_(stored)
     return out
 
 
@@ -140,9 +153,10 @@ def _assign(model: torch.nn.Module, names: list[str], tensor: torch.Tensor) -> N
         model.get_submodule(owner)._parameters[leaf] = param
 
 
-def _loader(model: torch.nn.Module, params: list[tuple[list[str], TensorEntry]]) -> Any:
+def _loader(model: torch.nn.Module, block_name: str, params: list[tuple[list[str], TensorEntry]],
+            workspace: dict[str, torch.Tensor]) -> Any:
     def load(_module: torch.nn.Module, _args: Any) -> None:
-        tensors = _read([entry for _, entry in params])
+        tensors = _read([entry for _, entry in params], workspace, block_name + ".")
         for names, entry in params:
             _assign(model, names, tensors[entry.name])
     return load
