@@ -12,6 +12,8 @@ import numpy as np
 
 # Below this logit gap between the reference's top two tokens, a top-1 flip is a coin toss.
 NEAR_TIE_GAP = 0.1
+# Positions compared at once: 16 rows of a 262k vocabulary in float64 are 34 MB per working array.
+ROWS_AT_ONCE = 16
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -36,6 +38,12 @@ class FidelityAccumulator:
     nonfinite_positions: int = 0
 
     def add(self, ref_logits: np.ndarray, art_logits: np.ndarray) -> None:
+        """Add positions (rows of [positions x vocab] logits), a few rows at a time: each row's numbers are its
+        own, and float64 working copies of a whole text at a 262k vocabulary would take gigabytes."""
+        for start in range(0, len(ref_logits), ROWS_AT_ONCE):
+            self._add_rows(ref_logits[start:start + ROWS_AT_ONCE], art_logits[start:start + ROWS_AT_ONCE])
+
+    def _add_rows(self, ref_logits: np.ndarray, art_logits: np.ndarray) -> None:
         vocab = min(ref_logits.shape[-1], art_logits.shape[-1])
         ref = log_softmax(np.asarray(ref_logits[:, :vocab]))
         art = log_softmax(np.asarray(art_logits[:, :vocab]))
@@ -61,8 +69,12 @@ class FidelityAccumulator:
         targets = np.asarray(ids[1:])
         vocab = min(ref_logits.shape[-1], art_logits.shape[-1])
         for logits, attr in ((ref_logits, "nll_ref"), (art_logits, "nll_art")):
-            lp = log_softmax(np.asarray(logits[:-1, :vocab]))
-            setattr(self, attr, getattr(self, attr) - float(lp[np.arange(len(targets)), targets].sum()))
+            nll = 0.0
+            for start in range(0, len(targets), ROWS_AT_ONCE):
+                rows = targets[start:start + ROWS_AT_ONCE]
+                lp = log_softmax(np.asarray(logits[start:start + len(rows), :vocab]))
+                nll -= float(lp[np.arange(len(rows)), rows].sum())
+            setattr(self, attr, getattr(self, attr) + nll)
         self.ppl_positions += len(targets)
 
     def result(self) -> FidelityMetrics:
