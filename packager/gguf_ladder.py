@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packager.strict_json import finite_numbers
 from packager.verify.result import VerificationResult
 
 # Smallest first; each keeps more bits per weight than the one before.
@@ -38,8 +39,9 @@ class Rung:
     failures: list[str]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"quant": self.quant, "top1": self.top1, "kl": self.kl, "task_accuracy": self.task_accuracy,
-                "rejected_because": self.failures}
+        """JSON-ready: a non-finite measurement (NaN logits) becomes null."""
+        return finite_numbers({"quant": self.quant, "top1": self.top1, "kl": self.kl,
+                               "task_accuracy": self.task_accuracy, "rejected_because": self.failures})
 
 
 @dataclass
