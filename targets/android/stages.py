@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 # Bump when a .pte verification record's content or computation changes.
 PTE_VERIFICATION_SCHEMA = 2
 # The heavy steps of an Android build, with their expected peaks before one is measured (x fp32 size).
-SCREEN = HeavyStep("eager screen", 3.0)  # the fp32 model and its quantized copy
+# The fp32 model and its quantized copy: 13.9 GB measured for a Gemma 3 1B (3.7 GB in fp32) on Android.
+SCREEN = HeavyStep("eager screen", 3.6)
 # Measured 3.4-4.9 GB for Gemma 3 270M (1.07 GB in fp32).
 EXPORT = HeavyStep("executorch export", 3.7, in_process=False, fixed=CHILD_LIBRARIES)
 RUN = HeavyStep("executorch run", 1.5)

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 # Bump when a simulated verification record's content or computation changes.
 COREML_VERIFICATION_SCHEMA = 3
 # The heavy steps of an iOS build, with their expected peaks before one is measured (x fp32 size).
-SCREEN = HeavyStep("eager screen", 3.0)  # the fp32 model and its quantized copy
+# The fp32 model and its quantized copy: 13.9 GB measured for a Gemma 3 1B (3.7 GB in fp32) on Android.
+SCREEN = HeavyStep("eager screen", 3.6)
 # Measured 7.5-8.7 GB for Gemma 3 270M (1.07 GB): the traced fp32 graph plus its MIL copies.
 CONVERSION = HeavyStep("coreml conversion", 7.2, in_process=False, fixed=CHILD_LIBRARIES)
 SIMULATION = HeavyStep("coreml simulation", 2.0)
