@@ -139,6 +139,11 @@ class BuildContext:
         return choice if usable == choice.tokens else ContextChoice(usable, choice.reason + ", capped by the model")
 
     @once_property
+    def _eval_text(self) -> str:
+        """The eval set file as given (stage keys hash it), read once per build."""
+        return self.options.eval_path.read_text(encoding="utf-8") if self.options.eval_path else ""
+
+    @once_property
     def eval_rows(self) -> list[EvalRow]:
         return load_eval_set(self.options.eval_path) if self.options.eval_path else []
 
@@ -160,9 +165,8 @@ class BuildContext:
 
     def _checked(self, declared: Contract, chat: PromptFormat | None) -> ContractCheck:
         """The contract check of `declared` on the fp32 model (cached per checkpoint, contract and eval set)."""
-        eval_text = self.options.eval_path.read_text(encoding="utf-8") if self.options.eval_path else ""
         key = options_digest("contract-check", CONTRACT_CHECK_SCHEMA, self.ckpt_digest, declared.as_dict(),
-                             eval_text)[:24]
+                             self._eval_text)[:24]
 
         def check() -> ContractCheck:
             tokenizer = self.hf_tokenizer
@@ -185,11 +189,10 @@ class BuildContext:
 
     def _task_key(self, decoding: bool = True) -> str:
         """Key of the task setup; the fp32 baseline decodes unconstrained, so it leaves `constrained` out."""
-        eval_text = self.options.eval_path.read_text(encoding="utf-8") if self.options.eval_path else ""
         contract = self.contract.as_dict()
         if not decoding:
             contract.pop("constrained")
-        return options_digest("task", self.ckpt_digest, contract, eval_text)[:24]
+        return options_digest("task", self.ckpt_digest, contract, self._eval_text)[:24]
 
     @once_property
     def baseline_answers(self) -> list[str]:

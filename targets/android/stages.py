@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from packager.child_stage import run_child
 from packager.fingerprint import file_sha256, options_digest
+from packager.ladder import EAGER_SCREEN
 from packager.scheduler import CHILD_LIBRARIES, HeavyStep
 from packager.verify.metrics import FidelityMetrics
 from packager.verify.result import VerificationResult
@@ -26,12 +27,10 @@ if TYPE_CHECKING:
 # Bump when a .pte verification record's content or computation changes.
 PTE_VERIFICATION_SCHEMA = 2
 # The heavy steps of an Android build, with their expected peaks before one is measured (x fp32 size).
-# The fp32 model and its quantized copy: 13.9 GB measured for a Gemma 3 1B (3.7 GB in fp32) on Android.
-SCREEN = HeavyStep("eager screen", 3.6)
 # Measured 3.4-4.9 GB for Gemma 3 270M (1.07 GB in fp32).
 EXPORT = HeavyStep("executorch export", 3.7, in_process=False, fixed=CHILD_LIBRARIES)
 RUN = HeavyStep("executorch run", 1.5)
-HEAVY_STEPS = (SCREEN, EXPORT, RUN)
+HEAVY_STEPS = (EAGER_SCREEN, EXPORT, RUN)
 
 
 @dataclass
@@ -153,7 +152,7 @@ def screened(ctx: BuildContext, recipe: Recipe) -> FidelityMetrics:
 
     def screen() -> FidelityMetrics:
         reference = ctx.reference
-        with ctx.scheduler.step(SCREEN, label):
+        with ctx.scheduler.step(EAGER_SCREEN, label):
             return predict_fidelity(ctx.ckpt.folder, ctx.ckpt.spec, recipe, reference)
 
     return ctx.stage_cache.record(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from packager.child_stage import run_child
 from packager.fingerprint import options_digest
+from packager.ladder import EAGER_SCREEN
 from packager.scheduler import CHILD_LIBRARIES, HeavyStep
 from packager.verify.metrics import FidelityMetrics
 from packager.verify.result import VerificationResult
@@ -27,12 +28,10 @@ if TYPE_CHECKING:
 # Bump when a simulated verification record's content or computation changes.
 COREML_VERIFICATION_SCHEMA = 3
 # The heavy steps of an iOS build, with their expected peaks before one is measured (x fp32 size).
-# The fp32 model and its quantized copy: 13.9 GB measured for a Gemma 3 1B (3.7 GB in fp32) on Android.
-SCREEN = HeavyStep("eager screen", 3.6)
 # Measured 7.5-8.7 GB for Gemma 3 270M (1.07 GB): the traced fp32 graph plus its MIL copies.
 CONVERSION = HeavyStep("coreml conversion", 7.2, in_process=False, fixed=CHILD_LIBRARIES)
 SIMULATION = HeavyStep("coreml simulation", 2.0)
-HEAVY_STEPS = (SCREEN, CONVERSION, SIMULATION)
+HEAVY_STEPS = (EAGER_SCREEN, CONVERSION, SIMULATION)
 
 
 @dataclass(frozen=True)
@@ -178,7 +177,7 @@ def screened(ctx: BuildContext, compression: str) -> FidelityMetrics:
         reference = ctx.reference
         ctx.reporter.say(f"screening Core ML {compression}: transformers with its quantized weights on "
                          f"{reference.positions} golden positions")
-        with ctx.scheduler.step(SCREEN, label):
+        with ctx.scheduler.step(EAGER_SCREEN, label):
             return predict_fidelity(ctx.ckpt.folder, compression_named(compression), reference)
 
     return ctx.stage_cache.record("screen", digest, label, screen, encode=FidelityMetrics.as_dict,
