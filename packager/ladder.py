@@ -6,13 +6,20 @@ minute, instead of a conversion of several). Each rung is at least as precise as
 it (it keeps more tensors at more bits), so when a rung's screen fails, the rungs before it are
 predicted to fail as well and are not screened: screens run from the most precise rung down and
 stop at the first failure.
+
+With an eval set the task decides (packager.verify.gates.TaskGate): a rung whose predicted fidelity
+misses its gate is then screened on the task too, and passes when the task is intact.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 from packager.scheduler import HeavyStep
+from packager.verify.gates import TaskGate
+from packager.verify.metrics import FidelityMetrics
+from packager.verify.task_eval import TaskMetrics
 
 # A screen holds the fp32 model and its quantized copy in this process: 13.9 GB measured for a Gemma 3 1B
 # (3.7 GB in fp32) on Android.
@@ -37,3 +44,17 @@ def rungs_to_build(ladder: Sequence[str], screen: Callable[[str], list[str]]) ->
         else:
             passing.append(rung)
     return [*reversed(passing), last], list(reversed(notes))
+
+
+def screen_verdict(fidelity: FidelityMetrics, fidelity_reasons: list[str], task_gate: TaskGate,
+                   task: Callable[[], TaskMetrics] | None) -> list[str]:
+    """The reasons a rung's screen fails: its fidelity reasons, unless the task decides and `task()` (the
+    screen's eval answers, asked only then) passes the task gate on finite fidelity numbers."""
+    finite = math.isfinite(fidelity.top1) and math.isfinite(fidelity.kl)
+    if not fidelity_reasons or task is None or not task_gate.decides or not finite:
+        return fidelity_reasons
+    metrics = task()
+    task_reasons = task_gate.check(metrics)
+    if task_reasons:
+        return [*fidelity_reasons, *task_reasons]
+    return []

@@ -43,7 +43,7 @@ CHECKSUMS_FILE = "SHA256SUMS"
 MODEL_CARD_FILE = "MODEL_CARD.md"
 MODEL_CARD_TEMPLATE = "release/MODEL_CARD.md.j2"
 VERIFICATION_KEYS = ("artifact", "quant", "level", "top1", "top1_decisive", "kl", "ppl", "ppl_ref", "tokenizer",
-                     "greedy_match", "passed", "failures")
+                     "greedy_match", "passed", "failures", "warnings")
 _VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")
 _TARGET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _SUMS_LINE = re.compile(r"([0-9a-f]{64}) [ *](.+)")
@@ -240,7 +240,9 @@ def _target_metadata(build: BuildFolder, target: str) -> dict[str, Any]:
 
 def _verification(rows: list[dict[str, Any]], target: str) -> list[dict[str, Any]]:
     # Only what describes the artifact: host speed (tokens_per_s) differs on every run and stays in report.md.
-    return [{key: row.get(key) for key in VERIFICATION_KEYS} | {"failures": list(row.get("failures") or [])}
+    # Warnings: fidelity misses where the task gate decided (packager.verify.result); none in older builds.
+    return [{key: row.get(key) for key in VERIFICATION_KEYS} | {"failures": list(row.get("failures") or []),
+                                                                 "warnings": list(row.get("warnings") or [])}
             for row in rows if row.get("target") == target]
 
 
@@ -408,13 +410,22 @@ def model_card_context(manifest: dict[str, Any], provenance: list[FolderProvenan
             "kl": _fmt(v["kl"], ".4f"),
             "ppl": f"{_fmt(v['ppl'], '.2f')} ({_fmt(v['ppl_ref'], '.2f')})",
             "tokenizer": {True: "identical", False: "DIFFERS", None: "n/a"}[v["tokenizer"]],
-            "gate": "pass" if v["passed"] else "FAIL: " + "; ".join(v["failures"]),
+            "gate": _gate_text(v),
         } for t in manifest["targets"] for v in t["verification"]],
         "tools": [{"name": k, "versions": sorted({b["tools"][k] for b in builds if k in b["tools"]})}
                   for k in tool_names],
         "builds": [{"targets": b["targets"], "built_at": b["built_at"], "manifest_sha256": b["manifest_sha256"],
                     "quant": str(b["options"].get("quant", "n/a"))} for b in builds],
     }
+
+
+def _gate_text(verification: dict[str, Any]) -> str:
+    """The model card's gate column, worded as report.md's."""
+    if not verification["passed"]:
+        return "FAIL: " + "; ".join(verification["failures"])
+    if verification["warnings"]:
+        return "pass (task gate decided; fidelity below its gate: " + "; ".join(verification["warnings"]) + ")"
+    return "pass"
 
 
 def render_text(template: str, context: dict[str, Any]) -> str:

@@ -187,7 +187,7 @@ class BuildContext:
                                        decode=ContractCheck.from_dict,
                                        describe=lambda c: f"{c.used.name}: accuracy {c.used.accuracy:.3f}")
 
-    def _task_key(self, decoding: bool = True) -> str:
+    def task_key(self, decoding: bool = True) -> str:
         """Key of the task setup; the fp32 baseline decodes unconstrained, so it leaves `constrained` out."""
         contract = self.contract.as_dict()
         if not decoding:
@@ -210,7 +210,7 @@ class BuildContext:
                 del model  # released before the memory is handed back
             return answers
 
-        return self.stage_cache.record("baseline", self._task_key(decoding=False), "fp32 baseline on the eval set",
+        return self.stage_cache.record("baseline", self.task_key(decoding=False), "fp32 baseline on the eval set",
                                        answer, describe=lambda answers: f"{len(answers)} rows")
 
     def reference_next_token(self, ids: list[int]) -> int:
@@ -253,6 +253,12 @@ class BuildContext:
         finally:
             llm.close()
         return metrics
+
+    def task_metrics_hf(self, model: Any, baseline: Sequence[str]) -> TaskMetrics:
+        """The eval set answered by a transformers model (an eager screen's quantized copy), greedy and
+        unconstrained, against the fp32 baseline's answers."""
+        generate = hf_generator(model, self.hf_tokenizer, self.contract)
+        return score_batch(self.contract, self.eval_rows, generate, baseline)[0]
 
     def attach_task(self, result: VerificationResult, metrics: TaskMetrics) -> None:
         """Record an artifact's task metrics on its verification and hold them to the task gate."""
@@ -339,7 +345,7 @@ class BuildContext:
         gguf = self._ggufs.get(quant, lambda: self._new_gguf_entry(quant))
         path = gguf.path(gguf.value.name)
         digest = gguf.sha256(path.name)  # checked against the file when the entry was opened
-        task_key = self._task_key() if self.eval_rows else ""
+        task_key = self.task_key() if self.eval_rows else ""
         key = options_digest("verify-gguf", VERIFICATION_SCHEMA, digest, self.golden.digest_source(), task_key)[:24]
 
         def verify() -> VerificationResult:

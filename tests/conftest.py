@@ -16,12 +16,19 @@ sys.path.insert(0, str(REPO))
 # One stage cache for the whole session (CI starts empty); tests that need a cold cache make their own.
 os.environ.setdefault("EDGEPACK_CACHE", str(REPO / ".cache" / "test-cache"))
 
-from tiny_models import make_tiny_gemma, make_tiny_llama  # noqa: E402
+from tiny_models import gemma_chat, make_router, make_tiny_gemma, make_tiny_llama  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_gemma(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_gemma(tmp_path_factory.mktemp("models") / "tiny-gemma3")
+
+
+@pytest.fixture(scope="session")
+def tiny_router(tiny_gemma: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Tiny Gemma fine-tuned (in ~20 s) on its chat template with the user turn "{instruction}: {input}",
+    and its eval set: a classifier that knows one prompt rendering only."""
+    return make_router(tiny_gemma, tmp_path_factory.mktemp("router"), lambda ins, i: gemma_chat(f"{ins}: {i}"))
 
 
 @pytest.fixture(scope="session")

@@ -457,6 +457,30 @@ def test_tiny_llama_exports_runs_and_loads_in_the_llm_runner(tiny_llama: Path, t
     RunnerSession(tmp_path / result.pte, tmp_path / result.ptd, tiny_llama / "tokenizer.json", 1, 64, [])
 
 
+def test_with_an_eval_set_a_rung_whose_fidelity_screen_misses_is_kept_when_its_answers_keep_the_task(
+        tiny_router: tuple[Path, Path], tmp_path: Path) -> None:
+    from packager.checkpoint import load_checkpoint
+    from packager.ladder import screen_verdict
+    from packager.progress import Reporter
+    from packager.stages import BuildContext, BuildOptions
+    from packager.verify.gates import TaskGate
+    from targets.android.export import recipe_named
+    from targets.android.stages import screened, screened_task
+
+    model, eval_path = tiny_router
+    options = BuildOptions(eval_path=eval_path, task={"task": "labels"}, task_gate=TaskGate(decides=True))
+    ctx = BuildContext(load_checkpoint(model, work_dir=tmp_path / "work"), "router", options, Reporter(quiet=True))
+    recipe = recipe_named("8da4w-emb4")  # int4 everywhere: the tiny router's golden-text fidelity misses its gate
+    predicted = screened(ctx, recipe)
+    reasons = recipe.gate.check(predicted)
+    assert reasons
+    task = screened_task(ctx, recipe)  # the eager int4 model's own answers to the eval set
+    assert task.rows == 6 and task.validity == 1.0 and task.agreement == 1.0 and task.baseline_exact_match == 1.0
+    assert screen_verdict(predicted, reasons, ctx.options.task_gate, lambda: task) == []
+    # --strict-fidelity: the fidelity reasons stand, and no eval answers are asked for.
+    assert screen_verdict(predicted, reasons, TaskGate(), lambda: pytest.fail("asked")) == reasons
+
+
 def test_unknown_recipe_is_refused_with_the_known_ones() -> None:
     from packager.errors import BadInputError
     from targets.android.export import recipe_named

@@ -12,47 +12,40 @@ from cli_helpers import edgepack
 from packager.contract import PromptFormat
 from packager.contract_check import candidate_prompts
 from packager.errors import ExitCode
-from tests.tiny_models import finetune_on_prompts
+from tests.tiny_models import make_router
 
-ROWS = [("my card got declined", "billing"), ("where is my parcel", "shipping"), ("cancel it please", "cancel"),
-        ("refund the charge", "billing"), ("package never came", "shipping"), ("stop my plan", "cancel")]
 TRAINED_ON = "chat template, '{instruction}: {input}'"
 
 
-def _chat(text: str) -> str:  # tests/tiny_models.GEMMA_CHAT_TEMPLATE around one user turn
-    return f"<start_of_turn>user\n{text}<end_of_turn>\n<start_of_turn>model\n"
-
-
 @pytest.fixture(scope="module")
-def router(tiny_gemma: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Tiny Gemma fine-tuned (in ~20 s) on its chat template with the user turn "{instruction}: {input}"."""
-    folder = tmp_path_factory.mktemp("router")
-    model = finetune_on_prompts(tiny_gemma, folder / "model", [(_chat(f"Route this: {i}"), o) for i, o in ROWS])
-    eval_path = folder / "eval.jsonl"
-    eval_path.write_text("".join(json.dumps({"instruction": "Route this", "input": i, "output": o}) + "\n"
-                                 for i, o in ROWS))
-    return model, eval_path
+def plain_router(tiny_gemma: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The same rows fine-tuned without the chat template or the instruction: the bare input."""
+    return make_router(tiny_gemma, tmp_path_factory.mktemp("plain-router"), lambda _ins, i: i)
 
 
+@pytest.mark.parametrize(("router", "trained_on", "first_prompt"), [
+    ("tiny_router", TRAINED_ON, "<start_of_turn>user\nRoute this: my card got declined<end_of_turn>"),
+    ("plain_router", "no template, '{input}'", "First row rendered: 'my card got declined'"),
+])
 def test_the_rendering_a_fine_tune_was_trained_on_is_found_and_the_baseline_is_its_true_accuracy(
-        router: tuple[Path, Path], tmp_path: Path) -> None:
-    model, eval_path = router
+        router: str, trained_on: str, first_prompt: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    model, eval_path = request.getfixturevalue(router)
     out = tmp_path / "out"
     result = edgepack("build", model, "--target", "raspberry-pi", "--quant", "F16", "--eval", eval_path,
                       "--task", "labels", "--out", out, "--json")
     assert result.exit_code == 0, result.stderr
     check = json.loads((out / "manifest.json").read_text())["contract_check"]
-    assert check["changed"] and check["used"]["name"] == TRAINED_ON
+    assert check["changed"] and check["used"]["name"] == trained_on
     assert check["declared"]["accuracy"] < 0.9 and check["used"]["accuracy"] == 1.0  # as trained
     assert "CONTRACT:" in result.stderr and "probably fine-tuned on the latter" in result.stderr
+    assert first_prompt.replace("\n", "\\n") in result.stderr  # the first row, as rendered
     [row] = result.json()["artifacts"]
     assert row["task"]["baseline_exact_match"] == 1.0  # the fp32 model judged under its own rendering
-    assert "Route this: my card got declined" in (out / "report.md").read_text()
 
 
 def test_a_declared_template_the_model_does_not_know_stops_the_build_with_the_table(
-        router: tuple[Path, Path], tmp_path: Path) -> None:
-    model, eval_path = router
+        tiny_router: tuple[Path, Path], tmp_path: Path) -> None:
+    model, eval_path = tiny_router
     result = edgepack("build", model, "--target", "raspberry-pi", "--quant", "F16", "--eval", eval_path,
                       "--task", "labels", "--prompt-template", "{instruction}: {input}", "--out", tmp_path / "out")
     assert result.exit_code == ExitCode.BAD_INPUT
@@ -67,8 +60,8 @@ def test_candidates_wrap_each_join_in_the_chat_template_and_bare_without_repeati
     assert all(p.prefix == "" for name, p in candidate_prompts(chat, None)[1:])
 
 
-def test_doctor_with_an_eval_set_names_the_rendering_and_each_targets_ladder(router: tuple[Path, Path]) -> None:
-    model, eval_path = router
+def test_doctor_with_an_eval_set_names_the_rendering_and_each_targets_ladder(tiny_router: tuple[Path, Path]) -> None:
+    model, eval_path = tiny_router
     result = edgepack("doctor", model, "--eval", eval_path, "--json")
     assert result.exit_code == 0, result.stderr
     report = result.json()

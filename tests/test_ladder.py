@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from packager.errors import ExitCode
 from packager.gguf_ladder import choose_gguf, ladder_from
-from packager.ladder import rungs_to_build
+from packager.ladder import rungs_to_build, screen_verdict
+from packager.verify.gates import TaskGate
+from packager.verify.metrics import FidelityMetrics
 from packager.verify.result import VerificationResult
+from packager.verify.task_eval import TaskMetrics
 from tests.cli_helpers import edgepack
 
 LADDER = ("int4", "int4-mixed", "int6", "int8")  # smallest first; the last ships whatever its gate says
@@ -42,6 +46,35 @@ def test_when_every_screen_passes_the_smallest_rung_is_built_first() -> None:
 
 def test_a_ladder_of_one_rung_screens_nothing() -> None:
     assert rungs_to_build(("fp16",), lambda rung: ["never called"]) == (["fp16"], [])
+
+
+def _task(exact_match: float, validity: float = 1.0) -> TaskMetrics:
+    return TaskMetrics(rows=10, exact_match=exact_match, validity=validity, agreement=1.0, baseline_exact_match=0.9,
+                       latency_ms_p50=1.0, latency_ms_p95=1.0, latency_ms_p99=1.0, tokens_per_s=1.0,
+                       constrained=False, mismatches=[], latencies_ms=[])
+
+
+def _fidelity(top1: float, kl: float) -> FidelityMetrics:
+    return FidelityMetrics(positions=100, top1=top1, top1_decisive=top1, decisive_positions=50, kl=kl, ppl_ref=None,
+                           ppl=None)
+
+
+@pytest.mark.parametrize(("fidelity", "task", "decides", "passes"), [
+    (_fidelity(0.8, 0.1), _task(0.9), True, True),  # the task decides and is intact
+    (_fidelity(0.8, 0.1), _task(0.8), True, False),  # 10 points below fp32
+    (_fidelity(0.8, 0.1), _task(0.9, validity=0.9), True, False),  # invalid answers
+    (_fidelity(0.8, 0.1), _task(0.9), False, False),  # --strict-fidelity
+    (_fidelity(math.nan, math.nan), _task(0.9), True, False),  # non-finite numbers never pass
+])
+def test_a_screen_that_misses_fidelity_passes_only_when_the_task_decides_and_holds(
+        fidelity: FidelityMetrics, task: TaskMetrics, decides: bool, passes: bool) -> None:
+    reasons = ["top-1 below the gate"]
+    verdict = screen_verdict(fidelity, reasons, TaskGate(decides=decides), lambda: task)
+    assert (verdict == []) is passes and (passes or verdict[0] == reasons[0])
+
+
+def test_a_screen_that_passes_fidelity_asks_for_no_eval_answers() -> None:
+    assert screen_verdict(_fidelity(1.0, 0.0), [], TaskGate(decides=True), lambda: pytest.fail("asked")) == []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ llama.cpp's tokenizer see the same structure:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -184,3 +185,27 @@ def finetune_on_prompts(source: Path, folder: Path, pairs: list[tuple[str, str]]
         optimizer.step()
     model.to(torch.bfloat16).save_pretrained(str(folder))
     return folder
+
+
+# A router's eval rows: (input, label); the instruction is ROUTER_INSTRUCTION.
+ROUTER_ROWS = [("my card got declined", "billing"), ("where is my parcel", "shipping"),
+               ("cancel it please", "cancel"), ("refund the charge", "billing"),
+               ("package never came", "shipping"), ("stop my plan", "cancel")]
+ROUTER_INSTRUCTION = "Route this"
+
+
+def make_router(source: Path, folder: Path, render: Callable[[str, str], str]) -> tuple[Path, Path]:
+    """A tiny classifier fine-tuned on ROUTER_ROWS rendered by `render(instruction, input)`, and its eval set
+    (the same rows, seeds' format): (model folder, eval.jsonl)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model = finetune_on_prompts(source, folder / "model",
+                                [(render(ROUTER_INSTRUCTION, i), o) for i, o in ROUTER_ROWS])
+    eval_path = folder / "eval.jsonl"
+    eval_path.write_text("".join(json.dumps({"instruction": ROUTER_INSTRUCTION, "input": i, "output": o}) + "\n"
+                                 for i, o in ROUTER_ROWS), encoding="utf-8")
+    return model, eval_path
+
+
+def gemma_chat(text: str) -> str:
+    """GEMMA_CHAT_TEMPLATE around one user turn, ready for the model's answer."""
+    return f"<start_of_turn>user\n{text}<end_of_turn>\n<start_of_turn>model\n"

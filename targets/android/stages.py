@@ -19,6 +19,7 @@ from packager.ladder import EAGER_SCREEN
 from packager.scheduler import CHILD_LIBRARIES, HeavyStep
 from packager.verify.metrics import FidelityMetrics
 from packager.verify.result import VerificationResult
+from packager.verify.task_eval import TaskMetrics
 from targets.android.export import EXECUTORCH_VERSION, EXPORT_SCHEMA, Recipe, RunnerMetadata
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def cached_pte(ctx: BuildContext, recipe: Recipe, delegate: str, max_context: in
 
 
 def _record_key(ctx: BuildContext, kind: str, artifact: PteArtifact, tokenizer_json: Path) -> str:
-    task_key = ctx._task_key() if ctx.eval_rows else ""  # the eval set and contract the answers depend on
+    task_key = ctx.task_key() if ctx.eval_rows else ""  # the eval set and contract the answers depend on
     return options_digest(kind, PTE_VERIFICATION_SCHEMA, artifact.key, artifact.sha256, file_sha256(tokenizer_json),
                           ctx.golden.digest_source(), task_key)[:24]
 
@@ -159,3 +160,25 @@ def screened(ctx: BuildContext, recipe: Recipe) -> FidelityMetrics:
         "screen", digest, label, screen,
         encode=FidelityMetrics.as_dict, decode=lambda data: FidelityMetrics(**data),
         describe=lambda m: f"top-1 (decisive) {m.top1_decisive or 0:.3f}, KL {m.kl:.4f}")
+
+
+def screened_task(ctx: BuildContext, recipe: Recipe) -> TaskMetrics:
+    """The eval set answered by a recipe's eager quantized model (no export), against the fp32 baseline;
+    cached per checkpoint + recipe + task. Asked only when the task decides a screen fidelity failed."""
+    from targets.android.verify import eager_quantized_model
+
+    label = f"screen {recipe.name} on the task (eager)"
+
+    def screen() -> TaskMetrics:
+        baseline = ctx.baseline_answers  # its own heavy step, taken before this one
+        with ctx.scheduler.step(EAGER_SCREEN, label):
+            model = eager_quantized_model(ctx.ckpt.folder, ctx.ckpt.spec, recipe)
+            metrics = ctx.task_metrics_hf(model, baseline)
+            del model
+            return metrics
+
+    return ctx.stage_cache.record(
+        "screen", options_digest("screen-pte-task", ctx.task_key(), recipe.as_dict())[:24], label, screen,
+        encode=TaskMetrics.as_dict, decode=lambda data: TaskMetrics(**data),
+        describe=lambda t: f"accuracy {t.exact_match:.3f} (fp32 {t.baseline_exact_match or 0:.3f}), "
+                           f"validity {t.validity:.3f}")

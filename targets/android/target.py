@@ -21,7 +21,7 @@ from packager.codecheck import check_generated_files
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
 from packager.errors import BadInputError
 from packager.escaping import slug
-from packager.ladder import rungs_to_build
+from packager.ladder import rungs_to_build, screen_verdict
 from packager.resources import copy_mobile_files
 from packager.scheduler import HeavyStep
 from packager.stage_cache import place_artifact
@@ -33,7 +33,15 @@ from packager.verify.result import VerificationResult
 from targets.android.export import AUTO_LADDER, DELEGATES, EXECUTORCH_VERSION, recipe_named
 from targets.android.kotlin_check import check_android_files, kotlin_version
 from targets.android.layouts import EXECUTORCH_LAYOUTS, executorch_layout
-from targets.android.stages import HEAVY_STEPS, PteArtifact, cached_pte, screened, structural_pte, verified_pte
+from targets.android.stages import (
+    HEAVY_STEPS,
+    PteArtifact,
+    cached_pte,
+    screened,
+    screened_task,
+    structural_pte,
+    verified_pte,
+)
 from targets.android.verify import RunnerTokenizer, eos_pieces
 
 APP_DIR = "app"
@@ -181,7 +189,9 @@ class AndroidTarget:
         # costs several CPU-minutes.
         def screen(name: str) -> list[str]:
             recipe = recipe_named(name)
-            return recipe.gate.check(screened(ctx, recipe))
+            predicted = screened(ctx, recipe)
+            task = (lambda: screened_task(ctx, recipe)) if ctx.eval_rows else None
+            return screen_verdict(predicted, recipe.gate.check(predicted), ctx.options.task_gate, task)
 
         rungs, notes = rungs_to_build(ladder, screen)
         for name in rungs:

@@ -353,13 +353,12 @@ def verify_structural(pte: Path, ptd: Path | None, artifact: str, recipe: str, b
                               failures=failures, notes=notes)
 
 
-def predict_fidelity(folder: Path, spec: Any, recipe: Any, reference: ReferenceLogits) -> Any:
-    """Fidelity of a recipe before exporting it: the quantized model in eager PyTorch on the golden text.
+def eager_quantized_model(folder: Path, spec: Any, recipe: Any) -> Any:
+    """The recipe's quantized model in eager PyTorch, doing the arithmetic the exported .pte does.
 
     Each quantized weight is dequantized once and each quantized linear's input goes through
     torchao's own int8 per-token quantize-dequantize, the arithmetic XNNPACK's 8da kernels perform;
     on the tiny and real Gemma checkpoints the exported .pte agreed with it to a few 1e-2 in logits.
-    A screen, not a verification: whatever ships is still executed in ExecuTorch.
     """
     import torch
     from torchao.quantization.quantize_.workflows.intx.intx_unpacked_to_int8_tensor import (
@@ -379,6 +378,17 @@ def predict_fidelity(folder: Path, spec: Any, recipe: Any, reference: ReferenceL
             module.weight = torch.nn.Parameter(module.weight.dequantize(), requires_grad=False)
             module.register_forward_pre_hook(
                 lambda _m, args: (_apply_int8_act_asym_per_token_quant_dequant(args[0]), *args[1:]))
+    return model
+
+
+def predict_fidelity(folder: Path, spec: Any, recipe: Any, reference: ReferenceLogits) -> Any:
+    """Fidelity of a recipe before exporting it: its eager quantized model on the golden text.
+
+    A screen, not a verification: whatever ships is still executed in ExecuTorch.
+    """
+    import torch
+
+    model = eager_quantized_model(folder, spec, recipe)
     acc = FidelityAccumulator()
     with torch.inference_mode():
         for i, ids in enumerate(reference.sequences):

@@ -301,7 +301,7 @@ class WebTarget:
         # the record is keyed by every file of the bundle as the browser loaded it, and reused.
         bundle = options_digest("web-bundle", sorted((p.relative_to(out_dir).as_posix(), file_sha256(p))
                                                      for p in out_dir.rglob("*") if p.is_file()))
-        task_key = ctx._task_key() if ctx.eval_rows else ""
+        task_key = ctx.task_key() if ctx.eval_rows else ""
         key = options_digest("verify-web", WEB_VERIFICATION_SCHEMA, bundle, ctx.golden.digest_source(), task_key,
                              tools.chromium, tools.node)[:24]
         ran = ctx.stage_cache.record("verify", key, "verify web bundle (Chromium)", run, encode=BrowserRun.as_dict,
