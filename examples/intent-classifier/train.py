@@ -3,7 +3,10 @@
     .venv/bin/python examples/intent-classifier/train.py            # writes ./adapter and ./training_log.jsonl
 
 The prompt format here is the task contract declared in edgepack.toml (prompt_template): the
-same string every runtime and bridge renders. Loss is taken on the answer tokens only
+same string every runtime and bridge renders. `--rendering chat` trains on the base's chat template
+instead (one user turn "{instruction}: {input}", as TRL's SFT would render it), the case
+benchmarks/contract_detection.py uses to check that edgepack finds a fine-tune's rendering by itself.
+Loss is taken on the answer tokens only
 (" <label>" + <eos>); logits are computed only at those positions, which keeps a 262k-vocabulary
 model trainable on two CPU cores in minutes.
 """
@@ -37,11 +40,24 @@ def render(template: str, row: dict) -> str:
     return fill_template(template, {"instruction": row["instruction"], "input": row["input"]})
 
 
-def encode(tokenizer, template: str, row: dict) -> tuple[list[int], int]:
+def chat_prompt(tokenizer, row: dict) -> str:
+    """The base's own chat template around one user turn, ready for the answer (its BOS included)."""
+    turn = {"role": "user", "content": f"{row['instruction']}: {row['input']}"}
+    return tokenizer.apply_chat_template([turn], add_generation_prompt=True, tokenize=False)
+
+
+def prompt_ids(tokenizer, template: str | None, row: dict) -> list[int]:
+    """BOS + the prompt: the contract's template, or (template None) the chat template."""
+    if template is None:
+        return tokenizer(chat_prompt(tokenizer, row), add_special_tokens=False)["input_ids"]
+    return tokenizer(render(template, row), add_special_tokens=True)["input_ids"]
+
+
+def encode(tokenizer, template: str | None, row: dict) -> tuple[list[int], int]:
     """Return (ids, answer_start): BOS + prompt, then " label" + eos."""
-    prompt_ids = tokenizer(render(template, row), add_special_tokens=True)["input_ids"]
+    prompt = prompt_ids(tokenizer, template, row)
     answer_ids = tokenizer(" " + row["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return prompt_ids + answer_ids, len(prompt_ids)
+    return prompt + answer_ids, len(prompt)
 
 
 def batch_loss(model, batch: list[tuple[list[int], int]]) -> torch.Tensor:
@@ -63,9 +79,9 @@ def batch_loss(model, batch: list[tuple[list[int], int]]) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def greedy_label(model, tokenizer, template: str, row: dict, max_new: int = 8) -> str:
+def greedy_label(model, tokenizer, template: str | None, row: dict, max_new: int = 8) -> str:
     """The model's greedy answer for one row (KV-cached generation, stopping at eos)."""
-    ids = torch.tensor([tokenizer(render(template, row), add_special_tokens=True)["input_ids"]])
+    ids = torch.tensor([prompt_ids(tokenizer, template, row)])
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
                          do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split("\n")[0].strip()
@@ -82,6 +98,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", type=Path, default=None, help="continue training this adapter folder")
+    parser.add_argument("--rendering", choices=("contract", "chat"), default="contract",
+                        help="train on edgepack.toml's prompt_template (default) or on the base's chat template")
+    parser.add_argument("--log", type=Path, default=HERE / "training_log.jsonl")
     args = parser.parse_args()
 
     from peft import LoraConfig, get_peft_model
@@ -103,13 +122,13 @@ def main() -> None:
         model = PeftModel.from_pretrained(model, str(args.resume), is_trainable=True)
     else:
         model = get_peft_model(model, lora)
-    template = prompt_template()
+    template = prompt_template() if args.rendering == "contract" else None
     train = [encode(tokenizer, template, r) for r in load_rows(HERE / "data" / "train.jsonl")]
     evaluation = load_rows(HERE / "data" / "eval.jsonl")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     steps_total = args.epochs * ((len(train) + args.batch - 1) // args.batch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / steps_total)
-    log_path = HERE / "training_log.jsonl"
+    log_path = args.log
     rng = random.Random(args.seed)
     start = time.perf_counter()
     step = 0
