@@ -19,8 +19,10 @@ from packager.fingerprint import cache_root
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 _SDIST = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
 _VENDOR = "vendor/llama.cpp/"
-# What the converter needs of the sdist: the script, its per-architecture package and the gguf-py it pins.
-_WANTED = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+# What the converters need of the sdist: the scripts, their per-architecture package and the gguf-py they pin.
+_WANTED = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/")
+# Part of the cache folder's name: bump when _WANTED grows, so a folder extracted before is not taken as whole.
+_LAYOUT = 2
 _STDERR_TAIL = 4000
 
 # Runs the converter with a fixed pre-tokenizer name: tiny test tokenizers have hashes llama.cpp's table
@@ -96,13 +98,15 @@ def _extract(sdist: Path, dest: Path) -> None:
             source = tar.extractfile(member)
             assert source is not None  # a regular file always has content
             target.write_bytes(source.read())
-    if not (dest / "convert_hf_to_gguf.py").is_file() or not (dest / "conversion" / "base.py").is_file():
-        raise ReferenceToolError(f"{sdist.name} has no {_VENDOR}convert_hf_to_gguf.py / conversion package")
+    needed = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/base.py")
+    if not all((dest / f).is_file() for f in needed):
+        raise ReferenceToolError(f"{sdist.name} lacks {_VENDOR}convert_hf_to_gguf.py, convert_lora_to_gguf.py or the "
+                                 "conversion package")
 
 
 def reference_converter_dir(cache: Path | None = None) -> Path:
     """Return the folder holding llama.cpp's convert_hf_to_gguf.py, fetching it once per cache."""
-    target = (cache or cache_root()) / "reference-converter" / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}"
+    target = (cache or cache_root()) / "reference-converter" / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}-{_LAYOUT}"
     if (target / "convert_hf_to_gguf.py").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -140,6 +144,15 @@ def run_reference_convert(
     with tempfile.TemporaryDirectory(prefix="edgepack-refconv-run-") as tmp:
         argv = reference_convert_argv(model_dir, out_file, outtype, pre_tokenizer, Path(tmp) / "fixed_pre.py", cache)
         _run(argv, f"llama.cpp's convert_hf_to_gguf.py on {model_dir}")
+
+
+def run_reference_lora_convert(adapter_dir: Path, base_dir: Path, out_file: Path, outtype: str = "f16",
+                               cache: Path | None = None) -> None:
+    """Convert a PEFT LoRA adapter to a GGUF adapter with llama.cpp's convert_lora_to_gguf.py (base from a folder)."""
+    script = reference_converter_dir(cache) / "convert_lora_to_gguf.py"
+    argv = [sys.executable, str(script), str(adapter_dir), "--base", str(base_dir), "--outtype", outtype,
+            "--outfile", str(out_file)]
+    _run(argv, f"llama.cpp's convert_lora_to_gguf.py on {adapter_dir}")
 
 
 def reference_quantize_argv(src: Path, dest: Path, qtype: str = "Q4_K_M") -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -132,20 +133,46 @@ def _adapter_weights(adapter_dir: Path, allow_pickle: bool) -> tuple[Path, dict[
     return source, weights
 
 
-def merge_adapter(
-    adapter_dir: Path, *, base: Path | None, allow_pickle: bool, work_dir: Path, name: str | None,
-    reporter: Reporter | None = None,
-) -> Checkpoint:
-    """Return the adapter merged into its base: a stage-cache entry under work_dir (keyed by the adapter's
-    files), one per base content, built in a temporary of its own so concurrent builds never share it."""
-    adapter_dir = adapter_dir.resolve()
+@dataclass(frozen=True)
+class LoraDelta:
+    """One adapted base weight: W' = W + scaling * (B @ A), as peft computes it."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    scaling: float
+
+
+@dataclass
+class LoraAdapter:
+    """A PEFT LoRA adapter read and checked against its base: what merging it (or applying it at run time) needs."""
+
+    folder: Path
+    config: dict[str, Any]
+    base_dir: Path
+    weights_file: Path
+    # Base weight name (e.g. model.layers.0.self_attn.q_proj.weight) -> its delta.
+    deltas: dict[str, LoraDelta]
+    # Whole tensors the adapter saves in place of the base's (peft's modules_to_save).
+    replacements: dict[str, torch.Tensor]
+
+
+def adapter_base(adapter_dir: Path, base: Path | None) -> Path:
+    """The base model folder of the adapter at `adapter_dir` (--base, else its declared local folder), after
+    checking the adapter's config is a LoRA edgepack supports."""
+    return _resolve_base(adapter_dir, _checked_config(adapter_dir), base)
+
+
+def _checked_config(adapter_dir: Path) -> dict[str, Any]:
     cfg_path = adapter_dir / "adapter_config.json"
     cfg = _read_json(cfg_path, "")
     _check_supported(cfg_path, cfg)
     _check_numbers(cfg_path, cfg)
-    base_dir = _resolve_base(adapter_dir, cfg, base)
-    base_ckpt = open_model_folder(base_dir, allow_pickle=allow_pickle, work_dir=work_dir / "base")
+    return cfg
 
+
+def read_adapter(adapter_dir: Path, base_dir: Path, base_ckpt: Checkpoint, allow_pickle: bool) -> LoraAdapter:
+    """Read the adapter's weights and check every pair and replacement against the base's tensors."""
+    cfg = _checked_config(adapter_dir)
     weights_file, weights = _adapter_weights(adapter_dir, allow_pickle)
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     replacements: dict[str, torch.Tensor] = {}
@@ -159,7 +186,7 @@ def merge_adapter(
         else:
             replacements[short.replace(".modules_to_save.default", "")] = tensor
 
-    delta_for: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
+    deltas: dict[str, LoraDelta] = {}
     for module, ab in pairs.items():
         target = f"{module}.weight"
         if set(ab) != {"A", "B"}:
@@ -179,7 +206,7 @@ def merge_adapter(
                 f"{tuple(a.shape)}. The adapter was trained on a different model size: pass --base DIR with the "
                 "right base."
             )
-        delta_for[target] = (a, b, _scaling(cfg, module))
+        deltas[target] = LoraDelta(a, b, _scaling(cfg, module))
     for target, tensor in replacements.items():
         if target not in base_ckpt.tensors:
             raise UnsupportedError(
@@ -191,9 +218,22 @@ def merge_adapter(
                 f"{adapter_dir}: {target} has shape {tuple(tensor.shape)} but the base has "
                 f"{base_ckpt.tensors[target].shape}. Pass --base DIR with the model the adapter was trained on."
             )
+    return LoraAdapter(adapter_dir, cfg, base_dir, weights_file, deltas, replacements)
+
+
+def merge_adapter(
+    adapter_dir: Path, *, base: Path | None, allow_pickle: bool, work_dir: Path, name: str | None,
+    reporter: Reporter | None = None,
+) -> Checkpoint:
+    """Return the adapter merged into its base: a stage-cache entry under work_dir (keyed by the adapter's
+    files), one per base content, built in a temporary of its own so concurrent builds never share it."""
+    adapter_dir = adapter_dir.resolve()
+    base_dir = adapter_base(adapter_dir, base)
+    base_ckpt = open_model_folder(base_dir, allow_pickle=allow_pickle, work_dir=work_dir / "base")
+    adapter = read_adapter(adapter_dir, base_dir, base_ckpt, allow_pickle)
 
     def write(folder: Path) -> dict[str, Any]:
-        _write_merged(base_ckpt, delta_for, replacements, folder, weights_file)
+        _write_merged(base_ckpt, adapter, folder)
         (folder / "config.json").write_text(json_text(base_ckpt.config, "merged config.json"), encoding="utf-8")
         copy_side_files(base_dir, folder, prefer=adapter_dir)
         return {}
@@ -201,7 +241,7 @@ def merge_adapter(
     base_digest = files_digest([*base_ckpt.weight_files(), base_dir / "config.json", *base_ckpt.side_files()])
     cache = StageCache(work_dir, reporter or Reporter(quiet=True))
     out_dir = cache.entry("merged", base_digest[:24], "merge LoRA adapter (fp32)", write,
-                          describe=lambda _: f"{len(delta_for)} LoRA modules").folder
+                          describe=lambda _: f"{len(adapter.deltas)} LoRA modules").folder
 
     # Every merged tensor was checked as it was written: the base at open, the adapter at load, the sum here.
     merged = open_model_folder(out_dir, name=name or adapter_dir.name, scan_values=False)
@@ -209,8 +249,8 @@ def merge_adapter(
         "kind": "peft-adapter",
         "adapter": str(adapter_dir),
         "base": str(base_dir.resolve()),
-        "lora_modules": len(delta_for),
-        "replaced_tensors": sorted(replacements),
+        "lora_modules": len(adapter.deltas),
+        "replaced_tensors": sorted(adapter.replacements),
     }
     return merged
 
@@ -220,13 +260,7 @@ def merge_lora_weight(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, sc
     return weight.float() + (b.float() @ a.float()) * scaling
 
 
-def _write_merged(
-    base: Checkpoint,
-    deltas: dict[str, tuple[torch.Tensor, torch.Tensor, float]],
-    replacements: dict[str, torch.Tensor],
-    out_dir: Path,
-    adapter_file: Path,
-) -> None:
+def _write_merged(base: Checkpoint, adapter: LoraAdapter, out_dir: Path) -> None:
     """Stream the merged tensors into safetensors shards of bounded size, refusing any that overflow."""
     shard: dict[str, torch.Tensor] = {}
     shard_bytes = 0
@@ -245,14 +279,14 @@ def _write_merged(
 
     for name in base.tensor_names():
         tensor = base.load(name)
-        if name in deltas:
-            a, b, scaling = deltas[name]
-            tensor = merge_lora_weight(tensor, a, b, scaling)
-            require_finite(tensor, f"{name} (merged)", adapter_file, (
-                f"W + scaling * (lora_B @ lora_A), with scaling {scaling:g} (lora_alpha / r), overflows float32: "
-                "the adapter's weights or lora_alpha are far too large. Check the adapter's training."))
-        elif name in replacements:
-            tensor = replacements[name].to(tensor.dtype)
+        if name in adapter.deltas:
+            delta = adapter.deltas[name]
+            tensor = merge_lora_weight(tensor, delta.a, delta.b, delta.scaling)
+            require_finite(tensor, f"{name} (merged)", adapter.weights_file, (
+                f"W + scaling * (lora_B @ lora_A), with scaling {delta.scaling:g} (lora_alpha / r), overflows "
+                "float32: the adapter's weights or lora_alpha are far too large. Check the adapter's training."))
+        elif name in adapter.replacements:
+            tensor = adapter.replacements[name].to(tensor.dtype)
         shard[name] = tensor.contiguous()
         shard_bytes += tensor.numel() * tensor.element_size()
         if shard_bytes >= _SHARD_BYTES:

@@ -11,30 +11,7 @@ from cli_helpers import edgepack, leftovers
 
 from packager.checkpoint import load_checkpoint
 from packager.errors import BadInputError, ExitCode
-
-
-def make_adapter(base: Path, dest: Path, *, seed: int = 1, rslora: bool = False, base_ref: str | None = None) -> Path:
-    """Train-free LoRA: random A and B on several modules, with rank/alpha patterns."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    config = LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
-        rank_pattern={"down_proj": 2}, alpha_pattern={"o_proj": 3}, use_rslora=rslora,
-    )
-    peft_model = get_peft_model(model, config)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_" in name:
-                p.normal_(0.0, 0.2)
-    peft_model.save_pretrained(str(dest))
-    cfg_path = dest / "adapter_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["base_model_name_or_path"] = base_ref if base_ref is not None else str(base)
-    cfg_path.write_text(json.dumps(cfg))
-    return dest
+from tests.tiny_models import make_adapter
 
 
 def peft_merged_state(base: Path, adapter: Path) -> dict[str, torch.Tensor]:

@@ -307,7 +307,7 @@ def test_tokenizer_config_symlinked_to_a_device_is_refused_not_ignored(tiny_llam
 
 
 def _adapter_with(tiny_llama: Path, tmp_path: Path, **changes: object) -> Path:
-    from test_adapter_merge import make_adapter
+    from tiny_models import make_adapter
 
     adapter = make_adapter(tiny_llama, tmp_path / "adapter")
     cfg = json.loads((adapter / "adapter_config.json").read_text())

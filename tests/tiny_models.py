@@ -209,3 +209,28 @@ def make_router(source: Path, folder: Path, render: Callable[[str, str], str]) -
 def gemma_chat(text: str) -> str:
     """GEMMA_CHAT_TEMPLATE around one user turn, ready for the model's answer."""
     return f"<start_of_turn>user\n{text}<end_of_turn>\n<start_of_turn>model\n"
+
+
+def make_adapter(base: Path, dest: Path, *, seed: int = 1, rslora: bool = False, base_ref: str | None = None,
+                 patterns: bool = True, targets: tuple[str, ...] = ("q_proj", "v_proj", "o_proj", "down_proj")) -> Path:
+    """Train-free LoRA: random A and B on `targets`, with rank/alpha patterns unless `patterns` is False."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=list(targets), use_rslora=rslora,
+        rank_pattern={"down_proj": 2} if patterns else {}, alpha_pattern={"o_proj": 3} if patterns else {},
+    )
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0.0, 0.2)
+    peft_model.save_pretrained(str(dest))
+    cfg_path = dest / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = base_ref if base_ref is not None else str(base)
+    cfg_path.write_text(json.dumps(cfg))
+    return dest
