@@ -18,7 +18,6 @@ from safetensors.torch import save_file
 
 from packager.checkpoint import Checkpoint, _read_json, copy_side_files, open_model_folder
 from packager.errors import BadInputError, UnsupportedError
-from packager.fingerprint import files_digest
 from packager.progress import Reporter
 from packager.safetensors_file import load_tensor, read_header, require_finite
 from packager.stage_cache import StageCache
@@ -238,7 +237,7 @@ def merge_adapter(
         copy_side_files(base_dir, folder, prefer=adapter_dir)
         return {}
 
-    base_digest = files_digest([*base_ckpt.weight_files(), base_dir / "config.json", *base_ckpt.side_files()])
+    base_digest = base_ckpt.content_digest()
     cache = StageCache(work_dir, reporter or Reporter(quiet=True))
     out_dir = cache.entry("merged", base_digest[:24], "merge LoRA adapter (fp32)", write,
                           describe=lambda _: f"{len(adapter.deltas)} LoRA modules").folder

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from packager.architectures import ArchitectureSpec, spec_for_config
 from packager.config_bounds import check_config
 from packager.errors import BadInputError, UnsupportedError
+from packager.fingerprint import files_digest
 from packager.safetensors_file import FLOAT_DTYPES, TensorEntry, load_tensor, read_header, require_finite
 from packager.strict_json import read_json_file, require_regular_file
 
@@ -79,6 +80,10 @@ class Checkpoint:
 
     def weight_files(self) -> list[Path]:
         return sorted({e.file for e in self.tensors.values()})
+
+    def content_digest(self) -> str:
+        """Digest of what a build reads (weights, config, tokenizer and side files): the key of its stage cache."""
+        return files_digest([*self.weight_files(), self.folder / "config.json", *self.side_files()])
 
     @property
     def parameter_count(self) -> int:

@@ -101,7 +101,7 @@ def open_input(request: BuildRequest, reporter: Reporter) -> tuple[Checkpoint, s
         work_dir = cache_root() / "checkpoints" / options_digest("folder", str(path.resolve()))[:24]
     ckpt = load_checkpoint(path, base=request.base, allow_pickle=request.allow_pickle, work_dir=work_dir,
                            name=request.options.name, reporter=reporter)
-    digest = files_digest([*ckpt.weight_files(), ckpt.folder / "config.json", *ckpt.side_files()])
+    digest = ckpt.content_digest()
     detail = f"{ckpt.spec.name}, {ckpt.parameter_count / 1e6:.1f}M parameters, {ckpt.origin['kind']}"
     reporter.stage("load checkpoint", False, time.perf_counter() - start, detail)
     return ckpt, digest

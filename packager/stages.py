@@ -240,12 +240,14 @@ class BuildContext:
         return [self._fp32_step("fp32 reference")] + (
             [self._fp32_step("fp32 baseline")] if self.options.eval_path else [])
 
-    def task_metrics_gguf(self, path: Path) -> TaskMetrics:
-        """Answer the eval set with the GGUF in llama.cpp (greedy, under the contract)."""
+    def task_metrics_gguf(self, path: Path, lora: Path | None = None) -> TaskMetrics:
+        """Answer the eval set with the GGUF in llama.cpp (greedy, under the contract), with the GGUF LoRA
+        adapter `lora` applied at run time when given."""
         import llama_cpp
 
         baseline = self.baseline_answers
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=host_threads(), verbose=False, seed=0)
+        llm = llama_cpp.Llama(model_path=str(path), lora_path=str(lora) if lora else None, n_ctx=1024,
+                              n_threads=host_threads(), verbose=False, seed=0)
         try:
             constrained = self.contract.constrained and self.contract.task == "labels"
             metrics, _ = score(self.contract, self.eval_rows, llama_cpp_generator(llm, self.contract, constrained),

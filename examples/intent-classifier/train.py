@@ -40,6 +40,15 @@ def render(template: str, row: dict) -> str:
     return fill_template(template, {"instruction": row["instruction"], "input": row["input"]})
 
 
+# Gemma 3's chat template (one turn per message, no system-prompt folding): the bundled base was made from
+# a GGUF and carries none, while a Hugging Face Gemma 3 folder does.
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
 def chat_prompt(tokenizer, row: dict) -> str:
     """The base's own chat template around one user turn, ready for the answer (its BOS included)."""
     turn = {"role": "user", "content": f"{row['instruction']}: {row['input']}"}
@@ -113,6 +122,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     base = args.base or bundled_example(Reporter())
     tokenizer = AutoTokenizer.from_pretrained(str(base))
+    if args.rendering == "chat" and not tokenizer.chat_template:
+        tokenizer.chat_template = GEMMA3_CHAT_TEMPLATE
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32, attn_implementation="eager")
     lora = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.05, task_type="CAUSAL_LM",
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
@@ -159,7 +170,10 @@ def main() -> None:
                   "correct": correct, "rows": len(evaluation), "seconds": round(time.perf_counter() - start, 1)}
         log.write(json.dumps(result) + "\n")
         print(result, flush=True)
-    model.save_pretrained(str(args.out))  # no tokenizer copy: edgepack takes the base's (33 MB saved)
+    model.save_pretrained(str(args.out))
+    if args.rendering == "chat":  # as an SFT trainer saves it: the tokenizer with the chat template trained on
+        tokenizer.save_pretrained(str(args.out))
+    # (otherwise no tokenizer copy: edgepack takes the base's, 33 MB saved)
     cfg_path = args.out / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = "gemma3-270m"  # resolved by edgepack.toml's base, never a hub download
