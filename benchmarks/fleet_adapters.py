@@ -71,6 +71,7 @@ def measure(cache: Path) -> dict:
     from packager.progress import Reporter
     from packager.stages import BuildOptions
     from packager.verify.gates import TaskGate
+    from packager.verify.gguf_check import verify_gguf
 
     contract = tomllib.loads((EXAMPLE / "edgepack.toml").read_text(encoding="utf-8"))["contract"]
     options = BuildOptions(eval_path=EXAMPLE / "data" / "eval.jsonl", task=dict(contract),
@@ -85,13 +86,18 @@ def measure(cache: Path) -> dict:
     adapter_gguf.parent.mkdir(parents=True, exist_ok=True)
     write_gguf_lora(EXAMPLE / "adapter", base, adapter_gguf, "F16", name="intent-router")
     rows = {}
-    for label, gguf, lora in (("merged Q8_0", merged_ctx.gguf("Q8_0"), None),
-                              ("merged Q4_K_M", merged_ctx.gguf("Q4_K_M"), None),
-                              ("base Q4_K_M + F16 adapter", base_ctx.gguf("Q4_K_M"), adapter_gguf)):
+    forms = (("merged Q8_0", merged_ctx.gguf("Q8_0"), None), ("merged Q4_K_M", merged_ctx.gguf("Q4_K_M"), None),
+             ("base Q4_K_M + F16 adapter", base_ctx.gguf("Q4_K_M"), adapter_gguf))
+    for label, gguf, lora in forms:
         start = time.perf_counter()
+        # The golden-text fidelity against the fp32 merged model, then the eval set, both in llama.cpp.
+        result = verify_gguf(gguf, label, "Q4_K_M" if "Q4" in label else "Q8_0", merged_ctx.reference,
+                             merged_ctx.golden, merged_ctx.contract, merged_ctx.hf_tokenizer, lora=lora)
         task = merged_ctx.task_metrics_gguf(gguf, lora)
+        m = result.metrics
         rows[label] = {"accuracy": task.exact_match, "validity": task.validity, "agreement": task.agreement,
                        "fp32_accuracy": task.baseline_exact_match, "latency_ms_p50": task.latency_ms_p50,
+                       "top1": m.top1, "top1_decisive": m.top1_decisive, "kl": m.kl,
                        "bytes": gguf.stat().st_size + (lora.stat().st_size if lora else 0),
                        "adapter_bytes": lora.stat().st_size if lora else 0,
                        "seconds": round(time.perf_counter() - start, 1)}
@@ -103,18 +109,19 @@ def measure(cache: Path) -> dict:
 def markdown(result: dict) -> str:
     rows = result["rows"]
     fp32 = next(iter(rows.values()))["fp32_accuracy"]
-    table = ["| form | accuracy | validity | agreement with fp32 | MB on disk | p50 ms / request (host) |",
-             "|---|---|---|---|---|---|",
-             f"| fp32 merged (transformers, the baseline) | {fp32:.3f} | | | | |"]
+    table = ["| form | accuracy | validity | agreement with fp32 | top-1 (decisive) | KL | MB on disk | "
+             "p50 ms / request (host) |", "|---|---|---|---|---|---|---|---|",
+             f"| fp32 merged (transformers, the baseline) | {fp32:.3f} | | | | | | |"]
     for label, r in rows.items():
         adapter = f" ({r['adapter_bytes'] / 2**20:.1f} adapter)" if r["adapter_bytes"] else ""
         table.append(f"| {label} | {r['accuracy']:.3f} | {r['validity']:.3f} | {r['agreement']:.3f} | "
+                     f"{r['top1']:.3f} ({r['top1_decisive']:.3f}) | {r['kl']:.4f} | "
                      f"{r['bytes'] / 2**20:.0f}{adapter} | {r['latency_ms_p50']:.0f} |")
     return "\n".join([
         START_MARKER,
         f"Measured {result['date']} on this 2-core host (load average {result['load_average']} at the end), "
         "the bundled example's router on its 108 eval rows under its contract (constrained to the 12 labels "
-        "in llama.cpp):",
+        "in llama.cpp), and on the golden text against the fp32 merged model:",
         "",
         *table,
         "",

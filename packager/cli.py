@@ -250,6 +250,9 @@ class _BuildCommand(_Command):
 @click.option("--strict-fidelity", is_flag=True,
               help="With an eval set, fail on the fidelity gate too (default: the task gate decides and a "
                    "fidelity miss is a warning).")
+@click.option("--runtime-adapter", is_flag=True,
+              help="For a LoRA adapter input: ship the base model's GGUF plus the adapter as a GGUF LoRA that "
+                   "llama.cpp applies at run time (raspberry-pi), instead of the merged model.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="An edgepack.toml to read (default: ./edgepack.toml when no CHECKPOINT is given).")
 @click.option("--device", "device_name", default=None,
@@ -263,7 +266,8 @@ def build(checkpoint: Path | None, targets: tuple[str, ...], quant: str | None, 
           no_gate: bool, as_json: bool, quiet: bool, eval_path: Path | None,
           task_kind: str | None, labels: str | None, json_schema: Path | None, prompt_template: str | None,
           constrained: bool, max_accuracy_drop: float | None, strict_fidelity: bool, device_name: str | None,
-          config_path: Path | None, jobs: int | None, max_ram: str | None, **target_flags: Any) -> None:
+          runtime_adapter: bool, config_path: Path | None, jobs: int | None, max_ram: str | None,
+          **target_flags: Any) -> None:
     """Build CHECKPOINT (a Hugging Face folder or a PEFT adapter) for the chosen targets.
 
     Without CHECKPOINT, reads ./edgepack.toml, else builds the bundled example.
@@ -288,7 +292,7 @@ def build(checkpoint: Path | None, targets: tuple[str, ...], quant: str | None, 
         context_length=context_length, allow_pickle=allow_pickle, force=force, no_gate=no_gate,
         eval_path=eval_path, task=task, max_accuracy_drop=max_accuracy_drop, strict_fidelity=strict_fidelity,
         device=device_name, config=config_path, target_options=_given_target_options(target_flags),
-        jobs=jobs, max_ram=max_ram,
+        jobs=jobs, max_ram=max_ram, runtime_adapter=runtime_adapter,
     ), reporter)
     outcome = run_build(request, reporter)
     if as_json:

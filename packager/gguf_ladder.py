@@ -54,10 +54,13 @@ class GgufChoice:
     verification: VerificationResult
     tried: list[Rung] = field(default_factory=list)
     explicit: bool = False
+    # A GGUF LoRA adapter llama.cpp applies to `file` at run time (packager.runtime_adapter); None: merged.
+    adapter: Path | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"chosen": self.quant, "from": "--quant" if self.explicit else "ladder",
-                "ladder": [r.as_dict() for r in self.tried]}
+                "ladder": [r.as_dict() for r in self.tried],
+                **({"runtime_adapter": self.adapter.name} if self.adapter else {})}
 
     def notes(self) -> list[str]:
         """One line per rejected rung, for the report."""

@@ -33,6 +33,7 @@ from packager.output_lock import output_lock
 from packager.progress import Reporter
 from packager.report import render_report, verification_rows, verification_table
 from packager.report_html import render_html
+from packager.runtime_adapter import check_runtime_adapter_input
 from packager.scheduler import scheduler_for
 from packager.stages import BuildContext, BuildOptions
 from packager.target import Target, TargetResult, expected_seconds, resolve_targets
@@ -136,12 +137,18 @@ def _run_build(request: BuildRequest, reporter: Reporter, log: Path) -> BuildOut
             f"{', '.join(unsupported)}; `edgepack doctor {request.checkpoint}` shows which targets support it. "
             "Drop those --target values."
         )
+    if request.options.runtime_adapter:
+        check_runtime_adapter_input(ckpt, request.checkpoint)
     name = request.options.name or ckpt.name
     out = request.out or Path("dist") / check_name(name, "the build name (--name, else the checkpoint folder's)")
     cache = cache_root()
     scheduler = scheduler_for(ckpt, reporter, cache, request.jobs, request.max_ram)
     ctx = BuildContext(ckpt, digest, request.options, reporter, cache, scheduler)
     targets = [cls() for cls in target_classes]
+    merged_anyway = [t.name for t in targets if not getattr(t, "applies_adapters", False)]
+    if request.options.runtime_adapter and merged_anyway:
+        reporter.say(f"--runtime-adapter: {', '.join(merged_anyway)} ship(s) the merged model (no runtime adapter "
+                     "support there yet)")
     for warning in check_fits(target_needs(ctx, targets), scheduler):  # exit 3 before anything is written
         reporter.say(f"warning: {warning}")
     with output_errors(out), output_lock(out):

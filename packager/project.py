@@ -54,6 +54,7 @@ class BuildFlags:
     config: Path | None = None
     jobs: int | None = None
     max_ram: str | None = None
+    runtime_adapter: bool = False
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -150,6 +151,14 @@ def _jobs(flag: int | None, build: dict[str, Any], config_path: Path) -> int | N
     return value
 
 
+def _flag(build: dict[str, Any], key: str, config_path: Path) -> bool:
+    """A true/false key of [build] (absent: false)."""
+    value = build.get(key, False)
+    if not isinstance(value, bool):
+        raise BadInputError(f"{config_path}: [build] {key} is {value!r}; it must be true or false.")
+    return value
+
+
 def _max_ram(flag: str | None, build: dict[str, Any], config_path: Path) -> int | None:
     """Return --max-ram, else [build] max_ram, in bytes; None: the host's memory minus headroom."""
     from packager.scheduler import parse_size
@@ -211,6 +220,7 @@ def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None
         task=task,
         task_source=str(root / CONFIG_NAME) if config else "command-line flags",
         task_gate=task_gate,
+        runtime_adapter=flags.runtime_adapter or _flag(build, "runtime_adapter", root / CONFIG_NAME),
     )
     targets = list(flags.targets) or list(build.get("targets", ["all"]))
     opened = None

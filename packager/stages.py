@@ -46,6 +46,7 @@ from packager.verify.task_eval import (
 )
 
 if TYPE_CHECKING:
+    from packager.runtime_adapter import RuntimeAdapter
     from packager.target import Target
 
 # Bump when what a verification record holds or how it is computed changes, so old records are not reused.
@@ -71,6 +72,8 @@ class BuildOptions:
     task: dict[str, Any] = dataclasses.field(default_factory=dict)
     task_source: str = "command-line flags"
     task_gate: TaskGate = dataclasses.field(default_factory=TaskGate)
+    # Ship a LoRA input as its base's GGUF + a GGUF adapter where the runtime applies adapters (llama.cpp).
+    runtime_adapter: bool = False
 
     def for_target(self, target: Target) -> TargetOptionValues:
         """Return `target`'s option values: those given, else its declared defaults."""
@@ -283,19 +286,24 @@ class BuildContext:
                                  self.reporter.percent("reference logits (fp32)"),
                                  lambda: self.scheduler.step(self._fp32_step("fp32 reference"), "the fp32 reference"))
 
-    def chosen_gguf(self, target: Target) -> GgufChoice:
+    def chosen_gguf(self, target: Target, applies_adapters: bool = False) -> GgufChoice:
         """The GGUF type `target` ships, its file and verification (packager.gguf_ladder): --quant as given;
         else the first rung up from the target's default that passes every gate (under --no-gate, the
-        default itself). Targets that start from the same type share one walk."""
+        default itself). Targets that start from the same type share one walk. With --runtime-adapter, a
+        target whose runtime `applies_adapters` gets the base's GGUF and the adapter (packager.runtime_adapter)."""
         start = self.options.gguf_quant(target)
         rungs = (start,) if self.options.quant or self.options.no_gate else ladder_from(start)
+        explicit = bool(self.options.quant)
         walked_here = []
+        runtime = applies_adapters and self.runtime_adapter is not None
 
         def walk() -> GgufChoice:
             walked_here.append(True)
-            return choose_gguf(rungs, self._built_and_verified, explicit=bool(self.options.quant))
+            if runtime:
+                return self.runtime_adapter.choice(rungs, explicit)
+            return choose_gguf(rungs, self._built_and_verified, explicit=explicit)
 
-        choice = self._gguf_choices.get(" ".join(rungs), walk)
+        choice = self._gguf_choices.get(("adapter " if runtime else "") + " ".join(rungs), walk)
         if not walked_here:  # another target walked it (or is walking it, and this one waited)
             self.reporter.stage(f"gguf {choice.quant}", True, 0.0, "shared stage, already built in this build")
         return choice
@@ -305,8 +313,21 @@ class BuildContext:
 
     def gguf(self, quant: str) -> Path:
         """Return the cached GGUF of this checkpoint in `quant`, building F16 first when needed."""
+        return self.gguf_file(quant)[0]
+
+    def gguf_file(self, quant: str) -> tuple[Path, str]:
+        """The cached GGUF of this checkpoint in `quant` and its sha256 (checked when its entry was opened)."""
         entry = self._gguf_entry(quant)
-        return entry.path(entry.value.name)
+        return entry.path(entry.value.name), entry.sha256(entry.value.name)
+
+    @once_property
+    def runtime_adapter(self) -> RuntimeAdapter | None:
+        """The input adapter kept apart from its base, under --runtime-adapter (None otherwise)."""
+        if not self.options.runtime_adapter or self.ckpt.origin.get("kind") != "peft-adapter":
+            return None
+        from packager.runtime_adapter import RuntimeAdapter
+
+        return RuntimeAdapter(self)
 
     def _gguf_entry(self, quant: str) -> CachedEntry[GgufFile]:
         built_here = []

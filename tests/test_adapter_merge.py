@@ -124,3 +124,37 @@ def test_a_merged_checkpoint_altered_in_the_cache_is_merged_again(tiny_llama: Pa
     assert again == digest
     merge = next(r for r in reporter.records if r.name.startswith("merge LoRA adapter"))
     assert not merge.cached
+
+
+# ---------------------------------------------------------------------------------------------
+# --runtime-adapter: the base's GGUF plus the adapter as a GGUF LoRA, applied by llama-server.
+
+
+def test_runtime_adapter_ships_the_base_gguf_and_the_adapter_judged_against_the_merged_model(
+        tiny_llama: Path, tmp_path: Path) -> None:
+    adapter = make_adapter(tiny_llama, tmp_path / "support-bot")  # rank/alpha patterns: folded into lora_b
+    out = tmp_path / "out"
+    result = edgepack("build", adapter, "--target", "raspberry-pi", "--quant", "F16", "--runtime-adapter",
+                      "--out", out, "--json")
+    assert result.exit_code == 0, result.stderr
+    pi = out / "raspberry-pi"
+    [row] = result.json()["artifacts"]
+    assert row["artifact"] == "raspberry-pi/model-F16.gguf + adapter-support-bot.gguf"
+    assert row["level"] == "executed" and row["top1"] >= 0.99  # the pair, in llama.cpp, vs the fp32 merged model
+    document = json.loads((pi / "edgepack.json").read_text())
+    assert document["model"]["lora_adapter"] == "adapter-support-bot.gguf"
+    assert document["gguf_choice"]["runtime_adapter"] == "adapter-support-bot.gguf"
+    assert "--lora" in (pi / "edgepack-support-bot.service").read_text()
+    assert "raspberry-pi/adapter-support-bot.gguf" in (out / "SHA256SUMS").read_text()
+    # The shipped model is the base's own GGUF, byte for byte: every specialist of this base can share it.
+    base_build = edgepack("build", tiny_llama, "--target", "raspberry-pi", "--quant", "F16", "--out", tmp_path / "b")
+    assert base_build.exit_code == 0, base_build.stderr
+    assert (pi / "model-F16.gguf").read_bytes() == (tmp_path / "b" / "raspberry-pi" / "model-F16.gguf").read_bytes()
+
+
+def test_runtime_adapter_on_a_whole_model_is_refused_before_anything_is_written(
+        tiny_llama: Path, tmp_path: Path) -> None:
+    result = edgepack("build", tiny_llama, "--target", "raspberry-pi", "--runtime-adapter", "--out", tmp_path / "o")
+    assert result.exit_code == ExitCode.BAD_INPUT
+    assert "--runtime-adapter ships a LoRA adapter" in result.stderr and str(tiny_llama) in result.stderr
+    assert not (tmp_path / "o").exists()

@@ -44,7 +44,9 @@ KNOWN_LLAMA_SERVER_FLAGS = {
     "--parallel",
     "--jinja",
     "--no-webui",
+    "--lora",
 }
+LORA = "adapter-support-bot.gguf"
 
 
 def hostile_name(marker: Path) -> str:
@@ -55,7 +57,7 @@ def hostile_name(marker: Path) -> str:
     )
 
 
-def make_context(model_name: str, *, chat: bool = True) -> dict[str, Any]:
+def make_context(model_name: str, *, chat: bool = True, lora: bool = False) -> dict[str, Any]:
     return {
         "model_name": model_name,
         "slug": escaping.slug(model_name),
@@ -89,6 +91,8 @@ def make_context(model_name: str, *, chat: bool = True) -> dict[str, Any]:
         ],
         "edgepack_version": "0.1.0",
         "size_mb": 241.53,
+        "lora_file": LORA if lora else None,
+        "lora_size_mb": 5.62 if lora else 0.0,
     }
 
 
@@ -113,13 +117,16 @@ class Bundle:
         return self.root / name
 
 
-def render_bundle(tmp_path: Path, kind: str, chat: bool = True, marker: Path | None = None) -> Bundle:
+def render_bundle(tmp_path: Path, kind: str, chat: bool = True, marker: Path | None = None,
+                  lora: bool = False) -> Bundle:
     marker = marker or tmp_path / "pwned"
     name = "Tiny Support Bot v2" if kind == "normal" else hostile_name(marker)
-    context = make_context(name, chat=chat)
+    context = make_context(name, chat=chat, lora=lora)
     root = tmp_path / "bundle"
     templating.render_tree(TEMPLATE_DIR, root, context)
     (root / GGUF).write_bytes(b"GGUF" + bytes(64))  # the target writes the real model here
+    if lora:
+        (root / LORA).write_bytes(b"GGUF" + bytes(32))
     return Bundle(root, context, marker)
 
 
@@ -377,13 +384,13 @@ def test_unit_uses_only_llama_server_flags_checked_against_llama_cpp(tmp_path: P
         assert ("--jinja" in flags) == chat
 
 
-@pytest.mark.parametrize("chat", [True, False])
+@pytest.mark.parametrize(("chat", "lora"), [(True, False), (False, False), (True, True)])
 @pytest.mark.parametrize("kind", ["normal", "hostile"])
 def test_systemd_analyze_verify_accepts_the_unit_without_a_single_warning(
-    tmp_path: Path, kind: str, chat: bool
+    tmp_path: Path, kind: str, chat: bool, lora: bool
 ) -> None:
     analyze = require_tool("systemd-analyze")
-    rendered = render_bundle(tmp_path, kind, chat)
+    rendered = render_bundle(tmp_path, kind, chat, lora=lora)
     # verify insists that ExecStart's binary exists. Only that path is swapped for a stand-in the
     # test creates; every other line, the hostile Description included, is checked as shipped.
     stand_in = tmp_path / "bin" / "llama-server"
@@ -600,3 +607,33 @@ def test_readme_says_the_numbers_come_from_the_build_host_not_a_pi(bundle: Bundl
     assert "measured on the build host, not on a Raspberry Pi" in readme
     assert "Raspberry Pi OS 64-bit" in readme and "sudo bash install.sh" in readme
     assert f"/etc/edgepack/{bundle.slug}.env" in readme
+
+
+# --- a fine-tune shipped as a LoRA adapter beside its base (--runtime-adapter) --------------------
+
+
+def test_a_runtime_adapter_bundle_installs_both_files_and_serves_the_adapter_with_lora(tmp_path: Path) -> None:
+    rendered = render_bundle(tmp_path, "normal", lora=True)
+    words = exec_start_words(rendered.unit.read_text())
+    pairs = dict(zip(words[1::2], words[2::2], strict=False))
+    assert pairs["--lora"] == f'"/opt/edgepack/{rendered.slug}/{LORA}"'
+    assert {w for w in words if w.startswith("--")} <= KNOWN_LLAMA_SERVER_FLAGS
+    script = rendered.file("install.sh")
+    check = run([require_tool("shellcheck"), str(script)])
+    assert check.returncode == 0 and check.stdout == "", check.stdout + check.stderr
+    env, log = stub_path(tmp_path)
+    result = run([require_tool("bash"), str(script), "--dry-run"], env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in (GGUF, LORA):
+        dst = f"/opt/edgepack/{rendered.slug}/{name}"
+        assert f"[dry-run] install -m 644 {rendered.root}/{name} {dst}.partial" in result.stdout
+    assert "installing the LoRA adapter" in result.stdout and log.read_text() == ""
+    (rendered.root / LORA).unlink()  # an incomplete copy of the bundle is refused before anything changes
+    missing = run([require_tool("bash"), str(script), "--dry-run"], env=env, cwd=tmp_path)
+    assert missing.returncode != 0 and f"model file {LORA} is missing" in missing.stderr
+    readme = rendered.file("README.md").read_text()
+    assert "applied by `llama-server --lora` at run time" in readme
+
+
+def test_without_an_adapter_the_unit_has_no_lora_flag(bundle: Bundle) -> None:
+    assert "--lora" not in exec_start_words(bundle.unit.read_text())

@@ -34,11 +34,13 @@ def verify_gguf(
     golden: GoldenSet,
     contract: Contract,
     hf_tokenizer,
+    lora: Path | None = None,
 ) -> VerificationResult:
-    """Run the GGUF on the golden text and compare it with the fp32 reference."""
+    """Run the GGUF (with the GGUF LoRA adapter `lora` applied, when given) on the golden text and compare
+    it with the fp32 reference."""
     gate = gate_for(quant)
     n_ctx = max(len(s) for s in reference.sequences) + len(reference.greedy_prompt_ids) + 64
-    runner = GGUFRunner(path, n_ctx=max(256, n_ctx))
+    runner = GGUFRunner(path, n_ctx=max(256, n_ctx), lora=lora)
     try:
         acc = FidelityAccumulator()
         for i, ids in enumerate(reference.sequences):

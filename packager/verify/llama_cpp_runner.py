@@ -24,7 +24,9 @@ def host_threads() -> int:
 class GGUFRunner:
     """One llama.cpp context over a GGUF file, sized for the texts it will see."""
 
-    def __init__(self, path: Path, n_ctx: int = 1024, logits_all: bool = True, n_threads: int | None = None) -> None:
+    def __init__(self, path: Path, n_ctx: int = 1024, logits_all: bool = True, n_threads: int | None = None,
+                 lora: Path | None = None) -> None:
+        """`lora`: a GGUF LoRA adapter llama.cpp applies to the model at run time (scale 1)."""
         import llama_cpp
 
         self.path = path
@@ -32,6 +34,7 @@ class GGUFRunner:
         self.llm = llama_cpp.Llama(
             model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=logits_all,
             n_threads=threads, n_threads_batch=threads, verbose=False, seed=0,
+            lora_path=str(lora) if lora else None,
         )
 
     def close(self) -> None:

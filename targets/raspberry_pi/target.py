@@ -35,6 +35,8 @@ class RaspberryPiTarget:
     status: ClassVar[str] = "ready"
     # llama.cpp's usual size/fidelity balance on ARM CPUs.
     default_quant: ClassVar[str | None] = "Q4_K_M"
+    # llama-server applies a GGUF LoRA adapter at run time (--lora): --runtime-adapter ships one.
+    applies_adapters: ClassVar[bool] = True
     # RAM budgets: the share of physical memory a model can count on there (packager.devices).
     devices: ClassVar[tuple[DeviceProfile, ...]] = (
         DeviceProfile("raspberry-pi-5-8gb", "Raspberry Pi 5 (8 GB)", 8, 0.75, "raspberry-pi", "llama.cpp llama-server"),
@@ -48,12 +50,18 @@ class RaspberryPiTarget:
         return writes_architecture(spec)
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
-        choice = ctx.chosen_gguf(self)
+        choice = ctx.chosen_gguf(self, applies_adapters=self.applies_adapters)
         quant = choice.quant
         gguf_file = f"model-{quant}.gguf"
         out_dir.mkdir(parents=True, exist_ok=True)
         place_artifact(choice.file, out_dir / gguf_file)
-        verification = dataclasses.replace(choice.verification, artifact=f"{self.name}/{gguf_file}")
+        lora_file = choice.adapter.name if choice.adapter else None
+        if choice.adapter:
+            place_artifact(choice.adapter, out_dir / choice.adapter.name)
+        shipped = f"{gguf_file} + {lora_file}" if lora_file else gguf_file
+        verification = dataclasses.replace(choice.verification, artifact=f"{self.name}/{shipped}")
+        if lora_file:  # the artifact's size on the device is both files'
+            verification.ships = [f"{self.name}/{gguf_file}", f"{self.name}/{lora_file}"]
 
         model_name = ctx.options.name or ctx.ckpt.name
         context_length = ctx.context_length
@@ -71,9 +79,11 @@ class RaspberryPiTarget:
             "chat_template_present": contract.chat_template is not None,
             "bos_ids": [contract.bos_id] if contract.add_bos and contract.bos_id is not None else [],
             "eos_ids": contract.eos_ids,
-            "verification_rows": [verification.summary_row(gguf_file)],
+            "verification_rows": [verification.summary_row(shipped)],
             "edgepack_version": __version__,
             "size_mb": round((out_dir / gguf_file).stat().st_size / 2**20, 1),
+            "lora_file": lora_file,
+            "lora_size_mb": round((out_dir / lora_file).stat().st_size / 2**20, 1) if lora_file else 0.0,
         }
         rendered = render_tree("raspberry-pi", out_dir, template_context)
         checks = check_generated_files(rendered, out_dir)
@@ -81,7 +91,7 @@ class RaspberryPiTarget:
         return finish_bundle(
             out_dir, self,
             {"model": {"name": model_name, "file": gguf_file, "format": "gguf", "quant": quant,
-                       "context_length": context_length},
+                       "context_length": context_length, "lora_adapter": lora_file},
              "contract": contract.as_dict(), "gguf_choice": choice.as_dict()},
             [verification], checks,
             notes=[*choice.notes(),
