@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.whole_build import write_section  # noqa: E402
+from benchmarks.whole_build import publish  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "intent-classifier"
 START_MARKER = "<!-- contract-detection:start -->"
@@ -96,10 +96,8 @@ def main() -> int:
     result = {"date": time.strftime("%Y-%m-%d"), "load": load, "training": training, "exit_code": code,
               "seconds": round(seconds, 1), "contract_check": manifest["contract_check"], "artifact": artifact,
               "ladder": [rung["quant"] for rung in pi["gguf_choice"]["ladder"]]}
-    (ROOT / "benchmarks" / "results" / "contract-detection.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_section(args.docs, markdown(result), START_MARKER, END_MARKER,
-                  "Contract detection on a real LoRA fine-tune")
-    print(markdown(result))
+    publish(result, "contract-detection.json", args.docs, markdown(result), (START_MARKER, END_MARKER),
+            "Contract detection on a real LoRA fine-tune")
     return 0
 
 

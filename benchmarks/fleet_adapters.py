@@ -14,7 +14,6 @@ markers in docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import tomllib
@@ -23,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.whole_build import write_section  # noqa: E402
+from benchmarks.whole_build import publish  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "intent-classifier"
 START_MARKER = "<!-- fleet-adapters:start -->"
@@ -139,10 +138,8 @@ def main() -> int:
     from packager.fingerprint import cache_root
 
     result = measure(args.cache or cache_root())
-    (ROOT / "benchmarks" / "results" / "fleet-adapters.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_section(args.docs, markdown(result), START_MARKER, END_MARKER,
-                  "Specialists as runtime adapters (fleet groundwork)")
-    print(markdown(result))
+    publish(result, "fleet-adapters.json", args.docs, markdown(result), (START_MARKER, END_MARKER),
+            "Specialists as runtime adapters (fleet groundwork)")
     return 0
 
 

@@ -169,6 +169,13 @@ def write_section(docs: Path, section: str, start: str, end: str, heading: str) 
     docs.write_text(text, encoding="utf-8")
 
 
+def publish(result: dict, results_name: str, docs: Path, section: str, markers: tuple[str, str], heading: str) -> None:
+    """Keep a benchmark's numbers (benchmarks/results/<results_name>) and its section of docs/benchmarks.md."""
+    (ROOT / "benchmarks" / "results" / results_name).write_text(json.dumps(result, indent=2) + "\n")
+    write_section(docs, section, *markers, heading)
+    print(section)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commit", action="append", required=True, help="commit to measure (repeatable)")
