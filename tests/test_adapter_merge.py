@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -130,13 +131,21 @@ def test_a_merged_checkpoint_altered_in_the_cache_is_merged_again(tiny_llama: Pa
 # --runtime-adapter: the base's GGUF plus the adapter as a GGUF LoRA, applied by llama-server.
 
 
-def test_runtime_adapter_ships_the_base_gguf_and_the_adapter_judged_against_the_merged_model(
-        tiny_llama: Path, tmp_path: Path) -> None:
-    adapter = make_adapter(tiny_llama, tmp_path / "support-bot")  # rank/alpha patterns: folded into lora_b
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def runtime_adapter_build(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """A Raspberry Pi build of a tiny Llama LoRA with --runtime-adapter: (output folder, CLI result)."""
+    folder = tmp_path_factory.mktemp("runtime-adapter")
+    adapter = make_adapter(tiny_llama, folder / "support-bot")  # rank/alpha patterns: folded into lora_b
+    out = folder / "out"
     result = edgepack("build", adapter, "--target", "raspberry-pi", "--quant", "F16", "--runtime-adapter",
                       "--out", out, "--json")
     assert result.exit_code == 0, result.stderr
+    return out, result
+
+
+def test_runtime_adapter_ships_the_base_gguf_and_the_adapter_judged_against_the_merged_model(
+        runtime_adapter_build: tuple[Path, Any], tiny_llama: Path, tmp_path: Path) -> None:
+    out, result = runtime_adapter_build
     pi = out / "raspberry-pi"
     [row] = result.json()["artifacts"]
     assert row["artifact"] == "raspberry-pi/model-F16.gguf + adapter-support-bot.gguf"
@@ -150,6 +159,58 @@ def test_runtime_adapter_ships_the_base_gguf_and_the_adapter_judged_against_the_
     base_build = edgepack("build", tiny_llama, "--target", "raspberry-pi", "--quant", "F16", "--out", tmp_path / "b")
     assert base_build.exit_code == 0, base_build.stderr
     assert (pi / "model-F16.gguf").read_bytes() == (tmp_path / "b" / "raspberry-pi" / "model-F16.gguf").read_bytes()
+
+
+def test_a_server_with_the_bundles_base_and_adapter_answers_the_client_as_the_merged_model_does(
+        runtime_adapter_build: tuple[Path, Any], tmp_path: Path) -> None:
+    """llama-cpp-python's OpenAI server (the bundle's client works with it too) serves the shipped pair."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import llama_cpp
+
+    from packager.formats.gguf_writer import write_gguf
+
+    out, _ = runtime_adapter_build
+    pi = out / "raspberry-pi"
+    prompt = "the quick brown fox"
+    merged = write_gguf(load_checkpoint(pi.parent.parent / "support-bot", work_dir=tmp_path / "w"),
+                        tmp_path / "merged.gguf", "F16")
+
+    def greedy(model: Path, lora: Path | None = None) -> str:
+        llm = llama_cpp.Llama(model_path=str(model), lora_path=str(lora) if lora else None, n_ctx=256,
+                              verbose=False, seed=0)
+        try:
+            return llm.create_completion(prompt, max_tokens=8, temperature=0.0)["choices"][0]["text"].strip()
+        finally:
+            llm.close()
+
+    expected = greedy(merged)
+    assert expected != greedy(pi / "model-F16.gguf")  # the adapter changes the answer
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(pi / "model-F16.gguf"),
+                               "--lora_path", str(pi / "adapter-support-bot.gguf"), "--n_ctx", "256",
+                               "--model_alias", "support-bot", "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.5)
+        answer = subprocess.run([sys.executable, str(pi / "client.py"), "--port", str(port), "--max-tokens", "8",
+                                 prompt], capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.strip() == expected
 
 
 def test_runtime_adapter_on_a_whole_model_is_refused_before_anything_is_written(
