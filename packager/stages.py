@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 # Bump when what a verification record holds or how it is computed changes, so old records are not reused.
 VERIFICATION_SCHEMA = 5
-CONTRACT_CHECK_SCHEMA = 1
+CONTRACT_CHECK_SCHEMA = 2  # 2: an undeclared rendering is always compared with the usual ones
 
 
 @dataclass

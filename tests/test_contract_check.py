@@ -68,3 +68,34 @@ def test_doctor_with_an_eval_set_names_the_rendering_and_each_targets_ladder(tin
     assert report["contract_check"]["used"]["name"] == TRAINED_ON
     assert report["ladders"]["raspberry-pi"] == ["Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"]
     assert report["ladders"]["web"] == ["Q8_0"] and len(report["ladders"]["ios"]) > 1
+
+
+def _scorer(scores: dict[str, tuple[float, float]]):
+    """A stand-in fp32 model: (accuracy, validity) per prompt template; 0.2 / 1.0 for any other."""
+    from packager.verify.task_eval import TaskMetrics
+
+    def score(prompt: PromptFormat, rows) -> TaskMetrics:
+        accuracy, validity = scores.get(prompt.template, (0.2, 1.0))
+        return TaskMetrics(rows=len(rows), exact_match=accuracy, validity=validity, agreement=None,
+                           baseline_exact_match=None, latency_ms_p50=0, latency_ms_p95=0, latency_ms_p99=0,
+                           tokens_per_s=0, constrained=False, mismatches=[], latencies_ms=[])
+    return score
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_a_valid_guess_is_still_compared_with_the_usual_renderings_a_valid_declaration_is_trusted(
+        declared: bool) -> None:
+    from packager.contract import Contract
+    from packager.contract_check import check_contract
+    from packager.verify.task_eval import EvalRow
+
+    # Measured on a real LoRA: every answer a valid label under the bare input, a third of them wrong.
+    chat = PromptFormat(prefix="<u>", template="{input}", suffix="<m>", source="chat_template")
+    scorer = _scorer({"{input}": (0.688, 1.0), "{instruction}: {input}": (0.833, 1.0)})
+    rows = [EvalRow(instruction="Route this", input=f"row {i}", output="billing") for i in range(40)]
+    check = check_contract(Contract(prompt=chat), chat, rows, scorer, template_declared=declared)
+    if declared:  # above the floors: the user's declaration is taken, and nothing else is scored
+        assert not check.changed and check.candidates == []
+    else:
+        assert check.changed and check.used.name == "chat template, '{instruction}: {input}'"
+        assert check.sample_rows == 32 and len(check.candidates) == 10
