@@ -103,7 +103,8 @@ def _run(invoke: Callable[[], Any], ctx: click.Context) -> tuple[int, Any]:
     try:
         invoke()
     except EdgepackError as exc:
-        return _failure(exc.label, exc.message, int(exc.exit_code))
+        code, document = _failure(exc.label, exc.message, int(exc.exit_code))
+        return code, {**document, **exc.details}
     except KeyboardInterrupt:
         return _failure("interrupted", "interrupted by Ctrl-C (SIGINT); stopped, and nothing was written.",
                         int(ExitCode.INTERRUPTED))

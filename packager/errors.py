@@ -26,9 +26,11 @@ class EdgepackError(Exception):
     exit_code: ExitCode = ExitCode.INTERNAL
     label = "internal error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, details: dict | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # What the --json document carries besides the message (a failed gate's artifact rows).
+        self.details = details or {}
 
 
 class BadInputError(EdgepackError):

@@ -180,7 +180,9 @@ def _build_into(staging: Path, out: Path, request: BuildRequest, ctx: BuildConte
         raise GateFailedError(
             "an artifact is not faithful enough to the source model, so nothing was written to "
             f"{out}. Use a higher-precision --quant, or --no-gate to keep the output anyway.\n\n"
-            + verification_table(results)
+            + verification_table(results),
+            # --json: what failed, as the manifest would have said it (nothing is written to read it from).
+            details={key: manifest[key] for key in ("name", "artifacts", "contract_check") if key in manifest},
         )
     write_json(staging / "manifest.json", manifest)
     report_md = render_report(manifest, results, not request.options.no_gate)

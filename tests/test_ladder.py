@@ -120,5 +120,10 @@ def test_a_default_build_climbs_to_a_passing_gguf_and_an_explicit_quant_fails_as
     assert all(r["rejected_because"] for r in ladder[:-1]) and not ladder[-1]["rejected_because"]
     assert "GGUF ladder: Q4_K_M rejected (top-1" in (tmp_path / "out" / "report.md").read_text()
     assert json.loads((tmp_path / "out" / "react-native" / "edgepack.json").read_text())["model"]["quant"] == "Q6_K"
-    asked = edgepack("build", tiny_llama, "--target", "raspberry-pi", "--out", tmp_path / "asked", "--quant", "Q4_K_M")
+    asked = edgepack("build", tiny_llama, "--target", "raspberry-pi", "--out", tmp_path / "asked", "--quant", "Q4_K_M",
+                     "--json")
     assert asked.exit_code == ExitCode.GATE_FAILED and not (tmp_path / "asked").exists()
+    document = asked.json()  # a CI reads what failed from the one JSON document, nothing being written
+    assert document["error"] == "quality gate failed" and document["exit_code"] == ExitCode.GATE_FAILED
+    [row] = document["artifacts"]
+    assert row["artifact"] == "raspberry-pi/model-Q4_K_M.gguf" and not row["passed"] and row["failures"]
