@@ -72,8 +72,8 @@ def markdown(result: dict) -> str:
         "",
         f"The fp32 baseline the artifacts were judged against: accuracy {task.get('baseline_exact_match', 0):.3f} on "
         f"all 108 rows (under edgepack's guess, the chat template around the bare input, the fp32 model reached "
-        f"{check['declared']['accuracy']:.3f} on the sample). Last rung of the GGUF ladder: {artifact['artifact']}, accuracy "
-        f"{task.get('exact_match', 0):.3f}, validity {task.get('validity', 0):.3f}, "
+        f"{check['declared']['accuracy']:.3f} on the sample). Last rung of the GGUF ladder: {artifact['artifact']}, "
+        f"accuracy {task.get('exact_match', 0):.3f}, validity {task.get('validity', 0):.3f}, "
         f"{'pass' if artifact['passed'] else 'FAIL: ' + '; '.join(artifact['failures'])}.",
         END_MARKER,
     ])
