@@ -124,8 +124,10 @@ def markdown(result: dict) -> str:
         "",
         *table,
         "",
-        f"llama.cpp loads the adapter in {result['adapter_load_s'] * 1000:.0f} ms and switches it on and off in a "
-        f"live context in {result['adapter_switch_s'] * 1e6:.0f} us (median of 20).",
+        f"llama.cpp loads the adapter in {result['adapter_load_s'] * 1000:.0f} ms; the calls that switch it on and "
+        f"off in a live context take {result['adapter_switch_s'] * 1e6:.0f} us (median of 20; the next decode then "
+        "runs with or without it). Merged at Q4_K_M, the fine-tune's small deltas are rounded back onto the base's "
+        "grid (the base was itself dequantized from Q4_K_M); kept apart in F16 they are not.",
         END_MARKER,
     ])
 
