@@ -164,13 +164,11 @@ def test_runtime_adapter_ships_the_base_gguf_and_the_adapter_judged_against_the_
 def test_a_server_with_the_bundles_base_and_adapter_answers_the_client_as_the_merged_model_does(
         runtime_adapter_build: tuple[Path, Any], tmp_path: Path) -> None:
     """llama-cpp-python's OpenAI server (the bundle's client works with it too) serves the shipped pair."""
-    import socket
     import subprocess
     import sys
-    import time
-    import urllib.request
 
     import llama_cpp
+    from openai_server import openai_server
 
     from packager.formats.gguf_writer import write_gguf
 
@@ -190,25 +188,10 @@ def test_a_server_with_the_bundles_base_and_adapter_answers_the_client_as_the_me
 
     expected = greedy(merged)
     assert expected != greedy(pi / "model-F16.gguf")  # the adapter changes the answer
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(pi / "model-F16.gguf"),
-                               "--lora_path", str(pi / "adapter-support-bot.gguf"), "--n_ctx", "256",
-                               "--model_alias", "support-bot", "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.5)
+    lora = pi / "adapter-support-bot.gguf"
+    with openai_server(pi / "model-F16.gguf", tmp_path / "server.log", 256, lora=lora) as port:
         answer = subprocess.run([sys.executable, str(pi / "client.py"), "--port", str(port), "--max-tokens", "8",
                                  prompt], capture_output=True, text=True, timeout=120, check=False)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     assert answer.returncode == 0, answer.stderr
     assert answer.stdout.strip() == expected
 

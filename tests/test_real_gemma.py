@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from cli_helpers import edgepack, leftovers
 from external_tools import bash_read_env_file
+from openai_server import openai_server
 
 from benchmarks.reference_converter import run_reference_convert, run_reference_quantize
 from packager.checkpoint import load_checkpoint
@@ -83,12 +82,6 @@ def test_no_gate_keeps_the_output_says_so_and_still_exits_nonzero(gemma_270m: Pa
     assert "--no-gate" in (out / "report.md").read_text()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_client_example_gets_a_real_completion_from_a_llama_cpp_server(pi_build: tuple[Path, dict],
                                                                       tmp_path: Path) -> None:
     """Serve the bundle's GGUF with the bundle's own settings (env file) and run client.py against it."""
@@ -96,31 +89,12 @@ def test_client_example_gets_a_real_completion_from_a_llama_cpp_server(pi_build:
     [env_file] = bundle.glob("*.env")
     settings = bash_read_env_file(str(env_file), "EDGEPACK_")
     assert settings["EDGEPACK_HOST"] == "127.0.0.1"
-    port = _free_port()
-    log = (tmp_path / "server.log").open("w")  # a pipe would fill up with llama.cpp's load log and block
-    server = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(bundle / "model-Q4_K_M.gguf"),
-         "--host", settings["EDGEPACK_HOST"], "--port", str(port), "--n_ctx", settings["EDGEPACK_CTX"],
-         "--n_threads", "2", "--model_alias", "model"],
-        stdout=log, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        deadline = time.time() + 180
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
-            assert time.time() < deadline, "llama.cpp server did not start within 180 s"
-            time.sleep(0.5)
+    with openai_server(bundle / "model-Q4_K_M.gguf", tmp_path / "server.log", int(settings["EDGEPACK_CTX"]),
+                       host=settings["EDGEPACK_HOST"]) as port:
         env = {**os.environ, "EDGEPACK_PORT": str(port)}
         result = subprocess.run(
             [sys.executable, str(bundle / "client.py"), "The capital of France is"],
             capture_output=True, text=True, timeout=120, env=env, check=False,
         )
-        assert result.returncode == 0, result.stderr
-        assert len(result.stdout.strip()) > 0
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip()) > 0
