@@ -178,7 +178,8 @@ def screened_task(ctx: BuildContext, recipe: Recipe) -> TaskMetrics:
             return metrics
 
     return ctx.stage_cache.record(
-        "screen", options_digest("screen-pte-task", ctx.task_key(), recipe.as_dict())[:24], label, screen,
+        "screen", options_digest("screen-pte-task", PTE_VERIFICATION_SCHEMA, ctx.task_key(), recipe.as_dict())[:24],
+        label, screen,
         encode=TaskMetrics.as_dict, decode=lambda data: TaskMetrics(**data),
         describe=lambda t: f"accuracy {t.exact_match:.3f} (fp32 {t.baseline_exact_match or 0:.3f}), "
                            f"validity {t.validity:.3f}")
