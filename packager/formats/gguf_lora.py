@@ -45,7 +45,7 @@ def adapter_tensors(adapter: LoraAdapter, base: Checkpoint) -> tuple[float, list
     if adapter.replacements:
         raise UnsupportedError(
             f"{adapter.folder}: the adapter saves whole tensors ({', '.join(sorted(adapter.replacements))}; peft's "
-            "modules_to_save), which a runtime adapter cannot carry; build it merged instead.")
+            "modules_to_save), which a runtime adapter cannot carry; build it merged (without --runtime-adapter).")
     transform = TensorTransform(base)
     alpha = float(adapter.config.get("lora_alpha", adapter.config["r"]))
     found = []
@@ -53,7 +53,7 @@ def adapter_tensors(adapter: LoraAdapter, base: Checkpoint) -> tuple[float, list
         gguf_name = transform.gguf_name(weight_name)
         if gguf_name is None or not gguf_name.startswith("blk."):
             raise UnsupportedError(f"{adapter.folder}: an adapter on {weight_name} (outside the decoder blocks) "
-                                   "cannot be applied at run time here; build it merged instead.")
+                                   "cannot be applied at run time here; build it merged (without --runtime-adapter).")
         a, b = _float(delta.a), _float(delta.b)
         # llama.cpp multiplies by alpha / rank; fold peft's own scaling of this module in where they differ.
         applied = alpha / a.shape[0]
