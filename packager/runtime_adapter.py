@@ -99,7 +99,8 @@ class RuntimeAdapter:
 
         result = ctx.stage_cache.record("verify", key, f"verify gguf {quant} + adapter", verify,
                                         encode=VerificationResult.as_dict, decode=VerificationResult.from_dict,
-                                        binds=f"{base_sha}+{adapter_sha}", describe=VerificationResult.fidelity_line)
+                                        binds=f"{base_sha}+{adapter_sha}",
+                                        describe=lambda r: r.verdict_line(gate_for(quant), ctx.options.task_gate))
         result.reapply_gates(gate_for(quant), ctx.options.task_gate)
         return base_path, dataclasses.replace(result, notes=[*result.notes, _note(quant, adapter_path)])
 

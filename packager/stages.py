@@ -382,7 +382,8 @@ class BuildContext:
 
         result = self.stage_cache.record("verify", key, f"verify gguf {quant}", verify,
                                          encode=VerificationResult.as_dict, decode=VerificationResult.from_dict,
-                                         binds=digest, describe=VerificationResult.fidelity_line)
+                                         binds=digest,
+                                         describe=lambda r: r.verdict_line(gate_for(quant), self.options.task_gate))
         # A stored record's verdict is not taken on trust: its gates are applied again to its numbers.
         result.reapply_gates(gate_for(quant), self.options.task_gate)
         return result

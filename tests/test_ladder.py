@@ -127,3 +127,15 @@ def test_a_default_build_climbs_to_a_passing_gguf_and_an_explicit_quant_fails_as
     assert document["error"] == "quality gate failed" and document["exit_code"] == ExitCode.GATE_FAILED
     [row] = document["artifacts"]
     assert row["artifact"] == "raspberry-pi/model-Q4_K_M.gguf" and not row["passed"] and row["failures"]
+
+
+def test_the_stage_line_of_a_verification_gives_the_verdict_the_task_gate_reaches() -> None:
+    from packager.verify.gates import EIGHT_BIT
+
+    missed = _fidelity(0.9, 0.05)
+    result = VerificationResult(artifact="m.pte", format="pte", quant="8da8w", level="executed", runtime="x",
+                                metrics=missed, task=_task(0.9), failures=EIGHT_BIT.check(missed))
+    assert result.fidelity_line().endswith("FAIL")  # the raw record, before the task rule
+    assert result.verdict_line(EIGHT_BIT, TaskGate(decides=True)).endswith("pass (task gate decided)")
+    assert result.verdict_line(EIGHT_BIT, TaskGate()).endswith("FAIL")  # --strict-fidelity
+    assert result.failures == EIGHT_BIT.check(missed) and not result.warnings  # the line judged a copy

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from packager.strict_json import finite_numbers
@@ -69,6 +69,12 @@ class VerificationResult:
         """The one-line summary shown after a verification stage: agreement, divergence, verdict."""
         m = self.metrics
         return f"top-1 {m.top1:.3f}, KL {m.kl:.4f}, {'pass' if self.passed else 'FAIL'}" if m else ""
+
+    def verdict_line(self, fidelity: Any, task: Any | None = None) -> str:
+        """fidelity_line with the verdict the gates give (a fidelity miss the task gate decided is a pass)."""
+        judged = replace(self, failures=list(self.failures), warnings=list(self.warnings))
+        judged.reapply_gates(fidelity, task)
+        return judged.fidelity_line() + (" (task gate decided)" if judged.warnings and judged.passed else "")
 
     def summary_row(self, artifact: str) -> dict[str, Any]:
         """The reproducible numbers a bundle's README shows (no host speeds: those live in report.md)."""

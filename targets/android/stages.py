@@ -123,7 +123,7 @@ def verified_pte(ctx: BuildContext, artifact: PteArtifact, tokenizer_json: Path,
     result = ctx.stage_cache.record(
         "verify", _record_key(ctx, "verify-pte", artifact, tokenizer_json), f"verify .pte {artifact.recipe.name}",
         verify, encode=VerificationResult.as_dict, decode=VerificationResult.from_dict, binds=artifact.sha256,
-        describe=VerificationResult.fidelity_line)
+        describe=lambda r: r.verdict_line(artifact.recipe.gate, ctx.options.task_gate))
     # The verdict of a stored record is not taken on trust: the gates are applied again to its numbers.
     result.reapply_gates(artifact.recipe.gate, ctx.options.task_gate)
     return dataclasses.replace(result, artifact=name)
