@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from packager.checkpoint import Checkpoint, open_model_folder
 from packager.errors import BadInputError
+from packager.escaping import slug
 from packager.fingerprint import files_digest, options_digest
 from packager.formats.gguf_lora import write_gguf_lora
 from packager.gguf_ladder import GgufChoice, choose_gguf
@@ -49,7 +50,8 @@ class RuntimeAdapter:
         self.ctx = ctx
         self.folder = Path(ctx.ckpt.origin["adapter"])
         self.base_dir = Path(ctx.ckpt.origin["base"])
-        self.name = f"adapter-{ctx.options.name or ctx.ckpt.name}"
+        # A file name every bundle and script can carry as is, whatever the build's name holds.
+        self.name = f"adapter-{slug(ctx.options.name or ctx.ckpt.name)}"
 
     @once_property
     def base(self) -> BuildContext:
