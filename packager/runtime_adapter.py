@@ -67,9 +67,9 @@ class RuntimeAdapter:
     def file(self) -> tuple[Path, str]:
         """The F16 GGUF adapter in the stage cache, and its sha256."""
         adapter_files = [self.folder / f for f in ADAPTER_FILES if (self.folder / f).is_file()]
-        key = options_digest("gguf-lora", ADAPTER_WRITER_VERSION, files_digest(adapter_files),
-                             self.base.ckpt_digest)[:24]
         file_name = f"{self.name}.gguf"
+        key = options_digest("gguf-lora", ADAPTER_WRITER_VERSION, files_digest(adapter_files),
+                             self.base.ckpt_digest, file_name)[:24]
 
         def write(folder: Path) -> dict[str, int]:
             self.ctx.reporter.say(f"writing the LoRA adapter as GGUF ({file_name}, F16)")

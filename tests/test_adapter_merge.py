@@ -202,3 +202,17 @@ def test_runtime_adapter_on_a_whole_model_is_refused_before_anything_is_written(
     assert result.exit_code == ExitCode.BAD_INPUT
     assert "--runtime-adapter ships a LoRA adapter" in result.stderr and str(tiny_llama) in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_the_same_adapter_built_under_another_name_ships_a_file_of_that_name(
+        runtime_adapter_build: tuple[Path, Any], tmp_path: Path) -> None:
+    out, _ = runtime_adapter_build
+    result = edgepack("build", out.parent / "support-bot", "--target", "raspberry-pi", "--quant", "F16",
+                      "--runtime-adapter", "--name", "Billing Bot", "--out", tmp_path / "o")
+    assert result.exit_code == 0, result.stderr
+    import gguf
+
+    shipped = gguf.GGUFReader(str(tmp_path / "o" / "raspberry-pi" / "adapter-billing-bot.gguf"))
+    assert shipped.fields["general.name"].contents() == "adapter-billing-bot"
+    first = gguf.GGUFReader(str(out / "raspberry-pi" / "adapter-support-bot.gguf"))
+    assert [t.name for t in shipped.tensors] == [t.name for t in first.tensors]
