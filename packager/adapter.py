@@ -147,7 +147,6 @@ class LoraAdapter:
 
     folder: Path
     config: dict[str, Any]
-    base_dir: Path
     weights_file: Path
     # Base weight name (e.g. model.layers.0.self_attn.q_proj.weight) -> its delta.
     deltas: dict[str, LoraDelta]
@@ -217,7 +216,7 @@ def read_adapter(adapter_dir: Path, base_dir: Path, base_ckpt: Checkpoint, allow
                 f"{adapter_dir}: {target} has shape {tuple(tensor.shape)} but the base has "
                 f"{base_ckpt.tensors[target].shape}. Pass --base DIR with the model the adapter was trained on."
             )
-    return LoraAdapter(adapter_dir, cfg, base_dir, weights_file, deltas, replacements)
+    return LoraAdapter(adapter_dir, cfg, weights_file, deltas, replacements)
 
 
 def merge_adapter(

@@ -13,7 +13,6 @@ misses its gate is then screened on the task too, and passes when the task is in
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 from packager.scheduler import HeavyStep
@@ -50,8 +49,7 @@ def screen_verdict(fidelity: FidelityMetrics, fidelity_reasons: list[str], task_
                    task: Callable[[], TaskMetrics] | None) -> list[str]:
     """The reasons a rung's screen fails: its fidelity reasons, unless the task decides and `task()` (the
     screen's eval answers, asked only then) passes the task gate on finite fidelity numbers."""
-    finite = math.isfinite(fidelity.top1) and math.isfinite(fidelity.kl)
-    if not fidelity_reasons or task is None or not task_gate.decides or not finite:
+    if not fidelity_reasons or task is None or not task_gate.decides or not fidelity.finite:
         return fidelity_reasons
     metrics = task()
     task_reasons = task_gate.check(metrics)

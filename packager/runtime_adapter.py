@@ -22,8 +22,6 @@ from packager.fingerprint import files_digest, options_digest
 from packager.formats.gguf_lora import write_gguf_lora
 from packager.gguf_ladder import GgufChoice, choose_gguf
 from packager.once import once_property
-from packager.verify.gates import gate_for
-from packager.verify.gguf_check import verify_gguf
 from packager.verify.result import VerificationResult
 
 if TYPE_CHECKING:
@@ -31,7 +29,6 @@ if TYPE_CHECKING:
 
 # Bump when the adapter file written for the same adapter changes.
 ADAPTER_WRITER_VERSION = 1
-VERIFICATION_SCHEMA = 1
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 
 
@@ -82,29 +79,9 @@ class RuntimeAdapter:
 
     def verified(self, quant: str) -> tuple[Path, VerificationResult]:
         """The base's `quant` GGUF with the adapter applied, verified against the fp32 merged model (cached)."""
-        ctx = self.ctx
         base_path, base_sha = self.base.gguf_file(quant)
-        adapter_path, adapter_sha = self.file
-        key = options_digest("verify-gguf-lora", VERIFICATION_SCHEMA, base_sha, adapter_sha,
-                             ctx.golden.digest_source(), ctx.task_key() if ctx.eval_rows else "")[:24]
-        artifact = f"{base_path.name} + {adapter_path.name}"
-
-        def verify() -> VerificationResult:
-            reference = ctx.reference
-            ctx.reporter.say(f"verifying GGUF {quant} + LoRA adapter in llama.cpp ({reference.positions} positions)")
-            result = verify_gguf(base_path, artifact, quant, reference, ctx.golden, ctx.contract, ctx.hf_tokenizer,
-                                 lora=adapter_path)
-            if ctx.eval_rows:
-                ctx.reporter.say(f"answering {len(ctx.eval_rows)} eval rows with GGUF {quant} + LoRA adapter")
-                ctx.attach_task(result, ctx.task_metrics_gguf(base_path, adapter_path))
-            return result
-
-        result = ctx.stage_cache.record("verify", key, f"verify gguf {quant} + adapter", verify,
-                                        encode=VerificationResult.as_dict, decode=VerificationResult.from_dict,
-                                        binds=f"{base_sha}+{adapter_sha}",
-                                        describe=lambda r: r.verdict_line(gate_for(quant), ctx.options.task_gate))
-        result.reapply_gates(gate_for(quant), ctx.options.task_gate)
-        return base_path, dataclasses.replace(result, notes=[*result.notes, _note(quant, adapter_path)])
+        result = self.ctx.verified_gguf(base_path, base_sha, quant, lora=self.file)
+        return base_path, dataclasses.replace(result, notes=[*result.notes, _note(quant, self.file[0])])
 
     def choice(self, rungs: tuple[str, ...], explicit: bool) -> GgufChoice:
         """Walk `rungs` of the base's GGUF with the adapter applied; the shipped choice carries the adapter."""

@@ -367,18 +367,39 @@ class BuildContext:
     def _verify_gguf_file(self, quant: str) -> VerificationResult:
         gguf = self._ggufs.get(quant, lambda: self._new_gguf_entry(quant))
         path = gguf.path(gguf.value.name)
-        digest = gguf.sha256(path.name)  # checked against the file when the entry was opened
+        return self.verified_gguf(path, gguf.sha256(path.name), quant)  # sha256 checked when the entry was opened
+
+    def verified_gguf(self, path: Path, digest: str, quant: str, lora: tuple[Path, str] | None = None
+                      ) -> VerificationResult:
+        """The GGUF at `path` (sha256 `digest`), with the GGUF LoRA adapter `lora` (path, sha256) applied when
+        given, verified in llama.cpp against this checkpoint's fp32 model: golden text, then the eval set.
+        Cached per file content, golden set and task."""
+        if lora is not None:
+            digest = f"{digest}+{lora[1]}"
+        adapter = lora[0] if lora else None
+        artifact = f"{path.name} + {adapter.name}" if adapter else path.name
+        what = f"GGUF {quant}" + (" + LoRA adapter" if adapter else "")
         task_key = self.task_key() if self.eval_rows else ""
         key = options_digest("verify-gguf", VERIFICATION_SCHEMA, digest, self.golden.digest_source(), task_key)[:24]
 
         def verify() -> VerificationResult:
             reference = self.reference
-            self.reporter.say(f"verifying GGUF {quant} in llama.cpp ({reference.positions} positions)")
-            result = verify_gguf(path, path.name, quant, reference, self.golden, self.contract, self.hf_tokenizer)
+            self.reporter.say(f"verifying {what} in llama.cpp ({reference.positions} positions)")
+            result = verify_gguf(path, artifact, quant, reference, self.golden, self.contract, self.hf_tokenizer,
+                                 lora=adapter)
             if self.eval_rows:
-                self.reporter.say(f"answering {len(self.eval_rows)} eval rows with GGUF {quant} in llama.cpp")
-                self.attach_task(result, self.task_metrics_gguf(path))
+                self.reporter.say(f"answering {len(self.eval_rows)} eval rows with {what} in llama.cpp")
+                self.attach_task(result, self.task_metrics_gguf(path, adapter))
             return result
+
+        label = f"verify gguf {quant}" + (" + adapter" if adapter else "")
+        result = self.stage_cache.record("verify", key, label, verify,
+                                         encode=VerificationResult.as_dict, decode=VerificationResult.from_dict,
+                                         binds=digest,
+                                         describe=lambda r: r.verdict_line(gate_for(quant), self.options.task_gate))
+        # A stored record's verdict is not taken on trust: its gates are applied again to its numbers.
+        result.reapply_gates(gate_for(quant), self.options.task_gate)
+        return result
 
         result = self.stage_cache.record("verify", key, f"verify gguf {quant}", verify,
                                          encode=VerificationResult.as_dict, decode=VerificationResult.from_dict,

@@ -6,6 +6,7 @@ positions are counted, and a verification record turns the NaN into null when it
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -106,6 +107,11 @@ class FidelityMetrics:
     cosine: float | None = None
     # Positions where either side's logits hold a NaN or an infinity (then KL and perplexity are NaN too).
     nonfinite_positions: int = 0
+
+    @property
+    def finite(self) -> bool:
+        """Whether the numbers every gate reads exist (a NaN or infinite logit makes top-1 or KL NaN)."""
+        return math.isfinite(self.top1) and math.isfinite(self.kl)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -57,7 +57,7 @@ class VerificationResult:
         fidelity_reasons = fidelity.check(self.metrics) if self.metrics is not None else []
         task_reasons = task.check(self.task) if task is not None and self.task is not None else []
         self.failures += [r for r in fidelity_reasons + task_reasons if r not in self.failures]
-        finite = self.metrics is not None and math.isfinite(self.metrics.top1) and math.isfinite(self.metrics.kl)
+        finite = self.metrics is not None and self.metrics.finite
         if task is not None and task.decides and self.task is not None and finite and not task_reasons:
             # The task passed on this artifact's own answers: its golden-text fidelity misses are reported,
             # not fatal. Non-finite numbers and every other kind of failure still fail it.
