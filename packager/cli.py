@@ -252,8 +252,9 @@ class _BuildCommand(_Command):
               help="With an eval set, fail on the fidelity gate too (default: the task gate decides and a "
                    "fidelity miss is a warning).")
 @click.option("--runtime-adapter", is_flag=True,
-              help="For a LoRA adapter input: ship the base model's GGUF plus the adapter as a GGUF LoRA that "
-                   "llama.cpp applies at run time (raspberry-pi), instead of the merged model.")
+              help="For a LoRA adapter input: where the target's runtime applies adapters, ship the base model's "
+                   "GGUF plus the adapter as a GGUF LoRA instead of the merged model (the build names the targets "
+                   "that ship it merged).")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="An edgepack.toml to read (default: ./edgepack.toml when no CHECKPOINT is given).")
 @click.option("--device", "device_name", default=None,
