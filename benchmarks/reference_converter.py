@@ -71,8 +71,9 @@ def _wanted(rel: str) -> bool:
     return any(rel == w or (w.endswith("/") and rel.startswith(w)) for w in _WANTED)
 
 
-def _download_sdist(dest: Path) -> Path:
-    # pip's HTTP cache makes every download after the first a local copy.
+def download_sdist(dest: Path) -> Path:
+    """Download the pinned llama-cpp-python sdist into `dest`; pip's HTTP cache makes every download after
+    the first a local copy."""
     argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
             f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", "-d", str(dest)]
     _run(argv, "pip download of the llama-cpp-python sdist")
@@ -112,7 +113,7 @@ def reference_converter_dir(cache: Path | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgepack-refconv-", dir=target.parent) as tmp:
         staging = Path(tmp) / "llama.cpp"
-        _extract(_download_sdist(Path(tmp) / "sdist"), staging)
+        _extract(download_sdist(Path(tmp) / "sdist"), staging)
         try:
             staging.rename(target)  # atomic: a reader sees no folder or a complete one
         except OSError:

@@ -199,6 +199,17 @@ def _target_parameters() -> list[click.Parameter]:
     return params
 
 
+def _named_adapters(values: tuple[str, ...]) -> tuple[tuple[str, Path], ...]:
+    """--adapter NAME=DIR values as (name, folder) pairs."""
+    pairs = []
+    for value in values:
+        name, sep, folder = value.partition("=")
+        if not sep or not name or not folder:
+            raise BadInputError(f"--adapter {value!r}: give it as NAME=DIR, e.g. --adapter router=adapters/router.")
+        pairs.append((name, Path(folder)))
+    return tuple(pairs)
+
+
 def _given_target_options(flags: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Group the target flags given on the command line by target (a flag left out is not 'given')."""
     given: dict[str, dict[str, Any]] = {}
@@ -255,6 +266,9 @@ class _BuildCommand(_Command):
               help="For a LoRA adapter input: where the target's runtime applies adapters, ship the base model's "
                    "GGUF plus the adapter as a GGUF LoRA instead of the merged model (the build names the targets "
                    "that ship it merged).")
+@click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR",
+              help="A fleet: a LoRA specialist of --base, named NAME (repeatable); targets whose runtime applies "
+                   "adapters ship the base once and an adapter per specialist.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="An edgepack.toml to read (default: ./edgepack.toml when no CHECKPOINT is given).")
 @click.option("--device", "device_name", default=None,
@@ -268,8 +282,8 @@ def build(checkpoint: Path | None, targets: tuple[str, ...], quant: str | None, 
           no_gate: bool, as_json: bool, quiet: bool, eval_path: Path | None,
           task_kind: str | None, labels: str | None, json_schema: Path | None, prompt_template: str | None,
           constrained: bool, max_accuracy_drop: float | None, strict_fidelity: bool, device_name: str | None,
-          runtime_adapter: bool, config_path: Path | None, jobs: int | None, max_ram: str | None,
-          **target_flags: Any) -> None:
+          runtime_adapter: bool, adapters: tuple[str, ...], config_path: Path | None, jobs: int | None,
+          max_ram: str | None, **target_flags: Any) -> None:
     """Build CHECKPOINT (a Hugging Face folder or a PEFT adapter) for the chosen targets.
 
     Without CHECKPOINT, reads ./edgepack.toml, else builds the bundled example.
@@ -294,7 +308,7 @@ def build(checkpoint: Path | None, targets: tuple[str, ...], quant: str | None, 
         context_length=context_length, allow_pickle=allow_pickle, force=force, no_gate=no_gate,
         eval_path=eval_path, task=task, max_accuracy_drop=max_accuracy_drop, strict_fidelity=strict_fidelity,
         device=device_name, config=config_path, target_options=_given_target_options(target_flags),
-        jobs=jobs, max_ram=max_ram, runtime_adapter=runtime_adapter,
+        jobs=jobs, max_ram=max_ram, runtime_adapter=runtime_adapter, adapters=_named_adapters(adapters),
     ), reporter)
     outcome = run_build(request, reporter)
     if as_json:

@@ -68,7 +68,8 @@ class GgufChoice:
                 for r in self.tried if r.quant != self.quant]
 
 
-def _rung(quant: str, result: VerificationResult) -> Rung:
+def rung_of(quant: str, result: VerificationResult) -> Rung:
+    """The rung record of `quant` verified as `result`."""
     m = result.metrics
     return Rung(quant, m.top1 if m else None, m.kl if m else None,
                 result.task.exact_match if result.task else None, list(result.failures))
@@ -80,7 +81,7 @@ def choose_gguf(rungs: tuple[str, ...], build: Callable[[str], tuple[Path, Verif
     tried = []
     for quant in rungs:
         file, result = build(quant)
-        tried.append(_rung(quant, result))
+        tried.append(rung_of(quant, result))
         if result.passed or quant == rungs[-1]:
             return GgufChoice(quant, file, result, tried, explicit)
     raise ValueError("an empty GGUF ladder")

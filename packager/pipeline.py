@@ -8,6 +8,7 @@ leaves nothing that looks complete. While a build writes, its output folder is l
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import shutil
 import time
@@ -20,6 +21,7 @@ from packager.build_log import tool_output_to_log
 from packager.checkpoint import Checkpoint, is_adapter_folder, load_checkpoint
 from packager.errors import BadInputError, GateFailedError, UnsupportedError
 from packager.fingerprint import cache_root, files_digest, options_digest
+from packager.fleet import Fleet, Specialist, SpecialistSpec, build_merged_per_specialist
 from packager.manifest import (
     MANIFEST_SCHEMA_VERSION,
     build_timestamp,
@@ -59,6 +61,8 @@ class BuildRequest:
     # minus headroom); see packager/scheduler.py.
     jobs: int | None = None
     max_ram: int | None = None
+    # A fleet (packager.fleet): LoRA specialists of the base model `checkpoint`; empty: one model.
+    specialists: tuple[SpecialistSpec, ...] = ()
 
 
 @dataclass
@@ -112,7 +116,24 @@ def build_inputs(request: BuildRequest, ckpt: Checkpoint) -> list[Path]:
     """Return every file and folder the build reads, which its output must never replace."""
     paths = [request.checkpoint, request.base, request.config, request.options.eval_path,
              ckpt.origin.get("base"), request.options.task.get("json_schema")]
+    for spec in request.specialists:
+        paths += [spec.adapter, spec.eval_path, spec.task.get("json_schema")]
     return [Path(p) for p in paths if p]
+
+
+def open_fleet(request: BuildRequest, base: BuildContext) -> Fleet:
+    """Merge every specialist's adapter into the base; each gets its own stages, sharing the base's."""
+    specialists = []
+    for spec in request.specialists:
+        options = dataclasses.replace(
+            request.options, name=spec.name, eval_path=spec.eval_path, task={**request.options.task, **spec.task},
+            task_source=spec.task_source, task_gate=spec.task_gate or request.options.task_gate,
+            runtime_adapter=True)
+        opened = open_input(BuildRequest(checkpoint=spec.adapter, targets=[], base=request.checkpoint,
+                                         allow_pickle=request.allow_pickle, options=options), base.reporter)
+        ctx = BuildContext(*opened, options, base.reporter, base.cache, base.scheduler, base=base)
+        specialists.append(Specialist(spec, ctx))
+    return Fleet(base, specialists)
 
 
 def run_build(request: BuildRequest, reporter: Reporter | None = None) -> BuildOutcome:
@@ -137,45 +158,64 @@ def _run_build(request: BuildRequest, reporter: Reporter, log: Path) -> BuildOut
             f"{', '.join(unsupported)}; `edgepack doctor {request.checkpoint}` shows which targets support it. "
             "Drop those --target values."
         )
-    if request.options.runtime_adapter:
+    if request.options.runtime_adapter and not request.specialists:
         check_runtime_adapter_input(ckpt, request.checkpoint)
     name = request.options.name or ckpt.name
     out = request.out or Path("dist") / check_name(name, "the build name (--name, else the checkpoint folder's)")
     cache = cache_root()
     scheduler = scheduler_for(ckpt, reporter, cache, request.jobs, request.max_ram)
-    ctx = BuildContext(ckpt, digest, request.options, reporter, cache, scheduler)
+    base_options = dataclasses.replace(request.options, eval_path=None, task={}) if request.specialists else (
+        request.options)
+    ctx = BuildContext(ckpt, digest, base_options, reporter, cache, scheduler)
+    fleet = open_fleet(request, ctx) if request.specialists else None
     targets = [cls() for cls in target_classes]
-    merged_anyway = [t.name for t in targets if not getattr(t, "applies_adapters", False)]
-    if request.options.runtime_adapter and merged_anyway:
-        reporter.say(f"--runtime-adapter: {', '.join(merged_anyway)} ship(s) the merged model (no runtime adapter "
-                     "support there yet)")
-    for warning in check_fits(target_needs(ctx, targets), scheduler):  # exit 3 before anything is written
+    if fleet:
+        merged_anyway = [t.name for t in targets if not hasattr(t, "build_fleet")]
+        if merged_anyway:
+            reporter.say(f"fleet: {', '.join(merged_anyway)} ship(s) each specialist merged (no runtime adapters "
+                         "there yet)")
+    elif request.options.runtime_adapter:
+        merged_anyway = [t.name for t in targets if not getattr(t, "applies_adapters", False)]
+        if merged_anyway:
+            reporter.say(f"--runtime-adapter: {', '.join(merged_anyway)} ship(s) the merged model (no runtime "
+                         "adapter support there yet)")
+    # A specialist's merged model is the size of the base: the first one sizes every target's steps.
+    sizing = fleet.specialists[0].ctx if fleet else ctx
+    for warning in check_fits(target_needs(sizing, targets), scheduler):  # exit 3 before anything is written
         reporter.say(f"warning: {warning}")
     with output_errors(out), output_lock(out):
         check_replaceable(out, build_inputs(request, ckpt), "build", request.force)
         with staged_output(out) as staging:
-            results, manifest, passed = _build_into(staging, out, request, ctx, targets, log)
+            results, manifest, passed = _build_into(staging, out, request, ctx, targets, log, fleet)
     reporter.say(f"wrote {out}")
     return BuildOutcome(out=out, manifest=manifest, results=results, passed=passed)
 
 
 def _build_into(staging: Path, out: Path, request: BuildRequest, ctx: BuildContext, targets: list[Target],
-                log: Path) -> tuple[list[TargetResult], dict[str, Any], bool]:
+                log: Path, fleet: Fleet | None) -> tuple[list[TargetResult], dict[str, Any], bool]:
     """Return the results, manifest and verdict of building every target into staging (published by the caller)."""
     ckpt, digest, reporter, scheduler = ctx.ckpt, ctx.ckpt_digest, ctx.reporter, ctx.scheduler
+
+    def build_target(target: Target, out_dir: Path) -> TargetResult:
+        if fleet is None:
+            return target.build(ctx, out_dir)
+        build_fleet = getattr(target, "build_fleet", None)
+        if build_fleet is not None:
+            return build_fleet(fleet, out_dir)
+        return build_merged_per_specialist(target, fleet, out_dir, target.build)
 
     def build(target: Target) -> TargetResult:
         reporter.say(f"target {target.name}: building")
         start = time.perf_counter()
         with reporter.running(target.name):
-            result = target.build(ctx, staging / target.name)
+            result = build_target(target, staging / target.name)
         reporter.stage(f"target {target.name}", False, time.perf_counter() - start)
         return result
 
     results = scheduler.run_all([(t.name, functools.partial(build, t)) for t in targets],
                                 {t.name: expected_seconds(t) for t in targets})
     passed = all(r.passed for r in results)
-    manifest = _manifest(ckpt, digest, request, results, reporter, passed, ctx)
+    manifest = _manifest(ckpt, digest, request, results, reporter, passed, ctx, fleet)
     if not passed and not request.options.no_gate:
         raise GateFailedError(
             "an artifact is not faithful enough to the source model, so nothing was written to "
@@ -196,7 +236,7 @@ def _build_into(staging: Path, out: Path, request: BuildRequest, ctx: BuildConte
 
 def _manifest(
     ckpt: Checkpoint, digest: str, request: BuildRequest, results: list[TargetResult], reporter: Reporter,
-    passed: bool, ctx: BuildContext,
+    passed: bool, ctx: BuildContext, fleet: Fleet | None,
 ) -> dict[str, Any]:
     return {
         "schema_version": MANIFEST_SCHEMA_VERSION,
@@ -217,8 +257,26 @@ def _manifest(
         **({"contract_check": {**ctx.contract_check.as_dict(),
                                "messages": ctx.contract_check.messages(ctx.eval_rows[0])}}
            if ctx.contract_check else {}),
+        **({"specialists": [_specialist_entry(s) for s in fleet.specialists]} if fleet else {}),
         "targets": [r.target for r in results],
         "artifacts": verification_rows(results),
         "stages": [vars(s) for s in reporter.records],
         "tools": tool_versions(),
+    }
+
+
+def _specialist_entry(specialist: Specialist) -> dict[str, Any]:
+    """A fleet specialist in the manifest: its adapter (and the hash of its files), task and contract check."""
+    spec, ctx = specialist.spec, specialist.ctx
+    adapter_files = [p for p in sorted(spec.adapter.iterdir()) if p.is_file()]
+    return {
+        "name": spec.name,
+        "adapter": str(spec.adapter),
+        "adapter_sha256": files_digest(adapter_files),
+        "merged_sha256": ctx.ckpt_digest,
+        "eval": str(spec.eval_path) if spec.eval_path else None,
+        "contract": ctx.contract.as_dict(),
+        **({"contract_check": {**ctx.contract_check.as_dict(),
+                               "messages": ctx.contract_check.messages(ctx.eval_rows[0])}}
+           if ctx.contract_check else {}),
     }

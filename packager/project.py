@@ -8,6 +8,7 @@ bundled example project (examples/intent-classifier, shipped in the wheel) is bu
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 from packager.checkpoint import Checkpoint
 from packager.context_size import DEFAULT_CONTEXT
 from packager.errors import BadInputError
+from packager.fleet import SpecialistSpec, check_specialist_names
 from packager.formats.gguf_writer import canonical_quant
 from packager.output_guard import check_name
 from packager.pipeline import BuildRequest
@@ -55,6 +57,8 @@ class BuildFlags:
     jobs: int | None = None
     max_ram: str | None = None
     runtime_adapter: bool = False
+    # --adapter NAME=DIR, repeated: a fleet of LoRA specialists on --base (packager.fleet).
+    adapters: tuple[tuple[str, Path], ...] = ()
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -63,11 +67,54 @@ def load_config(path: Path) -> dict[str, Any]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise BadInputError(f"{path}: cannot be read as TOML ({exc}). Fix the file or pass a checkpoint.") from None
-    unknown = sorted(set(data) - {"build", "contract", "gate"})
+    unknown = sorted(set(data) - {"build", "contract", "gate", "base", "specialists"})
     if unknown:
         raise BadInputError(f"{path}: unknown table(s) {', '.join(unknown)}; edgepack.toml has [build], [contract], "
-                            "[gate].")
+                            "[gate], and for a fleet [base] and [specialists.NAME].")
     return data
+
+
+SPECIALIST_KEYS = {"adapter", "eval", "contract"}
+
+
+def _specialists(flags: BuildFlags, config: dict[str, Any], root: Path, config_path: Path | None,
+                 gate: TaskGate, reporter: Reporter) -> list[SpecialistSpec]:
+    """A fleet's specialists: [specialists.NAME] tables, then --adapter NAME=DIR (which replaces the adapter of a
+    specialist the file names, or adds one). Each one's contract is [contract] with its own on top."""
+    source = f"{config_path}: [specialists]"
+    tables = config.get("specialists", {})
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise BadInputError(f"{source} must hold one table per specialist, e.g. [specialists.router] with "
+                            "adapter = \"path/to/adapter\".")
+    shared = dict(config.get("contract", {}))
+    specs: dict[str, SpecialistSpec] = {}
+    for name, table in tables.items():
+        unknown = sorted(set(table) - SPECIALIST_KEYS)
+        if unknown:
+            raise BadInputError(f"{config_path}: [specialists.{name}] has unknown key(s) {', '.join(unknown)}; it "
+                                f"takes {', '.join(sorted(SPECIALIST_KEYS))}.")
+        if "adapter" not in table and not any(n == name for n, _ in flags.adapters):
+            raise BadInputError(f"{config_path}: [specialists.{name}] has no adapter; add "
+                                "adapter = \"path/to/adapter\".")
+        eval_path = _path(table["eval"], root, reporter) if "eval" in table else None
+        task = {**shared, **table.get("contract", {})}
+        if isinstance(task.get("json_schema"), str):
+            task["json_schema"] = str(_path(task["json_schema"], root, reporter))
+        task.update(flags.task)
+        specs[name] = SpecialistSpec(
+            name, _path(table.get("adapter", ""), root, reporter), eval_path, task, f"{config_path}: "
+            f"[specialists.{name}]", dataclasses.replace(gate, decides=eval_path is not None and gate.decides))
+    given = [name for name, _ in flags.adapters]
+    check_specialist_names([SpecialistSpec(name, Path()) for name in given], "--adapter")
+    for name, folder in flags.adapters:
+        if name in specs:
+            specs[name] = dataclasses.replace(specs[name], adapter=folder)
+        else:
+            specs[name] = SpecialistSpec(name, folder, None, {**shared, **flags.task}, "command-line flags",
+                                         dataclasses.replace(gate, decides=False))
+    found = list(specs.values())
+    check_specialist_names(found, str(config_path) if tables else "--adapter")
+    return found
 
 
 def example_project() -> Path:
@@ -179,7 +226,7 @@ def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None
     config: dict[str, Any] = {}
     root = cwd
     config_path = flags.config
-    if config_path is None and flags.checkpoint is None:
+    if config_path is None and flags.checkpoint is None and not flags.adapters:
         config_path = cwd / CONFIG_NAME
         if not config_path.is_file():
             config_path = example_project()
@@ -191,6 +238,8 @@ def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None
         config = load_config(config_path)
         root = config_path.resolve().parent
     build = config.get("build", {})
+    if flags.adapters or config.get("specialists"):
+        return _fleet_request(flags, config, build, root, config_path, reporter, cwd)
     if flags.checkpoint is None and "checkpoint" not in build:
         raise BadInputError(f"{root / CONFIG_NAME}: [build] has no checkpoint; add checkpoint = \"path/to/model\".")
     checkpoint = flags.checkpoint or _path(build["checkpoint"], root, reporter)
@@ -205,23 +254,9 @@ def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None
     if isinstance(task.get("json_schema"), str):
         task["json_schema"] = str(_path(task["json_schema"], root, reporter))
     task.update(flags.task)
-    gate_cfg = config.get("gate", {})
-    drop = flags.max_accuracy_drop if flags.max_accuracy_drop is not None else gate_cfg.get("max_accuracy_drop", 0.02)
-    strict = flags.strict_fidelity or bool(gate_cfg.get("strict_fidelity", False))
-    task_gate = TaskGate(max_accuracy_drop=float(drop), min_validity=float(gate_cfg.get("min_validity", 1.0)),
-                         decides=eval_path is not None and not strict)
-    options = BuildOptions(
-        quant=canonical_quant(q) if (q := flags.quant or build.get("quant")) else None,
-        context_length=_context_length(flags.context_length, build, root / CONFIG_NAME),
-        no_gate=flags.no_gate,
-        name=_name(flags, build, config_path, out),
-        target_options=target_option_values(flags.target_options, build, root / CONFIG_NAME),
-        eval_path=eval_path,
-        task=task,
-        task_source=str(root / CONFIG_NAME) if config else "command-line flags",
-        task_gate=task_gate,
-        runtime_adapter=flags.runtime_adapter or _flag(build, "runtime_adapter", root / CONFIG_NAME),
-    )
+    task_gate = _task_gate(flags, config)
+    task_gate = dataclasses.replace(task_gate, decides=eval_path is not None and task_gate.decides)
+    options = _options(flags, config, build, root, config_path, out, eval_path, task, task_gate)
     targets = list(flags.targets) or list(build.get("targets", ["all"]))
     opened = None
     if flags.device:
@@ -239,6 +274,65 @@ def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None
         jobs=_jobs(flags.jobs, build, root / CONFIG_NAME),
         max_ram=_max_ram(flags.max_ram, build, root / CONFIG_NAME),
     )
+
+
+def _strict(flags: BuildFlags, config: dict[str, Any]) -> bool:
+    return flags.strict_fidelity or bool(config.get("gate", {}).get("strict_fidelity", False))
+
+
+def _task_gate(flags: BuildFlags, config: dict[str, Any]) -> TaskGate:
+    """[gate] with the flags on top; `decides` set for a build (or specialist) with an eval set, unless strict."""
+    gate_cfg = config.get("gate", {})
+    drop = flags.max_accuracy_drop if flags.max_accuracy_drop is not None else gate_cfg.get("max_accuracy_drop", 0.02)
+    return TaskGate(max_accuracy_drop=float(drop), min_validity=float(gate_cfg.get("min_validity", 1.0)),
+                    decides=not _strict(flags, config))
+
+
+def _options(flags: BuildFlags, config: dict[str, Any], build: dict[str, Any], root: Path, config_path: Path | None,
+             out: Path | None, eval_path: Path | None, task: dict[str, Any], task_gate: TaskGate) -> BuildOptions:
+    return BuildOptions(
+        quant=canonical_quant(q) if (q := flags.quant or build.get("quant")) else None,
+        context_length=_context_length(flags.context_length, build, root / CONFIG_NAME),
+        no_gate=flags.no_gate,
+        name=_name(flags, build, config_path, out),
+        target_options=target_option_values(flags.target_options, build, root / CONFIG_NAME),
+        eval_path=eval_path,
+        task=task,
+        task_source=str(root / CONFIG_NAME) if config else "command-line flags",
+        task_gate=task_gate,
+        runtime_adapter=flags.runtime_adapter or _flag(build, "runtime_adapter", root / CONFIG_NAME),
+    )
+
+
+def _fleet_request(flags: BuildFlags, config: dict[str, Any], build: dict[str, Any], root: Path,
+                   config_path: Path | None, reporter: Reporter, cwd: Path) -> BuildRequest:
+    """A fleet: the base model from --base, else [base] checkpoint (or [build] base); the specialists on it."""
+    where = f"{config_path}" if config_path else "the command line"
+    if flags.checkpoint is not None or "checkpoint" in build:
+        raise BadInputError(f"{where}: a fleet's adapters are given as --adapter NAME=DIR or [specialists.NAME] "
+                            "adapter, and its base model as --base DIR or [base] checkpoint; drop the CHECKPOINT "
+                            "argument and [build] checkpoint.")
+    if flags.eval_path is not None:
+        raise BadInputError("--eval: in a fleet each specialist has its own eval set; set it as eval = \"FILE\" "
+                            "under [specialists.NAME] in edgepack.toml.")
+    base_table = config.get("base", {})
+    if flags.base:
+        base = _path(flags.base, cwd, reporter)
+    elif "checkpoint" in base_table or "base" in build:
+        base = _path(base_table.get("checkpoint", build.get("base")), root, reporter)
+    else:
+        raise BadInputError(f"{where}: a fleet needs its base model: pass --base DIR or set [base] checkpoint = "
+                            "\"path/to/base\" in edgepack.toml.")
+    specialists = _specialists(flags, config, root, config_path, _task_gate(flags, config), reporter)
+    out = flags.out or (_path(build["out"], root, reporter) if "out" in build else None)
+    if flags.out is None and config_path == example_project() and root != cwd:
+        out = cwd / "dist" / str(build.get("name", base.name))
+    options = _options(flags, config, build, root, config_path, out, None, dict(flags.task), _task_gate(flags, config))
+    return BuildRequest(
+        checkpoint=base, targets=list(flags.targets) or list(build.get("targets", ["all"])), out=out,
+        allow_pickle=flags.allow_pickle, force=flags.force, config=config_path if config else None, options=options,
+        jobs=_jobs(flags.jobs, build, root / CONFIG_NAME), max_ram=_max_ram(flags.max_ram, build, root / CONFIG_NAME),
+        specialists=tuple(specialists))
 
 
 def _fit_device(flags: BuildFlags, checkpoint: Path, base: Path | None, options: BuildOptions,

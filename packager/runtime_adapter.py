@@ -52,9 +52,12 @@ class RuntimeAdapter:
 
     @once_property
     def base(self) -> BuildContext:
-        """The base checkpoint's own stages (its GGUFs), in this build's cache and scheduler."""
+        """The base checkpoint's own stages (its GGUFs), in this build's cache and scheduler: those the build
+        shares between its adapters (a fleet's), else opened here."""
         from packager.stages import BuildContext
 
+        if self.ctx.base is not None:
+            return self.ctx.base
         # Its values were scanned when the adapter was merged into it.
         ckpt = open_model_folder(self.base_dir, scan_values=False)
         ctx = self.ctx

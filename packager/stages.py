@@ -101,7 +101,7 @@ class BuildContext:
 
     def __init__(
         self, ckpt: Checkpoint, ckpt_digest: str, options: BuildOptions, reporter: Reporter,
-        cache: Path | None = None, scheduler: Scheduler | None = None,
+        cache: Path | None = None, scheduler: Scheduler | None = None, base: BuildContext | None = None,
     ) -> None:
         self.ckpt = ckpt
         self.ckpt_digest = ckpt_digest
@@ -118,6 +118,9 @@ class BuildContext:
         self._gguf_choices: OnceMap[GgufChoice] = OnceMap()
         self._tokenizers = threading.local()
         self.contract_check: ContractCheck | None = None  # set with the contract when there is an eval set
+        # For a merged LoRA input: its base model's stages when the caller shares them (a fleet's specialists
+        # do); None: packager.runtime_adapter opens the base itself when it needs it.
+        self.base = base
 
     @property
     def context_length(self) -> int:
@@ -291,8 +294,7 @@ class BuildContext:
         else the first rung up from the target's default that passes every gate (under --no-gate, the
         default itself). Targets that start from the same type share one walk. With --runtime-adapter, a
         target whose runtime `applies_adapters` gets the base's GGUF and the adapter (packager.runtime_adapter)."""
-        start = self.options.gguf_quant(target)
-        rungs = (start,) if self.options.quant or self.options.no_gate else ladder_from(start)
+        rungs = self.gguf_rungs(target)
         explicit = bool(self.options.quant)
         walked_here = []
         runtime = applies_adapters and self.runtime_adapter is not None
@@ -307,6 +309,12 @@ class BuildContext:
         if not walked_here:  # another target walked it (or is walking it, and this one waited)
             self.reporter.stage(f"gguf {choice.quant}", True, 0.0, "shared stage, already built in this build")
         return choice
+
+    def gguf_rungs(self, target: Target) -> tuple[str, ...]:
+        """The GGUF types `target` may ship, tried in order: --quant alone; under --no-gate the target's default
+        alone; else the ladder up from that default."""
+        start = self.options.gguf_quant(target)
+        return (start,) if self.options.quant or self.options.no_gate else ladder_from(start)
 
     def _built_and_verified(self, quant: str) -> tuple[Path, VerificationResult]:
         return self.gguf(quant), self.verify_gguf(quant, f"model-{quant}.gguf")
@@ -394,14 +402,6 @@ class BuildContext:
 
         label = f"verify gguf {quant}" + (" + adapter" if adapter else "")
         result = self.stage_cache.record("verify", key, label, verify,
-                                         encode=VerificationResult.as_dict, decode=VerificationResult.from_dict,
-                                         binds=digest,
-                                         describe=lambda r: r.verdict_line(gate_for(quant), self.options.task_gate))
-        # A stored record's verdict is not taken on trust: its gates are applied again to its numbers.
-        result.reapply_gates(gate_for(quant), self.options.task_gate)
-        return result
-
-        result = self.stage_cache.record("verify", key, f"verify gguf {quant}", verify,
                                          encode=VerificationResult.as_dict, decode=VerificationResult.from_dict,
                                          binds=digest,
                                          describe=lambda r: r.verdict_line(gate_for(quant), self.options.task_gate))

@@ -57,3 +57,29 @@ def cold_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     cache = tmp_path / "cache"
     monkeypatch.setenv("EDGEPACK_CACHE", str(cache))
     yield cache
+
+
+# llama.cpp's own llama-server, for what only it does (tests/llama_server_build.py): built in the
+# background from the start of a session that has a test using it, so the suite rarely waits.
+_llama_server_build = None
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    global _llama_server_build
+    if any("llama_server" in getattr(item, "fixturenames", ()) for item in items):
+        from llama_server_build import start_in_background
+
+        _llama_server_build = start_in_background()
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Path:
+    """The llama-server binary (waits for the background build, or builds it now)."""
+    from external_tools import missing
+    from llama_server_build import build, missing_build_tools
+
+    if _llama_server_build is not None:
+        _llama_server_build.wait()
+    for tool in missing_build_tools():
+        missing(tool)
+    return build()

@@ -11,6 +11,7 @@ import http.server
 import json
 import os
 import re
+import runpy
 import shutil
 import socket
 import subprocess
@@ -47,6 +48,13 @@ KNOWN_LLAMA_SERVER_FLAGS = {
     "--lora",
 }
 LORA = "adapter-support-bot.gguf"
+# The adapters a bundle may carry: none (merged), one applied to every request, or a fleet's.
+ADAPTERS = {
+    "none": [],
+    "one": [{"name": "support-bot", "file": LORA, "size_mb": 5.62}],
+    "fleet": [{"name": "router", "file": "adapter-router.gguf", "size_mb": 5.62},
+              {"name": "extractor", "file": "adapter-extractor.gguf", "size_mb": 3.1}],
+}
 
 
 def hostile_name(marker: Path) -> str:
@@ -57,7 +65,7 @@ def hostile_name(marker: Path) -> str:
     )
 
 
-def make_context(model_name: str, *, chat: bool = True, lora: bool = False) -> dict[str, Any]:
+def make_context(model_name: str, *, chat: bool = True, adapters: str = "none") -> dict[str, Any]:
     return {
         "model_name": model_name,
         "slug": escaping.slug(model_name),
@@ -91,8 +99,8 @@ def make_context(model_name: str, *, chat: bool = True, lora: bool = False) -> d
         ],
         "edgepack_version": "0.1.0",
         "size_mb": 241.53,
-        "lora_file": LORA if lora else None,
-        "lora_size_mb": 5.62 if lora else 0.0,
+        "adapters": ADAPTERS[adapters],
+        "select_adapter": adapters == "fleet",
     }
 
 
@@ -118,15 +126,15 @@ class Bundle:
 
 
 def render_bundle(tmp_path: Path, kind: str, chat: bool = True, marker: Path | None = None,
-                  lora: bool = False) -> Bundle:
+                  adapters: str = "none") -> Bundle:
     marker = marker or tmp_path / "pwned"
     name = "Tiny Support Bot v2" if kind == "normal" else hostile_name(marker)
-    context = make_context(name, chat=chat, lora=lora)
+    context = make_context(name, chat=chat, adapters=adapters)
     root = tmp_path / "bundle"
     templating.render_tree(TEMPLATE_DIR, root, context)
     (root / GGUF).write_bytes(b"GGUF" + bytes(64))  # the target writes the real model here
-    if lora:
-        (root / LORA).write_bytes(b"GGUF" + bytes(32))
+    for adapter in ADAPTERS[adapters]:
+        (root / adapter["file"]).write_bytes(b"GGUF" + bytes(32))
     return Bundle(root, context, marker)
 
 
@@ -384,13 +392,13 @@ def test_unit_uses_only_llama_server_flags_checked_against_llama_cpp(tmp_path: P
         assert ("--jinja" in flags) == chat
 
 
-@pytest.mark.parametrize(("chat", "lora"), [(True, False), (False, False), (True, True)])
+@pytest.mark.parametrize(("chat", "adapters"), [(True, "none"), (False, "none"), (True, "one"), (False, "fleet")])
 @pytest.mark.parametrize("kind", ["normal", "hostile"])
 def test_systemd_analyze_verify_accepts_the_unit_without_a_single_warning(
-    tmp_path: Path, kind: str, chat: bool, lora: bool
+    tmp_path: Path, kind: str, chat: bool, adapters: str
 ) -> None:
     analyze = require_tool("systemd-analyze")
-    rendered = render_bundle(tmp_path, kind, chat, lora=lora)
+    rendered = render_bundle(tmp_path, kind, chat, adapters=adapters)
     # verify insists that ExecStart's binary exists. Only that path is swapped for a stand-in the
     # test creates; every other line, the hostile Description included, is checked as shipped.
     stand_in = tmp_path / "bin" / "llama-server"
@@ -613,7 +621,7 @@ def test_readme_says_the_numbers_come_from_the_build_host_not_a_pi(bundle: Bundl
 
 
 def test_a_runtime_adapter_bundle_installs_both_files_and_serves_the_adapter_with_lora(tmp_path: Path) -> None:
-    rendered = render_bundle(tmp_path, "normal", lora=True)
+    rendered = render_bundle(tmp_path, "normal", adapters="one")
     words = exec_start_words(rendered.unit.read_text())
     pairs = dict(zip(words[1::2], words[2::2], strict=False))
     assert pairs["--lora"] == f'"/opt/edgepack/{rendered.slug}/{LORA}"'
@@ -637,3 +645,30 @@ def test_a_runtime_adapter_bundle_installs_both_files_and_serves_the_adapter_wit
 
 def test_without_an_adapter_the_unit_has_no_lora_flag(bundle: Bundle) -> None:
     assert "--lora" not in exec_start_words(bundle.unit.read_text())
+
+
+def test_a_fleet_bundle_loads_every_adapter_in_id_order_and_the_client_picks_one_per_request(
+        tmp_path: Path) -> None:
+    rendered = render_bundle(tmp_path, "normal", adapters="fleet")
+    words = exec_start_words(rendered.unit.read_text())
+    loras = [words[i + 1] for i, w in enumerate(words) if w == "--lora"]
+    assert loras == [f'"/opt/edgepack/{rendered.slug}/{a["file"]}"' for a in ADAPTERS["fleet"]]
+    env, _ = stub_path(tmp_path)
+    result = run([require_tool("bash"), str(rendered.file("install.sh")), "--dry-run"], env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for adapter in ADAPTERS["fleet"]:
+        assert f"{rendered.root}/{adapter['file']} /opt/edgepack/{rendered.slug}/{adapter['file']}.partial" in (
+            result.stdout)
+    # The client's request body: the chosen adapter at scale 1, every other at 0 (ids in the unit's order).
+    client = runpy.run_path(str(rendered.file("client.py")))
+    assert client["SPECIALISTS"] == ["router", "extractor"]
+    _, body = client["build_request"]("hi", 8, 0.0, "extractor")
+    assert body["lora"] == [{"id": 0, "scale": 0.0}, {"id": 1, "scale": 1.0}]
+    assert client["build_request"]("hi", 8, 0.0)[1]["lora"][0] == {"id": 0, "scale": 1.0}  # default: the first
+    readme = " ".join(rendered.file("README.md").read_text().split())
+    assert "the specialist router as a LoRA adapter" in readme and "Always send the list" in readme
+
+
+def test_a_single_adapter_bundles_client_sends_no_adapter_choice(tmp_path: Path) -> None:
+    client = runpy.run_path(str(render_bundle(tmp_path, "normal", adapters="one").file("client.py")))
+    assert client["SPECIALISTS"] == [] and "lora" not in client["build_request"]("hi", 8, 0.0)[1]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from packager import __version__
 from packager.architectures import ArchitectureSpec
 from packager.codecheck import check_generated_files
+from packager.contract import Contract
 from packager.devices import DeviceProfile
 from packager.escaping import slug
+from packager.fleet import Fleet, choose_fleet_gguf
 from packager.formats.gguf_writer import writes_architecture
 from packager.stage_cache import place_artifact
 from packager.stages import BuildContext
@@ -51,21 +54,49 @@ class RaspberryPiTarget:
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
         choice = ctx.chosen_gguf(self, applies_adapters=self.applies_adapters)
-        quant = choice.quant
+        name = ctx.options.name or ctx.ckpt.name
+        shipped = _Shipped(choice.quant, choice.file, {name: choice.adapter} if choice.adapter else {},
+                           select_adapter=False)
+        return self._bundle(ctx, out_dir, shipped, {name: choice.verification}, choice.as_dict(), choice.notes(), {})
+
+    def build_fleet(self, fleet: Fleet, out_dir: Path) -> TargetResult:
+        """One llama-server: the base GGUF once (the smallest rung on which every specialist passes) and an
+        adapter per specialist, loaded unapplied; each request picks its specialist."""
+        choice = choose_fleet_gguf(fleet, self)
+        shipped = _Shipped(choice.quant, choice.file, choice.adapters, select_adapter=True)
+        sections = {"specialists": [
+            {"name": s.name, "lora_adapter": choice.adapters[s.name].name, "lora_id": i,
+             "contract": s.ctx.contract.as_dict()} for i, s in enumerate(fleet.specialists)]}
+        # The server is set up for the longest context any specialist needs.
+        widest = max((s.ctx for s in fleet.specialists), key=lambda c: c.context_length)
+        return self._bundle(widest, out_dir, shipped, choice.verifications, choice.as_dict(), choice.notes(),
+                            sections, model_name=fleet.base.options.name or fleet.base.ckpt.name,
+                            contract=fleet.base.contract)
+
+    def _bundle(self, ctx: BuildContext, out_dir: Path, shipped: _Shipped, verifications: dict[str, Any],
+                choice: dict[str, Any], notes: list[str], sections: dict[str, Any], model_name: str | None = None,
+                contract: Contract | None = None) -> TargetResult:
+        """Write the bundle: the GGUF, its adapters, the rendered service files; `verifications` by specialist."""
+        quant = shipped.quant
         gguf_file = f"model-{quant}.gguf"
         out_dir.mkdir(parents=True, exist_ok=True)
-        place_artifact(choice.file, out_dir / gguf_file)
-        lora_file = choice.adapter.name if choice.adapter else None
-        if choice.adapter:
-            place_artifact(choice.adapter, out_dir / choice.adapter.name)
-        shipped = f"{gguf_file} + {lora_file}" if lora_file else gguf_file
-        verification = dataclasses.replace(choice.verification, artifact=f"{self.name}/{shipped}")
-        if lora_file:  # the artifact's size on the device is both files'
-            verification.ships = [f"{self.name}/{gguf_file}", f"{self.name}/{lora_file}"]
+        place_artifact(shipped.file, out_dir / gguf_file)
+        adapters = []
+        for name, path in shipped.adapters.items():
+            place_artifact(path, out_dir / path.name)
+            adapters.append({"name": name, "file": path.name,
+                             "size_mb": round((out_dir / path.name).stat().st_size / 2**20, 1)})
+        results = []
+        for name, result in verifications.items():
+            files = [gguf_file, *([shipped.adapters[name].name] if name in shipped.adapters else [])]
+            result = dataclasses.replace(result, artifact=f"{self.name}/{' + '.join(files)}")
+            if len(files) > 1:  # the artifact's size on the device is both files'
+                result.ships = [f"{self.name}/{f}" for f in files]
+            results.append(result)
 
-        model_name = ctx.options.name or ctx.ckpt.name
+        model_name = model_name or ctx.options.name or ctx.ckpt.name
         context_length = ctx.context_length
-        contract = ctx.contract
+        contract = contract or ctx.contract
         template_context: dict[str, Any] = {
             "model_name": model_name,
             "slug": slug(model_name),
@@ -79,21 +110,33 @@ class RaspberryPiTarget:
             "chat_template_present": contract.chat_template is not None,
             "bos_ids": [contract.bos_id] if contract.add_bos and contract.bos_id is not None else [],
             "eos_ids": contract.eos_ids,
-            "verification_rows": [verification.summary_row(shipped)],
+            "verification_rows": [r.summary_row(r.artifact.removeprefix(f"{self.name}/")) for r in results],
             "edgepack_version": __version__,
             "size_mb": round((out_dir / gguf_file).stat().st_size / 2**20, 1),
-            "lora_file": lora_file,
-            "lora_size_mb": round((out_dir / lora_file).stat().st_size / 2**20, 1) if lora_file else 0.0,
+            "adapters": adapters,
+            "select_adapter": shipped.select_adapter,
         }
         rendered = render_tree("raspberry-pi", out_dir, template_context)
         checks = check_generated_files(rendered, out_dir)
+        single = None if shipped.select_adapter or not adapters else adapters[0]["file"]
 
         return finish_bundle(
             out_dir, self,
             {"model": {"name": model_name, "file": gguf_file, "format": "gguf", "quant": quant,
-                       "context_length": context_length, "lora_adapter": lora_file},
-             "contract": contract.as_dict(), "gguf_choice": choice.as_dict()},
-            [verification], checks,
-            notes=[*choice.notes(),
+                       "context_length": context_length,
+                       **({} if shipped.select_adapter else {"lora_adapter": single})},
+             **sections, "contract": contract.as_dict(), "gguf_choice": choice},
+            results, checks,
+            notes=[*notes,
                    "Raspberry Pi numbers in this report were measured on the build host (x86-64), not on a Pi."],
         )
+
+
+@dataclass(frozen=True)
+class _Shipped:
+    """What the bundle's llama-server loads: the GGUF and, by specialist (or build) name, its LoRA adapters."""
+
+    quant: str
+    file: Path
+    adapters: dict[str, Path]
+    select_adapter: bool

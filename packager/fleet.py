@@ -1,0 +1,146 @@
+"""A fleet: several LoRA specialists of one base model, built together.
+
+A product often runs a few narrow fine-tunes of the same small base (a router, an extractor, ...).
+Shipped merged, each costs a whole model on the device, and at 4 bits the merge rounds a small
+fine-tune's deltas away. A target whose runtime applies adapters (class attribute
+`applies_adapters` and a `build_fleet` method) ships the base once and one adapter per
+specialist; every other target ships each specialist merged, in a folder of its own, and says so.
+
+Each specialist has its own eval set and contract, so each has its own BuildContext (its merged
+checkpoint, its fp32 reference and baseline, its task gate); they share the base's BuildContext,
+whose GGUFs every specialist's adapter is verified on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packager.errors import BadInputError
+from packager.gguf_ladder import Rung, rung_of
+from packager.stages import BuildContext
+from packager.target import Target, TargetResult
+from packager.verify.gates import TaskGate
+from packager.verify.result import VerificationResult
+
+
+@dataclass(frozen=True)
+class SpecialistSpec:
+    """One specialist as asked for: its name, LoRA adapter folder and task (eval set, contract)."""
+
+    name: str
+    adapter: Path
+    eval_path: Path | None = None
+    task: dict[str, Any] = field(default_factory=dict)
+    task_source: str = "command-line flags"
+    # None: the build's own task gate.
+    task_gate: TaskGate | None = None
+
+
+@dataclass
+class Specialist:
+    """A specialist being built: what was asked and the stages of its merged model."""
+
+    spec: SpecialistSpec
+    ctx: BuildContext
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass
+class Fleet:
+    """The base's stages and every specialist's."""
+
+    base: BuildContext
+    specialists: list[Specialist]
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.specialists]
+
+
+def check_specialist_names(specs: list[SpecialistSpec], source: str) -> None:
+    """Names become folder and file names and keys in the apps: one folder-name-safe word each, no repeats."""
+    seen: set[str] = set()
+    for spec in specs:
+        if not spec.name or not all(c.isalnum() or c in "-_" for c in spec.name) or spec.name[0] in "-_":
+            raise BadInputError(f"{source}: specialist name {spec.name!r} must be letters, digits, '-' and '_' "
+                                "(starting with a letter or digit), e.g. router or field-extractor.")
+        if spec.name in seen:
+            raise BadInputError(f"{source}: specialist {spec.name!r} is named twice; give each one its own name.")
+        seen.add(spec.name)
+
+
+@dataclass
+class FleetGguf:
+    """The base GGUF a fleet ships, each specialist's adapter on it with its verification, and the rungs tried."""
+
+    quant: str
+    file: Path
+    adapters: dict[str, Path]
+    verifications: dict[str, VerificationResult]
+    tried: list[tuple[str, list[Rung]]] = field(default_factory=list)
+    explicit: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"chosen": self.quant, "from": "--quant" if self.explicit else "ladder",
+                "ladder": [{"quant": quant, "specialists": {name: r.as_dict() for name, r in zip(
+                    self.verifications, rungs, strict=True)}} for quant, rungs in self.tried]}
+
+    def notes(self) -> list[str]:
+        """One line per rejected rung, naming the specialists it failed, for the report."""
+        lines = []
+        for quant, rungs in self.tried:
+            failed = [f"{name}: {'; '.join(r.failures)}" for name, r in zip(self.verifications, rungs, strict=True)
+                      if r.failures]
+            if quant != self.quant and failed:
+                lines.append(f"GGUF ladder: base {quant} rejected ({' | '.join(failed)}), tried before {self.quant}")
+        return lines
+
+
+def choose_fleet_gguf(fleet: Fleet, target: Target) -> FleetGguf:
+    """The smallest rung of the base's GGUF on which every specialist, its adapter applied, passes its gates
+    (else the last rung, failing); --quant and --no-gate as for one model (packager.gguf_ladder)."""
+    options = fleet.base.options
+    rungs = fleet.base.gguf_rungs(target)
+    tried: list[tuple[str, list[Rung]]] = []
+    for quant in rungs:
+        pairs = {s.name: s.ctx.runtime_adapter.verified(quant) for s in fleet.specialists}  # type: ignore[union-attr]
+        tried.append((quant, [rung_of(quant, result) for _, result in pairs.values()]))
+        if all(result.passed for _, result in pairs.values()) or quant == rungs[-1]:
+            base_file = next(iter(pairs.values()))[0]
+            return FleetGguf(quant, base_file,
+                             {s.name: s.ctx.runtime_adapter.file[0] for s in fleet.specialists},  # type: ignore[union-attr]
+                             {name: result for name, (_, result) in pairs.items()}, tried, bool(options.quant))
+    raise ValueError("an empty GGUF ladder")
+
+
+def build_merged_per_specialist(target: Target, fleet: Fleet, out_dir: Path,
+                                build: Callable[[BuildContext, Path], TargetResult]) -> TargetResult:
+    """A target without runtime adapters: each specialist's merged model in out_dir/<name>/, as one result."""
+    results = [(s.name, build(s.ctx, out_dir / s.name)) for s in fleet.specialists]
+    merged = TargetResult(target=target.name)
+    for name, result in results:
+        merged.files += [f"{name}/{f}" for f in result.files]
+        for verification in result.verifications:
+            merged.verifications.append(dataclasses.replace(
+                verification, artifact=_in_folder(verification.artifact, target.name, name),
+                ships=[_in_folder(p, target.name, name) for p in verification.ships] if verification.ships else
+                verification.ships))
+        merged.scaffold_checks += [dataclasses.replace(c, file=f"{name}/{c.file}") for c in result.scaffold_checks]
+        merged.notes += [f"{name}: {note}" for note in result.notes]
+    merged.notes.append(f"{target.name} ships each specialist merged into its base, one whole model per "
+                        f"specialist in its own folder ({', '.join(fleet.names)}): its runtime does not apply "
+                        "LoRA adapters in edgepack yet.")
+    return merged
+
+
+def _in_folder(artifact: str, target: str, folder: str) -> str:
+    """'android/model.pte' -> 'android/router/model.pte'."""
+    prefix = f"{target}/"
+    return f"{prefix}{folder}/{artifact[len(prefix):]}" if artifact.startswith(prefix) else f"{folder}/{artifact}"

@@ -1,0 +1,193 @@
+"""Fleets: LoRA specialists of one base, the base shipped once where the runtime applies adapters."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_helpers import edgepack
+from openai_server import free_port
+
+from packager.errors import ExitCode
+from packager.progress import Reporter
+from packager.project import BuildFlags, build_request
+from tests.tiny_models import make_adapter
+
+SPECIALISTS = ("router", "extractor")
+PROMPT = "the quick brown fox"
+
+
+@pytest.fixture(scope="module")
+def fleet(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """Two random LoRA specialists of a tiny Llama, built for the Pi (runtime adapters) and for React Native
+    (merged per specialist): (work folder, CLI result)."""
+    folder = tmp_path_factory.mktemp("fleet")
+    for seed, name in enumerate(SPECIALISTS, start=1):
+        make_adapter(tiny_llama, folder / name, seed=seed)
+    result = edgepack("build", "--base", tiny_llama, *[f"--adapter={n}={folder / n}" for n in SPECIALISTS],
+                      "--target", "raspberry-pi", "--target", "react-native", "--quant", "F16",
+                      "--name", "Support Fleet", "--out", folder / "out", "--json")
+    assert result.exit_code == 0, result.stderr
+    return folder, result
+
+
+def test_the_pi_ships_the_base_once_and_an_adapter_per_specialist_each_verified(fleet: tuple[Path, Any]) -> None:
+    folder, result = fleet
+    pi = folder / "out" / "raspberry-pi"
+    assert sorted(p.name for p in pi.glob("*.gguf")) == ["adapter-extractor.gguf", "adapter-router.gguf",
+                                                         "model-F16.gguf"]
+    rows = {r["artifact"]: r for r in result.json()["artifacts"] if r["target"] == "raspberry-pi"}
+    assert set(rows) == {f"raspberry-pi/model-F16.gguf + adapter-{n}.gguf" for n in SPECIALISTS}
+    assert all(r["level"] == "executed" and r["top1"] >= 0.99 for r in rows.values())
+    document = json.loads((pi / "edgepack.json").read_text())
+    assert [(s["name"], s["lora_adapter"], s["lora_id"]) for s in document["specialists"]] == [
+        ("router", "adapter-router.gguf", 0), ("extractor", "adapter-extractor.gguf", 1)]
+    assert set(document["gguf_choice"]["ladder"][0]["specialists"]) == set(SPECIALISTS)
+    manifest = json.loads((folder / "out" / "manifest.json").read_text())
+    assert [s["name"] for s in manifest["specialists"]] == list(SPECIALISTS)
+    assert manifest["specialists"][0]["adapter_sha256"] != manifest["specialists"][1]["adapter_sha256"]
+    assert "Pick a specialist" in (pi / "README.md").read_text()
+
+
+def test_a_target_without_runtime_adapters_ships_each_specialist_merged_in_its_folder(
+        fleet: tuple[Path, Any]) -> None:
+    folder, result = fleet
+    rn = folder / "out" / "react-native"
+    rows = [r["artifact"] for r in result.json()["artifacts"] if r["target"] == "react-native"]
+    assert sorted(rows) == sorted(f"react-native/{n}/model-F16.gguf" for n in SPECIALISTS)
+    merged = [(rn / n / "model-F16.gguf").read_bytes() for n in SPECIALISTS]
+    assert merged[0] != merged[1]  # each is its own merged model
+    assert "ships each specialist merged" in (folder / "out" / "report.md").read_text()
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+            return response.status == 200
+    except OSError:  # refused, or 503 while the model loads
+        return False
+
+
+@contextmanager
+def _served(binary: Path, bundle: Path, log: Path) -> Iterator[int]:
+    """Run llama-server with the model and adapters the bundle's systemd unit names, in the unit's order."""
+    unit = next(bundle.glob("edgepack-*.service")).read_text()
+    installed = f"/opt/edgepack/{unit.split('/opt/edgepack/')[1].split('/')[0]}/"
+    files = [shlex.split(line.strip().rstrip("\\"))[1] for line in unit.splitlines()
+             if line.strip().startswith(("--model ", "--lora "))]
+    model, *adapters = [str(bundle / f.removeprefix(installed)) for f in files]
+    port = free_port()
+    argv = [str(binary), "--model", model, *[a for f in adapters for a in ("--lora", f)], "--host", "127.0.0.1",
+            "--port", str(port), "--ctx-size", "256", "--threads", "2", "--parallel", "1", "--no-webui"]
+    with log.open("w") as out:
+        server = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 120
+            while not _healthy(port):
+                assert server.poll() is None, log.read_text()[-2000:]
+                assert time.time() < deadline, "llama-server did not become healthy within 120 s"
+                time.sleep(0.3)
+            yield port
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def test_one_llama_server_answers_each_specialist_in_turn_as_its_merged_model(
+        fleet: tuple[Path, Any], llama_server: Path, tmp_path: Path) -> None:
+    """llama.cpp's llama-server (the Pi's runtime, built from the pinned llama.cpp) with the bundle's base and
+    both adapters, asked by the bundle's client.py for one specialist after the other."""
+    import llama_cpp
+
+    from packager.checkpoint import load_checkpoint
+    from packager.formats.gguf_writer import write_gguf
+
+    folder, _ = fleet
+    pi = folder / "out" / "raspberry-pi"
+
+    def greedy(model: Path) -> str:
+        llm = llama_cpp.Llama(model_path=str(model), n_ctx=256, verbose=False, seed=0)
+        try:
+            return llm.create_completion(PROMPT, max_tokens=8, temperature=0.0)["choices"][0]["text"].strip()
+        finally:
+            llm.close()
+
+    expected = {}
+    for name in SPECIALISTS:
+        merged = load_checkpoint(folder / name, work_dir=tmp_path / f"work-{name}")
+        expected[name] = greedy(write_gguf(merged, tmp_path / f"{name}.gguf", "F16"))
+    assert expected["router"] != expected["extractor"]
+
+    answers = []
+    with _served(llama_server, pi, tmp_path / "server.log") as port:
+        for name in (*SPECIALISTS, SPECIALISTS[0]):
+            reply = subprocess.run([sys.executable, str(pi / "client.py"), "--port", str(port), "--max-tokens", "8",
+                                    "--specialist", name, PROMPT], capture_output=True, text=True, timeout=120,
+                                   check=False)
+            assert reply.returncode == 0, reply.stderr
+            answers.append((name, reply.stdout.strip()))
+    # llama-server replaces a token's incomplete UTF-8 bytes with U+FFFD where llama-cpp-python drops them
+    # (random tiny models emit byte tokens); the tokens themselves are the same.
+    assert [(n, a.replace("\ufffd", "")) for n, a in answers] == [(n, expected[n]) for n, _ in answers]
+
+
+def _flags(**kwargs: Any) -> BuildFlags:
+    return BuildFlags(**kwargs)
+
+
+def test_edgepack_toml_fleet_gives_each_specialist_its_adapter_eval_and_contract(tmp_path: Path) -> None:
+    for name in ("base", "router", "extractor"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "edgepack.toml").write_text("""
+[build]
+name = "fleet"
+[base]
+checkpoint = "base"
+[contract]
+max_new_tokens = 8
+[specialists.router]
+adapter = "router"
+eval = "router.jsonl"
+[specialists.router.contract]
+task = "labels"
+[specialists.extractor]
+adapter = "extractor"
+[specialists.extractor.contract]
+task = "json"
+max_new_tokens = 64
+""")
+    request = build_request(_flags(config=tmp_path / "edgepack.toml"), Reporter(quiet=True), cwd=tmp_path)
+    assert request.checkpoint == tmp_path / "base"
+    router, extractor = request.specialists
+    assert (router.name, router.adapter, router.eval_path) == ("router", tmp_path / "router", tmp_path / "router.jsonl")
+    assert router.task == {"max_new_tokens": 8, "task": "labels"} and router.task_gate.decides
+    assert extractor.task == {"max_new_tokens": 64, "task": "json"} and extractor.eval_path is None
+    # --adapter replaces the adapter of a specialist the file names and keeps its eval set and contract.
+    request = build_request(_flags(config=tmp_path / "edgepack.toml", adapters=(("router", tmp_path / "base"),)),
+                            Reporter(quiet=True), cwd=tmp_path)
+    assert request.specialists[0].adapter == tmp_path / "base" and request.specialists[0].eval_path is not None
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--adapter", "a=x"], "a fleet needs its base model"),
+    (["--base", "b", "--adapter", "bad name=x"], "must be letters, digits"),
+    (["--base", "b", "--adapter", "a=x", "--adapter", "a=y"], "named twice"),
+    (["--base", "b", "--adapter", "a=x", "--eval", "e.jsonl"], "each specialist has its own eval set"),
+    (["ckpt", "--base", "b", "--adapter", "a=x"], "drop the CHECKPOINT argument"),
+    (["--base", "b", "--adapter", "nodir"], "give it as NAME=DIR"),
+])
+def test_fleet_input_mistakes_exit_2_naming_the_fix(tmp_path: Path, args: list[str], message: str) -> None:
+    result = edgepack("build", *args, "--out", tmp_path / "o")
+    assert result.exit_code == ExitCode.BAD_INPUT, result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "o").exists()
+
