@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packager.errors import BadInputError
+from packager.errors import BadInputError, InternalError
 from packager.gguf_ladder import Rung, rung_of
+from packager.runtime_adapter import RuntimeAdapter
 from packager.stages import BuildContext
 from packager.target import Target, TargetResult
 from packager.verify.gates import TaskGate
@@ -86,11 +87,15 @@ class FleetGguf:
     verifications: dict[str, VerificationResult]
     tried: list[tuple[str, list[Rung]]] = field(default_factory=list)
     explicit: bool = False
+    # Each specialist merged into the base at the same type instead, verified the same way: the alternative
+    # the runtime adapters replace, so the choice is visible (not shipped).
+    merged: dict[str, Rung] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"chosen": self.quant, "from": "--quant" if self.explicit else "ladder",
                 "ladder": [{"quant": quant, "specialists": {name: r.as_dict() for name, r in zip(
-                    self.verifications, rungs, strict=True)}} for quant, rungs in self.tried]}
+                    self.verifications, rungs, strict=True)}} for quant, rungs in self.tried],
+                "merged_alternative": {name: r.as_dict() for name, r in self.merged.items()}}
 
     def notes(self) -> list[str]:
         """One line per rejected rung, naming the specialists it failed, for the report."""
@@ -100,24 +105,43 @@ class FleetGguf:
                       if r.failures]
             if quant != self.quant and failed:
                 lines.append(f"GGUF ladder: base {quant} rejected ({' | '.join(failed)}), tried before {self.quant}")
+        for name, merged in self.merged.items():
+            shipped = rung_of(self.quant, self.verifications[name])
+            lines.append(f"{name}: base {self.quant} + its adapter {_numbers(shipped)}; merged into the base at "
+                         f"{self.quant} instead: {_numbers(merged)}")
         return lines
+
+
+def _numbers(rung: Rung) -> str:
+    task = f", task accuracy {rung.task_accuracy:.3f}" if rung.task_accuracy is not None else ""
+    top1 = f"top-1 {rung.top1:.3f}" if rung.top1 is not None else "top-1 n/a"
+    return f"{top1}{task} ({'pass' if not rung.failures else 'fails: ' + '; '.join(rung.failures)})"
 
 
 def choose_fleet_gguf(fleet: Fleet, target: Target) -> FleetGguf:
     """The smallest rung of the base's GGUF on which every specialist, its adapter applied, passes its gates
-    (else the last rung, failing); --quant and --no-gate as for one model (packager.gguf_ladder)."""
-    options = fleet.base.options
+    (else the last rung, failing); --quant and --no-gate as for one model (packager.gguf_ladder). Each
+    specialist merged at the chosen type is verified too, for the report."""
+    adapters = {s.name: _runtime_adapter(s) for s in fleet.specialists}
     rungs = fleet.base.gguf_rungs(target)
     tried: list[tuple[str, list[Rung]]] = []
     for quant in rungs:
-        pairs = {s.name: s.ctx.runtime_adapter.verified(quant) for s in fleet.specialists}  # type: ignore[union-attr]
+        pairs = {name: adapter.verified(quant) for name, adapter in adapters.items()}
         tried.append((quant, [rung_of(quant, result) for _, result in pairs.values()]))
         if all(result.passed for _, result in pairs.values()) or quant == rungs[-1]:
-            base_file = next(iter(pairs.values()))[0]
-            return FleetGguf(quant, base_file,
-                             {s.name: s.ctx.runtime_adapter.file[0] for s in fleet.specialists},  # type: ignore[union-attr]
-                             {name: result for name, (_, result) in pairs.items()}, tried, bool(options.quant))
+            merged = {s.name: rung_of(quant, s.ctx.verify_gguf(quant, f"model-{quant}.gguf"))
+                      for s in fleet.specialists}
+            return FleetGguf(quant, fleet.base.gguf(quant), {name: a.file[0] for name, a in adapters.items()},
+                             {name: result for name, (_, result) in pairs.items()}, tried,
+                             bool(fleet.base.options.quant), merged)
     raise ValueError("an empty GGUF ladder")
+
+
+def _runtime_adapter(specialist: Specialist) -> RuntimeAdapter:
+    adapter = specialist.ctx.runtime_adapter
+    if adapter is None:
+        raise InternalError(f"specialist {specialist.name!r} was opened without its runtime adapter")
+    return adapter
 
 
 def build_merged_per_specialist(target: Target, fleet: Fleet, out_dir: Path,

@@ -187,6 +187,15 @@ def check_version(version: str) -> str:
     return version
 
 
+def _specialist_record(entry: dict[str, Any]) -> dict[str, Any]:
+    """A fleet's specialist as the release lists it: its name and the hashes of its adapter and merged model."""
+    return {key: entry[key] for key in ("name", "adapter_sha256", "merged_sha256")}
+
+
+def _fleet_hashes(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(s["name"], s["adapter_sha256"]) for s in manifest.get("specialists") or []]
+
+
 def _merge_check(builds: list[BuildFolder]) -> None:
     first = builds[0]
     seen: dict[str, Path] = {}
@@ -197,6 +206,9 @@ def _merge_check(builds: list[BuildFolder]) -> None:
         if build.manifest["source"]["sha256"] != first.manifest["source"]["sha256"]:
             raise BadInputError(f"{build.path}: was built from a different checkpoint than {first.path} (source "
                                 "sha256 differs); a release holds one model. Rebuild both from the same checkpoint.")
+        if _fleet_hashes(build.manifest) != _fleet_hashes(first.manifest):
+            raise BadInputError(f"{build.path}: holds other specialist adapters than {first.path}; a release holds one "
+                                "fleet. Rebuild both from the same adapters.")
         for target in build.manifest["targets"]:
             if target in seen:
                 raise BadInputError(f"{build.path}: target {target!r} is also in {seen[target]}; pass each "
@@ -503,6 +515,7 @@ def _write_release(staging: Path, builds: list[BuildFolder], name: str, version:
         "edgepack_version": __version__,
         "passed": all(t["passed"] for t in targets) and all(b.manifest.get("passed", False) for b in builds),
         "source": first["source"],
+        **({"specialists": [_specialist_record(s) for s in first["specialists"]]} if first.get("specialists") else {}),
         "provenance": [],
         "builds": [_build_record(b) for b in builds],
         "targets": targets,

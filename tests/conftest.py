@@ -64,6 +64,7 @@ def cold_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
 _llama_server_build = None
 
 
+@pytest.hookimpl(trylast=True)  # after -k / -m have deselected: only a session that runs such a test builds
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     global _llama_server_build
     if any("llama_server" in getattr(item, "fixturenames", ()) for item in items):

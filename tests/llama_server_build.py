@@ -12,6 +12,7 @@ stage cache folder (one static executable), so a second session starts at once.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -47,11 +48,18 @@ def missing_build_tools() -> list[str]:
 
 
 def build() -> Path:
-    """Build llama-server once per cache (atomically: a reader sees no binary or a whole one)."""
+    """Build llama-server once per cache (atomically: a reader sees no binary or a whole one); a second
+    session asking meanwhile waits for the first one's build instead of starting its own."""
     target = binary_path()
     if target.is_file():
         return target
     target.parent.parent.mkdir(parents=True, exist_ok=True)
+    with (target.parent.parent / "build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return target if target.is_file() else _build(target)
+
+
+def _build(target: Path) -> Path:
     log = build_log_path()
     with tempfile.TemporaryDirectory(prefix="edgepack-llama-server-", dir=target.parent.parent) as tmp, \
             log.open("w") as out:

@@ -52,6 +52,11 @@ def test_the_pi_ships_the_base_once_and_an_adapter_per_specialist_each_verified(
     assert [(s["name"], s["lora_adapter"], s["lora_id"]) for s in document["specialists"]] == [
         ("router", "adapter-router.gguf", 0), ("extractor", "adapter-extractor.gguf", 1)]
     assert set(document["gguf_choice"]["ladder"][0]["specialists"]) == set(SPECIALISTS)
+    # The merged alternative at the same type is measured too, so the choice is visible.
+    assert set(document["gguf_choice"]["merged_alternative"]) == set(SPECIALISTS)
+    report = (folder / "out" / "report.md").read_text()
+    assert all(f"{n}: base F16 + its adapter top-1 " in report for n in SPECIALISTS)
+    assert "merged into the base at F16 instead: top-1 " in report
     manifest = json.loads((folder / "out" / "manifest.json").read_text())
     assert [s["name"] for s in manifest["specialists"]] == list(SPECIALISTS)
     assert manifest["specialists"][0]["adapter_sha256"] != manifest["specialists"][1]["adapter_sha256"]
@@ -140,6 +145,46 @@ def test_one_llama_server_answers_each_specialist_in_turn_as_its_merged_model(
     assert [(n, a.replace("\ufffd", "")) for n, a in answers] == [(n, expected[n]) for n, _ in answers]
 
 
+def test_each_specialist_is_judged_on_its_own_eval_set(fleet: tuple[Path, Any], tiny_llama: Path,
+                                                        tmp_path: Path) -> None:
+    """A fleet from edgepack.toml: each specialist's eval set is answered by the base + its adapter in llama.cpp,
+    against its own fp32 merged model's answers, under its own contract."""
+    folder, _ = fleet
+    sizes = {"router": 3, "extractor": 5}
+    for name, rows in sizes.items():
+        (tmp_path / f"{name}.jsonl").write_text("".join(
+            json.dumps({"instruction": f"{name} {i}", "input": f"input {i}", "output": "x"}) + "\n"
+            for i in range(rows)))
+    (tmp_path / "edgepack.toml").write_text(f"""
+[build]
+name = "fleet"
+targets = ["raspberry-pi"]
+quant = "F16"
+[base]
+checkpoint = "{tiny_llama}"
+[contract]
+task = "text"
+max_new_tokens = 4
+[specialists.router]
+adapter = "{folder / 'router'}"
+eval = "router.jsonl"
+[specialists.extractor]
+adapter = "{folder / 'extractor'}"
+eval = "extractor.jsonl"
+[specialists.extractor.contract]
+max_new_tokens = 6
+""")
+    result = edgepack("build", "--config", tmp_path / "edgepack.toml", "--out", tmp_path / "out", "--json")
+    assert result.exit_code == 0, result.stderr
+    rows = {r["artifact"].split("adapter-")[1]: r for r in result.json()["artifacts"]}
+    for name, count in sizes.items():
+        task = rows[f"{name}.gguf"]["task"]
+        assert task["rows"] == count and task["agreement"] == 1.0  # the adapter on F16 answers as fp32 merged does
+    document = json.loads((tmp_path / "out" / "raspberry-pi" / "edgepack.json").read_text())
+    contracts = {s["name"]: s["contract"]["max_new_tokens"] for s in document["specialists"]}
+    assert contracts == {"router": 4, "extractor": 6}
+
+
 def _flags(**kwargs: Any) -> BuildFlags:
     return BuildFlags(**kwargs)
 
@@ -191,3 +236,14 @@ def test_fleet_input_mistakes_exit_2_naming_the_fix(tmp_path: Path, args: list[s
     assert message in result.stderr
     assert not (tmp_path / "o").exists()
 
+
+
+def test_a_fleet_release_lists_its_specialists_and_their_adapter_hashes(fleet: tuple[Path, Any],
+                                                                        tmp_path: Path) -> None:
+    folder, _ = fleet
+    result = edgepack("release", folder / "out", "--version", "1.0.0", "--out", tmp_path / "release", "--json")
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads((tmp_path / "release" / "manifest.json").read_text())
+    build = json.loads((folder / "out" / "manifest.json").read_text())
+    assert manifest["specialists"] == [{k: s[k] for k in ("name", "adapter_sha256", "merged_sha256")}
+                                       for s in build["specialists"]]
