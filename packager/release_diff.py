@@ -102,6 +102,18 @@ def _target_change(name: str, old: dict[str, Any] | None, new: dict[str, Any] | 
             "files": files, "contract": contract, "verification": verification}
 
 
+def _specialists_change(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A fleet's specialists by name: a retrained one shows as a changed adapter, the base unchanged."""
+    a, b = {s["name"]: s for s in old}, {s["name"]: s for s in new}
+    rows = []
+    for name in [*a, *(n for n in b if n not in a)]:
+        adapter = change((a.get(name) or {}).get("adapter_sha256"), (b.get(name) or {}).get("adapter_sha256"))
+        status = "added" if name not in a else "removed" if name not in b else (
+            "changed" if adapter["changed"] else "unchanged")
+        rows.append({"name": name, "status": status, "adapter_sha256": adapter})
+    return rows
+
+
 def _tools(manifest: dict[str, Any]) -> dict[str, str]:
     tools: dict[str, str] = {}
     for build in manifest["builds"]:
@@ -121,11 +133,14 @@ def diff_releases(old: dict[str, Any], new: dict[str, Any], old_path: Path | str
     tools = {k: change(old_tools.get(k), new_tools.get(k)) for k in sorted(set(old_tools) | set(new_tools))
              if old_tools.get(k) != new_tools.get(k)}
     source = change(old["source"]["sha256"], new["source"]["sha256"])
+    specialists = _specialists_change(old.get("specialists") or [], new.get("specialists") or [])
     return {
         "old": {"path": str(old_path), "name": old["name"], "version": old["version"], "passed": old["passed"]},
         "new": {"path": str(new_path), "name": new["name"], "version": new["version"], "passed": new["passed"]},
-        "changed": source["changed"] or bool(tools) or any(t["status"] != "unchanged" for t in targets),
+        "changed": source["changed"] or bool(tools) or any(t["status"] != "unchanged" for t in targets)
+        or any(sp["status"] != "unchanged" for sp in specialists),
         "source_sha256": source,
+        "specialists": specialists,
         "edgepack_version": change(old["edgepack_version"], new["edgepack_version"]),
         "tools": tools,
         "targets": targets,
@@ -230,6 +245,11 @@ def render_diff(d: dict[str, Any]) -> str:
     ]
     for tool, c in d["tools"].items():
         lines.append(f"{tool}: {_text(c['old'])} -> {_text(c['new'])}")
+    for sp in d.get("specialists") or []:
+        adapter = sp["adapter_sha256"]
+        detail = f"adapter {_hash(adapter['old'])} -> {_hash(adapter['new'])}" if sp["status"] == "changed" else (
+            f"adapter {_hash(adapter['new'] or adapter['old'])}")
+        lines.append(f"specialist {sp['name']}: {sp['status']} ({detail})")
     for t in d["targets"]:
         lines += ["", f"## {t['target']}: {t['status']}", "", "| | old | new | change |", "|---|---|---|---|"]
         lines += [f"| {label} | {a} | {b} | {note} |" for label, a, b, note in _target_rows(t)]

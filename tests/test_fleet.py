@@ -247,3 +247,26 @@ def test_a_fleet_release_lists_its_specialists_and_their_adapter_hashes(fleet: t
     build = json.loads((folder / "out" / "manifest.json").read_text())
     assert manifest["specialists"] == [{k: s[k] for k in ("name", "adapter_sha256", "merged_sha256")}
                                        for s in build["specialists"]]
+
+
+def test_diff_shows_a_retrained_specialist_as_a_change_to_its_adapter_only(
+        fleet: tuple[Path, Any], tiny_llama: Path, tmp_path: Path) -> None:
+    folder, _ = fleet
+    make_adapter(tiny_llama, tmp_path / "router", seed=7)  # the router, retrained
+    build = edgepack("build", "--base", tiny_llama, f"--adapter=router={tmp_path / 'router'}",
+                     f"--adapter=extractor={folder / 'extractor'}", "--target", "raspberry-pi", "--quant", "F16",
+                     "--name", "Support Fleet", "--out", tmp_path / "out")
+    assert build.exit_code == 0, build.stderr
+    for version, out in (("1.0.0", folder / "out"), ("1.1.0", tmp_path / "out")):
+        released = edgepack("release", out, "--version", version, "--out", tmp_path / version)
+        assert released.exit_code == 0, released.stderr
+    diff = edgepack("diff", tmp_path / "1.0.0", tmp_path / "1.1.0", "--json")
+    data = diff.json()
+    assert [(s["name"], s["status"]) for s in data["specialists"]] == [("router", "changed"),
+                                                                         ("extractor", "unchanged")]
+    pi = next(t for t in data["targets"] if t["target"] == "raspberry-pi")
+    changed = pi["files"]["changed"]
+    assert "adapter-router.gguf" in changed and "model-F16.gguf" not in changed
+    assert "adapter-extractor.gguf" not in changed
+    text = edgepack("diff", tmp_path / "1.0.0", tmp_path / "1.1.0").stdout
+    assert "specialist router: changed (adapter " in text and "specialist extractor: unchanged" in text
