@@ -142,7 +142,7 @@ def test_one_llama_server_answers_each_specialist_in_turn_as_its_merged_model(
             answers.append((name, reply.stdout.strip()))
     # llama-server replaces a token's incomplete UTF-8 bytes with U+FFFD where llama-cpp-python drops them
     # (random tiny models emit byte tokens); the tokens themselves are the same.
-    assert [(n, a.replace("\ufffd", "")) for n, a in answers] == [(n, expected[n]) for n, _ in answers]
+    assert [(n, a.replace("\ufffd", "").strip()) for n, a in answers] == [(n, expected[n]) for n, _ in answers]
 
 
 def test_each_specialist_is_judged_on_its_own_eval_set(fleet: tuple[Path, Any], tiny_llama: Path,

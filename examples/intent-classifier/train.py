@@ -1,6 +1,7 @@
 """LoRA-fine-tune the real Gemma 3 270M on the intent dataset, on CPU, with peft.
 
     .venv/bin/python examples/intent-classifier/train.py            # writes ./adapter and ./training_log.jsonl
+    .venv/bin/python examples/intent-classifier/train.py --project examples/support-fleet/extractor
 
 The prompt format here is the task contract declared in edgepack.toml (prompt_template): the
 same string every runtime and bridge renders. `--rendering chat` trains on the base's chat template
@@ -29,9 +30,19 @@ def load_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def prompt_template() -> str:
-    config = tomllib.loads((HERE / "edgepack.toml").read_text(encoding="utf-8"))
-    return config["contract"]["prompt_template"]
+def contract(project: Path) -> dict:
+    """The [contract] of the project's edgepack.toml: the prompt every runtime renders, the answer length."""
+    return tomllib.loads((project / "edgepack.toml").read_text(encoding="utf-8"))["contract"]
+
+
+def same_answer(answer: str, expected: str) -> bool:
+    """Labels compare as text; a JSON answer by value (as edgepack's task eval does)."""
+    if not expected.startswith("{"):
+        return answer == expected
+    try:
+        return json.loads(answer) == json.loads(expected)
+    except json.JSONDecodeError:
+        return False
 
 
 def render(template: str, row: dict) -> str:
@@ -88,7 +99,7 @@ def batch_loss(model, batch: list[tuple[list[int], int]]) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def greedy_label(model, tokenizer, template: str | None, row: dict, max_new: int = 8) -> str:
+def greedy_answer(model, tokenizer, template: str | None, row: dict, max_new: int = 8) -> str:
     """The model's greedy answer for one row (KV-cached generation, stopping at eos)."""
     ids = torch.tensor([prompt_ids(tokenizer, template, row)])
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
@@ -99,7 +110,9 @@ def greedy_label(model, tokenizer, template: str | None, row: dict, max_new: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--base", type=Path, default=None, help="Gemma 3 270M HF folder (default: bundled example)")
-    parser.add_argument("--out", type=Path, default=HERE / "adapter")
+    parser.add_argument("--project", type=Path, default=HERE,
+                        help="folder with edgepack.toml ([contract]) and data/{train,eval}.jsonl (default: this one)")
+    parser.add_argument("--out", type=Path, default=None, help="adapter folder (default: <project>/adapter)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-4)
@@ -109,8 +122,10 @@ def main() -> None:
     parser.add_argument("--resume", type=Path, default=None, help="continue training this adapter folder")
     parser.add_argument("--rendering", choices=("contract", "chat"), default="contract",
                         help="train on edgepack.toml's prompt_template (default) or on the base's chat template")
-    parser.add_argument("--log", type=Path, default=HERE / "training_log.jsonl")
+    parser.add_argument("--log", type=Path, default=None, help="default: <project>/training_log.jsonl")
     args = parser.parse_args()
+    args.out = args.out or args.project / "adapter"
+    args.log = args.log or args.project / "training_log.jsonl"
 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -133,9 +148,10 @@ def main() -> None:
         model = PeftModel.from_pretrained(model, str(args.resume), is_trainable=True)
     else:
         model = get_peft_model(model, lora)
-    template = prompt_template() if args.rendering == "contract" else None
-    train = [encode(tokenizer, template, r) for r in load_rows(HERE / "data" / "train.jsonl")]
-    evaluation = load_rows(HERE / "data" / "eval.jsonl")
+    task = contract(args.project)
+    template = task["prompt_template"] if args.rendering == "contract" else None
+    train = [encode(tokenizer, template, r) for r in load_rows(args.project / "data" / "train.jsonl")]
+    evaluation = load_rows(args.project / "data" / "eval.jsonl")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     steps_total = args.epochs * ((len(train) + args.batch - 1) // args.batch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / steps_total)
@@ -165,7 +181,9 @@ def main() -> None:
                 if step % 10 == 0:
                     print(entry, flush=True)
         model.eval()
-        correct = sum(greedy_label(model, tokenizer, template, r) == r["output"] for r in evaluation)
+        max_new = int(task.get("max_new_tokens", 8))
+        correct = sum(same_answer(greedy_answer(model, tokenizer, template, r, max_new), r["output"])
+                      for r in evaluation)
         result = {"event": "eval", "split": "eval", "exact_match": round(correct / len(evaluation), 4),
                   "correct": correct, "rows": len(evaluation), "seconds": round(time.perf_counter() - start, 1)}
         log.write(json.dumps(result) + "\n")
