@@ -386,7 +386,7 @@ class BuildContext:
             digest = f"{digest}+{lora[1]}"
         adapter = lora[0] if lora else None
         artifact = f"{path.name} + {adapter.name}" if adapter else path.name
-        what = f"GGUF {quant}" + (" + LoRA adapter" if adapter else "")
+        what = f"GGUF {quant}" + (f" + LoRA {adapter.name}" if adapter else "")
         task_key = self.task_key() if self.eval_rows else ""
         key = options_digest("verify-gguf", VERIFICATION_SCHEMA, digest, self.golden.digest_source(), task_key)[:24]
 
@@ -400,7 +400,7 @@ class BuildContext:
                 self.attach_task(result, self.task_metrics_gguf(path, adapter))
             return result
 
-        label = f"verify gguf {quant}" + (" + adapter" if adapter else "")
+        label = f"verify gguf {quant}" + (f" + {adapter.name}" if adapter else "")
         result = self.stage_cache.record("verify", key, label, verify,
                                          encode=VerificationResult.as_dict, decode=VerificationResult.from_dict,
                                          binds=digest,

@@ -85,14 +85,32 @@ def read_json_file(path: Path, fix: str) -> Any:
     """
     require_regular_file(path, fix, "this JSON file")
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        text = path.read_bytes().decode("utf-8")
+        # Non-finite numbers are caught while parsing (a walk over a 30 MB tokenizer.json takes seconds);
+        # only a file that has one is parsed again, to name where.
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except _NonFinite:
+        data = json.loads(text)
     except UnicodeDecodeError:
         raise BadInputError(f"{path}: is not UTF-8 text, so not JSON. {fix}") from None
     except json.JSONDecodeError as exc:
         raise BadInputError(f"{path}: not valid JSON ({exc}). {fix}") from None
     except OSError as exc:
         raise BadInputError(f"{path}: cannot be read ({exc.strerror}). {fix}") from None
-    where = non_finite_path(data)
-    if where is not None:
-        raise BadInputError(f"{path}: {where} is NaN or infinite, which is not a JSON number. {fix}")
-    return data
+    where = non_finite_path(data) or "a number"
+    raise BadInputError(f"{path}: {where} is NaN or infinite, which is not a JSON number. {fix}")
+
+
+class _NonFinite(ValueError):
+    """A JSON text holds NaN, Infinity or a number too large for a float."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NonFinite(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFinite(text)
+    return value
