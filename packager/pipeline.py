@@ -118,7 +118,8 @@ def build_inputs(request: BuildRequest, ckpt: Checkpoint) -> list[Path]:
              ckpt.origin.get("base"), request.options.task.get("json_schema")]
     for spec in request.specialists:
         paths += [spec.adapter, spec.eval_path, spec.task.get("json_schema")]
-    return [Path(p) for p in paths if p]
+    # A JSON schema given inline in edgepack.toml is a table, not a file.
+    return [Path(p) for p in paths if isinstance(p, str | Path) and p]
 
 
 def open_fleet(request: BuildRequest, base: BuildContext) -> Fleet:

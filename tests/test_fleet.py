@@ -28,14 +28,13 @@ PROMPT = "the quick brown fox"
 
 @pytest.fixture(scope="module")
 def fleet(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    """Two random LoRA specialists of a tiny Llama, built for the Pi (runtime adapters) and for React Native
-    (merged per specialist): (work folder, CLI result)."""
+    """Two random LoRA specialists of a tiny Llama, built for the Pi: (work folder, CLI result)."""
     folder = tmp_path_factory.mktemp("fleet")
     for seed, name in enumerate(SPECIALISTS, start=1):
         make_adapter(tiny_llama, folder / name, seed=seed)
     result = edgepack("build", "--base", tiny_llama, *[f"--adapter={n}={folder / n}" for n in SPECIALISTS],
-                      "--target", "raspberry-pi", "--target", "react-native", "--quant", "F16",
-                      "--name", "Support Fleet", "--out", folder / "out", "--json")
+                      "--target", "raspberry-pi", "--quant", "F16", "--name", "Support Fleet",
+                      "--out", folder / "out", "--json")
     assert result.exit_code == 0, result.stderr
     return folder, result
 
@@ -61,17 +60,6 @@ def test_the_pi_ships_the_base_once_and_an_adapter_per_specialist_each_verified(
     assert [s["name"] for s in manifest["specialists"]] == list(SPECIALISTS)
     assert manifest["specialists"][0]["adapter_sha256"] != manifest["specialists"][1]["adapter_sha256"]
     assert "Pick a specialist" in (pi / "README.md").read_text()
-
-
-def test_a_target_without_runtime_adapters_ships_each_specialist_merged_in_its_folder(
-        fleet: tuple[Path, Any]) -> None:
-    folder, result = fleet
-    rn = folder / "out" / "react-native"
-    rows = [r["artifact"] for r in result.json()["artifacts"] if r["target"] == "react-native"]
-    assert sorted(rows) == sorted(f"react-native/{n}/model-F16.gguf" for n in SPECIALISTS)
-    merged = [(rn / n / "model-F16.gguf").read_bytes() for n in SPECIALISTS]
-    assert merged[0] != merged[1]  # each is its own merged model
-    assert "ships each specialist merged" in (folder / "out" / "report.md").read_text()
 
 
 def _healthy(port: int) -> bool:

@@ -26,10 +26,12 @@ import gguf
 import pytest
 from cli_helpers import edgepack, leftovers
 from external_tools import require_tool
+from tiny_models import make_adapter
 
 import targets.react_native.target as react_native
 from packager.contract import Contract
 from packager.errors import ExitCode, UnsupportedError
+from packager.fleet import SpecialistSpec
 from packager.pipeline import BuildRequest, run_build
 from packager.progress import Reporter
 from packager.stages import BuildOptions
@@ -43,6 +45,11 @@ NPM_WORK = Path(os.environ.get("EDGEPACK_NPM_WORK", REPO / ".cache" / "npm-work"
 HOSTILE_NAME = 'Bot "q" \'s\' `id` ${process.exit(1)} </script><!-- \\ \u2028 end\nsecond line'
 HOSTILE_LABELS = ['say "hi"', "back`tick`", "${globalThis.x}", "</script><script>alert(1)</script>",
                   "two\nlines", "back\\slash", "plain"]
+# A fleet's specialists, each with a contract of its own.
+FLEET_LABELS = ["billing", "cancel_order"]
+FLEET_SCHEMA = {"type": "object", "required": ["order"], "properties": {"order": {"type": "string"}}}
+FLEET_TASKS = {"router": {"task": "labels", "labels": FLEET_LABELS, "constrained": True, "max_new_tokens": 4},
+               "extractor": {"task": "json", "constrained": True, "max_new_tokens": 24}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,6 +139,22 @@ def hostile_build(tiny_gemma: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return out / "react-native"
 
 
+@pytest.fixture(scope="module")
+def fleet_build(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """Two random LoRA specialists of the tiny Llama (a labels router, a JSON extractor) for react-native alone:
+    (the react-native folder, the build's manifest)."""
+    folder = tmp_path_factory.mktemp("rn-fleet")
+    schema = folder / "order.schema.json"
+    schema.write_text(json.dumps(FLEET_SCHEMA))
+    tasks = {**FLEET_TASKS, "extractor": {**FLEET_TASKS["extractor"], "json_schema": str(schema)}}
+    specialists = tuple(SpecialistSpec(name, make_adapter(tiny_llama, folder / name, seed=seed), task=task)
+                        for seed, (name, task) in enumerate(tasks.items(), start=1))
+    out = folder / "out"
+    run_build(BuildRequest(checkpoint=tiny_llama, targets=["react-native"], out=out, specialists=specialists,
+                           options=BuildOptions(quant="F16", name="Support Fleet")), Reporter(quiet=True))
+    return out / "react-native", json.loads((out / "manifest.json").read_text())
+
+
 def test_building_raspberry_pi_and_react_native_converts_once(both_build: tuple[Path, dict[str, Any]]) -> None:
     out, manifest = both_build
     gguf_stages = [s for s in manifest["stages"] if s["name"] == "gguf Q8_0"]
@@ -208,6 +231,46 @@ def test_hostile_name_and_labels_are_escaped_type_check_and_arrive_as_data(hosti
         assert statuses["run loads the verified model, streams the answer and reports latency"] == "passed"
 
 
+def test_a_fleet_app_ships_the_base_once_and_an_adapter_per_specialist_each_verified(
+        fleet_build: tuple[Path, dict[str, Any]]) -> None:
+    bundle, manifest = fleet_build
+    assert sorted(p.name for p in bundle.glob("*.gguf")) == ["adapter-extractor.gguf", "adapter-router.gguf",
+                                                             "model-F16.gguf"]
+    assert not (bundle / "router").exists() and not (bundle / "extractor").exists()  # nothing shipped merged
+    rows = {r["artifact"]: r for r in manifest["artifacts"] if r["target"] == "react-native"}
+    assert set(rows) == {f"react-native/model-F16.gguf + adapter-{n}.gguf" for n in FLEET_TASKS}
+    assert all(r["level"] == "executed" and r["passed"] for r in rows.values())
+    data = json.loads((bundle / "edgepack.json").read_text())
+    assert [v["ships"] for v in data["verification"]] == [
+        [f"react-native/{f}" for f in ("model-F16.gguf", f"adapter-{n}.gguf")] for n in FLEET_TASKS]
+    assert data["model"]["file"] == "model-F16.gguf"
+    specialists = data["specialists"]
+    assert [(s["name"], s["lora_adapter"]) for s in specialists] == [(n, f"adapter-{n}.gguf") for n in FLEET_TASKS]
+    for s in specialists:
+        adapter = bundle / s["lora_adapter"]
+        assert (s["sha256"], s["bytes"]) == (hashlib.sha256(adapter.read_bytes()).hexdigest(), adapter.stat().st_size)
+    router, extractor = (Contract.from_dict(s["contract"]) for s in specialists)
+    assert (router.task, router.labels, router.max_new_tokens) == ("labels", FLEET_LABELS, 4)
+    assert (extractor.task, extractor.json_schema, extractor.max_new_tokens) == ("json", FLEET_SCHEMA, 24)
+    assert (bundle / "app" / "edgepack.json").read_bytes() == (bundle / "edgepack.json").read_bytes()
+    assert 'export const SPECIALISTS: readonly string[] = [\n  "router",\n  "extractor",\n];' in (
+        bundle / "app" / "src" / "buildInfo.ts").read_text()
+    readme = (bundle / "app" / "README.md").read_text()
+    assert "## Pick a specialist" in readme and "`../adapter-extractor.gguf`" in readme
+
+
+def test_generated_fleet_app_type_checks_and_its_picker_switches_adapters(
+        fleet_build: tuple[Path, dict[str, Any]]) -> None:
+    bundle, _ = fleet_build
+    with npm_workspace("app", bundle / "app") as work:
+        tsc(work)
+        statuses = jest_statuses(jest_results(work, {"EDGEPACK_MODEL_PATH": str(bundle / "model-F16.gguf")}))
+    for title in ("every adapter next to the app matches edgepack.json",
+                  "run loads the verified model, streams the answer and reports latency",
+                  "the picker switches specialists: one base, each run with its adapter and contract"):
+        assert statuses[title] == "passed", title
+
+
 def test_bridge_type_checks_strictly_and_its_jest_tests_pass() -> None:
     vectors = json.loads(VECTORS.read_text(encoding="utf-8"))
     with npm_workspace("bridge", BRIDGE) as work:
@@ -223,7 +286,10 @@ def test_bridge_type_checks_strictly_and_its_jest_tests_pass() -> None:
                       "cancel() stops the native completion and run() reports the cancellation",
                       "run() sends the contract prompt, stops, token limit, greedy sampling and the labels grammar",
                       "a constrained JSON contract sends llama.rn json_schema as a string; parsing follows the "
-                      "contract"):
+                      "contract",
+                      "use(router) then use(extractor) removes the applied adapter, then applies the extractor's",
+                      "run() answers under the applied specialist's own contract",
+                      "an unknown specialist is refused with unknown_specialist, naming the known ones"):
             assert statuses[title] == "passed", title
 
 
@@ -333,6 +399,39 @@ def test_gguf_llama_rn_can_run_passes_with_its_facts(tmp_path: Path) -> None:
     facts = react_native.check_llama_rn_support(path, "m.gguf", Contract(eos_ids=[2, 3]), react_native.support_table())
     assert facts.as_dict() == {"architecture": "llama", "tokenizer_model": "gpt2", "pre_tokenizer": "llama-bpe",
                                "add_bos": True, "eog_ids": [2, 3]}
+
+
+def write_adapter_gguf(path: Path, **overrides: Any) -> Path:
+    """A minimal GGUF LoRA adapter holding only the metadata llama.rn's loader checks."""
+    meta: dict[str, Any] = {"arch": "llama", "type": "adapter", "adapter_type": "lora", **overrides}
+    writer = gguf.GGUFWriter(str(path), meta["arch"])
+    writer.add_type(meta["type"])
+    if meta["adapter_type"] is not None:
+        writer.add_string(gguf.Keys.Adapter.TYPE, meta["adapter_type"])
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 8.0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"arch": "gemma3"}, "general.architecture='gemma3' (needs 'llama')"),
+    ({"type": "model"}, "general.type='model' (needs 'adapter')"),
+    ({"adapter_type": None}, "adapter.type=None (needs 'lora')"),
+], ids=["arch", "not-an-adapter", "not-lora"])
+def test_adapter_llama_rn_would_not_apply_is_refused(tmp_path: Path, overrides: dict[str, Any], message: str) -> None:
+    path = write_adapter_gguf(tmp_path / "adapter-x.gguf", **overrides)
+    with pytest.raises(UnsupportedError) as error:
+        react_native.check_llama_rn_adapter(path, "react-native/adapter-x.gguf", "llama", react_native.support_table())
+    assert error.value.message.startswith("react-native/adapter-x.gguf: llama.rn 0.12.9 (llama.cpp ")
+    assert message in error.value.message
+
+
+def test_adapter_llama_rn_can_apply_passes(tmp_path: Path) -> None:
+    path = write_adapter_gguf(tmp_path / "adapter-x.gguf")
+    react_native.check_llama_rn_adapter(path, "adapter-x.gguf", "llama", react_native.support_table())
 
 
 def test_build_with_a_pre_tokenizer_llama_rn_does_not_know_fails_clearly_and_writes_nothing(

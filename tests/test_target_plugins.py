@@ -133,3 +133,23 @@ def test_a_plugin_that_fails_to_load_leaves_help_working_and_build_names_it(tmp_
     result = run_edgepack(plugins, "build", tiny_llama, "--target", "raspberry-pi", "--out", tmp_path / "dist")
     assert result.returncode == ExitCode.INTERNAL
     assert "'broken'" in result.stderr and "no acme sdk here" in result.stderr
+
+
+def test_a_plugin_without_fleet_support_ships_each_specialist_merged_in_its_own_folder(
+        acme_plugins: Path, tiny_llama: Path, tmp_path: Path) -> None:
+    """A fleet (packager.fleet) on a target with no build_fleet: one merged model per specialist, verified each."""
+    from tests.tiny_models import make_adapter
+
+    for seed, name in enumerate(("router", "extractor"), start=1):
+        make_adapter(tiny_llama, tmp_path / name, seed=seed)
+    out = tmp_path / "dist"
+    result = run_edgepack(acme_plugins, "build", "--base", tiny_llama, f"--adapter=router={tmp_path / 'router'}",
+                          f"--adapter=extractor={tmp_path / 'extractor'}", "--target", "acme", "--quant", "F16",
+                          "--out", out, "--json", "--quiet")
+    assert result.returncode == 0, result.stderr
+    rows = [r["artifact"] for r in json.loads(result.stdout)["artifacts"]]
+    assert rows == ["acme/router/model-F16.gguf", "acme/extractor/model-F16.gguf"]
+    merged = [(out / "acme" / n / "model-F16.gguf").read_bytes() for n in ("router", "extractor")]
+    assert merged[0] != merged[1]  # each specialist's own merged model
+    assert json.loads((out / "acme" / "router" / "edgepack.json").read_text())["model"]["quant"] == "F16"
+    assert "acme ships each specialist merged" in (out / "report.md").read_text()

@@ -76,6 +76,14 @@ class VerificationResult:
         judged.reapply_gates(fidelity, task)
         return judged.fidelity_line() + (" (task gate decided)" if judged.warnings and judged.passed else "")
 
+    def shipped_as(self, target: str, files: list[str]) -> VerificationResult:
+        """This result named after the files that ship as the artifact: "<target>/model.gguf", or with a LoRA
+        adapter "<target>/model.gguf + adapter-x.gguf", whose size on the device is both files'."""
+        named = replace(self, artifact=f"{target}/{' + '.join(files)}")
+        if len(files) > 1:
+            named.ships = [f"{target}/{f}" for f in files]
+        return named
+
     def summary_row(self, artifact: str) -> dict[str, Any]:
         """The reproducible numbers a bundle's README shows (no host speeds: those live in report.md)."""
         m = self.metrics

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -86,13 +85,9 @@ class RaspberryPiTarget:
             place_artifact(path, out_dir / path.name)
             adapters.append({"name": name, "file": path.name,
                              "size_mb": round((out_dir / path.name).stat().st_size / 2**20, 1)})
-        results = []
-        for name, result in verifications.items():
-            files = [gguf_file, *([shipped.adapters[name].name] if name in shipped.adapters else [])]
-            result = dataclasses.replace(result, artifact=f"{self.name}/{' + '.join(files)}")
-            if len(files) > 1:  # the artifact's size on the device is both files'
-                result.ships = [f"{self.name}/{f}" for f in files]
-            results.append(result)
+        results = [result.shipped_as(self.name, [gguf_file, *([shipped.adapters[name].name]
+                                                             if name in shipped.adapters else [])])
+                   for name, result in verifications.items()]
 
         model_name = model_name or ctx.options.name or ctx.ckpt.name
         context_length = ctx.context_length

@@ -5,11 +5,14 @@ in the host's llama.cpp. llama.rn bundles its own, different llama.cpp build, so
 written the GGUF's architecture, tokenizer, BOS flag and end-of-generation tokens are checked against
 what that build accepts (targets/react_native/data/llama_rn_support.json, generated from llama.rn's sources by
 scripts/llama_rn_support.py).
+
+A fleet (packager.fleet) ships the base GGUF once and one GGUF LoRA adapter per specialist: the app
+loads the base once and llama.rn applies the chosen specialist's adapter at run time (the bridge's
+EdgeFleet), each specialist under its own contract from edgepack.json.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import struct
 from dataclasses import dataclass, field
@@ -25,6 +28,7 @@ from packager.codecheck import check_generated_files
 from packager.contract import Contract
 from packager.errors import InternalError, UnsupportedError
 from packager.escaping import slug
+from packager.fleet import Fleet, choose_fleet_gguf
 from packager.formats.gguf_writer import writes_architecture
 from packager.resources import copy_mobile_files
 from packager.stage_cache import place_artifact
@@ -32,6 +36,7 @@ from packager.stages import BuildContext
 from packager.target import ScaffoldCheck, TargetResult
 from packager.target_bundle import finish_bundle, list_bundle
 from packager.templating import render_tree
+from packager.verify.result import VerificationResult
 
 LLAMA_RN_VERSION = "0.12.9"
 SUPPORT_TABLE = Path(__file__).resolve().parent / "data" / "llama_rn_support.json"
@@ -219,12 +224,70 @@ def check_llama_rn_support(path: Path, artifact: str, contract: Contract, table:
     return RuntimeFacts(str(arch), str(tokenizer_model), pre if isinstance(pre, str) else None, add_bos, eog_ids)
 
 
+def check_llama_rn_adapter(path: Path, artifact: str, architecture: str, table: dict[str, Any]) -> None:
+    """Raise UnsupportedError unless llama.rn's llama.cpp would apply the file as a LoRA adapter of `architecture`.
+
+    Its llama_adapter_lora_init (llama.rn cpp/llama-adapter.cpp) refuses a file whose general.type is not
+    "adapter", whose general.architecture is not the loaded model's or whose adapter.type is not "lora";
+    the tensors it then expects (<name>.lora_a / .lora_b) are those the host's llama.cpp applied in verification.
+    """
+    meta = read_gguf_metadata(path, set())
+    wanted = {"general.type": "adapter", "general.architecture": architecture, "adapter.type": "lora"}
+    wrong = [f"{key}={meta.values.get(key)!r} (needs {value!r})" for key, value in wanted.items()
+             if meta.values.get(key) != value]
+    if wrong:
+        raise UnsupportedError(
+            f"{artifact}: llama.rn {table['llama.rn']} (llama.cpp {table['llama.cpp']['build']}) would refuse to "
+            f"apply this LoRA adapter to the base model: {', '.join(wrong)}. Rebuild with a matching base and "
+            "adapter, or report the adapter's source."
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 
 
 def copy_bridge(dest: Path) -> list[Path]:
     """Copy the bridge's TypeScript sources (mobile/react-native/src) into the app, byte for byte."""
     return copy_mobile_files("react-native/src", ("*.ts",), dest)
+
+
+@dataclass(frozen=True)
+class ShippedSpecialist:
+    """A fleet specialist in the app: its LoRA adapter (applied by llama.rn at run time), contract and
+    verification (the base GGUF with this adapter, in the host's llama.cpp)."""
+
+    name: str
+    adapter: Path
+    contract: Contract
+    verification: VerificationResult
+
+
+@dataclass(frozen=True)
+class AppBundle:
+    """What one app bundle ships: a GGUF (the model, or a fleet's base) and, for a fleet, each specialist."""
+
+    model_name: str
+    quant: str
+    # The GGUF in the stage cache.
+    gguf: Path
+    context_length: int
+    # The model's contract; a fleet's base contract (each specialist carries its own).
+    contract: Contract
+    gguf_choice: dict[str, Any]
+    notes: list[str]
+    # One model: the GGUF's own verification; a fleet has one per specialist instead.
+    verification: VerificationResult | None = None
+    specialists: list[ShippedSpecialist] = field(default_factory=list)
+
+    @property
+    def gguf_file(self) -> str:
+        return f"model-{self.quant}.gguf"
+
+    def verifications(self, target: str) -> list[VerificationResult]:
+        """Each verification under the name of what ships: the GGUF, or the GGUF + a specialist's adapter."""
+        if self.verification is not None:  # one model
+            return [self.verification.shipped_as(target, [self.gguf_file])]
+        return [s.verification.shipped_as(target, [self.gguf_file, s.adapter.name]) for s in self.specialists]
 
 
 class ReactNativeTarget:
@@ -243,25 +306,51 @@ class ReactNativeTarget:
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
         choice = ctx.chosen_gguf(self)
-        quant = choice.quant
-        gguf_file = f"model-{quant}.gguf"
-        table = support_table()
-        source = choice.file
-        contract = ctx.contract
-        facts = check_llama_rn_support(source, f"{self.name}/{gguf_file}", contract, table)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        place_artifact(source, out_dir / gguf_file)
-        verification = dataclasses.replace(choice.verification, artifact=f"{self.name}/{gguf_file}")
+        return self._bundle(out_dir, AppBundle(
+            model_name=ctx.options.name or ctx.ckpt.name, quant=choice.quant, gguf=choice.file,
+            context_length=ctx.context_length, contract=ctx.contract, gguf_choice=choice.as_dict(),
+            notes=choice.notes(), verification=choice.verification))
 
-        model_name = ctx.options.name or ctx.ckpt.name
-        context_length = ctx.context_length
+    def build_fleet(self, fleet: Fleet, out_dir: Path) -> TargetResult:
+        """One app: the base GGUF once (the smallest rung on which every specialist passes with its adapter)
+        and an adapter per specialist; the app loads the base once and applies one adapter at a time."""
+        choice = choose_fleet_gguf(fleet, self)
+        note = (f"React Native: the app loads the base GGUF once and {self.runtime} applies one specialist's adapter "
+                f"at a time (EdgeFleet.use), each specialist under its own contract ({', '.join(fleet.names)}). Each "
+                "adapter was verified on the base in the build host's llama.cpp and checked to be loadable by "
+                "llama.rn's.")
+        return self._bundle(out_dir, AppBundle(
+            model_name=fleet.base.options.name or fleet.base.ckpt.name, quant=choice.quant, gguf=choice.file,
+            # The app opens the base once, for the longest context any specialist needs.
+            context_length=max(s.ctx.context_length for s in fleet.specialists), contract=fleet.base.contract,
+            gguf_choice=choice.as_dict(), notes=[*choice.notes(), note],
+            specialists=[ShippedSpecialist(s.name, choice.adapters[s.name], s.ctx.contract,
+                                           choice.verifications[s.name]) for s in fleet.specialists]))
+
+    def _bundle(self, out_dir: Path, bundle: AppBundle) -> TargetResult:
+        """Write the app bundle: the GGUF, the fleet's adapters, the rendered app and the bridge, edgepack.json."""
+        gguf_file = bundle.gguf_file
+        table = support_table()
+        artifact = f"{self.name}/{gguf_file}"
+        facts = check_llama_rn_support(bundle.gguf, artifact, bundle.contract, table)
+        for s in bundle.specialists:
+            # The base GGUF must honour every specialist's contract too (its BOS flag, its end-of-generation ids).
+            check_llama_rn_support(bundle.gguf, f"{artifact} + {s.adapter.name}", s.contract, table)
+            check_llama_rn_adapter(s.adapter, f"{self.name}/{s.adapter.name}", facts.architecture, table)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        place_artifact(bundle.gguf, out_dir / gguf_file)
+        for s in bundle.specialists:
+            place_artifact(s.adapter, out_dir / s.adapter.name)
+        verifications = bundle.verifications(self.name)
+
+        contract = bundle.contract
         app = out_dir / APP_DIR
         rendered = render_tree("react-native", app, {
-            "model_name": model_name,
-            "slug": slug(model_name),
+            "model_name": bundle.model_name,
+            "slug": slug(bundle.model_name),
             "gguf_file": gguf_file,
-            "quant": quant,
-            "context_length": context_length,
+            "quant": bundle.quant,
+            "context_length": bundle.context_length,
             "task": contract.task,
             "labels": list(contract.labels or []),
             "constrained": contract.constrained,
@@ -269,9 +358,11 @@ class ReactNativeTarget:
             "llama_cpp_build": table["llama.cpp"]["build"],
             "architecture": facts.architecture,
             "pre_tokenizer": facts.pre_tokenizer or "",
-            "verification_rows": [verification.summary_row(gguf_file)],
+            "verification_rows": [v.summary_row(v.artifact.removeprefix(f"{self.name}/")) for v in verifications],
             "edgepack_version": __version__,
-            "size_mb": round((out_dir / gguf_file).stat().st_size / 2**20, 1),
+            "size_mb": _size_mb(out_dir / gguf_file),
+            "specialists": [{"name": s.name, "file": s.adapter.name, "task": s.contract.task,
+                             "size_mb": _size_mb(out_dir / s.adapter.name)} for s in bundle.specialists],
         })
         bridge = copy_bridge(app / BRIDGE_DIR)
         checks = check_generated_files(rendered, out_dir)
@@ -280,18 +371,27 @@ class ReactNativeTarget:
             "needs node_modules (npm ci); edgepack's test suite type-checks and tests the generated app",
         ))
 
-        # The app loads the same document as an asset (model file, hash, contract).
+        # The app loads the same document as an asset (model file, hash, contract, specialists).
         listed = list_bundle(out_dir, copies=(f"{APP_DIR}/edgepack.json",))
         gguf_entry = listed.entry(gguf_file)
+        sections: dict[str, Any] = {
+            "model": {"name": bundle.model_name, "file": gguf_file, "format": "gguf", "quant": bundle.quant,
+                      "context_length": bundle.context_length, "sha256": gguf_entry["sha256"],
+                      "bytes": gguf_entry["bytes"]}}
+        if bundle.specialists:
+            sections["specialists"] = []
+            for s in bundle.specialists:
+                entry = listed.entry(s.adapter.name)
+                sections["specialists"].append({"name": s.name, "lora_adapter": s.adapter.name,
+                                                "sha256": entry["sha256"], "bytes": entry["bytes"],
+                                                "contract": s.contract.as_dict()})
         return finish_bundle(
             out_dir, self,
-            {"model": {"name": model_name, "file": gguf_file, "format": "gguf", "quant": quant,
-                       "context_length": context_length, "sha256": gguf_entry["sha256"], "bytes": gguf_entry["bytes"]},
-             "contract": contract.as_dict(), "gguf_choice": choice.as_dict(),
+            {**sections, "contract": contract.as_dict(), "gguf_choice": bundle.gguf_choice,
              "llama_rn": {"version": table["llama.rn"], "llama_cpp": table["llama.cpp"], **facts.as_dict()}},
-            [verification], checks, listed=listed,
+            verifications, checks, listed=listed,
             notes=[
-                *choice.notes(),
+                *bundle.notes,
                 f"React Native: the GGUF was verified in the build host's llama.cpp; on the phone it runs in "
                 f"llama.rn {table['llama.rn']}, which bundles llama.cpp {table['llama.cpp']['build']}. Its "
                 "architecture, pre-tokenizer, BOS flag and end-of-generation tokens were checked against that "
@@ -299,3 +399,7 @@ class ReactNativeTarget:
             ],
             extra={"bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]},
         )
+
+
+def _size_mb(path: Path) -> float:
+    return round(path.stat().st_size / 2**20, 1)

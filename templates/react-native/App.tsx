@@ -1,18 +1,22 @@
 /**
  * edgepack sample app: type an input, run the fine-tuned model on the phone, watch the answer
- * stream in, and see what the task contract made of it and how long it took.
+ * stream in, and see what the task contract made of it and how long it took. For a fleet
+ * (edgepack.json lists specialists), pick the specialist first: the base model is loaded once and
+ * each run applies the picked specialist's adapter and answers under its contract.
  */
 
 import React, { useEffect, useMemo, useRef, useState } from 'react';
-import { Button, ScrollView, StyleSheet, Text, TextInput, View } from 'react-native';
+import { Button, Pressable, ScrollView, StyleSheet, Text, TextInput, View } from 'react-native';
 
 import manifestJson from './edgepack.json';
-import { LABELS, MODEL_NAME, MODEL_SOURCE, QUANT } from './src/buildInfo';
+import { FLEET_SOURCE, MODEL_NAME, MODEL_SOURCE, QUANT } from './src/buildInfo';
 import {
   createBlobUtilFileSystem,
+  EdgeFleet,
   EdgeModel,
   EdgeModelError,
   readManifest,
+  type FleetSource,
   type LoadProgress,
   type ModelFileSystem,
   type ModelSource,
@@ -23,6 +27,8 @@ export interface AppProps {
   /** edgepack.json (default: the one edgepack wrote next to this file). */
   manifest?: unknown;
   source?: ModelSource;
+  /** Where a fleet's files come from, when edgepack.json lists specialists. */
+  fleetSource?: FleetSource;
   /** Default: react-native-blob-util (tests pass their own). */
   fileSystem?: ModelFileSystem;
 }
@@ -61,7 +67,9 @@ function describeError(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-export default function App({ manifest = manifestJson, source = MODEL_SOURCE, fileSystem }: AppProps) {
+export default function App({
+  manifest = manifestJson, source = MODEL_SOURCE, fleetSource = FLEET_SOURCE, fileSystem,
+}: AppProps) {
   const parsed = useMemo(() => {
     try {
       return { manifest: readManifest(manifest), error: null };
@@ -69,13 +77,15 @@ export default function App({ manifest = manifestJson, source = MODEL_SOURCE, fi
       return { manifest: null, error: describeError(error) };
     }
   }, [manifest]);
+  const specialists = parsed.manifest?.specialists ?? [];
+  const [specialist, setSpecialist] = useState<string | null>(specialists[0]?.name ?? null);
   const [input, setInput] = useState('');
   const [instruction, setInstruction] = useState('');
   const [status, setStatus] = useState(parsed.error ?? 'Model not loaded yet');
   const [streamed, setStreamed] = useState('');
   const [result, setResult] = useState<RunResult | null>(null);
   const [running, setRunning] = useState(false);
-  const model = useRef<EdgeModel | null>(null);
+  const model = useRef<EdgeModel | EdgeFleet | null>(null);
 
   useEffect(
     () => () => {
@@ -85,18 +95,30 @@ export default function App({ manifest = manifestJson, source = MODEL_SOURCE, fi
     [],
   );
 
-  const usesInstruction = parsed.manifest?.contract.prompt.template.includes('{instruction}') ?? false;
+  // The contract runs answer under: the picked specialist's, else the model's.
+  const contract = specialists.find((s) => s.name === specialist)?.contract ?? parsed.manifest?.contract;
+  const labels = contract?.labels ?? [];
+  const usesInstruction = contract?.prompt.template.includes('{instruction}') ?? false;
 
-  const loadModel = async (): Promise<EdgeModel> => {
+  const loadModel = async (): Promise<EdgeModel | EdgeFleet> => {
     if (model.current) return model.current;
     setStatus('Loading model…');
-    model.current = await EdgeModel.load({
+    const options = {
       manifest,
-      source,
       fileSystem: fileSystem ?? createBlobUtilFileSystem(),
-      onProgress: (progress) => setStatus(describeProgress(progress)),
-    });
+      onProgress: (progress: LoadProgress) => setStatus(describeProgress(progress)),
+    };
+    // No specialist to pick: one model.
+    model.current = specialist === null
+      ? await EdgeModel.load({ ...options, source })
+      : await EdgeFleet.load({ ...options, source: fleetSource, specialist });
     return model.current;
+  };
+
+  const pick = (name: string) => {
+    setSpecialist(name);
+    setStreamed('');
+    setResult(null);
   };
 
   const run = async () => {
@@ -105,6 +127,10 @@ export default function App({ manifest = manifestJson, source = MODEL_SOURCE, fi
     setResult(null);
     try {
       const loaded = await loadModel();
+      if (loaded instanceof EdgeFleet && specialist !== null) {
+        setStatus(`Applying ${specialist}…`);
+        await loaded.use(specialist);
+      }
       setStatus('Running…');
       const answer = await loaded.run(input, instruction, { onToken: (_token, text) => setStreamed(text) });
       setResult(answer);
@@ -120,10 +146,34 @@ export default function App({ manifest = manifestJson, source = MODEL_SOURCE, fi
   return (
     <ScrollView contentContainerStyle={styles.container} keyboardShouldPersistTaps="handled">
       <Text style={styles.title} testID="model-name">{MODEL_NAME}</Text>
-      <Text style={styles.caption}>{`${QUANT} GGUF on llama.rn`}</Text>
-      {LABELS.length > 0 && (
+      <Text style={styles.caption}>
+        {specialists.length > 0
+          ? `${QUANT} GGUF + ${specialists.length} LoRA specialists on llama.rn`
+          : `${QUANT} GGUF on llama.rn`}
+      </Text>
+      {specialists.length > 0 && (
+        <>
+          <Text style={styles.heading}>Specialist</Text>
+          <View style={styles.picker} testID="specialist-picker">
+            {specialists.map(({ name }) => (
+              <Pressable
+                key={name}
+                onPress={() => pick(name)}
+                disabled={running}
+                accessibilityRole="radio"
+                accessibilityState={{ selected: name === specialist, disabled: running }}
+                style={[styles.choice, name === specialist && styles.chosen]}
+                testID={`specialist-${name}`}
+              >
+                <Text>{name}</Text>
+              </Pressable>
+            ))}
+          </View>
+        </>
+      )}
+      {labels.length > 0 && (
         <View style={styles.labels}>
-          {LABELS.map((label, index) => (
+          {labels.map((label, index) => (
             <Text key={index} style={styles.label} testID={`label-${index}`}>{label}</Text>
           ))}
         </View>
@@ -174,6 +224,9 @@ const styles = StyleSheet.create({
   container: { padding: 20, paddingTop: 60, gap: 10 },
   title: { fontSize: 22, fontWeight: '600' },
   caption: { color: '#666' },
+  picker: { flexDirection: 'row', flexWrap: 'wrap', gap: 8 },
+  choice: { borderWidth: 1, borderColor: '#99c', borderRadius: 16, paddingHorizontal: 12, paddingVertical: 6 },
+  chosen: { backgroundColor: '#ccf' },
   labels: { flexDirection: 'row', flexWrap: 'wrap', gap: 6 },
   label: { backgroundColor: '#eef', borderRadius: 6, paddingHorizontal: 8, paddingVertical: 2 },
   input: { borderWidth: 1, borderColor: '#ccc', borderRadius: 6, padding: 10 },

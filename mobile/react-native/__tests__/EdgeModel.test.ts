@@ -7,7 +7,8 @@
 import { NativeModules } from 'react-native';
 
 import { renderPrompt, type JsonObject } from '../src/contract';
-import { EdgeModel, samplingFromContract } from '../src/EdgeModel';
+import { EdgeModel } from '../src/EdgeModel';
+import { samplingFromContract } from '../src/llamaSession';
 import { EdgeModelError } from '../src/errors';
 import { localFileName } from '../src/modelFile';
 import { readManifest } from '../src/manifest';

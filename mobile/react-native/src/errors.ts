@@ -8,7 +8,9 @@ export type EdgeModelErrorCode =
   | 'runtime_mismatch'
   | 'cancelled'
   | 'busy'
-  | 'released';
+  | 'released'
+  | 'unknown_specialist'
+  | 'adapter_failed';
 
 export class EdgeModelError extends Error {
   readonly code: EdgeModelErrorCode;

@@ -1,4 +1,4 @@
-/** edgepack's React Native bridge: one API (load, generate, run, release) over llama.rn. */
+/** edgepack's React Native bridge: one API (load, generate, run, release) over llama.rn; EdgeFleet for specialists. */
 
 export { createBlobUtilFileSystem, type BlobUtilFileSystemOptions } from './blobUtilFileSystem';
 export {
@@ -16,19 +16,28 @@ export {
   type ParseResult,
   type PromptFormat,
 } from './contract';
+export { EdgeFleet, type FleetLoadOptions } from './EdgeFleet';
+export { EdgeModel, type LoadOptions } from './EdgeModel';
+export { EdgeModelError, type EdgeModelErrorCode } from './errors';
+export type { DownloadRequest, DownloadResponse, DownloadTask, ModelFileSystem } from './fileSystem';
 export {
-  EdgeModel,
   completionParams,
   contractConstraint,
   samplingFromContract,
   type GenerateOptions,
   type GenerateResult,
-  type LoadOptions,
+  type RunOptions,
   type RunResult,
   type Sampling,
+  type SessionOptions,
   type StopReason,
-} from './EdgeModel';
-export { EdgeModelError, type EdgeModelErrorCode } from './errors';
-export type { DownloadRequest, DownloadResponse, DownloadTask, ModelFileSystem } from './fileSystem';
-export { readManifest, type EdgepackManifest, type ModelInfo } from './manifest';
-export { localFileName, resolveModelFile, type LoadProgress, type ModelSource } from './modelFile';
+} from './llamaSession';
+export { readManifest, type EdgepackManifest, type ModelInfo, type ShippedFile, type SpecialistInfo } from './manifest';
+export {
+  fleetFileSource,
+  localFileName,
+  resolveModelFile,
+  type FleetSource,
+  type LoadProgress,
+  type ModelSource,
+} from './modelFile';

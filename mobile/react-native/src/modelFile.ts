@@ -1,5 +1,6 @@
 /**
- * Getting the verified GGUF onto the phone: bundled with the app or downloaded on first launch.
+ * Getting the verified GGUF onto the phone: bundled with the app or downloaded on first launch. The
+ * same path serves a fleet's LoRA adapter files (any ShippedFile of edgepack.json).
  *
  * A model file only ever gets its final name after its sha256 matched edgepack.json, so a file
  * under the final name is known good and later launches only check its size. Downloads go to
@@ -9,7 +10,7 @@
 
 import { EdgeModelError } from './errors';
 import type { DownloadResponse, ModelFileSystem } from './fileSystem';
-import type { ModelInfo } from './manifest';
+import type { ShippedFile } from './manifest';
 
 export type ModelSource =
   /** Shipped inside the app (iOS: bundle resource; Android: assets/, unpacked on first launch). */
@@ -18,6 +19,15 @@ export type ModelSource =
   | { kind: 'download'; url: string; headers?: Record<string, string> }
   /** Already on the device at this path (e.g. pushed with adb for development). */
   | { kind: 'file'; path: string };
+
+/** Where a fleet's files come from (the base GGUF and every adapter), each under its name in edgepack.json. */
+export type FleetSource =
+  /** Every file shipped inside the app, as a bundled model is. */
+  | { kind: 'bundled' }
+  /** Every file fetched from one folder URL (`${baseUrl}/${file}`) on first launch, resumed if interrupted. */
+  | { kind: 'download'; baseUrl: string; headers?: Record<string, string> }
+  /** Every file already on the device in this folder. */
+  | { kind: 'file'; dir: string };
 
 export type LoadProgress =
   | { phase: 'download'; receivedBytes: number; totalBytes: number }
@@ -35,8 +45,24 @@ export interface ModelFileOptions {
 }
 
 /** Return the name a verified model is stored under: its hash prefix keeps two builds apart. */
-export function localFileName(model: ModelInfo): string {
+export function localFileName(model: ShippedFile): string {
   return `${model.sha256.slice(0, 12)}-${model.file}`;
+}
+
+/** Return where one file of a fleet comes from. */
+export function fleetFileSource(source: FleetSource, file: string): ModelSource {
+  const join = (folder: string, name: string) => `${folder.replace(/\/+$/, '')}/${name}`;
+  switch (source.kind) {
+    case 'bundled':
+      return source;
+    case 'download':
+      return {
+        kind: 'download', url: join(source.baseUrl, encodeURIComponent(file)),
+        ...(source.headers ? { headers: source.headers } : {}),
+      };
+    case 'file':
+      return { kind: 'file', path: join(source.dir, file) };
+  }
 }
 
 function throwIfCancelled(signal: AbortSignal | undefined): void {
@@ -47,7 +73,7 @@ function throwIfCancelled(signal: AbortSignal | undefined): void {
 
 /** Check a file's sha256 against the manifest; on mismatch delete it (if deletable) and throw. */
 export async function verifyModelFile(
-  fs: ModelFileSystem, path: string, model: ModelInfo, options: ModelFileOptions, deletable: boolean,
+  fs: ModelFileSystem, path: string, model: ShippedFile, options: ModelFileOptions, deletable: boolean,
 ): Promise<void> {
   options.onProgress?.({ phase: 'verify' });
   const size = await fs.size(path);
@@ -73,7 +99,7 @@ export async function verifyModelFile(
 }
 
 async function fileIfComplete(
-  fs: ModelFileSystem, path: string, model: ModelInfo, options: ModelFileOptions,
+  fs: ModelFileSystem, path: string, model: ShippedFile, options: ModelFileOptions,
 ): Promise<boolean> {
   if (!(await fs.exists(path))) return false;
   if (options.reverify) {
@@ -87,7 +113,7 @@ async function fileIfComplete(
 
 async function transfer(
   fs: ModelFileSystem, source: { url: string; headers?: Record<string, string> }, part: string, offset: number,
-  model: ModelInfo, options: ModelFileOptions,
+  model: ShippedFile, options: ModelFileOptions,
 ): Promise<DownloadResponse> {
   const headers: Record<string, string> = { ...(source.headers ?? {}) };
   if (offset > 0) headers.Range = `bytes=${offset}-`;
@@ -118,7 +144,7 @@ async function transfer(
 /** Download (or resume) the model into `final`, verify it, and return `final`. */
 export async function downloadModel(
   fs: ModelFileSystem, source: { url: string; headers?: Record<string, string> }, final: string,
-  model: ModelInfo, options: ModelFileOptions,
+  model: ShippedFile, options: ModelFileOptions,
 ): Promise<string> {
   const part = `${final}.part`;
   let offset = (await fs.exists(part)) ? await fs.size(part) : 0;
@@ -159,7 +185,7 @@ export async function downloadModel(
 
 /** Return a path llama.rn can load, holding exactly the model edgepack.json describes. */
 export async function resolveModelFile(
-  fs: ModelFileSystem, source: ModelSource, model: ModelInfo, options: ModelFileOptions = {},
+  fs: ModelFileSystem, source: ModelSource, model: ShippedFile, options: ModelFileOptions = {},
 ): Promise<string> {
   throwIfCancelled(options.signal);
   if (source.kind === 'file') {
