@@ -3,40 +3,19 @@
  * adapter calls recorded here are exactly those that would cross into native code on a phone.
  */
 
-import { NativeModules } from 'react-native';
-
 import { labelsGrammar, renderPrompt, type JsonObject } from '../src/contract';
 import { EdgeFleet } from '../src/EdgeFleet';
 import { EdgeModel } from '../src/EdgeModel';
 import { readManifest } from '../src/manifest';
 import { fakeModelBytes, MemoryFileSystem, sha256Hex } from './memoryFileSystem';
+import { captureNative, type Native } from './nativeMock';
 
 jest.mock('llama.rn', () => require('llama.rn/jest/mock'));
-
-type NativeMock = jest.Mock<Promise<unknown>, unknown[]>;
-interface Native {
-  initContext: NativeMock;
-  completion: NativeMock;
-  releaseContext: NativeMock;
-  applyLoraAdapters: NativeMock;
-  removeLoraAdapters: NativeMock;
-  clearCache: NativeMock;
-}
 
 let native: Native;
 
 beforeAll(async () => {
-  require('llama.rn'); // the mock registers NativeModules.RNLlama.install
-  // llama.rn takes over (and deletes) the JSI globals on first use: keep the functions it will call.
-  await (NativeModules.RNLlama as { install: () => Promise<boolean> }).install();
-  native = {
-    initContext: global.llamaInitContext as unknown as NativeMock,
-    completion: global.llamaCompletion as unknown as NativeMock,
-    releaseContext: global.llamaReleaseContext as unknown as NativeMock,
-    applyLoraAdapters: global.llamaApplyLoraAdapters as unknown as NativeMock,
-    removeLoraAdapters: global.llamaRemoveLoraAdapters as unknown as NativeMock,
-    clearCache: global.llamaClearCache as unknown as NativeMock,
-  };
+  native = await captureNative();
 });
 
 beforeEach(() => {

@@ -4,8 +4,6 @@
  * cross into native code.
  */
 
-import { NativeModules } from 'react-native';
-
 import { renderPrompt, type JsonObject } from '../src/contract';
 import { EdgeModel } from '../src/EdgeModel';
 import { samplingFromContract } from '../src/llamaSession';
@@ -13,30 +11,14 @@ import { EdgeModelError } from '../src/errors';
 import { localFileName } from '../src/modelFile';
 import { readManifest } from '../src/manifest';
 import { fakeModelBytes, MemoryFileSystem, sha256Hex } from './memoryFileSystem';
+import { captureNative, type Native } from './nativeMock';
 
 jest.mock('llama.rn', () => require('llama.rn/jest/mock'));
-
-type NativeMock = jest.Mock<Promise<unknown>, unknown[]>;
-interface Native {
-  initContext: NativeMock;
-  completion: NativeMock;
-  stopCompletion: NativeMock;
-  releaseContext: NativeMock;
-}
 
 let native: Native;
 
 beforeAll(async () => {
-  require('llama.rn'); // the mock registers NativeModules.RNLlama.install
-  // install() defines the JSI functions as globals; llama.rn takes them over (and deletes the
-  // globals) on its first call, so keep references to the very functions it will call.
-  await (NativeModules.RNLlama as { install: () => Promise<boolean> }).install();
-  native = {
-    initContext: global.llamaInitContext as unknown as NativeMock,
-    completion: global.llamaCompletion as unknown as NativeMock,
-    stopCompletion: global.llamaStopCompletion as unknown as NativeMock,
-    releaseContext: global.llamaReleaseContext as unknown as NativeMock,
-  };
+  native = await captureNative();
 });
 
 beforeEach(() => {
