@@ -116,7 +116,9 @@ class Target(Protocol):
     stage cache has measured them, packager.scheduler) and `heavy_steps` (the HeavyStep kinds it runs
     beyond the shared fp32 ones, so packager.memory_plan knows its memory need before a build) and
     `default_ladder` (the rungs it walks without a quantization option, smallest first; a GGUF target's
-    is derived from default_quant).
+    is derived from default_quant) and `build_fleet(fleet, out_dir)` (a fleet of LoRA specialists with the
+    base shipped once, packager.fleet; without it each specialist ships merged in its own folder, for the
+    reason in `merged_specialists_reason`).
     """
 
     name: ClassVar[str]

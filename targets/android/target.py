@@ -79,6 +79,9 @@ class AndroidTarget:
     status: ClassVar[str] = "ready"
     # Ships a .pte, no GGUF.
     default_quant: ClassVar[str | None] = None
+    # A fleet ships each specialist merged here (packager.fleet): why its runtime cannot take adapters.
+    merged_specialists_reason: ClassVar[str] = (
+        "ExecuTorch LoRA programs sharing one foundation weights file are not built by edgepack yet")
     # Seconds of a cold build of Gemma 3 270M with the example's eval set (measured 2026-12);
     # most of it: screens, ExecuTorch export and the .pte run on the eval set.
     expected_seconds: ClassVar[float] = 1400

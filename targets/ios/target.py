@@ -79,6 +79,9 @@ class IosTarget:
     status: ClassVar[str] = "ready"
     # Ships Core ML packages; the Q4_K_M GGUF it gates against is a baseline, named where it is used.
     default_quant: ClassVar[str | None] = None
+    # A fleet ships each specialist merged here (packager.fleet): why its runtime cannot take adapters.
+    merged_specialists_reason: ClassVar[str] = (
+        "Core ML multifunction packages (a function per adapter, base weights shared) are not built by edgepack yet")
     # Seconds of a cold build of Gemma 3 270M with the example's eval set (measured 2026-12);
     # most of it: screens, Core ML conversion and two numpy simulations.
     expected_seconds: ClassVar[float] = 1000

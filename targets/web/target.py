@@ -132,6 +132,10 @@ class WebTarget:
     # docs/benchmarks.md) whose rounding also makes the page's greedy tokens drift from native llama.cpp's
     # at non-tied positions, while Q8_0's browser decode is faster and its tokens match native.
     default_quant: ClassVar[str | None] = "Q8_0"
+    # A fleet ships each specialist merged here (packager.fleet): why its runtime cannot take adapters.
+    merged_specialists_reason: ClassVar[str] = (
+        "wllama 3.8.1 takes lora_adapters only as paths in its own file system, and its loadModel mounts "
+        "every file it is given as a model shard (utils.ts prepareBlobs), so an adapter file cannot reach it")
     # Seconds of a cold build of Gemma 3 270M with the example's eval set (measured 2026-12);
     # most of it: the eval set answered in headless Chromium.
     expected_seconds: ClassVar[float] = 250
