@@ -1,4 +1,7 @@
-"""Fleets: LoRA specialists of one base, the base shipped once where the runtime applies adapters."""
+"""Fleets: LoRA specialists of one base, the base shipped once where the runtime applies adapters.
+
+(Named to run late in the suite: its llama-server test needs the binary that conftest.py starts
+building in the background when the session begins.)"""
 
 from __future__ import annotations
 
