@@ -312,6 +312,11 @@ def _fleet_request(flags: BuildFlags, config: dict[str, Any], build: dict[str, A
         raise BadInputError(f"{where}: a fleet's adapters are given as --adapter NAME=DIR or [specialists.NAME] "
                             "adapter, and its base model as --base DIR or [base] checkpoint; drop the CHECKPOINT "
                             "argument and [build] checkpoint.")
+    if flags.device:
+        from packager.errors import UnsupportedError
+
+        raise UnsupportedError("--device: sizing a fleet for a device is not supported yet; pass --target and "
+                               "--quant for the device instead.")
     if flags.eval_path is not None:
         raise BadInputError("--eval: in a fleet each specialist has its own eval set; set it as eval = \"FILE\" "
                             "under [specialists.NAME] in edgepack.toml.")

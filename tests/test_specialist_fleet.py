@@ -213,6 +213,13 @@ max_new_tokens = 64
     assert request.specialists[0].adapter == tmp_path / "base" and request.specialists[0].eval_path is not None
 
 
+def test_a_fleet_for_a_device_profile_is_refused_as_unsupported(tmp_path: Path) -> None:
+    result = edgepack("build", "--base", "b", "--adapter", "a=x", "--device", "raspberry-pi-5-8gb",
+                      "--out", tmp_path / "o")
+    assert result.exit_code == ExitCode.UNSUPPORTED and "--device: sizing a fleet" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--adapter", "a=x"], "a fleet needs its base model"),
     (["--base", "b", "--adapter", "bad name=x"], "must be letters, digits"),
