@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from packager.checkpoint import Checkpoint, _read_json, copy_side_files, open_model_folder
 from packager.errors import BadInputError, UnsupportedError
+from packager.fingerprint import files_digest, options_digest
 from packager.progress import Reporter
 from packager.safetensors_file import load_tensor, read_header, require_finite
 from packager.stage_cache import StageCache
@@ -223,8 +224,9 @@ def merge_adapter(
     adapter_dir: Path, *, base: Path | None, allow_pickle: bool, work_dir: Path, name: str | None,
     reporter: Reporter | None = None,
 ) -> Checkpoint:
-    """Return the adapter merged into its base: a stage-cache entry under work_dir (keyed by the adapter's
-    files), one per base content, built in a temporary of its own so concurrent builds never share it."""
+    """Return the adapter merged into its base: a stage-cache entry under work_dir, keyed by the adapter folder's
+    files and the base's content (so two adapters given one work_dir never share a merge), built in a
+    temporary of its own so concurrent builds never share it."""
     adapter_dir = adapter_dir.resolve()
     base_dir = adapter_base(adapter_dir, base)
     base_ckpt = open_model_folder(base_dir, allow_pickle=allow_pickle, work_dir=work_dir / "base")
@@ -238,7 +240,9 @@ def merge_adapter(
 
     base_digest = base_ckpt.content_digest()
     cache = StageCache(work_dir, reporter or Reporter(quiet=True))
-    out_dir = cache.entry("merged", base_digest[:24], "merge LoRA adapter (fp32)", write,
+    adapter_files = [p for p in sorted(adapter_dir.iterdir()) if p.is_file()]
+    key = options_digest("merged", base_digest, files_digest(adapter_files))[:24]
+    out_dir = cache.entry("merged", key, "merge LoRA adapter (fp32)", write,
                           describe=lambda _: f"{len(adapter.deltas)} LoRA modules").folder
 
     # Every merged tensor was checked as it was written: the base at open, the adapter at load, the sum here.

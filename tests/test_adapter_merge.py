@@ -216,3 +216,10 @@ def test_the_same_adapter_built_under_another_name_ships_a_file_of_that_name(
     assert shipped.fields["general.name"].contents() == "adapter-billing-bot"
     first = gguf.GGUFReader(str(out / "raspberry-pi" / "adapter-support-bot.gguf"))
     assert [t.name for t in shipped.tensors] == [t.name for t in first.tensors]
+
+
+def test_two_adapters_merged_with_one_work_folder_each_get_their_own_merge(tiny_llama: Path, tmp_path: Path) -> None:
+    """The merge's cache entry is keyed by the adapter too, not only by the folder a caller passes."""
+    merged = [load_checkpoint(make_adapter(tiny_llama, tmp_path / f"a{seed}", seed=seed), work_dir=tmp_path / "w")
+              for seed in (1, 2)]
+    assert merged[0].content_digest() != merged[1].content_digest()
