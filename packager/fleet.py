@@ -65,16 +65,16 @@ class Fleet:
         return [s.name for s in self.specialists]
 
 
-def check_specialist_names(specs: list[SpecialistSpec], source: str) -> None:
+def check_specialist_names(names: list[str], source: str) -> None:
     """Names become folder and file names and keys in the apps: one folder-name-safe word each, no repeats."""
     seen: set[str] = set()
-    for spec in specs:
-        if not spec.name or not all(c.isalnum() or c in "-_" for c in spec.name) or spec.name[0] in "-_":
-            raise BadInputError(f"{source}: specialist name {spec.name!r} must be letters, digits, '-' and '_' "
+    for name in names:
+        if not name or not all(c.isalnum() or c in "-_" for c in name) or name[0] in "-_":
+            raise BadInputError(f"{source}: specialist name {name!r} must be letters, digits, '-' and '_' "
                                 "(starting with a letter or digit), e.g. router or field-extractor.")
-        if spec.name in seen:
-            raise BadInputError(f"{source}: specialist {spec.name!r} is named twice; give each one its own name.")
-        seen.add(spec.name)
+        if name in seen:
+            raise BadInputError(f"{source}: specialist {name!r} is named twice; give each one its own name.")
+        seen.add(name)
 
 
 @dataclass

@@ -104,17 +104,15 @@ def _specialists(flags: BuildFlags, config: dict[str, Any], root: Path, config_p
         specs[name] = SpecialistSpec(
             name, _path(table.get("adapter", ""), root, reporter), eval_path, task, f"{config_path}: "
             f"[specialists.{name}]", dataclasses.replace(gate, decides=eval_path is not None and gate.decides))
-    given = [name for name, _ in flags.adapters]
-    check_specialist_names([SpecialistSpec(name, Path()) for name in given], "--adapter")
+    check_specialist_names([name for name, _ in flags.adapters], "--adapter")
     for name, folder in flags.adapters:
         if name in specs:
             specs[name] = dataclasses.replace(specs[name], adapter=folder)
         else:
             specs[name] = SpecialistSpec(name, folder, None, {**shared, **flags.task}, "command-line flags",
                                          dataclasses.replace(gate, decides=False))
-    found = list(specs.values())
-    check_specialist_names(found, str(config_path) if tables else "--adapter")
-    return found
+    check_specialist_names(list(specs), str(config_path) if tables else "--adapter")
+    return list(specs.values())
 
 
 def example_project() -> Path:

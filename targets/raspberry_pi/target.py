@@ -60,7 +60,7 @@ class RaspberryPiTarget:
 
     def build_fleet(self, fleet: Fleet, out_dir: Path) -> TargetResult:
         """One llama-server: the base GGUF once (the smallest rung on which every specialist passes) and an
-        adapter per specialist, loaded unapplied; each request picks its specialist."""
+        adapter per specialist, all loaded; each request picks its specialist with per-request adapter scales."""
         choice = choose_fleet_gguf(fleet, self)
         shipped = _Shipped(choice.quant, choice.file, choice.adapters, select_adapter=True)
         sections = {"specialists": [
