@@ -44,7 +44,23 @@ extras="example"
 # llama-cpp-python compiles llama.cpp from source on first install (about 5-9 CPU-minutes), on every
 # core; pip caches the built wheel, so later installs are instant.
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+# On Intel CPUs with AMX, -march=native compiles in llama.cpp's AMX matmul, which segfaults on
+# Q8_0 weights of small models (edgepack's tiny test models, at the first decode; upstream
+# ggml-org/llama.cpp#20824). It is compiled out; AVX-512 and the other native kernels stay.
+no_amx=(-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
+amx_off=0
+if [[ $(uname -m) == x86_64 ]] && echo | "${CC:-cc}" "${no_amx[@]}" -E - >/dev/null 2>&1; then
+    export CFLAGS="${CFLAGS:-} ${no_amx[*]}" CXXFLAGS="${CXXFLAGS:-} ${no_amx[*]}"
+    amx_off=1
+fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e ".[${extras}]"
+# pip reuses a wheel it built before, even one built with AMX: rebuild llama-cpp-python once if so.
+if [[ $amx_off == 1 ]] && .venv/bin/python -c "import llama_cpp, sys
+sys.exit('AMX_INT8 = 1' not in llama_cpp.llama_print_system_info().decode())" 2>/dev/null; then
+    echo "setup: rebuilding llama-cpp-python without AMX" >&2
+    .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements/constraints.txt \
+        --no-cache-dir --force-reinstall --no-deps llama-cpp-python
+fi
 .venv/bin/edgepack --version >&2
 # wllama, WebLLM and playwright-core at the versions pinned in targets/web/data/web-vendor/, installed
 # once into ~/.cache/edgepack/web-vendor/ (npm ci --ignore-scripts); builds copy from there offline.

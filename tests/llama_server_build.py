@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -28,10 +29,13 @@ from benchmarks.reference_converter import LLAMA_CPP_PYTHON_VERSION, download_sd
 from packager.fingerprint import cache_root  # noqa: E402
 
 # Bump when the build options below change, so a binary built before is not reused.
-_LAYOUT = 1
+_LAYOUT = 2
 _CMAKE_OPTIONS = ("-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF",
                   "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=ON",
                   "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_HTML=OFF", "-DLLAMA_BUILD_APP=OFF")
+# As scripts/setup.sh does for llama-cpp-python: llama.cpp's AMX matmul, which -march=native compiles
+# in on Intel CPUs with AMX, segfaults on small models' Q8_0 weights (ggml-org/llama.cpp#20824).
+_NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 
 
 def binary_path() -> Path:
@@ -72,7 +76,7 @@ def _build(target: Path) -> Path:
         source = Path(tmp) / "src" / f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}" / "vendor" / "llama.cpp"
         build_dir = Path(tmp) / "build"
         generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-        subprocess.run(["cmake", "-S", str(source), "-B", str(build_dir), *generator, *_CMAKE_OPTIONS],
+        subprocess.run(["cmake", "-S", str(source), "-B", str(build_dir), *generator, *_CMAKE_OPTIONS, *_amx_off()],
                        stdout=out, stderr=subprocess.STDOUT, check=True)
         subprocess.run(["cmake", "--build", str(build_dir), "--target", "llama-server", "-j", str(os.cpu_count())],
                        stdout=out, stderr=subprocess.STDOUT, check=True)
@@ -85,6 +89,14 @@ def _build(target: Path) -> Path:
             if not target.is_file():  # not a concurrent winner: a real failure
                 raise
     return target
+
+
+def _amx_off() -> list[str]:
+    """CMake flags that compile llama.cpp's AMX kernels out, where the compiler targets x86-64 and knows them."""
+    if platform.machine() != "x86_64":
+        return []
+    probe = subprocess.run(["c++", *_NO_AMX.split(), "-x", "c++", "-E", "-"], input=b"", capture_output=True)
+    return [f"-DCMAKE_C_FLAGS={_NO_AMX}", f"-DCMAKE_CXX_FLAGS={_NO_AMX}"] if probe.returncode == 0 else []
 
 
 def start_in_background() -> subprocess.Popen[bytes] | None:
