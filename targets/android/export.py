@@ -32,11 +32,12 @@ from typing import Any
 from packager.errors import BadInputError, UnsupportedError
 from packager.peak_memory import own_peak_rss_mb
 from packager.verify.gates import EIGHT_BIT, LOSSLESS, LOW_BIT, Gate
+from targets.android.export_graph import replace_rms_norms, static_reshapes
 from targets.android.layouts import executorch_layout
 
 EXECUTORCH_VERSION = "1.5.1"
 # Bump when the exported program changes for the same checkpoint + recipe (keys the stage cache).
-EXPORT_SCHEMA = 1
+EXPORT_SCHEMA = 2
 DELEGATES = ("xnnpack", "vulkan")
 
 
@@ -471,7 +472,7 @@ def lower_and_write(exported: Any, metadata: RunnerMetadata, delegate: str, out_
         if node.op == "placeholder":
             node.meta.setdefault("custom", {})["delegate_constant_tag"] = stem
     edge = to_edge_transform_and_lower(
-        {"forward": exported}, partitioner=_partitioners(delegate),
+        {"forward": exported}, partitioner=_partitioners(delegate), transform_passes=[static_reshapes],
         compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True),
         constant_methods=metadata.constant_methods(),
     )
@@ -505,6 +506,7 @@ def export_pte(folder: Path, out_dir: Path, recipe: Recipe, metadata: RunnerMeta
 
         summary = quantize_model(model, spec, recipe, folder)
         unwrap_tensor_subclass(model)
+    replace_rms_norms(model, spec)  # after smoothing, which folds scales into the norms' gains
     exported = export_program(model, spec, metadata.max_context)
     del model
     stem = stem or f"model-{recipe.name}" + ("" if delegate == "xnnpack" else f"-{delegate}")
