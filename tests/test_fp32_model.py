@@ -19,8 +19,8 @@ def _open(folder: Path, tmp_path: Path):
 
 
 @pytest.mark.parametrize("model", ["tiny_gemma", "tiny_llama", "tied_llama"])
-def test_streamed_blocks_give_the_whole_models_logits_bit_for_bit(model: str, request: pytest.FixtureRequest,
-                                                                  tmp_path: Path) -> None:
+def test_streamed_blocks_give_the_whole_models_logits_bit_for_bit_and_its_greedy_tokens(
+        model: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     folder = (make_tiny_llama(tmp_path / "tied", tied=True) if model == "tied_llama"
               else request.getfixturevalue(model))
     ckpt = _open(folder, tmp_path)
@@ -32,9 +32,13 @@ def test_streamed_blocks_give_the_whole_models_logits_bit_for_bit(model: str, re
     with torch.inference_mode():
         assert torch.equal(whole(ids).logits, streamed(ids).logits)
     # A cached, batched decode (the eval baseline's path) reads every block on every step: same tokens.
+    # Its head runs on the last position only (logits_to_keep=1), a strided input for which the CPU's
+    # matmul may pick another kernel per call: on an AVX-512 host the margins differed in the 7th digit.
     prompts = [[2, 17, 99], [2, 5, 41, 7, 250]]
     expected = greedy_continuations(whole, prompts, 6, [], lambda _: False)
-    assert greedy_continuations(streamed, prompts, 6, [], lambda _: False) == expected
+    got = greedy_continuations(streamed, prompts, 6, [], lambda _: False)
+    assert [c.tokens for c in got] == [c.tokens for c in expected]
+    assert [c.margin for c in got] == pytest.approx([c.margin for c in expected], rel=1e-5)
 
 
 def test_only_a_large_model_is_streamed_and_its_resident_weights_are_one_block_plus_the_rest(
