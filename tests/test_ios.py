@@ -345,6 +345,32 @@ def test_the_package_is_driven_like_edgemodel_generate_prompt_at_once_then_a_tok
     assert driver.calls == [(2, 2), (1, 3), (1, 4)]
 
 
+def test_non_finite_logits_while_answering_the_eval_set_fail_the_package() -> None:
+    from packager.contract import Contract
+    from packager.verify.task_eval import EvalRow
+    from targets.ios.verify import answer_eval_set
+
+    class Tokenizer:
+        def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+            return {"input_ids": [3, 4]}
+
+        def decode(self, ids: list[int]) -> str:
+            return "".join("ab"[i % 2] for i in ids)
+
+    class Overflowing(_Scripted):
+        def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+            logits = super().predict(inputs)
+            logits[0, -1, 5] = np.inf if len(self.calls) == 2 else logits[0, -1, 5]
+            return logits
+
+    contract = Contract(task="labels", labels=["ab"], eos_ids=[0], max_new_tokens=4)
+    rows = [EvalRow("", "x", "ab")]
+    finite = answer_eval_set(_Scripted([2, 1, 0]), contract, rows, Tokenizer(), 64, ["ab"])
+    assert finite[0].exact_match == 1.0 and finite[1] == []
+    metrics, failures, _ = answer_eval_set(Overflowing([2, 1, 0]), contract, rows, Tokenizer(), 64, ["ab"])
+    assert metrics.exact_match == 1.0 and "non-finite" in failures[0]  # a right answer from infinite logits fails
+
+
 def test_in_place_cache_updates_give_the_logits_a_copy_would(router_bundle) -> None:
     from targets.ios.verify import SimulatedModel
 

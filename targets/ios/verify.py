@@ -242,15 +242,15 @@ def package_generator(model: PackageDriver, tokenizer: Any, contract: Contract, 
 def answer_eval_set(model: PackageDriver, contract: Contract, rows: Sequence[EvalRow], tokenizer: Any,
                     max_context: int, baseline: Sequence[str]) -> tuple[TaskMetrics, list[str], list[str]]:
     """The eval set answered through the package's own program, every row: (metrics, failures, notes)."""
-    before = model.nonfinite_steps
+    before, first_before = model.nonfinite_steps, model.first_nonfinite
     start = time.perf_counter()
     metrics, _ = score(contract, rows, package_generator(model, tokenizer, contract, max_context), baseline)
     seconds = time.perf_counter() - start
     failures = []
     nonfinite = model.nonfinite_steps - before
-    if nonfinite:
-        failures.append(f"non-finite logits: {nonfinite} prediction(s) while answering the eval set gave NaN or "
-                        f"infinity (first at op {model.first_nonfinite or 'logits'})")
+    if nonfinite or (first_before is None and model.first_nonfinite):
+        failures.append(f"non-finite numbers: {nonfinite} prediction(s) while answering the eval set gave NaN or "
+                        f"infinite logits; first non-finite value at op {model.first_nonfinite or 'logits'}")
     where = ("Core ML on this Mac's CPU" if model.level == "executed" else
              "edgepack's numpy MIL interpreter on this build host's CPU, not an iPhone (a device runs the same "
              "program in Core ML, far faster)")
