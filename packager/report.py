@@ -39,13 +39,18 @@ def verification_rows(results: list[TargetResult]) -> list[dict[str, Any]]:
     return rows
 
 
-def _task_cells(task: dict[str, Any] | None) -> str:
+# Where a `simulated` artifact's latency was measured: in its simulator on the build host, not in a runtime.
+SIMULATED_LATENCY = "simulator on the build host"
+
+
+def _task_cells(task: dict[str, Any] | None, level: str) -> str:
     if not task:
         return "| n/a | n/a | n/a | n/a "
     base = _fmt(task["baseline_exact_match"])
+    where = f" ({SIMULATED_LATENCY})" if level == "simulated" else ""
     return (
         f"| {_fmt(task['exact_match'])} ({base}) | {_fmt(task['validity'])} | {_fmt(task['agreement'])} "
-        f"| {task['latency_ms_p50']:.0f} / {task['latency_ms_p95']:.0f} / {task['latency_ms_p99']:.0f} "
+        f"| {task['latency_ms_p50']:.0f} / {task['latency_ms_p95']:.0f} / {task['latency_ms_p99']:.0f}{where} "
     )
 
 
@@ -70,7 +75,7 @@ def verification_table(results: list[TargetResult]) -> str:
         lines.append(
             f"| {r['target']} | {r['artifact']} | {r['level']} | {_fmt(r['top1'])} | {_fmt(r['top1_decisive'])} "
             f"| {_fmt(r['kl'], 4)} | {ppl} | {tok} | {greedy} | {_fmt(r['tokens_per_s'], 1)} "
-            f"{_task_cells(r['task']) if with_task else ''}| {gate} |"
+            f"{_task_cells(r['task'], r['level']) if with_task else ''}| {gate} |"
         )
     return "\n".join(lines)
 

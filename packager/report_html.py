@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from packager.artifact_size import artifact_megabytes
 from packager.plot_labels import Box, place_labels
-from packager.report import verification_rows
+from packager.report import SIMULATED_LATENCY, verification_rows
 from packager.target import TargetResult
 
 # Element ids in the size plot: the plotting area, and one point and one label per artifact.
@@ -139,7 +139,8 @@ def figures(results: list[TargetResult], root: Path) -> list[str]:
     points = _size_points(rows, root, {v.artifact: v.ships for tr in results for v in tr.verifications})
     if points:
         out.append(_size_plot(points, rows, plt))
-    latencies = [(r["artifact"].split("/")[-1] + f" ({r['target']})", r["task"]["latencies_ms"])
+    latencies = [(r["artifact"].split("/")[-1] + f" ({r['target']}"
+                  + (f", {SIMULATED_LATENCY})" if r["level"] == "simulated" else ")"), r["task"]["latencies_ms"])
                  for r in rows if r["task"] and r["task"].get("latencies_ms")]
     if latencies:
         fig, ax = plt.subplots(figsize=(6, 0.6 + 0.5 * len(latencies)))

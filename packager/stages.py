@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,7 @@ from packager.fingerprint import cache_root, options_digest
 from packager.formats.gguf_quantize import quantize_gguf
 from packager.formats.gguf_writer import NUMPY_TYPES, WRITER_VERSION, write_gguf
 from packager.gguf_ladder import GgufChoice, choose_gguf, ladder_from
+from packager.ladder import EAGER_SCREEN
 from packager.once import OnceMap, once_property
 from packager.progress import Reporter
 from packager.scheduler import HeavyStep, Scheduler, scheduler_for
@@ -267,6 +268,25 @@ class BuildContext:
         unconstrained, against the fp32 baseline's answers."""
         generate = hf_generator(model, self.hf_tokenizer, self.contract)
         return score_batch(self.contract, self.eval_rows, generate, baseline)[0]
+
+    def screened_task(self, kind: str, schema: int, compression: dict[str, Any], label: str,
+                      eager_model: Callable[[], Any]) -> TaskMetrics:
+        """The eval set answered by a ladder rung's eager quantized model (`eager_model()`, built only when no
+        record exists) against the fp32 baseline; cached per checkpoint + task + `compression` (what the rung
+        stores). A target asks for it only when the task decides a screen whose fidelity failed."""
+        def screen() -> TaskMetrics:
+            baseline = self.baseline_answers  # its own heavy step, taken before this one
+            with self.scheduler.step(EAGER_SCREEN, label):
+                model = eager_model()
+                metrics = self.task_metrics_hf(model, baseline)
+                del model
+                return metrics
+
+        return self.stage_cache.record(
+            "screen", options_digest(kind, schema, self.task_key(), compression)[:24], label, screen,
+            encode=TaskMetrics.as_dict, decode=lambda data: TaskMetrics(**data),
+            describe=lambda t: f"accuracy {t.exact_match:.3f} (fp32 {t.baseline_exact_match or 0:.3f}), "
+                               f"validity {t.validity:.3f}")
 
     def attach_task(self, result: VerificationResult, metrics: TaskMetrics) -> None:
         """Record an artifact's task metrics on its verification and hold them to the task gate."""

@@ -24,6 +24,7 @@ from packager.escaping import swift_string
 from packager.pipeline import BuildRequest, run_build
 from packager.stages import BuildOptions
 from packager.templating import check_no_placeholders, render_tree
+from packager.verify.gates import TaskGate
 from targets.ios.convert import COMPRESSION
 from targets.ios.layouts import coreml_layout
 from targets.ios.model import (
@@ -37,6 +38,7 @@ from targets.ios.model import (
 )
 from targets.ios.quantize import const_key, dequantize, searched_affine
 from targets.ios.swift_check import syntax_errors, unknown_api_names
+from targets.ios.verify import PackageDriver
 
 REPO = Path(__file__).resolve().parent.parent
 BRIDGE = REPO / "mobile" / "ios"
@@ -233,6 +235,173 @@ def test_unsafe_fp16_conversion_is_caught_and_not_shipped(fixture: str, request,
     assert not (tmp_path / "unsafe").exists()
     safe = _build(folder, tmp_path / "safe", compression="none", context_length=128)
     assert safe.passed and safe.results[0].verifications[0].metrics.top1 >= 0.98
+
+
+# ---------------------------------------------------------------------------------------------
+# The task: with an eval set every package answers it through its own program, under the task gate.
+
+
+@pytest.fixture(scope="module")
+def router_bundle(tiny_router: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory):
+    """The fine-tuned tiny router built for iOS (fp16) with its eval set; the task decides, as with --eval."""
+    model, eval_path = tiny_router
+    out = tmp_path_factory.mktemp("ios") / "router"
+    outcome = _build(model, out, compression="none", context_length=256, eval_path=eval_path,
+                     task={"task": "labels"}, task_gate=TaskGate(decides=True))
+    return outcome, out
+
+
+def _router_context(tiny_router: tuple[Path, Path], task_gate: TaskGate, work: Path):
+    from packager.checkpoint import load_checkpoint
+    from packager.progress import Reporter
+    from packager.stages import BuildContext
+
+    model, eval_path = tiny_router
+    ckpt = load_checkpoint(model, work_dir=work)
+    options = BuildOptions(context_length=256, eval_path=eval_path, task={"task": "labels"}, task_gate=task_gate)
+    return BuildContext(ckpt, ckpt.content_digest(), options, Reporter(quiet=True))
+
+
+def test_with_an_eval_set_every_ios_package_answers_it_through_its_own_program(router_bundle) -> None:
+    outcome, out = router_bundle
+    assert outcome.passed
+    (fp16,) = outcome.results[0].verifications
+    task = fp16.task
+    assert fp16.level == "simulated" and task is not None
+    assert task.rows == 6 and len(task.latencies_ms) == 6 and min(task.latencies_ms) > 0  # every row ran
+    assert task.baseline_exact_match == 1.0 and task.exact_match == 1.0 and task.validity == 1.0
+    assert task.agreement == 1.0 and not task.constrained
+    assert "task: accuracy drop" in fp16.gate
+    assert any("numpy MIL interpreter" in n and "not an iPhone" in n for n in fp16.notes), fp16.notes
+    row = next(line for line in (out / "report.md").read_text().splitlines() if "model-fp16.mlpackage" in line)
+    assert "(simulator on the build host)" in row and "1.000 (1.000)" in row
+
+
+def test_a_warm_rebuild_reuses_the_ios_task_record_and_the_task_gate_decides(
+        router_bundle, tiny_router: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from packager.verify.gates import TopOneGate
+    from targets.ios import verify as coreml_check
+    from targets.ios.stages import cached_export, export_request, verified_package
+    from targets.ios.target import FP16_GATE
+
+    outcome, _ = router_bundle
+    built = outcome.results[0].verifications[0]
+    ctx = _router_context(tiny_router, TaskGate(decides=True), tmp_path / "work")
+    export = cached_export(ctx, export_request(ctx, ["none"], 256))
+    assert export.from_cache
+
+    def never(*args, **kwargs):
+        raise AssertionError("the eval set was answered again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(coreml_check, "answer_eval_set", never)
+        warm = verified_package(ctx, export, "none", "ios/model-fp16.mlpackage", FP16_GATE)
+    assert warm.task == built.task and warm.passed
+    # A fidelity gate no package meets: the task decides (its answers kept the task), so it is a warning...
+    impossible = TopOneGate("impossible", 1.5)
+    decided = verified_package(ctx, export, "none", "ios/model-fp16.mlpackage", impossible)
+    assert decided.passed and any("top-1" in w for w in decided.warnings) and decided.task.exact_match == 1.0
+    # ...and a failure under --strict-fidelity, from the same stored record with its gates applied again.
+    strict = _router_context(tiny_router, TaskGate(), tmp_path / "work")
+    monkeypatch.setattr(coreml_check, "answer_eval_set", never)
+    judged = verified_package(strict, export, "none", "ios/model-fp16.mlpackage", impossible)
+    assert not judged.passed and any("top-1" in f for f in judged.failures)
+
+
+def test_an_ios_rung_screened_on_the_task_answers_with_its_eager_compressed_model(
+        router_bundle, tiny_router: tuple[Path, Path], tmp_path: Path) -> None:
+    from targets.ios.stages import screened_task
+
+    ctx = _router_context(tiny_router, TaskGate(decides=True), tmp_path / "work")
+    task = screened_task(ctx, "int4")
+    assert task.rows == 6 and task.baseline_exact_match == 1.0 and task.validity == 1.0
+
+
+class _Scripted(PackageDriver):
+    """A driver whose logits name the next token of a script; it records every prediction's (seq, total)."""
+
+    level = "simulated"
+
+    def __init__(self, script: list[int]) -> None:
+        self.script, self.window, self.calls = script, None, []
+
+    def reset_state(self) -> None:
+        self.calls.clear()
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        seq, total = inputs["inputIds"].shape[1], inputs["fullAttentionMask"].shape[-1]
+        self.calls.append((seq, total))
+        logits = np.zeros((1, seq, 16), np.float16)
+        logits[0, -1, self.script[len(self.calls) - 1]] = 1.0
+        return logits
+
+
+def test_the_package_is_driven_like_edgemodel_generate_prompt_at_once_then_a_token_per_prediction() -> None:
+    driver = _Scripted([7, 8, 9, 10, 11])
+    assert list(driver.continuation([1, 2, 3, 4], max_context=7)) == [7, 8, 9]  # 4 + 3 positions fill the context
+    assert driver.calls == [(4, 4), (1, 5), (1, 6)]
+    assert list(driver.continuation([1] * 7, max_context=7)) == [] and driver.calls == []  # EdgeModel refuses it
+    assert driver.greedy([1, 2], 5, eos_ids=[9]) == [7, 8, 9]  # the eos id is kept; nothing predicted after it
+    assert driver.calls == [(2, 2), (1, 3), (1, 4)]
+
+
+def test_non_finite_logits_while_answering_the_eval_set_fail_the_package() -> None:
+    from packager.contract import Contract
+    from packager.verify.task_eval import EvalRow
+    from targets.ios.verify import answer_eval_set
+
+    class Tokenizer:
+        def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+            return {"input_ids": [3, 4]}
+
+        def decode(self, ids: list[int]) -> str:
+            return "".join("ab"[i % 2] for i in ids)
+
+    class Overflowing(_Scripted):
+        def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+            logits = super().predict(inputs)
+            logits[0, -1, 5] = np.inf if len(self.calls) == 2 else logits[0, -1, 5]
+            return logits
+
+    contract = Contract(task="labels", labels=["ab"], eos_ids=[0], max_new_tokens=4)
+    rows = [EvalRow("", "x", "ab")]
+    finite = answer_eval_set(_Scripted([2, 1, 0]), contract, rows, Tokenizer(), 64, ["ab"])
+    assert finite[0].exact_match == 1.0 and finite[1] == []
+    metrics, failures, _ = answer_eval_set(Overflowing([2, 1, 0]), contract, rows, Tokenizer(), 64, ["ab"])
+    assert metrics.exact_match == 1.0 and "non-finite" in failures[0]  # a right answer from infinite logits fails
+
+
+def test_in_place_cache_updates_give_the_logits_a_copy_would(router_bundle) -> None:
+    from targets.ios.verify import SimulatedModel
+
+    _, out = router_bundle
+    model = SimulatedModel(out / "ios" / "model-fp16.mlpackage")
+    updates = [op for op in model.vm.function.operations if op.op_type == "slice_update"]
+    assert updates and len(model.vm.in_place) == len(updates)  # every layer's cache update is in place
+    ids = [2, *range(10, 50)]
+    fast = model.logits(ids)
+    model.vm.in_place = frozenset()  # every update copies its input, as before
+    assert np.array_equal(fast, model.logits(ids))
+
+
+def test_an_expanded_weight_that_is_not_finite_is_found_though_weights_are_scanned_once() -> None:
+    import coremltools as ct
+    from coremltools.converters.mil.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    from targets.ios.mil_interpreter import MilInterpreter
+
+    scale = np.ones((4, 1), np.float16)
+    scale[2, 0] = np.nan
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 8), dtype=types.fp16)], opset_version=ct.target.iOS18)
+    def program(x):
+        weight = mb.constexpr_blockwise_shift_scale(data=np.ones((4, 8), np.int8), scale=scale, name="w")
+        return mb.linear(x=x, weight=weight, name="logits")
+
+    vm = MilInterpreter(program)
+    vm.predict({"x": np.ones((1, 8), np.float16)})
+    assert vm.first_nonfinite == "constexpr_blockwise_shift_scale w"  # named where it starts, not at the logits
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,6 +49,32 @@ def test_scoring_counts_exact_match_validity_agreement_and_latency() -> None:
     assert any("points below" in r for r in reasons) and any("validity" in r for r in reasons)
 
 
+def test_a_token_by_token_runtime_is_asked_for_no_token_after_the_answer_ends() -> None:
+    from packager.verify.task_eval import token_generator
+
+    contract = Contract(task="labels", labels=["ab"], bos_id=9, eos_ids=[0], stop_strings=["\n"], max_new_tokens=3)
+    pieces = {1: "a", 2: "b", 3: "\n", 4: "c"}
+    asked: list[int] = []
+
+    def runtime(script: list[int]):
+        def next_tokens(ids: list[int]):
+            assert ids[0] == 9  # BOS from the contract, before the encoded prompt
+            for tok in script:
+                asked.append(tok)
+                yield tok
+        return token_generator(contract, lambda prompt: [5, 6], next_tokens,
+                               lambda out: "".join(pieces[t] for t in out))
+
+    cases = [([1, 2, 0, 4], "ab", 2, [1, 2, 0]),      # eos: left out, nothing asked after it
+             ([1, 3, 4, 4], "a\n", 2, [1, 3]),        # a stop string ends the answer at once
+             ([1, 2, 4, 4, 4], "abc", 3, [1, 2, 4]),   # max_new_tokens: the 3rd token is the last asked
+             ([1], "a", 1, [1])]                      # the runtime ended (context full)
+    for script, text, n, taken in cases:
+        asked.clear()
+        got_text, got_n, seconds = runtime(script)("prompt")
+        assert (got_text, got_n, asked) == (text, n, taken) and seconds >= 0
+
+
 def test_labels_are_inferred_from_the_eval_set_and_a_prompt_template_replaces_the_chat_format() -> None:
     contract = apply_task_config(Contract(stop_strings=["<end_of_turn>"]), {"task": "labels", "prompt_template":
                                  "{instruction}\nMessage: {input}\nIntent:", "stop_strings": ["\n"]},

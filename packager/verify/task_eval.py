@@ -196,7 +196,7 @@ def hf_generator(
 
     def encode(prompt: str) -> list[int]:
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        return [contract.bos_id, *ids] if contract.add_bos and contract.bos_id is not None else ids
+        return prompt_ids(contract, ids)
 
     def stopped(tokens: list[int]) -> bool:
         return _stop_index(tokenizer.decode(tokens), contract.stop_strings) >= 0
@@ -217,6 +217,48 @@ def hf_generator(
             for i, c in zip(batch, found, strict=True):
                 replies[i] = (tokenizer.decode(c.tokens), len(c.tokens), seconds)
         return replies
+
+    return generate
+
+
+def prompt_ids(contract: Contract, ids: list[int]) -> list[int]:
+    """The token ids a runtime is fed for a rendered prompt's ids: BOS first when the contract adds it."""
+    return [contract.bos_id, *ids] if contract.add_bos and contract.bos_id is not None else ids
+
+
+def answer_from_tokens(contract: Contract, tokens: Iterator[int], detokenize: Callable[[list[int]], str]) -> tuple[
+        str, int]:
+    """The answer text and its token count: tokens are taken until an eos id (left out), max_new_tokens, a stop
+    string, or the end of `tokens` (a runtime whose context is full ends it).
+
+    The text is decoded from all the answer's token ids at once: a character split over byte tokens is
+    whole only once its bytes are joined. No token is asked for after the answer is complete, so a
+    runtime that computes a token per request does no work the mobile bridges would not do.
+    """
+    out: list[int] = []
+    text = ""
+    for tok in tokens:
+        if tok in contract.eos_ids:
+            break
+        out.append(tok)
+        text = detokenize(out)
+        if len(out) >= contract.max_new_tokens or _stop_index(text, contract.stop_strings) >= 0:
+            break
+    return text, len(out)
+
+
+def token_generator(contract: Contract, encode: Callable[[str], list[int]],
+                    next_tokens: Callable[[list[int]], Iterator[int]],
+                    detokenize: Callable[[list[int]], str]) -> Generator:
+    """Greedy answers of a runtime driven token by token under the contract (one loop for every such runtime).
+
+    `encode` gives a rendered prompt's token ids without BOS; `next_tokens(ids)` yields the runtime's tokens
+    after ids, one at a time; a row's seconds are its whole answer's wall time, prompt included.
+    """
+    def generate(prompt: str) -> Reply:
+        start = time.perf_counter()
+        text, n = answer_from_tokens(contract, next_tokens(prompt_ids(contract, encode(prompt))), detokenize)
+        return text, n, time.perf_counter() - start
 
     return generate
 
@@ -246,25 +288,11 @@ def llama_cpp_generator(llm, contract: Contract, constrained: bool = False) -> G
             yield tok
             llm.eval([tok])
 
-    def generate(prompt: str) -> tuple[str, int, float]:
-        start = time.perf_counter()
-        ids = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-        if contract.add_bos and contract.bos_id is not None:
-            ids = [contract.bos_id, *ids]
-        out: list[int] = []
-        text = ""
-        # Constrained or not, the text is decoded from all token ids at once, invalid bytes shown as
-        # U+FFFD: a character split over byte tokens (é, 東, 🦙 in a byte-level vocabulary) is whole
-        # only once its bytes are joined. create_completion decoded with errors="ignore", which hid
-        # that llama.cpp's grammar admits overlong UTF-8 (F0 86 9D B1 matched "東" of "東京" while
-        # "🦙" kept F0 open): its " 京" looked almost right, the truth is " \ufffd\ufffd\ufffd\ufffd京".
-        for tok in next_tokens(ids):
-            if tok in contract.eos_ids or len(out) >= contract.max_new_tokens:
-                break
-            out.append(tok)
-            text = llm.detokenize(out).decode("utf-8", errors="replace")
-            if _stop_index(text, contract.stop_strings) >= 0:
-                break
-        return text, len(out), time.perf_counter() - start
+    def encode(prompt: str) -> list[int]:
+        return llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
 
-    return generate
+    # Invalid bytes are shown as U+FFFD: create_completion decoded with errors="ignore", which hid that
+    # llama.cpp's grammar admits overlong UTF-8 (F0 86 9D B1 matched "東" of "東京" while "🦙" kept F0
+    # open): its " 京" looked almost right, the truth is " \ufffd\ufffd\ufffd\ufffd京".
+    return token_generator(contract, encode, next_tokens,
+                           lambda out: llm.detokenize(out).decode("utf-8", errors="replace"))

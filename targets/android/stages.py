@@ -167,19 +167,6 @@ def screened_task(ctx: BuildContext, recipe: Recipe) -> TaskMetrics:
     cached per checkpoint + recipe + task. Asked only when the task decides a screen fidelity failed."""
     from targets.android.verify import eager_quantized_model
 
-    label = f"screen {recipe.name} on the task (eager)"
-
-    def screen() -> TaskMetrics:
-        baseline = ctx.baseline_answers  # its own heavy step, taken before this one
-        with ctx.scheduler.step(EAGER_SCREEN, label):
-            model = eager_quantized_model(ctx.ckpt.folder, ctx.ckpt.spec, recipe)
-            metrics = ctx.task_metrics_hf(model, baseline)
-            del model
-            return metrics
-
-    return ctx.stage_cache.record(
-        "screen", options_digest("screen-pte-task", PTE_VERIFICATION_SCHEMA, ctx.task_key(), recipe.as_dict())[:24],
-        label, screen,
-        encode=TaskMetrics.as_dict, decode=lambda data: TaskMetrics(**data),
-        describe=lambda t: f"accuracy {t.exact_match:.3f} (fp32 {t.baseline_exact_match or 0:.3f}), "
-                           f"validity {t.validity:.3f}")
+    return ctx.screened_task("screen-pte-task", PTE_VERIFICATION_SCHEMA, recipe.as_dict(),
+                             f"screen {recipe.name} on the task (eager)",
+                             lambda: eager_quantized_model(ctx.ckpt.folder, ctx.ckpt.spec, recipe))

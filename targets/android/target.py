@@ -2,7 +2,9 @@
 
 The .pte is exported by targets.android.export (a cached stage) and executed on this
 host by ExecuTorch's own runtimes, including the C++ TextLLMRunner that Android's LlmModule drives.
-`--recipe auto` ships the smallest recipe of the ladder that passes its gate. `--delegate vulkan`
+`--recipe auto` ships the smallest recipe of the ladder that passes its gate. `--android-runtime litert-lm`
+(or `all`) ships a LiteRT-LM bundle (model.litertlm, targets.android.litert_export) instead of (beside) the
+.pte, executed here by its own TFLite program and by LiteRT-LM's engine on the CPU. `--delegate vulkan`
 adds an experimental Vulkan .pte, checked structurally only (no GPU here, and the standard
 executorch-android AAR carries no Vulkan backend); the app tries it first and falls back to XNNPACK.
 ExecuTorch has no NNAPI backend; QNN (Qualcomm), MediaTek and Samsung delegates need vendor SDKs.
@@ -19,7 +21,7 @@ from packager.architectures import ArchitectureSpec
 from packager.checkpoint import Checkpoint
 from packager.codecheck import check_generated_files
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
-from packager.errors import BadInputError
+from packager.errors import BadInputError, UnsupportedError
 from packager.escaping import slug
 from packager.ladder import rungs_to_build, screen_verdict
 from packager.resources import copy_mobile_files
@@ -33,6 +35,17 @@ from packager.verify.result import VerificationResult
 from targets.android.export import AUTO_LADDER, DELEGATES, EXECUTORCH_VERSION, recipe_named
 from targets.android.kotlin_check import check_android_files, kotlin_version
 from targets.android.layouts import EXECUTORCH_LAYOUTS, executorch_layout
+from targets.android.litert_export import (
+    BUNDLE_NAME,
+    LITERT_LADDER,
+    LITERT_LM_VERSION,
+    LITERT_RECIPES,
+    RUNTIMES,
+    litert_recipe_named,
+    missing_packages,
+    tokenizer_problem,
+)
+from targets.android.litert_stages import LITERT_HEAVY_STEPS, LitertArtifact, cached_litertlm, verified_litertlm
 from targets.android.stages import (
     HEAVY_STEPS,
     PteArtifact,
@@ -86,7 +99,7 @@ class AndroidTarget:
     # most of it: screens, ExecuTorch export and the .pte run on the eval set.
     expected_seconds: ClassVar[float] = 1400
     # What it may run that holds much memory (packager.memory_plan adds up a build's need before it starts).
-    heavy_steps: ClassVar[tuple[HeavyStep, ...]] = HEAVY_STEPS
+    heavy_steps: ClassVar[tuple[HeavyStep, ...]] = HEAVY_STEPS + LITERT_HEAVY_STEPS
     # Walked smallest first when no recipe/compression is given; `edgepack doctor` lists it.
     default_ladder: ClassVar[tuple[str, ...]] = AUTO_LADDER
     # RAM budgets: the share of physical memory a model can count on there (packager.devices).
@@ -101,6 +114,13 @@ class AndroidTarget:
         TargetOption("delegates", "--delegate", "android_delegates",
                      "Also export an experimental accelerator .pte for android (repeatable); the app falls back to "
                      "XNNPACK.", default=(), choices=tuple(BACKEND_IDS), multiple=True),
+        # --runtime is the web target's flag (one flag, one owner: packager.target.option_table).
+        TargetOption("runtime", "--android-runtime", "android_runtime",
+                     "Android runtime to ship: executorch (.pte), litert-lm (.litertlm) or all (both).",
+                     default="executorch", choices=(*RUNTIMES, "all")),
+        TargetOption("litert_recipe", "--litert-recipe", "android_litert_recipe",
+                     "LiteRT-LM quantization recipe for android (default auto: the smallest that passes its gate).",
+                     default="auto", choices=("auto", *LITERT_RECIPES)),
     )
 
     def supports(self, spec: ArchitectureSpec) -> bool:
@@ -113,6 +133,63 @@ class AndroidTarget:
                                 {name: recipe_named(name).bits for name in reversed(AUTO_LADDER)})
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
+        runtime = ctx.options.for_target(self).get("runtime")
+        if runtime not in (*RUNTIMES, "all"):
+            raise BadInputError(f"--android-runtime {runtime}: unknown; android ships {', '.join(RUNTIMES)} or all.")
+        runtimes = RUNTIMES if runtime == "all" else (runtime,)
+        litert = self._build_litert(ctx, out_dir) if "litert-lm" in runtimes else None
+        if "executorch" not in runtimes:
+            assert litert is not None
+            artifact, verification, notes, section = litert
+            notes.append("Android (LiteRT-LM): no Kotlin bridge or sample app for LiteRT-LM is generated yet; "
+                         "build with --android-runtime all for the ExecuTorch app beside the bundle.")
+            return finish_bundle(out_dir, self, {"model": section, "contract": ctx.contract.as_dict()},
+                                 [verification], None, notes=notes,
+                                 extra={"litert_recipe": artifact.recipe.name, "litert_export": artifact.export})
+        return self._build_executorch(ctx, out_dir, litert)
+
+    def _build_litert(self, ctx: BuildContext, out_dir: Path) -> tuple[
+            LitertArtifact, VerificationResult, list[str], dict[str, Any]]:
+        """Export and verify the LiteRT-LM bundle (the requested recipe, or the ladder), place it in out_dir."""
+        missing = missing_packages()
+        if missing:
+            raise UnsupportedError(
+                f"--android-runtime litert-lm needs {', '.join(missing)}, which this Python lacks. Run "
+                "scripts/setup.sh (it installs requirements/litert-export.txt with --no-deps), or build with "
+                "--android-runtime executorch.")
+        problem = tokenizer_problem(ctx.ckpt.folder)
+        if problem:
+            raise BadInputError(problem + " (or build android with --android-runtime executorch)")
+        requested = ctx.options.for_target(self).get("litert_recipe")
+        ladder = LITERT_LADDER if requested == "auto" else (litert_recipe_named(requested).name,)
+        # No eager screen: a tiny model's LiteRT-LM export takes about 20 s, and int8 weights are the first rung.
+        rungs, notes = rungs_to_build(ladder, lambda _name: [])
+        max_context = ctx.context_length
+        for name in rungs:
+            artifact = cached_litertlm(ctx, litert_recipe_named(name), max_context)
+            verification = verified_litertlm(ctx, artifact, f"{self.name}/{BUNDLE_NAME}")
+            if verification.passed or name == rungs[-1]:
+                break
+            notes.append(f"LiteRT-LM recipe {name} ({artifact.megabytes:.1f} MB) failed its gate: "
+                         f"{'; '.join(verification.failures)}")
+        if requested == "auto":
+            notes.insert(0, f"LiteRT-LM recipe {artifact.recipe.name} (auto: the smallest of {', '.join(ladder)} "
+                            "that passes its gate)")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        place_artifact(artifact.bundle, out_dir / BUNDLE_NAME)
+        notes.append(f"Android (LiteRT-LM): {BUNDLE_NAME} ran on this host in its own TFLite program "
+                     f"(ai_edge_litert's Interpreter) and in LiteRT-LM {LITERT_LM_VERSION}'s engine on the CPU; "
+                     "GPU and NPU backends were not run, and nothing ran on a phone.")
+        section = {"name": ctx.options.name or ctx.ckpt.name, "format": "litertlm", "file": BUNDLE_NAME,
+                   "recipe": artifact.recipe.name, "recipe_summary": artifact.recipe.summary,
+                   "max_context": artifact.export["cache_length"],
+                   "prefill_lengths": artifact.export["prefill_lengths"], "backend": "cpu",
+                   "runtime": f"LiteRT-LM {LITERT_LM_VERSION}", "verification": verification.level,
+                   "metadata": artifact.export["metadata"]}
+        return artifact, verification, notes, section
+
+    def _build_executorch(self, ctx: BuildContext, out_dir: Path, litert: tuple[
+            LitertArtifact, VerificationResult, list[str], dict[str, Any]] | None) -> TargetResult:
         spec = ctx.ckpt.spec
         executorch_layout(spec)  # UnsupportedError naming the supported architectures
         delegates = list(dict.fromkeys(ctx.options.for_target(self).get("delegates")))
@@ -169,6 +246,12 @@ class AndroidTarget:
             "tokenizer": "tokenizer.json",
             "contract": contract.as_dict(),
         }
+        extra: dict[str, Any] = {}
+        if litert is not None:
+            litert_artifact, litert_verification, litert_notes, sections["litert_lm"] = litert
+            verifications.append(litert_verification)
+            notes += litert_notes
+            extra = {"litert_recipe": litert_artifact.recipe.name, "litert_export": litert_artifact.export}
         notes.append(
             f"Android: every XNNPACK .pte ran on this host in ExecuTorch {EXECUTORCH_VERSION}'s TextLLMRunner (the C++ "
             "runner LlmModule drives) and its forward method; nothing ran on a phone. The app and bridge were parsed "
@@ -181,7 +264,7 @@ class AndroidTarget:
                          "delegates need their vendor SDKs.")
         return finish_bundle(out_dir, self, sections, verifications, checks, notes=notes, copies=(ASSET,),
                              extra={"recipe": artifact.recipe.name, "export": artifact.export,
-                                    "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]})
+                                    "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge], **extra})
 
     def _choose(self, ctx: BuildContext, max_context: int, tokenizer_json: Path) -> tuple[
             PteArtifact, VerificationResult, list[str]]:

@@ -14,6 +14,7 @@ placement). The level says so: simulated, not executed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,22 @@ def _nptype(var: Any) -> Any:
     return types.nptype_from_builtin(dtype) if dtype is not None else None
 
 
+@dataclass(frozen=True)
+class _Step:
+    """One op as the interpreter runs it, with what never changes between calls looked up once."""
+
+    op: Any
+    kernel: Kernel
+    # (id of the output variable, the dtype the program declares for it, or None)
+    outputs: tuple[tuple[int, Any], ...]
+    # Whether its outputs are scanned for inf/NaN on every call (see _UNCHECKED).
+    checked: bool
+    # An expanded weight (constexpr_*): computed and scanned on the first call only.
+    constant: bool
+    # Its output must not be a view: it reads a tensor a later slice_update changes in place.
+    materialized: bool = False
+
+
 class MilInterpreter:
     """Evaluates the `main` function of a MIL program; keeps its states across predict() calls."""
 
@@ -68,17 +85,36 @@ class MilInterpreter:
         if missing:
             raise UnsupportedError(f"the MIL interpreter has no kernel for: {', '.join(missing)}; add them to "
                                    "targets/ios/mil_interpreter.py before this package can be simulated.")
+        # An op's inputs (a dict coremltools builds anew on every access) and its outputs' dtypes are
+        # looked up once: on a 2-layer model they were a third of a decode step's time.
+        self._inputs: dict[int, dict[str, Any]] = {id(op): dict(op.inputs) for op in self.function.operations}
+        self.in_place, materialized = _in_place_updates(self.function)
+        # Constants are the same on every call (about half a program's ops): their values are set up once.
+        self._const_env = {id(v): _declared(op.outputs[0].val, _nptype(v)) for op in self.function.operations
+                           if op.op_type == "const" for v in op.outputs}
+        self._plan = [_Step(op, KERNELS[op.op_type], tuple((id(v), _nptype(v)) for v in op.outputs),
+                            op.op_type not in _UNCHECKED and not op.op_type.startswith("constexpr_"),
+                            op.op_type.startswith("constexpr_"), id(op) in materialized)
+                      for op in self.function.operations if op.op_type != "const"]
+        self._plan_inputs = [(id(var), name, types_is_state(var), _nptype(var))
+                             for name, var in self.function.inputs.items()]
+        self._scan_constants = True
         self.reset_state()
 
     def reset_state(self) -> None:
-        """Zero every state, as MLModel.makeState() gives a fresh one."""
+        """Zero every state, as MLModel.makeState() gives a fresh one (reusing its memory)."""
         from coremltools.converters.mil.mil import types
 
         for name, var in self.function.inputs.items():
             if types.is_state(var.sym_type):
                 wrapped = var.sym_type.wrapped_type()
-                self.states[name] = np.zeros(wrapped.get_shape(), dtype=types.nptype_from_builtin(
-                    wrapped.get_primitive()))
+                shape = tuple(wrapped.get_shape())
+                dtype = types.nptype_from_builtin(wrapped.get_primitive())
+                state = self.states.get(name)
+                if state is not None and state.shape == shape and state.dtype == dtype and state.flags.writeable:
+                    state.fill(0)
+                else:
+                    self.states[name] = np.zeros(shape, dtype=dtype)
 
     def value(self, var: Any) -> Any:
         """The current value of an op input (a computed tensor, a state, or a constant)."""
@@ -91,37 +127,43 @@ class MilInterpreter:
             return var.val
         raise KeyError(f"MIL variable {var.name} has no value yet")
 
+    def inputs(self, op: Any) -> dict[str, Any]:
+        """The op's input variables by name."""
+        return self._inputs[id(op)]
+
     def arg(self, op: Any, name: str, default: Any = None) -> Any:
-        var = op.inputs.get(name)
+        var = self._inputs[id(op)].get(name)
         return default if var is None else self.value(var)
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the program once; states persist (call reset_state() for a new sequence)."""
-        from coremltools.converters.mil.mil import types
-
-        self.env: dict[int, Any] = {}
-        for name, var in self.function.inputs.items():
-            if types.is_state(var.sym_type):
-                self.env[id(var)] = name
-            else:
-                self.env[id(var)] = np.asarray(inputs[name]).astype(_nptype(var))
-        for op in self.function.operations:
-            result = KERNELS[op.op_type](self, op)
-            results = result if isinstance(result, tuple) else (result,)
-            for var, out in zip(op.outputs, results, strict=True):
-                dtype = _nptype(var)
-                if dtype is not None and isinstance(out, np.ndarray | np.generic) and out.dtype != dtype:
-                    with np.errstate(over="ignore", invalid="ignore"):
-                        out = np.asarray(out).astype(dtype, copy=False)
-                self.env[id(var)] = out
-                if self.first_nonfinite is None and op.op_type not in _UNCHECKED and isinstance(out, np.ndarray) \
-                        and out.dtype.kind == "f" and not np.isfinite(out).all():
-                    bad = np.isnan(out).any() or np.isposinf(out).any()
-                    if bad:
-                        self.first_nonfinite = f"{op.op_type} {op.name}"
+        self.env: dict[int, Any] = dict(self._const_env)
+        for key, name, is_state, dtype in self._plan_inputs:
+            self.env[key] = name if is_state else np.asarray(inputs[name]).astype(dtype)
+        # Expanded weights (constexpr_*) are scanned once, on the first call: they never change.
+        scan_constants, self._scan_constants = self._scan_constants, False
+        with np.errstate(all="ignore"):  # overflow is looked for below, not warned about
+            self._run(scan_constants)
         outputs = {var.name: self.env[id(var)] for var in self.function.outputs}
         self.env = {}
         return outputs
+
+    def _run(self, scan_constants: bool) -> None:
+        for step in self._plan:
+            result = step.kernel(self, step.op)
+            results = result if isinstance(result, tuple) else (result,)
+            for (key, dtype), out in zip(step.outputs, results, strict=True):
+                if dtype is not None and isinstance(out, np.ndarray | np.generic) and out.dtype != dtype:
+                    out = np.asarray(out).astype(dtype, copy=False)
+                if step.materialized and isinstance(out, np.ndarray) and out.base is not None:
+                    out = out.copy()  # a view of a tensor a later op updates in place
+                self.env[key] = out
+                scan = step.checked or (scan_constants and step.constant)
+                if scan and self.first_nonfinite is None and isinstance(out, np.ndarray) and out.dtype.kind == "f" \
+                        and not np.isfinite(out).all():
+                    bad = np.isnan(out).any() or np.isposinf(out).any()
+                    if bad:
+                        self.first_nonfinite = f"{step.op.op_type} {step.op.name}"
 
     def constant(self, op: Any, compute: Callable[[], np.ndarray]) -> np.ndarray:
         """Expanded weights are computed once per op, as Core ML does at load time."""
@@ -129,6 +171,51 @@ class MilInterpreter:
         if key not in self._constants:
             self._constants[key] = compute()
         return self._constants[key]
+
+
+def _declared(value: Any, dtype: Any) -> Any:
+    """A constant's value in the dtype the program declares for it (as the interpreter rounds every output)."""
+    if dtype is not None and isinstance(value, np.ndarray | np.generic) and value.dtype != dtype:
+        return np.asarray(value).astype(dtype)
+    return value
+
+
+def _in_place_updates(function: Any) -> tuple[frozenset[int], frozenset[int]]:
+    """(ids of the slice_update ops that may write into their input, ids of the ops whose outputs must then be
+    copies rather than views of it).
+
+    A stateful decoder's cache is one tensor for every layer: each layer's slice_update takes the
+    cache the layer before updated, which that layer's attention also read. Copying it for every layer
+    moved the whole cache (all layers, all positions) twice per layer and prediction. Writing in place
+    is safe when every other reader of the input runs before the update (program order) and keeps no
+    view of it, so those readers' outputs are made copies (one layer's slice, not the whole cache).
+    Never in place: constants and the function's inputs (their values belong to the caller).
+    """
+    order = {id(op): i for i, op in enumerate(function.operations)}
+    in_place: set[int] = set()
+    materialized: set[int] = set()
+    for op in function.operations:
+        if op.op_type != "slice_update":
+            continue
+        source = op.inputs["x"]
+        producer = source.op
+        if producer is None or producer.op_type == "const" or producer.op_type.startswith("constexpr_"):
+            continue
+        if producer.op_type in ("read_state", "coreml_update_state") and not any(
+                child.op_type == "coreml_update_state" for child in op.outputs[0].child_ops):
+            continue  # the input is the state's own memory: change it only where the update is stored there
+        others = [child for child in source.child_ops if child is not op]
+        if all(order.get(id(child), len(order)) < order[id(op)] for child in others) and \
+                not any(out is source for out in function.outputs):
+            in_place.add(id(op))
+            materialized.update(id(child) for child in others)
+    return frozenset(in_place), frozenset(materialized)
+
+
+def types_is_state(var: Any) -> bool:
+    from coremltools.converters.mil.mil import types
+
+    return bool(types.is_state(var.sym_type))
 
 
 def _f32(x: Any) -> np.ndarray:
@@ -276,7 +363,7 @@ def _dense_weight(vm: MilInterpreter, var: Any) -> np.ndarray:
 @kernel("linear")
 def _linear(vm: MilInterpreter, op: Any) -> Any:
     x = _f32(vm.arg(op, "x"))
-    weight = _dense_weight(vm, op.inputs["weight"])
+    weight = _dense_weight(vm, vm.inputs(op)["weight"])
     out = x @ weight.T
     bias = vm.arg(op, "bias")
     return out + _f32(bias) if bias is not None else out
@@ -391,10 +478,9 @@ def _slice_by_size(vm: MilInterpreter, op: Any) -> Any:
 
 @kernel("slice_update")
 def _slice_update(vm: MilInterpreter, op: Any) -> Any:
-    source = op.inputs["x"]
     x = np.asarray(vm.arg(op, "x"))
-    # Updating in place is safe when nothing else reads the old value (the usual read_state -> update).
-    out = x if len(source.child_ops) == 1 and x.flags.writeable else x.copy()
+    # In place where nothing reads the old value afterwards (MilInterpreter._in_place_updates); else a copy.
+    out = x if id(op) in vm.in_place and x.flags.writeable else x.copy()
     index, _ = _slices(vm, op, x.shape)
     out[tuple(index)] = np.asarray(vm.arg(op, "update")).astype(out.dtype)
     return out
@@ -402,7 +488,7 @@ def _slice_update(vm: MilInterpreter, op: Any) -> Any:
 
 @kernel("gather")
 def _gather(vm: MilInterpreter, op: Any) -> Any:
-    x = np.asarray(vm.value(op.inputs["x"]))
+    x = np.asarray(vm.value(vm.inputs(op)["x"]))
     indices = np.asarray(vm.arg(op, "indices")).astype(np.int64)
     axis = int(vm.arg(op, "axis", 0))
     indices = np.where(indices < 0, indices + x.shape[axis], indices)
@@ -411,12 +497,12 @@ def _gather(vm: MilInterpreter, op: Any) -> Any:
 
 @kernel("read_state")
 def _read_state(vm: MilInterpreter, op: Any) -> Any:
-    return vm.states[vm.value(op.inputs["input"])]
+    return vm.states[vm.value(vm.inputs(op)["input"])]
 
 
 @kernel("coreml_update_state")
 def _update_state(vm: MilInterpreter, op: Any) -> Any:
-    name = vm.value(op.inputs["state"])
+    name = vm.value(vm.inputs(op)["state"])
     value = np.asarray(vm.arg(op, "value")).astype(vm.states[name].dtype, copy=False)
     vm.states[name] = value
     return value

@@ -20,13 +20,14 @@ from packager.ladder import EAGER_SCREEN
 from packager.scheduler import CHILD_LIBRARIES, HeavyStep
 from packager.verify.metrics import FidelityMetrics
 from packager.verify.result import VerificationResult
+from packager.verify.task_eval import TaskMetrics
 from targets.ios.convert import COREMLTOOLS_VERSION, EXPORT_SCHEMA, ExportRequest
 
 if TYPE_CHECKING:
     from packager.stages import BuildContext
 
 # Bump when a simulated verification record's content or computation changes.
-COREML_VERIFICATION_SCHEMA = 4  # 4: fidelity sums over 16 positions at a time
+COREML_VERIFICATION_SCHEMA = 5  # 5: with an eval set, the package's own answers and the task gate
 # The heavy steps of an iOS build, with their expected peaks before one is measured (x fp32 size).
 # Measured 7.5-8.7 GB for Gemma 3 270M (1.07 GB): the traced fp32 graph plus its MIL copies.
 CONVERSION = HeavyStep("coreml conversion", 7.2, in_process=False, fixed=CHILD_LIBRARIES)
@@ -135,32 +136,45 @@ def cached_export(ctx: BuildContext, request: ExportRequest) -> CoreMLExport:
 
 def verified_package(ctx: BuildContext, export: CoreMLExport, compression: str, name: str, gate: Any,
                      max_positions: int | None = None, executed: bool = False) -> VerificationResult:
-    """Simulate (or on macOS execute) one package of an export against the fp32 reference.
+    """Simulate (or on macOS execute) one package of an export against the fp32 reference and, with an eval
+    set, answer every row through it under the contract, held to the task gate like every other runtime.
 
-    Cached per export + golden set + gate + level.
+    Cached per package content + golden set + gate + level + task, bound to the package's sha256.
     """
-    from targets.ios.verify import verify_package
+    from targets.ios import verify as coreml_check
 
     package = export.package_digests[compression]
+    task_key = ctx.task_key() if ctx.eval_rows else ""  # the eval set and contract the answers depend on
     key = options_digest("verify-coreml", COREML_VERIFICATION_SCHEMA, export.key, compression, package,
-                         ctx.golden.digest_source(), dataclasses.asdict(gate), max_positions, executed)[:24]
+                         ctx.golden.digest_source(), dataclasses.asdict(gate), max_positions, executed,
+                         task_key)[:24]
     label = f"{'execute' if executed else 'simulate'} {export.package_name(compression)}"
 
     def verify() -> VerificationResult:
-        reference, eos_ids, tokenizer = ctx.reference, list(ctx.contract.eos_ids), ctx.hf_tokenizer
+        reference, contract, tokenizer = ctx.reference, ctx.contract, ctx.hf_tokenizer
+        baseline = ctx.baseline_answers if ctx.eval_rows else []  # its own heavy step, taken before this one
+        max_context = export.conversion.max_context
         ctx.reporter.say(f"simulating {name} in numpy ({reference.positions} golden positions, prefill + decode)")
         with ctx.scheduler.step(SIMULATION, f"simulating {name}"):
-            return verify_package(export.package(compression), name, compression, gate, reference, eos_ids,
-                                  tokenizer, export.conversion.max_context,
-                                  export.conversion.sliding_window is not None, max_positions, executed)
-
-    def describe(result: VerificationResult) -> str:
-        m = result.metrics
-        return f"top-1 {m.top1:.3f}, cosine {m.cosine:.4f}, {'pass' if result.passed else 'FAIL'}" if m else ""
+            model = coreml_check.open_package(export.package(compression), executed)
+            result = coreml_check.verify_package(model, name, compression, gate, reference, list(contract.eos_ids),
+                                                 tokenizer, max_context, export.conversion.sliding_window is not None,
+                                                 max_positions)
+            if ctx.eval_rows:
+                ctx.reporter.say(f"answering {len(ctx.eval_rows)} eval rows with {name} "
+                                 f"({'Core ML' if executed else 'numpy MIL interpreter'})")
+                metrics, failures, notes = coreml_check.answer_eval_set(model, contract, ctx.eval_rows, tokenizer,
+                                                                        max_context, baseline)
+                result.failures += failures
+                result.notes += notes
+                ctx.attach_task(result, metrics)
+            return result
 
     result = ctx.stage_cache.record("verify", key, label, verify, encode=VerificationResult.as_dict,
-                                    decode=VerificationResult.from_dict, binds=package, describe=describe)
-    result.reapply_gates(gate)  # the verdict of a stored record is not taken on trust
+                                    decode=VerificationResult.from_dict, binds=package,
+                                    describe=lambda r: r.verdict_line(gate, ctx.options.task_gate))
+    # The verdict of a stored record is not taken on trust: the gates are applied again to its numbers.
+    result.reapply_gates(gate, ctx.options.task_gate)
     return dataclasses.replace(result, artifact=name)
 
 
@@ -183,3 +197,16 @@ def screened(ctx: BuildContext, compression: str) -> FidelityMetrics:
     return ctx.stage_cache.record("screen", digest, label, screen, encode=FidelityMetrics.as_dict,
                                   decode=lambda data: FidelityMetrics(**data),
                                   describe=lambda m: f"top-1 {m.top1:.3f}, KL {m.kl:.4f}")
+
+
+def screened_task(ctx: BuildContext, compression: str) -> TaskMetrics:
+    """The eval set answered by a compression's eager model (no conversion), against the fp32 baseline;
+    cached per checkpoint + compression + task. Asked only when the task decides a screen fidelity failed."""
+    from targets.ios.convert import compression_named
+    from targets.ios.verify import eager_compressed_model
+
+    chosen = compression_named(compression)
+    return ctx.screened_task("screen-coreml-task", COREML_VERIFICATION_SCHEMA,
+                             {"export": EXPORT_SCHEMA, **dataclasses.asdict(chosen)},
+                             f"screen Core ML {compression} on the task (eager)",
+                             lambda: eager_compressed_model(ctx.ckpt.folder, chosen))

@@ -22,7 +22,7 @@ from packager.codecheck import check_generated_files
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
 from packager.errors import BadInputError
 from packager.escaping import slug
-from packager.ladder import rungs_to_build
+from packager.ladder import rungs_to_build, screen_verdict
 from packager.resources import copy_mobile_files
 from packager.scheduler import HeavyStep
 from packager.stage_cache import place_artifact
@@ -41,7 +41,15 @@ from targets.ios.convert import (
     compression_named,
 )
 from targets.ios.layouts import COREML_LAYOUTS, coreml_layout
-from targets.ios.stages import HEAVY_STEPS, CoreMLExport, cached_export, export_request, screened, verified_package
+from targets.ios.stages import (
+    HEAVY_STEPS,
+    CoreMLExport,
+    cached_export,
+    export_request,
+    screened,
+    screened_task,
+    verified_package,
+)
 from targets.ios.swift_check import check_swift_files
 from targets.ios.verify import coreml_runtime_available
 
@@ -198,6 +206,10 @@ class IosTarget:
         notes.append("iOS: packages verified `simulated` (their MIL programs evaluated in numpy against fp32 "
                      "transformers); nothing ran in Core ML or on an iPhone. The bridge and app were parsed with "
                      "tree-sitter (Swift); no Swift compiler or Xcode ran here.")
+        if ctx.eval_rows:
+            notes.append(f"iOS task numbers: every verified package answered all {len(ctx.eval_rows)} eval rows "
+                         "through its own program; a `simulated` row's latency is edgepack's numpy MIL interpreter "
+                         "on this build host's CPU, not an iPhone's.")
         return finish_bundle(out_dir, self, sections, verifications, checks, notes=notes,
                              extra={"compression": compression, "export": export.conversion.as_dict(),
                                     "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]})
@@ -210,13 +222,18 @@ class IosTarget:
         (packager.ladder), so a rung predicted to fail is never converted; a predicted pass that fails in
         simulation moves on to the next rung. A 4-bit rung's
         screen meets the 4-bit class gate before llama.cpp's Q4_K_M baseline is built for its relative
-        gate: a rung that fails the class gate needs no baseline.
+        gate: a rung that fails the class gate needs no baseline. With an eval set the task decides
+        (packager.verify.gates.TaskGate): a screen or package whose fidelity misses its gate passes when its
+        own answers keep the task.
         """
         def screen(rung: str) -> list[str]:
             predicted = screened(ctx, rung)
             # The class gate first: a 4-bit rung that misses it needs no Q4_K_M baseline for its relative gate.
             failures = LOW_BIT.check(predicted) if self._four_bit(rung) else []
             failures = failures or self._gate(ctx, rung, notes).check(predicted)
+            # With an eval set the task decides, as on every target: the eager model's own answers.
+            task = (lambda: screened_task(ctx, rung)) if ctx.eval_rows else None
+            failures = screen_verdict(predicted, failures, ctx.options.task_gate, task)
             return [f"top-1 {predicted.top1:.3f}", *failures] if failures else []
 
         rungs, screen_notes = rungs_to_build(ladder, screen)

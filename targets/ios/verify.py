@@ -6,19 +6,25 @@ numerical problem; the simulation can: the saved program runs op by op in fp16
 (targets.ios.mil_interpreter), fed the same fp16 masks swift-transformers builds, prefilling
 each golden sequence except its last DECODE_STEPS tokens and then decoding those one at a time
 through the carried keyCache/valueCache state. Its logits are compared with the fp32 reference of
-transformers on every golden position, and a greedy continuation with the reference's.
+transformers on every golden position, and a greedy continuation with the reference's. With an eval
+set, the same program answers every row under the task contract the way the Swift bridge drives it
+(EdgeModel.generate: the prompt in one prediction, then one token per prediction).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from packager.contract import Contract
 from packager.verify.metrics import FidelityAccumulator
 from packager.verify.reference import ReferenceLogits
 from packager.verify.result import VerificationResult
+from packager.verify.task_eval import EvalRow, Generator, TaskMetrics, score, token_generator
 
 FP16_MAX = 65504.0
 DECODE_STEPS = 8
@@ -45,6 +51,7 @@ class PackageDriver:
 
     spec: Any
     window: int | None
+    level: str
     nonfinite_steps: int = 0
     first_nonfinite: str | None = None
 
@@ -75,19 +82,30 @@ class PackageDriver:
             parts.append(self._step([ids[t]], t + 1))
         return np.concatenate(parts)
 
-    def greedy(self, prompt_ids: list[int], n: int, eos_ids: list[int]) -> list[int]:
-        """Greedy continuation through the state (argmax each step, stop after an eos id)."""
+    def continuation(self, prompt_ids: list[int], max_context: int) -> Iterator[int]:
+        """Greedy tokens after prompt_ids, each asked for when taken, the way EdgeModel.generate drives the
+        package: a fresh state, the whole prompt in one prediction, then one token per prediction, and no more
+        tokens once the context is full (no token at all for a prompt that fills it: the bridge refuses it)."""
         self.reset_state()
-        last = self._step(prompt_ids, len(prompt_ids))[-1]
-        out: list[int] = []
         total = len(prompt_ids)
-        for _ in range(n):
+        if total >= max_context:
+            return
+        last = self._step(prompt_ids, total)[-1]
+        while True:
             tok = int(np.argmax(last))
-            out.append(tok)
-            if tok in eos_ids:
-                break
-            total += 1
+            yield tok
+            total += 1  # the prompt and the answer so far
+            if total >= max_context:
+                return
             last = self._step([tok], total)[-1]
+
+    def greedy(self, prompt_ids: list[int], n: int, eos_ids: list[int]) -> list[int]:
+        """Greedy continuation through the state (argmax each step, stop after an eos id, which is kept)."""
+        out: list[int] = []
+        for tok in self.continuation(prompt_ids, len(prompt_ids) + n):
+            out.append(tok)
+            if tok in eos_ids or len(out) >= n:
+                break
         return out
 
 
@@ -207,12 +225,49 @@ def check_spec(spec: Any, max_context: int, sliding: bool, state_shape: tuple[in
     return failures, names
 
 
-def verify_package(package: Path, artifact: str, quant: str, gate: Any, reference: ReferenceLogits,
+def open_package(package: Path, executed: bool = False) -> PackageDriver:
+    """The package's driver: its program in numpy (`simulated`) or, on macOS, in Core ML (`executed`)."""
+    return CoreMLRuntimeModel(package) if executed else SimulatedModel(package)
+
+
+def package_generator(model: PackageDriver, tokenizer: Any, contract: Contract, max_context: int) -> Generator:
+    """Answer eval rows with the package the way EdgeModel.run does: the contract's prompt encoded without
+    special tokens (BOS added by the contract), greedy, no grammar (the Swift bridge has none)."""
+    def encode(prompt: str) -> list[int]:
+        return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+    return token_generator(contract, encode, lambda ids: model.continuation(ids, max_context), tokenizer.decode)
+
+
+def answer_eval_set(model: PackageDriver, contract: Contract, rows: Sequence[EvalRow], tokenizer: Any,
+                    max_context: int, baseline: Sequence[str]) -> tuple[TaskMetrics, list[str], list[str]]:
+    """The eval set answered through the package's own program, every row: (metrics, failures, notes)."""
+    before, first_before = model.nonfinite_steps, model.first_nonfinite
+    start = time.perf_counter()
+    metrics, _ = score(contract, rows, package_generator(model, tokenizer, contract, max_context), baseline)
+    seconds = time.perf_counter() - start
+    failures = []
+    nonfinite = model.nonfinite_steps - before
+    if nonfinite or (first_before is None and model.first_nonfinite):
+        failures.append(f"non-finite numbers: {nonfinite} prediction(s) while answering the eval set gave NaN or "
+                        f"infinite logits; first non-finite value at op {model.first_nonfinite or 'logits'}")
+    where = ("Core ML on this Mac's CPU" if model.level == "executed" else
+             "edgepack's numpy MIL interpreter on this build host's CPU, not an iPhone (a device runs the same "
+             "program in Core ML, far faster)")
+    notes = [f"task: all {metrics.rows} eval rows answered through the package's own program ({seconds:.0f} s), "
+             "greedy, each prompt in one prediction and then one token per prediction through the state, as "
+             f"EdgeModel.generate does; latency and tokens/s are {where}"]
+    if contract.constrained:
+        notes.append("EdgeModel (Swift) has no grammar: answers are decoded unconstrained on iOS")
+    return metrics, failures, notes
+
+
+def verify_package(model: PackageDriver, artifact: str, quant: str, gate: Any, reference: ReferenceLogits,
                    eos_ids: list[int], hf_tokenizer: Any, max_context: int, sliding: bool,
-                   max_positions: int | None = None, executed: bool = False) -> VerificationResult:
-    """Spec check + comparison with the fp32 reference, in numpy (`simulated`) or, on macOS, in Core ML
-    (`executed`); `max_positions` caps the compared positions."""
-    model: PackageDriver = CoreMLRuntimeModel(package) if executed else SimulatedModel(package)
+                   max_positions: int | None = None) -> VerificationResult:
+    """Spec check + comparison with the fp32 reference through `model` (open_package); `max_positions` caps
+    the compared positions."""
+    executed = model.level == "executed"
     failures, spec_summary = check_spec(model.spec, max_context, sliding)
     acc = FidelityAccumulator()
     compared = 0
@@ -263,14 +318,13 @@ def verify_package(package: Path, artifact: str, quant: str, gate: Any, referenc
     )
 
 
-def predict_fidelity(folder: Path, compression: Any, reference: ReferenceLogits) -> Any:
-    """Fidelity of a compression before converting: transformers in fp32 with the weights it would store.
+def eager_compressed_model(folder: Path, compression: Any) -> Any:
+    """transformers in fp32 holding the weights a compression would store.
 
     Every decoder linear and the embedding / lm_head table are replaced by their dequantized values
     from coreml_quantize.searched_affine (the function the Core ML pass calls, with the same
     calibration weights), so the screen and the package hold the same numbers; only the package's
-    fp16 arithmetic is left out (on Gemma 3 270M: int4-mixed screened 0.933, simulated 0.929 top-1). A screen, not a
-    verification: whatever ships is still simulated from its saved program.
+    fp16 arithmetic is left out (on Gemma 3 270M: int4-mixed screened 0.933, simulated 0.929 top-1).
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -298,6 +352,17 @@ def predict_fidelity(folder: Path, compression: Any, reference: ReferenceLogits)
         head = model.get_output_embeddings()
         if head is not None and head.weight.data_ptr() != table.data_ptr():
             snap(head.weight, 8, None)
+    return model
+
+
+def predict_fidelity(folder: Path, compression: Any, reference: ReferenceLogits) -> Any:
+    """Fidelity of a compression before converting: its eager model (eager_compressed_model) on the golden text.
+
+    A screen, not a verification: whatever ships is still simulated from its saved program.
+    """
+    import torch
+
+    model = eager_compressed_model(folder, compression)
     acc = FidelityAccumulator()
     with torch.inference_mode():
         for i, ids in enumerate(reference.sequences):

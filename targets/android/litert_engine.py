@@ -1,0 +1,125 @@
+"""Running a .litertlm in LiteRT-LM's engine on this host's CPU: what the Android app's Engine runs.
+
+Runs as a child process (`python -m targets.android.litert_engine REQUEST RESULT`): a malformed
+bundle (a SentencePiece conversion of the tokenizer, for one) aborts the whole process from native
+code, which the parent then reports as a failed verification instead of dying with it.
+
+The engine takes text, not token ids: the prompt is the contract's rendered text (no BOS), the
+engine prepends the bundle's start token itself, and its prefill count is compared with the
+contract's ids (one BOS, never two). Greedy decoding is top_k=1. Labels and JSON schemas are
+decoded under the engine's own constraint (the Conversation API with the LL_GUIDANCE provider), with
+a chat template that passes the rendered prompt through verbatim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# Renders the last message's text as is: the contract has already rendered the prompt (the engine's
+# messages carry a string or a list of {"type": "text", "text": ...} parts).
+VERBATIM_TEMPLATE = ("{%- set c = messages[-1]['content'] -%}{%- if c is string -%}{{ c }}{%- else -%}"
+                     "{%- for p in c -%}{{ p['text'] }}{%- endfor -%}{%- endif -%}")
+
+
+def label_pattern(labels: list[str]) -> str:
+    """The regex the engine constrains a labels task to: one label, after an optional space (as labels_grammar)."""
+    return " ?(" + "|".join(re.escape(label) for label in labels) + ")"
+
+
+class EngineRunner:
+    """One LiteRT-LM Engine (CPU) over a bundle, answering prompts greedily."""
+
+    def __init__(self, bundle: Path, cache_dir: Path, threads: int) -> None:
+        import litert_lm
+
+        self.lm = litert_lm
+        cache_dir.mkdir(parents=True, exist_ok=True)  # the engine refuses a cache dir that does not exist
+        self.engine = litert_lm.Engine(str(bundle), backend=litert_lm.Backend.CPU(thread_count=threads),
+                                       cache_dir=str(cache_dir), enable_benchmark=True)
+
+    def greedy(self, prompt: str, max_tokens: int) -> dict[str, Any]:
+        """Answer with the Session API (no template): text, token counts, seconds."""
+        lm = self.lm
+        start = time.perf_counter()
+        session = self.engine.create_session(apply_prompt_template=False, sampler_config=lm.SamplerConfig(top_k=1),
+                                             max_output_tokens=max_tokens)
+        try:
+            session.run_prefill([prompt])
+            text = "".join(session.run_decode().texts[:1])
+            seconds = time.perf_counter() - start
+            info = session.get_benchmark_info()
+        finally:
+            session.close()
+        return {"text": text, "prefill_tokens": info.last_prefill_token_count,
+                "tokens": info.last_decode_token_count, "seconds": seconds,
+                "decode_tokens_per_s": info.last_decode_tokens_per_second}
+
+    def constrained(self, prompt: str, max_tokens: int, constraint: dict[str, Any]) -> dict[str, Any]:
+        """Answer under a regex or JSON-schema constraint (Conversation API, LL_GUIDANCE)."""
+        lm = self.lm
+        fmt = (lm.ResponseFormat.regex(constraint["regex"]) if "regex" in constraint
+               else lm.ResponseFormat.json(constraint["json_schema"]))
+        start = time.perf_counter()
+        conversation = self.engine.create_conversation(
+            sampler_config=lm.SamplerConfig(top_k=1), chat_template=VERBATIM_TEMPLATE, max_output_tokens=max_tokens,
+            constrained_decoding_config=lm.ConstrainedDecodingConfig(
+                provider=lm.LiteRtLmConstraintProviderType.LL_GUIDANCE))
+        try:
+            message = conversation.send_message(prompt, response_format=fmt)
+            seconds = time.perf_counter() - start
+            info = conversation.get_benchmark_info()
+        finally:
+            conversation.close()
+        text = "".join(getattr(part, "text", "") for part in message.contents)
+        return {"text": text, "prefill_tokens": info.last_prefill_token_count,
+                "tokens": info.last_decode_token_count, "seconds": seconds,
+                "decode_tokens_per_s": info.last_decode_tokens_per_second}
+
+
+def run(request: dict[str, Any]) -> dict[str, Any]:
+    """Answer the request's probe, greedy prompt and eval prompts; return what the engine said and did."""
+    runner = EngineRunner(Path(request["bundle"]), Path(request["cache_dir"]), int(request["threads"]))
+    engine = runner.engine
+    result: dict[str, Any] = {
+        "bos_token_id": engine.bos_token_id,
+        "stop_token_ids": engine.eos_token_ids,
+        "probe_ids": engine.tokenize(request["probe"]),
+        "prompt_ids": [engine.tokenize(p) for p in request["prompts"]],
+        "greedy": runner.greedy(request["greedy_prompt"], int(request["greedy_tokens"])),
+    }
+    constraint = request.get("constraint")
+    answers = []
+    error = ""
+    for prompt in request["prompts"]:
+        if constraint and not error:
+            try:
+                answers.append({**runner.constrained(prompt, int(request["max_new_tokens"]), constraint),
+                                "constrained": True})
+                continue
+            except (RuntimeError, ValueError) as exc:  # the engine could not apply it: answer unconstrained
+                error = f"{type(exc).__name__}: {exc}"
+        answers.append({**runner.greedy(prompt, int(request["max_new_tokens"])), "constrained": False})
+    result["answers"] = answers
+    result["constraint_error"] = error
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Child-process entry: read the request (JSON), run the engine, write the result (JSON)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("request", type=Path)
+    parser.add_argument("result", type=Path)
+    args = parser.parse_args(argv)
+    result = run(json.loads(args.request.read_text(encoding="utf-8")))
+    args.result.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

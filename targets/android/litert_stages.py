@@ -1,0 +1,105 @@
+"""Cached LiteRT-LM stages of a build: exported .litertlm bundles and their verification records.
+
+An export is keyed like the .pte's (targets.android.stages): the checkpoint's content digest, the
+recipe, the cache and prefill lengths, the exporter's version and schema. It runs in a child process
+(targets.android.litert_export) and is kept as a stage-cache entry, written whole or not at all and
+checked against its recorded sha256 on reuse; a verification record is bound to that sha256.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from packager.child_stage import run_child
+from packager.fingerprint import options_digest
+from packager.scheduler import CHILD_LIBRARIES, HeavyStep
+from packager.verify.result import VerificationResult
+from targets.android.litert_export import (
+    BUNDLE_NAME,
+    LITERT_EXPORT_SCHEMA,
+    LITERT_LM_VERSION,
+    LITERT_TORCH_VERSION,
+    LitertRecipe,
+    prefill_lengths,
+)
+
+if TYPE_CHECKING:
+    from packager.stages import BuildContext
+
+# Bump when a .litertlm verification record's content or computation changes.
+LITERTLM_VERIFICATION_SCHEMA = 1
+# Tiny models measured 0.76 GB peak (mostly the converter's libraries); x fp32 size until a real one is measured.
+LITERT_EXPORT = HeavyStep("litert-lm export", 3.0, in_process=False, fixed=CHILD_LIBRARIES)
+LITERT_RUN = HeavyStep("litert-lm run", 1.5)
+LITERT_HEAVY_STEPS = (LITERT_EXPORT, LITERT_RUN)
+
+
+@dataclass
+class LitertArtifact:
+    """One exported .litertlm in the stage cache."""
+
+    recipe: LitertRecipe
+    key: str
+    bundle: Path
+    export: dict[str, Any]
+    from_cache: bool
+    sha256: str  # of the bundle file (from the entry's checked manifest): what a verification record is about
+
+    @property
+    def megabytes(self) -> float:
+        return self.bundle.stat().st_size / 2**20
+
+
+def cached_litertlm(ctx: BuildContext, recipe: LitertRecipe, cache_length: int) -> LitertArtifact:
+    """Return the exported .litertlm for (checkpoint, recipe, lengths), exporting it when not cached."""
+    prefill = prefill_lengths(cache_length)
+    key = options_digest("litertlm", LITERT_EXPORT_SCHEMA, LITERT_TORCH_VERSION, LITERT_LM_VERSION, ctx.ckpt_digest,
+                         recipe.as_dict(), cache_length, list(prefill))[:24]
+
+    def export(tmp: Path) -> dict[str, Any]:
+        request = {"checkpoint": str(ctx.ckpt.folder), "out_dir": str(tmp), "recipe": recipe.name,
+                   "cache_length": cache_length, "prefill_lengths": list(prefill)}
+        ctx.reporter.say(f"exporting {BUNDLE_NAME} ({recipe.name}) with litert-torch {LITERT_TORCH_VERSION} "
+                         "in a child process")
+        what = f"LiteRT-LM export of {ctx.ckpt.folder} with recipe {recipe.name}"
+        with ctx.scheduler.step(LITERT_EXPORT, what) as claim:
+            return run_child("targets.android.litert_export", tmp, request, what, claim)
+
+    entry = ctx.stage_cache.entry(
+        "litertlm", key, f"export .litertlm {recipe.name}", export,
+        describe=lambda e: f"{e['bundle']}, peak RSS {e['peak_rss_mb']:.0f} MB")
+    result = entry.value
+    return LitertArtifact(recipe, key, entry.path(result["bundle"]), result, entry.from_cache,
+                          entry.sha256(result["bundle"]))
+
+
+def verified_litertlm(ctx: BuildContext, artifact: LitertArtifact, name: str) -> VerificationResult:
+    """Run the bundle's program and LiteRT-LM's engine on this host (cached per bundle + golden set + eval set)."""
+    from packager.verify.llama_cpp_runner import host_threads
+    from targets.android.litert_verify import verify_litertlm
+
+    def verify() -> VerificationResult:
+        reference, contract, tokenizer = ctx.reference, ctx.contract, ctx.hf_tokenizer
+        baseline = ctx.baseline_answers if ctx.eval_rows else None
+        ctx.reporter.say(f"running {artifact.bundle.name} ({artifact.recipe.name}) in the TFLite interpreter "
+                         f"({reference.positions} golden positions) and LiteRT-LM's engine")
+        with ctx.scheduler.step(LITERT_RUN, f"running {artifact.bundle.name}"):
+            result, task = verify_litertlm(artifact.bundle, name, artifact.recipe.name, artifact.recipe.gate,
+                                           reference, ctx.golden, contract, tokenizer, artifact.export["metadata"],
+                                           ctx.eval_rows, baseline, host_threads())
+        if task is not None:
+            ctx.attach_task(result, task)
+        return result
+
+    task_key = ctx.task_key() if ctx.eval_rows else ""
+    key = options_digest("verify-litertlm", LITERTLM_VERIFICATION_SCHEMA, artifact.key, artifact.sha256,
+                         ctx.golden.digest_source(), task_key)[:24]
+    result = ctx.stage_cache.record(
+        "verify", key, f"verify .litertlm {artifact.recipe.name}", verify, encode=VerificationResult.as_dict,
+        decode=VerificationResult.from_dict, binds=artifact.sha256,
+        describe=lambda r: r.verdict_line(artifact.recipe.gate, ctx.options.task_gate))
+    result.reapply_gates(artifact.recipe.gate, ctx.options.task_gate)
+    return dataclasses.replace(result, artifact=name)

@@ -1,0 +1,205 @@
+"""Android's LiteRT-LM runtime: a .litertlm exported from tiny models, executed in its own TFLite program and
+in LiteRT-LM's engine on this host's CPU, judged like every other artifact.
+
+One export per model (module-scoped fixtures); each takes about 20 s. The tests need litert-torch, litert-lm
+and ai-edge-litert: they are skipped where those are missing, unless EDGEPACK_REQUIRE_TOOLS=1 (CI), which
+makes a missing package a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli_helpers import edgepack, leftovers
+from external_tools import tools_required
+
+from packager.errors import EdgepackError, ExitCode
+
+ROUTER_LABELS = ["billing", "shipping", "cancel"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def litert_packages() -> None:
+    from targets.android.litert_export import missing_packages
+
+    missing = missing_packages()
+    if missing:
+        message = f"{', '.join(missing)} not installed (scripts/setup.sh installs them)"
+        if tools_required():
+            pytest.fail(f"{message}, and EDGEPACK_REQUIRE_TOOLS=1 says every check must run")
+        pytest.skip(message)
+
+
+def export_in_child(folder: Path, out: Path, recipe: str, cache_length: int) -> dict:
+    """Export through the same child process a build uses (the tensorflow shim never enters this process)."""
+    from packager.child_stage import run_child
+    from targets.android.litert_export import prefill_lengths
+
+    out.mkdir(parents=True, exist_ok=True)
+    request = {"checkpoint": str(folder), "out_dir": str(out), "recipe": recipe, "cache_length": cache_length,
+               "prefill_lengths": list(prefill_lengths(cache_length))}
+    return run_child("targets.android.litert_export", out, request, f"LiteRT-LM export of {folder.name}")
+
+
+@pytest.fixture(scope="module")
+def router_build(tiny_router: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory):
+    """The tiny router (a classifier that knows its prompt) built for android with --android-runtime litert-lm,
+    constrained to its labels: one int8 export, its program against the reference, the engine on the eval set."""
+    from packager.pipeline import BuildRequest, run_build
+    from packager.progress import Reporter
+    from packager.stages import BuildOptions
+
+    model, eval_path = tiny_router
+    out = tmp_path_factory.mktemp("litert") / "dist"
+    options = BuildOptions(target_options={"android": {"runtime": "litert-lm"}}, eval_path=eval_path,
+                           task={"task": "labels", "labels": ROUTER_LABELS, "constrained": True})
+    outcome = run_build(BuildRequest(checkpoint=model, targets=["android"], out=out, options=options),
+                        Reporter(quiet=True))
+    return outcome, out / "android"
+
+
+def test_litertlm_program_matches_the_fp32_reference_within_the_int8_gate(router_build) -> None:
+    from packager.verify.gates import EIGHT_BIT
+
+    outcome, _ = router_build
+    [result] = outcome.results
+    [verification] = result.verifications
+    assert verification.level == "executed" and verification.format == "litertlm"
+    assert verification.quant == "dynamic_wi8_afp32"  # the first rung passed: no fp32 bundle was needed
+    metrics = verification.metrics
+    assert metrics.positions > 500 and metrics.nonfinite_positions == 0
+    assert EIGHT_BIT.check(metrics) == [], metrics
+    assert verification.passed, verification.failures
+    assert "LiteRT-LM" in verification.runtime and "GPU" not in verification.runtime
+
+
+def test_the_engine_tokenizes_like_hf_adds_one_bos_and_answers_the_eval_set_constrained(router_build) -> None:
+    outcome, _ = router_build
+    [verification] = outcome.results[0].verifications
+    assert verification.tokenizer_parity, verification.tokenizer_detail
+    assert verification.greedy_match, (verification.greedy_text, verification.greedy_text_reference)
+    task = verification.task
+    assert task is not None and task.rows == 6 and len(task.latencies_ms) == 6
+    assert task.constrained  # LL_GUIDANCE applied the labels regex to every row
+    assert task.validity == 1.0 and task.baseline_exact_match == 1.0
+    assert task.exact_match >= task.baseline_exact_match - 0.02, task.mismatches
+    assert all(latency > 0 for latency in task.latencies_ms)
+
+
+def test_litert_only_bundle_holds_the_litertlm_and_says_what_ran(router_build) -> None:
+    outcome, folder = router_build
+    document = json.loads((folder / "edgepack.json").read_text(encoding="utf-8"))
+    assert {f["path"] for f in document["files"]} == {"model.litertlm"}
+    model = document["model"]
+    assert model["format"] == "litertlm" and model["backend"] == "cpu" and model["verification"] == "executed"
+    assert model["metadata"]["max_num_tokens"] == model["max_context"] >= 512
+    assert model["metadata"]["model_type"] == "gemma3"
+    assert 32 <= model["prefill_lengths"][0] <= model["max_context"]
+    assert not (folder / "app").exists()  # no LiteRT-LM app yet, and no ExecuTorch app without a .pte
+    notes = " ".join(outcome.results[0].notes)
+    assert "GPU and NPU backends were not run" in notes
+
+
+def test_tiny_llama_fp32_bundle_gives_hf_logits_and_greedy_ids(tiny_llama: Path,
+                                                             tmp_path_factory: pytest.TempPathFactory) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from packager.verify.gates import LOSSLESS
+    from packager.verify.metrics import FidelityAccumulator
+    from packager.verify.reference import greedy_hf
+    from targets.android.litert_bundle import extract_program, read_bundle
+    from targets.android.litert_verify import TflitePrefillDecode
+
+    out = tmp_path_factory.mktemp("llama-litert")
+    result = export_in_child(tiny_llama, out, "none", 128)
+    bundle = out / result["bundle"]
+    assert read_bundle(bundle).tokenizer == "HF_Tokenizer_Zlib"
+    assert result["metadata"]["model_type"] == "generic_model"
+    program = TflitePrefillDecode(extract_program(bundle, out / "program.tflite"))
+    assert program.cache_length == 128 and program.prefills
+    ids = [506, *range(40, 110)]  # longer than the 32-token prefill: prefill runs in chunks for greedy
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32).eval()
+    with torch.no_grad():
+        hf = model(torch.tensor([ids])).logits[0].numpy()
+    art = program.logits(ids)
+    acc = FidelityAccumulator()
+    acc.add(hf, art)
+    assert LOSSLESS.check(acc.result()) == []
+    assert np.abs(art - hf).max() < 1e-3 * np.abs(hf).max()
+    assert program.greedy(ids, 12, [507]) == greedy_hf(model, ids, 12, [507])
+
+
+def test_null_pre_tokenizer_still_ships_the_hf_tokenizer_the_engine_reads(tiny_gemma: Path, tmp_path: Path) -> None:
+    """litert-torch turned such a tokenizer into SentencePiece silently, which the engine aborts on."""
+    from transformers import AutoTokenizer
+
+    from targets.android.litert_bundle import read_bundle
+    from targets.android.litert_verify import run_engine
+
+    model = shutil.copytree(tiny_gemma, tmp_path / "m")
+    data = json.loads((model / "tokenizer.json").read_text(encoding="utf-8"))
+    data["pre_tokenizer"] = None
+    (model / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    result = export_in_child(model, tmp_path / "out", "dynamic_wi8_afp32", 64)
+    bundle = tmp_path / "out" / result["bundle"]
+    assert read_bundle(bundle).tokenizer == "HF_Tokenizer_Zlib"
+    text = "The quick brown fox <start_of_turn>user\nhi"
+    engine = run_engine(bundle, {"probe": text, "greedy_prompt": "The quick", "greedy_tokens": 4, "prompts": [],
+                                 "max_new_tokens": 4, "constraint": None}, threads=1).data
+    hf = AutoTokenizer.from_pretrained(str(model))
+    assert engine["probe_ids"] == hf(text, add_special_tokens=False)["input_ids"]
+    assert engine["bos_token_id"] == 2
+    assert engine["greedy"]["prefill_tokens"] == 1 + len(hf("The quick", add_special_tokens=False)["input_ids"])
+
+
+def test_a_bundle_that_crashes_the_engine_fails_its_child_not_the_build(tmp_path: Path) -> None:
+    from targets.android.litert_verify import run_engine
+
+    bundle = tmp_path / "model.litertlm"
+    bundle.write_bytes(b"LITERTLM" + bytes(range(256)) * 64)
+    with pytest.raises(EdgepackError, match="LiteRT-LM's engine"):
+        run_engine(bundle, {"probe": "x", "greedy_prompt": "x", "greedy_tokens": 1, "prompts": [],
+                            "max_new_tokens": 1, "constraint": None}, threads=1)
+
+
+def test_a_tokenizer_that_cannot_go_into_a_bundle_is_named_with_the_fix(tmp_path: Path) -> None:
+    from targets.android.litert_export import tokenizer_problem
+
+    assert "save_pretrained" in (tokenizer_problem(tmp_path) or "")
+    (tmp_path / "tokenizer.json").write_text("{", encoding="utf-8")
+    assert "tokenizer.json: not valid JSON" in (tokenizer_problem(tmp_path) or "")
+    (tmp_path / "tokenizer.json").write_text('{"model": {"type": "BPE"}}', encoding="utf-8")
+    assert tokenizer_problem(tmp_path) is None
+
+
+def test_unknown_android_runtime_is_refused_with_the_choices(tiny_gemma: Path, tmp_path: Path) -> None:
+    result = edgepack("build", tiny_gemma, "--target", "android", "--android-runtime", "tflite",
+                      "--out", tmp_path / "out")
+    assert result.exit_code == ExitCode.BAD_INPUT
+    assert "executorch" in result.stderr and "litert-lm" in result.stderr and "all" in result.stderr
+
+
+def test_default_android_runtime_stays_executorch() -> None:
+    from targets.android.target import AndroidTarget
+
+    [option] = [o for o in AndroidTarget.options if o.name == "runtime"]
+    assert option.default == "executorch" and option.flag == "--android-runtime"
+    assert set(option.choices) == {"executorch", "litert-lm", "all"}
+
+
+def test_litert_runtime_without_its_packages_stops_with_the_setup_command(
+        tiny_gemma: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import targets.android.target as android
+
+    monkeypatch.setattr(android, "missing_packages", lambda: ["litert-torch"])
+    out = tmp_path / "out"
+    result = edgepack("build", tiny_gemma, "--target", "android", "--android-runtime", "litert-lm", "--out", out)
+    assert result.exit_code == ExitCode.UNSUPPORTED, result.stderr
+    assert "litert-torch" in result.stderr and "scripts/setup.sh" in result.stderr
+    assert "--android-runtime executorch" in result.stderr and "Traceback" not in result.stderr
+    assert leftovers(tmp_path, "out") == []
