@@ -203,3 +203,20 @@ def test_litert_runtime_without_its_packages_stops_with_the_setup_command(
     assert "litert-torch" in result.stderr and "scripts/setup.sh" in result.stderr
     assert "--android-runtime executorch" in result.stderr and "Traceback" not in result.stderr
     assert leftovers(tmp_path, "out") == []
+
+
+def test_the_contracts_eos_ids_join_the_checkpoints_in_the_export_view_and_the_checkpoint_is_untouched(
+        tiny_gemma: Path, tmp_path: Path) -> None:
+    """litert-torch takes the bundle's stop tokens from generation_config.json: the export reads a view of the
+    checkpoint whose config names the contract's eos ids too (Gemma's <end_of_turn> beside <eos>)."""
+    from targets.android.litert_export import with_stop_tokens
+
+    config = tiny_gemma / "generation_config.json"
+    before = config.read_bytes() if config.is_file() else None
+    view = with_stop_tokens(tiny_gemma, (1, 106), tmp_path / "view")
+    written = json.loads((view / "generation_config.json").read_text())
+    own = json.loads(before or b"{}").get("eos_token_id")
+    assert 106 in written["eos_token_id"] and 1 in written["eos_token_id"]
+    assert set(written["eos_token_id"]) >= set([own] if isinstance(own, int) else own or [])
+    assert (view / "model.safetensors").resolve() == (tiny_gemma / "model.safetensors").resolve()
+    assert (config.read_bytes() if config.is_file() else None) == before

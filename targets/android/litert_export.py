@@ -38,7 +38,7 @@ from packager.verify.gates import EIGHT_BIT, LOSSLESS, Gate
 LITERT_TORCH_VERSION = "0.10.0"
 LITERT_LM_VERSION = "0.18.1"
 # Bump when the exported bundle changes for the same checkpoint + recipe + lengths (keys the stage cache).
-LITERT_EXPORT_SCHEMA = 1
+LITERT_EXPORT_SCHEMA = 2
 BUNDLE_NAME = "model.litertlm"
 # The runtimes a build may ship for android (--android-runtime); "all" ships both.
 RUNTIMES = ("executorch", "litert-lm")
@@ -164,9 +164,35 @@ def _null_safe_tokenizer_patch() -> None:
     export_lib._maybe_patch_tokenizer = patch
 
 
+def with_stop_tokens(folder: Path, eos_ids: tuple[int, ...], view: Path) -> Path:
+    """A folder of links to `folder`'s files whose generation_config.json also names the contract's eos ids.
+
+    litert-torch writes the bundle's stop tokens from the model's generation_config eos_token_id; a
+    fine-tune's answer often ends with another token (Gemma's <end_of_turn>, 106, where the config says
+    <eos>, 1), and an engine that does not stop there runs on to max_new_tokens. The checkpoint itself
+    is never written to.
+    """
+    view.mkdir(parents=True)
+    for item in folder.iterdir():
+        if item.name != "generation_config.json":
+            (view / item.name).symlink_to(item.resolve())
+    config_path = folder / "generation_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    stored = config.get("eos_token_id")
+    existing = [stored] if isinstance(stored, int) else list(stored or [])
+    config["eos_token_id"] = list(dict.fromkeys([*existing, *eos_ids]))
+    (view / "generation_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return view
+
+
 def export_litertlm(folder: Path, out_dir: Path, recipe: LitertRecipe, cache_length: int,
-                    prefill: tuple[int, ...]) -> dict[str, Any]:
-    """Export the checkpoint in `folder` to out_dir/model.litertlm (in this process); return what was written."""
+                    prefill: tuple[int, ...], eos_ids: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Export the checkpoint in `folder` to out_dir/model.litertlm (in this process); return what was written.
+
+    `eos_ids` (the task contract's) become the bundle's stop tokens beside the checkpoint's own.
+    """
+    import shutil
+
     from targets.android.litert_bundle import read_bundle
 
     problem = tokenizer_problem(folder)
@@ -178,8 +204,12 @@ def export_litertlm(folder: Path, out_dir: Path, recipe: LitertRecipe, cache_len
     from litert_torch.generative.export_hf import export as export_hf
 
     work = out_dir / "litert-export"
-    export_hf.export(model=str(folder), output_dir=str(work), prefill_lengths=list(prefill),
-                     cache_length=cache_length, quantization_recipe=recipe.name, trust_remote_code=False)
+    view = with_stop_tokens(folder, eos_ids, out_dir / "checkpoint-view")
+    try:
+        export_hf.export(model=str(view), output_dir=str(work), prefill_lengths=list(prefill),
+                         cache_length=cache_length, quantization_recipe=recipe.name, trust_remote_code=False)
+    finally:
+        shutil.rmtree(view)
     written = work / BUNDLE_NAME
     if not written.is_file():
         raise UnsupportedError(f"litert-torch {LITERT_TORCH_VERSION} wrote no {BUNDLE_NAME} for {folder}.")
@@ -210,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     request = json.loads(args.request.read_text(encoding="utf-8"))
     result = export_litertlm(Path(request["checkpoint"]), Path(request["out_dir"]),
                              litert_recipe_named(request["recipe"]), int(request["cache_length"]),
-                             tuple(int(n) for n in request["prefill_lengths"]))
+                             tuple(int(n) for n in request["prefill_lengths"]),
+                             tuple(int(n) for n in request.get("eos_ids", ())))
     args.result.write_text(json.dumps(result, indent=2), encoding="utf-8")
     return 0
 

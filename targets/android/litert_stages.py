@@ -56,12 +56,13 @@ class LitertArtifact:
 def cached_litertlm(ctx: BuildContext, recipe: LitertRecipe, cache_length: int) -> LitertArtifact:
     """Return the exported .litertlm for (checkpoint, recipe, lengths), exporting it when not cached."""
     prefill = prefill_lengths(cache_length)
+    eos_ids = list(ctx.contract.eos_ids)  # the bundle's stop tokens (litert_export.with_stop_tokens)
     key = options_digest("litertlm", LITERT_EXPORT_SCHEMA, LITERT_TORCH_VERSION, LITERT_LM_VERSION, ctx.ckpt_digest,
-                         recipe.as_dict(), cache_length, list(prefill))[:24]
+                         recipe.as_dict(), cache_length, list(prefill), eos_ids)[:24]
 
     def export(tmp: Path) -> dict[str, Any]:
         request = {"checkpoint": str(ctx.ckpt.folder), "out_dir": str(tmp), "recipe": recipe.name,
-                   "cache_length": cache_length, "prefill_lengths": list(prefill)}
+                   "cache_length": cache_length, "prefill_lengths": list(prefill), "eos_ids": eos_ids}
         ctx.reporter.say(f"exporting {BUNDLE_NAME} ({recipe.name}) with litert-torch {LITERT_TORCH_VERSION} "
                          "in a child process")
         what = f"LiteRT-LM export of {ctx.ckpt.folder} with recipe {recipe.name}"
