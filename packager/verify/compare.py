@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
 from packager.verify.golden import GoldenSet
+from packager.verify.metrics import FidelityAccumulator
+
+if TYPE_CHECKING:
+    from packager.verify.reference import ReferenceLogits
 
 
 def tokenizer_probe_text(golden: GoldenSet, special_tokens: list[str]) -> str:
@@ -26,3 +35,21 @@ def compare_token_ids(hf_ids: list[int], other_ids: list[int], other: str) -> tu
         f"differ at token {first}: HF {hf_ids[first:first + 5]} vs {other} {other_ids[first:first + 5]} "
         f"({len(hf_ids)} vs {len(other_ids)} tokens)"
     )
+
+
+def golden_fidelity(reference: ReferenceLogits, logits: Callable[[list[int]], np.ndarray],
+                    max_positions: int | None = None) -> tuple[FidelityAccumulator, int]:
+    """Every golden sequence through a runtime's `logits(ids)` (positions x vocab), summed against the fp32
+    reference; a sequence is cut to `max_positions` (a program's KV cache). Returns the sums and how many
+    positions the cut left out (the report says so)."""
+    acc = FidelityAccumulator()
+    truncated = 0
+    for i, full in enumerate(reference.sequences):
+        ids = full if max_positions is None else full[:max_positions]
+        truncated += len(full) - len(ids)
+        art = logits(ids)
+        ref = np.asarray(reference.logits(i)[:len(ids)])
+        acc.add(ref, art)
+        if i == reference.perplexity_index:
+            acc.add_perplexity(ids, ref, art)
+    return acc, truncated

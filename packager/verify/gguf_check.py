@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from packager.contract import Contract
-from packager.verify.compare import compare_token_ids, tokenizer_probe_text
+from packager.verify.compare import compare_token_ids, golden_fidelity, tokenizer_probe_text
 from packager.verify.gates import gate_for
 from packager.verify.golden import GoldenSet
 from packager.verify.llama_cpp_runner import GGUFRunner
-from packager.verify.metrics import FidelityAccumulator
 from packager.verify.reference import ReferenceLogits
 from packager.verify.result import VerificationResult
 
@@ -42,14 +41,7 @@ def verify_gguf(
     n_ctx = max(len(s) for s in reference.sequences) + len(reference.greedy_prompt_ids) + 64
     runner = GGUFRunner(path, n_ctx=max(256, n_ctx), lora=lora)
     try:
-        acc = FidelityAccumulator()
-        for i, ids in enumerate(reference.sequences):
-            art = runner.logits(ids)
-            ref = reference.logits(i)
-            acc.add(ref, art)
-            if i == reference.perplexity_index:
-                acc.add_perplexity(ids, ref, art)
-        metrics = acc.result()
+        metrics = golden_fidelity(reference, runner.logits)[0].result()
         special = sorted(set(hf_tokenizer.all_special_tokens) | set(contract.stop_strings))
         parity, detail = check_tokenizer(runner, hf_tokenizer, tokenizer_probe_text(golden, special))
         greedy, tps = runner.greedy(reference.greedy_prompt_ids, len(reference.greedy_ids) or 24, contract.eos_ids)

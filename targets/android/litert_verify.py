@@ -25,10 +25,9 @@ import numpy as np
 
 from packager.child_stage import run_child
 from packager.contract import Contract, render_prompt
-from packager.verify.compare import compare_token_ids, first_difference, tokenizer_probe_text
+from packager.verify.compare import compare_token_ids, first_difference, golden_fidelity, tokenizer_probe_text
 from packager.verify.gates import Gate
 from packager.verify.golden import GoldenSet
-from packager.verify.metrics import FidelityAccumulator
 from packager.verify.reference import ReferenceLogits
 from packager.verify.result import VerificationResult
 from packager.verify.task_eval import EvalRow, TaskMetrics, score
@@ -189,16 +188,7 @@ def verify_litertlm(
     """Logits of the bundle's program vs the fp32 reference, then the engine on the greedy prompt and eval set."""
     with tempfile.TemporaryDirectory(prefix="edgepack-litert-program-") as tmp:
         program = TflitePrefillDecode(extract_program(bundle, Path(tmp) / "program.tflite"), threads)
-        acc = FidelityAccumulator()
-        truncated = 0
-        for i, full in enumerate(reference.sequences):
-            ids = full[:program.cache_length]
-            truncated += len(full) - len(ids)
-            art = program.logits(ids)
-            ref = np.asarray(reference.logits(i)[:len(ids)])
-            acc.add(ref, art)
-            if i == reference.perplexity_index:
-                acc.add_perplexity(ids, ref, art)
+        acc, truncated = golden_fidelity(reference, program.logits, program.cache_length)
         n_greedy = len(reference.greedy_ids) or 24
         greedy_ids = program.greedy(reference.greedy_prompt_ids, n_greedy, contract.eos_ids)
         cache_length = program.cache_length

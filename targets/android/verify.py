@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from packager.contract import Contract
-from packager.verify.compare import compare_token_ids, first_difference, tokenizer_probe_text
+from packager.verify.compare import compare_token_ids, first_difference, golden_fidelity, tokenizer_probe_text
 from packager.verify.gates import Gate
 from packager.verify.golden import GoldenSet
 from packager.verify.metrics import FidelityAccumulator
@@ -260,16 +260,7 @@ def verify_pte(
     """Run the .pte on the golden text (logits vs the fp32 reference) and in the LLM runner (greedy text, speed)."""
     program = PteProgram(pte, ptd)
     max_context = int(program.constant("get_max_context_len"))
-    acc = FidelityAccumulator()
-    truncated = 0
-    for i, full in enumerate(reference.sequences):
-        ids = full[:max_context]  # the program's KV cache holds max_context positions
-        truncated += len(full) - len(ids)
-        art = program.logits(ids)
-        ref = np.asarray(reference.logits(i)[:len(ids)])
-        acc.add(ref, art)
-        if i == reference.perplexity_index:
-            acc.add_perplexity(ids, ref, art)
+    acc, truncated = golden_fidelity(reference, program.logits, max_context)  # the KV cache holds max_context
     metrics = acc.result()
     n_greedy = len(reference.greedy_ids) or 24
     greedy_ids = program.greedy(reference.greedy_prompt_ids, n_greedy, contract.eos_ids)
