@@ -28,8 +28,16 @@ VERBATIM_TEMPLATE = ("{%- set c = messages[-1]['content'] -%}{%- if c is string 
 
 
 def label_pattern(labels: list[str]) -> str:
-    """The regex the engine constrains a labels task to: one label, after an optional space (as labels_grammar)."""
-    return " ?(" + "|".join(re.escape(label) for label in labels) + ")"
+    """The regex the engine constrains a labels task to: one label, after an optional space (as labels_grammar).
+
+    The space may also be U+2581: LiteRT-LM's LL_GUIDANCE provider sees Gemma's space-prefixed tokens as
+    "\u2581label" (SentencePiece's space mark), so " ?" alone masked them and forced the label through
+    other tokens. Measured on the bundled example's fp32 bundle: 3 rows the engine answered right
+    unconstrained came out as other labels (e.g. "wipe my data" -> reset_password), task 0.787 vs fp32's
+    0.926; with the mark allowed the constrained answers equal the unconstrained ones, and the engine's
+    text carries a plain space.
+    """
+    return "[ \u2581]?(" + "|".join(re.escape(label) for label in labels) + ")"
 
 
 class EngineRunner:
