@@ -10,6 +10,7 @@ differently on every run, and the same inputs must give the same bytes.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import os
@@ -18,12 +19,26 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 from packager.errors import InternalError, UnsupportedError
 from packager.peak_memory import PeakRss
 from packager.scheduler import BuildCancelled, Claim
+
+
+def serve_request(description: str, handle: Callable[[dict[str, Any]], dict[str, Any]],
+                  argv: list[str] | None = None) -> int:
+    """The child's side of run_child: `python -m MODULE REQUEST RESULT` reads the request JSON, calls
+    `handle`, and writes what it returns as the result JSON."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("request", type=Path, help="the request JSON run_child wrote")
+    parser.add_argument("result", type=Path, help="where to write the result JSON")
+    args = parser.parse_args(argv)
+    result = handle(json.loads(args.request.read_text(encoding="utf-8")))
+    args.result.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return 0
 
 
 def log_tail(path: Path, lines: int = 25) -> str:

@@ -19,7 +19,6 @@ and the child's peak RSS is measured for the report.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packager.child_stage import serve_request
 from packager.errors import BadInputError, UnsupportedError
 from packager.peak_memory import own_peak_rss_mb
 from packager.verify.gates import EIGHT_BIT, LOSSLESS, LOW_BIT, Gate
@@ -517,13 +517,7 @@ def export_pte(folder: Path, out_dir: Path, recipe: Recipe, metadata: RunnerMeta
                         metadata={**metadata.constant_methods(), "quantization": summary})
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Child-process entry: read an export request (JSON), export, write the result (JSON)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("request", type=Path, help="JSON: checkpoint, out_dir, recipe, delegate, stem, metadata")
-    parser.add_argument("result", type=Path, help="where to write the ExportResult JSON")
-    args = parser.parse_args(argv)
-    request = json.loads(args.request.read_text(encoding="utf-8"))
+def _serve(request: dict[str, Any]) -> dict[str, Any]:
     meta = request["metadata"]
     result = export_pte(
         Path(request["checkpoint"]), Path(request["out_dir"]), recipe_named(request["recipe"]),
@@ -531,8 +525,12 @@ def main(argv: list[str] | None = None) -> int:
                        int(meta["vocab_size"])),
         request.get("delegate", "xnnpack"), request.get("stem"),
     )
-    args.result.write_text(json.dumps(result.as_dict(), indent=2), encoding="utf-8")
-    return 0
+    return result.as_dict()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Child-process entry (packager.child_stage): export request in, ExportResult out."""
+    return serve_request(__doc__.splitlines()[0], _serve, argv)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,13 @@ a chat template that passes the rendered prompt through verbatim.
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from packager.child_stage import serve_request
 
 # Renders the last message's text as is: the contract has already rendered the prompt (the engine's
 # messages carry a string or a list of {"type": "text", "text": ...} parts).
@@ -119,14 +119,8 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Child-process entry: read the request (JSON), run the engine, write the result (JSON)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("request", type=Path)
-    parser.add_argument("result", type=Path)
-    args = parser.parse_args(argv)
-    result = run(json.loads(args.request.read_text(encoding="utf-8")))
-    args.result.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    return 0
+    """Child-process entry (packager.child_stage): engine request in, what the engine said out."""
+    return serve_request(__doc__.splitlines()[0], run, argv)
 
 
 if __name__ == "__main__":

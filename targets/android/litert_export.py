@@ -22,7 +22,6 @@ Two pitfalls are handled here, both found by running the exported bundle:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packager.child_stage import serve_request
 from packager.errors import BadInputError, UnsupportedError
 from packager.peak_memory import own_peak_rss_mb
 from packager.verify.gates import EIGHT_BIT, LOSSLESS, Gate
@@ -231,19 +231,16 @@ def export_litertlm(folder: Path, out_dir: Path, recipe: LitertRecipe, cache_len
             "litert_torch": LITERT_TORCH_VERSION}
 
 
+def _serve(request: dict[str, Any]) -> dict[str, Any]:
+    return export_litertlm(Path(request["checkpoint"]), Path(request["out_dir"]),
+                           litert_recipe_named(request["recipe"]), int(request["cache_length"]),
+                           tuple(int(n) for n in request["prefill_lengths"]),
+                           tuple(int(n) for n in request.get("eos_ids", ())))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Child-process entry: read an export request (JSON), export, write the result (JSON)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("request", type=Path, help="JSON: checkpoint, out_dir, recipe, cache_length, prefill_lengths")
-    parser.add_argument("result", type=Path, help="where to write the export's result JSON")
-    args = parser.parse_args(argv)
-    request = json.loads(args.request.read_text(encoding="utf-8"))
-    result = export_litertlm(Path(request["checkpoint"]), Path(request["out_dir"]),
-                             litert_recipe_named(request["recipe"]), int(request["cache_length"]),
-                             tuple(int(n) for n in request["prefill_lengths"]),
-                             tuple(int(n) for n in request.get("eos_ids", ())))
-    args.result.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    return 0
+    """Child-process entry (packager.child_stage): export request in, what was written out."""
+    return serve_request(__doc__.splitlines()[0], _serve, argv)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ the memory of a conversion returns to the OS when the child exits, and its peak 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gc
 import json
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packager.child_stage import serve_request
 from packager.errors import BadInputError, InternalError
 from packager.peak_memory import own_peak_rss_mb
 from targets.ios.layouts import coreml_layout
@@ -391,15 +391,8 @@ def export_package(request: ExportRequest) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Child-process entry: read an ExportRequest (JSON), convert, write the result (JSON)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("request", type=Path)
-    parser.add_argument("result", type=Path)
-    args = parser.parse_args(argv)
-    request = ExportRequest(**json.loads(args.request.read_text(encoding="utf-8")))
-    result = export_package(request)
-    args.result.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    return 0
+    """Child-process entry (packager.child_stage): an ExportRequest in, the conversion's result out."""
+    return serve_request(__doc__.splitlines()[0], lambda request: export_package(ExportRequest(**request)), argv)
 
 
 if __name__ == "__main__":
