@@ -35,8 +35,9 @@ from packager import __version__
 from packager.contract import render_prompt
 from packager.progress import Reporter
 from packager.stages import BuildOptions
+from packager.threads import compute_threads
 from packager.verify.golden import load_golden
-from packager.verify.llama_cpp_runner import GGUFRunner, host_threads
+from packager.verify.llama_cpp_runner import GGUFRunner
 from targets.web.verify_browser import BrowserTools, Generation, drive_bundle, find_browser_tools
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,7 +109,7 @@ def measure_quant(tools: BrowserTools, model: Path, quant: str, tokens: int, cac
         golden = load_golden()
         gguf = bundle / manifest["runtimes"]["wllama"]["model_files"][0]
         browser = measure(tools, bundle, golden.greedy_prompt, tokens, cached_loads)
-        all_threads = measure(tools, bundle, golden.greedy_prompt, tokens, 0, threads=host_threads())
+        all_threads = measure(tools, bundle, golden.greedy_prompt, tokens, 0, threads=compute_threads())
         contract = Contract.from_dict(manifest["contract"])
         prompt = render_prompt(contract, golden.greedy_prompt)
         threads = int(browser["info"]["threads"])
@@ -121,7 +122,7 @@ def measure_quant(tools: BrowserTools, model: Path, quant: str, tokens: int, cac
             "browser_all_threads": all_threads,
             "native_same_threads": native_speed(gguf, prompt, contract.add_bos, tokens, threads, 3),
             "native_one_thread": native_speed(gguf, prompt, contract.add_bos, tokens, 1, 3),
-            "native_host_threads": native_speed(gguf, prompt, contract.add_bos, tokens, host_threads(), 3),
+            "native_host_threads": native_speed(gguf, prompt, contract.add_bos, tokens, compute_threads(), 3),
             "verification": [v.as_dict() for v in result.verifications],
             "build_passed": outcome.passed,
         }
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{os.cpu_count()} CPUs, {platform.system()} {platform.release()} {platform.machine()}, "
                    f"1-minute load average {load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end "
                    "(a shared host: speeds are noisy, ratios less so since both sides ran in the same window)",
-        "host_threads": host_threads(),
+        "host_threads": compute_threads(),
         "quants": quants,
     }
     if args.json:

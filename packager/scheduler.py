@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, TypeVar
 from packager.errors import UnsupportedError
 from packager.peak_memory import release_free_memory, vm_rss_kb
 from packager.progress import Reporter
+from packager.threads import shared_cores
 
 if TYPE_CHECKING:
     from packager.checkpoint import Checkpoint
@@ -224,8 +225,14 @@ class Scheduler:
         """
         if self.jobs <= 1 or len(jobs) <= 1:
             return [self._timed(name, job, alone=True) for name, job in jobs]
+        at_once = min(self.jobs, len(jobs))
+        # Each computation gets its share of the cores, or spinning thread pools take turns (packager.threads).
+        with shared_cores(at_once) as threads:
+            self.reporter.say(f"building {at_once} targets at once, {threads} thread(s) each")
+            return self._run_side_by_side(jobs, hints or {})
+
+    def _run_side_by_side(self, jobs: list[tuple[str, Callable[[], T]]], hints: dict[str, float]) -> list[T]:
         pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="target")
-        hints = hints or {}
         order = sorted(range(len(jobs)),
                        key=lambda i: -(self.costs.seconds(jobs[i][0]) or hints.get(jobs[i][0], 0.0)))
         submitted = {i: pool.submit(self._timed, *jobs[i]) for i in order}

@@ -29,11 +29,11 @@ from packager.progress import Reporter
 from packager.scheduler import HeavyStep, Scheduler, scheduler_for
 from packager.stage_cache import CachedEntry, StageCache
 from packager.target import TargetOptionValues, declared_options
+from packager.threads import compute_threads
 from packager.verify.fp32_model import load_fp32_model, resident_bytes
 from packager.verify.gates import TaskGate, gate_for
 from packager.verify.gguf_check import verify_gguf
 from packager.verify.golden import GoldenSet, load_golden
-from packager.verify.llama_cpp_runner import host_threads
 from packager.verify.reference import ReferenceLogits, compute_reference, load_hf_tokenizer
 from packager.verify.result import VerificationResult
 from packager.verify.task_eval import (
@@ -254,7 +254,7 @@ class BuildContext:
 
         baseline = self.baseline_answers
         llm = llama_cpp.Llama(model_path=str(path), lora_path=str(lora) if lora else None, n_ctx=1024,
-                              n_threads=host_threads(), verbose=False, seed=0)
+                              n_threads=compute_threads(), verbose=False, seed=0)
         try:
             constrained = self.contract.constrained and self.contract.task == "labels"
             metrics, _ = score(self.contract, self.eval_rows, llama_cpp_generator(llm, self.contract, constrained),

@@ -255,3 +255,43 @@ def test_a_failure_kills_what_the_other_targets_started_but_spares_processes_old
     finally:
         older.kill()
         older.wait()
+
+
+def test_targets_built_at_once_share_the_cores_in_this_process_and_in_conversion_children(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import sys
+
+    import numpy  # noqa: F401  (its BLAS is loaded, so threadpoolctl has a pool to limit)
+    import torch
+    from threadpoolctl import threadpool_info
+
+    import packager.threads as threads
+
+    monkeypatch.setattr(threads, "host_cores", lambda: 2)
+    for name in (*threads.THREAD_VARIABLES, threads.EDGEPACK_THREADS):
+        monkeypatch.delenv(name, raising=False)
+    torch_before = torch.get_num_threads()
+    blas_before = [pool["num_threads"] for pool in threadpool_info()]
+    child = "import torch, numpy; from threadpoolctl import threadpool_info; " \
+            "print(torch.get_num_threads(), max(p['num_threads'] for p in threadpool_info()))"
+    seen: dict[str, object] = {}
+
+    def job(name: str) -> str:
+        out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True).stdout
+        seen[name] = (torch.get_num_threads(), threads.compute_threads(), out.split())
+        return name
+
+    scheduler = _scheduler(tmp_path, limit_gb=10, jobs=2)
+    assert scheduler.run_all([("a", lambda: job("a")), ("b", lambda: job("b")), ("c", lambda: job("c"))]) == [
+        "a", "b", "c"]
+    # 2 cores, 2 at once: 1 thread each, here (torch, llama.cpp/ExecuTorch's count) and in every child (whose
+    # torch and OpenBLAS would otherwise start one per core)
+    assert set(map(str, seen.values())) == {str((1, 1, ["1", "1"]))}
+    assert torch.get_num_threads() == torch_before
+    assert [pool["num_threads"] for pool in threadpool_info()] == blas_before
+    assert threads.EDGEPACK_THREADS not in os.environ and "OMP_NUM_THREADS" not in os.environ
+    # one job at a time: nothing is shared, nothing limited
+    seen.clear()
+    assert _scheduler(tmp_path, limit_gb=10, jobs=1).run_all([("a", lambda: job("a"))]) == ["a"]
+    assert seen["a"][1] == 2

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import numpy as np
+
+from packager.threads import compute_threads
 
 
 def last_logits(llm) -> np.ndarray:
@@ -15,10 +16,6 @@ def last_logits(llm) -> np.ndarray:
 
     ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
     return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))
-
-
-def host_threads() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
 
 
 class GGUFRunner:
@@ -30,7 +27,7 @@ class GGUFRunner:
         import llama_cpp
 
         self.path = path
-        threads = n_threads or host_threads()  # a fixed count makes speed comparable with another runtime
+        threads = n_threads or compute_threads()  # a fixed count makes speed comparable with another runtime
         self.llm = llama_cpp.Llama(
             model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=logits_all,
             n_threads=threads, n_threads_batch=threads, verbose=False, seed=0,

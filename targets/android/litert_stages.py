@@ -79,7 +79,7 @@ def cached_litertlm(ctx: BuildContext, recipe: LitertRecipe, cache_length: int) 
 
 def verified_litertlm(ctx: BuildContext, artifact: LitertArtifact, name: str) -> VerificationResult:
     """Run the bundle's program and LiteRT-LM's engine on this host (cached per bundle + golden set + eval set)."""
-    from packager.verify.llama_cpp_runner import host_threads
+    from packager.threads import compute_threads
     from targets.android.litert_verify import verify_litertlm
 
     def verify() -> VerificationResult:
@@ -90,7 +90,7 @@ def verified_litertlm(ctx: BuildContext, artifact: LitertArtifact, name: str) ->
         with ctx.scheduler.step(LITERT_RUN, f"running {artifact.bundle.name}"):
             result, task = verify_litertlm(artifact.bundle, name, artifact.recipe.name, artifact.recipe.gate,
                                            reference, ctx.golden, contract, tokenizer, artifact.export["metadata"],
-                                           ctx.eval_rows, baseline, host_threads())
+                                           ctx.eval_rows, baseline, compute_threads())
         if task is not None:
             ctx.attach_task(result, task)
         return result

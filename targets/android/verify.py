@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from packager.contract import Contract
+from packager.threads import compute_threads
 from packager.verify.compare import compare_token_ids, first_difference, golden_fidelity, tokenizer_probe_text
 from packager.verify.gates import Gate
 from packager.verify.golden import GoldenSet
@@ -71,8 +72,15 @@ def runtime_name() -> str:
 
 
 def load_kernels() -> None:
-    """Register ExecuTorch's quantized kernels (embedding_byte/4bit) in this process, as the runner needs."""
+    """Register ExecuTorch's quantized kernels (embedding_byte/4bit) in this process, as the runner needs, and
+    size its thread pool (one per process, shared by executorch.runtime and TextLLMRunner) to this computation's
+    share of the cores (packager.threads). Resizing is safe here: in-process steps run one at a time."""
     import executorch.kernels.quantized  # noqa: F401
+    from executorch.extension.pybindings import portable_lib
+
+    threads = compute_threads()
+    if portable_lib._threadpool_get_thread_count() != threads:
+        portable_lib._unsafe_reset_threadpool(threads)
 
 
 class PteProgram:
