@@ -324,11 +324,12 @@ def _litert_app_context(runtimes: tuple[str, ...] = ("litert-lm", "executorch"))
     """The app context of a build that ships a .litertlm (beside the .pte, or alone)."""
     from targets.android.target import litert_backends
 
+    litert = litert_backends("executed", 2.5) if "litert-lm" in runtimes else []
     pte = _app_context()["backends"] if "executorch" in runtimes else []
-    return _app_context(runtimes=list(runtimes), backends=[*litert_backends("executed", 2.5), *pte])
+    return _app_context(runtimes=list(runtimes), backends=[*litert, *pte])
 
 
-@pytest.mark.parametrize("runtimes", [("executorch",), ("litert-lm", "executorch")])
+@pytest.mark.parametrize("runtimes", [("executorch",), ("litert-lm", "executorch"), ("litert-lm",)])
 def test_every_generated_kotlin_and_gradle_file_parses_and_no_placeholder_survives(
         tmp_path: Path, runtimes: tuple[str, ...]) -> None:
     written = render_tree("android", tmp_path / "app", _litert_app_context(runtimes))
@@ -347,12 +348,13 @@ def test_the_litertlm_dependency_and_opencl_libraries_are_declared_only_when_a_l
 
     assert LITERTLM_ANDROID_VERSION.startswith("0.18.")  # the line of the litert-lm the build runs
     android = "{http://schemas.android.com/apk/res/android}"
-    for runtimes, ships in ((("executorch",), False), (("litert-lm", "executorch"), True)):
+    for runtimes in (("executorch",), ("litert-lm", "executorch"), ("litert-lm",)):
+        ships = "litert-lm" in runtimes
         app = tmp_path / "-".join(runtimes)
         render_tree("android", app, _litert_app_context(runtimes))
         gradle = (app / "app/build.gradle.kts").read_text(encoding="utf-8")
         assert (f'implementation("{LITERTLM_ANDROID_ARTIFACT}")' in gradle) == ships
-        assert 'implementation("org.pytorch:executorch-android:1.5.1")' in gradle
+        assert ('implementation("org.pytorch:executorch-android:1.5.1")' in gradle) == ("executorch" in runtimes)
         application = ElementTree.parse(app / "app/src/main/AndroidManifest.xml").getroot().find("application")
         native = {(e.get(f"{android}name"), e.get(f"{android}required"))
                   for e in application.iter("uses-native-library")}
@@ -380,7 +382,7 @@ def test_generated_app_and_bridge_pass_ktlint(tools, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]
 
 
-@pytest.mark.parametrize("runtimes", [("executorch",), ("litert-lm", "executorch")])
+@pytest.mark.parametrize("runtimes", [("executorch",), ("litert-lm", "executorch"), ("litert-lm",)])
 def test_app_compiles_against_the_declared_runtime_and_android_api_surface(
         tools, tmp_path: Path, runtimes: tuple[str, ...]) -> None:
     """The bridge files the target copies for these runtimes + the app, against only the linked runtimes' stubs."""

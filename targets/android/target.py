@@ -4,8 +4,9 @@ The .pte is exported by targets.android.export (a cached stage) and executed on 
 host by ExecuTorch's own runtimes, including the C++ TextLLMRunner that Android's LlmModule drives.
 `--recipe auto` ships the smallest recipe of the ladder that passes its gate. `--android-runtime litert-lm`
 (or `all`) ships a LiteRT-LM bundle (model.litertlm, targets.android.litert_export) instead of (beside) the
-.pte, executed here by its own TFLite program and by LiteRT-LM's engine on the CPU. `--delegate vulkan`
-adds an experimental Vulkan .pte, checked structurally only (no GPU here, and the standard
+.pte, executed here by its own TFLite program and by LiteRT-LM's engine on the CPU; the app then links
+LiteRT-LM and tries its NPU, GPU and CPU backends before any .pte (compiled and scripted here, never run).
+`--delegate vulkan` adds an experimental Vulkan .pte, checked structurally only (no GPU here, and the standard
 executorch-android AAR carries no Vulkan backend); the app tries it first and falls back to XNNPACK.
 ExecuTorch has no NNAPI backend; QNN (Qualcomm), MediaTek and Samsung delegates need vendor SDKs.
 """
@@ -168,13 +169,55 @@ class AndroidTarget:
         litert = self._build_litert(ctx, out_dir) if "litert-lm" in runtimes else None
         if "executorch" not in runtimes:
             assert litert is not None
-            artifact, verification, notes, section = litert
-            notes.append("Android (LiteRT-LM): no Kotlin bridge or sample app for LiteRT-LM is generated yet; "
-                         "build with --android-runtime all for the ExecuTorch app beside the bundle.")
-            return finish_bundle(out_dir, self, {"model": section, "contract": ctx.contract.as_dict()},
-                                 [verification], None, notes=notes,
-                                 extra={"litert_recipe": artifact.recipe.name, "litert_export": artifact.export})
+            return self._build_litert_app(ctx, out_dir, litert)
         return self._build_executorch(ctx, out_dir, litert)
+
+    def _build_litert_app(self, ctx: BuildContext, out_dir: Path, litert: tuple[
+            LitertArtifact, VerificationResult, list[str], dict[str, Any]]) -> TargetResult:
+        """The .litertlm alone, with an app that links LiteRT-LM only (its bundle holds the tokenizer)."""
+        artifact, verification, notes, section = litert
+        backends = litert_backends(verification.level, artifact.megabytes)
+        checks, bridge = self._scaffold(ctx, out_dir, backends, ("litert-lm",), [verification], artifact.recipe.name,
+                                        artifact.recipe.summary)
+        contract = ctx.contract
+        # EdgeModel's runner settings; LiteRT-LM's engine adds the start token and stops at the bundle's
+        # stop tokens itself, without sending their text.
+        runner = {"num_bos": 1 if contract.add_bos and contract.bos_id is not None else 0,
+                  "eos_ids": list(contract.eos_ids), "eos_pieces": [], "max_context": section["max_context"],
+                  "temperature": 0.0}
+        sections = {"model": section, "runner": runner,
+                    "backends": [{k: v for k, v in b.items() if k != "size_mb"} for b in backends],
+                    "contract": contract.as_dict()}
+        notes.append(self._litert_app_note())
+        return finish_bundle(out_dir, self, sections, [verification], checks, notes=notes, copies=(ASSET,),
+                             extra={"litert_recipe": artifact.recipe.name, "litert_export": artifact.export,
+                                    "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]})
+
+    @staticmethod
+    def _litert_app_note() -> str:
+        return ("Android (LiteRT-LM in the app): the app tries LiteRT-LM on the NPU (only with a "
+                f"{NPU_BUNDLE_NAME} compiled for the phone's SoC, which edgepack does not build), then the GPU, then "
+                "the CPU, then any .pte. The Kotlin LiteRtLmEngine was compiled against a declared API surface of "
+                f"{LITERTLM_ANDROID_ARTIFACT} and its fallback run on the JVM with scripted engines; it never ran "
+                "against the real library, and no GPU or NPU ran anywhere. The app and bridge were parsed "
+                "(tree-sitter) and linted (ktlint); no Gradle build ran here.")
+
+    def _scaffold(self, ctx: BuildContext, out_dir: Path, backends: list[dict[str, Any]], runtimes: tuple[str, ...],
+                  verifications: list[VerificationResult], recipe: str,
+                  recipe_summary: str) -> tuple[list[ScaffoldCheck], list[Path]]:
+        """Render the sample app and copy the bridge (with the linked runtimes' engines); return checks, bridge."""
+        model_name = ctx.options.name or ctx.ckpt.name
+        first_row = ctx.eval_rows[0] if ctx.eval_rows else None
+        rendered = render_tree("android", out_dir / APP_DIR, self._context(ctx, model_name, recipe, recipe_summary,
+                                                                           backends, first_row, verifications,
+                                                                           runtimes))
+        bridge = copy_bridge(out_dir / BRIDGE_DIR, runtimes)
+        checks = check_generated_files(rendered, out_dir)
+        checks += check_android_files(sorted(rendered + bridge), out_dir)
+        checks.append(ScaffoldCheck(f"{APP_DIR}/", "gradle assembleDebug", "skipped",
+                                    "needs the Android SDK and Maven repositories; edgepack's tests compile the "
+                                    "bridge with kotlinc and the app against a declared API surface"))
+        return checks, bridge
 
     def _build_litert(self, ctx: BuildContext, out_dir: Path) -> tuple[
             LitertArtifact, VerificationResult, list[str], dict[str, Any]]:
@@ -259,17 +302,9 @@ class AndroidTarget:
             "max_seq_len": int(artifact.export["metadata"]["get_max_seq_len"]),
             "temperature": 0.0,
         }
+        checks, bridge = self._scaffold(ctx, out_dir, backends, runtimes, verifications, artifact.recipe.name,
+                                        artifact.recipe.summary)
         model_name = ctx.options.name or ctx.ckpt.name
-        first_row = ctx.eval_rows[0] if ctx.eval_rows else None
-        rendered = render_tree("android", out_dir / APP_DIR, self._context(ctx, model_name, artifact, backends,
-                                                                           first_row, verifications, runtimes))
-        bridge = copy_bridge(out_dir / BRIDGE_DIR, runtimes)
-        checks = check_generated_files(rendered, out_dir)
-        checks += check_android_files(sorted(rendered + bridge), out_dir)
-        checks.append(ScaffoldCheck(f"{APP_DIR}/", "gradle assembleDebug", "skipped",
-                                    "needs the Android SDK and Maven repositories; edgepack's tests compile the "
-                                    "bridge with kotlinc and the app against a declared API surface"))
-
         sections = {
             "model": {"name": model_name, "recipe": artifact.recipe.name, "recipe_summary": artifact.recipe.summary,
                       "format": "pte", "max_context": max_context,
@@ -285,12 +320,7 @@ class AndroidTarget:
             verifications.append(litert_verification)
             notes += litert_notes
             extra = {"litert_recipe": litert_artifact.recipe.name, "litert_export": litert_artifact.export}
-            notes.append(
-                "Android (LiteRT-LM in the app): the app tries LiteRT-LM on the NPU (only with a "
-                f"{NPU_BUNDLE_NAME} compiled for the phone's SoC, which edgepack does not build), then the GPU, "
-                "then the CPU, then the .pte files. The Kotlin LiteRtLmEngine was compiled against a declared "
-                f"API surface of {LITERTLM_ANDROID_ARTIFACT} and its fallback run on the JVM with scripted "
-                "engines; it never ran against the real library, and no GPU or NPU ran anywhere.")
+            notes.append(self._litert_app_note())
         notes.append(
             f"Android: every XNNPACK .pte ran on this host in ExecuTorch {EXECUTORCH_VERSION}'s TextLLMRunner (the C++ "
             "runner LlmModule drives) and its forward method; nothing ran on a phone. The app and bridge were parsed "
@@ -341,8 +371,8 @@ class AndroidTarget:
                 "experimental": experimental, "verification": verification.level,
                 "size_mb": round(artifact.megabytes, 1)}
 
-    def _context(self, ctx: BuildContext, model_name: str, artifact: PteArtifact, backends: list[dict[str, Any]],
-                 first_row: Any, verifications: list[VerificationResult],
+    def _context(self, ctx: BuildContext, model_name: str, recipe: str, recipe_summary: str,
+                 backends: list[dict[str, Any]], first_row: Any, verifications: list[VerificationResult],
                  runtimes: tuple[str, ...]) -> dict[str, Any]:
         contract = ctx.contract
         return {
@@ -360,8 +390,8 @@ class AndroidTarget:
             "gradle_version": GRADLE_VERSION,
             "compile_sdk": COMPILE_SDK,
             "min_sdk": MIN_SDK,
-            "recipe": artifact.recipe.name,
-            "recipe_summary": artifact.recipe.summary,
+            "recipe": recipe,
+            "recipe_summary": recipe_summary,
             "backends": backends,
             "tokenizer_file": "tokenizer.json",
             "task": contract.task,
