@@ -145,6 +145,41 @@ def test_the_kotlin_bridge_reads_the_built_bundle_and_falls_back_from_npu_to_gpu
     assert [reason.split(":")[0] for reason in out["skipped"]] == ["litert-lm/npu"]
 
 
+def test_both_runtimes_ship_one_app_that_tries_litert_lm_npu_gpu_cpu_then_the_pte(
+        tiny_router: tuple[Path, Path], tmp_path: Path) -> None:
+    """--android-runtime all on the tiny router: the LiteRT-LM backends first, then the .pte, in one app."""
+    from packager.pipeline import BuildRequest, run_build
+    from packager.progress import Reporter
+    from packager.stages import BuildOptions
+    from targets.android.litert_export import LITERTLM_ANDROID_ARTIFACT
+
+    model, eval_path = tiny_router
+    out = tmp_path / "dist"
+    # The same LiteRT-LM options as router_build (its export and verification come from the stage cache).
+    options = BuildOptions(target_options={"android": {"runtime": "all", "recipe": "8da8w"}}, eval_path=eval_path,
+                           task={"task": "labels", "labels": ROUTER_LABELS, "constrained": True})
+    outcome = run_build(BuildRequest(checkpoint=model, targets=["android"], out=out, options=options),
+                        Reporter(quiet=True))
+    folder = out / "android"
+    document = json.loads((folder / "edgepack.json").read_text(encoding="utf-8"))
+    assert [(b["runtime"], b["backend"]) for b in document["backends"]] == [
+        ("litert-lm", "npu"), ("litert-lm", "gpu"), ("litert-lm", "cpu"), ("executorch", "xnnpack")]
+    assert [b["verification"] for b in document["backends"]] == ["not built", "not run", "executed", "executed"]
+    assert document["tokenizer"] == "tokenizer.json" and document["model"]["format"] == "pte"
+    assert document["litert_lm"]["file"] == "model.litertlm"
+    names = {f["path"] for f in document["files"]}
+    assert {"model.litertlm", "model-8da8w.pte", "model-8da8w.ptd", "tokenizer.json",
+            "app/app/src/main/java/org/edgepack/LiteRtLmEngine.kt",
+            "app/app/src/main/java/org/edgepack/ExecuTorchEngine.kt"} <= names
+    assert "model-npu.litertlm" not in names  # listed as a backend the app may find, never built here
+    gradle = (folder / "app/app/build.gradle.kts").read_text(encoding="utf-8")
+    assert LITERTLM_ANDROID_ARTIFACT in gradle and "org.pytorch:executorch-android" in gradle
+    manifest = (folder / "app/app/src/main/AndroidManifest.xml").read_text(encoding="utf-8")
+    assert 'android:name="libOpenCL.so"' in manifest
+    assert [c for c in document["scaffold_checks"] if c["status"] == "failed"] == []
+    assert [v.format for v in outcome.results[0].verifications] == ["pte", "litertlm"]
+
+
 def test_tiny_llama_fp32_bundle_gives_hf_logits_and_greedy_ids(tiny_llama: Path,
                                                              tmp_path_factory: pytest.TempPathFactory) -> None:
     import torch
