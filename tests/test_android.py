@@ -34,6 +34,9 @@ REPO = Path(__file__).resolve().parent.parent
 BRIDGE = REPO / "mobile" / "android" / "edgepack" / "src" / "main" / "kotlin" / "org" / "edgepack"
 PURE = [BRIDGE / f"{name}.kt" for name in ("Json", "Contract", "Bundle", "EdgeModel")]
 PROBES = REPO / "tests" / "android" / "jvm"
+# A scripted LiteRT-LM (the declared surface's signatures, with behaviour) and the probe that runs the bridge's
+# LiteRtLmEngine over it.
+LITERT_PROBES = REPO / "tests" / "android" / "jvm-litertlm"
 STUBS = REPO / "tests" / "android" / "stubs"
 VECTORS = json.loads((REPO / "tests" / "vectors" / "contract.json").read_text(encoding="utf-8"))
 HOSTILE_NAME = 'Bot "${evil}" \\n\n$x `rm -rf` {{ x }} </script> ü🦙'
@@ -251,6 +254,58 @@ def test_an_app_without_the_litert_lm_runtime_skips_its_backends_with_the_reason
     assert out["backend"] == "xnnpack"
     assert all("does not link the litert-lm runtime" in reason for reason in out["skipped"])
     assert len(out["skipped"]) == 3
+
+
+@pytest.fixture(scope="session")
+def litert_engine_jar(tools, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pure bridge + its LiteRtLmEngine.kt + a scripted LiteRT-LM, compiled into one runnable jar."""
+    jar = tmp_path_factory.mktemp("kotlin-litert") / "litert.jar"
+    sources = [*PURE, BRIDGE / "LiteRtLmEngine.kt", *sorted(LITERT_PROBES.glob("*.kt"))]
+    proc = compile_kotlin(sources, jar, tools=tools)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return jar
+
+
+def _litert_engine_probe(jar: Path, tmp_path: Path, scenario: str, npu_bundle: bool) -> dict:
+    folder = _both_runtimes_manifest(tmp_path / "b")
+    document = json.loads((folder / "edgepack.json").read_text(encoding="utf-8"))
+    document["backends"] = [b for b in document["backends"] if b.get("runtime") == "litert-lm"]
+    del document["tokenizer"]  # a LiteRT-LM-only bundle: the tokenizer is inside the .litertlm
+    (folder / "edgepack.json").write_text(json.dumps(document), encoding="utf-8")
+    (folder / "model.litertlm").write_bytes(b"LITERTLM")
+    if npu_bundle:
+        (folder / "model-npu.litertlm").write_bytes(b"LITERTLM")
+    return run_jar(jar, "org.edgepack.probe.LiteRtLmProbeKt", str(folder), scenario)
+
+
+def test_litert_lm_engine_skips_a_missing_npu_bundle_and_a_gpu_that_cannot_start(
+        litert_engine_jar: Path, tmp_path: Path) -> None:
+    out = _litert_engine_probe(litert_engine_jar, tmp_path, "fallback", npu_bundle=False)
+    assert out["backend"] == "litert-lm/cpu" and out["value"] == "billing" and out["finish"] == "eos"
+    npu, gpu = out["skipped"]
+    assert npu.startswith("litert-lm/npu: ") and "model-npu.litertlm is missing" in npu
+    assert gpu.startswith("litert-lm/gpu: ") and "GPU unavailable" in gpu
+    assert "NPU.initialize" not in " ".join(out["log"])  # no native call for a bundle that is not there
+    # greedy, through the verbatim template the build's engine used
+    assert "CPU.createConversation(topK=1, template=true)" in out["log"]
+
+
+def test_litert_lm_engine_retries_on_the_cpu_when_the_gpu_fails_mid_generation(
+        litert_engine_jar: Path, tmp_path: Path) -> None:
+    out = _litert_engine_probe(litert_engine_jar, tmp_path, "gpu_fails_while_running", npu_bundle=True)
+    assert out["backend"] == "litert-lm/cpu" and out["value"] == "billing"
+    assert "NPU.initialize libs=/data/app/org.edgepack.sample/lib/arm64" in out["log"]  # nativeLibraryDir reaches it
+    assert [r.split(":")[0] for r in out["skipped"]] == ["litert-lm/npu", "litert-lm/gpu"]
+    assert "GPU decode failed" in out["skipped"][1] and "GPU.close" in out["log"]
+
+
+def test_litert_lm_engine_stops_at_max_tokens_by_cancelling_and_reads_a_silent_end_as_eos(
+        litert_engine_jar: Path, tmp_path: Path) -> None:
+    out = _litert_engine_probe(litert_engine_jar, tmp_path, "stops", npu_bundle=False)
+    assert out["max_new_tokens"] == ["ab", "max_new_tokens"]
+    assert out["whole"] == ["abcdef", "eos", True]  # decode speed measured over the streamed chunks
+    assert out["log"].count("GPU.cancelProcess") >= 2  # the warm-up's and the 2-token request's
+    assert out["log"].count("GPU.conversation.close") >= 2  # a fresh conversation per prompt
 
 
 def test_generation_stops_at_stop_strings_max_tokens_and_eos_and_passes_bos_and_context(

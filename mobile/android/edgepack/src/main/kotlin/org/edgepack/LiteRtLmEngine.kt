@@ -11,6 +11,7 @@ import com.google.ai.edge.litertlm.SamplerConfig
 import java.io.File
 import java.util.concurrent.CancellationException
 import java.util.concurrent.CountDownLatch
+import kotlin.concurrent.thread
 
 /**
  * LlmEngine over LiteRT-LM's Engine and Conversation (com.google.ai.edge.litertlm:litertlm-android,
@@ -41,6 +42,10 @@ class LiteRtLmEngine(
     @Volatile
     private var stopping = false
 
+    // The thread LiteRT-LM calls the MessageCallback on (EdgeModel calls stop() from there).
+    @Volatile
+    private var callbackThread: Thread? = null
+
     override val endsSilentlyAtEos: Boolean get() = true
 
     override fun load() {
@@ -67,6 +72,7 @@ class LiteRtLmEngine(
             prompt,
             object : MessageCallback {
                 override fun onMessage(message: Message) {
+                    callbackThread = Thread.currentThread()
                     if (chunks == 0) firstChunkMs = System.currentTimeMillis()
                     chunks += 1
                     onPiece(message.toString())
@@ -94,7 +100,14 @@ class LiteRtLmEngine(
 
     override fun stop() {
         stopping = true
-        conversation?.cancelProcess()
+        val current = conversation ?: return
+        // EdgeModel stops from onPiece, on the engine's callback thread. Whether cancelProcess() waits for
+        // the decode loop is not documented: from that thread, cancel from another so it never waits on itself.
+        if (Thread.currentThread() === callbackThread) {
+            thread(name = "edgepack-litert-cancel") { runCatching { current.cancelProcess() } }
+        } else {
+            current.cancelProcess()
+        }
     }
 
     override fun resetContext() {
