@@ -399,9 +399,13 @@ def test_every_generated_kotlin_and_gradle_file_parses_and_no_placeholder_surviv
 def test_the_litertlm_dependency_and_opencl_libraries_are_declared_only_when_a_litertlm_ships(tmp_path: Path) -> None:
     import xml.etree.ElementTree as ElementTree
 
+    from targets.android.kotlin_check import kotlin_version
     from targets.android.litert_export import LITERTLM_ANDROID_ARTIFACT, LITERTLM_ANDROID_VERSION
 
     assert LITERTLM_ANDROID_VERSION.startswith("0.18.")  # the line of the litert-lm the build runs
+    # litertlm-android 0.17+ carries Kotlin 2.4 metadata: an older Kotlin plugin cannot read it
+    # (LiteRT-LM docs/api/kotlin/getting_started.md); the app declares the kotlinc the tests compile with.
+    assert tuple(int(part) for part in kotlin_version().split(".")[:2]) >= (2, 4)
     android = "{http://schemas.android.com/apk/res/android}"
     for runtimes in (("executorch",), ("litert-lm", "executorch"), ("litert-lm",)):
         ships = "litert-lm" in runtimes
