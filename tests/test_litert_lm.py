@@ -93,15 +93,91 @@ def test_the_engine_tokenizes_like_hf_adds_one_bos_and_answers_the_eval_set_cons
 def test_litert_only_bundle_holds_the_litertlm_and_says_what_ran(router_build) -> None:
     outcome, folder = router_build
     document = json.loads((folder / "edgepack.json").read_text(encoding="utf-8"))
-    assert {f["path"] for f in document["files"]} == {"model.litertlm"}
+    assert {f["path"] for f in document["files"] if not f["path"].startswith("app/")} == {"model.litertlm"}
     model = document["model"]
     assert model["format"] == "litertlm" and model["backend"] == "cpu" and model["verification"] == "executed"
     assert model["metadata"]["max_num_tokens"] == model["max_context"] >= 512
     assert model["metadata"]["model_type"] == "gemma3"
     assert 32 <= model["prefill_lengths"][0] <= model["max_context"]
-    assert not (folder / "app").exists()  # no LiteRT-LM app yet, and no ExecuTorch app without a .pte
     notes = " ".join(outcome.results[0].notes)
     assert "GPU and NPU backends were not run" in notes
+    assert "never ran against the real library, and no GPU or NPU ran anywhere" in notes
+
+
+def test_litert_only_bundle_ships_an_app_that_links_litert_lm_alone_and_tries_npu_gpu_cpu(router_build) -> None:
+    from targets.android.litert_engine import VERBATIM_TEMPLATE
+    from targets.android.litert_export import LITERTLM_ANDROID_ARTIFACT
+
+    _, folder = router_build
+    document = json.loads((folder / "edgepack.json").read_text(encoding="utf-8"))
+    backends = document["backends"]
+    assert [(b["runtime"], b["backend"], b["litertlm"]) for b in backends] == [
+        ("litert-lm", "npu", "model-npu.litertlm"), ("litert-lm", "gpu", "model.litertlm"),
+        ("litert-lm", "cpu", "model.litertlm")]
+    assert [b["experimental"] for b in backends] == [True, True, False]
+    assert [b["verification"] for b in backends] == ["not built", "not run", "executed"]
+    assert all(b["chat_template"] == VERBATIM_TEMPLATE for b in backends)  # the template the engine ran with
+    assert "tokenizer" not in document and document["runner"]["max_context"] == document["model"]["max_context"]
+    bridge = folder / "app/app/src/main/java/org/edgepack"
+    assert (bridge / "LiteRtLmEngine.kt").is_file() and not (bridge / "ExecuTorchEngine.kt").exists()
+    gradle = (folder / "app/app/build.gradle.kts").read_text(encoding="utf-8")
+    assert LITERTLM_ANDROID_ARTIFACT in gradle and "executorch" not in gradle
+    assert (folder / "app/app/src/main/assets/edgepack.json").read_bytes() == (folder / "edgepack.json").read_bytes()
+    assert [c for c in document["scaffold_checks"] if c["status"] == "failed"] == []
+    assert {"tree-sitter (kotlin)", "xml", "ktlint"} <= {c["tool"] for c in document["scaffold_checks"]}
+
+
+def test_the_kotlin_bridge_reads_the_built_bundle_and_falls_back_from_npu_to_gpu(router_build, tmp_path: Path) -> None:
+    """The real edgepack.json of the build, read by the bridge on the JVM with scripted LiteRT-LM engines."""
+    from test_android import PROBES, PURE, compile_kotlin, missing_android_tool, run_jar
+
+    from targets.android.kotlin_check import find_tools
+
+    tools = find_tools()
+    if tools.kotlinc is None or tools.java is None:
+        missing_android_tool("kotlinc and java")
+    _, folder = router_build
+    jar = tmp_path / "bridge.jar"
+    proc = compile_kotlin([*PURE, *sorted(PROBES.glob("*.kt"))], jar, tools=tools)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = run_jar(jar, "org.edgepack.probe.EdgeModelProbeKt", str(folder), "litert_npu_fails_to_load")
+    assert out["backend"] == out["ran_on"] == "litert-lm/gpu" and out["finish"] == "eos"
+    assert [reason.split(":")[0] for reason in out["skipped"]] == ["litert-lm/npu"]
+
+
+def test_both_runtimes_ship_one_app_that_tries_litert_lm_npu_gpu_cpu_then_the_pte(
+        tiny_router: tuple[Path, Path], tmp_path: Path) -> None:
+    """--android-runtime all on the tiny router: the LiteRT-LM backends first, then the .pte, in one app."""
+    from packager.pipeline import BuildRequest, run_build
+    from packager.progress import Reporter
+    from packager.stages import BuildOptions
+    from targets.android.litert_export import LITERTLM_ANDROID_ARTIFACT
+
+    model, eval_path = tiny_router
+    out = tmp_path / "dist"
+    # The same LiteRT-LM options as router_build (its export and verification come from the stage cache).
+    options = BuildOptions(target_options={"android": {"runtime": "all", "recipe": "8da8w"}}, eval_path=eval_path,
+                           task={"task": "labels", "labels": ROUTER_LABELS, "constrained": True})
+    outcome = run_build(BuildRequest(checkpoint=model, targets=["android"], out=out, options=options),
+                        Reporter(quiet=True))
+    folder = out / "android"
+    document = json.loads((folder / "edgepack.json").read_text(encoding="utf-8"))
+    assert [(b["runtime"], b["backend"]) for b in document["backends"]] == [
+        ("litert-lm", "npu"), ("litert-lm", "gpu"), ("litert-lm", "cpu"), ("executorch", "xnnpack")]
+    assert [b["verification"] for b in document["backends"]] == ["not built", "not run", "executed", "executed"]
+    assert document["tokenizer"] == "tokenizer.json" and document["model"]["format"] == "pte"
+    assert document["litert_lm"]["file"] == "model.litertlm"
+    names = {f["path"] for f in document["files"]}
+    assert {"model.litertlm", "model-8da8w.pte", "model-8da8w.ptd", "tokenizer.json",
+            "app/app/src/main/java/org/edgepack/LiteRtLmEngine.kt",
+            "app/app/src/main/java/org/edgepack/ExecuTorchEngine.kt"} <= names
+    assert "model-npu.litertlm" not in names  # listed as a backend the app may find, never built here
+    gradle = (folder / "app/app/build.gradle.kts").read_text(encoding="utf-8")
+    assert LITERTLM_ANDROID_ARTIFACT in gradle and "org.pytorch:executorch-android" in gradle
+    manifest = (folder / "app/app/src/main/AndroidManifest.xml").read_text(encoding="utf-8")
+    assert 'android:name="libOpenCL.so"' in manifest
+    assert [c for c in document["scaffold_checks"] if c["status"] == "failed"] == []
+    assert [v.format for v in outcome.results[0].verifications] == ["pte", "litertlm"]
 
 
 def test_tiny_llama_fp32_bundle_gives_hf_logits_and_greedy_ids(tiny_llama: Path,

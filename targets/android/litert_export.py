@@ -37,6 +37,11 @@ from packager.verify.gates import EIGHT_BIT, LOSSLESS, Gate
 
 LITERT_TORCH_VERSION = "0.10.0"
 LITERT_LM_VERSION = "0.18.1"
+# The Android library the generated app links for the same engine line (Google Maven
+# com.google.ai.edge.litertlm:litertlm-android; the 0.18 line's Android release is 0.18.0, built with
+# Kotlin 2.4 metadata, which the app's Kotlin plugin matches).
+LITERTLM_ANDROID_VERSION = "0.18.0"
+LITERTLM_ANDROID_ARTIFACT = f"com.google.ai.edge.litertlm:litertlm-android:{LITERTLM_ANDROID_VERSION}"
 # Bump when the exported bundle changes for the same checkpoint + recipe + lengths (keys the stage cache).
 LITERT_EXPORT_SCHEMA = 2
 BUNDLE_NAME = "model.litertlm"

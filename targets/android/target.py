@@ -4,8 +4,9 @@ The .pte is exported by targets.android.export (a cached stage) and executed on 
 host by ExecuTorch's own runtimes, including the C++ TextLLMRunner that Android's LlmModule drives.
 `--recipe auto` ships the smallest recipe of the ladder that passes its gate. `--android-runtime litert-lm`
 (or `all`) ships a LiteRT-LM bundle (model.litertlm, targets.android.litert_export) instead of (beside) the
-.pte, executed here by its own TFLite program and by LiteRT-LM's engine on the CPU. `--delegate vulkan`
-adds an experimental Vulkan .pte, checked structurally only (no GPU here, and the standard
+.pte, executed here by its own TFLite program and by LiteRT-LM's engine on the CPU; the app then links
+LiteRT-LM and tries its NPU, GPU and CPU backends before any .pte (compiled and scripted here, never run).
+`--delegate vulkan` adds an experimental Vulkan .pte, checked structurally only (no GPU here, and the standard
 executorch-android AAR carries no Vulkan backend); the app tries it first and falls back to XNNPACK.
 ExecuTorch has no NNAPI backend; QNN (Qualcomm), MediaTek and Samsung delegates need vendor SDKs.
 """
@@ -35,11 +36,13 @@ from packager.verify.result import VerificationResult
 from targets.android.export import AUTO_LADDER, DELEGATES, EXECUTORCH_VERSION, recipe_named
 from targets.android.kotlin_check import check_android_files, kotlin_version
 from targets.android.layouts import EXECUTORCH_LAYOUTS, executorch_layout
+from targets.android.litert_engine import VERBATIM_TEMPLATE
 from targets.android.litert_export import (
     BUNDLE_NAME,
     LITERT_LADDER,
     LITERT_LM_VERSION,
     LITERT_RECIPES,
+    LITERTLM_ANDROID_ARTIFACT,
     RUNTIMES,
     litert_recipe_named,
     missing_packages,
@@ -68,6 +71,30 @@ MIN_SDK = 26
 BACKEND_IDS = {"vulkan": "VulkanBackend"}
 # An app tries its backends in this order; XNNPACK (CPU, always present) is the fallback.
 BACKEND_ORDER = ("vulkan", "xnnpack")
+# With a .litertlm, LiteRT-LM's backends come first, fastest first; the NPU needs a bundle compiled
+# ahead of time for the phone's SoC with the vendor's SDK, which edgepack does not build: the app
+# tries it only when that file is in the model folder.
+NPU_BUNDLE_NAME = "model-npu.litertlm"
+# The bridge's files every app gets, and each runtime's engine (the only file that imports the runtime).
+BRIDGE_FILES = ("Json.kt", "Contract.kt", "Bundle.kt", "EdgeModel.kt")
+ENGINE_FILES = {"executorch": "ExecuTorchEngine.kt", "litert-lm": "LiteRtLmEngine.kt"}
+
+
+def litert_backends(cpu_verification: str, megabytes: float | None = None) -> list[dict[str, Any]]:
+    """edgepack.json's LiteRT-LM entries in the order the app tries them: NPU, GPU, CPU.
+
+    Only the CPU ran at build time (`cpu_verification`); GPU and NPU are `experimental`, never run here.
+    Each carries the chat template the engine must apply: the contract renders the prompt, the
+    template passes it through verbatim (as in the build's engine run).
+    """
+    def entry(backend: str, file: str, verification: str, experimental: bool, size: float | None) -> dict[str, Any]:
+        return {"runtime": "litert-lm", "backend": backend, "litertlm": file, "experimental": experimental,
+                "verification": verification, "chat_template": VERBATIM_TEMPLATE, "size_mb": size}
+
+    size = round(megabytes, 1) if megabytes is not None else None
+    return [entry("npu", NPU_BUNDLE_NAME, "not built", True, None),
+            entry("gpu", BUNDLE_NAME, "not run", True, size),
+            entry("cpu", BUNDLE_NAME, cpu_verification, False, size)]
 
 
 def application_id(name: str) -> str:
@@ -78,9 +105,11 @@ def application_id(name: str) -> str:
     return f"org.edgepack.sample.{ident}"
 
 
-def copy_bridge(dest: Path) -> list[Path]:
-    """Copy the Kotlin bridge (mobile/android/edgepack/src/main/kotlin/org/edgepack) into the app."""
-    return copy_mobile_files("android/edgepack/src/main/kotlin/org/edgepack", ("*.kt",), dest)
+def copy_bridge(dest: Path, runtimes: tuple[str, ...]) -> list[Path]:
+    """Copy the Kotlin bridge (mobile/android/edgepack/src/main/kotlin/org/edgepack) into the app, with the
+    engine of each runtime the app links (an engine of an unlinked runtime would not compile)."""
+    files = (*BRIDGE_FILES, *(ENGINE_FILES[r] for r in runtimes))
+    return copy_mobile_files("android/edgepack/src/main/kotlin/org/edgepack", files, dest)
 
 
 class AndroidTarget:
@@ -140,13 +169,55 @@ class AndroidTarget:
         litert = self._build_litert(ctx, out_dir) if "litert-lm" in runtimes else None
         if "executorch" not in runtimes:
             assert litert is not None
-            artifact, verification, notes, section = litert
-            notes.append("Android (LiteRT-LM): no Kotlin bridge or sample app for LiteRT-LM is generated yet; "
-                         "build with --android-runtime all for the ExecuTorch app beside the bundle.")
-            return finish_bundle(out_dir, self, {"model": section, "contract": ctx.contract.as_dict()},
-                                 [verification], None, notes=notes,
-                                 extra={"litert_recipe": artifact.recipe.name, "litert_export": artifact.export})
+            return self._build_litert_app(ctx, out_dir, litert)
         return self._build_executorch(ctx, out_dir, litert)
+
+    def _build_litert_app(self, ctx: BuildContext, out_dir: Path, litert: tuple[
+            LitertArtifact, VerificationResult, list[str], dict[str, Any]]) -> TargetResult:
+        """The .litertlm alone, with an app that links LiteRT-LM only (its bundle holds the tokenizer)."""
+        artifact, verification, notes, section = litert
+        backends = litert_backends(verification.level, artifact.megabytes)
+        checks, bridge = self._scaffold(ctx, out_dir, backends, ("litert-lm",), [verification], artifact.recipe.name,
+                                        artifact.recipe.summary)
+        contract = ctx.contract
+        # EdgeModel's runner settings; LiteRT-LM's engine adds the start token and stops at the bundle's
+        # stop tokens itself, without sending their text.
+        runner = {"num_bos": 1 if contract.add_bos and contract.bos_id is not None else 0,
+                  "eos_ids": list(contract.eos_ids), "eos_pieces": [], "max_context": section["max_context"],
+                  "temperature": 0.0}
+        sections = {"model": section, "runner": runner,
+                    "backends": [{k: v for k, v in b.items() if k != "size_mb"} for b in backends],
+                    "contract": contract.as_dict()}
+        notes.append(self._litert_app_note())
+        return finish_bundle(out_dir, self, sections, [verification], checks, notes=notes, copies=(ASSET,),
+                             extra={"litert_recipe": artifact.recipe.name, "litert_export": artifact.export,
+                                    "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]})
+
+    @staticmethod
+    def _litert_app_note() -> str:
+        return ("Android (LiteRT-LM in the app): the app tries LiteRT-LM on the NPU (only with a "
+                f"{NPU_BUNDLE_NAME} compiled for the phone's SoC, which edgepack does not build), then the GPU, then "
+                "the CPU, then any .pte. The Kotlin LiteRtLmEngine was compiled against a declared API surface of "
+                f"{LITERTLM_ANDROID_ARTIFACT} and its fallback run on the JVM with scripted engines; it never ran "
+                "against the real library, and no GPU or NPU ran anywhere. The app and bridge were parsed "
+                "(tree-sitter) and linted (ktlint); no Gradle build ran here.")
+
+    def _scaffold(self, ctx: BuildContext, out_dir: Path, backends: list[dict[str, Any]], runtimes: tuple[str, ...],
+                  verifications: list[VerificationResult], recipe: str,
+                  recipe_summary: str) -> tuple[list[ScaffoldCheck], list[Path]]:
+        """Render the sample app and copy the bridge (with the linked runtimes' engines); return checks, bridge."""
+        model_name = ctx.options.name or ctx.ckpt.name
+        first_row = ctx.eval_rows[0] if ctx.eval_rows else None
+        rendered = render_tree("android", out_dir / APP_DIR, self._context(ctx, model_name, recipe, recipe_summary,
+                                                                           backends, first_row, verifications,
+                                                                           runtimes))
+        bridge = copy_bridge(out_dir / BRIDGE_DIR, runtimes)
+        checks = check_generated_files(rendered, out_dir)
+        checks += check_android_files(sorted(rendered + bridge), out_dir)
+        checks.append(ScaffoldCheck(f"{APP_DIR}/", "gradle assembleDebug", "skipped",
+                                    "needs the Android SDK and Maven repositories; edgepack's tests compile the "
+                                    "bridge with kotlinc and the app against a declared API surface"))
+        return checks, bridge
 
     def _build_litert(self, ctx: BuildContext, out_dir: Path) -> tuple[
             LitertArtifact, VerificationResult, list[str], dict[str, Any]]:
@@ -214,6 +285,11 @@ class AndroidTarget:
             backends.append(self._place(extra, out_dir, result, experimental=True))
         backends.append(self._place(artifact, out_dir, verification, experimental=False))
         place_artifact(tokenizer_json, out_dir / "tokenizer.json")
+        runtimes: tuple[str, ...] = ("executorch",)
+        if litert is not None:
+            litert_artifact, litert_verification = litert[0], litert[1]
+            backends = [*litert_backends(litert_verification.level, litert_artifact.megabytes), *backends]
+            runtimes = ("litert-lm", "executorch")
 
         contract = ctx.contract
         runner_tokenizer = RunnerTokenizer(tokenizer_json)
@@ -226,17 +302,9 @@ class AndroidTarget:
             "max_seq_len": int(artifact.export["metadata"]["get_max_seq_len"]),
             "temperature": 0.0,
         }
+        checks, bridge = self._scaffold(ctx, out_dir, backends, runtimes, verifications, artifact.recipe.name,
+                                        artifact.recipe.summary)
         model_name = ctx.options.name or ctx.ckpt.name
-        first_row = ctx.eval_rows[0] if ctx.eval_rows else None
-        rendered = render_tree("android", out_dir / APP_DIR, self._context(ctx, model_name, artifact, backends,
-                                                                           first_row, verifications))
-        bridge = copy_bridge(out_dir / BRIDGE_DIR)
-        checks = check_generated_files(rendered, out_dir)
-        checks += check_android_files(sorted(rendered + bridge), out_dir)
-        checks.append(ScaffoldCheck(f"{APP_DIR}/", "gradle assembleDebug", "skipped",
-                                    "needs the Android SDK and Maven repositories; edgepack's tests compile the "
-                                    "bridge with kotlinc and the app against a declared API surface"))
-
         sections = {
             "model": {"name": model_name, "recipe": artifact.recipe.name, "recipe_summary": artifact.recipe.summary,
                       "format": "pte", "max_context": max_context,
@@ -252,6 +320,7 @@ class AndroidTarget:
             verifications.append(litert_verification)
             notes += litert_notes
             extra = {"litert_recipe": litert_artifact.recipe.name, "litert_export": litert_artifact.export}
+            notes.append(self._litert_app_note())
         notes.append(
             f"Android: every XNNPACK .pte ran on this host in ExecuTorch {EXECUTORCH_VERSION}'s TextLLMRunner (the C++ "
             "runner LlmModule drives) and its forward method; nothing ran on a phone. The app and bridge were parsed "
@@ -297,12 +366,14 @@ class AndroidTarget:
                experimental: bool) -> dict[str, Any]:
         place_artifact(artifact.pte, out_dir / artifact.pte.name)
         place_artifact(artifact.ptd, out_dir / artifact.ptd.name)
-        return {"backend": artifact.delegate, "pte": artifact.pte.name, "ptd": artifact.ptd.name,
+        return {"runtime": "executorch", "backend": artifact.delegate, "pte": artifact.pte.name,
+                "ptd": artifact.ptd.name,
                 "experimental": experimental, "verification": verification.level,
                 "size_mb": round(artifact.megabytes, 1)}
 
-    def _context(self, ctx: BuildContext, model_name: str, artifact: PteArtifact, backends: list[dict[str, Any]],
-                 first_row: Any, verifications: list[VerificationResult]) -> dict[str, Any]:
+    def _context(self, ctx: BuildContext, model_name: str, recipe: str, recipe_summary: str,
+                 backends: list[dict[str, Any]], first_row: Any, verifications: list[VerificationResult],
+                 runtimes: tuple[str, ...]) -> dict[str, Any]:
         contract = ctx.contract
         return {
             "model_name": model_name,
@@ -310,13 +381,17 @@ class AndroidTarget:
             "application_id": application_id(model_name),
             "executorch_version": EXECUTORCH_VERSION,
             "executorch_artifact": f"org.pytorch:executorch-android:{EXECUTORCH_VERSION}",
+            "runtimes": list(runtimes),
+            "litertlm_artifact": LITERTLM_ANDROID_ARTIFACT,
+            "litertlm_file": BUNDLE_NAME,
+            "npu_bundle_file": NPU_BUNDLE_NAME,
             "kotlin_version": kotlin_version(),
             "agp_version": AGP_VERSION,
             "gradle_version": GRADLE_VERSION,
             "compile_sdk": COMPILE_SDK,
             "min_sdk": MIN_SDK,
-            "recipe": artifact.recipe.name,
-            "recipe_summary": artifact.recipe.summary,
+            "recipe": recipe,
+            "recipe_summary": recipe_summary,
             "backends": backends,
             "tokenizer_file": "tokenizer.json",
             "task": contract.task,

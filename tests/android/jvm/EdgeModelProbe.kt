@@ -1,5 +1,6 @@
 // Test harness (not shipped): drives the bridge's EdgeModel and file helpers on the JVM with a
-// scripted engine instead of ExecuTorch, and prints what happened as JSON for tests/test_android.py.
+// scripted engine instead of ExecuTorch or LiteRT-LM, and prints what happened as JSON for
+// tests/test_android.py. A scripted LiteRT-LM backend ends silently at eos, as LiteRT-LM's engine does.
 //
 //   java -cp edgepack.jar:probe.jar org.edgepack.probe.EdgeModelProbeKt BUNDLE_DIR SCENARIO
 //
@@ -12,6 +13,7 @@ import org.edgepack.EngineFactory
 import org.edgepack.FileEntry
 import org.edgepack.LlmEngine
 import org.edgepack.ModelFileError
+import org.edgepack.RuntimeFactories
 import org.edgepack.downloadVerified
 import org.edgepack.quoteJson
 import org.edgepack.verifyFile
@@ -26,6 +28,7 @@ class ScriptedEngine(
     private val pieces: List<String>,
     private val log: MutableList<String>,
     private val pieceGate: CountDownLatch? = null,
+    override val endsSilentlyAtEos: Boolean = false,
 ) : LlmEngine {
     @Volatile private var stopped = false
     private var generations = 0
@@ -90,8 +93,33 @@ fun main(args: Array<String>) {
         pieces: List<String> = answer,
         gate: CountDownLatch? = null,
     ) = EngineFactory { model: BackendModel, _, _ ->
-        ScriptedEngine(model.backend, model.backend in failLoad, failGenerateAfter[model.backend] ?: Int.MAX_VALUE, pieces, log, gate)
+        ScriptedEngine(model.label, model.label in failLoad, failGenerateAfter[model.label] ?: Int.MAX_VALUE, pieces, log, gate)
     }
+
+    // Both runtimes behind RuntimeFactories, as the app wires them; LiteRT-LM sends no eos piece.
+    fun runtimes(
+        failLoad: Set<String> = emptySet(),
+        failGenerateAfter: Map<String, Int> = emptyMap(),
+        linked: Set<String> = setOf("executorch", "litert-lm"),
+    ): RuntimeFactories {
+        val litert =
+            EngineFactory { model: BackendModel, _, _ ->
+                val fail = failGenerateAfter[model.label] ?: Int.MAX_VALUE
+                ScriptedEngine(model.label, model.label in failLoad, fail, listOf("bill", "ing"), log, endsSilentlyAtEos = true)
+            }
+        val all = mapOf("executorch" to factory(failLoad, failGenerateAfter), "litert-lm" to litert)
+        return RuntimeFactories(all.filterKeys { it in linked })
+    }
+
+    fun ran(
+        model: EdgeModel,
+        a: org.edgepack.Answer,
+    ) = result(
+        model,
+        log,
+        ", \"ran_on\": ${quoteJson(a.generation.backend)}, \"value\": ${quoteJson(a.result.text)}" +
+            ", \"finish\": ${quoteJson(a.generation.finish)}",
+    )
     val out =
         when (scenario) {
             "accelerator_works" -> {
@@ -157,6 +185,33 @@ fun main(args: Array<String>) {
                 gate.countDown()
                 worker.join()
                 result(model, log, ", \"text\": ${quoteJson(generation!!.text)}, \"finish\": ${quoteJson(generation!!.finish)}")
+            }
+
+            "litert_npu_works" -> {
+                val model = EdgeModel.load(dir, runtimes())
+                ran(model, model.run("x"))
+            }
+
+            "litert_npu_fails_to_load" -> {
+                val model = EdgeModel.load(dir, runtimes(failLoad = setOf("litert-lm/npu")))
+                ran(model, model.run("x"))
+            }
+
+            "litert_gpu_fails_while_running" -> {
+                // load's warm-up is the first generation; the request is the second
+                val model = EdgeModel.load(dir, runtimes(failLoad = setOf("litert-lm/npu"), failGenerateAfter = mapOf("litert-lm/gpu" to 1)))
+                ran(model, model.run("x"))
+            }
+
+            "litert_all_fail" -> {
+                val fail = setOf("litert-lm/npu", "litert-lm/gpu", "litert-lm/cpu")
+                val model = EdgeModel.load(dir, runtimes(failLoad = fail))
+                ran(model, model.run("x"))
+            }
+
+            "litert_not_linked" -> {
+                val model = EdgeModel.load(dir, runtimes(linked = setOf("executorch")))
+                ran(model, model.run("x"))
             }
 
             "download" -> {

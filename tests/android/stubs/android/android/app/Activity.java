@@ -12,4 +12,6 @@ public class Activity extends android.content.Context {
     public final CharSequence getTitle() { return null; }
     @Override public android.content.res.AssetManager getAssets() { return null; }
     @Override public java.io.File getExternalFilesDir(String type) { return null; }
+    @Override public android.content.pm.ApplicationInfo getApplicationInfo() { return null; }
+    @Override public java.io.File getCacheDir() { return null; }
 }

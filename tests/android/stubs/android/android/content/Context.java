@@ -6,4 +6,6 @@ package android.content;
 public abstract class Context {
     public abstract android.content.res.AssetManager getAssets();
     public abstract java.io.File getExternalFilesDir(String type);
+    public abstract android.content.pm.ApplicationInfo getApplicationInfo();
+    public abstract java.io.File getCacheDir();
 }

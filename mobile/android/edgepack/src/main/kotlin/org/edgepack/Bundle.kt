@@ -11,14 +11,27 @@ import java.security.MessageDigest
  * Pure JVM code (java.io, java.net, java.security): it runs unchanged in edgepack's JVM tests.
  */
 
-/** One .pte the app may run, with its weights file; `experimental` ones were not executed at build time. */
+/** The runtimes a bundle's backends name in edgepack.json ("runtime"). */
+const val EXECUTORCH = "executorch"
+const val LITERT_LM = "litert-lm"
+
+/**
+ * One model the app may run: a runtime, one of its backends, and its files (`file` is the .pte or the
+ * .litertlm, `ptd` the .pte's weights). `experimental` ones were not executed at build time; a LiteRT-LM
+ * bundle carries `chatTemplate`, the template its engine applies to the already-rendered prompt.
+ */
 data class BackendModel(
+    val runtime: String,
     val backend: String,
-    val pte: String,
+    val file: String,
     val ptd: String?,
     val experimental: Boolean,
     val verification: String,
-)
+    val chatTemplate: String? = null,
+) {
+    /** How EdgeModel names it in `backend` and `skipped`: "xnnpack", "vulkan", "litert-lm/gpu", ... */
+    val label: String get() = if (runtime == EXECUTORCH) backend else "$runtime/$backend"
+}
 
 /** A file of the bundle as edgepack.json lists it. */
 data class FileEntry(
@@ -31,7 +44,8 @@ data class FileEntry(
 data class BundleManifest(
     val name: String,
     val backends: List<BackendModel>,
-    val tokenizer: String,
+    // tokenizer.json for ExecuTorch's runner; null when only LiteRT-LM ships (its bundle holds the tokenizer)
+    val tokenizer: String?,
     val numBos: Int,
     val maxContext: Int,
     val eosPieces: List<String>,
@@ -47,12 +61,22 @@ data class BundleManifest(
             val backends =
                 arr(root, "backends").map { item ->
                     val entry = item as? JsonValue.Obj ?: throw ContractFormatError("edgepack.json: backends[] must hold objects")
+                    // Bundles from before LiteRT-LM list ExecuTorch backends only, without "runtime".
+                    val runtime = (entry.fields["runtime"] as? JsonValue.Str)?.value ?: EXECUTORCH
+                    val fileKey =
+                        when (runtime) {
+                            EXECUTORCH -> "pte"
+                            LITERT_LM -> "litertlm"
+                            else -> throw ContractFormatError("edgepack.json: backends[] runtime \"$runtime\" is unknown")
+                        }
                     BackendModel(
+                        runtime = runtime,
                         backend = str(entry, "backend"),
-                        pte = str(entry, "pte"),
+                        file = str(entry, fileKey),
                         ptd = (entry.fields["ptd"] as? JsonValue.Str)?.value,
                         experimental = (entry.fields["experimental"] as? JsonValue.Bool)?.value ?: false,
                         verification = str(entry, "verification"),
+                        chatTemplate = (entry.fields["chat_template"] as? JsonValue.Str)?.value,
                     )
                 }
             if (backends.isEmpty()) throw ContractFormatError("edgepack.json: backends is empty")
@@ -65,7 +89,7 @@ data class BundleManifest(
             return BundleManifest(
                 name = str(model, "name"),
                 backends = backends,
-                tokenizer = str(root, "tokenizer"),
+                tokenizer = (root.fields["tokenizer"] as? JsonValue.Str)?.value,
                 numBos = int(runner, "num_bos").toInt(),
                 maxContext = int(runner, "max_context").toInt(),
                 eosPieces = arr(runner, "eos_pieces").map { (it as? JsonValue.Str)?.value ?: "" },

@@ -5,8 +5,9 @@ import java.util.concurrent.atomic.AtomicBoolean
 
 /**
  * What EdgeModel needs from an LLM runtime. ExecuTorchEngine implements it over ExecuTorch's
- * LlmModule; keeping EdgeModel behind this interface makes its fallback, streaming and cancel logic
- * plain Kotlin that edgepack's tests run on the JVM with a scripted engine.
+ * LlmModule, LiteRtLmEngine over LiteRT-LM's Engine; keeping EdgeModel behind this interface makes its
+ * fallback, streaming and cancel logic plain Kotlin that edgepack's tests run on the JVM with a
+ * scripted engine.
  */
 interface LlmEngine : AutoCloseable {
     /** Load the program and its weights; throw on any failure. */
@@ -30,15 +31,38 @@ interface LlmEngine : AutoCloseable {
 
     /** Forget the previous prompt's KV cache: every call is a fresh, single-turn prompt. */
     fun resetContext()
+
+    /**
+     * True when the runtime stops at the bundle's stop tokens without sending their text (LiteRT-LM):
+     * a generation that ends by itself then ended at eos. ExecuTorch's runner sends the eos piece.
+     */
+    val endsSilentlyAtEos: Boolean get() = false
 }
 
-/** Opens an engine for one backend's .pte (+ .ptd) and the tokenizer. */
+/** Opens an engine for one backend's model file (and the tokenizer.json, when the bundle has one). */
 fun interface EngineFactory {
     fun open(
         model: BackendModel,
         modelDir: File,
-        tokenizer: File,
+        tokenizer: File?,
     ): LlmEngine
+}
+
+/**
+ * Opens each backend with the factory of its runtime ("executorch", "litert-lm"). An app passes the
+ * runtimes it links; a backend of another runtime fails to open, with that reason, and is skipped.
+ */
+class RuntimeFactories(
+    private val byRuntime: Map<String, EngineFactory>,
+) : EngineFactory {
+    override fun open(
+        model: BackendModel,
+        modelDir: File,
+        tokenizer: File?,
+    ): LlmEngine {
+        val factory = byRuntime[model.runtime] ?: throw ModelFileError("this app does not link the ${model.runtime} runtime")
+        return factory.open(model, modelDir, tokenizer)
+    }
 }
 
 /** One generation: the raw text, how it ended, and which backend produced it. */
@@ -58,8 +82,9 @@ data class Answer(
 )
 
 /**
- * The model of one edgepack android bundle: loads the first backend that works (accelerators first,
- * XNNPACK last, in edgepack.json's order), renders prompts and parses answers under the contract.
+ * The model of one edgepack android bundle: loads the first backend that works, in edgepack.json's
+ * order (LiteRT-LM NPU, GPU, CPU, then the ExecuTorch .pte files, accelerators first, XNNPACK last),
+ * renders prompts and parses answers under the contract.
  *
  * A backend that fails to load, fails its warm-up, or fails while generating is closed and the next
  * one is used; `backend` says which one runs and `skipped` why the earlier ones did not. One call
@@ -75,7 +100,7 @@ class EdgeModel private constructor(
     private var engine: LlmEngine? = null
     private val cancelled = AtomicBoolean(false)
 
-    /** The backend now serving requests ("xnnpack", "vulkan", ...). */
+    /** The backend now serving requests ("xnnpack", "vulkan", "litert-lm/gpu", ...). */
     @Volatile
     var backend: String = ""
         private set
@@ -102,19 +127,19 @@ class EdgeModel private constructor(
             remaining = remaining.drop(1)
             var opened: LlmEngine? = null
             try {
-                opened = factory.open(candidate, modelDir, File(modelDir, manifest.tokenizer))
+                opened = factory.open(candidate, modelDir, manifest.tokenizer?.let { File(modelDir, it) })
                 opened.load()
                 if (warmUp) {
-                    generateOn(opened, candidate.backend, "Hello", 1) {}
+                    generateOn(opened, candidate.label, "Hello", 1) {}
                 }
                 engine = opened
-                backend = candidate.backend
+                backend = candidate.label
                 return
             } catch (e: Exception) {
-                skipped.add("${candidate.backend}: ${e.message ?: e.javaClass.simpleName}")
+                skipped.add("${candidate.label}: ${e.message ?: e.javaClass.simpleName}")
             } catch (e: LinkageError) {
-                // a delegate whose native library is missing on this phone
-                skipped.add("${candidate.backend}: ${e.message ?: e.javaClass.simpleName}")
+                // a delegate or accelerator whose native library is missing on this phone
+                skipped.add("${candidate.label}: ${e.message ?: e.javaClass.simpleName}")
             }
             runCatching { opened?.close() }
         }
@@ -203,6 +228,7 @@ class EdgeModel private constructor(
             if (finish != null) on.stop()
         }, { stats = it })
         if (cancelled.get() && finish == null) finish = "cancelled"
+        if (finish == null && on.endsSilentlyAtEos) finish = "eos"
         return Generation(out.toString(), tokens, stats?.let { decodeTokensPerSecond(it) }, name, finish ?: "context_full")
     }
 }

@@ -71,10 +71,11 @@ class ExecuTorchEngine(
     }
 
     companion object {
-        /** The factory EdgeModel.load uses on a phone: one LlmModule per backend's .pte + .ptd. */
+        /** The factory EdgeModel.load uses for ExecuTorch backends: one LlmModule per backend's .pte + .ptd. */
         val FACTORY =
             EngineFactory { model, modelDir, tokenizer ->
-                ExecuTorchEngine(File(modelDir, model.pte), model.ptd?.let { File(modelDir, it) }, tokenizer)
+                val tokenizerFile = tokenizer ?: throw ModelFileError("edgepack.json names no tokenizer for ExecuTorch's runner")
+                ExecuTorchEngine(File(modelDir, model.file), model.ptd?.let { File(modelDir, it) }, tokenizerFile)
             }
     }
 }

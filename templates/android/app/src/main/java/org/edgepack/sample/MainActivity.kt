@@ -10,7 +10,6 @@ import android.widget.TextView
 import org.edgepack.Answer
 import org.edgepack.BundleManifest
 import org.edgepack.EdgeModel
-import org.edgepack.ExecuTorchEngine
 import org.edgepack.FileEntry
 import org.edgepack.downloadVerified
 import org.edgepack.verifyFile
@@ -20,8 +19,8 @@ import kotlin.concurrent.thread
 
 /**
  * Loads the model from the app's storage, runs one input under the task contract, and shows the
- * answer, the decode speed and which backend ran (an accelerator .pte first when the bundle has
- * one, falling back to XNNPACK on the CPU).
+ * answer, the decode speed and which backend ran (LiteRT-LM on the NPU, GPU or CPU when the bundle
+ * has a .litertlm, an accelerator .pte, then XNNPACK on the CPU: the first that loads and runs).
  */
 class MainActivity : Activity() {
     @Volatile
@@ -71,15 +70,15 @@ class MainActivity : Activity() {
         runOnUiThread { status.text = text }
     }
 
-    // The XNNPACK program, its weights and the tokenizer must be there; an accelerator .pte that was
-    // not pushed is simply skipped by EdgeModel's fallback.
+    // The files of the backends that ran at build time (the CPU ones) and the tokenizer must be there;
+    // an accelerator's file that was not pushed is simply skipped by EdgeModel's fallback.
     private fun requiredFiles(manifest: BundleManifest): List<FileEntry> {
-        val names = mutableListOf(manifest.tokenizer)
+        val names = listOfNotNull(manifest.tokenizer).toMutableList()
         for (backend in manifest.backends.filter { !it.experimental }) {
-            names.add(backend.pte)
+            names.add(backend.file)
             backend.ptd?.let { names.add(it) }
         }
-        return names.mapNotNull { manifest.files[it] }
+        return names.distinct().mapNotNull { manifest.files[it] }
     }
 
     private fun loadModel() {
@@ -100,7 +99,7 @@ class MainActivity : Activity() {
                     }
                 }
                 show("Loading the model ...")
-                val loaded = EdgeModel.load(dir, ExecuTorchEngine.FACTORY)
+                val loaded = EdgeModel.load(dir, bundleEngines(this))
                 model = loaded
                 val fallback = if (loaded.skipped.isEmpty()) "" else " (skipped: ${loaded.skipped.joinToString("; ")})"
                 runOnUiThread {

@@ -1,0 +1,152 @@
+package org.edgepack
+
+import com.google.ai.edge.litertlm.Backend
+import com.google.ai.edge.litertlm.Conversation
+import com.google.ai.edge.litertlm.ConversationConfig
+import com.google.ai.edge.litertlm.Engine
+import com.google.ai.edge.litertlm.EngineConfig
+import com.google.ai.edge.litertlm.Message
+import com.google.ai.edge.litertlm.MessageCallback
+import com.google.ai.edge.litertlm.SamplerConfig
+import java.io.File
+import java.util.concurrent.CancellationException
+import java.util.concurrent.CountDownLatch
+import kotlin.concurrent.thread
+
+/**
+ * LlmEngine over LiteRT-LM's Engine and Conversation (com.google.ai.edge.litertlm:litertlm-android,
+ * the 0.18 line edgepack's build ran the same bundle with on the host CPU). The only file of the bridge
+ * that touches LiteRT-LM classes; the app links it only when the build ships a .litertlm.
+ *
+ * How EdgeModel's contract maps onto a conversation-based API:
+ * - the prompt is already rendered under the task contract: the conversation's chat template
+ *   (edgepack.json's `chat_template`, the one the build verified with) passes it through verbatim,
+ *   and the engine adds the bundle's start token itself, so `numBos` is not used;
+ * - the engine stops at the bundle's stop tokens without sending them (`endsSilentlyAtEos`);
+ * - `seqLen` is the bundle's own KV cache (exported from the contract's context length), not set here;
+ * - stop strings and max new tokens stay EdgeModel's: it counts the streamed chunks and calls stop(),
+ *   which is Conversation.cancelProcess(); the cancelled call then ends with a CancellationException,
+ *   read as a normal early end;
+ * - each generate() runs in a fresh conversation (resetContext closes the previous one): a cancelled
+ *   conversation keeps its partial turn in the KV cache, and every prompt is single-turn anyway.
+ */
+class LiteRtLmEngine(
+    private val bundle: File,
+    backend: Backend,
+    private val chatTemplate: String?,
+    cacheDir: String?,
+) : LlmEngine {
+    private val engine = Engine(EngineConfig(modelPath = bundle.path, backend = backend, cacheDir = cacheDir))
+    private var conversation: Conversation? = null
+
+    @Volatile
+    private var stopping = false
+
+    // The thread LiteRT-LM calls the MessageCallback on (EdgeModel calls stop() from there).
+    @Volatile
+    private var callbackThread: Thread? = null
+
+    override val endsSilentlyAtEos: Boolean get() = true
+
+    override fun load() {
+        // An NPU bundle is compiled for one SoC and is not built by edgepack: say so instead of a native error.
+        if (!bundle.isFile) throw ModelFileError("${bundle.path} is missing (an NPU bundle is compiled per SoC; see README.md)")
+        engine.initialize() // seconds for a large model: EdgeModel.load runs off the main thread
+    }
+
+    override fun generate(
+        prompt: String,
+        numBos: Int,
+        seqLen: Int,
+        onPiece: (String) -> Unit,
+        onStats: (String) -> Unit,
+    ) {
+        val current = conversation ?: newConversation().also { conversation = it }
+        val done = CountDownLatch(1)
+        var failure: Throwable? = null
+        var chunks = 0
+        var firstChunkMs = 0L
+        val startMs = System.currentTimeMillis()
+        stopping = false
+        current.sendMessageAsync(
+            prompt,
+            object : MessageCallback {
+                override fun onMessage(message: Message) {
+                    callbackThread = Thread.currentThread()
+                    if (chunks == 0) firstChunkMs = System.currentTimeMillis()
+                    chunks += 1
+                    onPiece(message.toString())
+                }
+
+                override fun onDone() = done.countDown()
+
+                override fun onError(throwable: Throwable) {
+                    if (!(throwable is CancellationException && stopping)) failure = throwable
+                    done.countDown()
+                }
+            },
+        )
+        done.await()
+        failure?.let { throw it as? Exception ?: RuntimeException(it) }
+        // The stats JSON ExecuTorch's runner sends, measured here: chunks after the first over their time.
+        if (chunks > 1) {
+            val endMs = System.currentTimeMillis()
+            onStats(
+                "{\"generated_tokens\": ${chunks - 1}, \"prompt_eval_end_ms\": ${firstChunkMs - startMs}, " +
+                    "\"inference_end_ms\": ${endMs - startMs}}",
+            )
+        }
+    }
+
+    override fun stop() {
+        stopping = true
+        val current = conversation ?: return
+        // EdgeModel stops from onPiece, on the engine's callback thread. Whether cancelProcess() waits for
+        // the decode loop is not documented: from that thread, cancel from another so it never waits on itself.
+        if (Thread.currentThread() === callbackThread) {
+            thread(name = "edgepack-litert-cancel") { runCatching { current.cancelProcess() } }
+        } else {
+            current.cancelProcess()
+        }
+    }
+
+    override fun resetContext() {
+        conversation?.close()
+        conversation = null
+    }
+
+    override fun close() {
+        runCatching { resetContext() }
+        if (engine.isInitialized()) engine.close()
+    }
+
+    // Greedy decoding (top-k 1), as the build's engine run.
+    private fun newConversation(): Conversation =
+        engine.createConversation(
+            ConversationConfig(
+                samplerConfig = SamplerConfig(topK = 1, topP = 1.0, temperature = 0.0),
+                chatTemplate = chatTemplate,
+            ),
+        )
+
+    companion object {
+        /**
+         * The factory EdgeModel.load uses for LiteRT-LM backends: "npu" (libraries from nativeLibraryDir,
+         * `context.applicationInfo.nativeLibraryDir` on Android), "gpu" (OpenCL, declared in the manifest) or "cpu".
+         */
+        fun factory(
+            nativeLibraryDir: String,
+            cacheDir: String?,
+        ): EngineFactory =
+            EngineFactory { model, modelDir, _ ->
+                val backend =
+                    when (model.backend) {
+                        "npu" -> Backend.NPU(nativeLibraryDir = nativeLibraryDir)
+                        "gpu" -> Backend.GPU()
+                        "cpu" -> Backend.CPU()
+                        else -> throw ModelFileError("LiteRT-LM has no backend \"${model.backend}\"")
+                    }
+                LiteRtLmEngine(File(modelDir, model.file), backend, model.chatTemplate, cacheDir)
+            }
+    }
+}
