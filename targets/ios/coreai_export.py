@@ -38,7 +38,7 @@ COREAI_TORCH_VERSION = "0.4.3"
 COREAI_CORE_VERSION = "1.0.0b3"
 COREAI_OPT_VERSION = "0.3.0"
 # Bump when the converted program changes for the same checkpoint + options (keys the stage cache).
-COREAI_EXPORT_SCHEMA = 1
+COREAI_EXPORT_SCHEMA = 2  # 2: the result names the state positions (the context + a spare slot)
 # save_asset's minimum_os: Core AI runs on iOS 27 / macOS 27 and later only.
 MINIMUM_OS = "27"
 # The formats `--ios-format` ships; "all" ships both.
@@ -233,7 +233,8 @@ def export_aimodel(request: CoreAIExportRequest) -> dict[str, Any]:
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {"asset": out.name, "compression": compression.name, "summary": compression.summary,
             "quantized_linears": quantized, "size_mb": round(size / 2**20, 2), "fp16_plan": plan.as_dict(),
-            "ranges": ranges, "proof": proof, "max_context": request.max_context, "sliding_window": window,
+            "ranges": ranges, "proof": proof, "max_context": request.max_context,
+            "state_positions": state_positions(request.max_context), "sliding_window": window,
             "metadata": custom,
             "minimum_os": MINIMUM_OS, "coreai_torch": COREAI_TORCH_VERSION,
             "seconds": round(time.perf_counter() - start, 1), "convert_seconds": round(convert_seconds, 1),
