@@ -38,7 +38,8 @@ COREAI_TORCH_VERSION = "0.4.3"
 COREAI_CORE_VERSION = "1.0.0b3"
 COREAI_OPT_VERSION = "0.3.0"
 # Bump when the converted program changes for the same checkpoint + options (keys the stage cache).
-COREAI_EXPORT_SCHEMA = 2  # 2: the result names the state positions (the context + a spare slot)
+# 2: the result names the state positions (the context + a spare slot); 3: metadata.json without a creation date
+COREAI_EXPORT_SCHEMA = 3
 # save_asset's minimum_os: Core AI runs on iOS 27 / macOS 27 and later only.
 MINIMUM_OS = "27"
 # The formats `--ios-format` ships; "all" ships both.
@@ -193,7 +194,17 @@ def save_aimodel(program: Any, path: Path, window: int | None, description: str,
     metadata.model_description = description
     for key, value in custom.items():
         metadata.set_custom(key, value)
-    converter.to_coreai().save_asset(path, metadata=metadata, minimum_os=getattr(OSVersion, f"v{MINIMUM_OS}"))
+    asset = converter.to_coreai().save_asset(path, metadata=metadata, minimum_os=getattr(OSVersion, f"v{MINIMUM_OS}"))
+
+    def undated(stamped: AIModelAssetMetadata) -> None:
+        # save_asset stamps the wall-clock time into metadata.json; a build's bytes must not depend on it.
+        stamped.creation_date = None
+
+    asset.update_metadata(updates=undated)
+    # Its keys come out in a different order on every save: written again, sorted.
+    document = path / "metadata.json"
+    document.write_text(json.dumps(json.loads(document.read_text(encoding="utf-8")), indent=2, sort_keys=True) + "\n",
+                        encoding="utf-8")
 
 
 def export_aimodel(request: CoreAIExportRequest) -> dict[str, Any]:
