@@ -219,3 +219,18 @@ def test_coreai_format_without_its_packages_stops_with_the_setup_command(
     assert "coreai-core" in result.stderr and "scripts/setup.sh" in result.stderr
     assert "--ios-format coreml" in result.stderr and "Traceback" not in result.stderr
     assert leftovers(tmp_path, "out") == []
+
+
+def test_the_interface_check_names_what_the_swift_side_would_not_find() -> None:
+    from targets.ios.coreai_verify import check_interface
+
+    good = {"inputs": {"inputIds": [[1, -1], "int32"], "fullAttentionMask": [[1, 1, -1, -1], "float16"]},
+            "outputs": {"logits": [[1, -1, 640], "float16"]},
+            "states": {"keyCache": [[2, 2, 257, 16], "float16"], "valueCache": [[2, 2, 257, 16], "float16"]}}
+    assert check_interface(good, 256, sliding=False) == []
+    assert any("slidingAttentionMask" in f for f in check_interface(good, 256, sliding=True))
+    bad = {**good, "inputs": {"inputids": [[1, -1], "int64"]},
+           "states": {"b_keycache": [[2, 2, 256, 16], "float32"], "valueCache": [[2, 2, 128, 16], "float16"]}}
+    failures = " | ".join(check_interface(bad, 256, sliding=False))
+    assert "inputs are ['inputids']" in failures and "states are ['b_keycache', 'valueCache']" in failures
+    assert "not float16" in failures and "does not hold 256 positions" in failures
