@@ -39,8 +39,8 @@ fi
 # torch first and alone: 2.13.0 has a local CPU wheel; letting a resolver pick torch could pull
 # several GB of CUDA packages instead.
 .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements/constraints.txt torch==2.13.0
-extras="example,litert"
-[[ $want_dev == 1 ]] && extras="example,litert,dev"
+extras="example,litert,coreai"
+[[ $want_dev == 1 ]] && extras="example,litert,coreai,dev"
 # llama-cpp-python compiles llama.cpp from source on first install (about 5-9 CPU-minutes), on every
 # core; pip caches the built wheel, so later installs are instant.
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
@@ -65,6 +65,9 @@ fi
 # (under litert-converter) declares typing-extensions<4.13, which contradicts our typing_extensions pin
 # although it runs with it. So `pip check` reports xdsl's (and kagglehub's certifi) bound; the file says why.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements/litert-export.txt
+# Apple's Core AI converter and reference interpreter, pinned, WITHOUT dependency resolution: coreai-core
+# declares ml-dtypes<=0.6.0 against our ml_dtypes 0.7.0 pin, and runs with it (requirements/coreai.txt says more).
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements/coreai.txt
 .venv/bin/edgepack --version >&2
 # wllama, WebLLM and playwright-core at the versions pinned in targets/web/data/web-vendor/, installed
 # once into ~/.cache/edgepack/web-vendor/ (npm ci --ignore-scripts); builds copy from there offline.

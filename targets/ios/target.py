@@ -6,6 +6,10 @@ program runs in numpy (targets.ios.mil_interpreter) through a prefill and decode
 compared with transformers in fp32. No Core ML runtime exists off Apple platforms, so nothing here
 is `executed`; the fp16 conversion is verified beside the shipped (compressed) package because a
 compressed package can only be as good as the program it was compressed from.
+
+`--ios-format coreai` (or `all`) ships a Core AI .aimodel for iOS 27+ instead of (beside) the package:
+converted by targets.ios.coreai_export from the same decoder, and run `simulated` in Apple's reference
+interpreter (coreai-core) by targets.ios.coreai_verify. The Swift bridge has no Core AI path yet.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from packager.architectures import ArchitectureSpec
 from packager.checkpoint import Checkpoint
 from packager.codecheck import check_generated_files
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
-from packager.errors import BadInputError
+from packager.errors import BadInputError, UnsupportedError
 from packager.escaping import slug
 from packager.ladder import rungs_to_build, screen_verdict
 from packager.resources import copy_mobile_files
@@ -40,6 +44,16 @@ from targets.ios.convert import (
     INT4_LADDER,
     compression_named,
 )
+from targets.ios.coreai_export import (
+    COREAI_COMPRESSIONS,
+    COREAI_CORE_VERSION,
+    COREAI_LADDER,
+    COREAI_TORCH_VERSION,
+    FORMATS,
+    coreai_compression_named,
+)
+from targets.ios.coreai_export import missing_packages as coreai_missing_packages
+from targets.ios.coreai_stages import COREAI_HEAVY_STEPS, CoreAIArtifact, cached_aimodel, verified_aimodel
 from targets.ios.layouts import COREML_LAYOUTS, coreml_layout
 from targets.ios.stages import (
     HEAVY_STEPS,
@@ -56,6 +70,10 @@ from targets.ios.verify import coreml_runtime_available
 APP_DIR = "app"
 BRIDGE_DIR = "EdgeModel"
 FP16_GATE = TopOneGate("fp16 Core ML vs fp32 (simulated)", 0.98)
+# An .aimodel meets the gate of its Core ML counterpart: fp16 top-1 >= 0.98, 8-bit the 8-bit class gate; a 4-bit
+# one only the 3-6-bit class gate (not yet Core ML's "within 0.02 of llama.cpp's Q4_K_M").
+COREAI_GATES: dict[str, Gate | TopOneGate] = {
+    "none": TopOneGate("fp16 Core AI vs fp32 (simulated)", 0.98), "int8": EIGHT_BIT, "int4": LOW_BIT}
 # A compressed package may be this much below llama.cpp's Q4_K_M of the same model on the same positions.
 Q4_K_M_MARGIN = 0.02
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -94,7 +112,7 @@ class IosTarget:
     # most of it: screens, Core ML conversion and two numpy simulations.
     expected_seconds: ClassVar[float] = 1000
     # What it may run that holds much memory (packager.memory_plan adds up a build's need before it starts).
-    heavy_steps: ClassVar[tuple[HeavyStep, ...]] = HEAVY_STEPS
+    heavy_steps: ClassVar[tuple[HeavyStep, ...]] = HEAVY_STEPS + COREAI_HEAVY_STEPS
     # Walked smallest first when no recipe/compression is given; `edgepack doctor` lists it.
     default_ladder: ClassVar[tuple[str, ...]] = INT4_LADDER
     # RAM budgets: the share of physical memory a model can count on there (packager.devices).
@@ -117,6 +135,13 @@ class IosTarget:
         TargetOption("ane_head", "--ane-head", "ios_ane_head",
                      "Also build a Neural-Engine-friendly package with the lm_head split into 16,384-row chunks.",
                      default=False, is_flag=True),
+        # Prefixed like --android-runtime: every target's flags share one namespace (packager.target.option_table).
+        TargetOption("format", "--ios-format", "ios_format",
+                     "iOS model format to ship: coreml (.mlpackage, iOS 18+), coreai (.aimodel, iOS 27+) or all "
+                     "(both side by side).", default="coreml", choices=(*FORMATS, "all")),
+        TargetOption("coreai_compression", "--coreai-compression", "ios_coreai_compression",
+                     "Core AI weight compression for ios (default auto: int8 linears, or fp16 when int8 fails its "
+                     "gate).", default="auto", choices=("auto", *COREAI_COMPRESSIONS)),
         # Off only to prove the check catches an unsafe fp16 conversion (Python API and tests; no flag, no key).
         TargetOption("fp16_rewrites", default=True),
     )
@@ -142,13 +167,87 @@ class IosTarget:
         spec = ctx.ckpt.spec
         coreml_layout(spec)  # UnsupportedError naming the supported architectures
         options = ctx.options.for_target(self)
-        compression = options.get("compression")
-        if compression not in COMPRESSIONS:
-            raise BadInputError(f"--compression {compression}: unknown; choose one of {', '.join(COMPRESSIONS)}.")
+        ios_format = options.get("format")
+        if ios_format not in (*FORMATS, "all"):
+            raise BadInputError(f"--ios-format {ios_format}: unknown; ios ships {', '.join(FORMATS)} or all.")
+        formats = FORMATS if ios_format == "all" else (ios_format,)
+        if "coreml" in formats and options.get("compression") not in COMPRESSIONS:
+            raise BadInputError(f"--compression {options.get('compression')}: unknown; choose one of "
+                                f"{', '.join(COMPRESSIONS)}.")
         missing = [f for f in TOKENIZER_FILES if not (ctx.ckpt.folder / f).is_file()]
         if missing:
             raise BadInputError(f"{ctx.ckpt.folder}: no {', '.join(missing)}; swift-transformers' AutoTokenizer "
                                 "loads the model folder's tokenizer.json and tokenizer_config.json.")
+        coreai = self._build_coreai(ctx, out_dir) if "coreai" in formats else None
+        if "coreml" not in formats:
+            assert coreai is not None
+            artifact, verification, notes, section = coreai
+            for name in TOKENIZER_FILES:
+                place_artifact(ctx.ckpt.folder / name, out_dir / name)
+            notes.append("iOS (Core AI): no Swift bridge or sample app is generated for a Core AI-only build; build "
+                         "with --ios-format all for the EdgeModel package and app beside the .aimodel.")
+            sections = {"model": section, "runner": self._runner(ctx, section["max_context"]),
+                        "tokenizer": list(TOKENIZER_FILES), "contract": ctx.contract.as_dict()}
+            return finish_bundle(out_dir, self, sections, [verification], None, notes=notes,
+                                 extra={"coreai_compression": artifact.compression.name,
+                                        "coreai_export": artifact.export})
+        return self._build_coreml(ctx, out_dir, coreai)
+
+    def _build_coreai(self, ctx: BuildContext, out_dir: Path) -> tuple[
+            CoreAIArtifact, VerificationResult, list[str], dict[str, Any]]:
+        """Convert and verify the .aimodel (the requested compression, or the ladder), place it in out_dir."""
+        missing = coreai_missing_packages()
+        if missing:
+            raise UnsupportedError(
+                f"--ios-format coreai needs {', '.join(missing)}, which this Python lacks. Run scripts/setup.sh (it "
+                "installs requirements/coreai.txt with --no-deps), or build with --ios-format coreml.")
+        options = ctx.options.for_target(self)
+        requested = options.get("coreai_compression")
+        ladder = COREAI_LADDER if requested == "auto" else (coreai_compression_named(requested).name,)
+        # No eager screen: a conversion of a small model takes seconds, and the first rung is 8-bit.
+        rungs, notes = rungs_to_build(ladder, lambda _name: [])
+        max_context = ctx.context_length
+        for name in rungs:
+            compression = coreai_compression_named(name)
+            artifact = cached_aimodel(ctx, compression, max_context, options.get("fp16_rewrites"))
+            verification = verified_aimodel(ctx, artifact, f"{self.name}/{compression.asset_name}",
+                                            COREAI_GATES[compression.name])
+            if verification.passed or name == rungs[-1]:
+                break
+            notes.append(f"Core AI {compression.asset_name} ({artifact.megabytes:.1f} MB) failed its gate: "
+                         f"{'; '.join(verification.failures)}")
+        if requested == "auto":
+            notes.insert(0, f"Core AI compression {artifact.compression.name} (auto: the smallest of "
+                            f"{', '.join(ladder)} that passes its gate)")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(artifact.asset, out_dir / artifact.asset.name, copy_function=_place_artifact)
+        notes.append(f"iOS (Core AI): {artifact.asset.name} ran `simulated` in Apple's Core AI reference interpreter "
+                     f"(coreai-core {COREAI_CORE_VERSION}) on this host's CPU, not on an iPhone: no Neural Engine, GPU "
+                     "or iOS 27 runtime ran. It needs iOS 27 / macOS 27; iOS 18-26 need the Core ML package.")
+        export = artifact.export
+        section = {"name": ctx.options.name or ctx.ckpt.name, "format": "aimodel", "asset": artifact.asset.name,
+                   "compression": artifact.compression.name, "summary": artifact.compression.summary,
+                   "max_context": export["max_context"], "sliding_window": export["sliding_window"],
+                   "minimum_os": f"iOS {export['minimum_os']} / macOS {export['minimum_os']}",
+                   "runtime": f"Core AI (coreai-torch {COREAI_TORCH_VERSION})", "verification": verification.level,
+                   "inputs": ["inputIds", "fullAttentionMask"] + (
+                       ["slidingAttentionMask"] if export["sliding_window"] else []),
+                   "states": ["keyCache", "valueCache"], "state_positions": export["state_positions"],
+                   "outputs": ["logits"],
+                   "fp16_rewrites": export["fp16_plan"], "exactness_proof": export["proof"],
+                   "metadata": export["metadata"]}
+        return artifact, verification, notes, section
+
+    def _runner(self, ctx: BuildContext, max_context: int) -> dict[str, Any]:
+        """How the bridge drives either format: BOS, stop ids, context, greedy."""
+        return {"add_bos": ctx.contract.add_bos and ctx.contract.bos_id is not None,
+                "bos_id": ctx.contract.bos_id, "eos_ids": list(ctx.contract.eos_ids),
+                "max_context": max_context, "compute_units": COMPUTE_UNITS, "temperature": 0.0}
+
+    def _build_coreml(self, ctx: BuildContext, out_dir: Path, coreai: tuple[
+            CoreAIArtifact, VerificationResult, list[str], dict[str, Any]] | None) -> TargetResult:
+        options = ctx.options.for_target(self)
+        compression = options.get("compression")
         max_context = ctx.context_length
 
         rewrites = options.get("fp16_rewrites")
@@ -197,9 +296,7 @@ class IosTarget:
             "model": {"name": model_name, "packages": shipped, "max_context": max_context,
                       "sliding_window": export.conversion.sliding_window, "deployment_target": DEPLOYMENT_TARGET,
                       "fp16_rewrites": export.conversion.fp16_plan, "exactness_proof": export.conversion.proof},
-            "runner": {"add_bos": ctx.contract.add_bos and ctx.contract.bos_id is not None,
-                       "bos_id": ctx.contract.bos_id, "eos_ids": list(ctx.contract.eos_ids),
-                       "max_context": max_context, "compute_units": COMPUTE_UNITS, "temperature": 0.0},
+            "runner": self._runner(ctx, max_context),
             "tokenizer": list(TOKENIZER_FILES),
             "contract": ctx.contract.as_dict(),
         }
@@ -210,9 +307,15 @@ class IosTarget:
             notes.append(f"iOS task numbers: every verified package answered all {len(ctx.eval_rows)} eval rows "
                          "through its own program; a `simulated` row's latency is edgepack's numpy MIL interpreter "
                          "on this build host's CPU, not an iPhone's.")
+        extra: dict[str, Any] = {}
+        if coreai is not None:
+            coreai_artifact, coreai_verification, coreai_notes, sections["core_ai"] = coreai
+            verifications.append(coreai_verification)
+            notes += coreai_notes
+            extra = {"coreai_compression": coreai_artifact.compression.name, "coreai_export": coreai_artifact.export}
         return finish_bundle(out_dir, self, sections, verifications, checks, notes=notes,
                              extra={"compression": compression, "export": export.conversion.as_dict(),
-                                    "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]})
+                                    "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge], **extra})
 
     def _first_passing(self, ctx: BuildContext, ladder: tuple[str, ...], max_context: int, rewrites: bool,
                        notes: list[str]) -> tuple[CoreMLExport, str, VerificationResult, Gate | TopOneGate]:

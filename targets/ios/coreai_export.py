@@ -1,0 +1,261 @@
+"""Core AI conversion: a Hugging Face checkpoint -> a stateful .aimodel (iOS 27 / macOS 27) with coreai-torch.
+
+The module converted is the Core ML path's own decoder (targets.ios.model.StatefulDecoder): the KV
+cache as registered buffers `keyCache`/`valueCache`, which coreai-torch turns into Core AI state
+(transformers' static-cache wrapper fails in run_decompositions), int32 `inputIds` and the additive
+fp16 masks swift-transformers builds, with the sequence and total lengths dynamic up to the context.
+The exact fp16 rewrites are sized and proven in fp32 by the same functions as for Core ML
+(targets.ios.convert.plan_fp16 / prove_exact), so an fp16 .aimodel stays finite where Gemma's
+residual stream would pass 65,504.
+
+The route: torch.export (dynamic lengths) -> run_decompositions(coreai_torch.get_decomp_table())
+-> coreai_opt's cast_fp32_to_fp16 (NOT cast_to_16_bit_precision: its int32 -> int16 pass would
+wrap token ids above 32,767) -> TorchConverter(RELEASE) -> AIProgram.save_asset (minimum OS 27).
+Weight compression is coreai-opt's weight-only quantizer on the decoder's nn.Linear modules, named
+one by one (its global presets also reach the norm gains and fail there); the embedding table,
+which a tied head reads too, stays fp16.
+
+An .aimodel holds its program and metadata only: the build ships the tokenizer and edgepack.json
+beside it. The build runs this in a child process (`python -m targets.ios.coreai_export REQUEST RESULT`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from packager.child_stage import serve_request
+from packager.errors import BadInputError
+from packager.peak_memory import own_peak_rss_mb
+
+COREAI_TORCH_VERSION = "0.4.3"
+COREAI_CORE_VERSION = "1.0.0b3"
+COREAI_OPT_VERSION = "0.3.0"
+# Bump when the converted program changes for the same checkpoint + options (keys the stage cache).
+# 2: the result names the state positions (the context + a spare slot); 3: metadata.json without a creation date
+COREAI_EXPORT_SCHEMA = 3
+# save_asset's minimum_os: Core AI runs on iOS 27 / macOS 27 and later only.
+MINIMUM_OS = "27"
+# The formats `--ios-format` ships; "all" ships both.
+FORMATS = ("coreml", "coreai")
+ASSET_STEM = "model"
+INPUTS = ("inputIds", "fullAttentionMask", "slidingAttentionMask")
+STATES = ("keyCache", "valueCache")
+# The Python packages a conversion and its verification import, and where they come from.
+REQUIRED_MODULES = {"coreai_torch": "coreai-torch", "coreai": "coreai-core", "coreai_opt": "coreai-opt"}
+
+
+@dataclass(frozen=True)
+class CoreAICompression:
+    """How the decoder's linear weights are stored in the .aimodel (everything else is fp16).
+
+    `dtype`: "fp16" (no quantization), "int8" or "int4" (coreai-opt, symmetric, weight-only);
+    `block_size`: 0 for one scale per output channel, else blocks of that many input columns.
+    """
+
+    name: str
+    summary: str
+    dtype: str
+    block_size: int
+    bits: float
+
+    @property
+    def asset_name(self) -> str:
+        return f"{ASSET_STEM}-{'fp16' if self.name == 'none' else self.name}.aimodel"
+
+
+COREAI_COMPRESSIONS: dict[str, CoreAICompression] = {c.name: c for c in (
+    CoreAICompression("int8", "int8 symmetric per-channel weights on every decoder linear (coreai-opt, weight-only); "
+                      "embedding / tied head fp16", "int8", 0, 8.0),
+    CoreAICompression("int4", "int4 symmetric per-block-32 weights on every decoder linear (coreai-opt, weight-only); "
+                      "embedding / tied head fp16", "int4", 32, 4.5),
+    CoreAICompression("none", "fp16 weights", "fp16", 0, 16.0),
+)}
+# What `--coreai-compression auto` ships: the first rung whose .aimodel passes its gate (the last ships either way).
+COREAI_LADDER = ("int8", "none")
+
+
+def coreai_compression_named(name: str) -> CoreAICompression:
+    """Return the Core AI compression called `name`, or raise a BadInputError listing the known ones."""
+    if name not in COREAI_COMPRESSIONS:
+        raise BadInputError(f"--coreai-compression {name}: unknown; choose auto or one of "
+                            f"{', '.join(COREAI_COMPRESSIONS)}.")
+    return COREAI_COMPRESSIONS[name]
+
+
+def missing_packages() -> list[str]:
+    """The Core AI packages this Python lacks (found without importing them: coreai_torch imports torch)."""
+    import importlib.util
+
+    return [package for module, package in REQUIRED_MODULES.items() if importlib.util.find_spec(module) is None]
+
+
+@dataclass
+class CoreAIExportRequest:
+    """What the child process converts (JSON on disk)."""
+
+    checkpoint: str
+    out_dir: str
+    compression: str
+    max_context: int
+    sequences: list[list[int]]
+    name: str
+    fp16_rewrites: bool = True
+    metadata: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def state_positions(max_context: int) -> int:
+    """Positions the keyCache/valueCache state holds: one more than the context, never filled.
+
+    With more than one KV head, a write into positions past:end of a layer's [kv_heads, positions, head_dim]
+    cache is a contiguous block only when it covers every position; torch.export then guards the dynamic
+    length against that one value and refuses lengths up to the whole state. A spare slot keeps every write
+    a strict part of the state, whatever the length; the masks and rotary tables never reach it.
+    """
+    return max_context + 1
+
+
+def quantize_linears(decoder: Any, compression: CoreAICompression, example: tuple[Any, ...]) -> tuple[Any, int]:
+    """The decoder with coreai-opt's weight-only quantization on each nn.Linear, named one by one; and their count.
+
+    Eager mode: the graph mode exports the decoder itself, with fixed lengths. finalize() turns the fake
+    quantizers into the custom ops coreai-torch maps to Core AI's compressed constants.
+    """
+    import coreai_opt
+    import torch
+    from coreai_opt.quantization import (
+        ExecutionMode,
+        ModuleQuantizerConfig,
+        QuantizationSpec,
+        Quantizer,
+        QuantizerConfig,
+    )
+    from coreai_opt.quantization.spec import PerBlockGranularity, PerChannelGranularity, QuantizationScheme
+
+    granularity = (PerBlockGranularity(block_size=compression.block_size) if compression.block_size
+                   else PerChannelGranularity())
+    weight = QuantizationSpec(dtype=getattr(torch, compression.dtype), qscheme=QuantizationScheme.SYMMETRIC,
+                              granularity=granularity)
+    linear = ModuleQuantizerConfig(op_input_spec=None, op_output_spec=None, op_state_spec={"weight": weight})
+    names = [name for name, module in decoder.named_modules() if isinstance(module, torch.nn.Linear)]
+    # Anchored: module_name_configs keys are regular expressions, and blocks.1.q_proj must not match blocks.11.
+    config = QuantizerConfig(global_config=None, module_name_configs={f"^{n}$": linear for n in names},
+                             execution_mode=ExecutionMode.EAGER)
+    quantizer = Quantizer(decoder, config)
+    quantizer.prepare(example)
+    return quantizer.finalize(backend=coreai_opt.ExportBackend.CoreAI), len(names)
+
+
+def exported_program(decoder: Any, window: int | None, max_context: int) -> Any:
+    """torch.export of the decoder with dynamic sequence / total lengths, decomposed for coreai-torch."""
+    import coreai_torch
+    import torch
+
+    example = example_inputs(window)
+    seq = torch.export.Dim("seq", min=1, max=max_context)
+    total = torch.export.Dim("total", min=1, max=max_context)
+    shapes: dict[str, Any] = {"inputIds": {1: seq}, "fullAttentionMask": {2: seq, 3: total}}
+    if window is not None:
+        shapes["slidingAttentionMask"] = {2: seq, 3: total}
+    with torch.no_grad():
+        program = torch.export.export(decoder, example, dynamic_shapes=shapes, strict=False)
+    return program.run_decompositions(coreai_torch.get_decomp_table())
+
+
+def example_inputs(window: int | None) -> tuple[Any, ...]:
+    """Inputs of a two-token step after one cached token (the lengths are dynamic in the export)."""
+    import torch
+
+    from targets.ios.model import additive_masks
+
+    full, sliding = additive_masks(2, 3, window)
+    return (torch.zeros(1, 2, dtype=torch.int32), full) + ((sliding,) if sliding is not None else ())
+
+
+def save_aimodel(program: Any, path: Path, window: int | None, description: str, custom: dict[str, Any]) -> None:
+    """Convert the exported program (fp16 compute) and save it as `path` with edgepack's metadata."""
+    from coreai.authoring import OSVersion
+    from coreai.runtime import AIModelAssetMetadata
+    from coreai_opt.casting import cast_fp32_to_fp16
+    from coreai_torch import TorchConverter
+
+    cast_fp32_to_fp16(program)
+    inputs = list(INPUTS if window is not None else INPUTS[:2])
+    converter = TorchConverter(mode=TorchConverter.Mode.RELEASE).add_exported_program(
+        program, input_names=inputs, state_names=list(STATES), output_names=["logits"])
+    metadata = AIModelAssetMetadata()
+    metadata.author = "edgepack"
+    metadata.model_description = description
+    for key, value in custom.items():
+        metadata.set_custom(key, value)
+    asset = converter.to_coreai().save_asset(path, metadata=metadata, minimum_os=getattr(OSVersion, f"v{MINIMUM_OS}"))
+
+    def undated(stamped: AIModelAssetMetadata) -> None:
+        # save_asset stamps the wall-clock time into metadata.json; a build's bytes must not depend on it.
+        stamped.creation_date = None
+
+    asset.update_metadata(updates=undated)
+    # Its keys come out in a different order on every save: written again, sorted.
+    document = path / "metadata.json"
+    document.write_text(json.dumps(json.loads(document.read_text(encoding="utf-8")), indent=2, sort_keys=True) + "\n",
+                        encoding="utf-8")
+
+
+def export_aimodel(request: CoreAIExportRequest) -> dict[str, Any]:
+    """Convert once for the requested compression; return what was written and what it cost."""
+    import torch
+
+    from targets.ios.convert import load_source, plan_fp16, prove_exact, sliding_window
+    from targets.ios.model import StatefulDecoder
+
+    start = time.perf_counter()
+    compression = coreai_compression_named(request.compression)
+    model, spec, config = load_source(Path(request.checkpoint))
+    plan, ranges = plan_fp16(model, spec, config, request)  # reads the fields both requests have
+    proof = prove_exact(model, spec, config, plan, request)
+    window = sliding_window(spec, config)
+    decoder = StatefulDecoder(model, spec, state_positions(request.max_context), plan,
+                              cache_dtype=torch.float16).eval()
+    architecture = str(config.get("architectures", [spec.hf_classes[0]])[0])
+    del model
+    gc.collect()
+    quantized = 0
+    if compression.dtype != "fp16":
+        decoder, quantized = quantize_linears(decoder, compression, example_inputs(window))
+    stamp = time.perf_counter()
+    program = exported_program(decoder, window, request.max_context)
+    del decoder
+    gc.collect()
+    custom: dict[str, Any] = {
+        "edgepack.name": request.name, "edgepack.architecture": architecture,
+        "edgepack.compression": compression.name, "edgepack.max_context": request.max_context,
+        "edgepack.sliding_window": window or 0, "edgepack.fp16_rewrites": json.dumps(plan.as_dict()),
+        **request.metadata,
+    }
+    out = Path(request.out_dir) / compression.asset_name
+    save_aimodel(program, out, window, f"{request.name}: {compression.summary} (edgepack)", custom)
+    convert_seconds = time.perf_counter() - stamp
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return {"asset": out.name, "compression": compression.name, "summary": compression.summary,
+            "quantized_linears": quantized, "size_mb": round(size / 2**20, 2), "fp16_plan": plan.as_dict(),
+            "ranges": ranges, "proof": proof, "max_context": request.max_context,
+            "state_positions": state_positions(request.max_context), "sliding_window": window,
+            "metadata": custom,
+            "minimum_os": MINIMUM_OS, "coreai_torch": COREAI_TORCH_VERSION,
+            "seconds": round(time.perf_counter() - start, 1), "convert_seconds": round(convert_seconds, 1),
+            "peak_rss_mb": own_peak_rss_mb()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Child-process entry (packager.child_stage): a CoreAIExportRequest in, the conversion's result out."""
+    return serve_request(__doc__.splitlines()[0], lambda request: export_aimodel(CoreAIExportRequest(**request)), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

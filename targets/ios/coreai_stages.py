@@ -1,0 +1,127 @@
+"""Cached Core AI stages of an iOS build: converted .aimodel assets and their verification records.
+
+A conversion (a child process, targets.ios.coreai_export) is keyed by the checkpoint's digest, the
+compression, the context, the golden text (the fp16 rewrites are sized on it) and the converter's
+versions and schema, and kept as a stage-cache entry (packager.stage_cache): written whole or not at
+all and checked against its recorded hashes on reuse. A verification record is bound to the asset's
+digest (the sha256 over its files).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from packager.child_stage import run_child
+from packager.fingerprint import options_digest
+from packager.scheduler import CHILD_LIBRARIES, HeavyStep
+from packager.verify.result import VerificationResult
+from targets.ios.coreai_export import (
+    COREAI_CORE_VERSION,
+    COREAI_EXPORT_SCHEMA,
+    COREAI_OPT_VERSION,
+    COREAI_TORCH_VERSION,
+    CoreAICompression,
+    CoreAIExportRequest,
+)
+
+if TYPE_CHECKING:
+    from packager.stages import BuildContext
+
+# Bump when a Core AI verification record's content or computation changes.
+COREAI_VERIFICATION_SCHEMA = 1
+# Expected peaks (x fp32 size) until a real model is measured: the Core ML conversion's, whose route (an
+# fp32 decoder copy, its exported graph) this one shares; tiny models measured about 0.9 GB (libraries).
+COREAI_CONVERSION = HeavyStep("coreai conversion", 7.2, in_process=False, fixed=CHILD_LIBRARIES)
+COREAI_RUN = HeavyStep("coreai interpreter", 2.0)
+COREAI_HEAVY_STEPS = (COREAI_CONVERSION, COREAI_RUN)
+
+
+@dataclass
+class CoreAIArtifact:
+    """One converted .aimodel in the stage cache."""
+
+    compression: CoreAICompression
+    key: str
+    asset: Path
+    export: dict[str, Any]
+    from_cache: bool
+    digest: str  # sha256 over the asset's files (from the entry's checked manifest)
+
+    @property
+    def megabytes(self) -> float:
+        return float(self.export["size_mb"])
+
+
+def cached_aimodel(ctx: BuildContext, compression: CoreAICompression, max_context: int,
+                   fp16_rewrites: bool = True) -> CoreAIArtifact:
+    """Return the converted .aimodel for (checkpoint, compression, context), converting it when not cached."""
+    contract = ctx.contract
+    metadata = {"edgepack.eos_ids": json.dumps(list(contract.eos_ids)),
+                "edgepack.bos_id": "" if contract.bos_id is None else str(contract.bos_id)}
+    request = CoreAIExportRequest(checkpoint=str(ctx.ckpt.folder), out_dir="", compression=compression.name,
+                                  max_context=max_context,
+                                  sequences=[s[:max_context] for s in ctx.reference.sequences],
+                                  name=ctx.options.name or ctx.ckpt.name, fp16_rewrites=fp16_rewrites,
+                                  metadata=metadata)
+    fields = {k: v for k, v in dataclasses.asdict(request).items() if k not in ("checkpoint", "out_dir")}
+    key = options_digest("coreai", COREAI_EXPORT_SCHEMA, COREAI_TORCH_VERSION, COREAI_CORE_VERSION,
+                         COREAI_OPT_VERSION, ctx.ckpt_digest, dataclasses.asdict(compression), fields)[:24]
+    label = f"convert Core AI ({compression.name})" + ("" if fp16_rewrites else ", fp16 rewrites OFF")
+
+    def convert(tmp: Path) -> dict[str, Any]:
+        ctx.reporter.say(f"converting to Core AI ({compression.name}) with coreai-torch {COREAI_TORCH_VERSION} "
+                         "in a child process")
+        what = f"Core AI conversion of {ctx.ckpt.folder} ({compression.name})"
+        with ctx.scheduler.step(COREAI_CONVERSION, what) as claim:
+            return run_child("targets.ios.coreai_export", tmp, dataclasses.asdict(
+                dataclasses.replace(request, out_dir=str(tmp))), what, claim)
+
+    entry = ctx.stage_cache.entry(
+        "coreai", key, label, convert,
+        describe=lambda e: f"{e['asset']} {e['size_mb']:.1f} MB, peak RSS {e['peak_rss_mb']:.0f} MB")
+    result = entry.value
+    return CoreAIArtifact(compression, key, entry.path(result["asset"]), result, entry.from_cache,
+                          entry.digest(result["asset"]))
+
+
+def verified_aimodel(ctx: BuildContext, artifact: CoreAIArtifact, name: str, gate: Any) -> VerificationResult:
+    """Run the .aimodel in Apple's reference interpreter against the fp32 reference and, with an eval set, answer
+    every row through it under the contract, held to the task gate (cached per asset + golden set + gate + task)."""
+    from targets.ios import coreai_verify
+
+    def verify() -> VerificationResult:
+        reference, contract, tokenizer = ctx.reference, ctx.contract, ctx.hf_tokenizer
+        baseline = ctx.baseline_answers if ctx.eval_rows else []
+        max_context = int(artifact.export["max_context"])
+        ctx.reporter.say(f"running {name} in Apple's Core AI reference interpreter ({reference.positions} golden "
+                         "positions, prefill + decode)")
+        with ctx.scheduler.step(COREAI_RUN, f"running {name}"):
+            driver = coreai_verify.AimodelDriver(artifact.asset)
+            try:
+                result = coreai_verify.verify_aimodel(driver, name, artifact.compression.name, gate, reference,
+                                                      list(contract.eos_ids), tokenizer, max_context)
+                if ctx.eval_rows:
+                    ctx.reporter.say(f"answering {len(ctx.eval_rows)} eval rows with {name} (Core AI interpreter)")
+                    metrics, failures, notes = coreai_verify.answer_eval_set(driver, contract, ctx.eval_rows,
+                                                                             tokenizer, max_context, baseline)
+                    result.failures += failures
+                    result.notes += notes
+                    ctx.attach_task(result, metrics)
+            finally:
+                driver.close()
+        return result
+
+    task_key = ctx.task_key() if ctx.eval_rows else ""
+    key = options_digest("verify-coreai", COREAI_VERIFICATION_SCHEMA, artifact.key, artifact.digest,
+                         ctx.golden.digest_source(), dataclasses.asdict(gate), task_key)[:24]
+    result = ctx.stage_cache.record(
+        "verify", key, f"simulate {artifact.asset.name} (Core AI interpreter)", verify,
+        encode=VerificationResult.as_dict, decode=VerificationResult.from_dict, binds=artifact.digest,
+        describe=lambda r: r.verdict_line(gate, ctx.options.task_gate))
+    # The verdict of a stored record is not taken on trust: the gates are applied again to its numbers.
+    result.reapply_gates(gate, ctx.options.task_gate)
+    return dataclasses.replace(result, artifact=name)

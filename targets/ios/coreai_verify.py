@@ -1,0 +1,156 @@
+"""Verifying an .aimodel in Apple's reference interpreter (coreai-core, on this host's CPU): level `simulated`.
+
+coreai-core ships, for Linux, the reference interpreter of Core AI programs: the saved asset is loaded
+(`AIModelAsset.load(path).executable()`), its `main` function called with the inputs and the state
+arrays it updates in place. That is Apple's code evaluating the asset's own program, but not Core AI
+on an iPhone: no Neural Engine, no GPU, no device compiler ran, so the level is `simulated`, as for
+the Core ML package's numpy interpreter.
+
+The asset is driven the way the Core ML package is (targets.ios.verify.PackageDriver): each golden
+sequence prefilled but for its last DECODE_STEPS tokens, which are decoded one at a time through
+the keyCache/valueCache state; logits compared with the fp32 reference on every golden position
+(packager.verify.compare.golden_fidelity); a greedy continuation; and with an eval set, every row
+answered under the contract (one prediction for the prompt, then one per token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from packager.contract import Contract
+from packager.verify.compare import first_difference, golden_fidelity
+from packager.verify.reference import ReferenceLogits
+from packager.verify.result import VerificationResult
+from packager.verify.task_eval import EvalRow, TaskMetrics, score
+from targets.ios.coreai_export import COREAI_CORE_VERSION, STATES, state_positions
+from targets.ios.verify import DECODE_STEPS, PackageDriver, package_generator
+
+RUNTIME = f"Apple's Core AI reference interpreter (coreai-core {COREAI_CORE_VERSION}, CPU, this host)"
+WHERE = ("Apple's Core AI reference interpreter (coreai-core) on this build host's CPU; not an iPhone's Neural "
+         "Engine or GPU, and not the Core AI runtime of iOS 27")
+
+
+class AimodelDriver(PackageDriver):
+    """An .aimodel's `main` function in coreai-core's interpreter, with its state carried between calls."""
+
+    level = "simulated"
+
+    def __init__(self, asset_path: Path) -> None:
+        from coreai.authoring.asset import AIModelAsset
+
+        self.asset = AIModelAsset.load(asset_path)
+        self.metadata: dict[str, Any] = dict(self.asset.metadata.creator_defined_metadata)
+        self.window = int(self.metadata.get("edgepack.sliding_window") or 0) or None
+        self._loop = asyncio.new_event_loop()
+        self._executable = self.asset.executable()
+        model = self._loop.run_until_complete(self._executable.__aenter__())
+        self.function = model.load_function("main")
+        desc = self.function.desc
+        self.interface: dict[str, Any] = {
+            "inputs": {n: [list(desc.input_descriptor(n).shape), desc.input_descriptor(n).dtype]
+                       for n in desc.input_names},
+            "outputs": {n: [list(desc.output_descriptor(n).shape), desc.output_descriptor(n).dtype]
+                        for n in desc.output_names},
+            "states": {n: [list(desc.state_descriptor(n).shape), desc.state_descriptor(n).dtype]
+                       for n in desc.state_names},
+        }
+        self.state: dict[str, Any] = {}
+
+    def close(self) -> None:
+        """Release the loaded model (the interpreter holds its weights)."""
+        self._loop.run_until_complete(self._executable.__aexit__(None, None, None))
+        self._loop.close()
+
+    def reset_state(self) -> None:
+        from coreai.runtime import NDArray
+
+        self.state = {name: NDArray(np.zeros(shape, dtype=np.dtype(dtype)))
+                      for name, (shape, dtype) in self.interface["states"].items()}
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        from coreai.runtime import NDArray
+
+        arrays = {name: NDArray(np.ascontiguousarray(value)) for name, value in inputs.items()
+                  if name in self.interface["inputs"]}
+        out = self._loop.run_until_complete(self.function(inputs=arrays, state=self.state))
+        return np.asarray(out["logits"].numpy())
+
+
+def check_interface(interface: dict[str, Any], max_context: int, sliding: bool) -> list[str]:
+    """What the Swift side relies on: the input/state/output names, int32 ids, fp16 state of the context's length."""
+    failures = []
+    expected = ["inputIds", "fullAttentionMask"] + (["slidingAttentionMask"] if sliding else [])
+    if sorted(interface["inputs"]) != sorted(expected):
+        failures.append(f"inputs are {sorted(interface['inputs'])}, expected {expected}")
+    if list(interface["outputs"]) != ["logits"]:
+        failures.append(f"outputs are {list(interface['outputs'])}, expected ['logits']")
+    if sorted(interface["states"]) != sorted(STATES):
+        failures.append(f"states are {sorted(interface['states'])}, expected {list(STATES)}")
+    ids = interface["inputs"].get("inputIds")
+    if ids is not None and ids[1] != "int32":
+        failures.append(f"inputIds is {ids[1]}, not int32")
+    for name, (shape, dtype) in interface["states"].items():
+        if dtype != "float16":
+            failures.append(f"state {name} is {dtype}, not float16")
+        if len(shape) < 2 or shape[-2] != state_positions(max_context):
+            failures.append(f"state {name} has shape {shape}: it does not hold {max_context} positions (and the "
+                            "spare slot)")
+    return failures
+
+
+def verify_aimodel(driver: AimodelDriver, artifact: str, quant: str, gate: Any, reference: ReferenceLogits,
+                   eos_ids: list[int], hf_tokenizer: Any, max_context: int) -> VerificationResult:
+    """Interface check + golden-position logits and a greedy continuation through the interpreter, vs fp32."""
+    failures = check_interface(driver.interface, max_context, driver.window is not None)
+    start = time.perf_counter()
+    acc, truncated = golden_fidelity(reference, driver.logits, max_context)
+    seconds = time.perf_counter() - start
+    metrics = acc.result()
+    n_greedy = len(reference.greedy_ids) or 24
+    greedy_ids = driver.greedy(reference.greedy_prompt_ids, n_greedy, eos_ids)
+    if driver.nonfinite_steps:
+        failures.append(f"non-finite logits: {driver.nonfinite_steps} prediction(s) of the interpreter gave NaN or "
+                        "infinite values")
+    failures += gate.check(metrics)
+    notes = [f"simulated: the .aimodel's program run by {WHERE}; each golden sequence prefilled, then its last "
+             f"{DECODE_STEPS} tokens decoded one by one through the keyCache/valueCache state ({seconds:.1f} s)",
+             f"logit cosine vs fp32 transformers: {metrics.cosine:.4f}"]
+    if truncated:
+        notes.append(f"{truncated} golden positions beyond the {max_context}-position state were not compared")
+    if greedy_ids != reference.greedy_ids:
+        same = first_difference(greedy_ids, reference.greedy_ids)
+        notes.append(f"greedy ids agree with the reference for the first "
+                     f"{same if same is not None else min(len(greedy_ids), len(reference.greedy_ids))} of "
+                     f"{len(reference.greedy_ids)} tokens")
+    states = ", ".join(f"{n} {shape}" for n, (shape, _) in driver.interface["states"].items())
+    return VerificationResult(
+        artifact=artifact, format="aimodel", quant=quant, level="simulated",
+        runtime=f"{RUNTIME}; {', '.join(driver.interface['inputs'])} -> logits, states {states}",
+        metrics=metrics, greedy_match=greedy_ids == reference.greedy_ids,
+        greedy_text_reference=hf_tokenizer.decode(reference.greedy_ids) if hf_tokenizer is not None else "",
+        greedy_text=hf_tokenizer.decode(greedy_ids) if hf_tokenizer is not None else "",
+        gate=gate.describe(), failures=failures, notes=notes)
+
+
+def answer_eval_set(driver: AimodelDriver, contract: Contract, rows: Sequence[EvalRow], tokenizer: Any,
+                    max_context: int, baseline: Sequence[str]) -> tuple[TaskMetrics, list[str], list[str]]:
+    """The eval set answered through the interpreter, every row, greedy: (metrics, failures, notes)."""
+    before = driver.nonfinite_steps
+    start = time.perf_counter()
+    metrics, _ = score(contract, rows, package_generator(driver, tokenizer, contract, max_context), baseline)
+    seconds = time.perf_counter() - start
+    nonfinite = driver.nonfinite_steps - before
+    failures = [f"non-finite logits: {nonfinite} prediction(s) while answering the eval set gave NaN or infinite "
+                "values"] if nonfinite else []
+    notes = [f"task: all {metrics.rows} eval rows answered through the .aimodel's program ({seconds:.0f} s), greedy, "
+             f"the prompt in one call and then one token per call through the state; latency and tokens/s are "
+             f"{WHERE}"]
+    if contract.constrained:
+        notes.append("the Swift bridge has no grammar: answers are decoded unconstrained on iOS")
+    return metrics, failures, notes

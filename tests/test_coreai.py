@@ -1,0 +1,236 @@
+"""The ios target's Core AI format: an .aimodel converted from tiny models with coreai-torch and run in Apple's
+reference interpreter (coreai-core, on this host's CPU: level `simulated`), judged like the Core ML package.
+
+Each build is made once per module (a tiny model converts in about 10 s and runs in a few). The tests need
+coreai-torch, coreai-core and coreai-opt: they are skipped where those are missing, unless
+EDGEPACK_REQUIRE_TOOLS=1 (CI), which makes a missing package a failure.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cli_helpers import edgepack, leftovers
+from external_tools import tools_required
+
+from packager.errors import ExitCode, GateFailedError
+from packager.pipeline import BuildRequest, run_build
+from packager.stages import BuildOptions
+from packager.verify.gates import EIGHT_BIT, TaskGate
+
+
+@pytest.fixture(scope="module", autouse=True)
+def coreai_packages() -> None:
+    from targets.ios.coreai_export import missing_packages
+
+    missing = missing_packages()
+    if missing:
+        message = f"{', '.join(missing)} not installed (scripts/setup.sh installs them)"
+        if tools_required():
+            pytest.fail(f"{message}, and EDGEPACK_REQUIRE_TOOLS=1 says every check must run")
+        pytest.skip(message)
+
+
+def _build(folder: Path, out: Path, ios_format: str, coreai: str = "none", compression: str = "none",
+           fp16_rewrites: bool = True, **options):
+    ios = {"format": ios_format, "coreai_compression": coreai, "compression": compression,
+           "fp16_rewrites": fp16_rewrites}
+    return run_build(BuildRequest(checkpoint=folder, targets=["ios"], out=out,
+                                  options=BuildOptions(target_options={"ios": ios}, context_length=256, **options)))
+
+
+def _coreai_result(outcome):
+    [result] = [v for v in outcome.results[0].verifications if v.format == "aimodel"]
+    return result
+
+
+@pytest.fixture(scope="module")
+def router_aimodel(tiny_router: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory):
+    """The fine-tuned tiny Gemma router as an fp16 .aimodel only, with its eval set (the task decides)."""
+    model, eval_path = tiny_router
+    out = tmp_path_factory.mktemp("coreai") / "router"
+    outcome = _build(model, out, "coreai", eval_path=eval_path, task={"task": "labels"},
+                     task_gate=TaskGate(decides=True))
+    return outcome, out / "ios"
+
+
+@pytest.fixture(scope="module")
+def llama_both(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Tiny Llama with --ios-format all: the fp16 Core ML package and app, and an fp16 .aimodel beside them."""
+    out = tmp_path_factory.mktemp("coreai") / "llama"
+    return _build(tiny_llama, out, "all"), out / "ios"
+
+
+def test_gemma_fp16_aimodel_matches_fp32_in_apples_interpreter_through_prefill_and_decode(router_aimodel) -> None:
+    outcome, _ = router_aimodel
+    assert outcome.passed
+    result = _coreai_result(outcome)
+    assert result.level == "simulated" and result.format == "aimodel" and result.quant == "none"
+    assert "reference interpreter" in result.runtime and "slidingAttentionMask" in result.runtime
+    assert result.metrics.top1 >= 0.98 and result.metrics.nonfinite_positions == 0
+    assert result.greedy_match, (result.greedy_text, result.greedy_text_reference)
+    assert any("not an iPhone's Neural Engine or GPU" in n for n in result.notes)
+
+
+def test_the_aimodel_answers_the_eval_set_through_its_own_state_within_the_task_gate(router_aimodel) -> None:
+    outcome, _ = router_aimodel
+    task = _coreai_result(outcome).task
+    assert task is not None and task.rows == 6 and len(task.latencies_ms) == 6 and min(task.latencies_ms) > 0
+    assert task.baseline_exact_match == 1.0 and task.exact_match == 1.0 and task.validity == 1.0
+    assert task.agreement == 1.0 and not task.constrained
+
+
+def test_a_coreai_only_bundle_ships_the_asset_tokenizer_and_contract_and_says_what_ran(router_aimodel) -> None:
+    _, bundle = router_aimodel
+    document = json.loads((bundle / "edgepack.json").read_text(encoding="utf-8"))
+    paths = {f["path"] for f in document["files"]}
+    assert {"tokenizer.json", "tokenizer_config.json"} <= paths
+    assert {p.split("/")[0] for p in paths if p.startswith("model-")} == {"model-fp16.aimodel"}
+    model = document["model"]
+    assert model["format"] == "aimodel" and model["asset"] == "model-fp16.aimodel" and model["max_context"] == 256
+    assert model["states"] == ["keyCache", "valueCache"] and model["exactness_proof"]["exact"]
+    assert model["metadata"]["edgepack.max_context"] == 256
+    assert document["runner"]["eos_ids"] == document["contract"]["eos_ids"]
+    assert [v["format"] for v in document["verification"]] == ["aimodel"]
+    assert not (bundle / "app").exists()  # no Swift scaffold for a Core AI-only build
+    report = (bundle.parent / "report.md").read_text(encoding="utf-8")
+    assert any("model-fp16.aimodel" in line and "simulated" in line for line in report.splitlines())
+
+
+def test_llama_ships_both_formats_and_its_fp16_aimodel_matches_fp32(llama_both) -> None:
+    outcome, bundle = llama_both
+    assert outcome.passed
+    formats = [v.format for v in outcome.results[0].verifications]
+    assert formats.count("mlpackage") >= 1 and formats.count("aimodel") == 1
+    result = _coreai_result(outcome)
+    assert result.metrics.top1 >= 0.98 and result.greedy_match and result.metrics.nonfinite_positions == 0
+    assert "slidingAttentionMask" not in result.runtime
+    document = json.loads((bundle / "edgepack.json").read_text(encoding="utf-8"))
+    assert document["core_ai"]["asset"] == "model-fp16.aimodel"
+    assert document["model"]["packages"][0]["package"] == "model-fp16.mlpackage"
+    assert (bundle / "model-fp16.aimodel" / "main.mlirb").is_file() and (bundle / "app").is_dir()
+
+
+def test_the_default_core_ai_ladder_ships_int8_linears_within_the_8_bit_gate(tiny_gemma: Path,
+                                                                             tmp_path: Path) -> None:
+    outcome = _build(tiny_gemma, tmp_path / "out", "coreai", coreai="auto")
+    result = _coreai_result(outcome)
+    assert result.quant == "int8" and result.passed
+    assert EIGHT_BIT.check(result.metrics) == [], result.metrics
+    export = outcome.results[0].extra["coreai_export"]
+    assert export["quantized_linears"] == 14  # 2 layers x q, k, v, o, gate, up, down; norms untouched
+    assert (tmp_path / "out" / "ios" / "model-int8.aimodel" / "main.mlirb").is_file()
+
+
+@pytest.fixture(scope="module")
+def overflowing_gemma(tiny_gemma: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny Gemma with post-norm gains x4000: its residual stream passes fp16's 65,504, like Gemma 3 270M's."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_gemma), dtype=torch.float32)
+    with torch.no_grad():
+        for block in model.model.layers:
+            block.post_feedforward_layernorm.weight.mul_(4000.0)
+    folder = tmp_path_factory.mktemp("models") / "overflowing-gemma"
+    model.save_pretrained(str(folder))
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copyfile(tiny_gemma / name, folder / name)
+    return folder
+
+
+def test_an_fp16_aimodel_that_overflows_fails_its_gate_and_nothing_is_written(overflowing_gemma: Path,
+                                                                               tmp_path: Path) -> None:
+    with pytest.raises(GateFailedError) as caught:
+        _build(overflowing_gemma, tmp_path / "unsafe", "coreai", fp16_rewrites=False)
+    assert "FAIL" in str(caught.value)
+    assert leftovers(tmp_path, "unsafe") == []
+    safe = _build(overflowing_gemma, tmp_path / "safe", "coreai")
+    assert safe.passed and _coreai_result(safe).metrics.top1 >= 0.98
+
+
+def test_non_finite_logits_from_the_interpreter_fail_the_gate(router_aimodel, tiny_router, tmp_path: Path) -> None:
+    import numpy as np
+
+    from packager.checkpoint import load_checkpoint
+    from packager.progress import Reporter
+    from packager.stages import BuildContext
+    from targets.ios.coreai_verify import AimodelDriver, verify_aimodel
+    from targets.ios.target import COREAI_GATES
+
+    _, bundle = router_aimodel
+    model, _ = tiny_router
+    ckpt = load_checkpoint(model, work_dir=tmp_path / "work")
+    ctx = BuildContext(ckpt, ckpt.content_digest(), BuildOptions(context_length=256), Reporter(quiet=True))
+
+    class Broken(AimodelDriver):
+        def predict(self, inputs):
+            logits = super().predict(inputs)
+            return np.full_like(logits, np.nan)
+
+    driver = Broken(bundle / "model-fp16.aimodel")
+    try:
+        result = verify_aimodel(driver, "ios/model-fp16.aimodel", "none", COREAI_GATES["none"], ctx.reference,
+                                list(ctx.contract.eos_ids), ctx.hf_tokenizer, 256)
+    finally:
+        driver.close()
+    assert not result.passed
+    assert any("non-finite" in f for f in result.failures), result.failures
+
+
+def test_ios_format_defaults_to_coreml_and_lists_its_choices() -> None:
+    from targets.ios.target import IosTarget
+
+    [option] = [o for o in IosTarget.options if o.name == "format"]
+    assert option.default == "coreml" and option.flag == "--ios-format" and option.toml_key == "ios_format"
+    assert set(option.choices) == {"coreml", "coreai", "all"}
+
+
+def test_unknown_ios_format_is_refused_with_the_choices(tiny_gemma: Path, tmp_path: Path) -> None:
+    result = edgepack("build", tiny_gemma, "--target", "ios", "--ios-format", "mlx", "--out", tmp_path / "out")
+    assert result.exit_code == ExitCode.BAD_INPUT == 2
+    assert "coreml" in result.stderr and "coreai" in result.stderr and "all" in result.stderr
+    assert leftovers(tmp_path, "out") == []
+
+
+def test_ios_format_is_read_from_edgepack_toml_and_a_bad_value_is_named(tmp_path: Path) -> None:
+    from packager.errors import BadInputError
+    from packager.project import target_option_values
+
+    toml = tmp_path / "edgepack.toml"
+    assert target_option_values({}, {"ios_format": "all"}, toml)["ios"]["format"] == "all"
+    assert target_option_values({"ios": {"format": "coreai"}}, {"ios_format": "all"}, toml)["ios"]["format"] == "coreai"
+    with pytest.raises(BadInputError, match="ios_format = 'mlx' is not one of coreml, coreai, all"):
+        target_option_values({}, {"ios_format": "mlx"}, toml)
+
+
+def test_coreai_format_without_its_packages_stops_with_the_setup_command(
+        tiny_gemma: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import targets.ios.target as ios
+
+    monkeypatch.setattr(ios, "coreai_missing_packages", lambda: ["coreai-core"])
+    out = tmp_path / "out"
+    result = edgepack("build", tiny_gemma, "--target", "ios", "--ios-format", "coreai", "--out", out)
+    assert result.exit_code == ExitCode.UNSUPPORTED, result.stderr
+    assert "coreai-core" in result.stderr and "scripts/setup.sh" in result.stderr
+    assert "--ios-format coreml" in result.stderr and "Traceback" not in result.stderr
+    assert leftovers(tmp_path, "out") == []
+
+
+def test_the_interface_check_names_what_the_swift_side_would_not_find() -> None:
+    from targets.ios.coreai_verify import check_interface
+
+    good = {"inputs": {"inputIds": [[1, -1], "int32"], "fullAttentionMask": [[1, 1, -1, -1], "float16"]},
+            "outputs": {"logits": [[1, -1, 640], "float16"]},
+            "states": {"keyCache": [[2, 2, 257, 16], "float16"], "valueCache": [[2, 2, 257, 16], "float16"]}}
+    assert check_interface(good, 256, sliding=False) == []
+    assert any("slidingAttentionMask" in f for f in check_interface(good, 256, sliding=True))
+    bad = {**good, "inputs": {"inputids": [[1, -1], "int64"]},
+           "states": {"b_keycache": [[2, 2, 256, 16], "float32"], "valueCache": [[2, 2, 128, 16], "float16"]}}
+    failures = " | ".join(check_interface(bad, 256, sliding=False))
+    assert "inputs are ['inputids']" in failures and "states are ['b_keycache', 'valueCache']" in failures
+    assert "not float16" in failures and "does not hold 256 positions" in failures
