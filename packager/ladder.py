@@ -14,11 +14,15 @@ misses its gate is then screened on the task too, and passes when the task is in
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from packager.scheduler import HeavyStep
 from packager.verify.gates import TaskGate
 from packager.verify.metrics import FidelityMetrics
+from packager.verify.result import VerificationResult
 from packager.verify.task_eval import TaskMetrics
+
+A = TypeVar("A")
 
 # A screen holds the fp32 model and its quantized copy in this process: 13.9 GB measured for a Gemma 3 1B
 # (3.7 GB in fp32) on Android.
@@ -56,3 +60,20 @@ def screen_verdict(fidelity: FidelityMetrics, fidelity_reasons: list[str], task_
     if task_reasons:
         return [*fidelity_reasons, *task_reasons]
     return []
+
+
+def first_passing_rung(ladder: Sequence[str], what: str, build: Callable[[str], tuple[A, VerificationResult]],
+                       megabytes: Callable[[A], float], auto: bool) -> tuple[A, VerificationResult, list[str]]:
+    """Convert and verify rungs smallest first until one passes its gate (the last ships either way), for
+    formats whose conversion is cheap enough to need no screen. Returns the artifact, its verification and
+    a note per rung that failed (and, for `auto`, which rung was chosen)."""
+    notes: list[str] = []
+    for name in ladder:
+        artifact, verification = build(name)
+        if verification.passed or name == ladder[-1]:
+            break
+        notes.append(f"{what} {name} ({megabytes(artifact):.1f} MB) failed its gate: "
+                     f"{'; '.join(verification.failures)}")
+    if auto:
+        notes.insert(0, f"{what} {name} (auto: the smallest of {', '.join(ladder)} that passes its gate)")
+    return artifact, verification, notes

@@ -139,3 +139,26 @@ def test_the_stage_line_of_a_verification_gives_the_verdict_the_task_gate_reache
     assert result.verdict_line(EIGHT_BIT, TaskGate(decides=True)).endswith("pass (task gate decided)")
     assert result.verdict_line(EIGHT_BIT, TaskGate()).endswith("FAIL")  # --strict-fidelity
     assert result.failures == EIGHT_BIT.check(missed) and not result.warnings  # the line judged a copy
+
+
+def test_an_unscreened_ladder_ships_the_first_rung_that_passes_and_notes_the_ones_that_failed() -> None:
+    from packager.ladder import first_passing_rung
+    from packager.verify.result import VerificationResult
+
+    built: list[str] = []
+
+    def build(failing: set[str]):
+        def convert(name: str) -> tuple[str, VerificationResult]:
+            built.append(name)
+            return name, VerificationResult(name, "x", name, "executed", "r",
+                                            failures=[f"{name} too far"] if name in failing else [])
+        return convert
+
+    artifact, result, notes = first_passing_rung(("int4", "int8", "none"), "recipe", build({"int4"}), len, True)
+    assert (artifact, result.passed, built) == ("int8", True, ["int4", "int8"])
+    assert notes == ["recipe int8 (auto: the smallest of int4, int8, none that passes its gate)",
+                     "recipe int4 (4.0 MB) failed its gate: int4 too far"]
+    built.clear()
+    artifact, result, notes = first_passing_rung(("int4", "none"), "recipe", build({"int4", "none"}), len, False)
+    assert (artifact, result.passed, built) == ("none", False, ["int4", "none"])  # the last ships either way
+    assert notes == ["recipe int4 (4.0 MB) failed its gate: int4 too far"]

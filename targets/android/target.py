@@ -24,7 +24,7 @@ from packager.codecheck import check_generated_files
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
 from packager.errors import BadInputError, UnsupportedError
 from packager.escaping import slug
-from packager.ladder import rungs_to_build, screen_verdict
+from packager.ladder import first_passing_rung, rungs_to_build, screen_verdict
 from packager.resources import copy_mobile_files
 from packager.scheduler import HeavyStep
 from packager.stage_cache import place_artifact
@@ -233,19 +233,15 @@ class AndroidTarget:
             raise BadInputError(problem + " (or build android with --android-runtime executorch)")
         requested = ctx.options.for_target(self).get("litert_recipe")
         ladder = LITERT_LADDER if requested == "auto" else (litert_recipe_named(requested).name,)
-        # No eager screen: a tiny model's LiteRT-LM export takes about 20 s, and int8 weights are the first rung.
-        rungs, notes = rungs_to_build(ladder, lambda _name: [])
         max_context = ctx.context_length
-        for name in rungs:
+
+        def build(name: str) -> tuple[LitertArtifact, VerificationResult]:
+            # No eager screen: a tiny model's LiteRT-LM export takes about 20 s, and int8 weights are the first rung.
             artifact = cached_litertlm(ctx, litert_recipe_named(name), max_context)
-            verification = verified_litertlm(ctx, artifact, f"{self.name}/{BUNDLE_NAME}")
-            if verification.passed or name == rungs[-1]:
-                break
-            notes.append(f"LiteRT-LM recipe {name} ({artifact.megabytes:.1f} MB) failed its gate: "
-                         f"{'; '.join(verification.failures)}")
-        if requested == "auto":
-            notes.insert(0, f"LiteRT-LM recipe {artifact.recipe.name} (auto: the smallest of {', '.join(ladder)} "
-                            "that passes its gate)")
+            return artifact, verified_litertlm(ctx, artifact, f"{self.name}/{BUNDLE_NAME}")
+
+        artifact, verification, notes = first_passing_rung(ladder, "LiteRT-LM recipe", build, lambda a: a.megabytes,
+                                                           requested == "auto")
         out_dir.mkdir(parents=True, exist_ok=True)
         place_artifact(artifact.bundle, out_dir / BUNDLE_NAME)
         notes.append(f"Android (LiteRT-LM): {BUNDLE_NAME} ran on this host in its own TFLite program "

@@ -26,7 +26,7 @@ from packager.codecheck import check_generated_files
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
 from packager.errors import BadInputError, UnsupportedError
 from packager.escaping import slug
-from packager.ladder import rungs_to_build, screen_verdict
+from packager.ladder import first_passing_rung, rungs_to_build, screen_verdict
 from packager.resources import copy_mobile_files
 from packager.scheduler import HeavyStep
 from packager.stage_cache import place_artifact
@@ -204,21 +204,17 @@ class IosTarget:
         options = ctx.options.for_target(self)
         requested = options.get("coreai_compression")
         ladder = COREAI_LADDER if requested == "auto" else (coreai_compression_named(requested).name,)
-        # No eager screen: a conversion of a small model takes seconds, and the first rung is 8-bit.
-        rungs, notes = rungs_to_build(ladder, lambda _name: [])
         max_context = ctx.context_length
-        for name in rungs:
+
+        def build(name: str) -> tuple[CoreAIArtifact, VerificationResult]:
+            # No eager screen: a conversion of a small model takes seconds, and the first rung is 8-bit.
             compression = coreai_compression_named(name)
             artifact = cached_aimodel(ctx, compression, max_context, options.get("fp16_rewrites"))
-            verification = verified_aimodel(ctx, artifact, f"{self.name}/{compression.asset_name}",
-                                            COREAI_GATES[compression.name])
-            if verification.passed or name == rungs[-1]:
-                break
-            notes.append(f"Core AI {compression.asset_name} ({artifact.megabytes:.1f} MB) failed its gate: "
-                         f"{'; '.join(verification.failures)}")
-        if requested == "auto":
-            notes.insert(0, f"Core AI compression {artifact.compression.name} (auto: the smallest of "
-                            f"{', '.join(ladder)} that passes its gate)")
+            return artifact, verified_aimodel(ctx, artifact, f"{self.name}/{compression.asset_name}",
+                                              COREAI_GATES[compression.name])
+
+        artifact, verification, notes = first_passing_rung(ladder, "Core AI compression", build,
+                                                           lambda a: a.megabytes, requested == "auto")
         out_dir.mkdir(parents=True, exist_ok=True)
         shutil.copytree(artifact.asset, out_dir / artifact.asset.name, copy_function=_place_artifact)
         notes.append(f"iOS (Core AI): {artifact.asset.name} ran `simulated` in Apple's Core AI reference interpreter "
