@@ -8,6 +8,7 @@ checked against their recorded sha256 on reuse, and copied (never linked) into b
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,10 +31,12 @@ from packager.scheduler import HeavyStep, Scheduler, scheduler_for
 from packager.stage_cache import CachedEntry, StageCache
 from packager.target import TargetOptionValues, declared_options
 from packager.threads import compute_threads
+from packager.verify.compare import eager_fidelity
 from packager.verify.fp32_model import load_fp32_model, resident_bytes
 from packager.verify.gates import TaskGate, gate_for
 from packager.verify.gguf_check import verify_gguf
 from packager.verify.golden import GoldenSet, load_golden
+from packager.verify.metrics import FidelityMetrics
 from packager.verify.reference import ReferenceLogits, compute_reference, load_hf_tokenizer
 from packager.verify.result import VerificationResult
 from packager.verify.task_eval import (
@@ -95,6 +98,20 @@ class GgufFile:
 
     name: str
     size: int
+
+
+@dataclass(frozen=True)
+class RungScreen:
+    """One ladder rung as a target screens it in eager PyTorch: what it stores, its model, its records."""
+
+    task_kind: str  # the task record's kind ("screen-pte-task"); its key adds the task and `stores`
+    schema: int  # the target's verification schema: a change invalidates both records
+    stores: dict[str, Any]  # what the rung stores (recipe / compression fields)
+    fidelity_key: str
+    label: str  # "screen <rung> (eager)"
+    task_label: str  # "screen <rung> on the task (eager)"
+    eager_model: Callable[[], Any]  # the rung's quantized model in transformers, fp32 arithmetic
+    describe: Callable[[FidelityMetrics], str]
 
 
 class BuildContext:
@@ -269,22 +286,48 @@ class BuildContext:
         generate = hf_generator(model, self.hf_tokenizer, self.contract)
         return score_batch(self.contract, self.eval_rows, generate, baseline)[0]
 
-    def screened_task(self, kind: str, schema: int, compression: dict[str, Any], label: str,
-                      eager_model: Callable[[], Any]) -> TaskMetrics:
-        """The eval set answered by a ladder rung's eager quantized model (`eager_model()`, built only when no
-        record exists) against the fp32 baseline; cached per checkpoint + task + `compression` (what the rung
-        stores). A target asks for it only when the task decides a screen whose fidelity failed."""
+    def screened(self, rung: RungScreen, task_if: Callable[[FidelityMetrics], bool] | None = None) -> FidelityMetrics:
+        """Predicted fidelity of a ladder rung: its eager quantized model on the golden positions (cached).
+
+        Building that model is most of a screen's cost (a minute for Gemma 3 270M's searched 4-bit weights).
+        So when the task decides and `task_if(fidelity)` says the rung's fidelity already misses its gate,
+        the same model answers the eval set in the same step, recorded as `screened_task` would record it.
+        """
+        def screen() -> FidelityMetrics:
+            reference = self.reference
+            with_task = task_if is not None and bool(self.eval_rows) and self.options.task_gate.decides
+            if with_task:
+                self.baseline_answers  # noqa: B018  (its own heavy step, taken before this one)
+            with self.scheduler.step(EAGER_SCREEN, rung.label):
+                model = rung.eager_model()
+                fidelity = eager_fidelity(model, reference)
+                if with_task and task_if is not None and task_if(fidelity):
+                    self._task_record(rung, functools.partial(self.task_metrics_hf, model, self.baseline_answers))
+                del model
+                return fidelity
+
+        return self.stage_cache.record("screen", rung.fidelity_key, rung.label, screen,
+                                       encode=FidelityMetrics.as_dict, decode=lambda data: FidelityMetrics(**data),
+                                       describe=rung.describe)
+
+    def screened_task(self, rung: RungScreen) -> TaskMetrics:
+        """The eval set answered by a ladder rung's eager quantized model (built only when no record exists)
+        against the fp32 baseline; cached per checkpoint + task + what the rung stores. A target asks for it
+        only when the task decides a screen whose fidelity failed."""
         def screen() -> TaskMetrics:
             baseline = self.baseline_answers  # its own heavy step, taken before this one
-            with self.scheduler.step(EAGER_SCREEN, label):
-                model = eager_model()
+            with self.scheduler.step(EAGER_SCREEN, rung.task_label):
+                model = rung.eager_model()
                 metrics = self.task_metrics_hf(model, baseline)
                 del model
                 return metrics
 
+        return self._task_record(rung, screen)
+
+    def _task_record(self, rung: RungScreen, compute: Callable[[], TaskMetrics]) -> TaskMetrics:
         return self.stage_cache.record(
-            "screen", options_digest(kind, schema, self.task_key(), compression)[:24], label, screen,
-            encode=TaskMetrics.as_dict, decode=lambda data: TaskMetrics(**data),
+            "screen", options_digest(rung.task_kind, rung.schema, self.task_key(), rung.stores)[:24], rung.task_label,
+            compute, encode=TaskMetrics.as_dict, decode=lambda data: TaskMetrics(**data),
             describe=lambda t: f"accuracy {t.exact_match:.3f} (fp32 {t.baseline_exact_match or 0:.3f}), "
                                f"validity {t.validity:.3f}")
 

@@ -643,6 +643,43 @@ def test_with_an_eval_set_a_rung_whose_fidelity_screen_misses_is_kept_when_its_a
     assert screen_verdict(predicted, reasons, TaskGate(), lambda: pytest.fail("asked")) == reasons
 
 
+
+def test_a_screen_whose_fidelity_misses_answers_the_task_with_the_same_eager_model(
+        tiny_router: tuple[Path, Path], tmp_path: Path, cold_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import targets.android.verify as pte_check
+    from packager.checkpoint import load_checkpoint
+    from packager.progress import Reporter
+    from packager.stages import BuildContext, BuildOptions
+    from packager.verify.gates import TaskGate
+    from targets.android.export import recipe_named
+    from targets.android.stages import screened, screened_task
+
+    built = []
+    original = pte_check.eager_quantized_model
+    monkeypatch.setattr(pte_check, "eager_quantized_model", lambda *a: built.append(a) or original(*a))
+    model, eval_path = tiny_router
+    options = BuildOptions(eval_path=eval_path, task={"task": "labels"}, task_gate=TaskGate(decides=True))
+    ckpt = load_checkpoint(model, work_dir=tmp_path / "work")
+    recipe = recipe_named("8da4w-emb4")  # misses its fidelity gate on the tiny router (the test above)
+
+    def context() -> BuildContext:
+        return BuildContext(ckpt, "router", options, Reporter(quiet=True))
+
+    ctx = context()
+    predicted = screened(ctx, recipe, task_if=lambda fidelity: bool(recipe.gate.check(fidelity)))
+    task = screened_task(ctx, recipe)
+    assert recipe.gate.check(predicted) and task.rows == 6 and len(built) == 1  # one model for both screens
+    # A rung whose fidelity passes is not answered on the task in its screen's step.
+    passing = recipe_named("fp32")
+    screened(ctx, passing, task_if=lambda fidelity: bool(passing.gate.check(fidelity)))
+    assert len(built) == 2
+    screened_task(ctx, passing)
+    assert len(built) == 3
+    # Both records are reused by a later build: no model at all.
+    again = context()
+    assert screened(again, recipe) == predicted and screened_task(again, recipe) == task and len(built) == 3
+
+
 def test_unknown_recipe_is_refused_with_the_known_ones() -> None:
     from packager.errors import BadInputError
     from targets.android.export import recipe_named

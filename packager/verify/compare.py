@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from packager.verify.golden import GoldenSet
-from packager.verify.metrics import FidelityAccumulator
+from packager.verify.metrics import FidelityAccumulator, FidelityMetrics
 
 if TYPE_CHECKING:
     from packager.verify.reference import ReferenceLogits
@@ -53,3 +53,15 @@ def golden_fidelity(reference: ReferenceLogits, logits: Callable[[list[int]], np
         if i == reference.perplexity_index:
             acc.add_perplexity(ids, ref, art)
     return acc, truncated
+
+
+def eager_fidelity(model: Any, reference: ReferenceLogits) -> FidelityMetrics:
+    """A transformers model (a ladder rung's eager quantized copy) on the golden sequences, one forward each
+    without a cache, against the fp32 reference: a screen's prediction of what a conversion would keep."""
+    import torch
+
+    acc = FidelityAccumulator()
+    with torch.inference_mode():
+        for i, ids in enumerate(reference.sequences):
+            acc.add(reference.logits(i), model(torch.tensor([ids]), use_cache=False).logits[0].float().numpy())
+    return acc.result()

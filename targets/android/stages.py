@@ -9,6 +9,7 @@ written whole or not at all, and checked against its recorded hashes on reuse.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ from packager.verify.task_eval import TaskMetrics
 from targets.android.export import EXECUTORCH_VERSION, EXPORT_SCHEMA, Recipe, RunnerMetadata
 
 if TYPE_CHECKING:
-    from packager.stages import BuildContext
+    from packager.stages import BuildContext, RungScreen
 
 # Bump when a .pte verification record's content or computation changes.
 PTE_VERIFICATION_SCHEMA = 3  # 3: fidelity sums over 16 positions at a time
@@ -143,30 +144,27 @@ def structural_pte(ctx: BuildContext, artifact: PteArtifact, tokenizer_json: Pat
     return dataclasses.replace(result, artifact=name)
 
 
-def screened(ctx: BuildContext, recipe: Recipe) -> FidelityMetrics:
-    """Predicted fidelity of a recipe (eager PyTorch, no export), cached per checkpoint + recipe + golden set."""
-    from targets.android.verify import predict_fidelity
+def rung_screen(ctx: BuildContext, recipe: Recipe) -> RungScreen:
+    """How a recipe is screened: its eager quantized model, doing the arithmetic the exported .pte does."""
+    from packager.stages import RungScreen
+    from targets.android.verify import eager_quantized_model
 
-    digest = options_digest("screen-pte", PTE_VERIFICATION_SCHEMA, ctx.ckpt_digest, recipe.as_dict(),
-                            ctx.golden.digest_source())[:24]
-    label = f"screen {recipe.name} (eager)"
+    fidelity_key = options_digest("screen-pte", PTE_VERIFICATION_SCHEMA, ctx.ckpt_digest, recipe.as_dict(),
+                                  ctx.golden.digest_source())[:24]
+    return RungScreen("screen-pte-task", PTE_VERIFICATION_SCHEMA, recipe.as_dict(), fidelity_key,
+                      f"screen {recipe.name} (eager)", f"screen {recipe.name} on the task (eager)",
+                      lambda: eager_quantized_model(ctx.ckpt.folder, ctx.ckpt.spec, recipe),
+                      lambda m: f"top-1 (decisive) {m.top1_decisive or 0:.3f}, KL {m.kl:.4f}")
 
-    def screen() -> FidelityMetrics:
-        reference = ctx.reference
-        with ctx.scheduler.step(EAGER_SCREEN, label):
-            return predict_fidelity(ctx.ckpt.folder, ctx.ckpt.spec, recipe, reference)
 
-    return ctx.stage_cache.record(
-        "screen", digest, label, screen,
-        encode=FidelityMetrics.as_dict, decode=lambda data: FidelityMetrics(**data),
-        describe=lambda m: f"top-1 (decisive) {m.top1_decisive or 0:.3f}, KL {m.kl:.4f}")
+def screened(ctx: BuildContext, recipe: Recipe, task_if: Callable[[FidelityMetrics], bool] | None = None,
+             ) -> FidelityMetrics:
+    """Predicted fidelity of a recipe (eager PyTorch, no export), cached per checkpoint + recipe + golden set;
+    with `task_if`, its task screen in the same step when that holds (packager.stages.BuildContext.screened)."""
+    return ctx.screened(rung_screen(ctx, recipe), task_if)
 
 
 def screened_task(ctx: BuildContext, recipe: Recipe) -> TaskMetrics:
     """The eval set answered by a recipe's eager quantized model (no export), against the fp32 baseline;
     cached per checkpoint + recipe + task. Asked only when the task decides a screen fidelity failed."""
-    from targets.android.verify import eager_quantized_model
-
-    return ctx.screened_task("screen-pte-task", PTE_VERIFICATION_SCHEMA, recipe.as_dict(),
-                             f"screen {recipe.name} on the task (eager)",
-                             lambda: eager_quantized_model(ctx.ckpt.folder, ctx.ckpt.spec, recipe))
+    return ctx.screened_task(rung_screen(ctx, recipe))

@@ -340,7 +340,8 @@ class AndroidTarget:
         # costs several CPU-minutes.
         def screen(name: str) -> list[str]:
             recipe = recipe_named(name)
-            predicted = screened(ctx, recipe)
+            # A fidelity miss is known as soon as the screen's numbers are: the task screen then reuses its model.
+            predicted = screened(ctx, recipe, task_if=lambda fidelity: bool(recipe.gate.check(fidelity)))
             task = (lambda: screened_task(ctx, recipe)) if ctx.eval_rows else None
             return screen_verdict(predicted, recipe.gate.check(predicted), ctx.options.task_gate, task)
 

@@ -31,7 +31,6 @@ from packager.threads import compute_threads
 from packager.verify.compare import compare_token_ids, first_difference, golden_fidelity, tokenizer_probe_text
 from packager.verify.gates import Gate
 from packager.verify.golden import GoldenSet
-from packager.verify.metrics import FidelityAccumulator
 from packager.verify.reference import ReferenceLogits
 from packager.verify.result import VerificationResult
 from packager.verify.task_eval import Generator
@@ -380,18 +379,3 @@ def eager_quantized_model(folder: Path, spec: Any, recipe: Any) -> Any:
     return model
 
 
-def predict_fidelity(folder: Path, spec: Any, recipe: Any, reference: ReferenceLogits) -> Any:
-    """Fidelity of a recipe before exporting it: its eager quantized model on the golden text.
-
-    A screen, not a verification: whatever ships is still executed in ExecuTorch.
-    """
-    import torch
-
-    model = eager_quantized_model(folder, spec, recipe)
-    acc = FidelityAccumulator()
-    with torch.inference_mode():
-        for i, ids in enumerate(reference.sequences):
-            art = model(torch.tensor([ids]), use_cache=False).logits[0].float().numpy()
-            acc.add(reference.logits(i), art)
-    del model
-    return acc.result()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ from packager.verify.task_eval import TaskMetrics
 from targets.ios.convert import COREMLTOOLS_VERSION, EXPORT_SCHEMA, ExportRequest
 
 if TYPE_CHECKING:
-    from packager.stages import BuildContext
+    from packager.stages import BuildContext, RungScreen
 
 # Bump when a simulated verification record's content or computation changes.
 COREML_VERIFICATION_SCHEMA = 5  # 5: with an eval set, the package's own answers and the task gate
@@ -178,35 +179,31 @@ def verified_package(ctx: BuildContext, export: CoreMLExport, compression: str, 
     return dataclasses.replace(result, artifact=name)
 
 
-def screened(ctx: BuildContext, compression: str) -> FidelityMetrics:
-    """Predicted fidelity of a compression (eager PyTorch, no conversion), cached per checkpoint + golden set."""
+def rung_screen(ctx: BuildContext, compression: str) -> RungScreen:
+    """How a Core ML compression is screened: transformers holding the weights it would store."""
+    from packager.stages import RungScreen
     from targets.ios.convert import compression_named
-    from targets.ios.verify import predict_fidelity
+    from targets.ios.verify import eager_compressed_model
 
-    digest = options_digest("screen-coreml", COREML_VERIFICATION_SCHEMA, EXPORT_SCHEMA, ctx.ckpt_digest,
-                            dataclasses.asdict(compression_named(compression)), ctx.golden.digest_source())[:24]
-    label = f"screen Core ML {compression} (eager)"
+    chosen = compression_named(compression)
+    stores = dataclasses.asdict(chosen)
+    fidelity_key = options_digest("screen-coreml", COREML_VERIFICATION_SCHEMA, EXPORT_SCHEMA, ctx.ckpt_digest,
+                                  stores, ctx.golden.digest_source())[:24]
+    return RungScreen("screen-coreml-task", COREML_VERIFICATION_SCHEMA, {"export": EXPORT_SCHEMA, **stores},
+                      fidelity_key, f"screen Core ML {compression} (eager)",
+                      f"screen Core ML {compression} on the task (eager)",
+                      lambda: eager_compressed_model(ctx.ckpt.folder, chosen),
+                      lambda m: f"top-1 {m.top1:.3f}, KL {m.kl:.4f}")
 
-    def screen() -> FidelityMetrics:
-        reference = ctx.reference
-        ctx.reporter.say(f"screening Core ML {compression}: transformers with its quantized weights on "
-                         f"{reference.positions} golden positions")
-        with ctx.scheduler.step(EAGER_SCREEN, label):
-            return predict_fidelity(ctx.ckpt.folder, compression_named(compression), reference)
 
-    return ctx.stage_cache.record("screen", digest, label, screen, encode=FidelityMetrics.as_dict,
-                                  decode=lambda data: FidelityMetrics(**data),
-                                  describe=lambda m: f"top-1 {m.top1:.3f}, KL {m.kl:.4f}")
+def screened(ctx: BuildContext, compression: str,
+             task_if: Callable[[FidelityMetrics], bool] | None = None) -> FidelityMetrics:
+    """Predicted fidelity of a compression (eager PyTorch, no conversion), cached per checkpoint + golden set;
+    with `task_if`, its task screen in the same step when that holds (packager.stages.BuildContext.screened)."""
+    return ctx.screened(rung_screen(ctx, compression), task_if)
 
 
 def screened_task(ctx: BuildContext, compression: str) -> TaskMetrics:
     """The eval set answered by a compression's eager model (no conversion), against the fp32 baseline;
     cached per checkpoint + compression + task. Asked only when the task decides a screen fidelity failed."""
-    from targets.ios.convert import compression_named
-    from targets.ios.verify import eager_compressed_model
-
-    chosen = compression_named(compression)
-    return ctx.screened_task("screen-coreml-task", COREML_VERIFICATION_SCHEMA,
-                             {"export": EXPORT_SCHEMA, **dataclasses.asdict(chosen)},
-                             f"screen Core ML {compression} on the task (eager)",
-                             lambda: eager_compressed_model(ctx.ckpt.folder, chosen))
+    return ctx.screened_task(rung_screen(ctx, compression))

@@ -326,9 +326,11 @@ class IosTarget:
         own answers keep the task.
         """
         def screen(rung: str) -> list[str]:
-            predicted = screened(ctx, rung)
+            # A class-gate miss is known as soon as the screen's numbers are: the task screen then reuses its model.
+            # (The Q4_K_M-relative gate needs a baseline GGUF, a heavy step of its own, so it is not asked there.)
+            predicted = screened(ctx, rung, task_if=lambda fidelity: bool(self._class_gate(rung).check(fidelity)))
             # The class gate first: a 4-bit rung that misses it needs no Q4_K_M baseline for its relative gate.
-            failures = LOW_BIT.check(predicted) if self._four_bit(rung) else []
+            failures = self._class_gate(rung).check(predicted) if self._four_bit(rung) else []
             failures = failures or self._gate(ctx, rung, notes).check(predicted)
             # With an eval set the task decides, as on every target: the eager model's own answers.
             task = (lambda: screened_task(ctx, rung)) if ctx.eval_rows else None
@@ -346,6 +348,10 @@ class IosTarget:
                 return export, rung, result, gate
             notes.append(f"{package} ({export.megabytes(rung):.0f} MB) failed its gate ({'; '.join(result.failures)})")
         raise AssertionError("unreachable: the last rung always returns")
+
+    def _class_gate(self, rung: str) -> Gate:
+        """The gate of the rung's bit width alone (no baseline GGUF needed)."""
+        return LOW_BIT if self._four_bit(rung) else EIGHT_BIT
 
     @staticmethod
     def _four_bit(rung: str) -> bool:

@@ -355,17 +355,3 @@ def eager_compressed_model(folder: Path, compression: Any) -> Any:
     return model
 
 
-def predict_fidelity(folder: Path, compression: Any, reference: ReferenceLogits) -> Any:
-    """Fidelity of a compression before converting: its eager model (eager_compressed_model) on the golden text.
-
-    A screen, not a verification: whatever ships is still simulated from its saved program.
-    """
-    import torch
-
-    model = eager_compressed_model(folder, compression)
-    acc = FidelityAccumulator()
-    with torch.inference_mode():
-        for i, ids in enumerate(reference.sequences):
-            acc.add(reference.logits(i), model(torch.tensor([ids]), use_cache=False).logits[0].float().numpy())
-    del model
-    return acc.result()
