@@ -92,6 +92,7 @@ def verified_aimodel(ctx: BuildContext, artifact: CoreAIArtifact, name: str, gat
     """Run the .aimodel in Apple's reference interpreter against the fp32 reference and, with an eval set, answer
     every row through it under the contract, held to the task gate (cached per asset + golden set + gate + task)."""
     from targets.ios import coreai_verify
+    from targets.ios import verify as coreml_check
 
     def verify() -> VerificationResult:
         reference, contract, tokenizer = ctx.reference, ctx.contract, ctx.hf_tokenizer
@@ -106,8 +107,8 @@ def verified_aimodel(ctx: BuildContext, artifact: CoreAIArtifact, name: str, gat
                                                       list(contract.eos_ids), tokenizer, max_context)
                 if ctx.eval_rows:
                     ctx.reporter.say(f"answering {len(ctx.eval_rows)} eval rows with {name} (Core AI interpreter)")
-                    metrics, failures, notes = coreai_verify.answer_eval_set(driver, contract, ctx.eval_rows,
-                                                                             tokenizer, max_context, baseline)
+                    metrics, failures, notes = coreml_check.answer_eval_set(driver, contract, ctx.eval_rows,
+                                                                            tokenizer, max_context, baseline)
                     result.failures += failures
                     result.notes += notes
                     ctx.attach_task(result, metrics)

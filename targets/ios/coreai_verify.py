@@ -17,19 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from packager.contract import Contract
 from packager.verify.compare import first_difference, golden_fidelity
 from packager.verify.reference import ReferenceLogits
 from packager.verify.result import VerificationResult
-from packager.verify.task_eval import EvalRow, TaskMetrics, score
 from targets.ios.coreai_export import COREAI_CORE_VERSION, STATES, state_positions
-from targets.ios.verify import DECODE_STEPS, PackageDriver, package_generator
+from targets.ios.verify import DECODE_STEPS, PackageDriver
 
 RUNTIME = f"Apple's Core AI reference interpreter (coreai-core {COREAI_CORE_VERSION}, CPU, this host)"
 WHERE = ("Apple's Core AI reference interpreter (coreai-core) on this build host's CPU; not an iPhone's Neural "
@@ -40,6 +37,7 @@ class AimodelDriver(PackageDriver):
     """An .aimodel's `main` function in coreai-core's interpreter, with its state carried between calls."""
 
     level = "simulated"
+    runs_on = WHERE
 
     def __init__(self, asset_path: Path) -> None:
         from coreai.authoring.asset import AIModelAsset
@@ -136,21 +134,3 @@ def verify_aimodel(driver: AimodelDriver, artifact: str, quant: str, gate: Any, 
         greedy_text_reference=hf_tokenizer.decode(reference.greedy_ids) if hf_tokenizer is not None else "",
         greedy_text=hf_tokenizer.decode(greedy_ids) if hf_tokenizer is not None else "",
         gate=gate.describe(), failures=failures, notes=notes)
-
-
-def answer_eval_set(driver: AimodelDriver, contract: Contract, rows: Sequence[EvalRow], tokenizer: Any,
-                    max_context: int, baseline: Sequence[str]) -> tuple[TaskMetrics, list[str], list[str]]:
-    """The eval set answered through the interpreter, every row, greedy: (metrics, failures, notes)."""
-    before = driver.nonfinite_steps
-    start = time.perf_counter()
-    metrics, _ = score(contract, rows, package_generator(driver, tokenizer, contract, max_context), baseline)
-    seconds = time.perf_counter() - start
-    nonfinite = driver.nonfinite_steps - before
-    failures = [f"non-finite logits: {nonfinite} prediction(s) while answering the eval set gave NaN or infinite "
-                "values"] if nonfinite else []
-    notes = [f"task: all {metrics.rows} eval rows answered through the .aimodel's program ({seconds:.0f} s), greedy, "
-             f"the prompt in one call and then one token per call through the state; latency and tokens/s are "
-             f"{WHERE}"]
-    if contract.constrained:
-        notes.append("the Swift bridge has no grammar: answers are decoded unconstrained on iOS")
-    return metrics, failures, notes

@@ -52,6 +52,8 @@ class PackageDriver:
     spec: Any
     window: int | None
     level: str
+    # What ran the program, as the report's latency note says it.
+    runs_on: str = "this build host's CPU"
     nonfinite_steps: int = 0
     first_nonfinite: str | None = None
 
@@ -113,6 +115,8 @@ class SimulatedModel(PackageDriver):
     """The package's MIL program in the numpy interpreter (level `simulated`)."""
 
     level = "simulated"
+    runs_on = ("edgepack's numpy MIL interpreter on this build host's CPU, not an iPhone (a device runs the same "
+               "program in Core ML, far faster)")
 
     def __init__(self, package: Path) -> None:
         from targets.ios.mil_interpreter import MilInterpreter, load_program
@@ -134,6 +138,7 @@ class CoreMLRuntimeModel(PackageDriver):
     """The package in the real Core ML runtime (macOS 15+ only; level `executed`). Untested on Linux hosts."""
 
     level = "executed"
+    runs_on = "Core ML on this Mac's CPU"
 
     def __init__(self, package: Path) -> None:
         import coremltools as ct
@@ -241,7 +246,8 @@ def package_generator(model: PackageDriver, tokenizer: Any, contract: Contract, 
 
 def answer_eval_set(model: PackageDriver, contract: Contract, rows: Sequence[EvalRow], tokenizer: Any,
                     max_context: int, baseline: Sequence[str]) -> tuple[TaskMetrics, list[str], list[str]]:
-    """The eval set answered through the package's own program, every row: (metrics, failures, notes)."""
+    """The eval set answered through the program the driver runs (a Core ML package, an .aimodel), every row:
+    (metrics, failures, notes)."""
     before, first_before = model.nonfinite_steps, model.first_nonfinite
     start = time.perf_counter()
     metrics, _ = score(contract, rows, package_generator(model, tokenizer, contract, max_context), baseline)
@@ -251,12 +257,9 @@ def answer_eval_set(model: PackageDriver, contract: Contract, rows: Sequence[Eva
     if nonfinite or (first_before is None and model.first_nonfinite):
         failures.append(f"non-finite numbers: {nonfinite} prediction(s) while answering the eval set gave NaN or "
                         f"infinite logits; first non-finite value at op {model.first_nonfinite or 'logits'}")
-    where = ("Core ML on this Mac's CPU" if model.level == "executed" else
-             "edgepack's numpy MIL interpreter on this build host's CPU, not an iPhone (a device runs the same "
-             "program in Core ML, far faster)")
-    notes = [f"task: all {metrics.rows} eval rows answered through the package's own program ({seconds:.0f} s), "
+    notes = [f"task: all {metrics.rows} eval rows answered through the model's own program ({seconds:.0f} s), "
              "greedy, each prompt in one prediction and then one token per prediction through the state, as "
-             f"EdgeModel.generate does; latency and tokens/s are {where}"]
+             f"EdgeModel.generate does; latency and tokens/s are {model.runs_on}"]
     if contract.constrained:
         notes.append("EdgeModel (Swift) has no grammar: answers are decoded unconstrained on iOS")
     return metrics, failures, notes
