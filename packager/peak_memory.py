@@ -63,10 +63,16 @@ class PeakRss:
 
 
 def release_free_memory() -> None:
-    """Hand the heap's free pages back to the OS (glibc's malloc_trim): memory a finished in-process step
-    freed would otherwise stay in this process's resident size beside the next step's child processes."""
+    """Collect what a finished in-process step left in reference cycles, then hand the heap's free pages
+    back to the OS (glibc's malloc_trim): both would otherwise stay in this process's resident size beside
+    the next step's child processes. Measured: a quantized eager Gemma 3 270M left 1.1 GB in cycles after
+    its last reference was dropped; an Android build of a 1B held 4.1 GB beside its export child, 0.65 GB
+    once collected."""
     import ctypes
     import ctypes.util
+    import gc
+
+    gc.collect()
 
     name = ctypes.util.find_library("c")
     try:

@@ -68,6 +68,24 @@ def test_in_process_model_steps_run_one_at_a_time_even_when_memory_allows(tmp_pa
     assert overlap == [1, 1]
 
 
+def test_memory_an_in_process_step_left_in_reference_cycles_is_returned_when_it_ends(tmp_path: Path) -> None:
+    """What a step drops but keeps in a cycle (torchao's replaced weights do) must not sit beside the next child."""
+    import os
+
+    import numpy as np
+
+    from packager.peak_memory import vm_rss_kb
+
+    scheduler = _scheduler(tmp_path, limit_gb=100)
+    before = vm_rss_kb(os.getpid())
+    with scheduler.heavy("screen", "eager screen", estimate=1.0):
+        node: dict[str, object] = {"data": np.ones(64 * 2**20)}  # 512 MB of float64, touched
+        node["self"] = node  # a cycle: reference counting alone never frees it
+        assert vm_rss_kb(os.getpid()) - before > 400 * 2**10
+        del node
+    assert vm_rss_kb(os.getpid()) - before < 100 * 2**10
+
+
 def test_a_step_larger_than_an_explicit_max_ram_stops_before_it_starts(tmp_path: Path) -> None:
     scheduler = _scheduler(tmp_path, limit_gb=4, explicit=True)
     started = []
