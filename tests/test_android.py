@@ -544,6 +544,27 @@ def test_gemma_embedding_scale_survives_the_quantized_table(tiny_gemma: Path) ->
     assert torch.allclose(before, after, rtol=0.02, atol=0.02 * float(before.abs().max()))
 
 
+@pytest.mark.parametrize("recipe", ["8da8w", "8da4w-emb4"])
+def test_the_screens_row_lookup_equals_the_exported_whole_table_lookup(tiny_gemma: Path, recipe: str) -> None:
+    """The eager screens dequantize only the looked-up rows; the values must be the .pte op's, bit for bit."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from packager.architectures import spec_for_config
+    from targets.android.export import RECIPES, quantize_model
+
+    config = json.loads((tiny_gemma / "config.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_gemma), dtype=torch.float32)
+    quantize_model(model, spec_for_config(config), RECIPES[recipe])
+    ids = torch.tensor([[5, 9, 300, 9], [0, 1, 2, 3]])
+    table = model.model.embed_tokens
+    whole = table(ids)
+    table.gather_first = True
+    rows = table(ids)
+    assert rows.shape == whole.shape == (2, 4, config["hidden_size"])
+    assert torch.equal(rows, whole) and not torch.equal(rows[0, 0], rows[0, 1])
+
+
 @pytest.mark.parametrize("family", ["tiny_gemma", "tiny_llama", "tiny_smollm"])
 def test_outlier_smoothing_leaves_the_fp32_model_unchanged(family: str, request: pytest.FixtureRequest) -> None:
     """Smoothing moves scale between activations and weights; before quantization it must be exact."""

@@ -240,13 +240,22 @@ class QuantizedTokenEmbedding:
                     self.register_buffer("channel_factor", scale.float().contiguous())
                 self.factor = 1.0 if self.per_channel else float(scale)
 
+            # Eager PyTorch only (the screens): the reference op dequantizes the whole table on every
+            # call (1.2 GB per token at Gemma 3 1B); the same op on just the looked-up rows gives the
+            # same values. The exported program keeps the one op the ExecuTorch kernel implements.
+            gather_first = False
+
             def forward(self, ids: torch.Tensor) -> torch.Tensor:
+                weight, scales, lookup = self.weight, self.scales, ids
+                if self.gather_first:
+                    flat = ids.reshape(-1)
+                    weight, scales, lookup = weight[flat], scales[flat], torch.arange(flat.numel()).reshape(ids.shape)
                 if bits == 4:
                     out = torch.ops.quantized_decomposed.embedding_4bit.dtype(
-                        self.weight, self.scales, None, -8, 7, ids, dtype=torch.float32)
+                        weight, scales, None, -8, 7, lookup, dtype=torch.float32)
                 else:
                     out = torch.ops.quantized_decomposed.embedding_byte.dtype(
-                        self.weight, self.scales, None, -128, 127, ids, dtype=torch.float32)
+                        weight, scales, None, -128, 127, lookup, dtype=torch.float32)
                 if self.per_channel:
                     return out * self.channel_factor
                 return out * self.factor if self.factor != 1.0 else out
@@ -375,7 +384,11 @@ def quantize_model(model: Any, spec: Any, recipe: Recipe, folder: Path | None = 
         summary["linears"][quant.describe()] = len(names)
 
     embedding = model.get_submodule(layout.embedding_module)
-    table = embedding.weight.detach().clone() if recipe.embedding is not None else None
+    shared = tied and recipe.head == recipe.embedding == PER_CHANNEL_8
+    # A tied table quantized on its own needs its fp32 values after the head's quantization replaced them.
+    table = None
+    if recipe.embedding is not None and not shared:
+        table = embedding.weight.detach().clone() if tied else embedding.weight.detach()
     if recipe.head is not None:
         quantize_(model, _linear_config(recipe.head), filter_fn=lambda _m, fqn: fqn == layout.head_module)
         summary["head"] = recipe.head.describe()
@@ -383,7 +396,6 @@ def quantize_model(model: Any, spec: Any, recipe: Recipe, folder: Path | None = 
         factor: Any = math.sqrt(config.hidden_size) if spec.embedding_scale_sqrt_hidden else 1.0
         if head_scales is not None and tied:
             factor = factor / head_scales  # the tied table was scaled for the head; undo it on lookup
-        shared = tied and recipe.head == recipe.embedding == PER_CHANNEL_8
         if shared:
             # The head's own int8 rows and scales: byte-identical, so the .ptd stores them once.
             weight = model.get_submodule(layout.head_module).weight

@@ -366,11 +366,14 @@ def eager_quantized_model(folder: Path, spec: Any, recipe: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
     from targets.android.export import quantize_model
+    from targets.android.layouts import executorch_layout
 
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="sdpa",
                                                  trust_remote_code=False, local_files_only=True)
     model.eval()
     quantize_model(model, spec, recipe, folder)
+    if recipe.embedding is not None:
+        model.get_submodule(executorch_layout(spec).embedding_module).gather_first = True
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and isinstance(module.weight, IntxUnpackedToInt8Tensor):
             module.weight = torch.nn.Parameter(module.weight.dequantize(), requires_grad=False)
