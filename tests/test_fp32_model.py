@@ -41,6 +41,36 @@ def test_streamed_blocks_give_the_whole_models_logits_bit_for_bit_and_its_greedy
     assert [c.margin for c in got] == pytest.approx([c.margin for c in expected], rel=1e-5)
 
 
+@pytest.mark.parametrize("model", ["tiny_gemma", "tiny_llama", "tied_llama", "tiny_smollm"])
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_the_whole_model_read_tensor_by_tensor_is_from_pretrained_s_bit_for_bit(
+        model: str, attention: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """Conversions and screens load through load_fp32_whole; its weights, buffers and ties must be
+    transformers' own, or every artifact's numbers would move."""
+    from transformers import AutoModelForCausalLM
+
+    from packager.verify.fp32_model import load_fp32_whole
+
+    folder = (make_tiny_llama(tmp_path / "tied", tied=True) if model == "tied_llama"
+              else request.getfixturevalue(model))
+    expected = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation=attention,
+                                                    local_files_only=True).eval()
+    got = load_fp32_whole(folder, attention)
+    want = dict(expected.state_dict(keep_vars=True)) | dict(expected.named_buffers(remove_duplicate=False))
+    have = dict(got.state_dict(keep_vars=True)) | dict(got.named_buffers(remove_duplicate=False))
+    assert sorted(have) == sorted(want)
+    for name, tensor in want.items():
+        assert have[name].dtype == tensor.dtype and torch.equal(have[name], tensor), name
+    tied = expected.lm_head.weight is expected.get_input_embeddings().weight
+    assert (got.lm_head.weight is got.get_input_embeddings().weight) == tied
+    assert got.config.to_dict() == expected.config.to_dict()
+    assert got.generation_config.to_dict() == expected.generation_config.to_dict()
+    assert not got.training and got.config._attn_implementation == attention
+    ids = torch.tensor([[2, 17, 99, 300, 5]])
+    with torch.inference_mode():
+        assert torch.equal(got(ids).logits, expected(ids).logits)
+
+
 def test_only_a_large_model_is_streamed_and_its_resident_weights_are_one_block_plus_the_rest(
         tiny_gemma: Path, tmp_path: Path) -> None:
     ckpt = _open(tiny_gemma, tmp_path)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from packager.checkpoint import Checkpoint
-from packager.safetensors_file import TensorEntry
+from packager.safetensors_file import TensorEntry, read_header
 
 # Above this many bytes of float32 weights, decoder blocks are streamed (Gemma 3 270M: 1.07 GB, loaded whole).
 STREAM_ABOVE = 2 * 2**30
@@ -53,12 +53,45 @@ def resident_bytes(ckpt: Checkpoint, stream_above: int = STREAM_ABOVE) -> int:
 
 
 def _whole_model(ckpt: Checkpoint) -> torch.nn.Module:
+    return load_fp32_whole(ckpt.folder, "eager")
+
+
+def load_fp32_whole(folder: Path, attn_implementation: str) -> torch.nn.Module:
+    """The whole model in float32, read from its safetensors one tensor at a time.
+
+    transformers' from_pretrained holds a bf16 checkpoint's stored tensors beside their float32 copies
+    (Gemma 3 1B: 5.9 GB at its peak for a 4.0 GB model); here the peak is the model plus one stored
+    tensor. The numbers are the same (a cast to float32 is exact). A checkpoint whose tensor names do not
+    map onto the model's parameters one to one is loaded by from_pretrained.
+    """
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        str(ckpt.folder), dtype=torch.float32, trust_remote_code=False, local_files_only=True,
-        attn_implementation="eager",
-    )
+    files = sorted(folder.glob("*.safetensors"))
+    tensors = {name: entry for file in files for name, entry in read_header(file).items()}
+    model = _empty_model(folder, attn_implementation)
+    sources = _sources(model, tensors) if tensors else None
+    if sources is None:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=torch.float32, trust_remote_code=False, local_files_only=True,
+            attn_implementation=attn_implementation)
+        return model.eval()
+    for names, entry in sources:
+        _assign(model, names, _read([entry])[entry.name])
+    return model
+
+
+def _empty_model(folder: Path, attn_implementation: str) -> torch.nn.Module:
+    """The model in float32 with its parameters on the meta device (buffers computed), its head tied as
+    from_pretrained ties it."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
+    with init_empty_weights(include_buffers=False):  # parameters on meta, rotary tables and scales computed
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attn_implementation)
+    model.tie_weights()  # from_pretrained ties a shared head; from_config leaves it a separate parameter
+    if (folder / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(str(folder), local_files_only=True)
     return model.eval()
 
 
@@ -74,14 +107,7 @@ def _block_of(name: str) -> str | None:
 def _streamed_model(ckpt: Checkpoint) -> torch.nn.Module | None:
     """The model with its decoder blocks' weights read on demand; None when the checkpoint's tensor names
     do not map onto the model's parameters one to one (then the caller loads it whole)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(str(ckpt.folder), trust_remote_code=False, local_files_only=True)
-    with init_empty_weights(include_buffers=False):  # parameters on meta, rotary tables and scales computed
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
-    model.tie_weights()  # from_pretrained ties a shared head; from_config leaves it a separate parameter
-    model.eval()
+    model = _empty_model(ckpt.folder, "eager")
     sources = _sources(model, ckpt.tensors)
     if sources is None:
         return None

@@ -418,16 +418,13 @@ def quantize_model(model: Any, spec: Any, recipe: Recipe, folder: Path | None = 
 
 def load_for_export(folder: Path, max_context: int) -> Any:
     """Load the checkpoint in fp32 with a static-cache generation config (what the exportable wrapper reads)."""
-    import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers import GenerationConfig
 
-    model = AutoModelForCausalLM.from_pretrained(
-        str(folder), dtype=torch.float32, attn_implementation="sdpa", trust_remote_code=False,
-        local_files_only=True,
-        generation_config=GenerationConfig(use_cache=True, cache_implementation="static", max_length=max_context,
-                                           cache_config={"batch_size": 1, "max_cache_len": max_context}),
-    )
-    model.eval()
+    from packager.verify.fp32_model import load_fp32_whole
+
+    model = load_fp32_whole(folder, "sdpa")
+    model.generation_config = GenerationConfig(use_cache=True, cache_implementation="static", max_length=max_context,
+                                               cache_config={"batch_size": 1, "max_cache_len": max_context})
     return model
 
 

@@ -363,14 +363,12 @@ def eager_quantized_model(folder: Path, spec: Any, recipe: Any) -> Any:
         IntxUnpackedToInt8Tensor,
         _apply_int8_act_asym_per_token_quant_dequant,
     )
-    from transformers import AutoModelForCausalLM
 
+    from packager.verify.fp32_model import load_fp32_whole
     from targets.android.export import quantize_model
     from targets.android.layouts import executorch_layout
 
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="sdpa",
-                                                 trust_remote_code=False, local_files_only=True)
-    model.eval()
+    model = load_fp32_whole(folder, "sdpa")
     quantize_model(model, spec, recipe, folder)
     if recipe.embedding is not None:
         model.get_submodule(executorch_layout(spec).embedding_module).gather_first = True

@@ -123,18 +123,13 @@ class ExportRequest:
 
 def load_source(folder: Path) -> tuple[Any, Any, dict[str, Any]]:
     """The checkpoint in fp32 (eager attention, the reference's own setting), its spec row and config."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from packager.architectures import spec_for_config
+    from packager.verify.fp32_model import load_fp32_whole
 
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     spec = spec_for_config(config, str(folder / "config.json"))
     coreml_layout(spec)  # UnsupportedError before the model is loaded
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="eager",
-                                                 trust_remote_code=False, local_files_only=True)
-    model.eval()
-    return model, spec, config
+    return load_fp32_whole(folder, "eager"), spec, config
 
 
 def sliding_window(spec: Any, config: dict[str, Any]) -> int | None:

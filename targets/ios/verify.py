@@ -330,15 +330,13 @@ def eager_compressed_model(folder: Path, compression: Any) -> Any:
     fp16 arithmetic is left out (on Gemma 3 270M: int4-mixed screened 0.933, simulated 0.929 top-1).
     """
     import torch
-    from transformers import AutoModelForCausalLM
 
     from packager.calibration import decoder_linear_key
+    from packager.verify.fp32_model import load_fp32_whole
     from targets.ios.convert import column_importance
     from targets.ios.quantize import dequantize, searched_affine
 
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="eager",
-                                                 trust_remote_code=False, local_files_only=True)
-    model.eval()
+    model = load_fp32_whole(folder, "eager")
     importance = column_importance(model, folder)
 
     def snap(weight: torch.Tensor, bits: int, columns: np.ndarray | None) -> None:
