@@ -29,6 +29,12 @@ A = TypeVar("A")
 EAGER_SCREEN = HeavyStep("eager screen", 3.6)
 
 
+def walked(ladder: Sequence[str], no_gate: bool) -> tuple[str, ...]:
+    """The rungs a build may try: under --no-gate only the first, the declared default (as GGUF targets do):
+    nothing is held to a gate, so no screen or conversion is spent looking for a rung that passes one."""
+    return tuple(ladder[:1]) if no_gate else tuple(ladder)
+
+
 def rungs_to_build(ladder: Sequence[str], screen: Callable[[str], list[str]]) -> tuple[list[str], list[str]]:
     """Return the rungs worth converting, smallest first (those whose screens passed, then the last rung),
     and a note for every rung left out. `screen(rung)` returns the reasons its prediction fails the gate."""

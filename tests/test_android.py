@@ -21,6 +21,7 @@ from external_tools import tools_required
 from packager.contract import Contract, labels_grammar, parse_output, render_prompt
 from packager.escaping import kotlin_string
 from packager.templating import check_no_placeholders, render_tree
+from targets.android.export import AUTO_LADDER
 from targets.android.kotlin_check import (
     INSTALL_COMMAND,
     AndroidTools,
@@ -478,8 +479,9 @@ def tiny_android_build(tiny_gemma: Path, tmp_path_factory: pytest.TempPathFactor
     rows = [{"instruction": "Classify.", "input": f"message {i}", "output": label}
             for i, label in enumerate(["billing", "other", "billing"])]
     eval_set.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    # --recipe auto under --no-gate: the ladder's first rung ships, nothing screened (packager.ladder.walked).
     options = BuildOptions(name=HOSTILE_NAME, no_gate=True,
-                           target_options={"android": {"recipe": "8da8w", "delegates": ("vulkan",)}},
+                           target_options={"android": {"recipe": "auto", "delegates": ("vulkan",)}},
                            context_length=256, eval_path=eval_set, task={"task": "labels"})
     outcome = run_build(BuildRequest(checkpoint=tiny_gemma, targets=["android"], out=out, options=options),
                         Reporter(quiet=True))
@@ -490,7 +492,8 @@ def test_tiny_gemma_pte_runs_in_executorch_and_matches_the_reference(tiny_androi
     outcome, _folder = tiny_android_build
     [result] = outcome.results
     executed = result.verifications[0]
-    assert executed.level == "executed" and executed.format == "pte" and executed.quant == "8da8w"
+    assert executed.level == "executed" and executed.format == "pte" and executed.quant == AUTO_LADDER[0]
+    assert not any("screen" in note for note in result.notes), result.notes  # --no-gate walks no ladder
     assert executed.metrics.positions > 500
     assert executed.tokenizer_parity, executed.tokenizer_detail
     assert "TextLLMRunner" in executed.runtime
@@ -502,7 +505,7 @@ def test_bundle_holds_program_weights_tokenizer_contract_and_app(tiny_android_bu
     _, folder = tiny_android_build
     document = json.loads((folder / "edgepack.json").read_text(encoding="utf-8"))
     names = {f["path"] for f in document["files"]}
-    assert {"model-8da8w.pte", "model-8da8w.ptd", "tokenizer.json", "app/settings.gradle.kts",
+    assert {f"model-{AUTO_LADDER[0]}.pte", f"model-{AUTO_LADDER[0]}.ptd", "tokenizer.json", "app/settings.gradle.kts",
             "app/app/build.gradle.kts", "app/app/src/main/java/org/edgepack/EdgeModel.kt"} <= names
     assert document["runner"]["eos_ids"] == document["contract"]["eos_ids"] == [1, 6]
     assert document["runner"]["num_bos"] == 1 and document["runner"]["eos_pieces"] == ["<end_of_turn>", "<eos>"]
@@ -521,7 +524,7 @@ def test_the_vulkan_pte_is_marked_experimental_and_only_structurally_checked(tin
     outcome, folder = tiny_android_build
     vulkan = outcome.results[0].verifications[1]
     assert vulkan.level == "structural" and vulkan.passed, vulkan.failures
-    assert b"VulkanBackend" in (folder / "model-8da8w-vulkan.pte").read_bytes()
+    assert b"VulkanBackend" in (folder / f"model-{AUTO_LADDER[0]}-vulkan.pte").read_bytes()
 
 
 def test_gemma_embedding_scale_survives_the_quantized_table(tiny_gemma: Path) -> None:
@@ -719,7 +722,6 @@ def test_gemma_270m_builds_for_android_with_the_default_recipe(gemma_270m: Path,
     from packager.pipeline import BuildRequest, run_build
     from packager.progress import Reporter
     from packager.stages import BuildOptions
-    from targets.android.export import AUTO_LADDER
 
     outcome = run_build(BuildRequest(checkpoint=gemma_270m, targets=["android", "raspberry-pi"],
                                      out=tmp_path / "dist", options=BuildOptions(context_length=512)),

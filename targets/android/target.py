@@ -24,7 +24,7 @@ from packager.codecheck import check_generated_files
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
 from packager.errors import BadInputError, UnsupportedError
 from packager.escaping import slug
-from packager.ladder import first_passing_rung, rungs_to_build, screen_verdict
+from packager.ladder import first_passing_rung, rungs_to_build, screen_verdict, walked
 from packager.resources import copy_mobile_files
 from packager.scheduler import HeavyStep
 from packager.stage_cache import place_artifact
@@ -232,7 +232,8 @@ class AndroidTarget:
         if problem:
             raise BadInputError(problem + " (or build android with --android-runtime executorch)")
         requested = ctx.options.for_target(self).get("litert_recipe")
-        ladder = LITERT_LADDER if requested == "auto" else (litert_recipe_named(requested).name,)
+        ladder = (walked(LITERT_LADDER, ctx.options.no_gate) if requested == "auto"
+                  else (litert_recipe_named(requested).name,))
         max_context = ctx.context_length
 
         def build(name: str) -> tuple[LitertArtifact, VerificationResult]:
@@ -335,7 +336,7 @@ class AndroidTarget:
             PteArtifact, VerificationResult, list[str]]:
         """Export and verify recipes (the requested one, or the auto ladder) until one passes its gate."""
         requested = ctx.options.for_target(self).get("recipe")
-        ladder = AUTO_LADDER if requested == "auto" else (requested,)
+        ladder = walked(AUTO_LADDER, ctx.options.no_gate) if requested == "auto" else (requested,)
         # Predict first (eager PyTorch, about a minute), from the most precise recipe down: an export
         # costs several CPU-minutes.
         def screen(name: str) -> list[str]:

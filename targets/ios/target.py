@@ -26,7 +26,7 @@ from packager.codecheck import check_generated_files
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
 from packager.errors import BadInputError, UnsupportedError
 from packager.escaping import slug
-from packager.ladder import first_passing_rung, rungs_to_build, screen_verdict
+from packager.ladder import first_passing_rung, rungs_to_build, screen_verdict, walked
 from packager.resources import copy_mobile_files
 from packager.scheduler import HeavyStep
 from packager.stage_cache import place_artifact
@@ -205,7 +205,8 @@ class IosTarget:
                 "installs requirements/coreai.txt with --no-deps), or build with --ios-format coreml.")
         options = ctx.options.for_target(self)
         requested = options.get("coreai_compression")
-        ladder = COREAI_LADDER if requested == "auto" else (coreai_compression_named(requested).name,)
+        ladder = (walked(COREAI_LADDER, ctx.options.no_gate) if requested == "auto"
+                  else (coreai_compression_named(requested).name,))
         max_context = ctx.context_length
 
         def build(name: str) -> tuple[CoreAIArtifact, VerificationResult]:
@@ -254,7 +255,7 @@ class IosTarget:
             export = cached_export(ctx, export_request(ctx, ["none"], max_context, fp16_rewrites=rewrites))
             ship_gate, compressed = FP16_GATE, None
         else:
-            ladder = INT4_LADDER if compression == "int4" else (compression,)
+            ladder = walked(INT4_LADDER, ctx.options.no_gate) if compression == "int4" else (compression,)
             export, compression, compressed, ship_gate = self._first_passing(ctx, ladder, max_context, rewrites,
                                                                              notes)
         fp16 = verified_package(ctx, export, "none", f"{self.name}/{export.package_name('none')} "
