@@ -8,6 +8,7 @@ EDGEPACK_REQUIRE_TOOLS=1 (CI), which makes a missing package a failure.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -23,9 +24,9 @@ from packager.verify.gates import EIGHT_BIT, TaskGate
 
 @pytest.fixture(scope="module", autouse=True)
 def coreai_packages() -> None:
-    from targets.ios.coreai_export import missing_packages
+    from targets.ios.coreai_export import COREAI_PACKAGES
 
-    missing = missing_packages()
+    missing = COREAI_PACKAGES.missing()
     if missing:
         message = f"{', '.join(missing)} not installed (scripts/setup.sh installs them)"
         if tools_required():
@@ -212,7 +213,8 @@ def test_coreai_format_without_its_packages_stops_with_the_setup_command(
         tiny_gemma: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import targets.ios.target as ios
 
-    monkeypatch.setattr(ios, "coreai_missing_packages", lambda: ["coreai-core"])
+    absent = dataclasses.replace(ios.COREAI_PACKAGES, modules={"edgepack_no_such_module": "coreai-core"})
+    monkeypatch.setattr(ios, "COREAI_PACKAGES", absent)
     out = tmp_path / "out"
     result = edgepack("build", tiny_gemma, "--target", "ios", "--ios-format", "coreai", "--out", out)
     assert result.exit_code == ExitCode.UNSUPPORTED, result.stderr

@@ -8,6 +8,7 @@ makes a missing package a failure.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -24,9 +25,9 @@ ROUTER_LABELS = ["billing", "shipping", "cancel"]
 
 @pytest.fixture(scope="module", autouse=True)
 def litert_packages() -> None:
-    from targets.android.litert_export import missing_packages
+    from targets.android.litert_export import LITERT_PACKAGES
 
-    missing = missing_packages()
+    missing = LITERT_PACKAGES.missing()
     if missing:
         message = f"{', '.join(missing)} not installed (scripts/setup.sh installs them)"
         if tools_required():
@@ -272,7 +273,8 @@ def test_litert_runtime_without_its_packages_stops_with_the_setup_command(
         tiny_gemma: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import targets.android.target as android
 
-    monkeypatch.setattr(android, "missing_packages", lambda: ["litert-torch"])
+    absent = dataclasses.replace(android.LITERT_PACKAGES, modules={"edgepack_no_such_module": "litert-torch"})
+    monkeypatch.setattr(android, "LITERT_PACKAGES", absent)
     out = tmp_path / "out"
     result = edgepack("build", tiny_gemma, "--target", "android", "--android-runtime", "litert-lm", "--out", out)
     assert result.exit_code == ExitCode.UNSUPPORTED, result.stderr

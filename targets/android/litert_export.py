@@ -32,6 +32,7 @@ from typing import Any
 
 from packager.child_stage import serve_request
 from packager.errors import BadInputError, UnsupportedError
+from packager.optional_packages import OptionalPackages
 from packager.peak_memory import own_peak_rss_mb
 from packager.verify.gates import EIGHT_BIT, LOSSLESS, Gate
 
@@ -92,15 +93,12 @@ def prefill_lengths(cache_length: int) -> tuple[int, ...]:
 
 
 # The Python packages an export and its verification import, and where they come from.
-REQUIRED_MODULES = {"litert_torch": "litert-torch", "litert_lm": "litert-lm-api", "ai_edge_litert": "ai-edge-litert",
-                    "litert_lm_builder": "litert-lm-builder"}
-
-
-def missing_packages() -> list[str]:
-    """The LiteRT-LM packages this Python lacks (found without importing them: litert_torch imports torch)."""
-    import importlib.util
-
-    return [package for module, package in REQUIRED_MODULES.items() if importlib.util.find_spec(module) is None]
+# The packages of the litert-lm runtime (scripts/setup.sh installs them apart: litert-torch pins other torch parts).
+LITERT_PACKAGES = OptionalPackages(
+    "--android-runtime litert-lm",
+    {"litert_torch": "litert-torch", "litert_lm": "litert-lm-api", "ai_edge_litert": "ai-edge-litert",
+     "litert_lm_builder": "litert-lm-builder"},
+    "requirements/litert-export.txt", "--android-runtime executorch")
 
 
 def tokenizer_problem(folder: Path) -> str | None:

@@ -22,7 +22,7 @@ from packager.architectures import ArchitectureSpec
 from packager.checkpoint import Checkpoint
 from packager.codecheck import check_generated_files
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
-from packager.errors import BadInputError, UnsupportedError
+from packager.errors import BadInputError
 from packager.escaping import slug
 from packager.ladder import first_passing_rung, rungs_to_build, screen_verdict, walked
 from packager.resources import copy_mobile_files
@@ -41,11 +41,11 @@ from targets.android.litert_export import (
     BUNDLE_NAME,
     LITERT_LADDER,
     LITERT_LM_VERSION,
+    LITERT_PACKAGES,
     LITERT_RECIPES,
     LITERTLM_ANDROID_ARTIFACT,
     RUNTIMES,
     litert_recipe_named,
-    missing_packages,
     tokenizer_problem,
 )
 from targets.android.litert_stages import LITERT_HEAVY_STEPS, LitertArtifact, cached_litertlm, verified_litertlm
@@ -222,12 +222,7 @@ class AndroidTarget:
     def _build_litert(self, ctx: BuildContext, out_dir: Path) -> tuple[
             LitertArtifact, VerificationResult, list[str], dict[str, Any]]:
         """Export and verify the LiteRT-LM bundle (the requested recipe, or the ladder), place it in out_dir."""
-        missing = missing_packages()
-        if missing:
-            raise UnsupportedError(
-                f"--android-runtime litert-lm needs {', '.join(missing)}, which this Python lacks. Run "
-                "scripts/setup.sh (it installs requirements/litert-export.txt with --no-deps), or build with "
-                "--android-runtime executorch.")
+        LITERT_PACKAGES.require()
         problem = tokenizer_problem(ctx.ckpt.folder)
         if problem:
             raise BadInputError(problem + " (or build android with --android-runtime executorch)")

@@ -32,6 +32,7 @@ from typing import Any
 
 from packager.child_stage import serve_request
 from packager.errors import BadInputError
+from packager.optional_packages import OptionalPackages
 from packager.peak_memory import own_peak_rss_mb
 
 COREAI_TORCH_VERSION = "0.4.3"
@@ -48,7 +49,10 @@ ASSET_STEM = "model"
 INPUTS = ("inputIds", "fullAttentionMask", "slidingAttentionMask")
 STATES = ("keyCache", "valueCache")
 # The Python packages a conversion and its verification import, and where they come from.
-REQUIRED_MODULES = {"coreai_torch": "coreai-torch", "coreai": "coreai-core", "coreai_opt": "coreai-opt"}
+# The packages of the .aimodel format (scripts/setup.sh installs them apart: coreai-core pins an older ml-dtypes).
+COREAI_PACKAGES = OptionalPackages(
+    "--ios-format coreai", {"coreai_torch": "coreai-torch", "coreai": "coreai-core", "coreai_opt": "coreai-opt"},
+    "requirements/coreai.txt", "--ios-format coreml")
 
 
 @dataclass(frozen=True)
@@ -87,13 +91,6 @@ def coreai_compression_named(name: str) -> CoreAICompression:
         raise BadInputError(f"--coreai-compression {name}: unknown; choose auto or one of "
                             f"{', '.join(COREAI_COMPRESSIONS)}.")
     return COREAI_COMPRESSIONS[name]
-
-
-def missing_packages() -> list[str]:
-    """The Core AI packages this Python lacks (found without importing them: coreai_torch imports torch)."""
-    import importlib.util
-
-    return [package for module, package in REQUIRED_MODULES.items() if importlib.util.find_spec(module) is None]
 
 
 @dataclass

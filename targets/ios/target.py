@@ -24,7 +24,7 @@ from packager.architectures import ArchitectureSpec
 from packager.checkpoint import Checkpoint
 from packager.codecheck import check_generated_files
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
-from packager.errors import BadInputError, UnsupportedError
+from packager.errors import BadInputError
 from packager.escaping import slug
 from packager.ladder import first_passing_rung, rungs_to_build, screen_verdict, walked
 from packager.resources import copy_mobile_files
@@ -48,11 +48,11 @@ from targets.ios.coreai_export import (
     COREAI_COMPRESSIONS,
     COREAI_CORE_VERSION,
     COREAI_LADDER,
+    COREAI_PACKAGES,
     COREAI_TORCH_VERSION,
     FORMATS,
     coreai_compression_named,
 )
-from targets.ios.coreai_export import missing_packages as coreai_missing_packages
 from targets.ios.coreai_stages import COREAI_HEAVY_STEPS, CoreAIArtifact, cached_aimodel, verified_aimodel
 from targets.ios.layouts import COREML_LAYOUTS, coreml_layout
 from targets.ios.stages import (
@@ -198,11 +198,7 @@ class IosTarget:
     def _build_coreai(self, ctx: BuildContext, out_dir: Path) -> tuple[
             CoreAIArtifact, VerificationResult, list[str], dict[str, Any]]:
         """Convert and verify the .aimodel (the requested compression, or the ladder), place it in out_dir."""
-        missing = coreai_missing_packages()
-        if missing:
-            raise UnsupportedError(
-                f"--ios-format coreai needs {', '.join(missing)}, which this Python lacks. Run scripts/setup.sh (it "
-                "installs requirements/coreai.txt with --no-deps), or build with --ios-format coreml.")
+        COREAI_PACKAGES.require()
         options = ctx.options.for_target(self)
         requested = options.get("coreai_compression")
         ladder = (walked(COREAI_LADDER, ctx.options.no_gate) if requested == "auto"
