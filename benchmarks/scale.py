@@ -92,17 +92,29 @@ def artifact_sizes(folder: Path) -> dict[str, float]:
     return sizes
 
 
-def markdown(costs: list[TargetCost]) -> str:
-    lines = [START_MARKER, "", "| commit | model | target | exit | wall s | CPU s | largest process GB | whole tree GB "
-             "| doctor predicted GB | load avg | artifacts (MB) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for c in costs:
+def markdown(costs: list[TargetCost], docs: Path) -> str:
+    """The scale table: the rows already in `docs` (earlier runs), each replaced by this run's row for the
+    same commit, model and target, then this run's new rows."""
+    def row(c: TargetCost) -> str:
         m = c.measured
         guess = f"{c.predicted_gb:.1f}" if c.predicted_gb is not None else "-"
         sizes = ", ".join(f"{name} {mb:.0f}" for name, mb in c.artifacts.items()) or "-"
-        lines.append(f"| {c.commit} | {c.model} | {c.target} | {m.exit_code} | {m.wall_s:.0f} | {m.cpu_s:.0f} | "
-                     f"{m.peak_rss_gb:.1f} | {m.tree_rss_max_gb:.1f} | {guess} | "
-                     f"{m.load_avg_before:.1f}-{m.load_avg_max:.1f} | {sizes} |")
-    return "\n".join([*lines, "", END_MARKER])
+        return (f"| {c.commit} | {c.model} | {c.target} | {m.exit_code} | {m.wall_s:.0f} | {m.cpu_s:.0f} | "
+                f"{m.peak_rss_gb:.1f} | {m.tree_rss_max_gb:.1f} | {guess} | "
+                f"{m.load_avg_before:.1f}-{m.load_avg_max:.1f} | {sizes} |")
+
+    new = {(c.commit, c.model, c.target): row(c) for c in costs}
+    text = docs.read_text(encoding="utf-8") if docs.is_file() else ""
+    old = text.split(START_MARKER, 1)[1].split(END_MARKER, 1)[0] if START_MARKER in text else ""
+    rows = []
+    for line in old.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if not line.startswith("| ") or cells[0] == "commit":
+            continue
+        rows.append(new.pop((cells[0], cells[1], cells[2]), line))
+    lines = [START_MARKER, "", "| commit | model | target | exit | wall s | CPU s | largest process GB | whole tree GB "
+             "| doctor predicted GB | load avg | artifacts (MB) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    return "\n".join([*lines, *rows, *new.values(), "", END_MARKER])
 
 
 def main() -> int:
@@ -136,11 +148,15 @@ def main() -> int:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], check=False)
             result = ROOT / "benchmarks" / "results" / f"scale-{sha}.json"
             result.parent.mkdir(exist_ok=True)
-            result.write_text(json.dumps([asdict(c) for c in costs if c.commit == sha], indent=2) + "\n",
-                              encoding="utf-8")
+            fresh = [asdict(c) for c in costs if c.commit == sha]
+            measured = {(c["model"], c["target"]) for c in fresh}
+            earlier = json.loads(result.read_text(encoding="utf-8")) if result.is_file() else []
+            kept = [c for c in earlier if (c["model"], c["target"]) not in measured]  # other runs of this commit
+            result.write_text(json.dumps(kept + fresh, indent=2) + "\n", encoding="utf-8")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    write_section(args.docs, markdown(costs), START_MARKER, END_MARKER, "Scale: one target's build, 270M to 4B")
+    write_section(args.docs, markdown(costs, args.docs), START_MARKER, END_MARKER,
+                  "Scale: one target's build, 270M to 4B")
     return 0
 
 
