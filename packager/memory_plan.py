@@ -60,7 +60,8 @@ def target_needs(ctx: BuildContext, targets: list[Target]) -> list[TargetNeed]:
     shared = ctx.fp32_steps
     needs = []
     for target in targets:
-        steps = [step_need(ctx.scheduler, s) for s in (*shared, *heavy_steps(target))]
+        values = ctx.options.for_target(target)
+        steps = [step_need(ctx.scheduler, s) for s in (*shared, *heavy_steps(target)) if s.runs_with(values.get)]
         needs.append(TargetNeed(target.name, ctx.scheduler.base, max(steps, key=lambda s: s.bytes)))
     return needs
 

@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 # Bump when a .litertlm verification record's content or computation changes.
 LITERTLM_VERIFICATION_SCHEMA = 2
 # Tiny models measured 0.76 GB peak (mostly the converter's libraries); x fp32 size until a real one is measured.
-LITERT_EXPORT = HeavyStep("litert-lm export", 3.0, in_process=False, fixed=CHILD_LIBRARIES)
-LITERT_RUN = HeavyStep("litert-lm run", 1.5)
+LITERT_ONLY = ("runtime", ("litert-lm", "all"))
+LITERT_EXPORT = HeavyStep("litert-lm export", 3.0, in_process=False, fixed=CHILD_LIBRARIES, only_when=LITERT_ONLY)
+LITERT_RUN = HeavyStep("litert-lm run", 1.5, only_when=LITERT_ONLY)
 LITERT_HEAVY_STEPS = (LITERT_EXPORT, LITERT_RUN)
 
 

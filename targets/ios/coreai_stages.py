@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 COREAI_VERIFICATION_SCHEMA = 1
 # Expected peaks (x fp32 size): an fp32 decoder copy and its exported graph, as for Core ML, whose ratio bounds
 # it: Gemma 3 270M's int8 .aimodel measured 6.0 GB where its Core ML conversion took 7.2 GiB.
-COREAI_CONVERSION = HeavyStep("coreai conversion", 4.8, in_process=False, fixed=CHILD_LIBRARIES)
-COREAI_RUN = HeavyStep("coreai interpreter", 2.0)
+COREAI_ONLY = ("format", ("coreai", "all"))
+COREAI_CONVERSION = HeavyStep("coreai conversion", 4.8, in_process=False, fixed=CHILD_LIBRARIES, only_when=COREAI_ONLY)
+COREAI_RUN = HeavyStep("coreai interpreter", 2.0, only_when=COREAI_ONLY)
 COREAI_HEAVY_STEPS = (COREAI_CONVERSION, COREAI_RUN)
 
 
