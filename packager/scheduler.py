@@ -131,8 +131,8 @@ class HeavyStep:
     estimate: float  # bytes per fp32 byte of the checkpoint, above `fixed`
     in_process: bool = True  # False: a child process (its peak is measured and learned)
     fixed: int = 0  # bytes it needs whatever the model (a child's libraries)
-    # (target option, values): a step of a format the user may not ask for runs only when that option has
-    # one of those values (e.g. ("runtime", ("litert-lm", "all"))); None: every build of the target runs it.
+    # (target option, values): a step of a format the user may not ask for runs only when that target option
+    # has one of those values; None: every build of the target runs it.
     only_when: tuple[str, tuple[str, ...]] | None = None
 
     def runs_with(self, option: Callable[[str], object]) -> bool:
