@@ -24,7 +24,7 @@ from packager.fingerprint import cache_root, options_digest
 from packager.formats.gguf_quantize import quantize_gguf
 from packager.formats.gguf_writer import NUMPY_TYPES, WRITER_VERSION, write_gguf
 from packager.gguf_ladder import GgufChoice, choose_gguf, ladder_from
-from packager.ladder import EAGER_SCREEN
+from packager.ladder import EAGER_SCREEN, walked
 from packager.once import OnceMap, once_property
 from packager.progress import Reporter
 from packager.scheduler import HeavyStep, Scheduler, scheduler_for
@@ -377,7 +377,7 @@ class BuildContext:
         """The GGUF types `target` may ship, tried in order: --quant alone; under --no-gate the target's default
         alone; else the ladder up from that default."""
         start = self.options.gguf_quant(target)
-        return (start,) if self.options.quant or self.options.no_gate else ladder_from(start)
+        return (start,) if self.options.quant else walked(ladder_from(start), self.options.no_gate)
 
     def _built_and_verified(self, quant: str) -> tuple[Path, VerificationResult]:
         return self.gguf(quant), self.verify_gguf(quant, f"model-{quant}.gguf")
