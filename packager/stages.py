@@ -290,12 +290,12 @@ class BuildContext:
         """Predicted fidelity of a ladder rung: its eager quantized model on the golden positions (cached).
 
         Building that model is most of a screen's cost (a minute for Gemma 3 270M's searched 4-bit weights).
-        So when the task decides and `task_if(fidelity)` says the rung's fidelity already misses its gate,
+        So when `task_if(fidelity)` says the verdict needs the eval answers (packager.ladder.task_screened),
         the same model answers the eval set in the same step, recorded as `screened_task` would record it.
         """
         def screen() -> FidelityMetrics:
             reference = self.reference
-            with_task = task_if is not None and bool(self.eval_rows) and self.options.task_gate.decides
+            with_task = task_if is not None and bool(self.eval_rows)
             if with_task:
                 self.baseline_answers  # noqa: B018  (its own heavy step, taken before this one)
             with self.scheduler.step(EAGER_SCREEN, rung.label):
@@ -313,7 +313,7 @@ class BuildContext:
     def screened_task(self, rung: RungScreen) -> TaskMetrics:
         """The eval set answered by a ladder rung's eager quantized model (built only when no record exists)
         against the fp32 baseline; cached per checkpoint + task + what the rung stores. A target asks for it
-        only when the task decides a screen whose fidelity failed."""
+        when the screen's verdict needs it (packager.ladder.task_screened)."""
         def screen() -> TaskMetrics:
             baseline = self.baseline_answers  # its own heavy step, taken before this one
             with self.scheduler.step(EAGER_SCREEN, rung.task_label):

@@ -13,7 +13,9 @@ import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from external_tools import tools_required
@@ -668,10 +670,11 @@ def test_with_an_eval_set_a_rung_whose_fidelity_screen_misses_is_kept_when_its_a
 
 
 
-def test_a_screen_whose_fidelity_misses_answers_the_task_with_the_same_eager_model(
+def test_a_screen_answers_the_task_with_the_same_eager_model(
         tiny_router: tuple[Path, Path], tmp_path: Path, cold_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import targets.android.verify as pte_check
     from packager.checkpoint import load_checkpoint
+    from packager.ladder import task_screened
     from packager.progress import Reporter
     from packager.stages import BuildContext, BuildOptions
     from packager.verify.gates import TaskGate
@@ -689,19 +692,25 @@ def test_a_screen_whose_fidelity_misses_answers_the_task_with_the_same_eager_mod
     def context() -> BuildContext:
         return BuildContext(ckpt, "router", options, Reporter(quiet=True))
 
+    def needs_task(gate: Any) -> Callable[[Any], bool]:
+        return lambda fidelity: task_screened(gate.check(fidelity), options.task_gate)
+
     ctx = context()
-    predicted = screened(ctx, recipe, task_if=lambda fidelity: bool(recipe.gate.check(fidelity)))
+    predicted = screened(ctx, recipe, task_if=needs_task(recipe.gate))
     task = screened_task(ctx, recipe)
     assert recipe.gate.check(predicted) and task.rows == 6 and len(built) == 1  # one model for both screens
-    # A rung whose fidelity passes is not answered on the task in its screen's step.
+    # A rung whose fidelity passes is answered on the task in its screen's step too: the task decides.
     passing = recipe_named("fp32")
-    screened(ctx, passing, task_if=lambda fidelity: bool(passing.gate.check(fidelity)))
-    assert len(built) == 2
+    screened(ctx, passing, task_if=needs_task(passing.gate))
     screened_task(ctx, passing)
-    assert len(built) == 3
+    assert len(built) == 2
+    # Under --strict-fidelity a fidelity miss needs no answers: none are computed in the screen's step.
+    strict = BuildContext(ckpt, "router", BuildOptions(eval_path=eval_path, task={"task": "labels"},
+                                                       task_gate=TaskGate()), Reporter(quiet=True))
+    assert not task_screened(recipe.gate.check(predicted), strict.options.task_gate)
     # Both records are reused by a later build: no model at all.
     again = context()
-    assert screened(again, recipe) == predicted and screened_task(again, recipe) == task and len(built) == 3
+    assert screened(again, recipe) == predicted and screened_task(again, recipe) == task and len(built) == 2
 
 
 def test_unknown_recipe_is_refused_with_the_known_ones() -> None:

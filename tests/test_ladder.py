@@ -10,7 +10,7 @@ import pytest
 
 from packager.errors import ExitCode
 from packager.gguf_ladder import choose_gguf, ladder_from
-from packager.ladder import rungs_to_build, screen_verdict
+from packager.ladder import rungs_to_build, screen_verdict, task_screened
 from packager.verify.gates import TaskGate
 from packager.verify.metrics import FidelityMetrics
 from packager.verify.result import VerificationResult
@@ -73,8 +73,19 @@ def test_a_screen_that_misses_fidelity_passes_only_when_the_task_decides_and_hol
     assert (verdict == []) is passes and (passes or verdict[0] == reasons[0])
 
 
-def test_a_screen_that_passes_fidelity_asks_for_no_eval_answers() -> None:
-    assert screen_verdict(_fidelity(1.0, 0.0), [], TaskGate(decides=True), lambda: pytest.fail("asked")) == []
+@pytest.mark.parametrize("decides", [True, False])
+def test_a_screen_that_passes_fidelity_still_fails_when_its_answers_lose_the_task(decides: bool) -> None:
+    # The bundled example's 8da8w-smooth-f32down: golden text within its gate, the task 2.8 points below fp32.
+    verdict = screen_verdict(_fidelity(1.0, 0.0), [], TaskGate(decides=decides), lambda: _task(0.8))
+    assert verdict and "points below" in verdict[0]
+    assert screen_verdict(_fidelity(1.0, 0.0), [], TaskGate(decides=decides), lambda: _task(0.9)) == []
+
+
+def test_a_screen_without_an_eval_set_is_its_fidelity_and_strict_fidelity_asks_no_answers_after_a_miss() -> None:
+    assert screen_verdict(_fidelity(1.0, 0.0), [], TaskGate(decides=True), None) == []
+    assert screen_verdict(_fidelity(0.8, 0.1), ["miss"], TaskGate(), lambda: pytest.fail("asked")) == ["miss"]
+    assert task_screened([], TaskGate()) and task_screened(["miss"], TaskGate(decides=True))
+    assert not task_screened(["miss"], TaskGate())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -167,5 +167,6 @@ def screened(ctx: BuildContext, recipe: Recipe, task_if: Callable[[FidelityMetri
 
 def screened_task(ctx: BuildContext, recipe: Recipe) -> TaskMetrics:
     """The eval set answered by a recipe's eager quantized model (no export), against the fp32 baseline;
-    cached per checkpoint + recipe + task. Asked only when the task decides a screen fidelity failed."""
+    cached per checkpoint + recipe + task.
+    Asked when the screen's verdict needs it (packager.ladder.task_screened)."""
     return ctx.screened_task(rung_screen(ctx, recipe))

@@ -24,7 +24,7 @@ from packager.codecheck import check_generated_files
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
 from packager.errors import BadInputError
 from packager.escaping import slug
-from packager.ladder import first_passing_rung, rungs_to_build, screen_verdict, walked
+from packager.ladder import first_passing_rung, rungs_to_build, screen_verdict, task_screened, walked
 from packager.resources import copy_mobile_files
 from packager.scheduler import HeavyStep
 from packager.stage_cache import place_artifact
@@ -336,8 +336,10 @@ class AndroidTarget:
         # costs several CPU-minutes.
         def screen(name: str) -> list[str]:
             recipe = recipe_named(name)
-            # A fidelity miss is known as soon as the screen's numbers are: the task screen then reuses its model.
-            predicted = screened(ctx, recipe, task_if=lambda fidelity: bool(recipe.gate.check(fidelity)))
+            # Whether the verdict needs eval answers is known as soon as the screen's numbers are: they then reuse
+            # its model.
+            predicted = screened(ctx, recipe, task_if=lambda fidelity: task_screened(recipe.gate.check(fidelity),
+                                                                                     ctx.options.task_gate))
             task = (lambda: screened_task(ctx, recipe)) if ctx.eval_rows else None
             return screen_verdict(predicted, recipe.gate.check(predicted), ctx.options.task_gate, task)
 

@@ -206,5 +206,6 @@ def screened(ctx: BuildContext, compression: str,
 
 def screened_task(ctx: BuildContext, compression: str) -> TaskMetrics:
     """The eval set answered by a compression's eager model (no conversion), against the fp32 baseline;
-    cached per checkpoint + compression + task. Asked only when the task decides a screen fidelity failed."""
+    cached per checkpoint + compression + task.
+    Asked when the screen's verdict needs it (packager.ladder.task_screened)."""
     return ctx.screened_task(rung_screen(ctx, compression))

@@ -26,7 +26,7 @@ from packager.codecheck import check_generated_files
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
 from packager.errors import BadInputError
 from packager.escaping import slug
-from packager.ladder import first_passing_rung, rungs_to_build, screen_verdict, walked
+from packager.ladder import first_passing_rung, rungs_to_build, screen_verdict, task_screened, walked
 from packager.resources import copy_mobile_files
 from packager.scheduler import HeavyStep
 from packager.stage_cache import place_artifact
@@ -320,18 +320,22 @@ class IosTarget:
         (packager.ladder), so a rung predicted to fail is never converted; a predicted pass that fails in
         simulation moves on to the next rung. A 4-bit rung's
         screen meets the 4-bit class gate before llama.cpp's Q4_K_M baseline is built for its relative
-        gate: a rung that fails the class gate needs no baseline. With an eval set the task decides
-        (packager.verify.gates.TaskGate): a screen or package whose fidelity misses its gate passes when its
-        own answers keep the task.
+        gate: a rung that fails the class gate needs no baseline. With an eval set the screen answers it too, and
+        when the task decides (packager.verify.gates.TaskGate) a screen or package passes exactly when its own
+        answers keep the task (a fidelity miss is a warning; no baseline is built for a screen).
         """
+        task_decides = bool(ctx.eval_rows) and ctx.options.task_gate.decides
+
         def screen(rung: str) -> list[str]:
-            # A class-gate miss is known as soon as the screen's numbers are: the task screen then reuses its model.
-            # (The Q4_K_M-relative gate needs a baseline GGUF, a heavy step of its own, so it is not asked there.)
-            predicted = screened(ctx, rung, task_if=lambda fidelity: bool(self._class_gate(rung).check(fidelity)))
-            # The class gate first: a 4-bit rung that misses it needs no Q4_K_M baseline for its relative gate.
+            # Whether the verdict needs eval answers is known from the class gate as soon as the screen's numbers
+            # are: they then reuse its model. (The Q4_K_M-relative gate needs a baseline GGUF, a heavy step.)
+            predicted = screened(ctx, rung, task_if=lambda fidelity: task_screened(
+                self._class_gate(rung).check(fidelity), ctx.options.task_gate))
+            # The class gate first: a 4-bit rung that misses it needs no Q4_K_M baseline for its relative gate,
+            # nor does a screen the task decides (a fidelity miss is then a warning).
             failures = self._class_gate(rung).check(predicted) if self._four_bit(rung) else []
-            failures = failures or self._gate(ctx, rung, notes).check(predicted)
-            # With an eval set the task decides, as on every target: the eager model's own answers.
+            if not (failures or task_decides):
+                failures = self._gate(ctx, rung, notes).check(predicted)
             task = (lambda: screened_task(ctx, rung)) if ctx.eval_rows else None
             failures = screen_verdict(predicted, failures, ctx.options.task_gate, task)
             return [f"top-1 {predicted.top1:.3f}", *failures] if failures else []
