@@ -131,6 +131,9 @@ class HeavyStep:
     estimate: float  # bytes per fp32 byte of the checkpoint, above `fixed`
     in_process: bool = True  # False: a child process (its peak is measured and learned)
     fixed: int = 0  # bytes it needs whatever the model (a child's libraries)
+    # An in-process step that builds a torch model runs alone among such steps (see Scheduler.heavy); one that
+    # only runs a finished artifact in a runtime (numpy, ExecuTorch) builds none and runs beside them.
+    alone: bool = True
     # (target option, values): a step of a format the user may not ask for runs only when that target option
     # has one of those values; None: every build of the target runs it.
     only_when: tuple[str, tuple[str, ...]] | None = None
@@ -178,17 +181,19 @@ class Scheduler:
 
     def step(self, step: HeavyStep, what: str) -> contextlib.AbstractContextManager[Claim]:
         """Hold memory for a declared heavy step while it runs (see `heavy`)."""
-        return self.heavy(step.kind, what, step.estimate, step.in_process, step.fixed)
+        return self.heavy(step.kind, what, step.estimate, step.in_process, step.fixed, step.alone)
 
     @contextmanager
-    def heavy(self, kind: str, what: str, estimate: float, in_process: bool = True, fixed: int = 0) -> Iterator[Claim]:
+    def heavy(self, kind: str, what: str, estimate: float, in_process: bool = True, fixed: int = 0,
+              alone: bool = True) -> Iterator[Claim]:
         """Hold memory for a heavy step for as long as it runs; wait until it fits beside the others.
 
-        An in-process step (an fp32 model, a quantized screen, a runtime loaded into this process) also
-        runs alone among in-process steps: transformers' from_pretrained builds a model under a
-        process-wide meta-device context, so tensors another thread creates meanwhile land on the meta
-        device ("Tensor on device meta is not on the expected device cpu", reproduced with two screens
-        in threads). Conversion children run beside them.
+        An in-process step that builds a torch model (an fp32 model, a quantized screen) also runs alone
+        among such steps: transformers' from_pretrained builds a model under a process-wide meta-device
+        context, so tensors another thread creates meanwhile land on the meta device ("Tensor on device
+        meta is not on the expected device cpu", reproduced with two screens in threads). Conversion
+        children, and in-process steps that only run an artifact (`alone=False`), run beside them: with the
+        runs held to that lock too, about 600 s of the bundled example's 957-s build was one lane.
         """
         need = self.expected(kind, estimate, fixed)
         available = self.limit - self.base
@@ -210,7 +215,7 @@ class Scheduler:
             self._claimed += need
         claim = Claim(kind, need, self.cancelled)
         try:
-            with self._in_process if in_process else contextlib.nullcontext():
+            with self._in_process if in_process and alone else contextlib.nullcontext():
                 if self.cancelled.is_set():
                     raise BuildCancelled(what)
                 yield claim

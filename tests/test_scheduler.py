@@ -68,6 +68,21 @@ def test_in_process_model_steps_run_one_at_a_time_even_when_memory_allows(tmp_pa
     assert overlap == [1, 1]
 
 
+def test_an_in_process_step_that_only_runs_an_artifact_runs_beside_a_model_step(tmp_path: Path) -> None:
+    scheduler = _scheduler(tmp_path, limit_gb=100)
+    both = threading.Barrier(2, timeout=5)  # raises BrokenBarrierError unless both steps run at once
+
+    def model_step() -> None:
+        with scheduler.heavy("screen", "eager screen", estimate=1.0):
+            both.wait()
+
+    def runtime_step() -> None:
+        with scheduler.heavy("simulation", "simulating a package", estimate=1.0, alone=False):
+            both.wait()
+
+    scheduler.run_all([("a", model_step), ("b", runtime_step)])
+
+
 def test_memory_an_in_process_step_left_in_reference_cycles_is_returned_when_it_ends(tmp_path: Path) -> None:
     """What a step drops but keeps in a cycle (torchao's replaced weights do) must not sit beside the next child."""
     import os
