@@ -1,8 +1,9 @@
 // swift-tools-version:5.10
-// EdgeModel with its Core AI path: the Package.swift of a bundle that ships an .aimodel (edgepack copies it over
-// ../Package.swift). Apple's coreai-models declares iOS 27 / macOS 27, and SwiftPM does not let a package depend on
-// a product whose minimum platform is above its own, so this manifest declares iOS 27 / macOS 27 too. An app
-// that must also run on iOS 18-26 links the Core ML-only manifest (../Package.swift) instead.
+// EdgeModel with its Core AI path: edgepack ships this as EdgeModel/Package.swift in a bundle with an .aimodel.
+// Apple's coreai-models declares iOS 27 / macOS 27, and SwiftPM does not let a package depend on a product whose
+// minimum platform is above its own, so this manifest declares iOS 27 / macOS 27 too. An app that must also run
+// on iOS 18-26 needs a bundle built with --ios-format coreml, whose manifest (mobile/ios/Package.swift) has no
+// Core AI dependency.
 import PackageDescription
 
 let package = Package(

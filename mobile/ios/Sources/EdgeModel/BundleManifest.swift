@@ -14,11 +14,12 @@ public struct BundleManifest: Decodable, Sendable {
         public let packages: [Package]?
         public let format: String?
         public let asset: String?
+        public let inputs: [String]?
         public let maxContext: Int
         public let slidingWindow: Int?
 
         enum CodingKeys: String, CodingKey {
-            case name, packages, format, asset
+            case name, packages, format, asset, inputs
             case maxContext = "max_context"
             case slidingWindow = "sliding_window"
         }
@@ -30,9 +31,10 @@ public struct BundleManifest: Decodable, Sendable {
         public let compression: String
         public let summary: String
         public let minimumOS: String
+        public let inputs: [String]
 
         enum CodingKeys: String, CodingKey {
-            case asset, compression, summary
+            case asset, compression, summary, inputs
             case minimumOS = "minimum_os"
         }
     }
@@ -68,6 +70,12 @@ public struct BundleManifest: Decodable, Sendable {
     public var coreAIAsset: String? {
         if let section = coreAI { return section.asset }
         return model.format == "aimodel" ? model.asset : nil
+    }
+
+    /// The inputs of that .aimodel, or nil.
+    public var coreAIInputs: [String]? {
+        if let section = coreAI { return section.inputs }
+        return model.format == "aimodel" ? model.inputs : nil
     }
 
     /// The first Core ML package, or nil for a Core AI-only bundle.

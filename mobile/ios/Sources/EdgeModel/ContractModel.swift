@@ -25,12 +25,21 @@ public struct LoadedModel: Sendable {
 
 /// The one entry point: load a bundle with the runtime this OS, this app and this bundle allow.
 public enum EdgeModels {
-    /// Core AI (iOS 27 / macOS 27) when the bundle ships an .aimodel and the app links Apple's CoreAILM
-    /// product; otherwise, or when Core AI fails to load the model, the bundle's Core ML package.
+    /// The inputs, in order, of a model the inference engines of Apple's coreai-models 1.0 drive (the "Model
+    /// Contract" of its CoreAISequentialEngine; its pipelined engine reads the same two, by position).
+    public static let coreAILanguageModelInputs = ["input_ids", "position_ids"]
+
+    /// Core AI (iOS 27 / macOS 27) when the bundle ships an .aimodel with the inputs Apple's engines drive and
+    /// the app links Apple's CoreAILM product; otherwise, or when Core AI fails to load the model, the bundle's
+    /// Core ML package. An .aimodel with other inputs is not handed to Core AI: its engines read inputs by
+    /// position, so an attention mask would be taken for positions and the answers would be wrong, not refused.
     public static func load(from folder: URL, computeUnits: MLComputeUnits? = nil) async throws -> LoadedModel {
         let manifest = try BundleManifest.load(from: folder)
         var reason = "the bundle ships no .aimodel"
-        if let asset = manifest.coreAIAsset {
+        if let asset = manifest.coreAIAsset, let inputs = manifest.coreAIInputs, inputs != coreAILanguageModelInputs {
+            reason = "\(asset) takes \(inputs.joined(separator: ", ")), not the "
+                + "\(coreAILanguageModelInputs.joined(separator: ", ")) Apple's Core AI language-model engines drive"
+        } else if let asset = manifest.coreAIAsset {
             if #available(iOS 27, macOS 27, *) {
                 #if canImport(CoreAILanguageModels) && canImport(FoundationModels)
                 do {
