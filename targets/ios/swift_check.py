@@ -177,6 +177,7 @@ def check_swift_files(paths: list[Path], root: Path) -> list[ScaffoldCheck]:
     except ImportError:
         return [ScaffoldCheck(p.relative_to(root).as_posix(), "tree-sitter (swift)", "skipped",
                               "tree-sitter-language-pack is not installed") for p in swift]
-    checks.append(ScaffoldCheck("*.swift", "Core ML / swift-transformers names (targets/ios/data/ios-api.json)",
+    checks.append(ScaffoldCheck("*.swift", "Core ML / swift-transformers / Foundation Models / Core AI names "
+                                "(targets/ios/data/ios-api.json)",
                                 "failed" if unknown else "passed", "; ".join(unknown[:8])))
     return checks
