@@ -95,9 +95,52 @@ def test_a_coreai_only_bundle_ships_the_asset_tokenizer_and_contract_and_says_wh
     assert model["metadata"]["edgepack.max_context"] == 256
     assert document["runner"]["eos_ids"] == document["contract"]["eos_ids"]
     assert [v["format"] for v in document["verification"]] == ["aimodel"]
-    assert not (bundle / "app").exists()  # no Swift scaffold for a Core AI-only build
     report = (bundle.parent / "report.md").read_text(encoding="utf-8")
     assert any("model-fp16.aimodel" in line and "simulated" in line for line in report.splitlines())
+
+
+def test_a_coreai_only_bundle_is_a_core_ai_model_bundle_with_an_app_that_says_what_it_needs(router_aimodel) -> None:
+    outcome, bundle = router_aimodel
+    metadata = json.loads((bundle / "metadata.json").read_text(encoding="utf-8"))
+    assert metadata["metadata_version"] == "0.2" and metadata["kind"] == "llm"
+    assert metadata["assets"] == {"main": "model-fp16.aimodel"} and metadata["language"]["embedded_tokenizer"]
+    assert metadata["language"]["max_context_length"] == 256
+    assert (bundle / "tokenizer" / "tokenizer.json").read_bytes() == (bundle / "tokenizer.json").read_bytes()
+    checks = outcome.results[0].scaffold_checks
+    assert [c for c in checks if c.status == "failed"] == []
+    assert {c.file for c in checks if c.tool == "tree-sitter (swift)"} >= {
+        "EdgeModel/Sources/EdgeModel/CoreAIModel.swift", "app/Sources/ContentView.swift"}
+    info = (bundle / "app" / "Sources" / "BuildInfo.swift").read_text(encoding="utf-8")
+    assert 'static let package = ""' in info and "Core AI only" in info and "--ios-format all" in info
+    assert 'iOS: "27.0"' in (bundle / "app" / "project.yml").read_text(encoding="utf-8")
+    assert "apple/coreai-models" in (bundle / "EdgeModel" / "Package.swift").read_text(encoding="utf-8")
+
+
+def test_a_bundle_with_an_aimodel_ships_a_checked_core_ai_path_gated_by_ios_27(llama_both) -> None:
+    from targets.ios.swift_check import syntax_errors, unknown_api_names
+
+    outcome, bundle = llama_both
+    checks = outcome.results[0].scaffold_checks
+    swift = sorted(bundle.rglob("*.swift"))
+    assert len([c for c in checks if c.tool == "tree-sitter (swift)" and c.status == "passed"]) == len(swift)
+    (names,) = [c for c in checks if "Core AI names" in c.tool]
+    assert names.status == "passed", names.detail
+    texts = [p.read_text(encoding="utf-8") for p in swift]
+    assert all(syntax_errors(t) == [] for t in texts) and unknown_api_names(texts) == []
+    sources = bundle / "EdgeModel" / "Sources" / "EdgeModel"
+    core_ai = (sources / "CoreAIModel.swift").read_text(encoding="utf-8")
+    assert "@available(iOS 27, macOS 27, *)" in core_ai and "CoreAILanguageModel(resourcesAt:" in core_ai
+    entry = (sources / "ContractModel.swift").read_text(encoding="utf-8")
+    assert entry.index("if #available(iOS 27, macOS 27, *)") < entry.index("CoreAIModel.load(from: folder)")
+    # The bundle names the .aimodel and its inputs; the bridge keeps one Apple's engines cannot drive on Core ML.
+    document = json.loads((bundle / "edgepack.json").read_text(encoding="utf-8"))
+    assert document["core_ai"]["inputs"] == ["inputIds", "fullAttentionMask"]
+    assert 'coreAILanguageModelInputs = ["input_ids", "position_ids"]' in entry
+    project = (bundle / "app" / "project.yml").read_text(encoding="utf-8")
+    assert "../model-fp16.aimodel" in project and "../model-fp16.mlpackage" in project
+    # A misspelt Core AI member in the shipped sources fails the check.
+    broken = [t.replace("CoreAILanguageModel(resourcesAt:", "CoreAILanguageModel(resourceURL:") for t in texts]
+    assert broken != texts and any("CoreAILanguageModel(resourceURL:mode:)" in u for u in unknown_api_names(broken))
 
 
 def test_llama_ships_both_formats_and_its_fp16_aimodel_matches_fp32(llama_both) -> None:

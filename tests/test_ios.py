@@ -472,17 +472,87 @@ def test_a_misspelt_core_ml_or_swift_transformers_member_is_caught(right: str, w
     assert unknown_api_names(broken) != []
 
 
+@pytest.mark.parametrize(("right", "wrong"), [
+    ("CoreAILanguageModel(resourcesAt: folder, mode: .eager)", "CoreAILanguageModel(contentsOf: folder, mode: .eager)"),
+    ("mode: .eager", "mode: .immediate"),
+    ("LanguageModelSession(model: model)", "LanguageModelSession(languageModel: model)"),
+    ("streamResponse(to: prompt, options: options)", "streamResponse(to: prompt, generationOptions: options)"),
+    ("samplingMode: .greedy", "samplingMode: .argmax"),
+    ("snapshot.usage.input.totalTokenCount", "snapshot.usage.input.tokenCount"),
+])
+def test_a_misspelt_foundation_models_or_core_ai_member_is_caught(right: str, wrong: str) -> None:
+    texts = _bridge_texts()
+    assert unknown_api_names(texts) == []
+    broken = [t.replace(right, wrong) for t in texts]
+    assert broken != texts
+    assert unknown_api_names(broken) != []
+
+
+def test_the_core_ai_path_is_gated_by_ios_27_behind_one_entry_point() -> None:
+    core_ai = (BRIDGE / "Sources" / "EdgeModel" / "CoreAIModel.swift").read_text(encoding="utf-8")
+    entry = (BRIDGE / "Sources" / "EdgeModel" / "ContractModel.swift").read_text(encoding="utf-8")
+    # Compiled only where the app links Apple's CoreAILM, and available only from iOS 27 / macOS 27.
+    assert core_ai.startswith("//") and "#if canImport(CoreAILanguageModels)" in core_ai
+    assert "@available(iOS 27, macOS 27, *)\npublic final class CoreAIModel: ContractModel" in core_ai
+    assert "CoreAILanguageModel(resourcesAt:" in core_ai and "LanguageModelSession(model: model)" in core_ai
+    # The contract is applied as on the Core ML path: greedy, max_new_tokens, stop strings, parseOutput.
+    assert "samplingMode: .greedy, maximumResponseTokens: contract.maxNewTokens" in core_ai
+    assert "contract.stopStrings" in core_ai and "parseOutput(contract, raw: text)" in core_ai
+    # One entry point picks the runtime at run time: Core AI under #available(iOS 27, ...), else Core ML.
+    gate = entry.index("if #available(iOS 27, macOS 27, *)")
+    assert gate < entry.index("CoreAIModel.load(from: folder)") < entry.index("EdgeModel.load(from: folder")
+    core_ml = (BRIDGE / "Sources" / "EdgeModel" / "EdgeModel.swift").read_text(encoding="utf-8")
+    assert "public final class EdgeModel: ContractModel" in core_ml
+    manifest = (BRIDGE / "CoreAI" / "Package.swift").read_text(encoding="utf-8")
+    assert '.product(name: "CoreAILM", package: "coreai-models")' in manifest and '.iOS("27.0")' in manifest
+    assert "coreai-models" not in (BRIDGE / "Package.swift").read_text(encoding="utf-8")
+
+
+def _app_context(**overrides) -> dict:
+    context = {
+        "model_name": "bot", "slug": "bot", "bundle_id": "org.edgepack.sample.bot",
+        "package": "model-int4.mlpackage", "packages": ["model-int4.mlpackage"], "compression_summary": "int4",
+        "compute_units": "cpuAndNeuralEngine", "max_context": 256, "sliding_window": 0,
+        "swift_transformers_version": "1.0.0", "deployment_target": "18.0", "task": "labels",
+        "labels": ["a"], "instruction": "", "sample_input": "hi", "verification_rows": [],
+        "edgepack_version": "0.1.0", "coreai_asset": "", "coreai_summary": "", "coreai_models_version": "1.0.0",
+        "runtime_note": "Core ML package (iOS 18+).",
+    }
+    return {**context, **overrides}
+
+
+@pytest.mark.parametrize("packages", [["model-int4.mlpackage"], []])
+def test_the_app_carries_the_aimodel_and_core_ai_only_when_the_bundle_has_one(packages: list[str],
+                                                                              tmp_path: Path) -> None:
+    import yaml
+
+    plain = render_tree("ios", tmp_path / "plain", _app_context())
+    project = (tmp_path / "plain" / "project.yml").read_text(encoding="utf-8")
+    readme = (tmp_path / "plain" / "README.md").read_text(encoding="utf-8")
+    assert ".aimodel" not in project and "coreai-models" not in project and "Core AI" not in readme
+    written = render_tree("ios", tmp_path / "coreai", _app_context(
+        package=packages[0] if packages else "", packages=packages, coreai_asset="model-int8.aimodel",
+        coreai_summary="int8 linears", deployment_target="27.0", runtime_note="Core AI only: needs iOS 27"))
+    project = yaml.safe_load((tmp_path / "coreai" / "project.yml").read_text(encoding="utf-8"))
+    sources = [s["path"] for s in project["targets"]["EdgepackSample"]["sources"]]
+    assert {"../model-int8.aimodel", "../metadata.json", "../tokenizer"} <= set(sources)
+    assert [f"../{p}" for p in packages] == [s for s in sources if s.endswith(".mlpackage")]
+    assert project["options"]["deploymentTarget"]["iOS"] == "27.0"
+    readme = (tmp_path / "coreai" / "README.md").read_text(encoding="utf-8")
+    assert "coreai-models" in readme and "Not yet runnable through Core AI" in readme
+    assert ("runs the Core ML package instead" in readme) == bool(packages)
+    assert ("Compile the model yourself" in readme) == bool(packages)
+    info = (tmp_path / "coreai" / "Sources" / "BuildInfo.swift").read_text(encoding="utf-8")
+    assert 'static let coreAIAsset = "model-int8.aimodel"' in info and "Core AI only: needs iOS 27" in info
+    swift = [p.read_text(encoding="utf-8") for p in [*plain, *written] if p.suffix == ".swift"]
+    assert all(syntax_errors(t) == [] for t in swift) and unknown_api_names([*_bridge_texts(), *swift]) == []
+
+
 def test_hostile_name_and_labels_are_escaped_in_swift_yaml_and_markdown(tmp_path: Path) -> None:
     import yaml
 
-    context = {
-        "model_name": HOSTILE_NAME, "slug": "bot", "bundle_id": "org.edgepack.sample.bot",
-        "package": "model-int4.mlpackage", "packages": ["model-int4.mlpackage"], "compression_summary": HOSTILE_NAME,
-        "compute_units": "cpuAndNeuralEngine", "max_context": 256, "sliding_window": 0,
-        "swift_transformers_version": "1.0.0", "deployment_target": "18.0", "task": "labels",
-        "labels": HOSTILE_LABELS, "instruction": HOSTILE_NAME, "sample_input": "a\u2028b\x00c",
-        "verification_rows": [], "edgepack_version": "0.1.0",
-    }
+    context = _app_context(model_name=HOSTILE_NAME, compression_summary=HOSTILE_NAME, labels=HOSTILE_LABELS,
+                           instruction=HOSTILE_NAME, sample_input="a\u2028b\x00c", runtime_note=HOSTILE_NAME)
     written = render_tree("ios", tmp_path, context)
     info = (tmp_path / "Sources" / "BuildInfo.swift").read_text(encoding="utf-8")
     assert syntax_errors(info) == []

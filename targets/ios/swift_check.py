@@ -5,9 +5,11 @@ No Swift toolchain or Xcode exists on a Linux build host. Two checks stand in fo
 - every .swift file must parse without an error node in tree-sitter's Swift grammar (bundled by
   tree-sitter-language-pack 0.13.0);
 - every name the code uses must be declared in the checked sources themselves, or appear in
-  targets/ios/data/ios-api.json: the Core ML and swift-transformers members taken from their
-  documentation (calls with their argument labels, e.g. `prediction(from:using:)`), plus the Swift,
-  Foundation and SwiftUI names the bridge and app use. A misspelt or invented API member fails.
+  targets/ios/data/ios-api.json: the Core ML, swift-transformers, Foundation Models and Core AI
+  language-model members taken from their documentation (calls with their argument labels, e.g.
+  `prediction(from:using:)`), plus the Swift, Foundation and SwiftUI names the bridge and app use. A
+  misspelt or invented API member fails. Code under `#if canImport(...)` is checked like the rest: the
+  Core AI path is checked though it compiles only where the app links Apple's CoreAILM.
 """
 
 from __future__ import annotations
@@ -177,6 +179,7 @@ def check_swift_files(paths: list[Path], root: Path) -> list[ScaffoldCheck]:
     except ImportError:
         return [ScaffoldCheck(p.relative_to(root).as_posix(), "tree-sitter (swift)", "skipped",
                               "tree-sitter-language-pack is not installed") for p in swift]
-    checks.append(ScaffoldCheck("*.swift", "Core ML / swift-transformers names (targets/ios/data/ios-api.json)",
+    checks.append(ScaffoldCheck("*.swift", "Core ML / swift-transformers / Foundation Models / Core AI names "
+                                "(targets/ios/data/ios-api.json)",
                                 "failed" if unknown else "passed", "; ".join(unknown[:8])))
     return checks

@@ -9,7 +9,10 @@ compressed package can only be as good as the program it was compressed from.
 
 `--ios-format coreai` (or `all`) ships a Core AI .aimodel for iOS 27+ instead of (beside) the package:
 converted by targets.ios.coreai_export from the same decoder, and run `simulated` in Apple's reference
-interpreter (coreai-core) by targets.ios.coreai_verify. The Swift bridge has no Core AI path yet.
+interpreter (coreai-core) by targets.ios.coreai_verify. Beside it the build writes the Core AI model-bundle
+files (targets.ios.coreai_bundle), and the bridge gains its Core AI path: EdgeModels.load runs the .aimodel
+with Apple's CoreAILanguageModel through a Foundation Models LanguageModelSession on iOS 27 / macOS 27, the
+Core ML package otherwise (mobile/ios/README.md). A Core AI-only bundle gets the bridge and app too.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from targets.ios.convert import (
     INT4_LADDER,
     compression_named,
 )
+from targets.ios.coreai_bundle import model_bundle_metadata, write_model_bundle
 from targets.ios.coreai_export import (
     COREAI_COMPRESSIONS,
     COREAI_CORE_VERSION,
@@ -78,6 +82,8 @@ COREAI_GATES: dict[str, Gate | TopOneGate] = {
 Q4_K_M_MARGIN = 0.02
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 SWIFT_TRANSFORMERS_VERSION = "1.1.2"
+# Apple's coreai-models Swift package (product CoreAILM) that the bridge's Core AI path links.
+COREAI_MODELS_VERSION = "1.0.0"
 COMPUTE_UNITS = "cpuAndNeuralEngine"
 # What `build --device` chooses from, most faithful first (palettize4 is chosen by flag only).
 DEVICE_LADDER = ("none", "int8", "int4-mixed", "int4")
@@ -91,9 +97,19 @@ def bundle_identifier(name: str) -> str:
     return f"org.edgepack.sample.{ident}"
 
 
-def copy_bridge(dest: Path) -> list[Path]:
-    """Copy the Swift package (mobile/ios: Package.swift + Sources/EdgeModel) into the bundle."""
-    return copy_mobile_files("ios", ("Package.swift", "Sources/EdgeModel/*.swift"), dest)
+def copy_bridge(dest: Path, core_ai: bool = False) -> list[Path]:
+    """Copy the Swift package (mobile/ios: Package.swift + Sources/EdgeModel) into the bundle.
+
+    With `core_ai` its manifest is mobile/ios/CoreAI/Package.swift, which adds Apple's coreai-models
+    (CoreAILM) and so declares iOS 27 / macOS 27, as SwiftPM requires of a package depending on it.
+    """
+    manifest = "CoreAI/Package.swift" if core_ai else "Package.swift"
+    copied = copy_mobile_files("ios", (manifest, "Sources/EdgeModel/*.swift"), dest)
+    if not core_ai:
+        return copied
+    placed = (dest / manifest).replace(dest / "Package.swift")
+    (dest / manifest).parent.rmdir()
+    return sorted(placed if path == dest / manifest else path for path in copied)
 
 
 class IosTarget:
@@ -186,13 +202,17 @@ class IosTarget:
             artifact, verification, notes, section = coreai
             for name in TOKENIZER_FILES:
                 place_artifact(ctx.ckpt.folder / name, out_dir / name)
-            notes.append("iOS (Core AI): no Swift bridge or sample app is generated for a Core AI-only build; build "
-                         "with --ios-format all for the EdgeModel package and app beside the .aimodel.")
+            context = self._context(ctx, section["name"], [], section["max_context"], section["sliding_window"] or 0,
+                                    [verification], section)
+            bridge, checks = self._scaffold(out_dir, context)
+            notes.append("iOS (Core AI): a Core AI-only bundle's app and bridge need iOS 27 / macOS 27 and Apple's "
+                         "CoreAILM package; iOS 18-26 need --ios-format all or coreml.")
             sections = {"model": section, "runner": self._runner(ctx, section["max_context"]),
                         "tokenizer": list(TOKENIZER_FILES), "contract": ctx.contract.as_dict()}
-            return finish_bundle(out_dir, self, sections, [verification], None, notes=notes,
+            return finish_bundle(out_dir, self, sections, [verification], checks, notes=notes,
                                  extra={"coreai_compression": artifact.compression.name,
-                                        "coreai_export": artifact.export})
+                                        "coreai_export": artifact.export,
+                                        "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]})
         return self._build_coreml(ctx, out_dir, coreai)
 
     def _build_coreai(self, ctx: BuildContext, out_dir: Path) -> tuple[
@@ -216,9 +236,18 @@ class IosTarget:
                                                            lambda a: a.megabytes, requested == "auto")
         out_dir.mkdir(parents=True, exist_ok=True)
         shutil.copytree(artifact.asset, out_dir / artifact.asset.name, copy_function=_place_artifact)
+        write_model_bundle(out_dir, model_bundle_metadata(
+            ctx.options.name or ctx.ckpt.name, artifact.asset.name, int(ctx.ckpt.config["vocab_size"]),
+            artifact.export["max_context"], artifact.compression.name),
+            [ctx.ckpt.folder / name for name in TOKENIZER_FILES])
         notes.append(f"iOS (Core AI): {artifact.asset.name} ran `simulated` in Apple's Core AI reference interpreter "
                      f"(coreai-core {COREAI_CORE_VERSION}) on this host's CPU, not on an iPhone: no Neural Engine, GPU "
                      "or iOS 27 runtime ran. It needs iOS 27 / macOS 27; iOS 18-26 need the Core ML package.")
+        notes.append("iOS (Core AI): the bridge's Core AI path (Apple's CoreAILanguageModel through a Foundation "
+                     "Models LanguageModelSession) was parsed with tree-sitter and its API names checked against "
+                     "Apple's documentation; no Swift compiler ran it. It does not run this .aimodel yet: the engines "
+                     "of Apple's coreai-models drive the inputs input_ids and position_ids, this .aimodel takes "
+                     "inputIds and attention masks, so EdgeModels.load keeps to the Core ML package.")
         export = artifact.export
         section = {"name": ctx.options.name or ctx.ckpt.name, "format": "aimodel", "asset": artifact.asset.name,
                    "compression": artifact.compression.name, "summary": artifact.compression.summary,
@@ -277,15 +306,9 @@ class IosTarget:
             place_artifact(ctx.ckpt.folder / name, out_dir / name)
 
         model_name = ctx.options.name or ctx.ckpt.name
-        first_row = ctx.eval_rows[0] if ctx.eval_rows else None
-        context = self._context(ctx, model_name, shipped, max_context, export, first_row, verifications)
-        rendered = render_tree("ios", out_dir / APP_DIR, context)
-        bridge = copy_bridge(out_dir / BRIDGE_DIR)
-        checks = check_generated_files(rendered, out_dir)
-        checks += check_swift_files(sorted(rendered + bridge), out_dir)
-        checks.append(ScaffoldCheck(f"{APP_DIR}/", "xcodebuild", "skipped",
-                                    "needs macOS with Xcode; edgepack parses every Swift file with tree-sitter and "
-                                    "checks the Core ML / swift-transformers names it uses against a list"))
+        context = self._context(ctx, model_name, shipped, max_context, export.conversion.sliding_window or 0,
+                                verifications, coreai[3] if coreai else None)
+        bridge, checks = self._scaffold(out_dir, context)
 
         sections = {
             "model": {"name": model_name, "packages": shipped, "max_context": max_context,
@@ -311,6 +334,18 @@ class IosTarget:
         return finish_bundle(out_dir, self, sections, verifications, checks, notes=notes,
                              extra={"compression": compression, "export": export.conversion.as_dict(),
                                     "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge], **extra})
+
+    def _scaffold(self, out_dir: Path, context: dict[str, Any]) -> tuple[list[Path], list[ScaffoldCheck]]:
+        """Render the app, copy the bridge (with its Core AI manifest when the bundle ships an .aimodel), check them."""
+        rendered = render_tree("ios", out_dir / APP_DIR, context)
+        bridge = copy_bridge(out_dir / BRIDGE_DIR, core_ai=bool(context["coreai_asset"]))
+        checks = check_generated_files(rendered, out_dir)
+        checks += check_swift_files(sorted(rendered + bridge), out_dir)
+        checks.append(ScaffoldCheck(f"{APP_DIR}/", "xcodebuild", "skipped",
+                                    "needs macOS with Xcode; edgepack parses every Swift file with tree-sitter and "
+                                    "checks the Core ML / swift-transformers / Foundation Models / Core AI names it "
+                                    "uses against a list"))
+        return bridge, checks
 
     def _first_passing(self, ctx: BuildContext, ladder: tuple[str, ...], max_context: int, rewrites: bool,
                        notes: list[str]) -> tuple[CoreMLExport, str, VerificationResult, Gate | TopOneGate]:
@@ -410,20 +445,29 @@ class IosTarget:
                     f"into {ANE_MAX_DIM}-row chunks; Neural Engine placement can only be confirmed on a device."))
 
     def _context(self, ctx: BuildContext, model_name: str, shipped: list[dict[str, Any]], max_context: int,
-                 export: CoreMLExport, first_row: Any, verifications: list[VerificationResult]) -> dict[str, Any]:
+                 sliding_window: int, verifications: list[VerificationResult],
+                 coreai: dict[str, Any] | None) -> dict[str, Any]:
+        """The app templates' values (templates/ios/CONTEXT.md). `shipped` is empty in a Core AI-only bundle."""
         contract = ctx.contract
+        first_row = ctx.eval_rows[0] if ctx.eval_rows else None
+        coreai_asset = coreai["asset"] if coreai else ""
         return {
             "model_name": model_name,
             "slug": slug(model_name),
             "bundle_id": bundle_identifier(model_name),
-            "package": shipped[0]["package"],
+            "package": shipped[0]["package"] if shipped else "",
             "packages": [p["package"] for p in shipped],
-            "compression_summary": shipped[0]["summary"],
+            "compression_summary": shipped[0]["summary"] if shipped else coreai["summary"] if coreai else "",
             "compute_units": COMPUTE_UNITS,
             "max_context": max_context,
-            "sliding_window": export.conversion.sliding_window or 0,
+            "sliding_window": sliding_window,
             "swift_transformers_version": SWIFT_TRANSFORMERS_VERSION,
-            "deployment_target": "18.0",
+            "coreai_asset": coreai_asset,
+            "coreai_summary": coreai["summary"] if coreai else "",
+            "coreai_models_version": COREAI_MODELS_VERSION,
+            "runtime_note": _runtime_note(shipped, coreai_asset),
+            # SwiftPM lets a package depend on coreai-models (iOS 27) only from an iOS 27 minimum.
+            "deployment_target": "27.0" if coreai_asset else "18.0",
             "task": contract.task,
             "labels": list(contract.labels or []),
             "instruction": first_row.instruction if first_row else "",
@@ -431,6 +475,19 @@ class IosTarget:
             "verification_rows": [v.summary_row(v.artifact.rsplit("/", 1)[-1]) for v in verifications],
             "edgepack_version": __version__,
         }
+
+
+def _runtime_note(shipped: list[dict[str, Any]], coreai_asset: str) -> str:
+    """What the sample app says it runs, and needs, for this bundle's formats."""
+    if not coreai_asset:
+        return "Core ML package (iOS 18+)."
+    if not shipped:
+        return (f"Core AI only: {coreai_asset} needs iOS 27 / macOS 27, Apple's CoreAILM package (linked by "
+                "../EdgeModel) and the input_ids / position_ids interface Apple's engines drive, which edgepack's "
+                ".aimodel does not have yet (README). There is no Core ML package: build with --ios-format all or "
+                "coreml.")
+    return (f"{coreai_asset} through Core AI on iOS 27 / macOS 27 once it has the interface Apple's engines drive "
+            f"(README); {shipped[0]['package']} through Core ML until then, or when Core AI cannot load it.")
 
 
 def _place_artifact(src: str, dest: str) -> None:

@@ -2,14 +2,16 @@ import CoreML
 import EdgeModel
 import SwiftUI
 
-/// One screen: pick the compute units, type an input, run it under the task contract, see the answer and the speed.
+/// One screen: pick the compute units, type an input, run it under the task contract, see the answer, the speed
+/// and which runtime answered (Core AI on iOS 27+ when the bundle ships an .aimodel, else Core ML).
 struct ContentView: View {
     @State private var input = BuildInfo.sampleInput
     @State private var answer = ""
     @State private var status = "Not loaded"
     @State private var speed = ""
     @State private var unitsName = BuildInfo.defaultComputeUnits
-    @State private var model: EdgeModel?
+    @State private var model: (any ContractModel)?
+    @State private var backend = "Not loaded"
     @State private var running: Task<Void, Never>?
 
     private let unitNames = ["cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine", "all"]
@@ -20,6 +22,7 @@ struct ContentView: View {
                 Section("Model") {
                     Text(BuildInfo.modelName)
                     Text(BuildInfo.compression).font(.footnote)
+                    Text(BuildInfo.runtimeNote).font(.footnote)
                     Picker("Compute units", selection: $unitsName) {
                         ForEach(unitNames, id: \.self) { Text($0) }
                     }
@@ -39,6 +42,7 @@ struct ContentView: View {
                 Section("Answer") {
                     Text(answer).textSelection(.enabled)
                     Text(speed).font(.footnote)
+                    Text("Runtime: " + backend).font(.footnote)
                 }
             }
             .navigationTitle("edgepack")
@@ -64,13 +68,17 @@ struct ContentView: View {
         }
     }
 
-    private func loadedModel() async throws -> EdgeModel {
+    private func loadedModel() async throws -> any ContractModel {
         if let model { return model }
-        status = "Loading \(BuildInfo.package) on \(unitsName)..."
+        status = "Loading on \(unitsName)..."
         let started = Date()
-        let loaded = try await EdgeModel.load(from: Bundle.main.resourceURL!, computeUnits: computeUnitsSetting(named: unitsName))
-        status = String(format: "Loaded on %@ in %.1f s", unitsName, Date().timeIntervalSince(started))
-        model = loaded
-        return loaded
+        let loaded = try await EdgeModels.load(from: Bundle.main.resourceURL!, computeUnits: computeUnitsSetting(named: unitsName))
+        let seconds = Date().timeIntervalSince(started)
+        // Compute units apply to Core ML only; Core AI places the model itself.
+        let place = loaded.model.backend == .coreML ? " on " + unitsName : ""
+        status = String(format: "Loaded in %.1f s", seconds) + place
+        backend = loaded.model.backend.rawValue + ": " + loaded.reason
+        model = loaded.model
+        return loaded.model
     }
 }

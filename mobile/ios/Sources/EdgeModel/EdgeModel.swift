@@ -38,8 +38,10 @@ public func computeUnitsSetting(named name: String) -> MLComputeUnits {
 ///
 /// Each call is a fresh single-turn prompt: a new MLState, a prefill of the whole prompt, then one token
 /// per prediction through the state (keyCache/valueCache). One call at a time; cancel() from any thread.
-public final class EdgeModel: @unchecked Sendable {
+/// EdgeModels.load picks this or CoreAIModel; load this one directly to insist on Core ML.
+public final class EdgeModel: ContractModel, @unchecked Sendable {
     public let manifest: BundleManifest
+    public let backend = Backend.coreML
     public let computeUnits: MLComputeUnits
     private let model: MLModel
     private let tokenizer: Tokenizer
@@ -66,7 +68,10 @@ public final class EdgeModel: @unchecked Sendable {
     }
 
     private static func compiledModelURL(folder: URL, manifest: BundleManifest) async throws -> URL {
-        let name = manifest.model.packages[0].package
+        guard let name = manifest.coreMLPackage else {
+            throw EdgeModelError.wrongBundle("edgepack.json lists no Core ML package (a Core AI-only bundle); "
+                + "build with --ios-format all or coreml for iOS 18-26")
+        }
         let stem = (name as NSString).deletingPathExtension
         let compiled = folder.appendingPathComponent(stem + ".mlmodelc")
         if FileManager.default.fileExists(atPath: compiled.path) {

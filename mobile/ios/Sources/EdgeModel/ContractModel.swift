@@ -1,0 +1,65 @@
+import CoreML
+import Foundation
+
+/// The runtime that answered.
+public enum Backend: String, Sendable {
+    case coreML = "Core ML"
+    case coreAI = "Core AI"
+}
+
+/// One model under its task contract, whichever runtime runs it: what the app calls.
+public protocol ContractModel: AnyObject, Sendable {
+    var backend: Backend { get }
+    var manifest: BundleManifest { get }
+    /// Render the contract's prompt for `input`, generate, and parse the answer under the contract.
+    func run(input: String, instruction: String, onToken: (String) -> Void) async throws -> Answer
+    /// Stop the running generation; it returns what it has, with finish = "cancelled".
+    func cancel()
+}
+
+/// A loaded model and, in words, why its runtime was chosen (shown by the sample app).
+public struct LoadedModel: Sendable {
+    public let model: any ContractModel
+    public let reason: String
+}
+
+/// The one entry point: load a bundle with the runtime this OS, this app and this bundle allow.
+public enum EdgeModels {
+    /// The inputs, in order, of a model the inference engines of Apple's coreai-models 1.0 drive (the "Model
+    /// Contract" of its CoreAISequentialEngine; its pipelined engine reads the same two, by position).
+    public static let coreAILanguageModelInputs = ["input_ids", "position_ids"]
+
+    /// Core AI (iOS 27 / macOS 27) when the bundle ships an .aimodel with the inputs Apple's engines drive and
+    /// the app links Apple's CoreAILM product; otherwise, or when Core AI fails to load the model, the bundle's
+    /// Core ML package. An .aimodel with other inputs is not handed to Core AI: its engines read inputs by
+    /// position, so an attention mask would be taken for positions and the answers would be wrong, not refused.
+    public static func load(from folder: URL, computeUnits: MLComputeUnits? = nil) async throws -> LoadedModel {
+        let manifest = try BundleManifest.load(from: folder)
+        var reason = "the bundle ships no .aimodel"
+        if let asset = manifest.coreAIAsset, let inputs = manifest.coreAIInputs, inputs != coreAILanguageModelInputs {
+            reason = "\(asset) takes \(inputs.joined(separator: ", ")), not the "
+                + "\(coreAILanguageModelInputs.joined(separator: ", ")) Apple's Core AI language-model engines drive"
+        } else if let asset = manifest.coreAIAsset {
+            if #available(iOS 27, macOS 27, *) {
+                #if canImport(CoreAILanguageModels) && canImport(FoundationModels)
+                do {
+                    let model = try await CoreAIModel.load(from: folder)
+                    return LoadedModel(model: model, reason: "\(asset) through Foundation Models (iOS 27+)")
+                } catch {
+                    reason = "Core AI could not load \(asset): \(error)"
+                }
+                #else
+                reason = "this app was built without Apple's CoreAILM package, which runs \(asset)"
+                #endif
+            } else {
+                reason = "\(asset) needs iOS 27 / macOS 27"
+            }
+        }
+        guard let package = manifest.coreMLPackage else {
+            throw EdgeModelError.wrongBundle(
+                "\(reason); the bundle has no Core ML package for this device (build with --ios-format all)")
+        }
+        let model = try await EdgeModel.load(from: folder, computeUnits: computeUnits)
+        return LoadedModel(model: model, reason: "\(package) (\(reason))")
+    }
+}
