@@ -1,7 +1,9 @@
 """What each target of a build will need in memory, known before the build starts.
 
-A target's build runs one heavy step at a time (an fp32 model, a screen, a conversion child) beside
-this process's own memory, so its peak is this process's base plus its largest step. A step's size
+A target's build can run one heavy step at a time (an fp32 model, a screen, a conversion child) beside
+this process's own memory, so what it needs is this process's base plus its largest step. (Work it starts
+beside its own steps, packager.beside, waits for its memory like any step: it runs at once only when the
+budget has room for both.) A step's size
 is what this machine measured for that kind of step before (packager.scheduler.MeasuredCosts, as
 a multiple of the checkpoint's fp32 size), else the estimate the step declares. `edgepack doctor`
 shows these numbers; a build checks them first and stops at once, writing nothing, when a target

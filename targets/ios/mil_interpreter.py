@@ -13,6 +13,7 @@ placement). The level says so: simulated, not executed.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,14 +40,20 @@ def kernel(*names: str) -> Callable[[Kernel], Kernel]:
     return register
 
 
+# coremltools rebuilds a program inside its builder's process-wide block context: two packages loaded by two
+# threads at once mix their ops ("MIL variable inputIds has no value yet", reproduced 2026-12-05).
+_LOADING = threading.Lock()
+
+
 def load_program(package: Path) -> tuple[Any, Any]:
     """Return (MIL program, model spec) of a saved .mlpackage, without loading it into Core ML."""
     import coremltools as ct
     from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
 
-    model = ct.models.MLModel(str(package), skip_model_load=True)
-    spec = model.get_spec()
-    return milproto_load(spec, spec.specificationVersion, model.weights_dir), spec
+    with _LOADING:
+        model = ct.models.MLModel(str(package), skip_model_load=True)
+        spec = model.get_spec()
+        return milproto_load(spec, spec.specificationVersion, model.weights_dir), spec
 
 
 def _nptype(var: Any) -> Any:

@@ -17,6 +17,7 @@ Core ML package otherwise (mobile/ios/README.md). A Core AI-only bundle gets the
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any, ClassVar
 
 from packager import __version__
 from packager.architectures import ArchitectureSpec
+from packager.beside import Beside, beside
 from packager.checkpoint import Checkpoint
 from packager.codecheck import check_generated_files
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
@@ -276,15 +278,14 @@ class IosTarget:
 
         rewrites = options.get("fp16_rewrites")
         notes: list[str] = []
-        if compression == "none":
-            export = cached_export(ctx, export_request(ctx, ["none"], max_context, fp16_rewrites=rewrites))
-            ship_gate, compressed = FP16_GATE, None
-        else:
-            ladder = walked(INT4_LADDER, ctx.options.no_gate) if compression == "int4" else (compression,)
-            export, compression, compressed, ship_gate = self._first_passing(ctx, ladder, max_context, rewrites,
-                                                                             notes)
-        fp16 = verified_package(ctx, export, "none", f"{self.name}/{export.package_name('none')} "
-                                "(fp16 conversion)", FP16_GATE)
+        with beside(ctx.scheduler.cancel) as work:
+            if compression == "none":
+                export = cached_export(ctx, export_request(ctx, ["none"], max_context, fp16_rewrites=rewrites))
+                ship_gate, compressed, fp16 = FP16_GATE, None, self._fp16_verified(ctx, export)
+            else:
+                ladder = walked(INT4_LADDER, ctx.options.no_gate) if compression == "int4" else (compression,)
+                export, compression, compressed, ship_gate, fp16 = self._first_passing(
+                    ctx, ladder, max_context, rewrites, notes, work)
         if compression == "none":
             fp16.artifact = f"{self.name}/{export.package_name('none')}"
         verifications = [fp16] + ([compressed] if compressed else [])
@@ -348,8 +349,10 @@ class IosTarget:
         return bridge, checks
 
     def _first_passing(self, ctx: BuildContext, ladder: tuple[str, ...], max_context: int, rewrites: bool,
-                       notes: list[str]) -> tuple[CoreMLExport, str, VerificationResult, Gate | TopOneGate]:
-        """Convert and simulate the first rung that passes its gate (the last rung ships either way).
+                       notes: list[str], work: Beside) -> tuple[
+            CoreMLExport, str, VerificationResult, Gate | TopOneGate, VerificationResult]:
+        """Convert and simulate the first rung that passes its gate (the last rung ships either way); return its
+        export, rung, verification and gate, and the verification of that export's fp16 package.
 
         Every rung but the last is screened in eager PyTorch first, from the most precise down
         (packager.ladder), so a rung predicted to fail is never converted; a predicted pass that fails in
@@ -375,17 +378,31 @@ class IosTarget:
             failures = screen_verdict(predicted, failures, ctx.options.task_gate, task)
             return [f"top-1 {predicted.top1:.3f}", *failures] if failures else []
 
+        def converted(rung: str) -> CoreMLExport:
+            return cached_export(ctx, export_request(ctx, ["none", rung], max_context, fp16_rewrites=rewrites))
+
+        if len(ladder) > 1:
+            # The last rung is converted unless a screen passes (on the bundled example's fine-tune none does):
+            # its conversion, a child process, runs beside the screens when the cores allow (packager.beside).
+            work.start(f"convert Core ML ({ladder[-1]}) beside the screens", lambda: converted(ladder[-1]))
         rungs, screen_notes = rungs_to_build(ladder, screen)
         notes += screen_notes
         for rung in rungs:
             gate = self._gate(ctx, rung, notes)
-            export = cached_export(ctx, export_request(ctx, ["none", rung], max_context, fp16_rewrites=rewrites))
+            export = converted(rung)
+            # The same conversion's fp16 package is simulated beside this rung's (numpy, one thread each).
+            fp16 = work.start("simulate the fp16 package", functools.partial(self._fp16_verified, ctx, export))
             package = export.package_name(rung)
             result = verified_package(ctx, export, rung, f"{self.name}/{package}", gate)
             if result.passed or rung == rungs[-1]:
-                return export, rung, result, gate
+                return export, rung, result, gate, fp16.result()
             notes.append(f"{package} ({export.megabytes(rung):.0f} MB) failed its gate ({'; '.join(result.failures)})")
         raise AssertionError("unreachable: the last rung always returns")
+
+    def _fp16_verified(self, ctx: BuildContext, export: CoreMLExport) -> VerificationResult:
+        """The conversion's fp16 package simulated against fp32: the proof that the conversion itself is exact."""
+        return verified_package(ctx, export, "none", f"{self.name}/{export.package_name('none')} (fp16 conversion)",
+                                FP16_GATE)
 
     def _class_gate(self, rung: str) -> Gate:
         """The gate of the rung's bit width alone (no baseline GGUF needed)."""

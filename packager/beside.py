@@ -1,0 +1,106 @@
+"""Work a target starts beside its own steps, when the cores allow it.
+
+A target's steps run one after another in its thread, but some do not depend on each other: iOS
+converts its last ladder rung whatever the screens before it say unless one of them passes, and it
+simulates the fp16 package and the shipped one from the same conversion. Measured on the bundled
+example (2026-12-05, two targets at once on 2 cores), those steps made the iOS target 812 s of a
+894-s build while the other core had idle time.
+
+Running more at once only helps when no computation spins a multi-threaded pool against another
+(packager.threads): so work is started beside only when each computation already has one thread.
+Otherwise it runs when its result is first asked for, in the asking thread, or never when nobody asks
+(a speculative step the ladder did not need).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Generic, TypeVar
+
+from packager.threads import compute_threads, host_cores
+
+T = TypeVar("T")
+
+
+def beside_allowed() -> bool:
+    """Whether a computation may start beside this thread's: every computation is single-threaded now."""
+    return compute_threads() == 1 and host_cores() >= 2
+
+
+class Pending(Generic[T]):
+    """The result of work started beside (or deferred): `result()` waits for it, or computes it here."""
+
+    def __init__(self, what: str, compute: Callable[[], T]) -> None:
+        self.what = what
+        self._compute = compute
+        self._lock = threading.Lock()
+        self._done = False
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self.asked = False
+        self.thread: threading.Thread | None = None
+
+    def run(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            try:
+                self._value = self._compute()
+            except BaseException as exc:  # handed to whoever asks; Ctrl-C reaches the main thread anyway
+                self._error = exc
+            self._done = True
+
+    @property
+    def unasked_error(self) -> BaseException | None:
+        """The error of work whose result nobody asked for (None when it succeeded or was asked for)."""
+        return None if self.asked else self._error
+
+    def result(self) -> T:
+        self.asked = True
+        if self.thread is not None:
+            self.thread.join()
+        self.run()  # deferred: computed now, in this thread (a no-op once done)
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
+class Beside:
+    """Starts work beside the current thread (see the module docstring); `start` returns its Pending."""
+
+    def __init__(self) -> None:
+        self.started: list[Pending[object]] = []
+
+    def start(self, what: str, compute: Callable[[], T]) -> Pending[T]:
+        pending: Pending[T] = Pending(what, compute)
+        if beside_allowed():
+            pending.thread = threading.Thread(target=pending.run, name=f"beside: {what}", daemon=True)
+            pending.thread.start()
+        self.started.append(pending)  # type: ignore[arg-type]
+        return pending
+
+
+@contextmanager
+def beside(cancel: Callable[[], None]) -> Iterator[Beside]:
+    """Work started in the block; on leaving, wait for what is still running. When the block fails, `cancel()`
+    (the build's: it fails anyway) first stops that work's children, so the failure is not held up by them.
+    An error of work nobody asked for (a speculative step) goes to the build log, not to the build: the
+    step that needed it would have asked and failed with it."""
+    work = Beside()
+    try:
+        yield work
+    except BaseException:
+        if any(p.thread is not None and p.thread.is_alive() for p in work.started):
+            cancel()
+        raise
+    finally:
+        for pending in work.started:
+            if pending.thread is not None:
+                pending.thread.join()
+            if pending.unasked_error is not None:
+                os.write(2, f"{pending.what} (not needed) failed:\n".encode()
+                         + "".join(traceback.format_exception(pending.unasked_error)).encode("utf-8", "replace"))
