@@ -62,7 +62,9 @@ class WllamaSession {
       top_p: options.topP,
       stop: options.stop,
       ignore_eos: options.ignoreEos ?? false,
-      cache_prompt: false,
+      // Reuse the KV cache of the prompt prefix the previous request shares (a task's instruction and
+      // template): llama-server evaluates only the new tokens, as llama-cpp-python does natively.
+      cache_prompt: true,
       stream: true,
       abortSignal: options.signal,
       ...(options.tokenIds ? { logprobs: 1 } : {}),
