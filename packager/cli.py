@@ -273,7 +273,7 @@ class _BuildCommand(_Command):
               help="An edgepack.toml to read (default: ./edgepack.toml when no CHECKPOINT is given).")
 @click.option("--device", "device_name", default=None,
               help="Device profile: builds its target with the most faithful quantization that fits its RAM.")
-@click.option("--jobs", type=int, default=None, help="Targets built at once (default: the host's cores).")
+@click.option("--jobs", type=int, default=None, help="Targets built at once (default: all of them).")
 @click.option("--max-ram", default=None,
               help="Memory the build may use, e.g. 12G (default: the host's minus headroom); a step that "
                    "cannot fit stops the build with exit 3.")

@@ -186,7 +186,7 @@ def _context_length(flag: int | None, build: dict[str, Any], config_path: Path) 
 
 
 def _jobs(flag: int | None, build: dict[str, Any], config_path: Path) -> int | None:
-    """Return --jobs, else [build] jobs, else None (the host's cores): a whole number, at least 1."""
+    """Return --jobs, else [build] jobs, else None (every target at once): a whole number, at least 1."""
     value, source = (flag, "--jobs") if flag is not None else (build.get("jobs"), f"{config_path}: [build] jobs")
     if value is None:
         return None

@@ -157,7 +157,7 @@ class Claim:
 class Scheduler:
     """The cores and memory one build may use, shared by the targets it runs at once."""
 
-    jobs: int
+    jobs: int  # targets at once; 0: all of them
     limit: int
     explicit: bool  # the limit came from --max-ram: a step that cannot fit is an error, not a warning
     scale: int  # the checkpoint's fp32 size in bytes: expected peaks are multiples of it
@@ -229,22 +229,23 @@ class Scheduler:
                 self.costs.learn_peak(kind, max(0, claim.measured_peak - fixed) / self.scale)
 
     def run_all(self, jobs: list[tuple[str, Callable[[], T]]], hints: dict[str, float] | None = None) -> list[T]:
-        """Run the named jobs, at most `self.jobs` at once, the longest first (as measured before, else as
+        """Run the named jobs, at most `self.jobs` at once (0: all), the longest first (as measured before, else as
         `hints` expects, in seconds); return their results in the order given.
 
         On the first failure (or Ctrl-C / SIGTERM in the main thread) the others are cancelled and
         awaited, so no conversion child outlives the build, and that first failure is raised.
         """
-        if self.jobs <= 1 or len(jobs) <= 1:
+        at_once = min(self.jobs, len(jobs)) if self.jobs else len(jobs)
+        if at_once <= 1:
             return [self._timed(name, job, alone=True) for name, job in jobs]
-        at_once = min(self.jobs, len(jobs))
         # Each computation gets its share of the cores, or spinning thread pools take turns (packager.threads).
         with shared_cores(at_once) as threads:
             self.reporter.say(f"building {at_once} targets at once, {threads} thread(s) each")
-            return self._run_side_by_side(jobs, hints or {})
+            return self._run_side_by_side(jobs, hints or {}, at_once)
 
-    def _run_side_by_side(self, jobs: list[tuple[str, Callable[[], T]]], hints: dict[str, float]) -> list[T]:
-        pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="target")
+    def _run_side_by_side(self, jobs: list[tuple[str, Callable[[], T]]], hints: dict[str, float],
+                          at_once: int) -> list[T]:
+        pool = ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="target")
         order = sorted(range(len(jobs)),
                        key=lambda i: -(self.costs.seconds(jobs[i][0]) or hints.get(jobs[i][0], 0.0)))
         submitted = {i: pool.submit(self._timed, *jobs[i]) for i in order}
@@ -331,8 +332,13 @@ def kill_descendants(spare: frozenset[int] = frozenset()) -> list[int]:
 
 def scheduler_for(ckpt: Checkpoint, reporter: Reporter, cache: Path, jobs: int | None = None,
                   max_ram: int | None = None) -> Scheduler:
-    """The scheduler of one build: `jobs` targets at once (default: the host's cores), within `max_ram`."""
-    return Scheduler(jobs=jobs or os.cpu_count() or 1, limit=max_ram or default_budget(), explicit=max_ram is not None,
+    """The scheduler of one build: `jobs` targets at once (default: all of them), within `max_ram`.
+
+    All at once by default because a target spends much of its time waiting (for a conversion child, for
+    the lock of in-process model steps, for a browser): with the host's cores as the limit, on 2 cores the
+    web target waited 423 s for Android to finish, then ran 300 s alone (2026-12-05). The cores are shared
+    anyway (packager.threads), and every heavy step still waits for its memory."""
+    return Scheduler(jobs=jobs or 0, limit=max_ram or default_budget(), explicit=max_ram is not None,
                      scale=4 * ckpt.parameter_count, reporter=reporter, costs=MeasuredCosts(cache / COSTS_FILE))
 
 
