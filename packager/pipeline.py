@@ -39,6 +39,7 @@ from packager.runtime_adapter import check_runtime_adapter_input
 from packager.scheduler import scheduler_for
 from packager.stages import BuildContext, BuildOptions
 from packager.target import Target, TargetResult, expected_seconds, resolve_targets
+from packager.verify.reference import import_transformers
 
 BUILD_LOG = "build.log"
 
@@ -213,6 +214,7 @@ def _build_into(staging: Path, out: Path, request: BuildRequest, ctx: BuildConte
         reporter.stage(f"target {target.name}", False, time.perf_counter() - start)
         return result
 
+    import_transformers()  # once, here: the targets' threads would import it at the same time
     results = scheduler.run_all([(t.name, functools.partial(build, t)) for t in targets],
                                 {t.name: expected_seconds(t) for t in targets})
     passed = all(r.passed for r in results)

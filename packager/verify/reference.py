@@ -49,6 +49,16 @@ class ReferenceLogits:
         return len(self.sequences) - 1
 
 
+def import_transformers() -> None:
+    """Import transformers and resolve the names the stages use, before targets start in threads: its lazy
+    module is not safe to import from several threads at once (with five targets at once: "cannot import name
+    'AutoTokenizer' from 'transformers'", reproduced 2026-12-05)."""
+    import transformers
+
+    for name in ("AutoTokenizer", "AutoModelForCausalLM", "AutoConfig", "GenerationConfig"):
+        getattr(transformers, name)
+
+
 def load_hf_tokenizer(ckpt: Checkpoint):
     from transformers import AutoTokenizer
 
