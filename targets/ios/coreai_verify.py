@@ -73,6 +73,7 @@ class AimodelDriver(PackageDriver):
         self._loop.close()
 
     def reset_state(self) -> None:
+        """Fresh zero states of min(256, context) positions, as Apple's engines first allocate them."""
         self.state = {name: self._zeros(name, min(INITIAL_CACHE_POSITIONS, self.max_context))
                       for name in self.interface["states"]}
 
@@ -95,9 +96,10 @@ class AimodelDriver(PackageDriver):
             grown = min(grown * 2, self.max_context)
         if grown == held:
             return
+        prefix = (slice(None),) * POSITIONS_AXIS + (slice(0, held),)
         for name, array in self.state.items():
             larger = np.asarray(self._zeros(name, grown).numpy())
-            larger[:, :, :, :held] = np.asarray(array.numpy())
+            larger[prefix] = np.asarray(array.numpy())
             self.state[name] = NDArray(larger)
 
     def step_inputs(self, ids: list[int], total: int) -> dict[str, np.ndarray]:
