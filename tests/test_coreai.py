@@ -69,7 +69,7 @@ def test_gemma_fp16_aimodel_matches_fp32_in_apples_interpreter_through_prefill_a
     assert outcome.passed
     result = _coreai_result(outcome)
     assert result.level == "simulated" and result.format == "aimodel" and result.quant == "none"
-    assert "reference interpreter" in result.runtime and "slidingAttentionMask" in result.runtime
+    assert "reference interpreter" in result.runtime and "input_ids, position_ids -> logits" in result.runtime
     assert result.metrics.top1 >= 0.98 and result.metrics.nonfinite_positions == 0
     assert result.greedy_match, (result.greedy_text, result.greedy_text_reference)
     assert any("not an iPhone's Neural Engine or GPU" in n for n in result.notes)
@@ -132,10 +132,9 @@ def test_a_bundle_with_an_aimodel_ships_a_checked_core_ai_path_gated_by_ios_27(l
     assert "@available(iOS 27, macOS 27, *)" in core_ai and "CoreAILanguageModel(resourcesAt:" in core_ai
     entry = (sources / "ContractModel.swift").read_text(encoding="utf-8")
     assert entry.index("if #available(iOS 27, macOS 27, *)") < entry.index("CoreAIModel.load(from: folder)")
-    # The bundle names the .aimodel and its inputs; the bridge keeps one Apple's engines cannot drive on Core ML.
+    # The bundle names the .aimodel and its inputs, which are those the bridge hands to Apple's engines.
     document = json.loads((bundle / "edgepack.json").read_text(encoding="utf-8"))
-    assert document["core_ai"]["inputs"] == ["inputIds", "fullAttentionMask"]
-    assert 'coreAILanguageModelInputs = ["input_ids", "position_ids"]' in entry
+    assert document["core_ai"]["inputs"] == _swift_guard_inputs(entry) == ["input_ids", "position_ids"]
     project = (bundle / "app" / "project.yml").read_text(encoding="utf-8")
     assert "../model-fp16.aimodel" in project and "../model-fp16.mlpackage" in project
     # A misspelt Core AI member in the shipped sources fails the check.
@@ -150,7 +149,7 @@ def test_llama_ships_both_formats_and_its_fp16_aimodel_matches_fp32(llama_both) 
     assert formats.count("mlpackage") >= 1 and formats.count("aimodel") == 1
     result = _coreai_result(outcome)
     assert result.metrics.top1 >= 0.98 and result.greedy_match and result.metrics.nonfinite_positions == 0
-    assert "slidingAttentionMask" not in result.runtime
+    assert "input_ids, position_ids -> logits" in result.runtime
     document = json.loads((bundle / "edgepack.json").read_text(encoding="utf-8"))
     assert document["core_ai"]["asset"] == "model-fp16.aimodel"
     assert document["model"]["packages"][0]["package"] == "model-fp16.mlpackage"
@@ -266,16 +265,108 @@ def test_coreai_format_without_its_packages_stops_with_the_setup_command(
     assert leftovers(tmp_path, "out") == []
 
 
-def test_the_interface_check_names_what_the_swift_side_would_not_find() -> None:
+def test_the_interface_check_names_what_apples_engines_would_not_find() -> None:
     from targets.ios.coreai_verify import check_interface
 
-    good = {"inputs": {"inputIds": [[1, -1], "int32"], "fullAttentionMask": [[1, 1, -1, -1], "float16"]},
+    cache = [[2, 1, 2, -1, 16], "float16"]
+    good = {"inputs": {"input_ids": [[1, -1], "int32"], "position_ids": [[1, -1], "int32"]},
             "outputs": {"logits": [[1, -1, 640], "float16"]},
-            "states": {"keyCache": [[2, 2, 257, 16], "float16"], "valueCache": [[2, 2, 257, 16], "float16"]}}
-    assert check_interface(good, 256, sliding=False) == []
-    assert any("slidingAttentionMask" in f for f in check_interface(good, 256, sliding=True))
-    bad = {**good, "inputs": {"inputids": [[1, -1], "int64"]},
-           "states": {"b_keycache": [[2, 2, 256, 16], "float32"], "valueCache": [[2, 2, 128, 16], "float16"]}}
-    failures = " | ".join(check_interface(bad, 256, sliding=False))
-    assert "inputs are ['inputids']" in failures and "states are ['b_keycache', 'valueCache']" in failures
-    assert "not float16" in failures and "does not hold 256 positions" in failures
+            "states": {"keyCache": cache, "valueCache": cache}}
+    assert check_interface(good) == []
+    swapped = {**good, "inputs": {"position_ids": [[1, -1], "int32"], "input_ids": [[1, -1], "int32"]}}
+    assert any("in that order" in f for f in check_interface(swapped))
+    old = {"inputs": {"inputIds": [[1, -1], "int32"], "fullAttentionMask": [[1, 1, -1, -1], "float16"]},
+           "outputs": {"logits": [[1, -1, 640], "float32"]},
+           "states": {"b_keycache": [[2, 2, 257, 16], "float32"], "valueCache": [[2, 2, 257, 16], "float16"]}}
+    failures = " | ".join(check_interface(old))
+    assert "inputs are ['inputIds', 'fullAttentionMask']" in failures and "fullAttentionMask is float16" in failures
+    assert "expected float16 logits first" in failures and "states are ['b_keycache', 'valueCache']" in failures
+    assert "not float16" in failures and "a positions axis the engine can grow" in failures
+
+
+def _swift_guard_inputs(contract_model_swift: str) -> list[str]:
+    """The inputs EdgeModels.load requires of an .aimodel before handing it to Core AI, read from its source."""
+    import re
+
+    [literal] = re.findall(r"static let coreAILanguageModelInputs = \[([^\]]*)\]", contract_model_swift)
+    return re.findall(r'"([^"]+)"', literal)
+
+
+def _asset_interface(asset: Path) -> dict:
+    """Function names, and each input/state/output's shape and dtype, as coreai-core reads them from the asset."""
+    from coreai.authoring.asset import AIModelAsset
+
+    from targets.ios.coreai_verify import AimodelDriver
+
+    driver = AimodelDriver(asset)
+    try:
+        return {"functions": list(AIModelAsset.load(asset).summary().function_names), **driver.interface}
+    finally:
+        driver.close()
+
+
+def test_the_saved_aimodel_has_the_inputs_states_and_output_apples_engines_drive(router_aimodel) -> None:
+    _, bundle = router_aimodel
+    interface = _asset_interface(bundle / "model-fp16.aimodel")
+    assert interface["functions"] == ["main"]  # the function Apple's engines load (ModelConfig.function)
+    # Read by position: token ids first, then the positions of the whole context, both int32 and of any length.
+    assert list(interface["inputs"].items()) == [("input_ids", [[1, -1], "int32"]),
+                                                  ("position_ids", [[1, -1], "int32"])]
+    assert list(interface["outputs"]) == ["logits"] and interface["outputs"]["logits"][1] == "float16"
+    assert interface["outputs"]["logits"][0][:2] == [1, -1]
+    # Apple's cache layout [layers, 1, kv_heads, positions, head_dim]; positions grow with the context.
+    assert sorted(interface["states"]) == ["keyCache", "valueCache"]
+    for shape, dtype in interface["states"].values():
+        assert dtype == "float16" and len(shape) == 5 and shape[1] == 1 and shape[3] == -1
+
+
+def test_apples_interpreter_driven_through_position_ids_matches_fp32_transformers(
+        router_aimodel, tiny_router, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunked prefill, then decode, past the sliding window, with a cache that starts small and grows (copied on
+    each doubling) as Apple's engines grow it: every position's logits against transformers in fp32."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from packager.verify.metrics import FidelityAccumulator
+    from targets.ios import coreai_verify
+    from targets.ios.target import COREAI_GATES
+
+    _, bundle = router_aimodel
+    model_dir, _ = tiny_router
+    monkeypatch.setattr(coreai_verify, "INITIAL_CACHE_POSITIONS", 16)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    window = model.config.sliding_window
+    ids = [int(i) for i in torch.randint(3, model.config.vocab_size, (2 * window + 12,),
+                                         generator=torch.Generator().manual_seed(7))]
+    with torch.no_grad():
+        reference = model(torch.tensor([ids])).logits[0].numpy()
+    driver = coreai_verify.AimodelDriver(bundle / "model-fp16.aimodel")
+    try:
+        driver.reset_state()
+        first, second = window - 5, 2 * window
+        parts = [driver.step(ids[:first], first), driver.step(ids[first:second], second)]
+        parts += [driver.step([ids[t]], t + 1) for t in range(second, len(ids))]
+        grown_to = np.asarray(driver.state["keyCache"].numpy()).shape[3]
+    finally:
+        driver.close()
+    logits = np.concatenate(parts)
+    accumulator = FidelityAccumulator()
+    accumulator.add(reference, logits)
+    metrics = accumulator.result()
+    assert grown_to == 128 and driver.nonfinite_steps == 0  # 16 -> 32 -> 64 -> 128 positions for 76 tokens
+    assert COREAI_GATES["none"].check(metrics) == [], metrics
+    assert metrics.top1 >= 0.98 and float(np.abs(logits - reference).max()) < 0.1, metrics
+
+
+def test_the_swift_guard_lets_a_core_ai_only_bundle_through_to_apples_engines(router_aimodel) -> None:
+    _, bundle = router_aimodel
+    document = json.loads((bundle / "edgepack.json").read_text(encoding="utf-8"))
+    sources = bundle / "EdgeModel" / "Sources" / "EdgeModel"
+    guard = _swift_guard_inputs((sources / "ContractModel.swift").read_text(encoding="utf-8"))
+    # BundleManifest.coreAIInputs reads model.inputs when there is no core_ai section (a Core AI-only bundle).
+    manifest_swift = (sources / "BundleManifest.swift").read_text(encoding="utf-8")
+    assert "core_ai" not in document and 'return model.format == "aimodel" ? model.inputs : nil' in manifest_swift
+    assert document["model"]["format"] == "aimodel" and document["model"]["inputs"] == guard
+    metadata = json.loads((bundle / "metadata.json").read_text(encoding="utf-8"))
+    assert metadata["language"]["states"] == {"keyCache": "kv_cache", "valueCache": "kv_cache"}

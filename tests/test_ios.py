@@ -539,8 +539,8 @@ def test_the_app_carries_the_aimodel_and_core_ai_only_when_the_bundle_has_one(pa
     assert [f"../{p}" for p in packages] == [s for s in sources if s.endswith(".mlpackage")]
     assert project["options"]["deploymentTarget"]["iOS"] == "27.0"
     readme = (tmp_path / "coreai" / "README.md").read_text(encoding="utf-8")
-    assert "coreai-models" in readme and "Not yet runnable through Core AI" in readme
-    assert ("runs the Core ML package instead" in readme) == bool(packages)
+    assert "coreai-models" in readme and "inputs `input_ids` and\n`position_ids`" in readme
+    assert ("falls back to the Core ML package" in readme) == bool(packages)
     assert ("Compile the model yourself" in readme) == bool(packages)
     info = (tmp_path / "coreai" / "Sources" / "BuildInfo.swift").read_text(encoding="utf-8")
     assert 'static let coreAIAsset = "model-int8.aimodel"' in info and "Core AI only: needs iOS 27" in info

@@ -7,9 +7,10 @@ tokenizer in `tokenizer/`. The fields are those Apple's own exporter writes
 bytes do not depend on the clock. The ios bundle's root is that directory: edgepack.json, the Core ML
 package and the tokenizer files for swift-transformers stay where they were.
 
-Writing these files makes the bundle loadable as a Core AI bundle; whether Apple's inference engine can
-drive edgepack's .aimodel is another matter (see mobile/ios/README.md: its engines expect the inputs
-input_ids and position_ids, edgepack's .aimodel takes inputIds and additive attention masks).
+With these files the bundle is a Core AI language-model bundle, and the .aimodel has the interface Apple's
+engines drive (input_ids, position_ids; targets.ios.coreai_export). `language.states` names the two KV-cache
+states (kind "kv_cache"), as LanguageConfig.swift reads it, rather than leaving them to the engines' guess
+from shapes and names.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 from pathlib import Path
 
 from packager.stage_cache import place_artifact
+from targets.ios.coreai_export import STATES
 
 METADATA_FILE = "metadata.json"
 TOKENIZER_DIR = "tokenizer"
@@ -32,7 +34,7 @@ def model_bundle_metadata(name: str, asset: str, vocab_size: int, max_context: i
         "name": name,
         "assets": {"main": asset},
         "language": {"tokenizer": name, "vocab_size": vocab_size, "max_context_length": max_context,
-                     "embedded_tokenizer": True},
+                     "embedded_tokenizer": True, "states": {name: "kv_cache" for name in STATES}},
         "source": {"model_definition": "torch", "hf_model_id": name},
         "compression": None if compression == "none" else compression,
     }

@@ -1,12 +1,43 @@
 """Core AI conversion: a Hugging Face checkpoint -> a stateful .aimodel (iOS 27 / macOS 27) with coreai-torch.
 
-The module converted is the Core ML path's own decoder (targets.ios.model.StatefulDecoder): the KV
-cache as registered buffers `keyCache`/`valueCache`, which coreai-torch turns into Core AI state
-(transformers' static-cache wrapper fails in run_decompositions), int32 `inputIds` and the additive
-fp16 masks swift-transformers builds, with the sequence and total lengths dynamic up to the context.
-The exact fp16 rewrites are sized and proven in fp32 by the same functions as for Core ML
-(targets.ios.convert.plan_fp16 / prove_exact), so an fp16 .aimodel stays finite where Gemma's
-residual stream would pass 65,504.
+The .aimodel is one Apple's Core AI language-model engines can drive. What they require, read from
+apple/coreai-models at 86b363d (2026-12):
+
+- One function, `main` (ModelConfig.function defaults to "main", swift/Sources/CoreAILanguageModels/
+  InferenceEngines/ModelConfig.swift; a function named `main` makes the asset a `.dynamic` structure,
+  swift/Sources/CoreAIShared/Runtime/ModelStructure.swift, which EngineFactory.swift drives with
+  CoreAIPipelinedEngine, or CoreAISequentialEngine when asked).
+- Exactly 2 inputs, read by position, not by name: [0] token ids, [1] position ids, both int32
+  (CoreAISequentialEngine.swift "Model Contract" and init; CoreAIPipelinedEngine.swift EngineImpl.init).
+  input_ids is [1, query] (the new tokens: the whole prompt, a prefill chunk of up to 512, or 1 in decode);
+  position_ids is [1, cached + query] = 0..total-1, the positions of the whole context so far, not only the
+  new tokens' (processTokenBatch: "Build position_ids: [0, 1, ..., processedTokenCount + batchSize - 1]").
+  Batch is 1; both lengths are dynamic.
+- 1+ outputs; the first is the logits, float16 (anything else is refused: unsupportedLogitsType),
+  [1, query, vocab]: logits for every new position (the engine keeps the last for sampling, all of them for
+  scoring).
+- 2-4 states, updated in place: the KV cache pair (+ optional fixed states of hybrid models). With 2 states
+  both are KV caches (StateHandlerFactory.swift). A state whose positions axis is dynamic (-1) is a
+  growing cache: the engine allocates it at min(256, max_context_length) positions and doubles it, copying
+  the prefix, up to max_context_length (StateHandler+NDArray.swift GrowingNDArrayState); a static one is
+  allocated at min(max_context_length, its size) (KVCache+CoreAI.swift StaticKVCache), so a static size
+  other than the context would not fit. The cache layout of Apple's own exports is [layers, 1, kv_heads,
+  positions, head_dim], positions at axis 3 (python/src/coreai_models/primitives/macos/cache.py KVCache,
+  KVCacheFactory.detectSequenceDim), fp16 or fp32, the state names `keyCache` / `valueCache`
+  (python/src/coreai_models/_constants.py KEY_CACHE_NAME / VALUE_CACHE_NAME).
+- The model finds where to write from the shapes: offset = len(position_ids) - len(input_ids); it writes
+  the new keys/values at offset and attends over positions 0..total-1 (models/macos/gemma3_text.py
+  Attention.forward, cache.update_and_fetch). Masks are the model's: causal, and for Gemma 3's local layers
+  a sliding window of config.sliding_window (SDPA(is_causal=True, window_size=...)); nothing else comes in.
+- Beside the .aimodel, metadata.json (0.2: kind "llm", assets.main, language.tokenizer / vocab_size /
+  max_context_length, optional function_map and states) and tokenizer/ (export/bundle.py;
+  swift/Sources/CoreAILanguageModels/Bundle/LanguageConfig.swift): targets.ios.coreai_bundle writes them.
+
+The module converted is targets.ios.coreai_decoder.PositionDecoder: the Core ML path's decoder
+(targets.ios.model.StatefulDecoder) with that interface, its masks and rotary angles computed from
+position_ids, the cache as two state arguments with a dynamic positions axis. The exact fp16 rewrites are
+sized and proven in fp32 by the same functions as for Core ML (targets.ios.convert.plan_fp16 /
+prove_exact), so an fp16 .aimodel stays finite where Gemma's residual stream would pass 65,504.
 
 The route: torch.export (dynamic lengths) -> run_decompositions(coreai_torch.get_decomp_table())
 -> coreai_opt's cast_fp32_to_fp16 (NOT cast_to_16_bit_precision: its int32 -> int16 pass would
@@ -39,15 +70,22 @@ COREAI_TORCH_VERSION = "0.4.3"
 COREAI_CORE_VERSION = "1.0.0b3"
 COREAI_OPT_VERSION = "0.3.0"
 # Bump when the converted program changes for the same checkpoint + options (keys the stage cache).
-# 2: the result names the state positions (the context + a spare slot); 3: metadata.json without a creation date
-COREAI_EXPORT_SCHEMA = 3
+# 2: the result names the state positions (the context + a spare slot); 3: metadata.json without a creation date;
+# 4: Apple's engine interface (input_ids + position_ids, a growing [layers, 1, kv_heads, positions, head_dim] cache)
+COREAI_EXPORT_SCHEMA = 4
 # save_asset's minimum_os: Core AI runs on iOS 27 / macOS 27 and later only.
 MINIMUM_OS = "27"
 # The formats `--ios-format` ships; "all" ships both.
 FORMATS = ("coreml", "coreai")
 ASSET_STEM = "model"
-INPUTS = ("inputIds", "fullAttentionMask", "slidingAttentionMask")
+# Apple's engine interface (see above): the inputs in the order the engines read them, the states, the output,
+# and the axis of the states that holds positions (dynamic: the engine grows it).
+INPUTS = ("input_ids", "position_ids")
 STATES = ("keyCache", "valueCache")
+OUTPUT = "logits"
+POSITIONS_AXIS = 3
+# Trace-time lengths (all dynamic in the asset): a two-token step after three cached tokens, in a cache of eight.
+EXAMPLE_QUERY, EXAMPLE_TOTAL, EXAMPLE_POSITIONS = 2, 5, 8
 # The Python packages a conversion and its verification import, and where they come from.
 # The packages of the .aimodel format (scripts/setup.sh installs them apart: coreai-core pins an older ml-dtypes).
 COREAI_PACKAGES = OptionalPackages(
@@ -107,17 +145,6 @@ class CoreAIExportRequest:
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
-def state_positions(max_context: int) -> int:
-    """Positions the keyCache/valueCache state holds: one more than the context, never filled.
-
-    With more than one KV head, a write into positions past:end of a layer's [kv_heads, positions, head_dim]
-    cache is a contiguous block only when it covers every position; torch.export then guards the dynamic
-    length against that one value and refuses lengths up to the whole state. A spare slot keeps every write
-    a strict part of the state, whatever the length; the masks and rotary tables never reach it.
-    """
-    return max_context + 1
-
-
 def quantize_linears(decoder: Any, compression: CoreAICompression, example: tuple[Any, ...]) -> tuple[Any, int]:
     """The decoder with coreai-opt's weight-only quantization on each nn.Linear, named one by one; and their count.
 
@@ -149,33 +176,32 @@ def quantize_linears(decoder: Any, compression: CoreAICompression, example: tupl
     return quantizer.finalize(backend=coreai_opt.ExportBackend.CoreAI), len(names)
 
 
-def exported_program(decoder: Any, window: int | None, max_context: int) -> Any:
-    """torch.export of the decoder with dynamic sequence / total lengths, decomposed for coreai-torch."""
+def exported_program(decoder: Any, max_context: int) -> Any:
+    """torch.export of the decoder with dynamic query / total / cache lengths, decomposed for coreai-torch."""
     import coreai_torch
     import torch
 
-    example = example_inputs(window)
-    seq = torch.export.Dim("seq", min=1, max=max_context)
+    query = torch.export.Dim("query", min=1, max=max_context)
     total = torch.export.Dim("total", min=1, max=max_context)
-    shapes: dict[str, Any] = {"inputIds": {1: seq}, "fullAttentionMask": {2: seq, 3: total}}
-    if window is not None:
-        shapes["slidingAttentionMask"] = {2: seq, 3: total}
+    positions = torch.export.Dim("positions", min=1, max=max_context)
+    cache = {POSITIONS_AXIS: positions}
+    shapes = {"input_ids": {1: query}, "position_ids": {1: total}, "keyCache": cache, "valueCache": cache}
     with torch.no_grad():
-        program = torch.export.export(decoder, example, dynamic_shapes=shapes, strict=False)
+        program = torch.export.export(decoder, example_inputs(decoder), dynamic_shapes=shapes, strict=False)
     return program.run_decompositions(coreai_torch.get_decomp_table())
 
 
-def example_inputs(window: int | None) -> tuple[Any, ...]:
-    """Inputs of a two-token step after one cached token (the lengths are dynamic in the export)."""
+def example_inputs(decoder: Any) -> tuple[Any, ...]:
+    """input_ids, position_ids and the two caches of a traced step (their lengths are dynamic in the export)."""
     import torch
 
-    from targets.ios.model import additive_masks
+    cache = decoder.cache_shape(EXAMPLE_POSITIONS)
+    return (torch.zeros(1, EXAMPLE_QUERY, dtype=torch.int32),
+            torch.arange(EXAMPLE_TOTAL, dtype=torch.int32).unsqueeze(0),
+            torch.zeros(cache, dtype=torch.float16), torch.zeros(cache, dtype=torch.float16))
 
-    full, sliding = additive_masks(2, 3, window)
-    return (torch.zeros(1, 2, dtype=torch.int32), full) + ((sliding,) if sliding is not None else ())
 
-
-def save_aimodel(program: Any, path: Path, window: int | None, description: str, custom: dict[str, Any]) -> None:
+def save_aimodel(program: Any, path: Path, description: str, custom: dict[str, Any]) -> None:
     """Convert the exported program (fp16 compute) and save it as `path` with edgepack's metadata."""
     from coreai.authoring import OSVersion
     from coreai.runtime import AIModelAssetMetadata
@@ -183,9 +209,8 @@ def save_aimodel(program: Any, path: Path, window: int | None, description: str,
     from coreai_torch import TorchConverter
 
     cast_fp32_to_fp16(program)
-    inputs = list(INPUTS if window is not None else INPUTS[:2])
     converter = TorchConverter(mode=TorchConverter.Mode.RELEASE).add_exported_program(
-        program, input_names=inputs, state_names=list(STATES), output_names=["logits"])
+        program, input_names=list(INPUTS), state_names=list(STATES), output_names=[OUTPUT])
     metadata = AIModelAssetMetadata()
     metadata.author = "edgepack"
     metadata.model_description = description
@@ -206,10 +231,8 @@ def save_aimodel(program: Any, path: Path, window: int | None, description: str,
 
 def export_aimodel(request: CoreAIExportRequest) -> dict[str, Any]:
     """Convert once for the requested compression; return what was written and what it cost."""
-    import torch
-
     from targets.ios.convert import load_source, plan_fp16, prove_exact, sliding_window
-    from targets.ios.model import StatefulDecoder
+    from targets.ios.coreai_decoder import PositionDecoder
 
     start = time.perf_counter()
     compression = coreai_compression_named(request.compression)
@@ -217,16 +240,15 @@ def export_aimodel(request: CoreAIExportRequest) -> dict[str, Any]:
     plan, ranges = plan_fp16(model, spec, config, request)  # reads the fields both requests have
     proof = prove_exact(model, spec, config, plan, request)
     window = sliding_window(spec, config)
-    decoder = StatefulDecoder(model, spec, state_positions(request.max_context), plan,
-                              cache_dtype=torch.float16).eval()
+    decoder = PositionDecoder(model, spec, request.max_context, plan, window).eval()
     architecture = str(config.get("architectures", [spec.hf_classes[0]])[0])
     del model
     gc.collect()
     quantized = 0
     if compression.dtype != "fp16":
-        decoder, quantized = quantize_linears(decoder, compression, example_inputs(window))
+        decoder, quantized = quantize_linears(decoder, compression, example_inputs(decoder))
     stamp = time.perf_counter()
-    program = exported_program(decoder, window, request.max_context)
+    program = exported_program(decoder, request.max_context)
     del decoder
     gc.collect()
     custom: dict[str, Any] = {
@@ -236,13 +258,13 @@ def export_aimodel(request: CoreAIExportRequest) -> dict[str, Any]:
         **request.metadata,
     }
     out = Path(request.out_dir) / compression.asset_name
-    save_aimodel(program, out, window, f"{request.name}: {compression.summary} (edgepack)", custom)
+    save_aimodel(program, out, f"{request.name}: {compression.summary} (edgepack)", custom)
     convert_seconds = time.perf_counter() - stamp
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {"asset": out.name, "compression": compression.name, "summary": compression.summary,
             "quantized_linears": quantized, "size_mb": round(size / 2**20, 2), "fp16_plan": plan.as_dict(),
             "ranges": ranges, "proof": proof, "max_context": request.max_context,
-            "state_positions": state_positions(request.max_context), "sliding_window": window,
+            "inputs": list(INPUTS), "states": list(STATES), "sliding_window": window,
             "metadata": custom,
             "minimum_os": MINIMUM_OS, "coreai_torch": COREAI_TORCH_VERSION,
             "seconds": round(time.perf_counter() - start, 1), "convert_seconds": round(convert_seconds, 1),

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from packager.stages import BuildContext
 
 # Bump when a Core AI verification record's content or computation changes.
-COREAI_VERIFICATION_SCHEMA = 1
+# 2: the asset driven as Apple's engines drive it (input_ids, position_ids, a growing cache)
+COREAI_VERIFICATION_SCHEMA = 2
 # Expected peaks (x fp32 size): an fp32 decoder copy and its exported graph, as for Core ML, whose ratio bounds
 # it: Gemma 3 270M's int8 .aimodel measured 6.0 GB where its Core ML conversion took 7.2 GiB.
 COREAI_ONLY = ("format", ("coreai", "all"))

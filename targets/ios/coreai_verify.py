@@ -6,11 +6,14 @@ arrays it updates in place. That is Apple's code evaluating the asset's own prog
 on an iPhone: no Neural Engine, no GPU, no device compiler ran, so the level is `simulated`, as for
 the Core ML package's numpy interpreter.
 
-The asset is driven the way the Core ML package is (targets.ios.verify.PackageDriver): each golden
-sequence prefilled but for its last DECODE_STEPS tokens, which are decoded one at a time through
-the keyCache/valueCache state; logits compared with the fp32 reference on every golden position
-(packager.verify.compare.golden_fidelity); a greedy continuation; and with an eval set, every row
-answered under the contract (one prediction for the prompt, then one per token).
+The asset is driven the way Apple's Core AI language-model engines drive it (CoreAISequentialEngine in
+apple/coreai-models; see targets.ios.coreai_export): `input_ids` the new tokens, `position_ids` 0..total-1,
+and the keyCache/valueCache states allocated at min(256, context) positions and doubled, their prefix
+copied, whenever the context outgrows them (GrowingNDArrayState). The sequence of calls is the Core ML
+package's (targets.ios.verify.PackageDriver): each golden sequence prefilled but for its last DECODE_STEPS
+tokens, which are decoded one at a time through the state; logits compared with the fp32 reference on every
+golden position (packager.verify.compare.golden_fidelity); a greedy continuation; and with an eval set, every
+row answered under the contract (one prediction for the prompt, then one per token).
 """
 
 from __future__ import annotations
@@ -25,16 +28,19 @@ import numpy as np
 from packager.verify.compare import first_difference, golden_fidelity
 from packager.verify.reference import ReferenceLogits
 from packager.verify.result import VerificationResult
-from targets.ios.coreai_export import COREAI_CORE_VERSION, STATES, state_positions
+from targets.ios.coreai_export import COREAI_CORE_VERSION, INPUTS, OUTPUT, POSITIONS_AXIS, STATES
 from targets.ios.verify import DECODE_STEPS, PackageDriver
 
 RUNTIME = f"Apple's Core AI reference interpreter (coreai-core {COREAI_CORE_VERSION}, CPU, this host)"
+# The positions Apple's engines first allocate a growing cache with (StateHandlerFactory.createSyncHandlers).
+INITIAL_CACHE_POSITIONS = 256
 WHERE = ("Apple's Core AI reference interpreter (coreai-core) on this build host's CPU; not an iPhone's Neural "
          "Engine or GPU, and not the Core AI runtime of iOS 27")
 
 
 class AimodelDriver(PackageDriver):
-    """An .aimodel's `main` function in coreai-core's interpreter, with its state carried between calls."""
+    """An .aimodel's `main` function in coreai-core's interpreter, driven as Apple's engines drive it, with its
+    state carried between calls and grown as theirs is."""
 
     level = "simulated"
     runs_on = WHERE
@@ -45,6 +51,7 @@ class AimodelDriver(PackageDriver):
         self.asset = AIModelAsset.load(asset_path)
         self.metadata: dict[str, Any] = dict(self.asset.metadata.creator_defined_metadata)
         self.window = int(self.metadata.get("edgepack.sliding_window") or 0) or None
+        self.max_context = int(self.metadata["edgepack.max_context"])
         self._loop = asyncio.new_event_loop()
         self._executable = self.asset.executable()
         model = self._loop.run_until_complete(self._executable.__aenter__())
@@ -66,10 +73,40 @@ class AimodelDriver(PackageDriver):
         self._loop.close()
 
     def reset_state(self) -> None:
+        """Fresh zero states of min(256, context) positions, as Apple's engines first allocate them."""
+        self.state = {name: self._zeros(name, min(INITIAL_CACHE_POSITIONS, self.max_context))
+                      for name in self.interface["states"]}
+
+    def _zeros(self, name: str, positions: int) -> Any:
         from coreai.runtime import NDArray
 
-        self.state = {name: NDArray(np.zeros(shape, dtype=np.dtype(dtype)))
-                      for name, (shape, dtype) in self.interface["states"].items()}
+        shape, dtype = self.interface["states"][name]
+        shape = [positions if axis == POSITIONS_AXIS else size for axis, size in enumerate(shape)]
+        return NDArray(np.zeros(shape, dtype=np.dtype(dtype)))
+
+    def _make_room(self, total: int) -> None:
+        """Double the states' positions (keeping what they hold) until `total` fit, up to the context."""
+        from coreai.runtime import NDArray
+
+        if total > self.max_context:
+            raise ValueError(f"{total} positions asked of an .aimodel made for a context of {self.max_context}")
+        held = int(next(iter(self.state.values())).numpy().shape[POSITIONS_AXIS])
+        grown = held
+        while grown < total:
+            grown = min(grown * 2, self.max_context)
+        if grown == held:
+            return
+        prefix = (slice(None),) * POSITIONS_AXIS + (slice(0, held),)
+        for name, array in self.state.items():
+            larger = np.asarray(self._zeros(name, grown).numpy())
+            larger[prefix] = np.asarray(array.numpy())
+            self.state[name] = NDArray(larger)
+
+    def step_inputs(self, ids: list[int], total: int) -> dict[str, np.ndarray]:
+        """Apple's engine inputs: the new ids, and the positions of the whole context so far (0..total-1)."""
+        self._make_room(total)
+        return {INPUTS[0]: np.asarray([ids], dtype=np.int32),
+                INPUTS[1]: np.arange(total, dtype=np.int32)[np.newaxis]}
 
     def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         from coreai.runtime import NDArray
@@ -77,35 +114,37 @@ class AimodelDriver(PackageDriver):
         arrays = {name: NDArray(np.ascontiguousarray(value)) for name, value in inputs.items()
                   if name in self.interface["inputs"]}
         out = self._loop.run_until_complete(self.function(inputs=arrays, state=self.state))
-        return np.asarray(out["logits"].numpy())
+        return np.asarray(out[OUTPUT].numpy())
 
 
-def check_interface(interface: dict[str, Any], max_context: int, sliding: bool) -> list[str]:
-    """What the Swift side relies on: the input/state/output names, int32 ids, fp16 state of the context's length."""
+def check_interface(interface: dict[str, Any]) -> list[str]:
+    """What Apple's engines rely on: two int32 inputs input_ids, position_ids in that order (they are read by
+    position), fp16 logits first, and the keyCache/valueCache states in fp16 whose positions axis can grow."""
     failures = []
-    expected = ["inputIds", "fullAttentionMask"] + (["slidingAttentionMask"] if sliding else [])
-    if sorted(interface["inputs"]) != sorted(expected):
-        failures.append(f"inputs are {sorted(interface['inputs'])}, expected {expected}")
-    if list(interface["outputs"]) != ["logits"]:
-        failures.append(f"outputs are {list(interface['outputs'])}, expected ['logits']")
+    inputs = list(interface["inputs"])
+    if inputs != list(INPUTS):
+        failures.append(f"inputs are {inputs}, Apple's engines drive {list(INPUTS)} (in that order)")
+    for name, (_, dtype) in interface["inputs"].items():
+        if dtype != "int32":
+            failures.append(f"input {name} is {dtype}, not int32")
+    outputs = list(interface["outputs"])
+    if outputs[:1] != [OUTPUT] or interface["outputs"][outputs[0]][1] != "float16":
+        failures.append(f"outputs are {interface['outputs']}, expected float16 {OUTPUT} first")
     if sorted(interface["states"]) != sorted(STATES):
         failures.append(f"states are {sorted(interface['states'])}, expected {list(STATES)}")
-    ids = interface["inputs"].get("inputIds")
-    if ids is not None and ids[1] != "int32":
-        failures.append(f"inputIds is {ids[1]}, not int32")
     for name, (shape, dtype) in interface["states"].items():
         if dtype != "float16":
             failures.append(f"state {name} is {dtype}, not float16")
-        if len(shape) < 2 or shape[-2] != state_positions(max_context):
-            failures.append(f"state {name} has shape {shape}: it does not hold {max_context} positions (and the "
-                            "spare slot)")
+        if len(shape) != 5 or shape[POSITIONS_AXIS] != -1:
+            failures.append(f"state {name} has shape {shape}, not [layers, 1, kv_heads, positions, head_dim] with "
+                            "a positions axis the engine can grow (-1)")
     return failures
 
 
 def verify_aimodel(driver: AimodelDriver, artifact: str, quant: str, gate: Any, reference: ReferenceLogits,
                    eos_ids: list[int], hf_tokenizer: Any, max_context: int) -> VerificationResult:
     """Interface check + golden-position logits and a greedy continuation through the interpreter, vs fp32."""
-    failures = check_interface(driver.interface, max_context, driver.window is not None)
+    failures = check_interface(driver.interface)
     start = time.perf_counter()
     acc, truncated = golden_fidelity(reference, driver.logits, max_context)
     seconds = time.perf_counter() - start
@@ -116,11 +155,12 @@ def verify_aimodel(driver: AimodelDriver, artifact: str, quant: str, gate: Any, 
         failures.append(f"non-finite logits: {driver.nonfinite_steps} prediction(s) of the interpreter gave NaN or "
                         "infinite values")
     failures += gate.check(metrics)
-    notes = [f"simulated: the .aimodel's program run by {WHERE}; each golden sequence prefilled, then its last "
-             f"{DECODE_STEPS} tokens decoded one by one through the keyCache/valueCache state ({seconds:.1f} s)",
+    notes = [f"simulated: the .aimodel's program run by {WHERE}, driven as Apple's Core AI language-model engines "
+             f"drive it (input_ids, position_ids); each golden sequence prefilled, then its last {DECODE_STEPS} "
+             f"tokens decoded one by one through the keyCache/valueCache state ({seconds:.1f} s)",
              f"logit cosine vs fp32 transformers: {metrics.cosine:.4f}"]
     if truncated:
-        notes.append(f"{truncated} golden positions beyond the {max_context}-position state were not compared")
+        notes.append(f"{truncated} golden positions beyond the {max_context}-position context were not compared")
     if greedy_ids != reference.greedy_ids:
         same = first_difference(greedy_ids, reference.greedy_ids)
         notes.append(f"greedy ids agree with the reference for the first "

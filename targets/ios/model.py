@@ -22,6 +22,7 @@ its CoreMLLayout row (targets.ios.layouts).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,13 @@ class Fp16Plan:
     def as_dict(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "residual_scale": self.residual_scale, "mlp_scales": self.mlp_scales,
                 "attn_scales": self.attn_scales}
+
+
+# What StatefulDecoder.decode is given besides the ids and masks: each layer type's rotary cos/sin
+# [seq, head_dim] for the tokens decoded, and a layer's cache (index, new keys, new values [1, kv_heads, seq,
+# head_dim]) -> its keys and values so far [1, kv_heads, 1, total, head_dim] in fp32.
+Rotary = Callable[[str], tuple[torch.Tensor, torch.Tensor]]
+LayerCache = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _pow2_at_least(ratio: float) -> float:
@@ -194,15 +202,37 @@ class StatefulDecoder(nn.Module):
         seq = inputIds.shape[-1]
         end = fullAttentionMask.shape[-1]
         past = end - seq
-        h = nn.functional.embedding(inputIds, self.embedding) * self.embed_scale
         full_mask = fullAttentionMask.float().unsqueeze(2)
         sliding_mask = slidingAttentionMask.float().unsqueeze(2) if slidingAttentionMask is not None else full_mask
+
+        def rotary(kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+            return getattr(self, f"cos_{kind}")[past:end], getattr(self, f"sin_{kind}")[past:end]
+
+        def cache(index: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.cached_keys_values(index, k, v, past, end)
+
+        return self.decode(inputIds, rotary, cache, full_mask, sliding_mask)
+
+    def cached_keys_values(self, index: int, k: torch.Tensor, v: torch.Tensor, past: Any,
+                           end: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write layer `index`'s new keys/values at past:end of the keyCache/valueCache buffers; return its
+        keys/values 0:end in fp32 (a LayerCache)."""
+        self.keyCache[index, :, past:end, :] = k[0].to(self.keyCache.dtype)
+        self.valueCache[index, :, past:end, :] = v[0].to(self.valueCache.dtype)
+        keys = self.keyCache[index, :, :end, :].float().unsqueeze(0).unsqueeze(2)
+        values = self.valueCache[index, :, :end, :].float().unsqueeze(0).unsqueeze(2)
+        return keys, values
+
+    def decode(self, inputIds: torch.Tensor, rotary: Rotary, cache: LayerCache, full_mask: torch.Tensor,
+               sliding_mask: torch.Tensor) -> torch.Tensor:
+        """Logits [1, seq, vocab] of the tokens inputIds, given their rotary cos/sin per layer type, each layer's
+        cache (new keys/values in, all keys/values so far out) and the additive masks [1, 1, 1, seq, total]."""
+        h = nn.functional.embedding(inputIds, self.embedding) * self.embed_scale
         group = self.heads // self.kv_heads
         for index, block in enumerate(self.blocks):
             self._seen("residual", h)
             kind = self.layer_types[index]
-            cos = getattr(self, f"cos_{kind}")[past:end]
-            sin = getattr(self, f"sin_{kind}")[past:end]
+            cos, sin = rotary(kind)
             x = block.pre_attn(h)
             q = block.q_proj(x).view(1, -1, self.heads, self.head_dim).transpose(1, 2)
             k = block.k_proj(x).view(1, -1, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -212,10 +242,7 @@ class StatefulDecoder(nn.Module):
                 k = block.k_norm(k)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
-            self.keyCache[index, :, past:end, :] = k[0].to(self.keyCache.dtype)
-            self.valueCache[index, :, past:end, :] = v[0].to(self.valueCache.dtype)
-            keys = self.keyCache[index, :, :end, :].float().unsqueeze(0).unsqueeze(2)
-            values = self.valueCache[index, :, :end, :].float().unsqueeze(0).unsqueeze(2)
+            keys, values = cache(index, k, v)
             q5 = q.reshape(1, self.kv_heads, group, -1, self.head_dim)
             scores = torch.matmul(q5, keys.transpose(-1, -2))
             self._seen("scores", scores)

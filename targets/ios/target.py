@@ -57,6 +57,9 @@ from targets.ios.coreai_export import (
     COREAI_PACKAGES,
     COREAI_TORCH_VERSION,
     FORMATS,
+    INPUTS,
+    OUTPUT,
+    STATES,
     coreai_compression_named,
 )
 from targets.ios.coreai_stages import COREAI_HEAVY_STEPS, CoreAIArtifact, cached_aimodel, verified_aimodel
@@ -245,21 +248,18 @@ class IosTarget:
         notes.append(f"iOS (Core AI): {artifact.asset.name} ran `simulated` in Apple's Core AI reference interpreter "
                      f"(coreai-core {COREAI_CORE_VERSION}) on this host's CPU, not on an iPhone: no Neural Engine, GPU "
                      "or iOS 27 runtime ran. It needs iOS 27 / macOS 27; iOS 18-26 need the Core ML package.")
-        notes.append("iOS (Core AI): the bridge's Core AI path (Apple's CoreAILanguageModel through a Foundation "
-                     "Models LanguageModelSession) was parsed with tree-sitter and its API names checked against "
-                     "Apple's documentation; no Swift compiler ran it. It does not run this .aimodel yet: the engines "
-                     "of Apple's coreai-models drive the inputs input_ids and position_ids, this .aimodel takes "
-                     "inputIds and attention masks, so EdgeModels.load keeps to the Core ML package.")
+        notes.append("iOS (Core AI): the .aimodel has the interface of Apple's coreai-models language-model engines "
+                     "(input_ids, position_ids; keyCache/valueCache growing with the context; logits), and the "
+                     "interpreter drove it that way; the bridge's Core AI path (Apple's CoreAILanguageModel through a "
+                     "Foundation Models LanguageModelSession) was parsed with tree-sitter and its API names checked "
+                     "against Apple's documentation, but no Swift compiler, Core AI runtime or Apple engine ran it.")
         export = artifact.export
         section = {"name": ctx.options.name or ctx.ckpt.name, "format": "aimodel", "asset": artifact.asset.name,
                    "compression": artifact.compression.name, "summary": artifact.compression.summary,
                    "max_context": export["max_context"], "sliding_window": export["sliding_window"],
                    "minimum_os": f"iOS {export['minimum_os']} / macOS {export['minimum_os']}",
                    "runtime": f"Core AI (coreai-torch {COREAI_TORCH_VERSION})", "verification": verification.level,
-                   "inputs": ["inputIds", "fullAttentionMask"] + (
-                       ["slidingAttentionMask"] if export["sliding_window"] else []),
-                   "states": ["keyCache", "valueCache"], "state_positions": export["state_positions"],
-                   "outputs": ["logits"],
+                   "inputs": list(INPUTS), "states": list(STATES), "outputs": [OUTPUT],
                    "fp16_rewrites": export["fp16_plan"], "exactness_proof": export["proof"],
                    "metadata": export["metadata"]}
         return artifact, verification, notes, section
@@ -499,12 +499,10 @@ def _runtime_note(shipped: list[dict[str, Any]], coreai_asset: str) -> str:
     if not coreai_asset:
         return "Core ML package (iOS 18+)."
     if not shipped:
-        return (f"Core AI only: {coreai_asset} needs iOS 27 / macOS 27, Apple's CoreAILM package (linked by "
-                "../EdgeModel) and the input_ids / position_ids interface Apple's engines drive, which edgepack's "
-                ".aimodel does not have yet (README). There is no Core ML package: build with --ios-format all or "
-                "coreml.")
-    return (f"{coreai_asset} through Core AI on iOS 27 / macOS 27 once it has the interface Apple's engines drive "
-            f"(README); {shipped[0]['package']} through Core ML until then, or when Core AI cannot load it.")
+        return (f"Core AI only: {coreai_asset} needs iOS 27 / macOS 27 and Apple's CoreAILM package (linked by "
+                "../EdgeModel). There is no Core ML package: build with --ios-format all or coreml.")
+    return (f"{coreai_asset} through Core AI on iOS 27 / macOS 27; {shipped[0]['package']} through Core ML "
+            "elsewhere, or when Core AI cannot load it.")
 
 
 def _place_artifact(src: str, dest: str) -> None:

@@ -68,9 +68,13 @@ class PackageDriver:
     def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
 
-    def _step(self, ids: list[int], total: int) -> np.ndarray:
-        inputs = {"inputIds": np.asarray([ids], dtype=np.int32), **additive_masks(len(ids), total, self.window)}
-        logits = np.asarray(self.predict(inputs)[0], dtype=np.float32)
+    def step_inputs(self, ids: list[int], total: int) -> dict[str, np.ndarray]:
+        """The inputs of one prediction of `ids`, the last of `total` tokens: swift-transformers' names."""
+        return {"inputIds": np.asarray([ids], dtype=np.int32), **additive_masks(len(ids), total, self.window)}
+
+    def step(self, ids: list[int], total: int) -> np.ndarray:
+        """Logits [len(ids), vocab] of one prediction of `ids`, the last of `total` tokens, through the state."""
+        logits = np.asarray(self.predict(self.step_inputs(ids, total))[0], dtype=np.float32)
         if not np.isfinite(logits).all():
             self.nonfinite_steps += 1
         return logits
@@ -79,9 +83,9 @@ class PackageDriver:
         """Logits at every position: a prefill of all but the last `decode_steps` ids, then one id per call."""
         self.reset_state()
         split = max(1, len(ids) - decode_steps)
-        parts = [self._step(ids[:split], split)]
+        parts = [self.step(ids[:split], split)]
         for t in range(split, len(ids)):
-            parts.append(self._step([ids[t]], t + 1))
+            parts.append(self.step([ids[t]], t + 1))
         return np.concatenate(parts)
 
     def continuation(self, prompt_ids: list[int], max_context: int) -> Iterator[int]:
@@ -92,14 +96,14 @@ class PackageDriver:
         total = len(prompt_ids)
         if total >= max_context:
             return
-        last = self._step(prompt_ids, total)[-1]
+        last = self.step(prompt_ids, total)[-1]
         while True:
             tok = int(np.argmax(last))
             yield tok
             total += 1  # the prompt and the answer so far
             if total >= max_context:
                 return
-            last = self._step([tok], total)[-1]
+            last = self.step([tok], total)[-1]
 
     def greedy(self, prompt_ids: list[int], n: int, eos_ids: list[int]) -> list[int]:
         """Greedy continuation through the state (argmax each step, stop after an eos id, which is kept)."""

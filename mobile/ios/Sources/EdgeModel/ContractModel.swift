@@ -31,8 +31,9 @@ public enum EdgeModels {
 
     /// Core AI (iOS 27 / macOS 27) when the bundle ships an .aimodel with the inputs Apple's engines drive and
     /// the app links Apple's CoreAILM product; otherwise, or when Core AI fails to load the model, the bundle's
-    /// Core ML package. An .aimodel with other inputs is not handed to Core AI: its engines read inputs by
-    /// position, so an attention mask would be taken for positions and the answers would be wrong, not refused.
+    /// Core ML package. edgepack's .aimodel has those inputs; one with other inputs (built before it had them:
+    /// inputIds and attention masks) is not handed to Core AI: its engines read inputs by position, so a mask
+    /// would be taken for positions and the answers would be wrong, not refused.
     public static func load(from folder: URL, computeUnits: MLComputeUnits? = nil) async throws -> LoadedModel {
         let manifest = try BundleManifest.load(from: folder)
         var reason = "the bundle ships no .aimodel"
