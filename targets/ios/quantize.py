@@ -26,6 +26,10 @@ import numpy as np
 
 # Fractions of a block's range cut off at the low / high end before a least-squares refit.
 SHRINKS = (0.0, 0.05, 0.1, 0.2)
+# Values searched at a time (a chunk of whole rows). Measured 2026-12-05, one thread: the 8-bit search of a
+# 16384 x 640 table took 1.37 s whole, 0.42 s in chunks of 2^16 values (0.47 at 2^18, 0.55 at 2^20); a
+# 4-bit 2048 x 640 linear 0.33 -> 0.24 s. Same numbers bit for bit.
+CHUNK_VALUES = 1 << 16
 _CONST = re.compile(r"^blocks_(\d+)_(\w+?)_weight")
 
 
@@ -37,10 +41,22 @@ def searched_affine(weight: np.ndarray, bits: int, block: int,
     min/max range shrunk at either end followed by one weighted least-squares fit of (step, low) to
     the rounded values (K-quant style). `importance` (one value per input column, e.g. the mean
     squared activation that column multiplies) weights each value's squared error.
+
+    Blocks are independent, so rows are searched CHUNK_VALUES at a time: the search's dozen temporaries
+    then stay in the CPU's cache (same numbers bit for bit).
     """
     rows, cols = weight.shape
     if block <= 0 or cols % block:
         block = cols
+    step = max(1, CHUNK_VALUES // cols)
+    parts = [_searched_rows(weight[r:r + step], bits, block, importance) for r in range(0, rows, step)]
+    data, scale, offset = (np.concatenate(part) for part in zip(*parts, strict=True))
+    return data, scale, offset
+
+
+def _searched_rows(weight: np.ndarray, bits: int, block: int,
+                   importance: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows, cols = weight.shape
     levels = 2 ** bits - 1
     w = weight.astype(np.float32).reshape(rows, cols // block, block)
     imp = np.ones(cols, np.float32) if importance is None else np.maximum(importance.astype(np.float32), 1e-12)
