@@ -64,3 +64,29 @@ public enum EdgeModels {
         return LoadedModel(model: model, reason: "\(package) (\(reason))")
     }
 }
+
+/// A cancel request another thread may raise while a generation runs (cancel() from any thread).
+final class CancelFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var raised = false
+
+    func raise() {
+        lock.lock()
+        raised = true
+        lock.unlock()
+    }
+
+    /// Clear it for a new generation.
+    func reset() {
+        lock.lock()
+        raised = false
+        lock.unlock()
+    }
+
+    /// Raised by cancel() since the last reset, or the calling task was cancelled.
+    var isRaised: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return raised || Task.isCancelled
+    }
+}

@@ -16,8 +16,7 @@ public final class CoreAIModel: ContractModel, @unchecked Sendable {
     public let manifest: BundleManifest
     public let backend = Backend.coreAI
     private let model: CoreAILanguageModel
-    private let lock = NSLock()
-    private var cancelled = false
+    private let cancelFlag = CancelFlag()
 
     public var contract: Contract { manifest.contract }
 
@@ -38,15 +37,7 @@ public final class CoreAIModel: ContractModel, @unchecked Sendable {
     }
 
     public func cancel() {
-        lock.lock()
-        cancelled = true
-        lock.unlock()
-    }
-
-    private var isCancelled: Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        return cancelled || Task.isCancelled
+        cancelFlag.raise()
     }
 
     /// The text handed to the session. Apple's adapter wraps every prompt in the tokenizer's chat template,
@@ -62,9 +53,7 @@ public final class CoreAIModel: ContractModel, @unchecked Sendable {
     public func run(input: String, instruction: String = "", onToken: (String) -> Void = { _ in }) async throws
         -> Answer
     {
-        lock.lock()
-        cancelled = false
-        lock.unlock()
+        cancelFlag.reset()
         let prompt = try Self.sessionPrompt(contract, input: input, instruction: instruction)
         let session = LanguageModelSession(model: model)
         let options = GenerationOptions(samplingMode: .greedy, maximumResponseTokens: contract.maxNewTokens)
@@ -79,7 +68,7 @@ public final class CoreAIModel: ContractModel, @unchecked Sendable {
             }
             text = content
             tokens = snapshot.usage.totalTokenCount - snapshot.usage.input.totalTokenCount
-            if isCancelled {
+            if cancelFlag.isRaised {
                 finish = "cancelled"
                 break
             }

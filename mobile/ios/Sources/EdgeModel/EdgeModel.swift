@@ -45,8 +45,7 @@ public final class EdgeModel: ContractModel, @unchecked Sendable {
     public let computeUnits: MLComputeUnits
     private let model: MLModel
     private let tokenizer: Tokenizer
-    private let lock = NSLock()
-    private var cancelled = false
+    private let cancelFlag = CancelFlag()
 
     public var contract: Contract { manifest.contract }
 
@@ -89,15 +88,7 @@ public final class EdgeModel: ContractModel, @unchecked Sendable {
 
     /// Stop the running generation; it returns what it has, with finish = "cancelled".
     public func cancel() {
-        lock.lock()
-        cancelled = true
-        lock.unlock()
-    }
-
-    private var isCancelled: Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        return cancelled || Task.isCancelled
+        cancelFlag.raise()
     }
 
     /// Render the contract's prompt for `input`, generate, and parse the answer under the contract.
@@ -111,9 +102,7 @@ public final class EdgeModel: ContractModel, @unchecked Sendable {
     public func generate(prompt: String, maxNewTokens: Int, onToken: (String) -> Void = { _ in }) async throws
         -> Generation
     {
-        lock.lock()
-        cancelled = false
-        lock.unlock()
+        cancelFlag.reset()
         var ids = tokenizer.encode(text: prompt, addSpecialTokens: false)
         if manifest.runner.addBos, let bos = manifest.runner.bosId {
             ids.insert(bos, at: 0)
@@ -137,7 +126,7 @@ public final class EdgeModel: ContractModel, @unchecked Sendable {
                 onToken(String(decoded.dropFirst(text.count)))
             }
             text = decoded
-            if isCancelled {
+            if cancelFlag.isRaised {
                 finish = "cancelled"
                 break
             }
