@@ -35,7 +35,7 @@ from targets.ios.layouts import coreml_layout
 
 COREMLTOOLS_VERSION = "9.0"
 # Bump when the converted program changes for the same checkpoint + options (keys the stage cache).
-EXPORT_SCHEMA = 8
+EXPORT_SCHEMA = 9  # 9: the decoder takes its rotary angles and layer caches from its caller (other program bytes)
 DEPLOYMENT_TARGET = "iOS18"
 COMPRESSIONS = ("int4", "int4-mixed", "int8", "palettize4", "none")
 # What `--compression int4` (the default) ships: the first rung whose package passes its gate. Each rung
