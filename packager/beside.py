@@ -9,7 +9,8 @@ example (2026-12-05, two targets at once on 2 cores), those steps made the iOS t
 Running more at once only helps when no computation spins a multi-threaded pool against another
 (packager.threads): so work is started beside only when each computation already has one thread.
 Otherwise it runs when its result is first asked for, in the asking thread, or never when nobody asks
-(a speculative step the ladder did not need).
+(a speculative step the ladder did not need). Work found not to be needed is discarded: its heavy steps
+see their claim cancelled (packager.scheduler), so a conversion child is killed at once.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ from typing import Generic, TypeVar
 from packager.threads import compute_threads, host_cores
 
 T = TypeVar("T")
+_running = threading.local()
+
+
+def discard_flag() -> threading.Event | None:
+    """The discard flag of the work this thread runs for a Pending (None outside such work)."""
+    return getattr(_running, "discard", None)
 
 
 def beside_allowed() -> bool:
@@ -43,21 +50,33 @@ class Pending(Generic[T]):
         self._error: BaseException | None = None
         self.asked = False
         self.thread: threading.Thread | None = None
+        self._discard = threading.Event()
 
     def run(self) -> None:
         with self._lock:
             if self._done:
                 return
+            if self._discard.is_set():
+                self._error = RuntimeError(f"{self.what}: discarded before it started")
+                self._done = True
+                return
+            _running.discard = self._discard
             try:
                 self._value = self._compute()
             except BaseException as exc:  # handed to whoever asks; Ctrl-C reaches the main thread anyway
                 self._error = exc
+            finally:
+                _running.discard = None
             self._done = True
+
+    def discard(self) -> None:
+        """Not needed after all: never start it, or stop it (its heavy steps' claims are cancelled)."""
+        self._discard.set()
 
     @property
     def unasked_error(self) -> BaseException | None:
-        """The error of work whose result nobody asked for (None when it succeeded or was asked for)."""
-        return None if self.asked else self._error
+        """The error of work whose result nobody asked for and that was not discarded (None otherwise)."""
+        return None if self.asked or self._discard.is_set() else self._error
 
     def result(self) -> T:
         self.asked = True

@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any, TextIO
 
 from packager.errors import InternalError, UnsupportedError
 from packager.peak_memory import PeakRss
-from packager.scheduler import BuildCancelled, Claim
+from packager.scheduler import AnySet, BuildCancelled, Claim
 
 
 def serve_request(description: str, handle: Callable[[dict[str, Any]], dict[str, Any]],
@@ -82,7 +81,7 @@ def run_child(module: str, folder: Path, request: dict[str, Any], what: str,
     return result
 
 
-def _run_and_measure(command: list[str], log: TextIO, cancelled: threading.Event | None) -> tuple[int, int]:
+def _run_and_measure(command: list[str], log: TextIO, cancelled: AnySet | None) -> tuple[int, int]:
     """Return the child's exit status (negative: the signal that killed it) and its peak RSS in KB.
 
     The child is killed when this process is interrupted (Ctrl-C, SIGTERM), so an abandoned conversion

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from packager.beside import Beside
 from packager.scheduler import HeavyStep
 from packager.verify.gates import TaskGate
 from packager.verify.metrics import FidelityMetrics
@@ -56,6 +57,19 @@ def rungs_to_build(ladder: Sequence[str], screen: Callable[[str], list[str]]) ->
         else:
             passing.append(rung)
     return [*reversed(passing), last], list(reversed(notes))
+
+
+def rungs_with_fallback(ladder: Sequence[str], screen: Callable[[str], list[str]], work: Beside,
+                        build_last: Callable[[], object], say: Callable[[str], None]) -> tuple[list[str], list[str]]:
+    """rungs_to_build, with the last rung built beside the screens (packager.beside): it is built unless a screen
+    passes, as on a fine-tune that 8 or 4 bits lose, and a conversion takes minutes. When one passes, the last
+    rung's work is stopped (it stays the fallback, built again only if that rung's artifact then fails)."""
+    fallback = work.start(f"{ladder[-1]} beside the screens", build_last) if len(ladder) > 1 else None
+    rungs, notes = rungs_to_build(ladder, screen)
+    if fallback is not None and rungs[0] != ladder[-1]:
+        fallback.discard()
+        say(f"{ladder[-1]}: not needed now that {rungs[0]} passed its screen; its conversion beside the screens stops")
+    return rungs, notes
 
 
 def task_screened(fidelity_reasons: list[str], task_gate: TaskGate) -> bool:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from packager.beside import discard_flag
 from packager.errors import UnsupportedError
 from packager.peak_memory import release_free_memory, vm_rss_kb
 from packager.progress import Reporter
@@ -143,13 +144,24 @@ class HeavyStep:
         return self.only_when is None or option(self.only_when[0]) in self.only_when[1]
 
 
+class AnySet:
+    """Set as soon as any of its events is: the build's cancellation, or the discarding of the work a step
+    belongs to (packager.beside)."""
+
+    def __init__(self, *events: threading.Event) -> None:
+        self.events = events
+
+    def is_set(self) -> bool:
+        return any(event.is_set() for event in self.events)
+
+
 @dataclass
 class Claim:
     """Memory granted to one heavy step; a child runner records the peak it measured here."""
 
     kind: str
     expected: int
-    cancelled: threading.Event
+    cancelled: AnySet  # a child runner kills its child when this is set
     measured_peak: int = 0  # bytes; 0 when the step ran in this process (its peak is not its own)
 
 
@@ -197,6 +209,8 @@ class Scheduler:
         """
         need = self.expected(kind, estimate, fixed)
         available = self.limit - self.base
+        discarded = discard_flag()
+        stop = AnySet(self.cancelled, *([discarded] if discarded is not None else []))
         if need > available and self.explicit:
             raise UnsupportedError(
                 f"{what} is expected to need about {need / GB:.1f} GB, more than the {self.limit / GB:.1f} GB "
@@ -210,13 +224,13 @@ class Scheduler:
                                       f"{self._claimed / GB:.1f} of {available / GB:.1f} GB in use by other steps)")
                     told = True
                 self._cond.wait(0.5)
-                if self.cancelled.is_set():
+                if stop.is_set():
                     raise BuildCancelled(what)
             self._claimed += need
-        claim = Claim(kind, need, self.cancelled)
+        claim = Claim(kind, need, stop)
         try:
             with self._in_process if in_process and alone else contextlib.nullcontext():
-                if self.cancelled.is_set():
+                if stop.is_set():
                     raise BuildCancelled(what)
                 yield claim
         finally:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
 import packager.beside as beside_module
 from packager.beside import beside
+from packager.progress import Reporter
+from packager.scheduler import GB, BuildCancelled, MeasuredCosts, Scheduler
 
 
 @pytest.fixture
@@ -62,3 +65,33 @@ def test_a_failing_block_cancels_running_work_before_waiting_for_it(one_thread_e
         work.start("long conversion", lambda: stop.wait(30))
         raise RuntimeError("the target failed")
     assert cancelled == [True]
+
+
+def test_discarded_work_has_its_heavy_step_cancelled_and_the_build_goes_on(one_thread_each: None,
+                                                                         tmp_path: Path) -> None:
+    scheduler = Scheduler(jobs=2, limit=100 * GB, explicit=False, scale=GB, reporter=Reporter(quiet=True),
+                          costs=MeasuredCosts(tmp_path / "costs.json"))
+    inside = threading.Event()
+
+    def conversion() -> None:
+        with scheduler.heavy("conversion", "conversion child", estimate=1.0, in_process=False) as claim:
+            inside.set()
+            while not claim.cancelled.is_set():  # as a child runner polls before it kills its child
+                threading.Event().wait(0.01)
+            raise BuildCancelled("conversion child")
+
+    with beside(lambda: None) as work:
+        running = work.start("fallback conversion", conversion)
+        assert inside.wait(5)
+        running.discard()
+        with pytest.raises(BuildCancelled):
+            running.result()
+    assert not scheduler.cancelled.is_set()  # only that step stopped, not the build
+
+
+def test_deferred_work_discarded_before_anyone_asks_never_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEPACK_THREADS", "2")
+    ran = []
+    with beside(lambda: None) as work:
+        work.start("fallback", lambda: ran.append(1)).discard()
+    assert ran == []

@@ -173,3 +173,30 @@ def test_an_unscreened_ladder_ships_the_first_rung_that_passes_and_notes_the_one
     artifact, result, notes = first_passing_rung(("int4", "none"), "recipe", build({"int4", "none"}), len, False)
     assert (artifact, result.passed, built) == ("none", False, ["int4", "none"])  # the last ships either way
     assert notes == ["recipe int4 (4.0 MB) failed its gate: int4 too far"]
+
+
+@pytest.mark.parametrize(("passing", "needed"), [(set(), True), ({"int8"}, False)])
+def test_the_last_rung_is_built_beside_the_screens_and_stopped_when_a_screen_passes(
+        monkeypatch: pytest.MonkeyPatch, passing: set[str], needed: bool) -> None:
+    import threading
+
+    from packager.beside import beside, discard_flag
+    from packager.ladder import rungs_with_fallback
+
+    monkeypatch.setenv("EDGEPACK_THREADS", "1")  # one thread per computation: work runs beside
+    started, stopped, said = threading.Event(), [], []
+
+    def build_last() -> str:
+        started.set()
+        flag = discard_flag()
+        stopped.append(flag is not None and flag.wait(2))  # a heavy step's claim sees this flag
+        return "fp32 built"
+
+    def screen(rung: str) -> list[str]:
+        assert started.wait(5)  # the last rung's work runs while the rungs before it are screened
+        return [] if rung in passing else [f"{rung} fails"]
+
+    with beside(lambda: None) as work:
+        rungs, _ = rungs_with_fallback(("int4", "int8", "fp32"), screen, work, build_last, said.append)
+    assert rungs == (["fp32"] if needed else ["int8", "fp32"])
+    assert stopped == [not needed] and bool(said) is not needed

@@ -19,12 +19,13 @@ from typing import Any, ClassVar
 
 from packager import __version__
 from packager.architectures import ArchitectureSpec
+from packager.beside import beside
 from packager.checkpoint import Checkpoint
 from packager.codecheck import check_generated_files
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
 from packager.errors import BadInputError
 from packager.escaping import slug
-from packager.ladder import first_passing_rung, rungs_to_build, screen_verdict, task_screened, walked
+from packager.ladder import first_passing_rung, rungs_with_fallback, screen_verdict, task_screened, walked
 from packager.resources import copy_mobile_files
 from packager.scheduler import HeavyStep
 from packager.stage_cache import place_artifact
@@ -343,18 +344,21 @@ class AndroidTarget:
             task = (lambda: screened_task(ctx, recipe)) if ctx.eval_rows else None
             return screen_verdict(predicted, recipe.gate.check(predicted), ctx.options.task_gate, task)
 
-        rungs, notes = rungs_to_build(ladder, screen)
-        for name in rungs:
-            recipe = recipe_named(name)
-            artifact = cached_pte(ctx, recipe, "xnnpack", max_context)
-            verification = verified_pte(ctx, artifact, tokenizer_json, f"{self.name}/{artifact.pte.name}")
-            if verification.passed or name == rungs[-1]:
-                if requested == "auto":
-                    notes.insert(0, f"recipe {recipe.name} (auto: the smallest of {', '.join(ladder)} that passes "
-                                    "its gate)")
-                return artifact, verification, notes
-            notes.append(f"recipe {recipe.name} ({artifact.megabytes:.0f} MB) failed its gate: "
-                         f"{'; '.join(verification.failures)}")
+        with beside(ctx.scheduler.cancel) as work:
+            rungs, notes = rungs_with_fallback(
+                ladder, screen, work, lambda: cached_pte(ctx, recipe_named(ladder[-1]), "xnnpack", max_context),
+                ctx.reporter.say)
+            for name in rungs:
+                recipe = recipe_named(name)
+                artifact = cached_pte(ctx, recipe, "xnnpack", max_context)
+                verification = verified_pte(ctx, artifact, tokenizer_json, f"{self.name}/{artifact.pte.name}")
+                if verification.passed or name == rungs[-1]:
+                    if requested == "auto":
+                        notes.insert(0, f"recipe {recipe.name} (auto: the smallest of {', '.join(ladder)} that "
+                                        "passes its gate)")
+                    return artifact, verification, notes
+                notes.append(f"recipe {recipe.name} ({artifact.megabytes:.0f} MB) failed its gate: "
+                             f"{'; '.join(verification.failures)}")
         raise AssertionError("unreachable: the ladder is never empty")
 
     def _place(self, artifact: PteArtifact, out_dir: Path, verification: VerificationResult,

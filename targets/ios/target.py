@@ -31,7 +31,7 @@ from packager.codecheck import check_generated_files
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
 from packager.errors import BadInputError
 from packager.escaping import slug
-from packager.ladder import first_passing_rung, rungs_to_build, screen_verdict, task_screened, walked
+from packager.ladder import first_passing_rung, rungs_with_fallback, screen_verdict, task_screened, walked
 from packager.resources import copy_mobile_files
 from packager.scheduler import HeavyStep
 from packager.stage_cache import place_artifact
@@ -381,11 +381,8 @@ class IosTarget:
         def converted(rung: str) -> CoreMLExport:
             return cached_export(ctx, export_request(ctx, ["none", rung], max_context, fp16_rewrites=rewrites))
 
-        if len(ladder) > 1:
-            # The last rung is converted unless a screen passes (on the bundled example's fine-tune none does):
-            # its conversion, a child process, runs beside the screens when the cores allow (packager.beside).
-            work.start(f"convert Core ML ({ladder[-1]}) beside the screens", lambda: converted(ladder[-1]))
-        rungs, screen_notes = rungs_to_build(ladder, screen)
+        rungs, screen_notes = rungs_with_fallback(ladder, screen, work, lambda: converted(ladder[-1]),
+                                                  ctx.reporter.say)
         notes += screen_notes
         for rung in rungs:
             gate = self._gate(ctx, rung, notes)
