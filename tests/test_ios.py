@@ -497,7 +497,10 @@ def test_the_core_ai_path_is_gated_by_ios_27_behind_one_entry_point() -> None:
     assert "CoreAILanguageModel(resourcesAt:" in core_ai and "LanguageModelSession(model: model)" in core_ai
     # The contract is applied as on the Core ML path: greedy, max_new_tokens, stop strings, parseOutput.
     assert "samplingMode: .greedy, maximumResponseTokens: contract.maxNewTokens" in core_ai
-    assert "contract.stopStrings" in core_ai and "parseOutput(contract, raw: text)" in core_ai
+    # Stop strings and cancel through the step both paths share (ContractModel.swift's streamedStep).
+    assert "streamedStep(from: text, to: content, contract: contract" in core_ai
+    assert "parseOutput(contract, raw: text)" in core_ai
+    assert "func streamedStep(" in entry and "contract.stopStrings" in entry
     # One entry point picks the runtime at run time: Core AI under #available(iOS 27, ...), else Core ML.
     gate = entry.index("if #available(iOS 27, macOS 27, *)")
     assert gate < entry.index("CoreAIModel.load(from: folder)") < entry.index("EdgeModel.load(from: folder")

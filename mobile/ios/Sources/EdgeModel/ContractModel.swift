@@ -90,3 +90,19 @@ final class CancelFlag: @unchecked Sendable {
         return raised || Task.isCancelled
     }
 }
+
+/// One more step of a streamed answer, as both runtimes take it: hand `onToken` the text `current` adds to
+/// `previous`, then return why generation stops here ("cancelled" or "stop_string"), or nil to go on.
+func streamedStep(from previous: String, to current: String, contract: Contract, cancel: CancelFlag,
+                  onToken: (String) -> Void) -> String? {
+    if current.count > previous.count, current.hasPrefix(previous) {
+        onToken(String(current.dropFirst(previous.count)))
+    }
+    if cancel.isRaised {
+        return "cancelled"
+    }
+    if contract.stopStrings.contains(where: { !$0.isEmpty && current.contains($0) }) {
+        return "stop_string"
+    }
+    return nil
+}

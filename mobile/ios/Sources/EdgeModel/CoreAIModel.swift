@@ -63,17 +63,11 @@ public final class CoreAIModel: ContractModel, @unchecked Sendable {
         let start = Date()
         for try await snapshot in session.streamResponse(to: prompt, options: options) {
             let content = snapshot.content
-            if content.count > text.count, content.hasPrefix(text) {
-                onToken(String(content.dropFirst(text.count)))
-            }
+            let stop = streamedStep(from: text, to: content, contract: contract, cancel: cancelFlag, onToken: onToken)
             text = content
             tokens = snapshot.usage.totalTokenCount - snapshot.usage.input.totalTokenCount
-            if cancelFlag.isRaised {
-                finish = "cancelled"
-                break
-            }
-            if contract.stopStrings.contains(where: { !$0.isEmpty && text.contains($0) }) {
-                finish = "stop_string"
+            if let stop {
+                finish = stop
                 break
             }
         }

@@ -122,16 +122,10 @@ public final class EdgeModel: ContractModel, @unchecked Sendable {
             }
             generated.append(next)
             let decoded = tokenizer.decode(tokens: generated)
-            if decoded.count > text.count, decoded.hasPrefix(text) {
-                onToken(String(decoded.dropFirst(text.count)))
-            }
+            let stop = streamedStep(from: text, to: decoded, contract: contract, cancel: cancelFlag, onToken: onToken)
             text = decoded
-            if cancelFlag.isRaised {
-                finish = "cancelled"
-                break
-            }
-            if contract.stopStrings.contains(where: { !$0.isEmpty && text.contains($0) }) {
-                finish = "stop_string"
+            if let stop {
+                finish = stop
                 break
             }
             if generated.count >= maxNewTokens {
