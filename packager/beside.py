@@ -1,10 +1,10 @@
 """Work a target starts beside its own steps, when the cores allow it.
 
-A target's steps run one after another in its thread, but some do not depend on each other: iOS
-converts its last ladder rung whatever the screens before it say unless one of them passes, and it
-simulates the fp16 package and the shipped one from the same conversion. Measured on the bundled
-example (2026-12-05, two targets at once on 2 cores), those steps made the iOS target 812 s of a
-894-s build while the other core had idle time.
+A target's steps run one after another in its thread, but some do not depend on each other: a ladder's
+last rung is converted unless a screen of a rung before it passes, whatever the other screens say, and
+two artifacts of one conversion are verified independently. Measured on the bundled example (2026-12-05,
+two targets at once on 2 cores), such steps run one after another made one target 812 s of an 894-s
+build while the other core had idle time.
 
 Running more at once only helps when no computation spins a multi-threaded pool against another
 (packager.threads): so work is started beside only when each computation already has one thread.

@@ -10,8 +10,8 @@ stop at the first failure.
 With an eval set a screen is held to the gates its artifact will be: the eager model answers the eval set
 too (in the same step, so the model is built once), and when the task decides (packager.verify.gates.TaskGate)
 those answers are the verdict. That includes a rung whose golden-text fidelity passes: on the bundled example
-8da8w-smooth-f32down passed its fidelity screen, and its .pte then failed the task (2.8 points below fp32)
-after 418 s of export and verification that a 20-second task screen predicts (2026-12-05).
+an 8-bit rung passed its fidelity screen, and its artifact then failed the task (2.8 points below fp32)
+after 418 s of conversion and verification that a 20-second task screen predicts (2026-12-05).
 """
 
 from __future__ import annotations

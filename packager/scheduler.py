@@ -133,7 +133,8 @@ class HeavyStep:
     in_process: bool = True  # False: a child process (its peak is measured and learned)
     fixed: int = 0  # bytes it needs whatever the model (a child's libraries)
     # An in-process step that builds a torch model runs alone among such steps (see Scheduler.heavy); one that
-    # only runs a finished artifact in a runtime (numpy, ExecuTorch) builds none and runs beside them.
+    # only runs a finished artifact in a runtime (a simulator, an on-device runtime's host build) builds none and
+    # runs beside them.
     alone: bool = True
     # (target option, values): a step of a format the user may not ask for runs only when that target option
     # has one of those values; None: every build of the target runs it.
@@ -349,9 +350,9 @@ def scheduler_for(ckpt: Checkpoint, reporter: Reporter, cache: Path, jobs: int |
     """The scheduler of one build: `jobs` targets at once (default: all of them), within `max_ram`.
 
     All at once by default because a target spends much of its time waiting (for a conversion child, for
-    the lock of in-process model steps, for a browser): with the host's cores as the limit, on 2 cores the
-    web target waited 423 s for Android to finish, then ran 300 s alone (2026-12-05). The cores are shared
-    anyway (packager.threads), and every heavy step still waits for its memory."""
+    the lock of in-process model steps, for a browser): with the host's cores as the limit, on 2 cores one
+    target of the bundled example waited 423 s for another's slot, then ran 300 s alone (2026-12-05). The
+    cores are shared anyway (packager.threads), and every heavy step still waits for its memory."""
     return Scheduler(jobs=jobs or 0, limit=max_ram or default_budget(), explicit=max_ram is not None,
                      scale=4 * ckpt.parameter_count, reporter=reporter, costs=MeasuredCosts(cache / COSTS_FILE))
 
