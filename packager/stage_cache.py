@@ -99,6 +99,11 @@ class StageCache:
 
     # Stale temporaries are looked for once per process per cache root, not on every entry.
     _collected: ClassVar[set[Path]] = set()
+    # One lock per entry asked for in this process: a thread asking for an entry another thread is building
+    # (a step started beside a target's own, packager.beside) waits for it and then opens it, instead of
+    # building it a second time. Re-entrant: the same thread asking again proceeds as before.
+    _entry_locks: ClassVar[dict[Path, threading.RLock]] = {}
+    _locks_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, root: Path, reporter: Reporter, cancelled: threading.Event | None = None) -> None:
         self.root = root
@@ -123,12 +128,15 @@ class StageCache:
         """
         final = self.root / kind / key
         start = time.perf_counter()
-        found = self._open(kind, key, final, decode, binds, start)
-        if found is None:
-            if self.cancelled is not None and self.cancelled.is_set():
-                raise BuildCancelled(label)
-            with self.reporter.running(label):
-                found = self._build(kind, key, final, build, encode, decode, binds, start)
+        with StageCache._locks_lock:
+            lock = StageCache._entry_locks.setdefault(final, threading.RLock())
+        with lock:
+            found = self._open(kind, key, final, decode, binds, start)
+            if found is None:
+                if self.cancelled is not None and self.cancelled.is_set():
+                    raise BuildCancelled(label)
+                with self.reporter.running(label):
+                    found = self._build(kind, key, final, build, encode, decode, binds, start)
         self.reporter.stage(label, found.from_cache, found.seconds, describe(found.value) if describe else "")
         return found
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import threading
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from packager.checkpoint import Checkpoint
 from packager.context_size import DEFAULT_CONTEXT, ContextChoice, context_for_task
@@ -52,8 +52,6 @@ from packager.verify.task_eval import (
 if TYPE_CHECKING:
     from packager.runtime_adapter import RuntimeAdapter
     from packager.target import Target
-
-T = TypeVar("T")
 
 # Bump when what a verification record holds or how it is computed changes, so old records are not reused.
 VERIFICATION_SCHEMA = 6  # 6: fidelity sums over 16 positions at a time (last digits of ppl moved)
@@ -136,7 +134,6 @@ class BuildContext:
         self._verified: OnceMap[VerificationResult] = OnceMap()
         self._ggufs: OnceMap[CachedEntry[GgufFile]] = OnceMap()
         self._gguf_choices: OnceMap[GgufChoice] = OnceMap()
-        self._stages: OnceMap[Any] = OnceMap()
         self._tokenizers = threading.local()
         self.contract_check: ContractCheck | None = None  # set with the contract when there is an eval set
         # For a merged LoRA input: its base model's stages when the caller shares them (a fleet's specialists
@@ -339,11 +336,6 @@ class BuildContext:
         result.task = metrics
         result.failures += self.options.task_gate.check(metrics)
         result.gate += "; " + self.options.task_gate.describe()
-
-    def once(self, key: Hashable, compute: Callable[[], T]) -> T:
-        """A stage computed once in this build even when two threads ask for it at once (a target's own step
-        and work it started beside it, packager.beside): the second waits. A failure is not remembered."""
-        return self._stages.get(key, compute)
 
     @property
     def hf_tokenizer(self) -> Any:

@@ -372,3 +372,34 @@ def test_the_bundled_example_sends_the_converters_output_to_a_log(
     seen = capfd.readouterr()
     assert "de-quantizing" not in seen.err and "model shards" not in seen.out
     assert sorted((cold_cache / "logs").glob("*.log")) == kept  # the successful run's log is gone
+
+
+def test_two_threads_asking_for_one_entry_build_it_once_and_the_second_opens_it(tmp_path: Path) -> None:
+    import threading
+
+    cache = StageCache(tmp_path / "cache", Reporter(quiet=True))
+    building, release, built = threading.Event(), threading.Event(), []
+
+    def build(folder: Path) -> dict:
+        built.append(threading.current_thread().name)
+        building.set()
+        assert release.wait(5)  # the other thread asks while this one is still building
+        (folder / "model.bin").write_bytes(b"weights")
+        return {"name": "model.bin"}
+
+    results = {}
+
+    def ask(name: str) -> None:
+        results[name] = cache.entry("coreml", "k1", "convert", build)
+
+    first = threading.Thread(target=ask, args=("first",), name="first")
+    first.start()
+    assert building.wait(5)
+    second = threading.Thread(target=ask, args=("second",), name="second")
+    second.start()
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert built == ["first"]
+    assert not results["first"].from_cache and results["second"].from_cache
+    assert results["second"].path("model.bin").read_bytes() == b"weights"

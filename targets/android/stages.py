@@ -79,17 +79,13 @@ def cached_pte(ctx: BuildContext, recipe: Recipe, delegate: str, max_context: in
         with ctx.scheduler.step(EXPORT, what) as claim:
             return run_child("targets.android.export", tmp, request, what, claim)
 
-    def artifact() -> PteArtifact:
-        entry = ctx.stage_cache.entry(
-            "pte", key, label, export,
-            describe=lambda e: f"{e['pte']} + {e['ptd']}, peak RSS {e['peak_rss_mb']:.0f} MB")
-        result = entry.value
-        program = options_digest("pte-files", entry.sha256(result["pte"]), entry.sha256(result["ptd"]))
-        return PteArtifact(recipe, delegate, key, entry.path(result["pte"]), entry.path(result["ptd"]), result,
-                           entry.from_cache, program)
-
-    # Once per build: the ladder may ask for an export already running beside its screens.
-    return ctx.once(("pte", key), artifact)
+    entry = ctx.stage_cache.entry(
+        "pte", key, label, export,
+        describe=lambda e: f"{e['pte']} + {e['ptd']}, peak RSS {e['peak_rss_mb']:.0f} MB")
+    result = entry.value
+    program = options_digest("pte-files", entry.sha256(result["pte"]), entry.sha256(result["ptd"]))
+    return PteArtifact(recipe, delegate, key, entry.path(result["pte"]), entry.path(result["ptd"]), result,
+                       entry.from_cache, program)
 
 
 def _record_key(ctx: BuildContext, kind: str, artifact: PteArtifact, tokenizer_json: Path) -> str:

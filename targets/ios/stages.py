@@ -131,14 +131,10 @@ def cached_export(ctx: BuildContext, request: ExportRequest) -> CoreMLExport:
         sizes = ", ".join(f"{name} {p.size_mb:.0f} MB" for name, p in conversion.packages.items())
         return f"{sizes}, peak RSS {conversion.peak_rss_mb:.0f} MB"
 
-    def export() -> CoreMLExport:
-        entry = ctx.stage_cache.entry("coreml", key, label, convert, encode=CoreMLConversion.as_dict,
-                                      decode=CoreMLConversion.from_dict, describe=describe)
-        digests = {c: entry.digest(p.package) for c, p in entry.value.packages.items()}
-        return CoreMLExport(key, entry.folder, entry.value, entry.from_cache, digests)
-
-    # Once per build: the ladder may ask for a conversion already running beside its screens.
-    return ctx.once(("coreml", key), export)
+    entry = ctx.stage_cache.entry("coreml", key, label, convert, encode=CoreMLConversion.as_dict,
+                                  decode=CoreMLConversion.from_dict, describe=describe)
+    digests = {c: entry.digest(p.package) for c, p in entry.value.packages.items()}
+    return CoreMLExport(key, entry.folder, entry.value, entry.from_cache, digests)
 
 
 def verified_package(ctx: BuildContext, export: CoreMLExport, compression: str, name: str, gate: Any,
