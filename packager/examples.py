@@ -12,7 +12,10 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from packager.build_log import tool_output_to_log
 from packager.errors import BadInputError
@@ -35,14 +38,41 @@ def _assemble_gguf(dest: Path) -> Path:
     return assemble(dest)
 
 
+@contextmanager
+def gguf_read_once() -> Iterator[None]:
+    """One gguf-py reader per file while this is open.
+
+    transformers opens a GGUF three times (config, weights, tokenizer), and each GGUFReader builds a Python
+    object per vocabulary entry: for Gemma's 262k tokens that was more than half of the example's minute.
+    transformers imports the class from the gguf package inside its loader, so the package's name is swapped.
+    """
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict[tuple[str, str], Any] = {}
+
+    def reader(path: Any, mode: str = "r") -> Any:
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def gguf_to_hf_folder(gguf_path: Path, out: Path) -> Path:
     """Save a GGUF as a Hugging Face folder (bf16 safetensors + tokenizer), dequantized by transformers."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                 dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    with gguf_read_once():
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                     dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # save_pretrained refuses a gguf-"quantized" model
