@@ -404,6 +404,43 @@ def test_an_expanded_weight_that_is_not_finite_is_found_though_weights_are_scann
     assert vm.first_nonfinite == "constexpr_blockwise_shift_scale w"  # named where it starts, not at the logits
 
 
+def test_weights_are_held_once_in_fp32_with_the_values_of_an_fp16_copy() -> None:
+    import coremltools as ct
+    from coremltools.converters.mil.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    from targets.ios.mil_interpreter import MilInterpreter
+
+    rng = np.random.default_rng(1)
+    dense = rng.normal(size=(64, 128)).astype(np.float16)
+    data = rng.integers(-127, 128, size=(64, 128), dtype=np.int8)
+    scale = (rng.random((64, 4)) / 50 + 1e-3).astype(np.float16)
+
+    def build():
+        @mb.program(input_specs=[mb.TensorSpec(shape=(3, 128), dtype=types.fp16)], opset_version=ct.target.iOS18)
+        def program(x):
+            expanded = mb.constexpr_blockwise_shift_scale(data=data, scale=scale, name="w8")
+            hidden = mb.linear(x=x, weight=dense, name="h")
+            return mb.add(x=hidden, y=mb.linear(x=x, weight=expanded, name="q"), name="logits")
+        return program
+
+    x = rng.normal(size=(3, 128)).astype(np.float16)
+    vm = MilInterpreter(build())
+    out = vm.predict({"x": x})["logits"]
+    # What an fp16 copy computes: the weights as fp16 values, each op's sums in fp32, its result rounded to fp16.
+    x32 = x.astype(np.float32)
+    w8 = (data.astype(np.float32) * np.repeat(scale.astype(np.float32), 32, axis=1)).astype(np.float16)
+    h = (x32 @ dense.astype(np.float32).T).astype(np.float16)
+    q = (x32 @ w8.astype(np.float32).T).astype(np.float16)
+    assert np.array_equal(out, (h.astype(np.float32) + q.astype(np.float32)).astype(np.float16))
+    held = [v for v in vm._const_env.values() if isinstance(v, np.ndarray) and v.size >= 4096]
+    assert held and all(v.dtype == np.float32 for v in held)  # the dense weight, in fp32 only
+    assert not any(v.dtype == np.int8 for v in vm._const_env.values() if isinstance(v, np.ndarray))  # int8 data let go
+    consts = [op for op in vm.function.operations if op.op_type == "const" and op.outputs[0].val is None]
+    assert len(consts) >= 2  # coremltools' copies of the dense weight and of the int8 data are dropped
+    assert np.array_equal(vm.predict({"x": x})["logits"], out)  # and later calls need neither
+
+
 # ---------------------------------------------------------------------------------------------
 # Compatibility shim: it must still be needed (this fails once coremltools fixes the bug).
 
