@@ -473,6 +473,31 @@ def test_coremltools_still_needs_the_scalar_cast_shim() -> None:
     assert "CONVERTS" in patched.stdout, patched.stderr[-2000:]
 
 
+def test_the_fast_fp16_range_test_answers_as_coremltools_does() -> None:
+    from coremltools.converters.mil.mil.passes.defs.quantization import FP16ComputePrecision
+
+    from targets.ios.compat import exceeds_fp16
+
+    def upstream(value: np.ndarray) -> bool:  # coremltools 9.0's per-constant expression, verbatim
+        abs_value = np.abs(np.expand_dims(value, 0))
+        return bool(np.max(abs_value[np.where(abs_value < 1e38)], initial=0.0) > 65504)
+
+    rng = np.random.default_rng(0)
+    cases = [rng.normal(size=(64, 32)).astype(np.float32), np.float32(3.0), np.zeros((0,), np.float32),
+             np.array([65504.0, -65504.0], np.float32), np.array([65505.0], np.float32),
+             np.array([-70000.0, 1.0], np.float32), np.array([np.inf, -np.inf, 1.0], np.float32),
+             np.array([np.nan, 2.0], np.float32), np.array([np.nan, 1e5], np.float32),
+             np.array([np.nan, np.nan], np.float32), np.array([3e38, 1.0], np.float32),
+             np.array([-1e30, 0.5], np.float32)]
+    for value in cases:
+        assert exceeds_fp16(value) == upstream(np.asarray(value)), value
+    # apply() is what the conversion child calls: it must put this test in coremltools' pass.
+    from targets.ios import compat
+
+    compat.apply()
+    assert FP16ComputePrecision.fp16_overflow is compat._fp16_overflow
+
+
 def test_traced_decoder_needs_no_alias_shim(tiny_gemma: Path) -> None:
     model = _hf(tiny_gemma)
     spec, _ = _spec(tiny_gemma)

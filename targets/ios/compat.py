@@ -1,21 +1,27 @@
-"""The one place coremltools 9.0 does not work with numpy 2.4, patched in one spot.
+"""Where coremltools 9.0 needs help, patched in one spot each (`apply()` installs both, once per process).
 
-coremltools' torch frontend converts aten::Int / aten::Bool of a constant with `int(x.val)`; when
-the constant is a one-element array (a folded `x.shape[-1] // 2`, as in rotate_half) numpy >= 2.3
-refuses to turn an array of ndim > 0 into a Python scalar and the conversion dies with
-"only 0-dimensional arrays can be converted to Python scalars". The shim reads such a value with
-`.item()` and leaves every other case to coremltools.
+1. It does not work with numpy 2.4: its torch frontend converts aten::Int / aten::Bool of a constant
+   with `int(x.val)`; when the constant is a one-element array (a folded `x.shape[-1] // 2`, as in
+   rotate_half) numpy >= 2.3 refuses to turn an array of ndim > 0 into a Python scalar and the
+   conversion dies with "only 0-dimensional arrays can be converted to Python scalars". The shim reads
+   such a value with `.item()` and leaves every other case to coremltools. tests/test_ios.py proves the
+   shim is still needed: it fails once upstream fixes the bug, so the shim can be deleted.
+   (The field notes also mention torch 2.13 emitting aten::alias; edgepack's traced decoder contains
+   no alias node, so no shim is installed for it. tests/test_ios.py lists the traced op kinds.)
 
-(The field notes also mention torch 2.13 emitting aten::alias; edgepack's traced decoder contains
-no alias node, so no shim is installed for it. tests/test_ios.py lists the traced op kinds.)
-
-`apply()` is idempotent. tests/test_ios.py proves the shim is still needed: it fails once upstream
-fixes the bug, so the shim can be deleted.
+2. It is slow where it need not be: the fp16 pass asks, for every op, whether a constant input holds a
+   value fp16 cannot (65,504 < |v| < 1e38), by copying the whole weight three times (abs, a boolean
+   index, a gather). On Gemma 3 270M that was 23 s of a 113-s conversion, and it grows with the model.
+   The same question is answered from the weight's largest and smallest values (two passes, no copy),
+   and coremltools' own expression decides only when they leave fp16's range (tests/test_ios.py checks
+   the two agree, NaN and infinities included).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from targets.ios.verify import FP16_MAX
 
 _applied = False
 
@@ -29,13 +35,40 @@ def _scalar(value: Any) -> Any:
     return value
 
 
+def exceeds_fp16(value: Any) -> bool:
+    """coremltools' fp16_overflow test of one constant: some |v| in (65,504, 1e38), NaN ignored."""
+    import numpy as np
+
+    array = np.asarray(value)
+    if array.size == 0:
+        return False
+    # fmax / fmin skip NaN, as coremltools' `abs_value < 1e38` filter does.
+    if np.fmax.reduce(array, axis=None) <= FP16_MAX and np.fmin.reduce(array, axis=None) >= -FP16_MAX:
+        return False
+    magnitude = np.abs(np.expand_dims(array, 0))
+    return bool(np.max(magnitude[np.where(magnitude < 1e38)], initial=0.0) > FP16_MAX)
+
+
+def _fp16_overflow(op: Any) -> bool:
+    """FP16ComputePrecision.fp16_overflow with `exceeds_fp16` as its per-constant test."""
+    for inputs in op.inputs.values():
+        for var in inputs if isinstance(inputs, list | tuple) else [inputs]:
+            if var.op is not None and var.op.op_type == "const" and var.is_tensor_or_scalar_of(dtype="fp32") \
+                    and exceeds_fp16(var.op.val.val):
+                return True
+    return False
+
+
 def apply() -> None:
-    """Install the scalar-cast shim into coremltools' torch frontend (once per process)."""
+    """Install the scalar-cast shim and the fp16 range test into coremltools (once per process)."""
     global _applied
     if _applied:
         return
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.frontend.torch import ops
+    from coremltools.converters.mil.mil.passes.defs.quantization import FP16ComputePrecision
+
+    FP16ComputePrecision.fp16_overflow = staticmethod(_fp16_overflow)
 
     original_cast = ops._cast
 
