@@ -127,11 +127,17 @@ class StatefulDecoder(nn.Module):
             gain = (module.weight.detach().float() + offset) * extra_gain
             return SafeRMSNorm(gain, eps / eps_div, safe)
 
+        def scaled(tensor: torch.Tensor, row_scale: float) -> torch.Tensor:
+            # An unscaled fp32 weight is the model's own tensor: a copy was 4 GB more for a 1B model.
+            values = tensor.detach().float()
+            return values if row_scale == 1.0 else values * row_scale
+
         def linear(module: nn.Linear, row_scale: float = 1.0) -> nn.Linear:
-            out = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
-            out.weight = nn.Parameter(module.weight.detach().float() * row_scale, requires_grad=False)
+            # On the meta device: a weight of its own, randomly initialized and replaced at once, cost seconds.
+            out = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+            out.weight = nn.Parameter(scaled(module.weight, row_scale), requires_grad=False)
             if module.bias is not None:
-                out.bias = nn.Parameter(module.bias.detach().float() * row_scale, requires_grad=False)
+                out.bias = nn.Parameter(scaled(module.bias, row_scale), requires_grad=False)
             return out
 
         scaling = float(config.query_pre_attn_scalar) ** -0.5 if layout.query_pre_attn_scalar else self.head_dim ** -0.5
