@@ -1,8 +1,10 @@
 """Merging a PEFT LoRA adapter into its base model in float32, before any quantization.
 
-Quantizing the base and applying the adapter at run time loses more than quantizing the merged
-weights' own distribution would *and* ties every runtime to adapter support, so the default is
-to merge: W' = W + scaling * (B @ A), computed exactly as peft's merge_and_unload does.
+The merge (W' = W + scaling * (B @ A), computed exactly as peft's merge_and_unload does) is the
+reference every artifact is judged against, and what a runtime without adapter support ships.
+Runtimes that apply an adapter apart (llama.cpp, a Core ML program with the LoRA product as ops) read
+the base's own tensors and the deltas through `adapted_base_weights`: merged and then quantized to 4
+bits, a small fine-tune's deltas are rounded back onto the base's grid.
 """
 
 from __future__ import annotations
@@ -142,6 +144,36 @@ class LoraDelta:
     scaling: float
 
 
+@dataclass(frozen=True)
+class AdapterSource:
+    """Where a merged checkpoint's adapter and base live (its origin): what a step that keeps the adapter apart
+    reads again, in this process or a child."""
+
+    adapter: str
+    base: str
+    allow_pickle: bool = False
+
+    @classmethod
+    def of(cls, ckpt: Checkpoint) -> AdapterSource | None:
+        """The source of a checkpoint merged from a PEFT adapter; None for a whole model."""
+        origin = ckpt.origin
+        if origin.get("kind") != "peft-adapter":
+            return None
+        return cls(str(origin["adapter"]), str(origin["base"]), bool(origin.get("allow_pickle", False)))
+
+
+def adapted_base_weights(source: AdapterSource) -> dict[str, tuple[torch.Tensor, LoraDelta]]:
+    """Each adapted weight's tensor as the base stores it, with its LoRA delta, by base weight name.
+
+    The base's own tensors, not the merged ones minus the delta: a base that lies on a quantization grid (a
+    dequantized GGUF, a QAT release) is then reproduced exactly by a quantizer that finds that grid.
+    """
+    base_dir = Path(source.base)
+    base = open_model_folder(base_dir, allow_pickle=source.allow_pickle, scan_values=False)
+    adapter = read_adapter(Path(source.adapter), base_dir, base, source.allow_pickle)
+    return {name: (base.load(name), delta) for name, delta in adapter.deltas.items()}
+
+
 @dataclass
 class LoraAdapter:
     """A PEFT LoRA adapter read and checked against its base: what merging it (or applying it at run time) needs."""
@@ -251,6 +283,7 @@ def merge_adapter(
         "kind": "peft-adapter",
         "adapter": str(adapter_dir),
         "base": str(base_dir.resolve()),
+        "allow_pickle": allow_pickle,
         "lora_modules": len(adapter.deltas),
         "replaced_tensors": sorted(adapter.replacements),
     }

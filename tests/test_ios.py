@@ -673,6 +673,91 @@ def test_gemma_270m_builds_for_ios_and_passes_the_simulated_gates(gemma_270m: Pa
 
 
 # ---------------------------------------------------------------------------------------------
+# A LoRA input: its base at 4 bits with the adapter applied apart in fp16 (int4-adapter).
+
+
+def _on_a_4_bit_grid(source: Path, dest: Path) -> Path:
+    """`source` with every decoder linear moved onto a 4-bit affine grid (saved in fp32), as a base dequantized
+    from a 4-bit GGUF (the bundled example's) or a QAT release is."""
+    import shutil
+
+    model = _hf(source)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if decoder_linear_key(name) and isinstance(module, torch.nn.Linear):
+                module.weight.copy_(torch.from_numpy(dequantize(*searched_affine(module.weight.numpy(), 4, 32))))
+    model.save_pretrained(str(dest))
+    for side in source.iterdir():
+        if side.suffix != ".safetensors" and side.name not in ("config.json", "model.safetensors.index.json"):
+            shutil.copy(side, dest / side.name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def lora_bundle(tiny_gemma: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path, Path, Path]:
+    """A random LoRA on a tiny Gemma whose linears lie on a 4-bit grid, built for iOS with the default ladder
+    (no gate: cost is seconds)."""
+    from packager.progress import Reporter
+    from tests.tiny_models import make_adapter
+
+    root = tmp_path_factory.mktemp("ios-lora")
+    base = _on_a_4_bit_grid(tiny_gemma, root / "base")
+    adapter = make_adapter(base, root / "adapter")
+    outcome = run_build(BuildRequest(checkpoint=adapter, base=base, targets=["ios"], out=root / "dist",
+                                     options=BuildOptions(context_length=256, no_gate=True)), Reporter(quiet=True))
+    return outcome, root / "dist" / "ios", adapter, base
+
+
+def test_a_lora_input_ships_its_base_at_4_bits_and_the_adapter_apart_in_fp16(lora_bundle) -> None:
+    from targets.ios.mil_interpreter import load_program
+
+    outcome, bundle, _, _ = lora_bundle
+    result = outcome.results[0]
+    assert result.extra["compression"] == "int4-adapter"  # the ladder's first rung for an adapter input
+    assert result.extra["export"]["proof"]["exact"]  # base + (x A^T) B^T equals the merged model in fp32
+    program, _ = load_program(bundle / "model-int4-adapter.mlpackage")
+    ops = program.functions["main"].operations
+    lora = [op for op in ops if "_lora_" in op.outputs[0].name]
+    # make_adapter adapts q/v/o/down in both layers: 8 modules, an A and a B each, kept as fp16 consts.
+    assert len(lora) == 16 and all(op.op_type == "const" and op.outputs[0].val.dtype == np.float16 for op in lora)
+    compressed = {op.outputs[0].name for op in ops if op.op_type == "constexpr_blockwise_shift_scale"}
+    assert "blocks_0_q_proj_weight_to_fp16_quantized" in compressed  # the base's weight, at 4 bits
+    shipped = result.verifications[-1]
+    assert shipped.level == "simulated" and shipped.metrics is not None and shipped.metrics.finite
+
+
+def test_the_adapter_kept_apart_keeps_the_fine_tune_a_4_bit_merge_rounds_away(lora_bundle, tmp_path: Path) -> None:
+    from packager.adapter import AdapterSource
+    from packager.checkpoint import load_checkpoint
+    from packager.verify.fp32_model import load_fp32_whole
+    from targets.ios.verify import eager_compressed_model
+
+    _, _, adapter, base = lora_bundle
+    merged = load_checkpoint(adapter, base=base, work_dir=tmp_path / "work")
+    ids = torch.tensor([list(range(2, 60))])
+    with torch.no_grad():
+        reference = load_fp32_whole(merged.folder, "eager")(ids).logits
+
+        def error(compression: str, source: AdapterSource | None = None) -> float:
+            model = eager_compressed_model(merged.folder, COMPRESSION[compression], source)
+            return float((model(ids).logits - reference).abs().max())
+
+        apart = error("int4-adapter", AdapterSource.of(merged))
+        at_4_bits = error("int4")
+    # The base's linears are found on their grid, so only the 8-bit embedding table's error is left; a merge at 4
+    # bits rounds the adapter's product onto a grid of its own.
+    assert 0 < apart < 0.2 * at_4_bits, (apart, at_4_bits)
+
+
+def test_int4_adapter_for_a_whole_model_is_refused_before_any_work(tiny_gemma: Path, tmp_path: Path) -> None:
+    from packager.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="whole model"):
+        _build(tiny_gemma, tmp_path / "out", compression="int4-adapter", context_length=256)
+    assert not (tmp_path / "out" / "ios").exists()
+
+
+# ---------------------------------------------------------------------------------------------
 # The searched, activation-weighted affine quantizer (numpy, milliseconds).
 
 

@@ -36,15 +36,22 @@ COREMLTOOLS_VERSION = "9.0"
 # Bump when the converted program changes for the same checkpoint + options (keys the stage cache).
 EXPORT_SCHEMA = 9  # 9: the decoder takes its rotary angles and layer caches from its caller (other program bytes)
 DEPLOYMENT_TARGET = "iOS18"
-COMPRESSIONS = ("int4", "int4-mixed", "int8", "palettize4", "none")
+COMPRESSIONS = ("int4", "int4-adapter", "int4-mixed", "int8", "palettize4", "none")
 # What `--compression int4` (the default) ships: the first rung whose package passes its gate. Each rung
 # is screened in eager PyTorch first (same quantized weights), so only a promising one is converted.
 INT4_LADDER = ("int4", "int4-mixed", "int8")
+# The same for a LoRA fine-tune: its base at 4 bits with the adapter kept apart in fp16, where a merge at 4 bits
+# rounds a small fine-tune's deltas back onto the base's grid (a few MB more than int4). int4-mixed is left out:
+# a ladder's rungs must each be at least as precise as the ones before (packager.ladder), and a merge whose o/down
+# projections are at 4 bits is not that against int4-adapter.
+ADAPTER_LADDER = ("int4-adapter", "int8")
 # Core ML's Neural Engine does not take a dimension above this; a bigger vocabulary needs a split head.
 ANE_MAX_DIM = 16384
 # The rewritten fp32 decoder must match transformers to this fraction of the largest logit.
 PROOF_TOLERANCE = 1e-4
 PACKAGE_STEM = "model"
+# In the MIL const names of an adapted linear's A and B (targets.ios.model.AdaptedLinear's parameters).
+LORA_CONST = "_lora_"
 
 
 # Bits per weight of each storage format: an affine block of 32 adds an fp16 scale and a uint8 zero point;
@@ -61,6 +68,8 @@ class Compression:
     table per 16 output rows) or "fp16".
     `eight_bit`: module-name fragments of decoder linears kept at 8 bits (affine, blocks of 32);
     `tables`: the embedding / lm_head ("uint8-b32" or "fp16").
+    `adapter`: a LoRA input's adapted linears hold the base's weights (compressed as above) and the adapter's
+    A and B (fp16) as ops of their own: y = x W_base^T + (x A^T) B^T.
     """
 
     name: str
@@ -68,6 +77,7 @@ class Compression:
     linears: str
     tables: str
     eight_bit: tuple[str, ...] = ()
+    adapter: bool = False
 
     def bits(self, name: str, shape: tuple[int, ...]) -> float:
         """Bits per value this compression stores the checkpoint tensor `name` with (RAM estimates before a build)."""
@@ -89,6 +99,9 @@ class Compression:
 COMPRESSION: dict[str, Compression] = {c.name: c for c in (
     Compression("int4", "int4 affine per-block-32 linear weights (searched, activation-weighted steps); "
                 "embedding / lm_head 8-bit per-block-32", "uint4-b32", "uint8-b32"),
+    Compression("int4-adapter", "int4 affine per-block-32 base linear weights (searched) with the LoRA adapter "
+                "applied apart in fp16; embedding / lm_head 8-bit per-block-32", "uint4-b32", "uint8-b32",
+                adapter=True),
     Compression("int4-mixed", "as int4, but the linears reading the residual stream (q/k/v, gate/up) 8-bit",
                 "uint4-b32", "uint8-b32", eight_bit=("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")),
     Compression("int8", "int8 affine per-block-32 linear weights and embedding / lm_head (searched steps)",
@@ -118,6 +131,8 @@ class ExportRequest:
     fp16_rewrites: bool = True
     lm_head_chunk: int = 0
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
+    # A LoRA input's packager.adapter.AdapterSource (as a dict): its adapted linears keep the adapter apart.
+    adapter: dict[str, Any] | None = None
 
 
 def load_source(folder: Path) -> tuple[Any, Any, dict[str, Any]]:
@@ -146,7 +161,8 @@ def column_importance(model: Any, folder: Path) -> dict[str, Any]:
     return {key: value.numpy() for name, value in stats.items() if (key := decoder_linear_key(name))}
 
 
-def plan_fp16(model: Any, spec: Any, config: dict[str, Any], request: ExportRequest) -> tuple[Any, dict[str, Any]]:
+def plan_fp16(model: Any, spec: Any, config: dict[str, Any], request: ExportRequest,
+              lora: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """Size the exact rewrites from measured ranges; return the plan and the ranges before/after."""
     import torch
 
@@ -158,7 +174,7 @@ def plan_fp16(model: Any, spec: Any, config: dict[str, Any], request: ExportRequ
     def ranges_with(plan: Fp16Plan) -> dict[str, float]:
         # A decoder holds its own (rescaled) copy of the weights: one at a time. Two of them and the probe were
         # alive at once, 16.3 GB for a Gemma 3 1B (4 GB in fp32).
-        decoder = StatefulDecoder(model, spec, request.max_context, plan, cache_dtype=torch.float32)
+        decoder = StatefulDecoder(model, spec, request.max_context, plan, cache_dtype=torch.float32, lora=lora)
         ranges = measure_ranges(decoder, request.sequences, window)
         del decoder
         release_free_memory()
@@ -186,14 +202,16 @@ def plan_fp16(model: Any, spec: Any, config: dict[str, Any], request: ExportRequ
     return plan, report
 
 
-def prove_exact(model: Any, spec: Any, config: dict[str, Any], plan: Any, request: ExportRequest) -> dict[str, Any]:
-    """Compare the rewritten decoder with transformers in fp32 (prefill + 4 decode steps per sequence)."""
+def prove_exact(model: Any, spec: Any, config: dict[str, Any], plan: Any, request: ExportRequest,
+                lora: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Compare the rewritten decoder with transformers in fp32 (prefill + 4 decode steps per sequence); with
+    `lora`, the decoder's adapted linears apply the adapter apart and transformers holds the merged model."""
     import torch
 
     from targets.ios.model import StatefulDecoder, additive_masks
 
     window = sliding_window(spec, config)
-    decoder = StatefulDecoder(model, spec, request.max_context, plan, cache_dtype=torch.float32)
+    decoder = StatefulDecoder(model, spec, request.max_context, plan, cache_dtype=torch.float32, lora=lora)
     worst, scale, top1_same, positions = 0.0, 0.0, 0, 0
     with torch.no_grad():
         for ids in request.sequences:
@@ -268,6 +286,8 @@ def compress(mlmodel: Any, compression: Compression,
     four, eight = [], []
     for name, meta in weights.items():
         kinds = {child.op_type for child in meta.child_ops}
+        if LORA_CONST in name:
+            continue  # an adapter's A and B stay fp16: they are what a 4-bit merge would round away
         if "gather" in kinds or name.startswith(("embedding", "head")):
             eight.append(name)
         elif kinds == {"linear"}:
@@ -325,18 +345,24 @@ def _describe(mlmodel: Any, name: str, compression: Compression, user: dict[str,
 
 def export_package(request: ExportRequest) -> dict[str, Any]:
     """Convert once, then save one package per requested compression; return what was done and what it cost."""
+    from packager.adapter import AdapterSource, adapted_base_weights
     from targets.ios.model import StatefulDecoder
 
     start = time.perf_counter()
     folder = Path(request.checkpoint)
     compressions = [compression_named(name) for name in request.compressions]
+    # One traced program per request: an adapter kept apart is in every package of it, or in none.
+    if any(c.adapter != bool(request.adapter) for c in compressions if c.name != "none"):
+        raise InternalError(f"export request {request.compressions} with adapter={bool(request.adapter)}: "
+                            "compressions that keep the adapter apart and those that merge it need separate requests")
     model, spec, config = load_source(folder)
     importance = column_importance(model, folder) if any(c.linears != "fp16" for c in compressions) else {}
-    plan, ranges = plan_fp16(model, spec, config, request)
-    proof = prove_exact(model, spec, config, plan, request)
+    lora = adapted_base_weights(AdapterSource(**request.adapter)) if request.adapter else None
+    plan, ranges = plan_fp16(model, spec, config, request, lora)
+    proof = prove_exact(model, spec, config, plan, request, lora)
     window = sliding_window(spec, config)
-    decoder = StatefulDecoder(model, spec, request.max_context, plan, request.lm_head_chunk).eval()
-    del model  # peak memory: the decoder holds what it needs (its rescaled copies, the unscaled weights)
+    decoder = StatefulDecoder(model, spec, request.max_context, plan, request.lm_head_chunk, lora=lora).eval()
+    del model, lora  # peak memory: the decoder holds what it needs (its rescaled copies, the unscaled weights)
     release_free_memory()
     stamp = time.perf_counter()
     converted = convert(decoder, window, request.max_context)

@@ -16,15 +16,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from packager.child_stage import run_child
+from packager.errors import BadInputError
 from packager.fingerprint import options_digest
 from packager.ladder import EAGER_SCREEN
 from packager.scheduler import CHILD_LIBRARIES, HeavyStep
 from packager.verify.metrics import FidelityMetrics
 from packager.verify.result import VerificationResult
 from packager.verify.task_eval import TaskMetrics
-from targets.ios.convert import COREMLTOOLS_VERSION, EXPORT_SCHEMA, ExportRequest
+from targets.ios.convert import COREMLTOOLS_VERSION, EXPORT_SCHEMA, ExportRequest, compression_named
 
 if TYPE_CHECKING:
+    from packager.adapter import AdapterSource
     from packager.stages import BuildContext, RungScreen
 
 # Bump when a simulated verification record's content or computation changes.
@@ -110,12 +112,28 @@ def export_request(ctx: BuildContext, compressions: list[str], max_context: int,
     return ExportRequest(checkpoint=str(ctx.ckpt.folder), out_dir="", compressions=compressions,
                          max_context=max_context, sequences=[s[:max_context] for s in ctx.reference.sequences],
                          name=ctx.options.name or ctx.ckpt.name, fp16_rewrites=fp16_rewrites,
-                         lm_head_chunk=lm_head_chunk, metadata=metadata)
+                         lm_head_chunk=lm_head_chunk, metadata=metadata,
+                         adapter=dataclasses.asdict(lora_source(ctx)) if any(
+                             compression_named(c).adapter for c in compressions) else None)
+
+
+def lora_source(ctx: BuildContext) -> AdapterSource:
+    """The adapter a compression that keeps it apart reads; a whole-model input has none (exit 2)."""
+    from packager.adapter import AdapterSource
+
+    source = AdapterSource.of(ctx.ckpt)
+    if source is None:
+        raise BadInputError(f"{ctx.ckpt.folder}: --compression int4-adapter keeps a LoRA adapter apart from its base, "
+                            "but this is a whole model. Pass the PEFT adapter folder (with --base DIR), or choose "
+                            "--compression int4.")
+    return source
 
 
 def cached_export(ctx: BuildContext, request: ExportRequest) -> CoreMLExport:
     """Return the converted packages for this request, converting in a child process when not cached."""
-    fields = {k: v for k, v in dataclasses.asdict(request).items() if k not in ("checkpoint", "out_dir")}
+    fields = {k: v for k, v in dataclasses.asdict(request).items() if k not in ("checkpoint", "out_dir", "adapter")}
+    # The merged checkpoint's digest covers the adapter's numbers; where its files lie does not matter.
+    fields["adapter"] = request.adapter is not None
     key = options_digest("coreml", EXPORT_SCHEMA, COREMLTOOLS_VERSION, ctx.ckpt_digest, fields)[:24]
     label = f"convert Core ML ({', '.join(request.compressions)})" + (
         "" if request.fp16_rewrites else ", fp16 rewrites OFF") + (
@@ -186,7 +204,6 @@ def verified_package(ctx: BuildContext, export: CoreMLExport, compression: str, 
 def rung_screen(ctx: BuildContext, compression: str) -> RungScreen:
     """How a Core ML compression is screened: transformers holding the weights it would store."""
     from packager.stages import RungScreen
-    from targets.ios.convert import compression_named
     from targets.ios.verify import eager_compressed_model
 
     chosen = compression_named(compression)
@@ -196,7 +213,8 @@ def rung_screen(ctx: BuildContext, compression: str) -> RungScreen:
     return RungScreen("screen-coreml-task", COREML_VERIFICATION_SCHEMA, {"export": EXPORT_SCHEMA, **stores},
                       fidelity_key, f"screen Core ML {compression} (eager)",
                       f"screen Core ML {compression} on the task (eager)",
-                      lambda: eager_compressed_model(ctx.ckpt.folder, chosen),
+                      lambda: eager_compressed_model(ctx.ckpt.folder, chosen,
+                                                     lora_source(ctx) if chosen.adapter else None),
                       lambda m: f"top-1 {m.top1:.3f}, KL {m.kl:.4f}")
 
 

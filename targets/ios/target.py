@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from packager import __version__
+from packager.adapter import AdapterSource
 from packager.architectures import ArchitectureSpec
 from packager.beside import Beside, beside
 from packager.checkpoint import Checkpoint
@@ -42,6 +43,7 @@ from packager.templating import render_tree
 from packager.verify.gates import EIGHT_BIT, LOW_BIT, Gate, TopOneGate
 from packager.verify.result import VerificationResult
 from targets.ios.convert import (
+    ADAPTER_LADDER,
     ANE_MAX_DIM,
     COMPRESSIONS,
     COREMLTOOLS_VERSION,
@@ -69,6 +71,7 @@ from targets.ios.stages import (
     CoreMLExport,
     cached_export,
     export_request,
+    lora_source,
     screened,
     screened_task,
     verified_package,
@@ -151,7 +154,8 @@ class IosTarget:
     options: ClassVar[tuple[TargetOption, ...]] = (
         TargetOption("compression", "--compression", "ios_compression",
                      "Core ML weight compression for ios (default int4: 4-bit linears, 8-bit embedding/lm_head; "
-                     "when int4 fails its gate, int4-mixed, then int8, ship instead).",
+                     "when int4 fails its gate, int4-mixed, then int8, ship instead; for a LoRA adapter input "
+                     "int4-adapter, the base at 4 bits with the adapter applied apart in fp16, then int8).",
                      default="int4", choices=COMPRESSIONS),
         TargetOption("ane_head", "--ane-head", "ios_ane_head",
                      "Also build a Neural-Engine-friendly package with the lm_head split into 16,384-row chunks.",
@@ -197,6 +201,8 @@ class IosTarget:
         if "coreml" in formats and options.get("compression") not in COMPRESSIONS:
             raise BadInputError(f"--compression {options.get('compression')}: unknown; choose one of "
                                 f"{', '.join(COMPRESSIONS)}.")
+        if "coreml" in formats and compression_named(options.get("compression")).adapter:
+            lora_source(ctx)  # exit 2 before any work when the input has no adapter to keep apart
         missing = [f for f in TOKENIZER_FILES if not (ctx.ckpt.folder / f).is_file()]
         if missing:
             raise BadInputError(f"{ctx.ckpt.folder}: no {', '.join(missing)}; swift-transformers' AutoTokenizer "
@@ -283,7 +289,8 @@ class IosTarget:
                 export = cached_export(ctx, export_request(ctx, ["none"], max_context, fp16_rewrites=rewrites))
                 ship_gate, compressed, fp16 = FP16_GATE, None, self._fp16_verified(ctx, export)
             else:
-                ladder = walked(INT4_LADDER, ctx.options.no_gate) if compression == "int4" else (compression,)
+                ladder = walked(self._int4_ladder(ctx), ctx.options.no_gate) if compression == "int4" \
+                    else (compression,)
                 export, compression, compressed, ship_gate, fp16 = self._first_passing(
                     ctx, ladder, max_context, rewrites, notes, work)
         if compression == "none":
@@ -400,6 +407,11 @@ class IosTarget:
         """The conversion's fp16 package simulated against fp32: the proof that the conversion itself is exact."""
         return verified_package(ctx, export, "none", f"{self.name}/{export.package_name('none')} (fp16 conversion)",
                                 FP16_GATE)
+
+    @staticmethod
+    def _int4_ladder(ctx: BuildContext) -> tuple[str, ...]:
+        """A LoRA input's 4-bit rung keeps the adapter apart (a 4-bit merge rounds small deltas away)."""
+        return ADAPTER_LADDER if AdapterSource.of(ctx.ckpt) else INT4_LADDER
 
     def _class_gate(self, rung: str) -> Gate:
         """The gate of the rung's bit width alone (no baseline GGUF needed)."""
