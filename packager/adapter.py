@@ -161,6 +161,15 @@ class AdapterSource:
             return None
         return cls(str(origin["adapter"]), str(origin["base"]), bool(origin.get("allow_pickle", False)))
 
+    @classmethod
+    def required(cls, ckpt: Checkpoint, option: str, instead: str) -> AdapterSource:
+        """The source for `option`, an artifact that keeps the adapter apart; exit 2 for a whole-model input."""
+        source = cls.of(ckpt)
+        if source is None:
+            raise BadInputError(f"{ckpt.folder}: {option} keeps a LoRA adapter apart from its base, but this is a "
+                                f"whole model. Pass the PEFT adapter folder (with --base DIR), or choose {instead}.")
+        return source
+
 
 def adapted_base_weights(source: AdapterSource) -> dict[str, tuple[torch.Tensor, LoraDelta]]:
     """Each adapted weight's tensor as the base stores it, with its LoRA delta, by base weight name.

@@ -3,8 +3,9 @@
 A product often runs a few narrow fine-tunes of the same small base (a router, an extractor, ...).
 Shipped merged, each costs a whole model on the device, and at 4 bits the merge rounds a small
 fine-tune's deltas away. A target whose runtime applies adapters (a `build_fleet` method) ships the base once and one
-adapter per specialist; every other target ships each specialist merged, in a folder of its own,
-and says why (its class attribute `merged_specialists_reason`).
+adapter per specialist; every other target ships a whole model per specialist (merged, or with its
+adapter apart inside its own program, as Android's and iOS's adapter rungs do), in a folder of its own,
+and says why the base is not shared (its class attribute `merged_specialists_reason`).
 
 Each specialist has its own eval set and contract, so each has its own BuildContext (its merged
 checkpoint, its fp32 reference and baseline, its task gate); they share the base's BuildContext,
@@ -159,7 +160,7 @@ def build_merged_per_specialist(target: Target, fleet: Fleet, out_dir: Path,
         merged.scaffold_checks += [dataclasses.replace(c, file=f"{name}/{c.file}") for c in result.scaffold_checks]
         merged.notes += [f"{name}: {note}" for note in result.notes]
     reason = getattr(target, "merged_specialists_reason", "its runtime does not apply LoRA adapters in edgepack yet")
-    merged.notes.append(f"{target.name} ships each specialist merged into its base, one whole model per "
+    merged.notes.append(f"{target.name} ships each specialist as a whole model, base included, one per "
                         f"specialist in its own folder ({', '.join(fleet.names)}): {reason}.")
     return merged
 

@@ -174,8 +174,8 @@ def _run_build(request: BuildRequest, reporter: Reporter, log: Path) -> BuildOut
     if fleet:
         merged_anyway = [t.name for t in targets if not hasattr(t, "build_fleet")]
         if merged_anyway:
-            reporter.say(f"fleet: {', '.join(merged_anyway)} ship(s) each specialist merged (no runtime adapters "
-                         "there yet)")
+            reporter.say(f"fleet: {', '.join(merged_anyway)} ship(s) each specialist as a whole model (no shared "
+                         "base there yet)")
     elif request.options.runtime_adapter:
         merged_anyway = [t.name for t in targets if not getattr(t, "applies_adapters", False)]
         if merged_anyway:

@@ -570,17 +570,27 @@ def test_the_screens_row_lookup_equals_the_exported_whole_table_lookup(tiny_gemm
     assert torch.equal(rows, whole) and not torch.equal(rows[0, 0], rows[0, 1])
 
 
-@pytest.mark.parametrize("family", ["tiny_gemma", "tiny_llama", "tiny_smollm"])
+@pytest.mark.parametrize("family", ["tiny_gemma", "tiny_llama", "tiny_smollm", "tiny_gemma+adapter"])
 def test_outlier_smoothing_leaves_the_fp32_model_unchanged(family: str, request: pytest.FixtureRequest) -> None:
-    """Smoothing moves scale between activations and weights; before quantization it must be exact."""
+    """Smoothing moves scale between activations and weights; before quantization it must be exact, an adapter
+    kept apart (A's columns and B's rows rescaled with their linear's) included."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from packager.adapted_linear import keep_adapter_apart
+    from packager.adapter import LoraDelta
     from packager.architectures import spec_for_config
     from targets.android.export import smooth_outliers
 
-    folder = request.getfixturevalue(family)
+    folder = request.getfixturevalue(family.removesuffix("+adapter"))
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    if family.endswith("+adapter"):  # every smoothed site: norm-fed q/up, row-fed o/down and their sources v/up
+        torch.manual_seed(0)
+        adapted = {f"{name}.weight": (module.weight.detach().clone(), LoraDelta(
+            torch.randn(4, module.in_features) * 0.1, torch.randn(module.out_features, 4) * 0.1, 2.0))
+            for name, module in model.named_modules()
+            if name.endswith(("q_proj", "v_proj", "o_proj", "up_proj", "down_proj"))}
+        assert keep_adapter_apart(model, adapted) == len(adapted) == 10
     ids = torch.tensor([[5, 9, 300, 42, 17, 100, 3]])
     with torch.no_grad():
         before = model(ids).logits
@@ -613,6 +623,67 @@ def test_smoothed_recipe_exports_and_the_pte_matches_its_eager_prediction(tiny_g
         eager = model(torch.tensor([ids]), use_cache=False).logits[0].numpy()
     assert (pte.argmax(-1) == eager.argmax(-1)).mean() >= 0.85
     assert abs(pte - eager).max() < 0.1 * abs(eager).max()
+
+
+@pytest.fixture(scope="module")
+def tiny_lora_android(tiny_gemma: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A random LoRA on the tiny Gemma built for Android: --no-gate ships the adapter ladder's first rung."""
+    from packager.pipeline import BuildRequest, run_build
+    from packager.progress import Reporter
+    from packager.stages import BuildOptions
+    from tests.tiny_models import make_adapter
+
+    root = tmp_path_factory.mktemp("android-lora")
+    adapter = make_adapter(tiny_gemma, root / "adapter")
+    outcome = run_build(BuildRequest(checkpoint=adapter, base=tiny_gemma, targets=["android"], out=root / "dist",
+                                     options=BuildOptions(no_gate=True, context_length=128)), Reporter(quiet=True))
+    return outcome, root / "dist" / "android", adapter, root
+
+
+def test_a_lora_input_ships_an_8_bit_base_with_the_adapter_apart_answering_as_the_merged_model(
+        tiny_lora_android, tiny_gemma: Path) -> None:
+    import torch
+
+    from packager.adapter import AdapterSource
+    from packager.checkpoint import load_checkpoint
+    from packager.verify.fp32_model import load_fp32_whole
+    from targets.android.export import ADAPTER_LADDER, RECIPES
+    from targets.android.verify import PteProgram, eager_quantized_model
+
+    outcome, bundle, adapter, root = tiny_lora_android
+    [result] = outcome.results
+    executed = result.verifications[0]
+    assert result.extra["recipe"] == ADAPTER_LADDER[0] == "8da8w-adapter"
+    # make_adapter adapts q/v/o/down in both layers; every other linear is the base's own.
+    assert result.extra["export"]["metadata"]["quantization"]["adapter_apart"] == 8
+    # Judged on the golden text against the fp32 merged model: the base alone agrees on about 0.6 of it.
+    assert executed.level == "executed" and executed.metrics.top1 >= 0.9, executed.metrics
+    merged = load_checkpoint(adapter, base=tiny_gemma, work_dir=root / "work")
+    ids = list(range(2, 60))
+    pte = PteProgram(bundle / result.extra["export"]["pte"], bundle / result.extra["export"]["ptd"]).logits(ids)
+    with torch.no_grad():
+        screen = eager_quantized_model(merged.folder, merged.spec, RECIPES["8da8w-adapter"],
+                                       AdapterSource.of(merged))(torch.tensor([ids]), use_cache=False).logits[0]
+        fp32 = load_fp32_whole(merged.folder, "sdpa")(torch.tensor([ids])).logits[0].numpy()
+        base = load_fp32_whole(tiny_gemma, "sdpa")(torch.tensor([ids])).logits[0].numpy()
+    # The eager screen predicts the program (int8 activations on the base's product only)...
+    assert (pte.argmax(-1) == screen.numpy().argmax(-1)).mean() >= 0.85
+    assert abs(pte - screen.numpy()).max() < 0.1 * abs(screen.numpy()).max()
+    # ...and the adapter is applied: the program is far closer to the merged model than the base is.
+    assert abs(pte - fp32).max() < 0.25 * abs(base - fp32).max()
+
+
+def test_an_adapter_recipe_for_a_whole_model_is_refused_before_any_work(tiny_gemma: Path, tmp_path: Path) -> None:
+    from packager.errors import BadInputError
+    from packager.pipeline import BuildRequest, run_build
+    from packager.progress import Reporter
+    from packager.stages import BuildOptions
+
+    options = BuildOptions(target_options={"android": {"recipe": "8da8w-adapter"}}, context_length=128)
+    with pytest.raises(BadInputError, match="whole model"):
+        run_build(BuildRequest(checkpoint=tiny_gemma, targets=["android"], out=tmp_path / "out", options=options),
+                  Reporter(quiet=True))
+    assert not (tmp_path / "out" / "android").exists()
 
 
 def test_tied_fp32_table_is_stored_once(tiny_smollm: Path, tmp_path: Path) -> None:

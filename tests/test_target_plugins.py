@@ -152,4 +152,4 @@ def test_a_plugin_without_fleet_support_ships_each_specialist_merged_in_its_own_
     merged = [(out / "acme" / n / "model-F16.gguf").read_bytes() for n in ("router", "extractor")]
     assert merged[0] != merged[1]  # each specialist's own merged model
     assert json.loads((out / "acme" / "router" / "edgepack.json").read_text())["model"]["quant"] == "F16"
-    assert "acme ships each specialist merged" in (out / "report.md").read_text()
+    assert "acme ships each specialist as a whole model" in (out / "report.md").read_text()

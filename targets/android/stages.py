@@ -24,6 +24,7 @@ from packager.verify.task_eval import TaskMetrics
 from targets.android.export import EXECUTORCH_VERSION, EXPORT_SCHEMA, Recipe, RunnerMetadata
 
 if TYPE_CHECKING:
+    from packager.adapter import AdapterSource
     from packager.stages import BuildContext, RungScreen
 
 # Bump when a .pte verification record's content or computation changes.
@@ -72,7 +73,8 @@ def cached_pte(ctx: BuildContext, recipe: Recipe, delegate: str, max_context: in
 
     def export(tmp: Path) -> dict[str, Any]:
         request = {"checkpoint": str(ctx.ckpt.folder), "out_dir": str(tmp), "recipe": recipe.name,
-                   "delegate": delegate, "metadata": dataclasses.asdict(metadata)}
+                   "delegate": delegate, "metadata": dataclasses.asdict(metadata),
+                   "adapter": dataclasses.asdict(adapter_source(ctx, recipe)) if recipe.adapter else None}
         ctx.reporter.say(f"exporting {recipe.name} ({delegate}) with ExecuTorch {EXECUTORCH_VERSION} "
                          "in a child process")
         what = f"ExecuTorch export of {ctx.ckpt.folder} with recipe {recipe.name} ({delegate})"
@@ -86,6 +88,13 @@ def cached_pte(ctx: BuildContext, recipe: Recipe, delegate: str, max_context: in
     program = options_digest("pte-files", entry.sha256(result["pte"]), entry.sha256(result["ptd"]))
     return PteArtifact(recipe, delegate, key, entry.path(result["pte"]), entry.path(result["ptd"]), result,
                        entry.from_cache, program)
+
+
+def adapter_source(ctx: BuildContext, recipe: Recipe) -> AdapterSource:
+    """The adapter an adapter recipe keeps apart; a whole-model input has none (exit 2)."""
+    from packager.adapter import AdapterSource
+
+    return AdapterSource.required(ctx.ckpt, f"--recipe {recipe.name}", "another --recipe")
 
 
 def _record_key(ctx: BuildContext, kind: str, artifact: PteArtifact, tokenizer_json: Path) -> str:
@@ -155,7 +164,8 @@ def rung_screen(ctx: BuildContext, recipe: Recipe) -> RungScreen:
                                   ctx.golden.digest_source())[:24]
     return RungScreen("screen-pte-task", PTE_VERIFICATION_SCHEMA, recipe.as_dict(), fidelity_key,
                       f"screen {recipe.name} (eager)", f"screen {recipe.name} on the task (eager)",
-                      lambda: eager_quantized_model(ctx.ckpt.folder, ctx.ckpt.spec, recipe),
+                      lambda: eager_quantized_model(ctx.ckpt.folder, ctx.ckpt.spec, recipe,
+                                                    adapter_source(ctx, recipe) if recipe.adapter else None),
                       lambda m: f"top-1 (decisive) {m.top1_decisive or 0:.3f}, KL {m.kl:.4f}")
 
 

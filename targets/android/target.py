@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from packager import __version__
+from packager.adapter import AdapterSource
 from packager.architectures import ArchitectureSpec
 from packager.beside import beside
 from packager.checkpoint import Checkpoint
@@ -34,7 +35,7 @@ from packager.target import ScaffoldCheck, TargetOption, TargetResult
 from packager.target_bundle import finish_bundle
 from packager.templating import render_tree
 from packager.verify.result import VerificationResult
-from targets.android.export import AUTO_LADDER, DELEGATES, EXECUTORCH_VERSION, recipe_named
+from targets.android.export import ADAPTER_LADDER, AUTO_LADDER, DELEGATES, EXECUTORCH_VERSION, recipe_named
 from targets.android.kotlin_check import check_android_files, kotlin_version
 from targets.android.layouts import EXECUTORCH_LAYOUTS, executorch_layout
 from targets.android.litert_engine import VERBATIM_TEMPLATE
@@ -53,6 +54,7 @@ from targets.android.litert_stages import LITERT_HEAVY_STEPS, LitertArtifact, ca
 from targets.android.stages import (
     HEAVY_STEPS,
     PteArtifact,
+    adapter_source,
     cached_pte,
     screened,
     screened_task,
@@ -332,7 +334,10 @@ class AndroidTarget:
             PteArtifact, VerificationResult, list[str]]:
         """Export and verify recipes (the requested one, or the auto ladder) until one passes its gate."""
         requested = ctx.options.for_target(self).get("recipe")
-        ladder = walked(AUTO_LADDER, ctx.options.no_gate) if requested == "auto" else (requested,)
+        auto = ADAPTER_LADDER if AdapterSource.of(ctx.ckpt) else AUTO_LADDER
+        ladder = walked(auto, ctx.options.no_gate) if requested == "auto" else (requested,)
+        if recipe_named(ladder[0]).adapter:
+            adapter_source(ctx, recipe_named(ladder[0]))  # exit 2 before any work for a whole-model input
         # Predict first (eager PyTorch, about a minute), from the most precise recipe down: an export
         # costs several CPU-minutes.
         def screen(name: str) -> list[str]:

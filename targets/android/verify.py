@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from packager.verify.golden import GoldenSet
 from packager.verify.reference import ReferenceLogits
 from packager.verify.result import VerificationResult
 from packager.verify.task_eval import Generator
+
+if TYPE_CHECKING:
+    from packager.adapter import AdapterSource
 
 
 @contextlib.contextmanager
@@ -351,8 +354,9 @@ def verify_structural(pte: Path, ptd: Path | None, artifact: str, recipe: str, b
                               failures=failures, notes=notes)
 
 
-def eager_quantized_model(folder: Path, spec: Any, recipe: Any) -> Any:
-    """The recipe's quantized model in eager PyTorch, doing the arithmetic the exported .pte does.
+def eager_quantized_model(folder: Path, spec: Any, recipe: Any, adapter: AdapterSource | None = None) -> Any:
+    """The recipe's quantized model in eager PyTorch, doing the arithmetic the exported .pte does (an adapter
+    recipe's LoRA apart, read from `adapter`).
 
     Each quantized weight is dequantized once and each quantized linear's input goes through
     torchao's own int8 per-token quantize-dequantize, the arithmetic XNNPACK's 8da kernels perform;
@@ -364,19 +368,25 @@ def eager_quantized_model(folder: Path, spec: Any, recipe: Any) -> Any:
         _apply_int8_act_asym_per_token_quant_dequant,
     )
 
+    from packager.adapted_linear import AdaptedLinear
     from packager.verify.fp32_model import load_fp32_whole
-    from targets.android.export import quantize_model
+    from targets.android.export import apply_adapter_apart, quantize_model
     from targets.android.layouts import executorch_layout
 
     model = load_fp32_whole(folder, "sdpa")
+    if recipe.adapter:
+        apply_adapter_apart(model, recipe, adapter)
     quantize_model(model, spec, recipe, folder)
     if recipe.embedding is not None:
         model.get_submodule(executorch_layout(spec).embedding_module).gather_first = True
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and isinstance(module.weight, IntxUnpackedToInt8Tensor):
             module.weight = torch.nn.Parameter(module.weight.dequantize(), requires_grad=False)
-            module.register_forward_pre_hook(
-                lambda _m, args: (_apply_int8_act_asym_per_token_quant_dequant(args[0]), *args[1:]))
+            if isinstance(module, AdaptedLinear):  # the 8da kernel quantizes its own input, not the adapter's
+                module.base_input = _apply_int8_act_asym_per_token_quant_dequant
+            else:
+                module.register_forward_pre_hook(
+                    lambda _m, args: (_apply_int8_act_asym_per_token_quant_dequant(args[0]), *args[1:]))
     return model
 
 

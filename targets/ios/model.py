@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from packager.adapted_linear import AdaptedLinear, row_scaled
 from targets.ios.layouts import coreml_layout
 
 FP16_MAX = 65504.0
@@ -81,26 +82,6 @@ class SafeRMSNorm(nn.Module):
         return x * torch.rsqrt((x * x).mean(dim=-1, keepdim=True) + self.eps) * self.weight
 
 
-class AdaptedLinear(nn.Module):
-    """A base linear with its LoRA adapter applied apart: y = x W^T (+ bias) + (x A^T) B^T.
-
-    B carries the adapter's scaling and any row scale of the fp16 rewrites (it scales output rows like W).
-    Its parameters' names (lora_a, lora_b) are how the compression step finds A and B in the MIL program
-    (targets.ios.convert.LORA_CONST) and leaves them fp16.
-    """
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(weight, requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
-        self.lora_a = nn.Parameter(a, requires_grad=False)
-        self.lora_b = nn.Parameter(b, requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        base = nn.functional.linear(x, self.weight, self.bias)
-        return base + nn.functional.linear(nn.functional.linear(x, self.lora_a), self.lora_b)
-
-
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -114,7 +95,8 @@ class StatefulDecoder(nn.Module):
     `observe` (fp32 only) records max |value| per site for the fp16 range measurement.
     `cache_dtype` is float16 for conversion (Core ML's state type) and float32 for the exactness proof.
     `lora` (packager.adapter.adapted_base_weights of a merged `hf_model`'s adapter): its linears become
-    AdaptedLinear, the base's weights and the adapter apart.
+    packager.adapted_linear.AdaptedLinear, the base's weights and the adapter apart (the compression step finds
+    A and B by their parameter names, targets.ios.convert.LORA_CONST, and leaves them fp16).
     """
 
     def __init__(self, hf_model: Any, spec: Any, max_context: int, plan: Fp16Plan, lm_head_chunk: int = 0,
@@ -149,25 +131,18 @@ class StatefulDecoder(nn.Module):
             gain = (module.weight.detach().float() + offset) * extra_gain
             return SafeRMSNorm(gain, eps / eps_div, safe)
 
-        def scaled(tensor: torch.Tensor, row_scale: float) -> torch.Tensor:
-            # An unscaled fp32 weight is the model's own tensor: a copy was 4 GB more for a 1B model.
-            values = tensor.detach().float()
-            return values if row_scale == 1.0 else values * row_scale
-
         names = {id(module): name for name, module in hf_model.named_modules()} if lora else {}
 
         def linear(module: nn.Linear, row_scale: float = 1.0) -> nn.Module:
             adapted = lora.get(f"{names[id(module)]}.weight") if lora else None
             if adapted is not None:
                 base_weight, delta = adapted
-                bias = None if module.bias is None else scaled(module.bias, row_scale)
-                return AdaptedLinear(scaled(base_weight, row_scale), bias, delta.a.detach().float(),
-                                     scaled(delta.b, delta.scaling * row_scale))
+                return AdaptedLinear.of(base_weight, module.bias, delta, row_scale)
             # On the meta device: a weight of its own, randomly initialized and replaced at once, cost seconds.
             out = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
-            out.weight = nn.Parameter(scaled(module.weight, row_scale), requires_grad=False)
+            out.weight = nn.Parameter(row_scaled(module.weight, row_scale), requires_grad=False)
             if module.bias is not None:
-                out.bias = nn.Parameter(scaled(module.bias, row_scale), requires_grad=False)
+                out.bias = nn.Parameter(row_scaled(module.bias, row_scale), requires_grad=False)
             return out
 
         scaling = float(config.query_pre_attn_scalar) ** -0.5 if layout.query_pre_attn_scalar else self.head_dim ** -0.5

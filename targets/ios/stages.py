@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from packager.child_stage import run_child
-from packager.errors import BadInputError
 from packager.fingerprint import options_digest
 from packager.ladder import EAGER_SCREEN
 from packager.scheduler import CHILD_LIBRARIES, HeavyStep
@@ -121,12 +120,7 @@ def lora_source(ctx: BuildContext) -> AdapterSource:
     """The adapter a compression that keeps it apart reads; a whole-model input has none (exit 2)."""
     from packager.adapter import AdapterSource
 
-    source = AdapterSource.of(ctx.ckpt)
-    if source is None:
-        raise BadInputError(f"{ctx.ckpt.folder}: --compression int4-adapter keeps a LoRA adapter apart from its base, "
-                            "but this is a whole model. Pass the PEFT adapter folder (with --base DIR), or choose "
-                            "--compression int4.")
-    return source
+    return AdapterSource.required(ctx.ckpt, "--compression int4-adapter", "--compression int4")
 
 
 def cached_export(ctx: BuildContext, request: ExportRequest) -> CoreMLExport:
