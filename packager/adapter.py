@@ -161,6 +161,11 @@ class AdapterSource:
             return None
         return cls(str(origin["adapter"]), str(origin["base"]), bool(origin.get("allow_pickle", False)))
 
+    def digest(self) -> str:
+        """sha256 over the adapter folder's files: what an artifact that keeps the adapter apart depends on beyond
+        the merged checkpoint's digest (two factorizations of one product merge alike)."""
+        return files_digest([p for p in Path(self.adapter).iterdir() if p.is_file()])
+
     @classmethod
     def required(cls, ckpt: Checkpoint, option: str, instead: str) -> AdapterSource:
         """The source for `option`, an artifact that keeps the adapter apart; exit 2 for a whole-model input."""

@@ -60,15 +60,20 @@ def rungs_to_build(ladder: Sequence[str], screen: Callable[[str], list[str]]) ->
 
 
 def rungs_with_fallback(ladder: Sequence[str], screen: Callable[[str], list[str]], work: Beside,
-                        build_last: Callable[[], object], say: Callable[[str], None]) -> tuple[list[str], list[str]]:
-    """rungs_to_build, with the last rung built beside the screens (packager.beside): it is built unless a screen
-    passes, as on a fine-tune that 8 or 4 bits lose, and a conversion takes minutes. When one passes, the last
-    rung's work is stopped (it stays the fallback, built again only if that rung's artifact then fails)."""
-    fallback = work.start(f"{ladder[-1]} beside the screens", build_last) if len(ladder) > 1 else None
+                        build: Callable[[str], object], say: Callable[[str], None],
+                        likely: str | None = None) -> tuple[list[str], list[str]]:
+    """rungs_to_build, with the rung expected to ship built beside the screens (packager.beside), since a
+    conversion takes minutes: `likely`, by default the last rung (on a fine-tune that 8 or 4 bits lose, the
+    screens fail), the first for a ladder whose first rung keeps what the others lose (an adapter kept apart).
+    That work is kept when its rung is the first to build; otherwise it is stopped (a discarded step's claim is
+    cancelled, so its child is killed), and stays the fallback, built again only if needed."""
+    likely = likely or ladder[-1]
+    early = work.start(f"{likely} beside the screens", lambda: build(likely)) if len(ladder) > 1 else None
     rungs, notes = rungs_to_build(ladder, screen)
-    if fallback is not None and rungs[0] != ladder[-1]:
-        fallback.discard()
-        say(f"{ladder[-1]}: not needed now that {rungs[0]} passed its screen; its conversion beside the screens stops")
+    if early is not None and rungs[0] != likely:
+        early.discard()
+        why = f"now that {rungs[0]} passed its screen" if likely == ladder[-1] else "after its screen failed"
+        say(f"{likely}: not needed {why}; its conversion beside the screens stops")
     return rungs, notes
 
 

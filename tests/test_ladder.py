@@ -186,7 +186,8 @@ def test_the_last_rung_is_built_beside_the_screens_and_stopped_when_a_screen_pas
     monkeypatch.setenv("EDGEPACK_THREADS", "1")  # one thread per computation: work runs beside
     started, stopped, said = threading.Event(), [], []
 
-    def build_last() -> str:
+    def build_last(rung: str) -> str:
+        assert rung == "fp32"
         started.set()
         flag = discard_flag()
         stopped.append(flag is not None and flag.wait(2))  # a heavy step's claim sees this flag
@@ -200,3 +201,32 @@ def test_the_last_rung_is_built_beside_the_screens_and_stopped_when_a_screen_pas
         rungs, _ = rungs_with_fallback(("int4", "int8", "fp32"), screen, work, build_last, said.append)
     assert rungs == (["fp32"] if needed else ["int8", "fp32"])
     assert stopped == [not needed] and bool(said) is not needed
+
+
+@pytest.mark.parametrize(("passing", "kept"), [({"int4", "int8"}, True), ({"int8"}, False)])
+def test_a_likely_first_rung_is_built_beside_the_screens_and_kept_when_its_screen_passes(
+        monkeypatch: pytest.MonkeyPatch, passing: set[str], kept: bool) -> None:
+    import threading
+
+    from packager.beside import beside, discard_flag
+    from packager.ladder import rungs_with_fallback
+
+    monkeypatch.setenv("EDGEPACK_THREADS", "1")
+    started, stopped, built, said = threading.Event(), [], [], []
+
+    def build(rung: str) -> str:
+        built.append(rung)
+        started.set()
+        flag = discard_flag()
+        stopped.append(flag is not None and flag.wait(2))
+        return f"{rung} built"
+
+    def screen(rung: str) -> list[str]:
+        assert started.wait(5)  # the likely rung's work runs while the ladder is screened
+        return [] if rung in passing else [f"{rung} fails"]
+
+    with beside(lambda: None) as work:
+        rungs, _ = rungs_with_fallback(("int4", "int8", "fp32"), screen, work, build, said.append, likely="int4")
+    assert built == ["int4"]  # the last rung is not built early
+    assert rungs == (["int4", "int8", "fp32"] if kept else ["int8", "fp32"])
+    assert stopped == [not kept] and bool(said) is not kept

@@ -67,8 +67,8 @@ def runner_metadata(ctx: BuildContext, max_context: int) -> RunnerMetadata:
 def cached_pte(ctx: BuildContext, recipe: Recipe, delegate: str, max_context: int) -> PteArtifact:
     """Return the exported .pte for (checkpoint, recipe, delegate, metadata), exporting it when not cached."""
     metadata = runner_metadata(ctx, max_context)
-    key = options_digest("pte", EXPORT_SCHEMA, EXECUTORCH_VERSION, ctx.ckpt_digest, recipe.as_dict(), delegate,
-                         dataclasses.asdict(metadata))[:24]
+    key = options_digest("pte", EXPORT_SCHEMA, EXECUTORCH_VERSION, ctx.ckpt_digest, _recipe_key(ctx, recipe),
+                         delegate, dataclasses.asdict(metadata))[:24]
     label = f"export .pte {recipe.name}" + ("" if delegate == "xnnpack" else f" ({delegate})")
 
     def export(tmp: Path) -> dict[str, Any]:
@@ -95,6 +95,13 @@ def adapter_source(ctx: BuildContext, recipe: Recipe) -> AdapterSource:
     from packager.adapter import AdapterSource
 
     return AdapterSource.required(ctx.ckpt, f"--recipe {recipe.name}", "another --recipe")
+
+
+def _recipe_key(ctx: BuildContext, recipe: Recipe) -> dict[str, Any]:
+    """What a recipe's artifacts depend on besides the checkpoint: the recipe, and an adapter kept apart by its
+    files' content."""
+    return {**recipe.as_dict(), "adapter": adapter_source(ctx, recipe).digest()} if recipe.adapter else \
+        recipe.as_dict()
 
 
 def _record_key(ctx: BuildContext, kind: str, artifact: PteArtifact, tokenizer_json: Path) -> str:
@@ -160,9 +167,9 @@ def rung_screen(ctx: BuildContext, recipe: Recipe) -> RungScreen:
     from packager.stages import RungScreen
     from targets.android.verify import eager_quantized_model
 
-    fidelity_key = options_digest("screen-pte", PTE_VERIFICATION_SCHEMA, ctx.ckpt_digest, recipe.as_dict(),
+    fidelity_key = options_digest("screen-pte", PTE_VERIFICATION_SCHEMA, ctx.ckpt_digest, _recipe_key(ctx, recipe),
                                   ctx.golden.digest_source())[:24]
-    return RungScreen("screen-pte-task", PTE_VERIFICATION_SCHEMA, recipe.as_dict(), fidelity_key,
+    return RungScreen("screen-pte-task", PTE_VERIFICATION_SCHEMA, _recipe_key(ctx, recipe), fidelity_key,
                       f"screen {recipe.name} (eager)", f"screen {recipe.name} on the task (eager)",
                       lambda: eager_quantized_model(ctx.ckpt.folder, ctx.ckpt.spec, recipe,
                                                     adapter_source(ctx, recipe) if recipe.adapter else None),

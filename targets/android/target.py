@@ -350,9 +350,11 @@ class AndroidTarget:
             return screen_verdict(predicted, recipe.gate.check(predicted), ctx.options.task_gate, task)
 
         with beside(ctx.scheduler.cancel) as work:
+            # An adapter kept apart keeps the fine-tune the merged recipes lose: that rung is expected to ship.
+            likely = ladder[0] if recipe_named(ladder[0]).adapter else None
             rungs, notes = rungs_with_fallback(
-                ladder, screen, work, lambda: cached_pte(ctx, recipe_named(ladder[-1]), "xnnpack", max_context),
-                ctx.reporter.say)
+                ladder, screen, work, lambda name: cached_pte(ctx, recipe_named(name), "xnnpack", max_context),
+                ctx.reporter.say, likely)
             for name in rungs:
                 recipe = recipe_named(name)
                 artifact = cached_pte(ctx, recipe, "xnnpack", max_context)

@@ -126,8 +126,8 @@ def lora_source(ctx: BuildContext) -> AdapterSource:
 def cached_export(ctx: BuildContext, request: ExportRequest) -> CoreMLExport:
     """Return the converted packages for this request, converting in a child process when not cached."""
     fields = {k: v for k, v in dataclasses.asdict(request).items() if k not in ("checkpoint", "out_dir", "adapter")}
-    # The merged checkpoint's digest covers the adapter's numbers; where its files lie does not matter.
-    fields["adapter"] = request.adapter is not None
+    # An adapter kept apart by its files' content, not by where they lie.
+    fields["adapter"] = lora_source(ctx).digest() if request.adapter else None
     key = options_digest("coreml", EXPORT_SCHEMA, COREMLTOOLS_VERSION, ctx.ckpt_digest, fields)[:24]
     label = f"convert Core ML ({', '.join(request.compressions)})" + (
         "" if request.fp16_rewrites else ", fp16 rewrites OFF") + (
@@ -202,6 +202,8 @@ def rung_screen(ctx: BuildContext, compression: str) -> RungScreen:
 
     chosen = compression_named(compression)
     stores = dataclasses.asdict(chosen)
+    if chosen.adapter:
+        stores["adapter"] = lora_source(ctx).digest()
     fidelity_key = options_digest("screen-coreml", COREML_VERIFICATION_SCHEMA, EXPORT_SCHEMA, ctx.ckpt_digest,
                                   stores, ctx.golden.digest_source())[:24]
     return RungScreen("screen-coreml-task", COREML_VERIFICATION_SCHEMA, {"export": EXPORT_SCHEMA, **stores},

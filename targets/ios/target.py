@@ -388,8 +388,9 @@ class IosTarget:
         def converted(rung: str) -> CoreMLExport:
             return cached_export(ctx, export_request(ctx, ["none", rung], max_context, fp16_rewrites=rewrites))
 
-        rungs, screen_notes = rungs_with_fallback(ladder, screen, work, lambda: converted(ladder[-1]),
-                                                  ctx.reporter.say)
+        # An adapter kept apart keeps the fine-tune the merged rungs lose: that rung is the one expected to ship.
+        likely = ladder[0] if compression_named(ladder[0]).adapter else None
+        rungs, screen_notes = rungs_with_fallback(ladder, screen, work, converted, ctx.reporter.say, likely)
         notes += screen_notes
         for rung in rungs:
             gate = self._gate(ctx, rung, notes)
