@@ -813,3 +813,21 @@ def test_a_weak_q4_k_m_baseline_cannot_lower_the_compressed_gate_below_the_4_bit
                            ppl_ref=None, ppl=None)
     assert len(gate.check(weak)) == 2 and gate.check(good) == []
     assert "3-6-bit" in gate.describe()
+
+
+def test_when_the_task_decides_a_4_bit_package_needs_no_q4_k_m_baseline() -> None:
+    from types import SimpleNamespace
+
+    from packager.verify.gates import EIGHT_BIT, LOW_BIT
+    from targets.ios.target import IosTarget
+
+    def no_baseline(*_args):
+        raise AssertionError("a Q4_K_M baseline was built")
+
+    decides = SimpleNamespace(eval_rows=[object()], options=SimpleNamespace(task_gate=TaskGate(decides=True)),
+                              verify_gguf=no_baseline)
+    assert IosTarget()._gate(decides, "int4-adapter", []) is LOW_BIT  # its fidelity misses are warnings
+    assert IosTarget()._gate(decides, "int8", []) is EIGHT_BIT
+    strict = SimpleNamespace(**{**vars(decides), "options": SimpleNamespace(task_gate=TaskGate())})
+    with pytest.raises(AssertionError, match="baseline was built"):  # both gates hold: Q4_K_M's is one of them
+        IosTarget()._gate(strict, "int4", [])

@@ -367,7 +367,7 @@ class IosTarget:
         screen meets the 4-bit class gate before llama.cpp's Q4_K_M baseline is built for its relative
         gate: a rung that fails the class gate needs no baseline. With an eval set the screen answers it too, and
         when the task decides (packager.verify.gates.TaskGate) a screen or package passes exactly when its own
-        answers keep the task (a fidelity miss is a warning; no baseline is built for a screen).
+        answers keep the task (a fidelity miss is a warning, and no Q4_K_M baseline is built for it).
         """
         task_decides = bool(ctx.eval_rows) and ctx.options.task_gate.decides
 
@@ -423,8 +423,14 @@ class IosTarget:
         return compression_named(rung).linears != "uint8-b32"
 
     def _gate(self, ctx: BuildContext, rung: str, notes: list[str]) -> Gate | TopOneGate:
-        """An 8-bit package meets the 8-bit class gate; a 4-bit one llama.cpp's Q4_K_M (see _compressed_gate)."""
-        return self._compressed_gate(ctx, notes) if self._four_bit(rung) else EIGHT_BIT
+        """An 8-bit package meets the 8-bit class gate; a 4-bit one llama.cpp's Q4_K_M (see _compressed_gate).
+        When the task decides, a fidelity miss is only a warning: the 4-bit class gate phrases it, and no Q4_K_M
+        baseline (a GGUF and its verification, about 200 CPU-s at 270M) is built for it."""
+        if not self._four_bit(rung):
+            return EIGHT_BIT
+        if ctx.eval_rows and ctx.options.task_gate.decides:
+            return LOW_BIT
+        return self._compressed_gate(ctx, notes)
 
     def _compressed_gate(self, ctx: BuildContext, notes: list[str]) -> TopOneGate:
         """The gate of a 4-bit package: llama.cpp's Q4_K_M top-1 on the same golden positions minus 0.02,
