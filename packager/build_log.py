@@ -73,7 +73,34 @@ def _is_fd(stream: object, fd: int) -> bool:
 
 
 def _prune(logs: Path) -> None:
-    """Keep the newest KEPT_LOGS - 1 logs, making room for the one about to be written."""
-    old = sorted(logs.glob("build-*.log"), key=lambda p: p.stat().st_mtime)
-    for path in old[: max(0, len(old) - (KEPT_LOGS - 1))]:
+    """Keep the newest KEPT_LOGS - 1 logs of finished builds, making room for the one about to be written.
+
+    A log whose build is still running is never removed: builds sharing a cache run at once (the test suite's
+    two processes did), and one removed another's log before that build copied it into its output.
+    """
+    finished: list[tuple[float, Path]] = []
+    for path in logs.glob("build-*.log"):
+        if _still_running(path):
+            continue
+        with suppress(FileNotFoundError):  # another build's prune got there first
+            finished.append((path.stat().st_mtime, path))
+    finished.sort()
+    for _, path in finished[: max(0, len(finished) - (KEPT_LOGS - 1))]:
         path.unlink(missing_ok=True)
+
+
+def _still_running(log: Path) -> bool:
+    """Whether the process named in a log's name (build-<date>-<time>-<pid>-...) is alive; this process counts."""
+    try:
+        pid = int(log.name.split("-")[3])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True

@@ -159,6 +159,41 @@ def test_targets_and_version_commands() -> None:
     assert version.exit_code == 0 and "0.1.0" in version.stdout
 
 
+def test_pruning_old_logs_never_removes_a_running_builds_log(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from packager.build_log import KEPT_LOGS, tool_output_to_log
+    from packager.progress import Reporter
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    try:
+        live = logs / f"build-20260101-000000-{running.pid}-a.log"
+        live.write_text("another build, still running")
+        os.utime(live, (1, 1))  # the oldest of all: first in line when logs are pruned by age
+        dead = []
+        for index in range(KEPT_LOGS + 3):
+            path = logs / f"build-20260101-0000{index:02d}-{finished.pid}-{index}.log"
+            path.write_text("a finished build")
+            os.utime(path, (10 + index, 10 + index))
+            dead.append(path)
+        time.sleep(0.01)
+        with tool_output_to_log(logs, Reporter(quiet=True)) as log:
+            assert log.exists()
+        assert live.exists()  # its build still runs and will copy it into its output
+        kept = [p for p in dead if p.exists()]
+        assert kept == dead[-(KEPT_LOGS - 1):]  # the newest finished ones, room made for the new log
+    finally:
+        running.kill()
+        running.wait()
+
+
 def test_tool_output_goes_to_build_log_and_only_edgepack_lines_reach_the_terminal(
         tiny_gemma: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGEPACK_CACHE", str(tmp_path / "cache"))  # cold: llama.cpp's quantizer runs and prints
