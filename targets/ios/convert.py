@@ -50,7 +50,7 @@ ANE_MAX_DIM = 16384
 # The rewritten fp32 decoder must match transformers to this fraction of the largest logit.
 PROOF_TOLERANCE = 1e-4
 PACKAGE_STEM = "model"
-# In the MIL const names of an adapted linear's A and B (targets.ios.model.AdaptedLinear's parameters).
+# In the MIL const names of an adapted linear's A and B (packager.adapted_linear.AdaptedLinear's parameters).
 LORA_CONST = "_lora_"
 
 

@@ -112,11 +112,11 @@ def export_request(ctx: BuildContext, compressions: list[str], max_context: int,
                          max_context=max_context, sequences=[s[:max_context] for s in ctx.reference.sequences],
                          name=ctx.options.name or ctx.ckpt.name, fp16_rewrites=fp16_rewrites,
                          lm_head_chunk=lm_head_chunk, metadata=metadata,
-                         adapter=dataclasses.asdict(lora_source(ctx)) if any(
+                         adapter=dataclasses.asdict(adapter_source(ctx)) if any(
                              compression_named(c).adapter for c in compressions) else None)
 
 
-def lora_source(ctx: BuildContext) -> AdapterSource:
+def adapter_source(ctx: BuildContext) -> AdapterSource:
     """The adapter a compression that keeps it apart reads; a whole-model input has none (exit 2)."""
     from packager.adapter import AdapterSource
 
@@ -127,7 +127,7 @@ def cached_export(ctx: BuildContext, request: ExportRequest) -> CoreMLExport:
     """Return the converted packages for this request, converting in a child process when not cached."""
     fields = {k: v for k, v in dataclasses.asdict(request).items() if k not in ("checkpoint", "out_dir", "adapter")}
     # An adapter kept apart by its files' content, not by where they lie.
-    fields["adapter"] = lora_source(ctx).digest() if request.adapter else None
+    fields["adapter"] = adapter_source(ctx).digest() if request.adapter else None
     key = options_digest("coreml", EXPORT_SCHEMA, COREMLTOOLS_VERSION, ctx.ckpt_digest, fields)[:24]
     label = f"convert Core ML ({', '.join(request.compressions)})" + (
         "" if request.fp16_rewrites else ", fp16 rewrites OFF") + (
@@ -203,14 +203,14 @@ def rung_screen(ctx: BuildContext, compression: str) -> RungScreen:
     chosen = compression_named(compression)
     stores = dataclasses.asdict(chosen)
     if chosen.adapter:
-        stores["adapter"] = lora_source(ctx).digest()
+        stores["adapter"] = adapter_source(ctx).digest()
     fidelity_key = options_digest("screen-coreml", COREML_VERIFICATION_SCHEMA, EXPORT_SCHEMA, ctx.ckpt_digest,
                                   stores, ctx.golden.digest_source())[:24]
     return RungScreen("screen-coreml-task", COREML_VERIFICATION_SCHEMA, {"export": EXPORT_SCHEMA, **stores},
                       fidelity_key, f"screen Core ML {compression} (eager)",
                       f"screen Core ML {compression} on the task (eager)",
                       lambda: eager_compressed_model(ctx.ckpt.folder, chosen,
-                                                     lora_source(ctx) if chosen.adapter else None),
+                                                     adapter_source(ctx) if chosen.adapter else None),
                       lambda m: f"top-1 {m.top1:.3f}, KL {m.kl:.4f}")
 
 

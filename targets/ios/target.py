@@ -69,9 +69,9 @@ from targets.ios.layouts import COREML_LAYOUTS, coreml_layout
 from targets.ios.stages import (
     HEAVY_STEPS,
     CoreMLExport,
+    adapter_source,
     cached_export,
     export_request,
-    lora_source,
     screened,
     screened_task,
     verified_package,
@@ -202,7 +202,7 @@ class IosTarget:
             raise BadInputError(f"--compression {options.get('compression')}: unknown; choose one of "
                                 f"{', '.join(COMPRESSIONS)}.")
         if "coreml" in formats and compression_named(options.get("compression")).adapter:
-            lora_source(ctx)  # exit 2 before any work when the input has no adapter to keep apart
+            adapter_source(ctx)  # exit 2 before any work when the input has no adapter to keep apart
         missing = [f for f in TOKENIZER_FILES if not (ctx.ckpt.folder / f).is_file()]
         if missing:
             raise BadInputError(f"{ctx.ckpt.folder}: no {', '.join(missing)}; swift-transformers' AutoTokenizer "
