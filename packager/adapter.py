@@ -151,7 +151,10 @@ class AdapterSource:
 
     adapter: str
     base: str
-    allow_pickle: bool = False
+    allow_pickle: bool
+    # sha256 over the adapter folder's files, taken by the merge: what an artifact that keeps the adapter apart
+    # depends on beyond the merged checkpoint's digest (two factorizations of one product merge alike).
+    files_sha256: str
 
     @classmethod
     def of(cls, ckpt: Checkpoint) -> AdapterSource | None:
@@ -159,12 +162,8 @@ class AdapterSource:
         origin = ckpt.origin
         if origin.get("kind") != "peft-adapter":
             return None
-        return cls(str(origin["adapter"]), str(origin["base"]), bool(origin.get("allow_pickle", False)))
-
-    def digest(self) -> str:
-        """sha256 over the adapter folder's files: what an artifact that keeps the adapter apart depends on beyond
-        the merged checkpoint's digest (two factorizations of one product merge alike)."""
-        return files_digest([p for p in Path(self.adapter).iterdir() if p.is_file()])
+        return cls(str(origin["adapter"]), str(origin["base"]), bool(origin["allow_pickle"]),
+                   str(origin["adapter_sha256"]))
 
     @classmethod
     def required(cls, ckpt: Checkpoint, option: str, instead: str) -> AdapterSource:
@@ -287,7 +286,8 @@ def merge_adapter(
     base_digest = base_ckpt.content_digest()
     cache = StageCache(work_dir, reporter or Reporter(quiet=True))
     adapter_files = [p for p in sorted(adapter_dir.iterdir()) if p.is_file()]
-    key = options_digest("merged", base_digest, files_digest(adapter_files))[:24]
+    adapter_sha256 = files_digest(adapter_files)
+    key = options_digest("merged", base_digest, adapter_sha256)[:24]
     out_dir = cache.entry("merged", key, "merge LoRA adapter (fp32)", write,
                           describe=lambda _: f"{len(adapter.deltas)} LoRA modules").folder
 
@@ -298,6 +298,7 @@ def merge_adapter(
         "adapter": str(adapter_dir),
         "base": str(base_dir.resolve()),
         "allow_pickle": allow_pickle,
+        "adapter_sha256": adapter_sha256,
         "lora_modules": len(adapter.deltas),
         "replaced_tensors": sorted(adapter.replacements),
     }

@@ -100,7 +100,7 @@ def adapter_source(ctx: BuildContext, recipe: Recipe) -> AdapterSource:
 def _recipe_key(ctx: BuildContext, recipe: Recipe) -> dict[str, Any]:
     """What a recipe's artifacts depend on besides the checkpoint: the recipe, and an adapter kept apart by its
     files' content."""
-    return {**recipe.as_dict(), "adapter": adapter_source(ctx, recipe).digest()} if recipe.adapter else \
+    return {**recipe.as_dict(), "adapter": adapter_source(ctx, recipe).files_sha256} if recipe.adapter else \
         recipe.as_dict()
 
 

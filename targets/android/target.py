@@ -336,8 +336,9 @@ class AndroidTarget:
         requested = ctx.options.for_target(self).get("recipe")
         auto = ADAPTER_LADDER if AdapterSource.of(ctx.ckpt) else AUTO_LADDER
         ladder = walked(auto, ctx.options.no_gate) if requested == "auto" else (requested,)
-        if recipe_named(ladder[0]).adapter:
-            adapter_source(ctx, recipe_named(ladder[0]))  # exit 2 before any work for a whole-model input
+        first = recipe_named(ladder[0])
+        if first.adapter:
+            adapter_source(ctx, first)  # exit 2 before any work for a whole-model input
         # Predict first (eager PyTorch, about a minute), from the most precise recipe down: an export
         # costs several CPU-minutes.
         def screen(name: str) -> list[str]:
@@ -351,7 +352,7 @@ class AndroidTarget:
 
         with beside(ctx.scheduler.cancel) as work:
             # An adapter kept apart keeps the fine-tune the merged recipes lose: that rung is expected to ship.
-            likely = ladder[0] if recipe_named(ladder[0]).adapter else None
+            likely = first.name if first.adapter else None
             rungs, notes = rungs_with_fallback(
                 ladder, screen, work, lambda name: cached_pte(ctx, recipe_named(name), "xnnpack", max_context),
                 ctx.reporter.say, likely)

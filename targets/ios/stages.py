@@ -127,7 +127,7 @@ def cached_export(ctx: BuildContext, request: ExportRequest) -> CoreMLExport:
     """Return the converted packages for this request, converting in a child process when not cached."""
     fields = {k: v for k, v in dataclasses.asdict(request).items() if k not in ("checkpoint", "out_dir", "adapter")}
     # An adapter kept apart by its files' content, not by where they lie.
-    fields["adapter"] = adapter_source(ctx).digest() if request.adapter else None
+    fields["adapter"] = adapter_source(ctx).files_sha256 if request.adapter else None
     key = options_digest("coreml", EXPORT_SCHEMA, COREMLTOOLS_VERSION, ctx.ckpt_digest, fields)[:24]
     label = f"convert Core ML ({', '.join(request.compressions)})" + (
         "" if request.fp16_rewrites else ", fp16 rewrites OFF") + (
@@ -203,7 +203,7 @@ def rung_screen(ctx: BuildContext, compression: str) -> RungScreen:
     chosen = compression_named(compression)
     stores = dataclasses.asdict(chosen)
     if chosen.adapter:
-        stores["adapter"] = adapter_source(ctx).digest()
+        stores["adapter"] = adapter_source(ctx).files_sha256
     fidelity_key = options_digest("screen-coreml", COREML_VERIFICATION_SCHEMA, EXPORT_SCHEMA, ctx.ckpt_digest,
                                   stores, ctx.golden.digest_source())[:24]
     return RungScreen("screen-coreml-task", COREML_VERIFICATION_SCHEMA, {"export": EXPORT_SCHEMA, **stores},
