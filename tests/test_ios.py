@@ -25,7 +25,7 @@ from packager.pipeline import BuildRequest, run_build
 from packager.stages import BuildOptions
 from packager.templating import check_no_placeholders, render_tree
 from packager.verify.gates import TaskGate
-from targets.ios.convert import COMPRESSION
+from targets.ios.convert import COMPRESSION, CONVERSION_DATE
 from targets.ios.layouts import coreml_layout
 from targets.ios.model import (
     FP16_BUDGET,
@@ -180,6 +180,8 @@ def test_gemma_package_has_swift_transformers_names_state_and_ranges(gemma_bundl
     assert sorted(summary["inputs"]) == ["fullAttentionMask", "inputIds", "slidingAttentionMask"]
     assert summary["states"] == ["keyCache", "valueCache"] and summary["outputs"] == ["logits"]
     assert summary["metadata"]["co.huggingface.exporters.sliding_window"] == "32"
+    # No day of conversion: a package from the stage cache equals one converted today.
+    assert CONVERSION_DATE not in spec.description.metadata.userDefined
     # A spec that breaks swift-transformers' contract is reported, not passed.
     spec.description.input[0].name = "input_ids"
     assert any("swift-transformers expects" in f for f in check_spec(spec, 256, sliding=True)[0])

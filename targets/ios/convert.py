@@ -34,7 +34,8 @@ from targets.ios.layouts import coreml_layout
 
 COREMLTOOLS_VERSION = "9.0"
 # Bump when the converted program changes for the same checkpoint + options (keys the stage cache).
-EXPORT_SCHEMA = 9  # 9: the decoder takes its rotary angles and layer caches from its caller (other program bytes)
+EXPORT_SCHEMA = 10  # 10: no conversion date in the package's metadata (9: rotary angles and caches from the caller)
+CONVERSION_DATE = "com.github.apple.coremltools.conversion_date"
 DEPLOYMENT_TARGET = "iOS18"
 COMPRESSIONS = ("int4", "int4-adapter", "int4-mixed", "int8", "palettize4", "none")
 # What `--compression int4` (the default) ships: the first rung whose package passes its gate. Each rung
@@ -340,7 +341,12 @@ def make_deterministic(package: Path) -> None:
 def _describe(mlmodel: Any, name: str, compression: Compression, user: dict[str, str]) -> None:
     mlmodel.short_description = f"{name}: {compression.summary} (edgepack)"
     mlmodel.author = "edgepack"
-    mlmodel.user_defined_metadata.update({**user, "edgepack.compression": compression.name})
+    metadata = mlmodel.user_defined_metadata
+    metadata.update({**user, "edgepack.compression": compression.name})
+    # coremltools stamps the day of conversion: a package from the stage cache then differed from the same package
+    # converted on another day (found when a build crossed midnight).
+    if CONVERSION_DATE in metadata:
+        del metadata[CONVERSION_DATE]
 
 
 def export_package(request: ExportRequest) -> dict[str, Any]:
