@@ -2,7 +2,7 @@
 
 The merge (W' = W + scaling * (B @ A), computed exactly as peft's merge_and_unload does) is the
 reference every artifact is judged against, and what a runtime without adapter support ships.
-Runtimes that apply an adapter apart (llama.cpp, a Core ML program with the LoRA product as ops) read
+Runtimes that apply an adapter apart (llama.cpp, a program with the LoRA product as ops of its own) read
 the base's own tensors and the deltas through `adapted_base_weights`: merged and then quantized to 4
 bits, a small fine-tune's deltas are rounded back onto the base's grid.
 """
