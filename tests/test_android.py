@@ -716,6 +716,35 @@ def test_tiny_llama_exports_runs_and_loads_in_the_llm_runner(tiny_llama: Path, t
     RunnerSession(tmp_path / result.pte, tmp_path / result.ptd, tiny_llama / "tokenizer.json", 1, 64, [])
 
 
+def test_attention_is_fused_when_the_context_fits_the_window_and_both_forms_answer_as_the_reference(
+        tiny_gemma: Path, tmp_path: Path) -> None:
+    """Within the sliding window the program's attention is ExecuTorch's fused cache update + SDPA; beyond
+    it, transformers' wrapper. Both programs give the reference's logits, fed in two chunks (prefill, then
+    steps at later positions of the cache)."""
+    import torch
+
+    from packager.verify.fp32_model import load_fp32_whole
+    from targets.android.export import RECIPES, RunnerMetadata, export_pte
+    from targets.android.verify import PteProgram
+
+    config = json.loads((tiny_gemma / "config.json").read_text())
+    window = config["sliding_window"]
+    ids = [2, 40, 41, 300, 12, 7, 99, 5, 61, 18, 230, 9]
+    with torch.no_grad():
+        reference = load_fp32_whole(tiny_gemma, "sdpa")(torch.tensor([ids])).logits[0].numpy()
+    for context, fused in ((window, True), (2 * window, False)):
+        out = tmp_path / str(context)
+        result = export_pte(tiny_gemma, out, RECIPES["fp32"], RunnerMetadata(context, (1,), 2, config["vocab_size"]))
+        assert result.metadata["use_sdpa_with_kv_cache"] is fused
+        program = PteProgram(out / result.pte, out / result.ptd)
+        ops = (out / result.pte).read_bytes()
+        assert (b"llama::custom_sdpa" in ops) is fused
+        program.max_seq_len = 5  # prefill 5, then 5 more at positions 5-9, then 2
+        logits = program.logits(ids)
+        assert (logits.argmax(-1) == reference.argmax(-1)).all()
+        assert abs(logits - reference).max() < 1e-3 * abs(reference).max()
+
+
 def test_with_an_eval_set_a_rung_whose_fidelity_screen_misses_is_kept_when_its_answers_keep_the_task(
         tiny_router: tuple[Path, Path], tmp_path: Path) -> None:
     from packager.checkpoint import load_checkpoint

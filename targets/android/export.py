@@ -33,12 +33,13 @@ from packager.child_stage import serve_request
 from packager.errors import BadInputError, InternalError, UnsupportedError
 from packager.peak_memory import own_peak_rss_mb
 from packager.verify.gates import EIGHT_BIT, LOSSLESS, LOW_BIT, Gate
+from targets.android import fused_attention
 from targets.android.export_graph import replace_rms_norms, static_reshapes
 from targets.android.layouts import executorch_layout
 
 EXECUTORCH_VERSION = "1.5.1"
 # Bump when the exported program changes for the same checkpoint + recipe (keys the stage cache).
-EXPORT_SCHEMA = 2
+EXPORT_SCHEMA = 3  # 3: attention through ExecuTorch's fused cache and SDPA kernels where the context allows
 DELEGATES = ("xnnpack", "vulkan")
 
 
@@ -167,6 +168,7 @@ class RunnerMetadata:
     eos_ids: tuple[int, ...]
     bos_id: int | None
     vocab_size: int
+    fused_attention: bool = False
 
     def constant_methods(self) -> dict[str, Any]:
         # A prefill chunk may be at most max_seq_len tokens; the sequence dimension is exported up to
@@ -176,7 +178,7 @@ class RunnerMetadata:
             "get_max_context_len": self.max_context,
             "enable_dynamic_shape": True,
             "use_kv_cache": True,
-            "use_sdpa_with_kv_cache": False,
+            "use_sdpa_with_kv_cache": self.fused_attention,
             "get_eos_ids": list(self.eos_ids),
             "get_vocab_size": self.vocab_size,
         }
@@ -455,13 +457,31 @@ def load_for_export(folder: Path, max_context: int) -> Any:
 _WRAPPERS = {"hybrid": "TorchExportableModuleWithHybridCache", "static": "TorchExportableModuleWithStaticCache"}
 
 
-def export_program(model: Any, spec: Any, max_context: int) -> Any:
-    """torch.export the model with its static cache, the sequence length dynamic up to max_context - 1."""
+def export_program(model: Any, spec: Any, max_context: int, fused: bool) -> Any:
+    """torch.export the model with its static cache, the sequence length dynamic up to max_context - 1.
+
+    `fused`: the cache and attention as ExecuTorch's fused kernels (targets.android.fused_attention);
+    otherwise transformers' own exportable wrapper, checked against the architecture table's cache kind.
+    """
     import torch
+
+    if fused:
+        wrapper = fused_attention.decoder(model, max_context)
+    else:
+        wrapper = _transformers_wrapper(model, spec, max_context)
+    seq = torch.export.Dim("seq_length_dim", max=max_context - 1)
+    example = torch.zeros((1, 3), dtype=torch.long)
+    with torch.no_grad():
+        return torch.export.export(wrapper, (), kwargs={"input_ids": example,
+                                                        "cache_position": torch.arange(3, dtype=torch.long)},
+                                   dynamic_shapes={"input_ids": {1: seq}, "cache_position": {0: seq}}, strict=True)
+
+
+def _transformers_wrapper(model: Any, spec: Any, max_context: int) -> Any:
     from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
 
-    wrapper = TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=max_context)
-    picked = type(wrapper.model).__name__
+    wrapper = TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=max_context).model
+    picked = type(wrapper).__name__
     cache = executorch_layout(spec).cache
     if picked != _WRAPPERS[cache]:
         raise UnsupportedError(
@@ -469,11 +489,7 @@ def export_program(model: Any, spec: Any, max_context: int) -> Any:
             f"a {cache} cache ({_WRAPPERS[cache]}); the exported attention would "
             "differ from the checkpoint's. Check the transformers version (pinned 5.23.0)."
         )
-    seq = torch.export.Dim("seq_length_dim", max=max_context - 1)
-    example = torch.zeros((1, 3), dtype=torch.long)
-    with torch.no_grad():
-        return wrapper.export(input_ids=example, cache_position=torch.arange(3, dtype=torch.long),
-                              dynamic_shapes={"input_ids": {1: seq}, "cache_position": {0: seq}}, strict=True)
+    return wrapper
 
 
 def _partitioners(delegate: str) -> list[Any]:
@@ -547,7 +563,9 @@ def export_pte(folder: Path, out_dir: Path, recipe: Recipe, metadata: RunnerMeta
         summary.update(quantize_model(model, spec, recipe, folder))
         unwrap_tensor_subclass(model)
     replace_rms_norms(model, spec)  # after smoothing, which folds scales into the norms' gains
-    exported = export_program(model, spec, metadata.max_context)
+    fused = delegate == "xnnpack" and fused_attention.fits(model.config, metadata.max_context)
+    metadata = dataclasses.replace(metadata, fused_attention=fused)
+    exported = export_program(model, spec, metadata.max_context, fused)
     del model
     stem = stem or f"model-{recipe.name}" + ("" if delegate == "xnnpack" else f"-{delegate}")
     pte, ptd, (delegated, total) = lower_and_write(exported, metadata, delegate, out_dir, stem)

@@ -74,12 +74,16 @@ def runtime_name() -> str:
 
 
 def load_kernels() -> None:
-    """Register ExecuTorch's quantized kernels (embedding_byte/4bit) in this process, as the runner needs, and
-    size its thread pool (one per process, shared by executorch.runtime and TextLLMRunner) to this computation's
-    share of the cores (packager.threads). Resizing is safe here: in-process steps run one at a time."""
+    """Register ExecuTorch's quantized kernels (embedding_byte/4bit) and its LLM kernels (the fused cache
+    update and SDPA) in this process, as the runner needs, and size its thread pool (one per process, shared
+    by executorch.runtime and TextLLMRunner) to this computation's share of the cores (packager.threads).
+    Resizing is safe here: in-process steps run one at a time."""
     import executorch.kernels.quantized  # noqa: F401
     from executorch.extension.pybindings import portable_lib
 
+    from targets.android.fused_attention import load_ops
+
+    load_ops()
     threads = compute_threads()
     if portable_lib._threadpool_get_thread_count() != threads:
         portable_lib._unsafe_reset_threadpool(threads)
