@@ -653,7 +653,7 @@ def test_a_lora_input_ships_an_8_bit_base_with_the_adapter_apart_answering_as_th
     outcome, bundle, adapter, root = tiny_lora_android
     [result] = outcome.results
     executed = result.verifications[0]
-    assert result.extra["recipe"] == ADAPTER_LADDER[0] == "8da8w-adapter"
+    assert result.extra["recipe"] == ADAPTER_LADDER[0] == "8da8w-adapter-f32down"
     # make_adapter adapts q/v/o/down in both layers; every other linear is the base's own.
     assert result.extra["export"]["metadata"]["quantization"]["adapter_apart"] == 8
     # Judged on the golden text against the fp32 merged model: the base alone agrees on about 0.6 of it.
@@ -662,7 +662,7 @@ def test_a_lora_input_ships_an_8_bit_base_with_the_adapter_apart_answering_as_th
     ids = list(range(2, 60))
     pte = PteProgram(bundle / result.extra["export"]["pte"], bundle / result.extra["export"]["ptd"]).logits(ids)
     with torch.no_grad():
-        screen = eager_quantized_model(merged.folder, merged.spec, RECIPES["8da8w-adapter"],
+        screen = eager_quantized_model(merged.folder, merged.spec, RECIPES[ADAPTER_LADDER[0]],
                                        AdapterSource.of(merged))(torch.tensor([ids]), use_cache=False).logits[0]
         fp32 = load_fp32_whole(merged.folder, "sdpa")(torch.tensor([ids])).logits[0].numpy()
         base = load_fp32_whole(tiny_gemma, "sdpa")(torch.tensor([ids])).logits[0].numpy()
