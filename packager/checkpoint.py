@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from packager.architectures import ArchitectureSpec, spec_for_config
 from packager.config_bounds import check_config
 from packager.errors import BadInputError, UnsupportedError
-from packager.fingerprint import files_digest
+from packager.fingerprint import checked_before, files_digest, remember_checked
 from packager.safetensors_file import FLOAT_DTYPES, TensorEntry, load_tensor, read_header, require_finite
 from packager.strict_json import read_json_file, require_regular_file
 
@@ -170,10 +170,15 @@ def _check_tensor_shapes(spec: ArchitectureSpec, config: dict[str, Any], tensors
 
 
 def _require_finite_weights(tensors: dict[str, TensorEntry]) -> None:
-    """Refuse NaN or infinite weights, naming the tensor and file; streams one tensor at a time."""
+    """Refuse NaN or infinite weights, naming the tensor and file; streams one tensor at a time.
+    Files whose bytes passed before are not read again (packager.fingerprint.checked_before)."""
+    files = sorted({entry.file for entry in tensors.values()})
+    if checked_before("weights finite", files):
+        return
     for entry in tensors.values():
         if entry.dtype in FLOAT_DTYPES:
             require_finite(load_tensor(entry), entry.name, entry.file, NON_FINITE_WEIGHTS_FIX)
+    remember_checked("weights finite", files)
 
 
 def _convert_pickles(pickles: list[Path], dest: Path) -> list[Path]:
@@ -209,15 +214,19 @@ def _check_side_files(folder: Path) -> None:
                 raise BadInputError(f"{path}: expected a JSON object at the top level. {fix}")
             continue
         require_regular_file(path, fix, "a tokenizer file")
+    tokenizer = folder / "tokenizer.json"
+    if checked_before("tokenizer loads", [tokenizer]):
+        return
     from tokenizers import Tokenizer
 
     try:
-        Tokenizer.from_file(str(folder / "tokenizer.json"))
+        Tokenizer.from_file(str(tokenizer))
     except Exception as exc:  # the tokenizers library raises plain Exception for a malformed file
         raise BadInputError(
             f"{folder / 'tokenizer.json'}: is JSON but not a tokenizer the tokenizers library can load ({exc}). "
             "Save the tokenizer again with `tokenizer.save_pretrained(folder)`."
         ) from None
+    remember_checked("tokenizer loads", [tokenizer])
 
 
 def _check_tokenizer(folder: Path) -> None:

@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from packager.fingerprint import cache_root, file_sha256, options_digest
 from packager.target import ScaffoldCheck
 
 Checker = Callable[[Path], tuple[str, str]]
@@ -117,8 +118,36 @@ def tree_sitter_errors(text: str, language: str) -> list[str]:
     return sorted(problems)
 
 
+def remembered_checks(kind: str, paths: list[Path], root: Path,
+                      check: Callable[[list[Path], Path], list[ScaffoldCheck]]) -> list[ScaffoldCheck]:
+    """`check(paths, root)`, or what it said when it last passed every one of files with these names and bytes.
+
+    A warm build renders the same code again; parsing and linting it (tree-sitter, ktlint, swift checks)
+    took seconds of every rebuild. Only an all-passed result is remembered: a failure or a skipped tool is
+    checked again next time.
+    """
+    files = [(p.relative_to(root).as_posix(), file_sha256(p)) for p in sorted(paths)]
+    record = cache_root() / "checked" / f"{options_digest('scaffold', kind, files)[:32]}.json"
+    try:
+        return [ScaffoldCheck(**item) for item in json.loads(record.read_text(encoding="utf-8"))]
+    except (OSError, ValueError, TypeError):
+        pass
+    checks = check(paths, root)
+    if checks and all(c.status == "passed" for c in checks):
+        record.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=record.parent, prefix=".scaffold-")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump([vars(c) for c in checks], fh)
+        os.replace(tmp, record)
+    return checks
+
+
 def check_generated_files(paths: list[Path], root: Path) -> list[ScaffoldCheck]:
-    """Run every applicable checker on each generated file."""
+    """Run every applicable checker on each generated file (remembered while all pass: `remembered_checks`)."""
+    return remembered_checks("generated", paths, root, _check_generated_files)
+
+
+def _check_generated_files(paths: list[Path], root: Path) -> list[ScaffoldCheck]:
     results: list[ScaffoldCheck] = []
     for path in paths:
         for tool, check in CHECKS_BY_SUFFIX.get(path.suffix, []):

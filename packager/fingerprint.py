@@ -5,20 +5,104 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from packager import __version__
 
 _CHUNK = 8 * 1024 * 1024
+_MEMO_FILE = "file-digests.json"
+_MEMO_ENTRIES = 4096
+# A file whose status changed less than this before its hashing began is hashed but not remembered: a second
+# write within the same timestamp tick would leave its status unchanged (git's "racy" index entries). Ticks are
+# a few ms where timestamps carry nanoseconds (the kernel's coarse clock) and up to 2 s where they carry whole
+# seconds (ext3, FAT).
+_SETTLED_S = 0.05
+_SETTLED_WHOLE_SECONDS_S = 2.0
+_memo: dict[str, str] | None = None
+
+
+def _stat_key(path: Path) -> tuple[str, float]:
+    """Identity of a file's current bytes: device, inode, size, mtime and ctime (ns); and the time from which
+    a digest of it may be remembered (its ctime plus the file system's timestamp tick, `_SETTLED_S`).
+
+    Every write to a file sets its ctime, which no tool can set back (touch and utime set only mtime/atime).
+    """
+    st = path.stat()
+    tick = _SETTLED_WHOLE_SECONDS_S if st.st_ctime_ns % 1_000_000_000 == 0 else _SETTLED_S
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}", st.st_ctime + tick
+
+
+def _memo_path() -> Path:
+    return cache_root() / _MEMO_FILE
+
+
+def _load_memo() -> dict[str, str]:
+    global _memo
+    if _memo is None:
+        try:
+            data = json.loads(_memo_path().read_text(encoding="utf-8"))
+            _memo = {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)} \
+                if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            _memo = {}
+    return _memo
+
+
+def _remember(key: str, digest: str) -> None:
+    memo = _load_memo()
+    memo[key] = digest
+    while len(memo) > _MEMO_ENTRIES:
+        memo.pop(next(iter(memo)))
+    target = _memo_path()
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{_MEMO_FILE}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(memo, fh)
+        os.replace(tmp, target)
+    except OSError:  # a read-only or full cache only costs the next build a re-hash
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, remembered across builds by the file's status (`_stat_key`).
+
+    A warm build otherwise re-reads every checkpoint, adapter and cached artifact it keys or checks
+    (gigabytes for a 1B model). A file that changed has a new ctime, so it is hashed again.
+    """
+    started = time.time()
+    key, settled = _stat_key(path)
+    known = _load_memo().get(key)
+    if known is not None:
+        return known
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         while block := fh.read(_CHUNK):
             digest.update(block)
-    return digest.hexdigest()
+    value = digest.hexdigest()
+    if started > settled and _stat_key(path)[0] == key:
+        _remember(key, value)
+    return value
+
+
+def checked_before(kind: str, paths: list[Path]) -> bool:
+    """Whether check `kind` already passed on files with exactly these bytes (`remember_checked`)."""
+    return _check_marker(kind, paths).is_file()
+
+
+def remember_checked(kind: str, paths: list[Path]) -> None:
+    """Record that check `kind` passed on these files' bytes, so a warm build need not repeat it."""
+    marker = _check_marker(kind, paths)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+
+
+def _check_marker(kind: str, paths: list[Path]) -> Path:
+    return cache_root() / "checked" / options_digest(kind, files_digest(paths))[:32]
 
 
 def files_digest(paths: list[Path]) -> str:

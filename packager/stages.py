@@ -153,12 +153,23 @@ class BuildContext:
         if not self.eval_rows:
             return ContextChoice(self.ckpt.usable_context(DEFAULT_CONTEXT),
                                  f"the default {DEFAULT_CONTEXT} (no eval set bounds the prompts)")
-        tokenizer, contract = self.hf_tokenizer, self.contract
-        bos = 1 if contract.add_bos and contract.bos_id is not None else 0
-        prompts = [render_prompt(contract, row.input, row.instruction) for row in self.eval_rows]
-        longest_prompt = bos + max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
-        longest_golden = max(len(tokenizer(t, add_special_tokens=True)["input_ids"]) for t in self.golden.sequences)
-        choice = context_for_task(longest_prompt, contract.max_new_tokens, longest_golden)
+        contract = self.contract
+
+        def sized() -> ContextChoice:
+            tokenizer = self.hf_tokenizer
+            bos = 1 if contract.add_bos and contract.bos_id is not None else 0
+            prompts = [render_prompt(contract, row.input, row.instruction) for row in self.eval_rows]
+            longest_prompt = bos + max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+            longest_golden = max(len(tokenizer(t, add_special_tokens=True)["input_ids"])
+                                 for t in self.golden.sequences)
+            return context_for_task(longest_prompt, contract.max_new_tokens, longest_golden)
+
+        # Cached: tokenizing the eval set needs the transformers tokenizer, seconds of every warm build.
+        key = options_digest("context", self.ckpt_digest, contract.as_dict(), self._eval_text,
+                             self.golden.digest_source())[:24]
+        choice = self.stage_cache.record("context", key, "context sized from the eval set", sized,
+                                         encode=dataclasses.asdict, decode=lambda data: ContextChoice(**data),
+                                         describe=lambda c: f"{c.tokens} tokens")
         usable = self.ckpt.usable_context(choice.tokens)
         return choice if usable == choice.tokens else ContextChoice(usable, choice.reason + ", capped by the model")
 

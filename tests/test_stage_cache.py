@@ -403,3 +403,70 @@ def test_two_threads_asking_for_one_entry_build_it_once_and_the_second_opens_it(
     assert built == ["first"]
     assert not results["first"].from_cache and results["second"].from_cache
     assert results["second"].path("model.bin").read_bytes() == b"weights"
+
+
+# ---------------------------------------------------------------------------------------------
+# What a warm build does not redo: digests and checks remembered by the files' status.
+
+
+@pytest.fixture
+def fresh_memo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    import packager.fingerprint as fingerprint
+
+    monkeypatch.setenv("EDGEPACK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(fingerprint, "_memo", None)
+    return tmp_path / "cache" / "file-digests.json"
+
+
+def _settle(path: Path) -> None:
+    """Wait until the file's status is older than the memo's settling time."""
+    import packager.fingerprint as fingerprint
+
+    while time.time() <= fingerprint._stat_key(path)[1]:
+        time.sleep(0.05)
+
+
+def test_a_remembered_digest_is_used_until_a_write_with_the_same_size_and_mtime(
+        fresh_memo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import packager.fingerprint as fingerprint
+
+    path = fresh_memo.parent.parent / "weights.bin"
+    path.write_bytes(b"aaaa")
+    with monkeypatch.context() as patch:
+        patch.setattr(fingerprint, "_SETTLED_S", 3600.0)  # "just written", however slow this host is
+        assert fingerprint.file_sha256(path) == _sha256(path)
+    assert not fresh_memo.exists()  # hashed, not remembered (a second write could share its tick)
+    _settle(path)
+    assert fingerprint.file_sha256(path) == hashlib.sha256(b"aaaa").hexdigest()
+    assert len(json.loads(fresh_memo.read_text())) == 1
+    fingerprint._memo = None  # a new process reads the memo file
+    mtime = path.stat().st_mtime_ns
+    path.write_bytes(b"bbbb")
+    os.utime(path, ns=(mtime, mtime))  # same size, same mtime: only the ctime tells
+    assert fingerprint.file_sha256(path) == hashlib.sha256(b"bbbb").hexdigest()
+
+
+def test_scaffold_checks_are_remembered_only_when_all_passed(fresh_memo: Path) -> None:
+    from packager.codecheck import remembered_checks
+    from packager.target import ScaffoldCheck
+
+    root = fresh_memo.parent.parent / "app"
+    root.mkdir()
+    (root / "Main.kt").write_text("fun main() {}\n")
+    calls: list[str] = []
+
+    def check(status: str):
+        def run(paths: list[Path], base: Path) -> list[ScaffoldCheck]:
+            calls.append(status)
+            return [ScaffoldCheck(p.relative_to(base).as_posix(), "tool", status) for p in paths]
+        return run
+
+    files = [root / "Main.kt"]
+    assert remembered_checks("k", files, root, check("failed"))[0].status == "failed"
+    assert remembered_checks("k", files, root, check("skipped"))[0].status == "skipped"
+    assert remembered_checks("k", files, root, check("passed"))[0].status == "passed"
+    assert remembered_checks("k", files, root, check("passed")) == [ScaffoldCheck("Main.kt", "tool", "passed")]
+    assert calls == ["failed", "skipped", "passed"]  # the last answer came from the record
+    (root / "Main.kt").write_text("fun main() { }\n")
+    remembered_checks("k", files, root, check("passed"))
+    assert calls == ["failed", "skipped", "passed", "passed"]  # other bytes: checked again

@@ -188,3 +188,17 @@ def screened_task(ctx: BuildContext, recipe: Recipe) -> TaskMetrics:
     cached per checkpoint + recipe + task.
     Asked when the screen's verdict needs it (packager.ladder.task_screened)."""
     return ctx.screened_task(rung_screen(ctx, recipe))
+
+
+def runner_tokens(ctx: BuildContext, tokenizer_json: Path, eos_ids: list[int]) -> tuple[int, list[str]]:
+    """(bos id, eos pieces) as the runner's C++ tokenizer reads them from tokenizer.json, for edgepack.json;
+    cached per tokenizer file, so a warm build does not load it again."""
+    from targets.android import verify as pte_check
+
+    def read() -> dict[str, Any]:
+        tokenizer = pte_check.RunnerTokenizer(tokenizer_json)
+        return {"bos_id": tokenizer.bos_id, "eos_pieces": pte_check.eos_pieces(tokenizer, eos_ids)}
+
+    key = options_digest("runner-tokens", EXECUTORCH_VERSION, file_sha256(tokenizer_json), eos_ids)[:24]
+    found = ctx.stage_cache.record("runner-tokens", key, "runner tokenizer's bos and eos pieces", read)
+    return int(found["bos_id"]), list(found["eos_pieces"])

@@ -22,7 +22,7 @@ from packager.adapter import AdapterSource
 from packager.architectures import ArchitectureSpec
 from packager.beside import beside
 from packager.checkpoint import Checkpoint
-from packager.codecheck import check_generated_files
+from packager.codecheck import check_generated_files, remembered_checks
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
 from packager.errors import BadInputError
 from packager.escaping import slug
@@ -56,12 +56,12 @@ from targets.android.stages import (
     PteArtifact,
     adapter_source,
     cached_pte,
+    runner_tokens,
     screened,
     screened_task,
     structural_pte,
     verified_pte,
 )
-from targets.android.verify import RunnerTokenizer, eos_pieces
 
 APP_DIR = "app"
 BRIDGE_DIR = "app/app/src/main/java/org/edgepack"
@@ -216,7 +216,7 @@ class AndroidTarget:
                                                                            runtimes))
         bridge = copy_bridge(out_dir / BRIDGE_DIR, runtimes)
         checks = check_generated_files(rendered, out_dir)
-        checks += check_android_files(sorted(rendered + bridge), out_dir)
+        checks += remembered_checks("check_android_files", rendered + bridge, out_dir, check_android_files)
         checks.append(ScaffoldCheck(f"{APP_DIR}/", "gradle assembleDebug", "skipped",
                                     "needs the Android SDK and Maven repositories; edgepack's tests compile the "
                                     "bridge with kotlinc and the app against a declared API surface"))
@@ -287,12 +287,12 @@ class AndroidTarget:
             runtimes = ("litert-lm", "executorch")
 
         contract = ctx.contract
-        runner_tokenizer = RunnerTokenizer(tokenizer_json)
+        bos_id, pieces = runner_tokens(ctx, tokenizer_json, list(contract.eos_ids))
         runner = {
             "num_bos": 1 if contract.add_bos and contract.bos_id is not None else 0,
-            "bos_id": runner_tokenizer.bos_id,
+            "bos_id": bos_id,
             "eos_ids": list(contract.eos_ids),
-            "eos_pieces": eos_pieces(runner_tokenizer, contract.eos_ids),
+            "eos_pieces": pieces,
             "max_context": max_context,
             "max_seq_len": int(artifact.export["metadata"]["get_max_seq_len"]),
             "temperature": 0.0,

@@ -28,7 +28,7 @@ from packager.adapter import AdapterSource
 from packager.architectures import ArchitectureSpec
 from packager.beside import Beside, beside
 from packager.checkpoint import Checkpoint
-from packager.codecheck import check_generated_files
+from packager.codecheck import check_generated_files, remembered_checks
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
 from packager.errors import BadInputError
 from packager.escaping import slug
@@ -348,7 +348,7 @@ class IosTarget:
         rendered = render_tree("ios", out_dir / APP_DIR, context)
         bridge = copy_bridge(out_dir / BRIDGE_DIR, core_ai=bool(context["coreai_asset"]))
         checks = check_generated_files(rendered, out_dir)
-        checks += check_swift_files(sorted(rendered + bridge), out_dir)
+        checks += remembered_checks("check_swift_files", rendered + bridge, out_dir, check_swift_files)
         checks.append(ScaffoldCheck(f"{APP_DIR}/", "xcodebuild", "skipped",
                                     "needs macOS with Xcode; edgepack parses every Swift file with tree-sitter and "
                                     "checks the Core ML / swift-transformers / Foundation Models / Core AI names it "
