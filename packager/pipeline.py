@@ -113,14 +113,20 @@ def open_input(request: BuildRequest, reporter: Reporter) -> tuple[Checkpoint, s
     return ckpt, digest
 
 
-def build_inputs(request: BuildRequest, ckpt: Checkpoint) -> list[Path]:
-    """Return every file and folder the build reads, which its output must never replace."""
+def _given_inputs(request: BuildRequest) -> list[Path]:
+    """The inputs named on the command line or in edgepack.toml (`build_inputs` less the checkpoint's own)."""
     paths = [request.checkpoint, request.base, request.config, request.options.eval_path,
-             ckpt.origin.get("base"), request.options.task.get("json_schema")]
+             request.options.task.get("json_schema")]
     for spec in request.specialists:
         paths += [spec.adapter, spec.eval_path, spec.task.get("json_schema")]
     # A JSON schema given inline in edgepack.toml is a table, not a file.
     return [Path(p) for p in paths if isinstance(p, str | Path) and p]
+
+
+def build_inputs(request: BuildRequest, ckpt: Checkpoint) -> list[Path]:
+    """Return every file and folder the build reads, which its output must never replace."""
+    base = ckpt.origin.get("base")
+    return [*_given_inputs(request), *([Path(base)] if isinstance(base, str | Path) and base else [])]
 
 
 def open_fleet(request: BuildRequest, base: BuildContext) -> Fleet:
@@ -152,6 +158,8 @@ def run_build(request: BuildRequest, reporter: Reporter | None = None) -> BuildO
 
 def _run_build(request: BuildRequest, reporter: Reporter, log: Path) -> BuildOutcome:
     target_classes = resolve_targets(request.targets)
+    if request.out is not None:  # refused before the checkpoint is read (seconds to minutes); checked again below
+        check_replaceable(request.out, _given_inputs(request), "build", request.force)
     ckpt, digest = request.opened or open_input(request, reporter)
     unsupported = [cls.name for cls in target_classes if not cls().supports(ckpt.spec)]
     if unsupported:

@@ -118,6 +118,18 @@ def test_force_replaces_only_a_previous_edgepack_output(tiny_llama: Path, tmp_pa
     assert leftovers(tmp_path, "out") == ["out"]
 
 
+def test_an_existing_out_is_refused_before_the_checkpoint_is_read(tiny_llama: Path, tmp_path: Path) -> None:
+    """The output check comes first: a user does not wait for a model to load (and its own errors) to hear it."""
+    checkpoint = tmp_path / "model"
+    shutil.copytree(tiny_llama, checkpoint)
+    (checkpoint / "config.json").write_text("{ not json", encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    refused = edgepack("build", checkpoint, *PI, "--out", out)
+    assert refused.exit_code == ExitCode.BAD_INPUT, refused.stderr
+    assert "the output folder already exists" in refused.stderr and "config.json" not in refused.stderr
+
+
 def test_force_never_replaces_the_eval_set_or_edgepack_toml_folder(tiny_llama: Path, tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
