@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,10 @@ _MEMO_ENTRIES = 4096
 # seconds (ext3, FAT).
 _SETTLED_S = 0.05
 _SETTLED_WHOLE_SECONDS_S = 2.0
+# Smaller files are hashed faster than the memo is written.
+_MEMO_MIN_BYTES = 1 << 20
 _memo: dict[str, str] | None = None
+_memo_lock = threading.Lock()  # targets build in threads of one process
 
 
 def _stat_key(path: Path) -> tuple[str, float]:
@@ -40,6 +44,7 @@ def _memo_path() -> Path:
 
 
 def _load_memo() -> dict[str, str]:
+    """The remembered digests (read once per process); call with _memo_lock held."""
     global _memo
     if _memo is None:
         try:
@@ -51,21 +56,28 @@ def _load_memo() -> dict[str, str]:
     return _memo
 
 
+def _remembered(key: str) -> str | None:
+    with _memo_lock:
+        return _load_memo().get(key)
+
+
 def _remember(key: str, digest: str) -> None:
-    memo = _load_memo()
-    memo[key] = digest
-    while len(memo) > _MEMO_ENTRIES:
-        memo.pop(next(iter(memo)))
-    target = _memo_path()
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{_MEMO_FILE}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(memo, fh)
-        os.replace(tmp, target)
-    except OSError:  # a read-only or full cache only costs the next build a re-hash
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+    with _memo_lock:
+        memo = _load_memo()
+        memo[key] = digest
+        while len(memo) > _MEMO_ENTRIES:
+            memo.pop(next(iter(memo)))
+        text = json.dumps(memo)
+        target = _memo_path()
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{_MEMO_FILE}.")
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.replace(tmp, target)
+        except OSError:  # a read-only or full cache only costs the next build a re-hash
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
 
 
 def file_sha256(path: Path) -> str:
@@ -76,7 +88,7 @@ def file_sha256(path: Path) -> str:
     """
     started = time.time()
     key, settled = _stat_key(path)
-    known = _load_memo().get(key)
+    known = _remembered(key)
     if known is not None:
         return known
     digest = hashlib.sha256()
@@ -84,7 +96,7 @@ def file_sha256(path: Path) -> str:
         while block := fh.read(_CHUNK):
             digest.update(block)
     value = digest.hexdigest()
-    if started > settled and _stat_key(path)[0] == key:
+    if started > settled and path.stat().st_size >= _MEMO_MIN_BYTES and _stat_key(path)[0] == key:
         _remember(key, value)
     return value
 

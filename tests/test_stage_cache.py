@@ -415,6 +415,7 @@ def fresh_memo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     monkeypatch.setenv("EDGEPACK_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(fingerprint, "_memo", None)
+    monkeypatch.setattr(fingerprint, "_MEMO_MIN_BYTES", 0)  # the tests' files are small
     return tmp_path / "cache" / "file-digests.json"
 
 
@@ -444,6 +445,25 @@ def test_a_remembered_digest_is_used_until_a_write_with_the_same_size_and_mtime(
     path.write_bytes(b"bbbb")
     os.utime(path, ns=(mtime, mtime))  # same size, same mtime: only the ctime tells
     assert fingerprint.file_sha256(path) == hashlib.sha256(b"bbbb").hexdigest()
+
+
+def test_targets_hashing_in_threads_remember_every_digest(fresh_memo: Path) -> None:
+    """Targets build in threads of one process; each remembered digest rewrites the memo file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import packager.fingerprint as fingerprint
+
+    files = []
+    for i in range(64):
+        path = fresh_memo.parent.parent / f"f{i}.bin"
+        path.write_bytes(str(i).encode() * 100)
+        files.append(path)
+    for path in files:
+        _settle(path)
+    with ThreadPoolExecutor(8) as pool:
+        digests = list(pool.map(fingerprint.file_sha256, files))
+    assert digests == [_sha256(p) for p in files]
+    assert len(json.loads(fresh_memo.read_text())) == 64
 
 
 def test_scaffold_checks_are_remembered_only_when_all_passed(fresh_memo: Path) -> None:
