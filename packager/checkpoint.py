@@ -203,30 +203,29 @@ def _convert_pickles(pickles: list[Path], dest: Path) -> list[Path]:
 
 def _check_side_files(folder: Path) -> None:
     """Each tokenizer/template side file must be a regular file of sane size, each JSON one a JSON object,
-    and tokenizer.json a tokenizer the tokenizers library loads."""
-    for name in SIDE_FILES:
-        path = folder / name
-        if not (path.exists() or path.is_symlink()):
-            continue
-        fix = f"Save the tokenizer again with `tokenizer.save_pretrained(folder)`, or remove {name}."
-        if name.endswith(".json"):
+    and tokenizer.json a tokenizer the tokenizers library loads. Side files whose bytes passed before are not
+    parsed again (Gemma's tokenizer.json is 33 MB: most of a warm build's input checks)."""
+    present = [folder / name for name in SIDE_FILES if (folder / name).exists() or (folder / name).is_symlink()]
+    if all(p.is_file() and not p.is_symlink() for p in present) and checked_before("side files", present):
+        return
+    for path in present:
+        fix = f"Save the tokenizer again with `tokenizer.save_pretrained(folder)`, or remove {path.name}."
+        if path.name.endswith(".json"):
             if not isinstance(read_json_file(path, fix), dict):
                 raise BadInputError(f"{path}: expected a JSON object at the top level. {fix}")
             continue
         require_regular_file(path, fix, "a tokenizer file")
-    tokenizer = folder / "tokenizer.json"
-    if checked_before("tokenizer loads", [tokenizer]):
-        return
     from tokenizers import Tokenizer
 
+    tokenizer = folder / "tokenizer.json"
     try:
         Tokenizer.from_file(str(tokenizer))
     except Exception as exc:  # the tokenizers library raises plain Exception for a malformed file
         raise BadInputError(
-            f"{folder / 'tokenizer.json'}: is JSON but not a tokenizer the tokenizers library can load ({exc}). "
+            f"{tokenizer}: is JSON but not a tokenizer the tokenizers library can load ({exc}). "
             "Save the tokenizer again with `tokenizer.save_pretrained(folder)`."
         ) from None
-    remember_checked("tokenizer loads", [tokenizer])
+    remember_checked("side files", present)
 
 
 def _check_tokenizer(folder: Path) -> None:
