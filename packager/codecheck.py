@@ -123,8 +123,8 @@ def remembered_checks(kind: str, paths: list[Path], root: Path,
     """`check(paths, root)`, or what it said when it last passed every one of files with these names and bytes.
 
     A warm build renders the same code again; parsing and linting it (tree-sitter, ktlint, swift checks)
-    took seconds of every rebuild. Only an all-passed result is remembered: a failure or a skipped tool is
-    checked again next time.
+    took seconds of every rebuild. Only an all-passed result without details is remembered: a failure, a
+    skipped tool or a detail (which may name this build's paths) is checked again next time.
     """
     files = [(p.relative_to(root).as_posix(), file_sha256(p)) for p in sorted(paths)]
     record = cache_root() / "checked" / f"{options_digest('scaffold', kind, files)[:32]}.json"
@@ -133,7 +133,8 @@ def remembered_checks(kind: str, paths: list[Path], root: Path,
     except (OSError, ValueError, TypeError):
         pass
     checks = check(paths, root)
-    if checks and all(c.status == "passed" for c in checks):
+    # A detail may name this build's own paths; replayed into another build it would make the bundles differ.
+    if checks and all(c.status == "passed" and not c.detail for c in checks):
         record.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=record.parent, prefix=".scaffold-")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
