@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from packager.atomic import write_text_atomically
 from packager.fingerprint import cache_root, file_sha256, options_digest
 from packager.target import ScaffoldCheck
 
@@ -135,11 +136,7 @@ def remembered_checks(kind: str, paths: list[Path], root: Path,
     checks = check(paths, root)
     # A detail may name this build's own paths; replayed into another build it would make the bundles differ.
     if checks and all(c.status == "passed" and not c.detail for c in checks):
-        record.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=record.parent, prefix=".scaffold-")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump([vars(c) for c in checks], fh)
-        os.replace(tmp, record)
+        write_text_atomically(record, json.dumps([vars(c) for c in checks]))
     return checks
 
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from packager import __version__
+from packager.atomic import write_text_atomically
 
 _CHUNK = 8 * 1024 * 1024
 _MEMO_FILE = "file-digests.json"
@@ -67,17 +68,8 @@ def _remember(key: str, digest: str) -> None:
         memo[key] = digest
         while len(memo) > _MEMO_ENTRIES:
             memo.pop(next(iter(memo)))
-        text = json.dumps(memo)
-        target = _memo_path()
-        tmp = None
-        try:
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{_MEMO_FILE}.")
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, target)
-        except OSError:  # a read-only or full cache only costs the next build a re-hash
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only or full cache only costs the next build a re-hash
+            write_text_atomically(_memo_path(), json.dumps(memo))
 
 
 def file_sha256(path: Path) -> str:
