@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from packager.architectures import ArchitectureSpec, spec_for_config
 from packager.config_bounds import check_config
 from packager.errors import BadInputError, UnsupportedError
-from packager.fingerprint import checked_before, files_digest, remember_checked
+from packager.fingerprint import checked_once, files_digest
 from packager.safetensors_file import FLOAT_DTYPES, TensorEntry, load_tensor, read_header, require_finite
 from packager.strict_json import read_json_file, require_regular_file
 
@@ -171,14 +171,13 @@ def _check_tensor_shapes(spec: ArchitectureSpec, config: dict[str, Any], tensors
 
 def _require_finite_weights(tensors: dict[str, TensorEntry]) -> None:
     """Refuse NaN or infinite weights, naming the tensor and file; streams one tensor at a time.
-    Files whose bytes passed before are not read again (packager.fingerprint.checked_before)."""
-    files = sorted({entry.file for entry in tensors.values()})
-    if checked_before("weights finite", files):
-        return
-    for entry in tensors.values():
-        if entry.dtype in FLOAT_DTYPES:
-            require_finite(load_tensor(entry), entry.name, entry.file, NON_FINITE_WEIGHTS_FIX)
-    remember_checked("weights finite", files)
+    Files whose bytes passed before are not read again (packager.fingerprint.checked_once)."""
+    def scan() -> None:
+        for entry in tensors.values():
+            if entry.dtype in FLOAT_DTYPES:
+                require_finite(load_tensor(entry), entry.name, entry.file, NON_FINITE_WEIGHTS_FIX)
+
+    checked_once("weights finite", sorted({entry.file for entry in tensors.values()}), scan)
 
 
 def _convert_pickles(pickles: list[Path], dest: Path) -> list[Path]:
@@ -206,8 +205,13 @@ def _check_side_files(folder: Path) -> None:
     and tokenizer.json a tokenizer the tokenizers library loads. Side files whose bytes passed before are not
     parsed again (Gemma's tokenizer.json is 33 MB: most of a warm build's input checks)."""
     present = [folder / name for name in SIDE_FILES if (folder / name).exists() or (folder / name).is_symlink()]
-    if all(p.is_file() and not p.is_symlink() for p in present) and checked_before("side files", present):
-        return
+    if all(p.is_file() and not p.is_symlink() for p in present):
+        checked_once("side files", present, lambda: _check_side_file_contents(folder, present))
+    else:
+        _check_side_file_contents(folder, present)
+
+
+def _check_side_file_contents(folder: Path, present: list[Path]) -> None:
     for path in present:
         fix = f"Save the tokenizer again with `tokenizer.save_pretrained(folder)`, or remove {path.name}."
         if path.name.endswith(".json"):
@@ -225,7 +229,6 @@ def _check_side_files(folder: Path) -> None:
             f"{tokenizer}: is JSON but not a tokenizer the tokenizers library can load ({exc}). "
             "Save the tokenizer again with `tokenizer.save_pretrained(folder)`."
         ) from None
-    remember_checked("side files", present)
 
 
 def _check_tokenizer(folder: Path) -> None:

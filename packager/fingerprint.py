@@ -8,6 +8,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,14 +94,13 @@ def file_sha256(path: Path) -> str:
     return value
 
 
-def checked_before(kind: str, paths: list[Path]) -> bool:
-    """Whether check `kind` already passed on files with exactly these bytes (`remember_checked`)."""
-    return _check_marker(kind, paths).is_file()
-
-
-def remember_checked(kind: str, paths: list[Path]) -> None:
-    """Record that check `kind` passed on these files' bytes, so a warm build need not repeat it."""
+def checked_once(kind: str, paths: list[Path], check: Callable[[], None]) -> None:
+    """Run `check` (which raises on failure) unless it already passed on files with exactly these bytes;
+    record its pass, so a warm build need not repeat it. The files are hashed once for both."""
     marker = _check_marker(kind, paths)
+    if marker.is_file():
+        return
+    check()
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
 
