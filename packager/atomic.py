@@ -127,14 +127,17 @@ def publish_atomically(staging: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_text_atomically(path: Path, text: str) -> None:
+def write_text_atomically(path: Path, text: str, mode: int | None = None) -> None:
     """Write a small file so that readers (other threads and processes) see the old file or the new one,
-    never half of one. Raises OSError like any write; the temporary is removed then."""
+    never half of one; `mode` for a file users read (the temporary is created 0600). Raises OSError like
+    any write; the temporary is removed then."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

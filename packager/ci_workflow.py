@@ -12,9 +12,7 @@ as environment variables; a value that GitHub would itself evaluate ("${{") is r
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -23,6 +21,7 @@ from typing import Any
 import jinja2
 
 from packager import __version__
+from packager.atomic import write_text_atomically
 from packager.errors import BadInputError, EdgepackError, InternalError
 from packager.resources import templates_dir
 from packager.target import HostCheckJob, available_targets, resolve_targets
@@ -145,14 +144,5 @@ def write_workflow(request: WorkflowRequest, config: Path = Path("edgepack.toml"
         raise BadInputError(f"{out}: already exists. Pass --force to replace it, or choose another --out.")
     if out.exists() and not out.is_file():
         raise BadInputError(f"{out}: exists and is not a file; choose another --out.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomically(out, text, mode=0o644)
     return out

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from packager.atomic import write_text_atomically
 from packager.beside import discard_flag
 from packager.errors import UnsupportedError
 from packager.peak_memory import release_free_memory, vm_rss_kb
@@ -116,10 +117,7 @@ class MeasuredCosts:
         with self._lock:
             data = self._read()
             data[key] = round(value, 3)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-            tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
-            os.replace(tmp, self.path)  # readers see the old file or the new one, never half of one
+            write_text_atomically(self.path, json.dumps(data, indent=2, sort_keys=True))
 
 
 @dataclass(frozen=True)
