@@ -310,3 +310,19 @@ def test_the_label_constraint_admits_the_space_mark_the_engines_guidance_sees_in
     pattern = label_pattern(["delete_account", "reset.password"])
     assert all(re.fullmatch(pattern, text) for text in ("\u2581delete_account", " delete_account", "reset.password"))
     assert not any(re.fullmatch(pattern, text) for text in ("resetXpassword", "  delete_account", "other"))
+
+
+def test_an_unconstrained_answer_settles_a_labels_row_only_when_it_is_a_whole_label_of_a_prefix_free_set() -> None:
+    from targets.android.litert_engine import label_pattern, settled_unconstrained
+
+    labels = ["refund", "reset_password"]
+    constraint = {"regex": label_pattern(labels), "prefix_free": True, "stop_strings": ["\n"]}
+    assert settled_unconstrained(" refund\nMessage:", constraint)
+    assert settled_unconstrained("reset_password", constraint)
+    assert not settled_unconstrained(" refund please", constraint)  # more than a label: the constraint decides
+    assert not settled_unconstrained(" refu", constraint)  # cut short: the constraint would go on
+    assert not settled_unconstrained(" Refund\n", constraint)
+    # "cancel" is a prefix of "cancel_order": after a free "cancel" the constrained decode might go on.
+    assert not settled_unconstrained(" cancel\n", {**constraint, "regex": label_pattern(["cancel", "cancel_order"]),
+                                                    "prefix_free": False})
+    assert not settled_unconstrained(" refund\n", {"json_schema": {"type": "object"}})

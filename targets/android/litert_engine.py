@@ -8,7 +8,8 @@ The engine takes text, not token ids: the prompt is the contract's rendered text
 engine prepends the bundle's start token itself, and its prefill count is compared with the
 contract's ids (one BOS, never two). Greedy decoding is top_k=1. Labels and JSON schemas are
 decoded under the engine's own constraint (the Conversation API with the LL_GUIDANCE provider), with
-a chat template that passes the rendered prompt through verbatim.
+a chat template that passes the rendered prompt through verbatim. A labels row whose unconstrained answer is
+already a whole label skips that conversation (`settled_unconstrained`): the constrained one would say the same.
 """
 
 from __future__ import annotations
@@ -90,6 +91,23 @@ class EngineRunner:
                 "decode_tokens_per_s": info.last_decode_tokens_per_second}
 
 
+def settled_unconstrained(text: str, constraint: dict[str, Any]) -> bool:
+    """Whether an unconstrained greedy answer is what the constrained decode would return, without running it.
+
+    For a labels regex whose labels are prefix-free: constrained greedy decoding takes the argmax among the
+    tokens the pattern admits, so while every token of the free answer is admitted it picks the same one; once
+    a whole label is out nothing but the end can follow. So a free answer that (cut at the first stop string)
+    is a whole label is the constrained answer. Measured on the bundled example's int8 bundle: 108 of 108 rows
+    equal; each constrained conversation costs about 0.95 s of set-up in LiteRT-LM 0.18.1 (its LL_GUIDANCE
+    state is built per conversation) against 0.12 s for the answer itself.
+    """
+    if not constraint.get("prefix_free") or "regex" not in constraint:
+        return False
+    for stop in constraint.get("stop_strings", []):
+        text = text.split(stop, 1)[0]
+    return re.fullmatch(constraint["regex"], text) is not None
+
+
 def run(request: dict[str, Any]) -> dict[str, Any]:
     """Answer the request's probe, greedy prompt and eval prompts; return what the engine said and did."""
     runner = EngineRunner(Path(request["bundle"]), Path(request["cache_dir"]), int(request["threads"]))
@@ -106,6 +124,10 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     error = ""
     for prompt in request["prompts"]:
         if constraint and not error:
+            free = runner.greedy(prompt, int(request["max_new_tokens"])) if constraint.get("prefix_free") else None
+            if free is not None and settled_unconstrained(free["text"], constraint):
+                answers.append({**free, "constrained": True, "settled_unconstrained": True})
+                continue
             try:
                 answers.append({**runner.constrained(prompt, int(request["max_new_tokens"]), constraint),
                                 "constrained": True})

@@ -30,11 +30,13 @@ if TYPE_CHECKING:
     from packager.stages import BuildContext
 
 # Bump when a .litertlm verification record's content or computation changes.
-LITERTLM_VERIFICATION_SCHEMA = 2
+LITERTLM_VERIFICATION_SCHEMA = 3
 # Tiny models measured 0.76 GB peak (mostly the converter's libraries); x fp32 size until a real one is measured.
 LITERT_ONLY = ("runtime", ("litert-lm", "all"))
 LITERT_EXPORT = HeavyStep("litert-lm export", 3.0, in_process=False, fixed=CHILD_LIBRARIES, only_when=LITERT_ONLY)
-LITERT_RUN = HeavyStep("litert-lm run", 1.5, only_when=LITERT_ONLY)
+# Runs a finished bundle (ai_edge_litert in this process, the engine in a child): no torch model is built,
+# so it runs beside in-process steps that build one (as the .pte's runs do).
+LITERT_RUN = HeavyStep("litert-lm run", 1.5, alone=False, only_when=LITERT_ONLY)
 LITERT_HEAVY_STEPS = (LITERT_EXPORT, LITERT_RUN)
 
 

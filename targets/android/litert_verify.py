@@ -146,7 +146,9 @@ def engine_constraint(contract: Contract) -> dict[str, Any] | None:
     if not contract.constrained:
         return None
     if contract.task == "labels" and contract.labels:
-        return {"regex": label_pattern(list(contract.labels))}
+        labels = list(contract.labels)
+        prefix_free = not any(a != b and b.startswith(a) for a in labels for b in labels)
+        return {"regex": label_pattern(labels), "prefix_free": prefix_free, "stop_strings": list(contract.stop_strings)}
     if contract.task == "json" and contract.json_schema:
         return {"json_schema": contract.json_schema}
     return None
@@ -231,6 +233,13 @@ def verify_litertlm(
         if constraint and not constrained:
             notes.append("the engine's constrained decoding failed "
                          f"({engine.get('constraint_error') or 'unknown'}); eval rows were answered unconstrained")
+        settled = sum(1 for a in engine["answers"] if a.get("settled_unconstrained"))
+        if settled:
+            notes.append(f"{settled} of {len(engine['answers'])} eval rows: the engine's unconstrained greedy "
+                         "answer was already a whole label, which constrained greedy decoding returns too (no "
+                         "label is a prefix of another); the constrained conversation ran for the others. Their "
+                         "latency is the unconstrained answer's, as the Android bridge decodes (without LiteRT-LM's "
+                         "constraint).")
     result = VerificationResult(
         artifact=artifact, format="litertlm", quant=recipe, level="executed", runtime=runtime_name(),
         metrics=metrics, tokenizer_parity=parity, tokenizer_detail=detail,
