@@ -147,12 +147,27 @@ def test_the_kotlin_bridge_reads_the_built_bundle_and_falls_back_from_npu_to_gpu
 
 
 def test_both_runtimes_ship_one_app_that_tries_litert_lm_npu_gpu_cpu_then_the_pte(
-        tiny_router: tuple[Path, Path], tmp_path: Path) -> None:
-    """--android-runtime all on the tiny router: the LiteRT-LM backends first, then the .pte, in one app."""
+        tiny_router: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--android-runtime all on the tiny router: the LiteRT-LM backends first, then the .pte, in one app; with one
+    thread per computation (as when two targets share two cores) the bundle is built beside the .pte's work."""
+    import threading
+
+    import targets.android.target as android_target
     from packager.pipeline import BuildRequest, run_build
     from packager.progress import Reporter
     from packager.stages import BuildOptions
+    from packager.threads import EDGEPACK_THREADS
     from targets.android.litert_export import LITERTLM_ANDROID_ARTIFACT
+
+    monkeypatch.setenv(EDGEPACK_THREADS, "1")
+    threads: list[str] = []
+    export = android_target.cached_litertlm
+
+    def recorded(*args: object, **kwargs: object) -> object:
+        threads.append(threading.current_thread().name)
+        return export(*args, **kwargs)
+
+    monkeypatch.setattr(android_target, "cached_litertlm", recorded)
 
     model, eval_path = tiny_router
     out = tmp_path / "dist"
@@ -179,6 +194,7 @@ def test_both_runtimes_ship_one_app_that_tries_litert_lm_npu_gpu_cpu_then_the_pt
     assert 'android:name="libOpenCL.so"' in manifest
     assert [c for c in document["scaffold_checks"] if c["status"] == "failed"] == []
     assert [v.format for v in outcome.results[0].verifications] == ["pte", "litertlm"]
+    assert threads == ["beside: LiteRT-LM bundle"]
 
 
 def test_tiny_llama_fp32_bundle_gives_hf_logits_and_greedy_ids(tiny_llama: Path,

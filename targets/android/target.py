@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from packager import __version__
 from packager.adapter import AdapterSource
 from packager.architectures import ArchitectureSpec
-from packager.beside import beside
+from packager.beside import Pending, beside
 from packager.checkpoint import Checkpoint
 from packager.codecheck import check_generated_files, remembered_checks
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
@@ -63,6 +63,8 @@ from targets.android.stages import (
     verified_pte,
 )
 
+# A LiteRT-LM build's bundle, its verification, its notes and its edgepack.json section.
+LitertBuilt = tuple[LitertArtifact, VerificationResult, list[str], dict[str, Any]]
 APP_DIR = "app"
 BRIDGE_DIR = "app/app/src/main/java/org/edgepack"
 ASSET = "app/app/src/main/assets/edgepack.json"
@@ -169,14 +171,18 @@ class AndroidTarget:
         if runtime not in (*RUNTIMES, "all"):
             raise BadInputError(f"--android-runtime {runtime}: unknown; android ships {', '.join(RUNTIMES)} or all.")
         runtimes = RUNTIMES if runtime == "all" else (runtime,)
-        litert = self._build_litert(ctx, out_dir) if "litert-lm" in runtimes else None
         if "executorch" not in runtimes:
-            assert litert is not None
-            return self._build_litert_app(ctx, out_dir, litert)
-        return self._build_executorch(ctx, out_dir, litert)
+            return self._build_litert_app(ctx, out_dir, self._build_litert(ctx, out_dir))
+        if "litert-lm" not in runtimes:
+            return self._build_executorch(ctx, out_dir, None)
+        # Both: the bundle's export and runs do not depend on the .pte's, so they go beside them when the cores
+        # allow (packager.beside); its input problems are said before either starts.
+        self._check_litert_inputs(ctx)
+        with beside(ctx.scheduler.cancel) as work:
+            litert = work.start("LiteRT-LM bundle", lambda: self._build_litert(ctx, out_dir))
+            return self._build_executorch(ctx, out_dir, litert)
 
-    def _build_litert_app(self, ctx: BuildContext, out_dir: Path, litert: tuple[
-            LitertArtifact, VerificationResult, list[str], dict[str, Any]]) -> TargetResult:
+    def _build_litert_app(self, ctx: BuildContext, out_dir: Path, litert: LitertBuilt) -> TargetResult:
         """The .litertlm alone, with an app that links LiteRT-LM only (its bundle holds the tokenizer)."""
         artifact, verification, notes, section = litert
         backends = litert_backends(verification.level, artifact.megabytes)
@@ -222,13 +228,17 @@ class AndroidTarget:
                                     "bridge with kotlinc and the app against a declared API surface"))
         return checks, bridge
 
-    def _build_litert(self, ctx: BuildContext, out_dir: Path) -> tuple[
-            LitertArtifact, VerificationResult, list[str], dict[str, Any]]:
-        """Export and verify the LiteRT-LM bundle (the requested recipe, or the ladder), place it in out_dir."""
+    @staticmethod
+    def _check_litert_inputs(ctx: BuildContext) -> None:
+        """Exit 3 without the exporter's packages, exit 2 for a tokenizer the exporter would convert wrongly."""
         LITERT_PACKAGES.require()
         problem = tokenizer_problem(ctx.ckpt.folder)
         if problem:
             raise BadInputError(problem + " (or build android with --android-runtime executorch)")
+
+    def _build_litert(self, ctx: BuildContext, out_dir: Path) -> LitertBuilt:
+        """Export and verify the LiteRT-LM bundle (the requested recipe, or the ladder), place it in out_dir."""
+        self._check_litert_inputs(ctx)
         requested = ctx.options.for_target(self).get("litert_recipe")
         ladder = (walked(LITERT_LADDER, ctx.options.no_gate) if requested == "auto"
                   else (litert_recipe_named(requested).name,))
@@ -254,8 +264,8 @@ class AndroidTarget:
                    "metadata": artifact.export["metadata"]}
         return artifact, verification, notes, section
 
-    def _build_executorch(self, ctx: BuildContext, out_dir: Path, litert: tuple[
-            LitertArtifact, VerificationResult, list[str], dict[str, Any]] | None) -> TargetResult:
+    def _build_executorch(self, ctx: BuildContext, out_dir: Path,
+                          pending_litert: Pending[LitertBuilt] | None) -> TargetResult:
         spec = ctx.ckpt.spec
         executorch_layout(spec)  # UnsupportedError naming the supported architectures
         delegates = list(dict.fromkeys(ctx.options.for_target(self).get("delegates")))
@@ -281,6 +291,7 @@ class AndroidTarget:
         backends.append(self._place(artifact, out_dir, verification, experimental=False))
         place_artifact(tokenizer_json, out_dir / "tokenizer.json")
         runtimes: tuple[str, ...] = ("executorch",)
+        litert = pending_litert.result() if pending_litert is not None else None
         if litert is not None:
             litert_artifact, litert_verification = litert[0], litert[1]
             backends = [*litert_backends(litert_verification.level, litert_artifact.megabytes), *backends]
