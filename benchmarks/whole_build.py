@@ -116,8 +116,8 @@ def timed_build(worktree: Path, cache: Path, out: Path, extra: list[str], kind: 
                     m.tree_rss_max_gb, stages)
 
 
-def bench_commit(commit: str, scratch: Path) -> dict:
-    """Cold, warm and one-option-changed builds of the example at `commit`."""
+def bench_commit(commit: str, scratch: Path, kinds: list[str]) -> dict:
+    """The builds `kinds` (cold, warm, one option changed; in that order) of the example at `commit`."""
     sha = subprocess.check_output(["git", "-C", str(ROOT), "rev-parse", "--short", commit], text=True).strip()
     worktree = scratch / f"tree-{sha}"
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), sha], check=True,
@@ -126,6 +126,8 @@ def bench_commit(commit: str, scratch: Path) -> dict:
         cache, out, log = scratch / f"cache-{sha}", scratch / f"out-{sha}", scratch / f"build-{sha}.log"
         runs = []
         for kind, extra in RUNS.items():
+            if kind not in kinds:
+                continue
             run = timed_build(worktree, cache, out, extra, kind, log)
             print(f"{sha} {kind}: exit {run.exit_code}, {run.wall_s:.0f} s wall, {run.cpu_s:.0f} s CPU, "
                   f"peak {run.peak_rss_gb:.1f} GB (tree {run.tree_rss_max_gb:.1f}), "
@@ -181,14 +183,17 @@ def main() -> int:
     parser.add_argument("--commit", action="append", required=True, help="commit to measure (repeatable)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (caches, outputs, logs)")
+    parser.add_argument("--only", action="append", choices=list(RUNS), default=None,
+                        help="run only these builds (repeatable; a warm build needs the cold one before it)")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="edgepack-whole-build-"))
     results = []
     try:
         for commit in args.commit:
-            result = bench_commit(commit, scratch)
+            result = bench_commit(commit, scratch, args.only or list(RUNS))
             results.append(result)
-            out = ROOT / "benchmarks" / "results" / f"whole_build-{result['commit']}.json"
+            suffix = "" if args.only is None else "-" + "-".join(k.replace(" ", "_") for k in args.only)
+            out = ROOT / "benchmarks" / "results" / f"whole_build-{result['commit']}{suffix}.json"
             out.parent.mkdir(exist_ok=True)
             out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     finally:
