@@ -171,13 +171,13 @@ class AndroidTarget:
         if runtime not in (*RUNTIMES, "all"):
             raise BadInputError(f"--android-runtime {runtime}: unknown; android ships {', '.join(RUNTIMES)} or all.")
         runtimes = RUNTIMES if runtime == "all" else (runtime,)
-        if "executorch" not in runtimes:
-            return self._build_litert_app(ctx, out_dir, self._build_litert(ctx, out_dir))
         if "litert-lm" not in runtimes:
             return self._build_executorch(ctx, out_dir, None)
+        self._check_litert_inputs(ctx)  # before any work
+        if "executorch" not in runtimes:
+            return self._build_litert_app(ctx, out_dir, self._build_litert(ctx, out_dir))
         # Both: the bundle's export and runs do not depend on the .pte's, so they go beside them when the cores
-        # allow (packager.beside); its input problems are said before either starts.
-        self._check_litert_inputs(ctx)
+        # allow (packager.beside).
         with beside(ctx.scheduler.cancel) as work:
             litert = work.start("LiteRT-LM bundle", lambda: self._build_litert(ctx, out_dir))
             return self._build_executorch(ctx, out_dir, litert)
@@ -237,8 +237,8 @@ class AndroidTarget:
             raise BadInputError(problem + " (or build android with --android-runtime executorch)")
 
     def _build_litert(self, ctx: BuildContext, out_dir: Path) -> LitertBuilt:
-        """Export and verify the LiteRT-LM bundle (the requested recipe, or the ladder), place it in out_dir."""
-        self._check_litert_inputs(ctx)
+        """Export and verify the LiteRT-LM bundle (the requested recipe, or the ladder), place it in out_dir;
+        its inputs were checked (_check_litert_inputs)."""
         requested = ctx.options.for_target(self).get("litert_recipe")
         ladder = (walked(LITERT_LADDER, ctx.options.no_gate) if requested == "auto"
                   else (litert_recipe_named(requested).name,))
