@@ -66,16 +66,10 @@ def rungs_with_fallback(ladder: Sequence[str], screen: Callable[[str], list[str]
     conversion takes minutes: `likely`, by default the last rung (on a fine-tune that 8 or 4 bits lose, the
     screens fail), the first for a ladder whose first rung keeps what the others lose (an adapter kept apart).
     That work is kept when its rung is the first to build; otherwise it is stopped (a discarded step's claim is
-    cancelled, so its child is killed), and stays the fallback, built again only if needed.
-
-    A likely first rung is not screened itself: it is built and verified in any case, and its screen could
-    only have started the fallback sooner when it failed. Measured on the bundled example (2026-12-06, five
-    targets at once on 2 cores), those two screens (Android 8da8w-adapter-f32down, iOS int4-adapter) took
-    413 and 264 s of the build, beside the conversions they would only have cut short on a failure."""
+    cancelled, so its child is killed), and stays the fallback, built again only if needed."""
     likely = likely or ladder[-1]
     early = work.start(f"{likely} beside the screens", lambda: build(likely)) if len(ladder) > 1 else None
-    unscreened = likely if likely == ladder[0] else None
-    rungs, notes = rungs_to_build(ladder, lambda rung: [] if rung == unscreened else screen(rung))
+    rungs, notes = rungs_to_build(ladder, screen)
     if early is not None and rungs[0] != likely:
         early.discard()
         why = f"now that {rungs[0]} passed its screen" if likely == ladder[-1] else "after its screen failed"

@@ -361,13 +361,13 @@ class IosTarget:
         """Convert and simulate the first rung that passes its gate (the last rung ships either way); return its
         export, rung, verification and gate, and the verification of that export's fp16 package.
 
-        Every rung but the last (and but an adapter rung, which is converted in any case) is screened in eager
-        PyTorch first, from the most precise down (packager.ladder), so a rung predicted to fail is never
-        converted; a predicted pass that fails in simulation moves on to the next rung. A 4-bit rung's screen
-        meets the 4-bit class gate before llama.cpp's Q4_K_M baseline is built for its relative gate: a rung that
-        fails the class gate needs no baseline. With an eval set the screen answers it too, and when the task
-        decides (packager.verify.gates.TaskGate) a screen or package passes exactly when its own answers keep the
-        task (a fidelity miss is a warning, and no Q4_K_M baseline is built for it).
+        Every rung but the last is screened in eager PyTorch first, from the most precise down
+        (packager.ladder), so a rung predicted to fail is never converted; a predicted pass that fails in
+        simulation moves on to the next rung. A 4-bit rung's
+        screen meets the 4-bit class gate before llama.cpp's Q4_K_M baseline is built for its relative
+        gate: a rung that fails the class gate needs no baseline. With an eval set the screen answers it too, and
+        when the task decides (packager.verify.gates.TaskGate) a screen or package passes exactly when its own
+        answers keep the task (a fidelity miss is a warning, and no Q4_K_M baseline is built for it).
         """
         task_decides = bool(ctx.eval_rows) and ctx.options.task_gate.decides
 
