@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from packager.threads import torch_one_thread
+
 # Generic prose, code, JSON and dialogue.
 CALIBRATION_TEXT = (
     "The committee met on Tuesday to review the budget. After a long discussion, members agreed to postpone "
@@ -49,7 +51,7 @@ def linear_input_stats(model: Any, ids: Any, reduce: str) -> dict[str, Any]:
                     stats[name] = stats.get(name, 0) + (x * x).mean(0)
             hooks.append(module.register_forward_pre_hook(record))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch_one_thread():  # the same numbers whatever the build's thread share
             model(ids, use_cache=False)
     finally:
         for hook in hooks:

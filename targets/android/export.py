@@ -39,7 +39,9 @@ from targets.android.layouts import executorch_layout
 
 EXECUTORCH_VERSION = "1.5.1"
 # Bump when the exported program changes for the same checkpoint + recipe (keys the stage cache).
-EXPORT_SCHEMA = 3  # 3: attention through ExecuTorch's fused cache and SDPA kernels where the context allows
+# 4: calibration statistics on one torch thread; 3: attention through ExecuTorch's fused cache and SDPA kernels
+# where the context allows
+EXPORT_SCHEMA = 4
 DELEGATES = ("xnnpack", "vulkan")
 
 
