@@ -23,6 +23,7 @@ from typing import Any
 
 from packager.checkpoint import Checkpoint
 from packager.errors import BadInputError
+from packager.stop_strings import cut_at_stop
 
 TASKS = ("text", "labels", "json")
 _SENTINEL = "\u0000EDGEPACK_INPUT\u0000"
@@ -105,12 +106,7 @@ def render_prompt(contract: Contract, input_text: str, instruction: str = "") ->
 
 def clean_output(contract: Contract, raw: str) -> str:
     """Cut the raw generation at the first stop string, then strip surrounding whitespace."""
-    cut = len(raw)
-    for stop in contract.stop_strings:
-        pos = raw.find(stop)
-        if 0 <= pos < cut:
-            cut = pos
-    return raw[:cut].strip()
+    return cut_at_stop(raw, contract.stop_strings).strip()
 
 
 def parse_output(contract: Contract, raw: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from packager.child_stage import serve_request
+from packager.stop_strings import cut_at_stop
 
 # Renders the last message's text as is: the contract has already rendered the prompt (the engine's
 # messages carry a string or a list of {"type": "text", "text": ...} parts).
@@ -103,9 +104,7 @@ def settled_unconstrained(text: str, constraint: dict[str, Any]) -> bool:
     """
     if not constraint.get("prefix_free") or "regex" not in constraint:
         return False
-    for stop in constraint.get("stop_strings", []):
-        text = text.split(stop, 1)[0]
-    return re.fullmatch(constraint["regex"], text) is not None
+    return re.fullmatch(constraint["regex"], cut_at_stop(text, constraint.get("stop_strings", []))) is not None
 
 
 def run(request: dict[str, Any]) -> dict[str, Any]:
