@@ -82,7 +82,7 @@ def torch_one_thread() -> Iterator[None]:
     """torch's intra-op pool at one thread for the block, for a statistic an artifact's bytes depend on: a
     reduction split over threads sums in another order, so with the thread count the build's share gives it
     (packager.scheduler) the same input gave other calibration statistics (measured: 119 of Gemma 3 270M's
-    126 linears' mean squares, by up to 2e-7 relative) and another Core ML package."""
+    126 linears' mean squares, by up to 2e-7 relative) and another quantized artifact."""
     import torch
 
     threads = torch.get_num_threads()
