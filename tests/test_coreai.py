@@ -211,8 +211,8 @@ def test_non_finite_logits_from_the_interpreter_fail_the_gate(router_aimodel, ti
     ctx = BuildContext(ckpt, ckpt.content_digest(), BuildOptions(context_length=256), Reporter(quiet=True))
 
     class Broken(AimodelDriver):
-        def predict(self, inputs):
-            logits = super().predict(inputs)
+        def predict(self, inputs, last_positions=None):
+            logits = super().predict(inputs, last_positions)
             return np.full_like(logits, np.nan)
 
     driver = Broken(bundle / "model-fp16.aimodel")

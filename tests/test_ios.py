@@ -330,7 +330,7 @@ class _Scripted(PackageDriver):
     def reset_state(self) -> None:
         self.calls.clear()
 
-    def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def predict(self, inputs: dict[str, np.ndarray], last_positions: int | None = None) -> np.ndarray:
         seq, total = inputs["inputIds"].shape[1], inputs["fullAttentionMask"].shape[-1]
         self.calls.append((seq, total))
         logits = np.zeros((1, seq, 16), np.float16)
@@ -360,8 +360,8 @@ def test_non_finite_logits_while_answering_the_eval_set_fail_the_package() -> No
             return "".join("ab"[i % 2] for i in ids)
 
     class Overflowing(_Scripted):
-        def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-            logits = super().predict(inputs)
+        def predict(self, inputs: dict[str, np.ndarray], last_positions: int | None = None) -> np.ndarray:
+            logits = super().predict(inputs, last_positions)
             logits[0, -1, 5] = np.inf if len(self.calls) == 2 else logits[0, -1, 5]
             return logits
 
@@ -371,6 +371,45 @@ def test_non_finite_logits_while_answering_the_eval_set_fail_the_package() -> No
     assert finite[0].exact_match == 1.0 and finite[1] == []
     metrics, failures, _ = answer_eval_set(Overflowing([2, 1, 0]), contract, rows, Tokenizer(), 64, ["ab"])
     assert metrics.exact_match == 1.0 and "non-finite" in failures[0]  # a right answer from infinite logits fails
+
+
+def test_an_answer_computes_only_the_last_row_of_the_logits_with_the_same_numbers(router_bundle) -> None:
+    from targets.ios.verify import SimulatedModel
+
+    _, out = router_bundle
+    model = SimulatedModel(out / "ios" / "model-fp16.mlpackage")
+    ids = [2, *range(10, 40)]
+    model.reset_state()
+    every = model.step(ids, len(ids))
+    model.reset_state()
+    last = model.step(ids, len(ids), last_only=True)
+    assert every.shape[0] == len(ids) and last.shape[0] == 1  # the lm_head ran on one row
+    # The same row: at most one fp16 step apart (a one-row product may sum in another order), same argmax.
+    assert np.allclose(last[0], every[-1], rtol=2e-3, atol=1e-3) and np.argmax(last[0]) == np.argmax(every[-1])
+    # and the state the answer continues from is the same
+    model.reset_state()
+    model.step(ids, len(ids))
+    whole_next = model.step([5], len(ids) + 1)
+    model.reset_state()
+    model.step(ids, len(ids), last_only=True)
+    assert np.array_equal(model.step([5], len(ids) + 1), whole_next)
+
+
+def test_fp16_rounding_in_fp32_is_numpys_cast_bit_for_bit() -> None:
+    from targets.ios.mil_interpreter import as_declared
+
+    rng = np.random.default_rng(3)
+    edges = np.array([0.0, -0.0, 65504.0, 65519.99, 65520.0, -65520.0, 1e-8, -3e-8, 2.0**-24, 2.0**-25,
+                      2.0**-25 * 1.0001, 6.1e-5, np.inf, -np.inf, np.nan, 1.0 + 2.0**-11, 1.0 + 3 * 2.0**-11],
+                     np.float32)
+    for size in (100, 5000, 100_000):  # numpy's cast below the torch threshold, torch's a grain at a time above
+        values = (rng.standard_normal(size) * rng.choice([1e-6, 1.0, 1e3, 1e5], size)).astype(np.float32)
+        values[:len(edges)] = edges
+        held = as_declared(values.reshape(-1, 10), np.float16)
+        expected = values.reshape(-1, 10).astype(np.float16).astype(np.float32)
+        assert held.dtype == np.float32
+        assert np.array_equal(held, expected, equal_nan=True)
+        assert np.array_equal(np.signbit(held), np.signbit(expected))
 
 
 def test_in_place_cache_updates_give_the_logits_a_copy_would(router_bundle) -> None:

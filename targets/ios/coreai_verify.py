@@ -108,7 +108,7 @@ class AimodelDriver(PackageDriver):
         return {INPUTS[0]: np.asarray([ids], dtype=np.int32),
                 INPUTS[1]: np.arange(total, dtype=np.int32)[np.newaxis]}
 
-    def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def predict(self, inputs: dict[str, np.ndarray], last_positions: int | None = None) -> np.ndarray:
         from coreai.runtime import NDArray
 
         arrays = {name: NDArray(np.ascontiguousarray(value)) for name, value in inputs.items()

@@ -7,10 +7,13 @@ stays fp16), while the arithmetic inside one op (a matmul's sums, a reduction) r
 Core ML's GPU and Neural Engine accumulate. Weight compression ops (constexpr_*) are expanded once.
 State (keyCache/valueCache) lives in the interpreter between calls, like an MLState.
 
-Weights are held once, in fp32 (what numpy's matmul needs): an fp16 weight's fp32 copy holds exactly
-its values, and every op's result is rounded to its declared dtype anyway, so the numbers are those of
-an fp16 copy. The program's own copy of a weight is dropped once the interpreter holds it (three
-copies of Gemma 3 270M's weights were 0.8 GB of a simulation's 2.5).
+Every fp16 value is held in fp32, rounded to fp16 (what numpy's matmul needs, and float32 holds any
+fp16 value exactly): weights once, and each op's result as it is rounded to its declared dtype. So the
+numbers are those of fp16 tensors, without numpy's fp16 casts, which were a quarter of a simulation's
+time (torch rounds fp32 to fp16 and back about ten times faster). Ops that only move values (reshape,
+slices, gather, ...) are not rounded again: their inputs already hold fp16 values. The program's own
+copy of a weight is dropped once the interpreter holds it (three copies of Gemma 3 270M's weights were
+0.8 GB of a simulation's 2.5).
 
 What this cannot show: the exact kernels a device picks (fused ops, accumulation order, ANE
 placement). The level says so: simulated, not executed.
@@ -28,6 +31,9 @@ import numpy as np
 
 from packager.errors import UnsupportedError
 
+# Bump when the interpreter's numbers may change (part of every simulated verification's cache key).
+# 2: gelu's tanh form computed in place (x * x * x, not libm's pow: 2 of 82k values differ after rounding to fp16).
+SIMULATOR_VERSION = 2
 Kernel = Callable[["MilInterpreter", Any], Any]
 # Ops whose outputs are not scanned for inf/NaN: constants, and whole-state copies whose new values
 # were already scanned where they were computed (a scan of the full KV cache per layer is the
@@ -82,6 +88,8 @@ class _Step:
     constant: bool
     # Its output must not be a view: it reads a tensor a later slice_update changes in place.
     materialized: bool = False
+    # Its outputs are rounded to their declared dtypes (False for ops that only move values).
+    rounded: bool = True
 
 
 class MilInterpreter:
@@ -109,11 +117,16 @@ class MilInterpreter:
                            for v in op.outputs}
         self._plan = [_Step(op, KERNELS[op.op_type], tuple((id(v), _nptype(v)) for v in op.outputs),
                             op.op_type not in _UNCHECKED and not op.op_type.startswith("constexpr_"),
-                            op.op_type.startswith("constexpr_"), id(op) in materialized)
+                            op.op_type.startswith("constexpr_"), id(op) in materialized,
+                            op.op_type not in _MOVES_VALUES)
                       for op in self.function.operations if op.op_type != "const"]
         self._plan_inputs = [(id(var), name, types_is_state(var), _nptype(var))
                              for name, var in self.function.inputs.items()]
         self._scan_constants = True
+        # The linears that compute an output (a decoder's lm_head): with `last_positions`, only their last rows.
+        self.output_linears = frozenset(id(var.op) for var in self.function.outputs
+                                         if var.op is not None and var.op.op_type == "linear")
+        self.last_positions: int | None = None
         self.reset_state()
 
     def reset_state(self) -> None:
@@ -126,10 +139,11 @@ class MilInterpreter:
                 shape = tuple(wrapped.get_shape())
                 dtype = types.nptype_from_builtin(wrapped.get_primitive())
                 state = self.states.get(name)
-                if state is not None and state.shape == shape and state.dtype == dtype and state.flags.writeable:
+                held = np.float32 if dtype == np.float16 else dtype
+                if state is not None and state.shape == shape and state.dtype == held and state.flags.writeable:
                     state.fill(0)
                 else:
-                    self.states[name] = np.zeros(shape, dtype=dtype)
+                    self.states[name] = np.zeros(shape, dtype=held)
 
     def value(self, var: Any) -> Any:
         """The current value of an op input (a computed tensor, a state, or a constant)."""
@@ -150,11 +164,15 @@ class MilInterpreter:
         var = self._inputs[id(op)].get(name)
         return default if var is None else self.value(var)
 
-    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the program once; states persist (call reset_state() for a new sequence)."""
+    def predict(self, inputs: dict[str, np.ndarray], last_positions: int | None = None) -> dict[str, np.ndarray]:
+        """Run the program once; states persist (call reset_state() for a new sequence). An fp16 output comes
+        back in fp32, holding its fp16 values. With `last_positions`, an output computed by a linear (the
+        logits) holds only its last positions: a prompt's answer needs the last row, and the lm_head's other
+        rows were half of a prefill's time (262,144 x 640 per position for Gemma 3)."""
+        self.last_positions = last_positions
         self.env: dict[int, Any] = dict(self._const_env)
         for key, name, is_state, dtype in self._plan_inputs:
-            self.env[key] = name if is_state else np.asarray(inputs[name]).astype(dtype)
+            self.env[key] = name if is_state else as_declared(np.asarray(inputs[name]), dtype)
         # Expanded weights (constexpr_*) are scanned once, on the first call: they never change.
         scan_constants, self._scan_constants = self._scan_constants, False
         with np.errstate(all="ignore"):  # overflow is looked for below, not warned about
@@ -169,9 +187,9 @@ class MilInterpreter:
             results = result if isinstance(result, tuple) else (result,)
             for (key, dtype), out in zip(step.outputs, results, strict=True):
                 # An expanded weight is held in fp32, its values already rounded to the declared dtype.
-                if dtype is not None and not step.constant and isinstance(out, np.ndarray | np.generic) \
-                        and out.dtype != dtype:
-                    out = np.asarray(out).astype(dtype, copy=False)
+                if step.rounded and dtype is not None and not step.constant \
+                        and isinstance(out, np.ndarray | np.generic):
+                    out = as_declared(out, dtype)
                 if step.materialized and isinstance(out, np.ndarray) and out.base is not None:
                     out = out.copy()  # a view of a tensor a later op updates in place
                 self.env[key] = out
@@ -194,29 +212,59 @@ class MilInterpreter:
         return self._constants[key]
 
 
-# A constant of at least this many values is a weight: held in fp32, the program's copy dropped.
+# A constant of at least this many values is a weight: the program's copy is dropped once it is held.
 _WEIGHT_VALUES = 4096
+# Ops whose outputs are values of their inputs, moved: never rounded again (their inputs hold declared values).
+_MOVES_VALUES = frozenset({"reshape", "expand_dims", "squeeze", "transpose", "concat", "tile", "split",
+                           "slice_by_index", "slice_by_size", "slice_update", "gather", "read_state",
+                           "coreml_update_state", "identity"})
 
 
 def _held(var: Any) -> Any:
-    """A constant's value as the interpreter holds it: in the dtype the program declares (as every output is
-    rounded), except a float weight, held in fp32 (exactly its declared values) in place of the program's copy."""
+    """A constant's value as the interpreter holds it: in the dtype the program declares (fp16 held in fp32, as
+    every output is); a float weight's program copy is dropped."""
     value, dtype = var.val, _nptype(var)
-    if not isinstance(value, np.ndarray | np.generic):
+    if not isinstance(value, np.ndarray | np.generic) or dtype is None:
         return value
-    if dtype is not None and np.dtype(dtype).kind == "f" and value.size >= _WEIGHT_VALUES:
-        held = _rounded_f32(value, dtype)
+    held = as_declared(value, dtype)
+    if np.dtype(dtype).kind == "f" and value.size >= _WEIGHT_VALUES:
         _drop_program_copy(var)
-        return held
-    return value.astype(dtype) if dtype is not None and value.dtype != dtype else value
+    return held
 
 
-def _rounded_f32(value: np.ndarray, dtype: Any) -> np.ndarray:
-    """`value` rounded to `dtype`, held in fp32 (float32's range and precision hold any fp16 value exactly)."""
-    value = np.asarray(value)
-    if value.dtype != dtype:
-        value = value.astype(dtype)
-    return value.astype(np.float32, copy=False)
+def as_declared(value: np.ndarray | np.generic, dtype: Any) -> np.ndarray:
+    """`value` with the values of `dtype`: fp16 is held in fp32 (float32's range and precision hold every fp16
+    value, inf included, exactly), any other dtype as itself."""
+    if dtype != np.float16:
+        return np.asarray(value).astype(dtype, copy=False)
+    if value.dtype == np.float16:
+        return np.asarray(value, dtype=np.float32)
+    return _f16_rounded(np.asarray(value, dtype=np.float32))
+
+
+# Below this many values numpy's cast is as fast as calls into torch (measured: 10.6 vs 9.3 us at 4,096).
+_TORCH_CAST_VALUES = 4096
+# torch runs an elementwise op on at most this many values in the calling thread (at::internal::GRAIN_SIZE):
+# larger ones wake its thread pool, whose spinning threads then take turns with OpenBLAS's (packager.threads).
+_TORCH_GRAIN = 32768
+
+
+def _f16_rounded(value: np.ndarray) -> np.ndarray:
+    """fp32 values rounded to the nearest fp16 (ties to even, overflow to inf), kept in fp32: torch's
+    vectorised casts (the same IEEE conversion as numpy's, 10x faster at 82k values), a grain at a time."""
+    if value.size < _TORCH_CAST_VALUES or not value.flags.c_contiguous:
+        return value.astype(np.float16).astype(np.float32)
+    import torch
+
+    source = torch.from_numpy(value.reshape(-1)) if value.flags.writeable else torch.tensor(value.reshape(-1))
+    out = torch.empty(value.size, dtype=torch.float32)
+    half = torch.empty(min(value.size, _TORCH_GRAIN), dtype=torch.float16)
+    for start in range(0, value.size, _TORCH_GRAIN):
+        end = min(value.size, start + _TORCH_GRAIN)
+        part = half[:end - start]
+        part.copy_(source[start:end])
+        out[start:end].copy_(part)
+    return out.numpy().reshape(value.shape)
 
 
 def _only_read_by_expansions(var: Any) -> bool:
@@ -360,7 +408,18 @@ def _gelu(vm: MilInterpreter, op: Any) -> Any:
     x = _f32(vm.arg(op, "x"))
     mode = vm.arg(op, "mode", "EXACT")
     if mode == "TANH_APPROXIMATION":
-        return 0.5 * x * (1.0 + np.tanh(np.float32(np.sqrt(2.0 / np.pi)) * (x + 0.044715 * x ** 3)))
+        # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), in place: x ** 3 (libm's pow) and the temporaries
+        # were 15 % of a Gemma prefill.
+        t = x * x
+        t *= x
+        t *= np.float32(0.044715)
+        t += x
+        t *= np.float32(np.sqrt(2.0 / np.pi))
+        np.tanh(t, out=t)
+        t += np.float32(1.0)
+        t *= x
+        t *= np.float32(0.5)
+        return t
     if mode == "SIGMOID_APPROXIMATION":
         return x / (1.0 + np.exp(-1.702 * x))
     from math import erf
@@ -417,6 +476,8 @@ def _dense_weight(vm: MilInterpreter, var: Any) -> np.ndarray:
 @kernel("linear")
 def _linear(vm: MilInterpreter, op: Any) -> Any:
     x = _f32(vm.arg(op, "x"))
+    if vm.last_positions is not None and x.ndim >= 2 and id(op) in vm.output_linears:
+        x = x[..., -vm.last_positions:, :]
     weight = _dense_weight(vm, vm.inputs(op)["weight"])
     out = x @ weight.T
     bias = vm.arg(op, "bias")
@@ -593,34 +654,44 @@ def _band_part(vm: MilInterpreter, op: Any) -> Any:
 # Weight compression (expanded once, as Core ML decompresses at load time).
 
 
-def _block_expand(small: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Repeat each entry of `small` over its block so it broadcasts to `shape` (blockwise parameters)."""
-    out = small
-    for axis, (n_small, n_full) in enumerate(zip(small.shape, shape, strict=True)):
-        if n_small != n_full:
-            out = np.repeat(out, n_full // n_small, axis=axis)
-    return out
+def _blocked(values: Any, small: tuple[int, ...]) -> Any:
+    """`values` (a torch tensor) reshaped so a blockwise parameter of shape `small`, viewed by `_per_block`,
+    broadcasts over it: axis i of n values becomes (small[i], n // small[i])."""
+    return values.reshape([d for n, k in zip(values.shape, small, strict=True) for d in (k, n // k)])
+
+
+def _per_block(small: Any) -> Any:
+    return small.reshape([d for k in small.shape for d in (k, 1)])
 
 
 @kernel("constexpr_blockwise_shift_scale")
 def _blockwise(vm: MilInterpreter, op: Any) -> Any:
     def expand() -> np.ndarray:
+        import torch
+
         data = np.asarray(vm.arg(op, "data"))
-        scale = np.asarray(vm.arg(op, "scale")).astype(np.float32)
+        scale = torch.from_numpy(np.asarray(vm.arg(op, "scale")).astype(np.float32))
         offset = vm.arg(op, "offset")
-        offset = None if offset is None else np.asarray(offset).astype(np.float32)
-        out = np.empty(data.shape, dtype=np.float32)
-        # Row blocks of about 2^20 values (whole scale blocks): the full-size temporaries were 2 GB for an
-        # embedding table.
+        offset = None if offset is None else torch.from_numpy(np.asarray(offset).astype(np.float32))
+        # torch's allocation: it asks for huge pages, and first touching 0.7 GB of 4-kB pages (Gemma's embedding
+        # table) took 8 s on this build host's VM.
+        out = torch.empty(data.shape, dtype=torch.float32).numpy()
+        # Row blocks of about 2^22 values (whole scale blocks): full-size temporaries were 2 GB for an
+        # embedding table. torch's casts and broadcasts: numpy's (np.repeat, int8 -> fp32) were 10 s of a
+        # Gemma 3 270M simulation. Same arithmetic: (data - offset) * scale in fp32, rounded to the output dtype.
         rows = data.shape[0] // scale.shape[0]
-        step = max(rows, (2**20 // max(1, data[0].size)) // rows * rows)
+        step = max(rows, (2**22 // max(1, data[0].size)) // rows * rows)
+        declared = _nptype(op.outputs[0])
         for start in range(0, data.shape[0], step):
-            part = data[start:start + step].astype(np.float32)
-            blocks = slice(start // rows, (start + len(part)) // rows)
+            blocks = slice(start // rows, (start + min(step, data.shape[0] - start)) // rows)
+            small = tuple(scale[blocks].shape)
+            part = _blocked(torch.from_numpy(np.array(data[start:start + step])).to(torch.float32), small)
             if offset is not None:
-                part -= _block_expand(offset[blocks], part.shape)
-            part *= _block_expand(scale[blocks], part.shape)
-            out[start:start + len(part)] = _rounded_f32(part, _nptype(op.outputs[0]))
+                part -= _per_block(offset[blocks])
+            part *= _per_block(scale[blocks])
+            if declared == np.float16:
+                part = part.to(torch.float16).to(torch.float32)
+            out[start:start + step] = part.reshape(-1, *data.shape[1:]).numpy()
         return out
 
     return vm.constant(op, expand)
@@ -635,6 +706,6 @@ def _lut(vm: MilInterpreter, op: Any) -> Any:
             raise UnsupportedError("vector palettization (lut vector size > 1) is not simulated")
         grids = np.indices(indices.shape, sparse=True)
         group = tuple(g // (n // m) for g, n, m in zip(grids, indices.shape, lut.shape[:-2], strict=True))
-        return _rounded_f32(lut[(*group, indices, 0)], _nptype(op.outputs[0]))
+        return as_declared(lut[(*group, indices, 0)], _nptype(op.outputs[0]))
 
     return vm.constant(op, expand)

@@ -159,11 +159,12 @@ def verified_package(ctx: BuildContext, export: CoreMLExport, compression: str, 
     Cached per package content + golden set + gate + level + task, bound to the package's sha256.
     """
     from targets.ios import verify as coreml_check
+    from targets.ios.mil_interpreter import SIMULATOR_VERSION
 
     package = export.package_digests[compression]
     task_key = ctx.task_key() if ctx.eval_rows else ""  # the eval set and contract the answers depend on
-    key = options_digest("verify-coreml", COREML_VERIFICATION_SCHEMA, export.key, compression, package,
-                         ctx.golden.digest_source(), dataclasses.asdict(gate), max_positions, executed,
+    key = options_digest("verify-coreml", COREML_VERIFICATION_SCHEMA, SIMULATOR_VERSION, export.key, compression,
+                         package, ctx.golden.digest_source(), dataclasses.asdict(gate), max_positions, executed,
                          task_key)[:24]
     label = f"{'execute' if executed else 'simulate'} {export.package_name(compression)}"
 

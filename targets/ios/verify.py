@@ -68,16 +68,19 @@ class PackageDriver:
     def reset_state(self) -> None:
         raise NotImplementedError
 
-    def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def predict(self, inputs: dict[str, np.ndarray], last_positions: int | None = None) -> np.ndarray:
+        """The program's logits for `inputs`; a driver may give only the last `last_positions` rows."""
         raise NotImplementedError
 
     def step_inputs(self, ids: list[int], total: int) -> dict[str, np.ndarray]:
         """The inputs of one prediction of `ids`, the last of `total` tokens: swift-transformers' names."""
         return {"inputIds": np.asarray([ids], dtype=np.int32), **additive_masks(len(ids), total, self.window)}
 
-    def step(self, ids: list[int], total: int) -> np.ndarray:
-        """Logits [len(ids), vocab] of one prediction of `ids`, the last of `total` tokens, through the state."""
-        logits = np.asarray(self.predict(self.step_inputs(ids, total))[0], dtype=np.float32)
+    def step(self, ids: list[int], total: int, last_only: bool = False) -> np.ndarray:
+        """Logits [len(ids), vocab] of one prediction of `ids`, the last of `total` tokens, through the state
+        (with `last_only`, at least the last row)."""
+        logits = np.asarray(self.predict(self.step_inputs(ids, total), 1 if last_only else None)[0],
+                            dtype=np.float32)
         if not np.isfinite(logits).all():
             self.nonfinite_steps += 1
         return logits
@@ -99,7 +102,7 @@ class PackageDriver:
         total = len(prompt_ids)
         if total >= max_context:
             return
-        last = self.step(prompt_ids, total)[-1]
+        last = self.step(prompt_ids, total, last_only=True)[-1]
         while True:
             tok = int(np.argmax(last))
             yield tok
@@ -135,8 +138,8 @@ class SimulatedModel(PackageDriver):
     def reset_state(self) -> None:
         self.vm.reset_state()
 
-    def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        logits = self.vm.predict(inputs)["logits"]
+    def predict(self, inputs: dict[str, np.ndarray], last_positions: int | None = None) -> np.ndarray:
+        logits = self.vm.predict(inputs, last_positions)["logits"]
         self.first_nonfinite = self.vm.first_nonfinite
         return logits
 
@@ -158,7 +161,7 @@ class CoreMLRuntimeModel(PackageDriver):
     def reset_state(self) -> None:
         self.state = self.model.make_state()
 
-    def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def predict(self, inputs: dict[str, np.ndarray], last_positions: int | None = None) -> np.ndarray:
         return np.asarray(self.model.predict(inputs, state=self.state)["logits"])
 
 
