@@ -40,16 +40,32 @@ def _assemble_gguf(dest: Path) -> Path:
 
 @contextmanager
 def gguf_read_once() -> Iterator[None]:
-    """One gguf-py reader per file while this is open.
+    """One gguf-py reader per file, and one parse of its metadata, while this is open.
 
     transformers opens a GGUF three times (config, weights, tokenizer), and each GGUFReader builds a Python
     object per vocabulary entry: for Gemma's 262k tokens that was more than half of the example's minute.
     transformers imports the class from the gguf package inside its loader, so the package's name is swapped.
+    The config and the tokenizer also each parse every metadata value (the 262k tokens, scores and types)
+    into Python (load_gguf_checkpoint without tensors, imported by name at each call): the second gets a copy
+    of the first's result.
     """
+    import copy
+
     import gguf
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
     original = gguf.GGUFReader
+    original_load = gguf_utils.load_gguf_checkpoint
     readers: dict[tuple[str, str], Any] = {}
+    metadata: dict[str, Any] = {}
+
+    def load(path: Any, return_tensors: bool = False, **kwargs: Any) -> Any:
+        if return_tensors or kwargs:
+            return original_load(path, return_tensors=return_tensors, **kwargs)
+        key = str(Path(path).resolve())
+        if key not in metadata:
+            metadata[key] = original_load(path, return_tensors=False)
+        return copy.deepcopy(metadata[key])
 
     def reader(path: Any, mode: str = "r") -> Any:
         key = (str(Path(path).resolve()), mode)
@@ -58,16 +74,19 @@ def gguf_read_once() -> Iterator[None]:
         return readers[key]
 
     gguf.GGUFReader = reader
+    gguf_utils.load_gguf_checkpoint = load
     try:
         yield
     finally:
         gguf.GGUFReader = original
+        gguf_utils.load_gguf_checkpoint = original_load
 
 
 def gguf_to_hf_folder(gguf_path: Path, out: Path) -> Path:
     """Save a GGUF as a Hugging Face folder (bf16 safetensors + tokenizer), dequantized by transformers."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.initialization import no_init_weights
 
     with gguf_read_once():
         model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
@@ -76,7 +95,9 @@ def gguf_to_hf_folder(gguf_path: Path, out: Path) -> Path:
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # save_pretrained refuses a gguf-"quantized" model
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    with no_init_weights():  # every weight is the loaded model's; a random initialisation took 4 s
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    fresh.tie_weights()  # which the skipped initialisation also does
     fresh.load_state_dict(model.state_dict())
     del model
     fresh.save_pretrained(str(out))

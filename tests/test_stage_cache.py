@@ -346,6 +346,30 @@ def test_the_bundled_example_is_a_checked_cache_entry(cold_cache: Path, monkeypa
     assert calls == [1, 1] and _temporaries(cold_cache) == []
 
 
+def test_a_ggufs_metadata_is_parsed_once_and_each_caller_gets_its_own_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from packager.examples import gguf_read_once
+
+    calls: list[bool] = []
+
+    def parse(path: object, return_tensors: bool = False, **kwargs: object) -> dict:
+        calls.append(return_tensors)
+        return {"config": {"vocab": ["a", "b"]}, "tensors": {"w": 1} if return_tensors else {}}
+
+    monkeypatch.setattr(gguf_utils, "load_gguf_checkpoint", parse)
+    path = tmp_path / "model.gguf"
+    with gguf_read_once():
+        first = gguf_utils.load_gguf_checkpoint(path, return_tensors=False)  # the config's parse
+        first["config"]["vocab"].append("c")  # a caller that edits what it got
+        weights = gguf_utils.load_gguf_checkpoint(path, return_tensors=True, model_to_load=None)
+        second = gguf_utils.load_gguf_checkpoint(str(path))  # the tokenizer's: the same file by another spelling
+    assert calls == [False, True]  # the tensors are read, the metadata parsed once
+    assert weights["tensors"] == {"w": 1} and second["config"]["vocab"] == ["a", "b"]
+    assert gguf_utils.load_gguf_checkpoint is parse  # put back on leaving
+
+
 def test_the_bundled_example_sends_the_converters_output_to_a_log(
         cold_cache: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
     import packager.examples as examples
