@@ -689,9 +689,7 @@ def _blockwise(vm: MilInterpreter, op: Any) -> Any:
             if offset is not None:
                 part -= _per_block(offset[blocks])
             part *= _per_block(scale[blocks])
-            if declared == np.float16:
-                part = part.to(torch.float16).to(torch.float32)
-            out[start:start + step] = part.reshape(-1, *data.shape[1:]).numpy()
+            out[start:start + step] = as_declared(part.reshape(-1, *data.shape[1:]).numpy(), declared)
         return out
 
     return vm.constant(op, expand)
