@@ -849,3 +849,54 @@ def test_gemma_270m_builds_for_android_with_the_default_recipe(gemma_270m: Path,
     assert sizes[f"model-{recipe}.pte"] + sizes[f"model-{recipe}.ptd"] <= 350 * 2**20
     assert document["runner"]["eos_ids"] == [1, 106] and document["runner"]["num_bos"] == 1
     assert executed.tokenizer_parity and executed.tokens_per_s > 0
+
+
+def test_xnnpack_passes_are_skipped_only_where_their_ops_are_absent() -> None:
+    """A decoder's partitions hold none of the ops the skippable passes rewrite; a partition that does keeps them."""
+    from executorch.backends.xnnpack._passes import XNNPACKPassManager
+
+    from targets.android.xnnpack_passes import applicable
+
+    every = XNNPACKPassManager(None).passes
+    decoder = frozenset({"aten.linear.default", "aten.mul.Tensor", "aten.add.Tensor", "aten.rsqrt.default"})
+    kept = [p.__name__ for p in applicable(every, decoder)]
+    assert len(kept) == len(every) - 9
+    assert "ConvertToLinearPass" in kept and "Conv1dUnsqueezePass" not in kept
+    assert [p.__name__ for p in applicable(every, decoder)] == [p.__name__ for p in every if p.__name__ in kept]
+    for op, needs in [("aten.convolution.default", "Conv1dUnsqueezePass"),
+                      ("aten._native_batch_norm_legit_no_training.default", "FuseBatchNormPass"),
+                      ("aten._native_batch_norm_legit_no_training.default", "DecomposeBatchNorm"),
+                      ("aten._prelu_kernel.default", "PReLUReshapePass"),
+                      ("aten.max_pool2d_with_indices.default", "RemoveGetItemPass"),
+                      ("aten.upsample_bilinear2d.vec", "ConvertToUpsampleBilinear2d"),
+                      ("dim_order_ops._to_dim_order_copy.default", "DimOrderOpsRevertPass"),
+                      ("aten.relu.default", "FuseActivationPass"),
+                      ("aten._to_copy.default", "RemoveRedundantCopyPass")]:
+        assert needs in [p.__name__ for p in applicable(every, decoder | {op})], op
+
+
+def test_the_pte_is_byte_identical_with_the_inapplicable_xnnpack_passes_skipped(
+        tiny_gemma: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+
+    from targets.android import export, xnnpack_passes
+    from targets.android.export import RECIPES, RunnerMetadata, export_pte
+
+    dropped: list[int] = []
+    kept_for = xnnpack_passes.applicable
+
+    def counting(passes: list, present: frozenset[str]) -> list:
+        kept = kept_for(passes, present)
+        dropped.append(len(passes) - len(kept))
+        return kept
+
+    monkeypatch.setattr(xnnpack_passes, "applicable", counting)
+    config = json.loads((tiny_gemma / "config.json").read_text())
+    metadata = RunnerMetadata(64, (1, 6), 2, config["vocab_size"])
+    skipped = export_pte(tiny_gemma, tmp_path / "skipped", RECIPES["8da8w"], metadata)
+    assert dropped and min(dropped) >= 7  # no partition has a convolution, batch norm, PReLU, pool or upsample
+    monkeypatch.setattr(export, "only_applicable_passes", contextlib.nullcontext)
+    every = export_pte(tiny_gemma, tmp_path / "every", RECIPES["8da8w"], metadata)
+    for name in (skipped.pte, skipped.ptd):
+        assert (tmp_path / "skipped" / name).read_bytes() == (tmp_path / "every" / name).read_bytes(), name
+    assert every.total_ops == skipped.total_ops

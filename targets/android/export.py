@@ -36,6 +36,7 @@ from packager.verify.gates import EIGHT_BIT, LOSSLESS, LOW_BIT, Gate
 from targets.android import fused_attention
 from targets.android.export_graph import replace_rms_norms, static_reshapes
 from targets.android.layouts import executorch_layout
+from targets.android.xnnpack_passes import only_applicable_passes
 
 EXECUTORCH_VERSION = "1.5.1"
 # Bump when the exported program changes for the same checkpoint + recipe (keys the stage cache).
@@ -533,11 +534,12 @@ def lower_and_write(exported: Any, metadata: RunnerMetadata, delegate: str, out_
     for node in exported.graph.nodes:  # XNNPACK's weights join the program's constants in <stem>.ptd
         if node.op == "placeholder":
             node.meta.setdefault("custom", {})["delegate_constant_tag"] = stem
-    edge = to_edge_transform_and_lower(
-        {"forward": exported}, partitioner=_partitioners(delegate), transform_passes=[static_reshapes],
-        compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True),
-        constant_methods=metadata.constant_methods(),
-    )
+    with only_applicable_passes():
+        edge = to_edge_transform_and_lower(
+            {"forward": exported}, partitioner=_partitioners(delegate), transform_passes=[static_reshapes],
+            compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True),
+            constant_methods=metadata.constant_methods(),
+        )
     program = edge.to_executorch(config=ExecutorchBackendConfig(
         extract_delegate_segments=True, memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
         do_quant_fusion_and_const_prop=True, external_constants=lambda _node: stem,
