@@ -767,6 +767,32 @@ def test_a_lora_input_ships_its_base_at_4_bits_and_the_adapter_apart_in_fp16(lor
     assert shipped.level == "simulated" and shipped.metrics is not None and shipped.metrics.finite
 
 
+def test_the_consts_chosen_for_compression_are_the_ones_coremltools_lists(lora_bundle) -> None:
+    """compress() lists the package's large consts and their readers itself (one program load, no statistics)."""
+    import coremltools as ct
+    import coremltools.optimize.coreml as cto
+    from coremltools.converters.mil.frontend.milproto.load import load
+    from coremltools.models.utils import _convert_model_spec_to_pymil_prog
+
+    from packager.fingerprint import cache_root
+    from targets.ios.convert import COMPRESSION, large_consts, split_by_bits
+
+    shipped = (lora_bundle[1] / "model-int4-adapter.mlpackage" / "Data").rglob("weight.bin")
+    weights = next(shipped).read_bytes()
+    # The fp16 package the shipped one was compressed from: its conversion's stage-cache entry.
+    fp16 = next(entry / "model-fp16.mlpackage" for entry in (cache_root() / "coreml").iterdir()
+                if (entry / "model-fp16.mlpackage").is_dir() and any(
+                    w.read_bytes() == weights for w in entry.glob("model-int4-adapter.mlpackage/Data/**/weight.bin")))
+    mlmodel = ct.models.MLModel(str(fp16), skip_model_load=True)
+    theirs = {name: {child.op_type for child in meta.child_ops}
+              for name, meta in cto.get_weights_metadata(mlmodel, weight_threshold=2048).items()}
+    ours = large_consts(_convert_model_spec_to_pymil_prog(mlmodel, mlmodel.get_spec().specificationVersion, load))
+    assert ours == theirs and len(ours) > 10
+    four, eight = split_by_bits(ours, COMPRESSION["int4-adapter"])
+    assert not any("_lora_" in name for name in four + eight)  # the adapter stays fp16
+    assert any(name.startswith("embedding") for name in eight) and "blocks_0_q_proj_weight_to_fp16" in four
+
+
 def test_the_adapter_kept_apart_keeps_the_fine_tune_a_4_bit_merge_rounds_away(lora_bundle, tmp_path: Path) -> None:
     from packager.adapter import AdapterSource
     from packager.checkpoint import load_checkpoint
