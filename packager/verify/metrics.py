@@ -18,9 +18,21 @@ ROWS_AT_ONCE = 16
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
+    return _to_log_probs(np.array(logits, dtype=np.float64))[0]
+
+
+def _to_log_probs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Turn float64 rows of logits into log-probabilities in place; return them and the probabilities.
+
+    One exp per value (the probabilities are the exponentials already summed), where taking the
+    log-softmax and then exp() of it for KL took two.
+    """
     x -= x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    p = np.exp(x)
+    total = p.sum(axis=-1, keepdims=True)
+    x -= np.log(total)
+    p /= total
+    return x, p
 
 
 @dataclass
@@ -46,24 +58,33 @@ class FidelityAccumulator:
 
     def _add_rows(self, ref_logits: np.ndarray, art_logits: np.ndarray) -> None:
         vocab = min(ref_logits.shape[-1], art_logits.shape[-1])
-        ref = log_softmax(np.asarray(ref_logits[:, :vocab]))
-        art = log_softmax(np.asarray(art_logits[:, :vocab]))
+        ref = np.array(ref_logits[:, :vocab], dtype=np.float64)  # working copies, turned into log-probs below
+        art = np.array(art_logits[:, :vocab], dtype=np.float64)
+        ref_finite, art_finite = np.isfinite(ref).all(-1), np.isfinite(art).all(-1)
+        # Cosine of the raw logit vectors (an artifact's inf / NaN counted as 0, a reference's kept).
+        art_clean = art if art_finite.all() else np.nan_to_num(art, posinf=0.0, neginf=0.0)
+        norms = np.sqrt(np.einsum("ij,ij->i", ref, ref) * np.einsum("ij,ij->i", art_clean, art_clean))
+        self.cosine_sum += float((np.einsum("ij,ij->i", ref, art_clean) / np.maximum(norms, 1e-30)).sum())
+        del art_clean
+        ref, ref_p = _to_log_probs(ref)
+        art, _ = _to_log_probs(art)
         # argmax of a NaN row is 0 on both sides: a position with any non-finite logit never counts as agreeing.
-        finite = np.isfinite(ref).all(-1) & np.isfinite(art).all(-1)
+        finite = ref_finite & art_finite
+        rows = np.arange(len(ref))
         ref_top = ref.argmax(-1)
         agree = (ref_top == art.argmax(-1)) & finite
-        top2 = np.partition(ref, -2, axis=-1)[:, -2:]
-        decisive = (top2[:, 1] - top2[:, 0]) >= NEAR_TIE_GAP
+        # The gap between the reference's top two: its max, then the max with that one entry left out.
+        best = ref[rows, ref_top].copy()
+        ref[rows, ref_top] = -np.inf
+        decisive = (best - ref.max(-1)) >= NEAR_TIE_GAP
+        ref[rows, ref_top] = best
         self.positions += len(ref)
         self.nonfinite_positions += int((~finite).sum())
         self.agree += int(agree.sum())
         self.decisive += int(decisive.sum())
         self.decisive_agree += int((agree & decisive).sum())
-        self.kl_sum += float((np.exp(ref) * (ref - art)).sum())
-        raw_ref = np.asarray(ref_logits[:, :vocab], dtype=np.float64)
-        raw_art = np.nan_to_num(np.asarray(art_logits[:, :vocab], dtype=np.float64), posinf=0.0, neginf=0.0)
-        norms = np.linalg.norm(raw_ref, axis=-1) * np.linalg.norm(raw_art, axis=-1)
-        self.cosine_sum += float(((raw_ref * raw_art).sum(-1) / np.maximum(norms, 1e-30)).sum())
+        self.kl_sum += float(np.einsum("ij,ij->", ref_p, ref - art))
+
 
     def add_perplexity(self, ids: list[int], ref_logits: np.ndarray, art_logits: np.ndarray) -> None:
         """Add next-token NLL of both models on a text (logits at position t predict ids[t+1])."""
