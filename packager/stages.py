@@ -136,6 +136,8 @@ class BuildContext:
         self._gguf_choices: OnceMap[GgufChoice] = OnceMap()
         self._tokenizers = threading.local()
         self.contract_check: ContractCheck | None = None  # set with the contract when there is an eval set
+        # The fp32 answers the contract check gave the rows it sampled, per rendering (the baseline reuses them).
+        self._checked_answers: list[tuple[PromptFormat, Sequence[EvalRow], list[str]]] = []
         # For a merged LoRA input: its base model's stages when the caller shares them (a fleet's specialists
         # do); None: packager.runtime_adapter opens the base itself when it needs it.
         self.base = base
@@ -211,7 +213,9 @@ class BuildContext:
 
                 def scorer(prompt: PromptFormat, rows: Sequence[EvalRow]) -> TaskMetrics:
                     variant = dataclasses.replace(declared, prompt=prompt)
-                    return score_batch(variant, rows, hf_generator(model, tokenizer, variant), None)[0]
+                    metrics, answers = score_batch(variant, rows, hf_generator(model, tokenizer, variant), None)
+                    self._checked_answers.append((prompt, rows, answers))
+                    return metrics
 
                 found = check_contract(declared, chat, self.eval_rows, scorer,
                                        template_declared="prompt_template" in self.options.task)
@@ -237,13 +241,20 @@ class BuildContext:
         so a record written by the former one-row path holds the same answers and stays valid.
         """
         def answer() -> list[str]:
-            contract, rows, tokenizer = self.contract, self.eval_rows, self.hf_tokenizer
-            self.reporter.say(f"answering {len(rows)} eval rows with the fp32 model (baseline)")
+            contract, tokenizer = self.contract, self.hf_tokenizer
+            # The contract check of this build already answered the first rows under this prompt.
+            known = next((answers for prompt, sampled, answers in self._checked_answers
+                          if prompt == contract.prompt and list(sampled) == self.eval_rows[:len(sampled)]), [])
+            rows = self.eval_rows[len(known):]
+            if not rows:
+                return list(known)
+            self.reporter.say(f"answering {len(rows)} eval rows with the fp32 model (baseline"
+                              + (f"; {len(known)} answered by the contract check)" if known else ")"))
             with self.scheduler.step(self._fp32_step("fp32 baseline"), "the fp32 baseline"):
                 model = load_fp32_model(self.ckpt)
                 _, answers = score_batch(contract, rows, hf_generator(model, tokenizer, contract), None)
                 del model  # released before the memory is handed back
-            return answers
+            return [*known, *answers]
 
         return self.stage_cache.record("baseline", self.task_key(decoding=False), "fp32 baseline on the eval set",
                                        answer, describe=lambda answers: f"{len(answers)} rows")

@@ -99,3 +99,27 @@ def test_a_valid_guess_is_still_compared_with_the_usual_renderings_a_valid_decla
     else:
         assert check.changed and check.used.name == "chat template, '{instruction}: {input}'"
         assert check.sample_rows == 32 and len(check.candidates) == 10
+
+
+def test_the_baseline_reuses_the_contract_checks_answers_and_they_are_the_ones_it_would_give(
+        tiny_router: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check answers the first eval rows under the rendering it picks; the baseline takes those answers
+    (here all 6 rows: no second fp32 pass) and equals the baseline answered from scratch."""
+    import shutil
+
+    model, eval_path = tiny_router
+    monkeypatch.setenv("EDGEPACK_CACHE", str(tmp_path / "cache"))
+    args = ("build", model, "--target", "raspberry-pi", "--quant", "F16", "--eval", eval_path, "--task", "labels")
+    first = edgepack(*args, "--out", tmp_path / "a")
+    assert first.exit_code == 0, first.stderr
+    assert "with the fp32 model (baseline" not in first.stderr
+    [record] = (tmp_path / "cache" / "baseline").iterdir()
+    reused = json.loads((record / "entry.json").read_text())["result"]
+    # The contract check stays cached, so the baseline is answered on its own when the GGUF's task answers need it.
+    for answered in (record, tmp_path / "cache" / "verify"):
+        shutil.rmtree(answered)
+    second = edgepack(*args, "--out", tmp_path / "b")
+    assert second.exit_code == 0, second.stderr
+    assert "answering 6 eval rows with the fp32 model (baseline)" in second.stderr
+    assert json.loads((record / "entry.json").read_text())["result"] == reused
+    assert len(reused) == 6
