@@ -305,7 +305,7 @@ def _palettized(mlmodel: Any, compression: Compression,
     palette = cto.OpPalettizerConfig(mode="kmeans", nbits=4, granularity="per_grouped_channel", group_size=16)
     mlmodel = cto.palettize_weights(mlmodel, cto.OptimizationConfig(
         op_name_configs={name: (palette if name in four else None) for name in weights}))
-    uint8 = cto.OpLinearQuantizerConfig(mode="linear", dtype="uint8", granularity="per_block", block_size=32)
+    uint8 = block_config("uint8")
     configs = {name: (uint8 if name in eight else None) for name in weights}
     quantizer = searched_quantizer_pass(cto.OptimizationConfig(op_name_configs=configs), importance)
     return _apply_graph_pass(mlmodel, quantizer), {"8-bit": len(eight), "palettize4": len(four)}
@@ -327,6 +327,13 @@ def large_consts(prog: Any, threshold: int = 2048) -> dict[str, set[str]]:
     for function in prog.functions.values():
         visit(function)
     return found
+
+
+def block_config(dtype: str) -> Any:
+    """coremltools' config for affine `dtype` weights with a scale and offset per block of 32 input values."""
+    import coremltools.optimize.coreml as cto
+
+    return cto.OpLinearQuantizerConfig(mode="linear", dtype=dtype, granularity="per_block", block_size=32)
 
 
 def split_by_bits(weights: dict[str, set[str]], compression: Compression) -> tuple[list[str], list[str]]:
@@ -351,8 +358,7 @@ def const_quantization_pass(compression: Compression, importance: dict[str, Any]
 
     from targets.ios.quantize import searched_quantizer_pass
 
-    uint8 = cto.OpLinearQuantizerConfig(mode="linear", dtype="uint8", granularity="per_block", block_size=32)
-    uint4 = cto.OpLinearQuantizerConfig(mode="linear", dtype="uint4", granularity="per_block", block_size=32)
+    uint8, uint4 = block_config("uint8"), block_config("uint4")
 
     class ConstQuantization(AbstractGraphPass):  # type: ignore[misc]
         def __init__(self) -> None:
