@@ -18,7 +18,7 @@ top-1 on decisive positions together with the mean KL divergence, which has no t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from packager.verify.metrics import FidelityMetrics
 from packager.verify.task_eval import TaskMetrics
@@ -129,3 +129,17 @@ class TaskGate:
         rule = " (decides; fidelity misses are warnings)" if self.decides else ""
         return (f"task: accuracy drop <= {100 * self.max_accuracy_drop:.1f} points, validity >= "
                 f"{self.min_validity:.2f}{rule}")
+
+
+def gate_as_dict(gate: Gate | TopOneGate) -> dict[str, object]:
+    """A fidelity gate as JSON data, for a verification that runs in a child process."""
+    return asdict(gate)
+
+
+def gate_from_dict(data: dict[str, object]) -> Gate | TopOneGate:
+    """The gate `gate_as_dict` wrote: a TopOneGate has `min_top1` (and maybe a class gate `also`)."""
+    fields = dict(data)
+    if "min_top1" not in fields:
+        return Gate(**fields)  # type: ignore[arg-type]
+    also = fields.pop("also", None)
+    return TopOneGate(**fields, also=Gate(**also) if isinstance(also, dict) else None)  # type: ignore[arg-type]

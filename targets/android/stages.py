@@ -18,6 +18,8 @@ from packager.child_stage import run_child
 from packager.fingerprint import file_sha256, options_digest
 from packager.ladder import EAGER_SCREEN
 from packager.scheduler import CHILD_LIBRARIES, HeavyStep
+from packager.verify.child_verify import VerifyInputs, verify_in_child
+from packager.verify.gates import gate_as_dict
 from packager.verify.metrics import FidelityMetrics
 from packager.verify.result import VerificationResult
 from packager.verify.task_eval import TaskMetrics
@@ -33,8 +35,9 @@ PTE_VERIFICATION_SCHEMA = 3  # 3: fidelity sums over 16 positions at a time
 # Measured 2.5 GiB for Gemma 3 270M (1.0 GiB in fp32) and 6.2 GiB for a Gemma 3 1B (3.7 GiB), 2026-12-05
 # (4.6 GiB at 270M while the fp32 model was loaded beside the checkpoint's own tensors).
 EXPORT = HeavyStep("executorch export", 1.5, in_process=False, fixed=CHILD_LIBRARIES)
-# ExecuTorch's runtime over the .pte: no torch model is built, so it runs beside other in-process steps.
-RUN = HeavyStep("executorch run", 1.5, alone=False)
+# ExecuTorch's runtimes over the .pte, in a child process (packager.verify.child_verify): its pybind runtime holds
+# the GIL through a whole forward, which stalled every other Python thread of the build.
+RUN = HeavyStep("executorch run", 1.5, in_process=False, fixed=CHILD_LIBRARIES)
 HEAVY_STEPS = (EAGER_SCREEN, EXPORT, RUN)
 
 
@@ -111,32 +114,20 @@ def _record_key(ctx: BuildContext, kind: str, artifact: PteArtifact, tokenizer_j
 
 
 def verified_pte(ctx: BuildContext, artifact: PteArtifact, tokenizer_json: Path, name: str) -> VerificationResult:
-    """Run the .pte in ExecuTorch on this host (cached per export + golden set + eval set)."""
-    from packager.verify.task_eval import score
-    from targets.android import verify as pte_check
-
+    """Run the .pte in ExecuTorch on this host, in a child process (cached per export + golden set + eval set)."""
     def verify() -> VerificationResult:
-        reference, contract, tokenizer = ctx.reference, ctx.contract, ctx.hf_tokenizer
-        baseline = ctx.baseline_answers if ctx.eval_rows else []
-        ctx.reporter.say(f"running {artifact.pte.name} in ExecuTorch ({reference.positions} golden positions)")
-        with ctx.scheduler.step(RUN, f"running {artifact.pte.name}"):
-            return run(reference, contract, tokenizer, baseline)
-
-    def run(reference: Any, contract: Any, tokenizer: Any, baseline: list[str]) -> VerificationResult:
-        result = pte_check.verify_pte(artifact.pte, artifact.ptd, tokenizer_json, name, artifact.recipe.name,
-                                      artifact.recipe.gate, reference, ctx.golden, contract, tokenizer)
-        if ctx.eval_rows:
-            ctx.reporter.say(f"answering {len(ctx.eval_rows)} eval rows with {artifact.pte.name} in TextLLMRunner")
-            runner_tokenizer = pte_check.RunnerTokenizer(tokenizer_json)
-            session = pte_check.RunnerSession(
-                artifact.pte, artifact.ptd, tokenizer_json,
-                1 if contract.add_bos and contract.bos_id is not None else 0,
-                int(artifact.export["metadata"]["get_max_context_len"]),
-                pte_check.eos_pieces(runner_tokenizer, contract.eos_ids))
-            metrics, _ = score(contract, ctx.eval_rows, pte_check.pte_generator(session, contract), baseline, False)
-            ctx.attach_task(result, metrics)
-            if contract.constrained:
-                result.notes.append("ExecuTorch's runner has no grammar: labels are decoded unconstrained on Android")
+        inputs = VerifyInputs.of(ctx)  # the fp32 reference and baseline: their own heavy steps, taken before this
+        rows = f", then {len(inputs.eval_rows)} eval rows in TextLLMRunner" if inputs.eval_rows else ""
+        ctx.reporter.say(f"running {artifact.pte.name} in ExecuTorch in a child process "
+                         f"({inputs.reference.positions} golden positions{rows})")
+        request = {"pte": str(artifact.pte), "ptd": str(artifact.ptd) if artifact.ptd else None,
+                   "tokenizer_json": str(tokenizer_json), "artifact": name, "recipe": artifact.recipe.name,
+                   "gate": gate_as_dict(artifact.recipe.gate), "inputs": inputs.as_dict(),
+                   "max_context": int(artifact.export["metadata"]["get_max_context_len"])}
+        with ctx.scheduler.step(RUN, f"running {artifact.pte.name}") as claim:
+            result, task = verify_in_child("targets.android.verify", request, f"running {artifact.pte.name}", claim)
+        if task is not None:
+            ctx.attach_task(result, task)
         return result
 
     result = ctx.stage_cache.record(

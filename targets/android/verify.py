@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,12 +29,13 @@ import numpy as np
 
 from packager.contract import Contract
 from packager.threads import compute_threads
+from packager.verify.child_verify import Verified, VerifyInputs, serve_verification
 from packager.verify.compare import compare_token_ids, first_difference, golden_fidelity, tokenizer_probe_text
-from packager.verify.gates import Gate
+from packager.verify.gates import Gate, gate_from_dict
 from packager.verify.golden import GoldenSet
 from packager.verify.reference import ReferenceLogits
 from packager.verify.result import VerificationResult
-from packager.verify.task_eval import Generator
+from packager.verify.task_eval import Generator, score
 
 if TYPE_CHECKING:
     from packager.adapter import AdapterSource
@@ -324,6 +326,31 @@ def verify_pte(
     )
 
 
+def verify_and_answer(pte: Path, ptd: Path | None, tokenizer_json: Path, artifact: str, recipe: str, gate: Gate,
+                      inputs: VerifyInputs, max_context: int) -> Verified:
+    """verify_pte and, with an eval set, TextLLMRunner's answers to every row: (result, task metrics).
+    Runs in a child process during a build (targets.android.stages.verified_pte)."""
+    hf_tokenizer = inputs.hf_tokenizer()
+    contract = inputs.contract
+    result = verify_pte(pte, ptd, tokenizer_json, artifact, recipe, gate, inputs.reference, inputs.golden, contract,
+                        hf_tokenizer)
+    if not inputs.eval_rows:
+        return result, None
+    session = RunnerSession(pte, ptd, tokenizer_json, 1 if contract.add_bos and contract.bos_id is not None else 0,
+                            max_context, eos_pieces(RunnerTokenizer(tokenizer_json), contract.eos_ids))
+    metrics, _ = score(contract, inputs.eval_rows, pte_generator(session, contract), inputs.baseline, False)
+    if contract.constrained:
+        result.notes.append("ExecuTorch's runner has no grammar: labels are decoded unconstrained on Android")
+    return result, metrics
+
+
+def _serve(request: dict[str, Any]) -> Verified:
+    return verify_and_answer(Path(request["pte"]), Path(request["ptd"]) if request["ptd"] else None,
+                             Path(request["tokenizer_json"]), request["artifact"], request["recipe"],
+                             gate_from_dict(request["gate"]), VerifyInputs.from_dict(request["inputs"]),
+                             request["max_context"])
+
+
 def verify_structural(pte: Path, ptd: Path | None, artifact: str, recipe: str, backend_id: str,
                       reference_metadata: dict[str, Any]) -> VerificationResult:
     """What can be checked of a delegate this host cannot run: the program loads, its metadata, its delegate."""
@@ -394,3 +421,10 @@ def eager_quantized_model(folder: Path, spec: Any, recipe: Any, adapter: Adapter
     return model
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Child-process entry (packager.verify.child_verify): a .pte's verification request in, its result out."""
+    return serve_verification(__doc__.splitlines()[0], _serve, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,6 +19,8 @@ from packager.child_stage import run_child
 from packager.fingerprint import options_digest
 from packager.ladder import EAGER_SCREEN
 from packager.scheduler import CHILD_LIBRARIES, HeavyStep
+from packager.verify.child_verify import VerifyInputs, verify_in_child
+from packager.verify.gates import gate_as_dict
 from packager.verify.metrics import FidelityMetrics
 from packager.verify.result import VerificationResult
 from packager.verify.task_eval import TaskMetrics
@@ -36,8 +38,9 @@ COREML_VERIFICATION_SCHEMA = 5  # 5: with an eval set, the package's own answers
 # with int8, 2026-12-05 (7.2 and 16.8 GB before coremltools' fp16 range test was answered without copies and the
 # decoder stopped copying weights it does not rescale): 1.9-2.0 above the libraries; 2.5 leaves room for int4.
 CONVERSION = HeavyStep("coreml conversion", 2.5, in_process=False, fixed=CHILD_LIBRARIES)
-# numpy over the package's MIL program: no torch model is built, so it runs beside other in-process steps.
-SIMULATION = HeavyStep("coreml simulation", 2.0, alone=False)
+# numpy over the package's MIL program, in a child process (packager.verify.child_verify): the expanded weights in
+# fp32 beside the program coremltools loaded.
+SIMULATION = HeavyStep("coreml simulation", 2.0, in_process=False, fixed=CHILD_LIBRARIES)
 HEAVY_STEPS = (EAGER_SCREEN, CONVERSION, SIMULATION)
 
 
@@ -158,7 +161,6 @@ def verified_package(ctx: BuildContext, export: CoreMLExport, compression: str, 
 
     Cached per package content + golden set + gate + level + task, bound to the package's sha256.
     """
-    from targets.ios import verify as coreml_check
     from targets.ios.mil_interpreter import SIMULATOR_VERSION
 
     package = export.package_digests[compression]
@@ -169,24 +171,19 @@ def verified_package(ctx: BuildContext, export: CoreMLExport, compression: str, 
     label = f"{'execute' if executed else 'simulate'} {export.package_name(compression)}"
 
     def verify() -> VerificationResult:
-        reference, contract, tokenizer = ctx.reference, ctx.contract, ctx.hf_tokenizer
-        baseline = ctx.baseline_answers if ctx.eval_rows else []  # its own heavy step, taken before this one
-        max_context = export.conversion.max_context
-        ctx.reporter.say(f"simulating {name} in numpy ({reference.positions} golden positions, prefill + decode)")
-        with ctx.scheduler.step(SIMULATION, f"simulating {name}"):
-            model = coreml_check.open_package(export.package(compression), executed)
-            result = coreml_check.verify_package(model, name, compression, gate, reference, list(contract.eos_ids),
-                                                 tokenizer, max_context, export.conversion.sliding_window is not None,
-                                                 max_positions)
-            if ctx.eval_rows:
-                ctx.reporter.say(f"answering {len(ctx.eval_rows)} eval rows with {name} "
-                                 f"({'Core ML' if executed else 'numpy MIL interpreter'})")
-                metrics, failures, notes = coreml_check.answer_eval_set(model, contract, ctx.eval_rows, tokenizer,
-                                                                        max_context, baseline)
-                result.failures += failures
-                result.notes += notes
-                ctx.attach_task(result, metrics)
-            return result
+        inputs = VerifyInputs.of(ctx)  # the fp32 reference and baseline: their own heavy steps, taken before this
+        rows = f", then answering {len(inputs.eval_rows)} eval rows" if inputs.eval_rows else ""
+        ctx.reporter.say(f"{'executing' if executed else 'simulating'} {name} in a child process "
+                         f"({inputs.reference.positions} golden positions, prefill + decode{rows})")
+        request = {"package": str(export.package(compression)), "artifact": name, "quant": compression,
+                   "gate": gate_as_dict(gate), "inputs": inputs.as_dict(), "max_context": export.conversion.max_context,
+                   "sliding": export.conversion.sliding_window is not None, "max_positions": max_positions,
+                   "executed": executed}
+        with ctx.scheduler.step(SIMULATION, f"simulating {name}") as claim:
+            result, task = verify_in_child("targets.ios.verify", request, f"the simulation of {name}", claim)
+        if task is not None:
+            ctx.attach_task(result, task)
+        return result
 
     result = ctx.stage_cache.record("verify", key, label, verify, encode=VerificationResult.as_dict,
                                     decode=VerificationResult.from_dict, binds=package,

@@ -13,6 +13,7 @@ set, the same program answers every row under the task contract the way the Swif
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from packager.contract import Contract
+from packager.verify.child_verify import Verified, VerifyInputs, serve_verification
+from packager.verify.gates import gate_from_dict
 from packager.verify.metrics import FidelityAccumulator
 from packager.verify.reference import ReferenceLogits
 from packager.verify.result import VerificationResult
@@ -331,6 +334,29 @@ def verify_package(model: PackageDriver, artifact: str, quant: str, gate: Any, r
     )
 
 
+def simulate(package: Path, artifact: str, quant: str, gate: Any, inputs: VerifyInputs, max_context: int,
+             sliding: bool, max_positions: int | None = None, executed: bool = False) -> Verified:
+    """verify_package on a package and, with an eval set, its answers to every row: (result, task metrics).
+    Runs in a child process during a build (targets.ios.stages.verified_package)."""
+    tokenizer = inputs.hf_tokenizer()
+    model = open_package(package, executed)
+    result = verify_package(model, artifact, quant, gate, inputs.reference, list(inputs.contract.eos_ids), tokenizer,
+                            max_context, sliding, max_positions)
+    if not inputs.eval_rows:
+        return result, None
+    metrics, failures, notes = answer_eval_set(model, inputs.contract, inputs.eval_rows, tokenizer, max_context,
+                                               inputs.baseline)
+    result.failures += failures
+    result.notes += notes
+    return result, metrics
+
+
+def _serve(request: dict[str, Any]) -> Verified:
+    return simulate(Path(request["package"]), request["artifact"], request["quant"], gate_from_dict(request["gate"]),
+                    VerifyInputs.from_dict(request["inputs"]), request["max_context"], request["sliding"],
+                    request["max_positions"], request["executed"])
+
+
 def eager_compressed_model(folder: Path, compression: Any, lora: AdapterSource | None = None) -> Any:
     """transformers in fp32 holding the weights a compression would store.
 
@@ -375,3 +401,10 @@ def eager_compressed_model(folder: Path, compression: Any, lora: AdapterSource |
     return model
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Child-process entry (packager.verify.child_verify): a package's verification request in, its result out."""
+    return serve_verification(__doc__.splitlines()[0], _serve, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
