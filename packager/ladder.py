@@ -5,7 +5,8 @@ its gate says. Every rung before the last is screened first (a prediction in eag
 minute, instead of a conversion of several). Each rung is at least as precise as the rungs before
 it (it keeps more tensors at more bits), so when a rung's screen fails, the rungs before it are
 predicted to fail as well and are not screened: screens run from the most precise rung down and
-stop at the first failure.
+stop at the first failure. A first rung expected to ship (an adapter kept apart, when the task decides)
+is not screened at all: it is converted and verified at once (rungs_in_order).
 
 With an eval set a screen is held to the gates its artifact will be: the eager model answers the eval set
 too (in the same step, so the model is built once), and when the task decides (packager.verify.gates.TaskGate)
@@ -16,7 +17,7 @@ after 418 s of conversion and verification that a 20-second task screen predicts
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 from packager.beside import Beside
@@ -60,21 +61,37 @@ def rungs_to_build(ladder: Sequence[str], screen: Callable[[str], list[str]]) ->
 
 
 def rungs_with_fallback(ladder: Sequence[str], screen: Callable[[str], list[str]], work: Beside,
-                        build: Callable[[str], object], say: Callable[[str], None],
-                        likely: str | None = None) -> tuple[list[str], list[str]]:
-    """rungs_to_build, with the rung expected to ship built beside the screens (packager.beside), since a
-    conversion takes minutes: `likely`, by default the last rung (on a fine-tune that 8 or 4 bits lose, the
-    screens fail), the first for a ladder whose first rung keeps what the others lose (an adapter kept apart).
-    That work is kept when its rung is the first to build; otherwise it is stopped (a discarded step's claim is
-    cancelled, so its child is killed), and stays the fallback, built again only if needed."""
-    likely = likely or ladder[-1]
-    early = work.start(f"{likely} beside the screens", lambda: build(likely)) if len(ladder) > 1 else None
+                        build: Callable[[str], object], say: Callable[[str], None]) -> tuple[list[str], list[str]]:
+    """rungs_to_build, with the last rung built beside the screens (packager.beside), since a conversion takes
+    minutes and on a fine-tune that 8 or 4 bits lose the screens fail. That work is kept when no screen passes;
+    otherwise it is stopped (a discarded step's claim is cancelled, so its child is killed), and stays the
+    fallback, built again only if needed."""
+    early = work.start(f"{ladder[-1]} beside the screens", lambda: build(ladder[-1])) if len(ladder) > 1 else None
     rungs, notes = rungs_to_build(ladder, screen)
-    if early is not None and rungs[0] != likely:
+    if early is not None and rungs[0] != ladder[-1]:
         early.discard()
-        why = f"now that {rungs[0]} passed its screen" if likely == ladder[-1] else "after its screen failed"
-        say(f"{likely}: not needed {why}; its conversion beside the screens stops")
+        say(f"{ladder[-1]}: not needed now that {rungs[0]} passed its screen; its conversion beside the screens stops")
     return rungs, notes
+
+
+def rungs_in_order(ladder: Sequence[str], screen: Callable[[str], list[str]], work: Beside,
+                   build: Callable[[str], object], say: Callable[[str], None], notes: list[str],
+                   first_likely: bool = False) -> Iterator[str]:
+    """The rungs to convert and verify, in order, until one passes (the caller stops asking); notes on rungs
+    left out are added to `notes` as they are decided.
+
+    With `first_likely` (a first rung expected to ship: an adapter kept apart, when the task decides), that rung
+    is converted and verified without a screen: its verification is the proof a screen only predicts, and its
+    screen was the largest step of the bundled example's build (Android's eager 8da8w screen ran 372 s of a
+    702-s build beside other work, 2026-12-06). Only if it fails are the other rungs screened, later than they
+    would have been.
+    """
+    if first_likely and len(ladder) > 1:
+        yield ladder[0]
+        ladder = ladder[1:]
+    rungs, decided = rungs_with_fallback(ladder, screen, work, build, say)
+    notes += decided
+    yield from rungs
 
 
 def task_screened(fidelity_reasons: list[str], task_gate: TaskGate) -> bool:

@@ -203,30 +203,43 @@ def test_the_last_rung_is_built_beside_the_screens_and_stopped_when_a_screen_pas
     assert stopped == [not needed] and bool(said) is not needed
 
 
-@pytest.mark.parametrize(("passing", "kept"), [({"int4", "int8"}, True), ({"int8"}, False)])
-def test_a_likely_first_rung_is_built_beside_the_screens_and_kept_when_its_screen_passes(
-        monkeypatch: pytest.MonkeyPatch, passing: set[str], kept: bool) -> None:
-    import threading
-
-    from packager.beside import beside, discard_flag
-    from packager.ladder import rungs_with_fallback
+@pytest.mark.parametrize("first_passes", [True, False])
+def test_a_likely_first_rung_is_verified_unscreened_and_the_rest_are_screened_only_when_it_fails(
+        monkeypatch: pytest.MonkeyPatch, first_passes: bool) -> None:
+    from packager.beside import beside
+    from packager.ladder import rungs_in_order
 
     monkeypatch.setenv("EDGEPACK_THREADS", "1")
-    started, stopped, built, said = threading.Event(), [], [], []
-
-    def build(rung: str) -> str:
-        built.append(rung)
-        started.set()
-        flag = discard_flag()
-        stopped.append(flag is not None and flag.wait(2))
-        return f"{rung} built"
+    screened: list[str] = []
+    tried: list[str] = []
+    notes: list[str] = []
 
     def screen(rung: str) -> list[str]:
-        assert started.wait(5)  # the likely rung's work runs while the ladder is screened
-        return [] if rung in passing else [f"{rung} fails"]
+        screened.append(rung)
+        return [] if rung == "int8" else [f"{rung} fails"]
 
     with beside(lambda: None) as work:
-        rungs, _ = rungs_with_fallback(("int4", "int8", "fp32"), screen, work, build, said.append, likely="int4")
-    assert built == ["int4"]  # the last rung is not built early
-    assert rungs == (["int4", "int8", "fp32"] if kept else ["int8", "fp32"])
-    assert stopped == [not kept] and bool(said) is not kept
+        for rung in rungs_in_order(("int4-adapter", "int8", "fp32"), screen, work, lambda rung: rung, lambda _: None,
+                                   notes, first_likely=True):
+            tried.append(rung)  # the caller converts and verifies `rung` here, and stops at the first pass
+            if rung == "int8" or first_passes:
+                break
+    assert tried == (["int4-adapter"] if first_passes else ["int4-adapter", "int8"])
+    assert screened == ([] if first_passes else ["int8"])  # never a screen of the rung that was verified
+
+
+def test_without_a_likely_first_rung_every_rung_but_the_last_is_screened_first() -> None:
+    from packager.beside import beside
+    from packager.ladder import rungs_in_order
+
+    screened: list[str] = []
+    notes: list[str] = []
+
+    def screen(rung: str) -> list[str]:
+        screened.append(rung)
+        return [] if rung == "int8" else [f"{rung} fails"]
+
+    with beside(lambda: None) as work:
+        rungs = list(rungs_in_order(("int4", "int8", "fp32"), screen, work, lambda rung: rung, lambda _: None, notes))
+    assert rungs == ["int8", "fp32"] and screened == ["int8", "int4"]
+    assert notes == ["int4: screened in eager PyTorch (int4 fails), not converted"]

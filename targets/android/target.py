@@ -26,7 +26,7 @@ from packager.codecheck import check_generated_files, remembered_checks
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
 from packager.errors import BadInputError
 from packager.escaping import slug
-from packager.ladder import first_passing_rung, rungs_with_fallback, screen_verdict, task_screened, walked
+from packager.ladder import first_passing_rung, rungs_in_order, screen_verdict, task_screened, walked
 from packager.resources import copy_mobile_files
 from packager.scheduler import HeavyStep
 from packager.stage_cache import place_artifact
@@ -351,7 +351,7 @@ class AndroidTarget:
         if first.adapter:
             adapter_source(ctx, first)  # exit 2 before any work for a whole-model input
         # Predict first (eager PyTorch, about a minute), from the most precise recipe down: an export
-        # costs several CPU-minutes.
+        # costs several CPU-minutes (except for a likely first rung, see below).
         def screen(name: str) -> list[str]:
             recipe = recipe_named(name)
             # Whether the verdict needs eval answers is known as soon as the screen's numbers are: they then reuse
@@ -361,17 +361,19 @@ class AndroidTarget:
             task = (lambda: screened_task(ctx, recipe)) if ctx.eval_rows else None
             return screen_verdict(predicted, recipe.gate.check(predicted), ctx.options.task_gate, task)
 
+        notes: list[str] = []
         with beside(ctx.scheduler.cancel) as work:
-            # An adapter kept apart keeps the fine-tune the merged recipes lose: that rung is expected to ship.
-            likely = first.name if first.adapter else None
-            rungs, notes = rungs_with_fallback(
-                ladder, screen, work, lambda name: cached_pte(ctx, recipe_named(name), "xnnpack", max_context),
-                ctx.reporter.say, likely)
+            # An adapter kept apart keeps the fine-tune the merged recipes lose: when the task decides, that rung is
+            # expected to ship (its 8-bit base alone misses the fidelity gate), so it is exported unscreened.
+            likely = first.adapter and ctx.options.task_gate.decides
+            rungs = rungs_in_order(ladder, screen, work,
+                                   lambda name: cached_pte(ctx, recipe_named(name), "xnnpack", max_context),
+                                   ctx.reporter.say, notes, first_likely=likely)
             for name in rungs:
                 recipe = recipe_named(name)
                 artifact = cached_pte(ctx, recipe, "xnnpack", max_context)
                 verification = verified_pte(ctx, artifact, tokenizer_json, f"{self.name}/{artifact.pte.name}")
-                if verification.passed or name == rungs[-1]:
+                if verification.passed or name == ladder[-1]:
                     if requested == "auto":
                         notes.insert(0, f"recipe {recipe.name} (auto: the smallest of {', '.join(ladder)} that "
                                         "passes its gate)")

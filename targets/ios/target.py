@@ -32,7 +32,7 @@ from packager.codecheck import check_generated_files, remembered_checks
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
 from packager.errors import BadInputError
 from packager.escaping import slug
-from packager.ladder import first_passing_rung, rungs_with_fallback, screen_verdict, task_screened, walked
+from packager.ladder import first_passing_rung, rungs_in_order, screen_verdict, task_screened, walked
 from packager.resources import copy_mobile_files
 from packager.scheduler import HeavyStep
 from packager.stage_cache import place_artifact
@@ -363,7 +363,8 @@ class IosTarget:
 
         Every rung but the last is screened in eager PyTorch first, from the most precise down
         (packager.ladder), so a rung predicted to fail is never converted; a predicted pass that fails in
-        simulation moves on to the next rung. A 4-bit rung's
+        simulation moves on to the next rung. The exception: when the task decides, a first rung that keeps the
+        adapter apart is converted and simulated at once (packager.ladder.rungs_in_order). A 4-bit rung's
         screen meets the 4-bit class gate before llama.cpp's Q4_K_M baseline is built for its relative
         gate: a rung that fails the class gate needs no baseline. With an eval set the screen answers it too, and
         when the task decides (packager.verify.gates.TaskGate) a screen or package passes exactly when its own
@@ -388,10 +389,10 @@ class IosTarget:
         def converted(rung: str) -> CoreMLExport:
             return cached_export(ctx, export_request(ctx, ["none", rung], max_context, fp16_rewrites=rewrites))
 
-        # An adapter kept apart keeps the fine-tune the merged rungs lose: that rung is the one expected to ship.
-        likely = ladder[0] if compression_named(ladder[0]).adapter else None
-        rungs, screen_notes = rungs_with_fallback(ladder, screen, work, converted, ctx.reporter.say, likely)
-        notes += screen_notes
+        # An adapter kept apart keeps the fine-tune the merged rungs lose: when the task decides, that rung is the
+        # one expected to ship (its 4-bit base alone misses the fidelity gates), so it is converted unscreened.
+        rungs = rungs_in_order(ladder, screen, work, converted, ctx.reporter.say, notes,
+                               first_likely=compression_named(ladder[0]).adapter and task_decides)
         for rung in rungs:
             gate = self._gate(ctx, rung, notes)
             export = converted(rung)
@@ -399,7 +400,7 @@ class IosTarget:
             fp16 = work.start("simulate the fp16 package", functools.partial(self._fp16_verified, ctx, export))
             package = export.package_name(rung)
             result = verified_package(ctx, export, rung, f"{self.name}/{package}", gate)
-            if result.passed or rung == rungs[-1]:
+            if result.passed or rung == ladder[-1]:
                 return export, rung, result, gate, fp16.result()
             notes.append(f"{package} ({export.megabytes(rung):.0f} MB) failed its gate ({'; '.join(result.failures)})")
         raise AssertionError("unreachable: the last rung always returns")
