@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from packager.child_stage import run_child
 from packager.fingerprint import options_digest
 from packager.scheduler import CHILD_LIBRARIES, HeavyStep
+from packager.verify.child_verify import VerifyInputs, verify_in_child
+from packager.verify.gates import gate_as_dict
 from packager.verify.result import VerificationResult
 from targets.android.litert_export import (
     BUNDLE_NAME,
@@ -34,9 +36,9 @@ LITERTLM_VERIFICATION_SCHEMA = 3
 # Tiny models measured 0.76 GB peak (mostly the converter's libraries); x fp32 size until a real one is measured.
 LITERT_ONLY = ("runtime", ("litert-lm", "all"))
 LITERT_EXPORT = HeavyStep("litert-lm export", 3.0, in_process=False, fixed=CHILD_LIBRARIES, only_when=LITERT_ONLY)
-# Runs a finished bundle (ai_edge_litert in this process, the engine in a child): no torch model is built,
-# so it runs beside in-process steps that build one (as the .pte's runs do).
-LITERT_RUN = HeavyStep("litert-lm run", 1.5, alone=False, only_when=LITERT_ONLY)
+# Runs a finished bundle in a child process (packager.verify.child_verify): ai_edge_litert's interpreter there, and
+# LiteRT-LM's engine in a child of its own.
+LITERT_RUN = HeavyStep("litert-lm run", 1.5, in_process=False, fixed=CHILD_LIBRARIES, only_when=LITERT_ONLY)
 LITERT_HEAVY_STEPS = (LITERT_EXPORT, LITERT_RUN)
 
 
@@ -81,19 +83,18 @@ def cached_litertlm(ctx: BuildContext, recipe: LitertRecipe, cache_length: int) 
 
 
 def verified_litertlm(ctx: BuildContext, artifact: LitertArtifact, name: str) -> VerificationResult:
-    """Run the bundle's program and LiteRT-LM's engine on this host (cached per bundle + golden set + eval set)."""
-    from packager.threads import compute_threads
-    from targets.android.litert_verify import verify_litertlm
-
+    """Run the bundle's program and LiteRT-LM's engine on this host, in a child process (cached per bundle +
+    golden set + eval set)."""
     def verify() -> VerificationResult:
-        reference, contract, tokenizer = ctx.reference, ctx.contract, ctx.hf_tokenizer
-        baseline = ctx.baseline_answers if ctx.eval_rows else None
+        inputs = VerifyInputs.of(ctx)  # the fp32 reference and baseline: their own heavy steps, taken before this
         ctx.reporter.say(f"running {artifact.bundle.name} ({artifact.recipe.name}) in the TFLite interpreter "
-                         f"({reference.positions} golden positions) and LiteRT-LM's engine")
-        with ctx.scheduler.step(LITERT_RUN, f"running {artifact.bundle.name}"):
-            result, task = verify_litertlm(artifact.bundle, name, artifact.recipe.name, artifact.recipe.gate,
-                                           reference, ctx.golden, contract, tokenizer, artifact.export["metadata"],
-                                           ctx.eval_rows, baseline, compute_threads())
+                         f"({inputs.reference.positions} golden positions) and LiteRT-LM's engine, in a child process")
+        request = {"bundle": str(artifact.bundle), "artifact": name, "recipe": artifact.recipe.name,
+                   "gate": gate_as_dict(artifact.recipe.gate), "inputs": inputs.as_dict(),
+                   "metadata": artifact.export["metadata"]}
+        with ctx.scheduler.step(LITERT_RUN, f"running {artifact.bundle.name}") as claim:
+            result, task = verify_in_child("targets.android.litert_verify", request,
+                                           f"running {artifact.bundle.name}", claim)
         if task is not None:
             ctx.attach_task(result, task)
         return result

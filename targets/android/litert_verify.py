@@ -16,6 +16,7 @@ GPU and NPU backends cannot run here and are never claimed.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,9 @@ import numpy as np
 
 from packager.child_stage import run_child
 from packager.contract import Contract, render_prompt
+from packager.verify.child_verify import Verified, VerifyInputs, serve_verification
 from packager.verify.compare import compare_token_ids, first_difference, golden_fidelity, tokenizer_probe_text
-from packager.verify.gates import Gate
+from packager.verify.gates import Gate, gate_from_dict
 from packager.verify.golden import GoldenSet
 from packager.verify.reference import ReferenceLogits
 from packager.verify.result import VerificationResult
@@ -248,3 +250,24 @@ def verify_litertlm(
         tokens_per_s=float(greedy["decode_tokens_per_s"]) or None, gate=gate.describe(), failures=failures,
         notes=notes)
     return result, task
+
+
+def _serve(request: dict[str, Any]) -> Verified:
+    """verify_litertlm on the build's inputs, in a child process (targets.android.litert_stages.verified_litertlm):
+    the signature runners copy every layer's KV cache in and out of the interpreter under the GIL at each step."""
+    from packager.threads import compute_threads
+
+    inputs = VerifyInputs.from_dict(request["inputs"])
+    return verify_litertlm(Path(request["bundle"]), request["artifact"], request["recipe"],
+                           gate_from_dict(request["gate"]), inputs.reference, inputs.golden, inputs.contract,
+                           inputs.hf_tokenizer(), request["metadata"], inputs.eval_rows,
+                           inputs.baseline if inputs.eval_rows else None, compute_threads())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Child-process entry (packager.verify.child_verify): a bundle's verification request in, its result out."""
+    return serve_verification(__doc__.splitlines()[0], _serve, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
