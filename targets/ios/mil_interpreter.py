@@ -321,11 +321,14 @@ def types_is_state(var: Any) -> bool:
 
 
 def _f32(x: Any) -> np.ndarray:
-    return np.asarray(x, dtype=np.float32) if np.asarray(x).dtype.kind == "f" else np.asarray(x)
+    a = np.asarray(x)
+    return a.astype(np.float32, copy=False) if a.dtype.kind == "f" else a
 
 
 # ---------------------------------------------------------------------------------------------
-# Kernels. Each returns the op's output(s); the interpreter rounds them to the declared dtype.
+# Kernels. Each returns the op's output(s); the interpreter rounds them to the declared dtype. They run inside
+# predict()'s np.errstate(all="ignore") (overflow is looked for in the results): none sets its own, which cost
+# more than the arithmetic of a decode step's small ops.
 
 
 @kernel("const")
@@ -343,9 +346,7 @@ _BINARY: dict[str, Callable[[Any, Any], Any]] = {
 
 
 def _binary(vm: MilInterpreter, op: Any) -> Any:
-    x, y = vm.arg(op, "x"), vm.arg(op, "y")
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        return _BINARY[op.op_type](_f32(x), _f32(y))
+    return _BINARY[op.op_type](_f32(vm.arg(op, "x")), _f32(vm.arg(op, "y")))
 
 
 for _name in _BINARY:
@@ -359,8 +360,7 @@ _UNARY: dict[str, Callable[[Any], Any]] = {
 
 
 def _unary(vm: MilInterpreter, op: Any) -> Any:
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        return _UNARY[op.op_type](_f32(vm.arg(op, "x")))
+    return _UNARY[op.op_type](_f32(vm.arg(op, "x")))
 
 
 for _name in _UNARY:
@@ -369,14 +369,12 @@ for _name in _UNARY:
 
 @kernel("inverse")
 def _inverse(vm: MilInterpreter, op: Any) -> Any:
-    with np.errstate(over="ignore", divide="ignore"):
-        return 1.0 / (_f32(vm.arg(op, "x")) + np.float32(vm.arg(op, "epsilon", 1e-4)))
+    return 1.0 / (_f32(vm.arg(op, "x")) + np.float32(vm.arg(op, "epsilon", 1e-4)))
 
 
 @kernel("rsqrt")
 def _rsqrt(vm: MilInterpreter, op: Any) -> Any:
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        return 1.0 / np.sqrt(_f32(vm.arg(op, "x")) + np.float32(vm.arg(op, "epsilon", 1e-12)))
+    return 1.0 / np.sqrt(_f32(vm.arg(op, "x")) + np.float32(vm.arg(op, "epsilon", 1e-12)))
 
 
 @kernel("clip")
@@ -391,16 +389,13 @@ def _cast(vm: MilInterpreter, op: Any) -> Any:
 
 @kernel("sigmoid")
 def _sigmoid(vm: MilInterpreter, op: Any) -> Any:
-    x = _f32(vm.arg(op, "x"))
-    with np.errstate(over="ignore"):
-        return 1.0 / (1.0 + np.exp(-x))
+    return 1.0 / (1.0 + np.exp(-_f32(vm.arg(op, "x"))))
 
 
 @kernel("silu")
 def _silu(vm: MilInterpreter, op: Any) -> Any:
     x = _f32(vm.arg(op, "x"))
-    with np.errstate(over="ignore"):
-        return x / (1.0 + np.exp(-x))
+    return x / (1.0 + np.exp(-x))
 
 
 @kernel("gelu")
@@ -431,9 +426,8 @@ def _gelu(vm: MilInterpreter, op: Any) -> Any:
 def _softmax(vm: MilInterpreter, op: Any) -> Any:
     x = _f32(vm.arg(op, "x"))
     axis = int(vm.arg(op, "axis", -1))
-    with np.errstate(invalid="ignore", over="ignore"):
-        e = np.exp(x - x.max(axis=axis, keepdims=True))
-        return e / e.sum(axis=axis, keepdims=True)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
 
 
 def _axes(vm: MilInterpreter, op: Any) -> tuple[int, ...] | None:
@@ -450,8 +444,7 @@ _REDUCTIONS: dict[str, Callable[..., Any]] = {
 def _reduce(vm: MilInterpreter, op: Any) -> Any:
     x = _f32(vm.arg(op, "x"))
     keep = bool(vm.arg(op, "keep_dims", False))
-    with np.errstate(over="ignore", invalid="ignore"):
-        return np.asarray(_REDUCTIONS[op.op_type](x, axis=_axes(vm, op), keepdims=keep))
+    return np.asarray(_REDUCTIONS[op.op_type](x, axis=_axes(vm, op), keepdims=keep))
 
 
 for _name in _REDUCTIONS:
