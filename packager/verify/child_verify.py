@@ -3,8 +3,10 @@
 A verification that runs a model from Python holds the GIL for much of its time: the numpy MIL
 interpreter spends half a decode step in Python, and ExecuTorch's pybind runtime holds it for a whole
 forward. Two iOS simulations in threads of one process took 16.3 s where two processes took 11.7 s
-(2026-12-06, this 2-core host), so a build that runs targets side by side runs them in children, whose
-memory also goes back to the OS when they exit. The child (`python -m MODULE REQUEST RESULT`, see
+(2026-12-06, this 2-core host). In a whole build, whose cores were already saturated, that bought no wall
+time (docs/benchmarks.md); what it does give: the build process peaks lower (7.3 -> 6.0 GB on the bundled
+example), a child's memory goes back to the OS when it exits, and a runtime that crashes takes down its child,
+not the build. The child (`python -m MODULE REQUEST RESULT`, see
 packager.child_stage) gets the fp32 reference by its cached folder, the contract, the eval set and the fp32
 model's answers; it loads the tokenizer from the checkpoint folder itself.
 """
