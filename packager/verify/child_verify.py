@@ -29,7 +29,7 @@ from packager.verify.result import VerificationResult
 from packager.verify.task_eval import EvalRow, TaskMetrics
 
 if TYPE_CHECKING:
-    from packager.scheduler import Claim
+    from packager.scheduler import Claim, HeavyStep
     from packager.stages import BuildContext
 
 
@@ -75,6 +75,18 @@ class VerifyInputs:
 
 # What a child verification gives back: the result without its task metrics, and those metrics (with an eval set).
 Verified = tuple[VerificationResult, TaskMetrics | None]
+
+
+def verified_in_child(ctx: BuildContext, step: HeavyStep, module: str, request: dict[str, Any],
+                      what: str) -> VerificationResult:
+    """Verify in a child (`python -m module`) under `step`'s memory claim, with the build's inputs added to
+    `request`; the task metrics it measured (with an eval set) are held to the build's task gate."""
+    inputs = VerifyInputs.of(ctx)  # the fp32 reference and baseline: their own heavy steps, taken before this
+    with ctx.scheduler.step(step, what) as claim:
+        result, task = verify_in_child(module, {**request, "inputs": inputs.as_dict()}, what, claim)
+    if task is not None:
+        ctx.attach_task(result, task)
+    return result
 
 
 def verify_in_child(module: str, request: dict[str, Any], what: str, claim: Claim | None = None) -> Verified:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from packager.child_stage import run_child
 from packager.fingerprint import options_digest
 from packager.scheduler import CHILD_LIBRARIES, HeavyStep
-from packager.verify.child_verify import VerifyInputs, verify_in_child
+from packager.verify.child_verify import verified_in_child
 from packager.verify.gates import gate_as_dict
 from packager.verify.result import VerificationResult
 from targets.android.litert_export import (
@@ -86,18 +86,12 @@ def verified_litertlm(ctx: BuildContext, artifact: LitertArtifact, name: str) ->
     """Run the bundle's program and LiteRT-LM's engine on this host, in a child process (cached per bundle +
     golden set + eval set)."""
     def verify() -> VerificationResult:
-        inputs = VerifyInputs.of(ctx)  # the fp32 reference and baseline: their own heavy steps, taken before this
         ctx.reporter.say(f"running {artifact.bundle.name} ({artifact.recipe.name}) in the TFLite interpreter "
-                         f"({inputs.reference.positions} golden positions) and LiteRT-LM's engine, in a child process")
+                         f"({ctx.reference.positions} golden positions) and LiteRT-LM's engine, in a child process")
         request = {"bundle": str(artifact.bundle), "artifact": name, "recipe": artifact.recipe.name,
-                   "gate": gate_as_dict(artifact.recipe.gate), "inputs": inputs.as_dict(),
-                   "metadata": artifact.export["metadata"]}
-        with ctx.scheduler.step(LITERT_RUN, f"running {artifact.bundle.name}") as claim:
-            result, task = verify_in_child("targets.android.litert_verify", request,
-                                           f"running {artifact.bundle.name}", claim)
-        if task is not None:
-            ctx.attach_task(result, task)
-        return result
+                   "gate": gate_as_dict(artifact.recipe.gate), "metadata": artifact.export["metadata"]}
+        return verified_in_child(ctx, LITERT_RUN, "targets.android.litert_verify", request,
+                                 f"running {artifact.bundle.name}")
 
     task_key = ctx.task_key() if ctx.eval_rows else ""
     key = options_digest("verify-litertlm", LITERTLM_VERIFICATION_SCHEMA, artifact.key, artifact.sha256,

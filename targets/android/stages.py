@@ -18,7 +18,7 @@ from packager.child_stage import run_child
 from packager.fingerprint import file_sha256, options_digest
 from packager.ladder import EAGER_SCREEN
 from packager.scheduler import CHILD_LIBRARIES, HeavyStep
-from packager.verify.child_verify import VerifyInputs, verify_in_child
+from packager.verify.child_verify import verified_in_child
 from packager.verify.gates import gate_as_dict
 from packager.verify.metrics import FidelityMetrics
 from packager.verify.result import VerificationResult
@@ -116,19 +116,14 @@ def _record_key(ctx: BuildContext, kind: str, artifact: PteArtifact, tokenizer_j
 def verified_pte(ctx: BuildContext, artifact: PteArtifact, tokenizer_json: Path, name: str) -> VerificationResult:
     """Run the .pte in ExecuTorch on this host, in a child process (cached per export + golden set + eval set)."""
     def verify() -> VerificationResult:
-        inputs = VerifyInputs.of(ctx)  # the fp32 reference and baseline: their own heavy steps, taken before this
-        rows = f", then {len(inputs.eval_rows)} eval rows in TextLLMRunner" if inputs.eval_rows else ""
+        rows = f", then {len(ctx.eval_rows)} eval rows in TextLLMRunner" if ctx.eval_rows else ""
         ctx.reporter.say(f"running {artifact.pte.name} in ExecuTorch in a child process "
-                         f"({inputs.reference.positions} golden positions{rows})")
+                         f"({ctx.reference.positions} golden positions{rows})")
         request = {"pte": str(artifact.pte), "ptd": str(artifact.ptd) if artifact.ptd else None,
                    "tokenizer_json": str(tokenizer_json), "artifact": name, "recipe": artifact.recipe.name,
-                   "gate": gate_as_dict(artifact.recipe.gate), "inputs": inputs.as_dict(),
+                   "gate": gate_as_dict(artifact.recipe.gate),
                    "max_context": int(artifact.export["metadata"]["get_max_context_len"])}
-        with ctx.scheduler.step(RUN, f"running {artifact.pte.name}") as claim:
-            result, task = verify_in_child("targets.android.verify", request, f"running {artifact.pte.name}", claim)
-        if task is not None:
-            ctx.attach_task(result, task)
-        return result
+        return verified_in_child(ctx, RUN, "targets.android.verify", request, f"running {artifact.pte.name}")
 
     result = ctx.stage_cache.record(
         "verify", _record_key(ctx, "verify-pte", artifact, tokenizer_json), f"verify .pte {artifact.recipe.name}",

@@ -19,7 +19,7 @@ from packager.child_stage import run_child
 from packager.fingerprint import options_digest
 from packager.ladder import EAGER_SCREEN
 from packager.scheduler import CHILD_LIBRARIES, HeavyStep
-from packager.verify.child_verify import VerifyInputs, verify_in_child
+from packager.verify.child_verify import verified_in_child
 from packager.verify.gates import gate_as_dict
 from packager.verify.metrics import FidelityMetrics
 from packager.verify.result import VerificationResult
@@ -171,19 +171,14 @@ def verified_package(ctx: BuildContext, export: CoreMLExport, compression: str, 
     label = f"{'execute' if executed else 'simulate'} {export.package_name(compression)}"
 
     def verify() -> VerificationResult:
-        inputs = VerifyInputs.of(ctx)  # the fp32 reference and baseline: their own heavy steps, taken before this
-        rows = f", then answering {len(inputs.eval_rows)} eval rows" if inputs.eval_rows else ""
+        rows = f", then answering {len(ctx.eval_rows)} eval rows" if ctx.eval_rows else ""
         ctx.reporter.say(f"{'executing' if executed else 'simulating'} {name} in a child process "
-                         f"({inputs.reference.positions} golden positions, prefill + decode{rows})")
+                         f"({ctx.reference.positions} golden positions, prefill + decode{rows})")
         request = {"package": str(export.package(compression)), "artifact": name, "quant": compression,
-                   "gate": gate_as_dict(gate), "inputs": inputs.as_dict(), "max_context": export.conversion.max_context,
+                   "gate": gate_as_dict(gate), "max_context": export.conversion.max_context,
                    "sliding": export.conversion.sliding_window is not None, "max_positions": max_positions,
                    "executed": executed}
-        with ctx.scheduler.step(SIMULATION, f"simulating {name}") as claim:
-            result, task = verify_in_child("targets.ios.verify", request, f"the simulation of {name}", claim)
-        if task is not None:
-            ctx.attach_task(result, task)
-        return result
+        return verified_in_child(ctx, SIMULATION, "targets.ios.verify", request, f"simulating {name}")
 
     result = ctx.stage_cache.record("verify", key, label, verify, encode=VerificationResult.as_dict,
                                     decode=VerificationResult.from_dict, binds=package,
