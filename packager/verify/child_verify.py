@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from packager.child_stage import run_child, serve_request
 from packager.contract import Contract
 from packager.verify.golden import GoldenSet
-from packager.verify.reference import ReferenceLogits
+from packager.verify.reference import ReferenceLogits, tokenizer_in
 from packager.verify.result import VerificationResult
 from packager.verify.task_eval import EvalRow, TaskMetrics
 
@@ -66,11 +66,8 @@ class VerifyInputs:
                    Path(data["tokenizer_folder"]), [EvalRow(**r) for r in data["eval_rows"]], list(data["baseline"]))
 
     def hf_tokenizer(self) -> Any:
-        """The checkpoint's transformers tokenizer, local files only (no remote code)."""
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(self.tokenizer_folder), trust_remote_code=False,
-                                             local_files_only=True)
+        """The checkpoint's transformers tokenizer (loaded in the child, as the build loads it)."""
+        return tokenizer_in(self.tokenizer_folder)
 
 
 # What a child verification gives back: the result without its task metrics, and those metrics (with an eval set).

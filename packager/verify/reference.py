@@ -60,9 +60,14 @@ def import_transformers() -> None:
 
 
 def load_hf_tokenizer(ckpt: Checkpoint):
+    return tokenizer_in(ckpt.folder)
+
+
+def tokenizer_in(folder: Path):
+    """The transformers tokenizer saved in `folder`: local files only, never remote code."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(ckpt.folder), trust_remote_code=False, local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
 
 
 def reference_key(ckpt_digest: str, golden: GoldenSet) -> str:
