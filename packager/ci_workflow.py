@@ -1,9 +1,11 @@
 """`edgepack ci init`: a GitHub Actions workflow for the user's model repository.
 
-One matrix job per target runs `edgepack build --target T`; a target that declares a host check
-(HostCheckJob, e.g. macOS for a runtime only macOS has) gets its own job on that runner; on a
-version tag a release job merges the per-target builds with `edgepack release` and publishes them.
-edgepack generates the workflow and does not schedule anything itself (design.md, Scale).
+One matrix job per target runs `edgepack build --target T`; for a fleet (edgepack.toml with
+[specialists.NAME] tables) one job per specialist x target runs `edgepack build --target T
+--specialist S`. A target that declares a host check (HostCheckJob, e.g. macOS for a runtime only
+macOS has) gets its own job on that runner; on a version tag a release job merges the builds with
+`edgepack release` and publishes them. edgepack generates the workflow and does not schedule
+anything itself (design.md, Scale).
 
 The template uses square-bracket delimiters ([[ value ]], [% if %]) because GitHub's ${{ }} would
 collide with Jinja's. User values go only into YAML through the json filter, and into shell only
@@ -97,14 +99,20 @@ def _host_checks(targets: list[str]) -> list[dict[str, str]]:
 
 
 def render_workflow(targets: list[str], checkpoint: str | None = None, install_spec: str | None = None,
-                    python_version: str = PYTHON_VERSION) -> str:
-    """Return the workflow YAML for these targets (not checked against the installed targets)."""
+                    python_version: str = PYTHON_VERSION, specialists: list[str] | None = None) -> str:
+    """Return the workflow YAML for these targets (not checked against the installed targets); with
+    `specialists` (a fleet's, built from edgepack.toml) the build matrix is specialist x target."""
     if not targets:
         raise BadInputError("no targets for the workflow; pass --targets raspberry-pi,... or install a target.")
     for name in targets:
         if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
             raise BadInputError(f"--targets {name!r}: not a target name.")
     host_checks = _host_checks(targets)
+    specialists = list(specialists or [])
+    _check_names(specialists, "edgepack.toml: [specialists]")
+    if specialists and checkpoint is not None:
+        raise BadInputError("--checkpoint: a fleet is built from edgepack.toml ([base] and [specialists.NAME]), "
+                            "not from one checkpoint; drop --checkpoint.")
     context: dict[str, Any] = {
         "edgepack_version": __version__,
         "targets": list(dict.fromkeys(targets)),
@@ -113,6 +121,7 @@ def render_workflow(targets: list[str], checkpoint: str | None = None, install_s
         "python_version": python_version,
         "host_checks": host_checks,
         "release_needs": ["build", *(c["job_id"] for c in host_checks)],
+        "specialists": specialists,
     }
     text = _environment().get_template(WORKFLOW_TEMPLATE).render(context)
     leftover = _LEFTOVER.search(text)
@@ -123,22 +132,50 @@ def render_workflow(targets: list[str], checkpoint: str | None = None, install_s
     return text
 
 
-def _checkpoint_from_config(config: Path) -> str | None:
+def _read_config(config: Path) -> dict[str, Any]:
+    """Return edgepack.toml's tables, or {} when there is no such file."""
+    if not config.is_file():
+        return {}
     try:
-        data = tomllib.loads(config.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        return tomllib.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise BadInputError(f"{config}: cannot be read as TOML ({exc}). Fix it, or pass --checkpoint.") from None
-    return data.get("build", data).get("checkpoint")
+
+
+def fleet_specialists(data: dict[str, Any], config: Path) -> list[str]:
+    """Return the names of the fleet edgepack.toml declares ([specialists.NAME]), or [] for one model."""
+    tables = data.get("specialists") or {}
+    if not isinstance(tables, dict):
+        raise BadInputError(f"{config}: [specialists] must hold one table per specialist, e.g. [specialists.router].")
+    if tables and "checkpoint" not in (data.get("base") or {}) and "base" not in (data.get("build") or {}):
+        raise BadInputError(f"{config}: declares a fleet ([specialists.NAME]) but not its base model; add [base] "
+                            "checkpoint = \"PATH\" (relative to the file), which `edgepack build` reads in CI.")
+    names = list(tables)
+    _check_names(names, f"{config}: [specialists]")
+    return names
+
+
+def _check_names(names: list[str], source: str) -> None:
+    """The build's own rule for specialist names (they become job, folder and artifact names here too)."""
+    from packager.fleet import check_specialist_names  # imported here: packager.fleet loads torch, ci init needs none
+
+    check_specialist_names(names, source)
 
 
 def write_workflow(request: WorkflowRequest, config: Path = Path("edgepack.toml")) -> Path:
-    """Write the workflow file atomically and return its path; refuse to overwrite without force."""
+    """Write the workflow file atomically and return its path; refuse to overwrite without force.
+
+    Without --checkpoint the workflow's builds read edgepack.toml, so a fleet declared there gets the
+    specialist x target matrix; with --checkpoint `edgepack build CHECKPOINT` reads no edgepack.toml.
+    """
     names = request.targets or list(available_targets())
     resolve_targets(names)  # unknown names -> BadInputError listing the installed targets
-    if request.checkpoint is None and not (config.is_file() and _checkpoint_from_config(config)):
+    data = _read_config(config) if request.checkpoint is None else {}
+    specialists = fleet_specialists(data, config)
+    if request.checkpoint is None and not specialists and not data.get("build", data).get("checkpoint"):
         raise BadInputError(f"no checkpoint: pass --checkpoint PATH (relative to the repository root), or add "
                             f"checkpoint = \"PATH\" to {config}, which `edgepack build` reads in CI.")
-    text = render_workflow(names, request.checkpoint, request.install_spec)
+    text = render_workflow(names, request.checkpoint, request.install_spec, specialists=specialists)
     out = request.out
     if out.exists() and not request.force:
         raise BadInputError(f"{out}: already exists. Pass --force to replace it, or choose another --out.")

@@ -269,6 +269,9 @@ class _BuildCommand(_Command):
 @click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR",
               help="A fleet: a LoRA specialist of --base, named NAME (repeatable); targets whose runtime applies "
                    "adapters ship the base once and an adapter per specialist.")
+@click.option("--specialist", "only_specialists", multiple=True, metavar="NAME",
+              help="A fleet: build only this specialist (repeatable; default: every one), e.g. one CI job per "
+                   "specialist; `edgepack release` merges the builds of one fleet.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="An edgepack.toml to read (default: ./edgepack.toml when no CHECKPOINT is given).")
 @click.option("--device", "device_name", default=None,
@@ -282,8 +285,8 @@ def build(checkpoint: Path | None, targets: tuple[str, ...], quant: str | None, 
           no_gate: bool, as_json: bool, quiet: bool, eval_path: Path | None,
           task_kind: str | None, labels: str | None, json_schema: Path | None, prompt_template: str | None,
           constrained: bool, max_accuracy_drop: float | None, strict_fidelity: bool, device_name: str | None,
-          runtime_adapter: bool, adapters: tuple[str, ...], config_path: Path | None, jobs: int | None,
-          max_ram: str | None, **target_flags: Any) -> None:
+          runtime_adapter: bool, adapters: tuple[str, ...], only_specialists: tuple[str, ...],
+          config_path: Path | None, jobs: int | None, max_ram: str | None, **target_flags: Any) -> None:
     """Build CHECKPOINT (a Hugging Face folder or a PEFT adapter) for the chosen targets.
 
     Without CHECKPOINT, reads ./edgepack.toml, else builds the bundled example.
@@ -309,14 +312,15 @@ def build(checkpoint: Path | None, targets: tuple[str, ...], quant: str | None, 
         eval_path=eval_path, task=task, max_accuracy_drop=max_accuracy_drop, strict_fidelity=strict_fidelity,
         device=device_name, config=config_path, target_options=_given_target_options(target_flags),
         jobs=jobs, max_ram=max_ram, runtime_adapter=runtime_adapter, adapters=_named_adapters(adapters),
+        only_specialists=only_specialists,
     ), reporter)
     outcome = run_build(request, reporter)
     if as_json:
         _emit_json(outcome.summary())
     else:
-        from packager.report import verification_table
+        from packager.report import verification_tables
 
-        click.echo(verification_table(outcome.results))
+        click.echo(verification_tables(outcome.results))
         click.echo(f"\nwrote {outcome.out}")
     if not outcome.passed:
         # Only reachable with --no-gate: the output exists, but the exit code still tells CI.

@@ -12,6 +12,7 @@ rendering a prompt anywhere is string concatenation.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import signal
@@ -96,6 +97,12 @@ def fill_template(template: str, values: dict[str, str]) -> str:
             out.append(ch)
             i += 1
     return "".join(out)
+
+
+def fill_template_source() -> str:
+    """Return fill_template's own source, which generated stdlib-only clients (the Pi's client.py) embed: the same
+    function, not a port that could drift from it."""
+    return inspect.getsource(fill_template)
 
 
 def render_prompt(contract: Contract, input_text: str, instruction: str = "") -> str:

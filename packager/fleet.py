@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from packager.errors import BadInputError, InternalError
+from packager.fingerprint import files_digest
 from packager.gguf_ladder import Rung, rung_of
 from packager.runtime_adapter import RuntimeAdapter
 from packager.stages import BuildContext
@@ -60,10 +61,27 @@ class Fleet:
 
     base: BuildContext
     specialists: list[Specialist]
+    # Every specialist of the fleet by name and adapter hash (fleet_members), also those a --specialist build
+    # leaves to other builds: the manifest's `fleet`, which `edgepack release` merges builds by.
+    members: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.specialists]
+
+
+def adapter_sha256(spec: SpecialistSpec) -> str:
+    """The hash of a specialist's adapter folder (its files' names and content): what identifies it in a release."""
+    if not spec.adapter.is_dir():
+        raise BadInputError(f"{spec.adapter}: the adapter folder of specialist {spec.name!r} ({spec.task_source}) "
+                            "does not exist. Fix its path, or remove the specialist.")
+    return files_digest([p for p in sorted(spec.adapter.iterdir()) if p.is_file()])
+
+
+def fleet_members(specs: tuple[SpecialistSpec, ...] | list[SpecialistSpec]) -> list[dict[str, str]]:
+    """Every specialist of the fleet, built here or not, by name and adapter hash: the fleet a build belongs to,
+    so that `edgepack release` merges builds of different specialists of one fleet and refuses other fleets."""
+    return [{"name": spec.name, "adapter_sha256": adapter_sha256(spec)} for spec in specs]
 
 
 def check_specialist_names(names: list[str], source: str) -> None:
@@ -157,6 +175,7 @@ def build_merged_per_specialist(target: Target, fleet: Fleet, out_dir: Path,
                 verification, artifact=_in_folder(verification.artifact, target.name, name),
                 ships=[_in_folder(p, target.name, name) for p in verification.ships] if verification.ships else
                 verification.ships))
+            merged.specialists[merged.verifications[-1].artifact] = name
         merged.scaffold_checks += [dataclasses.replace(c, file=f"{name}/{c.file}") for c in result.scaffold_checks]
         merged.notes += [f"{name}: {note}" for note in result.notes]
     reason = getattr(target, "merged_specialists_reason", "its runtime does not apply LoRA adapters in edgepack yet")

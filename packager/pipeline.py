@@ -21,7 +21,14 @@ from packager.build_log import tool_output_to_log
 from packager.checkpoint import Checkpoint, is_adapter_folder, load_checkpoint
 from packager.errors import BadInputError, GateFailedError, UnsupportedError
 from packager.fingerprint import cache_root, files_digest, options_digest
-from packager.fleet import Fleet, Specialist, SpecialistSpec, build_merged_per_specialist
+from packager.fleet import (
+    Fleet,
+    Specialist,
+    SpecialistSpec,
+    adapter_sha256,
+    build_merged_per_specialist,
+    fleet_members,
+)
 from packager.manifest import (
     MANIFEST_SCHEMA_VERSION,
     build_timestamp,
@@ -33,7 +40,7 @@ from packager.memory_plan import check_fits, target_needs
 from packager.output_guard import check_name, check_replaceable
 from packager.output_lock import output_lock
 from packager.progress import Reporter
-from packager.report import render_report, verification_rows, verification_table
+from packager.report import render_report, verification_rows, verification_tables
 from packager.report_html import render_html
 from packager.runtime_adapter import check_runtime_adapter_input
 from packager.scheduler import scheduler_for
@@ -64,6 +71,15 @@ class BuildRequest:
     max_ram: int | None = None
     # A fleet (packager.fleet): LoRA specialists of the base model `checkpoint`; empty: one model.
     specialists: tuple[SpecialistSpec, ...] = ()
+    # --specialist: build only these specialists of the fleet (one CI job per specialist); empty: all of them.
+    only_specialists: tuple[str, ...] = ()
+
+    @property
+    def built_specialists(self) -> tuple[SpecialistSpec, ...]:
+        """The specialists this build makes: those --specialist names, else the whole fleet."""
+        if not self.only_specialists:
+            return self.specialists
+        return tuple(s for s in self.specialists if s.name in self.only_specialists)
 
 
 @dataclass
@@ -130,9 +146,11 @@ def build_inputs(request: BuildRequest, ckpt: Checkpoint) -> list[Path]:
 
 
 def open_fleet(request: BuildRequest, base: BuildContext) -> Fleet:
-    """Merge every specialist's adapter into the base; each gets its own stages, sharing the base's."""
+    """Merge every specialist's adapter into the base (only the --specialist ones, when given); each gets its own
+    stages, sharing the base's."""
+    members = fleet_members(request.specialists)  # before the merges: a missing adapter stops the build at once
     specialists = []
-    for spec in request.specialists:
+    for spec in request.built_specialists:
         options = dataclasses.replace(
             request.options, name=spec.name, eval_path=spec.eval_path, task={**request.options.task, **spec.task},
             task_source=spec.task_source, task_gate=spec.task_gate or request.options.task_gate,
@@ -141,7 +159,7 @@ def open_fleet(request: BuildRequest, base: BuildContext) -> Fleet:
                                          allow_pickle=request.allow_pickle, options=options), base.reporter)
         ctx = BuildContext(*opened, options, base.reporter, base.cache, base.scheduler, base=base)
         specialists.append(Specialist(spec, ctx))
-    return Fleet(base, specialists)
+    return Fleet(base, specialists, members)
 
 
 def run_build(request: BuildRequest, reporter: Reporter | None = None) -> BuildOutcome:
@@ -231,7 +249,7 @@ def _build_into(staging: Path, out: Path, request: BuildRequest, ctx: BuildConte
         raise GateFailedError(
             "an artifact is not faithful enough to the source model, so nothing was written to "
             f"{out}. Use a higher-precision --quant, or --no-gate to keep the output anyway.\n\n"
-            + verification_table(results),
+            + verification_tables(results),
             # --json: what failed, as the manifest would have said it (nothing is written to read it from).
             details={key: manifest[key] for key in ("name", "artifacts", "contract_check") if key in manifest},
         )
@@ -268,7 +286,8 @@ def _manifest(
         **({"contract_check": {**ctx.contract_check.as_dict(),
                                "messages": ctx.contract_check.messages(ctx.eval_rows[0])}}
            if ctx.contract_check else {}),
-        **({"specialists": [_specialist_entry(s) for s in fleet.specialists]} if fleet else {}),
+        **({"specialists": [_specialist_entry(s) for s in fleet.specialists],
+            "fleet": fleet.members} if fleet else {}),
         "targets": [r.target for r in results],
         "artifacts": verification_rows(results),
         "stages": [vars(s) for s in reporter.records],
@@ -279,11 +298,10 @@ def _manifest(
 def _specialist_entry(specialist: Specialist) -> dict[str, Any]:
     """A fleet specialist in the manifest: its adapter (and the hash of its files), task and contract check."""
     spec, ctx = specialist.spec, specialist.ctx
-    adapter_files = [p for p in sorted(spec.adapter.iterdir()) if p.is_file()]
     return {
         "name": spec.name,
         "adapter": str(spec.adapter),
-        "adapter_sha256": files_digest(adapter_files),
+        "adapter_sha256": adapter_sha256(spec),
         "merged_sha256": ctx.ckpt_digest,
         "eval": str(spec.eval_path) if spec.eval_path else None,
         "contract": ctx.contract.as_dict(),

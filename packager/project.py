@@ -59,6 +59,8 @@ class BuildFlags:
     runtime_adapter: bool = False
     # --adapter NAME=DIR, repeated: a fleet of LoRA specialists on --base (packager.fleet).
     adapters: tuple[tuple[str, Path], ...] = ()
+    # --specialist NAME, repeated: build only these specialists of the fleet.
+    only_specialists: tuple[str, ...] = ()
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -238,6 +240,11 @@ def build_request(flags: BuildFlags, reporter: Reporter, cwd: Path | None = None
     build = config.get("build", {})
     if flags.adapters or config.get("specialists"):
         return _fleet_request(flags, config, build, root, config_path, reporter, cwd)
+    if flags.only_specialists:
+        where = config_path or "the command line"
+        raise BadInputError(f"--specialist {flags.only_specialists[0]}: {where} declares no fleet, so there are no "
+                            "specialists to choose from. Drop --specialist, or declare the fleet: [base] checkpoint "
+                            "and [specialists.NAME] tables in edgepack.toml, or --base DIR --adapter NAME=DIR.")
     if flags.checkpoint is None and "checkpoint" not in build:
         raise BadInputError(f"{root / CONFIG_NAME}: [build] has no checkpoint; add checkpoint = \"path/to/model\".")
     checkpoint = flags.checkpoint or _path(build["checkpoint"], root, reporter)
@@ -327,6 +334,7 @@ def _fleet_request(flags: BuildFlags, config: dict[str, Any], build: dict[str, A
         raise BadInputError(f"{where}: a fleet needs its base model: pass --base DIR or set [base] checkpoint = "
                             "\"path/to/base\" in edgepack.toml.")
     specialists = _specialists(flags, config, root, config_path, _task_gate(flags, config), reporter)
+    _check_chosen(flags.only_specialists, [s.name for s in specialists], where)
     out = flags.out or (_path(build["out"], root, reporter) if "out" in build else None)
     if flags.out is None and config_path == example_project() and root != cwd:
         out = cwd / "dist" / str(build.get("name", base.name))
@@ -335,7 +343,16 @@ def _fleet_request(flags: BuildFlags, config: dict[str, Any], build: dict[str, A
         checkpoint=base, targets=list(flags.targets) or list(build.get("targets", ["all"])), out=out,
         allow_pickle=flags.allow_pickle, force=flags.force, config=config_path if config else None, options=options,
         jobs=_jobs(flags.jobs, build, root / CONFIG_NAME), max_ram=_max_ram(flags.max_ram, build, root / CONFIG_NAME),
-        specialists=tuple(specialists))
+        specialists=tuple(specialists), only_specialists=tuple(dict.fromkeys(flags.only_specialists)))
+
+
+def _check_chosen(chosen: tuple[str, ...], names: list[str], where: str) -> None:
+    """--specialist must name specialists of the fleet (a typo would otherwise build nothing, or the wrong one)."""
+    unknown = [name for name in chosen if name not in names]
+    if unknown:
+        raise BadInputError(f"--specialist {unknown[0]}: {where} has no specialist of that name; its specialists are "
+                            f"{', '.join(names)}. Pass one of those names, or add [specialists.{unknown[0]}] (or "
+                            f"--adapter {unknown[0]}=DIR) to build it.")
 
 
 def _fit_device(flags: BuildFlags, checkpoint: Path, base: Path | None, options: BuildOptions,

@@ -3,7 +3,10 @@
 A release is what gets published: one tar.gz per target, MODEL_CARD.md, a release manifest.json
 (schema in docs/release-manifest.schema.json) and SHA256SUMS over all of them. Its input is one
 build folder with every target, or several (one per CI matrix job) of the same checkpoint, which
-are merged. Every input file is checked against its build's SHA256SUMS first, so a release can
+are merged. A fleet's builds may each hold some of its specialists (`edgepack build --specialist`,
+one CI job per specialist x target): they merge when they belong to the same fleet, and each such
+target folder becomes an archive of its own, named after its specialists, since each was gated on
+its own. Every input file is checked against its build's SHA256SUMS first, so a release can
 only carry bytes a build vouched for.
 
 A release is a pure function of its inputs: no clock is read (archive mtimes are
@@ -83,7 +86,8 @@ class ReleaseOutcome:
             "name": self.manifest["name"],
             "version": self.manifest["version"],
             "passed": self.manifest["passed"],
-            "archives": [{"target": t["name"], **t["archive"]} for t in self.manifest["targets"]],
+            "archives": [{"target": t["name"], **({"specialists": t["specialists"]} if "specialists" in t else {}),
+                          **t["archive"]} for t in self.manifest["targets"]],
             "files": self.manifest["files"],
         }
 
@@ -193,12 +197,27 @@ def _specialist_record(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fleet_hashes(manifest: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(s["name"], s["adapter_sha256"]) for s in manifest.get("specialists") or []]
+    """The fleet a build belongs to, every specialist by name and adapter hash, also those it did not build
+    (its `fleet`; a build without one built them all)."""
+    members = manifest.get("fleet") or manifest.get("specialists") or []
+    return [(s["name"], s["adapter_sha256"]) for s in members]
+
+
+def built_part(manifest: dict[str, Any]) -> list[str]:
+    """The specialists a --specialist build made when they are not its whole fleet; [] for a whole build."""
+    built = [s["name"] for s in manifest.get("specialists") or []]
+    return built if built != [name for name, _ in _fleet_hashes(manifest)] else []
+
+
+def target_label(record: dict[str, Any]) -> str:
+    """A release target as people read it: its name, and the specialists of a per-specialist build."""
+    part = record.get("specialists")
+    return f"{record['name']} ({', '.join(part)})" if part else record["name"]
 
 
 def _merge_check(builds: list[BuildFolder]) -> None:
     first = builds[0]
-    seen: dict[str, Path] = {}
+    seen: dict[tuple[str, str | None], Path] = {}
     for build in builds:
         if build.manifest["name"] != first.manifest["name"]:
             raise BadInputError(f"{build.path}: is a build of {build.manifest['name']!r} but {first.path} is of "
@@ -209,11 +228,20 @@ def _merge_check(builds: list[BuildFolder]) -> None:
         if _fleet_hashes(build.manifest) != _fleet_hashes(first.manifest):
             raise BadInputError(f"{build.path}: holds other specialist adapters than {first.path}; a release holds one "
                                 "fleet. Rebuild both from the same adapters.")
+        names: list[str | None] = [s["name"] for s in build.manifest.get("specialists") or []] or [None]
         for target in build.manifest["targets"]:
-            if target in seen:
-                raise BadInputError(f"{build.path}: target {target!r} is also in {seen[target]}; pass each "
-                                    "target's build once.")
-            seen[target] = build.path
+            for name in names:
+                if (target, name) in seen:
+                    what = f"target {target!r}" + (f" of specialist {name!r}" if name else "")
+                    raise BadInputError(f"{build.path}: {what} is also in {seen[(target, name)]}; pass each "
+                                        "target's build once" + (" per specialist." if name else "."))
+                seen[(target, name)] = build.path
+
+
+def _released_specialists(builds: list[BuildFolder]) -> list[dict[str, Any]]:
+    """Every specialist some build made, in the fleet's order: per-specialist builds of one fleet list them all."""
+    built = {s["name"]: _specialist_record(s) for b in builds for s in b.manifest["specialists"]}
+    return [built[name] for name, _ in _fleet_hashes(builds[0].manifest) if name in built]
 
 
 def _gate_check(builds: list[BuildFolder], allow_failed: bool) -> None:
@@ -265,8 +293,10 @@ def _target_record(build: BuildFolder, index: int, target: str, archive: dict[st
     contract = meta.get("contract") if isinstance(meta.get("contract"), dict) else None
     options = build.manifest["options"]
     verification = _verification(build.manifest["artifacts"], target)
+    part = built_part(build.manifest)
     return {
         "name": target,
+        **({"specialists": part} if part else {}),
         "build": index,
         "archive": archive,
         "root": root,
@@ -360,7 +390,7 @@ def model_card_context(manifest: dict[str, Any], provenance: list[FolderProvenan
             continue
         entry = contracts.setdefault(t["contract_sha256"], {"sha256": t["contract_sha256"], "targets": [],
                                                             "contract": t["contract"]})
-        entry["targets"].append(t["name"])
+        entry["targets"].append(target_label(t))
     contract_blocks = []
     for entry in contracts.values():
         text = json.dumps(entry["contract"], indent=2, ensure_ascii=False)
@@ -388,7 +418,7 @@ def model_card_context(manifest: dict[str, Any], provenance: list[FolderProvenan
         "version": manifest["version"],
         "edgepack_version": manifest["edgepack_version"],
         "passed": manifest["passed"],
-        "front_matter": _front_matter(provenance, [t["name"] for t in manifest["targets"]]),
+        "front_matter": _front_matter(provenance, list(dict.fromkeys(t["name"] for t in manifest["targets"]))),
         "source": {
             "kind": str(source.get("kind")),
             "path": str(source.get("path")),
@@ -404,7 +434,7 @@ def model_card_context(manifest: dict[str, Any], provenance: list[FolderProvenan
         "provenance": [_declared(p) for p in provenance],
         "contracts": contract_blocks,
         "targets": [{
-            "name": t["name"],
+            "name": target_label(t),
             "archive": t["archive"]["path"],
             "size_mb": f"{t['archive']['bytes'] / 2**20:.2f}",
             "quant": str(t["options"]["quant"] or "n/a"),
@@ -413,7 +443,7 @@ def model_card_context(manifest: dict[str, Any], provenance: list[FolderProvenan
             "sha256": t["archive"]["sha256"],
         } for t in manifest["targets"]],
         "verification": [{
-            "target": t["name"],
+            "target": target_label(t),
             "artifact": v["artifact"],
             "level": v["level"],
             "quant": str(v["quant"] or "n/a"),
@@ -491,10 +521,13 @@ def _write_release(staging: Path, builds: list[BuildFolder], name: str, version:
                    reporter: Reporter) -> dict[str, Any]:
     """Return the release manifest after writing the archives, model card, manifest and SHA256SUMS into staging."""
     mtime = source_date_epoch() or 0
-    plan = sorted(((t, i, b) for i, b in enumerate(builds) for t in b.manifest["targets"]), key=lambda x: x[0])
+    plan = sorted(((t, i, b) for i, b in enumerate(builds) for t in b.manifest["targets"]),
+                  key=lambda x: (x[0], built_part(x[2].manifest)))
     targets = []
     for target, index, build in plan:
-        root = f"{slug(name)}-{version}-{target}"
+        part = built_part(build.manifest)
+        # '+' cannot be in a specialist's name, so two parts never share an archive name.
+        root = f"{slug(name)}-{version}-{target}" + (f"-{'+'.join(part)}" if part else "")
         archive_name = f"{root}.tar.gz"
         members = members_of(build.path / target, root)
         reporter.say(f"release: packing {archive_name} ({len(members)} files)")
@@ -515,7 +548,7 @@ def _write_release(staging: Path, builds: list[BuildFolder], name: str, version:
         "edgepack_version": __version__,
         "passed": all(t["passed"] for t in targets) and all(b.manifest.get("passed", False) for b in builds),
         "source": first["source"],
-        **({"specialists": [_specialist_record(s) for s in first["specialists"]]} if first.get("specialists") else {}),
+        **({"specialists": _released_specialists(builds)} if first.get("specialists") else {}),
         "provenance": [],
         "builds": [_build_record(b) for b in builds],
         "targets": targets,

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from packager.release import target_label
+
 # (key in a verification row, label, format): numbers get a signed delta.
 NUMBERS = (
     ("top1", "top-1", ".3f"),
@@ -125,8 +127,8 @@ def _tools(manifest: dict[str, Any]) -> dict[str, str]:
 def diff_releases(old: dict[str, Any], new: dict[str, Any], old_path: Path | str = "",
                   new_path: Path | str = "") -> dict[str, Any]:
     """Return the differences between two release manifests, target by target (targets sorted by name)."""
-    old_targets = {t["name"]: t for t in old["targets"]}
-    new_targets = {t["name"]: t for t in new["targets"]}
+    old_targets = {target_label(t): t for t in old["targets"]}
+    new_targets = {target_label(t): t for t in new["targets"]}
     targets = [_target_change(name, old_targets.get(name), new_targets.get(name))
                for name in sorted(set(old_targets) | set(new_targets))]
     old_tools, new_tools = _tools(old), _tools(new)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from packager.strict_json import finite_numbers
@@ -78,6 +79,26 @@ def verification_table(results: list[TargetResult]) -> str:
             f"{_task_cells(r['task'], r['level']) if with_task else ''}| {gate} |"
         )
     return "\n".join(lines)
+
+
+def verification_tables(results: list[TargetResult]) -> str:
+    """The terminal summary: verification_table, or for a fleet one such table per specialist under its name.
+
+    Each specialist has its own eval set, baseline and gate, so its accuracy and latency read only against
+    its own rows; an artifact no specialist claims (a third-party target's) gets a table of its own at the end.
+    """
+    if not any(r.specialists for r in results):
+        return verification_table(results)
+    names = list(dict.fromkeys(name for r in results for name in r.specialists.values()))
+    parts = []
+    for name in [*names, None]:
+        own = [dataclasses.replace(r, verifications=[v for v in r.verifications
+                                                     if r.specialists.get(v.artifact) == name])
+               for r in results]
+        if any(r.verifications for r in own):
+            heading = f"specialist {name}" if name is not None else "other artifacts"
+            parts.append(f"{heading}:\n{verification_table([r for r in own if r.verifications])}")
+    return "\n\n".join(parts)
 
 
 def scaffold_table(results: list[TargetResult]) -> str:

@@ -45,6 +45,9 @@ class TargetResult:
     scaffold_checks: list[ScaffoldCheck] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    # A fleet build: which specialist each verified artifact serves (artifact -> specialist name), so the
+    # terminal summary can give each specialist its own table. Empty for one model.
+    specialists: dict[str, str] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:

@@ -73,13 +73,15 @@ def write_document(listed: BundleFiles, document: dict[str, Any]) -> None:
 def finish_bundle(out_dir: Path, target: Any, sections: dict[str, Any], verifications: list[VerificationResult],
                   checks: list[ScaffoldCheck] | None = None, notes: list[str] | None = None,
                   extra: dict[str, Any] | None = None, copies: tuple[str, ...] = (),
-                  listed: BundleFiles | None = None) -> TargetResult:
+                  listed: BundleFiles | None = None, specialists: dict[str, str] | None = None) -> TargetResult:
     """Write the target folder's edgepack.json (and copies) and return the target's result.
 
     `listed`: the folder as already listed by list_bundle (when the target needed the entries for its
     own sections, or wrote a first document before verifying); otherwise the folder is listed here.
+    `specialists`: for a fleet, the specialist each verified artifact serves (TargetResult.specialists).
     """
     listed = listed or list_bundle(out_dir, copies)
     write_document(listed, bundle_document(target, sections, listed, verifications, checks))
     return TargetResult(target=target.name, files=[*listed.files, *listed.documents], verifications=verifications,
-                        scaffold_checks=list(checks or []), notes=list(notes or []), extra=dict(extra or {}))
+                        scaffold_checks=list(checks or []), notes=list(notes or []), extra=dict(extra or {}),
+                        specialists=dict(specialists or {}))

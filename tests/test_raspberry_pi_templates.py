@@ -28,6 +28,7 @@ import pytest
 from external_tools import bash_read_env_file, missing, require_tool, systemd_read_env_file
 
 from packager import escaping, templating
+from packager.contract import Contract, fill_template_source, render_prompt
 from packager.resources import templates_dir
 
 TEMPLATE_DIR = "raspberry-pi"
@@ -55,6 +56,13 @@ ADAPTERS = {
     "fleet": [{"name": "router", "file": "adapter-router.gguf", "size_mb": 5.62},
               {"name": "extractor", "file": "adapter-extractor.gguf", "size_mb": 3.1}],
 }
+
+
+# A fleet's specialists' contracts: the shared vectors' chat-formatted one (instruction and input) and the one
+# whose template holds literal braces, so the client's rendering is held to the spec's hardest cases.
+VECTORS = json.loads((Path(__file__).parent / "vectors" / "contract.json").read_text(encoding="utf-8"))
+FLEET_CONTRACTS = {"router": Contract.from_dict(VECTORS["contracts"]["labels_chat"]),
+                   "extractor": Contract.from_dict(VECTORS["contracts"]["braces"])}
 
 
 def hostile_name(marker: Path) -> str:
@@ -101,6 +109,9 @@ def make_context(model_name: str, *, chat: bool = True, adapters: str = "none") 
         "size_mb": 241.53,
         "adapters": ADAPTERS[adapters],
         "select_adapter": adapters == "fleet",
+        "specialist_prompts": {name: {key: getattr(c.prompt, key) for key in ("prefix", "template", "suffix")}
+                               for name, c in FLEET_CONTRACTS.items()} if adapters == "fleet" else {},
+        "fill_template_source": fill_template_source(),
     }
 
 
@@ -172,7 +183,7 @@ def _documented_keys() -> set[str]:
     text = (templates_dir() / TEMPLATE_DIR / "CONTEXT.md").read_text()
     comment = text.split("-->", 1)[0]
     keys: set[str] = set()
-    for match in re.finditer(r"^  ([a-z_]+(?:, [a-z_]+)*)\s{2,}(?:str|int|bool|float|list)", comment, re.M):
+    for match in re.finditer(r"^  ([a-z_]+(?:, [a-z_]+)*)\s{2,}(?:str|int|bool|float|list|dict)", comment, re.M):
         keys.update(match.group(1).split(", "))
     return keys
 
@@ -672,3 +683,46 @@ def test_a_fleet_bundle_loads_every_adapter_in_id_order_and_the_client_picks_one
 def test_a_single_adapter_bundles_client_sends_no_adapter_choice(tmp_path: Path) -> None:
     client = runpy.run_path(str(render_bundle(tmp_path, "normal", adapters="one").file("client.py")))
     assert client["SPECIALISTS"] == [] and "lora" not in client["build_request"]("hi", 8, 0.0)[1]
+
+
+@pytest.mark.parametrize(("args", "stdin", "specialist", "instruction", "text"), [
+    (["--specialist", "router", "--instruction", "Classify the intent.", "my card got declined"], None,
+     "router", "Classify the intent.", "my card got declined"),
+    (["my card got declined"], None, "router", "", "my card got declined"),  # the default: the first specialist
+    (["--specialist", "extractor"], "order {input} #42 $(x)\n", "extractor", "", "order {input} #42 $(x)"),
+])
+def test_a_fleet_client_sends_the_specialists_own_prompt_format_with_every_adapters_scale(
+        tmp_path: Path, args: list[str], stdin: str | None, specialist: str, instruction: str, text: str) -> None:
+    rendered = render_bundle(tmp_path, "hostile", chat=True, adapters="fleet")
+    with FakeOpenAIServer() as server:
+        env = {**os.environ, "EDGEPACK_HOST": "127.0.0.1", "EDGEPACK_PORT": str(server.port)}
+        result = run([sys.executable, str(rendered.file("client.py")), *args], env=env, input=stdin)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "completion reply\n"
+    [(path, body)] = server.requests
+    # The format already holds the chat turn markers: a plain completion, never the server's chat template on top.
+    assert path == "/v1/completions" and "messages" not in body
+    assert body["prompt"] == render_prompt(FLEET_CONTRACTS[specialist], text, instruction)
+    chosen = list(FLEET_CONTRACTS).index(specialist)
+    assert body["lora"] == [{"id": i, "scale": 1.0 if i == chosen else 0.0} for i in range(len(FLEET_CONTRACTS))]
+    assert not rendered.marker.exists()
+
+
+def test_a_fleet_clients_prompts_are_the_contracts_for_any_input(tmp_path: Path) -> None:
+    client = runpy.run_path(str(render_bundle(tmp_path, "normal", adapters="fleet").file("client.py")))
+    for case in VECTORS["render"]:
+        contract = Contract.from_dict(VECTORS["contracts"][case["contract"]])
+        client["PROMPTS"]["probe"] = {key: getattr(contract.prompt, key) for key in ("prefix", "template", "suffix")}
+        assert client["render_prompt"]("probe", case["input"], case["instruction"]) == case["expected"]
+
+
+def test_a_fleet_client_refuses_a_specialist_the_server_does_not_hold(tmp_path: Path) -> None:
+    rendered = render_bundle(tmp_path, "normal", adapters="fleet")
+    result = run([sys.executable, str(rendered.file("client.py")), "--specialist", "nobody", "hi"])
+    assert result.returncode == 2 and "invalid choice: 'nobody'" in result.stderr
+
+
+def test_a_single_model_client_has_no_prompt_format_of_its_own(tmp_path: Path) -> None:
+    client = runpy.run_path(str(render_bundle(tmp_path, "normal", adapters="one").file("client.py")))
+    assert "PROMPTS" not in client and "fill_template" not in client
+    assert client["build_request"]("hi", 8, 0.0)[1]["messages"] == [{"role": "user", "content": "hi"}]

@@ -649,3 +649,75 @@ def test_a_fidelity_miss_the_task_gate_decided_is_carried_into_the_release_and_i
     card = (tmp_path / "release" / "MODEL_CARD.md").read_text()
     gate_cell = next(line for line in card.splitlines() if "model\\-Q4\\_K\\_M" in line).split("|")[-2]
     assert "task gate decided" in gate_cell and "0\\.900" in gate_cell  # markdown-escaped
+
+
+FLEET_TOML = """
+[base]
+checkpoint = "models/base"
+[specialists.router]
+adapter = "adapters/router"
+[specialists.extractor]
+adapter = "adapters/extractor"
+"""
+
+
+def test_ci_init_for_a_fleet_builds_each_specialist_for_each_target_and_releases_them_together(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    monkeypatch.chdir(repo)
+    (repo / "edgepack.toml").write_text(FLEET_TOML)
+    result = edgepack("ci", "init", "--targets", "raspberry-pi,ios")
+    assert result.exit_code == 0, result.stderr
+    workflow = repo / ".github" / "workflows" / "edgepack.yml"
+    lint = _lint(workflow)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    data = yaml.safe_load(workflow.read_text())
+    build = data["jobs"]["build"]
+    assert build["strategy"]["matrix"] == {"specialist": ["router", "extractor"], "target": ["raspberry-pi", "ios"]}
+    assert build["env"] == {"SPECIALIST": "${{ matrix.specialist }}", "TARGET": "${{ matrix.target }}"}
+    runs = [s.get("run", "") for s in build["steps"]]
+    assert ('edgepack build --target "$TARGET" --specialist "$SPECIALIST" --out "dist/$SPECIALIST/$TARGET" --json '
+            '> "build-$SPECIALIST.$TARGET.json"') in runs
+    assert 'tar -cf "edgepack-build-$SPECIALIST.$TARGET.tar" -C dist "$SPECIALIST/$TARGET"' in runs
+    uploads = [s["with"]["name"] for s in build["steps"] if s.get("uses", "").startswith("actions/upload-artifact@")]
+    assert uploads == ["edgepack-build-${{ matrix.specialist }}.${{ matrix.target }}",
+                       "edgepack-summary-${{ matrix.specialist }}.${{ matrix.target }}"]
+    assert "EDGEPACK_CHECKPOINT" not in workflow.read_text()
+    release_runs = " ".join(s.get("run", "") for s in data["jobs"]["release"]["steps"])
+    assert "edgepack release dist/*/* --version" in release_runs
+    if "coreml" in data["jobs"]:  # the macOS check builds each specialist too
+        coreml = data["jobs"]["coreml"]
+        assert coreml["strategy"]["matrix"] == {"specialist": ["router", "extractor"]}
+        assert any('--target ios --specialist "$SPECIALIST"' in s.get("run", "") for s in coreml["steps"])
+
+
+@pytest.mark.parametrize(("toml", "args", "needle"), [
+    ("[specialists.router]\nadapter = \"a\"\n", (), "but not its base model; add [base] checkpoint"),
+    (FLEET_TOML + "[specialists.\"bad name\"]\nadapter = \"a\"\n", (), "must be letters, digits"),
+])
+def test_ci_init_refuses_a_fleet_it_could_not_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toml: str,
+                                                     args: tuple[str, ...], needle: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "edgepack.toml").write_text(toml)
+    result = edgepack("ci", "init", "--targets", "raspberry-pi", *args)
+    assert result.exit_code == ExitCode.BAD_INPUT and needle in result.stderr, result.stderr
+    assert not (tmp_path / ".github").exists()
+
+
+def test_ci_init_with_a_checkpoint_keeps_the_one_model_workflow_beside_a_fleet_toml(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `edgepack build CHECKPOINT` reads no edgepack.toml, so neither does the workflow that runs it.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "edgepack.toml").write_text(FLEET_TOML)
+    assert edgepack("ci", "init", "--targets", "raspberry-pi", "--checkpoint", "models/ft").exit_code == 0
+    text = (tmp_path / ".github" / "workflows" / "edgepack.yml").read_text()
+    assert text == render_workflow(["raspberry-pi"], "models/ft") and "specialist" not in text
+
+
+def test_a_host_check_without_a_checkpoint_builds_from_edgepack_toml(tmp_path: Path) -> None:
+    text = render_workflow(["raspberry-pi", "ios"])
+    if "coreml:" not in text:
+        pytest.skip("the ios target (and its Core ML host check) is not installed")
+    assert '"$EDGEPACK_CHECKPOINT"' not in text
+    assert "edgepack build --target ios --out dist-coreml" in text

@@ -6,6 +6,7 @@ building in the background when the session begins.)"""
 from __future__ import annotations
 
 import json
+import runpy
 import shlex
 import subprocess
 import sys
@@ -20,9 +21,15 @@ import pytest
 from cli_helpers import edgepack
 from openai_server import free_port
 
+from packager.contract import Contract, render_prompt
 from packager.errors import ExitCode
+from packager.fleet import Fleet, build_merged_per_specialist
 from packager.progress import Reporter
 from packager.project import BuildFlags, build_request
+from packager.report import verification_table, verification_tables
+from packager.target import TargetResult
+from packager.verify.result import VerificationResult
+from packager.verify.task_eval import TaskMetrics
 from tests.tiny_models import make_adapter
 
 SPECIALISTS = ("router", "extractor")
@@ -176,6 +183,18 @@ max_new_tokens = 6
     assert contracts == {"router": 4, "extractor": 6}
 
 
+def test_the_pi_clients_specialists_render_their_own_contracts_prompt(fleet: tuple[Path, Any]) -> None:
+    folder, _ = fleet
+    pi = folder / "out" / "raspberry-pi"
+    client = runpy.run_path(str(pi / "client.py"))
+    for specialist in json.loads((pi / "edgepack.json").read_text())["specialists"]:
+        contract = Contract.from_dict(specialist["contract"])
+        expected = render_prompt(contract, "order #42 {input}", "Extract the order.")
+        route, body = client["build_request"]("order #42 {input}", 8, 0.0, specialist["name"], "Extract the order.")
+        assert (route, body["prompt"]) == ("/v1/completions", expected)
+        assert body["lora"][specialist["lora_id"]] == {"id": specialist["lora_id"], "scale": 1.0}
+
+
 def _flags(**kwargs: Any) -> BuildFlags:
     return BuildFlags(**kwargs)
 
@@ -227,6 +246,9 @@ def test_a_fleet_for_a_device_profile_is_refused_as_unsupported(tmp_path: Path) 
     (["--base", "b", "--adapter", "a=x", "--eval", "e.jsonl"], "each specialist has its own eval set"),
     (["ckpt", "--base", "b", "--adapter", "a=x"], "drop the CHECKPOINT argument"),
     (["--base", "b", "--adapter", "nodir"], "give it as NAME=DIR"),
+    (["--base", "b", "--adapter", "a=x", "--specialist", "z"], "--specialist z: the command line has no specialist "
+                                                                "of that name; its specialists are a."),
+    (["ckpt", "--specialist", "a"], "--specialist a: the command line declares no fleet"),
 ])
 def test_fleet_input_mistakes_exit_2_naming_the_fix(tmp_path: Path, args: list[str], message: str) -> None:
     result = edgepack("build", *args, "--out", tmp_path / "o")
@@ -268,3 +290,128 @@ def test_diff_shows_a_retrained_specialist_as_a_change_to_its_adapter_only(
     assert "adapter-extractor.gguf" not in changed
     text = edgepack("diff", tmp_path / "1.0.0", tmp_path / "1.1.0").stdout
     assert "specialist router: changed (adapter " in text and "specialist extractor: unchanged" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# One specialist per build (a CI job per specialist x target), merged by `edgepack release`
+
+
+@pytest.fixture(scope="module")
+def parts(fleet: tuple[Path, Any], tiny_llama: Path) -> dict[str, Any]:
+    """The fleet's specialists built one per build (--specialist), for the Pi: the CLI result of each."""
+    folder, _ = fleet
+    adapters = [f"--adapter={n}={folder / n}" for n in SPECIALISTS]
+    return {name: edgepack("build", "--base", tiny_llama, *adapters, "--specialist", name, "--target", "raspberry-pi",
+                           "--quant", "F16", "--name", "Support Fleet", "--out", folder / "parts" / name)
+            for name in SPECIALISTS}
+
+
+def test_a_specialist_build_makes_only_that_specialist_and_names_its_whole_fleet(
+        fleet: tuple[Path, Any], parts: dict[str, Any]) -> None:
+    folder, _ = fleet
+    whole = json.loads((folder / "out" / "manifest.json").read_text())
+    for name, result in parts.items():
+        assert result.exit_code == 0, result.stderr
+        out = folder / "parts" / name
+        assert sorted(p.name for p in (out / "raspberry-pi").glob("*.gguf")) == [f"adapter-{name}.gguf",
+                                                                                  "model-F16.gguf"]
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert [s["name"] for s in manifest["specialists"]] == [name]
+        assert manifest["fleet"] == whole["fleet"] == [{"name": s["name"], "adapter_sha256": s["adapter_sha256"]}
+                                                       for s in whole["specialists"]]
+        document = json.loads((out / "raspberry-pi" / "edgepack.json").read_text())
+        assert [s["name"] for s in document["specialists"]] == [name]
+        # The terminal summary: this specialist's table, and nothing of the other one.
+        other = next(n for n in SPECIALISTS if n != name)
+        assert result.stdout.startswith(f"specialist {name}:\n| target | artifact |")
+        assert f"adapter-{name}.gguf" in result.stdout and f"adapter-{other}.gguf" not in result.stdout
+
+
+def test_per_specialist_builds_of_one_fleet_merge_into_one_release_listing_every_specialist(
+        fleet: tuple[Path, Any], parts: dict[str, Any], tmp_path: Path) -> None:
+    folder, _ = fleet
+    builds = [folder / "parts" / name for name in reversed(SPECIALISTS)]  # the order given does not matter
+    result = edgepack("release", *builds, "--version", "1.0.0", "--out", tmp_path / "release", "--json")
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads((tmp_path / "release" / "manifest.json").read_text())
+    whole = json.loads((folder / "out" / "manifest.json").read_text())
+    assert manifest["specialists"] == [{k: s[k] for k in ("name", "adapter_sha256", "merged_sha256")}
+                                       for s in whole["specialists"]]
+    assert [(t["name"], t["specialists"], t["archive"]["path"]) for t in manifest["targets"]] == [
+        ("raspberry-pi", ["extractor"], "support-fleet-1.0.0-raspberry-pi-extractor.tar.gz"),
+        ("raspberry-pi", ["router"], "support-fleet-1.0.0-raspberry-pi-router.tar.gz")]
+    assert [(a["target"], a["specialists"]) for a in result.json()["archives"]] == [
+        ("raspberry-pi", ["extractor"]), ("raspberry-pi", ["router"])]
+    card = (tmp_path / "release" / "MODEL_CARD.md").read_text()
+    assert "| raspberry\\-pi \\(router\\) |" in card and "| raspberry\\-pi \\(extractor\\) |" in card
+    assert 'tags: ["edgepack", "raspberry-pi"]' in card
+
+
+def test_a_release_refuses_a_specialist_twice_and_a_specialist_of_another_fleet(
+        fleet: tuple[Path, Any], parts: dict[str, Any], tiny_llama: Path, tmp_path: Path) -> None:
+    folder, _ = fleet
+    twice = edgepack("release", folder / "out", folder / "parts" / "router", "--version", "1.0.0",
+                     "--out", tmp_path / "twice")
+    assert twice.exit_code == ExitCode.BAD_INPUT
+    assert "target 'raspberry-pi' of specialist 'router' is also in" in twice.stderr
+    make_adapter(tiny_llama, tmp_path / "router", seed=7)  # another fleet: its router was retrained
+    other = edgepack("build", "--base", tiny_llama, f"--adapter=router={tmp_path / 'router'}",
+                     f"--adapter=extractor={folder / 'extractor'}", "--specialist", "router", "--target",
+                     "raspberry-pi", "--quant", "F16", "--name", "Support Fleet", "--out", tmp_path / "other")
+    assert other.exit_code == 0, other.stderr
+    mixed = edgepack("release", tmp_path / "other", folder / "parts" / "extractor", "--version", "1.0.0",
+                     "--out", tmp_path / "mixed")
+    assert mixed.exit_code == ExitCode.BAD_INPUT and "a release holds one fleet" in mixed.stderr
+    assert not (tmp_path / "twice").exists() and not (tmp_path / "mixed").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The terminal summary: one table per specialist
+
+
+def _verified(artifact: str, accuracy: float) -> VerificationResult:
+    task = TaskMetrics(rows=10, exact_match=accuracy, validity=1.0, agreement=1.0, baseline_exact_match=accuracy,
+                       latency_ms_p50=10.0, latency_ms_p95=12.0, latency_ms_p99=13.0, tokens_per_s=50.0,
+                       constrained=False, mismatches=[], latencies_ms=[10.0])
+    return VerificationResult(artifact, "gguf", "F16", "executed", "llama.cpp", task=task)
+
+
+class _MergedTarget:
+    """A target without runtime adapters: each specialist's merged model built on its own."""
+
+    name = "phone"
+
+    def build(self, ctx: Any, out_dir: Path) -> TargetResult:
+        return TargetResult("phone", verifications=[_verified("phone/model.pte", ctx.accuracy)])
+
+
+def test_a_fleet_summary_prints_one_table_per_specialist_with_only_its_rows() -> None:
+    class Spec:
+        def __init__(self, name: str, accuracy: float) -> None:
+            self.name, self.ctx = name, type("Ctx", (), {"accuracy": accuracy})()
+
+    fleet = Fleet(base=None, specialists=[Spec("router", 0.875), Spec("extractor", 0.625)])  # type: ignore[arg-type]
+    merged = build_merged_per_specialist(_MergedTarget(), fleet, Path("unused"), _MergedTarget().build)
+    pi = TargetResult("raspberry-pi", verifications=[_verified("raspberry-pi/base.gguf + adapter-router.gguf", 0.75),
+                                                      _verified("raspberry-pi/base.gguf + adapter-extractor.gguf",
+                                                                0.5)],
+                      specialists={"raspberry-pi/base.gguf + adapter-router.gguf": "router",
+                                   "raspberry-pi/base.gguf + adapter-extractor.gguf": "extractor"})
+    text = verification_tables([merged, pi])
+    router, extractor = text.split("\n\n")
+    assert router.startswith("specialist router:\n") and extractor.startswith("specialist extractor:\n")
+    assert [line.split(" | ")[1] for line in router.splitlines()[3:]] == [
+        "phone/router/model.pte", "raspberry-pi/base.gguf + adapter-router.gguf"]
+    assert "0.875 (0.875)" in router and "0.750 (0.750)" in router and "0.625" not in router
+    assert [line.split(" | ")[1] for line in extractor.splitlines()[3:]] == [
+        "phone/extractor/model.pte", "raspberry-pi/base.gguf + adapter-extractor.gguf"]
+    # Each table is the single-model table of that specialist's rows.
+    assert router.split("\n", 1)[1] == verification_table([
+        TargetResult("phone", verifications=[merged.verifications[0]]),
+        TargetResult("raspberry-pi", verifications=[pi.verifications[0]])])
+
+
+def test_a_single_model_summary_is_the_one_table_it_always_was() -> None:
+    results = [TargetResult("raspberry-pi", verifications=[_verified("raspberry-pi/model-F16.gguf", 0.9)])]
+    assert verification_tables(results) == verification_table(results)
+    assert not verification_tables(results).startswith("specialist")

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from packager import __version__
 from packager.architectures import ArchitectureSpec
 from packager.codecheck import check_generated_files
-from packager.contract import Contract
+from packager.contract import Contract, PromptFormat, fill_template_source
 from packager.devices import DeviceProfile
 from packager.escaping import slug
 from packager.fleet import Fleet, choose_fleet_gguf
@@ -70,12 +70,14 @@ class RaspberryPiTarget:
         widest = max((s.ctx for s in fleet.specialists), key=lambda c: c.context_length)
         return self._bundle(widest, out_dir, shipped, choice.verifications, choice.as_dict(), choice.notes(),
                             sections, model_name=fleet.base.options.name or fleet.base.ckpt.name,
-                            contract=fleet.base.contract)
+                            contract=fleet.base.contract,
+                            prompts={s.name: s.ctx.contract.prompt for s in fleet.specialists})
 
     def _bundle(self, ctx: BuildContext, out_dir: Path, shipped: _Shipped, verifications: dict[str, Any],
                 choice: dict[str, Any], notes: list[str], sections: dict[str, Any], model_name: str | None = None,
-                contract: Contract | None = None) -> TargetResult:
-        """Write the bundle: the GGUF, its adapters, the rendered service files; `verifications` by specialist."""
+                contract: Contract | None = None, prompts: dict[str, PromptFormat] | None = None) -> TargetResult:
+        """Write the bundle: the GGUF, its adapters, the rendered service files; `verifications` by specialist,
+        `prompts` (a fleet) each specialist's prompt format, which client.py --specialist renders."""
         quant = shipped.quant
         gguf_file = f"model-{quant}.gguf"
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -110,10 +112,16 @@ class RaspberryPiTarget:
             "size_mb": round((out_dir / gguf_file).stat().st_size / 2**20, 1),
             "adapters": adapters,
             "select_adapter": shipped.select_adapter,
+            "specialist_prompts": {name: {"prefix": p.prefix, "template": p.template, "suffix": p.suffix}
+                                   for name, p in (prompts or {}).items()},
+            "fill_template_source": fill_template_source(),
         }
         rendered = render_tree("raspberry-pi", out_dir, template_context)
         checks = check_generated_files(rendered, out_dir)
         single = None if shipped.select_adapter or not adapters else adapters[0]["file"]
+        # A fleet: which specialist each verified artifact serves (the terminal summary's tables).
+        served = {r.artifact: name for name, r in zip(verifications, results, strict=True)} if (
+            shipped.select_adapter) else {}
 
         return finish_bundle(
             out_dir, self,
@@ -124,6 +132,7 @@ class RaspberryPiTarget:
             results, checks,
             notes=[*notes,
                    "Raspberry Pi numbers in this report were measured on the build host (x86-64), not on a Pi."],
+            specialists=served,
         )
 
 

@@ -398,6 +398,8 @@ class ReactNativeTarget:
                 "build's sources; nothing ran on a phone.",
             ],
             extra={"bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]},
+            specialists={v.artifact: s.name for s, v in zip(bundle.specialists, verifications, strict=True)}
+            if bundle.specialists else {},
         )
 
 
