@@ -381,6 +381,11 @@ def browser_task_eval(tools: BrowserTools, bundle: Path, contract: Contract, row
                         f"{metrics.validity:.3f}")
     notes = [f"eval set answered in Chromium by the page's EdgeModel.run ({info['backend']}, {info['threads']} "
              f"thread(s), {'constrained to the labels' if constrained else 'unconstrained'})"]
+    evaluated = [a.get("promptTokensEvaluated") for a in answers]
+    if all(isinstance(n, int) for n in evaluated) and all(a.get("promptTokens") for a in answers):
+        total = sum(a["promptTokens"] for a in answers)
+        notes.append(f"the page evaluated {sum(evaluated)} of the eval prompts' {total} tokens; "
+                     f"{total - sum(evaluated)} came from the cached prefix the rows share")
     return metrics, notes, failures
 
 

@@ -67,6 +67,7 @@ class WebLLMSession {
       finishReason,
       decodeTokensPerS: usage?.extra?.decode_tokens_per_s ?? null,
       prefillTokensPerS: usage?.extra?.prefill_tokens_per_s ?? null,
+      promptTokensEvaluated: null, // WebLLM does not say whether it reused a cached prefix
     };
   }
 
