@@ -875,9 +875,14 @@ def test_xnnpack_passes_are_skipped_only_where_their_ops_are_absent() -> None:
         assert needs in [p.__name__ for p in applicable(every, decoder | {op})], op
 
 
-def test_the_pte_is_byte_identical_with_the_inapplicable_xnnpack_passes_skipped(
+def test_the_pte_is_byte_identical_without_the_lowering_work_that_cannot_change_it(
         tiny_gemma: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inapplicable XNNPACK passes skipped and the ops XNNPACK keeps whole decided once: the same .pte and .ptd."""
     import contextlib
+    import traceback
+
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from torch.export import ExportedProgram
 
     from targets.android import export, xnnpack_passes
     from targets.android.export import RECIPES, RunnerMetadata, export_pte
@@ -890,13 +895,27 @@ def test_the_pte_is_byte_identical_with_the_inapplicable_xnnpack_passes_skipped(
         dropped.append(len(passes) - len(kept))
         return kept
 
+    decompositions: list[str] = []
+    decompose = ExportedProgram.run_decompositions
+
+    def counted_decompositions(self: ExportedProgram, *args: Any, **kwargs: Any) -> ExportedProgram:
+        if any(frame.name == "_gen_edge_manager_for_partitioners" for frame in traceback.extract_stack()):
+            decompositions.append(run)  # the whole program's, not a pattern graph's
+        return decompose(self, *args, **kwargs)
+
     monkeypatch.setattr(xnnpack_passes, "applicable", counting)
+    monkeypatch.setattr(ExportedProgram, "run_decompositions", counted_decompositions)
     config = json.loads((tiny_gemma / "config.json").read_text())
     metadata = RunnerMetadata(64, (1, 6), 2, config["vocab_size"])
+    run = "skipped"
     skipped = export_pte(tiny_gemma, tmp_path / "skipped", RECIPES["8da8w"], metadata)
     assert dropped and min(dropped) >= 7  # no partition has a convolution, batch norm, PReLU, pool or upsample
     monkeypatch.setattr(export, "only_applicable_passes", contextlib.nullcontext)
+    monkeypatch.setattr(export, "whole_op_partitioner", XnnpackPartitioner)
+    run = "every"
     every = export_pte(tiny_gemma, tmp_path / "every", RECIPES["8da8w"], metadata)
     for name in (skipped.pte, skipped.ptd):
         assert (tmp_path / "skipped" / name).read_bytes() == (tmp_path / "every" / name).read_bytes(), name
     assert every.total_ops == skipped.total_ops
+    # ExecuTorch's per-node path decomposes the whole program three times, the one decision twice.
+    assert (decompositions.count("every"), decompositions.count("skipped")) == (3, 2), decompositions

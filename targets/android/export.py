@@ -36,7 +36,7 @@ from packager.verify.gates import EIGHT_BIT, LOSSLESS, LOW_BIT, Gate
 from targets.android import fused_attention
 from targets.android.export_graph import replace_rms_norms, static_reshapes
 from targets.android.layouts import executorch_layout
-from targets.android.xnnpack_passes import only_applicable_passes
+from targets.android.xnnpack_passes import only_applicable_passes, whole_op_partitioner
 
 EXECUTORCH_VERSION = "1.5.1"
 # Bump when the exported program changes for the same checkpoint + recipe (keys the stage cache).
@@ -503,17 +503,15 @@ def _transformers_wrapper(model: Any, spec: Any, max_context: int) -> Any:
 
 
 def _partitioners(delegate: str) -> list[Any]:
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-
     if delegate == "xnnpack":
-        return [XnnpackPartitioner()]
+        return [whole_op_partitioner()]
     if delegate == "vulkan":
         from executorch.backends.vulkan.partitioner.vulkan_partitioner import VulkanPartitioner
         from executorch.exir.dialects._ops import ops as exir_ops
 
         # Vulkan cannot own the static cache's buffer updates (aten.copy into mutable buffers): they
         # stay outside it, and what Vulkan does not take goes to XNNPACK.
-        return [VulkanPartitioner(operator_blocklist={exir_ops.edge.aten.copy.default}), XnnpackPartitioner()]
+        return [VulkanPartitioner(operator_blocklist={exir_ops.edge.aten.copy.default}), whole_op_partitioner()]
     raise BadInputError(f"--delegate {delegate}: unknown; edgepack exports for {', '.join(DELEGATES)}")
 
 
