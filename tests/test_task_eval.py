@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cli_helpers import edgepack, leftovers
 
@@ -221,3 +222,65 @@ def test_with_an_eval_set_a_default_build_ships_the_smallest_gguf_the_task_accep
     strict = edgepack("build", tiny_llama, "--out", tmp_path / "strict", "--strict-fidelity", *common)
     assert strict.exit_code == 0, strict.stderr
     assert strict.json()["artifacts"][0]["quant"] != "Q4_K_M"  # both gates: the ladder climbs past it
+
+
+def test_llama_cpp_rows_give_the_tokens_of_a_grammar_over_every_token_with_the_shared_prefix_reused(
+        tiny_gemma: Path, tmp_path: Path) -> None:
+    """The eval loop (prefix reuse, greedy token checked against the grammar first) against llama-cpp-python's
+    own generate(grammar=...), which filters the whole vocabulary each step and reuses prefixes its own way.
+
+    One label starts with the model's own favourite piece after the prompt and goes on with a word it never
+    prefers there: both of GrammarGreedy's branches run."""
+    import llama_cpp
+
+    from packager.checkpoint import load_checkpoint
+    from packager.contract import labels_grammar
+    from packager.formats.gguf_writer import write_gguf
+    from packager.verify import llama_cpp_runner
+    from packager.verify.task_eval import llama_cpp_generator
+
+    gguf = write_gguf(load_checkpoint(tiny_gemma, work_dir=tmp_path / "w"), tmp_path / "tiny-F32.gguf", "F32")
+    prompts = [f"Classify the message.\nMessage: {text}\nIntent:" for text in
+               ["my card got declined", "where is my parcel", "cancel it please", "money back", "hello"]]
+    reference = llama_cpp.Llama(model_path=str(gguf), n_ctx=256, verbose=False, seed=0)
+
+    def greedy(prompt: str, grammar: llama_cpp.LlamaGrammar | None) -> list[int]:
+        out: list[int] = []
+        ids = reference.tokenize(prompt.encode(), add_bos=False, special=True)
+        for tok in reference.generate(ids, top_k=1, temp=0.0, grammar=grammar):
+            if llama_cpp.llama_vocab_is_eog(reference._model.vocab, tok) or len(out) == 16:
+                break
+            out.append(tok)
+        return out
+
+    favourite = next(word for tok in greedy(prompts[0], None)
+                     if (word := reference.detokenize([tok]).decode("utf-8", "replace").strip()))
+    labels = ["billing", "shipping", f"{favourite}refund"]
+    with_grammar = llama_cpp.LlamaGrammar.from_string(labels_grammar(labels), verbose=False)
+    expected = [reference.detokenize(greedy(p, with_grammar)).decode("utf-8", "replace") for p in prompts]
+    reference.close()
+    contract = apply_task_config(Contract(), {"task": "labels", "labels": labels, "max_new_tokens": 16,
+                                              "prompt_template": "{instruction}\nMessage: {input}\nIntent:"},
+                                 [], "test")
+
+    branches = {"allowed": 0, "filtered": 0}
+    choose = llama_cpp_runner.GrammarGreedy.choose
+
+    def counting(self: llama_cpp_runner.GrammarGreedy, logits: np.ndarray) -> int:
+        tok = choose(self, logits)
+        branches["allowed" if tok == int(np.argmax(logits)) else "filtered"] += 1
+        return tok
+
+    evaluated: list[int] = []
+    eval_tokens = llama_cpp.Llama.eval
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=256, verbose=False, seed=0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(llama_cpp_runner.GrammarGreedy, "choose", counting)
+        patch.setattr(llama_cpp.Llama, "eval", lambda self, ids: (evaluated.append(len(ids)), eval_tokens(self, ids)))
+        generate = llama_cpp_generator(llm, contract, constrained=True)
+        got = [generate(prompt)[0] for prompt in prompts]
+    llm.close()
+    assert [g.strip() for g in got] == [e.strip() for e in expected] and all(g.strip() in labels for g in got)
+    assert branches["allowed"] > 0 and branches["filtered"] > 0, branches
+    prompt_evals = [n for n in evaluated if n > 1]
+    assert prompt_evals[0] > max(prompt_evals[1:])  # later rows evaluate only what follows the shared prefix

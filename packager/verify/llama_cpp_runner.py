@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,82 @@ def last_logits(llm) -> np.ndarray:
 
     ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
     return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))
+
+
+def eval_reusing_prefix(llm, ids: list[int]) -> None:
+    """Evaluate ids in llm, keeping the KV cache of the prefix they share with what it last evaluated.
+
+    As llama-cpp-python's own generate() and llama-server's cache_prompt do: a task's rows share their
+    instruction, so only each row's own tokens are evaluated. At least the last id is evaluated again,
+    so the context's logits are those of ids. Falls back to the whole of ids where llama.cpp cannot cut
+    the cache (a recurrent model).
+    """
+    done = llm.input_ids[: llm.n_tokens]
+    shared = 0
+    for a, b in zip(done, ids, strict=False):
+        if a != b:
+            break
+        shared += 1
+    shared = min(shared, len(ids) - 1)
+    if shared > 0 and llm._ctx.kv_cache_seq_rm(-1, shared, -1):
+        llm.n_tokens = shared
+        llm.eval(ids[shared:])
+        return
+    llm.reset()
+    llm.eval(ids)
+
+
+# llama.cpp's llama_token_data, as llama-cpp-python lays it out.
+_TOKEN_DATA = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
+
+
+class GrammarGreedy:
+    """Greedy decoding under a GBNF grammar with llama.cpp's grammar sampler, asked the cheap question first.
+
+    The greedy token under a grammar is the best token the grammar allows. llama-cpp-python's sampler chain
+    runs the grammar over the whole vocabulary at every step (262,144 tokens for Gemma: 37 % of a row's time
+    measured on Gemma 3 270M); llama.cpp's own common sampler first asks whether the unconstrained best
+    token is allowed and filters the vocabulary only when it is not. This does the same: the same token.
+    """
+
+    def __init__(self, llm, grammar: str) -> None:
+        import llama_cpp
+
+        self._api = llama_cpp
+        self._sampler = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, grammar.encode("utf-8"), b"root")
+        if not self._sampler:
+            raise ValueError(f"llama.cpp rejected the grammar: {grammar!r}")
+        self.close = weakref.finalize(self, llama_cpp.llama_sampler_free, self._sampler)
+        self._all = np.zeros(llm.n_vocab(), dtype=_TOKEN_DATA)
+        self._all["id"] = np.arange(llm.n_vocab())
+        self._one = np.zeros(1, dtype=_TOKEN_DATA)
+
+    def _apply(self, data: np.ndarray) -> None:
+        api = self._api
+        array = api.llama_token_data_array(
+            data=data.ctypes.data_as(api.llama_token_data_p), size=len(data), selected=-1, sorted=False)
+        api.llama_sampler_apply(self._sampler, ctypes.byref(array))
+
+    def choose(self, logits: np.ndarray) -> int:
+        """The best token the grammar allows next (llama.cpp's grammar turns the others' logits to -inf)."""
+        best = int(np.argmax(logits))
+        self._one[0] = (best, logits[best], 0.0)
+        self._apply(self._one)
+        if np.isfinite(self._one["logit"][0]):
+            return best
+        self._all["logit"] = logits
+        self._all["p"] = 0.0
+        self._apply(self._all)
+        chosen = int(np.argmax(self._all["logit"]))
+        if not np.isfinite(self._all["logit"][chosen]):
+            raise ValueError("the grammar allows no token here (an answer it cannot end)")
+        return chosen
+
+    def accept(self, token: int) -> None:
+        self._api.llama_sampler_accept(self._sampler, token)
+
+    def reset(self) -> None:
+        self._api.llama_sampler_reset(self._sampler)
 
 
 class GGUFRunner:

@@ -18,7 +18,7 @@ import numpy as np
 
 from packager.contract import Contract, labels_grammar, parse_output, render_prompt
 from packager.errors import BadInputError
-from packager.verify.llama_cpp_runner import last_logits
+from packager.verify.llama_cpp_runner import GrammarGreedy, eval_reusing_prefix, last_logits
 
 
 @dataclass(frozen=True)
@@ -264,27 +264,32 @@ def token_generator(contract: Contract, encode: Callable[[str], list[int]],
 
 
 def llama_cpp_generator(llm, contract: Contract, constrained: bool = False) -> Generator:
-    """Greedy generation in llama.cpp under the contract; with `constrained`, labels become a GBNF grammar."""
+    """Greedy generation in llama.cpp under the contract; with `constrained`, labels become a GBNF grammar.
+
+    Each row reuses the KV cache of the prompt prefix it shares with the previous one (as llama-server's
+    cache_prompt and llama.rn do), and the grammar is asked about the greedy token before it filters the
+    whole vocabulary (as llama.cpp's common sampler does): the same tokens as a grammar over every token.
+    """
     import llama_cpp
 
     grammar = None
     if constrained and contract.task == "labels" and contract.labels:
-        grammar = llama_cpp.LlamaGrammar.from_string(labels_grammar(contract.labels), verbose=False)
+        grammar = GrammarGreedy(llm, labels_grammar(contract.labels))
 
     def next_tokens(ids: list[int]) -> Iterator[int]:
         """Yield greedy tokens after ids, under the grammar when there is one."""
         if grammar is not None:
-            for tok in llm.generate(ids, top_k=1, temp=0.0, grammar=grammar):
-                # A complete label admits any end-of-generation token, also one the contract does
-                # not list; sampling past it would abort llama.cpp (empty grammar stack).
+            grammar.reset()
+        eval_reusing_prefix(llm, ids)
+        while True:
+            logits = last_logits(llm)
+            tok = grammar.choose(logits) if grammar is not None else int(np.argmax(logits))
+            if grammar is not None:
+                # A complete label admits any end-of-generation token, also one the contract does not list;
+                # asking the grammar past it would find no token it allows.
                 if llama_cpp.llama_vocab_is_eog(llm._model.vocab, tok):
                     return
-                yield tok
-            return
-        llm.reset()
-        llm.eval(ids)
-        while True:
-            tok = int(np.argmax(last_logits(llm)))
+                grammar.accept(tok)
             yield tok
             llm.eval([tok])
 
