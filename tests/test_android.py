@@ -179,13 +179,17 @@ def _probe(bridge_jar: Path, tmp_path: Path, scenario: str) -> dict:
     return run_jar(bridge_jar, "org.edgepack.probe.EdgeModelProbeKt", str(_bundle_manifest(tmp_path / "b")), scenario)
 
 
-def _both_runtimes_manifest(folder: Path) -> Path:
-    """A bundle of both runtimes as the android target writes it: LiteRT-LM NPU, GPU, CPU, then the .pte."""
+def _both_runtimes_manifest(folder: Path, contract: dict[str, Any] | None = None) -> Path:
+    """A bundle of both runtimes as the android target writes it: LiteRT-LM NPU, GPU, CPU, then the .pte; the
+    LiteRT-LM entries carry the response format of the bundle's contract (or of `contract`, which replaces it)."""
     from targets.android.target import litert_backends
 
     _bundle_manifest(folder)
     document = json.loads((folder / "edgepack.json").read_text(encoding="utf-8"))
-    document["backends"] = [*litert_backends("executed"), document["backends"][1]]
+    if contract is not None:
+        document["contract"] = contract
+    document["backends"] = [*litert_backends("executed", Contract.from_dict(document["contract"])),
+                            document["backends"][1]]
     (folder / "edgepack.json").write_text(json.dumps(document), encoding="utf-8")
     return folder
 
@@ -269,8 +273,9 @@ def litert_engine_jar(tools, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return jar
 
 
-def _litert_engine_probe(jar: Path, tmp_path: Path, scenario: str, npu_bundle: bool) -> dict:
-    folder = _both_runtimes_manifest(tmp_path / "b")
+def _litert_engine_probe(jar: Path, tmp_path: Path, scenario: str, npu_bundle: bool,
+                         contract: dict[str, Any] | None = None) -> dict:
+    folder = _both_runtimes_manifest(tmp_path / "b", contract)
     document = json.loads((folder / "edgepack.json").read_text(encoding="utf-8"))
     document["backends"] = [b for b in document["backends"] if b.get("runtime") == "litert-lm"]
     del document["tokenizer"]  # a LiteRT-LM-only bundle: the tokenizer is inside the .litertlm
@@ -290,7 +295,7 @@ def test_litert_lm_engine_skips_a_missing_npu_bundle_and_a_gpu_that_cannot_start
     assert gpu.startswith("litert-lm/gpu: ") and "GPU unavailable" in gpu
     assert "NPU.initialize" not in " ".join(out["log"])  # no native call for a bundle that is not there
     # greedy, through the verbatim template the build's engine used
-    assert "CPU.createConversation(topK=1, template=true)" in out["log"]
+    assert "CPU.createConversation(topK=1, template=true, responseFormat=false)" in out["log"]  # not constrained
 
 
 def test_litert_lm_engine_retries_on_the_cpu_when_the_gpu_fails_mid_generation(
@@ -309,6 +314,52 @@ def test_litert_lm_engine_stops_at_max_tokens_by_cancelling_and_reads_a_silent_e
     assert out["whole"] == ["abcdef", "eos", True]  # decode speed measured over the streamed chunks
     assert out["log"].count("GPU.cancelProcess") >= 2  # the warm-up's and the 2-token request's
     assert out["log"].count("GPU.conversation.close") >= 2  # a fresh conversation per prompt
+
+
+def _probe_contract(name: str, constrained: bool) -> dict[str, Any]:
+    """A vectors contract as _bundle_manifest completes it, constrained or not."""
+    return {**VECTORS["contracts"][name], "eos_ids": [1, 106], "max_new_tokens": 8,
+            "stop_strings": ["<end_of_turn>", "STOP"], "constrained": constrained}
+
+
+@pytest.mark.parametrize(("name", "constrained"), [("labels_chat", True), ("json_plain", True),
+                                                    ("labels_chat", False), ("text_plain", True)])
+def test_litert_lm_engine_decodes_under_the_response_format_edgepack_json_carries_only_for_a_constrained_contract(
+        litert_engine_jar: Path, tmp_path: Path, name: str, constrained: bool) -> None:
+    """The bridge sends every message (the warm-up's too) with the regex or schema text the build's engine verified
+    with (targets.android.litert_verify.engine_constraint), on a conversation created to accept it; free text and an
+    unconstrained contract send none."""
+    from targets.android.litert_engine import label_pattern
+    from targets.android.litert_verify import engine_constraint
+
+    contract = _probe_contract(name, constrained)
+    out = _litert_engine_probe(litert_engine_jar, tmp_path, "response_formats", npu_bundle=False, contract=contract)
+    assert out["backend"] == "litert-lm/gpu"
+    verified = engine_constraint(Contract.from_dict(contract))
+    if verified is None:
+        assert name == "text_plain" or not constrained
+        assert out["response_formats"] == [None, None]  # the warm-up and the request
+        assert "GPU.createConversation(topK=1, template=true, responseFormat=false)" in out["log"]
+        return
+    fmt = verified["response_format"]
+    kotlin_type = {"regex": "REGEX", "json": "JSON_OBJECT"}[fmt["type"]]
+    assert out["response_formats"] == [[kotlin_type, fmt["schema_or_pattern"]]] * 2
+    assert "GPU.createConversation(topK=1, template=true, responseFormat=true)" in out["log"]
+    if name == "labels_chat":
+        assert fmt["schema_or_pattern"] == label_pattern(contract["labels"])
+    else:
+        assert json.loads(fmt["schema_or_pattern"]) == contract["json_schema"]
+
+
+def test_a_response_format_of_an_unknown_type_is_refused_naming_the_field(
+        litert_engine_jar: Path, tmp_path: Path) -> None:
+    folder = _both_runtimes_manifest(tmp_path / "b", _probe_contract("labels_chat", True))
+    document = json.loads((folder / "edgepack.json").read_text(encoding="utf-8"))
+    document["backends"][0]["response_format"] = {"type": "lark", "schema_or_pattern": "start: x"}
+    (folder / "edgepack.json").write_text(json.dumps(document), encoding="utf-8")
+    proc = subprocess.run(["java", "-cp", str(litert_engine_jar), "org.edgepack.probe.LiteRtLmProbeKt", str(folder),
+                           "response_formats"], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode != 0 and 'response_format type \"lark\" is unknown' in proc.stderr
 
 
 def test_generation_stops_at_stop_strings_max_tokens_and_eos_and_passes_bos_and_context(
@@ -349,7 +400,7 @@ def _app_context(**overrides) -> dict:
                       "experimental": False, "verification": "executed", "size_mb": 1.5}],
         "runtimes": ["executorch"], "litertlm_file": "model.litertlm", "npu_bundle_file": "model-npu.litertlm",
         "litertlm_artifact": "com.google.ai.edge.litertlm:litertlm-android:0.18.0",
-        "tokenizer_file": "tokenizer.json", "task": "labels", "labels": HOSTILE_LABELS,
+        "tokenizer_file": "tokenizer.json", "task": "labels", "labels": HOSTILE_LABELS, "response_format_type": "regex",
         "instruction": 'Classify "$this"\\', "sample_input": "my card\ngot declined $5",
         "verification_rows": [{"artifact": "m.pte", "level": "executed", "top1": 1.0, "kl": 0.0, "ppl": 2.0,
                                "ppl_ref": 2.0}],
@@ -382,7 +433,8 @@ def _litert_app_context(runtimes: tuple[str, ...] = ("litert-lm", "executorch"))
     """The app context of a build that ships a .litertlm (beside the .pte, or alone)."""
     from targets.android.target import litert_backends
 
-    litert = litert_backends("executed", 2.5) if "litert-lm" in runtimes else []
+    contract = Contract(task="labels", labels=HOSTILE_LABELS, constrained=True)
+    litert = litert_backends("executed", contract, 2.5) if "litert-lm" in runtimes else []
     pte = _app_context()["backends"] if "executorch" in runtimes else []
     return _app_context(runtimes=list(runtimes), backends=[*litert, *pte])
 

@@ -103,10 +103,11 @@ def test_litert_only_bundle_holds_the_litertlm_and_says_what_ran(router_build) -
     notes = " ".join(outcome.results[0].notes)
     assert "GPU and NPU backends were not run" in notes
     assert "never ran against the real library, and no GPU or NPU ran anywhere" in notes
+    assert "decodes the labels contract under LiteRT-LM's constrained decoding with the regex response format" in notes
 
 
 def test_litert_only_bundle_ships_an_app_that_links_litert_lm_alone_and_tries_npu_gpu_cpu(router_build) -> None:
-    from targets.android.litert_engine import VERBATIM_TEMPLATE
+    from targets.android.litert_engine import VERBATIM_TEMPLATE, labels_response_format
     from targets.android.litert_export import LITERTLM_ANDROID_ARTIFACT
 
     _, folder = router_build
@@ -118,6 +119,8 @@ def test_litert_only_bundle_ships_an_app_that_links_litert_lm_alone_and_tries_np
     assert [b["experimental"] for b in backends] == [True, True, False]
     assert [b["verification"] for b in backends] == ["not built", "not run", "executed"]
     assert all(b["chat_template"] == VERBATIM_TEMPLATE for b in backends)  # the template the engine ran with
+    # the constraint the engine answered the eval set under (task.constrained), for the bridge to decode under
+    assert all(b["response_format"] == labels_response_format(ROUTER_LABELS) for b in backends)
     assert "tokenizer" not in document and document["runner"]["max_context"] == document["model"]["max_context"]
     bridge = folder / "app/app/src/main/java/org/edgepack"
     assert (bridge / "LiteRtLmEngine.kt").is_file() and not (bridge / "ExecuTorchEngine.kt").exists()
@@ -329,16 +332,99 @@ def test_the_label_constraint_admits_the_space_mark_the_engines_guidance_sees_in
 
 
 def test_an_unconstrained_answer_settles_a_labels_row_only_when_it_is_a_whole_label_of_a_prefix_free_set() -> None:
-    from targets.android.litert_engine import label_pattern, settled_unconstrained
+    from targets.android.litert_engine import json_response_format, labels_response_format, settled_unconstrained
 
     labels = ["refund", "reset_password"]
-    constraint = {"regex": label_pattern(labels), "prefix_free": True, "stop_strings": ["\n"]}
+    constraint = {"response_format": labels_response_format(labels), "prefix_free": True, "stop_strings": ["\n"]}
     assert settled_unconstrained(" refund\nMessage:", constraint)
     assert settled_unconstrained("reset_password", constraint)
     assert not settled_unconstrained(" refund please", constraint)  # more than a label: the constraint decides
     assert not settled_unconstrained(" refu", constraint)  # cut short: the constraint would go on
     assert not settled_unconstrained(" Refund\n", constraint)
     # "cancel" is a prefix of "cancel_order": after a free "cancel" the constrained decode might go on.
-    assert not settled_unconstrained(" cancel\n", {**constraint, "regex": label_pattern(["cancel", "cancel_order"]),
-                                                    "prefix_free": False})
-    assert not settled_unconstrained(" refund\n", {"json_schema": {"type": "object"}})
+    prefixed = labels_response_format(["cancel", "cancel_order"])
+    assert not settled_unconstrained(" cancel\n", {**constraint, "prefix_free": False, "response_format": prefixed})
+    assert not settled_unconstrained(" refund\n", {"response_format": json_response_format({"type": "object"})})
+
+
+class RecordingLiteRtLm:
+    """The litert_lm module as EngineRunner.constrained uses it, recording the response format it is handed."""
+
+    def __init__(self) -> None:
+        import litert_lm
+
+        self.real = litert_lm
+        self.formats: list[object] = []
+        recording = self
+
+        class ResponseFormat:
+            @staticmethod
+            def regex(pattern: str) -> object:
+                recording.formats.append(litert_lm.ResponseFormat.regex(pattern))
+                return recording.formats[-1]
+
+            @staticmethod
+            def json(schema: str) -> object:
+                recording.formats.append(litert_lm.ResponseFormat.json(schema))
+                return recording.formats[-1]
+
+        self.ResponseFormat = ResponseFormat
+        self.SamplerConfig = litert_lm.SamplerConfig
+        self.ConstrainedDecodingConfig = litert_lm.ConstrainedDecodingConfig
+        self.LiteRtLmConstraintProviderType = litert_lm.LiteRtLmConstraintProviderType
+
+
+class RecordingEngine:
+    """An engine whose conversation answers "x" and records what create_conversation and send_message got."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def create_conversation(self, **kwargs: object) -> object:
+        engine = self
+
+        class Conversation:
+            def send_message(self, prompt: str, response_format: object) -> object:
+                engine.calls.append({**kwargs, "response_format": response_format})
+                return type("M", (), {"contents": []})()
+
+            def get_benchmark_info(self) -> object:
+                return type("B", (), {"last_prefill_token_count": 1, "last_decode_token_count": 1,
+                                      "last_decode_tokens_per_second": 1.0})()
+
+            def close(self) -> None:
+                pass
+
+        return Conversation()
+
+
+@pytest.mark.parametrize("task", ["labels", "json"])
+def test_edgepack_json_carries_the_response_format_the_engine_verified_the_contract_with(task: str) -> None:
+    """What the build's engine child hands LiteRT-LM for a constrained contract is, type and text, what every
+    LiteRT-LM backend in edgepack.json carries for the Kotlin bridge; and it is what the engine was given before
+    the format was carried as data (ResponseFormat.regex(label_pattern) / ResponseFormat.json(schema dict))."""
+    from packager.contract import Contract
+    from targets.android.litert_engine import EngineRunner, label_pattern
+    from targets.android.litert_verify import engine_constraint
+    from targets.android.target import litert_backends
+
+    schema = {"type": "object", "required": ["intent"], "properties": {"intent": {"enum": ["refund", "réponse"]}}}
+    contract = (Contract(task="labels", labels=["refund", 'say "hi"', "a.b"], constrained=True) if task == "labels"
+                else Contract(task="json", json_schema=schema, constrained=True))
+    runner = EngineRunner.__new__(EngineRunner)  # no engine: the recorder stands in for LiteRT-LM
+    runner.lm, runner.engine = RecordingLiteRtLm(), RecordingEngine()
+    runner.constrained("p", 8, engine_constraint(contract))  # what litert_verify sends the engine child
+    [verified] = runner.lm.formats
+    [call] = runner.engine.calls
+    lm = runner.lm.real
+    assert call["response_format"] is verified
+    assert call["constrained_decoding_config"].provider == lm.LiteRtLmConstraintProviderType.LL_GUIDANCE
+    shipped = [b["response_format"] for b in litert_backends("executed", contract)]
+    kind = {"labels": "regex", "json": "json"}[task]
+    assert shipped == [{"type": kind, "schema_or_pattern": verified.schema_or_pattern}] * 3
+    before = (lm.ResponseFormat.regex(label_pattern(list(contract.labels))) if task == "labels"
+              else lm.ResponseFormat.json(schema))
+    assert (verified.type, verified.schema_or_pattern) == (before.type, before.schema_or_pattern)
+    unconstrained = litert_backends("executed", Contract(task=task, labels=contract.labels,
+                                                         json_schema=contract.json_schema))
+    assert [b["response_format"] for b in unconstrained] == [None] * 3

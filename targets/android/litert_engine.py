@@ -8,12 +8,16 @@ The engine takes text, not token ids: the prompt is the contract's rendered text
 engine prepends the bundle's start token itself, and its prefill count is compared with the
 contract's ids (one BOS, never two). Greedy decoding is top_k=1. Labels and JSON schemas are
 decoded under the engine's own constraint (the Conversation API with the LL_GUIDANCE provider), with
-a chat template that passes the rendered prompt through verbatim. A labels row whose unconstrained answer is
+a chat template that passes the rendered prompt through verbatim. The constraint arrives as a response
+format, {"type": "regex" | "json", "schema_or_pattern": text}: the type names LiteRT-LM's factory in both
+its Python and Kotlin APIs (`ResponseFormat.regex` / `ResponseFormat.json`), so the Android bridge applies
+the very text verified here (edgepack.json's `response_format`). A labels row whose unconstrained answer is
 already a whole label skips that conversation (`settled_unconstrained`): the constrained one would say the same.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -40,6 +44,21 @@ def label_pattern(labels: list[str]) -> str:
     text carries a plain space.
     """
     return "[ \u2581]?(" + "|".join(re.escape(label) for label in labels) + ")"
+
+
+# A response format's types: each is the name of LiteRT-LM's ResponseFormat factory that takes its
+# schema_or_pattern, in the Python API here and in the Kotlin one the Android bridge calls.
+RESPONSE_FORMAT_TYPES = ("regex", "json")
+
+
+def labels_response_format(labels: list[str]) -> dict[str, str]:
+    """The response format of a labels contract: label_pattern as a regex."""
+    return {"type": "regex", "schema_or_pattern": label_pattern(labels)}
+
+
+def json_response_format(schema: dict[str, Any]) -> dict[str, str]:
+    """The response format of a JSON-schema contract: the schema as the text ResponseFormat.json(dict) makes of it."""
+    return {"type": "json", "schema_or_pattern": json.dumps(schema)}
 
 
 class EngineRunner:
@@ -71,10 +90,12 @@ class EngineRunner:
                 "decode_tokens_per_s": info.last_decode_tokens_per_second}
 
     def constrained(self, prompt: str, max_tokens: int, constraint: dict[str, Any]) -> dict[str, Any]:
-        """Answer under a regex or JSON-schema constraint (Conversation API, LL_GUIDANCE)."""
+        """Answer under the constraint's response format (Conversation API, LL_GUIDANCE)."""
         lm = self.lm
-        fmt = (lm.ResponseFormat.regex(constraint["regex"]) if "regex" in constraint
-               else lm.ResponseFormat.json(constraint["json_schema"]))
+        response_format = constraint["response_format"]
+        if response_format["type"] not in RESPONSE_FORMAT_TYPES:
+            raise ValueError(f"unknown response format type {response_format['type']!r}")
+        fmt = getattr(lm.ResponseFormat, response_format["type"])(response_format["schema_or_pattern"])
         start = time.perf_counter()
         conversation = self.engine.create_conversation(
             sampler_config=lm.SamplerConfig(top_k=1), chat_template=VERBATIM_TEMPLATE, max_output_tokens=max_tokens,
@@ -102,9 +123,11 @@ def settled_unconstrained(text: str, constraint: dict[str, Any]) -> bool:
     equal; each constrained conversation costs about 0.95 s of set-up in LiteRT-LM 0.18.1 (its LL_GUIDANCE
     state is built per conversation) against 0.12 s for the answer itself.
     """
-    if not constraint.get("prefix_free") or "regex" not in constraint:
+    response_format = constraint.get("response_format") or {}
+    if not constraint.get("prefix_free") or response_format.get("type") != "regex":
         return False
-    return re.fullmatch(constraint["regex"], cut_at_stop(text, constraint.get("stop_strings", []))) is not None
+    return re.fullmatch(response_format["schema_or_pattern"],
+                        cut_at_stop(text, constraint.get("stop_strings", []))) is not None
 
 
 def run(request: dict[str, Any]) -> dict[str, Any]:

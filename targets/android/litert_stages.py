@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from packager.stages import BuildContext
 
 # Bump when a .litertlm verification record's content or computation changes.
-LITERTLM_VERIFICATION_SCHEMA = 3
+LITERTLM_VERIFICATION_SCHEMA = 4
 # Tiny models measured 0.76 GB peak (mostly the converter's libraries); x fp32 size until a real one is measured.
 LITERT_ONLY = ("runtime", ("litert-lm", "all"))
 LITERT_EXPORT = HeavyStep("litert-lm export", 3.0, in_process=False, fixed=CHILD_LIBRARIES, only_when=LITERT_ONLY)

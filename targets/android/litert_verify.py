@@ -34,7 +34,7 @@ from packager.verify.reference import ReferenceLogits
 from packager.verify.result import VerificationResult
 from packager.verify.task_eval import EvalRow, TaskMetrics, score
 from targets.android.litert_bundle import extract_program
-from targets.android.litert_engine import label_pattern
+from targets.android.litert_engine import json_response_format, labels_response_format
 from targets.android.litert_export import LITERT_LM_VERSION
 
 # Added to the scores of cache slots a query must not see (the engine's masks are additive floats too).
@@ -144,15 +144,17 @@ def run_engine(bundle: Path, request: dict[str, Any], threads: int) -> EngineRep
 
 def engine_constraint(contract: Contract) -> dict[str, Any] | None:
     """The constraint the engine decodes a task under when the contract asks for one (as llama.cpp's runs do):
-    a labels regex or the JSON schema; None for free text or an unconstrained contract."""
+    its response format (a labels regex or the JSON schema), which the android target also writes into
+    edgepack.json for the Kotlin bridge; None for free text or an unconstrained contract."""
     if not contract.constrained:
         return None
     if contract.task == "labels" and contract.labels:
         labels = list(contract.labels)
         prefix_free = not any(a != b and b.startswith(a) for a in labels for b in labels)
-        return {"regex": label_pattern(labels), "prefix_free": prefix_free, "stop_strings": list(contract.stop_strings)}
+        return {"response_format": labels_response_format(labels), "prefix_free": prefix_free,
+                "stop_strings": list(contract.stop_strings)}
     if contract.task == "json" and contract.json_schema:
-        return {"json_schema": contract.json_schema}
+        return {"response_format": json_response_format(contract.json_schema)}
     return None
 
 
@@ -240,8 +242,8 @@ def verify_litertlm(
             notes.append(f"{settled} of {len(engine['answers'])} eval rows: the engine's unconstrained greedy "
                          "answer was already a whole label, which constrained greedy decoding returns too (no "
                          "label is a prefix of another); the constrained conversation ran for the others. Their "
-                         "latency is the unconstrained answer's, as the Android bridge decodes (without LiteRT-LM's "
-                         "constraint).")
+                         "latency is the unconstrained answer's, without the constrained conversation's set-up that "
+                         "the Android bridge pays for every answer (it decodes under the same constraint).")
     result = VerificationResult(
         artifact=artifact, format="litertlm", quant=recipe, level="executed", runtime=runtime_name(),
         metrics=metrics, tokenizer_parity=parity, tokenizer_detail=detail,

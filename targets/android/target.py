@@ -23,6 +23,7 @@ from packager.architectures import ArchitectureSpec
 from packager.beside import Pending, beside
 from packager.checkpoint import Checkpoint
 from packager.codecheck import check_generated_files, remembered_checks
+from packager.contract import Contract
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
 from packager.errors import BadInputError
 from packager.escaping import slug
@@ -51,6 +52,7 @@ from targets.android.litert_export import (
     tokenizer_problem,
 )
 from targets.android.litert_stages import LITERT_HEAVY_STEPS, LitertArtifact, cached_litertlm, verified_litertlm
+from targets.android.litert_verify import engine_constraint
 from targets.android.stages import (
     HEAVY_STEPS,
     PteArtifact,
@@ -85,16 +87,22 @@ BRIDGE_FILES = ("Json.kt", "Contract.kt", "Bundle.kt", "EdgeModel.kt")
 ENGINE_FILES = {"executorch": "ExecuTorchEngine.kt", "litert-lm": "LiteRtLmEngine.kt"}
 
 
-def litert_backends(cpu_verification: str, megabytes: float | None = None) -> list[dict[str, Any]]:
+def litert_backends(cpu_verification: str, contract: Contract, megabytes: float | None = None) -> list[dict[str, Any]]:
     """edgepack.json's LiteRT-LM entries in the order the app tries them: NPU, GPU, CPU.
 
     Only the CPU ran at build time (`cpu_verification`); GPU and NPU are `experimental`, never run here.
     Each carries the chat template the engine must apply: the contract renders the prompt, the
-    template passes it through verbatim (as in the build's engine run).
+    template passes it through verbatim (as in the build's engine run). Each carries the response format
+    the build's engine decoded the contract under (None when unconstrained), as data, so the Kotlin bridge
+    asks LiteRT-LM for that very regex or schema instead of deriving its own.
     """
+    constraint = engine_constraint(contract)
+    response_format = constraint["response_format"] if constraint else None
+
     def entry(backend: str, file: str, verification: str, experimental: bool, size: float | None) -> dict[str, Any]:
         return {"runtime": "litert-lm", "backend": backend, "litertlm": file, "experimental": experimental,
-                "verification": verification, "chat_template": VERBATIM_TEMPLATE, "size_mb": size}
+                "verification": verification, "chat_template": VERBATIM_TEMPLATE, "response_format": response_format,
+                "size_mb": size}
 
     size = round(megabytes, 1) if megabytes is not None else None
     return [entry("npu", NPU_BUNDLE_NAME, "not built", True, None),
@@ -185,7 +193,7 @@ class AndroidTarget:
     def _build_litert_app(self, ctx: BuildContext, out_dir: Path, litert: LitertBuilt) -> TargetResult:
         """The .litertlm alone, with an app that links LiteRT-LM only (its bundle holds the tokenizer)."""
         artifact, verification, notes, section = litert
-        backends = litert_backends(verification.level, artifact.megabytes)
+        backends = litert_backends(verification.level, ctx.contract, artifact.megabytes)
         checks, bridge = self._scaffold(ctx, out_dir, backends, ("litert-lm",), [verification], artifact.recipe.name,
                                         artifact.recipe.summary)
         contract = ctx.contract
@@ -197,19 +205,25 @@ class AndroidTarget:
         sections = {"model": section, "runner": runner,
                     "backends": [{k: v for k, v in b.items() if k != "size_mb"} for b in backends],
                     "contract": contract.as_dict()}
-        notes.append(self._litert_app_note())
+        notes.append(self._litert_app_note(ctx.contract))
         return finish_bundle(out_dir, self, sections, [verification], checks, notes=notes, copies=(ASSET,),
                              extra={"litert_recipe": artifact.recipe.name, "litert_export": artifact.export,
                                     "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]})
 
     @staticmethod
-    def _litert_app_note() -> str:
+    def _litert_app_note(contract: Contract) -> str:
+        constraint = engine_constraint(contract)
+        decoding = (f"It decodes the {contract.task} contract under LiteRT-LM's constrained decoding with the "
+                    f"{constraint['response_format']['type']} response format the build's engine verified with "
+                    "(edgepack.json's response_format; ConversationConfig(enableResponseFormat = true), LLGuidance), "
+                    "any .pte without a constraint. " if constraint else
+                    "The contract asks for no constraint: it decodes greedily, unconstrained. ")
         return ("Android (LiteRT-LM in the app): the app tries LiteRT-LM on the NPU (only with a "
                 f"{NPU_BUNDLE_NAME} compiled for the phone's SoC, which edgepack does not build), then the GPU, then "
-                "the CPU, then any .pte. The Kotlin LiteRtLmEngine was compiled against a declared API surface of "
-                f"{LITERTLM_ANDROID_ARTIFACT} and its fallback run on the JVM with scripted engines; it never ran "
-                "against the real library, and no GPU or NPU ran anywhere. The app and bridge were parsed "
-                "(tree-sitter) and linted (ktlint); no Gradle build ran here.")
+                f"the CPU, then any .pte. {decoding}The Kotlin LiteRtLmEngine was compiled against a declared API "
+                f"surface of {LITERTLM_ANDROID_ARTIFACT} and its fallback and constraint run on the JVM with scripted "
+                "engines; it never ran against the real library, and no GPU or NPU ran anywhere. The app and bridge "
+                "were parsed (tree-sitter) and linted (ktlint); no Gradle build ran here.")
 
     def _scaffold(self, ctx: BuildContext, out_dir: Path, backends: list[dict[str, Any]], runtimes: tuple[str, ...],
                   verifications: list[VerificationResult], recipe: str,
@@ -294,7 +308,8 @@ class AndroidTarget:
         litert = pending_litert.result() if pending_litert is not None else None
         if litert is not None:
             litert_artifact, litert_verification = litert[0], litert[1]
-            backends = [*litert_backends(litert_verification.level, litert_artifact.megabytes), *backends]
+            backends = [*litert_backends(litert_verification.level, ctx.contract, litert_artifact.megabytes),
+                        *backends]
             runtimes = ("litert-lm", "executorch")
 
         contract = ctx.contract
@@ -326,7 +341,7 @@ class AndroidTarget:
             verifications.append(litert_verification)
             notes += litert_notes
             extra = {"litert_recipe": litert_artifact.recipe.name, "litert_export": litert_artifact.export}
-            notes.append(self._litert_app_note())
+            notes.append(self._litert_app_note(ctx.contract))
         notes.append(
             f"Android: every XNNPACK .pte ran on this host in ExecuTorch {EXECUTORCH_VERSION}'s TextLLMRunner (the C++ "
             "runner LlmModule drives) and its forward method; nothing ran on a phone. The app and bridge were parsed "
@@ -395,6 +410,7 @@ class AndroidTarget:
                  backends: list[dict[str, Any]], first_row: Any, verifications: list[VerificationResult],
                  runtimes: tuple[str, ...]) -> dict[str, Any]:
         contract = ctx.contract
+        constraint = engine_constraint(contract)
         return {
             "model_name": model_name,
             "slug": slug(model_name),
@@ -416,6 +432,7 @@ class AndroidTarget:
             "tokenizer_file": "tokenizer.json",
             "task": contract.task,
             "labels": list(contract.labels or []),
+            "response_format_type": constraint["response_format"]["type"] if constraint else "",
             "instruction": first_row.instruction if first_row else "",
             "sample_input": first_row.input if first_row else "Hello!",
             "verification_rows": [v.summary_row(v.artifact.rsplit("/", 1)[-1]) for v in verifications],

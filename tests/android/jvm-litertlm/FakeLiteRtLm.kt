@@ -2,8 +2,10 @@
 // same signatures as the declared surface (tests/android/stubs/litertlm/LiteRtLm.kt), so the bridge's
 // LiteRtLmEngine.kt runs on the JVM. It behaves as LiteRT-LM's Kotlin sources describe: initialize()
 // throws when a backend cannot start, sendMessageAsync streams Message chunks to the callback from another
-// thread and ends with onDone(), cancelProcess() ends it with onError(CancellationException), and the
-// engine's own stop tokens are never sent. `FakeScript` (not LiteRT-LM API) says what fails and what to send.
+// thread and ends with onDone(), cancelProcess() ends it with onError(CancellationException), the engine's own
+// stop tokens are never sent, and a response format on a conversation created without enableResponseFormat is
+// refused with IllegalArgumentException. `FakeScript` (not LiteRT-LM API) says what fails and what to send, and
+// records the response format each message was sent with (ResponseFormat.json does not parse the schema here).
 @file:Suppress("unused")
 
 package com.google.ai.edge.litertlm
@@ -17,6 +19,7 @@ object FakeScript {
     var failSendAfter: Map<String, Int> = emptyMap()
     var chunks: List<String> = listOf("bill", "ing")
     val log: MutableList<String> = Collections.synchronizedList(mutableListOf())
+    val responseFormats: MutableList<ResponseFormat?> = Collections.synchronizedList(mutableListOf())
 }
 
 sealed class Backend(
@@ -53,8 +56,29 @@ data class SamplerConfig(
 data class ConversationConfig(
     val samplerConfig: SamplerConfig? = null,
     val maxOutputToken: Int? = null,
+    val enableResponseFormat: Boolean = false,
     val chatTemplate: String? = null,
 )
+
+data class ResponseFormat(
+    val type: Type,
+    val schemaOrPattern: String,
+) {
+    enum class Type(
+        val value: Int,
+    ) {
+        REGEX(1),
+        JSON_OBJECT(2),
+    }
+
+    companion object {
+        @JvmStatic
+        fun json(schema: String): ResponseFormat = ResponseFormat(Type.JSON_OBJECT, schema)
+
+        @JvmStatic
+        fun regex(pattern: String): ResponseFormat = ResponseFormat(Type.REGEX, pattern)
+    }
+}
 
 class Message(
     private val text: String,
@@ -72,6 +96,7 @@ interface MessageCallback {
 
 class Conversation(
     private val backend: String,
+    private val enableResponseFormat: Boolean,
     private val sends: () -> Int,
 ) : AutoCloseable {
     @Volatile private var cancelled = false
@@ -79,7 +104,14 @@ class Conversation(
     fun sendMessageAsync(
         text: String,
         callback: MessageCallback,
+        responseFormat: ResponseFormat? = null,
     ) {
+        if (responseFormat != null && !enableResponseFormat) {
+            throw IllegalArgumentException(
+                "response_format cannot be used unless enableResponseFormat=True was passed to ConversationConfig.",
+            )
+        }
+        FakeScript.responseFormats.add(responseFormat)
         val count = sends()
         FakeScript.log.add("$backend.send($count)")
         cancelled = false
@@ -130,8 +162,11 @@ class Engine(
         check(initialized) { "Engine is not initialized." }
         val sampler = conversationConfig.samplerConfig
         val template = conversationConfig.chatTemplate != null
-        FakeScript.log.add("${engineConfig.backend.name}.createConversation(topK=${sampler?.topK}, template=$template)")
-        return Conversation(engineConfig.backend.name) { ++sends }
+        val constrained = conversationConfig.enableResponseFormat
+        FakeScript.log.add(
+            "${engineConfig.backend.name}.createConversation(topK=${sampler?.topK}, template=$template, responseFormat=$constrained)",
+        )
+        return Conversation(engineConfig.backend.name, constrained) { ++sends }
     }
 
     override fun close() {

@@ -45,6 +45,19 @@ fun main(args: Array<String>) {
                     ", \"whole\": [${quoteJson(whole.text)}, ${quoteJson(whole.finish)}, ${whole.tokensPerSecond != null}]"
             }
 
+            "response_formats" -> {
+                // whatever edgepack.json's backends carry: the formats every message was sent with
+                val model = EdgeModel.load(dir, factory)
+                model.generate("p", 100)
+                val formats =
+                    synchronized(FakeScript.responseFormats) {
+                        FakeScript.responseFormats.joinToString(", ", "[", "]") { format ->
+                            format?.let { "[${quoteJson(it.type.name)}, ${quoteJson(it.schemaOrPattern)}]" } ?: "null"
+                        }
+                    }
+                ", \"backend\": ${quoteJson(model.backend)}, \"response_formats\": $formats"
+            }
+
             else -> {
                 error("unknown scenario ${args[1]}")
             }

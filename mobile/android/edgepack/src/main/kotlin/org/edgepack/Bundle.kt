@@ -16,9 +16,26 @@ const val EXECUTORCH = "executorch"
 const val LITERT_LM = "litert-lm"
 
 /**
+ * The constraint a LiteRT-LM engine decodes under (edgepack.json's `response_format`), exactly as the build's
+ * engine applied it when it verified the bundle: `type` "regex" or "json" (the names of LiteRT-LM's
+ * `ResponseFormat.regex` / `ResponseFormat.json`) and the pattern or JSON-schema text to pass them. Carried as data
+ * so the phone asks for the very regex or schema the build measured, not one the bridge derives again.
+ */
+data class DecodingConstraint(
+    val type: String,
+    val schemaOrPattern: String,
+) {
+    companion object {
+        const val REGEX = "regex"
+        const val JSON = "json"
+    }
+}
+
+/**
  * One model the app may run: a runtime, one of its backends, and its files (`file` is the .pte or the
  * .litertlm, `ptd` the .pte's weights). `experimental` ones were not executed at build time; a LiteRT-LM
- * bundle carries `chatTemplate`, the template its engine applies to the already-rendered prompt.
+ * bundle carries `chatTemplate`, the template its engine applies to the already-rendered prompt, and
+ * `responseFormat`, the constraint of a constrained contract (null: decode unconstrained).
  */
 data class BackendModel(
     val runtime: String,
@@ -28,6 +45,7 @@ data class BackendModel(
     val experimental: Boolean,
     val verification: String,
     val chatTemplate: String? = null,
+    val responseFormat: DecodingConstraint? = null,
 ) {
     /** How EdgeModel names it in `backend` and `skipped`: "xnnpack", "vulkan", "litert-lm/gpu", ... */
     val label: String get() = if (runtime == EXECUTORCH) backend else "$runtime/$backend"
@@ -77,6 +95,7 @@ data class BundleManifest(
                         experimental = (entry.fields["experimental"] as? JsonValue.Bool)?.value ?: false,
                         verification = str(entry, "verification"),
                         chatTemplate = (entry.fields["chat_template"] as? JsonValue.Str)?.value,
+                        responseFormat = responseFormat(entry.fields["response_format"]),
                     )
                 }
             if (backends.isEmpty()) throw ContractFormatError("edgepack.json: backends is empty")
@@ -96,6 +115,17 @@ data class BundleManifest(
                 contract = contractFromJson(root.fields["contract"] ?: JsonValue.Null),
                 files = files,
             )
+        }
+
+        // Absent or null: an unconstrained contract (and every bundle from before constrained decoding on the phone).
+        private fun responseFormat(value: JsonValue?): DecodingConstraint? {
+            if (value == null || value is JsonValue.Null) return null
+            val entry = value as? JsonValue.Obj ?: throw ContractFormatError("edgepack.json: \"response_format\" must be an object or null")
+            val type = str(entry, "type")
+            if (type != DecodingConstraint.REGEX && type != DecodingConstraint.JSON) {
+                throw ContractFormatError("edgepack.json: response_format type \"$type\" is unknown (regex or json)")
+            }
+            return DecodingConstraint(type, str(entry, "schema_or_pattern"))
         }
 
         private fun obj(

@@ -7,6 +7,7 @@ import com.google.ai.edge.litertlm.Engine
 import com.google.ai.edge.litertlm.EngineConfig
 import com.google.ai.edge.litertlm.Message
 import com.google.ai.edge.litertlm.MessageCallback
+import com.google.ai.edge.litertlm.ResponseFormat
 import com.google.ai.edge.litertlm.SamplerConfig
 import java.io.File
 import java.util.concurrent.CancellationException
@@ -28,14 +29,30 @@ import kotlin.concurrent.thread
  *   which is Conversation.cancelProcess(); the cancelled call then ends with a CancellationException,
  *   read as a normal early end;
  * - each generate() runs in a fresh conversation (resetContext closes the previous one): a cancelled
- *   conversation keeps its partial turn in the KV cache, and every prompt is single-turn anyway.
+ *   conversation keeps its partial turn in the KV cache, and every prompt is single-turn anyway;
+ * - a constrained contract (labels, or a JSON schema) decodes under LiteRT-LM's constrained decoding, as the
+ *   build's engine did when it measured the contract's validity: `constraint` is edgepack.json's
+ *   `response_format` (that regex or schema text, not one derived here), the conversation is created with
+ *   `enableResponseFormat` (LiteRT-LM then sets up LLGuidance, the provider the build used) and every message is
+ *   sent with it. Without one (free text, or an unconstrained contract) the decode is unconstrained.
  */
 class LiteRtLmEngine(
     private val bundle: File,
     backend: Backend,
     private val chatTemplate: String?,
     cacheDir: String?,
+    constraint: DecodingConstraint? = null,
 ) : LlmEngine {
+    // Built once, first: ResponseFormat.json parses the schema text, so a damaged one fails opening this backend
+    // (EdgeModel keeps the reason in `skipped`), not a generation.
+    private val responseFormat: ResponseFormat? =
+        constraint?.let {
+            when (it.type) {
+                DecodingConstraint.REGEX -> ResponseFormat.regex(it.schemaOrPattern)
+                DecodingConstraint.JSON -> ResponseFormat.json(it.schemaOrPattern)
+                else -> throw ModelFileError("LiteRT-LM has no response format \"${it.type}\"")
+            }
+        }
     private val engine = Engine(EngineConfig(modelPath = bundle.path, backend = backend, cacheDir = cacheDir))
     private var conversation: Conversation? = null
 
@@ -85,6 +102,8 @@ class LiteRtLmEngine(
                     done.countDown()
                 }
             },
+            // By name: LiteRT-LM declares six other optional parameters before it.
+            responseFormat = responseFormat,
         )
         done.await()
         failure?.let { throw it as? Exception ?: RuntimeException(it) }
@@ -120,11 +139,13 @@ class LiteRtLmEngine(
         if (engine.isInitialized()) engine.close()
     }
 
-    // Greedy decoding (top-k 1), as the build's engine run.
+    // Greedy decoding (top-k 1), as the build's engine run; a conversation refuses a response format unless it
+    // was created with enableResponseFormat.
     private fun newConversation(): Conversation =
         engine.createConversation(
             ConversationConfig(
                 samplerConfig = SamplerConfig(topK = 1, topP = 1.0, temperature = 0.0),
+                enableResponseFormat = responseFormat != null,
                 chatTemplate = chatTemplate,
             ),
         )
@@ -146,7 +167,7 @@ class LiteRtLmEngine(
                         "cpu" -> Backend.CPU()
                         else -> throw ModelFileError("LiteRT-LM has no backend \"${model.backend}\"")
                     }
-                LiteRtLmEngine(File(modelDir, model.file), backend, model.chatTemplate, cacheDir)
+                LiteRtLmEngine(File(modelDir, model.file), backend, model.chatTemplate, cacheDir, model.responseFormat)
             }
     }
 }
