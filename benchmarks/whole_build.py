@@ -52,6 +52,19 @@ class BuildRun:
     load_avg_max: float
     tree_rss_max_gb: float  # the most the build's whole process tree held at once (sampled every 2 s)
     stages: list[dict] = field(default_factory=list)
+    # Per artifact what the report judges it by (fidelity, task, verdict): two commits' builds compare on these.
+    verdicts: list[dict] = field(default_factory=list)
+
+
+def verdicts_of(manifest: dict) -> list[dict]:
+    """The numbers a build's report shows per artifact, for checking that a faster build proves the same."""
+    out = []
+    for row in manifest.get("artifacts", []):
+        task = row.get("task") or {}
+        out.append({"artifact": row["artifact"], "top1": row.get("top1"), "kl": row.get("kl"),
+                    "exact_match": task.get("exact_match"), "validity": task.get("validity"),
+                    "agreement": task.get("agreement"), "passed": row.get("passed")})
+    return out
 
 
 def _load_average() -> float:
@@ -110,10 +123,10 @@ def timed_build(worktree: Path, cache: Path, out: Path, extra: list[str], kind: 
     command = [sys.executable, "-m", "packager.cli", "build", "--target", "all", "--force", "--out", str(out), *extra]
     env = {**os.environ, "PYTHONPATH": str(worktree), "EDGEPACK_CACHE": str(cache)}
     m = measure(command, worktree / "examples" / "intent-classifier", env, log, kind)
-    manifest = out / "manifest.json"
-    stages = json.loads(manifest.read_text())["stages"] if manifest.is_file() else []
+    path = out / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
     return BuildRun(kind, m.exit_code, m.wall_s, m.cpu_s, m.peak_rss_gb, m.load_avg_before, m.load_avg_max,
-                    m.tree_rss_max_gb, stages)
+                    m.tree_rss_max_gb, manifest.get("stages", []), verdicts_of(manifest))
 
 
 def bench_commit(commit: str, scratch: Path, kinds: list[str]) -> dict:
