@@ -656,9 +656,28 @@ def test_the_page_answers_the_eval_set_itself_and_applies_the_labels_grammar(
     assert any("answered in Chromium by the page's EdgeModel.run" in n for n in record["notes"])
     # Tiny Gemma has sliding-window layers: without a full-size window cache llama-server (inside wllama)
     # re-evaluates every prompt whole; with it, the rows after the first reuse the shared "<bos>Classify." prefix.
+    assert json.loads((out / "web" / "edgepack.json").read_text())["runtimes"]["wllama"]["full_window_cache"] is True
     [reuse] = [n for n in record["notes"] if n.startswith("the page evaluated ")]
     evaluated, total = map(int, re.findall(r"\d+", reuse)[:2])
     assert evaluated < total, reuse
+
+
+def _gemma3(layers: int, kv_heads: int, window: int) -> dict:
+    return {"sliding_window": window, "num_key_value_heads": kv_heads, "head_dim": 256, "num_hidden_layers": layers,
+            "layer_types": ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(layers)]}
+
+
+@pytest.mark.parametrize(("config", "context", "full"), [
+    (_gemma3(18, 1, 512), 512, True),  # Gemma 3 270M at a contract-sized context: nothing beyond the window
+    (_gemma3(18, 1, 512), 4096, True),  # 15 local layers x 3,584 tokens x 1 KB = 55 MB
+    (_gemma3(34, 4, 1024), 4096, False),  # Gemma 3 4B: 29 x 3,072 x 4 KB = 365 MB, more than a tab should spend
+    ({"num_hidden_layers": 16, "num_key_value_heads": 8, "head_dim": 64}, 512, False),  # no sliding window
+], ids=["270m-512", "270m-4096", "4b-4096", "llama"])
+def test_a_full_window_cache_is_asked_for_only_where_it_costs_little_memory(
+        config: dict, context: int, full: bool) -> None:
+    from targets.web.target import full_window_cache
+
+    assert full_window_cache(config, context) is full
 
 
 UNICODE_ROWS = [{"instruction": "Classify.", "input": text, "output": label}

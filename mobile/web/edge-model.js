@@ -106,6 +106,7 @@ export class EdgeModel {
         threads,
         gpu: choice.gpu,
         contextLength,
+        fullWindowCache: entry.full_window_cache === true,
       });
     } else {
       const { loadWebLLM } = await import("./runtimes/webllm.js");

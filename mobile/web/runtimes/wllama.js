@@ -11,7 +11,7 @@ const QUIET_LOGGER = {
 };
 
 /** Load the GGUF part files (Blobs, in order) and return a runtime session. */
-export async function loadWllama({ moduleUrl, wasmUrl, files, threads, gpu, contextLength }) {
+export async function loadWllama({ moduleUrl, wasmUrl, files, threads, gpu, contextLength, fullWindowCache }) {
   const { Wllama, LogLevel } = await import(moduleUrl);
   // Native errors stay on: when llama.cpp's action fails inside the WASM, wllama 3.8.1 only throws
   // "RangeError: Invalid typed array length: 1163217991" (the request's "GLUE" magic read as the
@@ -32,9 +32,9 @@ export async function loadWllama({ moduleUrl, wasmUrl, files, threads, gpu, cont
     // layers and then re-evaluates the WHOLE prompt of every request, the task's shared instruction
     // included (measured: 25 of 25 prompt tokens per eval row). A full-size window cache lets
     // cache_prompt reuse the shared prefix (11 of 24 tokens evaluated; a labels answer 1.6 s -> 1.1 s
-    // on one WASM thread). It costs the local layers' cache at n_ctx instead of the window: nothing
-    // when n_ctx is at most the window, as for the contract-sized contexts edgepack builds.
-    swa_full: true,
+    // on one WASM thread). The build turns it on where it costs little memory (edgepack.json's
+    // runtimes.wllama.full_window_cache; targets/web/target.py full_window_cache).
+    swa_full: fullWindowCache,
     log_level: LogLevel.ERROR,
   });
   return new WllamaSession(wllama, Wllama.getLibllamaVersion());
