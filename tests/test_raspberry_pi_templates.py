@@ -47,6 +47,7 @@ KNOWN_LLAMA_SERVER_FLAGS = {
     "--jinja",
     "--no-webui",
     "--lora",
+    "--swa-full",  # checked with the llama-server built from that copy: "use full-size SWA cache"
 }
 LORA = "adapter-support-bot.gguf"
 # The adapters a bundle may carry: none (merged), one applied to every request, or a fleet's.
@@ -73,7 +74,8 @@ def hostile_name(marker: Path) -> str:
     )
 
 
-def make_context(model_name: str, *, chat: bool = True, adapters: str = "none") -> dict[str, Any]:
+def make_context(model_name: str, *, chat: bool = True, adapters: str = "none",
+                 full_window_cache: bool = True) -> dict[str, Any]:
     return {
         "model_name": model_name,
         "slug": escaping.slug(model_name),
@@ -85,6 +87,7 @@ def make_context(model_name: str, *, chat: bool = True, adapters: str = "none") 
         "host": "127.0.0.1",
         "llama_cpp_tag": "b11312",
         "chat_template_present": chat,
+        "full_window_cache": full_window_cache,
         "bos_ids": [2],
         "eos_ids": [1, 106],
         "verification_rows": [
@@ -394,13 +397,18 @@ def test_unit_runs_llama_server_with_the_settings_from_the_env_file(bundle: Bund
 
 
 def test_unit_uses_only_llama_server_flags_checked_against_llama_cpp(tmp_path: Path) -> None:
-    for chat in (True, False):
-        rendered = render_bundle(tmp_path / str(chat), "normal", chat)
+    for chat, full in ((True, True), (False, False)):
+        marker = tmp_path / f"{chat}-pwned"
+        context = make_context("Tiny Support Bot v2", chat=chat, full_window_cache=full)
+        templating.render_tree(TEMPLATE_DIR, tmp_path / str(chat), context)
+        rendered = Bundle(tmp_path / str(chat), context, marker)
         words = exec_start_words(rendered.unit.read_text())
         flags = {w for w in words if w.startswith("--")}
         flags |= set(re.findall(r"--[a-z-]+", rendered.env_file.read_text().split("EDGEPACK_EXTRA_ARGS=")[-1]))
         assert flags <= KNOWN_LLAMA_SERVER_FLAGS, flags - KNOWN_LLAMA_SERVER_FLAGS
         assert ("--jinja" in flags) == chat
+        assert ("--swa-full" in flags) == full
+        assert ("--swa-full" in rendered.env_file.read_text()) == full  # the env file says what EDGEPACK_CTX costs
 
 
 @pytest.mark.parametrize(("chat", "adapters"), [(True, "none"), (False, "none"), (True, "one"), (False, "fleet")])

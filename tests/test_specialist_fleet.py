@@ -81,8 +81,9 @@ def _healthy(port: int) -> bool:
 
 
 @contextmanager
-def _served(binary: Path, bundle: Path, log: Path) -> Iterator[int]:
-    """Run llama-server with the model and adapters the bundle's systemd unit names, in the unit's order."""
+def _served(binary: Path, bundle: Path, log: Path, switches: tuple[str, ...] = ()) -> Iterator[int]:
+    """Run llama-server with the model and adapters the bundle's systemd unit names, in the unit's order (and
+    `switches`, flags without a value)."""
     unit = next(bundle.glob("edgepack-*.service")).read_text()
     installed = f"/opt/edgepack/{unit.split('/opt/edgepack/')[1].split('/')[0]}/"
     files = [shlex.split(line.strip().rstrip("\\"))[1] for line in unit.splitlines()
@@ -90,7 +91,7 @@ def _served(binary: Path, bundle: Path, log: Path) -> Iterator[int]:
     model, *adapters = [str(bundle / f.removeprefix(installed)) for f in files]
     port = free_port()
     argv = [str(binary), "--model", model, *[a for f in adapters for a in ("--lora", f)], "--host", "127.0.0.1",
-            "--port", str(port), "--ctx-size", "256", "--threads", "2", "--parallel", "1", "--no-webui"]
+            "--port", str(port), "--ctx-size", "256", "--threads", "2", "--parallel", "1", "--no-webui", *switches]
     with log.open("w") as out:
         server = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
         try:
@@ -141,6 +142,35 @@ def test_one_llama_server_answers_each_specialist_in_turn_as_its_merged_model(
     # llama-server replaces a token's incomplete UTF-8 bytes with U+FFFD where llama-cpp-python drops them
     # (random tiny models emit byte tokens); the tokens themselves are the same.
     assert [(n, a.replace("\ufffd", "").strip()) for n, a in answers] == [(n, expected[n]) for n, _ in answers]
+
+
+def test_the_pi_service_reuses_a_shared_prompt_prefix_on_a_sliding_window_model(
+        tiny_gemma: Path, llama_server: Path, tmp_path: Path) -> None:
+    """Tiny Gemma has sliding-window layers: llama-server then re-evaluates every prompt whole unless the unit's
+    --swa-full keeps those layers cached over the context (packager/window_cache.py)."""
+    out = tmp_path / "out"
+    result = edgepack("build", tiny_gemma, "--target", "raspberry-pi", "--quant", "F32", "--out", out)
+    assert result.exit_code == 0, result.stderr[-3000:]
+    pi = out / "raspberry-pi"
+    assert "--swa-full" in next(pi.glob("edgepack-*.service")).read_text()
+    prompts = [f"Classify the message.\nMessage: {text}\nIntent:" for text in ("my card got declined", "hello")]
+
+    def evaluated(switches: tuple[str, ...]) -> list[tuple[int, int]]:
+        """(prompt tokens evaluated, prompt tokens) of each request, in order."""
+        counts = []
+        with _served(llama_server, pi, tmp_path / f"server{len(switches)}.log", switches) as port:
+            for prompt in prompts:
+                body = json.dumps({"prompt": prompt, "max_tokens": 2, "temperature": 0}).encode()
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body,
+                                                 {"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    reply = json.loads(response.read())
+                counts.append((reply["timings"]["prompt_n"], reply["usage"]["prompt_tokens"]))
+        return counts
+
+    full, window_only = evaluated(("--swa-full",)), evaluated(())
+    assert full[1][0] < full[1][1], full  # the second request evaluates only what follows the shared prefix
+    assert window_only[1][0] == window_only[1][1], window_only  # without it, the whole prompt again
 
 
 def test_each_specialist_is_judged_on_its_own_eval_set(fleet: tuple[Path, Any], tiny_llama: Path,

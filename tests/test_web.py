@@ -675,7 +675,7 @@ def _gemma3(layers: int, kv_heads: int, window: int) -> dict:
 ], ids=["270m-512", "270m-4096", "4b-4096", "llama"])
 def test_a_full_window_cache_is_asked_for_only_where_it_costs_little_memory(
         config: dict, context: int, full: bool) -> None:
-    from targets.web.target import full_window_cache
+    from packager.window_cache import full_window_cache
 
     assert full_window_cache(config, context) is full
 

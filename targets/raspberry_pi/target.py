@@ -19,6 +19,7 @@ from packager.stages import BuildContext
 from packager.target import TargetResult
 from packager.target_bundle import finish_bundle
 from packager.templating import render_tree
+from packager.window_cache import full_window_cache
 
 # The llama.cpp release vendored by the pinned llama-cpp-python 0.3.36 (tag b11312, commit
 # 0c1e57098bba), which verified the GGUF; install.sh builds this same release on the Pi when no
@@ -105,6 +106,7 @@ class RaspberryPiTarget:
             "host": "127.0.0.1",
             "llama_cpp_tag": LLAMA_CPP_REVISION,
             "chat_template_present": contract.chat_template is not None,
+            "full_window_cache": full_window_cache(ctx.ckpt.config, context_length),
             "bos_ids": [contract.bos_id] if contract.add_bos and contract.bos_id is not None else [],
             "eos_ids": contract.eos_ids,
             "verification_rows": [r.summary_row(r.artifact.removeprefix(f"{self.name}/")) for r in results],

@@ -38,6 +38,7 @@ from packager.target import TargetOption, TargetResult
 from packager.target_bundle import bundle_document, finish_bundle, list_bundle, write_document
 from packager.templating import render_tree
 from packager.verify.result import VerificationResult
+from packager.window_cache import full_window_cache
 from targets.web.gguf_split import MAX_PART_BYTES, part_names, split_gguf
 from targets.web.mlc.check import check_mlc_folder
 from targets.web.mlc.libraries import PREFILL_CHUNK_SIZE, match_library
@@ -101,27 +102,6 @@ class WebLLMVariant:
 
 # Bump when what a browser verification record holds or how it is computed changes.
 WEB_VERIFICATION_SCHEMA = 1
-# The most a full-size cache for sliding-window layers may add to a page's memory (see full_window_cache).
-FULL_WINDOW_CACHE_BUDGET = 64 * 2**20
-
-
-def full_window_cache(config: dict[str, Any], context_length: int) -> bool:
-    """Whether wllama should give a sliding-window model's local layers a cache of the whole context (swa_full).
-
-    With only the window kept, llama-server re-evaluates every prompt whole, the task's shared instruction
-    included; with the whole context kept, cache_prompt reuses it. The cost is those layers' f16 keys and values
-    beyond the window: nothing for Gemma 3 270M at a 512-token context, about 365 MB for Gemma 3 4B at 4,096,
-    which a browser tab cannot spare. Within FULL_WINDOW_CACHE_BUDGET the reuse wins.
-    """
-    window = config.get("sliding_window")
-    if not window or context_length <= 0:
-        return False
-    types = config.get("layer_types") or ["sliding_attention"] * int(config.get("num_hidden_layers", 0))
-    sliding = sum(t == "sliding_attention" for t in types)
-    heads = int(config.get("num_key_value_heads") or config.get("num_attention_heads", 0))
-    head_dim = int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
-    extra = sliding * max(0, context_length - int(window)) * 2 * heads * head_dim * 2
-    return sliding > 0 and extra <= FULL_WINDOW_CACHE_BUDGET
 
 
 @dataclasses.dataclass
