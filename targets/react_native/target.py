@@ -37,6 +37,7 @@ from packager.target import ScaffoldCheck, TargetResult
 from packager.target_bundle import finish_bundle, list_bundle
 from packager.templating import render_tree
 from packager.verify.result import VerificationResult
+from packager.window_cache import full_window_cache
 
 LLAMA_RN_VERSION = "0.12.9"
 SUPPORT_TABLE = Path(__file__).resolve().parent / "data" / "llama_rn_support.json"
@@ -271,6 +272,8 @@ class AppBundle:
     # The GGUF in the stage cache.
     gguf: Path
     context_length: int
+    # Whether llama.rn keeps the local layers of a sliding-window model cached over the context (window_cache).
+    full_window_cache: bool
     # The model's contract; a fleet's base contract (each specialist carries its own).
     contract: Contract
     gguf_choice: dict[str, Any]
@@ -308,7 +311,9 @@ class ReactNativeTarget:
         choice = ctx.chosen_gguf(self)
         return self._bundle(out_dir, AppBundle(
             model_name=ctx.options.name or ctx.ckpt.name, quant=choice.quant, gguf=choice.file,
-            context_length=ctx.context_length, contract=ctx.contract, gguf_choice=choice.as_dict(),
+            context_length=ctx.context_length,
+            full_window_cache=full_window_cache(ctx.ckpt.config, ctx.context_length), contract=ctx.contract,
+            gguf_choice=choice.as_dict(),
             notes=choice.notes(), verification=choice.verification))
 
     def build_fleet(self, fleet: Fleet, out_dir: Path) -> TargetResult:
@@ -319,10 +324,12 @@ class ReactNativeTarget:
                 f"at a time (EdgeFleet.use), each specialist under its own contract ({', '.join(fleet.names)}). Each "
                 "adapter was verified on the base in the build host's llama.cpp and checked to be loadable by "
                 "llama.rn's.")
+        # The app opens the base once, for the longest context any specialist needs.
+        context_length = max(s.ctx.context_length for s in fleet.specialists)
         return self._bundle(out_dir, AppBundle(
             model_name=fleet.base.options.name or fleet.base.ckpt.name, quant=choice.quant, gguf=choice.file,
-            # The app opens the base once, for the longest context any specialist needs.
-            context_length=max(s.ctx.context_length for s in fleet.specialists), contract=fleet.base.contract,
+            context_length=context_length,
+            full_window_cache=full_window_cache(fleet.base.ckpt.config, context_length), contract=fleet.base.contract,
             gguf_choice=choice.as_dict(), notes=[*choice.notes(), note],
             specialists=[ShippedSpecialist(s.name, choice.adapters[s.name], s.ctx.contract,
                                            choice.verifications[s.name]) for s in fleet.specialists]))
@@ -376,7 +383,8 @@ class ReactNativeTarget:
         gguf_entry = listed.entry(gguf_file)
         sections: dict[str, Any] = {
             "model": {"name": bundle.model_name, "file": gguf_file, "format": "gguf", "quant": bundle.quant,
-                      "context_length": bundle.context_length, "sha256": gguf_entry["sha256"],
+                      "context_length": bundle.context_length, "full_window_cache": bundle.full_window_cache,
+                      "sha256": gguf_entry["sha256"],
                       "bytes": gguf_entry["bytes"]}}
         if bundle.specialists:
             sections["specialists"] = []

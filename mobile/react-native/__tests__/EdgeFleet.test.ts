@@ -96,7 +96,8 @@ test('load opens the base once with the build context and applies the first spec
   const fleet = await load();
   expect(native.initContext).toHaveBeenCalledTimes(1);
   const params = native.initContext.mock.calls[0]![1] as Record<string, unknown>;
-  expect(params).toMatchObject({ model: '/bundle/model-Q4_K_M.gguf', n_ctx: 2048 });
+  // A manifest without full_window_cache (an older build) asks llama.rn for the window only.
+  expect(params).toMatchObject({ model: '/bundle/model-Q4_K_M.gguf', n_ctx: 2048, swa_full: false });
   expect(params.lora_list).toBeUndefined(); // the base alone: adapters are applied afterwards
   expect(fleet.specialists).toEqual(['router', 'extractor']);
   expect(fleet.specialist?.name).toBe('router');

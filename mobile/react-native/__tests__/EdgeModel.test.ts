@@ -39,7 +39,7 @@ function manifest(contract: Record<string, unknown>): unknown {
     edgepack_version: '0.1.0',
     model: {
       name: 'tiny', file: 'model-Q8_0.gguf', format: 'gguf', quant: 'Q8_0', context_length: 1024,
-      sha256: sha256Hex(BODY), bytes: BODY.length,
+      full_window_cache: true, sha256: sha256Hex(BODY), bytes: BODY.length,
     },
     contract: {
       prompt: {
@@ -80,7 +80,9 @@ test('load verifies the file and opens it with the context length of the build',
   const { model, percents } = await load();
   expect(native.initContext).toHaveBeenCalledTimes(1);
   const params = native.initContext.mock.calls[0]![1] as Record<string, unknown>;
-  expect(params).toMatchObject({ model: '/bundle/model-Q8_0.gguf', n_ctx: 1024, n_threads: 4, is_model_asset: false });
+  expect(params).toMatchObject({
+    model: '/bundle/model-Q8_0.gguf', n_ctx: 1024, swa_full: true, n_threads: 4, is_model_asset: false,
+  });
   expect(percents).toContain(100);
   await model.release();
 });

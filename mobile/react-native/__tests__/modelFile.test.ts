@@ -11,7 +11,7 @@ const BODY = fakeModelBytes(10_000);
 function modelInfo(body: Uint8Array = BODY): ModelInfo {
   return {
     name: 'tiny', file: 'model-Q4_K_M.gguf', format: 'gguf', quant: 'Q4_K_M', context_length: 1024,
-    sha256: sha256Hex(body), bytes: body.length,
+    full_window_cache: false, sha256: sha256Hex(body), bytes: body.length,
   };
 }
 

@@ -152,7 +152,12 @@ export class LlamaSession {
   ): Promise<LlamaSession> {
     const onProgress = options.onProgress;
     const context = await initLlama(
-      { n_ctx: manifest.model.context_length, ...options.contextParams, model: path },
+      {
+        n_ctx: manifest.model.context_length,
+        swa_full: manifest.model.full_window_cache,
+        ...options.contextParams,
+        model: path,
+      },
       onProgress ? (percent: number) => onProgress({ phase: 'load', percent } satisfies LoadProgress) : undefined,
     );
     const reported = (context.model.metadata as Record<string, unknown>)['tokenizer.ggml.add_bos_token'];

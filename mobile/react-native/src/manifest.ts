@@ -21,6 +21,12 @@ export interface ModelInfo extends ShippedFile {
   format: string;
   quant: string;
   context_length: number;
+  /**
+   * Keep a sliding-window model's local layers cached over the whole context (llama.rn's `swa_full`), so a
+   * prompt reuses the cached prefix it shares with the previous one; the build asks for it only where that
+   * costs little memory (edgepack's packager/window_cache.py).
+   */
+  full_window_cache: boolean;
 }
 
 /** A fleet specialist: the LoRA adapter llama.rn applies to the model (the fleet's base), and its contract. */
@@ -59,6 +65,7 @@ function field<T>(
 }
 
 const isString = (v: unknown): v is string => typeof v === 'string';
+const isBoolean = (v: unknown): v is boolean => typeof v === 'boolean';
 const isPositiveInt = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v > 0;
 const isRecord = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
 const isSha256 = (v: unknown): v is string => typeof v === 'string' && /^[0-9a-f]{64}$/.test(v);
@@ -124,6 +131,9 @@ export function readManifest(data: unknown): EdgepackManifest {
       format: 'gguf',
       quant: field(model, 'quant', isString, 'a string'),
       context_length: field(model, 'context_length', isPositiveInt, 'a positive integer'),
+      full_window_cache: model['full_window_cache'] === undefined
+        ? false
+        : field(model, 'full_window_cache', isBoolean, 'true or false'),
       sha256: field(model, 'sha256', isSha256, '64 lowercase hex digits'),
       bytes: field(model, 'bytes', isPositiveInt, 'a positive integer'),
     },
