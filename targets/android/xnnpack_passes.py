@@ -107,7 +107,7 @@ def only_applicable_passes() -> Iterator[None]:
 def whole_op_partitioner() -> Any:
     """An XnnpackPartitioner that drops its per-node check when every node of the ops it keeps whole passes it.
 
-    Without a check ExecuTorch keeps those ops whole in one decomposition of the program instead of three
+    Without a check ExecuTorch keeps those ops whole in two decompositions of the program instead of three
     (_can_skip_using_EDGE_DO_NOT_DECOMP); with a node that fails it, ExecuTorch gets the check as before.
     """
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner

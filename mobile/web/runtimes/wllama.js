@@ -33,7 +33,7 @@ export async function loadWllama({ moduleUrl, wasmUrl, files, threads, gpu, cont
     // included (measured: 25 of 25 prompt tokens per eval row). A full-size window cache lets
     // cache_prompt reuse the shared prefix (11 of 24 tokens evaluated; a labels answer 1.6 s -> 1.1 s
     // on one WASM thread). The build turns it on where it costs little memory (edgepack.json's
-    // runtimes.wllama.full_window_cache; targets/web/target.py full_window_cache).
+    // runtimes.wllama.full_window_cache; packager/window_cache.py).
     swa_full: fullWindowCache,
     log_level: LogLevel.ERROR,
   });
