@@ -164,8 +164,10 @@ def _runtime_adapter(specialist: Specialist) -> RuntimeAdapter:
 
 
 def build_merged_per_specialist(target: Target, fleet: Fleet, out_dir: Path,
-                                build: Callable[[BuildContext, Path], TargetResult]) -> TargetResult:
-    """A target without runtime adapters: each specialist's merged model in out_dir/<name>/, as one result."""
+                                build: Callable[[BuildContext, Path], TargetResult],
+                                reason: str | None = None) -> TargetResult:
+    """A target without runtime adapters (or whose shared form does not apply to this fleet, `reason`): each
+    specialist's merged model in out_dir/<name>/, as one result."""
     results = [(s.name, build(s.ctx, out_dir / s.name)) for s in fleet.specialists]
     merged = TargetResult(target=target.name)
     for name, result in results:
@@ -178,7 +180,8 @@ def build_merged_per_specialist(target: Target, fleet: Fleet, out_dir: Path,
             merged.specialists[merged.verifications[-1].artifact] = name
         merged.scaffold_checks += [dataclasses.replace(c, file=f"{name}/{c.file}") for c in result.scaffold_checks]
         merged.notes += [f"{name}: {note}" for note in result.notes]
-    reason = getattr(target, "merged_specialists_reason", "its runtime does not apply LoRA adapters in edgepack yet")
+    reason = reason or getattr(target, "merged_specialists_reason",
+                               "its runtime does not apply LoRA adapters in edgepack yet")
     merged.notes.append(f"{target.name} ships each specialist as a whole model, base included, one per "
                         f"specialist in its own folder ({', '.join(fleet.names)}): {reason}.")
     return merged

@@ -35,7 +35,7 @@ from targets.android.kotlin_check import (
 
 REPO = Path(__file__).resolve().parent.parent
 BRIDGE = REPO / "mobile" / "android" / "edgepack" / "src" / "main" / "kotlin" / "org" / "edgepack"
-PURE = [BRIDGE / f"{name}.kt" for name in ("Json", "Contract", "Bundle", "EdgeModel")]
+PURE = [BRIDGE / f"{name}.kt" for name in ("Json", "Contract", "Bundle", "EdgeModel", "EdgeFleet")]
 PROBES = REPO / "tests" / "android" / "jvm"
 # A scripted LiteRT-LM (the declared surface's signatures, with behaviour) and the probe that runs the bridge's
 # LiteRtLmEngine over it.
@@ -400,8 +400,10 @@ def _app_context(**overrides) -> dict:
                       "experimental": False, "verification": "executed", "size_mb": 1.5}],
         "runtimes": ["executorch"], "litertlm_file": "model.litertlm", "npu_bundle_file": "model-npu.litertlm",
         "litertlm_artifact": "com.google.ai.edge.litertlm:litertlm-android:0.18.0",
-        "tokenizer_file": "tokenizer.json", "task": "labels", "labels": HOSTILE_LABELS, "response_format_type": "regex",
-        "instruction": 'Classify "$this"\\', "sample_input": "my card\ngot declined $5",
+        "tokenizer_file": "tokenizer.json", "task": "labels", "response_format_type": "regex",
+        "specialists": [{"name": HOSTILE_NAME, "instruction": 'Classify "$this"\\',
+                         "sample_input": "my card\ngot declined $5", "task": "labels", "labels": HOSTILE_LABELS}],
+        "fleet": False,
         "verification_rows": [{"artifact": "m.pte", "level": "executed", "top1": 1.0, "kl": 0.0, "ppl": 2.0,
                                "ppl_ref": 2.0}],
         "edgepack_version": "0.1.0",
@@ -416,8 +418,9 @@ def test_hostile_names_and_labels_reach_kotlin_exactly_as_written(tools, tmp_pat
     probe = tmp_path / "Print.kt"
     probe.write_text(
         "package org.edgepack.sample\n\nfun main() {\n"
-        "    val all = listOf(BundleConfig.MODEL_NAME, BundleConfig.INSTRUCTION, BundleConfig.SAMPLE_INPUT) + "
-        "BundleConfig.LABELS\n"
+        "    val first = BundleConfig.SPECIALISTS.single()\n"
+        "    val all = listOf(BundleConfig.MODEL_NAME, first.name, first.instruction, first.sampleInput) +\n"
+        "        first.labels\n"
         "    println(all.joinToString(\"\\u0000\"))\n}\n", encoding="utf-8")
     jar = tmp_path / "config.jar"
     proc = compile_kotlin([config, probe], jar, tools=tools)
@@ -425,7 +428,7 @@ def test_hostile_names_and_labels_reach_kotlin_exactly_as_written(tools, tmp_pat
     run = subprocess.run(["java", "-cp", str(jar), "org.edgepack.sample.PrintKt"], capture_output=True,
                          timeout=60, check=True)
     values = run.stdout.decode("utf-8").removesuffix("\n").split("\u0000")
-    assert values == [HOSTILE_NAME, 'Classify "$this"\\', "my card\ngot declined $5", *HOSTILE_LABELS]
+    assert values == [HOSTILE_NAME, HOSTILE_NAME, 'Classify "$this"\\', "my card\ngot declined $5", *HOSTILE_LABELS]
     assert kotlin_string("$x") == '"\\$x"'
 
 
@@ -723,6 +726,85 @@ def test_a_lora_input_ships_an_8_bit_base_with_the_adapter_apart_answering_as_th
     assert abs(pte - screen.numpy()).max() < 0.1 * abs(screen.numpy()).max()
     # ...and the adapter is applied: the program is far closer to the merged model than the base is.
     assert abs(pte - fp32).max() < 0.25 * abs(base - fp32).max()
+
+
+@pytest.fixture(scope="module")
+def tiny_android_fleet(tiny_gemma: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Two random LoRA specialists of the tiny Gemma built for Android as a fleet (--no-gate)."""
+    from packager.fleet import SpecialistSpec
+    from packager.pipeline import BuildRequest, run_build
+    from packager.progress import Reporter
+    from packager.stages import BuildOptions
+    from tests.tiny_models import make_adapter
+
+    root = tmp_path_factory.mktemp("android-fleet")
+    specs = tuple(SpecialistSpec(name, make_adapter(tiny_gemma, root / name, seed=seed))
+                  for seed, name in enumerate(("router", "extractor"), start=1))
+    outcome = run_build(BuildRequest(checkpoint=tiny_gemma, targets=["android"], out=root / "dist", specialists=specs,
+                                     options=BuildOptions(no_gate=True, context_length=128, name="fleet")),
+                        Reporter(quiet=True))
+    return outcome, root / "dist" / "android", root
+
+
+def test_an_android_fleet_ships_the_base_once_and_a_program_per_specialist_each_answering_as_its_merged_model(
+        tiny_android_fleet, tiny_gemma: Path) -> None:
+    import numpy as np
+    import torch
+
+    from packager.checkpoint import load_checkpoint
+    from packager.verify.fp32_model import load_fp32_whole
+    from targets.android.verify import PteProgram
+
+    outcome, bundle, root = tiny_android_fleet
+    [result] = outcome.results
+    base = "base-8da8w-adapter-f32down.ptd"
+    programs = {name: f"{name}-8da8w-adapter-f32down.pte" for name in ("router", "extractor")}
+    assert sorted(p.name for p in bundle.glob("*.pt[de]")) == sorted([base, *programs.values()])
+    # The base is shipped once; each program holds only its adapter (and the graph).
+    assert all((bundle / pte).stat().st_size < (bundle / base).stat().st_size / 2 for pte in programs.values())
+    document = json.loads((bundle / "edgepack.json").read_text(encoding="utf-8"))
+    assert document["model"]["ptd"] == base
+    assert [(s["name"], s["backends"][0]["pte"], s["backends"][0]["ptd"]) for s in document["specialists"]] == [
+        (name, pte, base) for name, pte in programs.items()]
+    assert {v.artifact: result.specialists[v.artifact] for v in result.verifications} == {
+        f"android/{pte} + {base}": name for name, pte in programs.items()}
+    assert all(v.level == "executed" and v.metrics.top1 >= 0.9 for v in result.verifications)
+    ids = list(range(2, 60))
+    logits = {name: PteProgram(bundle / pte, bundle / base).logits(ids) for name, pte in programs.items()}
+    with torch.no_grad():
+        for name in programs:
+            merged = load_checkpoint(root / name, base=tiny_gemma, work_dir=root / "work")
+            fp32 = load_fp32_whole(merged.folder, "sdpa")(torch.tensor([ids])).logits[0].numpy()
+            other = logits["extractor" if name == "router" else "router"]
+            # Each program over the shared base answers as its own merged model, not as the other specialist.
+            assert np.abs(logits[name] - fp32).max() < 0.25 * np.abs(other - fp32).max(), name
+    assert any("ships once" in note for note in result.notes)
+    assert [c for c in result.scaffold_checks if c.status == "failed"] == []
+
+
+def test_the_kotlin_fleet_opens_each_specialists_program_over_the_one_shared_base(
+        tiny_android_fleet, bridge_jar: Path) -> None:
+    _, bundle, _ = tiny_android_fleet
+    out = run_jar(bridge_jar, "org.edgepack.probe.EdgeFleetProbeKt", str(bundle))
+    base = "base-8da8w-adapter-f32down.ptd"
+    assert out["names"] == ["router", "extractor"]
+    opens = [e for e in out["log"] if e.startswith(("open", "close"))]
+    assert opens == [f"open router-8da8w-adapter-f32down.pte + {base} + tokenizer.json",
+                     "close router-8da8w-adapter-f32down.pte",
+                     f"open extractor-8da8w-adapter-f32down.pte + {base} + tokenizer.json",
+                     "close extractor-8da8w-adapter-f32down.pte"]
+    assert sorted(out["required"]) == sorted(["tokenizer.json", base, "router-8da8w-adapter-f32down.pte",
+                                              "extractor-8da8w-adapter-f32down.pte"])
+    assert [s["max_context"] for s in out["specialists"]] == [128, 128]
+    assert "no specialist \"no-such-specialist\"" in out["unknown"]
+
+
+def test_a_single_model_bundle_is_a_kotlin_fleet_of_one(tiny_lora_android, bridge_jar: Path) -> None:
+    _, bundle, _, _ = tiny_lora_android
+    out = run_jar(bridge_jar, "org.edgepack.probe.EdgeFleetProbeKt", str(bundle))
+    name = json.loads((bundle / "edgepack.json").read_text(encoding="utf-8"))["model"]["name"]
+    assert out["names"] == [name]
+    assert out["log"][0] == "open model-8da8w-adapter-f32down.pte + model-8da8w-adapter-f32down.ptd + tokenizer.json"
 
 
 def test_an_adapter_recipe_for_a_whole_model_is_refused_before_any_work(tiny_gemma: Path, tmp_path: Path) -> None:

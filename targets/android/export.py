@@ -523,15 +523,34 @@ def _count_ops(program: Any) -> tuple[int, int]:
     return len(delegated), len(calls)
 
 
-def lower_and_write(exported: Any, metadata: RunnerMetadata, delegate: str, out_dir: Path, stem: str) -> tuple[
-        Path, Path, tuple[int, int]]:
-    """Lower to the delegate, write <stem>.pte and <stem>.ptd (all weights, one copy of each buffer)."""
+# The parameters of an adapter kept apart (packager.adapted_linear.AdaptedLinear): what a fleet member's .pte keeps
+# inside itself, so that its weights file holds only the base's tensors, the same for every specialist.
+ADAPTER_PARAMETERS = (".lora_a", ".lora_b")
+
+
+def adapter_placeholders(exported: Any) -> set[str]:
+    """Names of the exported program's placeholders that carry an adapter's A or B (by parameter name)."""
+    return {name for name, fqn in exported.graph_signature.inputs_to_parameters.items()
+            if fqn.endswith(ADAPTER_PARAMETERS)}
+
+
+def lower_and_write(exported: Any, metadata: RunnerMetadata, delegate: str, out_dir: Path, stem: str,
+                    base_data: str | None = None) -> tuple[Path, Path, tuple[int, int]]:
+    """Lower to the delegate, write <stem>.pte and <stem>.ptd (all weights, one copy of each buffer).
+
+    `base_data`: a fleet member's export. The adapter's A and B stay inside <stem>.pte and every other weight
+    goes to <base_data>.ptd, which is then the same file for every specialist of the base (the fleet ships one).
+    """
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
 
-    for node in exported.graph.nodes:  # XNNPACK's weights join the program's constants in <stem>.ptd
-        if node.op == "placeholder":
-            node.meta.setdefault("custom", {})["delegate_constant_tag"] = stem
+    data = base_data or stem
+    inside = adapter_placeholders(exported) if base_data else set()
+    if base_data and not inside:
+        raise InternalError(f"{stem}: a fleet member's export found no adapter parameters to keep in its .pte")
+    for node in exported.graph.nodes:  # XNNPACK's weights join the program's constants in <data>.ptd
+        if node.op == "placeholder" and node.name not in inside:
+            node.meta.setdefault("custom", {})["delegate_constant_tag"] = data
     with only_applicable_passes():
         edge = to_edge_transform_and_lower(
             {"forward": exported}, partitioner=_partitioners(delegate), transform_passes=[static_reshapes],
@@ -540,22 +559,25 @@ def lower_and_write(exported: Any, metadata: RunnerMetadata, delegate: str, out_
         )
     program = edge.to_executorch(config=ExecutorchBackendConfig(
         extract_delegate_segments=True, memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
-        do_quant_fusion_and_const_prop=True, external_constants=lambda _node: stem,
+        do_quant_fusion_and_const_prop=True,
+        external_constants=lambda node: None if node.name in inside else data,
     ))
     out_dir.mkdir(parents=True, exist_ok=True)
     pte = out_dir / f"{stem}.pte"
     pte.write_bytes(program.buffer)
     program.write_tensor_data_to_file(str(out_dir))
-    ptd = out_dir / f"{stem}.ptd"
+    ptd = out_dir / f"{data}.ptd"
     if not ptd.is_file():
         raise UnsupportedError(f"ExecuTorch wrote no {ptd.name} beside {pte.name}; the weights would be missing.")
     return pte, ptd, _count_ops(program)
 
 
 def export_pte(folder: Path, out_dir: Path, recipe: Recipe, metadata: RunnerMetadata, delegate: str = "xnnpack",
-               stem: str | None = None, adapter: AdapterSource | None = None) -> ExportResult:
+               stem: str | None = None, adapter: AdapterSource | None = None,
+               base_data: str | None = None) -> ExportResult:
     """Export the checkpoint in `folder` under `recipe` to out_dir/<stem>.pte + .ptd (in this process); an
-    `adapter` recipe reads the merged checkpoint's adapter and base from `adapter`."""
+    `adapter` recipe reads the merged checkpoint's adapter and base from `adapter`; with `base_data` (a fleet
+    member, adapter recipes only) the weights file is <base_data>.ptd and holds the base's tensors only."""
     from packager.architectures import spec_for_config
 
     start = time.perf_counter()
@@ -577,7 +599,7 @@ def export_pte(folder: Path, out_dir: Path, recipe: Recipe, metadata: RunnerMeta
     exported = export_program(model, spec, metadata.max_context, fused)
     del model
     stem = stem or f"model-{recipe.name}" + ("" if delegate == "xnnpack" else f"-{delegate}")
-    pte, ptd, (delegated, total) = lower_and_write(exported, metadata, delegate, out_dir, stem)
+    pte, ptd, (delegated, total) = lower_and_write(exported, metadata, delegate, out_dir, stem, base_data)
     return ExportResult(pte=pte.name, ptd=ptd.name, delegate=delegate, recipe=recipe.name,
                         seconds=round(time.perf_counter() - start, 1), peak_rss_mb=own_peak_rss_mb(),
                         delegated_ops=delegated, total_ops=total,
@@ -591,7 +613,7 @@ def _serve(request: dict[str, Any]) -> dict[str, Any]:
         RunnerMetadata(int(meta["max_context"]), tuple(meta["eos_ids"]), meta.get("bos_id"),
                        int(meta["vocab_size"])),
         request.get("delegate", "xnnpack"), request.get("stem"),
-        AdapterSource(**request["adapter"]) if request.get("adapter") else None,
+        AdapterSource(**request["adapter"]) if request.get("adapter") else None, request.get("base_data"),
     )
     return result.as_dict()
 

@@ -67,17 +67,31 @@ def runner_metadata(ctx: BuildContext, max_context: int) -> RunnerMetadata:
                           vocab_size=int(ctx.ckpt.config["vocab_size"]))
 
 
-def cached_pte(ctx: BuildContext, recipe: Recipe, delegate: str, max_context: int) -> PteArtifact:
-    """Return the exported .pte for (checkpoint, recipe, delegate, metadata), exporting it when not cached."""
+@dataclass(frozen=True)
+class FleetMember:
+    """A specialist's export in a fleet: <stem>.pte keeps its adapter, <base_data>.ptd holds only the base's
+    tensors (the same file for every specialist, shipped once)."""
+
+    stem: str
+    base_data: str
+
+
+def cached_pte(ctx: BuildContext, recipe: Recipe, delegate: str, max_context: int,
+               member: FleetMember | None = None) -> PteArtifact:
+    """Return the exported .pte for (checkpoint, recipe, delegate, metadata), exporting it when not cached;
+    `member`: the program of one specialist of a fleet (an adapter recipe), its weights file the base's."""
     metadata = runner_metadata(ctx, max_context)
     key = options_digest("pte", EXPORT_SCHEMA, EXECUTORCH_VERSION, ctx.ckpt_digest, _recipe_key(ctx, recipe),
-                         delegate, dataclasses.asdict(metadata))[:24]
-    label = f"export .pte {recipe.name}" + ("" if delegate == "xnnpack" else f" ({delegate})")
+                         delegate, dataclasses.asdict(metadata),
+                         *([dataclasses.asdict(member)] if member else []))[:24]
+    label = f"export .pte {recipe.name}" + ("" if delegate == "xnnpack" else f" ({delegate})") + (
+        f" ({member.stem}, base apart)" if member else "")
 
     def export(tmp: Path) -> dict[str, Any]:
         request = {"checkpoint": str(ctx.ckpt.folder), "out_dir": str(tmp), "recipe": recipe.name,
                    "delegate": delegate, "metadata": dataclasses.asdict(metadata),
-                   "adapter": dataclasses.asdict(adapter_source(ctx, recipe)) if recipe.adapter else None}
+                   "adapter": dataclasses.asdict(adapter_source(ctx, recipe)) if recipe.adapter else None,
+                   **({"stem": member.stem, "base_data": member.base_data} if member else {})}
         ctx.reporter.say(f"exporting {recipe.name} ({delegate}) with ExecuTorch {EXECUTORCH_VERSION} "
                          "in a child process")
         what = f"ExecuTorch export of {ctx.ckpt.folder} with recipe {recipe.name} ({delegate})"

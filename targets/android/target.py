@@ -27,6 +27,7 @@ from packager.contract import Contract
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
 from packager.errors import BadInputError
 from packager.escaping import slug
+from packager.fleet import Fleet, build_merged_per_specialist
 from packager.ladder import first_passing_rung, rungs_in_order, screen_verdict, task_screened, walked
 from packager.resources import copy_mobile_files
 from packager.scheduler import HeavyStep
@@ -37,6 +38,7 @@ from packager.target_bundle import finish_bundle
 from packager.templating import render_tree
 from packager.verify.result import VerificationResult
 from targets.android.export import ADAPTER_LADDER, AUTO_LADDER, DELEGATES, EXECUTORCH_VERSION, recipe_named
+from targets.android.fleet import SharedBase, shared_base, shared_recipe
 from targets.android.kotlin_check import check_android_files, kotlin_version
 from targets.android.layouts import EXECUTORCH_LAYOUTS, executorch_layout
 from targets.android.litert_engine import VERBATIM_TEMPLATE
@@ -83,7 +85,7 @@ BACKEND_ORDER = ("vulkan", "xnnpack")
 # tries it only when that file is in the model folder.
 NPU_BUNDLE_NAME = "model-npu.litertlm"
 # The bridge's files every app gets, and each runtime's engine (the only file that imports the runtime).
-BRIDGE_FILES = ("Json.kt", "Contract.kt", "Bundle.kt", "EdgeModel.kt")
+BRIDGE_FILES = ("Json.kt", "Contract.kt", "Bundle.kt", "EdgeModel.kt", "EdgeFleet.kt")
 ENGINE_FILES = {"executorch": "ExecuTorchEngine.kt", "litert-lm": "LiteRtLmEngine.kt"}
 
 
@@ -134,9 +136,6 @@ class AndroidTarget:
     status: ClassVar[str] = "ready"
     # Ships a .pte, no GGUF.
     default_quant: ClassVar[str | None] = None
-    # A fleet ships each specialist merged here (packager.fleet): why its runtime cannot take adapters.
-    merged_specialists_reason: ClassVar[str] = (
-        "ExecuTorch LoRA programs sharing one foundation weights file are not built by edgepack yet")
     # Seconds of a cold build of Gemma 3 270M with the example's eval set (measured 2026-12);
     # most of it: screens, ExecuTorch export and the .pte run on the eval set.
     expected_seconds: ClassVar[float] = 1400
@@ -190,6 +189,56 @@ class AndroidTarget:
             litert = work.start("LiteRT-LM bundle", lambda: self._build_litert(ctx, out_dir))
             return self._build_executorch(ctx, out_dir, litert)
 
+    def build_fleet(self, fleet: Fleet, out_dir: Path) -> TargetResult:
+        """One base .ptd and a .pte per specialist, each verified with that base (targets.android.fleet); each
+        specialist whole, in its own folder and saying why, where a shared base cannot apply."""
+        recipe = shared_recipe(fleet.base.options.for_target(self))
+        shared = recipe if isinstance(recipe, str) else shared_base(fleet, recipe, self.name,
+                                                                    fleet.base.options.no_gate)
+        if isinstance(shared, str):
+            fleet.base.reporter.say(f"android: each specialist ships as a whole model: {shared}")
+            return build_merged_per_specialist(self, fleet, out_dir, self.build, reason=shared)
+        return self._fleet_bundle(fleet, shared, out_dir)
+
+    def _fleet_bundle(self, fleet: Fleet, shared: SharedBase, out_dir: Path) -> TargetResult:
+        """Place the base once, each specialist's program and the tokenizer; edgepack.json lists the specialists,
+        each with its program, runner settings and contract."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        place_artifact(shared.base_ptd, out_dir / shared.base_file)
+        place_artifact(shared.tokenizer_json, out_dir / "tokenizer.json")
+        entries, verifications, served, backends = [], [], {}, []
+        for specialist in fleet.specialists:
+            program = shared.programs[specialist.name]
+            place_artifact(program.pte, out_dir / program.pte.name)
+            verification = shared.verifications[specialist.name].shipped_as(
+                self.name, [program.pte.name, shared.base_file])
+            verifications.append(verification)
+            served[verification.artifact] = specialist.name
+            backend = {"runtime": "executorch", "backend": "xnnpack", "pte": program.pte.name,
+                       "ptd": shared.base_file, "experimental": False, "verification": verification.level,
+                       "size_mb": round(program.pte.stat().st_size / 2**20, 1)}
+            backends.append(backend)
+            entries.append({"name": specialist.name,
+                            "runner": self._runner(specialist.ctx, program, shared.tokenizer_json),
+                            "backends": [{k: v for k, v in backend.items() if k != "size_mb"}],
+                            "contract": specialist.ctx.contract.as_dict()})
+        recipe = shared.recipe
+        checks, bridge = self._scaffold(fleet.specialists[0].ctx, out_dir, backends, ("executorch",), verifications,
+                                        recipe.name, recipe.summary, fleet=fleet)
+        first = shared.programs[fleet.specialists[0].name]
+        sections = {
+            "model": {"name": fleet.base.options.name or fleet.base.ckpt.name, "recipe": recipe.name,
+                      "recipe_summary": recipe.summary, "format": "pte", "ptd": shared.base_file,
+                      "quantization": first.export["metadata"].get("quantization", {})},
+            "tokenizer": "tokenizer.json",
+            "specialists": entries,
+        }
+        notes = [shared.note(EXECUTORCH_VERSION)]
+        return finish_bundle(out_dir, self, sections, verifications, checks, notes=notes, copies=(ASSET,),
+                             extra={"recipe": recipe.name, "fleet_base": shared.base_file,
+                                    "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]},
+                             specialists=served)
+
     def _build_litert_app(self, ctx: BuildContext, out_dir: Path, litert: LitertBuilt) -> TargetResult:
         """The .litertlm alone, with an app that links LiteRT-LM only (its bundle holds the tokenizer)."""
         artifact, verification, notes, section = litert
@@ -227,13 +276,17 @@ class AndroidTarget:
 
     def _scaffold(self, ctx: BuildContext, out_dir: Path, backends: list[dict[str, Any]], runtimes: tuple[str, ...],
                   verifications: list[VerificationResult], recipe: str,
-                  recipe_summary: str) -> tuple[list[ScaffoldCheck], list[Path]]:
-        """Render the sample app and copy the bridge (with the linked runtimes' engines); return checks, bridge."""
-        model_name = ctx.options.name or ctx.ckpt.name
-        first_row = ctx.eval_rows[0] if ctx.eval_rows else None
-        rendered = render_tree("android", out_dir / APP_DIR, self._context(ctx, model_name, recipe, recipe_summary,
-                                                                           backends, first_row, verifications,
-                                                                           runtimes))
+                  recipe_summary: str, fleet: Fleet | None = None) -> tuple[list[ScaffoldCheck], list[Path]]:
+        """Render the sample app and copy the bridge (with the linked runtimes' engines); return checks, bridge.
+        A fleet's app offers each specialist, with its own sample input."""
+        model_name = fleet.base.options.name or fleet.base.ckpt.name if fleet else ctx.options.name or ctx.ckpt.name
+        picks = ([(s.name, s.ctx) for s in fleet.specialists] if fleet else [(model_name, ctx)])
+        specialists = [{"name": name, "task": c.contract.task, "labels": list(c.contract.labels or []),
+                        "instruction": c.eval_rows[0].instruction if c.eval_rows else "",
+                        "sample_input": c.eval_rows[0].input if c.eval_rows else "Hello!"} for name, c in picks]
+        context = self._context(ctx, model_name, recipe, recipe_summary, backends, verifications, runtimes)
+        rendered = render_tree("android", out_dir / APP_DIR, {**context, "specialists": specialists,
+                                                              "fleet": fleet is not None})
         bridge = copy_bridge(out_dir / BRIDGE_DIR, runtimes)
         checks = check_generated_files(rendered, out_dir)
         checks += remembered_checks("check_android_files", rendered + bridge, out_dir, check_android_files)
@@ -313,16 +366,7 @@ class AndroidTarget:
             runtimes = ("litert-lm", "executorch")
 
         contract = ctx.contract
-        bos_id, pieces = runner_tokens(ctx, tokenizer_json, list(contract.eos_ids))
-        runner = {
-            "num_bos": 1 if contract.add_bos and contract.bos_id is not None else 0,
-            "bos_id": bos_id,
-            "eos_ids": list(contract.eos_ids),
-            "eos_pieces": pieces,
-            "max_context": max_context,
-            "max_seq_len": int(artifact.export["metadata"]["get_max_seq_len"]),
-            "temperature": 0.0,
-        }
+        runner = self._runner(ctx, artifact, tokenizer_json)
         checks, bridge = self._scaffold(ctx, out_dir, backends, runtimes, verifications, artifact.recipe.name,
                                         artifact.recipe.summary)
         model_name = ctx.options.name or ctx.ckpt.name
@@ -355,6 +399,21 @@ class AndroidTarget:
         return finish_bundle(out_dir, self, sections, verifications, checks, notes=notes, copies=(ASSET,),
                              extra={"recipe": artifact.recipe.name, "export": artifact.export,
                                     "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge], **extra})
+
+    @staticmethod
+    def _runner(ctx: BuildContext, artifact: PteArtifact, tokenizer_json: Path) -> dict[str, Any]:
+        """edgepack.json's runner settings for a .pte: what LlmModule's generate is given."""
+        contract = ctx.contract
+        bos_id, pieces = runner_tokens(ctx, tokenizer_json, list(contract.eos_ids))
+        return {
+            "num_bos": 1 if contract.add_bos and contract.bos_id is not None else 0,
+            "bos_id": bos_id,
+            "eos_ids": list(contract.eos_ids),
+            "eos_pieces": pieces,
+            "max_context": int(artifact.export["metadata"]["get_max_context_len"]),
+            "max_seq_len": int(artifact.export["metadata"]["get_max_seq_len"]),
+            "temperature": 0.0,
+        }
 
     def _choose(self, ctx: BuildContext, max_context: int, tokenizer_json: Path) -> tuple[
             PteArtifact, VerificationResult, list[str]]:
@@ -407,7 +466,7 @@ class AndroidTarget:
                 "size_mb": round(artifact.megabytes, 1)}
 
     def _context(self, ctx: BuildContext, model_name: str, recipe: str, recipe_summary: str,
-                 backends: list[dict[str, Any]], first_row: Any, verifications: list[VerificationResult],
+                 backends: list[dict[str, Any]], verifications: list[VerificationResult],
                  runtimes: tuple[str, ...]) -> dict[str, Any]:
         contract = ctx.contract
         constraint = engine_constraint(contract)
@@ -431,10 +490,7 @@ class AndroidTarget:
             "backends": backends,
             "tokenizer_file": "tokenizer.json",
             "task": contract.task,
-            "labels": list(contract.labels or []),
             "response_format_type": constraint["response_format"]["type"] if constraint else "",
-            "instruction": first_row.instruction if first_row else "",
-            "sample_input": first_row.input if first_row else "Hello!",
             "verification_rows": [v.summary_row(v.artifact.rsplit("/", 1)[-1]) for v in verifications],
             "edgepack_version": __version__,
         }

@@ -73,11 +73,44 @@ data class BundleManifest(
     companion object {
         /** Parse edgepack.json's text; a damaged or foreign file raises ContractFormatError naming the field. */
         fun parse(text: String): BundleManifest {
-            val root = parseJson(text) as? JsonValue.Obj ?: throw ContractFormatError("edgepack.json: not a JSON object")
-            val runner = obj(root, "runner")
-            val model = obj(root, "model")
+            val root = root(text)
+            return fromSection(str(obj(root, "model"), "name"), root, root)
+        }
+
+        /**
+         * The models a bundle offers by name: a fleet's specialists (edgepack.json's `specialists`, each with
+         * its own programs, runner settings and contract over the bundle's shared files), or the one model of
+         * any other bundle under its name.
+         */
+        fun parseFleet(text: String): Map<String, BundleManifest> {
+            val root = root(text)
+            val specialists = root.fields["specialists"] ?: return mapOf(str(obj(root, "model"), "name") to parse(text))
+            val items = (specialists as? JsonValue.Arr)?.items ?: throw ContractFormatError("edgepack.json: \"specialists\" must be a list")
+            if (items.isEmpty()) throw ContractFormatError("edgepack.json: specialists is empty")
+            val byName = LinkedHashMap<String, BundleManifest>()
+            for (item in items) {
+                val entry = item as? JsonValue.Obj ?: throw ContractFormatError("edgepack.json: specialists[] must hold objects")
+                val name = str(entry, "name")
+                if (byName.put(name, fromSection(name, entry, root)) != null) {
+                    throw ContractFormatError("edgepack.json: specialist \"$name\" is listed twice")
+                }
+            }
+            return byName
+        }
+
+        private fun root(text: String): JsonValue.Obj =
+            parseJson(text) as? JsonValue.Obj ?: throw ContractFormatError("edgepack.json: not a JSON object")
+
+        // `section` holds the model's runner settings, backends and contract (the document itself, or a fleet's
+        // specialist); `root` the files and tokenizer every model of the bundle shares.
+        private fun fromSection(
+            name: String,
+            section: JsonValue.Obj,
+            root: JsonValue.Obj,
+        ): BundleManifest {
+            val runner = obj(section, "runner")
             val backends =
-                arr(root, "backends").map { item ->
+                arr(section, "backends").map { item ->
                     val entry = item as? JsonValue.Obj ?: throw ContractFormatError("edgepack.json: backends[] must hold objects")
                     // Bundles from before LiteRT-LM list ExecuTorch backends only, without "runtime".
                     val runtime = (entry.fields["runtime"] as? JsonValue.Str)?.value ?: EXECUTORCH
@@ -106,13 +139,13 @@ data class BundleManifest(
                     path to FileEntry(path, int(entry, "bytes"), str(entry, "sha256"))
                 }
             return BundleManifest(
-                name = str(model, "name"),
+                name = name,
                 backends = backends,
                 tokenizer = (root.fields["tokenizer"] as? JsonValue.Str)?.value,
                 numBos = int(runner, "num_bos").toInt(),
                 maxContext = int(runner, "max_context").toInt(),
                 eosPieces = arr(runner, "eos_pieces").map { (it as? JsonValue.Str)?.value ?: "" },
-                contract = contractFromJson(root.fields["contract"] ?: JsonValue.Null),
+                contract = contractFromJson(section.fields["contract"] ?: JsonValue.Null),
                 files = files,
             )
         }

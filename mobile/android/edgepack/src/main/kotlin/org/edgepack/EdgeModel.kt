@@ -113,8 +113,15 @@ class EdgeModel private constructor(
             modelDir: File,
             factory: EngineFactory,
             warmUp: Boolean = true,
+        ): EdgeModel = open(BundleManifest.parse(File(modelDir, "edgepack.json").readText()), modelDir, factory, warmUp)
+
+        /** Open an already-parsed model of the bundle in modelDir (EdgeFleet's specialists), trying backends in order. */
+        fun open(
+            manifest: BundleManifest,
+            modelDir: File,
+            factory: EngineFactory,
+            warmUp: Boolean = true,
         ): EdgeModel {
-            val manifest = BundleManifest.parse(File(modelDir, "edgepack.json").readText())
             val model = EdgeModel(manifest, modelDir, factory, manifest.backends, mutableListOf())
             model.openNext(warmUp)
             return model

@@ -8,9 +8,8 @@ import android.widget.LinearLayout
 import android.widget.ScrollView
 import android.widget.TextView
 import org.edgepack.Answer
-import org.edgepack.BundleManifest
+import org.edgepack.EdgeFleet
 import org.edgepack.EdgeModel
-import org.edgepack.FileEntry
 import org.edgepack.downloadVerified
 import org.edgepack.verifyFile
 import java.io.File
@@ -21,10 +20,16 @@ import kotlin.concurrent.thread
  * Loads the model from the app's storage, runs one input under the task contract, and shows the
  * answer, the decode speed and which backend ran (LiteRT-LM on the NPU, GPU or CPU when the bundle
  * has a .litertlm, an accelerator .pte, then XNNPACK on the CPU: the first that loads and runs).
+ * A fleet's bundle offers a button per specialist: pressing one opens that specialist (its program
+ * over the shared base weights) in place of the one open before.
  */
 class MainActivity : Activity() {
     @Volatile
+    private var fleet: EdgeFleet? = null
+
+    @Volatile
     private var model: EdgeModel? = null
+    private var specialist: Specialist = BundleConfig.SPECIALISTS.first()
     private lateinit var input: EditText
     private lateinit var answer: TextView
     private lateinit var status: TextView
@@ -35,7 +40,7 @@ class MainActivity : Activity() {
         super.onCreate(savedInstanceState)
         title = BundleConfig.MODEL_NAME
         input = EditText(this)
-        input.setText(BundleConfig.SAMPLE_INPUT)
+        input.setText(specialist.sampleInput)
         runButton = Button(this)
         runButton.text = "Run"
         runButton.isEnabled = false
@@ -48,6 +53,14 @@ class MainActivity : Activity() {
         answer = TextView(this)
         val column = LinearLayout(this)
         column.orientation = LinearLayout.VERTICAL
+        if (BundleConfig.SPECIALISTS.size > 1) {
+            for (choice in BundleConfig.SPECIALISTS) {
+                val pick = Button(this)
+                pick.text = choice.name
+                pick.setOnClickListener { switchTo(choice) }
+                column.addView(pick)
+            }
+        }
         for (view in listOf(input, runButton, cancelButton, status, answer)) {
             column.addView(view)
         }
@@ -58,7 +71,8 @@ class MainActivity : Activity() {
     }
 
     override fun onDestroy() {
-        model?.close()
+        fleet?.close()
+        fleet = null
         model = null
         super.onDestroy()
     }
@@ -70,17 +84,6 @@ class MainActivity : Activity() {
         runOnUiThread { status.text = text }
     }
 
-    // The files of the backends that ran at build time (the CPU ones) and the tokenizer must be there;
-    // an accelerator's file that was not pushed is simply skipped by EdgeModel's fallback.
-    private fun requiredFiles(manifest: BundleManifest): List<FileEntry> {
-        val names = listOfNotNull(manifest.tokenizer).toMutableList()
-        for (backend in manifest.backends.filter { !it.experimental }) {
-            names.add(backend.file)
-            backend.ptd?.let { names.add(it) }
-        }
-        return names.distinct().mapNotNull { manifest.files[it] }
-    }
-
     private fun loadModel() {
         val dir = modelDir()
         show("Checking the model files in ${dir.path} ...")
@@ -89,8 +92,11 @@ class MainActivity : Activity() {
                 dir.mkdirs()
                 val manifestText = assets.open("edgepack.json").use { it.readBytes().decodeToString() }
                 File(dir, "edgepack.json").writeText(manifestText)
-                val manifest = BundleManifest.parse(manifestText)
-                for (entry in requiredFiles(manifest)) {
+                val loadedFleet = EdgeFleet.load(dir, bundleEngines(this))
+                fleet = loadedFleet
+                // The files of the backends that ran at build time (the CPU ones) and the tokenizer must be
+                // there; an accelerator's file that was not pushed is simply skipped by EdgeModel's fallback.
+                for (entry in loadedFleet.requiredFiles()) {
                     if (BundleConfig.DOWNLOAD_BASE_URL.isEmpty()) {
                         verifyFile(dir, entry)
                     } else {
@@ -98,16 +104,41 @@ class MainActivity : Activity() {
                         downloadVerified(url, dir, entry) { done, total -> show("Downloading ${entry.path}: ${done * 100 / total}%") }
                     }
                 }
-                show("Loading the model ...")
-                val loaded = EdgeModel.load(dir, bundleEngines(this))
-                model = loaded
-                val fallback = if (loaded.skipped.isEmpty()) "" else " (skipped: ${loaded.skipped.joinToString("; ")})"
-                runOnUiThread {
-                    status.text = "Ready on ${loaded.backend}$fallback"
-                    runButton.isEnabled = true
-                }
+                openSpecialist(loadedFleet, specialist)
             } catch (e: Exception) {
                 show("Cannot load the model: ${e.message}")
+            }
+        }
+    }
+
+    // On a background thread: open `choice` (closing the specialist open before) and say which backend runs it.
+    private fun openSpecialist(
+        loadedFleet: EdgeFleet,
+        choice: Specialist,
+    ) {
+        show("Loading ${choice.name} ...")
+        model = null
+        val loaded = loadedFleet.use(choice.name)
+        model = loaded
+        specialist = choice
+        val fallback = if (loaded.skipped.isEmpty()) "" else " (skipped: ${loaded.skipped.joinToString("; ")})"
+        runOnUiThread {
+            status.text = "${choice.name} ready on ${loaded.backend}$fallback"
+            runButton.isEnabled = true
+        }
+    }
+
+    private fun switchTo(choice: Specialist) {
+        val loadedFleet = fleet ?: return
+        if (choice.name == loadedFleet.active) return
+        runButton.isEnabled = false
+        input.setText(choice.sampleInput)
+        answer.text = ""
+        thread(name = "edgepack-switch") {
+            try {
+                openSpecialist(loadedFleet, choice)
+            } catch (e: Exception) {
+                show("Cannot load ${choice.name}: ${e.message}")
             }
         }
     }
@@ -120,7 +151,7 @@ class MainActivity : Activity() {
         cancelButton.isEnabled = true
         thread(name = "edgepack-run") {
             try {
-                val result = loaded.run(text, BundleConfig.INSTRUCTION) { piece -> runOnUiThread { answer.append(piece) } }
+                val result = loaded.run(text, specialist.instruction) { piece -> runOnUiThread { answer.append(piece) } }
                 runOnUiThread {
                     answer.text = result.result.text
                     status.text = describe(result)
@@ -140,7 +171,7 @@ class MainActivity : Activity() {
         val generation = result.generation
         val speed = generation.tokensPerSecond?.let { "%.1f tokens/s".format(it) } ?: "speed n/a"
         val error = result.result.error
-        val verdict = if (error == null) "valid ${BundleConfig.TASK} answer" else "contract violation: ${error.code} ${error.path}"
+        val verdict = if (error == null) "valid ${specialist.task} answer" else "contract violation: ${error.code} ${error.path}"
         return "$verdict, $speed, ${generation.tokens} tokens, ran on ${generation.backend} (${generation.finish})"
     }
 }
