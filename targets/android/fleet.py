@@ -14,9 +14,11 @@ specialist whole instead, with the reason this module gives.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
+from packager.beside import beside
 from packager.fingerprint import file_sha256
 from packager.fleet import Fleet, Specialist
 from packager.target import TargetOptionValues
@@ -89,17 +91,27 @@ def shared_base(fleet: Fleet, recipe: Recipe, target_name: str, no_gate: bool) -
         return f"no tokenizer.json for {', '.join(missing)} (ExecuTorch's runner loads only that format)"
     if len({file_sha256(path) for path in tokenizers.values()}) > 1:
         return "the specialists' tokenizer.json files differ, and one bundle ships one tokenizer"
-    programs = {s.name: _export(s, recipe) for s in fleet.specialists}
+    first, rest = fleet.specialists[0], fleet.specialists[1:]
+    tokenizer = tokenizers[first.name]
+
+    def built(specialist: Specialist) -> tuple[PteArtifact, VerificationResult]:
+        program = cached_pte(specialist.ctx, recipe, "xnnpack", specialist.ctx.context_length,
+                             member(specialist.name, recipe))
+        return program, verified_pte(specialist.ctx, program, tokenizer, f"{target_name}/{program.pte.name}")
+
+    # Each specialist's export and run are independent of the others': they go beside when the cores allow.
+    with beside(fleet.base.scheduler.cancel) as work:
+        pending = [(s.name, work.start(f"android fleet: {s.name}", functools.partial(built, s))) for s in rest]
+        done = {first.name: built(first), **{name: p.result() for name, p in pending}}
+    programs = {name: program for name, (program, _) in done.items()}
     bases = {name: file_sha256(p.ptd) for name, p in programs.items()}
     if len(set(bases.values())) > 1:
         described = ", ".join(f"{name} {digest[:12]}" for name, digest in bases.items())
         return (f"the base's weights differ between the specialists' exports ({described}): an adapter may "
                 "replace a base tensor (modules_to_save)")
-    first = fleet.specialists[0].name
-    shared = programs[first].ptd  # byte for byte every program's own base file (checked above)
-    tokenizer = tokenizers[first]
-    verifications = {s.name: verified_pte(s.ctx, programs[s.name], tokenizer,
-                                          f"{target_name}/{programs[s.name].pte.name}") for s in fleet.specialists}
+    # Each program ran over its own export's base file, byte for byte the one shipped (checked above).
+    shared = programs[first.name].ptd
+    verifications = {name: verification for name, (_, verification) in done.items()}
     failed = {name: v for name, v in verifications.items() if not v.passed}
     if failed and not no_gate:
         return "; ".join(f"{name} fails its gate on the shared {recipe.name} base ({'; '.join(v.failures)})"
@@ -107,6 +119,3 @@ def shared_base(fleet: Fleet, recipe: Recipe, target_name: str, no_gate: bool) -
     return SharedBase(recipe, shared, tokenizer, programs, verifications)
 
 
-def _export(specialist: Specialist, recipe: Recipe) -> PteArtifact:
-    ctx = specialist.ctx
-    return cached_pte(ctx, recipe, "xnnpack", ctx.context_length, member(specialist.name, recipe))
