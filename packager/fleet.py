@@ -4,7 +4,7 @@ A product often runs a few narrow fine-tunes of the same small base (a router, a
 Shipped merged, each costs a whole model on the device, and at 4 bits the merge rounds a small
 fine-tune's deltas away. A target whose runtime applies adapters (a `build_fleet` method) ships the base once and one
 adapter per specialist; every other target ships a whole model per specialist (merged, or with its
-adapter apart inside its own program, as Android's and iOS's adapter rungs do), in a folder of its own,
+adapter apart inside its own program, as Android's adapter rung does), in a folder of its own,
 and says why the base is not shared (its class attribute `merged_specialists_reason`).
 
 Each specialist has its own eval set and contract, so each has its own BuildContext (its merged
@@ -164,8 +164,10 @@ def _runtime_adapter(specialist: Specialist) -> RuntimeAdapter:
 
 
 def build_merged_per_specialist(target: Target, fleet: Fleet, out_dir: Path,
-                                build: Callable[[BuildContext, Path], TargetResult]) -> TargetResult:
-    """A target without runtime adapters: each specialist's merged model in out_dir/<name>/, as one result."""
+                                build: Callable[[BuildContext, Path], TargetResult],
+                                reason: str | None = None) -> TargetResult:
+    """A target without runtime adapters: each specialist's merged model in out_dir/<name>/, as one result;
+    `reason`, why the base is not shared in this build (default: the target's `merged_specialists_reason`)."""
     results = [(s.name, build(s.ctx, out_dir / s.name)) for s in fleet.specialists]
     merged = TargetResult(target=target.name)
     for name, result in results:
@@ -178,7 +180,8 @@ def build_merged_per_specialist(target: Target, fleet: Fleet, out_dir: Path,
             merged.specialists[merged.verifications[-1].artifact] = name
         merged.scaffold_checks += [dataclasses.replace(c, file=f"{name}/{c.file}") for c in result.scaffold_checks]
         merged.notes += [f"{name}: {note}" for note in result.notes]
-    reason = getattr(target, "merged_specialists_reason", "its runtime does not apply LoRA adapters in edgepack yet")
+    reason = reason or getattr(target, "merged_specialists_reason",
+                               "its runtime does not apply LoRA adapters in edgepack yet")
     merged.notes.append(f"{target.name} ships each specialist as a whole model, base included, one per "
                         f"specialist in its own folder ({', '.join(fleet.names)}): {reason}.")
     return merged
