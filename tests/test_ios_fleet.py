@@ -139,6 +139,32 @@ def test_the_bridge_loads_a_specialist_by_function_name_and_the_app_picks_one(fl
     assert "EdgeFleet" in (bundle / "app" / "README.md").read_text()
 
 
+def test_each_function_answers_its_own_specialists_eval_set_under_its_own_contract(
+        tiny_gemma: Path, adapters: Path, tmp_path: Path) -> None:
+    """With eval sets, each function answers every row of its specialist's set through its own program (the way
+    EdgeModel.generate drives it), held to that specialist's task gate; the package is the same one."""
+    sizes = {"router": (3, 4), "extractor": (5, 6)}  # rows, max_new_tokens
+    specs = []
+    for name, (rows, new_tokens) in sizes.items():
+        (tmp_path / f"{name}.jsonl").write_text("".join(
+            json.dumps({"instruction": f"{name} {i}", "input": f"input {i}", "output": "x"}) + "\n"
+            for i in range(rows)))
+        specs.append(SpecialistSpec(name, adapters / name, tmp_path / f"{name}.jsonl",
+                                    {"task": "text", "max_new_tokens": new_tokens}))
+    outcome = run_build(BuildRequest(checkpoint=tiny_gemma, targets=["ios"], out=tmp_path / "dist",
+                                     specialists=tuple(specs), options=BuildOptions(context_length=256, no_gate=True)),
+                        Reporter(quiet=True))
+    result = outcome.results[0]
+    assert [v.artifact for v in result.verifications] == [f"ios/{PACKAGE} ({n})" for n in SPECIALISTS]
+    for verification, (rows, _) in zip(result.verifications, sizes.values(), strict=True):
+        assert verification.task is not None and verification.task.rows == rows
+    document = json.loads((tmp_path / "dist" / "ios" / "edgepack.json").read_text())
+    assert {s["name"]: s["contract"]["max_new_tokens"] for s in document["specialists"]} == {
+        name: new_tokens for name, (_, new_tokens) in sizes.items()}
+    build_info = (tmp_path / "dist" / "ios" / "app" / "Sources" / "BuildInfo.swift").read_text()
+    assert '["router": "router 0", "extractor": "extractor 0"]' in build_info
+
+
 def test_a_fleet_whose_compression_merges_ships_each_specialist_merged_and_says_why(
         tiny_gemma: Path, adapters: Path, tmp_path: Path) -> None:
     outcome = _fleet_build(tiny_gemma, adapters, tmp_path / "dist", compression="int8")
