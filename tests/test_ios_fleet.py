@@ -50,6 +50,7 @@ def fleet_bundle(tiny_gemma: Path, adapters: Path) -> tuple[BuildOutcome, Path]:
 def test_a_fleet_ships_one_package_with_a_function_per_specialist_each_simulated_and_gated(fleet_bundle) -> None:
     import coremltools as ct
 
+    from packager.errors import InternalError
     from targets.ios.mil_interpreter import load_program
     from targets.ios.multifunction import function_names
 
@@ -70,6 +71,8 @@ def test_a_fleet_ships_one_package_with_a_function_per_specialist_each_simulated
         # Each is held to llama.cpp's Q4_K_M of its own merged model (the 4-bit gate), on every golden position.
         assert "llama.cpp Q4_K_M" in verification.gate and verification.metrics.positions > 1000
         assert verification.metrics.top1 >= 0.9
+    with pytest.raises(InternalError, match="no function 'nope'; it has router, extractor"):
+        load_program(bundle / PACKAGE, "nope")
     # Each function, loaded alone, has the inputs and states swift-transformers drives.
     for name in SPECIALISTS:
         _, alone = load_program(bundle / PACKAGE, name)

@@ -65,7 +65,7 @@ def load_program(package: Path, function: str | None = None) -> tuple[Any, Any]:
     from targets.ios.multifunction import function_spec
 
     with _LOADING:
-        model = ct.models.MLModel(str(package), skip_model_load=True, function_name=function)
+        model = ct.models.MLModel(str(package), skip_model_load=True)
         spec = model.get_spec() if function is None else function_spec(model.get_spec(), function)
         return milproto_load(spec, spec.specificationVersion, model.weights_dir), spec
 

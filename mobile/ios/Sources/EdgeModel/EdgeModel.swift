@@ -117,7 +117,9 @@ public final class EdgeModel: ContractModel, @unchecked Sendable {
     {
         cancelFlag.reset()
         var ids = tokenizer.encode(text: prompt, addSpecialTokens: false)
-        if manifest.runner.addBos, let bos = manifest.runner.bosId {
+        // BOS and stop ids from the contract (a fleet's specialist's own): edgepack.json's runner repeats a single
+        // model's, and the build verified each specialist with its own.
+        if contract.addBos, let bos = contract.bosId {
             ids.insert(bos, at: 0)
         }
         let limit = manifest.runner.maxContext
@@ -129,7 +131,7 @@ public final class EdgeModel: ContractModel, @unchecked Sendable {
         var finish = "context_full"
         let start = Date()
         while ids.count + generated.count < limit {
-            if manifest.runner.eosIds.contains(next) {
+            if contract.eosIds.contains(next) {
                 finish = "eos"
                 break
             }
