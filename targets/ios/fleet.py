@@ -30,8 +30,7 @@ from targets.ios.convert import COREMLTOOLS_VERSION, EXPORT_SCHEMA, ExportReques
 from targets.ios.stages import CONVERSION, CoreMLExport, cached_export, export_request, verified_package
 
 if TYPE_CHECKING:
-    from packager.fleet import Fleet
-    from packager.stages import BuildContext
+    from packager.fleet import Fleet, Specialist
     from packager.verify.result import VerificationResult
 
 # The rung whose packages share their base: the base at 4 bits, each adapter apart in fp16.
@@ -77,10 +76,10 @@ def _mb(size: int) -> str:
     return f"{size / 2**20:.1f} MB" if size >= 2**20 else f"{size / 2**10:.0f} KB"
 
 
-def fleet_package(fleet: Fleet, max_context: int, fp16_rewrites: bool, gate_of: Callable[[BuildContext], Any],
+def fleet_package(fleet: Fleet, max_context: int, fp16_rewrites: bool, gate_of: Callable[[Specialist], Any],
                   artifact_of: Callable[[str, str], str]) -> FleetPackage:
     """Convert every specialist with the fleet's shared fp16 rewrites and base calibration, assemble their
-    packages as the functions of one, and simulate each function; `gate_of(ctx)` is a specialist's gate,
+    packages as the functions of one, and simulate each function; `gate_of(specialist)` is its gate,
     `artifact_of(package, name)` its function's artifact name."""
     plan = shared_fp16_plan(fleet, max_context, fp16_rewrites)
     exports = {s.name: cached_export(s.ctx, export_request(s.ctx, [SHARED_COMPRESSION], max_context, fp16_rewrites,
@@ -88,7 +87,7 @@ def fleet_package(fleet: Fleet, max_context: int, fp16_rewrites: bool, gate_of: 
                for s in fleet.specialists}
     views, package, assembly = assembled(fleet, exports)
     functions = [FleetFunction(s.name, views[s.name], verified_package(
-        s.ctx, views[s.name], SHARED_COMPRESSION, artifact_of(package.name, s.name), gate_of(s.ctx), function=s.name))
+        s.ctx, views[s.name], SHARED_COMPRESSION, artifact_of(package.name, s.name), gate_of(s), function=s.name))
         for s in fleet.specialists]
     return FleetPackage(package, assembly, plan, functions)
 
@@ -112,8 +111,11 @@ def shared_fp16_plan(fleet: Fleet, max_context: int, fp16_rewrites: bool) -> dic
                                what, claim)
         return result["fp16_plan"]
 
+    def describe(plan: dict[str, Any]) -> str:
+        return f"residual / {plan['residual_scale']:g}, MLP scales up to {max(plan['mlp_scales'] or [1]):g}"
+
     entry = base.stage_cache.entry("coreml-fleet-plan", key, f"size the fp16 rewrites of {len(requests)} "
-                                   "specialists", sized)
+                                   "specialists", sized, describe=describe)
     return entry.value
 
 

@@ -32,6 +32,7 @@ from packager.codecheck import check_generated_files, remembered_checks
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
 from packager.errors import BadInputError
 from packager.escaping import slug
+from packager.fingerprint import files_digest
 from packager.fleet import Fleet, build_merged_per_specialist
 from packager.ladder import first_passing_rung, rungs_in_order, screen_verdict, task_screened, walked
 from packager.resources import copy_mobile_files
@@ -256,8 +257,9 @@ class IosTarget:
             return f"--ios-format {options.get('format')}: Core AI .aimodel files have no shared-weights form here"
         if options.get("ane_head"):
             return "--ane-head: the Neural Engine variant is built per model, not for a fleet"
-        tokenizers = {tuple(_file_bytes(s.ctx.ckpt.folder / name) for name in TOKENIZER_FILES)
-                      for s in fleet.specialists}
+        for specialist in fleet.specialists:
+            self._check_tokenizer(specialist.ctx)
+        tokenizers = {files_digest([s.ctx.ckpt.folder / name for name in TOKENIZER_FILES]) for s in fleet.specialists}
         if len(tokenizers) > 1:
             return "the specialists' tokenizer files differ, and one package is driven through one tokenizer"
         return None
@@ -265,14 +267,11 @@ class IosTarget:
     def _fleet_package(self, fleet: Fleet) -> tuple[FleetPackage, dict[str, list[str]]]:
         """The shared package, converted for the longest context any specialist needs, and each specialist's
         gate notes (its Q4_K_M baseline, when that is its gate)."""
-        for specialist in fleet.specialists:
-            self._check_tokenizer(specialist.ctx)
         gate_notes: dict[str, list[str]] = {s.name: [] for s in fleet.specialists}
-        by_context = {id(s.ctx): s.name for s in fleet.specialists}
         max_context = max(s.ctx.context_length for s in fleet.specialists)
         shared = fleet_package(
             fleet, max_context, fleet.base.options.for_target(self).get("fp16_rewrites"),
-            lambda ctx: self._gate(ctx, SHARED_COMPRESSION, gate_notes[by_context[id(ctx)]]),
+            lambda specialist: self._gate(specialist.ctx, SHARED_COMPRESSION, gate_notes[specialist.name]),
             lambda package, name: f"{self.name}/{package} ({name})")
         return shared, gate_notes
 
@@ -629,10 +628,6 @@ def _first_row(ctx: BuildContext) -> dict[str, str]:
     """The app's example: the first eval row's instruction and input."""
     row = ctx.eval_rows[0] if ctx.eval_rows else None
     return {"instruction": row.instruction if row else "", "sample_input": row.input if row else "Hello!"}
-
-
-def _file_bytes(path: Path) -> bytes:
-    return path.read_bytes() if path.is_file() else b""
 
 
 def _place_artifact(src: str, dest: str) -> None:
