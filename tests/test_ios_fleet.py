@@ -185,7 +185,7 @@ def test_a_function_failing_its_gate_sends_the_fleet_back_to_merged_specialists(
 
     import targets.ios.target as ios
 
-    failing = SimpleNamespace(name="extractor", verification=SimpleNamespace(passed=False, failures=["top-1 0.5"]))
+    failing = SimpleNamespace(name="extractor", verifications=[SimpleNamespace(passed=False, failures=["top-1 0.5"])])
     shared = SimpleNamespace(failed=[failing])
     asked: dict[str, str] = {}
 

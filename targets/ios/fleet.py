@@ -46,6 +46,12 @@ class FleetFunction:
     name: str
     export: CoreMLExport
     verification: VerificationResult
+    # On macOS, the same function run in Core ML itself (level `executed`); None elsewhere.
+    executed: VerificationResult | None = None
+
+    @property
+    def verifications(self) -> list[VerificationResult]:
+        return [self.verification, *([self.executed] if self.executed else [])]
 
 
 @dataclass
@@ -60,7 +66,7 @@ class FleetPackage:
 
     @property
     def failed(self) -> list[FleetFunction]:
-        return [f for f in self.functions if not f.verification.passed]
+        return [f for f in self.functions if not all(v.passed for v in f.verifications)]
 
     def size_note(self) -> str:
         """The package's bytes next to its single-function sources': what sharing the base saved."""
@@ -77,18 +83,25 @@ def _mb(size: int) -> str:
 
 
 def fleet_package(fleet: Fleet, max_context: int, fp16_rewrites: bool, gate_of: Callable[[Specialist], Any],
-                  artifact_of: Callable[[str, str], str]) -> FleetPackage:
+                  artifact_of: Callable[[str, str], str], executed: bool = False) -> FleetPackage:
     """Convert every specialist with the fleet's shared fp16 rewrites and base calibration, assemble their
-    packages as the functions of one, and simulate each function; `gate_of(specialist)` is its gate,
-    `artifact_of(package, name)` its function's artifact name."""
+    packages as the functions of one, and simulate each function (with `executed`, on macOS, also run it in Core
+    ML); `gate_of(specialist)` is its gate, `artifact_of(package, how)` the artifact name of a function checked
+    `how` (its name, or its name and the runtime)."""
     plan = shared_fp16_plan(fleet, max_context, fp16_rewrites)
     exports = {s.name: cached_export(s.ctx, export_request(s.ctx, [SHARED_COMPRESSION], max_context, fp16_rewrites,
                                                            fp16_plan=plan, base_importance=True))
                for s in fleet.specialists}
     views, package, assembly = assembled(fleet, exports)
-    functions = [FleetFunction(s.name, views[s.name], verified_package(
-        s.ctx, views[s.name], SHARED_COMPRESSION, artifact_of(package.name, s.name), gate_of(s), function=s.name))
-        for s in fleet.specialists]
+
+    def verified(specialist: Specialist, in_core_ml: bool) -> VerificationResult:
+        how = f"{specialist.name}, Core ML" if in_core_ml else specialist.name
+        return verified_package(specialist.ctx, views[specialist.name], SHARED_COMPRESSION,
+                                artifact_of(package.name, how), gate_of(specialist), executed=in_core_ml,
+                                function=specialist.name)
+
+    functions = [FleetFunction(s.name, views[s.name], verified(s, False), verified(s, True) if executed else None)
+                 for s in fleet.specialists]
     return FleetPackage(package, assembly, plan, functions)
 
 

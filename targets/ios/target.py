@@ -242,7 +242,8 @@ class IosTarget:
             if not shared.failed or fleet.base.options.no_gate:
                 return self._fleet_bundle(fleet, shared, gate_notes, out_dir)
             reason = "in the shared package " + "; ".join(
-                f"{f.name} failed its gate ({'; '.join(f.verification.failures)})" for f in shared.failed)
+                f"{f.name} failed its gate ({'; '.join(x for v in f.verifications for x in v.failures)})"
+                for f in shared.failed)
         return build_merged_per_specialist(self, fleet, out_dir, self.build,
                                            reason=f"one package sharing the base was not shipped: {reason}")
 
@@ -272,7 +273,8 @@ class IosTarget:
         shared = fleet_package(
             fleet, max_context, fleet.base.options.for_target(self).get("fp16_rewrites"),
             lambda specialist: self._gate(specialist.ctx, SHARED_COMPRESSION, gate_notes[specialist.name]),
-            lambda package, name: f"{self.name}/{package} ({name})")
+            lambda package, how: f"{self.name}/{package} ({how})",
+            executed=coreml_runtime_available())  # macOS: each function also runs in Core ML itself
         return shared, gate_notes
 
     def _fleet_bundle(self, fleet: Fleet, shared: FleetPackage, gate_notes: dict[str, list[str]],
@@ -291,7 +293,7 @@ class IosTarget:
                     "summary": compression_named(SHARED_COMPRESSION).summary,
                     "lm_head_chunk": conversion.lm_head_chunk, "neural_engine_variant": False,
                     "functions": [f.name for f in shared.functions]}]
-        verifications = [f.verification for f in shared.functions]
+        verifications = [v for f in shared.functions for v in f.verifications]
         notes = [shared.size_note()]
         for function in shared.functions:
             notes += [f"{function.name}: {note}"
@@ -316,7 +318,7 @@ class IosTarget:
             "tokenizer": list(TOKENIZER_FILES),
             "contract": fleet.base.contract.as_dict(),
         }
-        served = {v.artifact: f.name for v, f in zip(verifications, shared.functions, strict=True)}
+        served = {v.artifact: f.name for f in shared.functions for v in f.verifications}
         return finish_bundle(out_dir, self, sections, verifications, checks, notes=notes,
                              extra={"compression": SHARED_COMPRESSION, "fleet_package": shared.assembly,
                                     "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]},
