@@ -73,7 +73,8 @@ class FleetPackage:
         sources = self.assembly["sources"]
         whole = sum(source["bytes"] for source in sources.values())
         each = ", ".join(f"{name} {_mb(source['bytes'])}" for name, source in sources.items())
-        return (f"{self.package.name}: {len(sources)} functions sharing one base, {_mb(self.assembly['bytes'])} "
+        functions = "1 function" if len(sources) == 1 else f"{len(sources)} functions sharing one base"
+        return (f"{self.package.name}: {functions}, {_mb(self.assembly['bytes'])} "
                 f"(weight.bin {_mb(self.assembly['weight_bytes'])}); the same specialists as separate packages: "
                 f"{_mb(whole)} ({each})")
 
