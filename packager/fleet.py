@@ -4,7 +4,7 @@ A product often runs a few narrow fine-tunes of the same small base (a router, a
 Shipped merged, each costs a whole model on the device, and at 4 bits the merge rounds a small
 fine-tune's deltas away. A target whose runtime applies adapters (a `build_fleet` method) ships the base once and one
 adapter per specialist; every other target ships a whole model per specialist (merged, or with its
-adapter apart inside its own program, as Android's and iOS's adapter rungs do), in a folder of its own,
+adapter apart inside its own program, as Android's adapter rung does), in a folder of its own,
 and says why the base is not shared (its class attribute `merged_specialists_reason`).
 
 Each specialist has its own eval set and contract, so each has its own BuildContext (its merged
@@ -166,8 +166,8 @@ def _runtime_adapter(specialist: Specialist) -> RuntimeAdapter:
 def build_merged_per_specialist(target: Target, fleet: Fleet, out_dir: Path,
                                 build: Callable[[BuildContext, Path], TargetResult],
                                 reason: str | None = None) -> TargetResult:
-    """A target without runtime adapters (or whose shared form does not apply to this fleet, `reason`): each
-    specialist's merged model in out_dir/<name>/, as one result."""
+    """A target without runtime adapters: each specialist's merged model in out_dir/<name>/, as one result;
+    `reason`, why the base is not shared in this build (default: the target's `merged_specialists_reason`)."""
     results = [(s.name, build(s.ctx, out_dir / s.name)) for s in fleet.specialists]
     merged = TargetResult(target=target.name)
     for name, result in results:

@@ -622,7 +622,7 @@ def _app_context(**overrides) -> dict:
         "swift_transformers_version": "1.0.0", "deployment_target": "18.0", "task": "labels",
         "labels": ["a"], "instruction": "", "sample_input": "hi", "verification_rows": [],
         "edgepack_version": "0.1.0", "coreai_asset": "", "coreai_summary": "", "coreai_models_version": "1.0.0",
-        "runtime_note": "Core ML package (iOS 18+).",
+        "runtime_note": "Core ML package (iOS 18+).", "specialists": [],
     }
     return {**context, **overrides}
 

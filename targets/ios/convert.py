@@ -136,6 +136,11 @@ class ExportRequest:
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
     # A LoRA input's packager.adapter.AdapterSource (as a dict): its adapted linears keep the adapter apart.
     adapter: dict[str, Any] | None = None
+    # A fleet's specialists (targets.ios.fleet) store their base in the same bytes, so that one multifunction
+    # package holds it once: the fp16 rewrites given (Fp16Plan.as_dict, sized for every specialist) instead of
+    # sized on this model, and the quantizer's column weights measured on this checkpoint folder (the base's).
+    fp16_plan: dict[str, Any] | None = None
+    importance_from: str | None = None
 
 
 def load_source(folder: Path) -> tuple[Any, Any, dict[str, Any]]:
@@ -164,9 +169,22 @@ def column_importance(model: Any, folder: Path) -> dict[str, Any]:
     return {key: value.numpy() for name, value in stats.items() if (key := decoder_linear_key(name))}
 
 
+def shared_importance(folder: Path) -> dict[str, Any]:
+    """column_importance of the checkpoint in `folder` (a fleet's base), loaded and freed before the converted
+    model is: every specialist then quantizes the base's weights with the same column weights."""
+    from packager.verify.fp32_model import load_fp32_whole
+
+    base = load_fp32_whole(folder, "eager")
+    importance = column_importance(base, folder)
+    del base
+    release_free_memory()
+    return importance
+
+
 def plan_fp16(model: Any, spec: Any, config: dict[str, Any], request: ExportRequest,
               lora: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-    """Size the exact rewrites from measured ranges; return the plan and the ranges before/after."""
+    """Size the exact rewrites from measured ranges (or take the request's given plan, measuring the ranges it
+    leaves); return the plan and the ranges before/after."""
     import torch
 
     from targets.ios.model import FP16_BUDGET, Fp16Plan, StatefulDecoder, measure_ranges, plan_rewrites
@@ -186,7 +204,10 @@ def plan_fp16(model: Any, spec: Any, config: dict[str, Any], request: ExportRequ
     before = ranges_with(Fp16Plan(False))
     plan = Fp16Plan(False)
     after = before
-    if request.fp16_rewrites:
+    if request.fp16_plan is not None:
+        plan = Fp16Plan(**request.fp16_plan)
+        after = ranges_with(plan) if plan.enabled else before
+    elif request.fp16_rewrites:
         plan = Fp16Plan(True)
         for _ in range(4):
             after = ranges_with(plan)
@@ -393,15 +414,25 @@ def make_deterministic(package: Path) -> None:
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     entries = manifest["itemInfoEntries"]
     renamed = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, f"edgepack:{item['path']}")) for old, item in entries.items()}
-    root = entries[manifest["rootModelIdentifier"]]
     manifest["itemInfoEntries"] = {renamed[old]: item for old, item in sorted(entries.items(),
                                                                              key=lambda kv: kv[1]["path"])}
     manifest["rootModelIdentifier"] = renamed[manifest["rootModelIdentifier"]]
     manifest_path.write_text(json.dumps(manifest, indent=4) + "\n", encoding="utf-8")
-    spec_path = package / "Data" / root["path"]
+    spec_path = root_spec_path(package)
     spec = Model_pb2.Model()
     spec.ParseFromString(spec_path.read_bytes())
     spec_path.write_bytes(spec.SerializeToString(deterministic=True))
+
+
+def root_spec_path(package: Path) -> Path:
+    """The model spec (protobuf) file of a saved .mlpackage, as its Manifest.json names it."""
+    manifest = json.loads((package / "Manifest.json").read_text(encoding="utf-8"))
+    return package / "Data" / manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]["path"]
+
+
+def package_bytes(package: Path) -> int:
+    """The bytes of every file in a package folder."""
+    return sum(p.stat().st_size for p in package.rglob("*") if p.is_file())
 
 
 def _describe(mlmodel: Any, name: str, compression: Compression, user: dict[str, str]) -> None:
@@ -427,8 +458,11 @@ def export_package(request: ExportRequest) -> dict[str, Any]:
     if any(c.adapter != bool(request.adapter) for c in compressions if c.name != "none"):
         raise InternalError(f"export request {request.compressions} with adapter={bool(request.adapter)}: "
                             "compressions that keep the adapter apart and those that merge it need separate requests")
+    quantized = any(c.linears != "fp16" for c in compressions)
+    importance = shared_importance(Path(request.importance_from)) if quantized and request.importance_from else None
     model, spec, config = load_source(folder)
-    importance = column_importance(model, folder) if any(c.linears != "fp16" for c in compressions) else {}
+    if importance is None:
+        importance = column_importance(model, folder) if quantized else {}
     lora = adapted_base_weights(AdapterSource(**request.adapter)) if request.adapter else None
     plan, ranges = plan_fp16(model, spec, config, request, lora)
     proof = prove_exact(model, spec, config, plan, request, lora)
@@ -479,7 +513,7 @@ def export_package(request: ExportRequest) -> dict[str, Any]:
             make_deterministic(out)
             del mlmodel
             release_free_memory()
-        size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+        size = package_bytes(out)
         packages[compression.name] = {"package": out.name, "summary": compression.summary,
                                       "compressed_weights": compressed, "size_mb": round(size / 2**20, 1),
                                       "seconds": round(time.perf_counter() - stamp, 1)}

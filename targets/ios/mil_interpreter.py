@@ -56,14 +56,17 @@ def kernel(*names: str) -> Callable[[Kernel], Kernel]:
 _LOADING = threading.Lock()
 
 
-def load_program(package: Path) -> tuple[Any, Any]:
-    """Return (MIL program, model spec) of a saved .mlpackage, without loading it into Core ML."""
+def load_program(package: Path, function: str | None = None) -> tuple[Any, Any]:
+    """Return (MIL program, model spec) of a saved .mlpackage, without loading it into Core ML; with `function`,
+    that function of a multifunction package as a package holding it alone (targets.ios.multifunction)."""
     import coremltools as ct
     from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
 
+    from targets.ios.multifunction import function_spec
+
     with _LOADING:
         model = ct.models.MLModel(str(package), skip_model_load=True)
-        spec = model.get_spec()
+        spec = model.get_spec() if function is None else function_spec(model.get_spec(), function)
         return milproto_load(spec, spec.specificationVersion, model.weights_dir), spec
 
 

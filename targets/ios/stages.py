@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from packager.child_stage import run_child
+from packager.errors import InternalError
 from packager.fingerprint import options_digest
 from packager.ladder import EAGER_SCREEN
 from packager.scheduler import CHILD_LIBRARIES, HeavyStep
@@ -107,7 +108,10 @@ class CoreMLExport:
 
 
 def export_request(ctx: BuildContext, compressions: list[str], max_context: int, fp16_rewrites: bool = True,
-                   lm_head_chunk: int = 0) -> ExportRequest:
+                   lm_head_chunk: int = 0, fp16_plan: dict[str, Any] | None = None,
+                   base_importance: bool = False) -> ExportRequest:
+    """The conversion of ctx's checkpoint; a fleet's specialist (targets.ios.fleet) passes the fleet's `fp16_plan`
+    and `base_importance` (quantize with its base's calibration weights), so its base is stored as in the others."""
     contract = ctx.contract
     metadata = {"edgepack.eos_ids": json.dumps(list(contract.eos_ids)),
                 "edgepack.bos_id": "" if contract.bos_id is None else str(contract.bos_id)}
@@ -116,7 +120,16 @@ def export_request(ctx: BuildContext, compressions: list[str], max_context: int,
                          name=ctx.options.name or ctx.ckpt.name, fp16_rewrites=fp16_rewrites,
                          lm_head_chunk=lm_head_chunk, metadata=metadata,
                          adapter=dataclasses.asdict(adapter_source(ctx)) if any(
-                             compression_named(c).adapter for c in compressions) else None)
+                             compression_named(c).adapter for c in compressions) else None,
+                         fp16_plan=fp16_plan, importance_from=str(fleet_base(ctx).ckpt.folder) if base_importance
+                         else None)
+
+
+def fleet_base(ctx: BuildContext) -> BuildContext:
+    """The base's stages of a fleet specialist's context."""
+    if ctx.base is None:
+        raise InternalError(f"{ctx.ckpt.folder} was opened without its fleet's base")
+    return ctx.base
 
 
 def adapter_source(ctx: BuildContext) -> AdapterSource:
@@ -128,9 +141,14 @@ def adapter_source(ctx: BuildContext) -> AdapterSource:
 
 def cached_export(ctx: BuildContext, request: ExportRequest) -> CoreMLExport:
     """Return the converted packages for this request, converting in a child process when not cached."""
-    fields = {k: v for k, v in dataclasses.asdict(request).items() if k not in ("checkpoint", "out_dir", "adapter")}
-    # An adapter kept apart by its files' content, not by where they lie.
+    # A fleet's shared plan and base calibration only when given: a single model's conversions keep their keys.
+    fields = {k: v for k, v in dataclasses.asdict(request).items()
+              if k not in ("checkpoint", "out_dir", "adapter", "importance_from")
+              and not (k == "fp16_plan" and v is None)}
+    # An adapter kept apart, and a base whose calibration weights the quantizer, by their content, not their place.
     fields["adapter"] = adapter_source(ctx).files_sha256 if request.adapter else None
+    if request.importance_from:
+        fields["importance_from"] = fleet_base(ctx).ckpt_digest
     key = options_digest("coreml", EXPORT_SCHEMA, COREMLTOOLS_VERSION, ctx.ckpt_digest, fields)[:24]
     label = f"convert Core ML ({', '.join(request.compressions)})" + (
         "" if request.fp16_rewrites else ", fp16 rewrites OFF") + (
@@ -155,11 +173,13 @@ def cached_export(ctx: BuildContext, request: ExportRequest) -> CoreMLExport:
 
 
 def verified_package(ctx: BuildContext, export: CoreMLExport, compression: str, name: str, gate: Any,
-                     max_positions: int | None = None, executed: bool = False) -> VerificationResult:
+                     max_positions: int | None = None, executed: bool = False,
+                     function: str | None = None) -> VerificationResult:
     """Simulate (or on macOS execute) one package of an export against the fp32 reference and, with an eval
-    set, answer every row through it under the contract, held to the task gate like every other runtime.
+    set, answer every row through it under the contract, held to the task gate like every other runtime;
+    with `function`, that function of a multifunction package (a fleet's, targets.ios.fleet).
 
-    Cached per package content + golden set + gate + level + task, bound to the package's sha256.
+    Cached per package content + function + golden set + gate + level + task, bound to the package's sha256.
     """
     from targets.ios.mil_interpreter import SIMULATOR_VERSION
 
@@ -167,8 +187,9 @@ def verified_package(ctx: BuildContext, export: CoreMLExport, compression: str, 
     task_key = ctx.task_key() if ctx.eval_rows else ""  # the eval set and contract the answers depend on
     key = options_digest("verify-coreml", COREML_VERIFICATION_SCHEMA, SIMULATOR_VERSION, export.key, compression,
                          package, ctx.golden.digest_source(), dataclasses.asdict(gate), max_positions, executed,
-                         task_key)[:24]
-    label = f"{'execute' if executed else 'simulate'} {export.package_name(compression)}"
+                         task_key, *([function] if function else []))[:24]
+    label = f"{'execute' if executed else 'simulate'} {export.package_name(compression)}" + (
+        f" function {function}" if function else "")
 
     def verify() -> VerificationResult:
         rows = f", then answering {len(ctx.eval_rows)} eval rows" if ctx.eval_rows else ""
@@ -177,7 +198,7 @@ def verified_package(ctx: BuildContext, export: CoreMLExport, compression: str, 
         request = {"package": str(export.package(compression)), "artifact": name, "quant": compression,
                    "gate": gate_as_dict(gate), "max_context": export.conversion.max_context,
                    "sliding": export.conversion.sliding_window is not None, "max_positions": max_positions,
-                   "executed": executed}
+                   "executed": executed, "function": function}
         return verified_in_child(ctx, SIMULATION, "targets.ios.verify", request, f"simulating {name}")
 
     result = ctx.stage_cache.record("verify", key, label, verify, encode=VerificationResult.as_dict,

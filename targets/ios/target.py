@@ -32,6 +32,8 @@ from packager.codecheck import check_generated_files, remembered_checks
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
 from packager.errors import BadInputError
 from packager.escaping import slug
+from packager.fingerprint import files_digest
+from packager.fleet import Fleet, build_merged_per_specialist
 from packager.ladder import first_passing_rung, rungs_in_order, screen_verdict, task_screened, walked
 from packager.resources import copy_mobile_files
 from packager.scheduler import HeavyStep
@@ -65,6 +67,7 @@ from targets.ios.coreai_export import (
     coreai_compression_named,
 )
 from targets.ios.coreai_stages import COREAI_HEAVY_STEPS, CoreAIArtifact, cached_aimodel, verified_aimodel
+from targets.ios.fleet import SHARED_COMPRESSION, FleetPackage, fleet_package
 from targets.ios.layouts import COREML_LAYOUTS, coreml_layout
 from targets.ios.stages import (
     HEAVY_STEPS,
@@ -129,9 +132,6 @@ class IosTarget:
     status: ClassVar[str] = "ready"
     # Ships Core ML packages; the Q4_K_M GGUF it gates against is a baseline, named where it is used.
     default_quant: ClassVar[str | None] = None
-    # A fleet ships each specialist merged here (packager.fleet): why its runtime cannot take adapters.
-    merged_specialists_reason: ClassVar[str] = (
-        "Core ML multifunction packages (a function per adapter, base weights shared) are not built by edgepack yet")
     # Seconds of a cold build of Gemma 3 270M with the example's eval set (measured 2026-12);
     # most of it: screens, Core ML conversion and two numpy simulations.
     expected_seconds: ClassVar[float] = 1000
@@ -203,10 +203,7 @@ class IosTarget:
                                 f"{', '.join(COMPRESSIONS)}.")
         if "coreml" in formats and compression_named(options.get("compression")).adapter:
             adapter_source(ctx)  # exit 2 before any work when the input has no adapter to keep apart
-        missing = [f for f in TOKENIZER_FILES if not (ctx.ckpt.folder / f).is_file()]
-        if missing:
-            raise BadInputError(f"{ctx.ckpt.folder}: no {', '.join(missing)}; swift-transformers' AutoTokenizer "
-                                "loads the model folder's tokenizer.json and tokenizer_config.json.")
+        self._check_tokenizer(ctx)
         coreai = self._build_coreai(ctx, out_dir) if "coreai" in formats else None
         if "coreml" not in formats:
             assert coreai is not None
@@ -225,6 +222,107 @@ class IosTarget:
                                         "coreai_export": artifact.export,
                                         "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]})
         return self._build_coreml(ctx, out_dir, coreai)
+
+    @staticmethod
+    def _check_tokenizer(ctx: BuildContext) -> None:
+        missing = [f for f in TOKENIZER_FILES if not (ctx.ckpt.folder / f).is_file()]
+        if missing:
+            raise BadInputError(f"{ctx.ckpt.folder}: no {', '.join(missing)}; swift-transformers' AutoTokenizer "
+                                "loads the model folder's tokenizer.json and tokenizer_config.json.")
+
+    def build_fleet(self, fleet: Fleet, out_dir: Path) -> TargetResult:
+        """One multifunction package: a function per specialist (its adapter apart in fp16) over one 4-bit base
+        stored once (targets.ios.fleet), each function simulated against its specialist's fp32 merged model under
+        that specialist's gates. Where that form cannot apply (options asking for another format, specialists
+        with different tokenizers, a function failing its gate), each specialist ships merged in its own folder,
+        as before, and the report says why."""
+        reason = self._shared_base_refused(fleet)
+        if reason is None:
+            shared, gate_notes = self._fleet_package(fleet)
+            if not shared.failed or fleet.base.options.no_gate:
+                return self._fleet_bundle(fleet, shared, gate_notes, out_dir)
+            reason = "in the shared package " + "; ".join(
+                f"{f.name} failed its gate ({'; '.join(x for v in f.verifications for x in v.failures)})"
+                for f in shared.failed)
+        return build_merged_per_specialist(self, fleet, out_dir, self.build,
+                                           reason=f"one package sharing the base was not shipped: {reason}")
+
+    def _shared_base_refused(self, fleet: Fleet) -> str | None:
+        """Why this build's options or specialists leave no shared-base package, or None."""
+        options = fleet.base.options.for_target(self)
+        compression = options.get("compression")
+        if compression not in ("int4", SHARED_COMPRESSION):
+            return (f"--compression {compression} merges each adapter into its base; the shared base keeps each "
+                    f"adapter apart ({SHARED_COMPRESSION}, the default for a fleet)")
+        if options.get("format") != "coreml":
+            return f"--ios-format {options.get('format')}: Core AI .aimodel files have no shared-weights form here"
+        if options.get("ane_head"):
+            return "--ane-head: the Neural Engine variant is built per model, not for a fleet"
+        for specialist in fleet.specialists:
+            self._check_tokenizer(specialist.ctx)
+        tokenizers = {files_digest([s.ctx.ckpt.folder / name for name in TOKENIZER_FILES]) for s in fleet.specialists}
+        if len(tokenizers) > 1:
+            return "the specialists' tokenizer files differ, and one package is driven through one tokenizer"
+        return None
+
+    def _fleet_package(self, fleet: Fleet) -> tuple[FleetPackage, dict[str, list[str]]]:
+        """The shared package, converted for the longest context any specialist needs, and each specialist's
+        gate notes (its Q4_K_M baseline, when that is its gate)."""
+        gate_notes: dict[str, list[str]] = {s.name: [] for s in fleet.specialists}
+        max_context = max(s.ctx.context_length for s in fleet.specialists)
+        shared = fleet_package(
+            fleet, max_context, fleet.base.options.for_target(self).get("fp16_rewrites"),
+            lambda specialist: self._gate(specialist.ctx, SHARED_COMPRESSION, gate_notes[specialist.name]),
+            lambda package, how: f"{self.name}/{package} ({how})",
+            executed=coreml_runtime_available())  # macOS: each function also runs in Core ML itself
+        return shared, gate_notes
+
+    def _fleet_bundle(self, fleet: Fleet, shared: FleetPackage, gate_notes: dict[str, list[str]],
+                      out_dir: Path) -> TargetResult:
+        """Write the fleet's bundle: the package, the tokenizer, edgepack.json listing each specialist's function
+        and contract, the bridge (EdgeFleet) and the app with its specialist picker."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(shared.package, out_dir / shared.package.name, copy_function=_place_artifact)
+        first = fleet.specialists[0].ctx
+        for name in TOKENIZER_FILES:
+            place_artifact(first.ckpt.folder / name, out_dir / name)
+        conversion = shared.functions[0].export.conversion
+        max_context = conversion.max_context
+        model_name = fleet.base.options.name or fleet.base.ckpt.name
+        shipped = [{"package": shared.package.name, "compression": SHARED_COMPRESSION,
+                    "summary": compression_named(SHARED_COMPRESSION).summary,
+                    "lm_head_chunk": conversion.lm_head_chunk, "neural_engine_variant": False,
+                    "functions": [f.name for f in shared.functions]}]
+        verifications = [v for f in shared.functions for v in f.verifications]
+        notes = [shared.size_note()]
+        for function in shared.functions:
+            notes += [f"{function.name}: {note}"
+                      for note in self._fp16_notes(function.export) + gate_notes[function.name]]
+        notes += self._simulated_notes(first)
+        notes.append(f"iOS fleet: each specialist is the function of {shared.package.name} named after it, loaded "
+                     "with MLModelConfiguration.functionName (EdgeFleet), and was simulated as that function "
+                     "against its own fp32 merged model. Whether Core ML shares the base's weights in memory between "
+                     "functions loaded at once was not measured: no device ran.")
+        context = self._context(first, model_name, shipped, max_context, conversion.sliding_window or 0,
+                                verifications, None, specialists=[
+                                    {"name": s.name, **_first_row(s.ctx)} for s in fleet.specialists])
+        bridge, checks = self._scaffold(out_dir, context)
+        sections = {
+            "model": {"name": model_name, "packages": shipped, "max_context": max_context,
+                      "sliding_window": conversion.sliding_window, "deployment_target": DEPLOYMENT_TARGET,
+                      "fp16_rewrites": shared.fp16_plan, "shared_base": shared.assembly},
+            "specialists": [{"name": f.name, "function": f.name, "contract": s.ctx.contract.as_dict(),
+                             "exactness_proof": f.export.conversion.proof}
+                            for f, s in zip(shared.functions, fleet.specialists, strict=True)],
+            "runner": self._runner(fleet.base, max_context),
+            "tokenizer": list(TOKENIZER_FILES),
+            "contract": fleet.base.contract.as_dict(),
+        }
+        served = {v.artifact: f.name for f in shared.functions for v in f.verifications}
+        return finish_bundle(out_dir, self, sections, verifications, checks, notes=notes,
+                             extra={"compression": SHARED_COMPRESSION, "fleet_package": shared.assembly,
+                                    "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]},
+                             specialists=served)
 
     def _build_coreai(self, ctx: BuildContext, out_dir: Path) -> tuple[
             CoreAIArtifact, VerificationResult, list[str], dict[str, Any]]:
@@ -326,13 +424,7 @@ class IosTarget:
             "tokenizer": list(TOKENIZER_FILES),
             "contract": ctx.contract.as_dict(),
         }
-        notes.append("iOS: packages verified `simulated` (their MIL programs evaluated in numpy against fp32 "
-                     "transformers); nothing ran in Core ML or on an iPhone. The bridge and app were parsed with "
-                     "tree-sitter (Swift); no Swift compiler or Xcode ran here.")
-        if ctx.eval_rows:
-            notes.append(f"iOS task numbers: every verified package answered all {len(ctx.eval_rows)} eval rows "
-                         "through its own program; a `simulated` row's latency is edgepack's numpy MIL interpreter "
-                         "on this build host's CPU, not an iPhone's.")
+        notes += self._simulated_notes(ctx)
         extra: dict[str, Any] = {}
         if coreai is not None:
             coreai_artifact, coreai_verification, coreai_notes, sections["core_ai"] = coreai
@@ -342,6 +434,18 @@ class IosTarget:
         return finish_bundle(out_dir, self, sections, verifications, checks, notes=notes,
                              extra={"compression": compression, "export": export.conversion.as_dict(),
                                     "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge], **extra})
+
+    @staticmethod
+    def _simulated_notes(ctx: BuildContext) -> list[str]:
+        """What `simulated` means for the packages and the generated Swift, and for the task's numbers."""
+        notes = ["iOS: packages verified `simulated` (their MIL programs evaluated in numpy against fp32 "
+                 "transformers); nothing ran in Core ML or on an iPhone. The bridge and app were parsed with "
+                 "tree-sitter (Swift); no Swift compiler or Xcode ran here."]
+        if ctx.eval_rows:
+            notes.append(f"iOS task numbers: every verified package answered all {len(ctx.eval_rows)} eval rows "
+                         "through its own program; a `simulated` row's latency is edgepack's numpy MIL interpreter "
+                         "on this build host's CPU, not an iPhone's.")
+        return notes
 
     def _scaffold(self, out_dir: Path, context: dict[str, Any]) -> tuple[list[Path], list[ScaffoldCheck]]:
         """Render the app, copy the bridge (with its Core AI manifest when the bundle ships an .aimodel), check them."""
@@ -480,10 +584,10 @@ class IosTarget:
 
     def _context(self, ctx: BuildContext, model_name: str, shipped: list[dict[str, Any]], max_context: int,
                  sliding_window: int, verifications: list[VerificationResult],
-                 coreai: dict[str, Any] | None) -> dict[str, Any]:
-        """The app templates' values (templates/ios/CONTEXT.md). `shipped` is empty in a Core AI-only bundle."""
+                 coreai: dict[str, Any] | None, specialists: list[dict[str, str]] | None = None) -> dict[str, Any]:
+        """The app templates' values (templates/ios/CONTEXT.md). `shipped` is empty in a Core AI-only bundle;
+        `specialists` are a fleet's functions (the app's picker), empty for one model."""
         contract = ctx.contract
-        first_row = ctx.eval_rows[0] if ctx.eval_rows else None
         coreai_asset = coreai["asset"] if coreai else ""
         return {
             "model_name": model_name,
@@ -504,10 +608,10 @@ class IosTarget:
             "deployment_target": "27.0" if coreai_asset else "18.0",
             "task": contract.task,
             "labels": list(contract.labels or []),
-            "instruction": first_row.instruction if first_row else "",
-            "sample_input": first_row.input if first_row else "Hello!",
+            **_first_row(ctx),
             "verification_rows": [v.summary_row(v.artifact.rsplit("/", 1)[-1]) for v in verifications],
             "edgepack_version": __version__,
+            "specialists": list(specialists or []),
         }
 
 
@@ -520,6 +624,12 @@ def _runtime_note(shipped: list[dict[str, Any]], coreai_asset: str) -> str:
                 "../EdgeModel). There is no Core ML package: build with --ios-format all or coreml.")
     return (f"{coreai_asset} through Core AI on iOS 27 / macOS 27; {shipped[0]['package']} through Core ML "
             "elsewhere, or when Core AI cannot load it.")
+
+
+def _first_row(ctx: BuildContext) -> dict[str, str]:
+    """The app's example: the first eval row's instruction and input."""
+    row = ctx.eval_rows[0] if ctx.eval_rows else None
+    return {"instruction": row.instruction if row else "", "sample_input": row.input if row else "Hello!"}
 
 
 def _place_artifact(src: str, dest: str) -> None:

@@ -131,10 +131,10 @@ class SimulatedModel(PackageDriver):
     runs_on = ("edgepack's numpy MIL interpreter on this build host's CPU, not an iPhone (a device runs the same "
                "program in Core ML, far faster)")
 
-    def __init__(self, package: Path) -> None:
+    def __init__(self, package: Path, function: str | None = None) -> None:
         from targets.ios.mil_interpreter import MilInterpreter, load_program
 
-        program, self.spec = load_program(package)
+        program, self.spec = load_program(package, function)
         self.vm = MilInterpreter(program)
         self._read_window()
 
@@ -153,11 +153,13 @@ class CoreMLRuntimeModel(PackageDriver):
     level = "executed"
     runs_on = "Core ML on this Mac's CPU"
 
-    def __init__(self, package: Path) -> None:
+    def __init__(self, package: Path, function: str | None = None) -> None:
         import coremltools as ct
 
-        self.model = ct.models.MLModel(str(package), compute_units=ct.ComputeUnit.CPU_ONLY)
-        self.spec = self.model.get_spec()
+        from targets.ios.multifunction import function_spec
+
+        self.model = ct.models.MLModel(str(package), compute_units=ct.ComputeUnit.CPU_ONLY, function_name=function)
+        self.spec = self.model.get_spec() if function is None else function_spec(self.model.get_spec(), function)
         self._read_window()
         self.state: Any = None
 
@@ -243,9 +245,10 @@ def check_spec(spec: Any, max_context: int, sliding: bool, state_shape: tuple[in
     return failures, names
 
 
-def open_package(package: Path, executed: bool = False) -> PackageDriver:
-    """The package's driver: its program in numpy (`simulated`) or, on macOS, in Core ML (`executed`)."""
-    return CoreMLRuntimeModel(package) if executed else SimulatedModel(package)
+def open_package(package: Path, executed: bool = False, function: str | None = None) -> PackageDriver:
+    """The package's driver: its program in numpy (`simulated`) or, on macOS, in Core ML (`executed`); with
+    `function`, that function of a multifunction package (a fleet's specialist)."""
+    return CoreMLRuntimeModel(package, function) if executed else SimulatedModel(package, function)
 
 
 def package_generator(model: PackageDriver, tokenizer: Any, contract: Contract, max_context: int) -> Generator:
@@ -335,11 +338,12 @@ def verify_package(model: PackageDriver, artifact: str, quant: str, gate: Any, r
 
 
 def simulate(package: Path, artifact: str, quant: str, gate: Any, inputs: VerifyInputs, max_context: int,
-             sliding: bool, max_positions: int | None = None, executed: bool = False) -> Verified:
+             sliding: bool, max_positions: int | None = None, executed: bool = False,
+             function: str | None = None) -> Verified:
     """verify_package on a package and, with an eval set, its answers to every row: (result, task metrics).
     Runs in a child process during a build (targets.ios.stages.verified_package)."""
     tokenizer = inputs.hf_tokenizer()
-    model = open_package(package, executed)
+    model = open_package(package, executed, function)
     result = verify_package(model, artifact, quant, gate, inputs.reference, list(inputs.contract.eos_ids), tokenizer,
                             max_context, sliding, max_positions)
     if not inputs.eval_rows:
@@ -354,7 +358,7 @@ def simulate(package: Path, artifact: str, quant: str, gate: Any, inputs: Verify
 def _serve(request: dict[str, Any]) -> Verified:
     return simulate(Path(request["package"]), request["artifact"], request["quant"], gate_from_dict(request["gate"]),
                     VerifyInputs.from_dict(request["inputs"]), request["max_context"], request["sliding"],
-                    request["max_positions"], request["executed"])
+                    request["max_positions"], request["executed"], request.get("function"))
 
 
 def eager_compressed_model(folder: Path, compression: Any, lora: AdapterSource | None = None) -> Any:

@@ -39,6 +39,13 @@ public struct BundleManifest: Decodable, Sendable {
         }
     }
 
+    /// One specialist of a fleet bundle: the function of the Core ML package that runs it, and its task contract.
+    public struct Specialist: Decodable, Sendable {
+        public let name: String
+        public let function: String
+        public let contract: Contract
+    }
+
     public struct Runner: Decodable, Sendable {
         public let addBos: Bool
         public let bosId: Int?
@@ -60,9 +67,11 @@ public struct BundleManifest: Decodable, Sendable {
     public let runner: Runner
     public let contract: Contract
     public let coreAI: CoreAISection?
+    /// A fleet bundle's specialists (EdgeFleet); nil for one model.
+    public let specialists: [Specialist]?
 
     enum CodingKeys: String, CodingKey {
-        case target, model, runner, contract
+        case target, model, runner, contract, specialists
         case coreAI = "core_ai"
     }
 

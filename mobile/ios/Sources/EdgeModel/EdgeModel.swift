@@ -7,6 +7,7 @@ public enum EdgeModelError: Error {
     case wrongBundle(String)
     case missingOutput(String)
     case contextFull(Int)
+    case unknownSpecialist(String)
 }
 
 /// One generation: the raw text, how it ended, and how fast it decoded.
@@ -34,7 +35,8 @@ public func computeUnitsSetting(named name: String) -> MLComputeUnits {
     }
 }
 
-/// The model of one edgepack ios bundle: a stateful Core ML program, its tokenizer and its task contract.
+/// The model of one edgepack ios bundle: a stateful Core ML program, its tokenizer and its task contract; in a
+/// fleet bundle, one specialist: one function of the bundle's multifunction package under its own contract (EdgeFleet).
 ///
 /// Each call is a fresh single-turn prompt: a new MLState, a prefill of the whole prompt, then one token
 /// per prediction through the state (keyCache/valueCache). One call at a time; cancel() from any thread.
@@ -46,20 +48,29 @@ public final class EdgeModel: ContractModel, @unchecked Sendable {
     private let model: MLModel
     private let tokenizer: Tokenizer
     private let cancelFlag = CancelFlag()
-
-    public var contract: Contract { manifest.contract }
+    /// The bundle's contract, or in a fleet bundle the specialist's.
+    public let contract: Contract
 
     /// Load the bundle in `folder`: edgepack.json, the tokenizer files and the model (a compiled .mlmodelc,
     /// as Xcode puts it in an app, or an .mlpackage compiled here on first use).
     public static func load(from folder: URL, computeUnits: MLComputeUnits? = nil) async throws -> EdgeModel {
-        let manifest = try BundleManifest.load(from: folder)
+        try await load(from: folder, manifest: try BundleManifest.load(from: folder), computeUnits: computeUnits,
+                       specialist: nil)
+    }
+
+    /// Load one specialist of a fleet bundle: its function of the package (MLModelConfiguration.functionName,
+    /// iOS 18) under its own contract. EdgeFleet.model(named:) calls this.
+    static func load(from folder: URL, manifest: BundleManifest, computeUnits: MLComputeUnits?,
+                     specialist: BundleManifest.Specialist?) async throws -> EdgeModel {
         let units = computeUnits ?? EdgeModel.defaultUnits(manifest)
         let configuration = MLModelConfiguration()
         configuration.computeUnits = units
+        configuration.functionName = specialist?.function
         let model = try MLModel(contentsOf: try await compiledModelURL(folder: folder, manifest: manifest),
                                 configuration: configuration)
         let tokenizer = try await AutoTokenizer.from(modelFolder: folder)
-        return EdgeModel(manifest: manifest, model: model, tokenizer: tokenizer, computeUnits: units)
+        return EdgeModel(manifest: manifest, contract: specialist?.contract ?? manifest.contract, model: model,
+                         tokenizer: tokenizer, computeUnits: units)
     }
 
     private static func defaultUnits(_ manifest: BundleManifest) -> MLComputeUnits {
@@ -79,8 +90,10 @@ public final class EdgeModel: ContractModel, @unchecked Sendable {
         return try await MLModel.compileModel(at: folder.appendingPathComponent(name))
     }
 
-    private init(manifest: BundleManifest, model: MLModel, tokenizer: Tokenizer, computeUnits: MLComputeUnits) {
+    private init(manifest: BundleManifest, contract: Contract, model: MLModel, tokenizer: Tokenizer,
+                 computeUnits: MLComputeUnits) {
         self.manifest = manifest
+        self.contract = contract
         self.model = model
         self.tokenizer = tokenizer
         self.computeUnits = computeUnits
@@ -104,7 +117,9 @@ public final class EdgeModel: ContractModel, @unchecked Sendable {
     {
         cancelFlag.reset()
         var ids = tokenizer.encode(text: prompt, addSpecialTokens: false)
-        if manifest.runner.addBos, let bos = manifest.runner.bosId {
+        // BOS and stop ids from the contract (a fleet's specialist's own): edgepack.json's runner repeats a single
+        // model's, and the build verified each specialist with its own.
+        if contract.addBos, let bos = contract.bosId {
             ids.insert(bos, at: 0)
         }
         let limit = manifest.runner.maxContext
@@ -116,7 +131,7 @@ public final class EdgeModel: ContractModel, @unchecked Sendable {
         var finish = "context_full"
         let start = Date()
         while ids.count + generated.count < limit {
-            if manifest.runner.eosIds.contains(next) {
+            if contract.eosIds.contains(next) {
                 finish = "eos"
                 break
             }
