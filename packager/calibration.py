@@ -7,6 +7,7 @@ text the artifacts are judged on.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,10 @@ CALIBRATION_TEXT = (
 _LAYER_LINEAR = re.compile(r"layers\.(\d+)\.(?:.+\.)?(\w+)$")
 
 
+@functools.lru_cache(maxsize=4)
 def calibration_ids(folder: Path) -> Any:
-    """CALIBRATION_TEXT tokenized by the checkpoint's own tokenizer, as a (1, n) tensor."""
+    """CALIBRATION_TEXT tokenized by the checkpoint's own tokenizer, as a (1, n) tensor (kept: a step may tokenize
+    before it loads the model, so that loading a tokenizer, 0.5 GB for Gemma's, does not add to the model's peak)."""
     import torch
     from transformers import AutoTokenizer
 

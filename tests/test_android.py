@@ -584,6 +584,41 @@ def test_the_vulkan_pte_is_marked_experimental_and_only_structurally_checked(tin
     assert b"VulkanBackend" in (folder / f"model-{AUTO_LADDER[0]}-vulkan.pte").read_bytes()
 
 
+@pytest.mark.parametrize("bits, group", [(8, 0), (4, 32)])
+def test_a_weight_quantized_by_row_slices_is_the_weight_quantized_whole(
+        bits: int, group: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large head is quantized a slice of rows at a time (its float temporaries were a 1B export's peak): the int8
+    values, scales and zero points, and so the layer's outputs, must be those of torchao's whole-tensor pass."""
+    import copy
+
+    import torch
+    from torchao.quantization.quant_api import quantize_
+
+    import targets.android.export as export
+    from targets.android.export import WeightQuant, _linear_config, _quantize_rows
+    from targets.android.row_chunks import quantized_by_row_slices
+
+    torch.manual_seed(0)
+    whole = torch.nn.Linear(128, 2500, bias=False)
+    sliced = copy.deepcopy(whole)
+    quant = WeightQuant(bits, group)
+    quantize_(whole, _linear_config(quant))
+    with quantized_by_row_slices(rows=700):  # 3 full slices and a short one
+        quantize_(sliced, _linear_config(quant))
+    for part in ("qdata", "scale", "zero_point"):
+        assert torch.equal(getattr(whole.weight, part), getattr(sliced.weight, part)), part
+    assert type(sliced.weight) is type(whole.weight) and sliced.weight.block_size == whole.weight.block_size
+    x = torch.randn(3, 128)
+    assert torch.equal(whole(x), sliced(x))
+    # The table quantizer edgepack writes itself: slices of 700 rows against one slice of every row.
+    table = torch.randn(2500, 128)
+    monkeypatch.setattr(export, "SLICE_ROWS", 700)
+    values, scales = _quantize_rows(table, quant)
+    monkeypatch.setattr(export, "SLICE_ROWS", 10_000)
+    assert [torch.equal(a, b) for a, b in zip((values, scales), _quantize_rows(table, quant), strict=True)] == [
+        True, True]
+
+
 def test_gemma_embedding_scale_survives_the_quantized_table(tiny_gemma: Path) -> None:
     """ExecuTorch's quantized embedding drops Gemma's sqrt(hidden) factor; the exporter puts it back."""
     import torch

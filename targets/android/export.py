@@ -36,6 +36,7 @@ from packager.verify.gates import EIGHT_BIT, LOSSLESS, LOW_BIT, Gate
 from targets.android import fused_attention
 from targets.android.export_graph import replace_rms_norms, static_reshapes
 from targets.android.layouts import executorch_layout
+from targets.android.row_chunks import SLICE_ROWS, quantized_by_row_slices
 from targets.android.xnnpack_passes import only_applicable_passes, whole_op_partitioner
 
 EXECUTORCH_VERSION = "1.5.1"
@@ -220,16 +221,22 @@ class ExportResult:
 
 
 def _quantize_rows(weight: Any, quant: WeightQuant) -> tuple[Any, Any]:
-    """Symmetric round-to-nearest: return (int8 values, fp32 scales [rows, groups] or [rows])."""
+    """Symmetric round-to-nearest: return (int8 values, fp32 scales [rows, groups] or [rows]); a slice of rows at
+    a time, so the float temporaries stay small beside a 262,144-row table (targets.android.row_chunks)."""
     import torch
 
     rows, cols = weight.shape
     group = quant.group or cols
     qmax = 2 ** (quant.bits - 1) - 1
-    grouped = weight.detach().float().reshape(rows, cols // group, group)
-    scales = grouped.abs().amax(dim=-1).clamp(min=1e-12) / qmax
-    values = torch.clamp(torch.round(grouped / scales.unsqueeze(-1)), -qmax - 1, qmax).to(torch.int8)
-    return values.reshape(rows, cols), (scales if quant.group else scales.reshape(rows))
+    values = torch.empty((rows, cols), dtype=torch.int8)
+    scales = torch.empty((rows, cols // group), dtype=torch.float32)
+    for start in range(0, rows, SLICE_ROWS):
+        part = weight[start:start + SLICE_ROWS].detach().float().reshape(-1, cols // group, group)
+        part_scales = part.abs().amax(dim=-1).clamp(min=1e-12) / qmax
+        quantized = torch.clamp(torch.round(part / part_scales.unsqueeze(-1)), -qmax - 1, qmax)
+        values[start:start + SLICE_ROWS] = quantized.reshape(-1, cols).to(torch.int8)
+        scales[start:start + SLICE_ROWS] = part_scales
+    return values, (scales if quant.group else scales.reshape(rows))
 
 
 class QuantizedTokenEmbedding:
@@ -306,8 +313,11 @@ def smooth_outliers(model: Any, spec: Any, alpha: float, folder: Path) -> Any:
     stats = linear_input_stats(model, calibration_ids(folder), "max")
     offset = spec.norm_offset
 
+    def column_abs_max(weight: Any) -> Any:  # by row slices: |W| of a 262,144-row head is a copy of the head
+        return torch.stack([part.abs().amax(0) for part in weight.split(SLICE_ROWS)]).amax(0)
+
     def scales(xmax: Any, weights: list[Any]) -> Any:
-        wmax = torch.stack([w.abs().amax(0) for w in weights]).amax(0)
+        wmax = torch.stack([column_abs_max(w) for w in weights]).amax(0)
         return (xmax.clamp(min=1e-5) ** alpha / wmax.clamp(min=1e-5) ** (1 - alpha)).clamp(1e-3, 1e3)
 
     def fold_norm(norm: Any, s: Any) -> None:
@@ -416,7 +426,8 @@ def quantize_model(model: Any, spec: Any, recipe: Recipe, folder: Path | None = 
     plan = _layer_linear_plan(model, layout, recipe)
     for quant in sorted(set(plan.values()), key=lambda q: (q.bits, q.group)):
         names = {fqn for fqn, q in plan.items() if q == quant}
-        quantize_(model, _linear_config(quant), filter_fn=lambda _m, fqn, names=names: fqn in names)
+        with quantized_by_row_slices():
+            quantize_(model, _linear_config(quant), filter_fn=lambda _m, fqn, names=names: fqn in names)
         summary["linears"][quant.describe()] = len(names)
 
     embedding = model.get_submodule(layout.embedding_module)
@@ -426,7 +437,8 @@ def quantize_model(model: Any, spec: Any, recipe: Recipe, folder: Path | None = 
     if recipe.embedding is not None and not shared:
         table = embedding.weight.detach().clone() if tied else embedding.weight.detach()
     if recipe.head is not None:
-        quantize_(model, _linear_config(recipe.head), filter_fn=lambda _m, fqn: fqn == layout.head_module)
+        with quantized_by_row_slices():  # a 262,144-row head quantized whole was a 1B export's peak
+            quantize_(model, _linear_config(recipe.head), filter_fn=lambda _m, fqn: fqn == layout.head_module)
         summary["head"] = recipe.head.describe()
     if recipe.embedding is not None:
         factor: Any = math.sqrt(config.hidden_size) if spec.embedding_scale_sqrt_hidden else 1.0
@@ -584,6 +596,10 @@ def export_pte(folder: Path, out_dir: Path, recipe: Recipe, metadata: RunnerMeta
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     spec = spec_for_config(config, str(folder / "config.json"))
     executorch_layout(spec)  # UnsupportedError before the model is loaded
+    if recipe.smooth is not None:
+        from packager.calibration import calibration_ids
+
+        calibration_ids(folder)  # the tokenizer's memory is returned before the model is loaded beside it
     model = load_for_export(folder, metadata.max_context)
     summary: dict[str, Any] = {}
     if recipe.adapter:
