@@ -15,11 +15,13 @@ whose GGUFs every specialist's adapter is verified on.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from packager.beside import beside
 from packager.errors import BadInputError, InternalError
 from packager.fingerprint import files_digest
 from packager.gguf_ladder import Rung, rung_of
@@ -28,6 +30,8 @@ from packager.stages import BuildContext
 from packager.target import Target, TargetResult
 from packager.verify.gates import TaskGate
 from packager.verify.result import VerificationResult
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -191,3 +195,13 @@ def _in_folder(artifact: str, target: str, folder: str) -> str:
     """'android/model.pte' -> 'android/router/model.pte'."""
     prefix = f"{target}/"
     return f"{prefix}{folder}/{artifact[len(prefix):]}" if artifact.startswith(prefix) else f"{folder}/{artifact}"
+
+
+def each_specialist(fleet: Fleet, what: str, work_on: Callable[[Specialist], T]) -> list[T]:
+    """`work_on` every specialist, in the fleet's order. One specialist's conversion or run does not depend on
+    another's, so all but the first go beside it when the cores allow (packager.beside); measured on the support
+    fleet's Android build, the two exports took 217 and 241 s one after the other on a 2-core host."""
+    first, *rest = fleet.specialists
+    with beside(fleet.base.scheduler.cancel) as work:
+        pending = [work.start(f"{what}: {s.name}", functools.partial(work_on, s)) for s in rest]
+        return [work_on(first), *(p.result() for p in pending)]

@@ -14,13 +14,11 @@ specialist whole instead, with the reason this module gives.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from packager.beside import beside
 from packager.fingerprint import file_sha256
-from packager.fleet import Fleet, Specialist
+from packager.fleet import Fleet, Specialist, each_specialist
 from packager.target import TargetOptionValues
 from packager.verify.result import VerificationResult
 from targets.android.export import ADAPTER_LADDER, Recipe, recipe_named
@@ -91,7 +89,7 @@ def shared_base(fleet: Fleet, recipe: Recipe, target_name: str, no_gate: bool) -
         return f"no tokenizer.json for {', '.join(missing)} (ExecuTorch's runner loads only that format)"
     if len({file_sha256(path) for path in tokenizers.values()}) > 1:
         return "the specialists' tokenizer.json files differ, and one bundle ships one tokenizer"
-    first, rest = fleet.specialists[0], fleet.specialists[1:]
+    first = fleet.specialists[0]
     tokenizer = tokenizers[first.name]
 
     def built(specialist: Specialist) -> tuple[PteArtifact, VerificationResult]:
@@ -99,10 +97,7 @@ def shared_base(fleet: Fleet, recipe: Recipe, target_name: str, no_gate: bool) -
                              member(specialist.name, recipe))
         return program, verified_pte(specialist.ctx, program, tokenizer, f"{target_name}/{program.pte.name}")
 
-    # Each specialist's export and run are independent of the others': they go beside when the cores allow.
-    with beside(fleet.base.scheduler.cancel) as work:
-        pending = [(s.name, work.start(f"android fleet: {s.name}", functools.partial(built, s))) for s in rest]
-        done = {first.name: built(first), **{name: p.result() for name, p in pending}}
+    done = dict(zip(fleet.names, each_specialist(fleet, "android fleet", built), strict=True))
     programs = {name: program for name, (program, _) in done.items()}
     bases = {name: file_sha256(p.ptd) for name, p in programs.items()}
     if len(set(bases.values())) > 1:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from packager.child_stage import run_child, serve_request
 from packager.fingerprint import options_digest
+from packager.fleet import each_specialist
 from packager.peak_memory import release_free_memory
 from targets.ios.convert import COREMLTOOLS_VERSION, EXPORT_SCHEMA, ExportRequest, compression_named, package_name
 from targets.ios.stages import CONVERSION, CoreMLExport, cached_export, export_request, verified_package
@@ -90,9 +91,12 @@ def fleet_package(fleet: Fleet, max_context: int, fp16_rewrites: bool, gate_of: 
     ML); `gate_of(specialist)` is its gate, `artifact_of(package, how)` the artifact name of a function checked
     `how` (its name, or its name and the runtime)."""
     plan = shared_fp16_plan(fleet, max_context, fp16_rewrites)
-    exports = {s.name: cached_export(s.ctx, export_request(s.ctx, [SHARED_COMPRESSION], max_context, fp16_rewrites,
-                                                           fp16_plan=plan, base_importance=True))
-               for s in fleet.specialists}
+
+    def converted(specialist: Specialist) -> CoreMLExport:
+        return cached_export(specialist.ctx, export_request(specialist.ctx, [SHARED_COMPRESSION], max_context,
+                                                            fp16_rewrites, fp16_plan=plan, base_importance=True))
+
+    exports = dict(zip(fleet.names, each_specialist(fleet, "ios fleet: convert", converted), strict=True))
     views, package, assembly = assembled(fleet, exports)
 
     def verified(specialist: Specialist, in_core_ml: bool) -> VerificationResult:
@@ -101,9 +105,12 @@ def fleet_package(fleet: Fleet, max_context: int, fp16_rewrites: bool, gate_of: 
                                 artifact_of(package.name, how), gate_of(specialist), executed=in_core_ml,
                                 function=specialist.name)
 
-    functions = [FleetFunction(s.name, views[s.name], verified(s, False), verified(s, True) if executed else None)
-                 for s in fleet.specialists]
-    return FleetPackage(package, assembly, plan, functions)
+    def function(specialist: Specialist) -> FleetFunction:
+        return FleetFunction(specialist.name, views[specialist.name], verified(specialist, False),
+                             verified(specialist, True) if executed else None)
+
+    return FleetPackage(package, assembly, plan, each_specialist(fleet, "ios fleet: simulate", function))
+
 
 
 def shared_fp16_plan(fleet: Fleet, max_context: int, fp16_rewrites: bool) -> dict[str, Any]:
