@@ -205,3 +205,11 @@ def each_specialist(fleet: Fleet, what: str, work_on: Callable[[Specialist], T])
     with beside(fleet.base.scheduler.cancel) as work:
         pending = [work.start(f"{what}: {s.name}", functools.partial(work_on, s)) for s in rest]
         return [work_on(first), *(p.result() for p in pending)]
+
+
+def tokenizers_differ(fleet: Fleet, files: tuple[str, ...]) -> str | None:
+    """Why one bundle cannot drive every specialist through one tokenizer (its `files` differ between the
+    specialists' folders; an adapter folder may bring its own), or None when they are the same files."""
+    if len({files_digest([s.ctx.ckpt.folder / name for name in files]) for s in fleet.specialists}) > 1:
+        return f"the specialists' {' / '.join(files)} differ, and one bundle drives every specialist through one"
+    return None

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packager.fingerprint import file_sha256
-from packager.fleet import Fleet, Specialist, each_specialist
+from packager.fleet import Fleet, Specialist, each_specialist, tokenizers_differ
 from packager.target import TargetOptionValues
 from packager.verify.result import VerificationResult
 from targets.android.export import ADAPTER_LADDER, Recipe, recipe_named
@@ -87,8 +87,9 @@ def shared_base(fleet: Fleet, recipe: Recipe, target_name: str, no_gate: bool) -
     missing = [name for name, path in tokenizers.items() if not path.is_file()]
     if missing:
         return f"no tokenizer.json for {', '.join(missing)} (ExecuTorch's runner loads only that format)"
-    if len({file_sha256(path) for path in tokenizers.values()}) > 1:
-        return "the specialists' tokenizer.json files differ, and one bundle ships one tokenizer"
+    differ = tokenizers_differ(fleet, ("tokenizer.json",))
+    if differ:
+        return differ
     first = fleet.specialists[0]
     tokenizer = tokenizers[first.name]
 
@@ -112,5 +113,3 @@ def shared_base(fleet: Fleet, recipe: Recipe, target_name: str, no_gate: bool) -
         return "; ".join(f"{name} fails its gate on the shared {recipe.name} base ({'; '.join(v.failures)})"
                          for name, v in failed.items())
     return SharedBase(recipe, shared, tokenizer, programs, verifications)
-
-

@@ -32,8 +32,7 @@ from packager.codecheck import check_generated_files, remembered_checks
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
 from packager.errors import BadInputError
 from packager.escaping import slug
-from packager.fingerprint import files_digest
-from packager.fleet import Fleet, build_merged_per_specialist
+from packager.fleet import Fleet, build_merged_per_specialist, tokenizers_differ
 from packager.ladder import first_passing_rung, rungs_in_order, screen_verdict, task_screened, walked
 from packager.resources import copy_mobile_files
 from packager.scheduler import HeavyStep
@@ -260,10 +259,7 @@ class IosTarget:
             return "--ane-head: the Neural Engine variant is built per model, not for a fleet"
         for specialist in fleet.specialists:
             self._check_tokenizer(specialist.ctx)
-        tokenizers = {files_digest([s.ctx.ckpt.folder / name for name in TOKENIZER_FILES]) for s in fleet.specialists}
-        if len(tokenizers) > 1:
-            return "the specialists' tokenizer files differ, and one package is driven through one tokenizer"
-        return None
+        return tokenizers_differ(fleet, TOKENIZER_FILES)
 
     def _fleet_package(self, fleet: Fleet) -> tuple[FleetPackage, dict[str, list[str]]]:
         """The shared package, converted for the longest context any specialist needs, and each specialist's
