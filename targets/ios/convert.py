@@ -182,9 +182,10 @@ def shared_importance(folder: Path) -> dict[str, Any]:
 
 
 def plan_fp16(model: Any, spec: Any, config: dict[str, Any], request: ExportRequest,
-              lora: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-    """Size the exact rewrites from measured ranges (or take the request's given plan, measuring the ranges it
-    leaves); return the plan and the ranges before/after."""
+              lora: dict[str, Any] | None = None, given: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """Size the exact rewrites from measured ranges (or take the `given` plan, a fleet's, measuring the ranges it
+    leaves); return the plan and the ranges before/after. `request` may be a Core AI request: only the fields
+    both kinds have are read."""
     import torch
 
     from targets.ios.model import FP16_BUDGET, Fp16Plan, StatefulDecoder, measure_ranges, plan_rewrites
@@ -204,8 +205,8 @@ def plan_fp16(model: Any, spec: Any, config: dict[str, Any], request: ExportRequ
     before = ranges_with(Fp16Plan(False))
     plan = Fp16Plan(False)
     after = before
-    if request.fp16_plan is not None:
-        plan = Fp16Plan(**request.fp16_plan)
+    if given is not None:
+        plan = Fp16Plan(**given)
         after = ranges_with(plan) if plan.enabled else before
     elif request.fp16_rewrites:
         plan = Fp16Plan(True)
@@ -464,7 +465,7 @@ def export_package(request: ExportRequest) -> dict[str, Any]:
     if importance is None:
         importance = column_importance(model, folder) if quantized else {}
     lora = adapted_base_weights(AdapterSource(**request.adapter)) if request.adapter else None
-    plan, ranges = plan_fp16(model, spec, config, request, lora)
+    plan, ranges = plan_fp16(model, spec, config, request, lora, request.fp16_plan)
     proof = prove_exact(model, spec, config, plan, request, lora)
     window = sliding_window(spec, config)
     decoder = StatefulDecoder(model, spec, request.max_context, plan, request.lm_head_chunk, lora=lora).eval()
