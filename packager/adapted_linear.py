@@ -27,6 +27,10 @@ def row_scaled(tensor: torch.Tensor, factor: float) -> torch.Tensor:
     return values if factor == 1.0 else values * factor
 
 
+# AdaptedLinear's parameters holding the adapter: how an exported or converted program's A and B are found again.
+ADAPTER_PARAMETERS = ("lora_a", "lora_b")
+
+
 class AdaptedLinear(nn.Linear):
     """nn.Linear holding the base's weight, plus the adapter's A [r, in] and B [out, r] (B carries the scaling).
 

@@ -48,7 +48,7 @@ class RuntimeAdapter:
         self.folder = Path(ctx.ckpt.origin["adapter"])
         self.base_dir = Path(ctx.ckpt.origin["base"])
         # A file name every bundle and script can carry as is, whatever the build's name holds.
-        self.name = f"adapter-{slug(ctx.options.name or ctx.ckpt.name)}"
+        self.name = f"adapter-{slug(ctx.model_name)}"
 
     @once_property
     def base(self) -> BuildContext:

@@ -143,6 +143,11 @@ class BuildContext:
         self.base = base
 
     @property
+    def model_name(self) -> str:
+        """The name the artifacts and apps carry: --name, else the checkpoint's."""
+        return self.options.name or self.ckpt.name
+
+    @property
     def context_length(self) -> int:
         """The context every target sets its runtime up for, capped by the model (see `context`)."""
         return self.context.tokens

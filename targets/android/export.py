@@ -535,15 +535,13 @@ def _count_ops(program: Any) -> tuple[int, int]:
     return len(delegated), len(calls)
 
 
-# The parameters of an adapter kept apart (packager.adapted_linear.AdaptedLinear): what a fleet member's .pte keeps
-# inside itself, so that its weights file holds only the base's tensors, the same for every specialist.
-ADAPTER_PARAMETERS = (".lora_a", ".lora_b")
-
-
 def adapter_placeholders(exported: Any) -> set[str]:
-    """Names of the exported program's placeholders that carry an adapter's A or B (by parameter name)."""
+    """Names of the exported program's placeholders that carry an adapter's A or B (AdaptedLinear's parameters):
+    what a fleet member's .pte keeps inside itself, so that its weights file holds only the base's tensors."""
+    from packager.adapted_linear import ADAPTER_PARAMETERS
+
     return {name for name, fqn in exported.graph_signature.inputs_to_parameters.items()
-            if fqn.endswith(ADAPTER_PARAMETERS)}
+            if fqn.rpartition(".")[2] in ADAPTER_PARAMETERS}
 
 
 def lower_and_write(exported: Any, metadata: RunnerMetadata, delegate: str, out_dir: Path, stem: str,

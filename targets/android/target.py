@@ -112,6 +112,13 @@ def litert_backends(cpu_verification: str, contract: Contract, megabytes: float 
             entry("cpu", BUNDLE_NAME, cpu_verification, False, size)]
 
 
+def pte_backend(delegate: str, pte: str, ptd: str, verification: str, experimental: bool,
+                megabytes: float) -> dict[str, Any]:
+    """edgepack.json's entry for an ExecuTorch program and its weights file (size_mb is the README's only)."""
+    return {"runtime": "executorch", "backend": delegate, "pte": pte, "ptd": ptd, "experimental": experimental,
+            "verification": verification, "size_mb": round(megabytes, 1)}
+
+
 def application_id(name: str) -> str:
     """A valid, unique-per-model Android applicationId: org.edgepack.sample.<slug as identifier>."""
     ident = re.sub(r"[^a-z0-9]+", "_", slug(name)).strip("_")
@@ -214,9 +221,8 @@ class AndroidTarget:
                 self.name, [program.pte.name, shared.base_file])
             verifications.append(verification)
             served[verification.artifact] = specialist.name
-            backend = {"runtime": "executorch", "backend": "xnnpack", "pte": program.pte.name,
-                       "ptd": shared.base_file, "experimental": False, "verification": verification.level,
-                       "size_mb": round(program.pte.stat().st_size / 2**20, 1)}
+            backend = pte_backend("xnnpack", program.pte.name, shared.base_file, verification.level, False,
+                                  program.pte.stat().st_size / 2**20)
             backends.append(backend)
             entries.append({"name": specialist.name,
                             "runner": self._runner(specialist.ctx, program, shared.tokenizer_json),
@@ -227,7 +233,7 @@ class AndroidTarget:
                                         recipe.name, recipe.summary, fleet=fleet)
         first = shared.programs[fleet.specialists[0].name]
         sections = {
-            "model": {"name": fleet.base.options.name or fleet.base.ckpt.name, "recipe": recipe.name,
+            "model": {"name": fleet.base.model_name, "recipe": recipe.name,
                       "recipe_summary": recipe.summary, "format": "pte", "ptd": shared.base_file,
                       "quantization": first.export["metadata"].get("quantization", {})},
             "tokenizer": "tokenizer.json",
@@ -279,7 +285,7 @@ class AndroidTarget:
                   recipe_summary: str, fleet: Fleet | None = None) -> tuple[list[ScaffoldCheck], list[Path]]:
         """Render the sample app and copy the bridge (with the linked runtimes' engines); return checks, bridge.
         A fleet's app offers each specialist, with its own sample input."""
-        model_name = fleet.base.options.name or fleet.base.ckpt.name if fleet else ctx.options.name or ctx.ckpt.name
+        model_name = (fleet.base if fleet else ctx).model_name
         picks = ([(s.name, s.ctx) for s in fleet.specialists] if fleet else [(model_name, ctx)])
         specialists = [{"name": name, "task": c.contract.task, "labels": list(c.contract.labels or []),
                         "instruction": c.eval_rows[0].instruction if c.eval_rows else "",
@@ -323,7 +329,7 @@ class AndroidTarget:
         notes.append(f"Android (LiteRT-LM): {BUNDLE_NAME} ran on this host in its own TFLite program "
                      f"(ai_edge_litert's Interpreter) and in LiteRT-LM {LITERT_LM_VERSION}'s engine on the CPU; "
                      "GPU and NPU backends were not run, and nothing ran on a phone.")
-        section = {"name": ctx.options.name or ctx.ckpt.name, "format": "litertlm", "file": BUNDLE_NAME,
+        section = {"name": ctx.model_name, "format": "litertlm", "file": BUNDLE_NAME,
                    "recipe": artifact.recipe.name, "recipe_summary": artifact.recipe.summary,
                    "max_context": artifact.export["cache_length"],
                    "prefill_lengths": artifact.export["prefill_lengths"], "backend": "cpu",
@@ -369,7 +375,7 @@ class AndroidTarget:
         runner = self._runner(ctx, artifact, tokenizer_json)
         checks, bridge = self._scaffold(ctx, out_dir, backends, runtimes, verifications, artifact.recipe.name,
                                         artifact.recipe.summary)
-        model_name = ctx.options.name or ctx.ckpt.name
+        model_name = ctx.model_name
         sections = {
             "model": {"name": model_name, "recipe": artifact.recipe.name, "recipe_summary": artifact.recipe.summary,
                       "format": "pte", "max_context": max_context,
@@ -460,10 +466,8 @@ class AndroidTarget:
                experimental: bool) -> dict[str, Any]:
         place_artifact(artifact.pte, out_dir / artifact.pte.name)
         place_artifact(artifact.ptd, out_dir / artifact.ptd.name)
-        return {"runtime": "executorch", "backend": artifact.delegate, "pte": artifact.pte.name,
-                "ptd": artifact.ptd.name,
-                "experimental": experimental, "verification": verification.level,
-                "size_mb": round(artifact.megabytes, 1)}
+        return pte_backend(artifact.delegate, artifact.pte.name, artifact.ptd.name, verification.level, experimental,
+                           artifact.megabytes)
 
     def _context(self, ctx: BuildContext, model_name: str, recipe: str, recipe_summary: str,
                  backends: list[dict[str, Any]], verifications: list[VerificationResult],

@@ -67,7 +67,7 @@ def cached_aimodel(ctx: BuildContext, compression: CoreAICompression, max_contex
     request = CoreAIExportRequest(checkpoint=str(ctx.ckpt.folder), out_dir="", compression=compression.name,
                                   max_context=max_context,
                                   sequences=[s[:max_context] for s in ctx.reference.sequences],
-                                  name=ctx.options.name or ctx.ckpt.name, fp16_rewrites=fp16_rewrites,
+                                  name=ctx.model_name, fp16_rewrites=fp16_rewrites,
                                   metadata=metadata)
     fields = {k: v for k, v in dataclasses.asdict(request).items() if k not in ("checkpoint", "out_dir")}
     key = options_digest("coreai", COREAI_EXPORT_SCHEMA, COREAI_TORCH_VERSION, COREAI_CORE_VERSION,

@@ -144,7 +144,7 @@ def assembled(fleet: Fleet, exports: dict[str, CoreMLExport]) -> tuple[dict[str,
     """The specialists' packages as the functions of one package (a stage-cache entry, assembled in a child);
     return each specialist's conversion seen as its function of it, the package, and what assembling measured."""
     base = fleet.base
-    name = base.options.name or base.ckpt.name
+    name = base.model_name
     first = next(iter(exports.values()))
     package = package_name(compression_named(SHARED_COMPRESSION), first.conversion.lm_head_chunk)
     sources = {n: export.package_digests[SHARED_COMPRESSION] for n, export in exports.items()}

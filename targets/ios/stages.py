@@ -117,7 +117,7 @@ def export_request(ctx: BuildContext, compressions: list[str], max_context: int,
                 "edgepack.bos_id": "" if contract.bos_id is None else str(contract.bos_id)}
     return ExportRequest(checkpoint=str(ctx.ckpt.folder), out_dir="", compressions=compressions,
                          max_context=max_context, sequences=[s[:max_context] for s in ctx.reference.sequences],
-                         name=ctx.options.name or ctx.ckpt.name, fp16_rewrites=fp16_rewrites,
+                         name=ctx.model_name, fp16_rewrites=fp16_rewrites,
                          lm_head_chunk=lm_head_chunk, metadata=metadata,
                          adapter=dataclasses.asdict(adapter_source(ctx)) if any(
                              compression_named(c).adapter for c in compressions) else None,

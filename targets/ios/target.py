@@ -284,7 +284,7 @@ class IosTarget:
             place_artifact(first.ckpt.folder / name, out_dir / name)
         conversion = shared.functions[0].export.conversion
         max_context = conversion.max_context
-        model_name = fleet.base.options.name or fleet.base.ckpt.name
+        model_name = fleet.base.model_name
         shipped = [{"package": shared.package.name, "compression": SHARED_COMPRESSION,
                     "summary": compression_named(SHARED_COMPRESSION).summary,
                     "lm_head_chunk": conversion.lm_head_chunk, "neural_engine_variant": False,
@@ -342,7 +342,7 @@ class IosTarget:
         out_dir.mkdir(parents=True, exist_ok=True)
         shutil.copytree(artifact.asset, out_dir / artifact.asset.name, copy_function=_place_artifact)
         write_model_bundle(out_dir, model_bundle_metadata(
-            ctx.options.name or ctx.ckpt.name, artifact.asset.name, int(ctx.ckpt.config["vocab_size"]),
+            ctx.model_name, artifact.asset.name, int(ctx.ckpt.config["vocab_size"]),
             artifact.export["max_context"], artifact.compression.name),
             [ctx.ckpt.folder / name for name in TOKENIZER_FILES])
         notes.append(f"iOS (Core AI): {artifact.asset.name} ran `simulated` in Apple's Core AI reference interpreter "
@@ -354,7 +354,7 @@ class IosTarget:
                      "Foundation Models LanguageModelSession) was parsed with tree-sitter and its API names checked "
                      "against Apple's documentation, but no Swift compiler, Core AI runtime or Apple engine ran it.")
         export = artifact.export
-        section = {"name": ctx.options.name or ctx.ckpt.name, "format": "aimodel", "asset": artifact.asset.name,
+        section = {"name": ctx.model_name, "format": "aimodel", "asset": artifact.asset.name,
                    "compression": artifact.compression.name, "summary": artifact.compression.summary,
                    "max_context": export["max_context"], "sliding_window": export["sliding_window"],
                    "minimum_os": f"iOS {export['minimum_os']} / macOS {export['minimum_os']}",
@@ -407,7 +407,7 @@ class IosTarget:
         for name in TOKENIZER_FILES:
             place_artifact(ctx.ckpt.folder / name, out_dir / name)
 
-        model_name = ctx.options.name or ctx.ckpt.name
+        model_name = ctx.model_name
         context = self._context(ctx, model_name, shipped, max_context, export.conversion.sliding_window or 0,
                                 verifications, coreai[3] if coreai else None)
         bridge, checks = self._scaffold(out_dir, context)

@@ -54,7 +54,7 @@ class RaspberryPiTarget:
 
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
         choice = ctx.chosen_gguf(self, applies_adapters=self.applies_adapters)
-        name = ctx.options.name or ctx.ckpt.name
+        name = ctx.model_name
         shipped = _Shipped(choice.quant, choice.file, {name: choice.adapter} if choice.adapter else {},
                            select_adapter=False)
         return self._bundle(ctx, out_dir, shipped, {name: choice.verification}, choice.as_dict(), choice.notes(), {})
@@ -70,7 +70,7 @@ class RaspberryPiTarget:
         # The server is set up for the longest context any specialist needs.
         widest = max((s.ctx for s in fleet.specialists), key=lambda c: c.context_length)
         return self._bundle(widest, out_dir, shipped, choice.verifications, choice.as_dict(), choice.notes(),
-                            sections, model_name=fleet.base.options.name or fleet.base.ckpt.name,
+                            sections, model_name=fleet.base.model_name,
                             contract=fleet.base.contract,
                             prompts={s.name: s.ctx.contract.prompt for s in fleet.specialists})
 
@@ -92,7 +92,7 @@ class RaspberryPiTarget:
                                                              if name in shipped.adapters else [])])
                    for name, result in verifications.items()]
 
-        model_name = model_name or ctx.options.name or ctx.ckpt.name
+        model_name = model_name or ctx.model_name
         context_length = ctx.context_length
         contract = contract or ctx.contract
         template_context: dict[str, Any] = {

@@ -310,7 +310,7 @@ class ReactNativeTarget:
     def build(self, ctx: BuildContext, out_dir: Path) -> TargetResult:
         choice = ctx.chosen_gguf(self)
         return self._bundle(out_dir, AppBundle(
-            model_name=ctx.options.name or ctx.ckpt.name, quant=choice.quant, gguf=choice.file,
+            model_name=ctx.model_name, quant=choice.quant, gguf=choice.file,
             context_length=ctx.context_length,
             full_window_cache=full_window_cache(ctx.ckpt.config, ctx.context_length), contract=ctx.contract,
             gguf_choice=choice.as_dict(),
@@ -327,7 +327,7 @@ class ReactNativeTarget:
         # The app opens the base once, for the longest context any specialist needs.
         context_length = max(s.ctx.context_length for s in fleet.specialists)
         return self._bundle(out_dir, AppBundle(
-            model_name=fleet.base.options.name or fleet.base.ckpt.name, quant=choice.quant, gguf=choice.file,
+            model_name=fleet.base.model_name, quant=choice.quant, gguf=choice.file,
             context_length=context_length,
             full_window_cache=full_window_cache(fleet.base.ckpt.config, context_length), contract=fleet.base.contract,
             gguf_choice=choice.as_dict(), notes=[*choice.notes(), note],

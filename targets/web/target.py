@@ -161,7 +161,7 @@ class WebTarget:
             raise UnsupportedError(f"--runtime {runtime}: choose wllama, webllm or all.")
         vendor = find_vendor()
         out_dir.mkdir(parents=True, exist_ok=True)
-        model_name = ctx.options.name or ctx.ckpt.name
+        model_name = ctx.model_name
         context_length = ctx.context_length
         choice = ctx.chosen_gguf(self) if "wllama" in runtimes else None
         quant = choice.quant if choice else ctx.options.gguf_quant(self)
