@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -345,6 +346,72 @@ def test_the_package_is_driven_like_edgemodel_generate_prompt_at_once_then_a_tok
     assert list(driver.continuation([1] * 7, max_context=7)) == [] and driver.calls == []  # EdgeModel refuses it
     assert driver.greedy([1, 2], 5, eos_ids=[9]) == [7, 8, 9]  # the eos id is kept; nothing predicted after it
     assert driver.calls == [(2, 2), (1, 3), (1, 4)]
+
+
+class _Positional(PackageDriver):
+    """A driver whose program answers `script` after a prompt of `prompt` tokens, whatever it is fed (row q of a
+    prediction names script[q + 1 - prompt], by a margin of `margins` at that answer index, default 1);
+    it checks drafts and records every prediction's (seq, total)."""
+
+    level = "simulated"
+    checks_drafts = True
+
+    def __init__(self, script: list[int], prompt: int, margins: dict[int, float] | None = None) -> None:
+        self.script, self.prompt, self.margins, self.window, self.calls = script, prompt, margins or {}, None, []
+
+    def reset_state(self) -> None:
+        self.calls.clear()
+
+    def predict(self, inputs: dict[str, np.ndarray], last_positions: int | None = None) -> np.ndarray:
+        seq, total = inputs["inputIds"].shape[1], inputs["fullAttentionMask"].shape[-1]
+        self.calls.append((seq, total))
+        logits = np.zeros((1, seq, 128), np.float32)
+        for row, q in enumerate(range(total - seq, total)):
+            answer = q + 1 - self.prompt
+            if answer >= 0:
+                logits[0, row, self.script[answer]] = self.margins.get(answer, 1.0)
+        return logits
+
+
+def test_a_draft_is_checked_in_one_prediction_and_decoding_goes_on_from_the_first_token_it_gets_wrong() -> None:
+    driver = _Positional([7, 8, 9, 10, 11, 12], prompt=4)
+    # The program picks 7 and 8 as drafted, then 9 where the draft says 99: three tokens from one prediction
+    # of prompt + draft, then one token per prediction after the 9, over the draft's stale positions.
+    assert list(islice(driver.continuation([1, 2, 3, 4], 16, draft=[7, 8, 99, 10]), 5)) == [7, 8, 9, 10, 11]
+    assert driver.calls == [(8, 8), (1, 7), (1, 8)] and driver.drafted == 2 and driver.answered == 5
+    # a whole draft right: its prediction also gives the token after it
+    driver = _Positional([7, 8, 9], prompt=2)
+    assert list(islice(driver.continuation([1, 2], 16, draft=[7, 8]), 3)) == [7, 8, 9]
+    assert driver.calls == [(4, 4)]
+    # the context still ends the answer: at most max_context - prompt tokens, the draft cut to fit
+    driver = _Positional([7, 8, 9, 10], prompt=4)
+    assert list(driver.continuation([1, 2, 3, 4], 6, draft=[7, 8, 9])) == [7, 8]
+    assert driver.calls == [(5, 5)]
+
+
+def test_a_close_call_in_the_drafts_prediction_is_decided_by_the_bridges_own_prediction() -> None:
+    # answer index 1 is won by less than DRAFT_MARGIN: re-decided by a one-token prediction of the 7 at position 4
+    driver = _Positional([7, 8, 9, 10], prompt=4, margins={1: 0.01})
+    assert list(islice(driver.continuation([1, 2, 3, 4], 16, draft=[7, 8, 9]), 3)) == [7, 8, 9]
+    assert driver.calls == [(7, 7), (1, 5)]
+    # a close first token: the prompt alone again, as EdgeModel.generate predicts it, and no draft after it
+    driver = _Positional([7, 8, 9, 10], prompt=4, margins={0: 0.01})
+    assert list(islice(driver.continuation([1, 2, 3, 4], 16, draft=[7, 8, 9]), 3)) == [7, 8, 9]
+    assert driver.calls == [(4, 4), (1, 5), (1, 6)] and driver.drafted == 1
+
+
+def test_drafted_answers_are_the_packages_own_greedy_tokens(router_bundle) -> None:
+    """In the real program: a draft right, half right or wrong changes how many predictions an answer takes,
+    never its tokens (a rejected draft's positions, left in the state, are never read)."""
+    from targets.ios.verify import SimulatedModel
+
+    _, out = router_bundle
+    model = SimulatedModel(out / "ios" / "model-fp16.mlpackage")
+    for prompt in ([2, *range(10, 30)], [2, 40, 41, 42, 7, 9]):
+        plain = model.greedy(prompt, 6, eos_ids=[])
+        for draft in (plain, [*plain[:3], 5, 6], [5, 6, 7]):
+            tokens = list(islice(model.continuation(prompt, 256, draft), 6))
+            assert tokens == plain, (prompt, draft)
 
 
 def test_non_finite_logits_while_answering_the_eval_set_fail_the_package() -> None:

@@ -21,22 +21,32 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from packager.contract import Contract
+from packager.contract import Contract, render_prompt
 from packager.verify.child_verify import Verified, VerifyInputs, serve_verification
 from packager.verify.gates import gate_from_dict
 from packager.verify.metrics import FidelityAccumulator
 from packager.verify.reference import ReferenceLogits
 from packager.verify.result import VerificationResult
-from packager.verify.task_eval import EvalRow, Generator, TaskMetrics, score, token_generator
+from packager.verify.task_eval import EvalRow, Generator, TaskMetrics, prompt_ids, score, token_generator
 
 if TYPE_CHECKING:
     from packager.adapter import AdapterSource
 
 FP16_MAX = 65504.0
 DECODE_STEPS = 8
+# A draft token is taken from the prediction that checks the whole draft only when the program's choice there
+# beats its runner-up by this much (logits, fp16: 6 steps at 16-32): that prediction and the bridge's one-token
+# predictions sum in different orders, which can flip a closer call.
+DRAFT_MARGIN = 0.1
 # iOS 18 / macOS 15 ML Programs have specification version 9 and the MIL opset CoreML8.
 IOS18_SPEC_VERSION = 9
 IOS18_OPSET = "CoreML8"
+
+
+def _margin(logits: np.ndarray) -> float:
+    """How far the greedy choice is ahead of the runner-up."""
+    top2 = np.partition(logits, -2)[-2:]
+    return float(top2[1] - top2[0])
 
 
 def additive_masks(seq: int, total: int, window: int | None) -> dict[str, np.ndarray]:
@@ -62,6 +72,12 @@ class PackageDriver:
     runs_on: str = "this build host's CPU"
     nonfinite_steps: int = 0
     first_nonfinite: str | None = None
+    # Whether continuation() may check a draft in one prediction: a program whose masks say which positions
+    # are read (a draft's rejected positions are then stale, never read). Not a driver timing a real runtime.
+    checks_drafts: bool = False
+    # Answer tokens continuation() gave, and how many of them it took from a draft's prediction (the report's).
+    answered: int = 0
+    drafted: int = 0
 
     def _read_window(self) -> None:
         meta = dict(self.spec.description.metadata.userDefined)
@@ -79,10 +95,10 @@ class PackageDriver:
         """The inputs of one prediction of `ids`, the last of `total` tokens: swift-transformers' names."""
         return {"inputIds": np.asarray([ids], dtype=np.int32), **additive_masks(len(ids), total, self.window)}
 
-    def step(self, ids: list[int], total: int, last_only: bool = False) -> np.ndarray:
+    def step(self, ids: list[int], total: int, last_only: bool = False, last_rows: int | None = None) -> np.ndarray:
         """Logits [len(ids), vocab] of one prediction of `ids`, the last of `total` tokens, through the state
-        (with `last_only`, at least the last row)."""
-        logits = np.asarray(self.predict(self.step_inputs(ids, total), 1 if last_only else None)[0],
+        (with `last_only`, at least the last row; with `last_rows`, at least that many last rows)."""
+        logits = np.asarray(self.predict(self.step_inputs(ids, total), 1 if last_only else last_rows)[0],
                             dtype=np.float32)
         if not np.isfinite(logits).all():
             self.nonfinite_steps += 1
@@ -97,22 +113,56 @@ class PackageDriver:
             parts.append(self.step([ids[t]], t + 1))
         return np.concatenate(parts)
 
-    def continuation(self, prompt_ids: list[int], max_context: int) -> Iterator[int]:
+    def continuation(self, prompt_ids: list[int], max_context: int, draft: Sequence[int] = ()) -> Iterator[int]:
         """Greedy tokens after prompt_ids, each asked for when taken, the way EdgeModel.generate drives the
         package: a fresh state, the whole prompt in one prediction, then one token per prediction, and no more
-        tokens once the context is full (no token at all for a prompt that fills it: the bridge refuses it)."""
+        tokens once the context is full (no token at all for a prompt that fills it: the bridge refuses it).
+
+        With a `draft` (the tokens the answer likely starts with: fp32's answer) and a driver that `checks_drafts`,
+        the prompt and the draft go in one prediction instead, and each draft token the program itself picks
+        there is taken without a prediction of its own (speculative decoding, with the draft checked rather than
+        trusted): the first token it does not pick is its own argmax, and decoding goes on one token per
+        prediction from there. A call closer than DRAFT_MARGIN is re-decided as the bridge decides it.
+        """
         self.reset_state()
         total = len(prompt_ids)
         if total >= max_context:
             return
-        last = self.step(prompt_ids, total, last_only=True)[-1]
+        draft = list(draft)[:max_context - total - 1] if self.checks_drafts else []
+        checked = self.step(prompt_ids + draft, total + len(draft), last_rows=len(draft) + 1)[-len(draft) - 1:]
+        ids = prompt_ids + draft
+        for i, logits in enumerate(checked):
+            # Re-deciding the first token predicts the prompt alone again: the draft's positions are then gone.
+            restarted = False
+            if draft and _margin(logits) < DRAFT_MARGIN:
+                logits, restarted = self._as_the_bridge(prompt_ids, ids[total + i - 1], total + i), i == 0
+            tok = int(np.argmax(logits))
+            self.drafted += i < len(draft) and tok == draft[i]
+            self.answered += 1
+            yield tok
+            if total + i + 1 >= max_context:
+                return
+            if i == len(draft) or tok != draft[i] or restarted:
+                break
+        total += i + 1  # the prompt and the answer so far
+        last = self.step([tok], total)[-1]
         while True:
             tok = int(np.argmax(last))
+            self.answered += 1
             yield tok
             total += 1  # the prompt and the answer so far
             if total >= max_context:
                 return
             last = self.step([tok], total)[-1]
+
+    def _as_the_bridge(self, prompt_ids: list[int], token: int, total: int) -> np.ndarray:
+        """The logits after `token`, the last of `total`, from the prediction EdgeModel.generate makes for it: the
+        prompt's own (a fresh state), else one token's over the state so far (positions past `total`, written
+        by the draft's prediction, are not read: the masks cover 0..total-1)."""
+        if total == len(prompt_ids):
+            self.reset_state()
+            return self.step(prompt_ids, total, last_only=True)[-1]
+        return self.step([token], total)[-1]
 
     def greedy(self, prompt_ids: list[int], n: int, eos_ids: list[int]) -> list[int]:
         """Greedy continuation through the state (argmax each step, stop after an eos id, which is kept)."""
@@ -128,6 +178,7 @@ class SimulatedModel(PackageDriver):
     """The package's MIL program in the numpy interpreter (level `simulated`)."""
 
     level = "simulated"
+    checks_drafts = True
     runs_on = ("edgepack's numpy MIL interpreter on this build host's CPU, not an iPhone (a device runs the same "
                "program in Core ML, far faster)")
 
@@ -251,13 +302,18 @@ def open_package(package: Path, executed: bool = False, function: str | None = N
     return CoreMLRuntimeModel(package, function) if executed else SimulatedModel(package, function)
 
 
-def package_generator(model: PackageDriver, tokenizer: Any, contract: Contract, max_context: int) -> Generator:
+def package_generator(model: PackageDriver, tokenizer: Any, contract: Contract, max_context: int,
+                      drafts: dict[str, str] | None = None) -> Generator:
     """Answer eval rows with the package the way EdgeModel.run does: the contract's prompt encoded without
-    special tokens (BOS added by the contract), greedy, no grammar (the Swift bridge has none)."""
+    special tokens (BOS added by the contract), greedy, no grammar (the Swift bridge has none); `drafts`, each
+    rendered prompt's likely answer (fp32's), checked by the driver in one prediction (continuation)."""
     def encode(prompt: str) -> list[int]:
         return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
-    return token_generator(contract, encode, lambda ids: model.continuation(ids, max_context), tokenizer.decode)
+    by_ids = {tuple(prompt_ids(contract, encode(prompt))): encode(answer) for prompt, answer in (drafts or {}).items()}
+    return token_generator(contract, encode, lambda ids: model.continuation(ids, max_context, by_ids.get(tuple(ids),
+                                                                                                        ())),
+                           tokenizer.decode)
 
 
 def answer_eval_set(model: PackageDriver, contract: Contract, rows: Sequence[EvalRow], tokenizer: Any,
@@ -265,17 +321,27 @@ def answer_eval_set(model: PackageDriver, contract: Contract, rows: Sequence[Eva
     """The eval set answered through the program the driver runs (a Core ML package, an .aimodel), every row:
     (metrics, failures, notes)."""
     before, first_before = model.nonfinite_steps, model.first_nonfinite
+    answered, drafted = model.answered, model.drafted
+    drafts = ({render_prompt(contract, row.input, row.instruction): answer
+               for row, answer in zip(rows, baseline, strict=True)} if model.checks_drafts and baseline else None)
     start = time.perf_counter()
-    metrics, _ = score(contract, rows, package_generator(model, tokenizer, contract, max_context), baseline)
+    metrics, _ = score(contract, rows, package_generator(model, tokenizer, contract, max_context, drafts), baseline)
     seconds = time.perf_counter() - start
     failures = []
     nonfinite = model.nonfinite_steps - before
     if nonfinite or (first_before is None and model.first_nonfinite):
         failures.append(f"non-finite numbers: {nonfinite} prediction(s) while answering the eval set gave NaN or "
                         f"infinite logits; first non-finite value at op {model.first_nonfinite or 'logits'}")
+    how = ("each prompt in one prediction and then one token per prediction through the state, as "
+           f"EdgeModel.generate does; latency and tokens/s are {model.runs_on}")
+    if drafts:
+        how = (f"the program's own greedy tokens, {model.drafted - drafted} of {model.answered - answered} taken "
+               "from one prediction of the prompt with the fp32 model's answer as a draft (each the program's argmax "
+               f"there, ahead of the runner-up by at least {DRAFT_MARGIN:g}), the rest one token per prediction "
+               "as EdgeModel.generate decodes (targets.ios.verify, continuation); latency and tokens/s are "
+               f"therefore not the bridge's, and are {model.runs_on}")
     notes = [f"task: all {metrics.rows} eval rows answered through the model's own program ({seconds:.0f} s), "
-             "greedy, each prompt in one prediction and then one token per prediction through the state, as "
-             f"EdgeModel.generate does; latency and tokens/s are {model.runs_on}"]
+             f"greedy: {how}"]
     if contract.constrained:
         notes.append("EdgeModel (Swift) has no grammar: answers are decoded unconstrained on iOS")
     return metrics, failures, notes
