@@ -209,3 +209,20 @@ def test_the_fleets_fp16_rewrites_take_the_largest_scale_any_specialist_needs_si
     plans = [Fp16Plan(True, 2.0, [1.0, 4.0], []), Fp16Plan(True, 1.0, [2.0, 1.0], [1.0, 8.0])]
     assert widest_plan(plans) == Fp16Plan(True, 2.0, [2.0, 4.0], [1.0, 8.0])
     assert widest_plan([Fp16Plan(False), Fp16Plan(False)]) == Fp16Plan(False, 1.0, [], [])
+
+
+def test_the_fleets_column_weights_are_every_specialists_activations_averaged(
+        tiny_gemma: Path, tmp_path: Path) -> None:
+    """What the shared base's int4 columns are weighted by: each specialist's own activations, averaged (every
+    function runs on that base), so neither specialist's columns are weighed as the bare base would weigh them."""
+    from packager.verify.fp32_model import load_fp32_whole
+    from targets.ios.convert import column_importance, shared_importance
+    from tests.tiny_models import make_tiny_gemma
+
+    other = make_tiny_gemma(tmp_path / "other", seed=7)
+    each = [column_importance(load_fp32_whole(folder, "eager"), folder) for folder in (tiny_gemma, other)]
+    averaged = shared_importance([tiny_gemma, other])
+    assert averaged.keys() == each[0].keys() and averaged
+    for key, value in averaged.items():
+        np.testing.assert_allclose(value, (each[0][key] + each[1][key]) / 2, rtol=1e-6)
+    assert any(not np.allclose(value, each[0][key]) for key, value in averaged.items())

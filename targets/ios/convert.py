@@ -138,9 +138,10 @@ class ExportRequest:
     adapter: dict[str, Any] | None = None
     # A fleet's specialists (targets.ios.fleet) store their base in the same bytes, so that one multifunction
     # package holds it once: the fp16 rewrites given (Fp16Plan.as_dict, sized for every specialist) instead of
-    # sized on this model, and the quantizer's column weights measured on this checkpoint folder (the base's).
+    # sized on this model, and the quantizer's column weights averaged over these checkpoints (every specialist's
+    # merged model: the activations the shared base sees), folders by their content digest.
     fp16_plan: dict[str, Any] | None = None
-    importance_from: str | None = None
+    importance_from: dict[str, str] | None = None
 
 
 def load_source(folder: Path) -> tuple[Any, Any, dict[str, Any]]:
@@ -169,16 +170,20 @@ def column_importance(model: Any, folder: Path) -> dict[str, Any]:
     return {key: value.numpy() for name, value in stats.items() if (key := decoder_linear_key(name))}
 
 
-def shared_importance(folder: Path) -> dict[str, Any]:
-    """column_importance of the checkpoint in `folder` (a fleet's base), loaded and freed before the converted
-    model is: every specialist then quantizes the base's weights with the same column weights."""
+def shared_importance(folders: list[Path]) -> dict[str, Any]:
+    """column_importance averaged over the checkpoints in `folders` (a fleet's specialists), each loaded and freed
+    in turn before the converted model is: every specialist then quantizes the base's weights with the same column
+    weights, and those weigh the activations of every specialist, since each one's function runs on that base."""
     from packager.verify.fp32_model import load_fp32_whole
 
-    base = load_fp32_whole(folder, "eager")
-    importance = column_importance(base, folder)
-    del base
-    release_free_memory()
-    return importance
+    total: dict[str, Any] = {}
+    for folder in folders:
+        model = load_fp32_whole(folder, "eager")
+        for key, value in column_importance(model, folder).items():
+            total[key] = total[key] + value if key in total else value
+        del model
+        release_free_memory()
+    return {key: value / len(folders) for key, value in total.items()}
 
 
 def plan_fp16(model: Any, spec: Any, config: dict[str, Any], request: ExportRequest,
@@ -460,7 +465,8 @@ def export_package(request: ExportRequest) -> dict[str, Any]:
         raise InternalError(f"export request {request.compressions} with adapter={bool(request.adapter)}: "
                             "compressions that keep the adapter apart and those that merge it need separate requests")
     quantized = any(c.linears != "fp16" for c in compressions)
-    importance = shared_importance(Path(request.importance_from)) if quantized and request.importance_from else None
+    importance = (shared_importance([Path(f) for f in request.importance_from.values()])
+                  if quantized and request.importance_from else None)
     model, spec, config = load_source(folder)
     if importance is None:
         importance = column_importance(model, folder) if quantized else {}

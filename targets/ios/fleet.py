@@ -7,7 +7,9 @@ differ per specialist shared by the fleet, so that every specialist stores its b
 - the fp16 rewrites: sized on every specialist (each one's plan, as a single build sizes it; then the widest
   scale any of them needs, site by site: a larger power-of-2 scale only shrinks what it scales), in a child
   process (`python -m targets.ios.fleet REQUEST RESULT`) that loads one specialist at a time;
-- the quantizer's column weights: measured on the base, not on each merged specialist.
+- the quantizer's column weights: averaged over every specialist's activations (what the shared base sees), not
+  measured on each merged specialist alone (nor on the bare base, which no function runs: on the bundled fleet
+  that left the router's function one eval row under its gate).
 
 The packages are then the functions of one package (targets.ios.multifunction), where coremltools keeps a const
 whose value several functions share once, and each function is simulated against its own specialist's fp32
@@ -94,7 +96,8 @@ def fleet_package(fleet: Fleet, max_context: int, fp16_rewrites: bool, gate_of: 
 
     def converted(specialist: Specialist) -> CoreMLExport:
         return cached_export(specialist.ctx, export_request(specialist.ctx, [SHARED_COMPRESSION], max_context,
-                                                            fp16_rewrites, fp16_plan=plan, base_importance=True))
+                                                            fp16_rewrites, fp16_plan=plan,
+                                                            importance_of=[s.ctx for s in fleet.specialists]))
 
     exports = dict(zip(fleet.names, each_specialist(fleet, "ios fleet: convert", converted), strict=True))
     views, package, assembly = assembled(fleet, exports)

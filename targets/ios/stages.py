@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from packager.child_stage import run_child
-from packager.errors import InternalError
 from packager.fingerprint import options_digest
 from packager.ladder import EAGER_SCREEN
 from packager.scheduler import CHILD_LIBRARIES, HeavyStep
@@ -109,9 +108,10 @@ class CoreMLExport:
 
 def export_request(ctx: BuildContext, compressions: list[str], max_context: int, fp16_rewrites: bool = True,
                    lm_head_chunk: int = 0, fp16_plan: dict[str, Any] | None = None,
-                   base_importance: bool = False) -> ExportRequest:
+                   importance_of: list[BuildContext] | None = None) -> ExportRequest:
     """The conversion of ctx's checkpoint; a fleet's specialist (targets.ios.fleet) passes the fleet's `fp16_plan`
-    and `base_importance` (quantize with its base's calibration weights), so its base is stored as in the others."""
+    and `importance_of`, every specialist (quantize with column weights averaged over their activations), so its
+    base is stored as in the others."""
     contract = ctx.contract
     metadata = {"edgepack.eos_ids": json.dumps(list(contract.eos_ids)),
                 "edgepack.bos_id": "" if contract.bos_id is None else str(contract.bos_id)}
@@ -121,15 +121,8 @@ def export_request(ctx: BuildContext, compressions: list[str], max_context: int,
                          lm_head_chunk=lm_head_chunk, metadata=metadata,
                          adapter=dataclasses.asdict(adapter_source(ctx)) if any(
                              compression_named(c).adapter for c in compressions) else None,
-                         fp16_plan=fp16_plan, importance_from=str(fleet_base(ctx).ckpt.folder) if base_importance
-                         else None)
-
-
-def fleet_base(ctx: BuildContext) -> BuildContext:
-    """The base's stages of a fleet specialist's context."""
-    if ctx.base is None:
-        raise InternalError(f"{ctx.ckpt.folder} was opened without its fleet's base")
-    return ctx.base
+                         fp16_plan=fp16_plan, importance_from={c.ckpt_digest: str(c.ckpt.folder) for c in importance_of}
+                         if importance_of else None)
 
 
 def adapter_source(ctx: BuildContext) -> AdapterSource:
@@ -148,7 +141,7 @@ def cached_export(ctx: BuildContext, request: ExportRequest) -> CoreMLExport:
     # An adapter kept apart, and a base whose calibration weights the quantizer, by their content, not their place.
     fields["adapter"] = adapter_source(ctx).files_sha256 if request.adapter else None
     if request.importance_from:
-        fields["importance_from"] = fleet_base(ctx).ckpt_digest
+        fields["importance_from"] = sorted(request.importance_from)
     key = options_digest("coreml", EXPORT_SCHEMA, COREMLTOOLS_VERSION, ctx.ckpt_digest, fields)[:24]
     label = f"convert Core ML ({', '.join(request.compressions)})" + (
         "" if request.fp16_rewrites else ", fp16 rewrites OFF") + (
