@@ -414,6 +414,33 @@ def test_drafted_answers_are_the_packages_own_greedy_tokens(router_bundle) -> No
             assert tokens == plain, (prompt, draft)
 
 
+def test_a_constrained_labels_contract_is_answered_with_its_labels_only_through_the_real_program(
+        router_bundle, tiny_router) -> None:
+    """The package answers as EdgeModel does with LabelChoice: held to two of the router's three labels, every
+    answer is one of those two (the billing rows too); unconstrained, the billing rows answer billing, invalid."""
+    from transformers import AutoTokenizer
+
+    from packager.contract import Contract
+    from packager.verify.task_eval import EvalRow
+    from targets.ios.verify import SimulatedModel, answer_eval_set
+
+    _, out = router_bundle
+    bundle = out / "ios"
+    contract = Contract.from_dict(json.loads((bundle / "edgepack.json").read_text(encoding="utf-8"))["contract"])
+    contract.labels = ["cancel", "shipping"]
+    rows = [EvalRow(r["instruction"], r["input"], r["output"]) for r in map(json.loads, tiny_router[1].read_text(
+        encoding="utf-8").splitlines())]
+    tokenizer = AutoTokenizer.from_pretrained(str(bundle))
+    model = SimulatedModel(bundle / "model-fp16.mlpackage")
+    free, _, _ = answer_eval_set(model, contract, rows, tokenizer, 256, None)
+    contract.constrained = True
+    held, _, notes = answer_eval_set(model, contract, rows, tokenizer, 256, None)
+    assert free.validity == 4 / 6 and free.exact_match == 4 / 6  # the two billing rows say billing
+    assert held.validity == 1.0 and held.exact_match == 4 / 6
+    assert {m["got"] for m in held.mismatches} <= {"cancel", "shipping"}
+    assert any("LabelChoice" in n for n in notes)
+
+
 def test_non_finite_logits_while_answering_the_eval_set_fail_the_package() -> None:
     from packager.contract import Contract
     from packager.verify.task_eval import EvalRow

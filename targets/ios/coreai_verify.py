@@ -44,6 +44,9 @@ class AimodelDriver(PackageDriver):
 
     level = "simulated"
     runs_on = WHERE
+    # The Swift Core AI path generates through a LanguageModelSession, which takes no token choice from us.
+    chooses_labels = False
+    unconstrained = "CoreAIModel (Swift) generates through a LanguageModelSession with no grammar"
 
     def __init__(self, asset_path: Path) -> None:
         from coreai.authoring.asset import AIModelAsset

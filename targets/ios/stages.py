@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from packager.stages import BuildContext, RungScreen
 
 # Bump when a simulated verification record's content or computation changes.
-COREML_VERIFICATION_SCHEMA = 5  # 5: with an eval set, the package's own answers and the task gate
+COREML_VERIFICATION_SCHEMA = 6  # 5: with an eval set, the package's own answers and the task gate; 6: labels held
+# to their token paths (LabelChoice), as EdgeModel does
 # The heavy steps of an iOS build, with their expected peaks before one is measured (x fp32 size).
 # The fp32 model and the decoder's rescaled weights, then the traced graph's MIL copies, then a compression of the
 # reloaded fp16 package: measured 2.9 GB for Gemma 3 270M (1.0 GiB in fp32) and 8.4 GB for a Gemma 3 1B (3.7 GiB)

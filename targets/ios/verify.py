@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from packager.contract import Contract, render_prompt
+from packager.label_choice import LabelChoice
 from packager.verify.child_verify import Verified, VerifyInputs, serve_verification
 from packager.verify.gates import gate_from_dict
 from packager.verify.metrics import FidelityAccumulator
@@ -75,6 +76,11 @@ class PackageDriver:
     # Whether continuation() may check a draft in one prediction: a program whose masks say which positions
     # are read (a draft's rejected positions are then stale, never read). Not a driver timing a real runtime.
     checks_drafts: bool = False
+    # Whether the bridge running this program holds a constrained labels contract to its labels itself (Core ML:
+    # EdgeModel, LabelChoice.swift), so that continuation() is given the same choice.
+    chooses_labels: bool = True
+    # Why a constrained contract is decoded unconstrained here, for the report.
+    unconstrained: str = "EdgeModel (Swift) has no grammar for a JSON schema"
     # Answer tokens continuation() gave, and how many of them it took from a draft's prediction (the report's).
     answered: int = 0
     drafted: int = 0
@@ -113,7 +119,8 @@ class PackageDriver:
             parts.append(self.step([ids[t]], t + 1))
         return np.concatenate(parts)
 
-    def continuation(self, prompt_ids: list[int], max_context: int, draft: Sequence[int] = ()) -> Iterator[int]:
+    def continuation(self, prompt_ids: list[int], max_context: int, draft: Sequence[int] = (),
+                     choice: LabelChoice | None = None) -> Iterator[int]:
         """Greedy tokens after prompt_ids, each asked for when taken, the way EdgeModel.generate drives the
         package: a fresh state, the whole prompt in one prediction, then one token per prediction, and no more
         tokens once the context is full (no token at all for a prompt that fills it: the bridge refuses it).
@@ -123,7 +130,14 @@ class PackageDriver:
         there is taken without a prediction of its own (speculative decoding, with the draft checked rather than
         trusted): the first token it does not pick is its own argmax, and decoding goes on one token per
         prediction from there. A call closer than DRAFT_MARGIN is re-decided as the bridge decides it.
+
+        With a `choice` (a constrained labels contract), each token is the best one that keeps the answer on a
+        label's token path, as EdgeModel does (LabelChoice.swift), instead of the argmax.
         """
+        def pick(logits: np.ndarray) -> tuple[int, float]:
+            return choice.ranked(logits, answer) if choice else (int(np.argmax(logits)), _margin(logits))
+
+        answer: list[int] = []
         self.reset_state()
         total = len(prompt_ids)
         if total >= max_context:
@@ -134,11 +148,13 @@ class PackageDriver:
         for i, logits in enumerate(checked):
             # Re-deciding the first token predicts the prompt alone again: the draft's positions are then gone.
             restarted = False
-            if draft and _margin(logits) < DRAFT_MARGIN:
+            tok, margin = pick(logits)
+            if draft and margin < DRAFT_MARGIN:
                 logits, restarted = self._as_the_bridge(prompt_ids, ids[total + i - 1], total + i), i == 0
-            tok = int(np.argmax(logits))
+                tok, _ = pick(logits)
             self.drafted += i < len(draft) and tok == draft[i]
             self.answered += 1
+            answer.append(tok)
             yield tok
             if total + i + 1 >= max_context:
                 return
@@ -147,8 +163,9 @@ class PackageDriver:
         total += i + 1  # the prompt and the answer so far
         last = self.step([tok], total)[-1]
         while True:
-            tok = int(np.argmax(last))
+            tok, _ = pick(last)
             self.answered += 1
+            answer.append(tok)
             yield tok
             total += 1  # the prompt and the answer so far
             if total >= max_context:
@@ -305,19 +322,21 @@ def open_package(package: Path, executed: bool = False, function: str | None = N
 def package_generator(model: PackageDriver, tokenizer: Any, contract: Contract, max_context: int,
                       drafts: dict[str, str] | None = None) -> Generator:
     """Answer eval rows with the package the way EdgeModel.run does: the contract's prompt encoded without
-    special tokens (BOS added by the contract), greedy, no grammar (the Swift bridge has none); `drafts`, each
+    special tokens (BOS added by the contract), greedy, a constrained labels contract held to its labels as the
+    Swift bridge holds it (LabelChoice; no grammar for anything else); `drafts`, each
     rendered prompt's likely answer (fp32's), checked by the driver in one prediction (continuation)."""
     def encode(prompt: str) -> list[int]:
         return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
     by_ids = {tuple(prompt_ids(contract, encode(prompt))): encode(answer) for prompt, answer in (drafts or {}).items()}
+    choice = LabelChoice.of(contract, encode) if model.chooses_labels else None
     return token_generator(contract, encode, lambda ids: model.continuation(ids, max_context, by_ids.get(tuple(ids),
-                                                                                                        ())),
+                                                                                                        ()), choice),
                            tokenizer.decode)
 
 
 def answer_eval_set(model: PackageDriver, contract: Contract, rows: Sequence[EvalRow], tokenizer: Any,
-                    max_context: int, baseline: Sequence[str]) -> tuple[TaskMetrics, list[str], list[str]]:
+                    max_context: int, baseline: Sequence[str] | None) -> tuple[TaskMetrics, list[str], list[str]]:
     """The eval set answered through the program the driver runs (a Core ML package, an .aimodel), every row:
     (metrics, failures, notes)."""
     before, first_before = model.nonfinite_steps, model.first_nonfinite
@@ -342,8 +361,10 @@ def answer_eval_set(model: PackageDriver, contract: Contract, rows: Sequence[Eva
                f"therefore not the bridge's, and are {model.runs_on}")
     notes = [f"task: all {metrics.rows} eval rows answered through the model's own program ({seconds:.0f} s), "
              f"greedy: {how}"]
-    if contract.constrained:
-        notes.append("EdgeModel (Swift) has no grammar: answers are decoded unconstrained on iOS")
+    if contract.constrained and model.chooses_labels and contract.task == "labels":
+        notes.append("answers held to the labels' token paths, as EdgeModel (Swift) holds them (LabelChoice.swift)")
+    elif contract.constrained:
+        notes.append(f"{model.unconstrained}: answers are decoded unconstrained on iOS")
     return metrics, failures, notes
 
 

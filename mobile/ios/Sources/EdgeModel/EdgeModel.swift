@@ -50,6 +50,8 @@ public final class EdgeModel: ContractModel, @unchecked Sendable {
     private let cancelFlag = CancelFlag()
     /// The bundle's contract, or in a fleet bundle the specialist's.
     public let contract: Contract
+    /// A constrained labels contract's token paths: each token is then the best one on them, not the argmax.
+    private let labelChoice: LabelChoice?
 
     /// Load the bundle in `folder`: edgepack.json, the tokenizer files and the model (a compiled .mlmodelc,
     /// as Xcode puts it in an app, or an .mlpackage compiled here on first use).
@@ -97,6 +99,7 @@ public final class EdgeModel: ContractModel, @unchecked Sendable {
         self.model = model
         self.tokenizer = tokenizer
         self.computeUnits = computeUnits
+        self.labelChoice = LabelChoice(contract: contract, tokenizer: tokenizer)
     }
 
     /// Stop the running generation; it returns what it has, with finish = "cancelled".
@@ -125,7 +128,7 @@ public final class EdgeModel: ContractModel, @unchecked Sendable {
         let limit = manifest.runner.maxContext
         guard ids.count < limit else { throw EdgeModelError.contextFull(limit) }
         let state = model.makeState()
-        var next = try await predictNext(ids, total: ids.count, state: state)
+        var next = try await predictNext(ids, total: ids.count, state: state, answer: [])
         var generated: [Int] = []
         var text = ""
         var finish = "context_full"
@@ -147,15 +150,16 @@ public final class EdgeModel: ContractModel, @unchecked Sendable {
                 finish = "max_new_tokens"
                 break
             }
-            next = try await predictNext([next], total: ids.count + generated.count, state: state)
+            next = try await predictNext([next], total: ids.count + generated.count, state: state, answer: generated)
         }
         let seconds = Date().timeIntervalSince(start)
         let speed = seconds > 0 && generated.count > 1 ? Double(generated.count - 1) / seconds : nil
         return Generation(text: text, tokens: generated.count, tokensPerSecond: speed, finish: finish)
     }
 
-    /// Run `chunk` (the last `chunk.count` of `total` positions) through the model and return the argmax id.
-    private func predictNext(_ chunk: [Int], total: Int, state: MLState) async throws -> Int {
+    /// Run `chunk` (the last `chunk.count` of `total` positions) through the model and return the next id after
+    /// `answer` (the tokens generated so far): the argmax, or under a labels contract the best id on its paths.
+    private func predictNext(_ chunk: [Int], total: Int, state: MLState, answer: [Int]) async throws -> Int {
         let inputIds = try MLMultiArray(shape: [1, NSNumber(value: chunk.count)], dataType: .int32)
         for (index, id) in chunk.enumerated() {
             inputIds[[0, NSNumber(value: index)]] = NSNumber(value: id)
@@ -174,7 +178,7 @@ public final class EdgeModel: ContractModel, @unchecked Sendable {
         guard let logits = output.featureValue(for: "logits")?.multiArrayValue else {
             throw EdgeModelError.missingOutput("logits")
         }
-        return Self.argmaxOfLastRow(logits)
+        return labelChoice?.best(logits, after: answer) ?? Self.argmaxOfLastRow(logits)
     }
 
     /// The index of the largest logit at the last position of a [1, seq, vocab] float16 array.
