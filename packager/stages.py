@@ -36,6 +36,7 @@ from packager.verify.fp32_model import load_fp32_model, resident_bytes
 from packager.verify.gates import TaskGate, gate_for
 from packager.verify.gguf_check import verify_gguf
 from packager.verify.golden import GoldenSet, load_golden
+from packager.verify.llama_cpp_runner import load_llama
 from packager.verify.metrics import FidelityMetrics
 from packager.verify.reference import ReferenceLogits, compute_reference, load_hf_tokenizer
 from packager.verify.result import VerificationResult
@@ -294,11 +295,10 @@ class BuildContext:
     def task_metrics_gguf(self, path: Path, lora: Path | None = None) -> TaskMetrics:
         """Answer the eval set with the GGUF in llama.cpp (greedy, under the contract), with the GGUF LoRA
         adapter `lora` applied at run time when given."""
-        import llama_cpp
 
         baseline = self.baseline_answers
-        llm = llama_cpp.Llama(model_path=str(path), lora_path=str(lora) if lora else None, n_ctx=1024,
-                              n_threads=compute_threads(), verbose=False, seed=0)
+        llm = load_llama(model_path=str(path), lora_path=str(lora) if lora else None, n_ctx=1024,
+                         n_threads=compute_threads(), verbose=False, seed=0)
         try:
             constrained = self.contract.constrained and self.contract.task == "labels"
             metrics, _ = score(self.contract, self.eval_rows, llama_cpp_generator(llm, self.contract, constrained),

@@ -284,3 +284,32 @@ def test_llama_cpp_rows_give_the_tokens_of_a_grammar_over_every_token_with_the_s
     assert branches["allowed"] > 0 and branches["filtered"] > 0, branches
     prompt_evals = [n for n in evaluated if n > 1]
     assert prompt_evals[0] > max(prompt_evals[1:])  # later rows evaluate only what follows the shared prefix
+
+
+def test_llama_loads_in_two_threads_at_once_leave_the_process_stdout_as_it_was(monkeypatch) -> None:
+    """llama-cpp-python quiets a load by swapping sys.stdout (and fds 1, 2) for /dev/null and back; two loads
+    overlapping in time would each restore the other's swap and leave stdout on a closed /dev/null (a cold fleet
+    build's final tables went there). load_llama lets one load through at a time."""
+    import sys
+    import threading
+    import time
+
+    import llama_cpp
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    from packager.verify.llama_cpp_runner import load_llama
+
+    class SlowQuietLoad:
+        def __init__(self, **_: object) -> None:
+            with suppress_stdout_stderr(disable=False):
+                time.sleep(0.2)
+
+    monkeypatch.setattr(llama_cpp, "Llama", SlowQuietLoad)
+    before = sys.stdout
+    threads = [threading.Thread(target=load_llama) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)  # the second load starts inside the first one's swap
+    for thread in threads:
+        thread.join()
+    assert sys.stdout is before

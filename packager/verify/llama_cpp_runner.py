@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ctypes
+import threading
 import time
 import weakref
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,17 +98,29 @@ class GrammarGreedy:
         self._api.llama_sampler_reset(self._sampler)
 
 
+# llama-cpp-python quiets a model's load by swapping sys.stdout and fds 1 and 2 for /dev/null and back
+# (llama_cpp._utils.suppress_stdout_stderr). Two loads in two threads at once each put back what the other had
+# swapped in, leaving the process's stdout on a closed /dev/null: a cold fleet build lost its final tables so.
+_LOADING = threading.Lock()
+
+
+def load_llama(**kwargs: Any) -> Any:
+    """llama_cpp.Llama(**kwargs), one load at a time in this process."""
+    import llama_cpp
+
+    with _LOADING:
+        return llama_cpp.Llama(**kwargs)
+
+
 class GGUFRunner:
     """One llama.cpp context over a GGUF file, sized for the texts it will see."""
 
     def __init__(self, path: Path, n_ctx: int = 1024, logits_all: bool = True, n_threads: int | None = None,
                  lora: Path | None = None) -> None:
         """`lora`: a GGUF LoRA adapter llama.cpp applies to the model at run time (scale 1)."""
-        import llama_cpp
-
         self.path = path
         threads = n_threads or compute_threads()  # a fixed count makes speed comparable with another runtime
-        self.llm = llama_cpp.Llama(
+        self.llm = load_llama(
             model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=logits_all,
             n_threads=threads, n_threads_batch=threads, verbose=False, seed=0,
             lora_path=str(lora) if lora else None,
