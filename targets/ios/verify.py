@@ -128,7 +128,7 @@ class PackageDriver:
         With a `draft` (the tokens the answer likely starts with: fp32's answer) and a driver that `checks_drafts`,
         the prompt and the draft go in one prediction instead, and each draft token the program itself picks
         there is taken without a prediction of its own (speculative decoding, with the draft checked rather than
-        trusted): the first token it does not pick is its own argmax, and decoding goes on one token per
+        trusted): the first token it does not pick is its own pick there, and decoding goes on one token per
         prediction from there. A call closer than DRAFT_MARGIN is re-decided as the bridge decides it.
 
         With a `choice` (a constrained labels contract), each token is the best one that keeps the answer on a
