@@ -294,7 +294,8 @@ class IosTarget:
         for function in shared.functions:
             notes += [f"{function.name}: {note}"
                       for note in self._fp16_notes(function.export) + gate_notes[function.name]]
-        notes += self._simulated_notes(first)
+        counts = ", ".join(f"{s.name} {len(s.ctx.eval_rows)}" for s in fleet.specialists if s.ctx.eval_rows)
+        notes += self._simulated_notes(f"all of its specialist's eval rows ({counts})" if counts else None)
         notes.append(f"iOS fleet: each specialist is the function of {shared.package.name} named after it, loaded "
                      "with MLModelConfiguration.functionName (EdgeFleet), and was simulated as that function "
                      "against its own fp32 merged model. Whether Core ML shares the base's weights in memory between "
@@ -420,7 +421,7 @@ class IosTarget:
             "tokenizer": list(TOKENIZER_FILES),
             "contract": ctx.contract.as_dict(),
         }
-        notes += self._simulated_notes(ctx)
+        notes += self._simulated_notes(f"all {len(ctx.eval_rows)} eval rows" if ctx.eval_rows else None)
         extra: dict[str, Any] = {}
         if coreai is not None:
             coreai_artifact, coreai_verification, coreai_notes, sections["core_ai"] = coreai
@@ -432,15 +433,16 @@ class IosTarget:
                                     "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge], **extra})
 
     @staticmethod
-    def _simulated_notes(ctx: BuildContext) -> list[str]:
-        """What `simulated` means for the packages and the generated Swift, and for the task's numbers."""
+    def _simulated_notes(answered: str | None) -> list[str]:
+        """What `simulated` means for the packages and the generated Swift, and for the task's numbers (`answered`:
+        which eval rows each package answered, None without an eval set)."""
         notes = ["iOS: packages verified `simulated` (their MIL programs evaluated in numpy against fp32 "
                  "transformers); nothing ran in Core ML or on an iPhone. The bridge and app were parsed with "
                  "tree-sitter (Swift); no Swift compiler or Xcode ran here."]
-        if ctx.eval_rows:
-            notes.append(f"iOS task numbers: every verified package answered all {len(ctx.eval_rows)} eval rows "
-                         "through its own program; a `simulated` row's latency is edgepack's numpy MIL interpreter "
-                         "on this build host's CPU, not an iPhone's.")
+        if answered:
+            notes.append(f"iOS task numbers: every verified package answered {answered} through its own program; "
+                         "a `simulated` row's latency is edgepack's numpy MIL interpreter on this build host's CPU, "
+                         "not an iPhone's.")
         return notes
 
     def _scaffold(self, out_dir: Path, context: dict[str, Any]) -> tuple[list[Path], list[ScaffoldCheck]]:
