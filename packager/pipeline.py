@@ -281,8 +281,7 @@ def _manifest(
             "parameters": ckpt.parameter_count,
             "sha256": digest,
         },
-        "options": {"quant": request.options.quant, "context_length": ctx.context.tokens,
-                    "context_length_from": ctx.context.reason},
+        "options": {"quant": request.options.quant, **_context_options(ctx, fleet)},
         **({"contract_check": {**ctx.contract_check.as_dict(),
                                "messages": ctx.contract_check.messages(ctx.eval_rows[0])}}
            if ctx.contract_check else {}),
@@ -293,6 +292,17 @@ def _manifest(
         "stages": [vars(s) for s in reporter.records],
         "tools": tool_versions(),
     }
+
+
+def _context_options(ctx: BuildContext, fleet: Fleet | None) -> dict[str, Any]:
+    """The build's context length and why; in a fleet each specialist's own (its eval set sizes it), the largest
+    as the length: the base alone has no eval set, so its default says nothing about what was built."""
+    if fleet is None:
+        return {"context_length": ctx.context.tokens, "context_length_from": ctx.context.reason}
+    choices = {s.name: s.ctx.context for s in fleet.specialists}
+    return {"context_length": max(c.tokens for c in choices.values()),
+            "context_length_from": "per specialist: " + "; ".join(f"{name} {c.tokens} tokens, {c.reason}"
+                                                                 for name, c in choices.items())}
 
 
 def _specialist_entry(specialist: Specialist) -> dict[str, Any]:

@@ -69,6 +69,10 @@ def test_the_pi_ships_the_base_once_and_an_adapter_per_specialist_each_verified(
     manifest = json.loads((folder / "out" / "manifest.json").read_text())
     assert [s["name"] for s in manifest["specialists"]] == list(SPECIALISTS)
     assert manifest["specialists"][0]["adapter_sha256"] != manifest["specialists"][1]["adapter_sha256"]
+    # The context is each specialist's (the base alone has no eval set to size it by)
+    context = manifest["options"]["context_length_from"]
+    assert context.startswith("per specialist: ") and all(f"{n} " in context for n in SPECIALISTS), context
+    assert f"- context: {manifest['options']['context_length']} tokens (per specialist: " in report
     assert "Pick a specialist" in (pi / "README.md").read_text()
 
 
