@@ -1,8 +1,8 @@
 """Greedy decoding held to a labels contract's labels, token by token, where the runtime has no grammar.
 
 llama.cpp (GBNF) and LiteRT-LM (constrained decoding) hold a constrained labels contract to its labels
-themselves; Core ML has nothing of the kind, so the iOS bridge (mobile/ios, LabelChoice.swift) picks each token
-itself, and the build's simulation of a package (targets.ios.verify) picks the same way: the best-scoring token
+themselves. A runtime without a grammar leaves the choice of each token to the bridge that drives it, and a
+target whose bridge picks tokens this way simulates its program with the same choice: the best-scoring token
 that keeps the answer on one of the labels' token paths. A path is a label's token ids as the tokenizer encodes
 the label alone and after one space (what follows "Intent:"); once a path is complete, the answer may only end:
 an eos id, or the first token of a stop string. A label spelled in other tokens is not offered: a fine-tune
