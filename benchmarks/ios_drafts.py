@@ -39,12 +39,11 @@ def _package(build: Path, name: str, package: str) -> tuple[Path, str | None]:
 
 def measure(build: Path, cache: Path, package: str) -> dict:
     from packager.checkpoint import load_checkpoint
-    from packager.contract import render_prompt
     from packager.progress import Reporter
     from packager.project import BuildFlags, build_request
     from packager.stages import BuildOptions
     from packager.verify.task_eval import score
-    from targets.ios.verify import SimulatedModel, package_generator
+    from targets.ios.verify import SimulatedModel, baseline_drafts, package_generator
 
     request = build_request(BuildFlags(config=FLEET), Reporter(quiet=True), cwd=FLEET.parent)
     specialists = {}
@@ -54,8 +53,7 @@ def measure(build: Path, cache: Path, package: str) -> dict:
         ctx = _context(merged, merged.content_digest(), options, cache)
         path, function = _package(build, spec.name, package)
         baseline, rows = ctx.baseline_answers, ctx.eval_rows
-        drafts = {render_prompt(ctx.contract, row.input, row.instruction): answer
-                  for row, answer in zip(rows, baseline, strict=True)}
+        drafts = baseline_drafts(ctx.contract, rows, baseline)
         ways = {}
         for way, given in (("token by token", None), ("fp32 answers as drafts", drafts)):
             model = SimulatedModel(path, function)

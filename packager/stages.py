@@ -295,7 +295,6 @@ class BuildContext:
     def task_metrics_gguf(self, path: Path, lora: Path | None = None) -> TaskMetrics:
         """Answer the eval set with the GGUF in llama.cpp (greedy, under the contract), with the GGUF LoRA
         adapter `lora` applied at run time when given."""
-
         baseline = self.baseline_answers
         llm = load_llama(model_path=str(path), lora_path=str(lora) if lora else None, n_ctx=1024,
                          n_threads=compute_threads(), verbose=False, seed=0)

@@ -335,14 +335,19 @@ def package_generator(model: PackageDriver, tokenizer: Any, contract: Contract, 
                            tokenizer.decode)
 
 
+def baseline_drafts(contract: Contract, rows: Sequence[EvalRow], baseline: Sequence[str]) -> dict[str, str]:
+    """Each row's rendered prompt and the fp32 model's answer to it: the drafts package_generator checks."""
+    return {render_prompt(contract, row.input, row.instruction): answer
+            for row, answer in zip(rows, baseline, strict=True)}
+
+
 def answer_eval_set(model: PackageDriver, contract: Contract, rows: Sequence[EvalRow], tokenizer: Any,
                     max_context: int, baseline: Sequence[str] | None) -> tuple[TaskMetrics, list[str], list[str]]:
     """The eval set answered through the program the driver runs (a Core ML package, an .aimodel), every row:
     (metrics, failures, notes)."""
     before, first_before = model.nonfinite_steps, model.first_nonfinite
     answered, drafted = model.answered, model.drafted
-    drafts = ({render_prompt(contract, row.input, row.instruction): answer
-               for row, answer in zip(rows, baseline, strict=True)} if model.checks_drafts and baseline else None)
+    drafts = baseline_drafts(contract, rows, baseline) if model.checks_drafts and baseline else None
     start = time.perf_counter()
     metrics, _ = score(contract, rows, package_generator(model, tokenizer, contract, max_context, drafts), baseline)
     seconds = time.perf_counter() - start
