@@ -37,3 +37,17 @@ def context_for_task(longest_prompt: int, max_new_tokens: int, longest_golden: i
     return ContextChoice(tokens, f"sized from the contract: longest eval prompt {longest_prompt} tokens + "
                                  f"{max_new_tokens} new tokens, x{HEADROOM} headroom, a power of two, at least "
                                  f"{MIN_CONTEXT} (--context-length to choose another)")
+
+
+MAX_PREFILL_CHUNK = 256
+
+
+def prefill_chunk(context_tokens: int) -> int:
+    """The most prompt tokens a static-shape runtime (ExecuTorch, LiteRT-LM) takes in one call.
+
+    Those runtimes plan memory for their longest call, and the logits alone are chunk x vocabulary
+    floats: 4,095 positions of Gemma's 262,144-token vocabulary are 4.3 GB, held by the app on the
+    phone and by the verification here. A quarter of the context (at least 32, at most 256, never
+    the whole context) keeps a task's prompts to a call or two; a longer prompt is fed in chunks.
+    """
+    return min(context_tokens - 1, max(32, min(MAX_PREFILL_CHUNK, context_tokens // 4)))

@@ -30,6 +30,7 @@ from typing import Any
 
 from packager.adapter import AdapterSource
 from packager.child_stage import serve_request
+from packager.context_size import prefill_chunk
 from packager.errors import BadInputError, InternalError, UnsupportedError
 from packager.peak_memory import own_peak_rss_mb
 from packager.verify.gates import EIGHT_BIT, LOSSLESS, LOW_BIT, Gate
@@ -41,9 +42,10 @@ from targets.android.xnnpack_passes import only_applicable_passes, whole_op_part
 
 EXECUTORCH_VERSION = "1.5.1"
 # Bump when the exported program changes for the same checkpoint + recipe (keys the stage cache).
+# 5: forward takes at most packager.context_size.prefill_chunk tokens a call (was max_context - 1);
 # 4: calibration statistics on one torch thread; 3: attention through ExecuTorch's fused cache and SDPA kernels
 # where the context allows
-EXPORT_SCHEMA = 4
+EXPORT_SCHEMA = 5
 DELEGATES = ("xnnpack", "vulkan")
 
 
@@ -181,11 +183,15 @@ class RunnerMetadata:
     vocab_size: int
     fused_attention: bool = False
 
+    @property
+    def max_seq_len(self) -> int:
+        """The most tokens one call of forward takes (the runner prefills longer prompts in chunks): the
+        memory ExecuTorch plans for a call, logits included, grows with it (packager.context_size)."""
+        return prefill_chunk(self.max_context)
+
     def constant_methods(self) -> dict[str, Any]:
-        # A prefill chunk may be at most max_seq_len tokens; the sequence dimension is exported up to
-        # max_context - 1 (torch.export specialises a bound equal to the cache length).
         methods: dict[str, Any] = {
-            "get_max_seq_len": self.max_context - 1,
+            "get_max_seq_len": self.max_seq_len,
             "get_max_context_len": self.max_context,
             "enable_dynamic_shape": True,
             "use_kv_cache": True,
@@ -479,8 +485,9 @@ def load_for_export(folder: Path, max_context: int) -> Any:
 _WRAPPERS = {"hybrid": "TorchExportableModuleWithHybridCache", "static": "TorchExportableModuleWithStaticCache"}
 
 
-def export_program(model: Any, spec: Any, max_context: int, fused: bool) -> Any:
-    """torch.export the model with its static cache, the sequence length dynamic up to max_context - 1.
+def export_program(model: Any, spec: Any, metadata: RunnerMetadata, fused: bool) -> Any:
+    """torch.export the model with its static cache of metadata.max_context slots, the sequence length
+    dynamic up to metadata.max_seq_len.
 
     `fused`: the cache and attention as ExecuTorch's fused kernels (targets.android.fused_attention);
     otherwise transformers' own exportable wrapper, checked against the architecture table's cache kind.
@@ -488,10 +495,10 @@ def export_program(model: Any, spec: Any, max_context: int, fused: bool) -> Any:
     import torch
 
     if fused:
-        wrapper = fused_attention.decoder(model, max_context)
+        wrapper = fused_attention.decoder(model, metadata.max_context)
     else:
-        wrapper = _transformers_wrapper(model, spec, max_context)
-    seq = torch.export.Dim("seq_length_dim", max=max_context - 1)
+        wrapper = _transformers_wrapper(model, spec, metadata.max_context)
+    seq = torch.export.Dim("seq_length_dim", max=metadata.max_seq_len)
     example = torch.zeros((1, 3), dtype=torch.long)
     with torch.no_grad():
         return torch.export.export(wrapper, (), kwargs={"input_ids": example,
@@ -610,7 +617,7 @@ def export_pte(folder: Path, out_dir: Path, recipe: Recipe, metadata: RunnerMeta
     replace_rms_norms(model, spec)  # after smoothing, which folds scales into the norms' gains
     fused = delegate == "xnnpack" and fused_attention.fits(model.config, metadata.max_context)
     metadata = dataclasses.replace(metadata, fused_attention=fused)
-    exported = export_program(model, spec, metadata.max_context, fused)
+    exported = export_program(model, spec, metadata, fused)
     del model
     stem = stem or f"model-{recipe.name}" + ("" if delegate == "xnnpack" else f"-{delegate}")
     pte, ptd, (delegated, total) = lower_and_write(exported, metadata, delegate, out_dir, stem, base_data)

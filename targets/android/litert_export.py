@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from packager.child_stage import serve_request
+from packager.context_size import prefill_chunk
 from packager.errors import BadInputError, UnsupportedError
 from packager.optional_packages import OptionalPackages
 from packager.peak_memory import own_peak_rss_mb
@@ -82,14 +83,10 @@ def litert_recipe_named(name: str) -> LitertRecipe:
 
 
 def prefill_lengths(cache_length: int) -> tuple[int, ...]:
-    """The prefill signatures to export for a KV cache of `cache_length` slots.
-
-    A prompt longer than the longest prefill runs in several chunks, and a short one is padded to the
-    signature's length, so one signature of a quarter of the cache (at least 32, at most 512, never
-    more than the cache) keeps a task's prompts to one or two chunks without padding them by thousands.
-    The engine picks among the exported lengths itself.
-    """
-    return (min(cache_length, max(32, min(512, cache_length // 4))),)
+    """The prefill signatures to export for a KV cache of `cache_length` slots: one, of
+    packager.context_size.prefill_chunk's length. A prompt longer than it runs in several chunks, and a
+    short one is padded to it; the engine picks among the exported lengths itself."""
+    return (prefill_chunk(cache_length),)
 
 
 # The Python packages an export and its verification import, and where they come from.
