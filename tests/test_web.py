@@ -253,6 +253,27 @@ def test_split_parts_compute_exactly_what_the_whole_gguf_computes(tiny_gemma: Pa
         b.close()
 
 
+def test_a_tensor_larger_than_the_part_size_gets_a_part_of_its_own_size_up_to_the_browser_limit(
+        tiny_gemma: Path, tmp_path: Path) -> None:
+    """Gemma 3 4B's Q6_K token table (551 MB) is larger than the 512 MB part size: its part grows to hold it,
+    and only a tensor beyond what a browser holds in one buffer is refused."""
+    from packager.errors import UnsupportedError
+
+    ckpt = load_checkpoint(tiny_gemma, work_dir=tmp_path / "w")
+    whole = BuildContext(ckpt, "split-test", BuildOptions(), Reporter(quiet=True)).gguf("Q8_0")
+    reader = gguf.GGUFReader(str(whole))
+    largest = max(t.n_bytes for t in reader.tensors)
+    small = reader.data_offset + largest // 4  # the part size alone could not hold the largest tensor
+    parts = split_gguf(whole, tmp_path / "parts", small)
+    sizes = [p.stat().st_size for p in parts]
+    assert len(parts) >= 2 and max(sizes) > small
+    assert max(sizes) <= reader.data_offset + largest + reader.alignment * len(reader.tensors) + 256
+    assert sum(len(gguf.GGUFReader(str(p)).tensors) for p in parts) == len(reader.tensors)
+    with pytest.raises(UnsupportedError, match="a browser holds in one buffer"):
+        split_gguf(whole, tmp_path / "refused", small, limit=reader.data_offset + largest // 2)
+    assert not (tmp_path / "refused").exists()
+
+
 def test_without_chromium_the_bundle_is_structural_and_says_why(tiny_gemma: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     vendor_installed()

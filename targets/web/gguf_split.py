@@ -1,11 +1,13 @@
 """Splitting a GGUF into parts a browser can fetch and hold: llama.cpp's gguf-split layout.
 
 Browsers cap a single ArrayBuffer (about 2 GB) and download several smaller files faster, so web
-bundles ship GGUFs in parts of at most 512 MB. The parts follow llama.cpp's `gguf-split` format,
-which llama.cpp (and wllama) load from the first part's path: `<stem>-00001-of-0000N.gguf`, every
-part a valid GGUF, the first holding all metadata plus `split.no`, `split.count` and
-`split.tensors.count`, the others only the split keys and their tensors. Tensor bytes are copied
-unchanged, so a split model computes exactly what the whole file computes.
+bundles ship GGUFs in parts of at most 512 MB, or as large as the largest tensor needs when one is
+larger (gguf-split never cuts a tensor: Gemma 3 4B's Q6_K token table alone is 551 MB), up to the
+browser's cap. The parts follow llama.cpp's `gguf-split` format, which llama.cpp (and wllama) load
+from the first part's path: `<stem>-00001-of-0000N.gguf`, every part a valid GGUF, the first
+holding all metadata plus `split.no`, `split.count` and `split.tensors.count`, the others only the
+split keys and their tensors. Tensor bytes are copied unchanged, so a split model computes exactly
+what the whole file computes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import gguf
 from packager.errors import InternalError, UnsupportedError
 
 MAX_PART_BYTES = 512 * 1024 * 1024
+# The largest ArrayBuffer a browser gives one file (V8's limit, as wllama documents it).
+BROWSER_BUFFER_LIMIT = 2**31 - 1
 _SPLIT_KEYS = (
     gguf.Keys.Split.LLM_KV_SPLIT_NO,
     gguf.Keys.Split.LLM_KV_SPLIT_COUNT,
@@ -33,8 +37,10 @@ def part_names(stem: str, count: int) -> list[str]:
     return [f"{stem}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
 
 
-def split_gguf(src: Path, dest_dir: Path, max_bytes: int = MAX_PART_BYTES) -> list[Path]:
-    """Write src into dest_dir as gguf-split parts of at most max_bytes each; return them in order.
+def split_gguf(src: Path, dest_dir: Path, max_bytes: int = MAX_PART_BYTES,
+               limit: int = BROWSER_BUFFER_LIMIT) -> list[Path]:
+    """Write src into dest_dir as gguf-split parts of at most max_bytes each (or, when one tensor needs more,
+    parts as large as the largest tensor needs, never above `limit`); return them in order.
 
     A file that already fits is not rewritten: the caller places it whole (see part_names).
     """
@@ -43,12 +49,15 @@ def split_gguf(src: Path, dest_dir: Path, max_bytes: int = MAX_PART_BYTES) -> li
     reader = gguf.GGUFReader(str(src))
     # Every part's header is at most the source's (it lists a subset of the tensors), and each
     # tensor may gain up to one alignment unit of padding.
-    budget = max_bytes - reader.data_offset - reader.alignment * len(reader.tensors) - _HEADER_SLACK
+    overhead = reader.data_offset + reader.alignment * len(reader.tensors) + _HEADER_SLACK
     largest = max(t.n_bytes for t in reader.tensors)
-    if budget < largest:
+    budget = max(max_bytes - overhead, largest)
+    max_bytes = budget + overhead
+    if max_bytes > limit:
         raise UnsupportedError(
-            f"{src.name}: tensor data of up to {largest / 2**20:.0f} MB cannot be split into parts of "
-            f"{max_bytes / 2**20:.0f} MB (gguf-split never cuts a tensor). Use a smaller --quant."
+            f"{src.name}: a tensor of {largest / 2**20:.0f} MB needs a part of {max_bytes / 2**20:.0f} MB, more "
+            f"than the {limit / 2**20:.0f} MB a browser holds in one buffer (gguf-split never cuts a tensor). "
+            "Use a smaller --quant."
         )
     arch_field = reader.get_field(gguf.Keys.General.ARCHITECTURE)
     if arch_field is None:
