@@ -87,3 +87,39 @@ def test_an_interrupted_build_kills_its_conversion_child(tmp_path: Path, monkeyp
             return
         time.sleep(0.1)
     pytest.fail(f"the conversion child {child} outlived the interrupted build")
+
+
+_FREED_BLOCKS_CHILD = """
+    import json, sys
+
+    def rss_mb():
+        return next(int(line.split()[1]) // 1024 for line in open("/proc/self/status") if line.startswith("VmRSS"))
+
+    big = bytearray(16 * 2**20)  # a large block freed: glibc's default then serves blocks below 16 MB from its heap
+    del big
+    before = rss_mb()
+    blocks = [bytearray(2**20) for _ in range(300)]
+    last = blocks[-1]  # still in use, at the heap's top
+    del blocks
+    json.dump({"before": before, "after": rss_mb()}, open(sys.argv[2], "w"))
+"""
+
+
+@pytest.mark.parametrize("user_value", [None, str(32 * 2**20)])
+def test_a_child_returns_freed_blocks_to_the_system_unless_the_user_tuned_malloc(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user_value: str | None) -> None:
+    """What a conversion frees is given back before its next phase, instead of staying resident in glibc's heap
+    (packager.child_stage.CHILD_MALLOC); a MALLOC_MMAP_THRESHOLD_ the user set is kept, and then it is not."""
+    module = _child_module(tmp_path, monkeypatch, _FREED_BLOCKS_CHILD)
+    if user_value is None:
+        monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    else:
+        monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", user_value)
+    folder = tmp_path / "entry"
+    folder.mkdir()
+    result = run_child(module, folder, {}, "fake conversion")
+    kept = result["after"] - result["before"]
+    if user_value is None:
+        assert kept < 50, result
+    else:
+        assert kept > 250, result
