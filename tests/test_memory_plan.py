@@ -45,14 +45,31 @@ def test_under_max_ram_a_target_that_cannot_fit_is_refused_by_name_before_anythi
     assert "--target ios" in message and "--max-ram" in message
 
 
-def test_under_the_default_budget_only_a_measured_need_beyond_the_machine_is_refused(tmp_path: Path) -> None:
-    scheduler = _scheduler(tmp_path, 20, explicit=False, scale=1000 * GB)  # a model far too large for any host
+def test_under_the_default_budget_an_estimate_a_little_above_the_machine_is_tried_a_measurement_is_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import packager.memory_plan as memory_plan
+
+    monkeypatch.setattr(memory_plan, "host_memory", lambda: 20 * GB)
+    scheduler = _scheduler(tmp_path, 20, explicit=False, scale=10 * GB)  # conversion: 1 + 2 x 10 GB, 1.08 x host
     estimated = TargetNeed("ios", scheduler.base, step_need(scheduler, CONVERSION))
     warnings = check_fits([estimated], scheduler)
-    assert len(warnings) == 1 and "may not fit" in warnings[0]  # an estimate alone: warn, try
+    assert len(warnings) == 1 and "may not fit" in warnings[0]  # an estimate a little above: warn, try
     scheduler.costs.learn_peak("conversion", 2.0)
     with pytest.raises(UnsupportedError):
         check_fits([TargetNeed("ios", scheduler.base, step_need(scheduler, CONVERSION))], scheduler)
+
+
+def test_under_the_default_budget_an_estimate_far_beyond_the_machine_is_refused_before_anything_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import packager.memory_plan as memory_plan
+
+    monkeypatch.setattr(memory_plan, "host_memory", lambda: 20 * GB)
+    scheduler = _scheduler(tmp_path, 20, explicit=False, scale=16 * GB)  # 1 + 2 x 16 GB: 1.68 x host
+    far = TargetNeed("ios", scheduler.base, step_need(scheduler, CONVERSION))
+    assert not far.largest.measured
+    with pytest.raises(UnsupportedError) as caught:
+        check_fits([far], scheduler)
+    assert "ios: about 33.5 GB" in caught.value.message and "estimated" in caught.value.message
 
 
 def test_a_tiny_models_conversion_teaches_nothing_about_real_ones(tmp_path: Path) -> None:
