@@ -43,9 +43,9 @@ MAX_PREFILL_CHUNK = 256
 
 
 def prefill_chunk(context_tokens: int) -> int:
-    """The most prompt tokens a static-shape runtime (ExecuTorch, LiteRT-LM) takes in one call.
+    """The most prompt tokens a static-shape runtime (an exported program with planned memory) takes in one call.
 
-    Those runtimes plan memory for their longest call, and the logits alone are chunk x vocabulary
+    Such runtimes plan memory for their longest call, and the logits alone are chunk x vocabulary
     floats: 4,095 positions of Gemma's 262,144-token vocabulary are 4.3 GB, held by the app on the
     phone and by the verification here. A quarter of the context (at least 32, at most 256, never
     the whole context) keeps a task's prompts to a call or two; a longer prompt is fed in chunks.
