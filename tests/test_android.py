@@ -885,6 +885,37 @@ def test_tiny_llama_exports_runs_and_loads_in_the_llm_runner(tiny_llama: Path, t
     RunnerSession(tmp_path / result.pte, tmp_path / result.ptd, tiny_llama / "tokenizer.json", 1, 64, [])
 
 
+def test_forward_takes_a_prefill_chunk_and_the_runner_feeds_a_longer_prompt_in_chunks(
+        tiny_gemma: Path, tmp_path: Path) -> None:
+    """ExecuTorch plans memory for forward's longest call (its logits alone are chunk x vocabulary floats), so a
+    .pte takes packager.context_size.prefill_chunk tokens a call, not the whole context; the runner Android's
+    LlmModule drives then prefills a longer prompt in chunks and answers as the program's own greedy decode."""
+    import torch
+
+    from packager.context_size import prefill_chunk
+    from targets.android.export import RECIPES, RunnerMetadata, export_pte
+    from targets.android.verify import PteProgram, RunnerSession, RunnerTokenizer
+
+    config = json.loads((tiny_gemma / "config.json").read_text())
+    context = 128
+    result = export_pte(tiny_gemma, tmp_path, RECIPES["fp32"], RunnerMetadata(context, (1,), 2, config["vocab_size"]))
+    chunk = prefill_chunk(context)
+    assert result.metadata["get_max_seq_len"] == chunk == 32
+    program = PteProgram(tmp_path / result.pte, tmp_path / result.ptd)
+    with pytest.raises(RuntimeError):
+        program.forward.execute([torch.zeros((1, chunk + 1), dtype=torch.long),
+                                 torch.arange(chunk + 1, dtype=torch.long)])
+    tokenizer = RunnerTokenizer(tiny_gemma / "tokenizer.json")
+    prompt = "one two three four five six seven eight nine ten " * 2
+    ids = [2, *tokenizer.encode(prompt)]
+    assert chunk < len(ids) < context - 8
+    greedy = program.greedy(ids, 8, [1])
+    del program
+    runner = RunnerSession(tmp_path / result.pte, tmp_path / result.ptd, tiny_gemma / "tokenizer.json", 1, context, [])
+    text, tokens, _, _ = runner.generate(prompt, 8, [])
+    assert text == tokenizer.text(greedy) and tokens == len(greedy)
+
+
 def test_attention_is_fused_when_the_context_fits_the_window_and_both_forms_answer_as_the_reference(
         tiny_gemma: Path, tmp_path: Path) -> None:
     """Within the sliding window the program's attention is ExecuTorch's fused cache update + SDPA; beyond

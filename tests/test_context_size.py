@@ -7,13 +7,20 @@ from pathlib import Path
 
 from cli_helpers import edgepack
 
-from packager.context_size import MIN_CONTEXT, context_for_task
+from packager.context_size import MAX_PREFILL_CHUNK, MIN_CONTEXT, context_for_task, prefill_chunk
 
 
 def test_a_short_task_gets_the_minimum_and_a_long_one_twice_its_length_as_a_power_of_two() -> None:
     assert context_for_task(70, 8, 255).tokens == MIN_CONTEXT
     assert context_for_task(700, 64, 255).tokens == 2048  # 2 x 764 = 1528 -> 2048
     assert context_for_task(30, 8, 900).tokens == 1024  # every golden sequence still fits: same positions
+
+
+def test_a_prefill_chunk_is_a_quarter_of_the_context_from_32_to_256_and_never_the_whole_context() -> None:
+    assert prefill_chunk(MIN_CONTEXT) == 128
+    assert prefill_chunk(4096) == prefill_chunk(32768) == MAX_PREFILL_CHUNK == 256
+    assert prefill_chunk(64) == 32  # at least 32
+    assert prefill_chunk(32) == 31  # a call never fills the whole cache
 
 
 def _eval_set(path: Path) -> Path:
