@@ -56,9 +56,13 @@ def checkpoint(model: str, models: Path) -> Path:
 
 
 def predicted(worktree: Path, env: dict[str, str], ckpt: Path, target: str) -> float | None:
-    """What this commit's `edgepack doctor` predicts for the target (None: its doctor does not predict)."""
-    done = subprocess.run([sys.executable, "-m", "packager.cli", "doctor", str(ckpt), "--json"], cwd=worktree, env=env,
-                          capture_output=True, text=True, check=False)
+    """What this commit's `edgepack doctor` predicts for the target built with --no-gate (None: its doctor does
+    not predict)."""
+    for flags in (["--no-gate"], []):  # the build below runs with --no-gate; doctors before 2026-12-07 lack the flag
+        done = subprocess.run([sys.executable, "-m", "packager.cli", "doctor", str(ckpt), "--json", *flags],
+                              cwd=worktree, env=env, capture_output=True, text=True, check=False)
+        if done.returncode == 0:
+            break
     try:
         rows = json.loads(done.stdout).get("build_ram", [])
     except ValueError:

@@ -353,16 +353,17 @@ def targets(as_json: bool) -> None:
               help="Eval set: check which prompt rendering the fp32 model answers it best under.")
 @click.option("--task", "task_kind", type=click.Choice(["text", "labels", "json"]), default="labels",
               show_default=True, help="The task of the eval set.")
+@click.option("--no-gate", is_flag=True, help="The memory a build with --no-gate needs (it screens no ladder rungs).")
 @click.option("--json", "as_json", is_flag=True)
 def doctor(checkpoint: Path, device_name: str | None, base: Path | None, eval_path: Path | None, task_kind: str,
-           as_json: bool) -> None:
+           no_gate: bool, as_json: bool) -> None:
     """Support matrix, fp16 risk, each target's notes, RAM estimates per device, this machine's memory need and
     ladders per target for CHECKPOINT; with --eval, the contract checked on the fp32 model."""
     from packager.doctor import diagnose, render
     from packager.pipeline import BuildRequest, open_input
 
     ckpt, digest = open_input(BuildRequest(checkpoint=checkpoint, targets=[], base=base), Reporter(quiet=True))
-    report = diagnose(ckpt, only=device_name, eval_path=eval_path, task=task_kind, digest=digest)
+    report = diagnose(ckpt, only=device_name, eval_path=eval_path, task=task_kind, digest=digest, no_gate=no_gate)
     if as_json:
         _emit_json(report.as_dict())
     else:

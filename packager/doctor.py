@@ -64,7 +64,8 @@ def support_matrix() -> dict[str, dict[str, bool]]:
 
 
 def diagnose(ckpt: Checkpoint, contexts: tuple[int, ...] = (512, 2048, 4096), only: str | None = None,
-             eval_path: Path | None = None, task: str = "labels", digest: str = "") -> DoctorReport:
+             eval_path: Path | None = None, task: str = "labels", digest: str = "",
+             no_gate: bool = False) -> DoctorReport:
     """Support, fp16 risk, each target's notes, RAM per quant/context, a pick per device, the build's memory
     need and ladders here, and with an eval set the contract checked on the fp32 model."""
     profiles = [device(only)] if only else installed_devices()
@@ -86,7 +87,8 @@ def diagnose(ckpt: Checkpoint, contexts: tuple[int, ...] = (512, 2048, 4096), on
         })
     targets = support_matrix()[ckpt.spec.name]
     supported = [name for name, ok in targets.items() if ok]
-    ctx = _context(ckpt, digest, BuildOptions(eval_path=eval_path, task={"task": task} if eval_path else {}))
+    ctx = _context(ckpt, digest, BuildOptions(eval_path=eval_path, task={"task": task} if eval_path else {},
+                                              no_gate=no_gate))
     build_ram = [{"target": n.target, "peak_gb": round(n.peak / 2**30, 2), "largest_step": n.largest.kind,
                   "measured": n.largest.measured, "fits": n.peak <= host_memory()}
                  for n in target_needs(ctx, [available_targets()[name]() for name in supported])]

@@ -31,7 +31,7 @@ A = TypeVar("A")
 
 # A screen holds the fp32 model and its quantized copy in this process: 8.8-10 GB measured for a Gemma 3 1B
 # (3.7 GiB in fp32) on Android and iOS (2026-12-04; 13.9 GB before cycles were collected after each step).
-EAGER_SCREEN = HeavyStep("eager screen", 2.5)
+EAGER_SCREEN = HeavyStep("eager screen", 2.5, gated=True)
 
 
 def walked(ladder: Sequence[str], no_gate: bool) -> tuple[str, ...]:

@@ -70,7 +70,8 @@ def target_needs(ctx: BuildContext, targets: list[Target]) -> list[TargetNeed]:
     needs = []
     for target in targets:
         values = ctx.options.for_target(target)
-        steps = [step_need(ctx.scheduler, s) for s in (*shared, *heavy_steps(target)) if s.runs_with(values.get)]
+        steps = [step_need(ctx.scheduler, s) for s in (*shared, *heavy_steps(target))
+                 if s.runs_with(values.get, ctx.options.no_gate)]
         needs.append(TargetNeed(target.name, ctx.scheduler.base, max(steps, key=lambda s: s.bytes)))
     return needs
 

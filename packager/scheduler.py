@@ -137,9 +137,12 @@ class HeavyStep:
     # (target option, values): a step of a format the user may not ask for runs only when that target option
     # has one of those values; None: every build of the target runs it.
     only_when: tuple[str, tuple[str, ...]] | None = None
+    gated: bool = False  # runs only in a gated build (a ladder's screens): --no-gate ships its first rung unscreened
 
-    def runs_with(self, option: Callable[[str], object]) -> bool:
-        """Whether a build whose target option values `option(name)` gives runs this step."""
+    def runs_with(self, option: Callable[[str], object], no_gate: bool = False) -> bool:
+        """Whether a build whose target option values `option(name)` gives (and --no-gate or not) runs this step."""
+        if self.gated and no_gate:
+            return False
         return self.only_when is None or option(self.only_when[0]) in self.only_when[1]
 
 

@@ -108,3 +108,26 @@ def test_a_format_the_build_does_not_ask_for_adds_nothing_to_its_need(
                       "--max-ram", limit, "--json")
     assert result.exit_code == ExitCode.UNSUPPORTED, result.stdout
     assert "android: about" in result.json()["message"] and f"its {largest}," in result.json()["message"]
+
+
+def test_a_no_gate_build_needs_no_memory_for_the_ladder_screens_it_does_not_run(tmp_path: Path) -> None:
+    """--no-gate ships a ladder's first rung unscreened, so its need (and `edgepack doctor --no-gate`'s) leaves the
+    eager screen out: a 1B Android build measured 5.7 GB where the screen's estimate alone said 9.9."""
+    from types import SimpleNamespace
+
+    from packager.ladder import EAGER_SCREEN
+    from packager.memory_plan import target_needs
+
+    scheduler = _scheduler(tmp_path, 100, explicit=False, scale=4 * GB)  # 4 GB in fp32: a 1B model
+
+    class Target:
+        name = "android"
+        heavy_steps = (EAGER_SCREEN, CONVERSION)
+
+    def needs(no_gate: bool) -> str:
+        options = SimpleNamespace(no_gate=no_gate, for_target=lambda _target: {})
+        ctx = SimpleNamespace(fp32_steps=(), options=options, scheduler=scheduler)
+        return target_needs(ctx, [Target()])[0].largest.kind  # type: ignore[arg-type]
+
+    assert needs(no_gate=False) == "eager screen"  # 2.5 x 4 GB beside the conversion's 1 + 2 x 4 GB
+    assert needs(no_gate=True) == "conversion"
