@@ -16,6 +16,7 @@ from dataclasses import dataclass
 DEFAULT_CONTEXT = 4096
 MIN_CONTEXT = 512
 HEADROOM = 2  # prompts a little longer than the eval set's still fit
+MAX_PREFILL_CHUNK = 256  # tokens per call of a static-shape runtime (prefill_chunk)
 
 
 @dataclass(frozen=True)
@@ -37,9 +38,6 @@ def context_for_task(longest_prompt: int, max_new_tokens: int, longest_golden: i
     return ContextChoice(tokens, f"sized from the contract: longest eval prompt {longest_prompt} tokens + "
                                  f"{max_new_tokens} new tokens, x{HEADROOM} headroom, a power of two, at least "
                                  f"{MIN_CONTEXT} (--context-length to choose another)")
-
-
-MAX_PREFILL_CHUNK = 256
 
 
 def prefill_chunk(context_tokens: int) -> int:
