@@ -2,7 +2,7 @@
 
 Browsers cap a single ArrayBuffer (about 2 GB) and download several smaller files faster, so web
 bundles ship GGUFs in parts of at most 512 MB, or as large as the largest tensor needs when one is
-larger (gguf-split never cuts a tensor: Gemma 3 4B's Q6_K token table alone is 551 MB), up to the
+larger (gguf-split never cuts a tensor: Gemma 3 4B's token table alone is 680 MB in Q8_0), up to the
 browser's cap. The parts follow llama.cpp's `gguf-split` format, which llama.cpp (and wllama) load
 from the first part's path: `<stem>-00001-of-0000N.gguf`, every part a valid GGUF, the first
 holding all metadata plus `split.no`, `split.count` and `split.tensors.count`, the others only the
