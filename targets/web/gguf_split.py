@@ -52,10 +52,10 @@ def split_gguf(src: Path, dest_dir: Path, max_bytes: int = MAX_PART_BYTES,
     overhead = reader.data_offset + reader.alignment * len(reader.tensors) + _HEADER_SLACK
     largest = max(t.n_bytes for t in reader.tensors)
     budget = max(max_bytes - overhead, largest)
-    max_bytes = budget + overhead
-    if max_bytes > limit:
+    part_bytes = budget + overhead  # max_bytes, or what the largest tensor needs
+    if part_bytes > limit:
         raise UnsupportedError(
-            f"{src.name}: a tensor of {largest / 2**20:.0f} MB needs a part of {max_bytes / 2**20:.0f} MB, more "
+            f"{src.name}: a tensor of {largest / 2**20:.0f} MB needs a part of {part_bytes / 2**20:.0f} MB, more "
             f"than the {limit / 2**20:.0f} MB a browser holds in one buffer (gguf-split never cuts a tensor). "
             "Use a smaller --quant."
         )
@@ -81,7 +81,7 @@ def split_gguf(src: Path, dest_dir: Path, max_bytes: int = MAX_PART_BYTES,
     for tensor in reader.tensors:
         writer.write_tensor_data(tensor.data)
     writer.close()
-    oversized = [p.name for p in paths if p.stat().st_size > max_bytes]
+    oversized = [p.name for p in paths if p.stat().st_size > part_bytes]
     if oversized:
-        raise InternalError(f"split_gguf wrote parts larger than {max_bytes} bytes: {', '.join(oversized)}")
+        raise InternalError(f"split_gguf wrote parts larger than {part_bytes} bytes: {', '.join(oversized)}")
     return paths
