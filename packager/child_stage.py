@@ -28,7 +28,7 @@ from packager.scheduler import AnySet, BuildCancelled, Claim
 
 # glibc serves allocations from 128 KB up with their own mappings, returned to the system when freed. Its default
 # raises that threshold as large blocks are freed, so a conversion's later temporaries land in a heap that never
-# shrinks: a Gemma 3 1B .pte export child peaked at 5.7 GB with this, 6.2 GB without (its quantized model
+# shrinks: a Gemma 3 1B export child peaked at 5.7 GB with this, 6.2 GB without (its quantized model
 # then held 2.0 GB where 3.9 GB stayed resident). A value the user set wins.
 CHILD_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 

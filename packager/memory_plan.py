@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 
 # An estimate this many times the machine's memory is refused without trying: no estimate is that far off
-# (a Gemma 3 4B's Android and iOS builds are estimated at 36 GB on a 23.5 GB machine).
+# (a Gemma 3 4B's conversions and screens are estimated at 36-38 GB on a 23.5 GB machine).
 ESTIMATE_MARGIN = 1.5
 
 
