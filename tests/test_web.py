@@ -181,6 +181,43 @@ def test_second_page_load_comes_from_the_browser_cache_with_no_errors_and_no_out
     assert "no WebLLM model library" in first["info"]["reason"] or "not bundled" in first["info"]["reason"]
 
 
+STORE_PAGE = """<!doctype html><meta charset="utf-8"><title>model store</title>
+<script type="module">
+import { fetchVerified } from "./edgepack/model-store.js";
+const files = %s;
+window.edgepack = { ready: (async () => {
+  const blobs = [];
+  for (const file of files) blobs.push((await fetchVerified(new URL(file.path, location.href).href, file)).blob);
+  const tails = [];  // read after every file is in: the bytes wllama reads while it loads the model
+  for (const blob of blobs) tails.push(Array.from(new Uint8Array(await blob.slice(blob.size - 8).arrayBuffer())));
+  return { info: { tails } };
+})() };
+</script>"""
+
+
+def test_model_files_past_chromiums_in_memory_blob_limit_reach_the_runtime_readable(tmp_path: Path) -> None:
+    """Chromium keeps a page's in-memory blobs within ~500 MB: two 300 MB files (a 1B model is 1 GB) must
+    still be readable once both are fetched; as `new Blob([bytes])` the second was not (NotReadableError)."""
+    site = tmp_path / "site"
+    (site / "model").mkdir(parents=True)
+    (site / "edgepack").mkdir()
+    (site / "edgepack" / "model-store.js").write_bytes((REPO / "mobile" / "web" / "model-store.js").read_bytes())
+    files, tails = [], []
+    for index in range(2):
+        tail = secrets.token_bytes(8)
+        path = site / "model" / f"part-{index}.bin"
+        with path.open("wb") as out:  # sparse: 300 MB on disk costs nothing
+            out.truncate(300 * 2**20 - len(tail))
+            out.seek(0, 2)
+            out.write(tail)
+        files.append({"path": f"model/{path.name}", "sha256": file_sha256(path), "bytes": path.stat().st_size})
+        tails.append(list(tail))
+    (site / "index.html").write_text(STORE_PAGE % json.dumps(files), encoding="utf-8")
+    result = drive_bundle(browser(), site, [], loads=1, timeout_s=120)
+    assert result.get("error") is None, result.get("error")
+    assert result["runs"][0]["info"]["tails"] == tails
+
+
 def test_a_corrupted_model_file_is_refused_by_the_page(web_build: tuple[Path, dict], tmp_path: Path) -> None:
     import shutil
 

@@ -4,9 +4,17 @@
 // stored. Verified files go into the Cache API under a key that contains their hash, so a rebuilt
 // model can never be served from a stale entry, and a cached entry is used only when its size and
 // recorded hash match the manifest again.
+//
+// Why the verified bytes are handed on as a blob read back from the Cache API, not as `new Blob([bytes])`:
+// Chromium keeps a page's in-memory blobs within about 500 MB in all (measured: a 500 MB blob, or the
+// third of three 200 MB blobs, cannot be read: NotReadableError), and wllama reads the model from its
+// blobs while it loads. A blob from the cache is backed by the browser's disk cache and has no such
+// limit (three 700 MB files read back here). The body goes to the cache as a stream of slices: a put
+// of one in-memory body over ~500 MB fails the same way.
 
 export const CACHE_NAME = "edgepack-models-v1";
 const HASH_HEADER = "x-edgepack-sha256";
+const PUT_SLICE_BYTES = 16 * 1024 * 1024;
 
 export class IntegrityError extends Error {
   constructor(url, expected, actual) {
@@ -92,15 +100,56 @@ export async function fetchVerified(url, { sha256, bytes }, { onProgress, useCac
   if (actual !== sha256) {
     throw new IntegrityError(url, sha256, actual);
   }
-  const blob = new Blob([buffer], { type: "application/octet-stream" });
   if (cache) {
     try {
-      await cache.put(key, new Response(blob, { headers: { "content-type": "application/octet-stream", [HASH_HEADER]: sha256 } }));
+      const blob = await storeInCache(cache, key, buffer, sha256);
+      if (blob) return { blob, fromCache: false };
     } catch (err) {
       console.warn(`edgepack: could not cache ${url} (${err?.name ?? err}); it will be downloaded again next time`);
     }
   }
-  return { blob, fromCache: false };
+  return { blob: await inMemoryBlob(url, buffer), fromCache: false };
+}
+
+/** A response body that hands `bytes` over in slices (copies), so no single in-memory body is large. */
+function slicedBody(bytes) {
+  let offset = 0;
+  return new ReadableStream({
+    pull(controller) {
+      if (offset >= bytes.length) {
+        controller.close();
+        return;
+      }
+      controller.enqueue(bytes.slice(offset, offset + PUT_SLICE_BYTES));
+      offset += PUT_SLICE_BYTES;
+    },
+  });
+}
+
+/** Put verified bytes into the cache and return the cached copy's blob (disk-backed), or null. */
+async function storeInCache(cache, key, buffer, sha256) {
+  const headers = { "content-type": "application/octet-stream", [HASH_HEADER]: sha256 };
+  await cache.put(key, new Response(slicedBody(buffer), { headers }));
+  const blob = await (await cache.match(key))?.blob();
+  return blob?.size === buffer.length ? blob : null;
+}
+
+/**
+ * Without a cache (storage blocked, private browsing, quota) the bytes stay in memory: fine for a
+ * small model; past the browser's in-memory blob limit say so here, not as wllama's read error.
+ */
+async function inMemoryBlob(url, buffer) {
+  const blob = new Blob([buffer], { type: "application/octet-stream" });
+  try {
+    await blob.slice(blob.size - 1).arrayBuffer();
+  } catch (err) {
+    throw new Error(
+      `${url}: the browser cannot keep this ${Math.round(buffer.length / 1e6)} MB model file in memory ` +
+        `(${err?.name ?? err}) and could not store it in the Cache API. Allow this site to store data ` +
+        "(not a private window, storage not blocked, enough free disk) or build a smaller model or quantization.",
+    );
+  }
+  return blob;
 }
 
 /** Remove every cached model file of this origin (e.g. from a "clear downloads" button). */
