@@ -28,6 +28,17 @@ def ladder_from(start: str) -> tuple[str, ...]:
     return GGUF_LADDER[GGUF_LADDER.index(start):] if start in GGUF_LADDER else (start,)
 
 
+def ladder_within(start: str, fits: Callable[[str], bool]) -> tuple[str, ...]:
+    """The rungs from `start` up that `fits` (a runtime's memory ceiling); when `start` itself does not
+    fit, from the most faithful smaller rung that does. Empty: no rung fits."""
+    if start not in GGUF_LADDER:
+        return (start,) if fits(start) else ()
+    index = GGUF_LADDER.index(start)
+    while index > 0 and not fits(GGUF_LADDER[index]):
+        index -= 1
+    return tuple(quant for quant in GGUF_LADDER[index:] if fits(quant))
+
+
 @dataclass(frozen=True)
 class Rung:
     """One rung tried: its numbers and why it was rejected (no failures: it shipped)."""
@@ -56,6 +67,8 @@ class GgufChoice:
     explicit: bool = False
     # A GGUF LoRA adapter llama.cpp applies to `file` at run time (packager.runtime_adapter); None: merged.
     adapter: Path | None = None
+    # Why the walk started below the target's default type (its runtime's memory ceiling), if it did.
+    ceiling_note: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"chosen": self.quant, "from": "--quant" if self.explicit else "ladder",
@@ -63,9 +76,10 @@ class GgufChoice:
                 **({"runtime_adapter": self.adapter.name} if self.adapter else {})}
 
     def notes(self) -> list[str]:
-        """One line per rejected rung, for the report."""
-        return [f"GGUF ladder: {r.quant} rejected ({'; '.join(r.failures)}), tried before {self.quant}"
-                for r in self.tried if r.quant != self.quant]
+        """One line per rejected rung (and the ceiling's, when one applied), for the report."""
+        rejected = [f"GGUF ladder: {r.quant} rejected ({'; '.join(r.failures)}), tried before {self.quant}"
+                    for r in self.tried if r.quant != self.quant]
+        return ([self.ceiling_note] if self.ceiling_note else []) + rejected
 
 
 def rung_of(quant: str, result: VerificationResult) -> Rung:

@@ -19,17 +19,18 @@ from packager.checkpoint import Checkpoint
 from packager.context_size import DEFAULT_CONTEXT, ContextChoice, context_for_task
 from packager.contract import Contract, PromptFormat, apply_task_config, contract_from_checkpoint, render_prompt
 from packager.contract_check import ContractCheck, check_contract
-from packager.errors import InternalError
+from packager.devices import estimate
+from packager.errors import InternalError, UnsupportedError
 from packager.fingerprint import cache_root, options_digest
 from packager.formats.gguf_quantize import quantize_gguf
 from packager.formats.gguf_writer import NUMPY_TYPES, WRITER_VERSION, write_gguf
-from packager.gguf_ladder import GgufChoice, choose_gguf, ladder_from
+from packager.gguf_ladder import GGUF_LADDER, GgufChoice, choose_gguf, ladder_from, ladder_within
 from packager.ladder import EAGER_SCREEN, walked
 from packager.once import OnceMap, once_property
 from packager.progress import Reporter
 from packager.scheduler import HeavyStep, Scheduler, scheduler_for
 from packager.stage_cache import CachedEntry, StageCache
-from packager.target import TargetOptionValues, declared_options
+from packager.target import TargetOptionValues, declared_options, runtime_memory_mb
 from packager.threads import compute_threads
 from packager.verify.compare import eager_fidelity
 from packager.verify.fp32_model import load_fp32_model, resident_bytes
@@ -397,13 +398,39 @@ class BuildContext:
         choice = self._gguf_choices.get(("adapter " if runtime else "") + " ".join(rungs), walk)
         if not walked_here:  # another target walked it (or is walking it, and this one waited)
             self.reporter.stage(f"gguf {choice.quant}", True, 0.0, "shared stage, already built in this build")
-        return choice
+        note = None if explicit else self._gguf_ladder(target, self.options.gguf_quant(target))[1]
+        return dataclasses.replace(choice, ceiling_note=note) if note else choice
 
     def gguf_rungs(self, target: Target) -> tuple[str, ...]:
         """The GGUF types `target` may ship, tried in order: --quant alone; under --no-gate the target's default
-        alone; else the ladder up from that default."""
+        alone; else the ladder up from that default (from below it when it exceeds the runtime's memory)."""
         start = self.options.gguf_quant(target)
-        return (start,) if self.options.quant else walked(ladder_from(start), self.options.no_gate)
+        if self.options.quant:
+            return (start,)
+        return walked(self._gguf_ladder(target, start)[0], self.options.no_gate)
+
+    def _gguf_ladder(self, target: Target, start: str) -> tuple[tuple[str, ...], str | None]:
+        """The ladder from `start` within the target's runtime memory ceiling, and why it starts lower if it does."""
+        ceiling = runtime_memory_mb(target)
+        if ceiling is None:
+            return ladder_from(start), None
+
+        def need_mb(quant: str) -> float:
+            return estimate(self.ckpt.parameter_count, self.ckpt.config, quant, self.context_length).total_mb
+
+        rungs = ladder_within(start, lambda quant: need_mb(quant) <= ceiling)
+        if not rungs:
+            smallest = GGUF_LADDER[0]
+            raise UnsupportedError(
+                f"{target.name}: this {self.ckpt.parameter_count / 1e9:.1f}B-parameter model needs about "
+                f"{need_mb(smallest):,.0f} MB to run even as {smallest} at a {self.context_length}-token context, "
+                f"more than the {ceiling:,.0f} MB its runtime can address. Use a smaller model, or a shorter "
+                "--context-length if the model's weights alone fit.")
+        if rungs[0] == start:
+            return rungs, None
+        return rungs, (f"{start} (the default) needs about {need_mb(start):,.0f} MB at a {self.context_length}-token "
+                       f"context, over the {ceiling:,.0f} MB its runtime can address: the ladder starts at "
+                       f"{rungs[0]} ({need_mb(rungs[0]):,.0f} MB)")
 
     def _built_and_verified(self, quant: str) -> tuple[Path, VerificationResult]:
         return self.gguf(quant), self.verify_gguf(quant, f"model-{quant}.gguf")

@@ -121,7 +121,8 @@ class Target(Protocol):
     `default_ladder` (the rungs it walks without a quantization option, smallest first; a GGUF target's
     is derived from default_quant) and `build_fleet(fleet, out_dir)` (a fleet of LoRA specialists with the
     base shipped once, packager.fleet; without it each specialist ships merged in its own folder, for the
-    reason in `merged_specialists_reason`).
+    reason in `merged_specialists_reason`) and `runtime_memory_mb` (the most its runtime can address
+    whatever the device has; a default GGUF type that would not fit steps down the ladder).
     """
 
     name: ClassVar[str]
@@ -149,6 +150,12 @@ def default_ladder(target: Any) -> tuple[str, ...]:
     own = getattr(target, "default_ladder", None)
     quant = getattr(target, "default_quant", None)
     return tuple(own) if own else (ladder_from(quant) if quant else ())
+
+
+def runtime_memory_mb(target: Any) -> float | None:
+    """The memory ceiling of the target's runtime (e.g. a browser tab's WASM heap), or None: the device decides."""
+    ceiling = getattr(target, "runtime_memory_mb", None)
+    return float(ceiling) if ceiling else None
 
 
 def heavy_steps(target: Any) -> tuple[HeavyStep, ...]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from packager.errors import ExitCode
-from packager.gguf_ladder import choose_gguf, ladder_from
+from packager.gguf_ladder import GGUF_LADDER, choose_gguf, ladder_from, ladder_within
 from packager.ladder import rungs_to_build, screen_verdict, task_screened
 from packager.verify.gates import TaskGate
 from packager.verify.metrics import FidelityMetrics
@@ -116,6 +116,46 @@ def test_when_no_rung_passes_the_last_ships_its_failure() -> None:
     choice = choose_gguf(ladder_from("Q5_K_M"), lambda q: (Path(q), _result(q, passing=set())))
     assert choice.quant == "Q8_0" and not choice.verification.passed and len(choice.tried) == 3
     assert ladder_from("F16") == ("F16",)  # a type off the ladder is built alone
+
+
+def test_a_default_over_the_runtimes_memory_starts_the_ladder_at_the_largest_rung_that_fits() -> None:
+    fits = {"Q4_K_M", "Q5_K_M", "Q6_K"}.__contains__
+    assert ladder_within("Q8_0", fits) == ("Q6_K",)
+    assert ladder_within("Q4_K_M", fits) == ("Q4_K_M", "Q5_K_M", "Q6_K")  # rungs above the ceiling are left out
+    assert ladder_within("Q8_0", lambda quant: False) == ()
+    assert ladder_within("F16", lambda quant: True) == ("F16",) and ladder_within("F16", lambda quant: False) == ()
+
+
+def test_a_runtime_memory_ceiling_moves_the_default_gguf_down_says_why_and_refuses_a_model_that_never_fits(
+        tiny_gemma: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from packager.checkpoint import load_checkpoint
+    from packager.devices import estimate
+    from packager.errors import UnsupportedError
+    from packager.progress import Reporter
+    from packager.stages import BuildContext, BuildOptions
+
+    monkeypatch.setenv("EDGEPACK_CACHE", str(tmp_path / "cache"))
+    ckpt = load_checkpoint(tiny_gemma, work_dir=tmp_path / "work")
+
+    def context(**options: object) -> BuildContext:
+        return BuildContext(ckpt, ckpt.content_digest(), BuildOptions(context_length=256, **options),
+                            Reporter(quiet=True))
+
+    need = {q: estimate(ckpt.parameter_count, ckpt.config, q, 256).total_mb for q in GGUF_LADDER}
+
+    class Capped:  # a browser-like target: Q8_0 by default, a heap between Q6_K's need and Q8_0's
+        name = "capped"
+        default_quant = "Q8_0"
+        runtime_memory_mb = (need["Q6_K"] + need["Q8_0"]) / 2
+
+    assert context().gguf_rungs(Capped()) == ("Q6_K",)
+    assert context(quant="Q8_0").gguf_rungs(Capped()) == ("Q8_0",)  # an explicit --quant is built as asked
+    choice = context(no_gate=True).chosen_gguf(Capped())
+    assert choice.quant == "Q6_K" and choice.notes()[0].startswith("Q8_0 (the default) needs about")
+    assert "the ladder starts at Q6_K" in choice.notes()[0]
+    Capped.runtime_memory_mb = need["Q4_K_M"] - 0.01
+    with pytest.raises(UnsupportedError, match=r"more than the .* MB its runtime can address"):
+        context().gguf_rungs(Capped())
 
 
 def test_a_default_build_climbs_to_a_passing_gguf_and_an_explicit_quant_fails_as_asked(

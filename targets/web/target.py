@@ -133,6 +133,10 @@ class WebTarget:
     # docs/benchmarks.md) whose rounding also makes the page's greedy tokens drift from native llama.cpp's
     # at non-tied positions, while Q8_0's browser decode is faster and its tokens match native.
     default_quant: ClassVar[str | None] = "Q8_0"
+    # wllama 3.8.1's WASM heap is at most 4 GiB (getWasmMemory), whatever the machine has: a 4B model's
+    # Q8_0 (3.9 GB) loaded its weights in headless Chromium and then failed to allocate its KV cache. A
+    # default type whose estimated run-time memory exceeds this starts the ladder lower (packager.stages).
+    runtime_memory_mb: ClassVar[float] = 4096
     # A fleet ships each specialist merged here (packager.fleet): why its runtime cannot take adapters.
     merged_specialists_reason: ClassVar[str] = (
         "wllama 3.8.1 takes lora_adapters only as paths in its own file system, and its loadModel mounts "
