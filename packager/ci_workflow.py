@@ -20,23 +20,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import jinja2
-
 from packager import __version__
 from packager.atomic import write_text_atomically
 from packager.errors import BadInputError, EdgepackError, InternalError
 from packager.resources import templates_dir
 from packager.target import HostCheckJob, available_targets, resolve_targets
-from packager.templating import FILTERS
+from packager.templating import make_environment
 
 WORKFLOW_TEMPLATE = "ci/edgepack.yml.j2"
 DEFAULT_OUT = Path(".github/workflows/edgepack.yml")
 PYTHON_VERSION = "3.11"
-_DELIMITERS = {
-    "variable_start_string": "[[", "variable_end_string": "]]",
-    "block_start_string": "[%", "block_end_string": "%]",
-    "comment_start_string": "[#", "comment_end_string": "#]",
-}
 _LEFTOVER = re.compile(r"\[\[|\[%|%\]|\]\]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
@@ -50,20 +43,6 @@ class WorkflowRequest:
     checkpoint: str | None = None
     install_spec: str | None = None
     force: bool = False
-
-
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())),
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        **_DELIMITERS,
-    )
-    env.filters.update(FILTERS)
-    return env
 
 
 def _plain_value(option: str, value: str) -> str:
@@ -123,7 +102,7 @@ def render_workflow(targets: list[str], checkpoint: str | None = None, install_s
         "release_needs": ["build", *(c["job_id"] for c in host_checks)],
         "specialists": specialists,
     }
-    text = _environment().get_template(WORKFLOW_TEMPLATE).render(context)
+    text = make_environment(templates_dir(), brackets=True).get_template(WORKFLOW_TEMPLATE).render(context)
     leftover = _LEFTOVER.search(text)
     if leftover:
         line = text.count("\n", 0, leftover.start()) + 1

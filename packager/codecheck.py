@@ -87,6 +87,17 @@ def _json_parse(path: Path) -> tuple[str, str]:
     return "passed", ""
 
 
+def _yaml_parse(path: Path) -> tuple[str, str]:
+    """A CI workflow parses as one YAML mapping (what a CI service reads first)."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        return "failed", str(exc)[:500]
+    return ("passed", "") if isinstance(document, dict) else ("failed", "not a YAML mapping")
+
+
 # Which checks apply to which generated file, by suffix.
 CHECKS_BY_SUFFIX: dict[str, list[tuple[str, Checker]]] = {
     ".sh": [
@@ -96,6 +107,7 @@ CHECKS_BY_SUFFIX: dict[str, list[tuple[str, Checker]]] = {
     ".py": [("py_compile", _py_compile)],
     ".service": [("systemd-analyze verify", _systemd_verify)],
     ".json": [("json", _json_parse)],
+    ".yml": [("yaml", _yaml_parse)],
 }
 
 

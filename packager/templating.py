@@ -24,6 +24,14 @@ TEMPLATE_SUFFIX = ".j2"
 # Documents a template folder's context for its authors; never part of a bundle.
 SKIPPED_NAMES = frozenset({"CONTEXT.md"})
 _PLACEHOLDER_MARKS = ("{{", "{%", "{#")
+# A CI workflow's own ${{ }} expressions must pass through: workflow templates (*.yml.j2) use these delimiters.
+BRACKET_DELIMITERS = {
+    "variable_start_string": "[[", "variable_end_string": "]]",
+    "block_start_string": "[%", "block_end_string": "%]",
+    "comment_start_string": "[#", "comment_end_string": "#]",
+}
+_BRACKET_MARKS = ("[[", "[%", "[#")
+_BRACKET_TEMPLATE_SUFFIX = ".yml.j2"
 _EXECUTABLE_SUFFIXES = (".sh",)
 
 
@@ -91,16 +99,17 @@ FILTERS: dict[str, Callable[..., str]] = {
 
 
 def _mask_value_braces(value: Any) -> str:
-    """Return a substituted value with its braces neutralised (for the placeholder probe)."""
-    return str(value).replace("{", "(").replace("}", ")")
+    """Return a substituted value with its braces and brackets neutralised (for the placeholder probe)."""
+    return str(value).replace("{", "(").replace("}", ")").replace("[", "(").replace("]", ")")
 
 
-def make_environment(root: Path, *, probe: bool = False) -> jinja2.Environment:
+def make_environment(root: Path, *, probe: bool = False, brackets: bool = False) -> jinja2.Environment:
     """Return the Jinja2 environment templates are rendered with.
 
     probe=True gives the twin used only for checking: every substituted value has its braces
     masked, so any "{{", "{%" or "{#" left in its output came from the template text itself and
-    not from user data (a model may well be called "Bot {#2}").
+    not from user data (a model may well be called "Bot {#2}"). brackets=True: [[ ]], [% %] and
+    [# #] instead (BRACKET_DELIMITERS), for text that holds ${{ }} of its own.
     """
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(root)),
@@ -110,6 +119,7 @@ def make_environment(root: Path, *, probe: bool = False) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         finalize=_mask_value_braces if probe else None,
+        **(BRACKET_DELIMITERS if brackets else {}),
     )
     env.filters.update(FILTERS)
     return env
@@ -145,6 +155,7 @@ def render_tree(template_subdir: str, dest: Path, context: Mapping[str, Any]) ->
 
     *.j2 files are rendered and lose the suffix, other files are copied byte for byte, file and
     folder names may hold {{ placeholders }}, CONTEXT.md (the folder's documentation) is skipped.
+    A CI workflow template (*.yml.j2) uses [[ ]] delimiters instead (BRACKET_DELIMITERS).
     Each rendered file is checked for leftover Jinja syntax from its template, and *.sh files
     are made executable.
     """
@@ -154,6 +165,8 @@ def render_tree(template_subdir: str, dest: Path, context: Mapping[str, Any]) ->
         raise InternalError(f"template folder {source} does not exist (is the wheel missing its data?)")
     env = make_environment(root)
     probe_env = make_environment(root, probe=True)
+    workflow_env = make_environment(root, brackets=True)
+    workflow_probe_env = make_environment(root, probe=True, brackets=True)
     dest = Path(dest)
     written: list[Path] = []
     for template in sorted(p for p in source.rglob("*") if p.is_file()):
@@ -164,9 +177,11 @@ def render_tree(template_subdir: str, dest: Path, context: Mapping[str, Any]) ->
         target.parent.mkdir(parents=True, exist_ok=True)
         if _is_template(template):
             name = f"{template_subdir}/{rel}"
-            probe_text = probe_env.get_template(name).render(context)
-            _raise_on_placeholder(probe_text, f"{root / name} (rendering {target.name})")
-            target.write_text(env.get_template(name).render(context), encoding="utf-8")
+            workflow = template.name.endswith(_BRACKET_TEMPLATE_SUFFIX)
+            probe_text = (workflow_probe_env if workflow else probe_env).get_template(name).render(context)
+            _raise_on_placeholder(probe_text, f"{root / name} (rendering {target.name})",
+                                  _BRACKET_MARKS if workflow else _PLACEHOLDER_MARKS)
+            target.write_text((workflow_env if workflow else env).get_template(name).render(context), encoding="utf-8")
         else:
             shutil.copyfile(template, target)
         target.chmod(0o755 if target.name.endswith(_EXECUTABLE_SUFFIXES) else 0o644)
@@ -174,8 +189,8 @@ def render_tree(template_subdir: str, dest: Path, context: Mapping[str, Any]) ->
     return sorted(written)
 
 
-def _raise_on_placeholder(text: str, where: str) -> None:
-    for mark in _PLACEHOLDER_MARKS:
+def _raise_on_placeholder(text: str, where: str, marks: tuple[str, ...] = _PLACEHOLDER_MARKS) -> None:
+    for mark in marks:
         index = text.find(mark)
         if index >= 0:
             line = text.count("\n", 0, index) + 1
