@@ -274,7 +274,9 @@ def litert_engine_jar(tools, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _litert_engine_probe(jar: Path, tmp_path: Path, scenario: str, npu_bundle: bool,
-                         contract: dict[str, Any] | None = None) -> dict:
+                         contract: dict[str, Any] | None = None, soc: str = "SM8750") -> dict:
+    """The bridge over a scripted LiteRT-LM on a phone whose Build.SOC_MODEL is `soc` ("" for none); the model folder
+    holds the NPU bundle compiled for SM8750 when `npu_bundle`."""
     folder = _both_runtimes_manifest(tmp_path / "b", contract)
     document = json.loads((folder / "edgepack.json").read_text(encoding="utf-8"))
     document["backends"] = [b for b in document["backends"] if b.get("runtime") == "litert-lm"]
@@ -282,8 +284,8 @@ def _litert_engine_probe(jar: Path, tmp_path: Path, scenario: str, npu_bundle: b
     (folder / "edgepack.json").write_text(json.dumps(document), encoding="utf-8")
     (folder / "model.litertlm").write_bytes(b"LITERTLM")
     if npu_bundle:
-        (folder / "model-npu.litertlm").write_bytes(b"LITERTLM")
-    return run_jar(jar, "org.edgepack.probe.LiteRtLmProbeKt", str(folder), scenario)
+        (folder / "model-npu-sm8750.litertlm").write_bytes(b"LITERTLM")
+    return run_jar(jar, "org.edgepack.probe.LiteRtLmProbeKt", str(folder), scenario, *([soc] if soc else []))
 
 
 def test_litert_lm_engine_skips_a_missing_npu_bundle_and_a_gpu_that_cannot_start(
@@ -291,11 +293,22 @@ def test_litert_lm_engine_skips_a_missing_npu_bundle_and_a_gpu_that_cannot_start
     out = _litert_engine_probe(litert_engine_jar, tmp_path, "fallback", npu_bundle=False)
     assert out["backend"] == "litert-lm/cpu" and out["value"] == "billing" and out["finish"] == "eos"
     npu, gpu = out["skipped"]
-    assert npu.startswith("litert-lm/npu: ") and "model-npu.litertlm is missing" in npu
+    assert npu.startswith("litert-lm/npu: ") and "model-npu-sm8750.litertlm is missing" in npu
     assert gpu.startswith("litert-lm/gpu: ") and "GPU unavailable" in gpu
     assert "NPU.initialize" not in " ".join(out["log"])  # no native call for a bundle that is not there
     # greedy, through the verbatim template the build's engine used
     assert "CPU.createConversation(topK=1, template=true, responseFormat=false)" in out["log"]  # not constrained
+
+
+@pytest.mark.parametrize(("soc", "reason"), [("SM8650", "model-npu-sm8650.litertlm is missing"),
+                                            ("", "does not report its SoC model")])
+def test_litert_lm_engine_opens_only_the_npu_bundle_compiled_for_this_phones_soc(
+        litert_engine_jar: Path, tmp_path: Path, soc: str, reason: str) -> None:
+    """A bundle compiled for another SoC (or a phone that does not say which it has) is never handed to the NPU."""
+    out = _litert_engine_probe(litert_engine_jar, tmp_path, "fallback", npu_bundle=True, soc=soc)
+    assert out["skipped"][0].startswith("litert-lm/npu: ") and reason in out["skipped"][0]
+    assert "NPU.initialize" not in " ".join(out["log"])
+    assert out["backend"] == "litert-lm/cpu"  # the scenario's GPU cannot start
 
 
 def test_litert_lm_engine_retries_on_the_cpu_when_the_gpu_fails_mid_generation(
@@ -398,11 +411,13 @@ def _app_context(**overrides) -> dict:
         "min_sdk": 26, "recipe": "8da8w", "recipe_summary": "int8 *everything*",
         "backends": [{"runtime": "executorch", "backend": "xnnpack", "pte": "m.pte", "ptd": "m.ptd",
                       "experimental": False, "verification": "executed", "size_mb": 1.5}],
-        "runtimes": ["executorch"], "litertlm_file": "model.litertlm", "npu_bundle_file": "model-npu.litertlm",
+        "runtimes": ["executorch"], "litertlm_files": [], "npu_bundle_files": [],
+        "push_files": ["m.pte", "m.ptd", "tokenizer.json"], "fleet_base": "m.ptd",
         "litertlm_artifact": "com.google.ai.edge.litertlm:litertlm-android:0.18.0",
         "tokenizer_file": "tokenizer.json", "task": "labels", "response_format_type": "regex",
         "specialists": [{"name": HOSTILE_NAME, "instruction": 'Classify "$this"\\',
-                         "sample_input": "my card\ngot declined $5", "task": "labels", "labels": HOSTILE_LABELS}],
+                         "sample_input": "my card\ngot declined $5", "task": "labels", "labels": HOSTILE_LABELS,
+                         "response_format_type": "regex"}],
         "fleet": False,
         "verification_rows": [{"artifact": "m.pte", "level": "executed", "top1": 1.0, "kl": 0.0, "ppl": 2.0,
                                "ppl_ref": 2.0}],
@@ -434,12 +449,15 @@ def test_hostile_names_and_labels_reach_kotlin_exactly_as_written(tools, tmp_pat
 
 def _litert_app_context(runtimes: tuple[str, ...] = ("litert-lm", "executorch")) -> dict:
     """The app context of a build that ships a .litertlm (beside the .pte, or alone)."""
-    from targets.android.target import litert_backends
+    from targets.android.target import litert_backends, push_files
 
     contract = Contract(task="labels", labels=HOSTILE_LABELS, constrained=True)
     litert = litert_backends("executed", contract, 2.5) if "litert-lm" in runtimes else []
     pte = _app_context()["backends"] if "executorch" in runtimes else []
-    return _app_context(runtimes=list(runtimes), backends=[*litert, *pte])
+    return _app_context(runtimes=list(runtimes), backends=[*litert, *pte],
+                        litertlm_files=["model.litertlm"] if litert else [],
+                        npu_bundle_files=["model-npu-{soc}.litertlm"] if litert else [],
+                        push_files=push_files([*litert, *pte], runtimes), fleet_base="m.ptd" if pte else "")
 
 
 @pytest.mark.parametrize("runtimes", [("executorch",), ("litert-lm", "executorch"), ("litert-lm",)])
@@ -477,7 +495,9 @@ def test_the_litertlm_dependency_and_opencl_libraries_are_declared_only_when_a_l
                   for e in application.iter("uses-native-library")}
         assert native == ({("libOpenCL.so", "false"), ("libvndksupport.so", "false")} if ships else set())
         wiring = (app / "app/src/main/java/org/edgepack/sample/Runtimes.kt").read_text(encoding="utf-8")
-        assert ("LiteRtLmEngine.factory(context.applicationInfo.nativeLibraryDir" in wiring) == ships
+        assert ("LiteRtLmEngine.factory(" in wiring and "context.applicationInfo.nativeLibraryDir" in wiring) == ships
+        # the NPU bundle the app opens is the one compiled for this phone's SoC, which Android 12+ reports
+        assert ("Build.SOC_MODEL" in wiring) == ships
         readme = (app / "README.md").read_text(encoding="utf-8")
         assert ("only compiled against a declared API surface" in readme) == ships
 

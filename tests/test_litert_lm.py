@@ -94,7 +94,8 @@ def test_the_engine_tokenizes_like_hf_adds_one_bos_and_answers_the_eval_set_cons
 def test_litert_only_bundle_holds_the_litertlm_and_says_what_ran(router_build) -> None:
     outcome, folder = router_build
     document = json.loads((folder / "edgepack.json").read_text(encoding="utf-8"))
-    assert {f["path"] for f in document["files"] if not f["path"].startswith("app/")} == {"model.litertlm"}
+    assert {f["path"] for f in document["files"] if not f["path"].startswith("app/")} == {
+        "model.litertlm", "npu/README.md", "npu/compile_npu.py", "npu/litert-npu.yml"}
     model = document["model"]
     assert model["format"] == "litertlm" and model["backend"] == "cpu" and model["verification"] == "executed"
     assert model["metadata"]["max_num_tokens"] == model["max_context"] >= 512
@@ -114,7 +115,7 @@ def test_litert_only_bundle_ships_an_app_that_links_litert_lm_alone_and_tries_np
     document = json.loads((folder / "edgepack.json").read_text(encoding="utf-8"))
     backends = document["backends"]
     assert [(b["runtime"], b["backend"], b["litertlm"]) for b in backends] == [
-        ("litert-lm", "npu", "model-npu.litertlm"), ("litert-lm", "gpu", "model.litertlm"),
+        ("litert-lm", "npu", "model-npu-{soc}.litertlm"), ("litert-lm", "gpu", "model.litertlm"),
         ("litert-lm", "cpu", "model.litertlm")]
     assert [b["experimental"] for b in backends] == [True, True, False]
     assert [b["verification"] for b in backends] == ["not built", "not run", "executed"]
@@ -131,20 +132,28 @@ def test_litert_only_bundle_ships_an_app_that_links_litert_lm_alone_and_tries_np
     assert {"tree-sitter (kotlin)", "xml", "ktlint"} <= {c["tool"] for c in document["scaffold_checks"]}
 
 
-def test_the_kotlin_bridge_reads_the_built_bundle_and_falls_back_from_npu_to_gpu(router_build, tmp_path: Path) -> None:
-    """The real edgepack.json of the build, read by the bridge on the JVM with scripted LiteRT-LM engines."""
-    from test_android import PROBES, PURE, compile_kotlin, missing_android_tool, run_jar
+@pytest.fixture(scope="module")
+def probe_jar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bridge's pure-Kotlin files and the JVM probes (tests/android/jvm), compiled once for this module."""
+    from test_android import PROBES, PURE, compile_kotlin, missing_android_tool
 
     from targets.android.kotlin_check import find_tools
 
     tools = find_tools()
     if tools.kotlinc is None or tools.java is None:
         missing_android_tool("kotlinc and java")
-    _, folder = router_build
-    jar = tmp_path / "bridge.jar"
+    jar = tmp_path_factory.mktemp("probes") / "bridge.jar"
     proc = compile_kotlin([*PURE, *sorted(PROBES.glob("*.kt"))], jar, tools=tools)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = run_jar(jar, "org.edgepack.probe.EdgeModelProbeKt", str(folder), "litert_npu_fails_to_load")
+    return jar
+
+
+def test_the_kotlin_bridge_reads_the_built_bundle_and_falls_back_from_npu_to_gpu(router_build, probe_jar: Path) -> None:
+    """The real edgepack.json of the build, read by the bridge on the JVM with scripted LiteRT-LM engines."""
+    from test_android import run_jar
+
+    _, folder = router_build
+    out = run_jar(probe_jar, "org.edgepack.probe.EdgeModelProbeKt", str(folder), "litert_npu_fails_to_load")
     assert out["backend"] == out["ran_on"] == "litert-lm/gpu" and out["finish"] == "eos"
     assert [reason.split(":")[0] for reason in out["skipped"]] == ["litert-lm/npu"]
 
@@ -190,7 +199,7 @@ def test_both_runtimes_ship_one_app_that_tries_litert_lm_npu_gpu_cpu_then_the_pt
     assert {"model.litertlm", "model-8da8w.pte", "model-8da8w.ptd", "tokenizer.json",
             "app/app/src/main/java/org/edgepack/LiteRtLmEngine.kt",
             "app/app/src/main/java/org/edgepack/ExecuTorchEngine.kt"} <= names
-    assert "model-npu.litertlm" not in names  # listed as a backend the app may find, never built here
+    assert not any("-npu-" in name for name in names)  # listed as a backend the app may find, never built here
     gradle = (folder / "app/app/build.gradle.kts").read_text(encoding="utf-8")
     assert LITERTLM_ANDROID_ARTIFACT in gradle and "org.pytorch:executorch-android" in gradle
     manifest = (folder / "app/app/src/main/AndroidManifest.xml").read_text(encoding="utf-8")
@@ -198,6 +207,153 @@ def test_both_runtimes_ship_one_app_that_tries_litert_lm_npu_gpu_cpu_then_the_pt
     assert [c for c in document["scaffold_checks"] if c["status"] == "failed"] == []
     assert [v.format for v in outcome.results[0].verifications] == ["pte", "litertlm"]
     assert threads == ["beside: LiteRT-LM bundle"]
+
+
+@pytest.fixture(scope="module")
+def litert_fleet(tiny_gemma: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Two random LoRA specialists of the tiny Gemma built for android with --android-runtime all (--no-gate)."""
+    from packager.fleet import SpecialistSpec
+    from packager.pipeline import BuildRequest, run_build
+    from packager.progress import Reporter
+    from packager.stages import BuildOptions
+    from tests.tiny_models import make_adapter
+
+    root = tmp_path_factory.mktemp("litert-fleet")
+    specs = tuple(SpecialistSpec(name, make_adapter(tiny_gemma, root / name, seed=seed))
+                  for seed, name in enumerate(("router", "extractor"), start=1))
+    options = BuildOptions(no_gate=True, context_length=128, name="fleet",
+                           target_options={"android": {"runtime": "all"}})
+    outcome = run_build(BuildRequest(checkpoint=tiny_gemma, targets=["android"], out=root / "dist", specialists=specs,
+                                     options=options), Reporter(quiet=True))
+    return outcome, root / "dist" / "android", root
+
+
+def test_a_fleet_with_both_runtimes_shares_the_pte_base_and_ships_each_specialist_merged_for_litert_lm(
+        litert_fleet, tiny_gemma: Path) -> None:
+    """Each specialist's .litertlm is its own merged model (closer to it than to the other specialist), run here
+    and served to that specialist; the .pte programs still share one base."""
+    import torch
+
+    from packager.checkpoint import load_checkpoint
+    from packager.verify.fp32_model import load_fp32_whole
+    from targets.android.litert_bundle import extract_program
+    from targets.android.litert_verify import TflitePrefillDecode
+
+    outcome, bundle, root = litert_fleet
+    [result] = outcome.results
+    base = "base-8da8w-adapter-f32down.ptd"
+    names = ("router", "extractor")
+    assert sorted(p.name for p in bundle.glob("*.litertlm")) == ["extractor.litertlm", "router.litertlm"]
+    assert sorted(p.name for p in bundle.glob("*.pt[de]")) == sorted(
+        [base, *(f"{n}-8da8w-adapter-f32down.pte" for n in names)])
+    document = json.loads((bundle / "edgepack.json").read_text(encoding="utf-8"))
+    for entry in document["specialists"]:
+        name = entry["name"]
+        assert [(b["runtime"], b["backend"], b.get("litertlm") or b["pte"]) for b in entry["backends"]] == [
+            ("litert-lm", "npu", f"{name}-npu-{{soc}}.litertlm"), ("litert-lm", "gpu", f"{name}.litertlm"),
+            ("litert-lm", "cpu", f"{name}.litertlm"), ("executorch", "xnnpack", f"{name}-8da8w-adapter-f32down.pte")]
+        assert entry["litert_lm"]["file"] == f"{name}.litertlm"
+    assert {a: n for a, n in result.specialists.items() if a.endswith(".litertlm")} == {
+        f"android/{n}.litertlm": n for n in names}
+    assert sorted(v.format for v in result.verifications) == ["litertlm", "litertlm", "pte", "pte"]
+    assert all(v.level == "executed" for v in result.verifications)
+    ids = list(range(2, 60))
+    logits = {n: TflitePrefillDecode(extract_program(bundle / f"{n}.litertlm", root / f"{n}.tflite")).logits(ids)
+              for n in names}
+    with torch.no_grad():
+        for name in names:
+            merged = load_checkpoint(root / name, base=tiny_gemma, work_dir=root / "work")
+            fp32 = load_fp32_whole(merged.folder, "sdpa")(torch.tensor([ids])).logits[0].numpy()
+            other = logits["extractor" if name == "router" else "router"]
+            assert np.abs(logits[name] - fp32).max() < 0.25 * np.abs(other - fp32).max(), name
+    readme = (bundle / "app/README.md").read_text(encoding="utf-8")
+    [push] = [line for line in readme.splitlines() if line.startswith("adb push")]
+    # Each file once; the NPU bundles are never built here, so never pushed.
+    assert sorted(push.split()[2:-1]) == sorted(f"../{f}" for f in [
+        base, "tokenizer.json", *(f"{n}.litertlm" for n in names), *(f"{n}-8da8w-adapter-f32down.pte" for n in names)])
+    assert [c for c in result.scaffold_checks if c.status == "failed"] == []
+
+
+def test_the_kotlin_fleet_tries_each_specialists_own_litert_lm_bundle_first(litert_fleet, probe_jar: Path) -> None:
+    from test_android import run_jar
+
+    _, bundle, _ = litert_fleet
+    out = run_jar(probe_jar, "org.edgepack.probe.EdgeFleetProbeKt", str(bundle))
+    opens = [e for e in out["log"] if e.startswith("open")]
+    assert opens == ["open router-npu-{soc}.litertlm + null + tokenizer.json",
+                     "open extractor-npu-{soc}.litertlm + null + tokenizer.json"]
+    assert sorted(out["required"]) == sorted(["tokenizer.json", "base-8da8w-adapter-f32down.ptd", "router.litertlm",
+                                              "extractor.litertlm", "router-8da8w-adapter-f32down.pte",
+                                              "extractor-8da8w-adapter-f32down.pte"])
+
+
+def _compile_npu_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "mobile/android/npu/compile_npu.py"
+    spec = importlib.util.spec_from_file_location("compile_npu", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_bundle_ships_the_npu_compile_commands_which_stop_here_for_want_of_the_vendor_sdk(litert_fleet) -> None:
+    """npu/ holds the script, the README's commands for every bundle and SoC, and a CI workflow. Run as written,
+    the command reaches the vendor's compiler and fails (exit 1) naming the SDK package: no SDK installs here."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from targets.android.npu import NPU_SOCS
+
+    outcome, bundle, _ = litert_fleet
+    npu = bundle / "npu"
+    assert sorted(p.name for p in npu.iterdir()) == ["README.md", "compile_npu.py", "litert-npu.yml"]
+    checks = {(c.file, c.tool): c.status for c in outcome.results[0].scaffold_checks}
+    assert checks[("npu/compile_npu.py", "py_compile")] == checks[("npu/litert-npu.yml", "yaml")] == "passed"
+    readme = (npu / "README.md").read_text(encoding="utf-8")
+    commands = [line for line in readme.splitlines() if line.startswith("python compile_npu.py")]
+    socs = " ".join(f"--soc {s.model}" for s in NPU_SOCS)
+    assert commands == [f"python compile_npu.py ../{n}.litertlm {socs}" for n in ("router", "extractor")]
+    workflow = yaml.safe_load((npu / "litert-npu.yml").read_text(encoding="utf-8"))
+    job = workflow["jobs"]["compile"]
+    assert job["strategy"]["matrix"]["soc"] == [s.model for s in NPU_SOCS]
+    assert "${{ matrix.soc }}" in job["steps"][3]["run"] and "../extractor.litertlm" in job["steps"][3]["run"]
+    proc = subprocess.run([sys.executable, *commands[0].split()[1:3], "--soc", "SM8750"], cwd=npu,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "SM8750: not compiled" in proc.stderr and "pip install ai-edge-litert-sdk-qualcomm" in proc.stderr
+    assert not list(bundle.glob("*-npu-*")), "a failed compile leaves nothing behind"
+    proc = subprocess.run([sys.executable, "compile_npu.py", "../router.litertlm", "--soc", "GS201"], cwd=npu,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2 and "not a Qualcomm (SM....) or MediaTek (MT....)" in proc.stderr
+
+
+def test_the_npu_compile_keeps_every_section_but_the_program_and_marks_it_for_the_npu(
+        litert_fleet, tmp_path: Path) -> None:
+    """The script's unpack/repack half with the vendor's compiler replaced by a stand-in that marks the program."""
+    from targets.android.litert_bundle import extract_program, read_bundle
+
+    _, bundle, _ = litert_fleet
+    compile_npu = _compile_npu_module()
+    marker = b"COMPILED-FOR-SM8750"
+    written = compile_npu.compile_bundle(bundle / "router.litertlm", "SM8750", tmp_path,
+                                         compiler=lambda program, soc: program + marker)
+    assert written == tmp_path / "router-npu-sm8750.litertlm"
+    before, after = read_bundle(bundle / "router.litertlm"), read_bundle(written)
+    assert after.metadata == before.metadata and after.tokenizer == before.tokenizer == "HF_Tokenizer_Zlib"
+    assert [s.data_type for s in after.sections] == [s.data_type for s in before.sections]
+    assert before.program.backend_constraint is None and after.program.backend_constraint == "npu"
+    original = extract_program(bundle / "router.litertlm", tmp_path / "a.tflite").read_bytes()
+    assert extract_program(written, tmp_path / "b.tflite").read_bytes() == original + marker
+
+    def failing(program: bytes, soc: str) -> bytes:
+        raise compile_npu.CompileError("no SDK")
+
+    with pytest.raises(compile_npu.CompileError):
+        compile_npu.compile_bundle(bundle / "router.litertlm", "SM8650", tmp_path, compiler=failing)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tflite", "b.tflite", "router-npu-sm8750.litertlm"]
 
 
 def test_tiny_llama_fp32_bundle_gives_hf_logits_and_greedy_ids(tiny_llama: Path,

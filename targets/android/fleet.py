@@ -7,7 +7,10 @@ every specialist of the base; this is checked, and it ships once. ExecuTorch loa
 that holds the named tensors it references (`Runtime.load_program(pte, data_path=ptd)`, Android's
 `LlmModule(pte, tokenizer, temperature, ptd)`), so each program is verified here with the file that ships.
 
-When a shared base cannot be shipped (another runtime or recipe asked for, specialists with different
+With --android-runtime all, each specialist's merged model also ships as a LiteRT-LM bundle of its own (the
+target's build_fleet): the exporter takes whole models.
+
+When a shared base cannot be shipped (LiteRT-LM alone or another recipe asked for, specialists with different
 tokenizers, base files that differ, a specialist failing its gate on the shared base), the caller ships each
 specialist whole instead, with the reason this module gives.
 """
@@ -69,9 +72,9 @@ def member(name: str, recipe: Recipe) -> FleetMember:
 
 def shared_recipe(options: TargetOptionValues) -> Recipe | str:
     """The adapter recipe a fleet's programs share the base under, or why the options rule a shared base out."""
-    if options.get("runtime") != "executorch":
-        return (f"--android-runtime {options.get('runtime')}: LiteRT-LM bundles take no LoRA adapters in edgepack "
-                "yet (--android-runtime executorch ships one base .ptd and a .pte per specialist)")
+    if options.get("runtime") == "litert-lm":
+        return ("--android-runtime litert-lm: LiteRT-LM bundles take no LoRA adapters in edgepack yet "
+                "(--android-runtime executorch or all ships one base .ptd and a .pte per specialist)")
     if options.get("delegates"):
         return "--delegate: accelerator programs are exported whole, one per specialist"
     requested = str(options.get("recipe"))

@@ -27,6 +27,8 @@ class BundleSection:
     begin: int
     end: int
     model_type: str | None = None
+    # "npu", "cpu, gpu", ...: the backends a program section is marked for (None: any).
+    backend_constraint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,8 @@ def read_bundle(path: Path) -> BundleInfo:
     for i in range(listed.ObjectsLength() if listed else 0):
         obj = listed.Objects(i)
         sections.append(BundleSection(any_section_data_type_to_string(obj.DataType()), obj.BeginOffset(),
-                                      obj.EndOffset(), litertlm_peek.get_model_type(obj)))
+                                      obj.EndOffset(), litertlm_peek.get_model_type(obj),
+                                      _string_item(obj, "backend_constraint")))
     metadata: dict[str, Any] = {}
     found = [s for s in sections if s.data_type == any_section_data_type_to_string(schema.AnySectionDataType
                                                                                     .LlmMetadataProto)]
@@ -89,6 +92,21 @@ def read_bundle(path: Path) -> BundleInfo:
             "model_type": proto.llm_model_type.WhichOneof("model_type") if proto.HasField("llm_model_type") else None,
         }
     return BundleInfo(sections, metadata)
+
+
+def _string_item(section: Any, key: str) -> str | None:
+    """A section's string metadata item `key` (as litertlm_peek reads model_type), or None."""
+    from litert_lm_builder import litertlm_header_schema_py_generated as schema
+
+    for i in range(section.ItemsLength()):
+        item = section.Items(i)
+        if item is None or item.Key() != key.encode() or item.ValueType() != schema.VData.StringValue:
+            continue
+        table = item.Value()
+        value = schema.StringValue()
+        value.Init(table.Bytes, table.Pos)
+        return value.Value().decode("utf-8")
+    return None
 
 
 def _read_range(path: Path, section: BundleSection) -> bytes:

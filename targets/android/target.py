@@ -14,6 +14,7 @@ ExecuTorch has no NNAPI backend; QNN (Qualcomm), MediaTek and Samsung delegates 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,7 +28,7 @@ from packager.contract import Contract
 from packager.devices import DeviceArtifact, DeviceProfile, option_artifacts
 from packager.errors import BadInputError
 from packager.escaping import slug
-from packager.fleet import Fleet, build_merged_per_specialist
+from packager.fleet import Fleet, build_merged_per_specialist, each_specialist
 from packager.ladder import first_passing_rung, rungs_in_order, screen_verdict, task_screened, walked
 from packager.resources import copy_mobile_files
 from packager.scheduler import HeavyStep
@@ -55,6 +56,7 @@ from targets.android.litert_export import (
 )
 from targets.android.litert_stages import LITERT_HEAVY_STEPS, LitertArtifact, cached_litertlm, verified_litertlm
 from targets.android.litert_verify import engine_constraint
+from targets.android.npu import npu_kit
 from targets.android.stages import (
     HEAVY_STEPS,
     PteArtifact,
@@ -67,8 +69,6 @@ from targets.android.stages import (
     verified_pte,
 )
 
-# A LiteRT-LM build's bundle, its verification, its notes and its edgepack.json section.
-LitertBuilt = tuple[LitertArtifact, VerificationResult, list[str], dict[str, Any]]
 APP_DIR = "app"
 BRIDGE_DIR = "app/app/src/main/java/org/edgepack"
 ASSET = "app/app/src/main/assets/edgepack.json"
@@ -80,17 +80,51 @@ MIN_SDK = 26
 BACKEND_IDS = {"vulkan": "VulkanBackend"}
 # An app tries its backends in this order; XNNPACK (CPU, always present) is the fallback.
 BACKEND_ORDER = ("vulkan", "xnnpack")
-# With a .litertlm, LiteRT-LM's backends come first, fastest first; the NPU needs a bundle compiled
-# ahead of time for the phone's SoC with the vendor's SDK, which edgepack does not build: the app
-# tries it only when that file is in the model folder.
-NPU_BUNDLE_NAME = "model-npu.litertlm"
 # The bridge's files every app gets, and each runtime's engine (the only file that imports the runtime).
 BRIDGE_FILES = ("Json.kt", "Contract.kt", "Bundle.kt", "EdgeModel.kt", "EdgeFleet.kt")
 ENGINE_FILES = {"executorch": "ExecuTorchEngine.kt", "litert-lm": "LiteRtLmEngine.kt"}
+# What an NPU backend's file name holds in place of the SoC (LiteRtLmEngine.SOC_PLACEHOLDER in the bridge).
+SOC_PLACEHOLDER = "{soc}"
 
 
-def litert_backends(cpu_verification: str, contract: Contract, megabytes: float | None = None) -> list[dict[str, Any]]:
-    """edgepack.json's LiteRT-LM entries in the order the app tries them: NPU, GPU, CPU.
+@dataclass
+class LitertBuilt:
+    """A LiteRT-LM bundle chosen for the app: the exported file, its verification, its notes and its edgepack.json
+    section, whose "file" is the name it ships under."""
+
+    artifact: LitertArtifact
+    verification: VerificationResult
+    notes: list[str]
+    section: dict[str, Any]
+
+    @property
+    def file(self) -> str:
+        return str(self.section["file"])
+
+    def place(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        place_artifact(self.artifact.bundle, out_dir / self.file)
+
+    def backends(self, contract: Contract) -> list[dict[str, Any]]:
+        """Its NPU, GPU and CPU entries of edgepack.json (litert_backends)."""
+        return litert_backends(self.verification.level, contract, self.artifact.megabytes, self.file)
+
+
+def npu_bundle_name(bundle: str) -> str:
+    """The file an SoC-compiled variant of `bundle` goes by in the model folder, with the SoC as a placeholder the
+    Kotlin bridge fills from Build.SOC_MODEL: model.litertlm -> model-npu-{soc}.litertlm (model-npu-sm8750.litertlm
+    on a Snapdragon 8 Elite), as mobile/android/npu/compile_npu.py writes it.
+
+    With a .litertlm, LiteRT-LM's backends come first, fastest first; the NPU needs a bundle compiled ahead of time
+    for the phone's SoC with the vendor's SDK, which edgepack cannot run here (the SDK packages download it when
+    installed): the bundle ships that script and its commands (npu/), and the app tries the NPU only when the file
+    for its SoC is in the model folder."""
+    return f"{bundle.removesuffix('.litertlm')}-npu-{SOC_PLACEHOLDER}.litertlm"
+
+
+def litert_backends(cpu_verification: str, contract: Contract, megabytes: float | None = None,
+                    bundle: str = BUNDLE_NAME) -> list[dict[str, Any]]:
+    """edgepack.json's LiteRT-LM entries for `bundle` in the order the app tries them: NPU, GPU, CPU.
 
     Only the CPU ran at build time (`cpu_verification`); GPU and NPU are `experimental`, never run here.
     Each carries the chat template the engine must apply: the contract renders the prompt, the
@@ -107,9 +141,9 @@ def litert_backends(cpu_verification: str, contract: Contract, megabytes: float 
                 "size_mb": size}
 
     size = round(megabytes, 1) if megabytes is not None else None
-    return [entry("npu", NPU_BUNDLE_NAME, "not built", True, None),
-            entry("gpu", BUNDLE_NAME, "not run", True, size),
-            entry("cpu", BUNDLE_NAME, cpu_verification, False, size)]
+    return [entry("npu", npu_bundle_name(bundle), "not built", True, None),
+            entry("gpu", bundle, "not run", True, size),
+            entry("cpu", bundle, cpu_verification, False, size)]
 
 
 def pte_backend(delegate: str, pte: str, ptd: str, verification: str, experimental: bool,
@@ -117,6 +151,24 @@ def pte_backend(delegate: str, pte: str, ptd: str, verification: str, experiment
     """edgepack.json's entry for an ExecuTorch program and its weights file (size_mb is the README's only)."""
     return {"runtime": "executorch", "backend": delegate, "pte": pte, "ptd": ptd, "experimental": experimental,
             "verification": verification, "size_mb": round(megabytes, 1)}
+
+
+def response_format_type(contract: Contract) -> str:
+    """The response format ("regex", "json") LiteRT-LM decodes the contract under; "" when unconstrained."""
+    constraint = engine_constraint(contract)
+    return str(constraint["response_format"]["type"]) if constraint else ""
+
+
+def push_files(backends: list[dict[str, Any]], runtimes: tuple[str, ...]) -> list[str]:
+    """The bundle's files an app's model folder takes, each once: every backend's except the NPU bundle, which
+    edgepack does not build, and the tokenizer ExecuTorch's runner loads."""
+    files: list[str] = []
+    for b in backends:
+        if b["runtime"] == "litert-lm":
+            files += [] if b["backend"] == "npu" else [b["litertlm"]]
+        else:
+            files += [b["pte"], b["ptd"]]
+    return list(dict.fromkeys([*files, *(["tokenizer.json"] if "executorch" in runtimes else [])]))
 
 
 def application_id(name: str) -> str:
@@ -189,31 +241,51 @@ class AndroidTarget:
             return self._build_executorch(ctx, out_dir, None)
         self._check_litert_inputs(ctx)  # before any work
         if "executorch" not in runtimes:
-            return self._build_litert_app(ctx, out_dir, self._build_litert(ctx, out_dir))
+            return self._build_litert_app(ctx, out_dir, self._build_litert(ctx))
         # Both: the bundle's export and runs do not depend on the .pte's, so they go beside them when the cores
         # allow (packager.beside).
         with beside(ctx.scheduler.cancel) as work:
-            litert = work.start("LiteRT-LM bundle", lambda: self._build_litert(ctx, out_dir))
+            litert = work.start("LiteRT-LM bundle", lambda: self._build_litert(ctx))
             return self._build_executorch(ctx, out_dir, litert)
 
     def build_fleet(self, fleet: Fleet, out_dir: Path) -> TargetResult:
         """One base .ptd and a .pte per specialist, each verified with that base (targets.android.fleet); each
-        specialist whole, in its own folder and saying why, where a shared base cannot apply."""
-        recipe = shared_recipe(fleet.base.options.for_target(self))
-        shared = recipe if isinstance(recipe, str) else shared_base(fleet, recipe, self.name,
-                                                                    fleet.base.options.no_gate)
+        specialist whole, in its own folder and saying why, where a shared base cannot apply.
+
+        With --android-runtime all, each specialist also gets a merged LiteRT-LM bundle (<name>.litertlm: the
+        exporter takes a whole model), exported and run beside the .pte work; the app tries it first."""
+        options = fleet.base.options.for_target(self)
+        recipe = shared_recipe(options)
+        with_litert = not isinstance(recipe, str) and options.get("runtime") == "all"
+        if with_litert:
+            for specialist in fleet.specialists:
+                self._check_litert_inputs(specialist.ctx)  # before any work
+        with beside(fleet.base.scheduler.cancel) as work:
+            pending = work.start("LiteRT-LM bundles", lambda: self._fleet_litert(fleet)) if with_litert else None
+            shared = recipe if isinstance(recipe, str) else shared_base(fleet, recipe, self.name,
+                                                                        fleet.base.options.no_gate)
+            # Asked for either way: a fallback to whole models builds the same bundles (the stage cache's).
+            litert = pending.result() if pending is not None else {}
         if isinstance(shared, str):
             fleet.base.reporter.say(f"android: each specialist ships as a whole model: {shared}")
             return build_merged_per_specialist(self, fleet, out_dir, self.build, reason=shared)
-        return self._fleet_bundle(fleet, shared, out_dir)
+        return self._fleet_bundle(fleet, shared, litert, out_dir)
 
-    def _fleet_bundle(self, fleet: Fleet, shared: SharedBase, out_dir: Path) -> TargetResult:
-        """Place the base once, each specialist's program and the tokenizer; edgepack.json lists the specialists,
-        each with its program, runner settings and contract."""
+    def _fleet_litert(self, fleet: Fleet) -> dict[str, LitertBuilt]:
+        """Each specialist's merged model as a LiteRT-LM bundle of its own, <name>.litertlm, verified on its task."""
+        built = each_specialist(fleet, "LiteRT-LM bundle",
+                                lambda s: self._build_litert(s.ctx, f"{s.name}.litertlm"))
+        return dict(zip(fleet.names, built, strict=True))
+
+    def _fleet_bundle(self, fleet: Fleet, shared: SharedBase, litert: dict[str, LitertBuilt],
+                      out_dir: Path) -> TargetResult:
+        """Place the base once, each specialist's program (and LiteRT-LM bundle) and the tokenizer; edgepack.json
+        lists the specialists, each with its backends, runner settings and contract."""
         out_dir.mkdir(parents=True, exist_ok=True)
         place_artifact(shared.base_ptd, out_dir / shared.base_file)
         place_artifact(shared.tokenizer_json, out_dir / "tokenizer.json")
         entries, verifications, served, backends = [], [], {}, []
+        notes = [shared.note(EXECUTORCH_VERSION)]
         for specialist in fleet.specialists:
             program = shared.programs[specialist.name]
             place_artifact(program.pte, out_dir / program.pte.name)
@@ -221,15 +293,30 @@ class AndroidTarget:
                 self.name, [program.pte.name, shared.base_file])
             verifications.append(verification)
             served[verification.artifact] = specialist.name
-            backend = pte_backend("xnnpack", program.pte.name, shared.base_file, verification.level, False,
-                                  program.pte.stat().st_size / 2**20)
-            backends.append(backend)
-            entries.append({"name": specialist.name,
-                            "runner": self._runner(specialist.ctx, program, shared.tokenizer_json),
-                            "backends": [{k: v for k, v in backend.items() if k != "size_mb"}],
+            own = [pte_backend("xnnpack", program.pte.name, shared.base_file, verification.level, False,
+                               program.pte.stat().st_size / 2**20)]
+            entry: dict[str, Any] = {"name": specialist.name,
+                                     "runner": self._runner(specialist.ctx, program, shared.tokenizer_json)}
+            bundle = litert.get(specialist.name)
+            if bundle is not None:
+                bundle.place(out_dir)
+                own = [*bundle.backends(specialist.ctx.contract), *own]
+                verifications.append(bundle.verification)
+                served[bundle.verification.artifact] = specialist.name
+                notes += [f"{specialist.name}: {note}" for note in bundle.notes]
+                entry["litert_lm"] = bundle.section
+            backends += own
+            entries.append({**entry, "backends": [{k: v for k, v in b.items() if k != "size_mb"} for b in own],
                             "contract": specialist.ctx.contract.as_dict()})
         recipe = shared.recipe
-        checks, bridge = self._scaffold(fleet.specialists[0].ctx, out_dir, backends, ("executorch",), verifications,
+        runtimes = ("litert-lm", "executorch") if litert else ("executorch",)
+        if litert:
+            notes.append(f"Android fleet (LiteRT-LM): each specialist also ships as a whole merged bundle "
+                         f"({', '.join(f'{b.file} {b.artifact.megabytes:.1f} MB' for b in litert.values())}): "
+                         "edgepack gives LiteRT-LM no LoRA adapters, so the base is not shared there.")
+            notes.append(self._litert_app_note(
+                {litert[s.name].file: s.ctx.contract for s in fleet.specialists}))
+        checks, bridge = self._scaffold(fleet.specialists[0].ctx, out_dir, backends, runtimes, verifications,
                                         recipe.name, recipe.summary, fleet=fleet)
         first = shared.programs[fleet.specialists[0].name]
         sections = {
@@ -239,7 +326,6 @@ class AndroidTarget:
             "tokenizer": "tokenizer.json",
             "specialists": entries,
         }
-        notes = [shared.note(EXECUTORCH_VERSION)]
         return finish_bundle(out_dir, self, sections, verifications, checks, notes=notes, copies=(ASSET,),
                              extra={"recipe": recipe.name, "fleet_base": shared.base_file,
                                     "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]},
@@ -247,8 +333,9 @@ class AndroidTarget:
 
     def _build_litert_app(self, ctx: BuildContext, out_dir: Path, litert: LitertBuilt) -> TargetResult:
         """The .litertlm alone, with an app that links LiteRT-LM only (its bundle holds the tokenizer)."""
-        artifact, verification, notes, section = litert
-        backends = litert_backends(verification.level, ctx.contract, artifact.megabytes)
+        artifact, verification, notes, section = litert.artifact, litert.verification, litert.notes, litert.section
+        litert.place(out_dir)
+        backends = litert.backends(ctx.contract)
         checks, bridge = self._scaffold(ctx, out_dir, backends, ("litert-lm",), [verification], artifact.recipe.name,
                                         artifact.recipe.summary)
         contract = ctx.contract
@@ -260,25 +347,31 @@ class AndroidTarget:
         sections = {"model": section, "runner": runner,
                     "backends": [{k: v for k, v in b.items() if k != "size_mb"} for b in backends],
                     "contract": contract.as_dict()}
-        notes.append(self._litert_app_note(ctx.contract))
+        notes.append(self._litert_app_note({litert.file: ctx.contract}))
         return finish_bundle(out_dir, self, sections, [verification], checks, notes=notes, copies=(ASSET,),
                              extra={"litert_recipe": artifact.recipe.name, "litert_export": artifact.export,
                                     "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]})
 
     @staticmethod
-    def _litert_app_note(contract: Contract) -> str:
-        constraint = engine_constraint(contract)
-        decoding = (f"It decodes the {contract.task} contract under LiteRT-LM's constrained decoding with the "
+    def _litert_app_note(contracts: dict[str, Contract]) -> str:
+        """What the app does with LiteRT-LM and what of it ran; `contracts`, each bundle's contract by its file."""
+        def decoding(contract: Contract) -> str:
+            constraint = engine_constraint(contract)
+            if constraint is None:
+                return f"decodes the {contract.task} contract greedily, unconstrained (it asks for no constraint)"
+            return (f"decodes the {contract.task} contract under LiteRT-LM's constrained decoding with the "
                     f"{constraint['response_format']['type']} response format the build's engine verified with "
-                    "(edgepack.json's response_format; ConversationConfig(enableResponseFormat = true), LLGuidance), "
-                    "any .pte without a constraint. " if constraint else
-                    "The contract asks for no constraint: it decodes greedily, unconstrained. ")
+                    "(edgepack.json's response_format; ConversationConfig(enableResponseFormat = true), LLGuidance)")
+
+        how = "; ".join(f"{file} {decoding(contract)}" for file, contract in contracts.items())
+        npu = " or ".join(npu_bundle_name(file) for file in contracts)
         return ("Android (LiteRT-LM in the app): the app tries LiteRT-LM on the NPU (only with a "
-                f"{NPU_BUNDLE_NAME} compiled for the phone's SoC, which edgepack does not build), then the GPU, then "
-                f"the CPU, then any .pte. {decoding}The Kotlin LiteRtLmEngine was compiled against a declared API "
-                f"surface of {LITERTLM_ANDROID_ARTIFACT} and its fallback and constraint run on the JVM with scripted "
-                "engines; it never ran against the real library, and no GPU or NPU ran anywhere. The app and bridge "
-                "were parsed (tree-sitter) and linted (ktlint); no Gradle build ran here.")
+                f"{npu} compiled for the phone's SoC, which edgepack does not build), then the GPU, then "
+                f"the CPU, then any .pte. The bridge {how}; a .pte decodes without a constraint. The Kotlin "
+                f"LiteRtLmEngine was compiled against a declared API surface of {LITERTLM_ANDROID_ARTIFACT} and its "
+                "fallback and constraint run on the JVM with scripted engines; it never ran against the real library, "
+                "and no GPU or NPU ran anywhere. The app and bridge were parsed (tree-sitter) and linted (ktlint); no "
+                "Gradle build ran here.")
 
     def _scaffold(self, ctx: BuildContext, out_dir: Path, backends: list[dict[str, Any]], runtimes: tuple[str, ...],
                   verifications: list[VerificationResult], recipe: str,
@@ -289,12 +382,16 @@ class AndroidTarget:
         picks = ([(s.name, s.ctx) for s in fleet.specialists] if fleet else [(model_name, ctx)])
         specialists = [{"name": name, "task": c.contract.task, "labels": list(c.contract.labels or []),
                         "instruction": c.eval_rows[0].instruction if c.eval_rows else "",
-                        "sample_input": c.eval_rows[0].input if c.eval_rows else "Hello!"} for name, c in picks]
+                        "sample_input": c.eval_rows[0].input if c.eval_rows else "Hello!",
+                        "response_format_type": response_format_type(c.contract)} for name, c in picks]
         context = self._context(ctx, model_name, recipe, recipe_summary, backends, verifications, runtimes)
         rendered = render_tree("android", out_dir / APP_DIR, {**context, "specialists": specialists,
                                                               "fleet": fleet is not None})
         bridge = copy_bridge(out_dir / BRIDGE_DIR, runtimes)
-        checks = check_generated_files(rendered, out_dir)
+        bundles = list(dict.fromkeys(b["litertlm"] for b in backends if b["runtime"] == "litert-lm"
+                                     and b["backend"] != "npu"))
+        kit = npu_kit(out_dir, bundles, model_name) if bundles else []
+        checks = check_generated_files(rendered + kit, out_dir)
         checks += remembered_checks("check_android_files", rendered + bridge, out_dir, check_android_files)
         checks.append(ScaffoldCheck(f"{APP_DIR}/", "gradle assembleDebug", "skipped",
                                     "needs the Android SDK and Maven repositories; edgepack's tests compile the "
@@ -309,9 +406,9 @@ class AndroidTarget:
         if problem:
             raise BadInputError(problem + " (or build android with --android-runtime executorch)")
 
-    def _build_litert(self, ctx: BuildContext, out_dir: Path) -> LitertBuilt:
-        """Export and verify the LiteRT-LM bundle (the requested recipe, or the ladder), place it in out_dir;
-        its inputs were checked (_check_litert_inputs)."""
+    def _build_litert(self, ctx: BuildContext, bundle: str = BUNDLE_NAME) -> LitertBuilt:
+        """Export and verify the LiteRT-LM bundle (the requested recipe, or the ladder), to ship as `bundle`; its
+        inputs were checked (_check_litert_inputs). The caller places it."""
         requested = ctx.options.for_target(self).get("litert_recipe")
         ladder = (walked(LITERT_LADDER, ctx.options.no_gate) if requested == "auto"
                   else (litert_recipe_named(requested).name,))
@@ -320,22 +417,20 @@ class AndroidTarget:
         def build(name: str) -> tuple[LitertArtifact, VerificationResult]:
             # No eager screen: a tiny model's LiteRT-LM export takes about 20 s, and int8 weights are the first rung.
             artifact = cached_litertlm(ctx, litert_recipe_named(name), max_context)
-            return artifact, verified_litertlm(ctx, artifact, f"{self.name}/{BUNDLE_NAME}")
+            return artifact, verified_litertlm(ctx, artifact, f"{self.name}/{bundle}")
 
         artifact, verification, notes = first_passing_rung(ladder, "LiteRT-LM recipe", build, lambda a: a.megabytes,
                                                            requested == "auto")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        place_artifact(artifact.bundle, out_dir / BUNDLE_NAME)
-        notes.append(f"Android (LiteRT-LM): {BUNDLE_NAME} ran on this host in its own TFLite program "
+        notes.append(f"Android (LiteRT-LM): {bundle} ran on this host in its own TFLite program "
                      f"(ai_edge_litert's Interpreter) and in LiteRT-LM {LITERT_LM_VERSION}'s engine on the CPU; "
                      "GPU and NPU backends were not run, and nothing ran on a phone.")
-        section = {"name": ctx.model_name, "format": "litertlm", "file": BUNDLE_NAME,
+        section = {"name": ctx.model_name, "format": "litertlm", "file": bundle,
                    "recipe": artifact.recipe.name, "recipe_summary": artifact.recipe.summary,
                    "max_context": artifact.export["cache_length"],
                    "prefill_lengths": artifact.export["prefill_lengths"], "backend": "cpu",
                    "runtime": f"LiteRT-LM {LITERT_LM_VERSION}", "verification": verification.level,
                    "metadata": artifact.export["metadata"]}
-        return artifact, verification, notes, section
+        return LitertBuilt(artifact, verification, notes, section)
 
     def _build_executorch(self, ctx: BuildContext, out_dir: Path,
                           pending_litert: Pending[LitertBuilt] | None) -> TargetResult:
@@ -366,9 +461,8 @@ class AndroidTarget:
         runtimes: tuple[str, ...] = ("executorch",)
         litert = pending_litert.result() if pending_litert is not None else None
         if litert is not None:
-            litert_artifact, litert_verification = litert[0], litert[1]
-            backends = [*litert_backends(litert_verification.level, ctx.contract, litert_artifact.megabytes),
-                        *backends]
+            litert.place(out_dir)
+            backends = [*litert.backends(ctx.contract), *backends]
             runtimes = ("litert-lm", "executorch")
 
         contract = ctx.contract
@@ -387,11 +481,11 @@ class AndroidTarget:
         }
         extra: dict[str, Any] = {}
         if litert is not None:
-            litert_artifact, litert_verification, litert_notes, sections["litert_lm"] = litert
-            verifications.append(litert_verification)
-            notes += litert_notes
-            extra = {"litert_recipe": litert_artifact.recipe.name, "litert_export": litert_artifact.export}
-            notes.append(self._litert_app_note(ctx.contract))
+            sections["litert_lm"] = litert.section
+            verifications.append(litert.verification)
+            notes += litert.notes
+            extra = {"litert_recipe": litert.artifact.recipe.name, "litert_export": litert.artifact.export}
+            notes.append(self._litert_app_note({litert.file: ctx.contract}))
         notes.append(
             f"Android: every XNNPACK .pte ran on this host in ExecuTorch {EXECUTORCH_VERSION}'s TextLLMRunner (the C++ "
             "runner LlmModule drives) and its forward method; nothing ran on a phone. The app and bridge were parsed "
@@ -473,7 +567,7 @@ class AndroidTarget:
                  backends: list[dict[str, Any]], verifications: list[VerificationResult],
                  runtimes: tuple[str, ...]) -> dict[str, Any]:
         contract = ctx.contract
-        constraint = engine_constraint(contract)
+        litert = [b for b in backends if b["runtime"] == "litert-lm"]
         return {
             "model_name": model_name,
             "slug": slug(model_name),
@@ -482,8 +576,10 @@ class AndroidTarget:
             "executorch_artifact": f"org.pytorch:executorch-android:{EXECUTORCH_VERSION}",
             "runtimes": list(runtimes),
             "litertlm_artifact": LITERTLM_ANDROID_ARTIFACT,
-            "litertlm_file": BUNDLE_NAME,
-            "npu_bundle_file": NPU_BUNDLE_NAME,
+            "litertlm_files": list(dict.fromkeys(b["litertlm"] for b in litert if b["backend"] != "npu")),
+            "npu_bundle_files": [b["litertlm"] for b in litert if b["backend"] == "npu"],
+            "push_files": push_files(backends, runtimes),
+            "fleet_base": next((b["ptd"] for b in backends if b["runtime"] == "executorch"), ""),
             "kotlin_version": kotlin_version(),
             "agp_version": AGP_VERSION,
             "gradle_version": GRADLE_VERSION,
@@ -494,7 +590,7 @@ class AndroidTarget:
             "backends": backends,
             "tokenizer_file": "tokenizer.json",
             "task": contract.task,
-            "response_format_type": constraint["response_format"]["type"] if constraint else "",
+            "response_format_type": response_format_type(contract),
             "verification_rows": [v.summary_row(v.artifact.rsplit("/", 1)[-1]) for v in verifications],
             "edgepack_version": __version__,
         }

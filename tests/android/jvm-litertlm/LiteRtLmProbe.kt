@@ -1,7 +1,7 @@
 // Test harness (not shipped): the bridge's EdgeModel over its real LiteRtLmEngine, on the JVM against the
 // scripted LiteRT-LM of FakeLiteRtLm.kt; prints what happened as JSON for tests/test_android.py.
 //
-//   java -cp probe.jar org.edgepack.probe.LiteRtLmProbeKt BUNDLE_DIR SCENARIO
+//   java -cp probe.jar org.edgepack.probe.LiteRtLmProbeKt BUNDLE_DIR SCENARIO [SOC_MODEL]
 package org.edgepack.probe
 
 import com.google.ai.edge.litertlm.FakeScript
@@ -12,11 +12,11 @@ import java.io.File
 
 fun main(args: Array<String>) {
     val dir = File(args[0])
-    val factory = LiteRtLmEngine.factory("/data/app/org.edgepack.sample/lib/arm64", null)
+    val factory = LiteRtLmEngine.factory("/data/app/org.edgepack.sample/lib/arm64", null, args.getOrNull(2))
     val extra =
         when (args[1]) {
             "fallback" -> {
-                // no model-npu.litertlm in dir; the GPU cannot start
+                // no NPU bundle for this SoC in dir; the GPU cannot start
                 FakeScript.failInitialize = setOf("GPU")
                 val model = EdgeModel.load(dir, factory)
                 val answer = model.run("x")

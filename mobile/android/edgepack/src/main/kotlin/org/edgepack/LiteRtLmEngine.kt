@@ -67,7 +67,9 @@ class LiteRtLmEngine(
 
     override fun load() {
         // An NPU bundle is compiled for one SoC and is not built by edgepack: say so instead of a native error.
-        if (!bundle.isFile) throw ModelFileError("${bundle.path} is missing (an NPU bundle is compiled per SoC; see README.md)")
+        if (!bundle.isFile) {
+            throw ModelFileError("${bundle.path} is missing (an NPU bundle is compiled per SoC: npu/README.md)")
+        }
         engine.initialize() // seconds for a large model: EdgeModel.load runs off the main thread
     }
 
@@ -151,23 +153,44 @@ class LiteRtLmEngine(
         )
 
     companion object {
+        /** The placeholder an NPU backend's file name holds for the SoC it was compiled for (edgepack.json). */
+        const val SOC_PLACEHOLDER = "{soc}"
+
         /**
-         * The factory EdgeModel.load uses for LiteRT-LM backends: "npu" (libraries from nativeLibraryDir,
-         * `context.applicationInfo.nativeLibraryDir` on Android), "gpu" (OpenCL, declared in the manifest) or "cpu".
+         * The NPU bundle for this phone: edgepack.json names it with SOC_PLACEHOLDER ("model-npu-{soc}.litertlm"),
+         * the SoC as Build.SOC_MODEL reports it, lower case ("model-npu-sm8750.litertlm", as npu/compile_npu.py
+         * writes it). A phone that does not report its SoC (before Android 12) has none.
+         */
+        fun npuBundleFile(
+            pattern: String,
+            socModel: String?,
+        ): String {
+            if (!pattern.contains(SOC_PLACEHOLDER)) return pattern
+            if (socModel.isNullOrBlank() || socModel == "unknown") {
+                throw ModelFileError("this phone does not report its SoC model, so no NPU bundle can be chosen")
+            }
+            return pattern.replace(SOC_PLACEHOLDER, socModel.lowercase())
+        }
+
+        /**
+         * The factory EdgeModel.load uses for LiteRT-LM backends: "npu" (the bundle compiled for `socModel`,
+         * `Build.SOC_MODEL` on Android; libraries from nativeLibraryDir, `context.applicationInfo.nativeLibraryDir`),
+         * "gpu" (OpenCL, declared in the manifest) or "cpu".
          */
         fun factory(
             nativeLibraryDir: String,
             cacheDir: String?,
+            socModel: String?,
         ): EngineFactory =
             EngineFactory { model, modelDir, _ ->
-                val backend =
+                val (backend, file) =
                     when (model.backend) {
-                        "npu" -> Backend.NPU(nativeLibraryDir = nativeLibraryDir)
-                        "gpu" -> Backend.GPU()
-                        "cpu" -> Backend.CPU()
+                        "npu" -> Backend.NPU(nativeLibraryDir = nativeLibraryDir) to npuBundleFile(model.file, socModel)
+                        "gpu" -> Backend.GPU() to model.file
+                        "cpu" -> Backend.CPU() to model.file
                         else -> throw ModelFileError("LiteRT-LM has no backend \"${model.backend}\"")
                     }
-                LiteRtLmEngine(File(modelDir, model.file), backend, model.chatTemplate, cacheDir, model.responseFormat)
+                LiteRtLmEngine(File(modelDir, file), backend, model.chatTemplate, cacheDir, model.responseFormat)
             }
     }
 }
