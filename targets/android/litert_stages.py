@@ -20,7 +20,6 @@ from packager.verify.child_verify import verified_in_child
 from packager.verify.gates import gate_as_dict
 from packager.verify.result import VerificationResult
 from targets.android.litert_export import (
-    BUNDLE_NAME,
     LITERT_EXPORT_SCHEMA,
     LITERT_LM_VERSION,
     LITERT_TORCH_VERSION,
@@ -68,8 +67,8 @@ def cached_litertlm(ctx: BuildContext, recipe: LitertRecipe, cache_length: int) 
     def export(tmp: Path) -> dict[str, Any]:
         request = {"checkpoint": str(ctx.ckpt.folder), "out_dir": str(tmp), "recipe": recipe.name,
                    "cache_length": cache_length, "prefill_lengths": list(prefill), "eos_ids": eos_ids}
-        ctx.reporter.say(f"exporting {BUNDLE_NAME} ({recipe.name}) with litert-torch {LITERT_TORCH_VERSION} "
-                         "in a child process")
+        ctx.reporter.say(f"exporting {ctx.model_name} as a LiteRT-LM bundle ({recipe.name}) with litert-torch "
+                         f"{LITERT_TORCH_VERSION} in a child process")
         what = f"LiteRT-LM export of {ctx.ckpt.folder} with recipe {recipe.name}"
         with ctx.scheduler.step(LITERT_EXPORT, what) as claim:
             return run_child("targets.android.litert_export", tmp, request, what, claim)

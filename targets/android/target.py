@@ -253,7 +253,8 @@ class AndroidTarget:
         specialist whole, in its own folder and saying why, where a shared base cannot apply.
 
         With --android-runtime all, each specialist also gets a merged LiteRT-LM bundle (<name>.litertlm: the
-        exporter takes a whole model), exported and run beside the .pte work; the app tries it first."""
+        exporter takes a whole model), exported and run beside the .pte work when the cores allow (packager.beside);
+        the app tries it first."""
         options = fleet.base.options.for_target(self)
         recipe = shared_recipe(options)
         with_litert = not isinstance(recipe, str) and options.get("runtime") == "all"
