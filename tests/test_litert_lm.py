@@ -232,12 +232,9 @@ def test_a_fleet_with_both_runtimes_shares_the_pte_base_and_ships_each_specialis
         litert_fleet, tiny_gemma: Path) -> None:
     """Each specialist's .litertlm is its own merged model (closer to it than to the other specialist), run here
     and served to that specialist; the .pte programs still share one base."""
-    import torch
-
-    from packager.checkpoint import load_checkpoint
-    from packager.verify.fp32_model import load_fp32_whole
     from targets.android.litert_bundle import extract_program
     from targets.android.litert_verify import TflitePrefillDecode
+    from tests.tiny_models import assert_each_answers_as_its_merged_model
 
     outcome, bundle, root = litert_fleet
     [result] = outcome.results
@@ -258,14 +255,9 @@ def test_a_fleet_with_both_runtimes_shares_the_pte_base_and_ships_each_specialis
     assert sorted(v.format for v in result.verifications) == ["litertlm", "litertlm", "pte", "pte"]
     assert all(v.level == "executed" for v in result.verifications)
     ids = list(range(2, 60))
-    logits = {n: TflitePrefillDecode(extract_program(bundle / f"{n}.litertlm", root / f"{n}.tflite")).logits(ids)
-              for n in names}
-    with torch.no_grad():
-        for name in names:
-            merged = load_checkpoint(root / name, base=tiny_gemma, work_dir=root / "work")
-            fp32 = load_fp32_whole(merged.folder, "sdpa")(torch.tensor([ids])).logits[0].numpy()
-            other = logits["extractor" if name == "router" else "router"]
-            assert np.abs(logits[name] - fp32).max() < 0.25 * np.abs(other - fp32).max(), name
+    assert_each_answers_as_its_merged_model(
+        {n: TflitePrefillDecode(extract_program(bundle / f"{n}.litertlm", root / f"{n}.tflite")).logits(ids)
+         for n in names}, ids, root, tiny_gemma)
     readme = (bundle / "app/README.md").read_text(encoding="utf-8")
     [push] = [line for line in readme.splitlines() if line.startswith("adb push")]
     # Each file once; the NPU bundles are never built here, so never pushed.
@@ -584,3 +576,28 @@ def test_edgepack_json_carries_the_response_format_the_engine_verified_the_contr
     unconstrained = litert_backends("executed", Contract(task=task, labels=contract.labels,
                                                          json_schema=contract.json_schema))
     assert [b["response_format"] for b in unconstrained] == [None] * 3
+
+
+def test_a_llama_family_classifier_passes_both_android_runtimes_gates(
+        tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The Llama layout (llama3 rope scaling, grouped-query attention, a byte-level BPE that adds its BOS), fine-tuned
+    into a tiny classifier on a plain prompt, built gated with --android-runtime all: the .pte and the .litertlm
+    (exported by litert-torch as a generic model) are each executed and pass their fidelity and task gates."""
+    from packager.pipeline import BuildRequest, run_build
+    from packager.progress import Reporter
+    from packager.stages import BuildOptions
+    from tests.tiny_models import make_router
+
+    root = tmp_path_factory.mktemp("llama-router")
+    model, eval_path = make_router(tiny_llama, root, lambda ins, i: f"{ins}: {i}\nRoute:")
+    options = BuildOptions(target_options={"android": {"runtime": "all"}}, eval_path=eval_path, context_length=128,
+                           task={"task": "labels", "labels": ROUTER_LABELS, "constrained": True,
+                                 "prompt_template": "{instruction}: {input}\nRoute:"})
+    outcome = run_build(BuildRequest(checkpoint=model, targets=["android"], out=root / "dist", options=options),
+                        Reporter(quiet=True))
+    [result] = outcome.results
+    verdicts = {v.format: (v.level, v.passed, v.task and (v.task.exact_match, v.task.baseline_exact_match))
+                for v in result.verifications}
+    assert verdicts.keys() == {"pte", "litertlm"}
+    for level, passed, accuracy in verdicts.values():
+        assert level == "executed" and passed and accuracy == (1.0, 1.0), verdicts

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -234,3 +235,19 @@ def make_adapter(base: Path, dest: Path, *, seed: int = 1, rslora: bool = False,
     cfg["base_model_name_or_path"] = base_ref if base_ref is not None else str(base)
     cfg_path.write_text(json.dumps(cfg))
     return dest
+
+
+def assert_each_answers_as_its_merged_model(logits: dict[str, Any], ids: list[int], root: Path, base: Path) -> None:
+    """Two specialists' artifacts (logits over `ids` by name; adapters in root/<name>, over `base`): each is far
+    closer to its own fp32 merged model than the other specialist's artifact is, so it carries its own adapter."""
+    import numpy as np
+
+    from packager.checkpoint import load_checkpoint
+    from packager.verify.fp32_model import load_fp32_whole
+
+    first, second = logits
+    with torch.no_grad():
+        for name, other in ((first, second), (second, first)):
+            merged = load_checkpoint(root / name, base=base, work_dir=root / "work")
+            fp32 = load_fp32_whole(merged.folder, "sdpa")(torch.tensor([ids])).logits[0].numpy()
+            assert np.abs(logits[name] - fp32).max() < 0.25 * np.abs(logits[other] - fp32).max(), name
