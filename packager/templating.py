@@ -24,14 +24,13 @@ TEMPLATE_SUFFIX = ".j2"
 # Documents a template folder's context for its authors; never part of a bundle.
 SKIPPED_NAMES = frozenset({"CONTEXT.md"})
 _PLACEHOLDER_MARKS = ("{{", "{%", "{#")
-# A CI workflow's own ${{ }} expressions must pass through: workflow templates (*.yml.j2) use these delimiters.
+# A CI workflow's own ${{ }} expressions must pass through: workflow templates use these delimiters.
 BRACKET_DELIMITERS = {
     "variable_start_string": "[[", "variable_end_string": "]]",
     "block_start_string": "[%", "block_end_string": "%]",
     "comment_start_string": "[#", "comment_end_string": "#]",
 }
 _BRACKET_MARKS = ("[[", "[%", "[#")
-_BRACKET_TEMPLATE_SUFFIX = ".yml.j2"
 _EXECUTABLE_SUFFIXES = (".sh",)
 
 
@@ -150,12 +149,14 @@ def _is_template(path: Path) -> bool:
     return path.name.endswith(TEMPLATE_SUFFIX)
 
 
-def render_tree(template_subdir: str, dest: Path, context: Mapping[str, Any]) -> list[Path]:
+def render_tree(template_subdir: str, dest: Path, context: Mapping[str, Any],
+                bracketed: tuple[str, ...] = ()) -> list[Path]:
     """Render templates/<template_subdir>/ into dest and return the written files, sorted.
 
     *.j2 files are rendered and lose the suffix, other files are copied byte for byte, file and
     folder names may hold {{ placeholders }}, CONTEXT.md (the folder's documentation) is skipped.
-    A CI workflow template (*.yml.j2) uses [[ ]] delimiters instead (BRACKET_DELIMITERS).
+    The templates named in `bracketed` (CI workflows, whose own ${{ }} must pass through) use [[ ]]
+    delimiters instead (BRACKET_DELIMITERS).
     Each rendered file is checked for leftover Jinja syntax from its template, and *.sh files
     are made executable.
     """
@@ -177,7 +178,7 @@ def render_tree(template_subdir: str, dest: Path, context: Mapping[str, Any]) ->
         target.parent.mkdir(parents=True, exist_ok=True)
         if _is_template(template):
             name = f"{template_subdir}/{rel}"
-            workflow = template.name.endswith(_BRACKET_TEMPLATE_SUFFIX)
+            workflow = template.name in bracketed
             probe_text = (workflow_probe_env if workflow else probe_env).get_template(name).render(context)
             _raise_on_placeholder(probe_text, f"{root / name} (rendering {target.name})",
                                   _BRACKET_MARKS if workflow else _PLACEHOLDER_MARKS)

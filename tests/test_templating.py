@@ -477,15 +477,17 @@ def test_text_filters_refuse_none_bool_and_containers(value: object) -> None:
         env.from_string("{{ v | sh }}").render(v=value)
 
 
-def test_a_workflow_template_uses_brackets_so_the_ci_services_own_expressions_pass_through(
+def test_a_workflow_template_named_bracketed_uses_brackets_so_the_ci_services_expressions_pass_through(
     template_root: Path, tmp_path: Path
 ) -> None:
     write(template_root / "demo" / "ci.yml.j2",
           "[# a comment #]\nname: [[ name ]]\n[% for s in socs %]\n- run: x --soc [[ s ]] ${{ matrix.os }}\n"
           "[% endfor %]\n")
-    templating.render_tree("demo", tmp_path / "out", {"name": "n [[1]]", "socs": ["A", "B"]})
+    write(template_root / "demo" / "project.yml.j2", "{% if name %}\nname: {{ name }}\n{% endif %}\n")
+    templating.render_tree("demo", tmp_path / "out", {"name": "n [[1]]", "socs": ["A", "B"]}, bracketed=("ci.yml.j2",))
+    assert (tmp_path / "out" / "project.yml").read_text() == "name: n [[1]]\n"  # not named: the usual delimiters
     assert (tmp_path / "out" / "ci.yml").read_text() == (
         "name: n [[1]]\n- run: x --soc A ${{ matrix.os }}\n- run: x --soc B ${{ matrix.os }}\n")
     write(template_root / "demo" / "ci.yml.j2", "name: [% raw %][[ name ]][% endraw %]\n")
     with pytest.raises(InternalError, match=r"ci\.yml\.j2 \(rendering ci\.yml\):1: .*'\[\['"):
-        templating.render_tree("demo", tmp_path / "out2", {"name": "x"})
+        templating.render_tree("demo", tmp_path / "out2", {"name": "x"}, bracketed=("ci.yml.j2",))

@@ -22,6 +22,7 @@ from targets.android.litert_export import LITERT_LM_VERSION
 
 NPU_DIR = "npu"
 COMPILE_SCRIPT = "compile_npu.py"
+WORKFLOW = "litert-npu.yml"  # a GitHub Actions workflow: rendered with [[ ]] (packager.templating.BRACKET_DELIMITERS)
 # ai-edge-litert, whose AOT tooling and compiler plugins the script drives (the build's own pin), and the SDK
 # packages of the same release.
 AI_EDGE_LITERT_VERSION = "2.3.0"
@@ -74,5 +75,5 @@ def npu_kit(out_dir: Path, bundles: list[str], model_name: str) -> list[Path]:
         "litert_lm_version": LITERT_LM_VERSION,
         "script": COMPILE_SCRIPT,
     }
-    written = render_tree("android-npu", dest, context)
+    written = render_tree("android-npu", dest, context, bracketed=(f"{WORKFLOW}.j2",))
     return sorted([*written, *copy_mobile_files("android/npu", (COMPILE_SCRIPT,), dest)])
