@@ -153,6 +153,12 @@ def pte_backend(delegate: str, pte: str, ptd: str, verification: str, experiment
             "verification": verification, "size_mb": round(megabytes, 1)}
 
 
+def litert_files(backends: list[dict[str, Any]]) -> list[str]:
+    """The .litertlm files edgepack.json's backends load and the bundle holds, each once (not the NPU's, which
+    edgepack does not build)."""
+    return list(dict.fromkeys(b["litertlm"] for b in backends if b["runtime"] == "litert-lm" and b["backend"] != "npu"))
+
+
 def response_format_type(contract: Contract) -> str:
     """The response format ("regex", "json") LiteRT-LM decodes the contract under; "" when unconstrained."""
     constraint = engine_constraint(contract)
@@ -334,23 +340,23 @@ class AndroidTarget:
 
     def _build_litert_app(self, ctx: BuildContext, out_dir: Path, litert: LitertBuilt) -> TargetResult:
         """The .litertlm alone, with an app that links LiteRT-LM only (its bundle holds the tokenizer)."""
-        artifact, verification, notes, section = litert.artifact, litert.verification, litert.notes, litert.section
+        recipe = litert.artifact.recipe
         litert.place(out_dir)
         backends = litert.backends(ctx.contract)
-        checks, bridge = self._scaffold(ctx, out_dir, backends, ("litert-lm",), [verification], artifact.recipe.name,
-                                        artifact.recipe.summary)
+        checks, bridge = self._scaffold(ctx, out_dir, backends, ("litert-lm",), [litert.verification], recipe.name,
+                                        recipe.summary)
         contract = ctx.contract
         # EdgeModel's runner settings; LiteRT-LM's engine adds the start token and stops at the bundle's
         # stop tokens itself, without sending their text.
         runner = {"num_bos": 1 if contract.add_bos and contract.bos_id is not None else 0,
-                  "eos_ids": list(contract.eos_ids), "eos_pieces": [], "max_context": section["max_context"],
+                  "eos_ids": list(contract.eos_ids), "eos_pieces": [], "max_context": litert.section["max_context"],
                   "temperature": 0.0}
-        sections = {"model": section, "runner": runner,
+        sections = {"model": litert.section, "runner": runner,
                     "backends": [{k: v for k, v in b.items() if k != "size_mb"} for b in backends],
                     "contract": contract.as_dict()}
-        notes.append(self._litert_app_note({litert.file: ctx.contract}))
-        return finish_bundle(out_dir, self, sections, [verification], checks, notes=notes, copies=(ASSET,),
-                             extra={"litert_recipe": artifact.recipe.name, "litert_export": artifact.export,
+        notes = [*litert.notes, self._litert_app_note({litert.file: ctx.contract})]
+        return finish_bundle(out_dir, self, sections, [litert.verification], checks, notes=notes, copies=(ASSET,),
+                             extra={"litert_recipe": recipe.name, "litert_export": litert.artifact.export,
                                     "bridge_files": [p.relative_to(out_dir).as_posix() for p in bridge]})
 
     @staticmethod
@@ -389,8 +395,7 @@ class AndroidTarget:
         rendered = render_tree("android", out_dir / APP_DIR, {**context, "specialists": specialists,
                                                               "fleet": fleet is not None})
         bridge = copy_bridge(out_dir / BRIDGE_DIR, runtimes)
-        bundles = list(dict.fromkeys(b["litertlm"] for b in backends if b["runtime"] == "litert-lm"
-                                     and b["backend"] != "npu"))
+        bundles = litert_files(backends)
         kit = npu_kit(out_dir, bundles, model_name) if bundles else []
         checks = check_generated_files(rendered + kit, out_dir)
         checks += remembered_checks("check_android_files", rendered + bridge, out_dir, check_android_files)
@@ -568,7 +573,6 @@ class AndroidTarget:
                  backends: list[dict[str, Any]], verifications: list[VerificationResult],
                  runtimes: tuple[str, ...]) -> dict[str, Any]:
         contract = ctx.contract
-        litert = [b for b in backends if b["runtime"] == "litert-lm"]
         return {
             "model_name": model_name,
             "slug": slug(model_name),
@@ -577,8 +581,9 @@ class AndroidTarget:
             "executorch_artifact": f"org.pytorch:executorch-android:{EXECUTORCH_VERSION}",
             "runtimes": list(runtimes),
             "litertlm_artifact": LITERTLM_ANDROID_ARTIFACT,
-            "litertlm_files": list(dict.fromkeys(b["litertlm"] for b in litert if b["backend"] != "npu")),
-            "npu_bundle_files": [b["litertlm"] for b in litert if b["backend"] == "npu"],
+            "litertlm_files": litert_files(backends),
+            "npu_bundle_files": [b["litertlm"] for b in backends
+                                 if b["runtime"] == "litert-lm" and b["backend"] == "npu"],
             "push_files": push_files(backends, runtimes),
             "fleet_base": next((b["ptd"] for b in backends if b["runtime"] == "executorch"), ""),
             "kotlin_version": kotlin_version(),
