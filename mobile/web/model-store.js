@@ -81,15 +81,12 @@ export async function fetchVerified(url, { sha256, bytes }, { onProgress, useCac
   const cache = useCache ? await openCache(CACHE_NAME) : null;
   const key = cacheKey(url, sha256);
   if (cache) {
-    const hit = await cache.match(key);
-    if (hit && hit.headers.get(HASH_HEADER) === sha256) {
-      const blob = await hit.blob();
-      if (blob.size === bytes) {
-        onProgress?.(bytes);
-        return { blob, fromCache: true };
-      }
+    const blob = await cachedBlob(cache, key, sha256, bytes);
+    if (blob) {
+      onProgress?.(bytes);
+      return { blob, fromCache: true };
     }
-    if (hit) await cache.delete(key);
+    await cache.delete(key);
   }
   const response = await fetch(url, { signal, cache: "no-cache" });
   if (!response.ok) {
@@ -126,12 +123,19 @@ function slicedBody(bytes) {
   });
 }
 
+/** The cached entry's blob (disk-backed) when it records this hash and has this size, else null. */
+async function cachedBlob(cache, key, sha256, bytes) {
+  const hit = await cache.match(key);
+  if (!hit || hit.headers.get(HASH_HEADER) !== sha256) return null;
+  const blob = await hit.blob();
+  return blob.size === bytes ? blob : null;
+}
+
 /** Put verified bytes into the cache and return the cached copy's blob (disk-backed), or null. */
 async function storeInCache(cache, key, buffer, sha256) {
   const headers = { "content-type": "application/octet-stream", [HASH_HEADER]: sha256 };
   await cache.put(key, new Response(slicedBody(buffer), { headers }));
-  const blob = await (await cache.match(key))?.blob();
-  return blob?.size === buffer.length ? blob : null;
+  return cachedBlob(cache, key, sha256, buffer.length);
 }
 
 /**
