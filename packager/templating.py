@@ -164,25 +164,25 @@ def render_tree(template_subdir: str, dest: Path, context: Mapping[str, Any],
     source = root / template_subdir
     if not source.is_dir():
         raise InternalError(f"template folder {source} does not exist (is the wheel missing its data?)")
-    env = make_environment(root)
-    probe_env = make_environment(root, probe=True)
-    workflow_env = make_environment(root, brackets=True)
-    workflow_probe_env = make_environment(root, probe=True, brackets=True)
+    # (renderer, placeholder probe) by whether a template uses bracket delimiters
+    envs = {brackets: (make_environment(root, brackets=brackets), make_environment(root, probe=True, brackets=brackets))
+            for brackets in ((False, True) if bracketed else (False,))}
     dest = Path(dest)
     written: list[Path] = []
     for template in sorted(p for p in source.rglob("*") if p.is_file()):
         rel = PurePosixPath(template.relative_to(source).as_posix())
         if template.name in SKIPPED_NAMES or "__pycache__" in rel.parts:
             continue
-        target = dest / _render_relative_path(env, rel, context)
+        target = dest / _render_relative_path(envs[False][0], rel, context)  # names use the usual delimiters
         target.parent.mkdir(parents=True, exist_ok=True)
         if _is_template(template):
             name = f"{template_subdir}/{rel}"
-            workflow = template.name in bracketed
-            probe_text = (workflow_probe_env if workflow else probe_env).get_template(name).render(context)
-            _raise_on_placeholder(probe_text, f"{root / name} (rendering {target.name})",
-                                  _BRACKET_MARKS if workflow else _PLACEHOLDER_MARKS)
-            target.write_text((workflow_env if workflow else env).get_template(name).render(context), encoding="utf-8")
+            brackets = template.name in bracketed
+            env, probe_env = envs[brackets]
+            _raise_on_placeholder(probe_env.get_template(name).render(context),
+                                  f"{root / name} (rendering {target.name})",
+                                  _BRACKET_MARKS if brackets else _PLACEHOLDER_MARKS)
+            target.write_text(env.get_template(name).render(context), encoding="utf-8")
         else:
             shutil.copyfile(template, target)
         target.chmod(0o755 if target.name.endswith(_EXECUTABLE_SUFFIXES) else 0o644)
