@@ -1087,17 +1087,39 @@ def test_xnnpack_passes_are_skipped_only_where_their_ops_are_absent() -> None:
         assert needs in [p.__name__ for p in applicable(every, decoder | {op})], op
 
 
-def test_the_pte_is_byte_identical_without_the_lowering_work_that_cannot_change_it(
+def test_the_pte_is_byte_identical_without_the_lowering_work_and_weight_copies_that_cannot_change_it(
         tiny_gemma: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Inapplicable XNNPACK passes skipped and the ops XNNPACK keeps whole decided once: the same .pte and .ptd."""
+    """Inapplicable XNNPACK passes skipped, the ops XNNPACK keeps whole decided once, partitions sharing the weights
+    and serialized constants waiting on disk: the same .pte and .ptd as ExecuTorch's own lowering."""
     import contextlib
     import traceback
 
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir._serialize import _cord
     from torch.export import ExportedProgram
 
-    from targets.android import export, xnnpack_passes
+    from targets.android import export, lowering_copies, xnnpack_passes
     from targets.android.export import RECIPES, RunnerMetadata, export_pte
+
+    shared: list[bool] = []
+    copy_sharing = lowering_copies._copy_sharing_constants
+
+    def checked_copy(cls: type, program: ExportedProgram, specs: Any) -> ExportedProgram:
+        copied = copy_sharing(cls, program, specs)
+        shared.append(copied is not program and copied.graph_module is not program.graph_module
+                      and all(copied.state_dict[k] is v for k, v in program.state_dict.items()))
+        return copied
+
+    spilled: list[int] = []
+
+    class CountedFileData(_cord.FileBackedData):
+        def __init__(self, path: str, *args: Any, **kwargs: Any) -> None:
+            super().__init__(path, *args, **kwargs)
+            spilled.append(len(self))
+
+    monkeypatch.setattr(lowering_copies, "_copy_sharing_constants", checked_copy)
+    monkeypatch.setattr(lowering_copies, "SPILL_BYTES", 1024)
+    monkeypatch.setattr(_cord, "FileBackedData", CountedFileData)
 
     dropped: list[int] = []
     kept_for = xnnpack_passes.applicable
@@ -1122,8 +1144,12 @@ def test_the_pte_is_byte_identical_without_the_lowering_work_that_cannot_change_
     run = "skipped"
     skipped = export_pte(tiny_gemma, tmp_path / "skipped", RECIPES["8da8w"], metadata)
     assert dropped and min(dropped) >= 7  # no partition has a convolution, batch norm, PReLU, pool or upsample
+    assert shared and all(shared)  # every partition's copy is a new graph over the same weights
+    assert spilled and sum(spilled) > 0.9 * (tmp_path / "skipped" / skipped.ptd).stat().st_size
+    assert sorted(p.name for p in (tmp_path / "skipped").iterdir()) == sorted([skipped.pte, skipped.ptd])
     monkeypatch.setattr(export, "only_applicable_passes", contextlib.nullcontext)
     monkeypatch.setattr(export, "whole_op_partitioner", XnnpackPartitioner)
+    monkeypatch.setattr(export, "weights_not_duplicated", lambda _folder: contextlib.nullcontext())
     run = "every"
     every = export_pte(tiny_gemma, tmp_path / "every", RECIPES["8da8w"], metadata)
     for name in (skipped.pte, skipped.ptd):

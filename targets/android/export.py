@@ -37,6 +37,7 @@ from packager.verify.gates import EIGHT_BIT, LOSSLESS, LOW_BIT, Gate
 from targets.android import fused_attention
 from targets.android.export_graph import replace_rms_norms, static_reshapes
 from targets.android.layouts import executorch_layout
+from targets.android.lowering_copies import weights_not_duplicated
 from targets.android.row_chunks import SLICE_ROWS, quantized_by_row_slices
 from targets.android.xnnpack_passes import only_applicable_passes, whole_op_partitioner
 
@@ -568,21 +569,22 @@ def lower_and_write(exported: Any, metadata: RunnerMetadata, delegate: str, out_
     for node in exported.graph.nodes:  # XNNPACK's weights join the program's constants in <data>.ptd
         if node.op == "placeholder" and node.name not in inside:
             node.meta.setdefault("custom", {})["delegate_constant_tag"] = data
-    with only_applicable_passes():
-        edge = to_edge_transform_and_lower(
-            {"forward": exported}, partitioner=_partitioners(delegate), transform_passes=[static_reshapes],
-            compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True),
-            constant_methods=metadata.constant_methods(),
-        )
-    program = edge.to_executorch(config=ExecutorchBackendConfig(
-        extract_delegate_segments=True, memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
-        do_quant_fusion_and_const_prop=True,
-        external_constants=lambda node: None if node.name in inside else data,
-    ))
     out_dir.mkdir(parents=True, exist_ok=True)
     pte = out_dir / f"{stem}.pte"
-    pte.write_bytes(program.buffer)
-    program.write_tensor_data_to_file(str(out_dir))
+    with weights_not_duplicated(out_dir):
+        with only_applicable_passes():
+            edge = to_edge_transform_and_lower(
+                {"forward": exported}, partitioner=_partitioners(delegate), transform_passes=[static_reshapes],
+                compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True),
+                constant_methods=metadata.constant_methods(),
+            )
+        program = edge.to_executorch(config=ExecutorchBackendConfig(
+            extract_delegate_segments=True, memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
+            do_quant_fusion_and_const_prop=True,
+            external_constants=lambda node: None if node.name in inside else data,
+        ))
+        pte.write_bytes(program.buffer)
+        program.write_tensor_data_to_file(str(out_dir))
     ptd = out_dir / f"{data}.ptd"
     if not ptd.is_file():
         raise UnsupportedError(f"ExecuTorch wrote no {ptd.name} beside {pte.name}; the weights would be missing.")

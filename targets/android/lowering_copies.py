@@ -1,0 +1,91 @@
+"""XNNPACK's lowering without the two copies of the weights it made beside the exported program.
+
+ExecuTorch 1.5.1 deep-copies every partition's program before the backend preprocesses it, weights included
+(BackendDetails.copy_exported_program_for_preprocess), and XNNPACK's serializer then copies every constant into
+the NamedDataStore as Python `bytes`, which the store keeps until the .ptd is written. With the exported program's
+own tensors still referenced, the lowering held the weights three times: measured in one process on the real
+Gemma 3 270M (ctx 512, 8da8w-smooth-f32down, 341 MB of weights) the lowering rose 0.85 GiB over the export before
+it, and at Gemma 3 1B 3.4 GiB over 1.55 GB, the peak of the whole Android build.
+
+Within `weights_not_duplicated(folder)`:
+
+- the partition copies share the constant tensors with the program they were cut from (the graph, its metadata
+  and the state-dict mapping are still copied), as ExecuTorch's own CUDA backend does in its low-memory mode:
+  XNNPACK's preprocess reads the constants and builds new graphs, it does not write into the tensors;
+- every blob of at least SPILL_BYTES added to a NamedDataStore is written to a file in a temporary folder under
+  `folder` at once and kept as FileBackedData (the store's own on-disk buffer, with its sha256 given): the same
+  keys, digests and deduplication, and the .ptd is written from the files in chunks.
+
+The .pte and .ptd are byte for byte the ones ExecuTorch writes without this (tests/test_android.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+# Smaller blobs (norm gains, scales) stay in memory: a file each would cost more than it saves.
+SPILL_BYTES = 1 << 20
+
+
+@contextmanager
+def weights_not_duplicated(folder: Path) -> Iterator[None]:
+    """Within the block, XNNPACK lowers without copying the weights; large serialized constants wait in a
+    temporary folder under `folder` (removed when the block ends: write the .ptd inside it)."""
+    with ExitStack() as stack:
+        stack.enter_context(_partitions_share_constants())
+        stack.enter_context(_named_data_spilled_to(folder))
+        yield
+
+
+def _copy_sharing_constants(cls: type, program: Any, compile_specs: Any) -> Any:
+    """A deep copy of `program` whose state-dict and constant tensors are the original's."""
+    import torch
+
+    memo = {id(tensor): tensor for values in (program.state_dict, program.constants)
+            for tensor in values.values() if isinstance(tensor, torch.Tensor)}
+    return copy.deepcopy(program, memo)
+
+
+@contextmanager
+def _partitions_share_constants() -> Iterator[None]:
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+
+    had_own = "copy_exported_program_for_preprocess" in XnnpackBackend.__dict__
+    original = XnnpackBackend.__dict__.get("copy_exported_program_for_preprocess")
+    XnnpackBackend.copy_exported_program_for_preprocess = classmethod(_copy_sharing_constants)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if had_own:
+            XnnpackBackend.copy_exported_program_for_preprocess = original  # type: ignore[assignment]
+        else:
+            del XnnpackBackend.copy_exported_program_for_preprocess
+
+
+@contextmanager
+def _named_data_spilled_to(folder: Path) -> Iterator[None]:
+    from executorch.exir._serialize._cord import FileBackedData
+    from executorch.exir._serialize._named_data_store import NamedDataStore
+
+    original = NamedDataStore.__dict__["add_named_data"]
+    with tempfile.TemporaryDirectory(prefix=".constants-", dir=folder) as spill:
+        names = iter(range(1 << 62))
+
+        def add_named_data(self: Any, key: str, data: Any, *args: Any, **kwargs: Any) -> None:
+            if isinstance(data, bytes) and len(data) >= SPILL_BYTES:
+                path = Path(spill) / f"{next(names)}.bin"
+                path.write_bytes(data)
+                data = FileBackedData(str(path), sha256=hashlib.sha256(data).digest())
+            original(self, key, data, *args, **kwargs)
+
+        NamedDataStore.add_named_data = add_named_data  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            NamedDataStore.add_named_data = original  # type: ignore[method-assign]
