@@ -1157,3 +1157,33 @@ def test_the_pte_is_byte_identical_without_the_lowering_work_and_weight_copies_t
     assert every.total_ops == skipped.total_ops
     # ExecuTorch's per-node path decomposes the whole program three times, the one decision twice.
     assert (decompositions.count("every"), decompositions.count("skipped")) == (3, 2), decompositions
+
+
+def test_a_model_read_a_block_at_a_time_exports_the_same_program_as_one_loaded_whole(
+        tiny_gemma: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above fp32_model.STREAM_ABOVE the export reads each decoder block just before it smooths and quantizes it
+    (the whole fp32 model never resident); the .pte and .ptd are the bytes of the whole-model export."""
+    from packager.verify import fp32_model
+    from targets.android.export import RECIPES, RunnerMetadata, export_pte
+
+    kept: list[str] = []
+    keep = fp32_model.StreamedModel.keep
+
+    def counted_keep(self: fp32_model.StreamedModel, block_name: str) -> None:
+        resident = [n for n, p in self.model.named_parameters() if ".layers." in n and not p.is_meta]
+        kept.append(block_name)
+        assert all(n.startswith(tuple(f"{b}." for b in kept)) for n in resident), resident  # earlier blocks only
+        keep(self, block_name)
+
+    config = json.loads((tiny_gemma / "config.json").read_text())
+    metadata = RunnerMetadata(64, (1, 6), 2, config["vocab_size"])
+    recipe = RECIPES["8da8w-smooth-f32down"]
+    whole = export_pte(tiny_gemma, tmp_path / "whole", recipe, metadata)
+    monkeypatch.setattr(fp32_model, "STREAM_ABOVE", 0)
+    monkeypatch.setattr(fp32_model.StreamedModel, "keep", counted_keep)
+    streamed = export_pte(tiny_gemma, tmp_path / "streamed", recipe, metadata)
+    assert kept == [f"model.layers.{i}" for i in range(config["num_hidden_layers"])]
+    assert "block at a time" in streamed.metadata["quantization"]["loaded"]
+    assert "loaded" not in whole.metadata["quantization"]
+    for name in (whole.pte, whole.ptd):
+        assert (tmp_path / "streamed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +108,37 @@ def _block_of(name: str) -> str | None:
 def _streamed_model(ckpt: Checkpoint) -> torch.nn.Module | None:
     """The model with its decoder blocks' weights read on demand; None when the checkpoint's tensor names
     do not map onto the model's parameters one to one (then the caller loads it whole)."""
-    model = _empty_model(ckpt.folder, "eager")
-    sources = _sources(model, ckpt.tensors)
+    streamed = load_fp32_streamed(ckpt.folder, "eager")
+    return None if streamed is None else streamed.model
+
+
+@dataclass
+class StreamedModel:
+    """A float32 model whose decoder blocks read their weights just before they run and drop them after;
+    keep() makes one block's weights stay (a converter that shrinks the model block by block)."""
+
+    model: torch.nn.Module
+    blocks: dict[str, list[tuple[list[str], TensorEntry]]]
+    hooks: dict[str, list[Any]]
+
+    def keep(self, block_name: str) -> None:
+        """Read `block_name`'s weights in float32 for good (its own tensors, not the shared workspace)."""
+        for hook in self.hooks.pop(block_name):
+            hook.remove()
+        params = self.blocks[block_name]
+        tensors = _read([entry for _, entry in params])
+        for names, entry in params:
+            _assign(self.model, names, tensors[entry.name])
+
+
+def load_fp32_streamed(folder: Path, attn_implementation: str) -> StreamedModel | None:
+    """The model with only what every position needs resident (embedding table, final norm, rotary tables) and
+    each decoder block read on demand; None when the checkpoint's tensor names do not map onto the model's
+    parameters one to one (then load_fp32_whole)."""
+    files = sorted(folder.glob("*.safetensors"))
+    tensors = {name: entry for file in files for name, entry in read_header(file).items()}
+    model = _empty_model(folder, attn_implementation)
+    sources = _sources(model, tensors) if tensors else None
     if sources is None:
         return None
     by_block: dict[str, list[tuple[list[str], TensorEntry]]] = defaultdict(list)
@@ -121,11 +151,12 @@ def _streamed_model(ckpt: Checkpoint) -> torch.nn.Module | None:
     # One set of float32 buffers serves every block in turn (their shapes repeat): a pass over the model
     # allocates nothing new, so freed and reallocated weights cannot fragment the heap and grow the process.
     workspace: dict[str, torch.Tensor] = {}
+    hooks = {}
     for block_name, params in by_block.items():
         block = model.get_submodule(block_name)
-        block.register_forward_pre_hook(_loader(model, block_name, params, workspace))
-        block.register_forward_hook(_unloader(model, params))
-    return model
+        hooks[block_name] = [block.register_forward_pre_hook(_loader(model, block_name, params, workspace)),
+                             block.register_forward_hook(_unloader(model, params))]
+    return StreamedModel(model, dict(by_block), hooks)
 
 
 def _sources(model: torch.nn.Module, tensors: dict[str, TensorEntry]) -> list[tuple[list[str], TensorEntry]] | None:

@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from packager.adapter import AdapterSource
 from packager.child_stage import serve_request
@@ -40,6 +40,9 @@ from targets.android.layouts import executorch_layout
 from targets.android.lowering_copies import weights_not_duplicated
 from targets.android.row_chunks import SLICE_ROWS, quantized_by_row_slices
 from targets.android.xnnpack_passes import only_applicable_passes, whole_op_partitioner
+
+if TYPE_CHECKING:
+    from packager.verify.fp32_model import StreamedModel
 
 EXECUTORCH_VERSION = "1.5.1"
 # Bump when the exported program changes for the same checkpoint + recipe (keys the stage cache).
@@ -302,60 +305,83 @@ class QuantizedTokenEmbedding:
 
 
 def smooth_outliers(model: Any, spec: Any, alpha: float, folder: Path) -> Any:
-    """Migrate activation outliers into weights (SmoothQuant); return the head's channel scales.
+    """Migrate activation outliers into weights (SmoothQuant) in every block and the head; return the head's
+    channel scales (see _smooth_block and _smooth_head)."""
+    stats = _smoothing_stats(model, folder)
+    layout = executorch_layout(spec)
+    for index, block in enumerate(model.get_submodule(layout.layers_module)):
+        _smooth_block(block, f"{layout.layers_module}.{index}.", stats, alpha, spec, model.config)
+    return _smooth_head(model, spec, stats, alpha)
 
-    Exact in fp32: each linear input channel j is divided by s_j where it is produced (an RMSNorm
-    gain, or the rows of v_proj / up_proj) and the consuming weights' column j is multiplied by s_j,
-    with s_j = max|x_j|^alpha / max|W_j|^(1 - alpha) on packager.calibration's text. int8 per-token activations
-    then lose less to a few huge channels. A tied table is scaled with the head; the caller divides
-    the embedding lookup by the returned scales. An adapter kept apart is rescaled with its linear.
-    """
+
+def _smoothing_stats(model: Any, folder: Path) -> dict[str, Any]:
+    from packager.calibration import calibration_ids, linear_input_stats
+
+    return linear_input_stats(model, calibration_ids(folder), "max")
+
+
+def _column_abs_max(weight: Any) -> Any:
+    """max |W| per input column, by row slices (|W| of a 262,144-row head is a copy of the head)."""
+    import torch
+
+    return torch.stack([part.abs().amax(0) for part in weight.split(SLICE_ROWS)]).amax(0)
+
+
+def _smoothing_scales(xmax: Any, wmax: Any, alpha: float) -> Any:
+    return (xmax.clamp(min=1e-5) ** alpha / wmax.clamp(min=1e-5) ** (1 - alpha)).clamp(1e-3, 1e3)
+
+
+def _fold_norm(norm: Any, s: Any, offset: float) -> None:
+    norm.weight.data = (norm.weight.data.float() + offset) / s - offset
+
+
+def _smooth_block(block: Any, prefix: str, stats: dict[str, Any], alpha: float, spec: Any, config: Any) -> None:
+    """SmoothQuant inside one decoder block, exact in fp32: each linear input channel j is divided by s_j where it
+    is produced (an RMSNorm gain, or the rows of v_proj / up_proj) and the consuming weights' column j is
+    multiplied by s_j, with s_j = max|x_j|^alpha / max|W_j|^(1 - alpha) on packager.calibration's text. int8
+    per-token activations then lose less to a few huge channels. An adapter kept apart is rescaled with its
+    linear."""
     import torch
 
     from packager.adapted_linear import divide_output_rows, scale_input_columns
-    from packager.calibration import calibration_ids, linear_input_stats
 
     layout = executorch_layout(spec)
-    config = model.config
-    stats = linear_input_stats(model, calibration_ids(folder), "max")
-    offset = spec.norm_offset
-
-    def column_abs_max(weight: Any) -> Any:  # by row slices: |W| of a 262,144-row head is a copy of the head
-        return torch.stack([part.abs().amax(0) for part in weight.split(SLICE_ROWS)]).amax(0)
-
-    def scales(xmax: Any, weights: list[Any]) -> Any:
-        wmax = torch.stack([column_abs_max(w) for w in weights]).amax(0)
-        return (xmax.clamp(min=1e-5) ** alpha / wmax.clamp(min=1e-5) ** (1 - alpha)).clamp(1e-3, 1e3)
-
-    def fold_norm(norm: Any, s: Any) -> None:
-        norm.weight.data = (norm.weight.data.float() + offset) / s - offset
-
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     with torch.no_grad():
-        for index, block in enumerate(model.get_submodule(layout.layers_module)):
-            prefix = f"{layout.layers_module}.{index}."
-            for norm_name, linear_names in layout.norm_feeds:
-                linears = [block.get_submodule(n) for n in linear_names]
-                s = scales(stats[prefix + linear_names[0]], [lin.weight for lin in linears])
-                fold_norm(block.get_submodule(norm_name), s)
-                for lin in linears:
-                    scale_input_columns(lin, s)
-            for source_name, sink_name in layout.row_feeds:
-                source, sink = block.get_submodule(source_name), block.get_submodule(sink_name)
-                xmax, wmax = stats[prefix + sink_name], sink.weight.abs().amax(0)
-                if source.weight.shape[0] != sink.weight.shape[1]:  # v_proj -> o_proj under grouped KV heads
-                    group = heads // kv_heads
-                    xmax = xmax.reshape(kv_heads, group, head_dim).amax(1).reshape(-1)
-                    wmax = wmax.reshape(kv_heads, group, head_dim).amax(1).reshape(-1)
-                s = (xmax.clamp(min=1e-5) ** alpha / wmax.clamp(min=1e-5) ** (1 - alpha)).clamp(1e-3, 1e3)
-                divide_output_rows(source, s)
-                if source.weight.shape[0] != sink.weight.shape[1]:
-                    s = s.reshape(kv_heads, 1, head_dim).expand(kv_heads, heads // kv_heads, head_dim).reshape(-1)
-                scale_input_columns(sink, s)
+        for norm_name, linear_names in layout.norm_feeds:
+            linears = [block.get_submodule(n) for n in linear_names]
+            wmax = torch.stack([_column_abs_max(lin.weight) for lin in linears]).amax(0)
+            s = _smoothing_scales(stats[prefix + linear_names[0]], wmax, alpha)
+            _fold_norm(block.get_submodule(norm_name), s, spec.norm_offset)
+            for lin in linears:
+                scale_input_columns(lin, s)
+        for source_name, sink_name in layout.row_feeds:
+            source, sink = block.get_submodule(source_name), block.get_submodule(sink_name)
+            xmax, wmax = stats[prefix + sink_name], sink.weight.abs().amax(0)
+            if source.weight.shape[0] != sink.weight.shape[1]:  # v_proj -> o_proj under grouped KV heads
+                group = heads // kv_heads
+                xmax = xmax.reshape(kv_heads, group, head_dim).amax(1).reshape(-1)
+                wmax = wmax.reshape(kv_heads, group, head_dim).amax(1).reshape(-1)
+            s = _smoothing_scales(xmax, wmax, alpha)
+            divide_output_rows(source, s)
+            if source.weight.shape[0] != sink.weight.shape[1]:
+                s = s.reshape(kv_heads, 1, head_dim).expand(kv_heads, heads // kv_heads, head_dim).reshape(-1)
+            scale_input_columns(sink, s)
+
+
+def _smooth_head(model: Any, spec: Any, stats: dict[str, Any], alpha: float) -> Any:
+    """SmoothQuant between the final norm and the head; return the head's channel scales. A tied table is scaled
+    with the head; the caller divides the embedding lookup by the returned scales."""
+    import torch
+
+    from packager.adapted_linear import scale_input_columns
+
+    layout = executorch_layout(spec)
+    with torch.no_grad():
         head = model.get_submodule(layout.head_module)
-        s_head = scales(stats[layout.head_module], [head.weight])
-        fold_norm(model.get_submodule(layout.final_norm), s_head)
+        s_head = _smoothing_scales(stats[layout.head_module], _column_abs_max(head.weight), alpha)
+        _fold_norm(model.get_submodule(layout.final_norm), s_head, spec.norm_offset)
         scale_input_columns(head, s_head)
     return s_head
 
@@ -407,10 +433,14 @@ def apply_adapter_apart(model: Any, recipe: Recipe, adapter: AdapterSource | Non
     return keep_adapter_apart(model, adapted_base_weights(adapter))
 
 
-def quantize_model(model: Any, spec: Any, recipe: Recipe, folder: Path | None = None) -> dict[str, Any]:
-    """Quantize `model` in place for the recipe; return a summary (which tensors got what).
+def quantize_model(model: Any, spec: Any, recipe: Recipe, folder: Path | None = None,
+                   streamed: StreamedModel | None = None) -> dict[str, Any]:
+    """Quantize `model` in place for the recipe, a decoder block at a time; return a summary (which tensors got
+    what).
 
-    `folder` (the checkpoint, for its tokenizer) is needed by smoothing recipes.
+    `folder` (the checkpoint, for its tokenizer) is needed by smoothing recipes. With `streamed` (`model` is its
+    model: blocks read on demand), each block's float32 weights are read for good just before the block is
+    smoothed and quantized, so at most one block is resident in float32 (load_quantized).
     """
     import torch
     from torchao.quantization.quant_api import quantize_
@@ -421,21 +451,32 @@ def quantize_model(model: Any, spec: Any, recipe: Recipe, folder: Path | None = 
     embedding_module = model.get_submodule(layout.embedding_module)
     tied = model.get_submodule(layout.head_module).weight is embedding_module.weight
     head_scales = None
+    stats: dict[str, Any] = {}
     if recipe.smooth is not None:
         if recipe.embedding is None and tied:
             raise UnsupportedError(f"recipe {recipe.name}: smoothing a tied head needs a quantized embedding table")
         if not tied:  # the table keeps its own values; only the head's columns move
             embedding_module.weight = torch.nn.Parameter(embedding_module.weight.detach().clone())
-        head_scales = smooth_outliers(model, spec, recipe.smooth, folder)
+        stats = _smoothing_stats(model, folder)
         summary["smoothing"] = f"alpha {recipe.smooth} on {len(layout.norm_feeds) + len(layout.row_feeds)} sites/block"
     if recipe.float_linears:
         summary["fp32 linears"] = list(recipe.float_linears)
     plan = _layer_linear_plan(model, layout, recipe)
-    for quant in sorted(set(plan.values()), key=lambda q: (q.bits, q.group)):
-        names = {fqn for fqn, q in plan.items() if q == quant}
-        with quantized_by_row_slices():
-            quantize_(model, _linear_config(quant), filter_fn=lambda _m, fqn, names=names: fqn in names)
-        summary["linears"][quant.describe()] = len(names)
+    kinds = sorted(set(plan.values()), key=lambda q: (q.bits, q.group))
+    for index, block in enumerate(model.get_submodule(layout.layers_module)):
+        prefix = f"{layout.layers_module}.{index}"
+        if streamed is not None:
+            streamed.keep(prefix)
+        if recipe.smooth is not None:
+            _smooth_block(block, prefix + ".", stats, recipe.smooth, spec, config)
+        for quant in kinds:
+            names = {fqn for fqn, q in plan.items() if q == quant and fqn.startswith(prefix + ".")}
+            with quantized_by_row_slices():
+                quantize_(model, _linear_config(quant), filter_fn=lambda _m, fqn, names=names: fqn in names)
+    for quant in kinds:
+        summary["linears"][quant.describe()] = sum(q == quant for q in plan.values())
+    if recipe.smooth is not None:
+        head_scales = _smooth_head(model, spec, stats, recipe.smooth)
 
     embedding = model.get_submodule(layout.embedding_module)
     shared = tied and recipe.head == recipe.embedding == PER_CHANNEL_8
@@ -471,16 +512,29 @@ def quantize_model(model: Any, spec: Any, recipe: Recipe, folder: Path | None = 
 # Export.
 
 
-def load_for_export(folder: Path, max_context: int) -> Any:
-    """Load the checkpoint in fp32 with a static-cache generation config (what the exportable wrapper reads)."""
+def load_for_export(folder: Path, max_context: int, recipe: Recipe) -> tuple[Any, StreamedModel | None]:
+    """The checkpoint in fp32 with a static-cache generation config (what the exportable wrapper reads).
+
+    A model above packager.verify.fp32_model.STREAM_ABOVE bytes of fp32 weights, under a quantizing recipe, comes
+    with its decoder blocks read on demand (returned as the StreamedModel): quantize_model then reads each block
+    for good just before it quantizes it, and the export never holds the whole fp32 model (Gemma 3 4B: 15.6 GB).
+    A LoRA input's adapter recipe loads whole (its adapted linears are replaced before quantization).
+    """
     from transformers import GenerationConfig
 
-    from packager.verify.fp32_model import load_fp32_whole
+    from packager.safetensors_file import read_header
+    from packager.verify.fp32_model import STREAM_ABOVE, load_fp32_streamed, load_fp32_whole
 
-    model = load_fp32_whole(folder, "sdpa")
+    streamed = None
+    if recipe.quantized and not recipe.adapter:
+        parameters = sum(math.prod(entry.shape) for file in folder.glob("*.safetensors")
+                         for entry in read_header(file).values())
+        if 4 * parameters > STREAM_ABOVE:
+            streamed = load_fp32_streamed(folder, "sdpa")
+    model = load_fp32_whole(folder, "sdpa") if streamed is None else streamed.model
     model.generation_config = GenerationConfig(use_cache=True, cache_implementation="static", max_length=max_context,
                                                cache_config={"batch_size": 1, "max_cache_len": max_context})
-    return model
+    return model, streamed
 
 
 _WRAPPERS = {"hybrid": "TorchExportableModuleWithHybridCache", "static": "TorchExportableModuleWithStaticCache"}
@@ -607,15 +661,17 @@ def export_pte(folder: Path, out_dir: Path, recipe: Recipe, metadata: RunnerMeta
         from packager.calibration import calibration_ids
 
         calibration_ids(folder)  # the tokenizer's memory is returned before the model is loaded beside it
-    model = load_for_export(folder, metadata.max_context)
+    model, streamed = load_for_export(folder, metadata.max_context, recipe)
     summary: dict[str, Any] = {}
     if recipe.adapter:
         summary["adapter_apart"] = apply_adapter_apart(model, recipe, adapter)
     if recipe.quantized:
         from torchao.utils import unwrap_tensor_subclass
 
-        summary.update(quantize_model(model, spec, recipe, folder))
+        summary.update(quantize_model(model, spec, recipe, folder, streamed))
         unwrap_tensor_subclass(model)
+    if streamed is not None:
+        summary["loaded"] = "a decoder block at a time, each quantized before the next was read"
     replace_rms_norms(model, spec)  # after smoothing, which folds scales into the norms' gains
     fused = delegate == "xnnpack" and fused_attention.fits(model.config, metadata.max_context)
     metadata = dataclasses.replace(metadata, fused_attention=fused)
