@@ -1089,20 +1089,23 @@ def test_xnnpack_passes_are_skipped_only_where_their_ops_are_absent() -> None:
 
 def test_the_pte_is_byte_identical_without_the_lowering_work_and_weight_copies_that_cannot_change_it(
         tiny_gemma: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Inapplicable XNNPACK passes skipped, the ops XNNPACK keeps whole decided once, partitions sharing the weights
-    and serialized constants waiting on disk: the same .pte and .ptd as ExecuTorch's own lowering."""
+    """Inapplicable XNNPACK passes skipped, the ops XNNPACK keeps whole decided once, the trace and the partitions
+    sharing the weights, serialized constants waiting on disk: the same .pte and .ptd as torch.export and
+    ExecuTorch's own lowering."""
     import contextlib
     import traceback
+
+    import torch
 
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir._serialize import _cord
     from torch.export import ExportedProgram
 
-    from targets.android import export, lowering_copies, xnnpack_passes
+    from targets.android import export, weight_copies, xnnpack_passes
     from targets.android.export import RECIPES, RunnerMetadata, export_pte
 
     shared: list[bool] = []
-    copy_sharing = lowering_copies._copy_sharing_constants
+    copy_sharing = weight_copies._copy_sharing_constants
 
     def checked_copy(cls: type, program: ExportedProgram, specs: Any) -> ExportedProgram:
         copied = copy_sharing(cls, program, specs)
@@ -1117,8 +1120,18 @@ def test_the_pte_is_byte_identical_without_the_lowering_work_and_weight_copies_t
             super().__init__(path, *args, **kwargs)
             spilled.append(len(self))
 
-    monkeypatch.setattr(lowering_copies, "_copy_sharing_constants", checked_copy)
-    monkeypatch.setattr(lowering_copies, "SPILL_BYTES", 1024)
+    from torch._dynamo.variables import builder
+
+    cloned_parameters: dict[str, int] = {"skipped": 0, "every": 0}
+    clone = builder._clone_input
+
+    def counted_clone(value: Any, fake_mode: Any) -> Any:
+        cloned_parameters[run] += isinstance(value, torch.nn.Parameter)
+        return clone(value, fake_mode)
+
+    monkeypatch.setattr(builder, "_clone_input", counted_clone)
+    monkeypatch.setattr(weight_copies, "_copy_sharing_constants", checked_copy)
+    monkeypatch.setattr(weight_copies, "SPILL_BYTES", 1024)
     monkeypatch.setattr(_cord, "FileBackedData", CountedFileData)
 
     dropped: list[int] = []
@@ -1150,11 +1163,14 @@ def test_the_pte_is_byte_identical_without_the_lowering_work_and_weight_copies_t
     monkeypatch.setattr(export, "only_applicable_passes", contextlib.nullcontext)
     monkeypatch.setattr(export, "whole_op_partitioner", XnnpackPartitioner)
     monkeypatch.setattr(export, "weights_not_duplicated", lambda _folder: contextlib.nullcontext())
+    monkeypatch.setattr(export, "traced_without_weight_copies", contextlib.nullcontext)
     run = "every"
     every = export_pte(tiny_gemma, tmp_path / "every", RECIPES["8da8w"], metadata)
     for name in (skipped.pte, skipped.ptd):
         assert (tmp_path / "skipped" / name).read_bytes() == (tmp_path / "every" / name).read_bytes(), name
     assert every.total_ops == skipped.total_ops
+    # torch.export's trace cloned every parameter as its real value; with the weights shared, none.
+    assert cloned_parameters["skipped"] == 0 < cloned_parameters["every"], cloned_parameters
     # ExecuTorch's per-node path decomposes the whole program three times, the one decision twice.
     assert (decompositions.count("every"), decompositions.count("skipped")) == (3, 2), decompositions
 

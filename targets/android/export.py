@@ -37,8 +37,8 @@ from packager.verify.gates import EIGHT_BIT, LOSSLESS, LOW_BIT, Gate
 from targets.android import fused_attention
 from targets.android.export_graph import replace_rms_norms, static_reshapes
 from targets.android.layouts import executorch_layout
-from targets.android.lowering_copies import weights_not_duplicated
 from targets.android.row_chunks import SLICE_ROWS, quantized_by_row_slices
+from targets.android.weight_copies import traced_without_weight_copies, weights_not_duplicated
 from targets.android.xnnpack_passes import only_applicable_passes, whole_op_partitioner
 
 if TYPE_CHECKING:
@@ -555,7 +555,7 @@ def export_program(model: Any, spec: Any, metadata: RunnerMetadata, fused: bool)
         wrapper = _transformers_wrapper(model, spec, metadata.max_context)
     seq = torch.export.Dim("seq_length_dim", max=metadata.max_seq_len)
     example = torch.zeros((1, 3), dtype=torch.long)
-    with torch.no_grad():
+    with torch.no_grad(), traced_without_weight_copies():
         return torch.export.export(wrapper, (), kwargs={"input_ids": example,
                                                         "cache_position": torch.arange(3, dtype=torch.long)},
                                    dynamic_shapes={"input_ids": {1: seq}, "cache_position": {0: seq}}, strict=True)

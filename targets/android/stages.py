@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 PTE_VERIFICATION_SCHEMA = 3  # 3: fidelity sums over 16 positions at a time
 # The heavy steps of an Android build, with their expected peaks before one is measured (x fp32 size, above the
 # child's libraries). Export: measured 4.8 GB for a Gemma 3 1B (4.0 GB in fp32; 5.9 GB before the lowering stopped
-# copying the weights, targets.android.lowering_copies) and 1.8 GB for Gemma 3 270M (1.07 GB), 2026-12-07.
+# copying the weights, targets.android.weight_copies) and 1.8 GB for Gemma 3 270M (1.07 GB), 2026-12-07.
 EXPORT = HeavyStep("executorch export", 0.95, in_process=False, fixed=CHILD_LIBRARIES)
 # ExecuTorch's runtimes over the .pte, in a child process (packager.verify.child_verify): its pybind runtime holds
 # the GIL through a whole forward, which stalled every other Python thread of the build. Measured 3.7 GB at 1B

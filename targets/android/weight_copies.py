@@ -1,22 +1,24 @@
-"""XNNPACK's lowering without the two copies of the weights it made beside the exported program.
+"""The export without the copies of the weights that torch.export and XNNPACK's lowering made beside the model.
 
-ExecuTorch 1.5.1 deep-copies every partition's program before the backend preprocesses it, weights included
-(BackendDetails.copy_exported_program_for_preprocess), and XNNPACK's serializer then copies every constant into
-the NamedDataStore as Python `bytes`, which the store keeps until the .ptd is written. With the exported program's
-own tensors still referenced, the lowering held the weights three times: measured in one process on the real
-Gemma 3 270M (ctx 512, 8da8w-smooth-f32down, 341 MB of weights) the lowering rose 0.85 GiB over the export before
-it, and at Gemma 3 1B 3.4 GiB over 1.55 GB, the peak of the whole Android build.
+Measured on a Gemma 3 4B read a block at a time (6.6 GB once quantized), the export process still reached 15 GB:
 
-Within `weights_not_duplicated(folder)`:
-
-- the partition copies share the constant tensors with the program they were cut from (the graph, its metadata
+- torch.export in strict mode (dynamo) keeps a "real value" of every module attribute it traces, and makes it by
+  cloning the tensor (torch._dynamo.variables.builder._clone_input): every parameter twice over for the length of
+  the trace. Within `traced_without_weight_copies()` a parameter is its own real value (the trace never writes
+  into a parameter; buffers such as the KV cache are still cloned);
+- ExecuTorch 1.5.1 deep-copies every partition's program before the backend preprocesses it, weights included
+  (BackendDetails.copy_exported_program_for_preprocess), and XNNPACK's serializer then copies every constant into
+  the NamedDataStore as Python `bytes`, kept until the .ptd is written. On the real Gemma 3 270M (ctx 512,
+  8da8w-smooth-f32down, 341 MB of weights) the lowering rose 0.85 GiB over the export before it; at Gemma 3 1B
+  3.4 GiB over 1.55 GB, the peak of the whole Android build. Within `weights_not_duplicated(folder)`:
+  the partition copies share the constant tensors with the program they were cut from (the graph, its metadata
   and the state-dict mapping are still copied), as ExecuTorch's own CUDA backend does in its low-memory mode:
-  XNNPACK's preprocess reads the constants and builds new graphs, it does not write into the tensors;
-- every blob of at least SPILL_BYTES added to a NamedDataStore is written to a file in a temporary folder under
+  XNNPACK's preprocess reads the constants and builds new graphs, it does not write into the tensors; and every
+  blob of at least SPILL_BYTES added to a NamedDataStore is written to a file in a temporary folder under
   `folder` at once and kept as FileBackedData (the store's own on-disk buffer, with its sha256 given): the same
   keys, digests and deduplication, and the .ptd is written from the files in chunks.
 
-The .pte and .ptd are byte for byte the ones ExecuTorch writes without this (tests/test_android.py).
+The .pte and .ptd are byte for byte the ones torch.export and ExecuTorch write without this (tests/test_android.py).
 """
 
 from __future__ import annotations
@@ -31,6 +33,24 @@ from typing import Any
 
 # Smaller blobs (norm gains, scales) stay in memory: a file each would cost more than it saves.
 SPILL_BYTES = 1 << 20
+
+
+@contextmanager
+def traced_without_weight_copies() -> Iterator[None]:
+    """Within the block, torch.export's strict trace keeps each parameter itself as its real value, not a clone."""
+    import torch
+    from torch._dynamo.variables import builder
+
+    clone = builder._clone_input
+
+    def clone_unless_parameter(value: Any, fake_mode: Any) -> Any:
+        return value if isinstance(value, torch.nn.Parameter) else clone(value, fake_mode)
+
+    builder._clone_input = clone_unless_parameter
+    try:
+        yield
+    finally:
+        builder._clone_input = clone
 
 
 @contextmanager
