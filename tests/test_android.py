@@ -1096,7 +1096,6 @@ def test_the_pte_is_byte_identical_without_the_lowering_work_and_weight_copies_t
     import traceback
 
     import torch
-
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir._serialize import _cord
     from torch.export import ExportedProgram
