@@ -16,7 +16,9 @@ Measured on a Gemma 3 4B read a block at a time (6.6 GB once quantized), the exp
   XNNPACK's preprocess reads the constants and builds new graphs, it does not write into the tensors; and every
   blob of at least SPILL_BYTES added to a NamedDataStore is written to a file in a temporary folder under
   `folder` at once and kept as FileBackedData (the store's own on-disk buffer, with its sha256 given): the same
-  keys, digests and deduplication, and the .ptd is written from the files in chunks.
+  keys, digests and deduplication, and the .ptd is written from the files in chunks. The price is disk: the
+  weights once more beside the .ptd until it is written (6 GB for a Gemma 3 4B), inside the stage's temporary
+  folder, which a failed or killed export leaves to the stage cache to remove.
 
 The .pte and .ptd are byte for byte the ones torch.export and ExecuTorch write without this (tests/test_android.py).
 """
