@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -97,7 +98,7 @@ def _named_data_spilled_to(folder: Path) -> Iterator[None]:
 
     original = NamedDataStore.__dict__["add_named_data"]
     with tempfile.TemporaryDirectory(prefix=".constants-", dir=folder) as spill:
-        names = iter(range(1 << 62))
+        names = itertools.count()
 
         def add_named_data(self: Any, key: str, data: Any, *args: Any, **kwargs: Any) -> None:
             if isinstance(data, bytes) and len(data) >= SPILL_BYTES:
