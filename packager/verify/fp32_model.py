@@ -29,11 +29,8 @@ STREAM_ABOVE = 2 * 2**30
 
 def load_fp32_model(ckpt: Checkpoint, stream_above: int = STREAM_ABOVE) -> torch.nn.Module:
     """The checkpoint as a float32 transformers model (local files only, no remote code)."""
-    if 4 * ckpt.parameter_count > stream_above:
-        streamed = _streamed_model(ckpt)
-        if streamed is not None:
-            return streamed
-    return _whole_model(ckpt)
+    streamed = load_fp32_streamed(ckpt.folder, "eager", stream_above)
+    return _whole_model(ckpt) if streamed is None else streamed.model
 
 
 def resident_bytes(ckpt: Checkpoint, stream_above: int = STREAM_ABOVE) -> int:
@@ -67,8 +64,7 @@ def load_fp32_whole(folder: Path, attn_implementation: str) -> torch.nn.Module:
     """
     from transformers import AutoModelForCausalLM
 
-    files = sorted(folder.glob("*.safetensors"))
-    tensors = {name: entry for file in files for name, entry in read_header(file).items()}
+    tensors = _stored_tensors(folder)
     model = _empty_model(folder, attn_implementation)
     sources = _sources(model, tensors) if tensors else None
     if sources is None:
@@ -79,6 +75,11 @@ def load_fp32_whole(folder: Path, attn_implementation: str) -> torch.nn.Module:
     for names, entry in sources:
         _assign(model, names, _read([entry])[entry.name])
     return model
+
+
+def _stored_tensors(folder: Path) -> dict[str, TensorEntry]:
+    """Every tensor the checkpoint's safetensors files hold, by name (headers only)."""
+    return {name: entry for file in sorted(folder.glob("*.safetensors")) for name, entry in read_header(file).items()}
 
 
 def _empty_model(folder: Path, attn_implementation: str) -> torch.nn.Module:
@@ -105,13 +106,6 @@ def _block_of(name: str) -> str | None:
     return None
 
 
-def _streamed_model(ckpt: Checkpoint) -> torch.nn.Module | None:
-    """The model with its decoder blocks' weights read on demand; None when the checkpoint's tensor names
-    do not map onto the model's parameters one to one (then the caller loads it whole)."""
-    streamed = load_fp32_streamed(ckpt.folder, "eager")
-    return None if streamed is None else streamed.model
-
-
 @dataclass
 class StreamedModel:
     """A float32 model whose decoder blocks read their weights just before they run and drop them after;
@@ -131,14 +125,18 @@ class StreamedModel:
             _assign(self.model, names, tensors[entry.name])
 
 
-def load_fp32_streamed(folder: Path, attn_implementation: str) -> StreamedModel | None:
+def load_fp32_streamed(folder: Path, attn_implementation: str, stream_above: int | None = None,
+                       ) -> StreamedModel | None:
     """The model with only what every position needs resident (embedding table, final norm, rotary tables) and
-    each decoder block read on demand; None when the checkpoint's tensor names do not map onto the model's
-    parameters one to one (then load_fp32_whole)."""
-    files = sorted(folder.glob("*.safetensors"))
-    tensors = {name: entry for file in files for name, entry in read_header(file).items()}
+    each decoder block read on demand; None (then load it whole) when its float32 weights are at most
+    `stream_above` bytes (default STREAM_ABOVE) or the checkpoint's tensor names do not map onto the model's
+    parameters one to one."""
+    tensors = _stored_tensors(folder)
+    limit = STREAM_ABOVE if stream_above is None else stream_above
+    if 4 * sum(math.prod(entry.shape) for entry in tensors.values()) <= limit:
+        return None
     model = _empty_model(folder, attn_implementation)
-    sources = _sources(model, tensors) if tensors else None
+    sources = _sources(model, tensors)
     if sources is None:
         return None
     by_block: dict[str, list[tuple[list[str], TensorEntry]]] = defaultdict(list)

@@ -440,7 +440,7 @@ def quantize_model(model: Any, spec: Any, recipe: Recipe, folder: Path | None = 
 
     `folder` (the checkpoint, for its tokenizer) is needed by smoothing recipes. With `streamed` (`model` is its
     model: blocks read on demand), each block's float32 weights are read for good just before the block is
-    smoothed and quantized, so at most one block is resident in float32 (load_quantized).
+    smoothed and quantized, so at most one block is resident in float32 (load_for_export).
     """
     import torch
     from torchao.quantization.quant_api import quantize_
@@ -522,15 +522,9 @@ def load_for_export(folder: Path, max_context: int, recipe: Recipe) -> tuple[Any
     """
     from transformers import GenerationConfig
 
-    from packager.safetensors_file import read_header
-    from packager.verify.fp32_model import STREAM_ABOVE, load_fp32_streamed, load_fp32_whole
+    from packager.verify.fp32_model import load_fp32_streamed, load_fp32_whole
 
-    streamed = None
-    if recipe.quantized and not recipe.adapter:
-        parameters = sum(math.prod(entry.shape) for file in folder.glob("*.safetensors")
-                         for entry in read_header(file).values())
-        if 4 * parameters > STREAM_ABOVE:
-            streamed = load_fp32_streamed(folder, "sdpa")
+    streamed = load_fp32_streamed(folder, "sdpa") if recipe.quantized and not recipe.adapter else None
     model = load_fp32_whole(folder, "sdpa") if streamed is None else streamed.model
     model.generation_config = GenerationConfig(use_cache=True, cache_implementation="static", max_length=max_context,
                                                cache_config={"batch_size": 1, "max_cache_len": max_context})
