@@ -1098,6 +1098,7 @@ def test_the_pte_is_byte_identical_without_the_lowering_work_and_weight_copies_t
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir._serialize import _cord
+    from torch._dynamo.variables import builder
     from torch.export import ExportedProgram
 
     from targets.android import export, weight_copies, xnnpack_passes
@@ -1118,8 +1119,6 @@ def test_the_pte_is_byte_identical_without_the_lowering_work_and_weight_copies_t
         def __init__(self, path: str, *args: Any, **kwargs: Any) -> None:
             super().__init__(path, *args, **kwargs)
             spilled.append(len(self))
-
-    from torch._dynamo.variables import builder
 
     cloned_parameters: dict[str, int] = {"skipped": 0, "every": 0}
     clone = builder._clone_input
