@@ -90,9 +90,7 @@ def plot(pairs: dict[tuple[str, str], tuple[Point, Point]], out: Path) -> None:
         ax.legend(fontsize=8, loc="upper right")
     fig.suptitle("One target's build (--no-gate, empty cache), benchmarks/scale.py")
     fig.tight_layout()
-    import matplotlib as mpl
-
-    with mpl.rc_context({"svg.hashsalt": "edgepack", "svg.fonttype": "path"}):
+    with matplotlib.rc_context({"svg.hashsalt": "edgepack", "svg.fonttype": "path"}):
         fig.savefig(out, format="svg", metadata={"Date": None, "Creator": None})
     plt.close(fig)
 
