@@ -786,6 +786,48 @@ def test_neural_engine_variant_splits_the_lm_head_and_simulates_to_the_same_logi
     assert abs(logits[0] - logits[256]).max() <= 1e-2 * abs(logits[0]).max()
 
 
+def test_a_decoder_converted_in_parts_is_joined_into_the_program_of_the_whole(
+        tiny_gemma: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint above the streaming threshold is read a block at a time and converted a block at a time (the
+    thresholds lowered here so that the tiny model takes that path): the joined package computes the whole
+    program's logits bit for bit, holds the tied table once, and the parts are gone."""
+    import packager.verify.fp32_model as fp32_model
+    import targets.ios.convert_parts as convert_parts
+    from targets.ios.convert import ExportRequest, export_package
+    from targets.ios.join_parts import WEIGHTS, read_blobs
+    from targets.ios.mil_interpreter import load_program
+    from targets.ios.verify import SimulatedModel, check_spec
+
+    ids = [2, *range(10, 40)]
+    sequences = [ids, [2, *range(50, 90)]]
+    results, logits = {}, {}
+    for mode in ("whole", "parts"):
+        if mode == "parts":
+            monkeypatch.setattr(fp32_model, "STREAM_ABOVE", 0)
+            monkeypatch.setattr(convert_parts, "PART_BYTES", 1)
+        out = tmp_path / mode
+        out.mkdir()
+        results[mode] = export_package(ExportRequest(
+            checkpoint=str(tiny_gemma), out_dir=str(out), compressions=["int4", "none"], max_context=64,
+            sequences=sequences, name="tiny"))
+        logits[mode] = {name: SimulatedModel(out / info["package"]).logits(ids)
+                        for name, info in results[mode]["packages"].items()}
+    parts = results["parts"]
+    assert parts["parts"] == [[0, 1], [1, 2]] and "parts" not in results["whole"]
+    assert parts["fp16_plan"] == results["whole"]["fp16_plan"] and parts["proof"]["exact"]
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["model-fp16.mlpackage", "model-int4.mlpackage"]
+    for name in ("int4", "none"):
+        assert np.array_equal(logits["parts"][name], logits["whole"][name]), name
+        package = tmp_path / "parts" / parts["packages"][name]["package"]
+        program, spec = load_program(package)
+        assert check_spec(spec, 64, True)[0] == []
+        ops = program.functions["main"].operations
+        head = [op for op in ops if op.op_type == "linear"][-1]  # the tied head reads the lookup's table
+        assert any(op.op_type == "gather" and op.inputs["x"] is head.inputs["weight"] for op in ops)
+        whole_blobs = read_blobs(tmp_path / "whole" / results["whole"]["packages"][name]["package"] / WEIGHTS)
+        assert sum(b.size for b in read_blobs(package / WEIGHTS)) <= sum(b.size for b in whole_blobs)
+
+
 # ---------------------------------------------------------------------------------------------
 # The real model (run under `flock /tmp/ep-heavy.lock`): the issue's bars on Gemma 3 270M.
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +125,21 @@ class StreamedModel:
         tensors = _read([entry for _, entry in params])
         for names, entry in params:
             _assign(self.model, names, tensors[entry.name])
+
+    @contextmanager
+    def holding(self, block_names: list[str]) -> Iterator[None]:
+        """These blocks' weights read in float32 (their own tensors) for the duration, without running them: a
+        converter that copies a few blocks' weights into a module of its own; dropped again afterwards."""
+        params = [param for name in block_names for param in self.blocks[name]]
+        tensors = _read([entry for _, entry in params])
+        for names, entry in params:
+            _assign(self.model, names, tensors[entry.name])
+        del tensors
+        try:
+            yield
+        finally:
+            for names, entry in params:
+                _assign(self.model, names, torch.empty(entry.shape, device="meta"))
 
 
 def load_fp32_streamed(folder: Path, attn_implementation: str, stream_above: int | None = None,

@@ -53,6 +53,8 @@ ANE_MAX_DIM = 16384
 # The rewritten fp32 decoder must match transformers to this fraction of the largest logit.
 PROOF_TOLERANCE = 1e-4
 PACKAGE_STEM = "model"
+# The residual stream between the parts of a decoder converted in parts (joined into one program afterwards).
+PART_INPUT, PART_OUTPUT = "residualIn", "residualOut"
 # In the MIL const names of an adapted linear's A and B (packager.adapted_linear.AdaptedLinear's parameters).
 LORA_CONST = "_lora_"
 
@@ -193,12 +195,11 @@ def plan_fp16(model: Any, spec: Any, config: dict[str, Any], request: ExportRequ
     both kinds have are read."""
     import torch
 
-    from targets.ios.model import FP16_BUDGET, Fp16Plan, StatefulDecoder, measure_ranges, plan_rewrites
+    from targets.ios.model import StatefulDecoder, measure_ranges
 
     window = sliding_window(spec, config)
-    n_layers = int(config["num_hidden_layers"])
 
-    def ranges_with(plan: Fp16Plan) -> dict[str, float]:
+    def ranges_with(plan: Any) -> dict[str, float]:
         # A decoder holds its own (rescaled) copy of the weights: one at a time. Two of them and the probe were
         # alive at once, 16.3 GB for a Gemma 3 1B (4 GB in fp32).
         decoder = StatefulDecoder(model, spec, request.max_context, plan, cache_dtype=torch.float32, lora=lora)
@@ -207,13 +208,22 @@ def plan_fp16(model: Any, spec: Any, config: dict[str, Any], request: ExportRequ
         release_free_memory()
         return ranges
 
+    return plan_from_ranges(ranges_with, spec, config, request.fp16_rewrites, given)
+
+
+def plan_from_ranges(ranges_with: Any, spec: Any, config: dict[str, Any], fp16_rewrites: bool,
+                     given: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """The fp16 plan and its report, from `ranges_with(plan)`: the fp32 decoder's measured ranges under a plan."""
+    from targets.ios.model import FP16_BUDGET, Fp16Plan, plan_rewrites
+
+    n_layers = int(config["num_hidden_layers"])
     before = ranges_with(Fp16Plan(False))
     plan = Fp16Plan(False)
     after = before
     if given is not None:
         plan = Fp16Plan(**given)
         after = ranges_with(plan) if plan.enabled else before
-    elif request.fp16_rewrites:
+    elif fp16_rewrites:
         plan = Fp16Plan(True)
         for _ in range(4):
             after = ranges_with(plan)
@@ -232,47 +242,64 @@ def plan_fp16(model: Any, spec: Any, config: dict[str, Any], request: ExportRequ
     return plan, report
 
 
+def proof_steps(ids: list[int], window: int | None) -> list[tuple[Any, Any, Any]]:
+    """How the exactness proof drives a sequence: (token ids, full mask, sliding mask) of a prefill of all but
+    the last 4 tokens, then of each of those decoded one at a time."""
+    import torch
+
+    from targets.ios.model import additive_masks
+
+    split = max(1, len(ids) - 4)
+    steps = [(torch.tensor([ids[:split]], dtype=torch.int32), *additive_masks(split, split, window))]
+    steps += [(torch.tensor([[ids[t]]], dtype=torch.int32), *additive_masks(1, t + 1, window))
+              for t in range(split, len(ids))]
+    return steps
+
+
 def prove_exact(model: Any, spec: Any, config: dict[str, Any], plan: Any, request: ExportRequest,
                 lora: dict[str, Any] | None = None) -> dict[str, Any]:
     """Compare the rewritten decoder with transformers in fp32 (prefill + 4 decode steps per sequence); with
     `lora`, the decoder's adapted linears apply the adapter apart and transformers holds the merged model."""
     import torch
 
-    from targets.ios.model import StatefulDecoder, additive_masks
+    from targets.ios.model import StatefulDecoder
 
     window = sliding_window(spec, config)
     decoder = StatefulDecoder(model, spec, request.max_context, plan, cache_dtype=torch.float32, lora=lora)
-    worst, scale, top1_same, positions = 0.0, 0.0, 0, 0
+    pairs = []
     with torch.no_grad():
         for ids in request.sequences:
             ids = ids[:request.max_context]
-            ref = model(torch.tensor([ids])).logits[0]
-            split = max(1, len(ids) - 4)
             decoder.reset()
-            full, sliding = additive_masks(split, split, window)
-            parts = [decoder(torch.tensor([ids[:split]], dtype=torch.int32), full, sliding)[0]]
-            for t in range(split, len(ids)):
-                full, sliding = additive_masks(1, t + 1, window)
-                parts.append(decoder(torch.tensor([[ids[t]]], dtype=torch.int32), full, sliding)[0])
-            out = torch.cat(parts)
-            worst = max(worst, float((out - ref).abs().max()))
-            scale = max(scale, float(ref.abs().max()))
-            top1_same += int((out.argmax(-1) == ref.argmax(-1)).sum())
-            positions += len(ids)
+            out = torch.cat([decoder(x, full, sliding)[0] for x, full, sliding in proof_steps(ids, window)])
+            pairs.append((out, model(torch.tensor([ids])).logits[0]))
     del decoder  # its copy of the weights, before the conversion's decoder makes another
     release_free_memory()
+    return proof_of(pairs, request.checkpoint)
+
+
+def proof_of(pairs: list[tuple[Any, Any]], checkpoint: str) -> dict[str, Any]:
+    """The proof's numbers from (rewritten decoder's logits, transformers' logits) per sequence; an error when
+    they differ by more than PROOF_TOLERANCE of the largest logit."""
+    worst, scale, top1_same, positions = 0.0, 0.0, 0, 0
+    for out, ref in pairs:
+        worst = max(worst, float((out - ref).abs().max()))
+        scale = max(scale, float(ref.abs().max()))
+        top1_same += int((out.argmax(-1) == ref.argmax(-1)).sum())
+        positions += int(ref.shape[0])
     relative = worst / max(scale, 1e-12)
     proof = {"max_abs_diff": worst, "max_abs_logit": scale, "relative": relative, "positions": positions,
              "top1_identical": top1_same, "tolerance": PROOF_TOLERANCE, "exact": relative <= PROOF_TOLERANCE}
     if not proof["exact"]:
-        raise InternalError(f"the fp16-safe rewrite of {request.checkpoint} is not exact in fp32: logits differ from "
+        raise InternalError(f"the fp16-safe rewrite of {checkpoint} is not exact in fp32: logits differ from "
                             f"transformers by {worst:.3g} (relative {relative:.2e} > {PROOF_TOLERANCE}). This is a bug "
                             "in targets/ios/model.py for this architecture.")
     return proof
 
 
 def convert(decoder: Any, window: int | None, max_context: int) -> Any:
-    """Trace the fp16-state decoder and convert it to an ML Program for iOS 18."""
+    """Trace the fp16-state decoder (or a part of it: StatefulDecoder's `layers`) and convert it to an ML Program
+    for iOS 18."""
     import coremltools as ct
     import numpy as np
     import torch
@@ -282,18 +309,22 @@ def convert(decoder: Any, window: int | None, max_context: int) -> Any:
 
     coreml_compat.apply()
     full, sliding = additive_masks(2, 3, window)
-    example = (torch.zeros(1, 2, dtype=torch.int32), full) + ((sliding,) if sliding is not None else ())
+    first = (torch.zeros(1, 2, dtype=torch.int32) if decoder.first
+             else torch.zeros(1, 2, decoder.hidden))
+    example = (first, full) + ((sliding,) if sliding is not None else ())
     with torch.no_grad():
         traced = torch.jit.trace(decoder, example, check_trace=False)
     seq = ct.RangeDim(lower_bound=1, upper_bound=max_context, default=1)
     total = ct.RangeDim(lower_bound=1, upper_bound=max_context, default=1)
-    inputs = [ct.TensorType(name="inputIds", shape=(1, seq), dtype=np.int32),
+    inputs = [ct.TensorType(name="inputIds", shape=(1, seq), dtype=np.int32) if decoder.first
+              else ct.TensorType(name=PART_INPUT, shape=(1, seq, decoder.hidden), dtype=np.float16),
               ct.TensorType(name="fullAttentionMask", shape=(1, 1, seq, total), dtype=np.float16)]
     if window is not None:
         inputs.append(ct.TensorType(name="slidingAttentionMask", shape=(1, 1, seq, total), dtype=np.float16))
     states = [ct.StateType(wrapped_type=ct.TensorType(shape=tuple(getattr(decoder, n).shape), dtype=np.float16),
                            name=n) for n in ("keyCache", "valueCache")]
-    return ct.convert(traced, inputs=inputs, outputs=[ct.TensorType(name="logits", dtype=np.float16)],
+    output = "logits" if decoder.last else PART_OUTPUT
+    return ct.convert(traced, inputs=inputs, outputs=[ct.TensorType(name=output, dtype=np.float16)],
                       states=states, minimum_deployment_target=ct.target.iOS18,
                       compute_precision=ct.precision.FLOAT16, compute_units=ct.ComputeUnit.CPU_AND_NE,
                       skip_model_load=True)
@@ -453,8 +484,12 @@ def _describe(mlmodel: Any, name: str, compression: Compression, user: dict[str,
 
 
 def export_package(request: ExportRequest) -> dict[str, Any]:
-    """Convert once, then save one package per requested compression; return what was done and what it cost."""
+    """Convert once, then save one package per requested compression; return what was done and what it cost.
+
+    A checkpoint too large to hold in fp32 next to its conversion is converted in parts (targets.ios.convert_parts).
+    """
     from packager.adapter import AdapterSource, adapted_base_weights
+    from packager.verify.fp32_model import load_fp32_streamed
     from targets.ios.model import StatefulDecoder
 
     start = time.perf_counter()
@@ -464,6 +499,13 @@ def export_package(request: ExportRequest) -> dict[str, Any]:
     if any(c.adapter != bool(request.adapter) for c in compressions if c.name != "none"):
         raise InternalError(f"export request {request.compressions} with adapter={bool(request.adapter)}: "
                             "compressions that keep the adapter apart and those that merge it need separate requests")
+    # A LoRA input and a fleet's specialists are converted whole (the parts path reads one checkpoint's blocks).
+    whole = request.adapter or request.fp16_plan or request.importance_from
+    streamed = None if whole else load_fp32_streamed(folder, "eager")
+    if streamed is not None:
+        from targets.ios.convert_parts import export_in_parts
+
+        return export_in_parts(request, streamed, compressions, start)
     quantized = any(c.linears != "fp16" for c in compressions)
     importance = (shared_importance([Path(f) for f in request.importance_from.values()])
                   if quantized and request.importance_from else None)
@@ -482,6 +524,20 @@ def export_package(request: ExportRequest) -> dict[str, Any]:
     convert_seconds = time.perf_counter() - stamp
     del decoder
     release_free_memory()
+    user = package_metadata(request, spec, config, plan, window)
+    saved = save_packages(converted, Path(request.out_dir), request, compressions, user, importance)
+    packages = {name: {**info, "size_mb": round(package_bytes(Path(request.out_dir) / info["package"]) / 2**20, 1)}
+                for name, info in saved.items()}
+    return {"packages": packages, "fp16_plan": plan.as_dict(), "ranges": ranges, "proof": proof,
+            "max_context": request.max_context, "lm_head_chunk": request.lm_head_chunk,
+            "sliding_window": window, "metadata": user, "deployment_target": DEPLOYMENT_TARGET,
+            "seconds": round(time.perf_counter() - start, 1), "convert_seconds": round(convert_seconds, 1),
+            "peak_rss_mb": own_peak_rss_mb()}
+
+
+def package_metadata(request: ExportRequest, spec: Any, config: dict[str, Any], plan: Any,
+                     window: int | None) -> dict[str, str]:
+    """The user-defined metadata every package of this request carries (swift-transformers reads some of it)."""
     user = {
         "co.huggingface.exporters.name": request.name,
         "co.huggingface.exporters.task": "text-generation",
@@ -496,10 +552,17 @@ def export_package(request: ExportRequest) -> dict[str, Any]:
         user["co.huggingface.exporters.sliding_window"] = str(window)
     if request.lm_head_chunk:
         user["edgepack.lm_head_chunk"] = str(request.lm_head_chunk)
+    return user
+
+
+def save_packages(converted: Any, out_dir: Path, request: ExportRequest, compressions: list[Compression],
+                  user: dict[str, str], importance: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Save the converted program as the fp16 package and one package per compression in `out_dir` (the fp16
+    one removed unless asked for); per compression: the package's name, summary, compressed weights, seconds."""
     # The fp16 package is always written first; compressed ones are made from it reloaded from disk, so
     # the converter's in-memory program is gone before compression starts.
     fp16 = COMPRESSION["none"]
-    fp16_path = Path(request.out_dir) / package_name(fp16, request.lm_head_chunk)
+    fp16_path = out_dir / package_name(fp16, request.lm_head_chunk)
     _describe(converted, request.name, fp16, user)
     converted.save(str(fp16_path))
     make_deterministic(fp16_path)
@@ -508,7 +571,7 @@ def export_package(request: ExportRequest) -> dict[str, Any]:
     packages: dict[str, Any] = {}
     for compression in compressions:
         stamp = time.perf_counter()
-        out = Path(request.out_dir) / package_name(compression, request.lm_head_chunk)
+        out = out_dir / package_name(compression, request.lm_head_chunk)
         compressed: dict[str, int] = {}
         if compression.name != "none":
             import coremltools as ct
@@ -520,17 +583,12 @@ def export_package(request: ExportRequest) -> dict[str, Any]:
             make_deterministic(out)
             del mlmodel
             release_free_memory()
-        size = package_bytes(out)
         packages[compression.name] = {"package": out.name, "summary": compression.summary,
-                                      "compressed_weights": compressed, "size_mb": round(size / 2**20, 1),
+                                      "compressed_weights": compressed,
                                       "seconds": round(time.perf_counter() - stamp, 1)}
     if "none" not in packages:
         shutil.rmtree(fp16_path)
-    return {"packages": packages, "fp16_plan": plan.as_dict(), "ranges": ranges, "proof": proof,
-            "max_context": request.max_context, "lm_head_chunk": request.lm_head_chunk,
-            "sliding_window": window, "metadata": user, "deployment_target": DEPLOYMENT_TARGET,
-            "seconds": round(time.perf_counter() - start, 1), "convert_seconds": round(convert_seconds, 1),
-            "peak_rss_mb": own_peak_rss_mb()}
+    return packages
 
 
 def main(argv: list[str] | None = None) -> int:

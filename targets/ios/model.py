@@ -97,10 +97,15 @@ class StatefulDecoder(nn.Module):
     `lora` (packager.adapter.adapted_base_weights of a merged `hf_model`'s adapter): its linears become
     packager.adapted_linear.AdaptedLinear, the base's weights and the adapter apart (the compression step finds
     A and B by their parameter names, targets.ios.convert.LORA_CONST, and leaves them fp16).
+    `layers` (a part of a decoder converted alone when the whole would not fit in memory): only these blocks; the
+    first part reads token ids, the others the residual stream [1, seq, hidden] (passed as `inputIds`), and every
+    part but the last returns the stream instead of logits. The cache keeps every layer's row, so the parts
+    joined into one program (targets.ios.join_parts) update one keyCache/valueCache as the whole decoder does.
     """
 
     def __init__(self, hf_model: Any, spec: Any, max_context: int, plan: Fp16Plan, lm_head_chunk: int = 0,
-                 cache_dtype: torch.dtype = torch.float16, lora: dict[str, Any] | None = None) -> None:
+                 cache_dtype: torch.dtype = torch.float16, lora: dict[str, Any] | None = None,
+                 layers: range | None = None) -> None:
         super().__init__()
         layout = coreml_layout(spec)
         config = hf_model.config
@@ -121,8 +126,15 @@ class StatefulDecoder(nn.Module):
         attn_t = plan.attn_scales or [1.0] * n_layers
 
         base = hf_model.get_submodule(layout.base_module)
-        table = base.embed_tokens.weight.detach().float()
-        self.embedding = nn.Parameter(table, requires_grad=False)
+        # A part of the decoder (layers, see the class docstring) reads the weights of its own blocks only.
+        self.layer_range = layers or range(n_layers)
+        self.first = self.layer_range.start == 0
+        self.last = self.layer_range.stop == n_layers
+        head = hf_model.get_submodule(layout.head_module).weight if self.last else None
+        self.tied = self.last and (head.data_ptr() == base.embed_tokens.weight.data_ptr() or bool(
+            getattr(config, "tie_word_embeddings", False)))
+        if self.first or self.tied:
+            self.embedding = nn.Parameter(base.embed_tokens.weight.detach().float(), requires_grad=False)
         embed_scale = math.sqrt(config.hidden_size) if spec.embedding_scale_sqrt_hidden else 1.0
         # Rounded as transformers rounds it (the scale is a bf16/fp32 buffer times the table's dtype).
         self.embed_scale = float(torch.tensor(embed_scale, dtype=torch.float32)) / s
@@ -146,8 +158,12 @@ class StatefulDecoder(nn.Module):
             return out
 
         scaling = float(config.query_pre_attn_scalar) ** -0.5 if layout.query_pre_attn_scalar else self.head_dim ** -0.5
-        self.blocks = nn.ModuleList()
-        for index, hf_block in enumerate(base.layers):
+        self.hidden = int(config.hidden_size)
+        # By the layer's index in the whole decoder: a part's weights get the names (and so the MIL const names the
+        # quantizer's per-layer statistics are keyed by) that they have in the whole.
+        self.blocks = nn.ModuleDict()
+        for index in self.layer_range:
+            hf_block = base.layers[index]
             attn, mlp = hf_block.self_attn, hf_block.mlp
             block = nn.Module()
             t_mlp, t_attn = mlp_t[index], attn_t[index]
@@ -174,20 +190,17 @@ class StatefulDecoder(nn.Module):
                 block.post_mlp = norm(hf_block.get_submodule(layout.post_mlp_norm), 1.0 / s, t_mlp * t_mlp)
             else:
                 block.down_proj = linear(mlp.down_proj, t_mlp / s)
-            self.blocks.append(block)
-        self.final_norm = norm(base.norm, eps_div=s * s)
-        head = hf_model.get_submodule(layout.head_module).weight.detach().float()
-        self.tied = head.data_ptr() == base.embed_tokens.weight.data_ptr() or bool(
-            getattr(config, "tie_word_embeddings", False))
+            self.blocks[str(index)] = block
         self.lm_head_chunk = lm_head_chunk
-        if lm_head_chunk and head.shape[0] > lm_head_chunk:
-            self.head_chunks = nn.ParameterList(
-                [nn.Parameter(chunk.clone(), requires_grad=False) for chunk in head.split(lm_head_chunk, dim=0)])
-            self.head = None
-        else:
-            self.head_chunks = None
-            # A tied head reads the embedding table itself (one copy of the weights in the package).
-            self.head = None if self.tied else nn.Parameter(head, requires_grad=False)
+        self.head_chunks, self.head = None, None
+        if self.last:
+            self.final_norm = norm(base.norm, eps_div=s * s)
+            head = head.detach().float()
+            if lm_head_chunk and head.shape[0] > lm_head_chunk:
+                self.head_chunks = nn.ParameterList(
+                    [nn.Parameter(chunk.clone(), requires_grad=False) for chunk in head.split(lm_head_chunk, dim=0)])
+            elif not self.tied:  # a tied head reads the embedding table itself (one copy of the weights)
+                self.head = nn.Parameter(head, requires_grad=False)
         self.softcap = getattr(config, "final_logit_softcapping", None)
 
         # Rotary tables for every position the cache holds, per layer type (Gemma: local and global).
@@ -210,7 +223,7 @@ class StatefulDecoder(nn.Module):
 
     def forward(self, inputIds: torch.Tensor, fullAttentionMask: torch.Tensor,
                 slidingAttentionMask: torch.Tensor | None = None) -> torch.Tensor:
-        seq = inputIds.shape[-1]
+        seq = inputIds.shape[1]  # ids [1, seq] or a part's residual stream [1, seq, hidden]
         end = fullAttentionMask.shape[-1]
         past = end - seq
         full_mask = fullAttentionMask.float().unsqueeze(2)
@@ -238,9 +251,9 @@ class StatefulDecoder(nn.Module):
                sliding_mask: torch.Tensor) -> torch.Tensor:
         """Logits [1, seq, vocab] of the tokens inputIds, given their rotary cos/sin per layer type, each layer's
         cache (new keys/values in, all keys/values so far out) and the additive masks [1, 1, 1, seq, total]."""
-        h = nn.functional.embedding(inputIds, self.embedding) * self.embed_scale
+        h = nn.functional.embedding(inputIds, self.embedding) * self.embed_scale if self.first else inputIds.float()
         group = self.heads // self.kv_heads
-        for index, block in enumerate(self.blocks):
+        for index, block in zip(self.layer_range, self.blocks.values(), strict=True):
             self._seen("residual", h)
             kind = self.layer_types[index]
             cos, sin = rotary(kind)
@@ -277,6 +290,8 @@ class StatefulDecoder(nn.Module):
                 d = block.post_mlp(d)
             h = h + d
         self._seen("residual", h)
+        if not self.last:
+            return h
         h = self.final_norm(h)
         if self.head_chunks is not None:
             logits = torch.cat([nn.functional.linear(h, chunk) for chunk in self.head_chunks], dim=-1)
