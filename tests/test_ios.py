@@ -539,13 +539,20 @@ def test_an_expanded_weight_that_is_not_finite_is_found_though_weights_are_scann
     assert vm.first_nonfinite == "constexpr_blockwise_shift_scale w"  # named where it starts, not at the logits
 
 
-def test_weights_are_held_once_in_fp32_with_the_values_of_an_fp16_copy() -> None:
+@pytest.mark.parametrize("half", [False, True])
+def test_weights_are_held_once_in_fp32_with_the_values_of_an_fp16_copy(half: bool,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `half`, as for a program above HALF_ABOVE weight values: the weights are held in fp16 and the
+    numbers are the same."""
     import coremltools as ct
     from coremltools.converters.mil.mil import Builder as mb
     from coremltools.converters.mil.mil import types
 
+    import targets.ios.mil_interpreter as interpreter
     from targets.ios.mil_interpreter import MilInterpreter
 
+    monkeypatch.setattr(interpreter, "HALF_ABOVE", 0 if half else interpreter.HALF_ABOVE)
+    monkeypatch.setattr(interpreter, "_HALF_ROWS_VALUES", 128 * 10)  # a linear widened in row blocks
     rng = np.random.default_rng(1)
     dense = rng.normal(size=(64, 128)).astype(np.float16)
     data = rng.integers(-127, 128, size=(64, 128), dtype=np.int8)
@@ -569,7 +576,9 @@ def test_weights_are_held_once_in_fp32_with_the_values_of_an_fp16_copy() -> None
     q = (x32 @ w8.astype(np.float32).T).astype(np.float16)
     assert np.array_equal(out, (h.astype(np.float32) + q.astype(np.float32)).astype(np.float16))
     held = [v for v in vm._const_env.values() if isinstance(v, np.ndarray) and v.size >= 4096]
-    assert held and all(v.dtype == np.float32 for v in held)  # the dense weight, in fp32 only
+    held_as = np.float16 if half else np.float32
+    assert held and all(v.dtype == held_as for v in held)  # the dense weight, in fp32 only (fp16 with `half`)
+    assert {v.dtype for v in vm._constants.values() if v.size >= 4096} == {np.dtype(held_as)}  # and expanded ones
     assert not any(v.dtype == np.int8 for v in vm._const_env.values() if isinstance(v, np.ndarray))  # int8 data let go
     consts = [op for op in vm.function.operations if op.op_type == "const" and op.outputs[0].val is None]
     assert len(consts) >= 2  # coremltools' copies of the dense weight and of the int8 data are dropped

@@ -13,7 +13,9 @@ numbers are those of fp16 tensors, without numpy's fp16 casts, which were a quar
 time (torch rounds fp32 to fp16 and back about ten times faster). Ops that only move values (reshape,
 slices, gather, ...) are not rounded again: their inputs already hold fp16 values. The program's own
 copy of a weight is dropped once the interpreter holds it (three copies of Gemma 3 270M's weights were
-0.8 GB of a simulation's 2.5).
+0.8 GB of a simulation's 2.5). A program with more than HALF_ABOVE weight values (a 1B model: 4 GB in fp32)
+holds the weights that only linears and lookups read in fp16 instead, each linear widening a block of rows
+to fp32 at a time: the same values and fp32 sums, half the memory, slower.
 
 What this cannot show: the exact kernels a device picks (fused ops, accumulation order, ANE
 placement). The level says so: simulated, not executed.
@@ -33,7 +35,8 @@ from packager.errors import UnsupportedError
 
 # Bump when the interpreter's numbers may change (part of every simulated verification's cache key).
 # 2: gelu's tanh form computed in place (x * x * x, not libm's pow: 2 of 82k values differ after rounding to fp16).
-SIMULATOR_VERSION = 2
+# 3: weights held in fp16 above HALF_ABOVE values (the linears' sums still in fp32, a row block at a time).
+SIMULATOR_VERSION = 3
 Kernel = Callable[["MilInterpreter", Any], Any]
 # Ops whose outputs are not scanned for inf/NaN: constants, and whole-state copies whose new values
 # were already scanned where they were computed (a scan of the full KV cache per layer is the
@@ -115,9 +118,10 @@ class MilInterpreter:
         # The inputs only an expanded weight reads (its int8 data, its scales) are dropped once it is expanded.
         self._expansion_inputs = {id(op): [v for v in op.inputs.values() if _only_read_by_expansions(v)]
                                   for op in self.function.operations if op.op_type.startswith("constexpr_")}
+        self.half_weights = _weight_values(self.function) > HALF_ABOVE
         # Constants are the same on every call (about half a program's ops): their values are set up once.
-        self._const_env = {id(v): _held(v) for op in self.function.operations if op.op_type == "const"
-                           for v in op.outputs}
+        self._const_env = {id(v): _held(v, self.half_weights) for op in self.function.operations
+                           if op.op_type == "const" for v in op.outputs}
         self._plan = [_Step(op, KERNELS[op.op_type], tuple((id(v), _nptype(v)) for v in op.outputs),
                             op.op_type not in _UNCHECKED and not op.op_type.startswith("constexpr_"),
                             op.op_type.startswith("constexpr_"), id(op) in materialized,
@@ -208,7 +212,11 @@ class MilInterpreter:
         read is then let go."""
         key = id(op)
         if key not in self._constants:
-            self._constants[key] = compute()
+            value = compute()
+            var = op.outputs[0] if hasattr(op, "outputs") else op
+            if self.half_weights and value.dtype == np.float32 and _half_held(var):
+                value = value.astype(np.float16)
+            self._constants[key] = value
             for var in self._expansion_inputs.pop(key, ()):
                 self._const_env.pop(id(var), None)
                 _drop_program_copy(var)
@@ -217,20 +225,48 @@ class MilInterpreter:
 
 # A constant of at least this many values is a weight: the program's copy is dropped once it is held.
 _WEIGHT_VALUES = 4096
+# Above this many weight values in a program, weights are held in fp16 (module docstring): 2 GB in fp32.
+HALF_ABOVE = 2**29
+# fp32 values a linear with an fp16-held weight widens at once.
+_HALF_ROWS_VALUES = 2**24
 # Ops whose outputs are values of their inputs, moved: never rounded again (their inputs hold declared values).
 _MOVES_VALUES = frozenset({"reshape", "expand_dims", "squeeze", "transpose", "concat", "tile", "split",
                            "slice_by_index", "slice_by_size", "slice_update", "gather", "read_state",
                            "coreml_update_state", "identity"})
 
 
-def _held(var: Any) -> Any:
+def _weight_values(function: Any) -> int:
+    """How many values the program's weights (constants and expanded constexpr outputs) have."""
+    import math
+
+    total = 0
+    for op in function.operations:
+        if op.op_type == "const" and isinstance(op.outputs[0].val, np.ndarray) and \
+                op.outputs[0].val.size >= _WEIGHT_VALUES and not _only_read_by_expansions(op.outputs[0]):
+            total += op.outputs[0].val.size
+        elif op.op_type.startswith("constexpr_"):
+            total += math.prod(int(d) for d in op.outputs[0].shape)
+    return total
+
+
+def _half_held(var: Any) -> bool:
+    """Whether a weight may be held in fp16: declared fp16 and read only as a linear's weight or a lookup's table
+    (the kernels that widen it)."""
+    return _nptype(var) == np.float16 and all(
+        child.op_type == "gather" or (child.op_type == "linear" and child.inputs["weight"] is var)
+        for child in var.child_ops)
+
+
+def _held(var: Any, half: bool = False) -> Any:
     """A constant's value as the interpreter holds it: in the dtype the program declares (fp16 held in fp32, as
-    every output is); a float weight's program copy is dropped."""
+    every output is; with `half`, a weight only linears and lookups read in fp16); a float weight's program copy
+    is dropped."""
     value, dtype = var.val, _nptype(var)
     if not isinstance(value, np.ndarray | np.generic) or dtype is None:
         return value
-    held = as_declared(value, dtype)
-    if np.dtype(dtype).kind == "f" and value.size >= _WEIGHT_VALUES:
+    weight = np.dtype(dtype).kind == "f" and value.size >= _WEIGHT_VALUES
+    held = np.asarray(value, dtype=np.float16) if half and weight and _half_held(var) else as_declared(value, dtype)
+    if weight:
         _drop_program_copy(var)
     return held
 
@@ -462,8 +498,10 @@ def _argmax(vm: MilInterpreter, op: Any) -> Any:
 
 
 def _dense_weight(vm: MilInterpreter, var: Any) -> np.ndarray:
-    """A weight input as fp32 (constants and expanded constexpr outputs are cached)."""
+    """A weight input as fp32, or as held in fp16 (constants and expanded constexpr outputs are cached)."""
     value = vm.value(var)
+    if isinstance(value, np.ndarray) and value.dtype == np.float16 and vm.half_weights:
+        return value
     if var.op is not None and (var.op.op_type == "const" or var.op.op_type.startswith("constexpr_")):
         return vm.constant(var, lambda: np.asarray(value, dtype=np.float32))
     return np.asarray(value, dtype=np.float32)
@@ -475,7 +513,13 @@ def _linear(vm: MilInterpreter, op: Any) -> Any:
     if vm.last_positions is not None and x.ndim >= 2 and id(op) in vm.output_linears:
         x = x[..., -vm.last_positions:, :]
     weight = _dense_weight(vm, vm.inputs(op)["weight"])
-    out = x @ weight.T
+    if weight.dtype == np.float16:
+        step = max(1, _HALF_ROWS_VALUES // weight.shape[1])
+        out = np.empty((*x.shape[:-1], weight.shape[0]), dtype=np.float32)
+        for start in range(0, weight.shape[0], step):
+            out[..., start:start + step] = x @ weight[start:start + step].astype(np.float32).T
+    else:
+        out = x @ weight.T
     bias = vm.arg(op, "bias")
     return out + _f32(bias) if bias is not None else out
 
@@ -603,7 +647,8 @@ def _gather(vm: MilInterpreter, op: Any) -> Any:
     indices = np.asarray(vm.arg(op, "indices")).astype(np.int64)
     axis = int(vm.arg(op, "axis", 0))
     indices = np.where(indices < 0, indices + x.shape[axis], indices)
-    return np.take(x, indices, axis=axis)
+    out = np.take(x, indices, axis=axis)
+    return out.astype(np.float32) if out.dtype == np.float16 else out  # a table held in fp16
 
 
 @kernel("read_state")
