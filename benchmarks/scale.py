@@ -76,7 +76,11 @@ def build_target(commit: str, worktree: Path, scratch: Path, model: str, ckpt: P
     guess = predicted(worktree, env, ckpt, target)
     command = [sys.executable, "-m", "packager.cli", "build", str(ckpt), "--target", target, "--no-gate", "--force",
                "--out", str(out)]
-    m = measure(command, worktree, env, scratch / f"build-{commit}.log", f"{model} {target}")
+    log = scratch / f"build-{commit}.log"
+    m = measure(command, worktree, env, log, f"{model} {target}")
+    if m.exit_code not in (0, 1):  # 1: a gate failed on random weights, as expected; anything else is a failure
+        print(f"{model} {target} exited {m.exit_code}; the build log's end:\n"
+              + "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-30:]), flush=True)
     sizes = artifact_sizes(out / target)
     shutil.rmtree(cache, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)

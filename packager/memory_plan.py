@@ -60,6 +60,7 @@ class TargetNeed:
 
 
 def step_need(scheduler: Scheduler, step: HeavyStep) -> StepNeed:
+    step = step.at_scale(scheduler.scale)
     return StepNeed(step.kind, scheduler.expected(step.kind, step.estimate, step.fixed),
                     scheduler.costs.peak_ratio(step.kind) is not None)
 

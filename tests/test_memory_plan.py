@@ -33,6 +33,20 @@ def test_a_step_is_its_fixed_part_plus_its_ratio_and_a_measurement_replaces_the_
     assert TargetNeed("ios", scheduler.base, measured).peak == 6 * GB
 
 
+def test_a_checkpoint_read_a_block_at_a_time_has_its_own_estimate_and_its_own_measurement(tmp_path: Path) -> None:
+    from packager.verify.fp32_model import STREAM_ABOVE
+
+    step = HeavyStep("conversion", 2.0, in_process=False, fixed=GB, streamed=0.5)
+    small = _scheduler(tmp_path, 20, explicit=False, scale=STREAM_ABOVE)
+    large = _scheduler(tmp_path, 40, explicit=False, scale=4 * STREAM_ABOVE)
+    assert step_need(small, step).bytes == GB + 2 * STREAM_ABOVE
+    assert step_need(large, step).bytes == GB + 2 * STREAM_ABOVE  # 0.5 of four times the size
+    small.costs.learn_peak("conversion", 3.0)  # learned on a small model: says nothing of a streamed one
+    assert step_need(large, step).bytes == GB + 2 * STREAM_ABOVE and not step_need(large, step).measured
+    large.costs.learn_peak("conversion (streamed)", 0.75)
+    assert step_need(large, step).bytes == GB + 3 * STREAM_ABOVE and step_need(large, step).measured
+
+
 def test_under_max_ram_a_target_that_cannot_fit_is_refused_by_name_before_anything_runs(tmp_path: Path) -> None:
     scheduler = _scheduler(tmp_path, 2, explicit=True)
     small = TargetNeed("raspberry-pi", scheduler.base, step_need(scheduler, HeavyStep("fp32 reference", 1.0)))

@@ -126,6 +126,18 @@ class StreamedModel:
         for names, entry in params:
             _assign(self.model, names, tensors[entry.name])
 
+    def drop(self) -> None:
+        """Let go of every weight still held (the model is of no further use): the embedding table and the rest
+        that stays resident, before a step that needs none of them."""
+        for hooks in self.hooks.values():
+            for hook in hooks:
+                hook.remove()
+        self.hooks.clear()
+        for name, param in list(self.model.named_parameters(remove_duplicate=False)):
+            owner, _, leaf = name.rpartition(".")
+            self.model.get_submodule(owner)._parameters[leaf] = torch.nn.Parameter(
+                torch.empty(param.shape, device="meta"), requires_grad=False)
+
     @contextmanager
     def holding(self, block_names: list[str]) -> Iterator[None]:
         """These blocks' weights read in float32 (their own tensors) for the duration, without running them: a

@@ -525,7 +525,10 @@ def export_package(request: ExportRequest) -> dict[str, Any]:
     del decoder
     release_free_memory()
     user = package_metadata(request, spec, config, plan, window)
-    saved = save_packages(converted, Path(request.out_dir), request, compressions, user, importance)
+    fp16_path = save_fp16(converted, Path(request.out_dir), request, user)
+    del converted
+    release_free_memory()
+    saved = compressed_packages(fp16_path, request, compressions, user, importance)
     packages = {name: {**info, "size_mb": round(package_bytes(Path(request.out_dir) / info["package"]) / 2**20, 1)}
                 for name, info in saved.items()}
     return {"packages": packages, "fp16_plan": plan.as_dict(), "ranges": ranges, "proof": proof,
@@ -555,10 +558,8 @@ def package_metadata(request: ExportRequest, spec: Any, config: dict[str, Any], 
     return user
 
 
-def save_packages(converted: Any, out_dir: Path, request: ExportRequest, compressions: list[Compression],
-                  user: dict[str, str], importance: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Save the converted program as the fp16 package and one package per compression in `out_dir` (the fp16
-    one removed unless asked for); per compression: the package's name, summary, compressed weights, seconds."""
+def save_fp16(converted: Any, out_dir: Path, request: ExportRequest, user: dict[str, str]) -> Path:
+    """Save the converted program as the fp16 package in `out_dir`."""
     # The fp16 package is always written first; compressed ones are made from it reloaded from disk, so
     # the converter's in-memory program is gone before compression starts.
     fp16 = COMPRESSION["none"]
@@ -566,12 +567,17 @@ def save_packages(converted: Any, out_dir: Path, request: ExportRequest, compres
     _describe(converted, request.name, fp16, user)
     converted.save(str(fp16_path))
     make_deterministic(fp16_path)
-    del converted
-    release_free_memory()
+    return fp16_path
+
+
+def compressed_packages(fp16_path: Path, request: ExportRequest, compressions: list[Compression],
+                        user: dict[str, str], importance: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """One package per compression beside the fp16 one (removed unless asked for); per compression: the
+    package's name, summary, compressed weights, seconds."""
     packages: dict[str, Any] = {}
     for compression in compressions:
         stamp = time.perf_counter()
-        out = out_dir / package_name(compression, request.lm_head_chunk)
+        out = fp16_path.parent / package_name(compression, request.lm_head_chunk)
         compressed: dict[str, int] = {}
         if compression.name != "none":
             import coremltools as ct

@@ -29,18 +29,19 @@ from targets.ios.convert import (
     Compression,
     ExportRequest,
     column_importance,
+    compressed_packages,
     convert,
     package_bytes,
     package_metadata,
     plan_from_ranges,
     proof_of,
     proof_steps,
-    save_packages,
+    save_fp16,
     sliding_window,
 )
 
 # fp32 bytes of decoder blocks converted at once: the conversion adds about 0.6 of a part's weights on top of them.
-PART_BYTES = 1 << 30
+PART_BYTES = 1 << 29
 
 
 class DecoderParts:
@@ -64,18 +65,16 @@ class DecoderParts:
                                    for name in names])
 
     @contextmanager
-    def decoder(self, layers: range, plan: Any, cache_dtype: Any, lm_head_chunk: int = 0) -> Iterator[Any]:
-        """The part of the rewritten decoder holding `layers`, with those blocks' weights read for the duration."""
+    def decoder(self, layers: range, plan: Any, cache_dtype: Any, lm_head_chunk: int = 0,
+                positions: int | None = None) -> Iterator[Any]:
+        """The part of the rewritten decoder holding `layers`, with those blocks' weights read for the duration
+        (the caller drops the decoder, which shares or copies them, before it asks for the next part). With
+        `positions`, its cache and rotary tables hold that many positions instead of the request's context."""
         from targets.ios.model import StatefulDecoder
 
         with self.streamed.holding([self.block_names[i] for i in layers]):
-            decoder = StatefulDecoder(self.streamed.model, self.spec, self.request.max_context, plan, lm_head_chunk,
-                                      cache_dtype=cache_dtype, layers=layers).eval()
-            try:
-                yield decoder
-            finally:
-                del decoder
-        release_free_memory()
+            yield StatefulDecoder(self.streamed.model, self.spec, positions or self.request.max_context, plan,
+                                  lm_head_chunk, cache_dtype=cache_dtype, layers=layers).eval()
 
     def run(self, plan: Any, feeds: list[list[tuple[Any, Any, Any]]],
             observe: bool = False) -> tuple[list[list[Any]], dict[str, float]]:
@@ -85,8 +84,11 @@ class DecoderParts:
 
         current = [[ids for ids, _, _ in steps] for steps in feeds]
         seen: dict[str, float] = {}
+        # A cache as long as the longest sequence: the same numbers (positions beyond are never read), and a
+        # 4B's fp32 cache for 4,096 positions was 1.1 GB.
+        longest = max(int(full.shape[-1]) for steps in feeds for _, full, _ in steps)
         for layers in self.ranges:
-            with self.decoder(layers, plan, torch.float32) as decoder, torch.no_grad():
+            with self.decoder(layers, plan, torch.float32, positions=longest) as decoder, torch.no_grad():
                 decoder.observe = {} if observe else None
                 for index, steps in enumerate(feeds):
                     decoder.reset()
@@ -94,6 +96,8 @@ class DecoderParts:
                                       for x, (_, full, sliding) in zip(current[index], steps, strict=True)]
                 for site, value in (decoder.observe or {}).items():
                     seen[site] = max(seen.get(site, 0.0), value)
+            del decoder  # its weights, before the next part's are read
+            release_free_memory()
         return current, seen
 
     def ranges_with(self, plan: Any) -> dict[str, float]:
@@ -145,16 +149,21 @@ def export_in_parts(request: ExportRequest, streamed: StreamedModel, compression
 
     from targets.ios.join_parts import join_packages
 
+    # This process's peak after each phase (MiB): where a large model's conversion spends its memory.
+    peaks = {"loaded": own_peak_rss_mb()}
     parts = DecoderParts(streamed, request)
     folder = Path(request.checkpoint)
     quantized = any(c.linears != "fp16" for c in compressions)
     importance = column_importance(streamed.model, folder) if quantized else {}
+    peaks["column statistics"] = own_peak_rss_mb()
     plan, ranges = plan_from_ranges(parts.ranges_with, parts.spec, parts.config, request.fp16_rewrites)
+    peaks["fp16 plan"] = own_peak_rss_mb()
     proof = parts.proof(plan)
+    peaks["proof"] = own_peak_rss_mb()
     user = package_metadata(request, parts.spec, parts.config, plan, parts.window)
     out_dir = Path(request.out_dir)
     work = out_dir / "parts"
-    saved: list[dict[str, dict[str, Any]]] = []
+    fp16_parts = []
     convert_seconds = 0.0
     for k, layers in enumerate(parts.ranges):
         part_dir = work / f"part{k}"
@@ -163,9 +172,17 @@ def export_in_parts(request: ExportRequest, streamed: StreamedModel, compression
             stamp = time.perf_counter()
             converted = convert(decoder, parts.window, request.max_context)
             convert_seconds += time.perf_counter() - stamp
-        saved.append(save_packages(converted, part_dir, request, compressions, user, importance))
+            del decoder
+        fp16_parts.append(save_fp16(converted, part_dir, request, user))
         del converted
         release_free_memory()
+        peaks[f"part {k} conversion"] = own_peak_rss_mb()
+    streamed.drop()  # the embedding table and final norm: compression needs only the saved parts
+    release_free_memory()
+    saved = []
+    for k, fp16_path in enumerate(fp16_parts):
+        saved.append(compressed_packages(fp16_path, request, compressions, user, importance))
+        peaks[f"part {k} compression"] = own_peak_rss_mb()
     packages = {}
     for compression in compressions:
         name = saved[0][compression.name]["package"]
@@ -184,6 +201,6 @@ def export_in_parts(request: ExportRequest, streamed: StreamedModel, compression
     return {"packages": packages, "fp16_plan": plan.as_dict(), "ranges": ranges, "proof": proof,
             "max_context": request.max_context, "lm_head_chunk": request.lm_head_chunk,
             "sliding_window": parts.window, "metadata": user, "deployment_target": DEPLOYMENT_TARGET,
-            "parts": [[r.start, r.stop] for r in parts.ranges],
+            "parts": [[r.start, r.stop] for r in parts.ranges], "peak_rss_mb_after": peaks,
             "seconds": round(time.perf_counter() - start, 1), "convert_seconds": round(convert_seconds, 1),
             "peak_rss_mb": own_peak_rss_mb()}
