@@ -617,6 +617,29 @@ def test_coremltools_still_needs_the_scalar_cast_shim() -> None:
     assert "CONVERTS" in patched.stdout, patched.stderr[-2000:]
 
 
+def test_the_fp16_weight_writer_writes_the_bytes_coremltools_writes(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from coremltools.converters.mil.backend.mil import helper
+    from coremltools.converters.mil.mil import types
+    from coremltools.libmilstoragepython import _BlobStorageWriter
+
+    from targets.ios import compat
+
+    compat.apply()
+    rng = np.random.default_rng(3)
+    weights = [rng.normal(size=(48, 40)).astype(np.float16), rng.normal(size=(40, 48)).astype(np.float16).T,
+               np.array([np.inf, -0.0, 6e-8, 65504], dtype=np.float16)]  # contiguous, a transposed view, specials
+    writers = {"coremltools": compat.ORIGINALS["write weight"], "shim": helper._get_offset_by_writing_data}
+    for name, write in writers.items():
+        writer = _BlobStorageWriter(str(tmp_path / f"{name}.bin"))
+        offsets = [write(SimpleNamespace(val=w, dtype=types.fp16), writer) for w in weights]  # what it reads of a var
+        del writer
+        assert offsets == sorted(offsets)
+    assert (tmp_path / "shim.bin").read_bytes() == (tmp_path / "coremltools.bin").read_bytes()
+    assert helper._get_offset_by_writing_data is not compat.ORIGINALS["write weight"]
+
+
 def test_the_fast_fp16_range_test_answers_as_coremltools_does() -> None:
     from coremltools.converters.mil.mil.passes.defs.quantization import FP16ComputePrecision
 

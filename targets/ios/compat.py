@@ -15,6 +15,15 @@
    The same question is answered from the weight's largest and smallest values (two passes, no copy),
    and coremltools' own expression decides only when they leave fp16's range (tests/test_ios.py checks
    the two agree, NaN and infinities included).
+
+3. Its fp16 pass also asks of every constant it casts whether small values underflowed to zero, which it
+   fixes only in constants of fewer than 400 values, but it counts the values with `len(var.val.flatten())`:
+   a full copy of every weight. For a 1B model's embedding table that was a transient 1.2 GB on top of the
+   conversion. The shim answers the count with `.size` and leaves smaller constants to coremltools' check.
+
+4. When it saves an fp16 weight it makes two copies first (`val.flatten().tobytes()`, then a uint16 view of
+   those bytes): for that table, 1.2 GB more while the package was written. The shim hands the writer a
+   uint16 view of the weight itself (the same bytes) and leaves every other dtype to coremltools.
 """
 
 from __future__ import annotations
@@ -24,6 +33,10 @@ from typing import Any
 from targets.ios.verify import FP16_MAX
 
 _applied = False
+# coremltools' functions a shim replaced, by what they do (tests compare the two).
+ORIGINALS: dict[str, Any] = {}
+# coremltools' fp16 pass repairs values that underflow to zero only in constants smaller than this.
+UNDERFLOW_CHECKED_BELOW = 400
 
 
 def _scalar(value: Any) -> Any:
@@ -60,15 +73,36 @@ def _fp16_overflow(op: Any) -> bool:
 
 
 def apply() -> None:
-    """Install the scalar-cast shim and the fp16 range test into coremltools (once per process)."""
+    """Install the scalar-cast shim, the fp16 range test, the underflow count and the fp16 weight writer into
+    coremltools (once per process)."""
     global _applied
     if _applied:
         return
+    import numpy as np
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.frontend.torch import ops
     from coremltools.converters.mil.mil.passes.defs.quantization import FP16ComputePrecision
 
     FP16ComputePrecision.fp16_overflow = staticmethod(_fp16_overflow)
+    underflow_check = FP16ComputePrecision._check_underflow_to_zero
+
+    def check_underflow(self: Any, new_var: Any, var: Any) -> None:
+        if getattr(var.val, "size", 0) >= UNDERFLOW_CHECKED_BELOW:
+            return  # what coremltools' own test (fewer than 400 values) decides, without copying the weight
+        underflow_check(self, new_var, var)
+
+    FP16ComputePrecision._check_underflow_to_zero = check_underflow
+    from coremltools.converters.mil.backend.mil import helper
+
+    ORIGINALS["write weight"] = write_data = helper._get_offset_by_writing_data
+
+    def write_weight(output_var: Any, blob_writer: Any) -> Any:
+        value = output_var.val
+        if isinstance(value, np.ndarray) and value.dtype == np.float16:
+            return blob_writer.write_fp16_data(np.ascontiguousarray(value).reshape(-1).view(np.uint16))
+        return write_data(output_var, blob_writer)
+
+    helper._get_offset_by_writing_data = write_weight
 
     original_cast = ops._cast
 
