@@ -71,7 +71,8 @@ def join_packages(parts: list[Path], out: Path) -> None:
         spec = Model_pb2.Model()
         spec.ParseFromString(_spec_path(part).read_bytes())
         specs.append(spec)
-    shutil.copytree(parts[0], out)
+    # The first part's package without its weights (the joined file is written in their place).
+    shutil.copytree(parts[0], out, ignore=lambda folder, names: [WEIGHTS.name] if folder.endswith("weights") else [])
     offsets = _join_weights([part / WEIGHTS for part in parts], out / WEIGHTS)
     joined = specs[0]
     main = joined.mlProgram.functions["main"]
@@ -90,10 +91,8 @@ def join_packages(parts: list[Path], out: Path) -> None:
         _move_blobs(part_block.operations, offsets[k])
         block.operations.extend(part_block.operations)
         previous = renamed(part_block.outputs[0])
+    block.outputs[:] = [previous]
     _share_weights(block)
-    del block.outputs[:]
-    block.outputs.extend(specs[-1].mlProgram.functions["main"].block_specializations[
-        specs[-1].mlProgram.functions["main"].opset].outputs)
     del joined.description.output[:]
     joined.description.output.extend(specs[-1].description.output)
     _spec_path(out).write_bytes(joined.SerializeToString(deterministic=True))
