@@ -828,6 +828,7 @@ def test_a_decoder_converted_in_parts_is_joined_into_the_program_of_the_whole(
     from targets.ios.convert import ExportRequest, export_package
     from targets.ios.join_parts import WEIGHTS, read_blobs
     from targets.ios.mil_interpreter import load_program
+    from targets.ios.stages import CoreMLConversion
     from targets.ios.verify import SimulatedModel, check_spec
 
     ids = [2, *range(10, 40)]
@@ -846,6 +847,7 @@ def test_a_decoder_converted_in_parts_is_joined_into_the_program_of_the_whole(
                         for name, info in results[mode]["packages"].items()}
     parts = results["parts"]
     assert parts["parts"] == [[0, 1], [1, 2]] and "parts" not in results["whole"]
+    assert CoreMLConversion.from_dict({**parts, "wall_seconds": 1.0}).parts == [[0, 1], [1, 2]]  # the stage reads it
     assert parts["fp16_plan"] == results["whole"]["fp16_plan"] and parts["proof"]["exact"]
     assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["model-fp16.mlpackage", "model-int4.mlpackage"]
     for name in ("int4", "none"):

@@ -34,9 +34,10 @@ from targets.ios.layouts import coreml_layout
 
 COREMLTOOLS_VERSION = "9.0"
 # Bump when the converted program changes for the same checkpoint + options (keys the stage cache).
+# 12: a checkpoint above the streaming threshold converted in parts and joined (targets.ios.convert_parts);
 # 11: calibration statistics on one torch thread (the same bytes whatever --jobs); 10: no conversion date in the
 # package's metadata (9: rotary angles and caches from the caller)
-EXPORT_SCHEMA = 11
+EXPORT_SCHEMA = 12
 CONVERSION_DATE = "com.github.apple.coremltools.conversion_date"
 DEPLOYMENT_TARGET = "iOS18"
 COMPRESSIONS = ("int4", "int4-adapter", "int4-mixed", "int8", "palettize4", "none")

@@ -77,6 +77,10 @@ class CoreMLConversion:
     convert_seconds: float
     peak_rss_mb: float
     wall_seconds: float
+    # A checkpoint converted in parts (targets.ios.convert_parts): each part's [first, end) layers, and the
+    # conversion's peak (MiB) after each of its phases.
+    parts: list[list[int]] | None = None
+    peak_rss_mb_after: dict[str, float] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CoreMLConversion:
