@@ -39,10 +39,14 @@ COREML_VERIFICATION_SCHEMA = 6  # 5: with an eval set, the package's own answers
 # with int8, 2026-12-05 (7.2 and 16.8 GB before coremltools' fp16 range test was answered without copies and the
 # decoder stopped copying weights it does not rescale); 7.4 GB for the 1B with int4 once children gave freed memory
 # back (packager.child_stage.CHILD_MALLOC, 2026-12-07): 1.7 above the libraries.
-CONVERSION = HeavyStep("coreml conversion", 1.8, in_process=False, fixed=CHILD_LIBRARIES)
+# A checkpoint above STREAM_ABOVE is converted in parts (targets.ios.convert_parts): measured 6.46 GiB for a Gemma 3
+# 4B (14.5 GiB in fp32), 2026-12-07.
+CONVERSION = HeavyStep("coreml conversion", 1.8, in_process=False, fixed=CHILD_LIBRARIES, streamed=0.38)
 # numpy over the package's MIL program, in a child process (packager.verify.child_verify): the expanded weights in
 # fp32 beside the program coremltools loaded. Measured 6.6 GB for the 1B's int4 package, 2026-12-07.
-SIMULATION = HeavyStep("coreml simulation", 1.6, in_process=False, fixed=CHILD_LIBRARIES)
+# Above 2^29 weight values the weights are held in fp16: measured 14.7 GiB for the 4B's int4 package, 2026-12-07
+# (7.2 GiB of it the fp16 weights).
+SIMULATION = HeavyStep("coreml simulation", 1.6, in_process=False, fixed=CHILD_LIBRARIES, streamed=0.95)
 HEAVY_STEPS = (EAGER_SCREEN, CONVERSION, SIMULATION)
 
 
