@@ -121,10 +121,7 @@ class StreamedModel:
         """Read `block_name`'s weights in float32 for good (its own tensors, not the shared workspace)."""
         for hook in self.hooks.pop(block_name):
             hook.remove()
-        params = self.blocks[block_name]
-        tensors = _read([entry for _, entry in params])
-        for names, entry in params:
-            _assign(self.model, names, tensors[entry.name])
+        _load(self.model, self.blocks[block_name])
 
     def drop(self) -> None:
         """Let go of every weight still held (the model is of no further use): the embedding table and the rest
@@ -143,15 +140,11 @@ class StreamedModel:
         """These blocks' weights read in float32 (their own tensors) for the duration, without running them: a
         converter that copies a few blocks' weights into a module of its own; dropped again afterwards."""
         params = [param for name in block_names for param in self.blocks[name]]
-        tensors = _read([entry for _, entry in params])
-        for names, entry in params:
-            _assign(self.model, names, tensors[entry.name])
-        del tensors
+        _load(self.model, params)
         try:
             yield
         finally:
-            for names, entry in params:
-                _assign(self.model, names, torch.empty(entry.shape, device="meta"))
+            _unload(self.model, params)
 
 
 def load_fp32_streamed(folder: Path, attn_implementation: str, stream_above: int | None = None,
@@ -237,17 +230,28 @@ def _assign(model: torch.nn.Module, names: list[str], tensor: torch.Tensor) -> N
         model.get_submodule(owner)._parameters[leaf] = param
 
 
+def _load(model: torch.nn.Module, params: list[tuple[list[str], TensorEntry]],
+          workspace: dict[str, torch.Tensor] | None = None, prefix: str = "") -> None:
+    """Read these parameters in float32 into the model (into `workspace`'s buffers when given)."""
+    tensors = _read([entry for _, entry in params], workspace, prefix)
+    for names, entry in params:
+        _assign(model, names, tensors[entry.name])
+
+
+def _unload(model: torch.nn.Module, params: list[tuple[list[str], TensorEntry]]) -> None:
+    """Put these parameters back on the meta device (their memory is let go)."""
+    for names, entry in params:
+        _assign(model, names, torch.empty(entry.shape, device="meta"))
+
+
 def _loader(model: torch.nn.Module, block_name: str, params: list[tuple[list[str], TensorEntry]],
             workspace: dict[str, torch.Tensor]) -> Any:
     def load(_module: torch.nn.Module, _args: Any) -> None:
-        tensors = _read([entry for _, entry in params], workspace, block_name + ".")
-        for names, entry in params:
-            _assign(model, names, tensors[entry.name])
+        _load(model, params, workspace, block_name + ".")
     return load
 
 
 def _unloader(model: torch.nn.Module, params: list[tuple[list[str], TensorEntry]]) -> Any:
     def unload(_module: torch.nn.Module, _args: Any, _output: Any) -> None:
-        for names, entry in params:
-            _assign(model, names, torch.empty(entry.shape, device="meta"))
+        _unload(model, params)
     return unload

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from packager.errors import InternalError
+from targets.ios.convert import PART_INPUT, root_spec_path
 
 HEADER_BYTES = 64
 ALIGN = 64
@@ -69,7 +70,7 @@ def join_packages(parts: list[Path], out: Path) -> None:
     specs = []
     for part in parts:
         spec = Model_pb2.Model()
-        spec.ParseFromString(_spec_path(part).read_bytes())
+        spec.ParseFromString(root_spec_path(part).read_bytes())
         specs.append(spec)
     # The first part's package without its weights (the joined file is written in their place).
     shutil.copytree(parts[0], out, ignore=lambda folder, names: [WEIGHTS.name] if folder.endswith("weights") else [])
@@ -95,18 +96,10 @@ def join_packages(parts: list[Path], out: Path) -> None:
     _share_weights(block)
     del joined.description.output[:]
     joined.description.output.extend(specs[-1].description.output)
-    _spec_path(out).write_bytes(joined.SerializeToString(deterministic=True))
-
-
-def _spec_path(package: Path) -> Path:
-    from targets.ios.convert import root_spec_path
-
-    return root_spec_path(package)
+    root_spec_path(out).write_bytes(joined.SerializeToString(deterministic=True))
 
 
 def _stream_input(function: Any) -> str:
-    from targets.ios.convert import PART_INPUT
-
     names = [value.name for value in function.inputs]
     if PART_INPUT not in names:
         raise InternalError(f"a decoder part after the first has no {PART_INPUT} input (inputs: {names})")

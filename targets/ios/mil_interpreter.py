@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from packager.errors import UnsupportedError
+from packager.verify.fp32_model import STREAM_ABOVE
 
 # Bump when the interpreter's numbers may change (part of every simulated verification's cache key).
 # 2: gelu's tanh form computed in place (x * x * x, not libm's pow: 2 of 82k values differ after rounding to fp16).
@@ -225,8 +226,9 @@ class MilInterpreter:
 
 # A constant of at least this many values is a weight: the program's copy is dropped once it is held.
 _WEIGHT_VALUES = 4096
-# Above this many weight values in a program, weights are held in fp16 (module docstring): 2 GB in fp32.
-HALF_ABOVE = 2**29
+# Above this many weight values in a program, weights are held in fp16 (module docstring): the checkpoint size
+# above which a build reads the model a block at a time (2 GiB in fp32), so its estimates see one regime.
+HALF_ABOVE = STREAM_ABOVE // 4
 # fp32 values a linear with an fp16-held weight widens at once.
 _HALF_ROWS_VALUES = 2**24
 # Ops whose outputs are values of their inputs, moved: never rounded again (their inputs hold declared values).

@@ -127,7 +127,7 @@ class StatefulDecoder(nn.Module):
 
         base = hf_model.get_submodule(layout.base_module)
         # A part of the decoder (layers, see the class docstring) reads the weights of its own blocks only.
-        self.layer_range = layers or range(n_layers)
+        self.layer_range = range(n_layers) if layers is None else layers
         self.first = self.layer_range.start == 0
         self.last = self.layer_range.stop == n_layers
         head = hf_model.get_submodule(layout.head_module).weight if self.last else None
