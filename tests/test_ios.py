@@ -567,8 +567,19 @@ def test_weights_are_held_once_in_fp32_with_the_values_of_an_fp16_copy(half: boo
         return program
 
     x = rng.normal(size=(3, 128)).astype(np.float16)
+    int8_held_at: dict[str, bool] = {}
+    linear = interpreter.KERNELS["linear"]
+
+    def watched(vm: MilInterpreter, op: object) -> object:
+        int8_held_at[op.name] = any(isinstance(v, np.ndarray) and v.dtype == np.int8 for v in vm.env.values())
+        return linear(vm, op)
+
+    monkeypatch.setitem(interpreter.KERNELS, "linear", watched)
     vm = MilInterpreter(build())
     out = vm.predict({"x": x})["logits"]
+    # The int8 data is let go as soon as it is expanded, within the first call (a 4B's int4 data was held
+    # beside its expanded weights until the call ended: 4 GB).
+    assert set(int8_held_at) == {"h", "q"} and not int8_held_at["q"]
     # What an fp16 copy computes: the weights as fp16 values, each op's sums in fp32, its result rounded to fp16.
     x32 = x.astype(np.float32)
     w8 = (data.astype(np.float32) * np.repeat(scale.astype(np.float32), 32, axis=1)).astype(np.float16)
@@ -583,6 +594,33 @@ def test_weights_are_held_once_in_fp32_with_the_values_of_an_fp16_copy(half: boo
     consts = [op for op in vm.function.operations if op.op_type == "const" and op.outputs[0].val is None]
     assert len(consts) >= 2  # coremltools' copies of the dense weight and of the int8 data are dropped
     assert np.array_equal(vm.predict({"x": x})["logits"], out)  # and later calls need neither
+
+
+def test_data_two_expansions_read_is_kept_until_both_are_expanded() -> None:
+    """Weights deduplicated when parts are joined can leave one int8 tensor read by two expansions."""
+    import coremltools as ct
+    from coremltools.converters.mil.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    from targets.ios.mil_interpreter import MilInterpreter
+
+    rng = np.random.default_rng(2)
+    data = rng.integers(-127, 128, size=(64, 128), dtype=np.int8)
+    scales = [(rng.random((64, 4)) / 50 + 1e-3).astype(np.float16) for _ in range(2)]
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(3, 128), dtype=types.fp16)], opset_version=ct.target.iOS18)
+    def program(x):
+        shared = mb.const(val=data, name="shared")
+        first, second = (mb.constexpr_blockwise_shift_scale(data=shared, scale=s, name=f"w{i}")
+                         for i, s in enumerate(scales))
+        return mb.add(x=mb.linear(x=x, weight=first), y=mb.linear(x=x, weight=second), name="logits")
+
+    x = rng.normal(size=(3, 128)).astype(np.float16)
+    out = MilInterpreter(program).predict({"x": x})["logits"]
+    x32 = x.astype(np.float32)
+    expected = [(x32 @ (data.astype(np.float32) * np.repeat(s.astype(np.float32), 32, axis=1))
+                 .astype(np.float16).astype(np.float32).T).astype(np.float16) for s in scales]
+    assert np.array_equal(out, (expected[0].astype(np.float32) + expected[1].astype(np.float32)).astype(np.float16))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -105,6 +105,8 @@ class MilInterpreter:
     def __init__(self, program: Any) -> None:
         self.function = program.functions["main"]
         self.states: dict[str, np.ndarray] = {}
+        # The running call's values by variable id (empty between calls).
+        self.env: dict[int, Any] = {}
         self._constants: dict[int, np.ndarray] = {}
         self.first_nonfinite: str | None = None
         self.ops_evaluated: dict[str, int] = {}
@@ -218,9 +220,13 @@ class MilInterpreter:
             if self.half_weights and value.dtype == np.float32 and _half_held(var):
                 value = value.astype(np.float16)
             self._constants[key] = value
+            # Every reference goes, the running call's environment's included: a 4B's int4 data (4 GB) was
+            # otherwise held until the first call ended, beside the weights expanded from it.
             for var in self._expansion_inputs.pop(key, ()):
-                self._const_env.pop(id(var), None)
-                _drop_program_copy(var)
+                if all(id(child) in self._constants for child in var.child_ops):
+                    self._const_env.pop(id(var), None)
+                    self.env.pop(id(var), None)
+                    _drop_program_copy(var)
         return self._constants[key]
 
 
@@ -718,7 +724,10 @@ def _blockwise(vm: MilInterpreter, op: Any) -> Any:
         offset = None if offset is None else torch.from_numpy(np.asarray(offset).astype(np.float32))
         # torch's allocation: it asks for huge pages, and first touching 0.7 GB of 4-kB pages (Gemma's embedding
         # table) took 8 s on this build host's VM.
-        out = torch.empty(data.shape, dtype=torch.float32).numpy()
+        # A weight held in fp16 (MilInterpreter.half_weights) is expanded into fp16 directly: a fp32 buffer
+        # beside its fp16 copy was 4 GB at once for a 4B's embedding table.
+        half = vm.half_weights and _half_held(op.outputs[0])
+        out = torch.empty(data.shape, dtype=torch.float16 if half else torch.float32).numpy()
         # Row blocks of about 2^22 values (whole scale blocks): full-size temporaries were 2 GB for an
         # embedding table. torch's casts and broadcasts: numpy's (np.repeat, int8 -> fp32) were 10 s of a
         # Gemma 3 270M simulation. Same arithmetic: (data - offset) * scale in fp32, rounded to the output dtype.
