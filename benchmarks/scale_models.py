@@ -1,9 +1,12 @@
 """Random-weight checkpoints made from real model configs, to measure what a build costs at 1B and 4B.
 
 The weights are random (bf16, as the released checkpoints are stored), so these folders measure
-time and memory only, never fidelity. The tokenizer is the real Gemma 3 one, taken from the bundled
-example (the 1B and 4B models share it). Tensors are written one at a time into shards of at most
-1 GB, so making the 4B folder (7.8 GB) holds one tensor in memory, not the model.
+time and memory only, never fidelity. Gemma's tokenizer is the real Gemma 3 one, taken from the bundled
+example (the 1B and 4B models share it). No Llama 3 tokenizer is on this host (Meta's are gated): the Llama
+folders carry a small byte-level BPE of Llama 3's shape (tests/tiny_models.py) with Llama 3's chat template,
+while the model keeps the published 128,256-row vocabulary, so every tensor has its real shape.
+Tensors are written one at a time into shards of at most 1 GB, so making the 4B folder (7.8 GB) holds one
+tensor in memory, not the model.
 
     .venv/bin/python benchmarks/scale_models.py gemma3-1b /tmp/gemma3-1b
 """
@@ -41,6 +44,22 @@ CONFIGS: dict[str, dict[str, Any]] = {
                   "max_position_embeddings": 131072, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
                   "vocab_size": 262208},
 }
+# meta-llama/Llama-3.2-1B-Instruct's published config (token ids: see _llama_tokenizer_files).
+_LLAMA32: dict[str, Any] = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "attention_bias": False, "attention_dropout": 0.0,
+    "hidden_act": "silu", "initializer_range": 0.02, "max_position_embeddings": 131072, "mlp_bias": False,
+    "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_theta": 500000.0, "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16", "use_cache": True, "vocab_size": 128256,
+    "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+}
+CONFIGS["llama3.2-1b"] = {**_LLAMA32, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+                          "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64}
+LLAMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
 SHARD_BYTES = 1 << 30
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
 
@@ -55,9 +74,9 @@ def tensor_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     return {name: tuple(p.shape) for name, p in model.named_parameters()}  # a tied head is listed once
 
 
-def _random(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    if len(shape) == 1:  # norm weights: Gemma scales by (1 + w), so small values keep activations sane
-        return (torch.randn(shape, generator=generator) * 0.05).to(torch.bfloat16)
+def _random(shape: tuple[int, ...], generator: torch.Generator, norm_center: float = 0.0) -> torch.Tensor:
+    if len(shape) == 1:  # norm weights: Gemma scales by (1 + w), Llama by w (norm_center 1)
+        return (norm_center + torch.randn(shape, generator=generator) * 0.05).to(torch.bfloat16)
     return (torch.randn(shape, generator=generator) * 0.02).to(torch.bfloat16)
 
 
@@ -74,10 +93,13 @@ def make_checkpoint(name: str, out: Path, seed: int = 0) -> Path:
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    example = bundled_example(Reporter(quiet=True))
-    for file in TOKENIZER_FILES:
-        if (example / file).is_file():
-            shutil.copy2(example / file, partial / file)
+    if config["model_type"] == "llama":
+        config = {**config, **_llama_tokenizer_files(partial)}
+    else:
+        example = bundled_example(Reporter(quiet=True))
+        for file in TOKENIZER_FILES:
+            if (example / file).is_file():
+                shutil.copy2(example / file, partial / file)
     (partial / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     generator = torch.Generator().manual_seed(seed)
     weight_map: dict[str, str] = {}
@@ -95,7 +117,7 @@ def make_checkpoint(name: str, out: Path, seed: int = 0) -> Path:
         shard, size = {}, 0
 
     for tensor_name, shape in tensor_shapes(config).items():
-        shard[tensor_name] = _random(shape, generator)
+        shard[tensor_name] = _random(shape, generator, 1.0 if config["model_type"] == "llama" else 0.0)
         size += shard[tensor_name].numel() * 2
         if size >= SHARD_BYTES:
             flush()
@@ -105,6 +127,20 @@ def make_checkpoint(name: str, out: Path, seed: int = 0) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
     return out
+
+
+def _llama_tokenizer_files(folder: Path) -> dict[str, Any]:
+    """Write a Llama 3-shaped tokenizer and generation config into `folder`; return the config's token ids."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_models import _llama_tokenizer, _save_tokenizer
+
+    tok = _llama_tokenizer(4096)
+    bos, end, eot = (tok.token_to_id(t) for t in ("<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"))
+    _save_tokenizer(tok, folder, "<|begin_of_text|>", "<|eot_id|>", None, LLAMA3_CHAT_TEMPLATE)
+    (folder / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": bos, "eos_token_id": [end, eot], "do_sample": False}, indent=2) + "\n",
+        encoding="utf-8")
+    return {"bos_token_id": bos, "eos_token_id": [end, eot]}
 
 
 def main() -> int:

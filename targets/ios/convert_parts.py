@@ -187,7 +187,7 @@ def export_in_parts(request: ExportRequest, streamed: StreamedModel, compression
     for compression in compressions:
         name = saved[0][compression.name]["package"]
         stamp = time.perf_counter()
-        join_packages([work / f"part{k}" / name for k in range(len(parts.ranges))], out_dir / name)
+        join_packages([work / f"part{k}" / name for k in range(len(parts.ranges))], out_dir / name, consume=True)
         counts: dict[str, int] = {}
         for part in saved:
             for kind, n in part[compression.name]["compressed_weights"].items():

@@ -63,8 +63,10 @@ def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def join_packages(parts: list[Path], out: Path) -> None:
-    """Write at `out` the package whose program runs `parts` (saved .mlpackages, first to last) as one."""
+def join_packages(parts: list[Path], out: Path, consume: bool = False) -> None:
+    """Write at `out` the package whose program runs `parts` (saved .mlpackages, first to last) as one; with
+    `consume`, each part's weight file is deleted once copied (a 4B's parts and the joined package were
+    otherwise on disk at once: 7.4 GB twice in fp16)."""
     from coremltools.proto import Model_pb2
 
     specs = []
@@ -74,7 +76,7 @@ def join_packages(parts: list[Path], out: Path) -> None:
         specs.append(spec)
     # The first part's package without its weights (the joined file is written in their place).
     shutil.copytree(parts[0], out, ignore=lambda folder, names: [WEIGHTS.name] if folder.endswith("weights") else [])
-    offsets = _join_weights([part / WEIGHTS for part in parts], out / WEIGHTS)
+    offsets = _join_weights([part / WEIGHTS for part in parts], out / WEIGHTS, consume)
     joined = specs[0]
     main = joined.mlProgram.functions["main"]
     block = main.block_specializations[main.opset]
@@ -186,9 +188,11 @@ def _move_blobs(operations: Any, offsets: dict[int, int]) -> None:
             value.blobFileValue.offset = offsets[value.blobFileValue.offset]
 
 
-def _join_weights(files: list[Path], out: Path) -> list[dict[int, int]]:
+def _join_weights(files: list[Path], out: Path, consume: bool) -> list[dict[int, int]]:
     """Write the joined weight file; per part, its record offsets -> the joined file's (a blob whose dtype and
-    bytes are already in the joined file is not written again)."""
+    bytes are already in the joined file is not written again). With `consume`, each file is deleted once
+    copied."""
+    header = bytearray(_header(files[0]))
     seen: dict[tuple[int, int, str], int] = {}
     moved: list[dict[int, int]] = []
     count = 0
@@ -212,7 +216,8 @@ def _join_weights(files: list[Path], out: Path) -> list[dict[int, int]]:
                         count += 1
                     offsets[blob.record] = seen[key]
             moved.append(offsets)
-        header = bytearray(_header(files[0]))
+            if consume:
+                path.unlink()
         header[:4] = struct.pack("<I", count)
         joined.seek(0)
         joined.write(header)
