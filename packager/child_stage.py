@@ -14,6 +14,7 @@ import argparse
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,11 +66,18 @@ def run_child(module: str, folder: Path, request: dict[str, Any], what: str,
     """
     (folder / "request.json").write_text(json.dumps(request, indent=2), encoding="utf-8")
     log = folder / "export.log"
+    # The child's temporary files (coremltools writes a whole package per model it builds, removed only when
+    # its process exits: 12 GB for a 4B converted in parts) go into the stage's folder, and with it.
+    scratch = folder / "tmp"
+    scratch.mkdir(exist_ok=True)
     start = time.perf_counter()
-    with log.open("w", encoding="utf-8") as out:
-        returncode, peak_kb = _run_and_measure(
-            [sys.executable, "-m", module, str(folder / "request.json"), str(folder / "result.json")], out,
-            claim.cancelled if claim else None)
+    try:
+        with log.open("w", encoding="utf-8") as out:
+            returncode, peak_kb = _run_and_measure(
+                [sys.executable, "-m", module, str(folder / "request.json"), str(folder / "result.json")], out,
+                claim.cancelled if claim else None, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     if claim is not None:
         claim.measured_peak = peak_kb * 1024
     if claim is not None and claim.cancelled.is_set():
@@ -87,7 +95,7 @@ def run_child(module: str, folder: Path, request: dict[str, Any], what: str,
     return result
 
 
-def _run_and_measure(command: list[str], log: TextIO, cancelled: AnySet | None) -> tuple[int, int]:
+def _run_and_measure(command: list[str], log: TextIO, cancelled: AnySet | None, scratch: Path) -> tuple[int, int]:
     """Return the child's exit status (negative: the signal that killed it) and its peak RSS in KB.
 
     The child is killed when this process is interrupted (Ctrl-C, SIGTERM), so an abandoned conversion
@@ -95,7 +103,8 @@ def _run_and_measure(command: list[str], log: TextIO, cancelled: AnySet | None) 
     (another target of the build failed).
     """
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                            env={**CHILD_MALLOC, **os.environ, "PYTHONUNBUFFERED": "1", "PYTHONHASHSEED": "0"})
+                            env={**CHILD_MALLOC, **os.environ, "PYTHONUNBUFFERED": "1", "PYTHONHASHSEED": "0",
+                                 "TMPDIR": str(scratch)})
     sampler = PeakRss(proc.pid)
     sampler.start()
     try:

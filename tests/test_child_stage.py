@@ -123,3 +123,31 @@ def test_a_child_returns_freed_blocks_to_the_system_unless_the_user_tuned_malloc
         assert kept < 50, result
     else:
         assert kept > 250, result
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_childs_temporary_files_stay_in_its_folder_and_go_with_its_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: bool) -> None:
+    """coremltools writes a whole package to the temporary folder for every model it builds and removes it only
+    at exit, never when the process is killed: a child's temporary folder is inside its stage folder and is
+    removed when the child ends, however it ends."""
+    module = _child_module(tmp_path, monkeypatch, f"""
+        import json, sys, tempfile
+        kept = tempfile.mkdtemp(suffix=".mlpackage")
+        open(kept + "/weight.bin", "wb").write(b"0" * 4096)
+        print("made", kept, flush=True)
+        if {fails}:
+            raise RuntimeError("converter bug")
+        json.dump({{"kept": kept}}, open(sys.argv[2], "w"))
+    """)
+    folder = tmp_path / "entry"
+    folder.mkdir()
+    if fails:
+        with pytest.raises(Exception) as caught:
+            run_child(module, folder, {}, "fake conversion")
+        kept = Path(caught.value.message.split("made ")[1].split()[0])
+    else:
+        kept = Path(run_child(module, folder, {}, "fake conversion")["kept"])
+    assert kept.parent.parent == folder and not kept.exists()
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == ["export.log", "request.json", *([] if fails else ["result.json"])]

@@ -567,8 +567,16 @@ def save_fp16(converted: Any, out_dir: Path, request: ExportRequest, user: dict[
     fp16_path = out_dir / package_name(fp16, request.lm_head_chunk)
     _describe(converted, request.name, fp16, user)
     converted.save(str(fp16_path))
+    discard_temporary_package(converted)
     make_deterministic(fp16_path)
     return fp16_path
+
+
+def discard_temporary_package(mlmodel: Any) -> None:
+    """Delete the package coremltools wrote to a temporary folder for a model built in memory, once it is saved:
+    coremltools removes them only when the process exits (34 parts of a 4B and their compressions: 12 GB)."""
+    if getattr(mlmodel, "is_temp_package", False):
+        shutil.rmtree(mlmodel.package_path, ignore_errors=True)
 
 
 def compressed_packages(fp16_path: Path, request: ExportRequest, compressions: list[Compression],
@@ -587,6 +595,7 @@ def compressed_packages(fp16_path: Path, request: ExportRequest, compressions: l
                                            importance)
             _describe(mlmodel, request.name, compression, user)
             mlmodel.save(str(out))
+            discard_temporary_package(mlmodel)
             make_deterministic(out)
             del mlmodel
             release_free_memory()
