@@ -678,6 +678,50 @@ def test_the_fp16_weight_writer_writes_the_bytes_coremltools_writes(tmp_path: Pa
     assert helper._get_offset_by_writing_data is not compat.ORIGINALS["write weight"]
 
 
+def test_the_weight_reader_reads_what_coremltools_reads_without_keeping_the_file_mapped(tiny_gemma: Path,
+                                                                                        tmp_path: Path) -> None:
+    """coremltools keeps its reader (a mapping of the whole weight file) for the rest of a load; the shim reads
+    the same values and keeps none (this fails once coremltools stops keeping it, so the shim can go)."""
+    from types import SimpleNamespace
+
+    from coremltools.converters.mil.frontend.milproto import load as milproto_load
+    from coremltools.converters.mil.frontend.milproto.helper import proto_to_types
+
+    from targets.ios import compat
+    from targets.ios.convert import ExportRequest, export_package
+
+    compat.apply()
+    result = export_package(ExportRequest(checkpoint=str(tiny_gemma), out_dir=str(tmp_path), compressions=["int4"],
+                                          max_context=32, sequences=[[2, 10, 11]], name="tiny"))
+    package = tmp_path / result["packages"]["int4"]["package"]
+    spec = _package_spec(package)
+    block = spec.mlProgram.functions["main"].block_specializations[spec.mlProgram.functions["main"].opset]
+    values = [v for op in block.operations for v in op.attributes.values() if v.WhichOneof("value") == "blobFileValue"]
+    assert len(values) > 10
+    readers = {"coremltools": compat.ORIGINALS["read weight"], "shim": milproto_load._load_file_value}
+    read: dict[str, list[np.ndarray]] = {}
+    kept: dict[str, int] = {}
+    for name, reader in readers.items():
+        context = SimpleNamespace(weights_dir=str(package / "Data" / "com.apple.CoreML" / "weights"),
+                                  blob_reader_from_filename={})
+        read[name] = [np.array(reader(context, v.blobFileValue, proto_to_types(v.type).get_primitive()))
+                      for v in values]
+        kept[name] = len(context.blob_reader_from_filename)
+    assert kept == {"coremltools": 1, "shim": 0}
+    assert all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(read["coremltools"], read["shim"],
+                                                                           strict=True))
+
+
+def _package_spec(package: Path) -> object:
+    from coremltools.proto import Model_pb2
+
+    from targets.ios.join_parts import root_spec_path
+
+    spec = Model_pb2.Model()
+    spec.ParseFromString(root_spec_path(package).read_bytes())
+    return spec
+
+
 def test_the_fast_fp16_range_test_answers_as_coremltools_does() -> None:
     from coremltools.converters.mil.mil.passes.defs.quantization import FP16ComputePrecision
 

@@ -66,8 +66,10 @@ def load_program(package: Path, function: str | None = None) -> tuple[Any, Any]:
     import coremltools as ct
     from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
 
+    from targets.ios import compat
     from targets.ios.multifunction import function_spec
 
+    compat.apply()  # the loader's weight reads without a mapping of the whole file (compat.py, 5)
     with _LOADING:
         model = ct.models.MLModel(str(package), skip_model_load=True)
         spec = model.get_spec() if function is None else function_spec(model.get_spec(), function)
