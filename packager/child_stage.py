@@ -66,8 +66,8 @@ def run_child(module: str, folder: Path, request: dict[str, Any], what: str,
     """
     (folder / "request.json").write_text(json.dumps(request, indent=2), encoding="utf-8")
     log = folder / "export.log"
-    # The child's temporary files (coremltools writes a whole package per model it builds, removed only when
-    # its process exits: 12 GB for a 4B converted in parts) go into the stage's folder, and with it.
+    # The child's temporary files go into the stage's folder, and with it: a converter may write large ones that
+    # it removes only when its process exits, and never when the process is killed (12 GB for a 4B once).
     scratch = folder / "tmp"
     scratch.mkdir(exist_ok=True)
     start = time.perf_counter()
