@@ -684,6 +684,7 @@ def test_the_weight_reader_reads_what_coremltools_reads_without_keeping_the_file
     the same values and keeps none (this fails once coremltools stops keeping it, so the shim can go)."""
     from types import SimpleNamespace
 
+    import coremltools as ct
     from coremltools.converters.mil.frontend.milproto import load as milproto_load
     from coremltools.converters.mil.frontend.milproto.helper import proto_to_types
 
@@ -693,8 +694,8 @@ def test_the_weight_reader_reads_what_coremltools_reads_without_keeping_the_file
     compat.apply()
     result = export_package(ExportRequest(checkpoint=str(tiny_gemma), out_dir=str(tmp_path), compressions=["int4"],
                                           max_context=32, sequences=[[2, 10, 11]], name="tiny"))
-    package = tmp_path / result["packages"]["int4"]["package"]
-    spec = _package_spec(package)
+    saved = ct.models.MLModel(str(tmp_path / result["packages"]["int4"]["package"]), skip_model_load=True)
+    spec = saved.get_spec()
     block = spec.mlProgram.functions["main"].block_specializations[spec.mlProgram.functions["main"].opset]
     values = [v for op in block.operations for v in op.attributes.values() if v.WhichOneof("value") == "blobFileValue"]
     assert len(values) > 10
@@ -702,24 +703,13 @@ def test_the_weight_reader_reads_what_coremltools_reads_without_keeping_the_file
     read: dict[str, list[np.ndarray]] = {}
     kept: dict[str, int] = {}
     for name, reader in readers.items():
-        context = SimpleNamespace(weights_dir=str(package / "Data" / "com.apple.CoreML" / "weights"),
-                                  blob_reader_from_filename={})
+        context = SimpleNamespace(weights_dir=saved.weights_dir, blob_reader_from_filename={})
         read[name] = [np.array(reader(context, v.blobFileValue, proto_to_types(v.type).get_primitive()))
                       for v in values]
         kept[name] = len(context.blob_reader_from_filename)
     assert kept == {"coremltools": 1, "shim": 0}
     assert all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(read["coremltools"], read["shim"],
                                                                            strict=True))
-
-
-def _package_spec(package: Path) -> object:
-    from coremltools.proto import Model_pb2
-
-    from targets.ios.join_parts import root_spec_path
-
-    spec = Model_pb2.Model()
-    spec.ParseFromString(root_spec_path(package).read_bytes())
-    return spec
 
 
 def test_the_fast_fp16_range_test_answers_as_coremltools_does() -> None:
