@@ -93,7 +93,8 @@ def make_checkpoint(name: str, out: Path, seed: int = 0) -> Path:
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    if config["model_type"] == "llama":
+    llama = config["model_type"] == "llama"
+    if llama:
         config = {**config, **_llama_tokenizer_files(partial)}
     else:
         example = bundled_example(Reporter(quiet=True))
@@ -117,7 +118,7 @@ def make_checkpoint(name: str, out: Path, seed: int = 0) -> Path:
         shard, size = {}, 0
 
     for tensor_name, shape in tensor_shapes(config).items():
-        shard[tensor_name] = _random(shape, generator, 1.0 if config["model_type"] == "llama" else 0.0)
+        shard[tensor_name] = _random(shape, generator, 1.0 if llama else 0.0)
         size += shard[tensor_name].numel() * 2
         if size >= SHARD_BYTES:
             flush()
