@@ -133,11 +133,10 @@ def make_checkpoint(name: str, out: Path, seed: int = 0) -> Path:
 def _llama_tokenizer_files(folder: Path) -> dict[str, Any]:
     """Write a Llama 3-shaped tokenizer and generation config into `folder`; return the config's token ids."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from tiny_models import _llama_tokenizer, _save_tokenizer
+    from tiny_models import save_llama3_tokenizer
 
-    tok = _llama_tokenizer(4096)
+    tok = save_llama3_tokenizer(folder, 4096, eos="<|eot_id|>", template=LLAMA3_CHAT_TEMPLATE)
     bos, end, eot = (tok.token_to_id(t) for t in ("<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"))
-    _save_tokenizer(tok, folder, "<|begin_of_text|>", "<|eot_id|>", None, LLAMA3_CHAT_TEMPLATE)
     (folder / "generation_config.json").write_text(
         json.dumps({"bos_token_id": bos, "eos_token_id": [end, eot], "do_sample": False}, indent=2) + "\n",
         encoding="utf-8")

@@ -99,6 +99,14 @@ def _save_tokenizer(tok: Tokenizer, folder: Path, bos: str, eos: str, pad: str |
     (folder / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2))
 
 
+def save_llama3_tokenizer(folder: Path, vocab_size: int, eos: str = "<|end_of_text|>",
+                          template: str | None = None) -> Tokenizer:
+    """Write a trained Llama 3-shaped tokenizer (tokenizer.json + tokenizer_config.json) into `folder`."""
+    tok = _llama_tokenizer(vocab_size)
+    _save_tokenizer(tok, folder, "<|begin_of_text|>", eos, None, template)
+    return tok
+
+
 def make_tiny_gemma(folder: Path, seed: int = 0, name_or_path: str = "tiny-gemma3") -> Path:
     """A 2-layer Gemma 3 text model (one sliding, one full-attention layer) with its tokenizer."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig, GenerationConfig
