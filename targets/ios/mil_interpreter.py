@@ -125,7 +125,7 @@ class MilInterpreter:
                                   for op in self.function.operations if op.op_type.startswith("constexpr_")}
         self.half_weights = _weight_values(self.function) > HALF_ABOVE
         # Constants are the same on every call (about half a program's ops): their values are set up once.
-        self._const_env = {id(v): _held(v, self.half_weights) for op in self.function.operations
+        self._const_env = {id(v): _held(v, self.holds_in_fp16(v)) for op in self.function.operations
                            if op.op_type == "const" for v in op.outputs}
         self._plan = [_Step(op, KERNELS[op.op_type], tuple((id(v), _nptype(v)) for v in op.outputs),
                             op.op_type not in _UNCHECKED and not op.op_type.startswith("constexpr_"),
@@ -212,6 +212,11 @@ class MilInterpreter:
                     if bad:
                         self.first_nonfinite = f"{step.op.op_type} {step.op.name}"
 
+    def holds_in_fp16(self, var: Any) -> bool:
+        """Whether weight `var` is held in fp16: this program is large enough (half_weights) and only kernels that
+        widen a block at a time (linears, lookups) read it."""
+        return self.half_weights and _half_held(var)
+
     def constant(self, op: Any, compute: Callable[[], np.ndarray]) -> np.ndarray:
         """Expanded weights are computed once per op, as Core ML does at load time; what only the expansion
         read is then let go."""
@@ -219,7 +224,7 @@ class MilInterpreter:
         if key not in self._constants:
             value = compute()
             var = op.outputs[0] if hasattr(op, "outputs") else op
-            if self.half_weights and value.dtype == np.float32 and _half_held(var):
+            if value.dtype == np.float32 and self.holds_in_fp16(var):
                 value = value.astype(np.float16)
             self._constants[key] = value
             # Every reference goes, the running call's environment's included: a 4B's int4 data (4 GB) was
@@ -269,13 +274,13 @@ def _half_held(var: Any) -> bool:
 
 def _held(var: Any, half: bool = False) -> Any:
     """A constant's value as the interpreter holds it: in the dtype the program declares (fp16 held in fp32, as
-    every output is; with `half`, a weight only linears and lookups read in fp16); a float weight's program copy
+    every output is; a weight in fp16 with `half`, MilInterpreter.holds_in_fp16); a float weight's program copy
     is dropped."""
     value, dtype = var.val, _nptype(var)
     if not isinstance(value, np.ndarray | np.generic) or dtype is None:
         return value
     weight = np.dtype(dtype).kind == "f" and value.size >= _WEIGHT_VALUES
-    held = np.asarray(value, dtype=np.float16) if half and weight and _half_held(var) else as_declared(value, dtype)
+    held = np.asarray(value, dtype=np.float16) if half and weight else as_declared(value, dtype)
     if weight:
         _drop_program_copy(var)
     return held
@@ -728,7 +733,7 @@ def _blockwise(vm: MilInterpreter, op: Any) -> Any:
         # table) took 8 s on this build host's VM.
         # A weight held in fp16 (MilInterpreter.half_weights) is expanded into fp16 directly: a fp32 buffer
         # beside its fp16 copy was 4 GB at once for a 4B's embedding table.
-        half = vm.half_weights and _half_held(op.outputs[0])
+        half = vm.holds_in_fp16(op.outputs[0])
         out = torch.empty(data.shape, dtype=torch.float16 if half else torch.float32).numpy()
         # Row blocks of about 2^22 values (whole scale blocks): full-size temporaries were 2 GB for an
         # embedding table. torch's casts and broadcasts: numpy's (np.repeat, int8 -> fp32) were 10 s of a
