@@ -35,9 +35,11 @@ def coreai_packages() -> None:
 
 
 def _build(folder: Path, out: Path, ios_format: str, coreai: str = "none", compression: str = "none",
-           fp16_rewrites: bool = True, **options):
+           fp16_rewrites: bool = True, check_minutes: float | None = None, **options):
     ios = {"format": ios_format, "coreai_compression": coreai, "compression": compression,
            "fp16_rewrites": fp16_rewrites}
+    if check_minutes is not None:
+        ios["coreai_check_minutes"] = check_minutes
     return run_build(BuildRequest(checkpoint=folder, targets=["ios"], out=out,
                                   options=BuildOptions(target_options={"ios": ios}, context_length=256, **options)))
 
@@ -81,6 +83,44 @@ def test_the_aimodel_answers_the_eval_set_through_its_own_state_within_the_task_
     assert task is not None and task.rows == 6 and len(task.latencies_ms) == 6 and min(task.latencies_ms) > 0
     assert task.baseline_exact_match == 1.0 and task.exact_match == 1.0 and task.validity == 1.0
     assert task.agreement == 1.0 and not task.constrained
+
+
+def test_apples_interpreter_is_held_to_its_minutes_and_the_report_says_what_it_left_out(
+        router_aimodel, tiny_router: tuple[Path, Path], tmp_path: Path) -> None:
+    """Apple's interpreter takes hours on a real model: past its budget, the golden sequences are cut and eval
+    rows left out, and the result says how many ran (the .aimodel comes from the stage cache)."""
+    full = _coreai_result(router_aimodel[0])
+    model, eval_path = tiny_router
+    outcome = _build(model, tmp_path / "out", "coreai", eval_path=eval_path, task={"task": "labels"},
+                     task_gate=TaskGate(decides=True), check_minutes=0.002)
+    result = _coreai_result(outcome)
+    [cut] = [n for n in result.notes if n.startswith("only the first")]
+    per_sequence = int(cut.split()[3])
+    assert per_sequence < 256 and result.metrics.positions < full.metrics.positions
+    assert f"{result.metrics.positions} of " in cut and "--coreai-check-minutes" in cut
+    [rows] = [n for n in result.notes if n.startswith("task: only the first")]
+    answered = int(rows.split()[4])
+    assert answered < 6 and "of 6 eval rows" in rows
+    assert (result.task is None) == (answered == 0)
+
+
+def test_the_budget_cuts_golden_sequences_evenly_and_takes_whole_eval_rows_in_order() -> None:
+    from targets.ios.coreai_verify import CheckBudget
+    from targets.ios.verify import DECODE_STEPS
+
+    budget = CheckBudget(minutes=1, seconds_per_token=0.5, golden_tokens=60, eval_tokens=50)
+    assert budget.positions_per_sequence([10, 20], greedy_tokens=30) is None
+    assert budget.positions_per_sequence([100, 100], greedy_tokens=20) == 20
+    assert budget.positions_per_sequence([100, 100], greedy_tokens=60) == DECODE_STEPS + 1
+    assert budget.rows([20, 20, 20, 5]) == 2 and budget.rows([51]) == 0 and budget.rows([]) == 0
+
+
+def test_a_coreai_check_of_no_minutes_is_refused(tiny_gemma: Path, tmp_path: Path) -> None:
+    from packager.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="--coreai-check-minutes 0"):
+        _build(tiny_gemma, tmp_path / "out", "coreai", check_minutes=0)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_coreai_only_bundle_ships_the_asset_tokenizer_and_contract_and_says_what_ran(router_aimodel) -> None:

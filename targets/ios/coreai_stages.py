@@ -90,9 +90,26 @@ def cached_aimodel(ctx: BuildContext, compression: CoreAICompression, max_contex
                           entry.digest(result["asset"]))
 
 
-def verified_aimodel(ctx: BuildContext, artifact: CoreAIArtifact, name: str, gate: Any) -> VerificationResult:
+def row_tokens(ctx: BuildContext, baseline: list[str]) -> list[int]:
+    """Each eval row's tokens through the interpreter: its prompt and fp32's answer (or max_new_tokens) + an end."""
+    from packager.contract import render_prompt
+    from packager.verify.task_eval import prompt_ids
+
+    tokenizer, contract = ctx.hf_tokenizer, ctx.contract
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return [len(prompt_ids(contract, [0] * count(render_prompt(contract, row.input, row.instruction))))
+            + (count(baseline[i]) if baseline else contract.max_new_tokens) + 1
+            for i, row in enumerate(ctx.eval_rows)]
+
+
+def verified_aimodel(ctx: BuildContext, artifact: CoreAIArtifact, name: str, gate: Any,
+                     minutes: float) -> VerificationResult:
     """Run the .aimodel in Apple's reference interpreter against the fp32 reference and, with an eval set, answer
-    every row through it under the contract, held to the task gate (cached per asset + golden set + gate + task)."""
+    the rows through it under the contract, held to the task gate, as far as `minutes` for the interpreter go
+    (coreai_verify.CheckBudget; cached per asset + golden set + gate + task + minutes)."""
     from targets.ios import coreai_verify
     from targets.ios import verify as coreml_check
 
@@ -100,27 +117,37 @@ def verified_aimodel(ctx: BuildContext, artifact: CoreAIArtifact, name: str, gat
         reference, contract, tokenizer = ctx.reference, ctx.contract, ctx.hf_tokenizer
         baseline = ctx.baseline_answers if ctx.eval_rows else []
         max_context = int(artifact.export["max_context"])
-        ctx.reporter.say(f"running {name} in Apple's Core AI reference interpreter ({reference.positions} golden "
-                         "positions, prefill + decode)")
         with ctx.scheduler.step(COREAI_RUN, f"running {name}"):
             driver = coreai_verify.AimodelDriver(artifact.asset)
             try:
+                budget = coreai_verify.CheckBudget.measured(driver, reference.sequences[0], minutes,
+                                                            bool(ctx.eval_rows))
+                ctx.reporter.say(f"running {name} in Apple's Core AI reference interpreter (up to "
+                                 f"{reference.positions} golden positions, prefill + decode; "
+                                 f"{budget.seconds_per_token:.2f} s per token, {minutes:g} min budget)")
                 result = coreai_verify.verify_aimodel(driver, name, artifact.compression.name, gate, reference,
-                                                      list(contract.eos_ids), tokenizer, max_context)
+                                                      list(contract.eos_ids), tokenizer, max_context, budget)
                 if ctx.eval_rows:
-                    ctx.reporter.say(f"answering {len(ctx.eval_rows)} eval rows with {name} (Core AI interpreter)")
-                    metrics, failures, notes = coreml_check.answer_eval_set(driver, contract, ctx.eval_rows,
-                                                                            tokenizer, max_context, baseline)
-                    result.failures += failures
-                    result.notes += notes
-                    ctx.attach_task(result, metrics)
+                    rows = ctx.eval_rows[:budget.rows(row_tokens(ctx, baseline))]
+                    if rows:
+                        ctx.reporter.say(f"answering {len(rows)} of {len(ctx.eval_rows)} eval rows with {name} "
+                                         "(Core AI interpreter)")
+                        metrics, failures, notes = coreml_check.answer_eval_set(
+                            driver, contract, rows, tokenizer, max_context, baseline[:len(rows)] if baseline else None)
+                        result.failures += failures
+                        result.notes += notes
+                        ctx.attach_task(result, metrics)
+                    if len(rows) < len(ctx.eval_rows):
+                        result.notes.append(f"task: only the first {len(rows)} of {len(ctx.eval_rows)} eval rows were "
+                                            f"answered by the .aimodel, to fit {budget.describe()}; the task gate "
+                                            + ("holds them" if rows else "was not applied"))
             finally:
                 driver.close()
         return result
 
     task_key = ctx.task_key() if ctx.eval_rows else ""
     key = options_digest("verify-coreai", COREAI_VERIFICATION_SCHEMA, artifact.key, artifact.digest,
-                         ctx.golden.digest_source(), dataclasses.asdict(gate), task_key)[:24]
+                         ctx.golden.digest_source(), dataclasses.asdict(gate), task_key, minutes)[:24]
     result = ctx.stage_cache.record(
         "verify", key, f"simulate {artifact.asset.name} (Core AI interpreter)", verify,
         encode=VerificationResult.as_dict, decode=VerificationResult.from_dict, binds=artifact.digest,

@@ -66,6 +66,7 @@ from targets.ios.coreai_export import (
     coreai_compression_named,
 )
 from targets.ios.coreai_stages import COREAI_HEAVY_STEPS, CoreAIArtifact, cached_aimodel, verified_aimodel
+from targets.ios.coreai_verify import CHECK_MINUTES
 from targets.ios.fleet import SHARED_COMPRESSION, FleetPackage, fleet_package
 from targets.ios.layouts import COREML_LAYOUTS, coreml_layout
 from targets.ios.stages import (
@@ -97,6 +98,18 @@ COREAI_MODELS_VERSION = "1.0.0"
 COMPUTE_UNITS = "cpuAndNeuralEngine"
 # What `build --device` chooses from, most faithful first (palettize4 is chosen by flag only).
 DEVICE_LADDER = ("none", "int8", "int4-mixed", "int4")
+
+
+def check_minutes(value: Any) -> float:
+    """--coreai-check-minutes as a positive number of minutes, or a BadInputError."""
+    try:
+        minutes = float(value)
+    except (TypeError, ValueError):
+        minutes = float("nan")
+    if not minutes > 0 or minutes == float("inf"):
+        raise BadInputError(f"--coreai-check-minutes {value}: not a positive number of minutes (e.g. "
+                            f"{CHECK_MINUTES:g}; ios_coreai_check_minutes in edgepack.toml likewise).")
+    return minutes
 
 
 def bundle_identifier(name: str) -> str:
@@ -162,12 +175,16 @@ class IosTarget:
         # Prefixed like --android-runtime: every target's flags share one namespace (packager.target.option_table).
         TargetOption("format", "--ios-format", "ios_format",
                      "iOS model format to ship: coreml (.mlpackage, iOS 18+), coreai (.aimodel, iOS 27+) or all "
-                     "(both side by side). An .aimodel is verified in Apple's reference interpreter, which is slow: "
-                     "about 10 s per token for Gemma 3 270M, hours for its golden text and eval set.",
+                     "(both side by side). An .aimodel is verified in Apple's reference interpreter, which is slow "
+                     "(about 10 s per token for Gemma 3 270M): it checks what fits --coreai-check-minutes.",
                      default="coreml", choices=(*FORMATS, "all")),
         TargetOption("coreai_compression", "--coreai-compression", "ios_coreai_compression",
                      "Core AI weight compression for ios (default auto: int8 linears, or fp16 when int8 fails its "
                      "gate).", default="auto", choices=("auto", *COREAI_COMPRESSIONS)),
+        TargetOption("coreai_check_minutes", "--coreai-check-minutes", "ios_coreai_check_minutes",
+                     "Minutes Apple's Core AI interpreter gets to check each .aimodel (default "
+                     f"{CHECK_MINUTES:g}): the golden positions and eval rows beyond what fits are not run, and the "
+                     "report says how many were.", default=CHECK_MINUTES),
         # Off only to prove the check catches an unsafe fp16 conversion (Python API and tests; no flag, no key).
         TargetOption("fp16_rewrites", default=True),
     )
@@ -330,13 +347,14 @@ class IosTarget:
         ladder = (walked(COREAI_LADDER, ctx.options.no_gate) if requested == "auto"
                   else (coreai_compression_named(requested).name,))
         max_context = ctx.context_length
+        minutes = check_minutes(options.get("coreai_check_minutes"))
 
         def build(name: str) -> tuple[CoreAIArtifact, VerificationResult]:
             # No eager screen: a conversion of a small model takes seconds, and the first rung is 8-bit.
             compression = coreai_compression_named(name)
             artifact = cached_aimodel(ctx, compression, max_context, options.get("fp16_rewrites"))
             return artifact, verified_aimodel(ctx, artifact, f"{self.name}/{compression.asset_name}",
-                                              COREAI_GATES[compression.name])
+                                              COREAI_GATES[compression.name], minutes)
 
         artifact, verification, notes = first_passing_rung(ladder, "Core AI compression", build,
                                                            lambda a: a.megabytes, requested == "auto")
