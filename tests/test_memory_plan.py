@@ -114,7 +114,7 @@ def test_a_build_that_cannot_fit_stops_at_once_with_exit_3_and_writes_nothing(
 @pytest.mark.parametrize(("runtime", "largest"), [(None, "executorch "), ("litert-lm", "litert-lm export,")])
 def test_a_format_the_build_does_not_ask_for_adds_nothing_to_its_need(
         tiny_gemma: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runtime: str | None, largest: str) -> None:
-    """LiteRT-LM's export (4.8 x fp32) counts only when --android-runtime asks for LiteRT-LM."""
+    """LiteRT-LM's export (3.3 x fp32) counts only when --android-runtime asks for LiteRT-LM."""
     monkeypatch.setenv("EDGEPACK_CACHE", str(tmp_path / "cache"))
     limit = f"{(vm_rss_kb() * 1024 + int(0.8 * GB)) // 2**20}M"  # a 1 GB conversion child cannot fit
     extra = ["--android-runtime", runtime] if runtime else []

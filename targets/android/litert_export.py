@@ -45,7 +45,12 @@ LITERT_LM_VERSION = "0.18.1"
 LITERTLM_ANDROID_VERSION = "0.18.0"
 LITERTLM_ANDROID_ARTIFACT = f"com.google.ai.edge.litertlm:litertlm-android:{LITERTLM_ANDROID_VERSION}"
 # Bump when the exported bundle changes for the same checkpoint + recipe + lengths (keys the stage cache).
-LITERT_EXPORT_SCHEMA = 2
+# 3: lightweight conversion (below)
+LITERT_EXPORT_SCHEMA = 3
+# litert-torch's lightweight conversion: large constants enter the MLIR module as views of the torch weights,
+# not copies, and are folded by running their subgraph in the TFLite interpreter instead of in MLIR. Gemma 3
+# 270M's export peaked at 4.7 GB instead of 5.8 (2026-12-07), its lowering at 2.5 GiB instead of 4.1.
+LIGHTWEIGHT = True
 BUNDLE_NAME = "model.litertlm"
 # The runtimes a build may ship for android (--android-runtime); "all" ships both.
 RUNTIMES = ("executorch", "litert-lm")
@@ -164,6 +169,32 @@ def _null_safe_tokenizer_patch() -> None:
     export_lib._maybe_patch_tokenizer = patch
 
 
+def _weights_let_go_before_quantization() -> None:
+    """Drop the torch model's weights once its fp32 program is written, before litert-torch quantizes that
+    program: the quantizer reads the written file, and nothing after it reads the torch model of a text-only
+    export. Without this the fp32 weights stay alive (litert-torch keeps its loaded model to the end) beside
+    the quantizer's copies, at the step that is the export's peak once lowering holds no copy of its own."""
+    import torch
+    from litert_torch.generative.export_hf.core import export_lib
+
+    loaded: list[Any] = []
+    load_model, maybe_quantize = export_lib.load_model, export_lib.maybe_quantize_model
+
+    def load(*args: Any, **kwargs: Any) -> Any:
+        artifacts = load_model(*args, **kwargs)
+        loaded.append(artifacts.model)
+        return artifacts
+
+    def quantize(*args: Any, **kwargs: Any) -> Any:
+        for model in loaded:
+            for tensor in (*model.parameters(), *model.buffers()):
+                tensor.data = torch.empty(0, dtype=tensor.dtype)
+        loaded.clear()
+        return maybe_quantize(*args, **kwargs)
+
+    export_lib.load_model, export_lib.maybe_quantize_model = load, quantize
+
+
 def with_stop_tokens(folder: Path, eos_ids: tuple[int, ...], view: Path) -> Path:
     """A folder of links to `folder`'s files whose generation_config.json also names the contract's eos ids.
 
@@ -201,13 +232,15 @@ def export_litertlm(folder: Path, out_dir: Path, recipe: LitertRecipe, cache_len
     start = time.perf_counter()
     _tensorflow_shim()
     _null_safe_tokenizer_patch()
+    _weights_let_go_before_quantization()
     from litert_torch.generative.export_hf import export as export_hf
 
     work = out_dir / "litert-export"
     view = with_stop_tokens(folder, eos_ids, out_dir / "checkpoint-view")
     try:
         export_hf.export(model=str(view), output_dir=str(work), prefill_lengths=list(prefill),
-                         cache_length=cache_length, quantization_recipe=recipe.name, trust_remote_code=False)
+                         cache_length=cache_length, quantization_recipe=recipe.name, trust_remote_code=False,
+                         experimental_lightweight_conversion=LIGHTWEIGHT)
     finally:
         shutil.rmtree(view)
     written = work / BUNDLE_NAME
