@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
+import struct
 import sys
 from pathlib import Path
 from typing import Any
@@ -80,8 +82,25 @@ def _random(shape: tuple[int, ...], generator: torch.Generator, norm_center: flo
     return (torch.randn(shape, generator=generator) * 0.02).to(torch.bfloat16)
 
 
-def make_checkpoint(name: str, out: Path, seed: int = 0) -> Path:
-    """Write the random-weight checkpoint `name` (a key of CONFIGS) into `out`; reuse a complete one."""
+def write_sparse_shard(path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    """A bf16 safetensors file of `shapes` whose data is a hole: real header and size, all zeros, no disk blocks.
+    Enough for whatever reads only a checkpoint's shapes and sizes (the memory plan), in no time."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for tensor_name, shape in shapes.items():
+        size = 2 * math.prod(shape)
+        header[tensor_name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+    with path.open("wb") as f:
+        f.write(struct.pack("<Q", len(encoded)) + encoded)
+        f.truncate(8 + len(encoded) + offset)
+
+
+def make_checkpoint(name: str, out: Path, seed: int = 0, sparse: bool = False) -> Path:
+    """Write the random-weight checkpoint `name` (a key of CONFIGS) into `out`; reuse a complete one. `sparse`:
+    every weight zero, stored as holes (write_sparse_shard), for cost checks that never read a value."""
     from safetensors.torch import save_file
 
     from packager.examples import bundled_example
@@ -113,13 +132,17 @@ def make_checkpoint(name: str, out: Path, seed: int = 0) -> Path:
         if shard:
             shards += 1
             file = f"model-{shards:05d}.safetensors"
-            save_file(shard, str(partial / file), metadata={"format": "pt"})
+            if sparse:
+                write_sparse_shard(partial / file, {n: tuple(t.shape) for n, t in shard.items()})
+            else:
+                save_file(shard, str(partial / file), metadata={"format": "pt"})
             weight_map.update(dict.fromkeys(shard, file))
         shard, size = {}, 0
 
     for tensor_name, shape in tensor_shapes(config).items():
-        shard[tensor_name] = _random(shape, generator, 1.0 if llama else 0.0)
-        size += shard[tensor_name].numel() * 2
+        shard[tensor_name] = (torch.empty(shape, dtype=torch.bfloat16, device="meta") if sparse
+                              else _random(shape, generator, 1.0 if llama else 0.0))
+        size += math.prod(shape) * 2
         if size >= SHARD_BYTES:
             flush()
     flush()

@@ -17,7 +17,7 @@ from packager.devices import (
     installed_devices,
 )
 from packager.fingerprint import cache_root
-from packager.memory_plan import target_needs
+from packager.memory_plan import screens_to_skip, target_needs
 from packager.progress import Reporter
 from packager.scheduler import host_memory, scheduler_for
 from packager.stages import BuildContext, BuildOptions
@@ -89,9 +89,12 @@ def diagnose(ckpt: Checkpoint, contexts: tuple[int, ...] = (512, 2048, 4096), on
     supported = [name for name, ok in targets.items() if ok]
     ctx = _context(ckpt, digest, BuildOptions(eval_path=eval_path, task={"task": task} if eval_path else {},
                                               no_gate=no_gate))
+    installed = [available_targets()[name]() for name in supported]
+    ctx.scheduler.unscreened = screens_to_skip(ctx, installed)
     build_ram = [{"target": n.target, "peak_gb": round(n.peak / 2**30, 2), "largest_step": n.largest.kind,
-                  "measured": n.largest.measured, "fits": n.peak <= host_memory()}
-                 for n in target_needs(ctx, [available_targets()[name]() for name in supported])]
+                  "measured": n.largest.measured, "fits": n.peak <= host_memory(),
+                  "unscreened": ctx.scheduler.unscreened.get(n.target)}
+                 for n in target_needs(ctx, installed)]
     ladders = {name: list(default_ladder(available_targets()[name])) for name in supported}
     check = None
     if eval_path is not None:
@@ -134,6 +137,8 @@ def render(report: DoctorReport) -> str:
         source = "measured" if b["measured"] else "estimated"
         verdict = "" if b["fits"] else "  does NOT fit this machine"
         lines.append(f"  {b['target']:<13} ~{b['peak_gb']:.1f} GB  ({b['largest_step']}, {source}){verdict}")
+        if b["unscreened"]:
+            lines.append(f"  {'':<13} (rungs not screened: {b['unscreened']})")
     lines += ["", "ladders (rungs walked without a quantization option, smallest first):"]
     lines += [f"  {name:<13} {' -> '.join(rungs) or '-'}" for name, rungs in report.ladders.items()]
     if report.contract_check:

@@ -76,7 +76,7 @@ def rungs_with_fallback(ladder: Sequence[str], screen: Callable[[str], list[str]
 
 def rungs_in_order(ladder: Sequence[str], screen: Callable[[str], list[str]], work: Beside,
                    build: Callable[[str], object], say: Callable[[str], None], notes: list[str],
-                   first_likely: bool = False) -> Iterator[str]:
+                   first_likely: bool = False, unscreened: str | None = None) -> Iterator[str]:
     """The rungs to convert and verify, in order, until one passes (the caller stops asking); notes on rungs
     left out are added to `notes` as they are decided.
 
@@ -85,7 +85,14 @@ def rungs_in_order(ladder: Sequence[str], screen: Callable[[str], list[str]], wo
     screen was the largest step of the bundled example's build (Android's eager 8da8w screen ran 372 s of a
     702-s build beside other work, 2026-12-06). Only if it fails are the other rungs screened, later than they
     would have been.
+
+    With `unscreened` (why: the screens would not fit in memory, packager.memory_plan.screens_to_skip) every rung
+    is converted and verified in turn, smallest first.
     """
+    if unscreened is not None:
+        notes.append(f"rungs not screened: {unscreened}")
+        yield from ladder
+        return
     if first_likely and len(ladder) > 1:
         yield ladder[0]
         ladder = ladder[1:]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from packager.errors import UnsupportedError
+from packager.ladder import EAGER_SCREEN
 from packager.scheduler import GB, HeavyStep, Scheduler, host_memory
 from packager.target import heavy_steps
 
@@ -66,15 +67,31 @@ def step_need(scheduler: Scheduler, step: HeavyStep) -> StepNeed:
 
 
 def target_needs(ctx: BuildContext, targets: list[Target]) -> list[TargetNeed]:
-    """Each target's expected peak for this checkpoint and these options."""
+    """Each target's expected peak for this checkpoint and these options (without the screens of the targets
+    whose screens are skipped, ctx.scheduler.unscreened)."""
     shared = ctx.fp32_steps
     needs = []
     for target in targets:
         values = ctx.options.for_target(target)
+        screens = target.name not in ctx.scheduler.unscreened
         steps = [step_need(ctx.scheduler, s) for s in (*shared, *heavy_steps(target))
-                 if s.runs_with(values.get, ctx.options.no_gate)]
+                 if s.runs_with(values.get, ctx.options.no_gate) and (screens or not s.gated)]
         needs.append(TargetNeed(target.name, ctx.scheduler.base, max(steps, key=lambda s: s.bytes)))
     return needs
+
+
+def screens_to_skip(ctx: BuildContext, targets: list[Target]) -> dict[str, str]:
+    """The targets whose largest step is a ladder screen that does not fit, and why: they walk their ladders
+    without screens, each rung converted and verified in turn (slower, but a conversion child's memory is a
+    fraction of a screen's, which holds the fp32 model and its quantized copy in this process: a Gemma 3 4B's
+    screens were estimated at 36 GB where its conversions and simulations measured 13 GB). Set them in
+    ctx.scheduler.unscreened before the memory check."""
+    limit = ctx.scheduler.limit if ctx.scheduler.explicit else host_memory()
+    return {need.target: (f"its ladder's eager screens would need about {need.peak / GB:.1f} GB of "
+                          f"{limit / GB:.1f} GB, so each rung is converted and verified in turn, smallest first, "
+                          "without a screen (slower: a conversion per rung tried)")
+            for need in target_needs(ctx, targets)
+            if need.peak > limit and need.largest.kind.startswith(EAGER_SCREEN.kind)}
 
 
 def check_fits(needs: list[TargetNeed], scheduler: Scheduler) -> list[str]:

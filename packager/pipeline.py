@@ -36,7 +36,7 @@ from packager.manifest import (
     write_json,
     write_sha256sums,
 )
-from packager.memory_plan import check_fits, target_needs
+from packager.memory_plan import check_fits, screens_to_skip, target_needs
 from packager.output_guard import check_name, check_replaceable
 from packager.output_lock import output_lock
 from packager.progress import Reporter
@@ -209,6 +209,9 @@ def _run_build(request: BuildRequest, reporter: Reporter, log: Path) -> BuildOut
                          "adapter support there yet)")
     # A specialist's merged model is the size of the base: the first one sizes every target's steps.
     sizing = fleet.specialists[0].ctx if fleet else ctx
+    scheduler.unscreened = screens_to_skip(sizing, targets)
+    for target, why in scheduler.unscreened.items():
+        reporter.say(f"{target}: {why}")
     for warning in check_fits(target_needs(sizing, targets), scheduler):  # exit 3 before anything is written
         reporter.say(f"warning: {warning}")
     with output_errors(out), output_lock(out):

@@ -198,6 +198,9 @@ class Scheduler:
     base: int = field(default_factory=lambda: vm_rss_kb() * 1024)
     # Processes this process had before the build (a test session's servers): a cancelled build spares them.
     _spare: frozenset[int] = field(default_factory=lambda: frozenset(descendants()))
+    # Targets whose ladder screens would not fit, and why (packager.memory_plan.screens_to_skip): their rungs are
+    # converted and verified without a screen.
+    unscreened: dict[str, str] = field(default_factory=dict)
 
     def expected(self, kind: str, estimate: float, fixed: int = 0) -> int:
         """Bytes a step of `kind` is expected to peak at: `fixed` plus, per fp32 byte of the checkpoint, what

@@ -145,3 +145,41 @@ def test_a_no_gate_build_needs_no_memory_for_the_ladder_screens_it_does_not_run(
 
     assert needs(no_gate=False) == "eager screen"  # 2.5 x 4 GB beside the conversion's 1 + 2 x 4 GB
     assert needs(no_gate=True) == "conversion"
+
+
+def test_screens_that_would_not_fit_are_skipped_and_the_need_is_the_conversions(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Gemma 3 4B's eager screens (the fp32 model and its quantized copy in this process) were estimated at 36 GB
+    on a 23.5 GB machine, its conversions measured 13 GB: a gated build walks such a ladder unscreened instead of
+    stopping, and only a target whose own conversion cannot fit is refused."""
+    from types import SimpleNamespace
+
+    import packager.memory_plan as memory_plan
+    from packager.ladder import EAGER_SCREEN, rungs_in_order
+    from packager.memory_plan import screens_to_skip, target_needs
+
+    monkeypatch.setattr(memory_plan, "host_memory", lambda: 20 * GB)
+
+    class Target:
+        name = "ios"
+        heavy_steps = (EAGER_SCREEN, CONVERSION)
+
+    def plan(scale_gb: float) -> tuple[dict[str, str], str, float]:
+        scheduler = _scheduler(tmp_path, 20, explicit=False, scale=int(scale_gb * GB))
+        options = SimpleNamespace(no_gate=False, for_target=lambda _target: {})
+        ctx = SimpleNamespace(fp32_steps=(), options=options, scheduler=scheduler)
+        scheduler.unscreened = screens_to_skip(ctx, [Target()])  # type: ignore[arg-type]
+        [need] = target_needs(ctx, [Target()])  # type: ignore[arg-type]
+        return scheduler.unscreened, need.largest.kind, need.peak / GB
+
+    assert plan(4) == ({}, "eager screen", 10.5)  # 0.5 + 2.5 x 4 GB fits 20 GB: screened
+    skipped, largest, peak = plan(8)  # the screen 0.5 + 20 GB would not; the conversion 0.5 + 1 + 16 GB does
+    assert "ios" in skipped and "20.5 GB of 20.0 GB" in skipped["ios"] and (largest, peak) == ("conversion", 17.5)
+
+    def screen(_rung: str) -> list[str]:
+        raise AssertionError("an unscreened ladder screens nothing")
+
+    notes: list[str] = []
+    walked = list(rungs_in_order(["int4", "int8"], screen, None, lambda _r: None, lambda _m: None, notes,
+                                 unscreened=skipped["ios"]))  # type: ignore[arg-type]
+    assert walked == ["int4", "int8"] and notes == [f"rungs not screened: {skipped['ios']}"]

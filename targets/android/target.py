@@ -548,7 +548,8 @@ class AndroidTarget:
             likely = first.adapter and ctx.options.task_gate.decides
             rungs = rungs_in_order(ladder, screen, work,
                                    lambda name: cached_pte(ctx, recipe_named(name), "xnnpack", max_context),
-                                   ctx.reporter.say, notes, first_likely=likely)
+                                   ctx.reporter.say, notes, first_likely=likely,
+                                   unscreened=ctx.scheduler.unscreened.get(self.name))
             for name in rungs:
                 recipe = recipe_named(name)
                 artifact = cached_pte(ctx, recipe, "xnnpack", max_context)

@@ -512,7 +512,8 @@ class IosTarget:
         # An adapter kept apart keeps the fine-tune the merged rungs lose: when the task decides, that rung is the
         # one expected to ship (its 4-bit base alone misses the fidelity gates), so it is converted unscreened.
         rungs = rungs_in_order(ladder, screen, work, converted, ctx.reporter.say, notes,
-                               first_likely=compression_named(ladder[0]).adapter and task_decides)
+                               first_likely=compression_named(ladder[0]).adapter and task_decides,
+                               unscreened=ctx.scheduler.unscreened.get(self.name))
         for rung in rungs:
             gate = self._gate(ctx, rung, notes)
             export = converted(rung)
