@@ -49,8 +49,9 @@ def _task_cells(task: dict[str, Any] | None, level: str) -> str:
         return "| n/a | n/a | n/a | n/a "
     base = _fmt(task["baseline_exact_match"])
     where = f" ({SIMULATED_LATENCY})" if level == "simulated" else ""
+    part = f", {task['rows']} of {task['of_rows']} rows" if task.get("of_rows") else ""
     return (
-        f"| {_fmt(task['exact_match'])} ({base}) | {_fmt(task['validity'])} | {_fmt(task['agreement'])} "
+        f"| {_fmt(task['exact_match'])} ({base}{part}) | {_fmt(task['validity'])} | {_fmt(task['agreement'])} "
         f"| {task['latency_ms_p50']:.0f} / {task['latency_ms_p95']:.0f} / {task['latency_ms_p99']:.0f}{where} "
     )
 

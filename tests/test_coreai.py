@@ -102,6 +102,16 @@ def test_apples_interpreter_is_held_to_its_minutes_and_the_report_says_what_it_l
     answered = int(rows.split()[4])
     assert answered < 6 and "of 6 eval rows" in rows
     assert (result.task is None) == (answered == 0)
+    assert result.task is None or (result.task.rows, result.task.of_rows) == (answered, 6)
+
+
+def test_the_report_says_of_how_many_eval_rows_a_budgeted_artifact_answered() -> None:
+    from packager.report import _task_cells
+
+    task = {"exact_match": 1.0, "baseline_exact_match": 1.0, "validity": 1.0, "agreement": 1.0, "rows": 2,
+            "latency_ms_p50": 1.0, "latency_ms_p95": 1.0, "latency_ms_p99": 1.0}
+    assert "1.000 (1.000, 2 of 108 rows)" in _task_cells({**task, "of_rows": 108}, "simulated")
+    assert "1.000 (1.000) |" in _task_cells({**task, "of_rows": 0}, "simulated")
 
 
 def test_the_budget_cuts_golden_sequences_evenly_and_takes_whole_eval_rows_in_order() -> None:

@@ -76,6 +76,8 @@ class TaskMetrics:
     constrained: bool
     mismatches: list[dict[str, Any]]
     latencies_ms: list[float]
+    # The eval set's size when only the first `rows` were answered (a runtime held to a time budget); 0: all were.
+    of_rows: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 # Bump when a Core AI verification record's content or computation changes.
 # 2: the asset driven as Apple's engines drive it (input_ids, position_ids, a growing cache)
-COREAI_VERIFICATION_SCHEMA = 2
+# 3: held to --coreai-check-minutes; task metrics say of how many rows they are (TaskMetrics.of_rows)
+COREAI_VERIFICATION_SCHEMA = 3
 # Expected peaks (x fp32 size): an fp32 decoder copy and its exported graph, as for Core ML, whose ratio bounds
 # it: Gemma 3 270M's int8 .aimodel measured 6.0 GB where its Core ML conversion took 7.2 GiB.
 COREAI_ONLY = ("format", ("coreai", "all"))
@@ -136,6 +137,8 @@ def verified_aimodel(ctx: BuildContext, artifact: CoreAIArtifact, name: str, gat
                             driver, contract, rows, tokenizer, max_context, baseline[:len(rows)] if baseline else None)
                         result.failures += failures
                         result.notes += notes
+                        if len(rows) < len(ctx.eval_rows):
+                            metrics = dataclasses.replace(metrics, of_rows=len(ctx.eval_rows))
                         ctx.attach_task(result, metrics)
                     if len(rows) < len(ctx.eval_rows):
                         result.notes.append(f"task: only the first {len(rows)} of {len(ctx.eval_rows)} eval rows were "
