@@ -1201,3 +1201,14 @@ def test_a_model_read_a_block_at_a_time_exports_the_same_program_as_one_loaded_w
     assert "loaded" not in whole.metadata["quantization"]
     for name in (whole.pte, whole.ptd):
         assert (tmp_path / "streamed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+
+
+def test_the_runners_text_marks_an_id_beyond_the_tokenizer_instead_of_failing(tiny_llama: Path) -> None:
+    """A model's table is often padded past its tokenizer (Gemma 3 4B: 262,208 rows, 262,144 tokens); a greedy id
+    there made the whole verification an internal error (a random Llama 3.2 1B, 2026-12-07)."""
+    from targets.android.verify import RunnerTokenizer
+
+    tokenizer = RunnerTokenizer(tiny_llama / "tokenizer.json")
+    text = tokenizer.text([tokenizer.encode("hello")[0], 10_000])
+    marker = "<token 10000: not in tokenizer.json>"
+    assert text.endswith(marker) and len(text) > len(marker)

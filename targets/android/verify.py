@@ -158,8 +158,16 @@ class RunnerTokenizer:
         return int(self.tok.bos_tok())
 
     def piece(self, token: int) -> str:
-        """The text the runner streams for one token (special tokens included, as the runner sends them)."""
-        return str(self.tok.decode(token, False))
+        """The text the runner streams for one token (special tokens included, as the runner sends them); a
+        marker for an id beyond tokenizer.json (a model's table is often padded past its tokenizer: Gemma 3 4B's
+        262,208 rows over 262,144 tokens), where the runner itself stops with a decode error, and U+FFFD for a
+        byte-level piece that is part of a UTF-8 character (the binding hands back only whole strings)."""
+        try:
+            return str(self.tok.decode(token, False))
+        except UnicodeDecodeError:
+            return "\ufffd"
+        except RuntimeError:
+            return f"<token {token}: not in tokenizer.json>"
 
     def text(self, ids: list[int]) -> str:
         """Concatenated pieces, as the runner streams them to its callback."""
