@@ -27,7 +27,9 @@ def gemma3_4b(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_doctor_puts_every_target_of_a_4b_within_the_bound_screens_that_would_not_fit_left_out(
-        gemma3_4b: Path) -> None:
+        gemma3_4b: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The targets' own estimates: a cache that measured small models' builds (as the test session's does) says more.
+    monkeypatch.setenv("EDGEPACK_CACHE", str(tmp_path / "cache"))
     report = edgepack("doctor", gemma3_4b, "--json").json()
     assert report["parameters"] > 3.8e9
     bf16 = sum(p.stat().st_size for p in gemma3_4b.glob("*.safetensors"))
@@ -35,7 +37,7 @@ def test_doctor_puts_every_target_of_a_4b_within_the_bound_screens_that_would_no
     needs = {b["target"]: b for b in report["build_ram"]}
     assert set(needs) == {"android", "ios", "raspberry-pi", "react-native", "web"}
     for target, need in needs.items():
-        assert bf16 / GB / 2 < need["peak_gb"] <= bound, (target, need, bound)
+        assert not need["measured"] and bf16 / GB / 2 < need["peak_gb"] <= bound, (target, need, bound)
     for target in ("android", "ios"):  # their eager screens (2.5 x fp32, about 36 GB) are what would not fit
         assert "eager screens would need" in needs[target]["unscreened"]
         assert "eager screen" not in needs[target]["largest_step"]
