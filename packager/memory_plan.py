@@ -63,7 +63,7 @@ class TargetNeed:
 def step_need(scheduler: Scheduler, step: HeavyStep) -> StepNeed:
     step = step.at_scale(scheduler.scale)
     return StepNeed(step.kind, scheduler.expected(step.kind, step.estimate, step.fixed),
-                    scheduler.costs.peak_ratio(step.kind) is not None)
+                    scheduler.learned_ratio(step.kind) is not None)
 
 
 def target_needs(ctx: BuildContext, targets: list[Target]) -> list[TargetNeed]:

@@ -204,9 +204,21 @@ class Scheduler:
 
     def expected(self, kind: str, estimate: float, fixed: int = 0) -> int:
         """Bytes a step of `kind` is expected to peak at: `fixed` plus, per fp32 byte of the checkpoint, what
-        was measured before, else `estimate`."""
-        ratio = self.costs.peak_ratio(kind)
+        was measured before for a model of this size, else `estimate`."""
+        ratio = self.learned_ratio(kind)
         return fixed + int((estimate if ratio is None else ratio) * self.scale)
+
+    def _sized(self, kind: str) -> str:
+        """`kind` measured on models of this one's size (the power of two of its fp32 bytes): ratios learned on a
+        270M, whose fixed costs spread over few bytes, put a 4B's Android build at 13.2 GB where it measured 10.6."""
+        return f"{kind} @2^{self.scale.bit_length()}"
+
+    def learned_ratio(self, kind: str) -> float | None:
+        """What a step of `kind` measured on a model of this size, per fp32 byte above its fixed part (None: never)."""
+        return self.costs.peak_ratio(self._sized(kind))
+
+    def learn_peak(self, kind: str, ratio: float) -> None:
+        self.costs.learn_peak(self._sized(kind), ratio)
 
     def step(self, step: HeavyStep, what: str) -> contextlib.AbstractContextManager[Claim]:
         """Hold memory for a declared heavy step while it runs (see `heavy`)."""
@@ -258,7 +270,7 @@ class Scheduler:
                 self._claimed -= need
                 self._cond.notify_all()
             if claim.measured_peak and self.scale >= LEARN_MIN_SCALE:
-                self.costs.learn_peak(kind, max(0, claim.measured_peak - fixed) / self.scale)
+                self.learn_peak(kind, max(0, claim.measured_peak - fixed) / self.scale)
 
     def run_all(self, jobs: list[tuple[str, Callable[[], T]]], hints: dict[str, float] | None = None) -> list[T]:
         """Run the named jobs, at most `self.jobs` at once (0: all), the longest first (as measured before, else as

@@ -27,7 +27,7 @@ def test_a_step_is_its_fixed_part_plus_its_ratio_and_a_measurement_replaces_the_
     scheduler = _scheduler(tmp_path, 20, explicit=False)
     estimated = step_need(scheduler, CONVERSION)
     assert estimated.bytes == 3 * GB and not estimated.measured
-    scheduler.costs.learn_peak("conversion", 4.5)
+    scheduler.learn_peak("conversion", 4.5)
     measured = step_need(scheduler, CONVERSION)
     assert measured.bytes == int(5.5 * GB) and measured.measured
     assert TargetNeed("ios", scheduler.base, measured).peak == 6 * GB
@@ -41,9 +41,9 @@ def test_a_checkpoint_read_a_block_at_a_time_has_its_own_estimate_and_its_own_me
     large = _scheduler(tmp_path, 40, explicit=False, scale=4 * STREAM_ABOVE)
     assert step_need(small, step).bytes == GB + 2 * STREAM_ABOVE
     assert step_need(large, step).bytes == GB + 2 * STREAM_ABOVE  # 0.5 of four times the size
-    small.costs.learn_peak("conversion", 3.0)  # learned on a small model: says nothing of a streamed one
+    small.learn_peak("conversion", 3.0)  # learned on a small model: says nothing of a streamed one
     assert step_need(large, step).bytes == GB + 2 * STREAM_ABOVE and not step_need(large, step).measured
-    large.costs.learn_peak("conversion (streamed)", 0.75)
+    large.learn_peak("conversion (streamed)", 0.75)
     assert step_need(large, step).bytes == GB + 3 * STREAM_ABOVE and step_need(large, step).measured
 
 
@@ -68,7 +68,7 @@ def test_under_the_default_budget_an_estimate_a_little_above_the_machine_is_trie
     estimated = TargetNeed("ios", scheduler.base, step_need(scheduler, CONVERSION))
     warnings = check_fits([estimated], scheduler)
     assert len(warnings) == 1 and "may not fit" in warnings[0]  # an estimate a little above: warn, try
-    scheduler.costs.learn_peak("conversion", 2.0)
+    scheduler.learn_peak("conversion", 2.0)
     with pytest.raises(UnsupportedError):
         check_fits([TargetNeed("ios", scheduler.base, step_need(scheduler, CONVERSION))], scheduler)
 
@@ -91,7 +91,7 @@ def test_a_tiny_models_conversion_teaches_nothing_about_real_ones(tmp_path: Path
         scheduler = _scheduler(tmp_path / str(scale), 100, explicit=False, scale=scale)
         with scheduler.step(CONVERSION, "conversion") as claim:
             claim.measured_peak = GB + scale  # 1 GB of libraries + one fp32 copy
-        learned = scheduler.costs.peak_ratio("conversion")
+        learned = scheduler.learned_ratio("conversion")
         assert (learned == pytest.approx(1.0)) if learns else learned is None
 
 

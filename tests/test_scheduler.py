@@ -112,11 +112,19 @@ def test_a_step_larger_than_an_explicit_max_ram_stops_before_it_starts(tmp_path:
 
 
 def test_a_past_measurement_replaces_the_estimate(tmp_path: Path) -> None:
-    costs = MeasuredCosts(tmp_path / "costs.json")
     scheduler = _scheduler(tmp_path, limit_gb=10)
     assert scheduler.expected("export", 4.0) == 4 * GB
-    costs.learn_peak("export", 2.5)
+    scheduler.learn_peak("export", 2.5)
     assert scheduler.expected("export", 4.0) == int(2.5 * GB)
+
+
+def test_a_measurement_speaks_only_for_models_of_its_size(tmp_path: Path) -> None:
+    """Ratios learned on a 270M (fixed costs over few bytes) over-predicted a 4B's Android build (13.2 vs 10.6 GB)."""
+    small, large = _scheduler(tmp_path, limit_gb=10), _scheduler(tmp_path, limit_gb=10)
+    large.scale = 16 * GB
+    small.learn_peak("export", 2.5)
+    assert small.expected("export", 4.0) == int(2.5 * GB)
+    assert large.expected("export", 4.0) == 64 * GB and large.learned_ratio("export") is None
 
 
 def _child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> str:
@@ -141,7 +149,7 @@ def test_a_child_records_its_measured_peak_for_the_next_build(tmp_path: Path, mo
     folder.mkdir()
     with scheduler.heavy("fake export", "fake export", estimate=4.0) as claim:
         run_child(module, folder, {}, "fake export", claim)
-    learned = MeasuredCosts(tmp_path / "costs.json").peak_ratio("fake export")
+    learned = scheduler.learned_ratio("fake export")
     assert learned is not None and 0.19 < learned < 0.6, learned  # its own 200+ MB of the 1 GB scale, not 4 GB
 
 
