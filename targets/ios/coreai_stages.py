@@ -130,6 +130,7 @@ def verified_aimodel(ctx: BuildContext, artifact: CoreAIArtifact, name: str, gat
                                                       list(contract.eos_ids), tokenizer, max_context, budget)
                 if ctx.eval_rows:
                     rows = ctx.eval_rows[:budget.rows(row_tokens(ctx, baseline))]
+                    partial = len(rows) < len(ctx.eval_rows)
                     if rows:
                         ctx.reporter.say(f"answering {len(rows)} of {len(ctx.eval_rows)} eval rows with {name} "
                                          "(Core AI interpreter)")
@@ -137,10 +138,9 @@ def verified_aimodel(ctx: BuildContext, artifact: CoreAIArtifact, name: str, gat
                             driver, contract, rows, tokenizer, max_context, baseline[:len(rows)] if baseline else None)
                         result.failures += failures
                         result.notes += notes
-                        if len(rows) < len(ctx.eval_rows):
-                            metrics = dataclasses.replace(metrics, of_rows=len(ctx.eval_rows))
-                        ctx.attach_task(result, metrics)
-                    if len(rows) < len(ctx.eval_rows):
+                        of_rows = len(ctx.eval_rows) if partial else 0
+                        ctx.attach_task(result, dataclasses.replace(metrics, of_rows=of_rows))
+                    if partial:
                         result.notes.append(f"task: only the first {len(rows)} of {len(ctx.eval_rows)} eval rows were "
                                             f"answered by the .aimodel, to fit {budget.describe()}; the task gate "
                                             + ("holds them" if rows else "was not applied"))
