@@ -420,3 +420,88 @@ def test_the_swift_guard_lets_a_core_ai_only_bundle_through_to_apples_engines(ro
     assert document["model"]["format"] == "aimodel" and document["model"]["inputs"] == guard
     metadata = json.loads((bundle / "metadata.json").read_text(encoding="utf-8"))
     assert metadata["language"]["states"] == {"keyCache": "kv_cache", "valueCache": "kv_cache"}
+
+
+# One child process per way of running Apple's interpreter: its fp16 conversions are bound when it loads.
+_INTERPRETER_RUN = """
+import sys
+import numpy as np
+from pathlib import Path
+if sys.argv[2] == "software":
+    import coreai.runtime  # loaded first: libswiftCore's conversions are bound, the F16C ones come too late
+from targets.ios.coreai_verify import AimodelDriver
+driver = AimodelDriver(Path(sys.argv[1]))
+driver.reset_state()
+ids = list(range(3, 40))
+logits = [driver.step(ids[:30], 30)] + [driver.step([i], n + 1) for n, i in enumerate(ids[30:], 30)]
+np.save(sys.argv[3], np.concatenate(logits).astype(np.float16))
+print(driver.fast_conversions)
+driver.close()
+"""
+
+
+def _interpreter_logits(asset: Path, conversions: str, out: Path) -> tuple[bool, object]:
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    done = subprocess.run([sys.executable, "-c", _INTERPRETER_RUN, str(asset), conversions, str(out)],
+                          capture_output=True, text=True, cwd=Path(__file__).parent.parent, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1] == "True", np.load(out)
+
+
+def test_f16c_conversions_leave_apples_interpreter_bit_for_bit_the_same(router_aimodel, tmp_path: Path) -> None:
+    """The interpreter with the CPU's F16C conversions in place of libswiftCore's: the same logits, every bit,
+    through prefill and decode."""
+    import numpy as np
+
+    from targets.ios import fp16_conversions
+
+    _, bundle = router_aimodel
+    asset = bundle / "model-fp16.aimodel"
+    fast, with_f16c = _interpreter_logits(asset, "f16c", tmp_path / "f16c.npy")
+    software, with_software = _interpreter_logits(asset, "software", tmp_path / "software.npy")
+    assert not software
+    if not fast:
+        assert not (fp16_conversions._cpu_has_f16c() and tools_required()), "F16C host, yet the library was not loaded"
+        pytest.skip("no F16C or no C compiler here: the interpreter runs its own conversions")
+    assert with_f16c.shape[0] == 37 and np.isfinite(with_f16c).all()
+    assert np.array_equal(with_f16c.view(np.uint16), with_software.view(np.uint16))
+
+
+def test_f16c_conversions_round_as_ieee_does() -> None:
+    """Every half to float, and floats around every half (ties included) to half, against numpy's conversions."""
+    import ctypes
+    import struct
+
+    import numpy as np
+
+    from targets.ios import fp16_conversions
+
+    if not fp16_conversions._cpu_has_f16c():
+        pytest.skip("this CPU has no F16C")
+    library = fp16_conversions._compiled(fp16_conversions.SOURCE)
+    assert library is not None, "no C compiler on an F16C host"
+    lib = ctypes.CDLL(str(library))
+    # _Float16 travels in the low 16 bits of xmm0, as a float's would: pass and read those bits through c_float.
+    lib.__extendhfsf2.argtypes, lib.__extendhfsf2.restype = [ctypes.c_float], ctypes.c_float
+    lib.__truncsfhf2.argtypes, lib.__truncsfhf2.restype = [ctypes.c_float], ctypes.c_float
+
+    def bits_as_float(bits: int) -> float:
+        return struct.unpack("<f", struct.pack("<I", bits))[0]
+
+    halves = np.arange(1 << 16, dtype=np.uint16)
+    extended = np.array([lib.__extendhfsf2(bits_as_float(int(h))) for h in halves], dtype=np.float32)
+    expected = halves.view(np.float16).astype(np.float32)
+    same = (extended.view(np.uint32) == expected.view(np.uint32)) | (np.isnan(extended) & np.isnan(expected))
+    assert same.all(), halves[~same][:5]
+
+    # Each half's float, the ties halfway to its neighbour, and one float either side of those ties.
+    centres = expected.view(np.uint32)[np.isfinite(expected)]
+    floats = np.unique(np.concatenate([centres + d for d in (0, 0xFFF, 0x1000, 0x1001, 0x2000)]).astype(np.uint32))
+    floats = floats[np.isfinite(floats.view(np.float32))]
+    truncated = np.array([struct.unpack("<I", struct.pack("<f", lib.__truncsfhf2(bits_as_float(int(f)))))[0] & 0xFFFF
+                          for f in floats], dtype=np.uint16)
+    assert np.array_equal(truncated, floats.view(np.float32).astype(np.float16).view(np.uint16))

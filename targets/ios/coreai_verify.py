@@ -29,6 +29,7 @@ import numpy as np
 from packager.verify.compare import first_difference, golden_fidelity
 from packager.verify.reference import ReferenceLogits
 from packager.verify.result import VerificationResult
+from targets.ios import fp16_conversions
 from targets.ios.coreai_export import COREAI_CORE_VERSION, INPUTS, OUTPUT, POSITIONS_AXIS, STATES
 from targets.ios.verify import DECODE_STEPS, PackageDriver
 
@@ -39,8 +40,9 @@ WHERE = ("Apple's Core AI reference interpreter (coreai-core) on this build host
          "Engine or GPU, and not the Core AI runtime of iOS 27")
 
 
-# Apple's interpreter computes at scalar speed (Gemma 3 270M: about 9 s per token in fp16, so its golden text
-# would take 75 min and its eval set 10 h): a build gives it this many minutes (--coreai-check-minutes).
+# Apple's interpreter computes at scalar speed (Gemma 3 270M in fp16: about 9 s per token, 5 s with the F16C
+# conversions of targets.ios.fp16_conversions; its golden text would take 45-75 min and its eval set 5-10 h):
+# a build gives it this many minutes (--coreai-check-minutes).
 CHECK_MINUTES = 30.0
 # Tokens of the one timed prediction the budget is measured from.
 PROBE_TOKENS = 4
@@ -104,6 +106,8 @@ class AimodelDriver(PackageDriver):
     unconstrained = "CoreAIModel (Swift) generates through a LanguageModelSession with no grammar"
 
     def __init__(self, asset_path: Path) -> None:
+        # Before the interpreter module loads: its fp16 conversions are bound when it does.
+        self.fast_conversions = fp16_conversions.active()
         from coreai.authoring.asset import AIModelAsset
 
         self.asset = AIModelAsset.load(asset_path)
@@ -221,6 +225,9 @@ def verify_aimodel(driver: AimodelDriver, artifact: str, quant: str, gate: Any, 
              f"drive it (input_ids, position_ids); each golden sequence prefilled, then its last {DECODE_STEPS} "
              f"tokens decoded one by one through the keyCache/valueCache state ({seconds:.1f} s)",
              f"logit cosine vs fp32 transformers: {metrics.cosine:.4f}"]
+    if driver.fast_conversions:
+        notes.append("the interpreter's fp16 <-> fp32 conversions ran on the CPU's F16C instructions in place of "
+                     "libswiftCore's software ones (same results bit for bit; targets.ios.fp16_conversions)")
     beyond_context = sum(len(s) for s in reference.sequences) - sum(lengths)
     if beyond_context:
         notes.append(f"{beyond_context} golden positions beyond the {max_context}-position context were not compared")
