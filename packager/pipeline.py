@@ -45,7 +45,7 @@ from packager.report_html import render_html
 from packager.runtime_adapter import check_runtime_adapter_input
 from packager.scheduler import scheduler_for
 from packager.stages import BuildContext, BuildOptions
-from packager.target import Target, TargetResult, expected_seconds, resolve_targets
+from packager.target import Target, TargetResult, check_option_values, expected_seconds, resolve_targets
 from packager.verify.reference import import_transformers
 
 BUILD_LOG = "build.log"
@@ -176,6 +176,7 @@ def run_build(request: BuildRequest, reporter: Reporter | None = None) -> BuildO
 
 def _run_build(request: BuildRequest, reporter: Reporter, log: Path) -> BuildOutcome:
     target_classes = resolve_targets(request.targets)
+    check_option_values(target_classes, request.options.target_options)
     if request.out is not None:  # refused before the checkpoint is read (seconds to minutes); checked again below
         check_replaceable(request.out, _given_inputs(request), "build", request.force)
     ckpt, digest = request.opened or open_input(request, reporter)

@@ -7,7 +7,7 @@ on BuildContext, computed once and cached.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -77,6 +77,9 @@ class TargetOption:
     multiple: bool = False
     # A switch without a value (--ane-head): the value is a bool.
     is_flag: bool = False
+    # What is wrong with a given value (None: nothing), asked before a build reads the checkpoint
+    # (check_option_values), so that a bad value stops the build before any stage has run.
+    problem: Callable[[Any], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,21 @@ def runtime_memory_mb(target: Any) -> float | None:
 def heavy_steps(target: Any) -> tuple[HeavyStep, ...]:
     """The heavy steps a target declares beyond the shared ones (none: it only runs those and llama.cpp)."""
     return tuple(getattr(target, "heavy_steps", ()))
+
+
+def check_option_values(targets: list[type[Target]], given: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse a given option value its target would refuse, naming the flag and the edgepack.toml key."""
+    for cls in targets:
+        for option in declared_options(cls):
+            name = option.name
+            if option.problem is None or name not in given.get(cls.name, {}):
+                continue
+            value = given[cls.name][name]
+            problem = option.problem(value)
+            if problem is not None:
+                where = " or ".join(w for w in (option.flag, option.toml_key and f"[build] {option.toml_key}") if w)
+                raise BadInputError(f"{where or name} = {value!r}: {problem}. Fix the value, or leave it out for the "
+                                    f"default ({option.default!r}).")
 
 
 def declared_options(target: Any) -> tuple[TargetOption, ...]:

@@ -125,12 +125,22 @@ def test_the_budget_cuts_golden_sequences_evenly_and_takes_whole_eval_rows_in_or
     assert budget.rows([20, 20, 20, 5]) == 2 and budget.rows([51]) == 0 and budget.rows([]) == 0
 
 
-def test_a_coreai_check_of_no_minutes_is_refused(tiny_gemma: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("minutes", [0, -1, float("inf"), float("nan"), "soon", True])
+def test_a_coreai_check_of_no_minutes_is_refused_before_the_checkpoint_is_read(minutes, tmp_path: Path) -> None:
     from packager.errors import BadInputError
 
-    with pytest.raises(BadInputError, match="--coreai-check-minutes 0"):
-        _build(tiny_gemma, tmp_path / "out", "coreai", check_minutes=0)
+    missing = tmp_path / "no-such-checkpoint"  # were it read first, the error would be about this folder
+    with pytest.raises(BadInputError, match="--coreai-check-minutes or \\[build\\] ios_coreai_check_minutes"):
+        _build(missing, tmp_path / "out", "coreai", check_minutes=minutes)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_check_minutes_flag_exits_2_naming_the_flag(tmp_path: Path) -> None:
+    result = edgepack("build", tmp_path / "no-such-checkpoint", "--target", "ios", "--ios-format", "coreai",
+                      "--coreai-check-minutes", "0", "--out", tmp_path / "out")
+    assert result.exit_code == ExitCode.BAD_INPUT == 2
+    assert "--coreai-check-minutes" in result.stderr and "no-such-checkpoint" not in result.stderr
+    assert leftovers(tmp_path, "out") == []
 
 
 def test_a_coreai_only_bundle_ships_the_asset_tokenizer_and_contract_and_says_what_ran(router_aimodel) -> None:

@@ -100,16 +100,15 @@ COMPUTE_UNITS = "cpuAndNeuralEngine"
 DEVICE_LADDER = ("none", "int8", "int4-mixed", "int4")
 
 
-def check_minutes(value: Any) -> float:
-    """--coreai-check-minutes as a positive number of minutes, or a BadInputError."""
+def minutes_problem(value: Any) -> str | None:
+    """What is wrong with a --coreai-check-minutes value (None: a positive, finite number of minutes)."""
     try:
         minutes = float(value)
     except (TypeError, ValueError):
         minutes = float("nan")
-    if not minutes > 0 or minutes == float("inf"):
-        raise BadInputError(f"--coreai-check-minutes {value}: not a positive number of minutes (e.g. "
-                            f"{CHECK_MINUTES:g}; ios_coreai_check_minutes in edgepack.toml likewise).")
-    return minutes
+    if isinstance(value, bool) or not 0 < minutes < float("inf"):
+        return f"not a positive number of minutes for Apple's Core AI interpreter (e.g. {CHECK_MINUTES:g})"
+    return None
 
 
 def bundle_identifier(name: str) -> str:
@@ -184,7 +183,7 @@ class IosTarget:
         TargetOption("coreai_check_minutes", "--coreai-check-minutes", "ios_coreai_check_minutes",
                      "Minutes Apple's Core AI interpreter gets to check each .aimodel (default "
                      f"{CHECK_MINUTES:g}): the golden positions and eval rows beyond what fits are not run, and the "
-                     "report says how many were.", default=CHECK_MINUTES),
+                     "report says how many were.", default=CHECK_MINUTES, problem=minutes_problem),
         # Off only to prove the check catches an unsafe fp16 conversion (Python API and tests; no flag, no key).
         TargetOption("fp16_rewrites", default=True),
     )
@@ -347,7 +346,7 @@ class IosTarget:
         ladder = (walked(COREAI_LADDER, ctx.options.no_gate) if requested == "auto"
                   else (coreai_compression_named(requested).name,))
         max_context = ctx.context_length
-        minutes = check_minutes(options.get("coreai_check_minutes"))
+        minutes = float(options.get("coreai_check_minutes"))  # refused before the build when not a number
 
         def build(name: str) -> tuple[CoreAIArtifact, VerificationResult]:
             # No eager screen: a conversion of a small model takes seconds, and the first rung is 8-bit.
