@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from packager.beside import Pending
 from packager.child_stage import run_child
 from packager.fingerprint import options_digest
 from packager.scheduler import CHILD_LIBRARIES, HeavyStep
+from packager.threads import compute_threads
 from packager.verify.result import VerificationResult
+from packager.verify.task_eval import EvalRow
+from targets.ios import coreai_eval
 from targets.ios.coreai_export import (
     COREAI_CORE_VERSION,
     COREAI_EXPORT_SCHEMA,
@@ -34,13 +40,17 @@ if TYPE_CHECKING:
 # Bump when a Core AI verification record's content or computation changes.
 # 2: the asset driven as Apple's engines drive it (input_ids, position_ids, a growing cache)
 # 3: held to --coreai-check-minutes; task metrics say of how many rows they are (TaskMetrics.of_rows)
-COREAI_VERIFICATION_SCHEMA = 3
+# 4: the eval rows in a second interpreter process beside the golden check when the build has two cores
+COREAI_VERIFICATION_SCHEMA = 4
 # Expected peaks (x fp32 size): an fp32 decoder copy and its exported graph, as for Core ML, whose ratio bounds
 # it: Gemma 3 270M's int8 .aimodel measured 6.0 GB where its Core ML conversion took 7.2 GiB.
 COREAI_ONLY = ("format", ("coreai", "all"))
 COREAI_CONVERSION = HeavyStep("coreai conversion", 4.8, in_process=False, fixed=CHILD_LIBRARIES, only_when=COREAI_ONLY)
 COREAI_RUN = HeavyStep("coreai interpreter", 2.0, only_when=COREAI_ONLY)
-COREAI_HEAVY_STEPS = (COREAI_CONVERSION, COREAI_RUN)
+# The eval rows' interpreter in a child beside it (targets.ios.coreai_eval): the asset, the tokenizer, numpy.
+COREAI_EVAL = HeavyStep("coreai interpreter (eval rows)", 2.0, in_process=False, fixed=CHILD_LIBRARIES,
+                        only_when=COREAI_ONLY)
+COREAI_HEAVY_STEPS = (COREAI_CONVERSION, COREAI_RUN, COREAI_EVAL)
 
 
 @dataclass
@@ -106,11 +116,30 @@ def row_tokens(ctx: BuildContext, baseline: list[str]) -> list[int]:
             for i, row in enumerate(ctx.eval_rows)]
 
 
+def answered_apart(ctx: BuildContext, artifact: CoreAIArtifact, name: str, rows: list[EvalRow],
+                   baseline: list[str] | None, max_context: int) -> Pending[coreai_eval.Answered]:
+    """Start answering `rows` with the .aimodel in a second interpreter process (targets.ios.coreai_eval), in a
+    thread of its own; discarding the Pending kills the child."""
+    what = f"the eval rows of {name} in a second Core AI interpreter"
+
+    def answer() -> coreai_eval.Answered:
+        request = coreai_eval.request(artifact.asset, ctx.ckpt.folder, ctx.contract, rows, max_context, baseline)
+        with ctx.scheduler.step(COREAI_EVAL, what) as claim, tempfile.TemporaryDirectory(
+                prefix="edgepack-coreai-eval-") as folder:
+            return coreai_eval.answered(run_child("targets.ios.coreai_eval", Path(folder), request, what, claim))
+
+    pending: Pending[coreai_eval.Answered] = Pending(what, answer)
+    pending.thread = threading.Thread(target=pending.run, name=what, daemon=True)
+    pending.thread.start()
+    return pending
+
+
 def verified_aimodel(ctx: BuildContext, artifact: CoreAIArtifact, name: str, gate: Any,
                      minutes: float) -> VerificationResult:
     """Run the .aimodel in Apple's reference interpreter against the fp32 reference and, with an eval set, answer
     the rows through it under the contract, held to the task gate, as far as `minutes` for the interpreter go
-    (coreai_verify.CheckBudget; cached per asset + golden set + gate + task + minutes)."""
+    (coreai_verify.CheckBudget; cached per asset + golden set + gate + task + minutes). With two cores for this
+    build, the rows are answered in a second interpreter process while the golden text runs here."""
     from targets.ios import coreai_verify
     from targets.ios import verify as coreml_check
 
@@ -120,22 +149,29 @@ def verified_aimodel(ctx: BuildContext, artifact: CoreAIArtifact, name: str, gat
         max_context = int(artifact.export["max_context"])
         with ctx.scheduler.step(COREAI_RUN, f"running {name}"):
             driver = coreai_verify.AimodelDriver(artifact.asset)
+            pending = None
             try:
+                apart = bool(ctx.eval_rows) and compute_threads() >= 2
                 budget = coreai_verify.CheckBudget.measured(driver, reference.sequences[0], minutes,
-                                                            bool(ctx.eval_rows))
+                                                            bool(ctx.eval_rows), apart)
+                rows = ctx.eval_rows[:budget.rows(row_tokens(ctx, baseline))] if ctx.eval_rows else []
+                row_baseline = baseline[:len(rows)] if baseline else None
+                if apart and rows:
+                    pending = answered_apart(ctx, artifact, name, rows, row_baseline, max_context)
                 ctx.reporter.say(f"running {name} in Apple's Core AI reference interpreter (up to "
                                  f"{reference.positions} golden positions, prefill + decode; "
-                                 f"{budget.seconds_per_token:.2f} s per token, {minutes:g} min budget)")
+                                 f"{budget.seconds_per_token:.2f} s per token, {minutes:g} min budget"
+                                 + (f"; {len(rows)} eval rows in a second interpreter beside it)" if pending else ")"))
                 result = coreai_verify.verify_aimodel(driver, name, artifact.compression.name, gate, reference,
                                                       list(contract.eos_ids), tokenizer, max_context, budget)
                 if ctx.eval_rows:
-                    rows = ctx.eval_rows[:budget.rows(row_tokens(ctx, baseline))]
                     partial = len(rows) < len(ctx.eval_rows)
                     if rows:
-                        ctx.reporter.say(f"answering {len(rows)} of {len(ctx.eval_rows)} eval rows with {name} "
-                                         "(Core AI interpreter)")
-                        metrics, failures, notes = coreml_check.answer_eval_set(
-                            driver, contract, rows, tokenizer, max_context, baseline[:len(rows)] if baseline else None)
+                        if pending is None:
+                            ctx.reporter.say(f"answering {len(rows)} of {len(ctx.eval_rows)} eval rows with {name} "
+                                             "(Core AI interpreter)")
+                        metrics, failures, notes = pending.result() if pending is not None else (
+                            coreml_check.answer_eval_set(driver, contract, rows, tokenizer, max_context, row_baseline))
                         result.failures += failures
                         result.notes += notes
                         of_rows = len(ctx.eval_rows) if partial else 0
@@ -144,6 +180,13 @@ def verified_aimodel(ctx: BuildContext, artifact: CoreAIArtifact, name: str, gat
                         result.notes.append(f"task: only the first {len(rows)} of {len(ctx.eval_rows)} eval rows were "
                                             f"answered by the .aimodel, to fit {budget.describe()}; the task gate "
                                             + ("holds them" if rows else "was not applied"))
+                    elif pending is not None:
+                        result.notes.append("task: the eval rows were answered in a second Apple interpreter process "
+                                            "beside the golden check")
+            except BaseException:
+                if pending is not None:  # the build fails anyway: the child is not left running
+                    pending.discard()
+                raise
             finally:
                 driver.close()
         return result

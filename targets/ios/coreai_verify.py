@@ -52,16 +52,19 @@ PROBE_TOKENS = 4
 class CheckBudget:
     """How much Apple's interpreter can be asked within a build's minutes for it. Its time grows with the
     tokens it is given (scalar arithmetic, the output layer computed at every position), so the budget is
-    counted in tokens, from one timed prediction: half for the golden text (with the greedy continuation),
-    half for the eval set when there is one."""
+    counted in tokens, from one timed prediction: with an eval set, half for the golden text (with the greedy
+    continuation) and half for the eval rows, or the whole of it for each when the rows are answered `apart`,
+    in a second interpreter process on another core (targets.ios.coreai_eval)."""
 
     minutes: float
     seconds_per_token: float
     golden_tokens: int
     eval_tokens: int
+    apart: bool = False
 
     @classmethod
-    def measured(cls, driver: PackageDriver, ids: list[int], minutes: float, with_eval: bool) -> CheckBudget:
+    def measured(cls, driver: PackageDriver, ids: list[int], minutes: float, with_eval: bool,
+                 apart: bool = False) -> CheckBudget:
         probe = ids[:PROBE_TOKENS]
         driver.reset_state()
         start = time.perf_counter()
@@ -69,8 +72,11 @@ class CheckBudget:
         per_token = (time.perf_counter() - start) / len(probe)
         driver.reset_state()
         tokens = int(minutes * 60 / per_token)
-        golden = tokens // 2 if with_eval else tokens
-        return cls(minutes, per_token, golden, tokens - golden)
+        if not with_eval:
+            return cls(minutes, per_token, tokens, 0)
+        if apart:
+            return cls(minutes, per_token, tokens, tokens, apart=True)
+        return cls(minutes, per_token, tokens // 2, tokens - tokens // 2)
 
     def positions_per_sequence(self, lengths: list[int], greedy_tokens: int) -> int | None:
         """The positions each golden sequence is cut to so that they and the greedy continuation fit (None: all
@@ -91,8 +97,10 @@ class CheckBudget:
         return fitted
 
     def describe(self) -> str:
+        split = ("golden text and eval rows each in their own interpreter process" if self.apart
+                 else "shared by the golden text and the eval rows" if self.eval_tokens else "")
         return (f"a {self.minutes:g}-minute budget for Apple's interpreter ({self.seconds_per_token:.2f} s per token "
-                "measured here; raise it with --coreai-check-minutes)")
+                f"measured here{'; ' + split if split else ''}; raise it with --coreai-check-minutes)")
 
 
 class AimodelDriver(PackageDriver):
