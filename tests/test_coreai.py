@@ -161,6 +161,47 @@ def test_the_second_interpreter_answers_the_rows_as_this_process_does(router_aim
     assert [n.split("(")[0] for n in apart[2]] == [n.split("(")[0] for n in here[2]]
 
 
+def test_the_shared_prompt_prefix_leaves_every_prompt_a_token_of_its_own() -> None:
+    from targets.ios.verify import shared_prefix
+
+    assert shared_prefix([[2, 5, 6, 7], [2, 5, 6, 9, 9], [2, 5, 8]]) == [2, 5]
+    assert shared_prefix([[2, 5, 6], [2, 5, 6, 7]]) == [2, 5]  # the shorter one still prefills its 6
+    assert shared_prefix([[1, 2]]) == [1] and shared_prefix([[3], [4]]) == [] and shared_prefix([]) == []
+
+
+def test_rows_started_from_the_held_prefix_answer_as_rows_prefilled_whole(router_aimodel, tiny_router, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The eval prompts' shared prefix prefilled once and its state copied for each row: the same answers as each
+    prompt prefilled from an empty state, and the notes say how many ids were shared."""
+    from packager.checkpoint import load_checkpoint
+    from packager.progress import Reporter
+    from packager.stages import BuildContext
+    from targets.ios.coreai_verify import AimodelDriver
+    from targets.ios.verify import answer_eval_set
+
+    _, bundle = router_aimodel
+    model, eval_path = tiny_router
+    ckpt = load_checkpoint(model, work_dir=tmp_path / "work")
+    ctx = BuildContext(ckpt, ckpt.content_digest(), BuildOptions(context_length=256, eval_path=eval_path,
+                                                                 task={"task": "labels"}), Reporter(quiet=True))
+    driver = AimodelDriver(bundle / "model-fp16.aimodel")
+    held: list[int] = []
+    original = AimodelDriver.restore_state
+    monkeypatch.setattr(AimodelDriver, "restore_state", lambda self, copy: (held.append(1), original(self, copy)))
+    try:
+        reused = answer_eval_set(driver, ctx.contract, ctx.eval_rows, ctx.hf_tokenizer, 256, ctx.baseline_answers)
+        driver.reuses_prefix = False
+        whole = answer_eval_set(driver, ctx.contract, ctx.eval_rows, ctx.hf_tokenizer, 256, ctx.baseline_answers)
+    finally:
+        driver.close()
+    assert len(held) == len(ctx.eval_rows)  # every row started from the held state
+    [note] = [n for n in reused[2] if "prefilled once" in n]
+    assert int(note.split()[1]) > 0 and not any("prefilled once" in n for n in whole[2])
+    timing = ("latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "tokens_per_s", "latencies_ms")
+    assert {k: v for k, v in reused[0].as_dict().items() if k not in timing} == {
+        k: v for k, v in whole[0].as_dict().items() if k not in timing}
+
+
 def test_the_budget_gives_each_interpreter_the_whole_minutes_when_the_rows_run_apart() -> None:
     import time
 

@@ -102,18 +102,17 @@ def cached_aimodel(ctx: BuildContext, compression: CoreAICompression, max_contex
 
 
 def row_tokens(ctx: BuildContext, baseline: list[str]) -> list[int]:
-    """Each eval row's tokens through the interpreter: its prompt and fp32's answer (or max_new_tokens) + an end."""
-    from packager.contract import render_prompt
-    from packager.verify.task_eval import prompt_ids
+    """Each eval row's tokens through the interpreter: its prompt and fp32's answer (or max_new_tokens) + an end,
+    less the prompts' shared prefix, prefilled once (counted with the first row: AimodelDriver.reuses_prefix)."""
+    from targets.ios.verify import eval_prompt_ids, shared_prefix
 
     tokenizer, contract = ctx.hf_tokenizer, ctx.contract
-
-    def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    return [len(prompt_ids(contract, [0] * count(render_prompt(contract, row.input, row.instruction))))
-            + (count(baseline[i]) if baseline else contract.max_new_tokens) + 1
-            for i, row in enumerate(ctx.eval_rows)]
+    prompts = eval_prompt_ids(contract, ctx.eval_rows, tokenizer)
+    prefix = len(shared_prefix(prompts))
+    return [len(prompt) - prefix + (prefix if i == 0 else 0) + 1
+            + (len(tokenizer(baseline[i], add_special_tokens=False)["input_ids"]) if baseline
+               else contract.max_new_tokens)
+            for i, prompt in enumerate(prompts)]
 
 
 def answered_apart(ctx: BuildContext, artifact: CoreAIArtifact, name: str, rows: list[EvalRow],

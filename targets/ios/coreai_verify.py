@@ -111,6 +111,8 @@ class AimodelDriver(PackageDriver):
     runs_on = WHERE
     # The Swift Core AI path generates through a LanguageModelSession, which takes no token choice from us.
     chooses_labels = False
+    # Seconds per token: the eval prompts' shared prefix is prefilled once (PackageDriver.hold_prefix).
+    reuses_prefix = True
     unconstrained = "CoreAIModel (Swift) generates through a LanguageModelSession with no grammar"
 
     def __init__(self, asset_path: Path) -> None:
@@ -146,6 +148,15 @@ class AimodelDriver(PackageDriver):
         """Fresh zero states of min(256, context) positions, as Apple's engines first allocate them."""
         self.state = {name: self._zeros(name, min(INITIAL_CACHE_POSITIONS, self.max_context))
                       for name in self.interface["states"]}
+
+    def copy_state(self) -> dict[str, np.ndarray]:
+        return {name: np.array(array.numpy()) for name, array in self.state.items()}
+
+    def restore_state(self, copy: object) -> None:
+        from coreai.runtime import NDArray
+
+        assert isinstance(copy, dict)
+        self.state = {name: NDArray(np.array(array)) for name, array in copy.items()}
 
     def _zeros(self, name: str, positions: int) -> Any:
         from coreai.runtime import NDArray

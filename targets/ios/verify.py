@@ -84,6 +84,11 @@ class PackageDriver:
     # Answer tokens continuation() gave, and how many of them it took from a draft's prediction (the report's).
     answered: int = 0
     drafted: int = 0
+    # Whether answer_eval_set may prefill the prompts' shared prefix once and start every row from a copy of that
+    # state (a prefix cache): for a program too slow to prefill it per row, whose latency is no app's anyway.
+    reuses_prefix: bool = False
+    held_prefix: tuple[int, ...] = ()
+    _held_state: object = None
 
     def _read_window(self) -> None:
         meta = dict(self.spec.description.metadata.userDefined)
@@ -96,6 +101,30 @@ class PackageDriver:
     def predict(self, inputs: dict[str, np.ndarray], last_positions: int | None = None) -> np.ndarray:
         """The program's logits for `inputs`; a driver may give only the last `last_positions` rows."""
         raise NotImplementedError
+
+    def copy_state(self) -> object:
+        """A copy of the state, for restore_state (drivers that reuse a prefix)."""
+        raise NotImplementedError
+
+    def restore_state(self, copy: object) -> None:
+        raise NotImplementedError
+
+    def hold_prefix(self, prefix: Sequence[int]) -> None:
+        """Prefill `prefix` once and keep the state it leaves: fresh_state starts prompts that begin with it there."""
+        self.reset_state()
+        if prefix:
+            self.step(list(prefix), len(prefix), last_only=True)
+        self.held_prefix, self._held_state = tuple(prefix), self.copy_state() if prefix else None
+
+    def fresh_state(self, prompt_ids: Sequence[int]) -> int:
+        """The state a prompt starts from: the held prefix's when the prompt begins with it (and goes beyond it),
+        else an empty one. Returns how many of the prompt's ids the state already holds."""
+        held = len(self.held_prefix)
+        if held and len(prompt_ids) > held and tuple(prompt_ids[:held]) == self.held_prefix:
+            self.restore_state(self._held_state)
+            return held
+        self.reset_state()
+        return 0
 
     def step_inputs(self, ids: list[int], total: int) -> dict[str, np.ndarray]:
         """The inputs of one prediction of `ids`, the last of `total` tokens: swift-transformers' names."""
@@ -138,12 +167,12 @@ class PackageDriver:
             return choice.ranked(logits, answer) if choice else (int(np.argmax(logits)), _margin(logits))
 
         answer: list[int] = []
-        self.reset_state()
         total = len(prompt_ids)
         if total >= max_context:
             return
+        held = self.fresh_state(prompt_ids)
         draft = list(draft)[:max_context - total - 1] if self.checks_drafts else []
-        checked = self.step(prompt_ids + draft, total + len(draft), last_rows=len(draft) + 1)[-len(draft) - 1:]
+        checked = self.step(prompt_ids[held:] + draft, total + len(draft), last_rows=len(draft) + 1)[-len(draft) - 1:]
         ids = prompt_ids + draft
         for i, logits in enumerate(checked):
             # Re-deciding the first token predicts the prompt alone again: the draft's positions are then gone.
@@ -177,8 +206,8 @@ class PackageDriver:
         prompt's own (a fresh state), else one token's over the state so far (positions past `total`, written
         by the draft's prediction, are not read: the masks cover 0..total-1)."""
         if total == len(prompt_ids):
-            self.reset_state()
-            return self.step(prompt_ids, total, last_only=True)[-1]
+            held = self.fresh_state(prompt_ids)
+            return self.step(prompt_ids[held:], total, last_only=True)[-1]
         return self.step([token], total)[-1]
 
     def greedy(self, prompt_ids: list[int], n: int, eos_ids: list[int]) -> list[int]:
@@ -335,6 +364,23 @@ def package_generator(model: PackageDriver, tokenizer: Any, contract: Contract, 
                            tokenizer.decode)
 
 
+def shared_prefix(prompts: Sequence[Sequence[int]]) -> list[int]:
+    """The token ids every prompt starts with, short of the shortest prompt's last (each row prefills one at least)."""
+    if not prompts:
+        return []
+    first, shortest = list(prompts[0]), min(len(p) for p in prompts) - 1
+    length = 0
+    while length < shortest and all(p[length] == first[length] for p in prompts):
+        length += 1
+    return first[:length]
+
+
+def eval_prompt_ids(contract: Contract, rows: Sequence[EvalRow], tokenizer: Any) -> list[list[int]]:
+    """Each row's prompt as the package is given it (package_generator's encoding)."""
+    return [prompt_ids(contract, list(tokenizer(render_prompt(contract, row.input, row.instruction),
+                                               add_special_tokens=False)["input_ids"])) for row in rows]
+
+
 def baseline_drafts(contract: Contract, rows: Sequence[EvalRow], baseline: Sequence[str]) -> dict[str, str]:
     """Each row's rendered prompt and the fp32 model's answer to it: the drafts package_generator checks."""
     return {render_prompt(contract, row.input, row.instruction): answer
@@ -349,7 +395,15 @@ def answer_eval_set(model: PackageDriver, contract: Contract, rows: Sequence[Eva
     answered, drafted = model.answered, model.drafted
     drafts = baseline_drafts(contract, rows, baseline) if model.checks_drafts and baseline else None
     start = time.perf_counter()
-    metrics, _ = score(contract, rows, package_generator(model, tokenizer, contract, max_context, drafts), baseline)
+    prefix = shared_prefix(eval_prompt_ids(contract, rows, tokenizer)) if model.reuses_prefix else []
+    if prefix:
+        model.hold_prefix(prefix)
+    try:
+        metrics, _ = score(contract, rows, package_generator(model, tokenizer, contract, max_context, drafts),
+                           baseline)
+    finally:
+        if prefix:
+            model.hold_prefix(())  # the held state is released
     seconds = time.perf_counter() - start
     failures = []
     nonfinite = model.nonfinite_steps - before
@@ -366,6 +420,9 @@ def answer_eval_set(model: PackageDriver, contract: Contract, rows: Sequence[Eva
                f"therefore not the bridge's, and are {model.runs_on}")
     notes = [f"task: all {metrics.rows} eval rows answered through the model's own program ({seconds:.0f} s), "
              f"greedy: {how}"]
+    if prefix:
+        notes.append(f"the {len(prefix)} token ids every prompt starts with were prefilled once, and each row started "
+                     "from a copy of that state (a prefix cache; the rows' latencies leave that prefill out)")
     if contract.constrained and model.chooses_labels and contract.task == "labels":
         notes.append("answers held to the labels' token paths, as EdgeModel (Swift) holds them (LabelChoice.swift)")
     elif contract.constrained:
