@@ -168,9 +168,9 @@ class PackageDriver:
 
         answer: list[int] = []
         total = len(prompt_ids)
+        held = self.fresh_state(prompt_ids)
         if total >= max_context:
             return
-        held = self.fresh_state(prompt_ids)
         draft = list(draft)[:max_context - total - 1] if self.checks_drafts else []
         checked = self.step(prompt_ids[held:] + draft, total + len(draft), last_rows=len(draft) + 1)[-len(draft) - 1:]
         ids = prompt_ids + draft
