@@ -102,7 +102,9 @@ def _run_and_measure(command: list[str], log: TextIO, cancelled: AnySet | None, 
     never keeps running, and holding memory, behind a build that has stopped, nor when `cancelled` is set
     (another target of the build failed).
     """
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+    # No stdin: a converter has nothing to read there, and a build's own stdin (a terminal, a test runner's channel)
+    # is not the child's to consume.
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                             env={**CHILD_MALLOC, **os.environ, "PYTHONUNBUFFERED": "1", "PYTHONHASHSEED": "0",
                                  "TMPDIR": str(scratch)})
     sampler = PeakRss(proc.pid)

@@ -573,8 +573,15 @@ def _interpreter_logits(asset: Path, conversions: str, out: Path) -> tuple[bool,
 
     import numpy as np
 
-    done = subprocess.run([sys.executable, "-c", _INTERPRETER_RUN, str(asset), conversions, str(out)],
-                          capture_output=True, text=True, cwd=Path(__file__).parent.parent, check=False)
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", _INTERPRETER_RUN, str(asset), conversions, str(out)],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              cwd=Path(__file__).parent.parent, check=False)
+        # Apple's runtime has aborted while loading the function ("C++ exception handling detected ...", SIGABRT)
+        # in about 1 of 4 runs of this test under pytest-xdist beside test_ios.py, with and without the F16C
+        # library, and never in 90 runs outside pytest: asked once more then; any other failure fails at once.
+        if not (done.returncode == -6 and "Loading function" in done.stderr):
+            break
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.strip().splitlines()[-1] == "True", np.load(out)
 
@@ -588,8 +595,8 @@ def test_f16c_conversions_leave_apples_interpreter_bit_for_bit_the_same(router_a
 
     _, bundle = router_aimodel
     asset = bundle / "model-fp16.aimodel"
-    fast, with_f16c = _interpreter_logits(asset, "f16c", tmp_path / "f16c.npy")
     software, with_software = _interpreter_logits(asset, "software", tmp_path / "software.npy")
+    fast, with_f16c = _interpreter_logits(asset, "f16c", tmp_path / "f16c.npy")
     assert not software
     if not fast:
         assert not (fp16_conversions._cpu_has_f16c() and tools_required()), "F16C host, yet the library was not loaded"
