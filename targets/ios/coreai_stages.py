@@ -105,14 +105,14 @@ def cached_aimodel(ctx: BuildContext, compression: CoreAICompression, max_contex
 def row_tokens(ctx: BuildContext, baseline: list[str]) -> list[int]:
     """Each eval row's tokens through the interpreter: its prompt and fp32's answer (or max_new_tokens) + an end,
     less the prompts' shared prefix, prefilled once (counted with the first row: AimodelDriver.reuses_prefix)."""
-    from targets.ios.verify import eval_prompt_ids, shared_prefix
+    from targets.ios.verify import eval_prompt_ids, shared_prefix, text_encoder
 
     tokenizer, contract = ctx.hf_tokenizer, ctx.contract
+    encode = text_encoder(tokenizer)
     prompts = eval_prompt_ids(contract, ctx.eval_rows, tokenizer)
     prefix = len(shared_prefix(prompts))
     return [len(prompt) - prefix + (prefix if i == 0 else 0) + 1
-            + (len(tokenizer(baseline[i], add_special_tokens=False)["input_ids"]) if baseline
-               else contract.max_new_tokens)
+            + (len(encode(baseline[i])) if baseline else contract.max_new_tokens)
             for i, prompt in enumerate(prompts)]
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -348,15 +348,18 @@ def open_package(package: Path, executed: bool = False, function: str | None = N
     return CoreMLRuntimeModel(package, function) if executed else SimulatedModel(package, function)
 
 
+def text_encoder(tokenizer: Any) -> Callable[[str], list[int]]:
+    """Text as EdgeModel encodes it for the package: without special tokens (the contract adds BOS)."""
+    return lambda text: list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def package_generator(model: PackageDriver, tokenizer: Any, contract: Contract, max_context: int,
                       drafts: dict[str, str] | None = None) -> Generator:
     """Answer eval rows with the package the way EdgeModel.run does: the contract's prompt encoded without
     special tokens (BOS added by the contract), greedy, a constrained labels contract held to its labels as the
     Swift bridge holds it (LabelChoice; no grammar for anything else); `drafts`, each
     rendered prompt's likely answer (fp32's), checked by the driver in one prediction (continuation)."""
-    def encode(prompt: str) -> list[int]:
-        return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-
+    encode = text_encoder(tokenizer)
     by_ids = {tuple(prompt_ids(contract, encode(prompt))): encode(answer) for prompt, answer in (drafts or {}).items()}
     choice = LabelChoice.of(contract, encode) if model.chooses_labels else None
     return token_generator(contract, encode, lambda ids: model.continuation(ids, max_context, by_ids.get(tuple(ids),
@@ -377,8 +380,8 @@ def shared_prefix(prompts: Sequence[Sequence[int]]) -> list[int]:
 
 def eval_prompt_ids(contract: Contract, rows: Sequence[EvalRow], tokenizer: Any) -> list[list[int]]:
     """Each row's prompt as the package is given it (package_generator's encoding)."""
-    return [prompt_ids(contract, list(tokenizer(render_prompt(contract, row.input, row.instruction),
-                                               add_special_tokens=False)["input_ids"])) for row in rows]
+    encode = text_encoder(tokenizer)
+    return [prompt_ids(contract, encode(render_prompt(contract, row.input, row.instruction))) for row in rows]
 
 
 def baseline_drafts(contract: Contract, rows: Sequence[EvalRow], baseline: Sequence[str]) -> dict[str, str]:
