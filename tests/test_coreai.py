@@ -35,9 +35,10 @@ def coreai_packages() -> None:
 
 
 def _build(folder: Path, out: Path, ios_format: str, coreai: str = "none", compression: str = "none",
-           fp16_rewrites: bool = True, check_minutes: float | None = None, **options):
+           fp16_rewrites: bool = True, check_minutes: float | None = None, coreai_precision: str = "mixed",
+           **options):
     ios = {"format": ios_format, "coreai_compression": coreai, "compression": compression,
-           "fp16_rewrites": fp16_rewrites}
+           "fp16_rewrites": fp16_rewrites, "coreai_precision": coreai_precision}
     if check_minutes is not None:
         ios["coreai_check_minutes"] = check_minutes
     return run_build(BuildRequest(checkpoint=folder, targets=["ios"], out=out,
@@ -331,6 +332,27 @@ def test_llama_ships_both_formats_and_its_fp16_aimodel_matches_fp32(llama_both) 
     assert document["core_ai"]["asset"] == "model-fp16.aimodel"
     assert document["model"]["packages"][0]["package"] == "model-fp16.mlpackage"
     assert (bundle / "model-fp16.aimodel" / "main.mlirb").is_file() and (bundle / "app").is_dir()
+
+
+def test_the_default_aimodel_multiplies_in_fp32_from_fp16_weights_and_fp16_precision_does_not(
+        router_aimodel, tiny_router: tuple[Path, Path], tmp_path: Path) -> None:
+    from targets.ios.coreai_verify import matmul_arithmetic
+
+    outcome, bundle = router_aimodel
+    mixed = bundle / "model-fp16.aimodel"
+    counts = matmul_arithmetic(mixed)
+    assert set(counts) == {"f32"} and counts["f32"] >= 14 + 1  # 2 layers x 7 linears, attention, the head
+    assert json.loads((mixed / "metadata.json").read_text(encoding="utf-8"))["creatorDefinedMetadata"][
+        "edgepack.precision"] == "mixed"
+    document = json.loads((bundle / "edgepack.json").read_text(encoding="utf-8"))
+    assert document["model"]["precision"] == "mixed"  # a Core AI-only bundle: the .aimodel is its model
+    assert any("matrix products (read from its IR): " in n for n in _coreai_result(outcome).notes)
+
+    model, _ = tiny_router
+    strict = _build(model, tmp_path / "fp16", "coreai", coreai_precision="fp16")
+    fp16 = tmp_path / "fp16" / "ios" / "model-fp16.aimodel"
+    assert set(matmul_arithmetic(fp16)) == {"f16"} and sum(matmul_arithmetic(fp16).values()) == counts["f32"]
+    assert _coreai_result(strict).passed
 
 
 def test_the_default_core_ai_ladder_ships_int8_linears_within_the_8_bit_gate(tiny_gemma: Path,

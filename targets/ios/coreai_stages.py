@@ -30,6 +30,7 @@ from targets.ios.coreai_export import (
     COREAI_EXPORT_SCHEMA,
     COREAI_OPT_VERSION,
     COREAI_TORCH_VERSION,
+    DEFAULT_PRECISION,
     CoreAICompression,
     CoreAIExportRequest,
 )
@@ -41,15 +42,17 @@ if TYPE_CHECKING:
 # 2: the asset driven as Apple's engines drive it (input_ids, position_ids, a growing cache)
 # 3: held to --coreai-check-minutes; task metrics say of how many rows they are (TaskMetrics.of_rows)
 # 4: the eval rows in a second interpreter process beside the golden check when the build has two cores
-COREAI_VERIFICATION_SCHEMA = 4
+# 5: the precision's matrix products read from the IR (a note); eval answers checked from fp32's drafts
+COREAI_VERIFICATION_SCHEMA = 5
 # Expected peaks (x fp32 size): an fp32 decoder copy and its exported graph, as for Core ML, whose ratio bounds
 # it: Gemma 3 270M's int8 .aimodel measured 6.0 GB where its Core ML conversion took 7.2 GiB.
 COREAI_ONLY = ("format", ("coreai", "all"))
 COREAI_CONVERSION = HeavyStep("coreai conversion", 4.8, in_process=False, fixed=CHILD_LIBRARIES, only_when=COREAI_ONLY)
-COREAI_RUN = HeavyStep("coreai interpreter", 2.0, only_when=COREAI_ONLY)
-# The eval rows' interpreter in a child beside it (targets.ios.coreai_eval): the fp16 asset (half the fp32 size)
-# and the interpreter's arrays; Apple's interpreter alone held 1.43 GB on Gemma 3 270M (fp32 1.07 GB).
-COREAI_EVAL = HeavyStep("coreai interpreter (eval rows)", 1.0, in_process=False, fixed=CHILD_LIBRARIES,
+# Apple's interpreter held 1.43 GB on Gemma 3 270M (fp32 1.07 GB) with fp16 matrix products, 2.99 GB with the
+# default fp32 ones (it casts the fp16 weights up in each call): the estimates are the latter's.
+COREAI_RUN = HeavyStep("coreai interpreter", 2.8, only_when=COREAI_ONLY)
+# The eval rows' interpreter in a child beside it (targets.ios.coreai_eval): measured 1.74 x fp32 above its libraries.
+COREAI_EVAL = HeavyStep("coreai interpreter (eval rows)", 2.0, in_process=False, fixed=CHILD_LIBRARIES,
                         only_when=COREAI_ONLY)
 COREAI_HEAVY_STEPS = (COREAI_CONVERSION, COREAI_RUN, COREAI_EVAL)
 
@@ -71,25 +74,27 @@ class CoreAIArtifact:
 
 
 def cached_aimodel(ctx: BuildContext, compression: CoreAICompression, max_context: int,
-                   fp16_rewrites: bool = True) -> CoreAIArtifact:
-    """Return the converted .aimodel for (checkpoint, compression, context), converting it when not cached."""
+                   precision: str = DEFAULT_PRECISION, fp16_rewrites: bool = True) -> CoreAIArtifact:
+    """Return the converted .aimodel for (checkpoint, compression, context, precision), converting it when not
+    cached."""
     contract = ctx.contract
     metadata = {"edgepack.eos_ids": json.dumps(list(contract.eos_ids)),
                 "edgepack.bos_id": "" if contract.bos_id is None else str(contract.bos_id)}
     request = CoreAIExportRequest(checkpoint=str(ctx.ckpt.folder), out_dir="", compression=compression.name,
                                   max_context=max_context,
                                   sequences=[s[:max_context] for s in ctx.reference.sequences],
-                                  name=ctx.model_name, fp16_rewrites=fp16_rewrites,
+                                  name=ctx.model_name, fp16_rewrites=fp16_rewrites, precision=precision,
                                   metadata=metadata)
     fields = {k: v for k, v in dataclasses.asdict(request).items() if k not in ("checkpoint", "out_dir")}
     key = options_digest("coreai", COREAI_EXPORT_SCHEMA, COREAI_TORCH_VERSION, COREAI_CORE_VERSION,
                          COREAI_OPT_VERSION, ctx.ckpt_digest, dataclasses.asdict(compression), fields)[:24]
-    label = f"convert Core AI ({compression.name})" + ("" if fp16_rewrites else ", fp16 rewrites OFF")
+    label = (f"convert Core AI ({compression.name}, {precision})"
+             + ("" if fp16_rewrites else ", fp16 rewrites OFF"))
 
     def convert(tmp: Path) -> dict[str, Any]:
-        ctx.reporter.say(f"converting to Core AI ({compression.name}) with coreai-torch {COREAI_TORCH_VERSION} "
-                         "in a child process")
-        what = f"Core AI conversion of {ctx.ckpt.folder} ({compression.name})"
+        ctx.reporter.say(f"converting to Core AI ({compression.name}, {precision}) with coreai-torch "
+                         f"{COREAI_TORCH_VERSION} in a child process")
+        what = f"Core AI conversion of {ctx.ckpt.folder} ({compression.name}, {precision})"
         with ctx.scheduler.step(COREAI_CONVERSION, what) as claim:
             return run_child("targets.ios.coreai_export", tmp, dataclasses.asdict(
                 dataclasses.replace(request, out_dir=str(tmp))), what, claim)

@@ -19,6 +19,7 @@ row answered under the contract (one prediction for the prompt, then one per tok
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +41,9 @@ WHERE = ("Apple's Core AI reference interpreter (coreai-core) on this build host
          "Engine or GPU, and not the Core AI runtime of iOS 27")
 
 
-# Apple's interpreter computes at scalar speed (Gemma 3 270M in fp16: about 9 s per token, 5 s with the F16C
-# conversions of targets.ios.fp16_conversions; its golden text would take 45-75 min and its eval set 5-10 h):
+# Apple's interpreter computes fp16 matrix products at scalar speed (Gemma 3 270M all in fp16: about 9 s per token,
+# 5 s with the F16C conversions of targets.ios.fp16_conversions; its golden text would take 45-75 min and its eval
+# set 5-10 h), fp32 ones vectorized (the default `mixed` precision: about 0.4 s per token, the golden text in 3 min):
 # a build gives it this many minutes (--coreai-check-minutes).
 CHECK_MINUTES = 30.0
 # Tokens of the one timed prediction the budget is measured from.
@@ -113,6 +115,10 @@ class AimodelDriver(PackageDriver):
     chooses_labels = False
     # Seconds per token: the eval prompts' shared prefix is prefilled once (PackageDriver.hold_prefix).
     reuses_prefix = True
+    # Each call costs the interpreter about 2 s beyond its tokens (Gemma 3 270M): fp32's answer goes in with the
+    # prompt as a draft, checked (PackageDriver.continuation). Positions a rejected draft wrote are not read: the
+    # program attends over 0..len(position_ids)-1 and writes the next call's tokens over them.
+    checks_drafts = True
     unconstrained = "CoreAIModel (Swift) generates through a LanguageModelSession with no grammar"
 
     def __init__(self, asset_path: Path) -> None:
@@ -138,6 +144,7 @@ class AimodelDriver(PackageDriver):
                        for n in desc.state_names},
         }
         self.state: dict[str, Any] = {}
+        self.matmuls = matmul_arithmetic(asset_path)
 
     def close(self) -> None:
         """Release the loaded model (the interpreter holds its weights)."""
@@ -198,6 +205,27 @@ class AimodelDriver(PackageDriver):
         return np.asarray(out[OUTPUT].numpy())
 
 
+def matmul_arithmetic(asset_path: Path) -> dict[str, int]:
+    """How many of the saved program's matrix products compute in each element type ({"f32": 163}), read from the
+    asset's own IR, so the report says what the program does rather than what its conversion asked for.
+
+    coreai-core 1.0.0b3 exposes the loaded IR module only through private attributes (pinned version)."""
+    from coreai._compiler.ir import WalkResult
+    from coreai.authoring.asset import AIModelAsset
+
+    counts: dict[str, int] = {}
+
+    def visit(op: Any) -> Any:
+        if op.name.endswith("batch_matmul"):
+            element = re.search(r"[<x]([a-z]+\d+)>$", str(op.results[0].type))
+            key = element.group(1) if element else str(op.results[0].type)
+            counts[key] = counts.get(key, 0) + 1
+        return WalkResult.ADVANCE
+
+    AIModelAsset.load(asset_path).program._module._mlir_module.operation.walk(visit)
+    return counts
+
+
 def check_interface(interface: dict[str, Any]) -> list[str]:
     """What Apple's engines rely on: two int32 inputs input_ids, position_ids in that order (they are read by
     position), fp16 logits first, and the keyCache/valueCache states in fp16 whose positions axis can grow."""
@@ -244,6 +272,8 @@ def verify_aimodel(driver: AimodelDriver, artifact: str, quant: str, gate: Any, 
              f"drive it (input_ids, position_ids); each golden sequence prefilled, then its last {DECODE_STEPS} "
              f"tokens decoded one by one through the keyCache/valueCache state ({seconds:.1f} s)",
              f"logit cosine vs fp32 transformers: {metrics.cosine:.4f}"]
+    arithmetic = ", ".join(f"{n} in {kind}" for kind, n in sorted(driver.matmuls.items()))
+    notes.append(f"the program's matrix products (read from its IR): {arithmetic or 'none found'}")
     if driver.fast_conversions:
         notes.append("the interpreter's fp16 <-> fp32 conversions ran on the CPU's F16C instructions in place of "
                      "libswiftCore's software ones (same results bit for bit; targets.ios.fp16_conversions)")

@@ -292,15 +292,17 @@ class StatefulDecoder(nn.Module):
         self._seen("residual", h)
         if not self.last:
             return h
-        h = self.final_norm(h)
-        if self.head_chunks is not None:
-            logits = torch.cat([nn.functional.linear(h, chunk) for chunk in self.head_chunks], dim=-1)
-        else:
-            logits = nn.functional.linear(h, self.embedding if self.head is None else self.head)
+        logits = self.output_layer(self.final_norm(h))
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         self._seen("logits", logits)
         return logits
+
+    def output_layer(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits of the normed hidden states: the head's rows in chunks, its own matrix, or the tied table."""
+        if self.head_chunks is not None:
+            return torch.cat([nn.functional.linear(h, chunk) for chunk in self.head_chunks], dim=-1)
+        return nn.functional.linear(h, self.embedding if self.head is None else self.head)
 
     def reset(self) -> None:
         self.keyCache.zero_()

@@ -59,9 +59,11 @@ from targets.ios.coreai_export import (
     COREAI_LADDER,
     COREAI_PACKAGES,
     COREAI_TORCH_VERSION,
+    DEFAULT_PRECISION,
     FORMATS,
     INPUTS,
     OUTPUT,
+    PRECISIONS,
     STATES,
     coreai_compression_named,
 )
@@ -174,13 +176,18 @@ class IosTarget:
         # Prefixed like --android-runtime: every target's flags share one namespace (packager.target.option_table).
         TargetOption("format", "--ios-format", "ios_format",
                      "iOS model format to ship: coreml (.mlpackage, iOS 18+), coreai (.aimodel, iOS 27+) or all "
-                     "(both side by side). An .aimodel is verified in Apple's reference interpreter, which is slow "
-                     "(about 5 s per token for Gemma 3 270M on a 2-core x86 host): it checks what fits "
-                     "--coreai-check-minutes.",
+                     "(both side by side). An .aimodel is verified in Apple's reference interpreter (Gemma 3 270M "
+                     "on a 2-core x86 host: about 0.4 s per token, 5 s with --coreai-precision fp16): it checks "
+                     "what fits --coreai-check-minutes.",
                      default="coreml", choices=(*FORMATS, "all")),
         TargetOption("coreai_compression", "--coreai-compression", "ios_coreai_compression",
                      "Core AI weight compression for ios (default auto: int8 linears, or fp16 when int8 fails its "
                      "gate).", default="auto", choices=("auto", *COREAI_COMPRESSIONS)),
+        TargetOption("coreai_precision", "--coreai-precision", "ios_coreai_precision",
+                     "Core AI arithmetic for ios: mixed (default; fp16 weights, activations and caches, matrix "
+                     "products in fp32) or fp16 (matrix products too, as Apple's presets; Apple's interpreter here "
+                     "rounds every partial sum of those to fp16, about 11x slower to check and less faithful).",
+                     default=DEFAULT_PRECISION, choices=tuple(PRECISIONS)),
         TargetOption("coreai_check_minutes", "--coreai-check-minutes", "ios_coreai_check_minutes",
                      "Minutes Apple's Core AI interpreter gets to check each .aimodel (default "
                      f"{CHECK_MINUTES:g}): the golden positions and eval rows beyond what fits are not run, and the "
@@ -348,11 +355,12 @@ class IosTarget:
                   else (coreai_compression_named(requested).name,))
         max_context = ctx.context_length
         minutes = float(options.get("coreai_check_minutes"))  # refused before the build when not a number
+        precision = str(options.get("coreai_precision"))
 
         def build(name: str) -> tuple[CoreAIArtifact, VerificationResult]:
             # No eager screen: a conversion of a small model takes seconds, and the first rung is 8-bit.
             compression = coreai_compression_named(name)
-            artifact = cached_aimodel(ctx, compression, max_context, options.get("fp16_rewrites"))
+            artifact = cached_aimodel(ctx, compression, max_context, precision, options.get("fp16_rewrites"))
             return artifact, verified_aimodel(ctx, artifact, f"{self.name}/{compression.asset_name}",
                                               COREAI_GATES[compression.name], minutes)
 
@@ -372,9 +380,17 @@ class IosTarget:
                      "interpreter drove it that way; the bridge's Core AI path (Apple's CoreAILanguageModel through a "
                      "Foundation Models LanguageModelSession) was parsed with tree-sitter and its API names checked "
                      "against Apple's documentation, but no Swift compiler, Core AI runtime or Apple engine ran it.")
+        if precision != "fp16":
+            notes.append("iOS (Core AI): the .aimodel's matrix products are computed in fp32 from fp16 weights "
+                         "(--coreai-precision mixed): Apple's reference interpreter rounds every partial sum of an "
+                         "fp16 product to fp16, which cost the bundled fine-tune 3 points of top-1. In Core ML, fp32 "
+                         "operations run on the GPU or CPU, not the Neural Engine (coremltools' typed-execution "
+                         "guide); where iOS 27's Core AI runs them was not measured here (no device). "
+                         "--coreai-precision fp16 ships Apple's presets' all-fp16 arithmetic.")
         export = artifact.export
         section = {"name": ctx.model_name, "format": "aimodel", "asset": artifact.asset.name,
                    "compression": artifact.compression.name, "summary": artifact.compression.summary,
+                   "precision": export["precision"], "arithmetic": PRECISIONS[export["precision"]],
                    "max_context": export["max_context"], "sliding_window": export["sliding_window"],
                    "minimum_os": f"iOS {export['minimum_os']} / macOS {export['minimum_os']}",
                    "runtime": f"Core AI (coreai-torch {COREAI_TORCH_VERSION})", "verification": verification.level,
