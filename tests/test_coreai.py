@@ -87,13 +87,21 @@ def test_the_aimodel_answers_the_eval_set_through_its_own_state_within_the_task_
 
 
 def test_apples_interpreter_is_held_to_its_minutes_and_the_report_says_what_it_left_out(
-        router_aimodel, tiny_router: tuple[Path, Path], tmp_path: Path) -> None:
-    """Apple's interpreter takes hours on a real model: past its budget, the golden sequences are cut and eval
-    rows left out, and the result says how many ran (the .aimodel comes from the stage cache)."""
+        router_aimodel, tiny_router: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Apple's interpreter takes an hour or more on a real model in fp16: past its budget, the golden sequences are
+    cut and eval rows left out, and the result says how many ran (the .aimodel comes from the stage cache). The
+    tiny model is too fast to run out of any budget, so the budget is as a slow model's would be measured: 1 s
+    per prediction, 40 s for the golden text, 5 s for the rows."""
+    from targets.ios import coreai_verify
+
+    def slow(cls, driver, ids, minutes, with_eval, apart=False):
+        return cls(minutes, 1.0, 0.01, 40.0, 5.0 if with_eval else 0.0, apart)
+
+    monkeypatch.setattr(coreai_verify.CheckBudget, "measured", classmethod(slow))
     full = _coreai_result(router_aimodel[0])
     model, eval_path = tiny_router
     outcome = _build(model, tmp_path / "out", "coreai", eval_path=eval_path, task={"task": "labels"},
-                     task_gate=TaskGate(decides=True), check_minutes=0.002)
+                     task_gate=TaskGate(decides=True), check_minutes=0.0021)
     result = _coreai_result(outcome)
     [cut] = [n for n in result.notes if n.startswith("only the first")]
     per_sequence = int(cut.split()[3])
@@ -208,17 +216,18 @@ def test_the_budget_gives_each_interpreter_the_whole_minutes_when_the_rows_run_a
 
     from targets.ios.coreai_verify import CheckBudget
 
-    class Timed:  # one prediction of the probe takes what it takes; the budget is read from it
+    class Timed:  # a prediction costs 20 ms + 10 ms per token; the budget is read from two of them
         def reset_state(self) -> None: ...
         def step_inputs(self, ids, total): return ids
-        def predict(self, inputs): time.sleep(0.01)
+        def predict(self, inputs): time.sleep(0.02 + 0.01 * len(inputs))
 
     shared = CheckBudget.measured(Timed(), list(range(10)), 1.0, with_eval=True)
     apart = CheckBudget.measured(Timed(), list(range(10)), 1.0, with_eval=True, apart=True)
     alone = CheckBudget.measured(Timed(), list(range(10)), 1.0, with_eval=False)
-    assert apart.golden_tokens == apart.eval_tokens > 0 and apart.apart
-    assert 0 <= shared.eval_tokens - shared.golden_tokens <= 1 and not shared.apart
-    assert alone.eval_tokens == 0 and alone.golden_tokens > 0
+    assert 0.015 < apart.seconds_per_call < 0.03 and 0.007 < apart.seconds_per_token < 0.015
+    assert apart.golden_seconds == apart.eval_seconds == 60 and apart.apart
+    assert shared.golden_seconds == shared.eval_seconds == 30 and not shared.apart
+    assert alone.eval_seconds == 0 and alone.golden_seconds == 60
     assert "each in their own interpreter process" in apart.describe()
     assert "shared by the golden text and the eval rows" in shared.describe()
 
@@ -236,11 +245,18 @@ def test_the_budget_cuts_golden_sequences_evenly_and_takes_whole_eval_rows_in_or
     from targets.ios.coreai_verify import CheckBudget
     from targets.ios.verify import DECODE_STEPS
 
-    budget = CheckBudget(minutes=1, seconds_per_token=0.5, golden_tokens=60, eval_tokens=50)
-    assert budget.positions_per_sequence([10, 20], greedy_tokens=30) is None
-    assert budget.positions_per_sequence([100, 100], greedy_tokens=20) == 20
-    assert budget.positions_per_sequence([100, 100], greedy_tokens=60) == DECODE_STEPS + 1
-    assert budget.rows([20, 20, 20, 5]) == 2 and budget.rows([51]) == 0 and budget.rows([]) == 0
+    tokens = CheckBudget(minutes=1, seconds_per_call=0.0, seconds_per_token=0.5, golden_seconds=30,
+                         eval_seconds=25)  # 60 and 50 tokens
+    assert tokens.positions_per_sequence([10, 20], greedy_tokens=30) is None
+    assert tokens.positions_per_sequence([100, 100], greedy_tokens=20) == 20
+    assert tokens.positions_per_sequence([100, 100], greedy_tokens=60) == DECODE_STEPS + 1
+    assert tokens.rows([(1, 20), (1, 20), (1, 20), (1, 5)]) == 2 and tokens.rows([(1, 51)]) == 0
+    assert tokens.rows([]) == 0
+    calls = CheckBudget(minutes=1, seconds_per_call=1.0, seconds_per_token=0.0, golden_seconds=30, eval_seconds=25)
+    # Two sequences of (1 prefill + DECODE_STEPS) calls and a 10-token continuation: 28 s of 30, whatever the length.
+    assert calls.positions_per_sequence([100, 100], greedy_tokens=10) is None
+    assert calls.positions_per_sequence([100, 100], greedy_tokens=13) == DECODE_STEPS + 1
+    assert calls.rows([(2, 40)] * 20) == 12 and calls.rows([(9, 1)] * 3) == 2
 
 
 @pytest.mark.parametrize("minutes", [0, -1, float("inf"), float("nan"), "soon", True])

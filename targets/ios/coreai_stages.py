@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 # 2: the asset driven as Apple's engines drive it (input_ids, position_ids, a growing cache)
 # 3: held to --coreai-check-minutes; task metrics say of how many rows they are (TaskMetrics.of_rows)
 # 4: the eval rows in a second interpreter process beside the golden check when the build has two cores
-# 5: the precision's matrix products read from the IR (a note); eval answers checked from fp32's drafts
+# 5: the matrix products read from the IR (a note); eval answers checked from fp32's drafts; the budget counted
+#    in predictions and tokens
 COREAI_VERIFICATION_SCHEMA = 5
 # Expected peaks (x fp32 size): an fp32 decoder copy and its exported graph, as for Core ML, whose ratio bounds
 # it: Gemma 3 270M's int8 .aimodel measured 6.0 GB where its Core ML conversion took 7.2 GiB.
@@ -107,18 +108,23 @@ def cached_aimodel(ctx: BuildContext, compression: CoreAICompression, max_contex
                           entry.digest(result["asset"]))
 
 
-def row_tokens(ctx: BuildContext, baseline: list[str]) -> list[int]:
-    """Each eval row's tokens through the interpreter: its prompt and fp32's answer (or max_new_tokens) + an end,
-    less the prompts' shared prefix, prefilled once (counted with the first row: AimodelDriver.reuses_prefix)."""
+def row_costs(ctx: BuildContext, baseline: list[str], drafts: bool) -> list[tuple[int, int]]:
+    """Each eval row's predictions and tokens through the interpreter: its prompt and fp32's answer (or
+    max_new_tokens) + an end, less the prompts' shared prefix, prefilled once (counted with the first row:
+    AimodelDriver.reuses_prefix); one prediction for the prompt and one per further token, or with `drafts`
+    (fp32's answer checked in the prompt's prediction) about two."""
     from targets.ios.verify import eval_prompt_ids, shared_prefix, text_encoder
 
     tokenizer, contract = ctx.hf_tokenizer, ctx.contract
     encode = text_encoder(tokenizer)
     prompts = eval_prompt_ids(contract, ctx.eval_rows, tokenizer)
     prefix = len(shared_prefix(prompts))
-    return [len(prompt) - prefix + (prefix if i == 0 else 0) + 1
-            + (len(encode(baseline[i])) if baseline else contract.max_new_tokens)
-            for i, prompt in enumerate(prompts)]
+    costs = []
+    for i, prompt in enumerate(prompts):
+        answer = len(encode(baseline[i])) if baseline else contract.max_new_tokens
+        calls = (2 if drafts and baseline else 1 + answer) + (1 if i == 0 and prefix else 0)
+        costs.append((calls, len(prompt) - prefix + (prefix if i == 0 else 0) + answer + 1))
+    return costs
 
 
 def answered_apart(ctx: BuildContext, artifact: CoreAIArtifact, name: str, rows: list[EvalRow],
@@ -159,13 +165,15 @@ def verified_aimodel(ctx: BuildContext, artifact: CoreAIArtifact, name: str, gat
                 apart = bool(ctx.eval_rows) and compute_threads() >= 2
                 budget = coreai_verify.CheckBudget.measured(driver, reference.sequences[0], minutes,
                                                             bool(ctx.eval_rows), apart)
-                rows = ctx.eval_rows[:budget.rows(row_tokens(ctx, baseline))] if ctx.eval_rows else []
+                costs = row_costs(ctx, baseline, driver.checks_drafts)
+                rows = ctx.eval_rows[:budget.rows(costs)] if ctx.eval_rows else []
                 row_baseline = baseline[:len(rows)] if baseline else None
                 if apart and rows:
                     pending = answered_apart(ctx, artifact, name, rows, row_baseline, max_context)
                 ctx.reporter.say(f"running {name} in Apple's Core AI reference interpreter (up to "
                                  f"{reference.positions} golden positions, prefill + decode; "
-                                 f"{budget.seconds_per_token:.2f} s per token, {minutes:g} min budget"
+                                 f"{budget.seconds_per_call:.2f} s per call + {budget.seconds_per_token:.3f} s per "
+                                 f"token, {minutes:g} min budget"
                                  + (f"; {len(rows)} eval rows in a second interpreter beside it)" if pending else ")"))
                 result = coreai_verify.verify_aimodel(driver, name, artifact.compression.name, gate, reference,
                                                       list(contract.eos_ids), tokenizer, max_context, budget)

@@ -52,57 +52,74 @@ PROBE_TOKENS = 4
 
 @dataclass(frozen=True)
 class CheckBudget:
-    """How much Apple's interpreter can be asked within a build's minutes for it. Its time grows with the
-    tokens it is given (scalar arithmetic, the output layer computed at every position), so the budget is
-    counted in tokens, from one timed prediction: with an eval set, half for the golden text (with the greedy
-    continuation) and half for the eval rows, or the whole of it for each when the rows are answered `apart`,
-    in a second interpreter process on another core (targets.ios.coreai_eval)."""
+    """How much Apple's interpreter can be asked within a build's minutes for it. A prediction costs a fixed part
+    (Gemma 3 270M: about 2 s, the weights cast and the arrays set up in every call) and a part per token (0.03 s
+    with fp32 matrix products, 4.85 s with fp16 ones), both read from two timed predictions (1 and PROBE_TOKENS
+    tokens). With an eval set, half the seconds go to the golden text (with the greedy continuation) and half to
+    the eval rows, or the whole of them to each when the rows are answered `apart`, in a second interpreter
+    process on another core (targets.ios.coreai_eval)."""
 
     minutes: float
+    seconds_per_call: float
     seconds_per_token: float
-    golden_tokens: int
-    eval_tokens: int
+    golden_seconds: float
+    eval_seconds: float
     apart: bool = False
 
     @classmethod
     def measured(cls, driver: PackageDriver, ids: list[int], minutes: float, with_eval: bool,
                  apart: bool = False) -> CheckBudget:
         probe = ids[:PROBE_TOKENS]
+
+        def timed(n: int) -> float:
+            driver.reset_state()
+            start = time.perf_counter()
+            driver.predict(driver.step_inputs(probe[:n], n))
+            return time.perf_counter() - start
+
+        one, many = timed(1), timed(len(probe))  # the first also warms the interpreter up: errs towards less
         driver.reset_state()
-        start = time.perf_counter()
-        driver.predict(driver.step_inputs(probe, len(probe)))
-        per_token = (time.perf_counter() - start) / len(probe)
-        driver.reset_state()
-        tokens = int(minutes * 60 / per_token)
+        per_token = max(0.0, (many - one) / max(1, len(probe) - 1))
+        per_call = max(0.0, one - per_token)
+        seconds = minutes * 60
         if not with_eval:
-            return cls(minutes, per_token, tokens, 0)
+            return cls(minutes, per_call, per_token, seconds, 0.0)
         if apart:
-            return cls(minutes, per_token, tokens, tokens, apart=True)
-        return cls(minutes, per_token, tokens // 2, tokens - tokens // 2)
+            return cls(minutes, per_call, per_token, seconds, seconds, apart=True)
+        return cls(minutes, per_call, per_token, seconds / 2, seconds / 2)
+
+    def cost(self, calls: int, tokens: int) -> float:
+        """Seconds the interpreter is expected to take for `calls` predictions of `tokens` tokens in all."""
+        return calls * self.seconds_per_call + tokens * self.seconds_per_token
 
     def positions_per_sequence(self, lengths: list[int], greedy_tokens: int) -> int | None:
         """The positions each golden sequence is cut to so that they and the greedy continuation fit (None: all
-        fit); never fewer than the decoded tail plus one prefilled position."""
-        room = self.golden_tokens - greedy_tokens
-        if sum(lengths) <= room:
+        fit); never fewer than the decoded tail plus one prefilled position. Each sequence is one prefill and
+        up to DECODE_STEPS one-token calls; the greedy continuation one call per token."""
+        calls = sum(1 + min(DECODE_STEPS, max(0, n - 1)) for n in lengths) + greedy_tokens
+        if self.cost(calls, sum(lengths) + greedy_tokens) <= self.golden_seconds:
             return None
-        return max(DECODE_STEPS + 1, room // len(lengths))
+        fixed = self.cost(len(lengths) * (1 + DECODE_STEPS) + greedy_tokens, greedy_tokens)
+        room = max(0.0, self.golden_seconds - fixed) / max(self.seconds_per_token, 1e-9)
+        return max(DECODE_STEPS + 1, int(min(room, sum(lengths))) // len(lengths))
 
-    def rows(self, row_tokens: list[int]) -> int:
-        """How many eval rows, from the first, fit in the eval share (row_tokens: each row's prompt and answer)."""
-        used = fitted = 0
-        for tokens in row_tokens:
-            used += tokens
-            if used > self.eval_tokens:
+    def rows(self, row_costs: list[tuple[int, int]]) -> int:
+        """How many eval rows, from the first, fit in the eval share (row_costs: each row's calls and tokens)."""
+        used = 0.0
+        fitted = 0
+        for calls, tokens in row_costs:
+            used += self.cost(calls, tokens)
+            if used > self.eval_seconds:
                 break
             fitted += 1
         return fitted
 
     def describe(self) -> str:
         split = ("golden text and eval rows each in their own interpreter process" if self.apart
-                 else "shared by the golden text and the eval rows" if self.eval_tokens else "")
-        return (f"a {self.minutes:g}-minute budget for Apple's interpreter ({self.seconds_per_token:.2f} s per token "
-                f"measured here{'; ' + split if split else ''}; raise it with --coreai-check-minutes)")
+                 else "shared by the golden text and the eval rows" if self.eval_seconds else "")
+        return (f"a {self.minutes:g}-minute budget for Apple's interpreter ({self.seconds_per_call:.2f} s per call "
+                f"+ {self.seconds_per_token:.3f} s per token measured here{'; ' + split if split else ''}; raise it "
+                "with --coreai-check-minutes)")
 
 
 class AimodelDriver(PackageDriver):

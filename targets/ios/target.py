@@ -186,7 +186,7 @@ class IosTarget:
         TargetOption("coreai_precision", "--coreai-precision", "ios_coreai_precision",
                      "Core AI arithmetic for ios: mixed (default; fp16 weights, activations and caches, matrix "
                      "products in fp32) or fp16 (matrix products too, as Apple's presets; Apple's interpreter here "
-                     "rounds every partial sum of those to fp16, about 11x slower to check and less faithful).",
+                     "rounds every partial sum of those to fp16, 12-18x slower to check and less faithful).",
                      default=DEFAULT_PRECISION, choices=tuple(PRECISIONS)),
         TargetOption("coreai_check_minutes", "--coreai-check-minutes", "ios_coreai_check_minutes",
                      "Minutes Apple's Core AI interpreter gets to check each .aimodel (default "
