@@ -165,8 +165,8 @@ def verified_aimodel(ctx: BuildContext, artifact: CoreAIArtifact, name: str, gat
                 apart = bool(ctx.eval_rows) and compute_threads() >= 2
                 budget = coreai_verify.CheckBudget.measured(driver, reference.sequences[0], minutes,
                                                             bool(ctx.eval_rows), apart)
-                costs = row_costs(ctx, baseline, driver.checks_drafts)
-                rows = ctx.eval_rows[:budget.rows(costs)] if ctx.eval_rows else []
+                rows = (ctx.eval_rows[:budget.rows(row_costs(ctx, baseline, driver.checks_drafts))]
+                        if ctx.eval_rows else [])
                 row_baseline = baseline[:len(rows)] if baseline else None
                 if apart and rows:
                     pending = answered_apart(ctx, artifact, name, rows, row_baseline, max_context)
