@@ -167,14 +167,20 @@ def heavy_steps(target: Any) -> tuple[HeavyStep, ...]:
 
 
 def check_option_values(targets: list[type[Target]], given: Mapping[str, Mapping[str, Any]]) -> None:
-    """Refuse a given option value its target would refuse, naming the flag and the edgepack.toml key."""
+    """Refuse a given option value its target would refuse, naming the flag and the edgepack.toml key: one outside
+    the option's choices (click and project.py check those for a flag and the file; the Python API passes values
+    as given) or one its `problem` names."""
     for cls in targets:
         for option in declared_options(cls):
             name = option.name
-            if option.problem is None or name not in given.get(cls.name, {}):
+            if name not in given.get(cls.name, {}):
                 continue
             value = given[cls.name][name]
-            problem = option.problem(value)
+            items = value if option.multiple and isinstance(value, (list, tuple)) else (value,)
+            if option.choices and any(item not in option.choices for item in items):
+                problem: str | None = f"not one of {', '.join(option.choices)}"
+            else:
+                problem = option.problem(value) if option.problem is not None else None
             if problem is not None:
                 where = " or ".join(w for w in (option.flag, option.toml_key and f"[build] {option.toml_key}") if w)
                 raise BadInputError(f"{where or name} = {value!r}: {problem}. Fix the value, or leave it out for the "

@@ -269,6 +269,16 @@ def test_a_coreai_check_of_no_minutes_is_refused_before_the_checkpoint_is_read(m
     assert not (tmp_path / "out").exists()
 
 
+def test_an_unknown_precision_from_the_python_api_is_refused_before_the_checkpoint_is_read(tmp_path: Path) -> None:
+    from packager.errors import BadInputError
+
+    missing = tmp_path / "no-such-checkpoint"
+    with pytest.raises(BadInputError, match="--coreai-precision or \\[build\\] ios_coreai_precision = 'fp8': not one "
+                                            "of mixed, fp16"):
+        _build(missing, tmp_path / "out", "coreai", coreai_precision="fp8")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_bad_check_minutes_flag_exits_2_naming_the_flag(tmp_path: Path) -> None:
     result = edgepack("build", tmp_path / "no-such-checkpoint", "--target", "ios", "--ios-format", "coreai",
                       "--coreai-check-minutes", "0", "--out", tmp_path / "out")
