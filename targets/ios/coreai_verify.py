@@ -43,7 +43,8 @@ WHERE = ("Apple's Core AI reference interpreter (coreai-core) on this build host
 
 # Apple's interpreter computes fp16 matrix products at scalar speed (Gemma 3 270M all in fp16: about 9 s per token,
 # 5 s with the F16C conversions of targets.ios.fp16_conversions; its golden text would take 45-75 min and its eval
-# set 5-10 h), fp32 ones vectorized (the default `mixed` precision: about 0.4 s per token, the golden text in 3 min):
+# set 5-10 h), fp32 ones vectorized (the default `mixed` precision: about 2 s per prediction + 0.02 s per token, the
+# golden text in 2.5 min):
 # a build gives it this many minutes (--coreai-check-minutes).
 CHECK_MINUTES = 30.0
 # Tokens of the longer of the two timed predictions the budget is measured from.

@@ -177,8 +177,8 @@ class IosTarget:
         TargetOption("format", "--ios-format", "ios_format",
                      "iOS model format to ship: coreml (.mlpackage, iOS 18+), coreai (.aimodel, iOS 27+) or all "
                      "(both side by side). An .aimodel is verified in Apple's reference interpreter (Gemma 3 270M "
-                     "on a 2-core x86 host: about 0.4 s per token, 5 s with --coreai-precision fp16): it checks "
-                     "what fits --coreai-check-minutes.",
+                     "on a 2-core x86 host: about 2 s per prediction + 0.02 s per token; 5 s per token with "
+                     "--coreai-precision fp16): it checks what fits --coreai-check-minutes.",
                      default="coreml", choices=(*FORMATS, "all")),
         TargetOption("coreai_compression", "--coreai-compression", "ios_coreai_compression",
                      "Core AI weight compression for ios (default auto: int8 linears, or fp16 when int8 fails its "
