@@ -162,10 +162,10 @@ def target_option_values(given: dict[str, dict[str, Any]], build: dict[str, Any]
             raw = tuple(raw) if isinstance(raw, list) else (raw,)
         elif option.is_flag:
             raw = bool(raw)
-        for item in raw if option.multiple else (raw,):
-            if option.choices and item not in option.choices:
-                raise BadInputError(f"{config_path}: [build] {option.toml_key} = {item!r} is not one of "
-                                    f"{', '.join(option.choices)}; fix the value or remove the key.")
+        unlisted = option.unlisted(raw)
+        if unlisted:
+            raise BadInputError(f"{config_path}: [build] {option.toml_key} = {unlisted[0]!r} is not one of "
+                                f"{', '.join(option.choices)}; fix the value or remove the key.")
         values.setdefault(target_name, {})[option.name] = raw
     return values
 

@@ -81,6 +81,13 @@ class TargetOption:
     # (check_option_values), so that a bad value stops the build before any stage has run.
     problem: Callable[[Any], str | None] | None = None
 
+    def unlisted(self, value: Any) -> list[Any]:
+        """The items of `value` (one, or each of a repeatable option's) that are not among `choices`."""
+        if not self.choices:
+            return []
+        items = value if self.multiple and isinstance(value, (list, tuple)) else (value,)
+        return [item for item in items if item not in self.choices]
+
 
 @dataclass(frozen=True)
 class TargetOptionValues:
@@ -176,8 +183,7 @@ def check_option_values(targets: list[type[Target]], given: Mapping[str, Mapping
             if name not in given.get(cls.name, {}):
                 continue
             value = given[cls.name][name]
-            items = value if option.multiple and isinstance(value, (list, tuple)) else (value,)
-            if option.choices and any(item not in option.choices for item in items):
+            if option.unlisted(value):
                 problem: str | None = f"not one of {', '.join(option.choices)}"
             else:
                 problem = option.problem(value) if option.problem is not None else None

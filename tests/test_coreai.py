@@ -362,11 +362,13 @@ def test_llama_ships_both_formats_and_its_fp16_aimodel_matches_fp32(llama_both) 
 
 def test_the_default_aimodel_multiplies_in_fp32_from_fp16_weights_and_fp16_precision_does_not(
         router_aimodel, tiny_router: tuple[Path, Path], tmp_path: Path) -> None:
+    from coreai.authoring.asset import AIModelAsset
+
     from targets.ios.coreai_verify import matmul_arithmetic
 
     outcome, bundle = router_aimodel
     mixed = bundle / "model-fp16.aimodel"
-    counts = matmul_arithmetic(mixed)
+    counts = matmul_arithmetic(AIModelAsset.load(mixed))
     assert set(counts) == {"f32"} and counts["f32"] >= 14 + 1  # 2 layers x 7 linears, attention, the head
     assert json.loads((mixed / "metadata.json").read_text(encoding="utf-8"))["creatorDefinedMetadata"][
         "edgepack.precision"] == "mixed"
@@ -377,7 +379,8 @@ def test_the_default_aimodel_multiplies_in_fp32_from_fp16_weights_and_fp16_preci
     model, _ = tiny_router
     strict = _build(model, tmp_path / "fp16", "coreai", coreai_precision="fp16")
     fp16 = tmp_path / "fp16" / "ios" / "model-fp16.aimodel"
-    assert set(matmul_arithmetic(fp16)) == {"f16"} and sum(matmul_arithmetic(fp16).values()) == counts["f32"]
+    strict_counts = matmul_arithmetic(AIModelAsset.load(fp16))
+    assert set(strict_counts) == {"f16"} and sum(strict_counts.values()) == counts["f32"]
     assert _coreai_result(strict).passed
 
 

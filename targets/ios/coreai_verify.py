@@ -163,7 +163,6 @@ class AimodelDriver(PackageDriver):
                        for n in desc.state_names},
         }
         self.state: dict[str, Any] = {}
-        self.matmuls = matmul_arithmetic(asset_path)
 
     def close(self) -> None:
         """Release the loaded model (the interpreter holds its weights)."""
@@ -224,13 +223,12 @@ class AimodelDriver(PackageDriver):
         return np.asarray(out[OUTPUT].numpy())
 
 
-def matmul_arithmetic(asset_path: Path) -> dict[str, int]:
-    """How many of the saved program's matrix products compute in each element type ({"f32": 163}), read from the
-    asset's own IR, so the report says what the program does rather than what its conversion asked for.
+def matmul_arithmetic(asset: Any) -> dict[str, int]:
+    """How many of a loaded asset's (AIModelAsset) matrix products compute in each element type ({"f32": 163}),
+    read from its own IR, so the report says what the program does rather than what its conversion asked for.
 
     coreai-core 1.0.0b3 exposes the loaded IR module only through private attributes (pinned version)."""
     from coreai._compiler.ir import WalkResult
-    from coreai.authoring.asset import AIModelAsset
 
     counts: dict[str, int] = {}
 
@@ -241,7 +239,7 @@ def matmul_arithmetic(asset_path: Path) -> dict[str, int]:
             counts[key] = counts.get(key, 0) + 1
         return WalkResult.ADVANCE
 
-    AIModelAsset.load(asset_path).program._module._mlir_module.operation.walk(visit)
+    asset.program._module._mlir_module.operation.walk(visit)
     return counts
 
 
@@ -291,7 +289,7 @@ def verify_aimodel(driver: AimodelDriver, artifact: str, quant: str, gate: Any, 
              f"drive it (input_ids, position_ids); each golden sequence prefilled, then its last {DECODE_STEPS} "
              f"tokens decoded one by one through the keyCache/valueCache state ({seconds:.1f} s)",
              f"logit cosine vs fp32 transformers: {metrics.cosine:.4f}"]
-    arithmetic = ", ".join(f"{n} in {kind}" for kind, n in sorted(driver.matmuls.items()))
+    arithmetic = ", ".join(f"{n} in {kind}" for kind, n in sorted(matmul_arithmetic(driver.asset).items()))
     notes.append(f"the program's matrix products (read from its IR): {arithmetic or 'none found'}")
     if driver.fast_conversions:
         notes.append("the interpreter's fp16 <-> fp32 conversions ran on the CPU's F16C instructions in place of "
